@@ -1,0 +1,346 @@
+//! Signed envelopes.
+//!
+//! A [`Signed<T>`] carries the signer, the body's canonical encoding and an ed25519
+//! signature over a domain-separated message:
+//!
+//! ```text
+//! "cloudchain/v1/" KIND 0x00 network_id(32) body_bytes
+//! ```
+//!
+//! so a signature made for one kind, or on one network, is worthless for any other.
+//! Keeping the body as bytes means the signature covers exactly what travelled; the
+//! typed body is only handed out by [`Signed::verify`].
+
+use std::marker::PhantomData;
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, CodecError, Wire};
+use crate::identity::{AccountId, Identity};
+use crate::types::{Hash32, NetworkId};
+
+/// Why a signed thing was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SignatureError {
+    #[error("{kind}: signer {signer:?} is not a valid public key")]
+    BadSigner {
+        kind: &'static str,
+        signer: AccountId,
+    },
+    #[error("{kind}: bad signature by {signer:?}")]
+    BadSignature {
+        kind: &'static str,
+        signer: AccountId,
+    },
+    #[error("{kind}: signed by {got:?}, expected {expected:?}")]
+    WrongSigner {
+        kind: &'static str,
+        got: AccountId,
+        expected: AccountId,
+    },
+    #[error("{kind}: missing signature of {signer:?}")]
+    MissingSignature {
+        kind: &'static str,
+        signer: AccountId,
+    },
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+/// The message that is actually signed.
+pub fn signing_message(kind: &str, network: &NetworkId, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(16 + kind.len() + 1 + 32 + body.len());
+    m.extend_from_slice(b"cloudchain/v1/");
+    m.extend_from_slice(kind.as_bytes());
+    m.push(0);
+    m.extend_from_slice(&network.0);
+    m.extend_from_slice(body);
+    m
+}
+
+/// A raw ed25519 signature, serialized as 64 bytes with no length prefix.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Sig(#[serde(with = "crate::codec::bytes64")] pub [u8; 64]);
+
+impl std::fmt::Debug for Sig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sig({}…)", hex::encode(&self.0[..4]))
+    }
+}
+
+/// Sign `body` (already encoded) as `kind` on `network`.
+pub fn sign_bytes(identity: &Identity, kind: &str, network: &NetworkId, body: &[u8]) -> Sig {
+    Sig(identity
+        .sign_raw(&signing_message(kind, network, body))
+        .to_bytes())
+}
+
+/// Verify one signature strictly (no small-order keys, canonical S).
+pub fn verify_bytes(
+    kind: &'static str,
+    network: &NetworkId,
+    signer: &AccountId,
+    body: &[u8],
+    sig: &Sig,
+) -> Result<(), SignatureError> {
+    let key = VerifyingKey::from_bytes(&signer.0).map_err(|_| SignatureError::BadSigner {
+        kind,
+        signer: *signer,
+    })?;
+    key.verify_strict(
+        &signing_message(kind, network, body),
+        &Signature::from_bytes(&sig.0),
+    )
+    .map_err(|_| SignatureError::BadSignature {
+        kind,
+        signer: *signer,
+    })
+}
+
+/// A body of kind `T` signed by one account.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct Signed<T> {
+    pub signer: AccountId,
+    body: Vec<u8>,
+    pub signature: Sig,
+    #[serde(skip)]
+    _kind: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Signed<T> {
+    fn clone(&self) -> Self {
+        Signed {
+            signer: self.signer,
+            body: self.body.clone(),
+            signature: self.signature,
+            _kind: PhantomData,
+        }
+    }
+}
+impl<T> PartialEq for Signed<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.signer == other.signer && self.body == other.body && self.signature == other.signature
+    }
+}
+impl<T> Eq for Signed<T> {}
+
+impl<T: Wire> std::fmt::Debug for Signed<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Signed<{}>({} bytes by {:?})",
+            T::KIND,
+            self.body.len(),
+            self.signer
+        )
+    }
+}
+
+impl<T: Wire> Signed<T> {
+    /// Encode and sign a body.
+    pub fn sign(identity: &Identity, network: &NetworkId, body: &T) -> Result<Self, CodecError> {
+        let body = codec::encode(body)?;
+        let signature = sign_bytes(identity, T::KIND, network, &body);
+        Ok(Signed {
+            signer: identity.account(),
+            body,
+            signature,
+            _kind: PhantomData,
+        })
+    }
+
+    /// Check the signature, then decode the body.
+    pub fn verify(&self, network: &NetworkId) -> Result<T, SignatureError> {
+        verify_bytes(T::KIND, network, &self.signer, &self.body, &self.signature)?;
+        Ok(codec::decode(&self.body)?)
+    }
+
+    /// [`Signed::verify`], and also require a particular signer.
+    pub fn verify_by(
+        &self,
+        network: &NetworkId,
+        expected: &AccountId,
+    ) -> Result<T, SignatureError> {
+        if &self.signer != expected {
+            return Err(SignatureError::WrongSigner {
+                kind: T::KIND,
+                got: self.signer,
+                expected: *expected,
+            });
+        }
+        self.verify(network)
+    }
+
+    /// Decode the body WITHOUT checking the signature: for display of data that
+    /// was verified before it was stored.
+    pub fn body_unverified(&self) -> Result<T, CodecError> {
+        codec::decode(&self.body)
+    }
+
+    /// The signed body bytes.
+    pub fn body_bytes(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// The hash of the whole envelope: a stable id for offers, bids, receipts.
+    pub fn id(&self) -> Hash32 {
+        let mut h = blake3::Hasher::new();
+        h.update(T::KIND.as_bytes());
+        h.update(&self.signer.0);
+        h.update(&self.body);
+        h.update(&self.signature.0);
+        Hash32(*h.finalize().as_bytes())
+    }
+}
+
+/// Verify many envelopes of one kind at once with ed25519 batch verification.
+///
+/// On success every body is returned in order. If the batch fails, the envelopes are
+/// checked one by one, so the error names the first bad one (by index).
+pub fn verify_batch<T: Wire>(
+    network: &NetworkId,
+    items: &[Signed<T>],
+) -> Result<Vec<T>, (usize, SignatureError)> {
+    let mut keys = Vec::with_capacity(items.len());
+    for (i, it) in items.iter().enumerate() {
+        keys.push(VerifyingKey::from_bytes(&it.signer.0).map_err(|_| {
+            (
+                i,
+                SignatureError::BadSigner {
+                    kind: T::KIND,
+                    signer: it.signer,
+                },
+            )
+        })?);
+    }
+    let messages: Vec<Vec<u8>> = items
+        .iter()
+        .map(|it| signing_message(T::KIND, network, &it.body))
+        .collect();
+    let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+    let sigs: Vec<Signature> = items
+        .iter()
+        .map(|it| Signature::from_bytes(&it.signature.0))
+        .collect();
+    // Batch verification is not strict about small-order keys: those are refused
+    // by `verify_strict` in the fallback and by the weak-key check here.
+    let weak = keys.iter().position(|k| k.is_weak());
+    if weak.is_none() && ed25519_dalek::verify_batch(&refs, &sigs, &keys).is_ok() {
+        return items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| codec::decode(&it.body).map_err(|e| (i, e.into())))
+            .collect();
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| it.verify(network).map_err(|e| (i, e)))
+        .collect()
+}
+
+/// A body signed by several accounts (a contract, a quorum certificate).
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct MultiSigned<T> {
+    body: Vec<u8>,
+    /// Sorted by signer, at most one per signer.
+    pub signatures: Vec<(AccountId, Sig)>,
+    #[serde(skip)]
+    _kind: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for MultiSigned<T> {
+    fn clone(&self) -> Self {
+        MultiSigned {
+            body: self.body.clone(),
+            signatures: self.signatures.clone(),
+            _kind: PhantomData,
+        }
+    }
+}
+impl<T> PartialEq for MultiSigned<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.body == other.body && self.signatures == other.signatures
+    }
+}
+impl<T> Eq for MultiSigned<T> {}
+
+impl<T: Wire> std::fmt::Debug for MultiSigned<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "MultiSigned<{}>({} bytes, {} signatures)",
+            T::KIND,
+            self.body.len(),
+            self.signatures.len()
+        )
+    }
+}
+
+impl<T: Wire> MultiSigned<T> {
+    /// Start with the body and no signatures.
+    pub fn new(body: &T) -> Result<Self, CodecError> {
+        Ok(MultiSigned {
+            body: codec::encode(body)?,
+            signatures: Vec::new(),
+            _kind: PhantomData,
+        })
+    }
+
+    /// Add (or replace) this identity's signature.
+    pub fn add_signature(&mut self, identity: &Identity, network: &NetworkId) {
+        let sig = sign_bytes(identity, T::KIND, network, &self.body);
+        self.insert(identity.account(), sig);
+    }
+
+    /// Add a signature made elsewhere (it is checked by `verify_signers`).
+    pub fn insert(&mut self, signer: AccountId, sig: Sig) {
+        match self.signatures.binary_search_by(|(a, _)| a.cmp(&signer)) {
+            Ok(i) => self.signatures[i].1 = sig,
+            Err(i) => self.signatures.insert(i, (signer, sig)),
+        }
+    }
+
+    /// Check that each of `required` signed, that every signature present is valid,
+    /// and that signers are sorted and unique; then decode the body.
+    pub fn verify_signers(
+        &self,
+        network: &NetworkId,
+        required: &[AccountId],
+    ) -> Result<T, SignatureError> {
+        if self.signatures.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(CodecError::NonCanonical { kind: T::KIND }.into());
+        }
+        for r in required {
+            if !self.signatures.iter().any(|(a, _)| a == r) {
+                return Err(SignatureError::MissingSignature {
+                    kind: T::KIND,
+                    signer: *r,
+                });
+            }
+        }
+        for (signer, sig) in &self.signatures {
+            verify_bytes(T::KIND, network, signer, &self.body, sig)?;
+        }
+        Ok(codec::decode(&self.body)?)
+    }
+
+    /// Decode without checking signatures.
+    pub fn body_unverified(&self) -> Result<T, CodecError> {
+        codec::decode(&self.body)
+    }
+
+    /// The signed body bytes.
+    pub fn body_bytes(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// The hash of the body: the same whoever signed it.
+    pub fn body_hash(&self) -> Hash32 {
+        Hash32(*blake3::hash(&self.body).as_bytes())
+    }
+}
