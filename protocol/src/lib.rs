@@ -26,6 +26,7 @@ pub mod codec;
 pub mod identity;
 pub mod messages;
 pub mod replay;
+pub mod settlement;
 pub mod signed;
 pub mod types;
 
@@ -33,5 +34,6 @@ pub use codec::{CodecError, Wire};
 pub use identity::{AccountId, Identity, IdentityError};
 pub use messages::*;
 pub use replay::{ReplayError, ReplayGuard};
+pub use settlement::{Outcome, Payout, QuorumCert, QuorumError, payout, quorum};
 pub use signed::{MultiSigned, Sig, SignatureError, Signed, verify_batch};
 pub use types::{Amount, Bps, ComputeUnits, DurationMs, Hash32, NetworkId, PricePerCu, Timestamp};

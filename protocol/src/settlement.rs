@@ -1,0 +1,205 @@
+//! How an escrow is split once a committee has judged a contract.
+//!
+//! The oracle engine and the ledger both use [`payout`]: the engine to emit a
+//! settlement instruction, the ledger to check that a settlement entry pays exactly
+//! what the quorum certificate says. Money is integer micro-tokens throughout.
+//!
+//! With escrow `E = P · C_max`, accepted units `C ≤ C_max`, value `V = P · C`,
+//! violations `R` and penalty factor `λ` (basis points of `V` per violation):
+//! - oracle fees `F = fee · E` (the requester pays for verification);
+//! - if the result was delivered and correct, the provider gets
+//!   `min(V − min(V, λ·R·V), E − F)`; otherwise nothing;
+//! - the requester is refunded the rest, `E − F − provider`.
+//!
+//! So `provider + refund + F = E` exactly, for every input (a property test says so).
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::AccountId;
+use crate::messages::{ContractTerms, Verdict};
+use crate::signed::Signed;
+use crate::types::{Amount, Bps, ComputeUnits, Hash32, NetworkId};
+
+/// ⌈2k/3⌉: matching verdicts needed from a committee of `k`.
+pub fn quorum(k: usize) -> usize {
+    (2 * k).div_ceil(3)
+}
+
+/// What the committee agreed on (the verdict without who signed it).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub struct Outcome {
+    pub delivered: bool,
+    pub result_ok: bool,
+    pub sla_ok: bool,
+    pub violations: u32,
+    pub units: ComputeUnits,
+}
+
+impl Outcome {
+    pub fn of(v: &Verdict) -> Self {
+        Outcome {
+            delivered: v.delivered,
+            result_ok: v.result_ok,
+            sla_ok: v.sla_ok,
+            violations: v.violations,
+            units: v.units,
+        }
+    }
+}
+
+/// Signed verdicts on one contract from members of one epoch's committee.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct QuorumCert {
+    pub contract: Hash32,
+    pub epoch: u64,
+    pub verdicts: Vec<Signed<Verdict>>,
+}
+
+/// Why a quorum certificate does not hold.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QuorumError {
+    #[error("verdict {index}: {source}")]
+    BadVerdict {
+        index: usize,
+        #[source]
+        source: crate::signed::SignatureError,
+    },
+    #[error("verdict {index} is about another contract or epoch")]
+    Mismatch { index: usize },
+    #[error("verdict {index} is by {oracle:?}, who is not on the committee")]
+    NotMember { index: usize, oracle: AccountId },
+    #[error("verdict {index} repeats oracle {oracle:?}")]
+    Duplicate { index: usize, oracle: AccountId },
+    #[error("{got} matching verdicts, need {need}")]
+    NoQuorum { got: usize, need: usize },
+}
+
+impl QuorumCert {
+    /// Check signatures and membership, and return the outcome at least
+    /// ⌈2k/3⌉ members agree on, with the members who signed it (sorted).
+    pub fn check(
+        &self,
+        network: &NetworkId,
+        committee: &[AccountId],
+    ) -> Result<(Outcome, Vec<AccountId>), QuorumError> {
+        let mut seen: Vec<AccountId> = Vec::new();
+        let mut votes: Vec<(Outcome, Vec<AccountId>)> = Vec::new();
+        for (index, sv) in self.verdicts.iter().enumerate() {
+            let v = sv
+                .verify(network)
+                .map_err(|source| QuorumError::BadVerdict { index, source })?;
+            if v.contract != self.contract || v.epoch != self.epoch || v.oracle != sv.signer {
+                return Err(QuorumError::Mismatch { index });
+            }
+            if !committee.contains(&v.oracle) {
+                return Err(QuorumError::NotMember {
+                    index,
+                    oracle: v.oracle,
+                });
+            }
+            if seen.contains(&v.oracle) {
+                return Err(QuorumError::Duplicate {
+                    index,
+                    oracle: v.oracle,
+                });
+            }
+            seen.push(v.oracle);
+            let o = Outcome::of(&v);
+            match votes.iter_mut().find(|(x, _)| *x == o) {
+                Some((_, who)) => who.push(v.oracle),
+                None => votes.push((o, vec![v.oracle])),
+            }
+        }
+        let need = quorum(committee.len());
+        let best = votes.into_iter().max_by_key(|(_, who)| who.len());
+        match best {
+            Some((o, mut who)) if who.len() >= need && need > 0 => {
+                who.sort();
+                Ok((o, who))
+            }
+            Some((_, who)) => Err(QuorumError::NoQuorum {
+                got: who.len(),
+                need,
+            }),
+            None => Err(QuorumError::NoQuorum { got: 0, need }),
+        }
+    }
+}
+
+/// The split of one escrow.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Payout {
+    pub escrow: Amount,
+    pub provider: Amount,
+    pub refund: Amount,
+    pub penalty: Amount,
+    /// Oracle fees, one entry per oracle in the quorum (sorted by account).
+    pub fees: Vec<(AccountId, Amount)>,
+}
+
+impl Payout {
+    /// Sum of everything paid out; equals `escrow`.
+    pub fn total(&self) -> Option<Amount> {
+        let mut t = self.provider.checked_add(self.refund)?;
+        for (_, f) in &self.fees {
+            t = t.checked_add(*f)?;
+        }
+        Some(t)
+    }
+}
+
+/// Split the escrow of `terms` by the rule in the module docs. `oracles` are the
+/// quorum members who share the fee `fee` (basis points of the escrow); the
+/// remainder of an uneven split goes to the first. `None` if the terms' escrow
+/// overflows.
+pub fn payout(
+    terms: &ContractTerms,
+    outcome: &Outcome,
+    fee: Bps,
+    oracles: &[AccountId],
+) -> Option<Payout> {
+    let escrow = terms.escrow()?;
+    let fee_total = if oracles.is_empty() {
+        Amount::ZERO
+    } else {
+        fee.of(escrow)
+    };
+    let units = ComputeUnits::from_milli(outcome.units.milli.min(terms.max_units.milli));
+    let value = terms.price.cost(units)?.min(escrow);
+    let per_violation = terms.sla.penalty.of(value);
+    let penalty = Amount(
+        per_violation
+            .0
+            .saturating_mul(u64::from(outcome.violations))
+            .min(value.0),
+    );
+    let provider = if outcome.delivered && outcome.result_ok {
+        value
+            .saturating_sub(penalty)
+            .min(escrow.saturating_sub(fee_total))
+    } else {
+        Amount::ZERO
+    };
+    let refund = escrow.saturating_sub(fee_total).saturating_sub(provider);
+    let mut fees = Vec::with_capacity(oracles.len());
+    if !oracles.is_empty() {
+        let n = oracles.len() as u64;
+        let each = fee_total.0 / n;
+        let rest = fee_total.0 - each * n;
+        for (i, o) in oracles.iter().enumerate() {
+            fees.push((*o, Amount(each + if i == 0 { rest } else { 0 })));
+        }
+    }
+    Some(Payout {
+        escrow,
+        provider,
+        refund,
+        penalty: if outcome.delivered && outcome.result_ok {
+            penalty
+        } else {
+            value
+        },
+        fees,
+    })
+}
