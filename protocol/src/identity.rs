@@ -228,11 +228,16 @@ impl Identity {
             path: p.clone(),
             source,
         })?);
+        Self::parse_key_file(&raw, &p)
+    }
+
+    /// Parse the content of a key file (`path` only names it in errors).
+    pub fn parse_key_file(raw: &[u8], path: &str) -> Result<Self, IdentityError> {
         let malformed = |reason: String| IdentityError::Malformed {
-            path: p.clone(),
+            path: path.to_string(),
             reason,
         };
-        let text = std::str::from_utf8(&raw).map_err(|_| malformed("not UTF-8 text".into()))?;
+        let text = std::str::from_utf8(raw).map_err(|_| malformed("not UTF-8 text".into()))?;
         let body = text
             .strip_prefix(KEY_FILE_HEADER)
             .ok_or_else(|| malformed(format!("does not start with {KEY_FILE_HEADER:?}")))?;

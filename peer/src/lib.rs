@@ -1,0 +1,9 @@
+//! # peer — the `cloudchain` node
+//!
+//! The binary anyone runs. It owns everything that touches the outside world: the
+//! data directory and its key, the libp2p swarm, the iroh blob endpoint, the local
+//! control API and the command line, and it drives the sans-IO engines of
+//! `protocol` and `crdt-ledger` and the workloads of `compute` from them.
+
+pub mod cli;
+pub mod config;
