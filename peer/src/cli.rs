@@ -60,7 +60,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 println!("initialized {}", dir.path.display());
                 println!("account  {}", dir.identity.account());
-                println!("config   {}", dir.path.join(crate::config::CONFIG_FILE).display());
+                println!(
+                    "config   {}",
+                    dir.path.join(crate::config::CONFIG_FILE).display()
+                );
             }
         }
         Command::Id => {

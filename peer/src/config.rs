@@ -144,11 +144,10 @@ impl Config {
                 self.provider.backend
             );
         }
-        let control: std::net::SocketAddr = self
-            .net
-            .control
-            .parse()
-            .with_context(|| format!("`net.control` {:?} is not an address", self.net.control))?;
+        let control: std::net::SocketAddr =
+            self.net.control.parse().with_context(|| {
+                format!("`net.control` {:?} is not an address", self.net.control)
+            })?;
         if !control.ip().is_loopback() {
             bail!("`net.control` must be a loopback address, got {control}");
         }
@@ -225,7 +224,10 @@ mod tests {
 
     #[test]
     fn template_parses_to_the_defaults() {
-        assert_eq!(Config::parse(CONFIG_TEMPLATE, "template").unwrap(), Config::default());
+        assert_eq!(
+            Config::parse(CONFIG_TEMPLATE, "template").unwrap(),
+            Config::default()
+        );
     }
 
     #[test]
@@ -235,7 +237,9 @@ mod tests {
         assert!(err.contains("slots"), "{err}");
         assert!(err.contains("line"), "{err}");
         let unknown = format!("{CONFIG_TEMPLATE}\nbogus = 1\n");
-        let err = Config::parse(&unknown, "config.toml").unwrap_err().to_string();
+        let err = Config::parse(&unknown, "config.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bogus"), "{err}");
         let public = CONFIG_TEMPLATE.replace("127.0.0.1:0", "0.0.0.0:8080");
         let err = format!("{:#}", Config::parse(&public, "c").unwrap_err());
@@ -251,7 +255,9 @@ mod tests {
         assert_eq!(a.identity.account(), b.identity.account());
         let err = DataDir::init(&d).unwrap_err().to_string();
         assert!(err.contains("refusing to overwrite"), "{err}");
-        let err = DataDir::open(&dir.path().join("none")).unwrap_err().to_string();
+        let err = DataDir::open(&dir.path().join("none"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cloudchain init"), "{err}");
     }
 }

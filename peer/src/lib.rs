@@ -5,5 +5,7 @@
 //! control API and the command line, and it drives the sans-IO engines of
 //! `protocol` and `crdt-ledger` and the workloads of `compute` from them.
 
+pub mod blobs;
 pub mod cli;
 pub mod config;
+pub mod crypto;

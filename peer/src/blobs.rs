@@ -1,0 +1,287 @@
+//! Content-addressed blobs over iroh: the node's blob store and endpoint.
+//!
+//! One iroh `Endpoint` with the node's key (so its endpoint id is the account id),
+//! bound to a configured address, with no relay and no address lookup unless the
+//! config turns a relay on: it works on loopback or a LAN with no internet. The
+//! iroh-blobs store lives in the data directory (or in memory for tests) and is
+//! served by an iroh `Router`. Peers tell each other their blob addresses inside
+//! their signed libp2p messages, so fetching needs no discovery service.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use iroh::endpoint::presets;
+use iroh::protocol::Router;
+use iroh::{Endpoint, EndpointAddr, RelayMode, TransportAddr};
+use iroh_blobs::api::remote::GetProgressItem;
+use iroh_blobs::{BlobFormat, BlobsProtocol, Hash};
+use protocol::{AccountId, Hash32, Identity};
+
+/// Where the blob store lives.
+#[derive(Debug, Clone)]
+pub enum StoreKind<'a> {
+    Memory,
+    Dir(&'a Path),
+}
+
+/// The node's blob endpoint, store and router.
+#[derive(Debug, Clone)]
+pub struct BlobNode {
+    endpoint: Endpoint,
+    store: iroh_blobs::api::Store,
+    router: Router,
+}
+
+impl BlobNode {
+    /// Bind the endpoint and start serving the store.
+    pub async fn spawn(
+        identity: &Identity,
+        store: StoreKind<'_>,
+        bind: SocketAddr,
+        relay: bool,
+    ) -> anyhow::Result<BlobNode> {
+        let store: iroh_blobs::api::Store = match store {
+            StoreKind::Memory => iroh_blobs::store::mem::MemStore::new().into(),
+            StoreKind::Dir(dir) => iroh_blobs::store::fs::FsStore::load(dir)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot open blob store {}: {e}", dir.display()))?
+                .into(),
+        };
+        let mut builder = Endpoint::builder(presets::Minimal)
+            .secret_key(identity.iroh_secret_key())
+            .alpns(vec![iroh_blobs::ALPN.to_vec()])
+            .portmapper_config(iroh::endpoint::PortmapperConfig::Disabled)
+            .net_report_config(iroh::endpoint::NetReportConfig::minimal())
+            .clear_ip_transports()
+            .bind_addr(bind)
+            .with_context(|| format!("bad blob bind address {bind}"))?;
+        builder = if relay {
+            builder.relay_mode(iroh::endpoint::default_relay_mode())
+        } else {
+            builder.relay_mode(RelayMode::Disabled)
+        };
+        let endpoint = builder
+            .bind()
+            .await
+            .with_context(|| format!("cannot bind the blob endpoint on {bind}"))?;
+        let blobs = BlobsProtocol::new(&store, None);
+        let router = Router::builder(endpoint.clone())
+            .accept(iroh_blobs::ALPN, blobs)
+            .spawn();
+        Ok(BlobNode {
+            endpoint,
+            store,
+            router,
+        })
+    }
+
+    /// The socket addresses the endpoint listens on (as text, for offers).
+    pub fn contact(&self) -> Vec<String> {
+        self.endpoint
+            .bound_sockets()
+            .into_iter()
+            .map(|a| a.to_string())
+            .collect()
+    }
+
+    /// This endpoint's address (id and sockets).
+    pub fn addr(&self) -> EndpointAddr {
+        let mut addr = self.endpoint.addr();
+        for s in self.endpoint.bound_sockets() {
+            addr.addrs.insert(TransportAddr::Ip(s));
+        }
+        addr
+    }
+
+    /// Build a peer's address from its account and the contact list it published.
+    pub fn peer_addr(account: &AccountId, contact: &[String]) -> anyhow::Result<EndpointAddr> {
+        let id = account.endpoint_id()?;
+        let mut addrs = Vec::new();
+        for c in contact {
+            let s: SocketAddr = c
+                .parse()
+                .with_context(|| format!("bad blob address {c:?} for {}", account.short()))?;
+            addrs.push(TransportAddr::Ip(s));
+        }
+        if addrs.is_empty() {
+            bail!("peer {} published no blob address", account.short());
+        }
+        Ok(EndpointAddr::from_parts(id, addrs))
+    }
+
+    /// Add bytes to the store; returns their BLAKE3 hash.
+    pub async fn add_bytes(&self, bytes: impl Into<bytes::Bytes>) -> anyhow::Result<Hash32> {
+        let tag = self
+            .store
+            .add_bytes(bytes)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot add blob: {e}"))?;
+        Ok(Hash32(*tag.hash.as_bytes()))
+    }
+
+    /// Add a file to the store; returns its hash.
+    pub async fn add_path(&self, path: &Path) -> anyhow::Result<Hash32> {
+        let abs =
+            std::path::absolute(path).with_context(|| format!("bad path {}", path.display()))?;
+        if !abs.is_file() {
+            bail!("{} is not a file", abs.display());
+        }
+        let tag = self
+            .store
+            .add_path(abs.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot add {}: {e}", abs.display()))?;
+        Ok(Hash32(*tag.hash.as_bytes()))
+    }
+
+    /// Whether the store holds the complete blob.
+    pub async fn has(&self, hash: &Hash32) -> anyhow::Result<bool> {
+        self.store
+            .has(Hash::from_bytes(hash.0))
+            .await
+            .map_err(|e| anyhow::anyhow!("blob store: {e}"))
+    }
+
+    /// The whole blob, if held.
+    pub async fn get_bytes(&self, hash: &Hash32) -> anyhow::Result<bytes::Bytes> {
+        self.store
+            .get_bytes(Hash::from_bytes(hash.0))
+            .await
+            .map_err(|e| anyhow::anyhow!("blob {}: {e}", hash.short()))
+    }
+
+    /// Copy a held blob to a file.
+    pub async fn export(&self, hash: &Hash32, out: &Path) -> anyhow::Result<()> {
+        let abs = std::path::absolute(out)?;
+        self.store
+            .export(Hash::from_bytes(hash.0), abs)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot export {}: {e}", hash.short()))?;
+        Ok(())
+    }
+
+    /// Fetch a blob from `from`, verified against its hash while it streams;
+    /// `progress` is called with the bytes received so far.
+    pub async fn fetch(
+        &self,
+        from: EndpointAddr,
+        hash: &Hash32,
+        mut progress: impl FnMut(u64),
+    ) -> anyhow::Result<u64> {
+        if self.has(hash).await? {
+            return Ok(0);
+        }
+        let peer = from.id;
+        let conn = self
+            .endpoint
+            .connect(from, iroh_blobs::ALPN)
+            .await
+            .with_context(|| format!("cannot connect to blob endpoint {}", peer.fmt_short()))?;
+        let mut stream = self
+            .store
+            .remote()
+            .fetch(conn, Hash::from_bytes(hash.0))
+            .stream();
+        while let Some(item) = stream.next().await {
+            match item {
+                GetProgressItem::Progress(n) => progress(n),
+                GetProgressItem::Done(stats) => return Ok(stats.payload_bytes_read),
+                GetProgressItem::Error(e) => {
+                    bail!("fetching {} from {}: {e}", hash.short(), peer.fmt_short())
+                }
+            }
+        }
+        bail!(
+            "fetching {}: the transfer ended without a result",
+            hash.short()
+        )
+    }
+
+    /// A ticket for a held blob, in the format iroh's own tools accept.
+    pub fn ticket(&self, hash: &Hash32) -> iroh_blobs::ticket::BlobTicket {
+        iroh_blobs::ticket::BlobTicket::new(self.addr(), Hash::from_bytes(hash.0), BlobFormat::Raw)
+    }
+
+    /// The endpoint (for other protocols).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Stop serving and close the store.
+    pub async fn shutdown(&self) -> anyhow::Result<()> {
+        self.router
+            .shutdown()
+            .await
+            .map_err(|e| anyhow::anyhow!("blob router shutdown: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto;
+
+    fn lo() -> SocketAddr {
+        "127.0.0.1:0".parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn encrypted_blob_moves_between_two_nodes_on_loopback() {
+        let req_id = Identity::from_seed(11);
+        let prov_id = Identity::from_seed(12);
+        let dir = tempfile::tempdir().unwrap();
+        let req = BlobNode::spawn(&req_id, StoreKind::Memory, lo(), false)
+            .await
+            .unwrap();
+        let prov = BlobNode::spawn(&prov_id, StoreKind::Dir(dir.path()), lo(), false)
+            .await
+            .unwrap();
+        assert_eq!(req.addr().id.as_bytes(), &req_id.account().0);
+
+        // The requester encrypts a data set for the provider and adds it.
+        let contract = Hash32::of(b"contract-1");
+        let key = crypto::JobKey::random();
+        let plain: Vec<u8> = (0..3 * crypto::CHUNK / 2)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let ct = crypto::encrypt(&key, "dataset", &contract, &plain);
+        let hash = req.add_bytes(ct.clone()).await.unwrap();
+        let sealed = crypto::seal_job_key(&req_id, &prov_id.account(), &contract, &key).unwrap();
+
+        // The provider fetches it by hash from the address the requester published.
+        let from = BlobNode::peer_addr(&req_id.account(), &req.contact()).unwrap();
+        let mut last = 0;
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            prov.fetch(from, &hash, |n| last = n),
+        )
+        .await
+        .expect("fetch timed out")
+        .unwrap();
+        assert_eq!(read, ct.len() as u64);
+        assert!(last <= read);
+        assert!(prov.has(&hash).await.unwrap());
+        let got = prov.get_bytes(&hash).await.unwrap();
+        let key2 = crypto::open_job_key(&prov_id, &req_id.account(), &contract, &sealed).unwrap();
+        assert_eq!(
+            crypto::decrypt(&key2, "dataset", &contract, &got).unwrap(),
+            plain
+        );
+
+        // A blob nobody has fails with an error, not a hang.
+        let missing = Hash32::of(b"nobody has this");
+        let from = BlobNode::peer_addr(&req_id.account(), &req.contact()).unwrap();
+        let res = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            prov.fetch(from, &missing, |_| {}),
+        )
+        .await
+        .expect("fetch of a missing blob timed out");
+        assert!(res.is_err());
+
+        prov.shutdown().await.unwrap();
+        req.shutdown().await.unwrap();
+    }
+}
