@@ -9,3 +9,4 @@ pub mod blobs;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod net;
