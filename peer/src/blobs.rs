@@ -77,20 +77,29 @@ impl BlobNode {
         })
     }
 
-    /// The socket addresses the endpoint listens on (as text, for offers).
+    /// The socket addresses peers can reach the endpoint on (as text, for offers):
+    /// the bound sockets, and for a socket bound to 0.0.0.0 the interface
+    /// addresses iroh found.
     pub fn contact(&self) -> Vec<String> {
-        self.endpoint
+        let mut out: Vec<SocketAddr> = self
+            .endpoint
             .bound_sockets()
             .into_iter()
-            .map(|a| a.to_string())
-            .collect()
+            .filter(|a| !a.ip().is_unspecified())
+            .collect();
+        out.extend(self.endpoint.addr().ip_addrs().copied());
+        out.sort();
+        out.dedup();
+        out.into_iter().map(|a| a.to_string()).collect()
     }
 
     /// This endpoint's address (id and sockets).
     pub fn addr(&self) -> EndpointAddr {
         let mut addr = self.endpoint.addr();
         for s in self.endpoint.bound_sockets() {
-            addr.addrs.insert(TransportAddr::Ip(s));
+            if !s.ip().is_unspecified() {
+                addr.addrs.insert(TransportAddr::Ip(s));
+            }
         }
         addr
     }

@@ -8,5 +8,7 @@
 pub mod blobs;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod crypto;
 pub mod net;
+pub mod node;

@@ -1,0 +1,332 @@
+//! The local control API: HTTP + JSON on a loopback address, guarded by a token.
+//!
+//! `cloudchain run` binds it (the `net.control` address, port 0 by default) and
+//! writes two files into the data directory, both mode 0600: `control.addr` (the
+//! bound address) and `control.token` (32 random bytes, hex). Every request must
+//! carry `Authorization: Bearer <token>`; only a user who can read the data
+//! directory can drive the node. The CLI reads both files and talks to the node;
+//! scripts can do the same with any HTTP client.
+//!
+//! Routes (all JSON):
+//! - `GET  /v1/status` — identity, addresses, peers, roles
+//! - `GET  /v1/offers` — fresh offers seen on the market topic
+//! - `POST /v1/blobs` `{path}` — add a file to the blob store: `{hash, size, ticket}`
+//! - `POST /v1/blobs/get` `{source, out}` — fetch a blob by hash or ticket and
+//!   write it to `out`: `{hash, bytes_fetched}`
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+pub const ADDR_FILE: &str = "control.addr";
+pub const TOKEN_FILE: &str = "control.token";
+
+/// A request from the control API to the node loop.
+#[derive(Debug)]
+pub enum ControlRequest {
+    Status(oneshot::Sender<anyhow::Result<Status>>),
+    Offers(oneshot::Sender<anyhow::Result<Vec<OfferView>>>),
+    AddBlob {
+        path: PathBuf,
+        reply: oneshot::Sender<anyhow::Result<BlobAdded>>,
+    },
+    GetBlob {
+        source: String,
+        out: PathBuf,
+        reply: oneshot::Sender<anyhow::Result<BlobFetched>>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub account: String,
+    pub peer_id: String,
+    pub endpoint_id: String,
+    pub network: String,
+    pub listen: Vec<String>,
+    pub blob_addrs: Vec<String>,
+    pub connected_peers: usize,
+    pub provider: bool,
+    pub oracle: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OfferView {
+    pub provider: String,
+    pub class: String,
+    pub device: String,
+    pub speed_cu_per_s: f64,
+    pub price_micro_per_cu: u64,
+    pub free_slots: u16,
+    pub region: String,
+    pub expires_in_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlobAdded {
+    pub hash: String,
+    pub size: u64,
+    pub ticket: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlobFetched {
+    pub hash: String,
+    pub bytes_fetched: u64,
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct AddBlobBody {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct GetBlobBody {
+    pub source: String,
+    pub out: PathBuf,
+}
+
+#[derive(Clone)]
+struct AppState {
+    token: String,
+    tx: mpsc::Sender<ControlRequest>,
+}
+
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        ApiError(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}"))
+    }
+}
+
+async fn ask<T>(
+    st: &AppState,
+    make: impl FnOnce(oneshot::Sender<anyhow::Result<T>>) -> ControlRequest,
+) -> Result<Json<T>, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    st.tx.send(make(tx)).await.map_err(|_| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node is shutting down".into(),
+        )
+    })?;
+    let res = rx.await.map_err(|_| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node dropped the request".into(),
+        )
+    })?;
+    Ok(Json(res?))
+}
+
+async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), st.token.as_bytes()));
+    if !ok {
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong control token".into(),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Bind the control API and write `control.addr` and `control.token`.
+pub async fn serve(
+    data_dir: &Path,
+    bind: SocketAddr,
+    tx: mpsc::Sender<ControlRequest>,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    if !bind.ip().is_loopback() {
+        bail!("the control API binds to loopback only, not {bind}");
+    }
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("OS random number generator: {e}"))?;
+    let token = hex::encode(raw);
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot bind the control API on {bind}"))?;
+    let addr = listener.local_addr()?;
+    write_private(&data_dir.join(TOKEN_FILE), &token)?;
+    write_private(&data_dir.join(ADDR_FILE), &addr.to_string())?;
+    let st = AppState { token, tx };
+    let app = Router::new()
+        .route(
+            "/v1/status",
+            get(|State(st): State<AppState>| async move { ask(&st, ControlRequest::Status).await }),
+        )
+        .route(
+            "/v1/offers",
+            get(|State(st): State<AppState>| async move { ask(&st, ControlRequest::Offers).await }),
+        )
+        .route(
+            "/v1/blobs",
+            post(
+                |State(st): State<AppState>, Json(b): Json<AddBlobBody>| async move {
+                    ask(&st, |reply| ControlRequest::AddBlob {
+                        path: b.path,
+                        reply,
+                    })
+                    .await
+                },
+            ),
+        )
+        .route(
+            "/v1/blobs/get",
+            post(
+                |State(st): State<AppState>, Json(b): Json<GetBlobBody>| async move {
+                    ask(&st, |reply| ControlRequest::GetBlob {
+                        source: b.source,
+                        out: b.out,
+                        reply,
+                    })
+                    .await
+                },
+            ),
+        )
+        .layer(middleware::from_fn_with_state(st.clone(), auth))
+        .with_state(st);
+    let handle = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(%e, "control API stopped");
+        }
+    });
+    Ok((addr, handle))
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// The CLI's side: finds the running node through the data directory.
+#[derive(Debug, Clone)]
+pub struct ControlClient {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl ControlClient {
+    pub fn from_data_dir(data_dir: &Path) -> anyhow::Result<Self> {
+        let read = |name: &str| -> anyhow::Result<String> {
+            let p = data_dir.join(name);
+            std::fs::read_to_string(&p)
+                .map(|s| s.trim().to_string())
+                .with_context(|| {
+                    format!(
+                        "no running node found ({} is missing); start one with `cloudchain run --data-dir {}`",
+                        p.display(),
+                        data_dir.display()
+                    )
+                })
+        };
+        let addr: SocketAddr = read(ADDR_FILE)?
+            .parse()
+            .context("control.addr does not hold an address")?;
+        // reqwest insists on a TLS provider even for plain HTTP on loopback.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Ok(ControlClient {
+            base: format!("http://{addr}"),
+            token: read(TOKEN_FILE)?,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .context("HTTP client")?,
+        })
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<T> {
+        let resp = req.bearer_auth(&self.token).send().await.with_context(|| {
+            format!(
+                "cannot reach the node at {}; is `cloudchain run` still running?",
+                self.base
+            )
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body: serde_json::Value = resp.json().await.unwrap_or_default();
+            let msg = body["error"].as_str().unwrap_or("no detail").to_string();
+            bail!("the node answered {status}: {msg}");
+        }
+        resp.json()
+            .await
+            .context("the node's answer is not the expected JSON")
+    }
+
+    pub async fn status(&self) -> anyhow::Result<Status> {
+        self.send(self.http.get(format!("{}/v1/status", self.base)))
+            .await
+    }
+
+    pub async fn offers(&self) -> anyhow::Result<Vec<OfferView>> {
+        self.send(self.http.get(format!("{}/v1/offers", self.base)))
+            .await
+    }
+
+    pub async fn add_blob(&self, path: &Path) -> anyhow::Result<BlobAdded> {
+        let path = std::path::absolute(path)?;
+        self.send(
+            self.http
+                .post(format!("{}/v1/blobs", self.base))
+                .json(&AddBlobBody { path }),
+        )
+        .await
+    }
+
+    pub async fn get_blob(&self, source: &str, out: &Path) -> anyhow::Result<BlobFetched> {
+        let out = std::path::absolute(out)?;
+        self.send(
+            self.http
+                .post(format!("{}/v1/blobs/get", self.base))
+                .json(&GetBlobBody {
+                    source: source.to_string(),
+                    out,
+                }),
+        )
+        .await
+    }
+}
