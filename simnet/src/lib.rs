@@ -1,1 +1,20 @@
-//! placeholder
+//! # simnet — CloudChain's market on virtual time
+//!
+//! A deterministic, single-threaded discrete-event simulation of many peers that
+//! drives the same sans-IO engines the node runs (`protocol`'s market and oracle
+//! engines, `crdt-ledger`), with time and randomness as inputs: the same scenario
+//! and seed give the same result, bit for bit.
+//!
+//! - [`sched`]: the event queue on virtual time.
+//! - [`scenario`]: scenarios as TOML data (`simnet/scenarios/`).
+//! - [`profiles`]: provider profiles (hyperscalers, GPU clouds, community nodes).
+//! - [`netmodel`]: latency by region, loss, partitions, and a sampled gossip model
+//!   whose cost grows with the engines that consume messages, not with the peers
+//!   that forward them.
+
+pub mod netmodel;
+pub mod profiles;
+pub mod scenario;
+pub mod sched;
+
+pub use scenario::Scenario;

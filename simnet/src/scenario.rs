@@ -1,0 +1,368 @@
+//! Scenarios are data: TOML files in `simnet/scenarios/`, parsed and checked here.
+//!
+//! A bad file is refused with the line and field at fault (toml's own span), or with
+//! the name of the field whose value is out of range.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::profiles::Profile;
+
+/// The scenarios shipped with the crate, by name.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("paper-30d", include_str!("../scenarios/paper-30d.toml")),
+    ("scale-1k", include_str!("../scenarios/scale-1k.toml")),
+    (
+        "requesters-sweep",
+        include_str!("../scenarios/requesters-sweep.toml"),
+    ),
+    ("faults", include_str!("../scenarios/faults.toml")),
+    ("smoke", include_str!("../scenarios/smoke.toml")),
+];
+
+/// Why a scenario was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScenarioError {
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{origin}: `{field}`: {reason}")]
+    Invalid {
+        origin: String,
+        field: String,
+        reason: String,
+    },
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no scenario named {0:?}; built in: {1}")]
+    Unknown(String, String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub seed: u64,
+    pub days: f64,
+    /// Length of a ledger epoch (committee rotation and checkpoint).
+    pub epoch_minutes: u64,
+    pub network: NetworkModel,
+    pub providers: Vec<ProviderGroup>,
+    pub requesters: Requesters,
+    pub oracles: Oracles,
+    #[serde(default)]
+    pub sweep: Option<Sweep>,
+    #[serde(default)]
+    pub faults: Faults,
+    #[serde(default)]
+    pub storage: Storage,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkModel {
+    pub regions: Vec<String>,
+    /// One-way latency in ms between regions, a square matrix in region order.
+    pub latency_ms: Vec<Vec<f64>>,
+    /// Gossip fan-out (mesh degree): a message reaches N peers in ≈ log_fanout(N) hops.
+    pub gossip_fanout: u32,
+    /// Share of messages lost per hop.
+    #[serde(default)]
+    pub loss: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderGroup {
+    pub profile: Profile,
+    pub count: u32,
+    pub region: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arrival {
+    /// Exponential gaps at a constant rate.
+    Poisson,
+    /// Poisson with a rate that follows the day: peak at 14:00, trough at 02:00.
+    Diurnal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requesters {
+    pub count: u32,
+    pub regions: Vec<String>,
+    pub arrival: Arrival,
+    /// Mean jobs per requester per day.
+    pub jobs_per_day: f64,
+    /// Shares of job kinds (normalized).
+    pub mix: BTreeMap<String, f64>,
+    /// Share of training jobs with DP-SGD.
+    #[serde(default)]
+    pub dp_share: f64,
+    /// Requesters are split into groups of this size for the fairness figure.
+    #[serde(default)]
+    pub fairness_groups: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Oracles {
+    pub count: u32,
+    pub committee: u32,
+    /// Share of receipts re-executed when nobody disputes.
+    pub verify_share: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sweep {
+    /// Requester counts to run, each for `days`.
+    pub requesters: Vec<u32>,
+    pub days: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    /// Share of providers that return wrong results.
+    #[serde(default)]
+    pub cheating_share: f64,
+    /// Share of providers that crash (and later rejoin) per day.
+    #[serde(default)]
+    pub churn_per_day: f64,
+    #[serde(default)]
+    pub partitions: Vec<Partition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partition {
+    pub start_hours: f64,
+    pub hours: f64,
+    /// These regions are cut off from the rest (and from each other's rest).
+    pub regions: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    /// Object sizes for the storage-latency figure, in MB.
+    pub sizes_mb: Vec<u64>,
+    /// Read and write bandwidth of a storage peer, MB/s.
+    pub read_mb_s: f64,
+    pub write_mb_s: f64,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            sizes_mb: vec![50, 100, 200],
+            read_mb_s: 250.0,
+            write_mb_s: 180.0,
+        }
+    }
+}
+
+impl Scenario {
+    /// Parse TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
+        let s: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        s.validate(origin)?;
+        Ok(s)
+    }
+
+    /// A built-in scenario by name, or a file by path.
+    pub fn load(name_or_path: &str) -> Result<Scenario, ScenarioError> {
+        if let Some((_, text)) = BUILTIN.iter().find(|(n, _)| *n == name_or_path) {
+            return Scenario::parse(text, &format!("{name_or_path} (built in)"));
+        }
+        let path = Path::new(name_or_path);
+        if path.exists() {
+            let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            return Scenario::parse(&text, &path.display().to_string());
+        }
+        let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
+        Err(ScenarioError::Unknown(
+            name_or_path.to_string(),
+            names.join(", "),
+        ))
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ScenarioError> {
+        let bad = |field: &str, reason: String| ScenarioError::Invalid {
+            origin: origin.to_string(),
+            field: field.to_string(),
+            reason,
+        };
+        if !(self.days > 0.0 && self.days <= 366.0) {
+            return Err(bad("days", format!("{} is not in (0, 366]", self.days)));
+        }
+        if self.epoch_minutes == 0 {
+            return Err(bad("epoch_minutes", "must be positive".into()));
+        }
+        let n = self.network.regions.len();
+        if n == 0 {
+            return Err(bad("network.regions", "at least one region".into()));
+        }
+        if self.network.latency_ms.len() != n
+            || self.network.latency_ms.iter().any(|r| r.len() != n)
+        {
+            return Err(bad(
+                "network.latency_ms",
+                format!("must be a {n}×{n} matrix (one row and column per region)"),
+            ));
+        }
+        if self
+            .network
+            .latency_ms
+            .iter()
+            .flatten()
+            .any(|l| !l.is_finite() || *l < 0.0)
+        {
+            return Err(bad("network.latency_ms", "latencies must be ≥ 0".into()));
+        }
+        if self.network.gossip_fanout < 2 {
+            return Err(bad("network.gossip_fanout", "at least 2".into()));
+        }
+        if !(0.0..0.5).contains(&self.network.loss) {
+            return Err(bad("network.loss", "must be in [0, 0.5)".into()));
+        }
+        let region_ok = |r: &String| self.network.regions.contains(r);
+        if self.providers.is_empty() {
+            return Err(bad("providers", "at least one provider group".into()));
+        }
+        for (i, g) in self.providers.iter().enumerate() {
+            if !region_ok(&g.region) {
+                return Err(bad(
+                    &format!("providers[{i}].region"),
+                    format!("{:?} is not in network.regions", g.region),
+                ));
+            }
+        }
+        let r = &self.requesters;
+        if r.regions.is_empty() || !r.regions.iter().all(region_ok) {
+            return Err(bad(
+                "requesters.regions",
+                "must name regions of network.regions".into(),
+            ));
+        }
+        if !(r.jobs_per_day > 0.0 && r.jobs_per_day.is_finite()) {
+            return Err(bad("requesters.jobs_per_day", "must be positive".into()));
+        }
+        for (k, v) in &r.mix {
+            if !["train", "infer", "preprocess"].contains(&k.as_str()) {
+                return Err(bad(
+                    "requesters.mix",
+                    format!("unknown kind {k:?}; use train, infer, preprocess"),
+                ));
+            }
+            if !(v.is_finite() && *v >= 0.0) {
+                return Err(bad("requesters.mix", format!("share of {k} must be ≥ 0")));
+            }
+        }
+        if r.mix.values().sum::<f64>() <= 0.0 {
+            return Err(bad("requesters.mix", "shares must not all be 0".into()));
+        }
+        for (name, v) in [
+            ("requesters.dp_share", r.dp_share),
+            ("oracles.verify_share", self.oracles.verify_share),
+            ("faults.cheating_share", self.faults.cheating_share),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(bad(name, format!("{v} is not in [0, 1]")));
+            }
+        }
+        if self.oracles.committee == 0 || self.oracles.committee > self.oracles.count {
+            return Err(bad(
+                "oracles.committee",
+                format!("must be in 1..={} (oracles.count)", self.oracles.count),
+            ));
+        }
+        for (i, p) in self.faults.partitions.iter().enumerate() {
+            if !(p.start_hours >= 0.0 && p.hours > 0.0) {
+                return Err(bad(
+                    &format!("faults.partitions[{i}]"),
+                    "needs start ≥ 0, hours > 0".into(),
+                ));
+            }
+            if !p.regions.iter().all(region_ok) {
+                return Err(bad(
+                    &format!("faults.partitions[{i}].regions"),
+                    "unknown region".into(),
+                ));
+            }
+        }
+        if let Some(s) = &self.sweep
+            && (s.requesters.is_empty() || s.days <= 0.0)
+        {
+            return Err(bad("sweep", "needs requester counts and days > 0".into()));
+        }
+        Ok(())
+    }
+
+    /// Total providers.
+    pub fn provider_count(&self) -> u32 {
+        self.providers.iter().map(|g| g.count).sum()
+    }
+
+    /// Index of a region.
+    pub fn region_index(&self, name: &str) -> usize {
+        self.network
+            .regions
+            .iter()
+            .position(|r| r == name)
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_scenario_parses() {
+        for (name, _) in BUILTIN {
+            let s = Scenario::load(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(&s.name, name);
+        }
+        assert_eq!(Scenario::load("paper-30d").unwrap().provider_count(), 28);
+        let big = Scenario::load("scale-1k").unwrap();
+        assert_eq!(big.provider_count(), 1000);
+        assert_eq!(big.requesters.count, 300);
+    }
+
+    #[test]
+    fn bad_scenarios_name_the_field() {
+        let text = BUILTIN[0].1;
+        let err = Scenario::parse(&text.replace("days = 30.0", "days = \"thirty\""), "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("days") && err.contains("line"), "{err}");
+        let err = Scenario::parse(&text.replace("committee = 3", "committee = 99"), "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("oracles.committee"), "{err}");
+        assert!(
+            Scenario::load("no-such-scenario")
+                .unwrap_err()
+                .to_string()
+                .contains("paper-30d")
+        );
+    }
+}
