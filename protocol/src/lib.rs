@@ -22,9 +22,12 @@
 //! provider delivers a [`Receipt`]; oracles [`Probe`] and judge with a [`Verdict`];
 //! either party may raise a [`Dispute`].
 
+pub mod accounting;
 pub mod codec;
 pub mod identity;
+pub mod market;
 pub mod messages;
+pub mod oracle;
 pub mod replay;
 pub mod settlement;
 pub mod signed;

@@ -1,0 +1,260 @@
+//! Aggregating the committee's verdicts into a settlement instruction.
+//!
+//! Each verdict is checked on arrival (signature, signer is the oracle it names,
+//! committee member, right epoch, first verdict of that oracle on that contract).
+//! Once ⌈2k/3⌉ members of the epoch's committee of `k` agree on one
+//! [`Outcome`], the matching verdicts form a [`QuorumCert`] and the escrow split is
+//! computed by [`crate::settlement::payout`]: the provider gets `P·C − λ·R` (if
+//! the result was delivered and correct), the oracles in the quorum share the fee,
+//! and the requester is refunded the rest. One instruction per contract.
+//!
+//! **Same certificate everywhere.** A member that has a quorum but not yet every
+//! member's verdict waits (the engine's `quorum_wait`) for the rest, so that, when
+//! no verdict is lost, every member builds the very same certificate (all matching
+//! verdicts, sorted by oracle) and the same fee split; [`Aggregator::settle_now`]
+//! settles with the quorum at hand once the wait is over. The ledger keeps the
+//! first valid settlement of a contract.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::AccountId;
+use crate::messages::{ContractTerms, Verdict};
+use crate::settlement::{Outcome, Payout, QuorumCert, payout, quorum};
+use crate::signed::Signed;
+use crate::types::{Bps, Hash32, NetworkId};
+
+/// What the committee decided about one contract: the ledger writes it as a
+/// settlement entry (it re-checks the certificate and the split).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SettlementInstruction {
+    pub contract: Hash32,
+    pub terms: ContractTerms,
+    pub cert: QuorumCert,
+    pub outcome: Outcome,
+    pub payout: Payout,
+}
+
+/// Why a verdict was not counted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
+#[non_exhaustive]
+pub enum VerdictError {
+    #[error("bad signature or signer")]
+    BadSignature,
+    #[error("verdict for epoch {got}, committee is of epoch {expected}")]
+    WrongEpoch { got: u64, expected: u64 },
+    #[error("oracle {0:?} is not on the committee")]
+    NotMember(AccountId),
+    #[error("oracle {0:?} already gave a verdict on this contract")]
+    Duplicate(AccountId),
+    #[error("contract already settled")]
+    Settled,
+    #[error("too many contracts awaiting verdicts")]
+    Full,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    terms: Option<ContractTerms>,
+    verdicts: Vec<(Verdict, Signed<Verdict>)>,
+}
+
+/// Collects verdicts per contract until a quorum settles it.
+#[derive(Debug)]
+pub struct Aggregator {
+    network: NetworkId,
+    epoch: u64,
+    committee: Vec<AccountId>,
+    fee: Bps,
+    capacity: usize,
+    pending: HashMap<Hash32, Pending>,
+    settled: HashSet<Hash32>,
+    settled_order: VecDeque<Hash32>,
+    verify: bool,
+}
+
+impl Aggregator {
+    /// `capacity` bounds the contracts awaiting a quorum and the settled ids kept.
+    pub fn new(network: NetworkId, fee: Bps, capacity: usize) -> Self {
+        Aggregator {
+            network,
+            epoch: 0,
+            committee: Vec::new(),
+            fee,
+            capacity: capacity.max(1),
+            pending: HashMap::new(),
+            settled: HashSet::new(),
+            settled_order: VecDeque::new(),
+            verify: true,
+        }
+    }
+
+    /// A new epoch and its committee. Verdicts of the old epoch still pending are
+    /// dropped: the new committee judges those contracts again.
+    pub fn set_committee(&mut self, epoch: u64, committee: Vec<AccountId>) {
+        if epoch != self.epoch {
+            for p in self.pending.values_mut() {
+                p.verdicts.clear();
+            }
+        }
+        self.epoch = epoch;
+        self.committee = committee;
+    }
+
+    /// Check verdict signatures (on by default; off only in simulation).
+    pub fn set_verify_signatures(&mut self, verify: bool) {
+        self.verify = verify;
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+    pub fn committee(&self) -> &[AccountId] {
+        &self.committee
+    }
+    pub fn is_settled(&self, contract: &Hash32) -> bool {
+        self.settled.contains(contract)
+    }
+
+    /// The terms of a contract (needed to split its escrow).
+    pub fn set_terms(
+        &mut self,
+        contract: Hash32,
+        terms: ContractTerms,
+    ) -> Option<SettlementInstruction> {
+        if self.settled.contains(&contract) {
+            return None;
+        }
+        if !self.pending.contains_key(&contract) && self.pending.len() >= self.capacity {
+            return None;
+        }
+        self.pending.entry(contract).or_default().terms = Some(terms);
+        self.try_settle(contract, false)
+    }
+
+    /// Count one verdict; a settlement instruction when it completes a quorum.
+    pub fn add(
+        &mut self,
+        sv: Signed<Verdict>,
+    ) -> Result<Option<SettlementInstruction>, VerdictError> {
+        let v = crate::market::open(&sv, &self.network, self.verify)
+            .map_err(|_| VerdictError::BadSignature)?;
+        self.add_verified(v, sv)
+    }
+
+    /// [`Aggregator::add`] for a verdict whose signature the caller checked.
+    pub fn add_verified(
+        &mut self,
+        v: Verdict,
+        sv: Signed<Verdict>,
+    ) -> Result<Option<SettlementInstruction>, VerdictError> {
+        if v.oracle != sv.signer {
+            return Err(VerdictError::BadSignature);
+        }
+        if v.epoch != self.epoch {
+            return Err(VerdictError::WrongEpoch {
+                got: v.epoch,
+                expected: self.epoch,
+            });
+        }
+        if !self.committee.contains(&v.oracle) {
+            return Err(VerdictError::NotMember(v.oracle));
+        }
+        if self.settled.contains(&v.contract) {
+            return Err(VerdictError::Settled);
+        }
+        if !self.pending.contains_key(&v.contract) && self.pending.len() >= self.capacity {
+            return Err(VerdictError::Full);
+        }
+        let p = self.pending.entry(v.contract).or_default();
+        if p.verdicts.iter().any(|(x, _)| x.oracle == v.oracle) {
+            return Err(VerdictError::Duplicate(v.oracle));
+        }
+        let contract = v.contract;
+        p.verdicts.push((v, sv));
+        Ok(self.try_settle(contract, false))
+    }
+
+    /// Whether a quorum of matching verdicts is in for `contract` (settled or not).
+    pub fn has_quorum(&self, contract: &Hash32) -> bool {
+        let need = quorum(self.committee.len());
+        self.pending.get(contract).is_some_and(|p| {
+            p.verdicts
+                .iter()
+                .map(|(v, _)| {
+                    let o = Outcome::of(v);
+                    p.verdicts
+                        .iter()
+                        .filter(|(x, _)| Outcome::of(x) == o)
+                        .count()
+                })
+                .max()
+                .is_some_and(|n| n >= need && need > 0)
+        })
+    }
+
+    /// Every member has judged `contract` and no outcome has a quorum: the
+    /// committee disagrees (e.g. on probe-based violations near a threshold) and
+    /// cannot settle it alone.
+    pub fn is_deadlocked(&self, contract: &Hash32) -> bool {
+        self.pending
+            .get(contract)
+            .is_some_and(|p| p.verdicts.len() >= self.committee.len() && !self.has_quorum(contract))
+    }
+
+    /// Settle with the quorum at hand, without waiting for the remaining members.
+    pub fn settle_now(&mut self, contract: Hash32) -> Option<SettlementInstruction> {
+        self.try_settle(contract, true)
+    }
+
+    fn try_settle(&mut self, contract: Hash32, force: bool) -> Option<SettlementInstruction> {
+        let need = quorum(self.committee.len());
+        let p = self.pending.get(&contract)?;
+        if !force && p.verdicts.len() < self.committee.len() {
+            return None;
+        }
+        let terms = p.terms.as_ref()?;
+        let mut tally: Vec<(Outcome, usize)> = Vec::new();
+        for (v, _) in &p.verdicts {
+            let o = Outcome::of(v);
+            match tally.iter_mut().find(|(x, _)| *x == o) {
+                Some((_, n)) => *n += 1,
+                None => tally.push((o, 1)),
+            }
+        }
+        let (outcome, n) = tally.into_iter().max_by_key(|(_, n)| *n)?;
+        if n < need || need == 0 {
+            return None;
+        }
+        let mut verdicts: Vec<(Verdict, Signed<Verdict>)> = p
+            .verdicts
+            .iter()
+            .filter(|(v, _)| Outcome::of(v) == outcome)
+            .cloned()
+            .collect();
+        verdicts.sort_by_key(|(v, _)| v.oracle);
+        let oracles: Vec<AccountId> = verdicts.iter().map(|(v, _)| v.oracle).collect();
+        let split = payout(terms, &outcome, self.fee, &oracles)?;
+        let instruction = SettlementInstruction {
+            contract,
+            terms: terms.clone(),
+            cert: QuorumCert {
+                contract,
+                epoch: self.epoch,
+                verdicts: verdicts.into_iter().map(|(_, s)| s).collect(),
+            },
+            outcome,
+            payout: split,
+        };
+        self.pending.remove(&contract);
+        if self.settled_order.len() >= self.capacity
+            && let Some(old) = self.settled_order.pop_front()
+        {
+            self.settled.remove(&old);
+        }
+        self.settled.insert(contract);
+        self.settled_order.push_back(contract);
+        Some(instruction)
+    }
+}
