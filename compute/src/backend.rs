@@ -1,0 +1,163 @@
+//! The [`Backend`] trait: the handful of tensor operations every workload is built
+//! from, implemented by [`crate::CpuBackend`] (the reference) and
+//! [`crate::WgpuBackend`] (WGSL kernels). All tensors are row-major `f32` slices.
+
+use crate::error::{Result, shape_err};
+use serde::{Deserialize, Serialize};
+
+/// Which implementation a backend is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum BackendKind {
+    /// Pure Rust on the CPU (`matrixmultiply` + rayon).
+    Cpu,
+    /// WGSL compute shaders through wgpu.
+    Wgpu,
+}
+
+/// What a backend runs on, for logs, offers and the `bench` command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendInfo {
+    /// Which implementation.
+    pub kind: BackendKind,
+    /// Device name (wgpu adapter name, or the CPU with its thread count).
+    pub name: String,
+    /// Graphics API (`Vulkan`, `Gl`, …) for wgpu; `native` for the CPU.
+    pub api: String,
+    /// Device type (`DiscreteGpu`, `IntegratedGpu`, `Cpu`, …).
+    pub device_type: String,
+}
+
+impl std::fmt::Display for BackendInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?} backend on {} ({}, {})",
+            self.kind, self.name, self.api, self.device_type
+        )
+    }
+}
+
+/// Parameters of [`Backend::dp_noise`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NoiseParams {
+    /// Job seed.
+    pub seed: u64,
+    /// RNG stream: the training step.
+    pub stream: u32,
+    /// Index of the first element in the stream (tensors of one step use disjoint ranges).
+    pub offset: u32,
+    /// Standard deviation of the noise (σ·C for DP-SGD).
+    pub std: f32,
+    /// Factor applied after adding noise (1/B for DP-SGD).
+    pub scale: f32,
+}
+
+/// Per-column statistics (population standard deviation).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColStats {
+    /// Column means.
+    pub mean: Vec<f32>,
+    /// Column standard deviations.
+    pub std: Vec<f32>,
+    /// Column minima.
+    pub min: Vec<f32>,
+    /// Column maxima.
+    pub max: Vec<f32>,
+}
+
+/// The tensor operations a workload needs. Every method validates shapes and returns a
+/// new tensor; implementations must agree with [`crate::CpuBackend`] within float
+/// tolerance (the tests in `tests/kernels.rs` check this for the wgpu kernels).
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// What this backend runs on.
+    fn info(&self) -> BackendInfo;
+
+    /// `C = op(A)·op(B)`, `C` is `m×n`, the inner dimension `k`. `A` is stored `m×k`
+    /// (or `k×m` when `ta`), `B` is stored `k×n` (or `n×k` when `tb`).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        ta: bool,
+        tb: bool,
+    ) -> Result<Vec<f32>>;
+
+    /// `y[r][c] = x[r][c] + bias[c]`, then `max(0, ·)` when `relu`.
+    fn bias_act(
+        &self,
+        x: &[f32],
+        bias: &[f32],
+        rows: usize,
+        cols: usize,
+        relu: bool,
+    ) -> Result<Vec<f32>>;
+
+    /// Back-propagation through ReLU: `delta` where `act > 0`, else 0.
+    fn relu_backward(&self, delta: &[f32], act: &[f32]) -> Result<Vec<f32>>;
+
+    /// Row-wise softmax cross-entropy. Returns the per-row loss and the per-row
+    /// gradient of that loss w.r.t. the logits, `softmax(z) − onehot(y)`.
+    fn softmax_xent(
+        &self,
+        logits: &[f32],
+        labels: &[u32],
+        rows: usize,
+        classes: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>)>;
+
+    /// Column sums of a `rows×cols` matrix (bias gradients).
+    fn col_sums(&self, x: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>>;
+
+    /// Squared L2 norm of each row (per-example gradient norms for DP-SGD).
+    fn row_sq_norms(&self, x: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>>;
+
+    /// Multiply row `r` by `s[r]` (per-example clipping factors).
+    fn scale_rows(&self, x: &[f32], rows: usize, cols: usize, s: &[f32]) -> Result<Vec<f32>>;
+
+    /// `(g[i] + std·N_i)·scale` where `N_i` is [`crate::rng::gaussian`]`(seed, stream, offset + i)`.
+    fn dp_noise(&self, g: &[f32], p: NoiseParams) -> Result<Vec<f32>>;
+
+    /// `w − lr·g`.
+    fn sgd_update(&self, w: &[f32], g: &[f32], lr: f32) -> Result<Vec<f32>>;
+
+    /// Fused DP-SGD update in one pass: `w − lr·dp_noise(g, p)`, i.e.
+    /// `w[i] − lr·(g[i] + std·N_i)·scale`.
+    fn dp_sgd_update(&self, w: &[f32], g: &[f32], lr: f32, p: NoiseParams) -> Result<Vec<f32>>;
+
+    /// Per-column mean, standard deviation, min and max.
+    fn col_stats(&self, x: &[f32], rows: usize, cols: usize) -> Result<ColStats>;
+
+    /// `y[r][c] = (x[r][c] − shift[c])·scale[c]` (standardization / min-max scaling).
+    fn affine_cols(
+        &self,
+        x: &[f32],
+        rows: usize,
+        cols: usize,
+        shift: &[f32],
+        scale: &[f32],
+    ) -> Result<Vec<f32>>;
+}
+
+// ---- shape checks shared by the implementations ----
+
+pub(crate) fn check_len(op: &'static str, what: &str, got: usize, want: usize) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(shape_err(
+            op,
+            format!("{what} has {got} elements, expected {want}"),
+        ))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_gemm(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Result<()> {
+    check_len("gemm", "A", a.len(), m * k)?;
+    check_len("gemm", "B", b.len(), k * n)
+}

@@ -1,0 +1,306 @@
+//! The CPU reference backend: `matrixmultiply`'s SGEMM for products, rayon for the
+//! row-parallel element-wise work. Deterministic: same inputs, same bits.
+
+use crate::backend::{
+    Backend, BackendInfo, BackendKind, ColStats, NoiseParams, check_gemm, check_len,
+};
+use crate::error::{Result, shape_err};
+use crate::rng;
+use rayon::prelude::*;
+
+/// Below this many elements rayon's fork/join costs more than it saves.
+const PAR_MIN: usize = 1 << 15;
+
+/// Pure-Rust backend; the reference every other backend is checked against.
+#[derive(Debug, Clone, Default)]
+pub struct CpuBackend {
+    _private: (),
+}
+
+impl CpuBackend {
+    /// A CPU backend using all of rayon's threads.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn map_rows(
+    x: &[f32],
+    cols: usize,
+    f: impl Fn(usize, &[f32], &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    if cols == 0 {
+        return out;
+    }
+    if x.len() >= PAR_MIN {
+        out.par_chunks_mut(cols)
+            .zip(x.par_chunks(cols))
+            .enumerate()
+            .for_each(|(r, (o, xr))| f(r, xr, o));
+    } else {
+        out.chunks_mut(cols)
+            .zip(x.chunks(cols))
+            .enumerate()
+            .for_each(|(r, (o, xr))| f(r, xr, o));
+    }
+    out
+}
+
+impl Backend for CpuBackend {
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            kind: BackendKind::Cpu,
+            name: format!("CPU ({} threads)", rayon::current_num_threads()),
+            api: "native".into(),
+            device_type: "Cpu".into(),
+        }
+    }
+
+    fn gemm(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        ta: bool,
+        tb: bool,
+    ) -> Result<Vec<f32>> {
+        check_gemm(a, b, m, k, n)?;
+        let mut c = vec![0f32; m * n];
+        if m == 0 || n == 0 || k == 0 {
+            return Ok(c);
+        }
+        // Strides express the transposes, so no copy is made.
+        let (rsa, csa) = if ta { (1, m as isize) } else { (k as isize, 1) };
+        let (rsb, csb) = if tb { (1, k as isize) } else { (n as isize, 1) };
+        gemm_raw(a, b, &mut c, m, k, n, [rsa, csa, rsb, csb]);
+        Ok(c)
+    }
+
+    fn bias_act(
+        &self,
+        x: &[f32],
+        bias: &[f32],
+        rows: usize,
+        cols: usize,
+        relu: bool,
+    ) -> Result<Vec<f32>> {
+        check_len("bias_act", "x", x.len(), rows * cols)?;
+        check_len("bias_act", "bias", bias.len(), cols)?;
+        Ok(map_rows(x, cols, |_, xr, o| {
+            for ((o, &v), &b) in o.iter_mut().zip(xr).zip(bias) {
+                let z = v + b;
+                *o = if relu { z.max(0.0) } else { z };
+            }
+        }))
+    }
+
+    fn relu_backward(&self, delta: &[f32], act: &[f32]) -> Result<Vec<f32>> {
+        check_len("relu_backward", "act", act.len(), delta.len())?;
+        Ok(delta
+            .iter()
+            .zip(act)
+            .map(|(&d, &a)| if a > 0.0 { d } else { 0.0 })
+            .collect())
+    }
+
+    fn softmax_xent(
+        &self,
+        logits: &[f32],
+        labels: &[u32],
+        rows: usize,
+        classes: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        check_len("softmax_xent", "logits", logits.len(), rows * classes)?;
+        check_len("softmax_xent", "labels", labels.len(), rows)?;
+        if let Some(&bad) = labels.iter().find(|&&y| y as usize >= classes) {
+            return Err(shape_err(
+                "softmax_xent",
+                format!("label {bad} out of range for {classes} classes"),
+            ));
+        }
+        let grad = map_rows(logits, classes, |r, z, g| {
+            softmax_grad_row(z, labels[r] as usize, g)
+        });
+        let loss = (0..rows)
+            .map(|r| xent_row(&logits[r * classes..(r + 1) * classes], labels[r] as usize))
+            .collect();
+        Ok((loss, grad))
+    }
+
+    fn col_sums(&self, x: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
+        check_len("col_sums", "x", x.len(), rows * cols)?;
+        let mut s = vec![0f32; cols];
+        for r in x.chunks(cols.max(1)) {
+            for (s, &v) in s.iter_mut().zip(r) {
+                *s += v;
+            }
+        }
+        Ok(s)
+    }
+
+    fn row_sq_norms(&self, x: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
+        check_len("row_sq_norms", "x", x.len(), rows * cols)?;
+        if cols == 0 {
+            return Ok(vec![0.0; rows]);
+        }
+        Ok(x.chunks(cols).map(sq_norm).collect())
+    }
+
+    fn scale_rows(&self, x: &[f32], rows: usize, cols: usize, s: &[f32]) -> Result<Vec<f32>> {
+        check_len("scale_rows", "x", x.len(), rows * cols)?;
+        check_len("scale_rows", "s", s.len(), rows)?;
+        Ok(map_rows(x, cols, |r, xr, o| {
+            for (o, &v) in o.iter_mut().zip(xr) {
+                *o = v * s[r];
+            }
+        }))
+    }
+
+    fn dp_noise(&self, g: &[f32], p: NoiseParams) -> Result<Vec<f32>> {
+        if p.std == 0.0 {
+            // Same bits as adding 0·z: skip drawing.
+            return Ok(g.iter().map(|&v| v * p.scale).collect());
+        }
+        let key = rng::stream_key(p.seed, p.stream);
+        let mut out = vec![0f32; g.len()];
+        let fill = |base: usize, chunk: &mut [f32]| {
+            rng::fill_gaussians(key, p.offset.wrapping_add(base as u32), chunk);
+            for (o, &v) in chunk.iter_mut().zip(&g[base..]) {
+                *o = (v + p.std * *o) * p.scale;
+            }
+        };
+        const CHUNK: usize = 32_768;
+        if g.len() >= PAR_MIN {
+            out.par_chunks_mut(CHUNK)
+                .enumerate()
+                .for_each(|(c, chunk)| fill(c * CHUNK, chunk));
+        } else {
+            fill(0, &mut out);
+        }
+        Ok(out)
+    }
+
+    fn dp_sgd_update(&self, w: &[f32], g: &[f32], lr: f32, p: NoiseParams) -> Result<Vec<f32>> {
+        check_len("dp_sgd_update", "g", g.len(), w.len())?;
+        if p.std == 0.0 {
+            return Ok(w
+                .iter()
+                .zip(g)
+                .map(|(&w, &g)| w - lr * (g * p.scale))
+                .collect());
+        }
+        let key = rng::stream_key(p.seed, p.stream);
+        let mut out = vec![0f32; g.len()];
+        let fill = |base: usize, chunk: &mut [f32]| {
+            rng::fill_gaussians(key, p.offset.wrapping_add(base as u32), chunk);
+            for ((o, &g), &w) in chunk.iter_mut().zip(&g[base..]).zip(&w[base..]) {
+                *o = w - lr * ((g + p.std * *o) * p.scale);
+            }
+        };
+        const CHUNK: usize = 32_768;
+        if g.len() >= PAR_MIN {
+            out.par_chunks_mut(CHUNK)
+                .enumerate()
+                .for_each(|(c, chunk)| fill(c * CHUNK, chunk));
+        } else {
+            fill(0, &mut out);
+        }
+        Ok(out)
+    }
+
+    fn sgd_update(&self, w: &[f32], g: &[f32], lr: f32) -> Result<Vec<f32>> {
+        check_len("sgd_update", "g", g.len(), w.len())?;
+        Ok(w.iter().zip(g).map(|(&w, &g)| w - lr * g).collect())
+    }
+
+    fn col_stats(&self, x: &[f32], rows: usize, cols: usize) -> Result<ColStats> {
+        check_len("col_stats", "x", x.len(), rows * cols)?;
+        if rows == 0 {
+            return Err(shape_err("col_stats", "no rows"));
+        }
+        let mut st = ColStats {
+            mean: vec![0.0; cols],
+            std: vec![0.0; cols],
+            min: vec![f32::INFINITY; cols],
+            max: vec![f32::NEG_INFINITY; cols],
+        };
+        for c in 0..cols {
+            let col = || (0..rows).map(|r| x[r * cols + c]);
+            let mean = col().sum::<f32>() / rows as f32;
+            let var = col().map(|v| (v - mean) * (v - mean)).sum::<f32>() / rows as f32;
+            st.mean[c] = mean;
+            st.std[c] = var.sqrt();
+            st.min[c] = col().fold(f32::INFINITY, f32::min);
+            st.max[c] = col().fold(f32::NEG_INFINITY, f32::max);
+        }
+        Ok(st)
+    }
+
+    fn affine_cols(
+        &self,
+        x: &[f32],
+        rows: usize,
+        cols: usize,
+        shift: &[f32],
+        scale: &[f32],
+    ) -> Result<Vec<f32>> {
+        check_len("affine_cols", "x", x.len(), rows * cols)?;
+        check_len("affine_cols", "shift", shift.len(), cols)?;
+        check_len("affine_cols", "scale", scale.len(), cols)?;
+        Ok(map_rows(x, cols, |_, xr, o| {
+            for (c, (o, &v)) in o.iter_mut().zip(xr).enumerate() {
+                *o = (v - shift[c]) * scale[c];
+            }
+        }))
+    }
+}
+
+/// Σ v² in eight interleaved partial sums: a fixed order (so the result is
+/// deterministic) that the compiler can vectorize, unlike one serial f32 chain.
+fn sq_norm(r: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = r.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v * v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Writes the row's softmax minus one-hot into `g`.
+fn softmax_grad_row(z: &[f32], y: usize, g: &mut [f32]) {
+    let mx = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for (g, &v) in g.iter_mut().zip(z) {
+        *g = (v - mx).exp();
+        sum += *g;
+    }
+    for g in g.iter_mut() {
+        *g /= sum;
+    }
+    g[y] -= 1.0;
+}
+
+fn xent_row(z: &[f32], y: usize) -> f32 {
+    let mx = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = z.iter().map(|v| (v - mx).exp()).sum();
+    sum.ln() + mx - z[y]
+}
+
+/// SGEMM through `matrixmultiply` with explicit strides `[rsa, csa, rsb, csb]`.
+pub(crate) fn gemm_raw(
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    s: [isize; 4],
+) {
+    crate::gemm_safe::sgemm(a, b, c, m, k, n, s);
+}

@@ -1,0 +1,569 @@
+//! A multi-layer perceptron (ReLU hidden layers, softmax output) trained by SGD or
+//! DP-SGD, written once over the [`Backend`] operations so the same code runs on every
+//! backend. [`Ops`] counts the FLOPs of every operation it dispatches; [`cost`] holds
+//! the per-operation counts that [`crate::flops_for`] predicts from.
+
+use crate::backend::{Backend, NoiseParams};
+use crate::error::{ComputeError, Result};
+use crate::rng;
+use crate::tensors::{self, Writer};
+use serde::{Deserialize, Serialize};
+use std::cell::Cell;
+
+/// FLOPs of each backend operation (multiply-adds count 2). Host-side work that is
+/// O(batch) per step (clip factors, argmax) is not counted.
+pub mod cost {
+    /// `m×k` by `k×n` product.
+    pub fn gemm(m: usize, k: usize, n: usize) -> u64 {
+        2 * (m * k * n) as u64
+    }
+    /// Bias add (+ ReLU).
+    pub fn bias_act(rows: usize, cols: usize, relu: bool) -> u64 {
+        (rows * cols * if relu { 2 } else { 1 }) as u64
+    }
+    /// ReLU mask.
+    pub fn relu_backward(len: usize) -> u64 {
+        len as u64
+    }
+    /// Max, exp, sum, divide, log per element.
+    pub fn softmax_xent(rows: usize, classes: usize) -> u64 {
+        (5 * rows * classes) as u64
+    }
+    /// Column sums.
+    pub fn col_sums(rows: usize, cols: usize) -> u64 {
+        (rows * cols) as u64
+    }
+    /// Squared row norms.
+    pub fn row_sq_norms(rows: usize, cols: usize) -> u64 {
+        (2 * rows * cols) as u64
+    }
+    /// Row scaling.
+    pub fn scale_rows(rows: usize, cols: usize) -> u64 {
+        (rows * cols) as u64
+    }
+    /// Add scaled noise and scale (the RNG's integer work is not counted).
+    pub fn dp_noise(len: usize) -> u64 {
+        3 * len as u64
+    }
+    /// `w − lr·g`.
+    pub fn sgd_update(len: usize) -> u64 {
+        2 * len as u64
+    }
+    /// Mean, variance, min, max.
+    pub fn col_stats(rows: usize, cols: usize) -> u64 {
+        (5 * rows * cols) as u64
+    }
+    /// Shift and scale.
+    pub fn affine_cols(rows: usize, cols: usize) -> u64 {
+        (2 * rows * cols) as u64
+    }
+}
+
+/// A backend plus a FLOP counter: every workload goes through this.
+#[derive(Debug)]
+pub struct Ops<'a> {
+    /// The backend that runs the operations.
+    pub be: &'a dyn Backend,
+    flops: Cell<u64>,
+}
+
+impl<'a> Ops<'a> {
+    /// Wraps a backend with a zeroed counter.
+    pub fn new(be: &'a dyn Backend) -> Self {
+        Self {
+            be,
+            flops: Cell::new(0),
+        }
+    }
+    /// FLOPs dispatched so far.
+    pub fn flops(&self) -> u64 {
+        self.flops.get()
+    }
+    pub(crate) fn add(&self, f: u64) {
+        self.flops.set(self.flops.get() + f);
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn gemm(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        ta: bool,
+        tb: bool,
+    ) -> Result<Vec<f32>> {
+        self.add(cost::gemm(m, k, n));
+        self.be.gemm(a, b, m, k, n, ta, tb)
+    }
+}
+
+/// MLP parameters. Layer `l` maps `layers[l]` inputs to `layers[l+1]` outputs with
+/// weights `w[l]` stored `in×out` row-major and biases `b[l]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mlp {
+    /// Layer widths, input first, classes last.
+    pub layers: Vec<usize>,
+    /// Weights per layer.
+    pub w: Vec<Vec<f32>>,
+    /// Biases per layer.
+    pub b: Vec<Vec<f32>>,
+}
+
+/// Training data held in memory.
+#[derive(Debug, Clone)]
+pub struct Data {
+    /// Rows.
+    pub rows: usize,
+    /// Features per row.
+    pub cols: usize,
+    /// `rows×cols` features.
+    pub x: Vec<f32>,
+    /// Class labels.
+    pub y: Vec<u32>,
+}
+
+impl Data {
+    /// Reads `x` and `y` (or `{prefix}x`-style names, e.g. `x_test`/`y_test`).
+    pub fn from_safetensors(bytes: &[u8], xname: &str, yname: &str) -> Result<Self> {
+        let st = tensors::parse(bytes)?;
+        let (rows, cols, x) = tensors::read_matrix(&st, xname)?;
+        let y = tensors::read_labels(&st, yname)?;
+        if y.len() != rows {
+            return Err(ComputeError::Data(format!(
+                "`{xname}` has {rows} rows but `{yname}` has {} labels",
+                y.len()
+            )));
+        }
+        Ok(Self { rows, cols, x, y })
+    }
+
+    /// The rows at `idx`.
+    pub fn gather(&self, idx: &[usize]) -> (Vec<f32>, Vec<u32>) {
+        let mut x = Vec::with_capacity(idx.len() * self.cols);
+        for &i in idx {
+            x.extend_from_slice(&self.x[i * self.cols..(i + 1) * self.cols]);
+        }
+        (x, idx.iter().map(|&i| self.y[i]).collect())
+    }
+}
+
+/// Differential-privacy parameters of DP-SGD.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DpConfig {
+    /// Per-example L2 clip norm C.
+    pub clip: f32,
+    /// Noise multiplier σ: noise std is σ·C on the summed clipped gradient.
+    pub sigma: f32,
+    /// δ of the (ε, δ) guarantee the accountant reports.
+    #[serde(default = "default_delta")]
+    pub delta: f64,
+}
+
+fn default_delta() -> f64 {
+    1e-5
+}
+
+/// Loss and correct predictions of one step.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepStats {
+    /// Sum of per-example losses.
+    pub loss_sum: f64,
+    /// Examples whose argmax matched the label.
+    pub correct: usize,
+    /// Examples in the batch.
+    pub rows: usize,
+}
+
+fn check_layers(layers: &[usize]) -> Result<()> {
+    if layers.len() < 2 || layers.contains(&0) {
+        return Err(ComputeError::Spec(format!(
+            "layers must list ≥ 2 non-zero widths, got {layers:?}"
+        )));
+    }
+    Ok(())
+}
+
+impl Mlp {
+    /// He-uniform initialization from the job seed (biases zero).
+    pub fn init(layers: &[usize], seed: u64) -> Result<Self> {
+        check_layers(layers)?;
+        let mut w = Vec::new();
+        let mut b = Vec::new();
+        for (l, win) in layers.windows(2).enumerate() {
+            let (fan_in, fan_out) = (win[0], win[1]);
+            let bound = (6.0 / fan_in as f32).sqrt();
+            w.push(
+                (0..(fan_in * fan_out) as u32)
+                    .map(|i| {
+                        (rng::uniform(seed, rng::STREAM_INIT + l as u32, i) * 2.0 - 1.0) * bound
+                    })
+                    .collect(),
+            );
+            b.push(vec![0.0; fan_out]);
+        }
+        Ok(Self {
+            layers: layers.to_vec(),
+            w,
+            b,
+        })
+    }
+
+    /// Number of layers with weights.
+    pub fn depth(&self) -> usize {
+        self.w.len()
+    }
+
+    /// Total parameter count.
+    pub fn params(&self) -> usize {
+        self.w.iter().chain(&self.b).map(Vec::len).sum()
+    }
+
+    /// Canonical bytes that checkpoints commit to: per layer `w` then `b`, f32 LE.
+    pub fn commit_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.params() * 4);
+        for (w, b) in self.w.iter().zip(&self.b) {
+            for v in w.iter().chain(b) {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// Largest |a − b| over all parameters (∞ if the shapes differ).
+    pub fn max_abs_diff(&self, other: &Mlp) -> f32 {
+        if self.layers != other.layers {
+            return f32::INFINITY;
+        }
+        self.w
+            .iter()
+            .chain(&self.b)
+            .zip(other.w.iter().chain(&other.b))
+            .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
+            .fold(0.0, f32::max)
+    }
+
+    /// Serializes to safetensors: `w{l}` `[in, out]`, `b{l}` `[out]`, metadata `layers`.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        let mut wr = Writer::new().meta(
+            "layers",
+            self.layers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        for (l, (w, b)) in self.w.iter().zip(&self.b).enumerate() {
+            let (i, o) = (self.layers[l], self.layers[l + 1]);
+            wr = wr
+                .f32(&format!("w{l}"), &[i, o], w)
+                .f32(&format!("b{l}"), &[o], b);
+        }
+        wr.to_bytes()
+    }
+
+    /// Reads a model written by [`Mlp::to_safetensors`]; shapes are checked.
+    pub fn from_safetensors(bytes: &[u8]) -> Result<Self> {
+        let st = tensors::parse(bytes)?;
+        let mut layers = Vec::new();
+        let mut w = Vec::new();
+        let mut b = Vec::new();
+        for l in 0usize.. {
+            let wn = format!("w{l}");
+            if !tensors::has(&st, &wn) {
+                break;
+            }
+            let (i, o, wv) = tensors::read_matrix(&st, &wn)?;
+            let (bs, bv) = tensors::read_f32(&st, &format!("b{l}"))?;
+            if bs != [o] {
+                return Err(ComputeError::Data(format!(
+                    "b{l} has shape {bs:?}, expected [{o}]"
+                )));
+            }
+            match layers.last() {
+                None => layers.push(i),
+                Some(&prev) if prev == i => {}
+                Some(&prev) => {
+                    return Err(ComputeError::Data(format!(
+                        "w{l} takes {i} inputs but layer {} has {prev} outputs",
+                        l.saturating_sub(1)
+                    )));
+                }
+            }
+            layers.push(o);
+            w.push(wv);
+            b.push(bv);
+        }
+        if layers.is_empty() {
+            return Err(ComputeError::MissingTensor("w0".into()));
+        }
+        check_layers(&layers).map_err(|_| {
+            ComputeError::Data(format!("model has invalid layer widths {layers:?}"))
+        })?;
+        Ok(Self { layers, w, b })
+    }
+
+    fn check_input(&self, cols: usize) -> Result<()> {
+        if cols != self.layers[0] {
+            return Err(ComputeError::Data(format!(
+                "data has {cols} features, the model takes {}",
+                self.layers[0]
+            )));
+        }
+        Ok(())
+    }
+
+    /// Forward pass: the activations of every layer, input first, logits last.
+    pub fn forward(&self, ops: &Ops<'_>, x: &[f32], rows: usize) -> Result<Vec<Vec<f32>>> {
+        self.check_input(x.len().checked_div(rows).unwrap_or(self.layers[0]))?;
+        let mut acts = vec![x.to_vec()];
+        for l in 0..self.depth() {
+            let (i, o) = (self.layers[l], self.layers[l + 1]);
+            let relu = l + 1 < self.depth();
+            let z = ops.gemm(&acts[l], &self.w[l], rows, i, o, false, false)?;
+            ops.add(cost::bias_act(rows, o, relu));
+            acts.push(ops.be.bias_act(&z, &self.b[l], rows, o, relu)?);
+        }
+        Ok(acts)
+    }
+
+    /// One SGD (or DP-SGD) step on a batch. `step` keys the DP noise; the noised
+    /// gradient sum is divided by `divisor` (the batch size, or its expectation
+    /// under Poisson sampling).
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_step(
+        &mut self,
+        ops: &Ops<'_>,
+        x: &[f32],
+        y: &[u32],
+        lr: f32,
+        dp: Option<DpConfig>,
+        seed: u64,
+        step: u64,
+        divisor: usize,
+    ) -> Result<StepStats> {
+        let rows = y.len();
+        if rows == 0 {
+            // An empty (Poisson) batch: DP-SGD still releases its noise.
+            if let Some(dp) = dp {
+                self.dp_update(ops, &[], &[], lr, dp, seed, step, divisor)?;
+            }
+            return Ok(StepStats::default());
+        }
+        let classes = *self.layers.last().unwrap_or(&0);
+        let acts = self.forward(ops, x, rows)?;
+        let logits = &acts[self.depth()];
+        ops.add(cost::softmax_xent(rows, classes));
+        let (loss, grad) = ops.be.softmax_xent(logits, y, rows, classes)?;
+        let stats = StepStats {
+            loss_sum: loss.iter().map(|&l| f64::from(l)).sum(),
+            correct: count_correct(logits, y, classes),
+            rows,
+        };
+        // Per-example deltas (gradient of each example's own loss w.r.t. each layer's
+        // pre-activation), last layer first.
+        let mut deltas = vec![Vec::new(); self.depth()];
+        let mut delta = grad;
+        for l in (0..self.depth()).rev() {
+            let (i, o) = (self.layers[l], self.layers[l + 1]);
+            let next = if l > 0 {
+                let d = ops.gemm(&delta, &self.w[l], rows, o, i, false, true)?;
+                ops.add(cost::relu_backward(rows * i));
+                Some(ops.be.relu_backward(&d, &acts[l])?)
+            } else {
+                None
+            };
+            deltas[l] = std::mem::take(&mut delta);
+            if let Some(n) = next {
+                delta = n;
+            }
+        }
+        match dp {
+            None => {
+                let step_lr = lr / rows as f32;
+                for l in 0..self.depth() {
+                    let (i, o) = (self.layers[l], self.layers[l + 1]);
+                    let gw = ops.gemm(&acts[l], &deltas[l], i, rows, o, true, false)?;
+                    ops.add(cost::col_sums(rows, o));
+                    let gb = ops.be.col_sums(&deltas[l], rows, o)?;
+                    ops.add(cost::sgd_update(i * o) + cost::sgd_update(o));
+                    self.w[l] = ops.be.sgd_update(&self.w[l], &gw, step_lr)?;
+                    self.b[l] = ops.be.sgd_update(&self.b[l], &gb, step_lr)?;
+                }
+            }
+            Some(dp) => self.dp_update(ops, &acts, &deltas, lr, dp, seed, step, divisor)?,
+        }
+        Ok(stats)
+    }
+
+    /// DP-SGD: clip each example's whole gradient to norm C, sum, add N(0, σ²C²) to
+    /// every coordinate, divide by the batch size. Per-example norms come from the
+    /// outer-product identity ‖aᵢ ⊗ dᵢ‖ = ‖aᵢ‖·‖dᵢ‖ (Goodfellow 2015), so no
+    /// per-example gradient is materialized and clipping is a row scaling of the
+    /// deltas before the usual product: that is why DP costs only a few percent.
+    #[allow(clippy::too_many_arguments)]
+    fn dp_update(
+        &mut self,
+        ops: &Ops<'_>,
+        acts: &[Vec<f32>],
+        deltas: &[Vec<f32>],
+        lr: f32,
+        dp: DpConfig,
+        seed: u64,
+        step: u64,
+        divisor: usize,
+    ) -> Result<()> {
+        let rows = deltas.first().map_or(0, |d| d.len() / self.layers[1]);
+        let stream = u32::try_from(step)
+            .ok()
+            .filter(|&s| s < rng::STREAM_DATA)
+            .ok_or_else(|| {
+                ComputeError::Spec(format!("step {step} exceeds the RNG stream range"))
+            })?;
+        let mut sq = vec![0f32; rows];
+        for l in (0..self.depth()).filter(|_| rows > 0) {
+            let (i, o) = (self.layers[l], self.layers[l + 1]);
+            ops.add(cost::row_sq_norms(rows, i) + cost::row_sq_norms(rows, o));
+            let na = ops.be.row_sq_norms(&acts[l], rows, i)?;
+            let nd = ops.be.row_sq_norms(&deltas[l], rows, o)?;
+            for r in 0..rows {
+                sq[r] += (na[r] + 1.0) * nd[r];
+            }
+        }
+        let factors: Vec<f32> = sq
+            .iter()
+            .map(|s| 1.0 / (s.sqrt() / dp.clip).max(1.0))
+            .collect();
+        let noise = |offset: &mut u32, len: usize| {
+            let p = NoiseParams {
+                seed,
+                stream,
+                offset: *offset,
+                std: dp.sigma * dp.clip,
+                scale: 1.0 / divisor.max(1) as f32,
+            };
+            *offset = offset.wrapping_add(len as u32);
+            p
+        };
+        let mut offset = 0u32;
+        for l in 0..self.depth() {
+            let (i, o) = (self.layers[l], self.layers[l + 1]);
+            let (gw, gb) = if rows == 0 {
+                (vec![0.0; i * o], vec![0.0; o])
+            } else {
+                ops.add(cost::scale_rows(rows, o));
+                let d = ops.be.scale_rows(&deltas[l], rows, o, &factors)?;
+                let gw = ops.gemm(&acts[l], &d, i, rows, o, true, false)?;
+                ops.add(cost::col_sums(rows, o));
+                (gw, ops.be.col_sums(&d, rows, o)?)
+            };
+            // Noise and update fused: one pass over the parameters.
+            ops.add(cost::dp_noise(i * o) + cost::dp_noise(o));
+            ops.add(cost::sgd_update(i * o) + cost::sgd_update(o));
+            self.w[l] = ops
+                .be
+                .dp_sgd_update(&self.w[l], &gw, lr, noise(&mut offset, i * o))?;
+            self.b[l] = ops
+                .be
+                .dp_sgd_update(&self.b[l], &gb, lr, noise(&mut offset, o))?;
+        }
+        Ok(())
+    }
+
+    /// Mean loss and accuracy over a data set (batched forward passes).
+    pub fn evaluate(&self, ops: &Ops<'_>, data: &Data, batch: usize) -> Result<(f64, f64)> {
+        let classes = *self.layers.last().unwrap_or(&0);
+        let (mut loss, mut correct) = (0f64, 0usize);
+        let idx: Vec<usize> = (0..data.rows).collect();
+        for chunk in idx.chunks(batch.max(1)) {
+            let (x, y) = data.gather(chunk);
+            let acts = self.forward(ops, &x, chunk.len())?;
+            let logits = &acts[self.depth()];
+            ops.add(cost::softmax_xent(chunk.len(), classes));
+            let (l, _) = ops.be.softmax_xent(logits, &y, chunk.len(), classes)?;
+            loss += l.iter().map(|&v| f64::from(v)).sum::<f64>();
+            correct += count_correct(logits, &y, classes);
+        }
+        let n = data.rows.max(1) as f64;
+        Ok((loss / n, correct as f64 / n))
+    }
+}
+
+/// Index of the largest logit in each row.
+pub fn argmax_rows(logits: &[f32], classes: usize) -> Vec<u32> {
+    logits
+        .chunks(classes.max(1))
+        .map(|r| {
+            let mut best = 0;
+            for (i, &v) in r.iter().enumerate() {
+                if v > r[best] {
+                    best = i;
+                }
+            }
+            best as u32
+        })
+        .collect()
+}
+
+fn count_correct(logits: &[f32], y: &[u32], classes: usize) -> usize {
+    argmax_rows(logits, classes)
+        .iter()
+        .zip(y)
+        .filter(|(p, y)| p == y)
+        .count()
+}
+
+/// FLOPs of one training step on a batch of `rows` (what [`Mlp::train_step`] counts).
+pub fn step_flops(layers: &[usize], rows: usize, dp: bool) -> u64 {
+    if rows == 0 {
+        // An empty Poisson batch under DP-SGD still draws noise and updates.
+        if !dp {
+            return 0;
+        }
+        return layers
+            .windows(2)
+            .map(|w| {
+                cost::dp_noise(w[0] * w[1])
+                    + cost::dp_noise(w[1])
+                    + cost::sgd_update(w[0] * w[1])
+                    + cost::sgd_update(w[1])
+            })
+            .sum();
+    }
+    let depth = layers.len() - 1;
+    let mut f = forward_flops(layers, rows) + cost::softmax_xent(rows, layers[depth]);
+    for l in 0..depth {
+        let (i, o) = (layers[l], layers[l + 1]);
+        if l > 0 {
+            f += cost::gemm(rows, o, i) + cost::relu_backward(rows * i);
+        }
+        f += cost::gemm(i, rows, o) + cost::col_sums(rows, o);
+        f += cost::sgd_update(i * o) + cost::sgd_update(o);
+        if dp {
+            f += cost::row_sq_norms(rows, i) + cost::row_sq_norms(rows, o);
+            f += cost::scale_rows(rows, o) + cost::dp_noise(i * o) + cost::dp_noise(o);
+        }
+    }
+    f
+}
+
+/// FLOPs of a forward pass over `rows` rows.
+pub fn forward_flops(layers: &[usize], rows: usize) -> u64 {
+    let depth = layers.len() - 1;
+    (0..depth)
+        .map(|l| {
+            cost::gemm(rows, layers[l], layers[l + 1])
+                + cost::bias_act(rows, layers[l + 1], l + 1 < depth)
+        })
+        .sum()
+}
+
+/// FLOPs of [`Mlp::evaluate`] over `rows` rows.
+pub fn eval_flops(layers: &[usize], rows: usize, batch: usize) -> u64 {
+    let classes = layers[layers.len() - 1];
+    let batch = batch.max(1);
+    let full = rows / batch;
+    let rest = rows % batch;
+    let one = |r: usize| forward_flops(layers, r) + cost::softmax_xent(r, classes);
+    full as u64 * one(batch) + if rest > 0 { one(rest) } else { 0 }
+}

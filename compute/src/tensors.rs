@@ -1,0 +1,178 @@
+//! Reading and writing tensors in safetensors bytes. Everything read here may come
+//! from another peer, so every dtype, shape and length is checked.
+
+use crate::error::{ComputeError, Result};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use std::collections::{BTreeMap, HashMap};
+
+/// Parses safetensors bytes.
+pub fn parse(bytes: &[u8]) -> Result<SafeTensors<'_>> {
+    Ok(SafeTensors::deserialize(bytes)?)
+}
+
+/// The one metadata key [`Writer`] writes. safetensors stores metadata as a hash map,
+/// whose order would make the bytes (and so their hashes) differ run to run; a single
+/// key holding sorted `key=value` lines keeps the output deterministic.
+pub const META_KEY: &str = "cloudchain";
+
+/// Reads the metadata [`Writer`] wrote (plus any other plain keys), sorted by key.
+pub fn metadata(bytes: &[u8]) -> Result<BTreeMap<String, String>> {
+    let (_, meta) = SafeTensors::read_metadata(bytes)?;
+    let mut out = BTreeMap::new();
+    for (k, v) in meta.metadata().clone().unwrap_or_default() {
+        if k == META_KEY {
+            for line in v.lines() {
+                if let Some((k, v)) = line.split_once('=') {
+                    out.insert(k.to_string(), v.to_string());
+                }
+            }
+        } else {
+            out.insert(k, v);
+        }
+    }
+    Ok(out)
+}
+
+fn get<'a>(st: &'a SafeTensors<'a>, name: &str) -> Result<TensorView<'a>> {
+    st.tensor(name)
+        .map_err(|_| ComputeError::MissingTensor(name.to_string()))
+}
+
+/// Whether a tensor of that name exists.
+pub fn has(st: &SafeTensors<'_>, name: &str) -> bool {
+    st.names().contains(&name)
+}
+
+fn words<const N: usize>(data: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
+    data.chunks_exact(N).map(|c| {
+        let mut w = [0u8; N];
+        w.copy_from_slice(c);
+        w
+    })
+}
+
+/// Reads a float tensor (F32 or F64, converted to f32) and its shape.
+pub fn read_f32(st: &SafeTensors<'_>, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+    let t = get(st, name)?;
+    let v: Vec<f32> = match t.dtype() {
+        Dtype::F32 => words::<4>(t.data()).map(f32::from_le_bytes).collect(),
+        Dtype::F64 => words::<8>(t.data())
+            .map(|w| f64::from_le_bytes(w) as f32)
+            .collect(),
+        d => {
+            return Err(ComputeError::Dtype {
+                name: name.into(),
+                dtype: format!("{d:?}"),
+            });
+        }
+    };
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(ComputeError::Data(format!(
+            "tensor `{name}` has a non-finite value at {i}"
+        )));
+    }
+    Ok((t.shape().to_vec(), v))
+}
+
+/// Reads a 2-D float tensor as (rows, cols, data).
+pub fn read_matrix(st: &SafeTensors<'_>, name: &str) -> Result<(usize, usize, Vec<f32>)> {
+    let (shape, v) = read_f32(st, name)?;
+    match shape.as_slice() {
+        [r, c] => Ok((*r, *c, v)),
+        [n] => Ok((*n, 1, v)),
+        s => Err(ComputeError::Data(format!(
+            "tensor `{name}` must be 2-D, has shape {s:?}"
+        ))),
+    }
+}
+
+/// Reads integer class labels (U8/U16/U32/I32/I64, or integral F32) as `u32`.
+pub fn read_labels(st: &SafeTensors<'_>, name: &str) -> Result<Vec<u32>> {
+    let t = get(st, name)?;
+    let bad = |what: String| ComputeError::Data(format!("labels `{name}`: {what}"));
+    let v: Vec<i64> = match t.dtype() {
+        Dtype::U8 => t.data().iter().map(|&b| i64::from(b)).collect(),
+        Dtype::U16 => words::<2>(t.data())
+            .map(|w| i64::from(u16::from_le_bytes(w)))
+            .collect(),
+        Dtype::U32 => words::<4>(t.data())
+            .map(|w| i64::from(u32::from_le_bytes(w)))
+            .collect(),
+        Dtype::I32 => words::<4>(t.data())
+            .map(|w| i64::from(i32::from_le_bytes(w)))
+            .collect(),
+        Dtype::I64 => words::<8>(t.data()).map(i64::from_le_bytes).collect(),
+        Dtype::F32 => {
+            let f: Vec<f32> = words::<4>(t.data()).map(f32::from_le_bytes).collect();
+            if let Some(x) = f.iter().find(|x| x.fract() != 0.0 || !x.is_finite()) {
+                return Err(bad(format!("non-integral label {x}")));
+            }
+            f.iter().map(|&x| x as i64).collect()
+        }
+        d => {
+            return Err(ComputeError::Dtype {
+                name: name.into(),
+                dtype: format!("{d:?}"),
+            });
+        }
+    };
+    v.into_iter()
+        .map(|x| u32::try_from(x).map_err(|_| bad(format!("label {x} out of range"))))
+        .collect()
+}
+
+/// Builds safetensors bytes tensor by tensor.
+#[derive(Debug, Default)]
+pub struct Writer {
+    tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
+    metadata: BTreeMap<String, String>,
+}
+
+impl Writer {
+    /// An empty file.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an f32 tensor.
+    pub fn f32(mut self, name: &str, shape: &[usize], data: &[f32]) -> Self {
+        let bytes = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.tensors
+            .push((name.into(), Dtype::F32, shape.to_vec(), bytes));
+        self
+    }
+
+    /// Adds a u32 tensor.
+    pub fn u32(mut self, name: &str, shape: &[usize], data: &[u32]) -> Self {
+        let bytes = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.tensors
+            .push((name.into(), Dtype::U32, shape.to_vec(), bytes));
+        self
+    }
+
+    /// Adds a metadata entry (`=` in the key and line breaks are replaced by `_`/` `).
+    pub fn meta(mut self, key: &str, value: impl Into<String>) -> Self {
+        let clean = |s: String| s.replace(['\n', '\r'], " ");
+        self.metadata
+            .insert(clean(key.replace('=', "_")), clean(value.into()));
+        self
+    }
+
+    /// Serializes.
+    pub fn to_bytes(self) -> Result<Vec<u8>> {
+        let views = self
+            .tensors
+            .iter()
+            .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let meta = (!self.metadata.is_empty()).then(|| {
+            let lines: Vec<String> = self
+                .metadata
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            HashMap::from([(META_KEY.to_string(), lines.join("\n"))])
+        });
+        Ok(safetensors::serialize(views, meta)?)
+    }
+}

@@ -1,0 +1,274 @@
+//! What oracles run to check a provider's work without redoing all of it.
+//!
+//! - [`freivalds`]: checks `C = A·B` in O(k·(mk + kn + mn)) instead of O(mkn); a
+//!   wrong product passes a round with probability ≤ ½, so k rounds accept it with
+//!   probability ≤ 2⁻ᵏ (errors below the float tolerance are, by design, accepted).
+//! - [`verify_training_segment`]: the provider's receipt commits to a hash chain of
+//!   weight checkpoints; the oracle picks a link ([`challenge_segment`]), the provider
+//!   reveals the weights at both ends, the oracle checks them against the chain and
+//!   re-executes those steps on its own backend, comparing within a tolerance.
+//! - [`verify_inference_sample`]: re-runs a random sample of rows and compares logits.
+
+use crate::backend::Backend;
+use crate::error::{ComputeError, Result, shape_err};
+use crate::mlp::{Data, Mlp, Ops, argmax_rows};
+use crate::rng;
+use crate::tensors;
+use crate::workload::{Checkpoint, TrainSpec, chain_next, chain_start, infer_logits, train_steps};
+use serde::{Deserialize, Serialize};
+
+/// A borrowed row-major matrix.
+#[derive(Debug, Clone, Copy)]
+pub struct MatRef<'a> {
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// `rows×cols` values.
+    pub data: &'a [f32],
+}
+
+impl<'a> MatRef<'a> {
+    /// Wraps a slice, checking its length.
+    pub fn new(rows: usize, cols: usize, data: &'a [f32]) -> Result<Self> {
+        if data.len() != rows * cols {
+            return Err(shape_err(
+                "MatRef",
+                format!("{} values for {rows}×{cols}", data.len()),
+            ));
+        }
+        Ok(Self { rows, cols, data })
+    }
+}
+
+/// Freivalds' check that `c == a·b` within relative tolerance `tol`, with `rounds`
+/// random 0/1 vectors drawn from `seed`. Round `t` accepts when for every row `i`
+/// `|(A(Br))ᵢ − (Cr)ᵢ| ≤ tol·Σₗ|Aᵢₗ|(|B|r)ₗ`, the rounding error bound of the
+/// product scaled by `tol` (1e-4 suits f32 products of inner dimension ≤ 10⁴).
+pub fn freivalds(
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    c: MatRef<'_>,
+    rounds: u32,
+    seed: u64,
+    tol: f32,
+) -> Result<bool> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if b.rows != k || c.rows != m || c.cols != n {
+        return Err(shape_err(
+            "freivalds",
+            format!("A {m}×{k}, B {}×{n}, C {}×{}", b.rows, c.rows, c.cols),
+        ));
+    }
+    for t in 0..rounds {
+        let r: Vec<f64> = (0..n as u32)
+            .map(|j| f64::from(rng::rand_u32(seed, rng::STREAM_VERIFY.wrapping_add(t), j) >> 31))
+            .collect();
+        let mut br = vec![0f64; k];
+        let mut babs = vec![0f64; k];
+        for (l, (br, babs)) in br.iter_mut().zip(&mut babs).enumerate() {
+            for (j, &rj) in r.iter().enumerate() {
+                let v = f64::from(b.data[l * n + j]);
+                *br += v * rj;
+                *babs += v.abs() * rj;
+            }
+        }
+        for i in 0..m {
+            let arow = &a.data[i * k..(i + 1) * k];
+            let (mut abr, mut scale) = (0f64, 0f64);
+            for l in 0..k {
+                let v = f64::from(arow[l]);
+                abr += v * br[l];
+                scale += v.abs() * babs[l];
+            }
+            let cr: f64 = c.data[i * n..(i + 1) * n]
+                .iter()
+                .zip(&r)
+                .map(|(&v, &rj)| f64::from(v) * rj)
+                .sum();
+            // Written so that NaN anywhere rejects.
+            let within = (abr - cr).abs() <= f64::from(tol) * scale;
+            if !within {
+                tracing::debug!(
+                    round = t,
+                    row = i,
+                    diff = (abr - cr).abs(),
+                    bound = f64::from(tol) * scale,
+                    "freivalds rejects"
+                );
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Picks which link of a checkpoint chain to challenge (1..len), from an oracle's seed.
+pub fn challenge_segment(chain: &[Checkpoint], seed: u64) -> Option<usize> {
+    if chain.len() < 2 {
+        return None;
+    }
+    let links = (chain.len() - 1) as u32;
+    Some(1 + (rng::rand_u32(seed, rng::STREAM_VERIFY, 0xC4A1) % links) as usize)
+}
+
+/// An oracle's finding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// Whether the work checks out.
+    pub ok: bool,
+    /// Largest difference found (0 when the check failed before comparing).
+    pub max_abs_diff: f32,
+    /// What was checked, or why it failed.
+    pub reason: String,
+}
+
+impl Verdict {
+    fn fail(reason: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            max_abs_diff: 0.0,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Does `model` hash to link `index` of `chain` (given the link before it)?
+pub fn matches_link(chain: &[Checkpoint], index: usize, seed: u64, model: &Mlp) -> bool {
+    match index {
+        0 => chain
+            .first()
+            .is_some_and(|c| c.step == 0 && c.hash == chain_start(seed, model)),
+        i if i < chain.len() => {
+            chain_next(&chain[i - 1].hash, chain[i].step, model) == chain[i].hash
+        }
+        _ => false,
+    }
+}
+
+/// Re-executes link `index` of a training job's checkpoint chain: checks that
+/// `start_model` and `end_model` are the committed weights at links `index − 1` and
+/// `index`, runs those steps from `start_model` on `backend`, and accepts when every
+/// parameter is within `tol·(1 + |w|)` of `end_model`.
+#[allow(clippy::too_many_arguments)]
+pub fn verify_training_segment(
+    backend: &dyn Backend,
+    spec: &TrainSpec,
+    data: &[u8],
+    chain: &[Checkpoint],
+    index: usize,
+    start_model: &[u8],
+    end_model: &[u8],
+    tol: f32,
+) -> Result<Verdict> {
+    if index == 0 || index >= chain.len() {
+        return Err(ComputeError::Spec(format!(
+            "link {index} outside the chain of {} links",
+            chain.len()
+        )));
+    }
+    let start = Mlp::from_safetensors(start_model)?;
+    let end = Mlp::from_safetensors(end_model)?;
+    if !matches_link(chain, index - 1, spec.seed, &start) {
+        return Ok(Verdict::fail(format!(
+            "start weights do not match link {}",
+            index - 1
+        )));
+    }
+    if !matches_link(chain, index, spec.seed, &end) {
+        return Ok(Verdict::fail(format!(
+            "end weights do not match link {index}"
+        )));
+    }
+    let d = Data::from_safetensors(data, "x", "y")?;
+    let (s0, s1) = (chain[index - 1].step, chain[index].step);
+    if s1 <= s0 || s1 > spec.total_steps(d.rows) {
+        return Ok(Verdict::fail(format!(
+            "link {index} has impossible steps {s0}..{s1}"
+        )));
+    }
+    let ops = Ops::new(backend);
+    let mut model = start;
+    train_steps(&ops, spec, &d, &mut model, s0, s1, |_, _, _| Ok(()))?;
+    let diff = param_rel_diff(&model, &end);
+    Ok(Verdict {
+        ok: diff <= tol,
+        max_abs_diff: model.max_abs_diff(&end),
+        reason: format!(
+            "re-executed steps {s0}..{s1} on {}: max relative difference {diff:.3e} (tolerance {tol:.1e})",
+            backend.info().name
+        ),
+    })
+}
+
+fn param_rel_diff(a: &Mlp, b: &Mlp) -> f32 {
+    if a.layers != b.layers {
+        return f32::INFINITY;
+    }
+    a.w.iter()
+        .chain(&a.b)
+        .zip(b.w.iter().chain(&b.b))
+        .flat_map(|(x, y)| {
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs() / (1.0 + q.abs()))
+        })
+        .fold(0.0, f32::max)
+}
+
+/// Re-runs `sample` random rows (chosen by `seed`) of an inference job and compares
+/// the claimed `logits` (and `pred`) within `tol·(1 + |logit|)`.
+pub fn verify_inference_sample(
+    backend: &dyn Backend,
+    model: &[u8],
+    data: &[u8],
+    claimed: &[u8],
+    sample: usize,
+    seed: u64,
+    tol: f32,
+) -> Result<Verdict> {
+    let m = Mlp::from_safetensors(model)?;
+    let st = tensors::parse(data)?;
+    let (rows, cols, x) = tensors::read_matrix(&st, "x")?;
+    let out = tensors::parse(claimed)?;
+    let (lr, classes, logits) = tensors::read_matrix(&out, "logits")?;
+    let pred = tensors::read_labels(&out, "pred")?;
+    if lr != rows || classes != m.layers[m.depth()] || pred.len() != rows || cols != m.layers[0] {
+        return Ok(Verdict::fail(format!(
+            "claimed output has shape {lr}×{classes} for {rows} rows of {cols} features"
+        )));
+    }
+    let picks: Vec<usize> = rng::permutation(rows, seed, rng::STREAM_VERIFY.wrapping_add(7))
+        .into_iter()
+        .take(sample.min(rows))
+        .collect();
+    let mut xs = Vec::with_capacity(picks.len() * cols);
+    for &r in &picks {
+        xs.extend_from_slice(&x[r * cols..(r + 1) * cols]);
+    }
+    let ops = Ops::new(backend);
+    let ours = infer_logits(&ops, &m, &xs, picks.len())?;
+    let mut worst = 0f32;
+    let mut max_abs = 0f32;
+    for (s, &r) in picks.iter().enumerate() {
+        let theirs = &logits[r * classes..(r + 1) * classes];
+        let mine = &ours[s * classes..(s + 1) * classes];
+        for (t, o) in theirs.iter().zip(mine) {
+            worst = worst.max((t - o).abs() / (1.0 + o.abs()));
+            max_abs = max_abs.max((t - o).abs());
+        }
+        if argmax_rows(theirs, classes)[0] != pred[r] {
+            return Ok(Verdict::fail(format!(
+                "row {r}: pred does not match its logits"
+            )));
+        }
+    }
+    Ok(Verdict {
+        ok: worst <= tol,
+        max_abs_diff: max_abs,
+        reason: format!(
+            "re-ran {} of {rows} rows: max relative difference {worst:.3e} (tolerance {tol:.1e})",
+            picks.len()
+        ),
+    })
+}

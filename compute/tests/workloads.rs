@@ -1,0 +1,582 @@
+//! Workloads on real data (red wine quality, shipped by `linfa-datasets`), FLOP
+//! accounting, determinism, verification and federated learning.
+//!
+//! Stated baselines (test split = 20 % of 1 599 wines, seed 1):
+//! - majority-class accuracy ("always quality 5") on the test split; training must
+//!   beat it by ≥ 8 points without DP and ≥ 5 points with DP-SGD (σ = 1, C = 1);
+//! - FedAvg over 3 shards with DP-SGD must reach within 5 points of centralized
+//!   non-private training on the same split.
+
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns unwrap too
+
+use compute::datasets::{Builtin, builtin, generate_classification};
+use compute::fedavg::{FedAvgSpec, fedavg};
+use compute::mlp::{Data, Mlp, Ops};
+use compute::verify::{
+    MatRef, challenge_segment, freivalds, verify_inference_sample, verify_training_segment,
+};
+use compute::workload::DataShape;
+use compute::{
+    Backend, CpuBackend, DpConfig, PreprocessOp, TrainSpec, WgpuBackend, WorkloadSpec, flops_for,
+    run_workload, tensors,
+};
+
+fn wine_split() -> Vec<u8> {
+    let be = CpuBackend::new();
+    let raw = builtin(Builtin::WineQuality).unwrap();
+    let std = run_workload(
+        &be,
+        &WorkloadSpec::Preprocess {
+            op: PreprocessOp::Standardize,
+        },
+        &raw,
+        None,
+    )
+    .unwrap();
+    run_workload(
+        &be,
+        &WorkloadSpec::Preprocess {
+            op: PreprocessOp::Split {
+                test_fraction: 0.2,
+                seed: 1,
+            },
+        },
+        &std.output,
+        None,
+    )
+    .unwrap()
+    .output
+}
+
+fn majority_baseline(split: &[u8]) -> f64 {
+    let test = Data::from_safetensors(split, "x_test", "y_test").unwrap();
+    let train = Data::from_safetensors(split, "x", "y").unwrap();
+    let mut counts = [0usize; 6];
+    for &y in &train.y {
+        counts[y as usize] += 1;
+    }
+    let majority = (0..6).max_by_key(|&c| counts[c]).unwrap() as u32;
+    test.y.iter().filter(|&&y| y == majority).count() as f64 / test.rows as f64
+}
+
+fn wine_spec(dp: Option<DpConfig>) -> TrainSpec {
+    TrainSpec {
+        layers: vec![11, 32, 6],
+        epochs: 30,
+        batch: 32,
+        lr: 0.05,
+        dp,
+        seed: 7,
+        checkpoint_every: 20,
+        sampling: Default::default(),
+    }
+}
+
+const DP: DpConfig = DpConfig {
+    clip: 1.0,
+    sigma: 1.0,
+    delta: 1e-5,
+};
+
+#[test]
+fn training_on_wine_lowers_loss_and_beats_majority_baseline() {
+    let split = wine_split();
+    let base = majority_baseline(&split);
+    assert!((0.35..0.5).contains(&base), "baseline {base}");
+    let out = run_workload(
+        &CpuBackend::new(),
+        &WorkloadSpec::Train(wine_spec(None)),
+        &split,
+        None,
+    )
+    .unwrap();
+    let m = &out.metrics;
+    let (first, last) = (m.loss_per_epoch[0], *m.loss_per_epoch.last().unwrap());
+    assert!(last < 0.8 * first, "loss {first} → {last}");
+    let acc = m.test_accuracy.unwrap();
+    eprintln!(
+        "wine: loss {first:.3} → {last:.3}, test accuracy {acc:.3}, majority baseline {base:.3}"
+    );
+    assert!(acc >= base + 0.08, "test accuracy {acc} vs majority {base}");
+    assert!(m.epsilon.is_none());
+    // The output is a loadable model.
+    let model = Mlp::from_safetensors(&out.output).unwrap();
+    assert_eq!(model.layers, vec![11, 32, 6]);
+}
+
+#[test]
+fn dp_sgd_on_wine_still_learns_and_reports_epsilon() {
+    let split = wine_split();
+    let base = majority_baseline(&split);
+    let out = run_workload(
+        &CpuBackend::new(),
+        &WorkloadSpec::Train(wine_spec(Some(DP))),
+        &split,
+        None,
+    )
+    .unwrap();
+    let m = &out.metrics;
+    let acc = m.test_accuracy.unwrap();
+    eprintln!(
+        "wine DP-SGD: test accuracy {acc:.3} (majority {base:.3}), eps = {:?}",
+        m.epsilon
+    );
+    assert!(
+        acc >= base + 0.05,
+        "DP test accuracy {acc} vs majority {base}"
+    );
+    assert!(m.loss_per_epoch.last().unwrap() < &m.loss_per_epoch[0]);
+    let eps = m.epsilon.unwrap();
+    let q = 32.0 / 1279.0;
+    assert_eq!(eps, compute::dp::rdp_epsilon(1.0, q, 30 * 40, 1e-5));
+    assert!(eps.is_finite() && eps > 0.0);
+}
+
+#[test]
+fn flops_for_predicts_what_run_workload_counts() {
+    let split = wine_split();
+    let train = Data::from_safetensors(&split, "x", "y").unwrap();
+    let test = Data::from_safetensors(&split, "x_test", "y_test").unwrap();
+    let shape = DataShape {
+        rows: train.rows,
+        features: 11,
+        test_rows: test.rows,
+    };
+    let be = CpuBackend::new();
+    for dp in [None, Some(DP)] {
+        let mut spec = wine_spec(dp);
+        spec.epochs = 2;
+        let ws = WorkloadSpec::Train(spec);
+        let out = run_workload(&be, &ws, &split, None).unwrap();
+        assert_eq!(out.flops, flops_for(&ws, shape), "dp = {}", dp.is_some());
+        assert!(out.compute_units() > 0.0);
+    }
+    let model = run_workload(
+        &be,
+        &WorkloadSpec::Train(TrainSpec {
+            epochs: 1,
+            ..wine_spec(None)
+        }),
+        &split,
+        None,
+    )
+    .unwrap()
+    .output;
+    let infer = WorkloadSpec::Infer {
+        layers: vec![11, 32, 6],
+    };
+    let out = run_workload(&be, &infer, &split, Some(&model)).unwrap();
+    assert_eq!(out.flops, flops_for(&infer, shape));
+    let pre = WorkloadSpec::Preprocess {
+        op: PreprocessOp::Normalize,
+    };
+    let out = run_workload(&be, &pre, &split, None).unwrap();
+    assert_eq!(out.flops, flops_for(&pre, shape));
+    // 2·m·k·n dominates: a 1000-row inference through [11, 32, 6] is ≈ 2·1000·(11·32 + 32·6).
+    let f = flops_for(
+        &infer,
+        DataShape {
+            rows: 1000,
+            features: 11,
+            test_rows: 0,
+        },
+    );
+    let gemm = 2 * 1000 * (11 * 32 + 32 * 6);
+    assert!((gemm..gemm * 11 / 10).contains(&f), "{f}");
+}
+
+#[test]
+fn cpu_training_is_bit_for_bit_reproducible() {
+    let data = generate_classification(300, 8, 3, 5).unwrap();
+    let spec = WorkloadSpec::Train(TrainSpec {
+        layers: vec![8, 16, 3],
+        epochs: 3,
+        batch: 25,
+        lr: 0.1,
+        dp: Some(DP),
+        seed: 11,
+        checkpoint_every: 5,
+        sampling: Default::default(),
+    });
+    let be = CpuBackend::new();
+    let a = run_workload(&be, &spec, &data, None).unwrap();
+    let b = run_workload(&be, &spec, &data, None).unwrap();
+    assert!(a.output == b.output);
+    assert_eq!(a.checkpoints, b.checkpoints);
+    assert_eq!(a.checkpoints.len(), 1 + 36 / 5 + 1);
+    let mut other = spec.clone();
+    if let WorkloadSpec::Train(t) = &mut other {
+        t.seed = 12;
+    }
+    let c = run_workload(&be, &other, &data, None).unwrap();
+    assert!(
+        a.output != c.output,
+        "a different seed must change the noise and the model"
+    );
+}
+
+#[test]
+fn wgpu_training_matches_cpu_within_tolerance() {
+    let gpu = WgpuBackend::new().expect("wgpu adapter required (install mesa-vulkan-drivers)");
+    let data = generate_classification(96, 6, 3, 2).unwrap();
+    for dp in [None, Some(DP)] {
+        let spec = WorkloadSpec::Train(TrainSpec {
+            layers: vec![6, 16, 3],
+            epochs: 2,
+            batch: 32,
+            lr: 0.1,
+            dp,
+            seed: 3,
+            checkpoint_every: 3,
+            sampling: Default::default(),
+        });
+        let c = run_workload(&CpuBackend::new(), &spec, &data, None).unwrap();
+        let g = run_workload(&gpu, &spec, &data, None).unwrap();
+        let (mc, mg) = (
+            Mlp::from_safetensors(&c.output).unwrap(),
+            Mlp::from_safetensors(&g.output).unwrap(),
+        );
+        let diff = mc.max_abs_diff(&mg);
+        assert!(diff < 1e-3, "dp={} max |Δw| = {diff}", dp.is_some());
+        assert_eq!(c.flops, g.flops);
+    }
+}
+
+#[test]
+fn preprocess_ops_do_what_they_say() {
+    let be = CpuBackend::new();
+    let raw = builtin(Builtin::Iris).unwrap();
+    let norm = run_workload(
+        &be,
+        &WorkloadSpec::Preprocess {
+            op: PreprocessOp::Normalize,
+        },
+        &raw,
+        None,
+    )
+    .unwrap();
+    let st = tensors::parse(&norm.output).unwrap();
+    let (_, _, x) = tensors::read_matrix(&st, "x").unwrap();
+    assert!(x.iter().all(|v| (-1e-6..=1.0 + 1e-6).contains(v)));
+    let sh = run_workload(
+        &be,
+        &WorkloadSpec::Preprocess {
+            op: PreprocessOp::Shuffle { seed: 4 },
+        },
+        &raw,
+        None,
+    )
+    .unwrap();
+    let a = Data::from_safetensors(&raw, "x", "y").unwrap();
+    let b = Data::from_safetensors(&sh.output, "x", "y").unwrap();
+    assert_ne!(a.y, b.y);
+    let mut ya = a.y.clone();
+    let mut yb = b.y.clone();
+    ya.sort();
+    yb.sort();
+    assert_eq!(ya, yb, "shuffle keeps the multiset of labels");
+    let split = run_workload(
+        &be,
+        &WorkloadSpec::Preprocess {
+            op: PreprocessOp::Split {
+                test_fraction: 0.2,
+                seed: 4,
+            },
+        },
+        &raw,
+        None,
+    )
+    .unwrap();
+    let tr = Data::from_safetensors(&split.output, "x", "y").unwrap();
+    let te = Data::from_safetensors(&split.output, "x_test", "y_test").unwrap();
+    assert_eq!((tr.rows, te.rows), (120, 30));
+}
+
+#[test]
+fn inference_runs_and_sampled_rows_verify() {
+    let be = CpuBackend::new();
+    let split = wine_split();
+    let model = run_workload(
+        &be,
+        &WorkloadSpec::Train(TrainSpec {
+            epochs: 3,
+            ..wine_spec(None)
+        }),
+        &split,
+        None,
+    )
+    .unwrap()
+    .output;
+    let spec = WorkloadSpec::Infer {
+        layers: vec![11, 32, 6],
+    };
+    let out = run_workload(&be, &spec, &split, Some(&model)).unwrap();
+    assert!(out.metrics.train_accuracy.unwrap() > 0.4);
+    let v = verify_inference_sample(&be, &model, &split, &out.output, 50, 9, 1e-4).unwrap();
+    assert!(v.ok, "{v:?}");
+    // A provider that returns logits of a different (cheaper) model is caught.
+    let other = Mlp::init(&[11, 32, 6], 99)
+        .unwrap()
+        .to_safetensors()
+        .unwrap();
+    let fake = run_workload(&be, &spec, &split, Some(&other)).unwrap();
+    let v = verify_inference_sample(&be, &model, &split, &fake.output, 50, 9, 1e-4).unwrap();
+    assert!(!v.ok, "{v:?}");
+    // Wrong architecture is refused before running.
+    assert!(
+        run_workload(
+            &be,
+            &WorkloadSpec::Infer {
+                layers: vec![11, 8, 6]
+            },
+            &split,
+            Some(&model)
+        )
+        .is_err()
+    );
+}
+
+fn rand_mat(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
+    (0..(rows * cols) as u32)
+        .map(|i| compute::rng::uniform(seed, 1, i) * 2.0 - 1.0)
+        .collect()
+}
+
+#[test]
+fn freivalds_accepts_correct_products_and_rejects_one_corrupted_entry() {
+    let (m, k, n) = (40, 48, 36);
+    let a = rand_mat(m, k, 1);
+    let b = rand_mat(k, n, 2);
+    let c = CpuBackend::new()
+        .gemm(&a, &b, m, k, n, false, false)
+        .unwrap();
+    let am = MatRef::new(m, k, &a).unwrap();
+    let bm = MatRef::new(k, n, &b).unwrap();
+    // Correct products (CPU and GPU-computed) pass for every seed.
+    let gpu = WgpuBackend::new().expect("wgpu adapter required");
+    let cg = gpu.gemm(&a, &b, m, k, n, false, false).unwrap();
+    for seed in 0..50 {
+        assert!(freivalds(am, bm, MatRef::new(m, n, &c).unwrap(), 10, seed, 1e-4).unwrap());
+        assert!(freivalds(am, bm, MatRef::new(m, n, &cg).unwrap(), 10, seed, 1e-4).unwrap());
+    }
+    // One corrupted entry: one round catches it about half the time…
+    let mut bad = c.clone();
+    bad[17 * n + 5] += 0.5;
+    let badm = MatRef::new(m, n, &bad).unwrap();
+    let trials = 400;
+    let caught = (0..trials)
+        .filter(|&s| !freivalds(am, bm, badm, 1, s, 1e-4).unwrap())
+        .count();
+    let rate = caught as f64 / trials as f64;
+    assert!(
+        (0.4..0.6).contains(&rate),
+        "single-round detection rate {rate}"
+    );
+    // k = 3 rounds: caught with probability 1 − 2⁻³ = 0.875 (binomial sd over 400
+    // seeds ≈ 0.017, so 0.82 is > 3 sd below).
+    let caught3 = (0..trials)
+        .filter(|&s| !freivalds(am, bm, badm, 3, s, 1e-4).unwrap())
+        .count() as f64
+        / trials as f64;
+    assert!(caught3 >= 0.82, "3-round detection rate {caught3}");
+    // …and k = 20 rounds catch it for every seed (false accept ≤ 2⁻²⁰ each).
+    for seed in 0..trials {
+        assert!(
+            !freivalds(am, bm, badm, 20, seed, 1e-4).unwrap(),
+            "seed {seed}"
+        );
+    }
+    assert!(freivalds(am, bm, MatRef::new(m, k, &a).unwrap(), 1, 0, 1e-4).is_err());
+}
+
+fn train_for_verification() -> (Vec<u8>, TrainSpec, compute::WorkloadOutput) {
+    let data = generate_classification(200, 8, 3, 21).unwrap();
+    let spec = TrainSpec {
+        layers: vec![8, 16, 3],
+        epochs: 4,
+        batch: 20,
+        lr: 0.1,
+        dp: Some(DP),
+        seed: 5,
+        checkpoint_every: 7,
+        sampling: Default::default(),
+    };
+    let out = run_workload(
+        &CpuBackend::new(),
+        &WorkloadSpec::Train(spec.clone()),
+        &data,
+        None,
+    )
+    .unwrap();
+    (data, spec, out)
+}
+
+#[test]
+fn honest_training_segment_verifies_on_cpu_and_gpu() {
+    let (data, spec, out) = train_for_verification();
+    let chain = &out.checkpoints;
+    let gpu = WgpuBackend::new().expect("wgpu adapter required");
+    for seed in 0..3 {
+        let i = challenge_segment(chain, seed).unwrap();
+        let (s, e) = (&out.checkpoint_models[i - 1], &out.checkpoint_models[i]);
+        let v = verify_training_segment(&CpuBackend::new(), &spec, &data, chain, i, s, e, 1e-6)
+            .unwrap();
+        assert!(
+            v.ok && v.max_abs_diff == 0.0,
+            "CPU re-execution is exact: {v:?}"
+        );
+        let v = verify_training_segment(&gpu, &spec, &data, chain, i, s, e, 1e-3).unwrap();
+        assert!(v.ok, "{v:?}");
+    }
+    // The final model is the last link.
+    let last = chain.len() - 1;
+    let final_model = Mlp::from_safetensors(&out.output).unwrap();
+    assert!(compute::verify::matches_link(
+        chain,
+        last,
+        spec.seed,
+        &final_model
+    ));
+}
+
+#[test]
+fn tampered_training_segment_is_caught() {
+    let (data, spec, out) = train_for_verification();
+    let mut chain = out.checkpoints.clone();
+    let i = 3;
+    // A provider that skipped work: it commits to weights it did not compute
+    // (here: the start weights slightly perturbed), with a consistent chain.
+    let mut lazy = Mlp::from_safetensors(&out.checkpoint_models[i - 1]).unwrap();
+    lazy.w[0][0] += 0.01;
+    chain[i].hash = compute::workload::chain_next(&chain[i - 1].hash, chain[i].step, &lazy);
+    let lazy_bytes = lazy.to_safetensors().unwrap();
+    let v = verify_training_segment(
+        &CpuBackend::new(),
+        &spec,
+        &data,
+        &chain,
+        i,
+        &out.checkpoint_models[i - 1],
+        &lazy_bytes,
+        1e-3,
+    )
+    .unwrap();
+    assert!(!v.ok, "{v:?}");
+    // Revealing weights that do not match the committed chain is caught by the hash.
+    let v = verify_training_segment(
+        &CpuBackend::new(),
+        &spec,
+        &data,
+        &out.checkpoints,
+        i,
+        &out.checkpoint_models[i - 1],
+        &lazy_bytes,
+        1e-3,
+    )
+    .unwrap();
+    assert!(!v.ok && v.reason.contains("do not match"), "{v:?}");
+    // A single flipped weight in the honest end weights: hash mismatch.
+    let mut end = Mlp::from_safetensors(&out.checkpoint_models[i]).unwrap();
+    end.b[1][0] = f32::from_bits(end.b[1][0].to_bits() ^ 1);
+    let v = verify_training_segment(
+        &CpuBackend::new(),
+        &spec,
+        &data,
+        &out.checkpoints,
+        i,
+        &out.checkpoint_models[i - 1],
+        &end.to_safetensors().unwrap(),
+        1e-3,
+    )
+    .unwrap();
+    assert!(!v.ok);
+}
+
+#[test]
+fn fedavg_over_three_dp_shards_approaches_centralized_training() {
+    let split = wine_split();
+    let be = CpuBackend::new();
+    let central = run_workload(&be, &WorkloadSpec::Train(wine_spec(None)), &split, None).unwrap();
+    let central_acc = central.metrics.test_accuracy.unwrap();
+    // Three providers, each with a private third of the training rows.
+    let train = Data::from_safetensors(&split, "x", "y").unwrap();
+    let shards: Vec<Vec<u8>> = (0..3)
+        .map(|p| {
+            let idx: Vec<usize> = (0..train.rows).filter(|r| r % 3 == p).collect();
+            let (x, y) = train.gather(&idx);
+            tensors::Writer::new()
+                .f32("x", &[idx.len(), 11], &x)
+                .u32("y", &[idx.len()], &y)
+                .to_bytes()
+                .unwrap()
+        })
+        .collect();
+    let refs: Vec<&[u8]> = shards.iter().map(Vec::as_slice).collect();
+    let spec = FedAvgSpec {
+        rounds: 10,
+        local: TrainSpec {
+            epochs: 3,
+            ..wine_spec(Some(DP))
+        },
+    };
+    let out = fedavg(&be, &spec, &refs).unwrap();
+    let test = Data::from_safetensors(&split, "x_test", "y_test").unwrap();
+    let (_, acc) = out.model.evaluate(&Ops::new(&be), &test, 256).unwrap();
+    eprintln!(
+        "FedAvg (3 DP shards) test accuracy {acc:.3} vs centralized {central_acc:.3}; eps per provider {:?}",
+        out.providers.iter().map(|p| p.epsilon).collect::<Vec<_>>()
+    );
+    assert!(
+        acc >= central_acc - 0.05,
+        "FedAvg {acc} vs centralized {central_acc}"
+    );
+    assert_eq!(out.providers.len(), 3);
+    for p in &out.providers {
+        let steps = 10 * 3 * p.rows.div_ceil(32) as u64;
+        assert_eq!(p.steps, steps);
+        let q = 32.0 / p.rows as f64;
+        assert_eq!(
+            p.epsilon,
+            Some(compute::dp::rdp_epsilon(1.0, q, steps, 1e-5))
+        );
+        assert!(p.flops > 0);
+    }
+}
+
+#[test]
+fn poisson_sampled_dp_sgd_learns_and_matches_its_cost_estimate() {
+    let split = wine_split();
+    let base = majority_baseline(&split);
+    let mut spec = wine_spec(Some(DP));
+    spec.sampling = compute::Sampling::Poisson;
+    // Batches are Poisson: their mean size is the nominal batch.
+    let rows = Data::from_safetensors(&split, "x", "y").unwrap().rows;
+    let sizes: Vec<usize> = (0..200)
+        .map(|s| spec.batch_rows(rows, s, &mut None).len())
+        .collect();
+    let mean = sizes.iter().sum::<usize>() as f64 / sizes.len() as f64;
+    assert!((mean - 32.0).abs() < 2.0, "mean Poisson batch {mean}");
+    assert!(sizes.iter().any(|&s| s != 32));
+    let ws = WorkloadSpec::Train(spec);
+    let out = run_workload(&CpuBackend::new(), &ws, &split, None).unwrap();
+    let acc = out.metrics.test_accuracy.unwrap();
+    eprintln!(
+        "wine DP-SGD (Poisson sampling): test accuracy {acc:.3}, eps {:?}",
+        out.metrics.epsilon
+    );
+    assert!(acc >= base + 0.05, "{acc} vs {base}");
+    let shape = DataShape {
+        rows,
+        features: 11,
+        test_rows: 320,
+    };
+    let est = flops_for(&ws, shape) as f64;
+    assert!(
+        (out.flops as f64 / est - 1.0).abs() < 0.05,
+        "{} vs {est}",
+        out.flops
+    );
+    // Re-execution reproduces the sampled batches too.
+    let again = run_workload(&CpuBackend::new(), &ws, &split, None).unwrap();
+    assert!(again.output == out.output);
+}
