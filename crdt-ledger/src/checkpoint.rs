@@ -1,0 +1,153 @@
+//! Checkpoints and the committee draw.
+//!
+//! Each epoch `e` has a committee of k oracles. The committee of epoch 1 is drawn
+//! from the genesis stakers; the committee of epoch `e + 1` is named by the
+//! checkpoint of epoch `e`, drawn from the stakes in that checkpoint's state and
+//! seeded by the hash of the checkpoint before it. The draw is weighted by stake,
+//! without replacement, and the draw order is the proposer order: member `r` (mod
+//! k) proposes in round `r`, a round lasting `stall_timeout` after the epoch's end.
+//!
+//! A checkpoint is final with ⌈2k/3⌉ member signatures. If a committee stalls so
+//! that its epoch never gets a final checkpoint, the **fallback** is the *backup
+//! committee* the last final checkpoint also named (drawn with another seed): it
+//! may finalize any later epoch `e' > last + 1` on top of the last final
+//! checkpoint. Among several final checkpoints on the same predecessor the one of
+//! the lowest epoch (then the lowest hash) wins, so every replica picks the same.
+
+use std::collections::BTreeMap;
+
+use protocol::codec::Wire;
+use protocol::{AccountId, Amount, Hash32};
+use serde::{Deserialize, Serialize};
+
+/// One author's last entry included by a checkpoint.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct FrontierItem {
+    pub author: AccountId,
+    pub seq: u64,
+    pub hash: Hash32,
+}
+
+/// What the committee signs at the end of an epoch.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct CheckpointBody {
+    pub epoch: u64,
+    /// The previous final checkpoint (the network id for the first).
+    pub prev: Hash32,
+    pub prev_epoch: u64,
+    /// Proposer round within the epoch: the proposer is `committee[round % k]`.
+    pub round: u32,
+    pub proposer: AccountId,
+    /// The authors whose chains advanced since `prev`, sorted by author, each with
+    /// its last included entry. Every entry between the previous frontier and this
+    /// one (following `prev_hash` links back) is included.
+    pub frontier: Vec<FrontierItem>,
+    /// The epoch's reward mint, sorted by account.
+    pub mint: Vec<(AccountId, Amount)>,
+    /// The root of the state after this checkpoint (before `last_checkpoint` moves).
+    pub state_root: Hash32,
+    /// The committee of epoch `epoch + 1`, in draw order.
+    pub next_committee: Vec<AccountId>,
+    /// The fallback committee for any later epoch if the next one stalls.
+    pub backup_committee: Vec<AccountId>,
+}
+
+impl Wire for CheckpointBody {
+    const KIND: &'static str = "ledger-checkpoint";
+    const MAX_SIZE: usize = 768 * 1024;
+}
+
+/// Draw `k` accounts from `stakes` (those with at least `min_stake`), weighted by
+/// stake, without replacement, in draw order. Deterministic in the seed.
+pub fn draw_committee(
+    seed: &Hash32,
+    stakes: &BTreeMap<AccountId, Amount>,
+    min_stake: Amount,
+    k: usize,
+) -> Vec<AccountId> {
+    let mut pool: Vec<(AccountId, u128)> = stakes
+        .iter()
+        .filter(|(_, s)| **s >= min_stake && s.0 > 0)
+        .map(|(a, s)| (*a, u128::from(s.0)))
+        .collect();
+    let mut out = Vec::with_capacity(k.min(pool.len()));
+    let mut i: u64 = 0;
+    while out.len() < k && !pool.is_empty() {
+        let total: u128 = pool.iter().map(|(_, w)| *w).sum();
+        let mut h = blake3::Hasher::new_derive_key("cloudchain/v1/committee-draw");
+        h.update(&seed.0);
+        h.update(&i.to_le_bytes());
+        let bytes = h.finalize();
+        let mut r16 = [0u8; 16];
+        r16.copy_from_slice(&bytes.as_bytes()[..16]);
+        let mut r = u128::from_le_bytes(r16) % total;
+        let mut pick = pool.len() - 1;
+        for (j, (_, w)) in pool.iter().enumerate() {
+            if r < *w {
+                pick = j;
+                break;
+            }
+            r -= *w;
+        }
+        out.push(pool.remove(pick).0);
+        i += 1;
+    }
+    out
+}
+
+/// The seed of the committee named by a checkpoint on top of `prev` for `epoch`.
+pub fn committee_seed(purpose: &str, prev: &Hash32, epoch: u64) -> Hash32 {
+    let mut h = blake3::Hasher::new_derive_key("cloudchain/v1/committee-seed");
+    h.update(purpose.as_bytes());
+    h.update(&[0]);
+    h.update(&prev.0);
+    h.update(&epoch.to_le_bytes());
+    Hash32(*h.finalize().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acct(i: u8) -> AccountId {
+        AccountId([i; 32])
+    }
+
+    #[test]
+    fn draw_is_deterministic_unique_and_respects_min_stake() {
+        let mut stakes = BTreeMap::new();
+        for i in 0..20u8 {
+            stakes.insert(acct(i), Amount(u64::from(i) * 100));
+        }
+        let seed = Hash32([9; 32]);
+        let a = draw_committee(&seed, &stakes, Amount(500), 7);
+        let b = draw_committee(&seed, &stakes, Amount(500), 7);
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 7);
+        let mut s = a.clone();
+        s.sort();
+        s.dedup();
+        assert_eq!(s.len(), 7);
+        assert!(a.iter().all(|x| x.0[0] >= 5));
+        let c = draw_committee(&Hash32([8; 32]), &stakes, Amount(500), 7);
+        assert_ne!(a, c);
+        // fewer eligible than k: all of them
+        assert_eq!(draw_committee(&seed, &stakes, Amount(1_800), 7).len(), 2);
+    }
+
+    #[test]
+    fn draw_is_weighted_by_stake() {
+        let mut stakes = BTreeMap::new();
+        stakes.insert(acct(1), Amount(9_000));
+        stakes.insert(acct(2), Amount(1_000));
+        let mut first = 0;
+        for s in 0..400u16 {
+            let mut seed = [0u8; 32];
+            seed[..2].copy_from_slice(&s.to_le_bytes());
+            if draw_committee(&Hash32(seed), &stakes, Amount(1), 1)[0] == acct(1) {
+                first += 1;
+            }
+        }
+        assert!((320..=400).contains(&first), "{first} of 400");
+    }
+}

@@ -1,0 +1,917 @@
+//! The [`Ledger`]: one replica of the signed CRDT ledger.
+//!
+//! - this file: opening, the entry index, the fold (finalized + pending view),
+//!   local writes, finality;
+//! - `committee.rs`: the committee timer, proposing, signing and collecting
+//!   checkpoint signatures, double-sign detection;
+//! - `persist.rs`: store records, snapshots, compaction, bootstrap;
+//! - `verify.rs`: reading entries out of a document and batch signature
+//!   verification.
+
+mod committee;
+mod persist;
+mod verify;
+
+pub use persist::open_from_snapshot;
+use persist::{REC_DOC, REC_SIGNED, split_snapshot, verify_snapshot};
+pub(crate) use verify::{collect_doc_entries, verify_entries};
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use automerge::{AutoCommit, ReadDoc, ScalarValue, Value, transaction::Transactable};
+use protocol::codec::{self, Wire};
+use protocol::settlement::quorum;
+use protocol::signed::{Sig, sign_bytes, verify_bytes};
+use protocol::{AccountId, Amount, Hash32, Identity, MultiSigned, NetworkId, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{CheckpointBody, FrontierItem};
+use crate::entry::{
+    Body, Entry, EntryData, EntryId, EntryKey, GenesisEntry, Params, SlashProof, Ve, VerifiedEntry,
+    chain_start, check_author,
+};
+use crate::error::{Invalid, InvalidReason, LedgerError};
+use crate::state::{FoldCtx, State};
+use crate::store::{MemStore, Store, TornTail};
+
+/// The finalized part of the ledger.
+#[derive(Clone, Debug)]
+struct Finalized {
+    state: State,
+    /// Per author: the last finalized entry.
+    frontier: BTreeMap<AccountId, (u64, Hash32)>,
+    /// The final checkpoints in order.
+    chain: Vec<MultiSigned<CheckpointBody>>,
+    /// Entries that were included by a checkpoint but invalid in its fold.
+    invalid: Vec<Invalid>,
+}
+
+/// The pending fold on top of the finalized state.
+#[derive(Clone, Debug)]
+struct View {
+    state: State,
+    /// Per author: the tip of its canonical chain (finalized or pending).
+    tips: BTreeMap<AccountId, (u64, Hash32)>,
+    pending: Vec<Ve>,
+    pending_debits: HashMap<AccountId, Amount>,
+    pending_unstakes: HashMap<AccountId, Amount>,
+    invalid: Vec<Invalid>,
+}
+
+/// Where a checkpoint proposal stands.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum CheckpointStatus {
+    /// `have` of the `need` signatures.
+    Collecting { have: usize, need: usize },
+    /// Final: publish it with `append(id, Body::Checkpoint(..))`.
+    Final(Box<MultiSigned<CheckpointBody>>),
+}
+
+/// What the committee timer asks the node to do.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum Action {
+    /// This node proposes the checkpoint of `epoch` in `round`: call
+    /// [`Ledger::propose_checkpoint`] and send the result to the committee.
+    Propose { epoch: u64, round: u32 },
+}
+
+/// What opening a store found.
+#[derive(Clone, Debug, Default)]
+pub struct OpenReport {
+    pub records: usize,
+    pub entries: usize,
+    pub from_snapshot: bool,
+    pub torn_tail: Option<TornTail>,
+    /// Stored values that were refused (bad signature, tampering, wrong key).
+    pub rejected: Vec<(String, InvalidReason)>,
+}
+
+/// The metadata of a snapshot (the document bytes follow it).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// Every final checkpoint, in order: a new peer checks their signatures from
+    /// the genesis committee on, instead of replaying history.
+    pub chain: Vec<MultiSigned<CheckpointBody>>,
+    pub state: State,
+    pub frontier: Vec<FrontierItem>,
+}
+
+impl Wire for SnapshotMeta {
+    const KIND: &'static str = "ledger-snapshot";
+    const MAX_SIZE: usize = protocol::codec::MAX_DECODE_BYTES;
+}
+
+/// One replica of the ledger. See the crate docs for the order of events.
+#[derive(Debug)]
+pub struct Ledger<S: Store = MemStore> {
+    genesis: GenesisEntry,
+    network: NetworkId,
+    params: Params,
+    pub(crate) doc: AutoCommit,
+    /// The document heads already in the store (what `save_after` starts from).
+    pub(crate) saved_heads: Vec<automerge::ChangeHash>,
+    pub(crate) store: S,
+    /// Every validly signed entry, by key; more than one hash at a key is a fork.
+    entries: BTreeMap<EntryKey, Vec<Ve>>,
+    by_hash: HashMap<Hash32, Ve>,
+    checkpoint_entries: Vec<Ve>,
+    fin: Finalized,
+    /// Where finality starts (genesis, or the snapshot opened from): kept to
+    /// refold if a lower competing final checkpoint shows up.
+    fin0: Finalized,
+    rewind: bool,
+    view: Option<View>,
+    /// Proposals collecting signatures, by body hash.
+    votes: BTreeMap<Hash32, MultiSigned<CheckpointBody>>,
+    /// What each local identity signed, per epoch (it never signs two).
+    signed: BTreeMap<(AccountId, u64), Hash32>,
+    /// Every checkpoint signature seen, per (signer, epoch): for double signs.
+    seen_sigs: BTreeMap<(AccountId, u64), Vec<SeenSig>>,
+    double_signs: Vec<SlashProof>,
+    /// Forks seen outside the document (see `receive_entry`).
+    evidence: Vec<SlashProof>,
+    proposed: BTreeSet<(u64, u32)>,
+    last_now: Option<Timestamp>,
+}
+
+fn doc_err(e: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Doc(e.to_string())
+}
+
+impl Ledger<MemStore> {
+    /// A fresh replica in memory. `actor` names this replica's changes in the
+    /// document (use the account id bytes; two replicas must not share one).
+    pub fn new(genesis: GenesisEntry, actor: &[u8]) -> Result<Self, LedgerError> {
+        Ok(Ledger::open(genesis, actor, MemStore::new())?.0)
+    }
+}
+
+impl<S: Store> Ledger<S> {
+    /// Open a replica on a store: load the snapshot and the log, cut a torn tail,
+    /// and re-verify every stored entry.
+    pub fn open(
+        genesis: GenesisEntry,
+        actor: &[u8],
+        mut store: S,
+    ) -> Result<(Self, OpenReport), LedgerError> {
+        let loaded = store.load()?;
+        let network = genesis.network();
+        let params = genesis.genesis().params.clone();
+        let state = State::genesis(&genesis)?;
+        let mut report = OpenReport {
+            records: loaded.records.len(),
+            torn_tail: loaded.torn_tail,
+            ..OpenReport::default()
+        };
+        let mut fin = Finalized {
+            state,
+            frontier: BTreeMap::new(),
+            chain: Vec::new(),
+            invalid: Vec::new(),
+        };
+        let mut doc = match &loaded.snapshot {
+            Some(snap) => {
+                let (meta, doc_bytes) = split_snapshot(snap)?;
+                fin = verify_snapshot(&genesis, meta)?;
+                report.from_snapshot = true;
+                AutoCommit::load(doc_bytes).map_err(doc_err)?
+            }
+            None => AutoCommit::new(),
+        };
+        let mut signed = BTreeMap::new();
+        for (i, r) in loaded.records.iter().enumerate() {
+            match r.split_first() {
+                Some((&REC_DOC, bytes)) => {
+                    doc.load_incremental(bytes).map_err(doc_err)?;
+                }
+                Some((&REC_SIGNED, bytes)) => {
+                    let (who, epoch, h): (AccountId, u64, Hash32) =
+                        codec::decode_limited("ledger-local-vote", 128, bytes)?;
+                    signed.insert((who, epoch), h);
+                }
+                _ => return Err(LedgerError::Doc(format!("record {i}: unknown record type"))),
+            }
+        }
+        doc.set_actor(automerge::ActorId::from(actor));
+        let mut ledger = Ledger {
+            genesis,
+            network,
+            params,
+            saved_heads: Vec::new(),
+            doc,
+            store,
+            entries: BTreeMap::new(),
+            by_hash: HashMap::new(),
+            checkpoint_entries: Vec::new(),
+            fin0: fin.clone(),
+            fin,
+            rewind: false,
+            view: None,
+            votes: BTreeMap::new(),
+            signed,
+            seen_sigs: BTreeMap::new(),
+            double_signs: Vec::new(),
+            evidence: Vec::new(),
+            proposed: BTreeSet::new(),
+            last_now: None,
+        };
+        // Everything loaded is in the store already.
+        ledger.saved_heads = ledger.doc.get_heads();
+        let (n, rejected) = ledger.index_document();
+        report.entries = n;
+        report.rejected = rejected;
+        if let Some(t) = report.torn_tail {
+            tracing::warn!(
+                offset = t.offset,
+                dropped = t.dropped,
+                "cut a torn tail off the ledger log"
+            );
+        }
+        for (key, why) in &report.rejected {
+            tracing::warn!(%key, %why, "stored value refused");
+        }
+        Ok((ledger, report))
+    }
+
+    /// Read every value in the document, verify, and index (entries below the
+    /// finalized frontier are covered by the checkpoint and skipped).
+    fn index_document(&mut self) -> (usize, Vec<(String, InvalidReason)>) {
+        let frontier = &self.fin.frontier;
+        let (found, mut rejected, _) = collect_doc_entries(&self.doc, |key| {
+            frontier
+                .get(&key.author)
+                .is_some_and(|(fs, _)| key.seq <= *fs)
+        });
+        let (ok, bad) = verify_entries(&self.network, found);
+        for (key, r) in bad {
+            rejected.push((key.to_key(), r));
+        }
+        let n = ok.len();
+        for ve in ok {
+            self.index(ve);
+        }
+        self.view = None;
+        (n, rejected)
+    }
+
+    /// Add a verified entry to the index (idempotent).
+    pub(crate) fn index(&mut self, ve: VerifiedEntry) -> bool {
+        if self.by_hash.contains_key(&ve.hash) {
+            return false;
+        }
+        let ve = Arc::new(ve);
+        self.by_hash.insert(ve.hash, ve.clone());
+        if let Body::Checkpoint(ms) = &ve.data.body {
+            self.observe_checkpoint_sigs(ms);
+            self.note_competitor(ms);
+            self.checkpoint_entries.push(ve.clone());
+        }
+        let slot = self.entries.entry(ve.key()).or_default();
+        slot.push(ve);
+        slot.sort_by_key(|e| e.hash);
+        self.view = None;
+        true
+    }
+
+    pub fn network(&self) -> NetworkId {
+        self.network
+    }
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+    pub fn genesis(&self) -> &GenesisEntry {
+        &self.genesis
+    }
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+    /// Close the replica and give its store back (to reopen it).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+    /// Number of distinct validly signed entries held.
+    pub fn entry_count(&self) -> usize {
+        self.by_hash.len()
+    }
+    /// An entry by hash.
+    pub fn entry(&self, hash: &Hash32) -> Option<&VerifiedEntry> {
+        self.by_hash.get(hash).map(|e| &**e)
+    }
+
+    /// Every entry held by `author` (forks included), in seq order: an account's
+    /// history for `cloudchain ledger`. Entries a snapshot covers are not held.
+    pub fn entries_by(&self, author: &AccountId) -> Vec<&VerifiedEntry> {
+        let range = EntryKey {
+            author: *author,
+            seq: 0,
+        }..=EntryKey {
+            author: *author,
+            seq: u64::MAX,
+        };
+        self.entries
+            .range(range)
+            .flat_map(|(_, vs)| vs.iter().map(|v| &**v))
+            .collect()
+    }
+
+    fn ctx(&self) -> FoldCtx<'_> {
+        FoldCtx {
+            network: &self.network,
+            params: &self.params,
+        }
+    }
+
+    // ---------------------------------------------------------------- the fold
+
+    /// The current state: finalized entries, then pending ones (see the crate docs).
+    pub fn state(&mut self) -> &State {
+        &self.view().state
+    }
+
+    /// The state as of the last final checkpoint.
+    pub fn finalized_state(&mut self) -> &State {
+        self.refresh();
+        &self.fin.state
+    }
+
+    /// The last finalized epoch.
+    pub fn finalized_epoch(&mut self) -> u64 {
+        self.refresh();
+        self.fin.state.epoch
+    }
+
+    /// The final checkpoints, in order.
+    pub fn checkpoints(&mut self) -> &[MultiSigned<CheckpointBody>] {
+        self.refresh();
+        &self.fin.chain
+    }
+
+    /// The balance including pending credits and debits.
+    pub fn balance(&mut self, a: &AccountId) -> Amount {
+        self.view().state.balance(a)
+    }
+
+    /// What `a` may spend now: its finalized balance minus its own pending debits.
+    pub fn spendable(&mut self, a: &AccountId) -> Amount {
+        let fin = self.finalized_state().balance(a);
+        let v = self.view();
+        fin.saturating_sub(v.pending_debits.get(a).copied().unwrap_or_default())
+    }
+
+    /// Every entry kept out of the fold, and why (finalized and pending).
+    pub fn invalid(&mut self) -> Vec<Invalid> {
+        self.refresh();
+        let mut out = self.fin.invalid.clone();
+        if let Some(v) = &self.view {
+            out.extend(v.invalid.iter().cloned());
+        }
+        out
+    }
+
+    /// Proofs of offences seen that the current state has not slashed yet: forks
+    /// (two entries at one author/seq) and double-signed checkpoints.
+    pub fn slash_proofs(&mut self) -> Vec<SlashProof> {
+        let mut out = Vec::new();
+        for vs in self.entries.values() {
+            if vs.len() > 1 {
+                let a = &vs[0];
+                if let Some(b) = vs
+                    .iter()
+                    .find(|b| b.entry.signed.body_bytes() != a.entry.signed.body_bytes())
+                {
+                    out.push(SlashProof::Fork {
+                        a: a.entry.clone(),
+                        b: b.entry.clone(),
+                    });
+                }
+            }
+        }
+        out.extend(self.double_signs.iter().cloned());
+        out.extend(self.evidence.iter().cloned());
+        let net = self.network;
+        let state = &self.view().state;
+        out.retain(|p| match p.check(&net) {
+            Ok(key) => !state.slashed.contains(&key),
+            Err(_) => false,
+        });
+        out
+    }
+
+    fn view(&mut self) -> &View {
+        self.refresh();
+        self.view.get_or_insert_with(unreachable_view)
+    }
+
+    /// Advance finality and recompute the pending fold if anything changed.
+    fn refresh(&mut self) {
+        if self.view.is_some() {
+            return;
+        }
+        if self.rewind {
+            // Two final checkpoints on one predecessor (only possible if ≥ k/3
+            // members signed twice, which is slashed): every replica follows the
+            // lowest (epoch, hash), whatever the order it saw them in.
+            self.fin = self.fin0.clone();
+            self.rewind = false;
+        }
+        self.advance_finality();
+        let view = self.compute_view();
+        self.view = Some(view);
+    }
+
+    /// The canonical chain of each author after the finalized frontier: at each
+    /// seq the entry linking to the previous one, the lowest hash on a fork.
+    fn compute_view(&self) -> View {
+        let mut invalid = Vec::new();
+        let mut pending: Vec<Ve> = Vec::new();
+        let mut tips = self.fin.frontier.clone();
+        let start = chain_start(&self.network);
+        let mut authors: Vec<AccountId> = self.entries.keys().map(|k| k.author).collect();
+        authors.dedup();
+        for author in authors {
+            let (mut next_seq, mut prev) = match self.fin.frontier.get(&author) {
+                Some((s, h)) => (s + 1, *h),
+                None => (0, start),
+            };
+            let range = EntryKey { author, seq: 0 }..=EntryKey {
+                author,
+                seq: u64::MAX,
+            };
+            for (key, vs) in self.entries.range(range) {
+                if key.seq < next_seq {
+                    // At or below the finalized frontier: the finalized chain won.
+                    if vs.len() > 1 {
+                        for v in vs {
+                            if !self.on_final_chain(v) {
+                                invalid.push(Invalid {
+                                    id: v.id(),
+                                    reason: InvalidReason::ForkedBranch,
+                                });
+                            }
+                        }
+                    }
+                    continue;
+                }
+                let mut chosen = None;
+                for v in vs {
+                    if key.seq == next_seq && chosen.is_none() && v.data.prev_hash == prev {
+                        chosen = Some(v.clone());
+                    } else {
+                        // A sibling of the chosen entry, or a child of one: a fork.
+                        let sibling = key.seq == next_seq && v.data.prev_hash == prev;
+                        let forked = sibling
+                            || self.by_hash.get(&v.data.prev_hash).is_some_and(|p| {
+                                p.data.author == author
+                                    && p.data.seq.checked_add(1) == Some(v.data.seq)
+                            });
+                        invalid.push(Invalid {
+                            id: v.id(),
+                            reason: if forked {
+                                InvalidReason::ForkedBranch
+                            } else {
+                                InvalidReason::BrokenChain {
+                                    got: v.data.prev_hash,
+                                }
+                            },
+                        });
+                    }
+                }
+                if let Some(c) = chosen {
+                    prev = c.hash;
+                    next_seq = key.seq + 1;
+                    tips.insert(author, (key.seq, c.hash));
+                    pending.push(c);
+                }
+            }
+        }
+        let base = &self.fin.state;
+        let mut state = base.clone();
+        let debits = state.apply_batch(base, &pending, self.ctx(), &mut invalid);
+        View {
+            state,
+            tips,
+            pending,
+            pending_debits: debits.balance,
+            pending_unstakes: debits.stake,
+            invalid,
+        }
+    }
+
+    fn on_final_chain(&self, v: &VerifiedEntry) -> bool {
+        let Some((_, tip)) = self.fin.frontier.get(&v.data.author) else {
+            return false;
+        };
+        let mut h = *tip;
+        while let Some(e) = self.by_hash.get(&h) {
+            if e.hash == v.hash {
+                return true;
+            }
+            if e.data.seq <= v.data.seq {
+                return false;
+            }
+            h = e.data.prev_hash;
+        }
+        false
+    }
+
+    // ------------------------------------------------------------- writing
+
+    /// Sign and append a local entry by `identity`: checked against the current
+    /// state (spending rule included), written to the document, saved and made
+    /// durable before its id is returned. After a [`LedgerError::Store`] error the
+    /// replica should be reopened from its store (the document may hold the entry
+    /// the store does not).
+    pub fn append(
+        &mut self,
+        identity: &Identity,
+        body: Body,
+        now: Timestamp,
+    ) -> Result<EntryId, LedgerError> {
+        let author = identity.account();
+        let network = self.network;
+        let start = chain_start(&network);
+        self.refresh();
+        if let Body::Checkpoint(ms) = &body {
+            // Publish only what is final (or final once missing entries arrive).
+            self.check_checkpoint(ms, true)
+                .map_err(LedgerError::Rejected)?;
+        }
+        let ctx_params = self.params.clone();
+        let fin_state = &self.fin.state;
+        let view = self.view.get_or_insert_with(unreachable_view);
+        let (seq, prev_hash) = match view.tips.get(&author) {
+            Some((s, h)) => (s + 1, *h),
+            None => (0, start),
+        };
+        let data = EntryData {
+            author,
+            seq,
+            prev_hash,
+            created_at: now,
+            body,
+        };
+        let entry = Entry::sign(identity, &network, &data)?;
+        let ve = Arc::new(VerifiedEntry {
+            hash: entry.hash(),
+            data,
+            entry,
+        });
+        // Try it on the current state with the pending debits. A refused entry
+        // leaves the state as it was (checks come before changes; credits cannot
+        // overflow since the supply is bounded), so no copy is needed.
+        let ctx = FoldCtx {
+            network: &network,
+            params: &ctx_params,
+        };
+        let mut debits = crate::state::BatchDebits {
+            balance: std::mem::take(&mut view.pending_debits),
+            stake: std::mem::take(&mut view.pending_unstakes),
+        };
+        let tried = view.state.apply_prepared(fin_state, &mut debits, &ve, ctx);
+        view.pending_debits = debits.balance;
+        view.pending_unstakes = debits.stake;
+        if let Err(reason) = tried {
+            return Err(LedgerError::Rejected(reason));
+        }
+        // From here on the view has the entry applied: if writing fails, drop it.
+        let written = self.write_entry(&ve);
+        if let Err(e) = written {
+            self.view = None;
+            return Err(e);
+        }
+        let id = ve.id();
+        let incremental = matches!(
+            ve.data.body,
+            Body::Transfer { .. }
+                | Body::Stake { .. }
+                | Body::Unstake { .. }
+                | Body::EscrowLock { .. }
+        );
+        let checkpoint = matches!(ve.data.body, Body::Checkpoint(_));
+        // Index without invalidating the view when the entry's effect commutes
+        // with the canonical order (phase-0 entries extending our own chain).
+        self.by_hash.insert(ve.hash, ve.clone());
+        self.entries.entry(ve.key()).or_default().push(ve.clone());
+        if let Body::Checkpoint(ms) = &ve.data.body {
+            let ms = ms.clone();
+            self.observe_checkpoint_sigs(&ms);
+            self.note_competitor(&ms);
+            self.checkpoint_entries.push(ve.clone());
+        }
+        match (&mut self.view, incremental && !checkpoint) {
+            (Some(view), true) => {
+                view.tips.insert(author, (seq, ve.hash));
+                view.pending.push(ve);
+            }
+            _ => self.view = None,
+        }
+        Ok(id)
+    }
+
+    /// Put a local entry at its free key, commit and store it durably.
+    fn write_entry(&mut self, ve: &VerifiedEntry) -> Result<(), LedgerError> {
+        let bytes = ve.entry.to_bytes()?;
+        let key = ve.key().to_key();
+        if !self
+            .doc
+            .get_all(automerge::ROOT, key.as_str())
+            .map_err(doc_err)?
+            .is_empty()
+        {
+            return Err(LedgerError::KeyTaken { key });
+        }
+        self.doc
+            .put(automerge::ROOT, key.as_str(), ScalarValue::Bytes(bytes))
+            .map_err(doc_err)?;
+        self.commit_local()
+    }
+
+    /// The tip of `author`'s canonical chain: its last entry's seq and hash.
+    pub fn tip(&mut self, author: &AccountId) -> Option<(u64, Hash32)> {
+        self.view().tips.get(author).copied()
+    }
+
+    /// Take an entry that arrived outside sync (gossip, a slashing witness). It is
+    /// verified; if its key is free it is written to the document (so sync carries
+    /// it on) and joins the fold like any other (an invalid one is reported by
+    /// [`Ledger::invalid`]). If the key holds another entry by the author, the
+    /// pair is kept only as evidence for [`Ledger::slash_proofs`]: the fold is a
+    /// function of the document alone, so every replica computes the same state.
+    /// Returns whether the entry joined the fold.
+    pub fn receive_entry(&mut self, entry: Entry) -> Result<bool, LedgerError> {
+        let data = entry.verify(&self.network)?;
+        let ve = VerifiedEntry {
+            hash: entry.hash(),
+            data,
+            entry,
+        };
+        if self.by_hash.contains_key(&ve.hash) {
+            return Ok(false);
+        }
+        let key = ve.key();
+        if let Some(other) = self.entries.get(&key).and_then(|v| v.first()) {
+            if other.entry.signed.body_bytes() != ve.entry.signed.body_bytes() {
+                self.evidence.push(SlashProof::Fork {
+                    a: other.entry.clone(),
+                    b: ve.entry,
+                });
+            }
+            return Ok(false);
+        }
+        let k = key.to_key();
+        if !self
+            .doc
+            .get_all(automerge::ROOT, k.as_str())
+            .map_err(doc_err)?
+            .is_empty()
+        {
+            // Something unreadable holds the key (refused when it was indexed).
+            return Ok(false);
+        }
+        self.doc
+            .put(
+                automerge::ROOT,
+                k.as_str(),
+                ScalarValue::Bytes(ve.entry.to_bytes()?),
+            )
+            .map_err(doc_err)?;
+        self.commit_local()?;
+        Ok(self.index(ve))
+    }
+
+    // ----------------------------------------------------------- finality
+
+    /// Finalize every checkpoint that can be: valid, with a quorum, and with all
+    /// the entries its frontier names present.
+    fn advance_finality(&mut self) {
+        loop {
+            let cur = &self.fin.state;
+            let mut cands: Vec<(u64, Hash32, Ve)> = Vec::new();
+            for ve in &self.checkpoint_entries {
+                if let Body::Checkpoint(ms) = &ve.data.body
+                    && let Ok(b) = ms.body_unverified()
+                    && b.prev == cur.last_checkpoint
+                    && b.epoch > cur.epoch
+                {
+                    cands.push((b.epoch, ms.body_hash(), ve.clone()));
+                }
+            }
+            cands.sort_by_key(|(e, h, _)| (*e, *h));
+            cands.dedup_by_key(|(_, h, _)| *h);
+            let mut advanced = false;
+            for (_, _, ve) in cands {
+                let Body::Checkpoint(ms) = &ve.data.body else {
+                    continue;
+                };
+                match self.check_checkpoint(ms, true) {
+                    Ok(Checked::Ready(next)) => {
+                        tracing::debug!(
+                            epoch = next.state.epoch,
+                            checkpoint = %next.state.last_checkpoint.short(),
+                            "checkpoint final"
+                        );
+                        self.fin = *next;
+                        advanced = true;
+                        break;
+                    }
+                    Ok(Checked::Waiting) => {}
+                    Err(reason) => {
+                        let inv = Invalid {
+                            id: ve.id(),
+                            reason,
+                        };
+                        if !self.fin.invalid.contains(&inv) {
+                            self.fin.invalid.push(inv);
+                        }
+                    }
+                }
+            }
+            if !advanced {
+                break;
+            }
+        }
+    }
+
+    /// If a checkpoint competes with one already final on the same predecessor and
+    /// would have been chosen first, finality is refolded from the start.
+    fn note_competitor(&mut self, ms: &MultiSigned<CheckpointBody>) {
+        let Ok(body) = ms.body_unverified() else {
+            return;
+        };
+        let h = ms.body_hash();
+        for fin in &self.fin.chain {
+            if let Ok(b) = fin.body_unverified()
+                && b.prev == body.prev
+            {
+                if (body.epoch, h) < (b.epoch, fin.body_hash()) {
+                    self.rewind = true;
+                }
+                return;
+            }
+        }
+    }
+
+    /// The committee that may sign a checkpoint of `epoch` on the current final
+    /// state (the backup committee after a stall).
+    pub fn committee_for_checkpoint(&mut self, epoch: u64) -> Option<Vec<AccountId>> {
+        self.refresh();
+        let st = &self.fin.state;
+        if epoch <= st.epoch {
+            return None;
+        }
+        if epoch == st.epoch + 1 {
+            st.schedule.get(&epoch).cloned()
+        } else {
+            Some(st.backup.clone())
+        }
+    }
+
+    /// Check a checkpoint against the finalized state; with `need_quorum` also its
+    /// signatures. Returns the next finalized state, or `Waiting` when entries it
+    /// names are missing here.
+    fn check_checkpoint(
+        &self,
+        ms: &MultiSigned<CheckpointBody>,
+        need_quorum: bool,
+    ) -> Result<Checked, InvalidReason> {
+        let bad = |s: &str| InvalidReason::BadCheckpoint(s.to_string());
+        let body = ms
+            .body_unverified()
+            .map_err(|e| InvalidReason::BadCheckpoint(e.to_string()))?;
+        let cur = &self.fin.state;
+        if body.epoch == u64::MAX {
+            return Err(bad("epoch out of range"));
+        }
+        if body.prev != cur.last_checkpoint
+            || body.prev_epoch != cur.epoch
+            || body.epoch <= cur.epoch
+        {
+            return Err(bad("does not extend the last final checkpoint"));
+        }
+        let committee: Vec<AccountId> = if body.epoch == cur.epoch + 1 {
+            cur.schedule.get(&body.epoch).cloned().unwrap_or_default()
+        } else {
+            cur.backup.clone()
+        };
+        if committee.is_empty() {
+            return Err(bad("no committee (no eligible stakers)"));
+        }
+        let k = committee.len();
+        if committee[body.round as usize % k] != body.proposer {
+            return Err(bad("proposer is not the member whose round it is"));
+        }
+        ms.verify_signers(&self.network, &[body.proposer])
+            .map_err(|e| InvalidReason::BadCheckpoint(e.to_string()))?;
+        if let Some((s, _)) = ms.signatures.iter().find(|(s, _)| !committee.contains(s)) {
+            return Err(InvalidReason::BadCheckpoint(format!(
+                "signed by {s:?}, not on the committee"
+            )));
+        }
+        if need_quorum && ms.signatures.len() < quorum(k) {
+            return Err(InvalidReason::NoQuorum(format!(
+                "{} of {} signatures",
+                ms.signatures.len(),
+                quorum(k)
+            )));
+        }
+        // Collect the batch the frontier names.
+        if body.frontier.windows(2).any(|w| w[0].author >= w[1].author) {
+            return Err(bad("frontier not sorted by author"));
+        }
+        let start = chain_start(&self.network);
+        let mut batch: Vec<Ve> = Vec::new();
+        let mut frontier = self.fin.frontier.clone();
+        for item in &body.frontier {
+            let (stop_seq, stop_hash) = match self.fin.frontier.get(&item.author) {
+                Some((s, h)) => (Some(*s), *h),
+                None => (None, start),
+            };
+            if stop_seq.is_some_and(|s| item.seq <= s) {
+                return Err(bad("frontier goes back"));
+            }
+            let mut h = item.hash;
+            let mut expect_seq = item.seq;
+            let mut chain = Vec::new();
+            loop {
+                let Some(e) = self.by_hash.get(&h) else {
+                    return Ok(Checked::Waiting);
+                };
+                if e.data.author != item.author || e.data.seq != expect_seq {
+                    return Err(bad("frontier names an entry of another author or seq"));
+                }
+                chain.push(e.clone());
+                let done = match stop_seq {
+                    Some(s) => expect_seq == s + 1,
+                    None => expect_seq == 0,
+                };
+                if done {
+                    if e.data.prev_hash != stop_hash {
+                        return Err(bad("frontier chain does not link to the finalized one"));
+                    }
+                    break;
+                }
+                h = e.data.prev_hash;
+                expect_seq -= 1;
+            }
+            batch.extend(chain);
+            frontier.insert(item.author, (item.seq, item.hash));
+        }
+        let mut next = cur.clone();
+        let mut invalid = Vec::new();
+        next.apply_batch(cur, &batch, self.ctx(), &mut invalid);
+        let mint = next.close_epoch(body.epoch, &body.prev, committee, &self.params)?;
+        if !next.matches(&body, &mint) {
+            return Err(bad(
+                "state root, mint or committees differ from this replica's fold",
+            ));
+        }
+        next.last_checkpoint = ms.body_hash();
+        let mut chain = self.fin.chain.clone();
+        chain.push(ms.clone());
+        let mut all_invalid = self.fin.invalid.clone();
+        all_invalid.extend(invalid);
+        Ok(Checked::Ready(Box::new(Finalized {
+            state: next,
+            frontier,
+            chain,
+            invalid: all_invalid,
+        })))
+    }
+}
+
+/// A checkpoint body a member signed, and the signature.
+type SeenSig = (Vec<u8>, Sig);
+
+enum Checked {
+    Ready(Box<Finalized>),
+    Waiting,
+}
+
+fn unreachable_view() -> View {
+    // `refresh` always fills the view first; this is only a type-level fallback.
+    View {
+        state: State {
+            epoch: 0,
+            last_checkpoint: Hash32::default(),
+            balances: BTreeMap::new(),
+            stakes: BTreeMap::new(),
+            unbonding: BTreeMap::new(),
+            escrows: BTreeMap::new(),
+            settled: BTreeSet::new(),
+            sla: BTreeMap::new(),
+            reputation: BTreeMap::new(),
+            schedule: BTreeMap::new(),
+            backup: Vec::new(),
+            epoch_units: BTreeMap::new(),
+            supply: Default::default(),
+            slashed: BTreeSet::new(),
+        },
+        tips: BTreeMap::new(),
+        pending: Vec::new(),
+        pending_debits: HashMap::new(),
+        pending_unstakes: HashMap::new(),
+        invalid: Vec::new(),
+    }
+}

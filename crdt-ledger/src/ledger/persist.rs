@@ -1,0 +1,228 @@
+//! Store records, snapshots, compaction and starting from a snapshot.
+
+use super::*;
+
+impl<S: Store> Ledger<S> {
+    // ----------------------------------------------------------- snapshots
+
+    /// The snapshot of the last final checkpoint (state, frontier, chain of
+    /// checkpoints) followed by the whole document.
+    pub fn snapshot(&mut self) -> Result<Vec<u8>, LedgerError> {
+        self.refresh();
+        let meta = SnapshotMeta {
+            chain: self.fin.chain.clone(),
+            state: self.fin.state.clone(),
+            frontier: self
+                .fin
+                .frontier
+                .iter()
+                .map(|(a, (s, h))| FrontierItem {
+                    author: *a,
+                    seq: *s,
+                    hash: *h,
+                })
+                .collect(),
+        };
+        let meta = codec::encode(&meta)?;
+        let doc = self.doc.save();
+        let mut out = Vec::with_capacity(8 + meta.len() + doc.len());
+        out.extend_from_slice(&(meta.len() as u64).to_le_bytes());
+        out.extend_from_slice(&meta);
+        out.extend_from_slice(&doc);
+        Ok(out)
+    }
+
+    /// Compact the store: replace its log by a snapshot.
+    pub fn compact(&mut self) -> Result<(), LedgerError> {
+        let snap = self.snapshot()?;
+        self.store.compact(&snap)?;
+        self.saved_heads = self.doc.get_heads();
+        // What this replica signed is local, not part of a shareable snapshot.
+        for ((who, epoch), h) in self.signed.clone() {
+            self.store.append(&signed_record(who, epoch, h)?)?;
+        }
+        Ok(())
+    }
+
+    /// Commit the local put and append its change to the store (durably). Only
+    /// the new change is written (`save_after` would walk the change graph).
+    pub(super) fn commit_local(&mut self) -> Result<(), LedgerError> {
+        self.doc.commit();
+        match self.doc.get_last_local_change() {
+            Some(change) => {
+                self.store.append(&doc_record(change.raw_bytes()))?;
+                self.saved_heads = self.doc.get_heads();
+                Ok(())
+            }
+            None => self.persist(),
+        }
+    }
+
+    /// Append the changes made since the last save to the store (durably).
+    pub(crate) fn persist(&mut self) -> Result<(), LedgerError> {
+        let record = self.doc.save_after(&self.saved_heads);
+        if !record.is_empty() {
+            self.store.append(&doc_record(&record))?;
+        }
+        self.saved_heads = self.doc.get_heads();
+        Ok(())
+    }
+
+    /// Record what a validated sync message brought: `whole` is a saved document
+    /// the message carried (stored as is: compact, and `load_incremental` takes
+    /// it), else the new changes are saved. Then the entries join the index.
+    pub(crate) fn after_sync(
+        &mut self,
+        new: Vec<VerifiedEntry>,
+        whole: Option<&[u8]>,
+    ) -> Result<usize, LedgerError> {
+        match whole {
+            Some(doc) => {
+                // Every change now in the document was saved before or is in `doc`.
+                self.store.append(&doc_record(doc))?;
+                self.saved_heads = self.doc.get_heads();
+            }
+            None => self.persist()?,
+        }
+        let mut n = 0;
+        for ve in new {
+            if self.index(ve) {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    pub(crate) fn knows(&self, h: &Hash32) -> bool {
+        self.by_hash.contains_key(h)
+    }
+}
+
+/// Store record types: a piece of the document (changes or a saved document),
+/// or a note that a local identity signed a checkpoint.
+pub(crate) const REC_DOC: u8 = 0;
+pub(crate) const REC_SIGNED: u8 = 1;
+
+fn doc_record(bytes: &[u8]) -> Vec<u8> {
+    let mut r = Vec::with_capacity(bytes.len() + 1);
+    r.push(REC_DOC);
+    r.extend_from_slice(bytes);
+    r
+}
+
+pub(crate) fn signed_record(who: AccountId, epoch: u64, h: Hash32) -> Result<Vec<u8>, LedgerError> {
+    let mut r = vec![REC_SIGNED];
+    r.extend(codec::encode_unbounded(
+        "ledger-local-vote",
+        &(who, epoch, h),
+    )?);
+    Ok(r)
+}
+
+pub(super) fn split_snapshot(snap: &[u8]) -> Result<(SnapshotMeta, &[u8]), LedgerError> {
+    let bad = |s: &str| LedgerError::Snapshot(s.to_string());
+    if snap.len() < 8 {
+        return Err(bad("too short"));
+    }
+    let mut l = [0u8; 8];
+    l.copy_from_slice(&snap[..8]);
+    let len = usize::try_from(u64::from_le_bytes(l)).map_err(|_| bad("bad length"))?;
+    let rest = &snap[8..];
+    if len > rest.len() {
+        return Err(bad("metadata longer than the snapshot"));
+    }
+    let meta: SnapshotMeta =
+        codec::decode(&rest[..len]).map_err(|e| LedgerError::Snapshot(e.to_string()))?;
+    Ok((meta, &rest[len..]))
+}
+
+/// Check a snapshot without replaying history: each checkpoint in the chain must
+/// carry a quorum of the committee the one before it named (the genesis draw for
+/// the first; the backup committee after a skipped epoch), link to it, and the
+/// last one's state root must be the snapshot state's.
+pub(super) fn verify_snapshot(
+    genesis: &GenesisEntry,
+    meta: SnapshotMeta,
+) -> Result<Finalized, LedgerError> {
+    let bad = |s: String| LedgerError::Snapshot(s);
+    let network = genesis.network();
+    let g = State::genesis(genesis)?;
+    let (mut next, mut backup) = (
+        g.schedule.get(&1).cloned().unwrap_or_default(),
+        g.backup.clone(),
+    );
+    let mut prev = g.last_checkpoint;
+    let mut prev_epoch = 0;
+    let mut last_body = None;
+    for (i, ms) in meta.chain.iter().enumerate() {
+        let body = ms
+            .body_unverified()
+            .map_err(|e| bad(format!("checkpoint {i}: {e}")))?;
+        if body.prev != prev || body.prev_epoch != prev_epoch || body.epoch <= prev_epoch {
+            return Err(bad(format!("checkpoint {i} does not link")));
+        }
+        let committee = if body.epoch == prev_epoch + 1 {
+            &next
+        } else {
+            &backup
+        };
+        ms.verify_signers(&network, &[])
+            .map_err(|e| bad(format!("checkpoint {i}: {e}")))?;
+        let members = ms
+            .signatures
+            .iter()
+            .filter(|(s, _)| committee.contains(s))
+            .count();
+        if committee.is_empty()
+            || members < quorum(committee.len())
+            || members != ms.signatures.len()
+        {
+            return Err(bad(format!("checkpoint {i} lacks a committee quorum")));
+        }
+        prev = ms.body_hash();
+        prev_epoch = body.epoch;
+        next = body.next_committee.clone();
+        backup = body.backup_committee.clone();
+        last_body = Some(body);
+    }
+    let state = meta.state;
+    match &last_body {
+        None => {
+            if state != g {
+                return Err(bad(
+                    "no checkpoint but the state is not the genesis state".into()
+                ));
+            }
+        }
+        Some(body) => {
+            let mut check = state.clone();
+            check.last_checkpoint = body.prev;
+            if check.root() != body.state_root || state.last_checkpoint != prev {
+                return Err(bad("state does not match the last checkpoint's root".into()));
+            }
+        }
+    }
+    Ok(Finalized {
+        state,
+        frontier: meta
+            .frontier
+            .iter()
+            .map(|f| (f.author, (f.seq, f.hash)))
+            .collect(),
+        chain: meta.chain,
+        invalid: Vec::new(),
+    })
+}
+
+/// Start a new replica from another peer's snapshot: the checkpoint chain's
+/// signatures and the state root are checked, history is not replayed.
+pub fn open_from_snapshot<S: Store>(
+    genesis: GenesisEntry,
+    actor: &[u8],
+    mut store: S,
+    snapshot: &[u8],
+) -> Result<(Ledger<S>, OpenReport), LedgerError> {
+    split_snapshot(snapshot).and_then(|(meta, _)| verify_snapshot(&genesis, meta))?;
+    store.compact(snapshot)?;
+    Ledger::open(genesis, actor, store)
+}

@@ -1,0 +1,634 @@
+//! The ledger state and the deterministic fold that produces it.
+//!
+//! The state is never stored as CRDT values: it is recomputed from the signed
+//! entries. Entries are applied in **batches**: first each final checkpoint's batch
+//! in checkpoint order, then the pending batch (entries no final checkpoint covers
+//! yet). Within a batch the order is canonical: by phase (0: transfers, stakes,
+//! unstakes, escrow locks, SLA records, checkpoints; 1: settlements; 2: slashes),
+//! then by `(author, seq)`.
+//!
+//! **Spending rule.** A debit (transfer, stake, escrow lock) is valid only if the
+//! author's balance at the *start of the batch* — for the pending batch, its
+//! finalized balance — covers it together with the author's own earlier debits in
+//! the batch. Credits received in a batch become spendable in the next one. Since
+//! an author's chain is linear this check involves only the author's own entries,
+//! so the result does not depend on which other entries a replica has seen yet,
+//! and no balance can go negative.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use protocol::settlement::{Outcome, payout};
+use protocol::{AccountId, Amount, ContractTerms, Hash32, NetworkId};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{CheckpointBody, committee_seed, draw_committee};
+use crate::entry::{Body, GenesisEntry, Offence, Params, SlaRecord, Ve};
+use crate::error::{Invalid, InvalidReason};
+
+/// How many SLA events are kept per provider.
+pub const SLA_HISTORY: usize = 32;
+
+/// An open escrow, locked for a contract (removed when settled).
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct Escrow {
+    pub requester: AccountId,
+    pub provider: AccountId,
+    pub amount: Amount,
+    pub terms: ContractTerms,
+}
+
+/// One SLA event in a provider's history.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum SlaEvent {
+    /// A settled contract.
+    Settled {
+        contract: Hash32,
+        epoch: u64,
+        outcome: Outcome,
+    },
+    /// A committee member's probe summary.
+    Probes(SlaRecord),
+}
+
+/// A provider's record, the input of the market's quality score.
+#[derive(Clone, Copy, PartialEq, Eq, Default, Debug, Serialize, Deserialize)]
+pub struct Reputation {
+    pub jobs: u64,
+    pub jobs_ok: u64,
+    pub violations: u64,
+    pub units_milli: u64,
+    pub probes: u64,
+    pub answered: u64,
+}
+
+impl Reputation {
+    /// A score in basis points: the share of good jobs times the share of answered
+    /// probes (10 000 for an account with no history).
+    pub fn score_bps(&self) -> u16 {
+        let jobs = self
+            .jobs_ok
+            .saturating_mul(10_000)
+            .checked_div(self.jobs)
+            .unwrap_or(10_000);
+        let probes = self
+            .answered
+            .min(self.probes)
+            .saturating_mul(10_000)
+            .checked_div(self.probes)
+            .unwrap_or(10_000);
+        (jobs.saturating_mul(probes) / 10_000).min(10_000) as u16
+    }
+}
+
+/// Where tokens came from: total supply = genesis + minted − burned.
+#[derive(Clone, Copy, PartialEq, Eq, Default, Debug, Serialize, Deserialize)]
+pub struct Supply {
+    pub genesis: Amount,
+    pub minted: Amount,
+    pub burned: Amount,
+}
+
+impl Supply {
+    pub fn expected(&self) -> Option<Amount> {
+        self.genesis
+            .checked_add(self.minted)?
+            .checked_sub(self.burned)
+    }
+}
+
+/// Balances, stakes, escrows, SLA history, reputation and the committee schedule.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct State {
+    /// The last finalized epoch (0 before the first checkpoint).
+    pub epoch: u64,
+    /// The hash of the last final checkpoint's body (the network id at first).
+    pub last_checkpoint: Hash32,
+    pub balances: BTreeMap<AccountId, Amount>,
+    pub stakes: BTreeMap<AccountId, Amount>,
+    /// Unbonding stake: (epoch at whose checkpoint it is released, amount).
+    pub unbonding: BTreeMap<AccountId, Vec<(u64, Amount)>>,
+    /// Open escrows by contract id.
+    pub escrows: BTreeMap<Hash32, Escrow>,
+    /// Contracts already settled (never locked or settled again).
+    pub settled: BTreeSet<Hash32>,
+    pub sla: BTreeMap<AccountId, Vec<SlaEvent>>,
+    pub reputation: BTreeMap<AccountId, Reputation>,
+    /// Committees by epoch (the next epoch's included).
+    pub schedule: BTreeMap<u64, Vec<AccountId>>,
+    /// The fallback committee for epochs after a stall.
+    pub backup: Vec<AccountId>,
+    /// Verified compute units per provider settled since the last checkpoint.
+    pub epoch_units: BTreeMap<AccountId, u64>,
+    pub supply: Supply,
+    pub slashed: BTreeSet<(AccountId, Offence)>,
+}
+
+/// What the fold needs besides the state.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FoldCtx<'a> {
+    pub(crate) network: &'a NetworkId,
+    pub(crate) params: &'a Params,
+}
+
+/// Per-author debits made in the batch being applied.
+#[derive(Clone, Default, Debug)]
+pub(crate) struct BatchDebits {
+    pub(crate) balance: HashMap<AccountId, Amount>,
+    pub(crate) stake: HashMap<AccountId, Amount>,
+}
+
+impl State {
+    /// The state of a fresh network.
+    pub fn genesis(g: &GenesisEntry) -> Result<State, crate::LedgerError> {
+        let network = g.network();
+        let gd = g.genesis();
+        let supply = g
+            .supply()
+            .ok_or_else(|| crate::LedgerError::Genesis("genesis supply overflows".into()))?;
+        if supply.checked_add(gd.params.reward_cap).is_none() {
+            return Err(crate::LedgerError::Genesis(
+                "genesis supply plus reward cap overflows".into(),
+            ));
+        }
+        let balances: BTreeMap<_, _> = gd.balances.iter().copied().collect();
+        let stakes: BTreeMap<_, _> = gd.stakes.iter().copied().collect();
+        let start = Hash32(network.0);
+        let k = usize::from(gd.params.committee_size);
+        let first = draw_committee(
+            &committee_seed("next", &start, 0),
+            &stakes,
+            gd.params.min_stake,
+            k,
+        );
+        let backup = draw_committee(
+            &committee_seed("backup", &start, 0),
+            &stakes,
+            gd.params.min_stake,
+            k,
+        );
+        Ok(State {
+            epoch: 0,
+            last_checkpoint: start,
+            balances,
+            stakes,
+            unbonding: BTreeMap::new(),
+            escrows: BTreeMap::new(),
+            settled: BTreeSet::new(),
+            sla: BTreeMap::new(),
+            reputation: BTreeMap::new(),
+            schedule: BTreeMap::from([(1, first)]),
+            backup,
+            epoch_units: BTreeMap::new(),
+            supply: Supply {
+                genesis: supply,
+                ..Supply::default()
+            },
+            slashed: BTreeSet::new(),
+        })
+    }
+
+    pub fn balance(&self, a: &AccountId) -> Amount {
+        self.balances.get(a).copied().unwrap_or_default()
+    }
+    pub fn stake(&self, a: &AccountId) -> Amount {
+        self.stakes.get(a).copied().unwrap_or_default()
+    }
+    pub fn unbonding(&self, a: &AccountId) -> Amount {
+        self.unbonding
+            .get(a)
+            .map(|v| Amount(v.iter().map(|(_, x)| x.0).sum()))
+            .unwrap_or_default()
+    }
+
+    /// The committee of `epoch`: from the schedule, or the backup committee for an
+    /// epoch after a stall.
+    pub fn committee_for(&self, epoch: u64) -> Option<&[AccountId]> {
+        if let Some(c) = self.schedule.get(&epoch) {
+            return Some(c);
+        }
+        (epoch > self.epoch + 1).then_some(self.backup.as_slice())
+    }
+
+    /// The hash that a checkpoint's `state_root` names.
+    pub fn root(&self) -> Hash32 {
+        // Encoding a state cannot fail (no size limit, only plain data).
+        let bytes = protocol::codec::encode_unbounded("ledger-state", self).unwrap_or_default();
+        Hash32(*blake3::hash(&bytes).as_bytes())
+    }
+
+    /// Every token accounted for: liquid, staked, unbonding and in open escrows.
+    pub fn total_supply(&self) -> Option<Amount> {
+        let mut t = Amount::ZERO;
+        for a in self.balances.values().chain(self.stakes.values()) {
+            t = t.checked_add(*a)?;
+        }
+        for v in self.unbonding.values() {
+            for (_, a) in v {
+                t = t.checked_add(*a)?;
+            }
+        }
+        for e in self.escrows.values() {
+            t = t.checked_add(e.amount)?;
+        }
+        Some(t)
+    }
+
+    fn credit(&mut self, to: AccountId, amount: Amount) -> Result<(), InvalidReason> {
+        let b = self.balances.entry(to).or_default();
+        *b = b.checked_add(amount).ok_or(InvalidReason::Overflow)?;
+        Ok(())
+    }
+
+    fn debit(
+        &mut self,
+        base: &State,
+        debits: &mut BatchDebits,
+        who: AccountId,
+        amount: Amount,
+    ) -> Result<(), InvalidReason> {
+        if amount == Amount::ZERO {
+            return Err(InvalidReason::ZeroAmount);
+        }
+        let spent = debits.balance.get(&who).copied().unwrap_or_default();
+        let spendable = base.balance(&who).saturating_sub(spent);
+        if amount > spendable {
+            return Err(InvalidReason::Overspend { amount, spendable });
+        }
+        let b = self.balances.entry(who).or_default();
+        *b = b.checked_sub(amount).ok_or(InvalidReason::Overspend {
+            amount,
+            spendable: *b,
+        })?;
+        debits
+            .balance
+            .insert(who, spent.saturating_add_amount(amount));
+        Ok(())
+    }
+
+    /// Apply a batch of structurally valid entries on top of `base` (which `self`
+    /// starts as a copy of) in canonical order. Invalid entries are skipped and
+    /// reported; the debits made are returned for the spending rule.
+    pub(crate) fn apply_batch(
+        &mut self,
+        base: &State,
+        entries: &[Ve],
+        ctx: FoldCtx<'_>,
+        invalid: &mut Vec<Invalid>,
+    ) -> BatchDebits {
+        let mut order: Vec<&Ve> = entries.iter().collect();
+        order.sort_by_key(|e| (phase(&e.data.body), e.data.author, e.data.seq));
+        let mut debits = BatchDebits::default();
+        for e in order {
+            if let Err(reason) = self.apply_prepared(base, &mut debits, e, ctx) {
+                invalid.push(Invalid { id: e.id(), reason });
+            }
+        }
+        debits
+    }
+
+    /// Apply one entry with the batch's debits so far (used by `apply_batch`, and
+    /// by `Ledger::append` to try a local entry before writing it).
+    pub(crate) fn apply_prepared(
+        &mut self,
+        base: &State,
+        debits: &mut BatchDebits,
+        e: &Ve,
+        ctx: FoldCtx<'_>,
+    ) -> Result<(), InvalidReason> {
+        let author = e.data.author;
+        match &e.data.body {
+            Body::Transfer { to, amount } => {
+                // Check the credit first so a failure leaves nothing half-done.
+                self.balance(to)
+                    .checked_add(*amount)
+                    .ok_or(InvalidReason::Overflow)?;
+                self.debit(base, debits, author, *amount)?;
+                self.credit(*to, *amount)
+            }
+            Body::Stake { amount } => {
+                self.debit(base, debits, author, *amount)?;
+                let s = self.stakes.entry(author).or_default();
+                *s = s.checked_add(*amount).ok_or(InvalidReason::Overflow)?;
+                Ok(())
+            }
+            Body::Unstake { amount } => {
+                if *amount == Amount::ZERO {
+                    return Err(InvalidReason::ZeroAmount);
+                }
+                let done = debits.stake.get(&author).copied().unwrap_or_default();
+                let bonded = base
+                    .stake(&author)
+                    .saturating_sub(done)
+                    .min(self.stake(&author));
+                if *amount > bonded {
+                    return Err(InvalidReason::InsufficientStake {
+                        amount: *amount,
+                        bonded,
+                    });
+                }
+                let s = self.stakes.entry(author).or_default();
+                *s = s.saturating_sub(*amount);
+                if *s == Amount::ZERO {
+                    self.stakes.remove(&author);
+                }
+                let release = self
+                    .epoch
+                    .saturating_add(1)
+                    .saturating_add(ctx.params.unbonding_epochs);
+                self.unbonding
+                    .entry(author)
+                    .or_default()
+                    .push((release, *amount));
+                debits
+                    .stake
+                    .insert(author, done.saturating_add_amount(*amount));
+                Ok(())
+            }
+            Body::EscrowLock { contract } => {
+                let terms = contract
+                    .body_unverified()
+                    .map_err(|e| InvalidReason::BadContract(e.to_string()))?;
+                contract
+                    .verify_signers(ctx.network, &[terms.requester, terms.provider])
+                    .map_err(|e| InvalidReason::BadContract(e.to_string()))?;
+                if terms.network != *ctx.network {
+                    return Err(InvalidReason::BadContract("for another network".into()));
+                }
+                if terms.requester != author {
+                    return Err(InvalidReason::BadContract(format!(
+                        "locked by {:?}, the requester is {:?}",
+                        author, terms.requester
+                    )));
+                }
+                if terms.requester == terms.provider {
+                    return Err(InvalidReason::BadContract(
+                        "requester and provider are the same account".into(),
+                    ));
+                }
+                let id = contract.body_hash();
+                if self.escrows.contains_key(&id) || self.settled.contains(&id) {
+                    return Err(InvalidReason::AlreadyLocked(id));
+                }
+                let amount = terms.escrow().ok_or(InvalidReason::Overflow)?;
+                self.debit(base, debits, author, amount)?;
+                self.escrows.insert(
+                    id,
+                    Escrow {
+                        requester: terms.requester,
+                        provider: terms.provider,
+                        amount,
+                        terms,
+                    },
+                );
+                Ok(())
+            }
+            Body::Settlement {
+                cert,
+                payout: claimed,
+            } => {
+                let Some(escrow) = self.escrows.get(&cert.contract) else {
+                    return Err(if self.settled.contains(&cert.contract) {
+                        InvalidReason::AlreadySettled(cert.contract)
+                    } else {
+                        InvalidReason::UnknownContract(cert.contract)
+                    });
+                };
+                let committee = self
+                    .committee_for(cert.epoch)
+                    .ok_or(InvalidReason::NoCommittee(cert.epoch))?;
+                let (outcome, oracles) = cert
+                    .check(ctx.network, committee)
+                    .map_err(|e| InvalidReason::NoQuorum(e.to_string()))?;
+                let computed = payout(&escrow.terms, &outcome, ctx.params.oracle_fee, &oracles)
+                    .ok_or(InvalidReason::Overflow)?;
+                if &computed != claimed {
+                    return Err(InvalidReason::PayoutMismatch);
+                }
+                if computed.total() != Some(escrow.amount) {
+                    return Err(InvalidReason::PayoutMismatch);
+                }
+                let (requester, provider, max_units) = (
+                    escrow.requester,
+                    escrow.provider,
+                    escrow.terms.max_units.milli,
+                );
+                self.credit(provider, computed.provider)?;
+                self.credit(requester, computed.refund)?;
+                for (o, fee) in &computed.fees {
+                    self.credit(*o, *fee)?;
+                }
+                self.escrows.remove(&cert.contract);
+                self.settled.insert(cert.contract);
+                let good = outcome.delivered && outcome.result_ok;
+                let units = outcome.units.milli.min(max_units);
+                let rep = self.reputation.entry(provider).or_default();
+                rep.jobs += 1;
+                if good && outcome.sla_ok {
+                    rep.jobs_ok += 1;
+                }
+                rep.violations = rep.violations.saturating_add(u64::from(outcome.violations));
+                if good {
+                    rep.units_milli = rep.units_milli.saturating_add(units);
+                    let u = self.epoch_units.entry(provider).or_default();
+                    *u = u.saturating_add(units);
+                }
+                push_sla(
+                    &mut self.sla,
+                    provider,
+                    SlaEvent::Settled {
+                        contract: cert.contract,
+                        epoch: cert.epoch,
+                        outcome,
+                    },
+                );
+                Ok(())
+            }
+            Body::SlaRecord(rec) => {
+                let committee = self
+                    .committee_for(rec.epoch)
+                    .ok_or(InvalidReason::NoCommittee(rec.epoch))?;
+                if !committee.contains(&author) {
+                    return Err(InvalidReason::NotCommitteeMember(rec.epoch));
+                }
+                if rec.answered > rec.probes {
+                    return Err(InvalidReason::Malformed(
+                        "more probes answered than sent".into(),
+                    ));
+                }
+                let rep = self.reputation.entry(rec.provider).or_default();
+                rep.probes = rep.probes.saturating_add(u64::from(rec.probes));
+                rep.answered = rep.answered.saturating_add(u64::from(rec.answered));
+                push_sla(&mut self.sla, rec.provider, SlaEvent::Probes(*rec));
+                Ok(())
+            }
+            // Finality is decided outside the fold (see `Ledger`); in a batch a
+            // checkpoint entry changes nothing.
+            Body::Checkpoint(_) => Ok(()),
+            Body::Slash(proof) => {
+                let (offender, offence) =
+                    proof.check(ctx.network).map_err(InvalidReason::BadProof)?;
+                if !self.slashed.insert((offender, offence)) {
+                    return Err(InvalidReason::AlreadySlashed);
+                }
+                self.burn_stake(offender, ctx.params.slash);
+                Ok(())
+            }
+        }
+    }
+
+    /// Burn a share of an account's bonded and unbonding stake.
+    fn burn_stake(&mut self, who: AccountId, share: protocol::Bps) {
+        let mut burned = Amount::ZERO;
+        if let Some(s) = self.stakes.get_mut(&who) {
+            let b = share.of(*s);
+            *s = s.saturating_sub(b);
+            burned = burned.saturating_add_amount(b);
+            if *s == Amount::ZERO {
+                self.stakes.remove(&who);
+            }
+        }
+        if let Some(v) = self.unbonding.get_mut(&who) {
+            for (_, a) in v.iter_mut() {
+                let b = share.of(*a);
+                *a = a.saturating_sub(b);
+                burned = burned.saturating_add_amount(b);
+            }
+            v.retain(|(_, a)| *a > Amount::ZERO);
+            if v.is_empty() {
+                self.unbonding.remove(&who);
+            }
+        }
+        self.supply.burned = self.supply.burned.saturating_add_amount(burned);
+    }
+
+    /// The reward mint of `epoch`: the scheduled amount (capped by what the cap
+    /// leaves) split over providers in proportion to their verified units; the
+    /// remainder of the integer split goes to the provider with the most units.
+    pub fn reward_mint(&self, epoch: u64, params: &Params) -> Vec<(AccountId, Amount)> {
+        let left = params.reward_cap.saturating_sub(self.supply.minted);
+        let pool = params.scheduled_reward(epoch).min(left);
+        let total: u128 = self.epoch_units.values().map(|u| u128::from(*u)).sum();
+        if pool == Amount::ZERO || total == 0 {
+            return Vec::new();
+        }
+        let mut out: Vec<(AccountId, Amount)> = self
+            .epoch_units
+            .iter()
+            .filter(|(_, u)| **u > 0)
+            .map(|(a, u)| {
+                let share = u128::from(pool.0) * u128::from(*u) / total;
+                (*a, Amount(share as u64))
+            })
+            .collect();
+        let paid: u64 = out.iter().map(|(_, x)| x.0).sum();
+        let rest = pool.0 - paid;
+        if rest > 0 {
+            // The largest contributor (lowest account on ties) takes the dust.
+            let best = self
+                .epoch_units
+                .iter()
+                .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+                .map(|(a, _)| *a);
+            if let Some(best) = best
+                && let Some(slot) = out.iter_mut().find(|(a, _)| *a == best)
+            {
+                slot.1 = Amount(slot.1.0 + rest);
+            }
+        }
+        out.retain(|(_, x)| *x > Amount::ZERO);
+        out
+    }
+
+    /// Close `epoch` after its batch: mint the reward, release matured unbonding,
+    /// draw the next and backup committees (seeded by `prev`, the previous final
+    /// checkpoint), and record the committee that signed.
+    pub(crate) fn close_epoch(
+        &mut self,
+        epoch: u64,
+        prev: &Hash32,
+        signing_committee: Vec<AccountId>,
+        params: &Params,
+    ) -> Result<Vec<(AccountId, Amount)>, InvalidReason> {
+        let mint = self.reward_mint(epoch, params);
+        for (a, x) in &mint {
+            self.credit(*a, *x)?;
+            self.supply.minted = self
+                .supply
+                .minted
+                .checked_add(*x)
+                .ok_or(InvalidReason::Overflow)?;
+        }
+        self.epoch_units.clear();
+        let mut released: Vec<(AccountId, Amount)> = Vec::new();
+        for (a, v) in self.unbonding.iter_mut() {
+            let mut sum = Amount::ZERO;
+            v.retain(|(at, x)| {
+                if *at <= epoch {
+                    sum = sum.saturating_add_amount(*x);
+                    false
+                } else {
+                    true
+                }
+            });
+            if sum > Amount::ZERO {
+                released.push((*a, sum));
+            }
+        }
+        self.unbonding.retain(|_, v| !v.is_empty());
+        for (a, x) in released {
+            self.credit(a, x)?;
+        }
+        self.schedule.insert(epoch, signing_committee);
+        let k = usize::from(params.committee_size);
+        let next = draw_committee(
+            &committee_seed("next", prev, epoch),
+            &self.stakes,
+            params.min_stake,
+            k,
+        );
+        let backup = draw_committee(
+            &committee_seed("backup", prev, epoch),
+            &self.stakes,
+            params.min_stake,
+            k,
+        );
+        self.schedule.insert(epoch + 1, next);
+        self.backup = backup;
+        self.epoch = epoch;
+        Ok(mint)
+    }
+
+    /// Check a proposed checkpoint body's derived fields against this state (the
+    /// state after the batch and `close_epoch`).
+    pub(crate) fn matches(&self, body: &CheckpointBody, mint: &[(AccountId, Amount)]) -> bool {
+        body.mint == mint
+            && self.schedule.get(&(body.epoch + 1)) == Some(&body.next_committee)
+            && self.backup == body.backup_committee
+            && self.root() == body.state_root
+    }
+}
+
+fn push_sla(sla: &mut BTreeMap<AccountId, Vec<SlaEvent>>, who: AccountId, ev: SlaEvent) {
+    let v = sla.entry(who).or_default();
+    v.push(ev);
+    if v.len() > SLA_HISTORY {
+        v.remove(0);
+    }
+}
+
+fn phase(b: &Body) -> u8 {
+    match b {
+        Body::Settlement { .. } => 1,
+        Body::Slash(_) => 2,
+        _ => 0,
+    }
+}
+
+trait SatAdd {
+    fn saturating_add_amount(self, o: Amount) -> Amount;
+}
+impl SatAdd for Amount {
+    fn saturating_add_amount(self, o: Amount) -> Amount {
+        Amount(self.0.saturating_add(o.0))
+    }
+}

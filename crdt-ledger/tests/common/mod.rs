@@ -1,0 +1,239 @@
+//! Test helpers: a small network, contracts, verdicts, sync and checkpoints.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use crdt_ledger::{Body, CheckpointStatus, Genesis, GenesisEntry, Ledger, Params, Store};
+use protocol::settlement::{Outcome, QuorumCert, payout};
+use protocol::{
+    AccountId, Amount, BlobRef, Bps, ComputeUnits, Contract, ContractTerms, DurationMs, Hash32,
+    Identity, JobKind, JobSpec, MultiSigned, PricePerCu, Signed, SlaRequirement, SlaTerms,
+    Timestamp, Verdict,
+};
+
+pub const T0: Timestamp = Timestamp(1_000_000);
+
+pub struct Net {
+    pub ids: Vec<Identity>,
+    pub genesis: GenesisEntry,
+}
+
+impl Net {
+    /// `n` accounts with 1000 tokens each; the first `stakers` also stake 1000.
+    pub fn new(n: usize, stakers: usize, committee: u16) -> Net {
+        let ids: Vec<Identity> = (0..n as u64)
+            .map(|i| Identity::from_seed(1000 + i))
+            .collect();
+        let params = Params {
+            epoch_length: DurationMs(10_000),
+            stall_timeout: DurationMs(1_000),
+            committee_size: committee,
+            min_stake: Amount::tokens(1),
+            unbonding_epochs: 2,
+            oracle_fee: Bps(100),
+            slash: Bps(5_000),
+            reward_base: Amount::tokens(100),
+            reward_halving_epochs: 2,
+            reward_cap: Amount::tokens(250),
+        };
+        let genesis = Genesis {
+            name: "test".into(),
+            genesis_time: T0,
+            params,
+            balances: ids
+                .iter()
+                .map(|i| (i.account(), Amount::tokens(1000)))
+                .collect(),
+            stakes: ids
+                .iter()
+                .take(stakers)
+                .map(|i| (i.account(), Amount::tokens(1000)))
+                .collect(),
+        };
+        let genesis = GenesisEntry::create(&ids[0], genesis).unwrap();
+        Net { ids, genesis }
+    }
+
+    pub fn acct(&self, i: usize) -> AccountId {
+        self.ids[i].account()
+    }
+
+    pub fn ledger(&self, actor: u8) -> Ledger {
+        Ledger::new(self.genesis.clone(), &[actor; 16]).unwrap()
+    }
+
+    pub fn id_of(&self, a: &AccountId) -> &Identity {
+        self.ids.iter().find(|i| i.account() == *a).unwrap()
+    }
+
+    /// A contract signed by both parties.
+    pub fn contract(&self, requester: usize, provider: usize, nonce: u64) -> Contract {
+        let r = self.acct(requester);
+        let spec = JobSpec {
+            requester: r,
+            kind: JobKind::Infer { batch: 1 },
+            model: None,
+            dataset: BlobRef {
+                hash: Hash32([7; 32]),
+                size: 10,
+            },
+            estimated_units: ComputeUnits::from_milli(10_000),
+            max_price: PricePerCu(2_000_000),
+            deadline: Timestamp(T0.0 + 100_000),
+            sla: SlaRequirement {
+                min_availability: Bps(9_000),
+                min_penalty: Bps(100),
+            },
+            privacy: None,
+            issued_at: T0,
+            expires_at: Timestamp(T0.0 + 50_000),
+            nonce,
+        };
+        let terms = ContractTerms {
+            network: self.genesis.network(),
+            job: Hash32([nonce as u8; 32]),
+            spec,
+            requester: r,
+            provider: self.acct(provider),
+            price: PricePerCu(1_000_000),
+            max_units: ComputeUnits::from_milli(10_000),
+            sla: SlaTerms {
+                deadline_slack: DurationMs(1000),
+                availability: Bps(9_000),
+                penalty: Bps(1_000),
+            },
+            deadline: Timestamp(T0.0 + 100_000),
+            created_at: T0,
+        };
+        let mut c = MultiSigned::new(&terms).unwrap();
+        c.add_signature(&self.ids[requester], &self.genesis.network());
+        c.add_signature(&self.ids[provider], &self.genesis.network());
+        c
+    }
+
+    /// A settlement body from `voters` (committee members) agreeing on an outcome.
+    pub fn settlement(
+        &self,
+        contract: &Contract,
+        epoch: u64,
+        voters: &[AccountId],
+        outcome: Outcome,
+        params: &Params,
+    ) -> Body {
+        let id = contract.body_hash();
+        let verdicts: Vec<Signed<Verdict>> = voters
+            .iter()
+            .map(|v| {
+                let verdict = Verdict {
+                    contract: id,
+                    epoch,
+                    oracle: *v,
+                    sla_ok: outcome.sla_ok,
+                    violations: outcome.violations,
+                    result_ok: outcome.result_ok,
+                    units: outcome.units,
+                    delivered: outcome.delivered,
+                };
+                Signed::sign(self.id_of(v), &self.genesis.network(), &verdict).unwrap()
+            })
+            .collect();
+        let cert = QuorumCert {
+            contract: id,
+            epoch,
+            verdicts,
+        };
+        let terms: ContractTerms = contract.body_unverified().unwrap();
+        let mut oracles: Vec<AccountId> = voters.to_vec();
+        oracles.sort();
+        let p = payout(&terms, &outcome, params.oracle_fee, &oracles).unwrap();
+        Body::Settlement { cert, payout: p }
+    }
+}
+
+pub fn good_outcome(units: u64) -> Outcome {
+    Outcome {
+        delivered: true,
+        result_ok: true,
+        sla_ok: true,
+        violations: 0,
+        units: ComputeUnits::from_milli(units),
+    }
+}
+
+/// Sync two replicas until neither has anything to say.
+pub fn sync<A: Store, B: Store>(a: &mut Ledger<A>, b: &mut Ledger<B>) {
+    a.merge_with(b).unwrap();
+}
+
+/// Run the committee protocol for `epoch` on one replica (which signs for every
+/// member) and publish the final checkpoint. Returns the proposer.
+pub fn finalize<S: Store>(net: &Net, l: &mut Ledger<S>, epoch: u64, round: u32) -> AccountId {
+    try_finalize(net, l, epoch, round, true).expect("finalized")
+}
+
+/// [`finalize`] that gives up (`None`) when a member of this replica already
+/// signed another checkpoint for the epoch (possible in the property tests, where
+/// one replica signs for everyone and a competing checkpoint can win later).
+pub fn try_finalize<S: Store>(
+    net: &Net,
+    l: &mut Ledger<S>,
+    epoch: u64,
+    round: u32,
+    strict: bool,
+) -> Option<AccountId> {
+    let committee = l.committee_for_checkpoint(epoch).unwrap();
+    let proposer = committee[round as usize % committee.len()];
+    let proposal = match l.propose_checkpoint(net.id_of(&proposer), epoch, round) {
+        Ok(p) => p,
+        Err(e) if !strict => {
+            let _ = e;
+            return None;
+        }
+        Err(e) => panic!("propose: {e}"),
+    };
+    let h = proposal.body_hash();
+    let mut fin = None;
+    let due = Timestamp(l.epoch_end(epoch).0 + u64::from(round) * l.params().stall_timeout.0);
+    for m in committee.iter().filter(|m| **m != proposer) {
+        let (who, sig) = match l.sign_checkpoint(net.id_of(m), &proposal, due) {
+            Ok(x) => x,
+            Err(_) if !strict => continue,
+            Err(e) => panic!("sign: {e}"),
+        };
+        if let CheckpointStatus::Final(ms) = l.apply_checkpoint_signature(&h, who, sig).unwrap() {
+            fin = Some(ms);
+            break;
+        }
+    }
+    let fin = match fin {
+        Some(f) => f,
+        None if !strict => return None,
+        None => panic!("no quorum"),
+    };
+    let now = Timestamp(l.epoch_end(epoch).0 + 1);
+    // Anyone may publish it: the proposer, or another account if the proposer's
+    // chain is blocked by its own fork.
+    let mut published = false;
+    let order = std::iter::once(net.id_of(&proposer)).chain(net.ids.iter());
+    for id in order {
+        if l.append(id, Body::Checkpoint(fin.clone()), now).is_ok() {
+            published = true;
+            break;
+        }
+    }
+    assert!(published, "someone could publish the checkpoint");
+    assert_eq!(l.finalized_epoch(), epoch, "checkpoint {epoch} final");
+    Some(proposer)
+}
+
+pub fn transfer(to: AccountId, tokens: u64) -> Body {
+    Body::Transfer {
+        to,
+        amount: Amount::tokens(tokens),
+    }
+}
+
+pub fn conserved<S: Store>(l: &mut Ledger<S>) {
+    let st = l.state();
+    assert_eq!(st.total_supply(), st.supply.expected(), "{:?}", st.supply);
+    let st = l.finalized_state();
+    assert_eq!(st.total_supply(), st.supply.expected(), "{:?}", st.supply);
+}

@@ -1,0 +1,817 @@
+//! Ledger behaviour: spending rule, partitions, equivocation, committee,
+//! settlement, rewards, sync validation and tampering.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use automerge::transaction::Transactable;
+use common::*;
+use crdt_ledger::{
+    Action, Body, Entry, InvalidReason, LedgerError, Offence, PeerState, SlashProof, SyncError,
+};
+use protocol::{Amount, ComputeUnits, Timestamp};
+
+#[test]
+fn transfer_credits_become_spendable_after_a_checkpoint() {
+    let net = Net::new(6, 4, 4);
+    let mut l = net.ledger(1);
+    let (a, b) = (net.acct(4), net.acct(5));
+    l.append(&net.ids[4], transfer(b, 300), T0).unwrap();
+    assert_eq!(l.balance(&a), Amount::tokens(700));
+    assert_eq!(l.balance(&b), Amount::tokens(1300));
+    // a's own pending debit counts at once; b's credit is not spendable yet.
+    assert_eq!(l.spendable(&a), Amount::tokens(700));
+    assert_eq!(l.spendable(&b), Amount::tokens(1000));
+    let err = l.append(&net.ids[5], transfer(a, 1200), T0).unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Rejected(InvalidReason::Overspend { .. })),
+        "{err}"
+    );
+    finalize(&net, &mut l, 1, 0);
+    assert_eq!(l.spendable(&b), Amount::tokens(1300));
+    l.append(&net.ids[5], transfer(a, 1200), T0).unwrap();
+    assert_eq!(l.balance(&a), Amount::tokens(1900));
+    conserved(&mut l);
+}
+
+#[test]
+fn overspend_and_zero_amounts_are_refused_locally() {
+    let net = Net::new(6, 4, 4);
+    let mut l = net.ledger(1);
+    let b = net.acct(5);
+    l.append(&net.ids[4], transfer(b, 600), T0).unwrap();
+    let err = l.append(&net.ids[4], transfer(b, 600), T0).unwrap_err();
+    assert!(matches!(
+        err,
+        LedgerError::Rejected(InvalidReason::Overspend { .. })
+    ));
+    let err = l
+        .append(
+            &net.ids[4],
+            Body::Transfer {
+                to: b,
+                amount: Amount::ZERO,
+            },
+            T0,
+        )
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        LedgerError::Rejected(InvalidReason::ZeroAmount)
+    ));
+    assert_eq!(l.entry_count(), 1);
+    let hist = l.entries_by(&net.acct(4));
+    assert_eq!(hist.len(), 1);
+    assert_eq!(hist[0].data.seq, 0);
+    assert!(l.entries_by(&net.acct(5)).is_empty());
+}
+
+#[test]
+fn double_spend_across_a_partition_takes_effect_once() {
+    let net = Net::new(6, 4, 4);
+    let mut base = net.ledger(1);
+    finalize(&net, &mut base, 1, 0);
+    let mut left = net.ledger(2);
+    let mut right = net.ledger(3);
+    sync(&mut base, &mut left);
+    sync(&mut base, &mut right);
+    let (a, b, c) = (net.acct(4), net.acct(5), net.acct(3));
+    // The same key on both sides of a partition: each side accepts its spend.
+    left.append(&net.ids[4], transfer(b, 800), T0).unwrap();
+    right.append(&net.ids[4], transfer(c, 800), T0).unwrap();
+    assert_eq!(left.balance(&a), Amount::tokens(200));
+    assert_eq!(right.balance(&a), Amount::tokens(200));
+    sync(&mut left, &mut right);
+    for l in [&mut left, &mut right] {
+        assert_eq!(l.balance(&a), Amount::tokens(200), "one spend only");
+        let got_b = l.balance(&b) == Amount::tokens(1800);
+        let got_c = l.balance(&c) == Amount::tokens(1800);
+        assert!(got_b ^ got_c, "exactly one recipient is paid");
+        assert!(
+            l.invalid()
+                .iter()
+                .any(|i| i.reason == InvalidReason::ForkedBranch)
+        );
+        conserved(l);
+    }
+    assert_eq!(left.state().balances, right.state().balances);
+    // The fork is the proof: slash it.
+    let proofs = left.slash_proofs();
+    assert_eq!(proofs.len(), 1);
+    assert!(matches!(proofs[0], SlashProof::Fork { .. }));
+    // a has no stake: slashing records the offence, burns nothing.
+    left.append(&net.ids[1], Body::Slash(Box::new(proofs[0].clone())), T0)
+        .unwrap();
+    assert!(left.state().slashed.contains(&(a, Offence::Fork(0))));
+    assert!(left.slash_proofs().is_empty());
+    // A checkpoint includes one branch, and it stays chosen.
+    sync(&mut left, &mut right);
+    finalize(&net, &mut right, 2, 0);
+    sync(&mut left, &mut right);
+    assert_eq!(left.finalized_epoch(), 2);
+    assert_eq!(left.state(), right.state());
+    assert_eq!(left.finalized_state().balance(&a), Amount::tokens(200));
+}
+
+#[test]
+fn a_forking_staker_is_slashed() {
+    let net = Net::new(6, 4, 4);
+    let mut l1 = net.ledger(1);
+    let mut l2 = net.ledger(2);
+    let x = net.acct(2); // a staker
+    l1.append(&net.ids[2], transfer(net.acct(4), 10), T0)
+        .unwrap();
+    l2.append(&net.ids[2], transfer(net.acct(5), 10), T0)
+        .unwrap();
+    sync(&mut l1, &mut l2);
+    let proofs = l1.slash_proofs();
+    assert_eq!(proofs.len(), 1);
+    let before = l1.state().stake(&x);
+    l1.append(&net.ids[0], Body::Slash(Box::new(proofs[0].clone())), T0)
+        .unwrap();
+    let st = l1.state();
+    assert_eq!(st.stake(&x), Amount(before.0 / 2));
+    assert_eq!(st.supply.burned, Amount(before.0 / 2));
+    // the same offence twice is refused
+    let err = l1
+        .append(&net.ids[1], Body::Slash(Box::new(proofs[0].clone())), T0)
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        LedgerError::Rejected(InvalidReason::AlreadySlashed)
+    ));
+    conserved(&mut l1);
+}
+
+#[test]
+fn double_signed_checkpoints_are_detected_and_slashed() {
+    let net = Net::new(6, 4, 4);
+    let mut l = net.ledger(1);
+    let committee = l.committee_for_checkpoint(1).unwrap();
+    let proposer = committee[0];
+    let p1 = l.propose_checkpoint(net.id_of(&proposer), 1, 0).unwrap();
+    // Something new arrives; a second replica of the same member proposes again.
+    let mut other = net.ledger(2);
+    other
+        .append(&net.ids[4], transfer(net.acct(5), 1), T0)
+        .unwrap();
+    let p2 = other
+        .propose_checkpoint(net.id_of(&proposer), 1, 0)
+        .unwrap();
+    assert_ne!(p1.body_hash(), p2.body_hash());
+    // A member's replica sees both (refusing to sign the second).
+    let member = committee[1];
+    let due = l.epoch_end(1);
+    let early = l
+        .sign_checkpoint(net.id_of(&member), &p1, Timestamp(due.0 - 1))
+        .unwrap_err();
+    assert!(matches!(early, LedgerError::WontSign(_)), "{early}");
+    l.sign_checkpoint(net.id_of(&member), &p1, due).unwrap();
+    let err = l.sign_checkpoint(net.id_of(&member), &p2, due).unwrap_err();
+    assert!(matches!(
+        err,
+        LedgerError::AlreadySigned { .. } | LedgerError::WontSign(_)
+    ));
+    let proofs = l.slash_proofs();
+    let ds: Vec<_> = proofs
+        .iter()
+        .filter(|p| matches!(p, SlashProof::DoubleSign { .. }))
+        .collect();
+    assert_eq!(ds.len(), 1, "{proofs:?}");
+    let stake = l.state().stake(&proposer);
+    l.append(&net.ids[5], Body::Slash(Box::new(ds[0].clone())), T0)
+        .unwrap();
+    assert_eq!(l.state().stake(&proposer), Amount(stake.0 / 2));
+    assert!(
+        l.state()
+            .slashed
+            .contains(&(proposer, Offence::DoubleSign(1)))
+    );
+    conserved(&mut l);
+}
+
+#[test]
+fn committee_timer_rotates_the_proposer_and_falls_back_to_the_backup() {
+    let net = Net::new(8, 6, 4);
+    let mut l = net.ledger(1);
+    let committee = l.committee_for_checkpoint(1).unwrap();
+    assert_eq!(committee.len(), 4);
+    let end1 = l.epoch_end(1);
+    assert_eq!(l.poll_timeout(), Some(end1));
+    assert!(
+        l.handle_timeout(&committee[0], Timestamp(end1.0 - 1))
+            .is_empty()
+    );
+    assert_eq!(
+        l.handle_timeout(&committee[0], end1),
+        vec![Action::Propose { epoch: 1, round: 0 }]
+    );
+    assert!(l.handle_timeout(&committee[0], end1).is_empty(), "once");
+    assert!(l.handle_timeout(&committee[1], end1).is_empty());
+    // The leader stalls: after the timeout the next member proposes.
+    let t = Timestamp(end1.0 + 1_000);
+    assert_eq!(
+        l.handle_timeout(&committee[1], t),
+        vec![Action::Propose { epoch: 1, round: 1 }]
+    );
+    finalize(&net, &mut l, 1, 1);
+    assert_eq!(l.finalized_epoch(), 1);
+    // Epoch 2's committee stalls entirely: once epoch 3 has ended, the backup
+    // committee checkpoints epoch 3 on top of epoch 1.
+    let end3 = l.epoch_end(3);
+    assert_eq!(l.checkpoint_target(end3), Some((3, 0)));
+    let backup = l.committee_for_checkpoint(3).unwrap();
+    assert_eq!(backup, l.finalized_state().backup);
+    l.append(&net.ids[6], transfer(net.acct(7), 5), end3)
+        .unwrap();
+    finalize(&net, &mut l, 3, 0);
+    assert_eq!(l.finalized_epoch(), 3);
+    assert_eq!(l.checkpoints().len(), 2);
+    conserved(&mut l);
+}
+
+#[test]
+fn escrow_settlement_needs_a_quorum_and_exact_payout() {
+    let net = Net::new(8, 4, 4);
+    let mut l = net.ledger(1);
+    let (req, prov) = (4, 5);
+    let contract = net.contract(req, prov, 1);
+    let escrow = Amount::tokens(10); // price 1 token/CU × 10 CU
+    l.append(
+        &net.ids[req],
+        Body::EscrowLock {
+            contract: contract.clone(),
+        },
+        T0,
+    )
+    .unwrap();
+    assert_eq!(
+        l.balance(&net.acct(req)),
+        Amount(Amount::tokens(1000).0 - escrow.0)
+    );
+    // locked twice: refused
+    let err = l
+        .append(
+            &net.ids[req],
+            Body::EscrowLock {
+                contract: contract.clone(),
+            },
+            T0,
+        )
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        LedgerError::Rejected(InvalidReason::AlreadyLocked(_))
+    ));
+    // a contract the provider did not sign: refused
+    let mut half = contract.clone();
+    half.signatures.retain(|(a, _)| *a == net.acct(req));
+    let err = l
+        .append(&net.ids[req], Body::EscrowLock { contract: half }, T0)
+        .unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Rejected(InvalidReason::BadContract(_))),
+        "{err}"
+    );
+
+    let committee = l.committee_for_checkpoint(1).unwrap();
+    let params = l.params().clone();
+    // one verdict of four: no quorum
+    let weak = net.settlement(&contract, 1, &committee[..1], good_outcome(8_000), &params);
+    let err = l.append(&net.ids[prov], weak, T0).unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Rejected(InvalidReason::NoQuorum(_))),
+        "{err}"
+    );
+    // a payout that does not match the certified outcome
+    let mut wrong = net.settlement(&contract, 1, &committee[..3], good_outcome(8_000), &params);
+    if let Body::Settlement { payout, .. } = &mut wrong {
+        payout.provider = Amount(payout.provider.0 + 1);
+        payout.refund = Amount(payout.refund.0 - 1);
+    }
+    let err = l.append(&net.ids[prov], wrong, T0).unwrap_err();
+    assert!(matches!(
+        err,
+        LedgerError::Rejected(InvalidReason::PayoutMismatch)
+    ));
+    // a settlement for an unknown contract
+    let other = net.contract(req, prov, 2);
+    let unknown = net.settlement(&other, 1, &committee[..3], good_outcome(8_000), &params);
+    let err = l.append(&net.ids[prov], unknown, T0).unwrap_err();
+    assert!(matches!(
+        err,
+        LedgerError::Rejected(InvalidReason::UnknownContract(_))
+    ));
+
+    let good = net.settlement(&contract, 1, &committee[..3], good_outcome(8_000), &params);
+    l.append(&net.ids[prov], good.clone(), T0).unwrap();
+    // Neither the certificate nor the contract can be used again.
+    let err = l.append(&net.ids[prov], good, T0).unwrap_err();
+    assert!(matches!(
+        err,
+        LedgerError::Rejected(InvalidReason::AlreadySettled(_))
+    ));
+    let err = l
+        .append(
+            &net.ids[req],
+            Body::EscrowLock {
+                contract: contract.clone(),
+            },
+            T0,
+        )
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        LedgerError::Rejected(InvalidReason::AlreadyLocked(_))
+    ));
+    assert!(l.state().escrows.is_empty());
+    let st = l.state();
+    // 8 CU at 1 token: 8 tokens to the provider, 1% fee of 10 to the oracles, the rest back.
+    assert_eq!(st.balance(&net.acct(prov)), Amount::tokens(1008));
+    assert_eq!(
+        st.balance(&net.acct(req)),
+        Amount(Amount::tokens(1000).0 - Amount::tokens(8).0 - 100_000)
+    );
+    let rep = st.reputation[&net.acct(prov)];
+    assert_eq!((rep.jobs, rep.jobs_ok, rep.units_milli), (1, 1, 8_000));
+    assert_eq!(st.sla[&net.acct(prov)].len(), 1);
+    conserved(&mut l);
+    // The checkpoint mints the epoch reward to the provider (the only one with units).
+    finalize(&net, &mut l, 1, 0);
+    let st = l.finalized_state().clone();
+    assert_eq!(st.supply.minted, Amount::tokens(100));
+    assert_eq!(st.balance(&net.acct(prov)), Amount::tokens(1108));
+    conserved(&mut l);
+}
+
+#[test]
+fn rewards_halve_and_stop_at_the_cap() {
+    let net = Net::new(8, 4, 4);
+    let mut l = net.ledger(1);
+    let params = l.params().clone();
+    let mut minted = Vec::new();
+    for epoch in 1..=6u64 {
+        let c = net.contract(4, 5, epoch);
+        l.append(
+            &net.ids[4],
+            Body::EscrowLock {
+                contract: c.clone(),
+            },
+            T0,
+        )
+        .unwrap();
+        let committee = l.committee_for_checkpoint(epoch).unwrap();
+        let s = net.settlement(&c, epoch, &committee, good_outcome(1_000), &params);
+        l.append(&net.ids[5], s, T0).unwrap();
+        let before = l.finalized_state().supply.minted;
+        finalize(&net, &mut l, epoch, 0);
+        minted.push(l.finalized_state().supply.minted.0 - before.0);
+        conserved(&mut l);
+    }
+    let t = Amount::tokens(1).0;
+    // 100, 100, 50, 0 (cap 250 reached) ...
+    assert_eq!(minted, vec![100 * t, 100 * t, 50 * t, 0, 0, 0]);
+}
+
+#[test]
+fn stake_and_unbonding_over_epochs() {
+    let net = Net::new(6, 4, 4);
+    let mut l = net.ledger(1);
+    let a = net.acct(4);
+    l.append(
+        &net.ids[4],
+        Body::Stake {
+            amount: Amount::tokens(500),
+        },
+        T0,
+    )
+    .unwrap();
+    assert_eq!(l.state().stake(&a), Amount::tokens(500));
+    let err = l
+        .append(
+            &net.ids[4],
+            Body::Unstake {
+                amount: Amount::tokens(600),
+            },
+            T0,
+        )
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        LedgerError::Rejected(InvalidReason::InsufficientStake { .. })
+    ));
+    finalize(&net, &mut l, 1, 0);
+    // unbonding_epochs = 2: released at the checkpoint of epoch 1 + 1 + 2 = 4
+    l.append(
+        &net.ids[4],
+        Body::Unstake {
+            amount: Amount::tokens(200),
+        },
+        T0,
+    )
+    .unwrap();
+    for e in 2..=4 {
+        assert_eq!(
+            l.finalized_state().balance(&a),
+            Amount::tokens(500),
+            "epoch {e}"
+        );
+        finalize(&net, &mut l, e, 0);
+    }
+    assert_eq!(l.finalized_state().balance(&a), Amount::tokens(700));
+    assert_eq!(l.finalized_state().stake(&a), Amount::tokens(300));
+    conserved(&mut l);
+}
+
+#[test]
+fn sla_records_need_a_committee_member() {
+    let net = Net::new(8, 4, 4);
+    let mut l = net.ledger(1);
+    let committee = l.committee_for_checkpoint(1).unwrap();
+    let rec = crdt_ledger::SlaRecord {
+        provider: net.acct(6),
+        epoch: 1,
+        probes: 10,
+        answered: 9,
+        mean_latency_ms: 20,
+    };
+    let outsider = (0..8).find(|i| !committee.contains(&net.acct(*i))).unwrap();
+    let err = l
+        .append(&net.ids[outsider], Body::SlaRecord(rec), T0)
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        LedgerError::Rejected(InvalidReason::NotCommitteeMember(1))
+    ));
+    l.append(net.id_of(&committee[0]), Body::SlaRecord(rec), T0)
+        .unwrap();
+    let r = l.state().reputation[&net.acct(6)];
+    assert_eq!((r.probes, r.answered), (10, 9));
+    assert_eq!(r.score_bps(), 9_000);
+}
+
+#[test]
+fn a_flipped_bit_anywhere_in_an_entry_is_rejected() {
+    let net = Net::new(6, 4, 4);
+    let mut l = net.ledger(1);
+    l.append(&net.ids[4], transfer(net.acct(5), 3), T0).unwrap();
+    let state = l.state().clone();
+    let last = l.state().last_checkpoint;
+    assert!(l.entry(&last).is_none(), "not an entry");
+    let entry = Entry::sign(
+        &net.ids[4],
+        &net.genesis.network(),
+        &crdt_ledger::EntryData {
+            author: net.acct(4),
+            seq: 1,
+            prev_hash: protocol::Hash32([1; 32]),
+            created_at: T0,
+            body: transfer(net.acct(5), 1),
+        },
+    )
+    .unwrap();
+    let bytes = entry.to_bytes().unwrap();
+    for bit in 0..bytes.len() * 8 {
+        let mut b = bytes.clone();
+        b[bit / 8] ^= 1 << (bit % 8);
+        let ok = Entry::from_bytes(&b)
+            .ok()
+            .and_then(|e| e.verify(&net.genesis.network()).ok());
+        assert!(ok.is_none(), "bit {bit} flipped and still valid");
+    }
+    // Received: a rogue peer puts tampered bytes into its document and syncs.
+    let mut rejected = 0;
+    for bit in (0..bytes.len() * 8).step_by(97) {
+        let mut b = bytes.clone();
+        b[bit / 8] ^= 1 << (bit % 8);
+        let mut rogue = automerge::AutoCommit::new();
+        let key = format!("{}/1", hex::encode(net.acct(4).0));
+        rogue
+            .put(
+                automerge::ROOT,
+                key.as_str(),
+                automerge::ScalarValue::Bytes(b),
+            )
+            .unwrap();
+        rogue.commit();
+        let mut ps = automerge::sync::State::new();
+        let mut mine = PeerState::new();
+        let mut any_err = false;
+        for _ in 0..4 {
+            use automerge::sync::SyncDoc;
+            if let Some(m) = l.generate_sync_message(&mut mine) {
+                let m = automerge::sync::Message::decode(&m).unwrap();
+                rogue.sync().receive_sync_message(&mut ps, m).unwrap();
+            }
+            if let Some(m) = rogue.sync().generate_sync_message(&mut ps)
+                && l.receive_sync_message(&mut mine, &m.encode()).is_err()
+            {
+                any_err = true;
+                break;
+            }
+        }
+        assert!(any_err, "bit {bit}: tampered entry was not refused");
+        assert!(mine.errors >= 1);
+        rejected += 1;
+    }
+    assert!(rejected > 3);
+    assert_eq!(l.state(), &state, "nothing changed");
+}
+
+#[test]
+fn garbage_and_overwrites_from_a_peer_are_counted_and_refused() {
+    let net = Net::new(6, 4, 4);
+    let mut l = net.ledger(1);
+    let mut p = PeerState::new();
+    for junk in [&b""[..], b"\x42\x00\x01", &[0xff; 64]] {
+        assert!(matches!(
+            l.receive_sync_message(&mut p, junk),
+            Err(SyncError::Decode(_))
+        ));
+    }
+    assert_eq!(p.errors, 3);
+    // A peer that overwrites a real entry with another value.
+    let mut honest = net.ledger(2);
+    honest
+        .append(&net.ids[4], transfer(net.acct(5), 3), T0)
+        .unwrap();
+    let mut evil = net.ledger(3);
+    sync(&mut honest, &mut evil);
+    // evil writes over the key through the raw document
+    let key = format!("{}/0", hex::encode(net.acct(4).0));
+    let mut raw = automerge::AutoCommit::load(&evil_doc_bytes(&mut evil)).unwrap();
+    raw.put(
+        automerge::ROOT,
+        key.as_str(),
+        automerge::ScalarValue::Bytes(vec![1, 2, 3]),
+    )
+    .unwrap();
+    raw.commit();
+    let mut ps = automerge::sync::State::new();
+    let mut q = PeerState::new();
+    let mut refused = false;
+    for _ in 0..6 {
+        use automerge::sync::SyncDoc;
+        if let Some(m) = l.generate_sync_message(&mut q) {
+            let m = automerge::sync::Message::decode(&m).unwrap();
+            raw.sync().receive_sync_message(&mut ps, m).unwrap();
+        }
+        if let Some(m) = raw.sync().generate_sync_message(&mut ps)
+            && let Err(e) = l.receive_sync_message(&mut q, &m.encode())
+        {
+            refused = true;
+            assert!(
+                e.to_string().contains("change") || e.to_string().contains("value"),
+                "{e}"
+            );
+            break;
+        }
+    }
+    assert!(refused);
+    assert_eq!(q.errors, 1);
+    assert_eq!(l.entry_count(), 0);
+    // and a peer past the limit is ignored
+    let mut bad = PeerState::new();
+    bad.errors = crdt_ledger::MAX_PEER_ERRORS;
+    assert!(matches!(
+        l.receive_sync_message(&mut bad, b"x"),
+        Err(SyncError::PeerBanned { .. })
+    ));
+}
+
+fn evil_doc_bytes(l: &mut crdt_ledger::Ledger) -> Vec<u8> {
+    let snap = l.snapshot().unwrap();
+    let len = u64::from_le_bytes(snap[..8].try_into().unwrap()) as usize;
+    snap[8 + len..].to_vec()
+}
+
+#[test]
+fn three_replicas_converge_with_settlements_across_authors() {
+    let net = Net::new(8, 4, 4);
+    let mut a = net.ledger(1);
+    let mut b = net.ledger(2);
+    let mut c = net.ledger(3);
+    let contract = net.contract(6, 7, 9);
+    a.append(
+        &net.ids[6],
+        Body::EscrowLock {
+            contract: contract.clone(),
+        },
+        T0,
+    )
+    .unwrap();
+    sync(&mut a, &mut b);
+    let committee = b.committee_for_checkpoint(1).unwrap();
+    let params = b.params().clone();
+    let s = net.settlement(&contract, 1, &committee[..3], good_outcome(5_000), &params);
+    b.append(&net.ids[7], s, T0).unwrap();
+    c.append(&net.ids[5], transfer(net.acct(6), 1), T0).unwrap();
+    sync(&mut b, &mut c);
+    sync(&mut a, &mut c);
+    sync(&mut a, &mut b);
+    assert_eq!(a.state(), b.state());
+    assert_eq!(b.state(), c.state());
+    assert!(a.invalid().is_empty(), "{:?}", a.invalid());
+    let prov = a.state().balance(&net.acct(7));
+    assert_eq!(prov, Amount::tokens(1005));
+    let _ = ComputeUnits::from_milli(0);
+}
+
+#[test]
+fn mangled_sync_messages_never_panic_or_let_a_bad_entry_in() {
+    let net = Net::new(6, 4, 4);
+    let mut src = net.ledger(1);
+    for i in 0..3 {
+        src.append(&net.ids[4], transfer(net.acct(5), 1 + i), T0)
+            .unwrap();
+    }
+    // The first message carries no changes; answer it to get one that does.
+    let mut fresh = net.ledger(2);
+    let (mut ps, mut pf) = (PeerState::new(), PeerState::new());
+    let m = src.generate_sync_message(&mut ps).unwrap();
+    fresh.receive_sync_message(&mut pf, &m).unwrap();
+    let reply = fresh.generate_sync_message(&mut pf).unwrap();
+    src.receive_sync_message(&mut ps, &reply).unwrap();
+    let full = src.generate_sync_message(&mut ps).unwrap();
+    let good: Vec<_> = {
+        let mut f2 = net.ledger(3);
+        let mut p = PeerState::new();
+        let m0 = src.generate_sync_message(&mut PeerState::new()).unwrap();
+        f2.receive_sync_message(&mut p, &m0).unwrap();
+        f2.receive_sync_message(&mut p, &full).unwrap();
+        assert_eq!(f2.entry_count(), 3);
+        f2.state().balances.clone().into_iter().collect()
+    };
+    let mut refused = 0;
+    for bit in (0..full.len() * 8).step_by(11) {
+        let mut b = full.clone();
+        b[bit / 8] ^= 1 << (bit % 8);
+        let mut l = net.ledger(4);
+        let mut p = PeerState::new();
+        let m0 = src.generate_sync_message(&mut PeerState::new()).unwrap();
+        l.receive_sync_message(&mut p, &m0).unwrap();
+        match l.receive_sync_message(&mut p, &b) {
+            Err(_) => refused += 1,
+            Ok(_) => {
+                // Whatever got in is genuine: the fold is a prefix of the real one.
+                assert!(l.invalid().is_empty(), "bit {bit}: {:?}", l.invalid());
+                assert!(l.entry_count() <= 3);
+                if l.entry_count() == 3 {
+                    let got: Vec<_> = l.state().balances.clone().into_iter().collect();
+                    assert_eq!(got, good);
+                }
+            }
+        }
+    }
+    assert!(refused > 0);
+}
+
+#[test]
+fn an_overwrite_in_an_incremental_change_is_refused() {
+    let net = Net::new(6, 4, 4);
+    let mut honest = net.ledger(1);
+    for i in 0..6 {
+        honest
+            .append(&net.ids[4], transfer(net.acct(5), 1 + i), T0)
+            .unwrap();
+    }
+    let mut l = net.ledger(2);
+    sync(&mut honest, &mut l);
+    // A peer with the same document overwrites one entry: a single new change,
+    // which automerge sends on its own (not as a whole document).
+    let mut raw = automerge::AutoCommit::load(&evil_doc_bytes(&mut honest)).unwrap();
+    let mut ps = automerge::sync::State::new();
+    let mut q = PeerState::new();
+    // first get in sync
+    for _ in 0..6 {
+        use automerge::sync::SyncDoc;
+        if let Some(m) = l.generate_sync_message(&mut q) {
+            let m = automerge::sync::Message::decode(&m).unwrap();
+            raw.sync().receive_sync_message(&mut ps, m).unwrap();
+        }
+        if let Some(m) = raw.sync().generate_sync_message(&mut ps) {
+            l.receive_sync_message(&mut q, &m.encode()).unwrap();
+        }
+    }
+    let key = format!("{}/2", hex::encode(net.acct(4).0));
+    raw.put(
+        automerge::ROOT,
+        key.as_str(),
+        automerge::ScalarValue::Bytes(evil_entry(&net)),
+    )
+    .unwrap();
+    raw.commit();
+    let before = l.state().clone();
+    let mut refused = None;
+    for _ in 0..6 {
+        use automerge::sync::SyncDoc;
+        if let Some(m) = raw.sync().generate_sync_message(&mut ps)
+            && let Err(e) = l.receive_sync_message(&mut q, &m.encode())
+        {
+            refused = Some(e);
+            break;
+        }
+        if let Some(m) = l.generate_sync_message(&mut q) {
+            let m = automerge::sync::Message::decode(&m).unwrap();
+            raw.sync().receive_sync_message(&mut ps, m).unwrap();
+        }
+    }
+    let e = refused.expect("the overwrite was refused");
+    assert!(e.to_string().contains("overwrites"), "{e}");
+    assert_eq!(l.state(), &before);
+    assert_eq!(l.entry_count(), 6);
+}
+
+/// A validly signed entry by account 4 at seq 2 that differs from the real one.
+fn evil_entry(net: &Net) -> Vec<u8> {
+    Entry::sign(
+        &net.ids[4],
+        &net.genesis.network(),
+        &crdt_ledger::EntryData {
+            author: net.acct(4),
+            seq: 2,
+            prev_hash: protocol::Hash32([3; 32]),
+            created_at: T0,
+            body: transfer(net.acct(3), 1),
+        },
+    )
+    .unwrap()
+    .to_bytes()
+    .unwrap()
+}
+
+#[test]
+fn a_half_signed_epoch_is_skipped_by_the_backup_committee() {
+    let net = Net::new(8, 6, 4);
+    let mut l = net.ledger(1);
+    let committee = l.committee_for_checkpoint(1).unwrap();
+    let end1 = l.epoch_end(1);
+    let p = l
+        .propose_checkpoint(net.id_of(&committee[0]), 1, 0)
+        .unwrap();
+    // One member signs round 0, then the proposer vanishes: no quorum.
+    l.sign_checkpoint(net.id_of(&committee[1]), &p, end1)
+        .unwrap();
+    // Round 1's proposer cannot get that member's signature again.
+    let p1 = l.propose_checkpoint(net.id_of(&committee[1]), 1, 1);
+    assert!(
+        matches!(p1, Err(LedgerError::AlreadySigned { .. })),
+        "{p1:?}"
+    );
+    // Once epoch 2 has ended too, the backup committee checkpoints epoch 2.
+    let end2 = l.epoch_end(2);
+    assert_eq!(l.checkpoint_target(end2), Some((2, 0)));
+    l.append(&net.ids[6], transfer(net.acct(7), 5), end2)
+        .unwrap();
+    finalize(&net, &mut l, 2, 0);
+    assert_eq!(l.finalized_epoch(), 2);
+    assert_eq!(
+        l.finalized_state().balance(&net.acct(7)),
+        Amount::tokens(1005)
+    );
+    // Epoch 1 never gets a checkpoint now.
+    assert!(l.committee_for_checkpoint(1).is_none());
+    conserved(&mut l);
+}
+
+#[test]
+fn a_stored_value_with_a_bad_signature_is_reported_and_kept_out() {
+    use crdt_ledger::{MemStore, Store};
+    let net = Net::new(6, 4, 4);
+    let (mut l, _) =
+        crdt_ledger::Ledger::open(net.genesis.clone(), &[1; 16], MemStore::new()).unwrap();
+    l.append(&net.ids[4], transfer(net.acct(5), 3), T0).unwrap();
+    let mut store = l.into_store();
+    // Someone writes a forged entry (signed by the wrong key) into the stored log.
+    let forged = Entry::sign(
+        &net.ids[5],
+        &net.genesis.network(),
+        &crdt_ledger::EntryData {
+            author: net.acct(4),
+            seq: 1,
+            prev_hash: protocol::Hash32([0; 32]),
+            created_at: T0,
+            body: transfer(net.acct(5), 900),
+        },
+    )
+    .unwrap();
+    let mut rogue = automerge::AutoCommit::new();
+    let key = format!("{}/1", hex::encode(net.acct(4).0));
+    rogue
+        .put(
+            automerge::ROOT,
+            key.as_str(),
+            automerge::ScalarValue::Bytes(forged.to_bytes().unwrap()),
+        )
+        .unwrap();
+    rogue.commit();
+    let mut rec = vec![0u8]; // a document record
+    rec.extend(rogue.save());
+    store.append(&rec).unwrap();
+    let (mut l, rep) = crdt_ledger::Ledger::open(net.genesis.clone(), &[1; 16], store).unwrap();
+    assert_eq!(rep.rejected.len(), 1, "{:?}", rep.rejected);
+    assert!(matches!(rep.rejected[0].1, InvalidReason::BadSignature(_)));
+    assert_eq!(l.entry_count(), 1);
+    assert_eq!(l.balance(&net.acct(5)), Amount::tokens(1003));
+}

@@ -1,0 +1,259 @@
+//! Persistence: one test body for both stores, crash safety, tampering on disk,
+//! snapshots for new peers.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use crdt_ledger::{
+    FileStore, Ledger, LedgerError, MemStore, Store, StoreError, open_from_snapshot,
+};
+use protocol::Amount;
+
+/// Write, reopen, compact, reopen, bootstrap a new peer from a snapshot.
+fn store_body<S: Store>(mut reopen: impl FnMut(S) -> S, mut fresh: impl FnMut() -> S) {
+    let net = Net::new(8, 4, 4);
+    let (mut l, rep) = Ledger::open(net.genesis.clone(), &[1; 16], fresh()).unwrap();
+    assert_eq!(rep.entries, 0);
+    for i in 0..12 {
+        let from = 4 + i % 4;
+        l.append(
+            &net.ids[from],
+            transfer(net.acct((from + 1) % 8), 1 + i as u64),
+            T0,
+        )
+        .unwrap();
+    }
+    finalize(&net, &mut l, 1, 0);
+    l.append(&net.ids[6], transfer(net.acct(0), 7), T0).unwrap();
+    let state = l.state().clone();
+    let count = l.entry_count();
+
+    // Reopen: everything acknowledged is there, re-verified, same state.
+    let store = reopen(l.into_store());
+    let (mut l, rep) = Ledger::open(net.genesis.clone(), &[1; 16], store).unwrap();
+    assert_eq!(rep.entries, count);
+    assert!(rep.torn_tail.is_none() && rep.rejected.is_empty());
+    assert_eq!(l.state(), &state);
+    assert_eq!(l.finalized_epoch(), 1);
+
+    // Compact: a snapshot replaces the log; reopening starts from it.
+    let before = l.store().size();
+    l.compact().unwrap();
+    assert!(
+        l.store().size() < before,
+        "{} -> {}",
+        before,
+        l.store().size()
+    );
+    let store = reopen(l.into_store());
+    let (mut l, rep) = Ledger::open(net.genesis.clone(), &[1; 16], store).unwrap();
+    assert!(rep.from_snapshot);
+    assert!(rep.entries < count, "finalized entries are not re-verified");
+    assert_eq!(l.state(), &state);
+    // The chain goes on after a reopen.
+    l.append(&net.ids[6], transfer(net.acct(1), 1), T0).unwrap();
+    let state = l.state().clone();
+    let store = reopen(l.into_store());
+    let (mut l, _) = Ledger::open(net.genesis.clone(), &[1; 16], store).unwrap();
+    assert_eq!(l.state(), &state);
+
+    // A new peer starts from the snapshot, then syncs the rest.
+    let snap = l.snapshot().unwrap();
+    let (mut newbie, rep) =
+        open_from_snapshot(net.genesis.clone(), &[2; 16], fresh(), &snap).unwrap();
+    assert!(rep.from_snapshot);
+    assert_eq!(newbie.finalized_epoch(), 1);
+    assert_eq!(newbie.state(), &state);
+    l.append(&net.ids[5], transfer(net.acct(2), 2), T0).unwrap();
+    sync(&mut l, &mut newbie);
+    assert_eq!(newbie.state(), l.state());
+    // A fresh replica that syncs everything (automerge sends the whole document)
+    // stores it and reopens to the same state.
+    let (mut copy, _) = Ledger::open(net.genesis.clone(), &[4; 16], fresh()).unwrap();
+    sync(&mut l, &mut copy);
+    assert_eq!(copy.state(), l.state());
+    let store = reopen(copy.into_store());
+    let (mut copy, rep) = Ledger::open(net.genesis.clone(), &[4; 16], store).unwrap();
+    assert!(rep.rejected.is_empty() && rep.torn_tail.is_none());
+    assert_eq!(copy.state(), l.state());
+    copy.append(&net.ids[7], transfer(net.acct(1), 1), T0)
+        .unwrap();
+    sync(&mut l, &mut copy);
+    assert_eq!(copy.state(), l.state());
+    // A snapshot whose state was tampered with is refused.
+    let mut bad = snap.clone();
+    let meta_len = u64::from_le_bytes(bad[..8].try_into().unwrap()) as usize;
+    bad[8 + meta_len / 2] ^= 0x10;
+    assert!(open_from_snapshot(net.genesis.clone(), &[3; 16], fresh(), &bad).is_err());
+    conserved(&mut newbie);
+}
+
+#[test]
+fn memory_store() {
+    store_body(|s: MemStore| s, MemStore::new);
+}
+
+#[test]
+fn boxed_store() {
+    store_body(
+        |s: Box<dyn Store>| s,
+        || Box::new(MemStore::new()) as Box<dyn Store>,
+    );
+}
+
+#[test]
+fn file_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    let base = dir.path().to_path_buf();
+    store_body(
+        |s: FileStore| {
+            let d = s.dir().to_path_buf();
+            drop(s);
+            FileStore::open(&d).unwrap()
+        },
+        || {
+            n += 1;
+            FileStore::open(&base.join(format!("peer{n}"))).unwrap()
+        },
+    );
+}
+
+#[test]
+fn torn_tail_at_every_offset_of_the_last_record_loses_nothing_acknowledged() {
+    let net = Net::new(6, 4, 4);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.log");
+    let (mut l, _) = Ledger::open(
+        net.genesis.clone(),
+        &[1; 16],
+        FileStore::open(dir.path()).unwrap(),
+    )
+    .unwrap();
+    for i in 0..4u64 {
+        l.append(&net.ids[4], transfer(net.acct(5), 1 + i), T0)
+            .unwrap();
+    }
+    let start_last = l.store().log_len();
+    l.append(&net.ids[4], transfer(net.acct(5), 100), T0)
+        .unwrap();
+    let full = std::fs::read(&path).unwrap();
+    assert_eq!(full.len() as u64, l.store().log_len());
+    let with_last = l.state().clone();
+    drop(l);
+    let mut without_last = None;
+    for cut in start_last..=full.len() as u64 {
+        std::fs::write(&path, &full[..cut as usize]).unwrap();
+        let (mut l, rep) = Ledger::open(
+            net.genesis.clone(),
+            &[1; 16],
+            FileStore::open(dir.path()).unwrap(),
+        )
+        .unwrap();
+        if cut == full.len() as u64 {
+            assert!(rep.torn_tail.is_none());
+            assert_eq!(l.entry_count(), 5);
+            assert_eq!(l.state(), &with_last);
+        } else {
+            assert_eq!(l.entry_count(), 4, "cut at {cut}");
+            if cut > start_last {
+                let t = rep.torn_tail.expect("torn tail reported");
+                assert_eq!(t.offset, start_last);
+                assert_eq!(t.dropped, cut - start_last);
+            } else {
+                assert!(rep.torn_tail.is_none());
+            }
+            // The cut log is valid again: appending continues the chain.
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), start_last);
+            let st = l.state().clone();
+            match &without_last {
+                None => without_last = Some(st),
+                Some(w) => assert_eq!(&st, w),
+            }
+            assert_eq!(l.balance(&net.acct(4)), Amount::tokens(990));
+        }
+    }
+}
+
+#[test]
+fn a_flipped_bit_in_a_stored_record_is_detected() {
+    let net = Net::new(6, 4, 4);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.log");
+    let (mut l, _) = Ledger::open(
+        net.genesis.clone(),
+        &[1; 16],
+        FileStore::open(dir.path()).unwrap(),
+    )
+    .unwrap();
+    l.append(&net.ids[4], transfer(net.acct(5), 1), T0).unwrap();
+    let end_first = l.store().log_len();
+    l.append(&net.ids[4], transfer(net.acct(5), 2), T0).unwrap();
+    drop(l);
+    let full = std::fs::read(&path).unwrap();
+    // every bit of the first record (header of the log excluded)
+    for bit in (8 * 8)..(end_first as usize * 8) {
+        let mut b = full.clone();
+        b[bit / 8] ^= 1 << (bit % 8);
+        std::fs::write(&path, &b).unwrap();
+        let r = Ledger::open(
+            net.genesis.clone(),
+            &[1; 16],
+            FileStore::open(dir.path()).unwrap(),
+        );
+        match r {
+            Err(LedgerError::Store(StoreError::Corrupt { .. })) => {}
+            // A flip in the length field can make the record run to the end of
+            // the file: then it is cut as torn, and nothing after it is trusted.
+            Ok((l, rep)) => {
+                assert!(rep.torn_tail.is_some(), "bit {bit}");
+                assert_eq!(l.entry_count(), 0, "bit {bit}");
+            }
+            Err(e) => panic!("bit {bit}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_restarted_member_does_not_sign_a_second_checkpoint() {
+    let net = Net::new(6, 4, 4);
+    let (mut l, _) = Ledger::open(net.genesis.clone(), &[1; 16], MemStore::new()).unwrap();
+    let committee = l.committee_for_checkpoint(1).unwrap();
+    let p1 = l
+        .propose_checkpoint(net.id_of(&committee[0]), 1, 0)
+        .unwrap();
+    let due = l.epoch_end(1);
+    l.sign_checkpoint(net.id_of(&committee[1]), &p1, due)
+        .unwrap();
+    // Compaction keeps the note too.
+    l.compact().unwrap();
+    let (mut l, _) = Ledger::open(net.genesis.clone(), &[1; 16], l.into_store()).unwrap();
+    let mut other = net.ledger(2);
+    other
+        .append(&net.ids[4], transfer(net.acct(5), 1), T0)
+        .unwrap();
+    let p2 = other
+        .propose_checkpoint(net.id_of(&committee[0]), 1, 0)
+        .unwrap();
+    sync(&mut l, &mut other);
+    let err = l
+        .sign_checkpoint(net.id_of(&committee[1]), &p2, due)
+        .unwrap_err();
+    assert!(
+        matches!(err, LedgerError::AlreadySigned { epoch: 1, .. }),
+        "{err}"
+    );
+    // The same proposal again is fine (idempotent).
+    l.sign_checkpoint(net.id_of(&committee[1]), &p1, due)
+        .unwrap();
+}
+
+#[test]
+fn a_ledger_can_move_between_threads() {
+    fn send<T: Send>() {}
+    send::<Ledger<FileStore>>();
+    send::<Ledger<MemStore>>();
+    send::<crdt_ledger::PeerState>();
+}
