@@ -1358,6 +1358,13 @@ fn signature_checks_can_be_turned_off_for_simulation() {
             ..OracleConfig::default()
         };
         let mut o = OracleEngine::new(oracle.clone(), net(), cfg, checker as Checker);
+        let committee = vec![oracle.account()];
+        let epoch = OracleInput::Epoch {
+            epoch: 1,
+            committee,
+            beacon: Hash32::default(),
+        };
+        o.handle(now, epoch, &mut rng);
         o.handle(now, OracleInput::Contract(c.clone()), &mut rng);
         assert_eq!(o.watching(), usize::from(!verify_signatures));
     }

@@ -12,9 +12,19 @@
 //!   whose cost grows with the engines that consume messages, not with the peers
 //!   that forward them.
 
+pub mod metrics;
 pub mod netmodel;
 pub mod profiles;
 pub mod scenario;
 pub mod sched;
+pub mod world;
 
+pub use metrics::{Metrics, Summary};
 pub use scenario::Scenario;
+pub use world::World;
+
+/// Run `scenario` with `seed` (its own seed when `None`); `progress` gets the
+/// share done, from 0 to 1.
+pub fn run(scenario: &Scenario, seed: Option<u64>, progress: impl FnMut(f64)) -> Metrics {
+    World::new(scenario, seed.unwrap_or(scenario.seed), None, None).run(progress)
+}

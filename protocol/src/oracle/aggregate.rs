@@ -57,8 +57,14 @@ pub enum VerdictError {
 #[derive(Debug, Default)]
 struct Pending {
     terms: Option<ContractTerms>,
+    /// The epoch whose committee judges this contract (that of its first verdict).
+    epoch: Option<u64>,
     verdicts: Vec<(Verdict, Signed<Verdict>)>,
 }
+
+/// Committees of recent epochs kept, so contracts that straddle an epoch change
+/// are still settled by the committee that watched them.
+pub const EPOCHS_KEPT: u64 = 16;
 
 /// Collects verdicts per contract until a quorum settles it.
 #[derive(Debug)]
@@ -66,6 +72,7 @@ pub struct Aggregator {
     network: NetworkId,
     epoch: u64,
     committee: Vec<AccountId>,
+    committees: std::collections::BTreeMap<u64, Vec<AccountId>>,
     fee: Bps,
     capacity: usize,
     pending: HashMap<Hash32, Pending>,
@@ -81,6 +88,7 @@ impl Aggregator {
             network,
             epoch: 0,
             committee: Vec::new(),
+            committees: std::collections::BTreeMap::new(),
             fee,
             capacity: capacity.max(1),
             pending: HashMap::new(),
@@ -90,16 +98,29 @@ impl Aggregator {
         }
     }
 
-    /// A new epoch and its committee. Verdicts of the old epoch still pending are
-    /// dropped: the new committee judges those contracts again.
+    /// A new epoch and its committee. A contract stays with the committee of the
+    /// epoch its verdicts were given in: verdicts of the last [`EPOCHS_KEPT`]
+    /// epochs still count, each against its own epoch's committee.
     pub fn set_committee(&mut self, epoch: u64, committee: Vec<AccountId>) {
-        if epoch != self.epoch {
-            for p in self.pending.values_mut() {
-                p.verdicts.clear();
+        self.committees.insert(epoch, committee.clone());
+        while let Some((&first, _)) = self.committees.first_key_value() {
+            if first + EPOCHS_KEPT > epoch {
+                break;
             }
+            self.committees.remove(&first);
         }
-        self.epoch = epoch;
-        self.committee = committee;
+        if epoch >= self.epoch {
+            self.epoch = epoch;
+            self.committee = committee;
+        }
+    }
+
+    fn committee_of(&self, contract: &Hash32) -> &[AccountId] {
+        self.pending
+            .get(contract)
+            .and_then(|p| p.epoch)
+            .and_then(|e| self.committees.get(&e))
+            .map_or(&self.committee[..], |c| &c[..])
     }
 
     /// Check verdict signatures (on by default; off only in simulation).
@@ -152,14 +173,22 @@ impl Aggregator {
         if v.oracle != sv.signer {
             return Err(VerdictError::BadSignature);
         }
-        if v.epoch != self.epoch {
+        let Some(committee) = self.committees.get(&v.epoch) else {
             return Err(VerdictError::WrongEpoch {
                 got: v.epoch,
                 expected: self.epoch,
             });
-        }
-        if !self.committee.contains(&v.oracle) {
+        };
+        if !committee.contains(&v.oracle) {
             return Err(VerdictError::NotMember(v.oracle));
+        }
+        if let Some(e) = self.pending.get(&v.contract).and_then(|p| p.epoch)
+            && e != v.epoch
+        {
+            return Err(VerdictError::WrongEpoch {
+                got: v.epoch,
+                expected: e,
+            });
         }
         if self.settled.contains(&v.contract) {
             return Err(VerdictError::Settled);
@@ -168,6 +197,7 @@ impl Aggregator {
             return Err(VerdictError::Full);
         }
         let p = self.pending.entry(v.contract).or_default();
+        p.epoch = Some(v.epoch);
         if p.verdicts.iter().any(|(x, _)| x.oracle == v.oracle) {
             return Err(VerdictError::Duplicate(v.oracle));
         }
@@ -178,7 +208,7 @@ impl Aggregator {
 
     /// Whether a quorum of matching verdicts is in for `contract` (settled or not).
     pub fn has_quorum(&self, contract: &Hash32) -> bool {
-        let need = quorum(self.committee.len());
+        let need = quorum(self.committee_of(contract).len());
         self.pending.get(contract).is_some_and(|p| {
             p.verdicts
                 .iter()
@@ -198,9 +228,9 @@ impl Aggregator {
     /// committee disagrees (e.g. on probe-based violations near a threshold) and
     /// cannot settle it alone.
     pub fn is_deadlocked(&self, contract: &Hash32) -> bool {
-        self.pending
-            .get(contract)
-            .is_some_and(|p| p.verdicts.len() >= self.committee.len() && !self.has_quorum(contract))
+        self.pending.get(contract).is_some_and(|p| {
+            p.verdicts.len() >= self.committee_of(contract).len() && !self.has_quorum(contract)
+        })
     }
 
     /// Settle with the quorum at hand, without waiting for the remaining members.
@@ -209,9 +239,11 @@ impl Aggregator {
     }
 
     fn try_settle(&mut self, contract: Hash32, force: bool) -> Option<SettlementInstruction> {
-        let need = quorum(self.committee.len());
+        let size = self.committee_of(&contract).len();
+        let need = quorum(size);
         let p = self.pending.get(&contract)?;
-        if !force && p.verdicts.len() < self.committee.len() {
+        let epoch = p.epoch.unwrap_or(self.epoch);
+        if !force && p.verdicts.len() < size {
             return None;
         }
         let terms = p.terms.as_ref()?;
@@ -241,7 +273,7 @@ impl Aggregator {
             terms: terms.clone(),
             cert: QuorumCert {
                 contract,
-                epoch: self.epoch,
+                epoch,
                 verdicts: verdicts.into_iter().map(|(_, s)| s).collect(),
             },
             outcome,
@@ -256,5 +288,100 @@ impl Aggregator {
         self.settled.insert(contract);
         self.settled_order.push_back(contract);
         Some(instruction)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+    use crate::messages::BlobRef;
+    use crate::messages::{JobKind, JobSpec, SlaRequirement, SlaTerms};
+    use crate::types::{ComputeUnits, DurationMs, PricePerCu, Timestamp};
+
+    fn terms(req: &Identity, prov: &Identity) -> ContractTerms {
+        let now = Timestamp(1_000);
+        let spec = JobSpec {
+            requester: req.account(),
+            kind: JobKind::Infer { batch: 1 },
+            model: None,
+            dataset: BlobRef {
+                hash: Hash32::of(b"d"),
+                size: 1,
+            },
+            estimated_units: ComputeUnits::from_milli(1_000),
+            max_price: PricePerCu(10),
+            deadline: Timestamp(100_000),
+            sla: SlaRequirement {
+                min_availability: Bps(0),
+                min_penalty: Bps(0),
+            },
+            privacy: None,
+            issued_at: now,
+            expires_at: now.plus(DurationMs::secs(60)),
+            nonce: 1,
+        };
+        ContractTerms {
+            network: NetworkId::named("agg"),
+            job: Hash32::of(b"j"),
+            spec,
+            requester: req.account(),
+            provider: prov.account(),
+            price: PricePerCu(10),
+            max_units: ComputeUnits::from_milli(1_000),
+            sla: SlaTerms {
+                deadline_slack: DurationMs(0),
+                availability: Bps(0),
+                penalty: Bps(0),
+            },
+            deadline: Timestamp(100_000),
+            created_at: now,
+        }
+    }
+
+    /// A contract judged by epoch 1's committee still settles after the committee
+    /// rotates, and only that committee's verdicts count for it.
+    #[test]
+    fn contracts_stay_with_the_committee_that_watched_them() {
+        let net = NetworkId::named("agg");
+        let old: Vec<Identity> = (0..3).map(|i| Identity::from_seed(500 + i)).collect();
+        let new: Vec<Identity> = (0..3).map(|i| Identity::from_seed(600 + i)).collect();
+        let mut agg = Aggregator::new(net, Bps(100), 100);
+        agg.set_committee(1, old.iter().map(Identity::account).collect());
+        let t = terms(&Identity::from_seed(1), &Identity::from_seed(2));
+        let id = Hash32::of(b"contract");
+        assert!(agg.set_terms(id, t).is_none());
+        agg.set_committee(2, new.iter().map(Identity::account).collect());
+        let verdict = |o: &Identity, epoch| {
+            let v = Verdict {
+                contract: id,
+                epoch,
+                oracle: o.account(),
+                sla_ok: true,
+                violations: 0,
+                result_ok: true,
+                units: ComputeUnits::from_milli(1_000),
+                delivered: true,
+            };
+            Signed::sign(o, &net, &v).unwrap()
+        };
+        assert!(agg.add(verdict(&old[0], 1)).unwrap().is_none());
+        // A new-committee member cannot vote on an epoch-1 contract, in either epoch.
+        assert_eq!(
+            agg.add(verdict(&new[0], 1)),
+            Err(VerdictError::NotMember(new[0].account()))
+        );
+        assert!(matches!(
+            agg.add(verdict(&new[0], 2)),
+            Err(VerdictError::WrongEpoch {
+                got: 2,
+                expected: 1
+            })
+        ));
+        assert!(agg.add(verdict(&old[1], 1)).unwrap().is_none());
+        let si = agg.add(verdict(&old[2], 1)).unwrap().expect("settled");
+        assert_eq!(si.cert.epoch, 1);
+        let committee: Vec<AccountId> = old.iter().map(Identity::account).collect();
+        assert!(si.cert.check(&net, &committee).is_ok());
     }
 }

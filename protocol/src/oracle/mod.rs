@@ -208,6 +208,8 @@ enum Check {
 #[derive(Debug)]
 struct Watch {
     terms: ContractTerms,
+    /// The epoch whose committee (with us in it) judges this contract.
+    epoch: u64,
     receipt: Option<(Receipt, Timestamp)>,
     probes_sent: u32,
     probes_answered: u32,
@@ -382,6 +384,11 @@ impl<C: ResultChecker> OracleEngine<C> {
             self.stats.ignored += 1;
             return;
         };
+        if !self.member {
+            // Only the committee of the epoch a contract starts in watches it.
+            self.stats.ignored += 1;
+            return;
+        }
         if terms.network != self.network
             || open_multi(
                 &c,
@@ -404,6 +411,7 @@ impl<C: ResultChecker> OracleEngine<C> {
             id,
             Watch {
                 terms,
+                epoch: self.epoch,
                 receipt: None,
                 probes_sent: 0,
                 probes_answered: 0,
@@ -549,11 +557,8 @@ impl<C: ResultChecker> OracleEngine<C> {
 
     fn settled(&mut self, si: SettlementInstruction, out: &mut Vec<OracleOutput>) {
         self.stats.settlements += 1;
-        if let Some(w) = self.watches.get(&si.contract)
-            && (w.verdict_sent || !self.member)
-        {
-            self.watches.remove(&si.contract);
-        }
+        // The contract is done, whether or not our own verdict was in.
+        self.watches.remove(&si.contract);
         out.push(OracleOutput::Settle(Box::new(si)));
     }
 
@@ -591,13 +596,14 @@ impl<C: ResultChecker> OracleEngine<C> {
         let Some(w) = self.watches.get(&id) else {
             return;
         };
-        if w.verdict_sent || w.check == Check::Pending || !self.member {
+        if w.verdict_sent || w.check == Check::Pending {
             return;
         }
+        let epoch = w.epoch;
         let (delivered, violations, result_ok, units) = self.judge(w);
         let v = Verdict {
             contract: id,
-            epoch: self.epoch,
+            epoch,
             oracle: self.account(),
             sla_ok: delivered && violations == 0,
             violations,

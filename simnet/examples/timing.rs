@@ -1,0 +1,27 @@
+//! Wall time and figures of a scenario: `cargo run --release -p simnet --example timing -- paper-30d`.
+use std::time::Instant;
+
+#[allow(clippy::disallowed_methods)] // measuring wall time is the point of this example
+fn main() {
+    let name = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "paper-30d".into());
+    let days: Option<f64> = std::env::args().nth(2).and_then(|d| d.parse().ok());
+    let sc = match simnet::Scenario::load(&name) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let t = Instant::now();
+    let m = simnet::World::new(&sc, sc.seed, None, days).run(|_| {});
+    let s = m.summary(&sc.requesters.fairness_groups);
+    println!("{s:#?}");
+    println!("{:?}", m.events_by_kind);
+    println!(
+        "wall time {:.1} s, {} events",
+        t.elapsed().as_secs_f64(),
+        m.events
+    );
+}

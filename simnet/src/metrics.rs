@@ -1,0 +1,339 @@
+//! What a run measures, and the figures derived from it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use protocol::accounting::jain_index;
+use protocol::market::{Explanation, NoMatchReason};
+use protocol::oracle::SettlementInstruction;
+use protocol::{Amount, ComputeUnits, ContractTerms, Hash32, PricePerCu, Timestamp};
+use serde::Serialize;
+
+use crate::profiles::Profile;
+
+/// Extra compute of a DP-SGD training epoch over a plain one (per-example clipping
+/// and noise), as the compute crate's bench measured it on the CPU backend.
+pub const DP_OVERHEAD: f64 = 0.05;
+
+/// Raw counters and samples of one run.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    pub scenario: String,
+    pub seed: u64,
+    pub days: f64,
+    pub providers: usize,
+    pub requesters: usize,
+    pub events: u64,
+    pub events_by_kind: BTreeMap<&'static str, u64>,
+    pub messages: u64,
+    pub partitioned_messages: u64,
+    pub offers_published: u64,
+    pub epochs: u64,
+    pub crashes: u64,
+    pub rejections: u64,
+    pub escrow_failures: u64,
+    pub failed: u64,
+    pub bids_expired: u64,
+    pub checks: u64,
+    pub settle_unknown: u64,
+    pub still_locked: u64,
+    pub no_match_reasons: BTreeMap<String, u64>,
+    pub invariant_violations: Vec<String>,
+    pub submitted: Vec<u64>,
+    pub submitted_units: Vec<u64>,
+    pub served_units: Vec<u64>,
+    pub jobs_by_kind: BTreeMap<String, u64>,
+    pub dp_jobs: u64,
+    pub contracts: u64,
+    pub settled_jobs: u64,
+    pub settled_units: u64,
+    pub sla_ok: u64,
+    pub sla_violated: u64,
+    pub wrong_caught: u64,
+    pub wrong_missed: u64,
+    pub caught_by_provider: HashMap<usize, (u64, u64)>,
+    /// Contract → when it was made.
+    pub contract_at: HashMap<Hash32, (usize, Timestamp, Timestamp)>,
+    /// Submission-to-settlement latency, seconds.
+    pub latency_s: Vec<f64>,
+    pub provider_earned: Vec<u64>,
+    pub provider_jobs: Vec<u64>,
+    pub provider_units: Vec<u64>,
+    pub provider_busy_ms: Vec<f64>,
+    pub price_changes: u64,
+    pub cheaters: Vec<usize>,
+    pub provider_labels: Vec<String>,
+    pub provider_profiles: Vec<Profile>,
+    pub provider_slots: Vec<u16>,
+    pub final_prices: Vec<u64>,
+    pub balances: Vec<u64>,
+}
+
+impl Metrics {
+    pub fn new(scenario: &str, seed: u64, providers: usize, requesters: usize, days: f64) -> Self {
+        Metrics {
+            scenario: scenario.to_string(),
+            seed,
+            days,
+            providers,
+            requesters,
+            submitted: vec![0; requesters],
+            submitted_units: vec![0; requesters],
+            served_units: vec![0; requesters],
+            provider_earned: vec![0; providers],
+            provider_jobs: vec![0; providers],
+            provider_units: vec![0; providers],
+            provider_busy_ms: vec![0.0; providers],
+            ..Default::default()
+        }
+    }
+
+    pub fn job_submitted(&mut self, r: usize, kind: &str, dp: bool, units: ComputeUnits) {
+        self.submitted[r] += 1;
+        self.submitted_units[r] += units.milli;
+        *self.jobs_by_kind.entry(kind.to_string()).or_default() += 1;
+        self.dp_jobs += u64::from(dp);
+    }
+
+    pub fn price_change(&mut self, _provider: usize, _price: PricePerCu) {
+        self.price_changes += 1;
+    }
+
+    pub fn busy(&mut self, provider: usize, ms: f64) {
+        self.provider_busy_ms[provider] += ms;
+    }
+
+    pub fn contract_made(&mut self, r: usize, now: Timestamp, t: &ContractTerms) {
+        self.contracts += 1;
+        self.contract_at.insert(t.job, (r, t.spec.issued_at, now));
+    }
+
+    pub fn no_match(&mut self, reasons: &[Explanation]) {
+        for e in reasons {
+            let k = match e.reason {
+                NoMatchReason::PriceAboveMax { .. } => "price above max",
+                NoMatchReason::DeadlineInfeasible { .. } => "deadline infeasible",
+                NoMatchReason::SlaBelowRequirement => "SLA below requirement",
+                NoMatchReason::NoCapacity => "no capacity",
+                NoMatchReason::Expired => "expired",
+                NoMatchReason::Excluded => "excluded",
+                _ => "other",
+            };
+            *self.no_match_reasons.entry(k.to_string()).or_default() += 1;
+        }
+    }
+
+    pub fn requester_settled(&mut self, _r: usize, _now: Timestamp, _contract: Hash32) {}
+
+    pub fn settled(&mut self, now: Timestamp, si: &SettlementInstruction, wrong: bool) {
+        let o = &si.outcome;
+        self.settled_jobs += 1;
+        if o.delivered && o.result_ok {
+            self.settled_units += o.units.milli;
+            if let Some(&(r, issued, _)) = self.contract_at.get(&si.terms.job) {
+                self.served_units[r] += o.units.milli.min(si.terms.spec.estimated_units.milli);
+                self.latency_s.push(now.since(issued).as_secs_f64());
+            }
+        }
+        if o.delivered {
+            if o.sla_ok {
+                self.sla_ok += 1;
+            } else {
+                self.sla_violated += 1;
+            }
+        }
+        if wrong {
+            if o.result_ok {
+                self.wrong_missed += 1;
+            } else {
+                self.wrong_caught += 1;
+            }
+        }
+    }
+
+    pub fn provider_paid(&mut self, p: usize, amount: Amount, units: ComputeUnits) {
+        self.provider_earned[p] += amount.0;
+        self.provider_jobs[p] += 1;
+        self.provider_units[p] += units.milli;
+    }
+}
+
+/// The figures of a run: what the report shows and the digest covers.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Summary {
+    pub scenario: String,
+    pub seed: u64,
+    pub days: f64,
+    pub providers: usize,
+    pub requesters: usize,
+    pub events: u64,
+    pub messages: u64,
+    pub jobs_submitted: u64,
+    pub contracts: u64,
+    pub jobs_settled: u64,
+    pub throughput_jobs_per_s: f64,
+    pub throughput_cu_per_s: f64,
+    pub sla_compliance: f64,
+    pub utilization: f64,
+    pub latency_p50_s: f64,
+    pub latency_p95_s: f64,
+    pub latency_p99_s: f64,
+    pub jain_providers: f64,
+    pub gini_earnings: f64,
+    pub jain_by_group: Vec<(u32, f64)>,
+    pub cheaters: usize,
+    pub cheaters_caught: usize,
+    pub wrong_results_caught: u64,
+    pub wrong_results_missed: u64,
+    pub no_match_reasons: BTreeMap<String, u64>,
+    pub failed: u64,
+    pub bids_expired: u64,
+    pub escrow_failures: u64,
+    pub still_locked: u64,
+    pub invariant_violations: Vec<String>,
+    pub mean_final_price: f64,
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Gini coefficient of non-negative values.
+pub fn gini(xs: &[f64]) -> f64 {
+    let n = xs.len();
+    let sum: f64 = xs.iter().sum();
+    if n == 0 || sum <= 0.0 {
+        return 0.0;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let weighted: f64 = v
+        .iter()
+        .enumerate()
+        .map(|(i, x)| (i as f64 + 1.0) * x)
+        .sum();
+    (2.0 * weighted) / (n as f64 * sum) - (n as f64 + 1.0) / n as f64
+}
+
+impl Metrics {
+    /// Jain's index of the service ratio (served / submitted units) among the
+    /// requesters of each group of `g` (consecutive ids), averaged over groups.
+    pub fn jain_for_group_size(&self, g: usize) -> f64 {
+        let ratios: Vec<f64> = (0..self.requesters)
+            .map(|r| {
+                if self.submitted_units[r] == 0 {
+                    1.0
+                } else {
+                    self.served_units[r] as f64 / self.submitted_units[r] as f64
+                }
+            })
+            .collect();
+        let groups: Vec<f64> = ratios
+            .chunks(g.max(1))
+            .filter(|c| c.len() == g.max(1))
+            .map(jain_index)
+            .collect();
+        if groups.is_empty() {
+            return jain_index(&ratios);
+        }
+        groups.iter().sum::<f64>() / groups.len() as f64
+    }
+
+    pub fn summary(&self, groups: &[u32]) -> Summary {
+        let secs = self.days * 86_400.0;
+        let mut lat = self.latency_s.clone();
+        lat.sort_by(f64::total_cmp);
+        // Work share per provider over its capacity: equal providers should get
+        // equal work per slot.
+        let per_slot: Vec<f64> = self
+            .provider_units
+            .iter()
+            .zip(&self.provider_slots)
+            .map(|(u, s)| *u as f64 / f64::from((*s).max(1)))
+            .collect();
+        let capacity_ms: f64 = self
+            .provider_slots
+            .iter()
+            .map(|s| f64::from(*s) * secs * 1000.0)
+            .sum();
+        let earned: Vec<f64> = self.provider_earned.iter().map(|e| *e as f64).collect();
+        let delivered = self.sla_ok + self.sla_violated;
+        let caught = self
+            .cheaters
+            .iter()
+            .filter(|p| self.caught_by_provider.get(p).is_some_and(|(c, _)| *c > 0))
+            .count();
+        Summary {
+            scenario: self.scenario.clone(),
+            seed: self.seed,
+            days: self.days,
+            providers: self.providers,
+            requesters: self.requesters,
+            events: self.events,
+            messages: self.messages,
+            jobs_submitted: self.submitted.iter().sum(),
+            contracts: self.contracts,
+            jobs_settled: self.settled_jobs,
+            throughput_jobs_per_s: self.settled_jobs as f64 / secs,
+            throughput_cu_per_s: self.settled_units as f64 / 1000.0 / secs,
+            sla_compliance: if delivered == 0 {
+                1.0
+            } else {
+                self.sla_ok as f64 / delivered as f64
+            },
+            utilization: if capacity_ms > 0.0 {
+                self.provider_busy_ms.iter().sum::<f64>() / capacity_ms
+            } else {
+                0.0
+            },
+            latency_p50_s: percentile(&lat, 0.5),
+            latency_p95_s: percentile(&lat, 0.95),
+            latency_p99_s: percentile(&lat, 0.99),
+            jain_providers: jain_index(&per_slot),
+            gini_earnings: gini(&earned),
+            jain_by_group: groups
+                .iter()
+                .map(|&g| (g, self.jain_for_group_size(g as usize)))
+                .collect(),
+            cheaters: self.cheaters.len(),
+            cheaters_caught: caught,
+            wrong_results_caught: self.wrong_caught,
+            wrong_results_missed: self.wrong_missed,
+            no_match_reasons: self.no_match_reasons.clone(),
+            failed: self.failed,
+            bids_expired: self.bids_expired,
+            escrow_failures: self.escrow_failures,
+            still_locked: self.still_locked,
+            invariant_violations: self.invariant_violations.clone(),
+            mean_final_price: if self.final_prices.is_empty() {
+                0.0
+            } else {
+                self.final_prices.iter().sum::<u64>() as f64 / self.final_prices.len() as f64
+            },
+        }
+    }
+
+    /// A digest of everything the run produced: equal digests, equal runs.
+    pub fn digest(&self) -> Hash32 {
+        let mut h = blake3::Hasher::new();
+        let s = self.summary(&[1, 2, 5, 10]);
+        h.update(format!("{s:?}").as_bytes());
+        for v in [
+            &self.provider_earned,
+            &self.provider_units,
+            &self.balances,
+            &self.final_prices,
+        ] {
+            for x in v {
+                h.update(&x.to_le_bytes());
+            }
+        }
+        for x in &self.latency_s {
+            h.update(&x.to_bits().to_le_bytes());
+        }
+        Hash32(*h.finalize().as_bytes())
+    }
+}

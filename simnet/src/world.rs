@@ -1,0 +1,1090 @@
+//! The simulated world: providers, requesters and oracles, each running the real
+//! sans-IO engine of its role, connected by the [`Net`] model on virtual time.
+//!
+//! The driver loop pops the next event, hands it to the engine it concerns, and
+//! turns the engine's outputs into future events: messages arrive after the
+//! network's delay (gossip via the sampled model, direct messages one hop),
+//! timers fire when the engine's `poll_timeout` says, jobs finish after the
+//! input-transfer time `T_r = S/B_r` plus the compute time `C/speed` of the
+//! provider's profile (late with the profile's unreliability), and checks take
+//! the re-execution time of a sample. Settlements move tokens in the sim's ledger
+//! book, which is checked for conservation and non-negativity throughout.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use protocol::market::{
+    BookConfig, MatchConfig, PricingConfig, ProviderConfig, ProviderEngine, ProviderInput,
+    ProviderOutput, RequesterConfig, RequesterEngine, RequesterInput, RequesterOutput,
+    UniformReputation,
+};
+use protocol::oracle::{
+    DeferredChecker, OracleConfig, OracleEngine, OracleInput, OracleOutput, SettlementInstruction,
+};
+use protocol::*;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::metrics::Metrics;
+use crate::netmodel::Net;
+use crate::profiles::{Profile, ProfileParams};
+use crate::scenario::{Arrival, Scenario};
+use crate::sched::Scheduler;
+
+/// Virtual time starts here (2026-01-01T00:00:00Z), so timestamps look real.
+pub const T0: Timestamp = Timestamp(1_767_225_600_000);
+/// Whether engines check the signatures of what they receive. Every message is
+/// still really signed; checking is off because every simulated peer signs
+/// honestly (cheaters cheat on results, which oracles catch by re-execution), the
+/// engines decide the same either way (a protocol test says so), and checking
+/// would triple the cost of `scale-1k`. Signature checks are covered by the
+/// protocol, ledger and node tests.
+pub const VERIFY_SIGNATURES: bool = false;
+
+/// Tokens every requester starts with.
+pub const REQUESTER_GENESIS: Amount = Amount::tokens(1_000_000);
+
+/// Which peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PeerRef {
+    Provider(usize),
+    Requester(usize),
+    Oracle(usize),
+}
+
+#[derive(Debug)]
+enum Ev {
+    Deliver {
+        to: PeerRef,
+        msg: Message,
+    },
+    /// An offer reaching every requester of a region (one sampled gossip delay per
+    /// region: requesters in one region hear it at about the same time).
+    Offer {
+        region: usize,
+        id: Hash32,
+        offer: Arc<Offer>,
+    },
+    /// A peer's engine timer, armed for this time (stale if re-armed since).
+    Timer(PeerRef, Timestamp),
+    Arrival(usize),
+    Finish {
+        provider: usize,
+        contract: Hash32,
+        started: Timestamp,
+        ready: Timestamp,
+        units: ComputeUnits,
+    },
+    CheckDone {
+        oracle: usize,
+        contract: Hash32,
+        correct: bool,
+    },
+    Epoch(u64),
+    Down(usize),
+    Up(usize),
+}
+
+struct ProviderPeer {
+    engine: ProviderEngine,
+    region: usize,
+    profile: Profile,
+    params: ProfileParams,
+    cheating: bool,
+    online: bool,
+    timer_at: Option<Timestamp>,
+}
+
+struct RequesterPeer {
+    engine: RequesterEngine,
+    region: usize,
+    timer_at: Option<Timestamp>,
+}
+
+struct OraclePeer {
+    engine: OracleEngine<DeferredChecker>,
+    region: usize,
+    timer_at: Option<Timestamp>,
+}
+
+/// One run of a scenario.
+pub struct World {
+    sc: Scenario,
+    network: NetworkId,
+    net: Net,
+    rng: ChaCha8Rng,
+    sched: Scheduler<Ev>,
+    end: Timestamp,
+    providers: Vec<ProviderPeer>,
+    requesters: Vec<RequesterPeer>,
+    oracles: Vec<OraclePeer>,
+    by_account: HashMap<AccountId, PeerRef>,
+    committee: Vec<usize>,
+    epoch: u64,
+    /// Contract → (requester, provider), learned when the escrow is locked.
+    parties: HashMap<Hash32, (usize, usize)>,
+    /// Contract → the committee that watches it (the one of the epoch it began in).
+    watchers: HashMap<Hash32, Vec<PeerRef>>,
+    wrong: HashSet<Hash32>,
+    settled: HashSet<Hash32>,
+    balances: BTreeMap<AccountId, Amount>,
+    locked: HashMap<Hash32, (AccountId, Amount)>,
+    supply: Amount,
+    pub metrics: Metrics,
+}
+
+impl std::fmt::Debug for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "World({}, {:?})", self.sc.name, self.sched)
+    }
+}
+
+fn seed_for(scenario_seed: u64, role: u64, i: usize) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&scenario_seed.to_le_bytes());
+    h.update(&role.to_le_bytes());
+    h.update(&(i as u64).to_le_bytes());
+    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap_or([0; 8]))
+}
+
+impl World {
+    /// Build the world of `sc` with `seed`, optionally overriding the number of
+    /// requesters and the duration (for sweeps).
+    pub fn new(sc: &Scenario, seed: u64, requesters: Option<u32>, days: Option<f64>) -> World {
+        let network = NetworkId::named(&format!("simnet/{}", sc.name));
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let net = Net::new(&sc.network, &sc.faults.partitions);
+        let days = days.unwrap_or(sc.days);
+        let end = T0.plus(DurationMs((days * 86_400_000.0) as u64));
+        let mut by_account = HashMap::new();
+        let mut providers = Vec::new();
+        let n_prov = sc.provider_count() as usize;
+        let n_cheat = (sc.faults.cheating_share * n_prov as f64).round() as usize;
+        // Cheaters are drawn from every profile alike.
+        let mut cheaters: Vec<usize> = (0..n_prov).collect();
+        for i in (1..cheaters.len()).rev() {
+            let j = rng.random_range(0..=i);
+            cheaters.swap(i, j);
+        }
+        cheaters.truncate(n_cheat);
+        for g in &sc.providers {
+            let p = g.profile.params();
+            for _ in 0..g.count {
+                let i = providers.len();
+                let id = Identity::from_seed(seed_for(seed, 1, i));
+                by_account.insert(id.account(), PeerRef::Provider(i));
+                let cfg = ProviderConfig {
+                    class: if p.gpu {
+                        ResourceClass::Gpu
+                    } else {
+                        ResourceClass::Cpu
+                    },
+                    device: p.label.into(),
+                    speed_milli_cu_per_s: (p.speed_cu_s * 1000.0) as u64,
+                    memory_bytes: 80 << 30,
+                    bandwidth_bytes_per_s: (p.bandwidth_mb_s * 1e6) as u64,
+                    region: g.region.clone(),
+                    contact: vec![],
+                    slots: p.slots,
+                    queue_capacity: usize::from(p.slots) * 2,
+                    sla: SlaTerms {
+                        deadline_slack: DurationMs::secs(120),
+                        availability: Bps(p.availability_bps),
+                        penalty: Bps(p.penalty_bps),
+                    },
+                    // Offers are re-gossiped only on change, or every 16 hours
+                    // (two thirds of the longest lifetime an offer may claim).
+                    offer_ttl: MAX_TTL,
+                    answer_ttl: DurationMs::secs(30),
+                    pricing: PricingConfig {
+                        cost: PricePerCu(p.cost),
+                        initial: PricePerCu(p.price),
+                        ceiling: PricePerCu(p.price * 4),
+                        ..PricingConfig::default()
+                    },
+                    replay_capacity: 10_000,
+                    verify_signatures: VERIFY_SIGNATURES,
+                };
+                providers.push(ProviderPeer {
+                    engine: ProviderEngine::new(id, network, cfg),
+                    region: sc.region_index(&g.region),
+                    profile: g.profile,
+                    params: p,
+                    cheating: cheaters.contains(&i),
+                    online: true,
+                    timer_at: None,
+                });
+            }
+        }
+        let n_req = requesters.unwrap_or(sc.requesters.count) as usize;
+        let mut balances = BTreeMap::new();
+        let mut reqs = Vec::new();
+        for i in 0..n_req {
+            let id = Identity::from_seed(seed_for(seed, 2, i));
+            by_account.insert(id.account(), PeerRef::Requester(i));
+            balances.insert(id.account(), REQUESTER_GENESIS);
+            let region = sc.region_index(&sc.requesters.regions[i % sc.requesters.regions.len()]);
+            let cfg = RequesterConfig {
+                book: BookConfig {
+                    capacity: n_prov * 2 + 16,
+                    replay_capacity: n_prov * 8 + 64,
+                },
+                matching: MatchConfig::default(),
+                verify_signatures: VERIFY_SIGNATURES,
+                ..RequesterConfig::default()
+            };
+            reqs.push(RequesterPeer {
+                engine: RequesterEngine::new(id, network, cfg),
+                region,
+                timer_at: None,
+            });
+        }
+        let mut oracles = Vec::new();
+        for i in 0..sc.oracles.count as usize {
+            let id = Identity::from_seed(seed_for(seed, 3, i));
+            by_account.insert(id.account(), PeerRef::Oracle(i));
+            let cfg = OracleConfig {
+                verify_share: Bps((sc.oracles.verify_share * 10_000.0) as u16),
+                // Probing every 30 minutes per contract and member keeps scale-1k
+                // within budget; availability is still measured on long jobs.
+                probe_every: DurationMs::secs(1800),
+                verify_signatures: VERIFY_SIGNATURES,
+                ..OracleConfig::default()
+            };
+            oracles.push(OraclePeer {
+                engine: OracleEngine::new(id, network, cfg, DeferredChecker),
+                region: i % sc.network.regions.len(),
+                timer_at: None,
+            });
+        }
+        for (acct, _) in by_account
+            .iter()
+            .filter(|(_, p)| !matches!(p, PeerRef::Requester(_)))
+        {
+            balances.insert(*acct, Amount::ZERO);
+        }
+        let supply = Amount(REQUESTER_GENESIS.0 * n_req as u64);
+        let metrics = Metrics::new(&sc.name, seed, n_prov, n_req, days);
+        let mut w = World {
+            sc: sc.clone(),
+            network,
+            net,
+            rng,
+            sched: Scheduler::new(T0),
+            end,
+            providers,
+            requesters: reqs,
+            oracles,
+            by_account,
+            committee: Vec::new(),
+            epoch: 0,
+            parties: HashMap::new(),
+            watchers: HashMap::new(),
+            wrong: HashSet::new(),
+            settled: HashSet::new(),
+            balances,
+            locked: HashMap::new(),
+            supply,
+            metrics,
+        };
+        w.bootstrap();
+        w
+    }
+
+    fn bootstrap(&mut self) {
+        self.sched.at(T0, Ev::Epoch(1));
+        for i in 0..self.providers.len() {
+            // Providers come up over the first minute.
+            let at = T0.plus(DurationMs(self.rng.random_range(0..60_000)));
+            self.sched.at(at, Ev::Up(i));
+            if self.sc.faults.churn_per_day > 0.0 {
+                let t = self.next_gap(self.sc.faults.churn_per_day);
+                self.sched.at(at.plus(t), Ev::Down(i));
+            }
+        }
+        for i in 0..self.requesters.len() {
+            let first = T0.plus(DurationMs::secs(120)).plus(self.arrival_gap(T0));
+            self.sched.at(first, Ev::Arrival(i));
+        }
+    }
+
+    /// Exponential gap for a rate per day.
+    fn next_gap(&mut self, per_day: f64) -> DurationMs {
+        let u: f64 = self.rng.random_range(f64::EPSILON..1.0);
+        DurationMs((-u.ln() / per_day * 86_400_000.0) as u64)
+    }
+
+    fn arrival_gap(&mut self, now: Timestamp) -> DurationMs {
+        let rate = self.sc.requesters.jobs_per_day;
+        match self.sc.requesters.arrival {
+            Arrival::Poisson => self.next_gap(rate),
+            Arrival::Diurnal => {
+                // Thinning: draw at the peak rate, keep with probability rate(t)/peak.
+                let peak = rate * 1.8;
+                let mut t = now;
+                loop {
+                    t = t.plus(self.next_gap(peak));
+                    let hour = ((t.0 - T0.0) % 86_400_000) as f64 / 3_600_000.0;
+                    let r =
+                        rate * (1.0 + 0.8 * ((hour - 8.0) / 24.0 * std::f64::consts::TAU).sin());
+                    if self.rng.random_bool((r / peak).clamp(0.0, 1.0)) {
+                        return t.since(now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn t_ms(&self) -> f64 {
+        (self.sched.now().0 - T0.0) as f64
+    }
+
+    fn region_of(&self, p: PeerRef) -> usize {
+        match p {
+            PeerRef::Provider(i) => self.providers[i].region,
+            PeerRef::Requester(i) => self.requesters[i].region,
+            PeerRef::Oracle(i) => self.oracles[i].region,
+        }
+    }
+
+    fn peers_in_mesh(&self) -> usize {
+        self.providers.len() + self.requesters.len() + self.oracles.len()
+    }
+
+    /// Send `msg` from `from` to `to` directly (one hop), if they can talk.
+    fn send(&mut self, from: PeerRef, to: PeerRef, msg: Message) {
+        let t = self.t_ms();
+        let (a, b) = (self.region_of(from), self.region_of(to));
+        match self.net.direct_delay(t, a, b) {
+            Some(d) => {
+                self.metrics.messages += 1;
+                let at = self.sched.now().plus(DurationMs(d as u64));
+                self.sched.at(at, Ev::Deliver { to, msg });
+            }
+            None => self.metrics.partitioned_messages += 1,
+        }
+    }
+
+    /// Gossip `msg` from `from` to the engines that consume it.
+    fn gossip(&mut self, from: PeerRef, to: &[PeerRef], msg: &Message) {
+        let t = self.t_ms();
+        let n = self.peers_in_mesh();
+        let a = self.region_of(from);
+        for &p in to {
+            if p == from {
+                continue;
+            }
+            let b = self.region_of(p);
+            match self.net.gossip_delay(t, a, b, n, &mut self.rng) {
+                Some(d) => {
+                    self.metrics.messages += 1;
+                    let at = self.sched.now().plus(DurationMs(d as u64));
+                    self.sched.at(
+                        at,
+                        Ev::Deliver {
+                            to: p,
+                            msg: msg.clone(),
+                        },
+                    );
+                }
+                None => self.metrics.partitioned_messages += 1,
+            }
+        }
+    }
+
+    fn committee_refs(&self) -> Vec<PeerRef> {
+        self.committee.iter().map(|&i| PeerRef::Oracle(i)).collect()
+    }
+
+    /// Who must hear about `contract`: its watching committee (or today's).
+    fn watchers_of(&self, contract: &Hash32) -> Vec<PeerRef> {
+        self.watchers
+            .get(contract)
+            .cloned()
+            .unwrap_or_else(|| self.committee_refs())
+    }
+
+    /// The contract a message is about, for routing.
+    fn contract_of(m: &Message) -> Option<Hash32> {
+        match m {
+            Message::Receipt(s) => s.body_unverified().ok().map(|r| r.contract),
+            Message::Verdict(s) => s.body_unverified().ok().map(|v| v.contract),
+            Message::Dispute(s) => s.body_unverified().ok().map(|d| d.contract),
+            Message::Contract(c) => Some(c.body_hash()),
+            _ => None,
+        }
+    }
+
+    /// Run to the end; returns the metrics.
+    pub fn run(mut self, mut progress: impl FnMut(f64)) -> Metrics {
+        let span = (self.end.0 - T0.0) as f64;
+        let mut last_report = 0.0;
+        while let Some((now, ev)) = self.sched.next_until(self.end) {
+            self.handle(now, ev);
+            let done = (now.0 - T0.0) as f64 / span;
+            if done - last_report >= 0.01 {
+                last_report = done;
+                progress(done);
+            }
+        }
+        progress(1.0);
+        self.finish()
+    }
+
+    fn handle(&mut self, now: Timestamp, ev: Ev) {
+        let kind = match &ev {
+            Ev::Deliver { msg, .. } => msg.kind(),
+            Ev::Offer { .. } => "offer-delivery",
+            Ev::Timer(PeerRef::Provider(_), _) => "timer-provider",
+            Ev::Timer(PeerRef::Requester(_), _) => "timer-requester",
+            Ev::Timer(PeerRef::Oracle(_), _) => "timer-oracle",
+            Ev::Arrival(_) => "arrival",
+            Ev::Finish { .. } => "finish",
+            Ev::CheckDone { .. } => "check",
+            Ev::Epoch(_) => "epoch",
+            Ev::Down(_) => "down",
+            Ev::Up(_) => "up",
+        };
+        *self.metrics.events_by_kind.entry(kind).or_default() += 1;
+        match ev {
+            Ev::Epoch(e) => self.on_epoch(now, e),
+            Ev::Up(i) => {
+                self.providers[i].online = true;
+                let out = self.providers[i]
+                    .engine
+                    .handle(now, ProviderInput::Start, &mut self.rng);
+                self.on_provider_out(i, out);
+            }
+            Ev::Down(i) => {
+                // A crash: the provider is unreachable for a while, its running jobs lost.
+                self.providers[i].online = false;
+                self.metrics.crashes += 1;
+                let back = self.next_gap(24.0 * 6.0); // mean 10 minutes
+                self.sched.at(now.plus(back), Ev::Up(i));
+                let next = self.next_gap(self.sc.faults.churn_per_day);
+                self.sched.at(now.plus(back).plus(next), Ev::Down(i));
+            }
+            Ev::Arrival(i) => {
+                self.submit_job(now, i);
+                let gap = self.arrival_gap(now);
+                self.sched.at(now.plus(gap), Ev::Arrival(i));
+            }
+            Ev::Offer { region, id, offer } => {
+                let rep = UniformReputation(0.9);
+                for to in 0..self.requesters.len() {
+                    if self.requesters[to].region != region {
+                        continue;
+                    }
+                    let out = self.requesters[to].engine.handle(
+                        now,
+                        RequesterInput::VerifiedOffer {
+                            id,
+                            offer: offer.clone(),
+                        },
+                        &rep,
+                        &mut self.rng,
+                    );
+                    self.on_requester_out(to, out);
+                }
+            }
+            Ev::Deliver { to, msg } => self.deliver(now, to, msg),
+            Ev::Timer(p, at) => {
+                if self.timer_slot(p) == Some(at) {
+                    self.on_timer(now, p);
+                }
+            }
+            Ev::Finish {
+                provider,
+                contract,
+                started,
+                ready,
+                units,
+            } => {
+                let p = &self.providers[provider];
+                if !p.online {
+                    return; // lost in the crash
+                }
+                let wrong = p.cheating;
+                let tag: &[u8] = if wrong { b"wrong" } else { b"right" };
+                let mut h = blake3::Hasher::new();
+                h.update(&contract.0);
+                h.update(tag);
+                let result = BlobRef {
+                    hash: Hash32(*h.finalize().as_bytes()),
+                    size: 1 << 20,
+                };
+                if wrong {
+                    self.wrong.insert(contract);
+                }
+                let input = ProviderInput::Finished {
+                    contract,
+                    result,
+                    units_used: units,
+                    commitment: result.hash,
+                    checkpoint_every: 100,
+                    checkpoints: 1,
+                    inputs_ready_at: ready,
+                    started_at: started,
+                };
+                let out = self.providers[provider]
+                    .engine
+                    .handle(now, input, &mut self.rng);
+                self.on_provider_out(provider, out);
+            }
+            Ev::CheckDone {
+                oracle,
+                contract,
+                correct,
+            } => {
+                let out = self.oracles[oracle].engine.handle(
+                    now,
+                    OracleInput::CheckDone { contract, correct },
+                    &mut self.rng,
+                );
+                self.on_oracle_out(oracle, out);
+            }
+        }
+    }
+
+    fn on_epoch(&mut self, now: Timestamp, e: u64) {
+        // Draw k of the oracles, seeded by the epoch (equal stakes): the ledger's
+        // stake-weighted draw replaces this once the sim runs the ledger.
+        let k = self.sc.oracles.committee as usize;
+        let mut idx: Vec<usize> = (0..self.oracles.len()).collect();
+        let mut r = ChaCha8Rng::seed_from_u64(seed_for(self.sc.seed, 4, e as usize));
+        for i in (1..idx.len()).rev() {
+            let j = r.random_range(0..=i);
+            idx.swap(i, j);
+        }
+        idx.truncate(k);
+        idx.sort_unstable();
+        self.committee = idx;
+        self.epoch = e;
+        let members: Vec<AccountId> = self
+            .committee
+            .iter()
+            .map(|&i| self.oracles[i].engine.account())
+            .collect();
+        let beacon = Hash32::of(&e.to_le_bytes());
+        for i in 0..self.oracles.len() {
+            let out = self.oracles[i].engine.handle(
+                now,
+                OracleInput::Epoch {
+                    epoch: e,
+                    committee: members.clone(),
+                    beacon,
+                },
+                &mut self.rng,
+            );
+            self.on_oracle_out(i, out);
+        }
+        self.metrics.epochs += 1;
+        let next = now.plus(DurationMs(self.sc.epoch_minutes * 60_000));
+        self.sched.at(next, Ev::Epoch(e + 1));
+    }
+
+    fn submit_job(&mut self, now: Timestamp, i: usize) {
+        let mix = &self.sc.requesters.mix;
+        let total: f64 = mix.values().sum();
+        let mut x = self.rng.random_range(0.0..total);
+        let mut kind_name = "infer";
+        for (k, v) in mix {
+            if x < *v {
+                kind_name = k;
+                break;
+            }
+            x -= v;
+        }
+        // Job sizes (CU) log-uniform per kind; data sizes in MB.
+        let (lo, hi, data_mb): (f64, f64, f64) = match kind_name {
+            "train" => (2e5, 2e7, 200.0),
+            "preprocess" => (1e3, 1e5, 100.0),
+            _ => (1e4, 1e6, 50.0),
+        };
+        let cu = (lo * (hi / lo).powf(self.rng.random_range(0.0..1.0))).round();
+        let dp = kind_name == "train" && self.rng.random_bool(self.sc.requesters.dp_share);
+        let kind = match kind_name {
+            "train" => JobKind::Train {
+                layers: vec![64, 256, 10],
+                epochs: 10,
+                batch: 64,
+                learning_rate: 0.05,
+                dp: dp.then_some(DpParams {
+                    clip_norm: 1.0,
+                    noise_multiplier: 1.1,
+                }),
+                seed: self.rng.random(),
+            },
+            "preprocess" => JobKind::Preprocess {
+                op: PreprocessOp::Standardize,
+                seed: 0,
+            },
+            _ => JobKind::Infer { batch: 256 },
+        };
+        // DP-SGD costs more compute: per-example gradients (measured overhead of the
+        // compute crate's DP epoch; see the report).
+        let cu = if dp {
+            cu * (1.0 + crate::metrics::DP_OVERHEAD)
+        } else {
+            cu
+        };
+        let units = ComputeUnits::from_milli((cu * 1000.0) as u64);
+        // Requesters will pay up to a random markup over the cheapest list price.
+        let max_price = PricePerCu(self.rng.random_range(20..90));
+        let slack_h = self.rng.random_range(1.0..12.0);
+        let deadline = now.plus(DurationMs(
+            (slack_h * 3_600_000.0) as u64 + (cu / 5_000.0 * 1000.0) as u64,
+        ));
+        let requester = self.requesters[i].engine.account();
+        let spec = JobSpec {
+            requester,
+            kind,
+            model: None,
+            dataset: BlobRef {
+                hash: Hash32::of(&self.rng.random::<[u8; 32]>()),
+                size: (data_mb * 1e6) as u64,
+            },
+            estimated_units: units,
+            max_price,
+            deadline,
+            sla: SlaRequirement {
+                min_availability: Bps(9_000),
+                min_penalty: Bps(500),
+            },
+            privacy: dp.then_some(PrivacyTarget {
+                epsilon: 8.0,
+                delta: 1e-5,
+            }),
+            issued_at: now,
+            expires_at: now.plus(DurationMs::secs(3_600)),
+            nonce: self.rng.random(),
+        };
+        self.metrics.job_submitted(i, kind_name, dp, units);
+        let rep = UniformReputation(0.9);
+        let out = self.requesters[i].engine.handle(
+            now,
+            RequesterInput::Submit(Box::new(spec)),
+            &rep,
+            &mut self.rng,
+        );
+        self.on_requester_out(i, out);
+    }
+
+    fn deliver(&mut self, now: Timestamp, to: PeerRef, msg: Message) {
+        match to {
+            PeerRef::Provider(i) => {
+                if !self.providers[i].online {
+                    return;
+                }
+                let input = match msg {
+                    Message::Proposal(p) => ProviderInput::Proposal(p),
+                    Message::Bid(b) => ProviderInput::Bid(b),
+                    Message::Answer(a) => ProviderInput::Answer(a),
+                    Message::Contract(c) => ProviderInput::Contract(c),
+                    Message::Probe(p) => ProviderInput::Probe(p),
+                    _ => return,
+                };
+                let out = self.providers[i].engine.handle(now, input, &mut self.rng);
+                self.on_provider_out(i, out);
+            }
+            PeerRef::Requester(i) => {
+                let input = match msg {
+                    Message::Answer(a) => RequesterInput::Answer(a),
+                    Message::Proposal(p) => RequesterInput::Proposal(p),
+                    Message::Contract(c) => RequesterInput::Contract(c),
+                    Message::Receipt(r) => RequesterInput::Receipt(r),
+                    Message::Offer(o) => RequesterInput::Offer(o),
+                    _ => return,
+                };
+                let rep = UniformReputation(0.9);
+                let out = self.requesters[i]
+                    .engine
+                    .handle(now, input, &rep, &mut self.rng);
+                self.on_requester_out(i, out);
+            }
+            PeerRef::Oracle(i) => {
+                let input = match msg {
+                    Message::Contract(c) => OracleInput::Contract(c),
+                    Message::Receipt(r) => OracleInput::Receipt(r),
+                    Message::ProbeReply(p) => OracleInput::ProbeReply(p),
+                    Message::Dispute(d) => OracleInput::Dispute(d),
+                    Message::Verdict(v) => OracleInput::Verdict(v),
+                    _ => return,
+                };
+                let out = self.oracles[i].engine.handle(now, input, &mut self.rng);
+                self.on_oracle_out(i, out);
+            }
+        }
+    }
+
+    fn on_timer(&mut self, now: Timestamp, p: PeerRef) {
+        match p {
+            PeerRef::Provider(i) => {
+                self.providers[i].timer_at = None;
+                let out = self.providers[i].engine.handle_timeout(now, &mut self.rng);
+                self.on_provider_out(i, out);
+            }
+            PeerRef::Requester(i) => {
+                self.requesters[i].timer_at = None;
+                let rep = UniformReputation(0.9);
+                let out = self.requesters[i]
+                    .engine
+                    .handle_timeout(now, &rep, &mut self.rng);
+                self.on_requester_out(i, out);
+            }
+            PeerRef::Oracle(i) => {
+                self.oracles[i].timer_at = None;
+                let out = self.oracles[i].engine.handle_timeout(now, &mut self.rng);
+                self.on_oracle_out(i, out);
+            }
+        }
+    }
+
+    fn timer_slot(&self, p: PeerRef) -> Option<Timestamp> {
+        match p {
+            PeerRef::Provider(i) => self.providers[i].timer_at,
+            PeerRef::Requester(i) => self.requesters[i].timer_at,
+            PeerRef::Oracle(i) => self.oracles[i].timer_at,
+        }
+    }
+
+    /// Keep one live timer event per peer, at its engine's `poll_timeout`; an
+    /// event left behind by an earlier arming is stale and ignored when it fires.
+    fn arm(&mut self, p: PeerRef) {
+        let (next, slot) = match p {
+            PeerRef::Provider(i) => (
+                self.providers[i].engine.poll_timeout(),
+                &mut self.providers[i].timer_at,
+            ),
+            PeerRef::Requester(i) => (
+                self.requesters[i].engine.poll_timeout(),
+                &mut self.requesters[i].timer_at,
+            ),
+            PeerRef::Oracle(i) => (
+                self.oracles[i].engine.poll_timeout(),
+                &mut self.oracles[i].timer_at,
+            ),
+        };
+        if let Some(at) = next
+            && slot.is_none_or(|cur| at < cur)
+        {
+            *slot = Some(at);
+            self.sched.at(at, Ev::Timer(p, at));
+        }
+    }
+
+    fn on_provider_out(&mut self, i: usize, out: Vec<ProviderOutput>) {
+        let me = PeerRef::Provider(i);
+        for o in out {
+            match o {
+                ProviderOutput::Publish(Message::Offer(s)) => self.publish_offer(i, s),
+                ProviderOutput::Publish(m @ Message::Receipt(_)) => {
+                    let mut to = Self::contract_of(&m)
+                        .map(|c| self.watchers_of(&c))
+                        .unwrap_or_default();
+                    if let Message::Receipt(s) = &m
+                        && let Ok(r) = s.body_unverified()
+                        && let Some(&(req, _)) = self.parties.get(&r.contract)
+                    {
+                        to.push(PeerRef::Requester(req));
+                    }
+                    self.gossip(me, &to, &m);
+                }
+                ProviderOutput::Publish(m) => {
+                    let to = Self::contract_of(&m)
+                        .map(|c| self.watchers_of(&c))
+                        .unwrap_or_default();
+                    self.gossip(me, &to, &m);
+                }
+                ProviderOutput::Send { to, message } => {
+                    if let Some(&p) = self.by_account.get(&to) {
+                        self.send(me, p, message);
+                    }
+                }
+                ProviderOutput::ScheduleTimer { .. } => {}
+                ProviderOutput::Run { contract, terms } => self.run_job(i, contract, &terms),
+                ProviderOutput::Rejected { .. } => self.metrics.rejections += 1,
+                ProviderOutput::PriceChanged { price } => self.metrics.price_change(i, price),
+                _ => {}
+            }
+        }
+        self.arm(me);
+    }
+
+    fn publish_offer(&mut self, i: usize, s: Signed<Offer>) {
+        let Ok(offer) = s.verify(&self.network) else {
+            return;
+        };
+        self.metrics.offers_published += 1;
+        let id = s.id();
+        let offer = Arc::new(offer);
+        let t = self.t_ms();
+        let n = self.peers_in_mesh();
+        let from = self.providers[i].region;
+        for region in 0..self.net.regions.len() {
+            if let Some(d) = self.net.gossip_delay(t, from, region, n, &mut self.rng) {
+                let at = self.sched.now().plus(DurationMs(d as u64));
+                self.sched.at(
+                    at,
+                    Ev::Offer {
+                        region,
+                        id,
+                        offer: offer.clone(),
+                    },
+                );
+            }
+        }
+        // Competitors of the same class see the price (a sample of them: a provider
+        // watches the few offers its own book samples, not all thousand).
+        let class = offer.class;
+        for _ in 0..8.min(self.providers.len().saturating_sub(1)) {
+            let j = self.rng.random_range(0..self.providers.len());
+            if j != i {
+                let input = ProviderInput::CompetitorPrice {
+                    provider: offer.provider,
+                    class,
+                    price: offer.price,
+                };
+                let now = self.sched.now();
+                let out = self.providers[j].engine.handle(now, input, &mut self.rng);
+                self.on_provider_out(j, out);
+            }
+        }
+    }
+
+    fn run_job(&mut self, i: usize, contract: Hash32, terms: &ContractTerms) {
+        let now = self.sched.now();
+        let p = self.providers[i].params;
+        let transfer_ms = terms.spec.dataset.size as f64 / (p.bandwidth_mb_s * 1e6) * 1000.0;
+        let compute_ms = terms.spec.estimated_units.as_f64() / p.speed_cu_s * 1000.0;
+        let ready = now.plus(DurationMs(transfer_ms as u64));
+        let mut run_ms = compute_ms;
+        if !self.rng.random_bool(p.reliability) {
+            // Late: the job runs past its deadline.
+            let to_deadline = terms.deadline.since(now).0 as f64;
+            run_ms = run_ms.max(to_deadline - transfer_ms)
+                + self.rng.random_range(60_000.0..1_800_000.0);
+        }
+        let done = ready.plus(DurationMs(run_ms as u64));
+        self.metrics.busy(i, transfer_ms + run_ms);
+        self.sched.at(
+            done,
+            Ev::Finish {
+                provider: i,
+                contract,
+                started: ready,
+                ready,
+                units: terms.spec.estimated_units,
+            },
+        );
+    }
+
+    fn on_requester_out(&mut self, i: usize, out: Vec<RequesterOutput>) {
+        let me = PeerRef::Requester(i);
+        let now = self.sched.now();
+        for o in out {
+            match o {
+                RequesterOutput::Publish(m @ Message::Bid(_)) => {
+                    let to: Vec<PeerRef> =
+                        (0..self.providers.len()).map(PeerRef::Provider).collect();
+                    self.gossip(me, &to, &m);
+                }
+                RequesterOutput::Publish(m @ Message::Contract(_)) => {
+                    let watchers = self.committee_refs();
+                    if let Some(c) = Self::contract_of(&m) {
+                        self.watchers.insert(c, watchers.clone());
+                    }
+                    let mut to = watchers;
+                    if let Message::Contract(c) = &m
+                        && let Ok(t) = c.body_unverified()
+                        && let Some(&PeerRef::Provider(p)) = self.by_account.get(&t.provider)
+                    {
+                        to.push(PeerRef::Provider(p));
+                    }
+                    self.gossip(me, &to, &m);
+                }
+                RequesterOutput::Publish(m) => {
+                    let to = Self::contract_of(&m)
+                        .map(|c| self.watchers_of(&c))
+                        .unwrap_or_default();
+                    self.gossip(me, &to, &m);
+                }
+                RequesterOutput::Send { to, message } => {
+                    if let Some(&p) = self.by_account.get(&to) {
+                        self.send(me, p, message);
+                    }
+                }
+                RequesterOutput::LockEscrow { contract, amount } => {
+                    let id = contract.body_hash();
+                    let Ok(t) = contract.body_unverified() else {
+                        continue;
+                    };
+                    let payer = t.requester;
+                    let bal = self.balances.get(&payer).copied().unwrap_or_default();
+                    if bal < amount {
+                        self.metrics.escrow_failures += 1;
+                        let rep = UniformReputation(0.9);
+                        let out = self.requesters[i].engine.handle(
+                            now,
+                            RequesterInput::EscrowFailed { contract: id },
+                            &rep,
+                            &mut self.rng,
+                        );
+                        self.on_requester_out(i, out);
+                        continue;
+                    }
+                    self.balances.insert(payer, Amount(bal.0 - amount.0));
+                    self.locked.insert(id, (payer, amount));
+                    if let Some(&PeerRef::Provider(p)) = self.by_account.get(&t.provider) {
+                        self.parties.insert(id, (i, p));
+                    }
+                    self.metrics.contract_made(i, now, &t);
+                }
+                RequesterOutput::NoMatch { reasons, .. } => self.metrics.no_match(&reasons),
+                RequesterOutput::Failed { .. } => self.metrics.failed += 1,
+                RequesterOutput::BidExpired { .. } => self.metrics.bids_expired += 1,
+                RequesterOutput::Settled { contract, .. } => {
+                    self.metrics.requester_settled(i, now, contract);
+                    // Finished deals leave the engine's memory.
+                    self.requesters[i].engine.drain_finished();
+                }
+                _ => {}
+            }
+        }
+        self.arm(me);
+    }
+
+    fn on_oracle_out(&mut self, i: usize, out: Vec<OracleOutput>) {
+        let me = PeerRef::Oracle(i);
+        let now = self.sched.now();
+        for o in out {
+            match o {
+                OracleOutput::Send { to, message } => {
+                    if let Some(&p) = self.by_account.get(&to) {
+                        if let PeerRef::Provider(pi) = p
+                            && !self.providers[pi].online
+                        {
+                            continue; // an offline provider does not answer probes
+                        }
+                        self.send(me, p, message);
+                    }
+                }
+                OracleOutput::Publish(m) => {
+                    let to = Self::contract_of(&m)
+                        .map(|c| self.watchers_of(&c))
+                        .unwrap_or_default();
+                    self.gossip(me, &to, &m);
+                }
+                OracleOutput::ScheduleTimer { .. } => {}
+                OracleOutput::Check {
+                    contract, terms, ..
+                } => {
+                    // Re-execute a 5% sample on the oracle's own device.
+                    let ms = terms.spec.estimated_units.as_f64() * 0.05 / 19_500.0 * 1000.0;
+                    let correct = !self.wrong.contains(&contract);
+                    self.metrics.checks += 1;
+                    self.sched.at(
+                        now.plus(DurationMs(ms as u64)),
+                        Ev::CheckDone {
+                            oracle: i,
+                            contract,
+                            correct,
+                        },
+                    );
+                }
+                OracleOutput::Settle(si) => self.settle(now, *si),
+                _ => {}
+            }
+        }
+        self.arm(me);
+    }
+
+    fn settle(&mut self, now: Timestamp, si: SettlementInstruction) {
+        if !self.settled.insert(si.contract) {
+            return; // another member of the quorum settled it already
+        }
+        self.watchers.remove(&si.contract);
+        let Some((payer, amount)) = self.locked.remove(&si.contract) else {
+            self.metrics.settle_unknown += 1;
+            return;
+        };
+        let p = &si.payout;
+        if p.total() != Some(amount) {
+            self.metrics.invariant_violations.push(format!(
+                "settlement of {:?} pays {:?}, escrow was {amount:?}",
+                si.contract,
+                p.total()
+            ));
+        }
+        let credit = |w: &mut World, a: AccountId, x: Amount| {
+            let b = w.balances.entry(a).or_default();
+            *b = Amount(b.0 + x.0);
+        };
+        credit(self, si.terms.provider, p.provider);
+        credit(self, payer, p.refund);
+        for (o, f) in &p.fees {
+            credit(self, *o, *f);
+        }
+        let wrong = self.wrong.contains(&si.contract);
+        self.metrics.settled(now, &si, wrong);
+        if let Some(&PeerRef::Provider(pi)) = self.by_account.get(&si.terms.provider) {
+            self.metrics.provider_paid(pi, p.provider, si.outcome.units);
+            if wrong {
+                let e = self.metrics.caught_by_provider.entry(pi).or_default();
+                if si.outcome.result_ok {
+                    e.1 += 1;
+                } else {
+                    e.0 += 1;
+                }
+            }
+            let out = self.providers[pi].engine.handle(
+                now,
+                ProviderInput::Settlement(Box::new(si.clone())),
+                &mut self.rng,
+            );
+            self.on_provider_out(pi, out);
+        }
+        if let Some(&PeerRef::Requester(ri)) = self.by_account.get(&si.terms.requester) {
+            let rep = UniformReputation(0.9);
+            let out = self.requesters[ri].engine.handle(
+                now,
+                RequesterInput::Settlement(Box::new(si)),
+                &rep,
+                &mut self.rng,
+            );
+            self.on_requester_out(ri, out);
+        }
+    }
+
+    fn finish(mut self) -> Metrics {
+        // Ledger invariants: conservation and non-negativity (integers cannot go
+        // negative; an underflow would have been refused above).
+        let held: u64 = self.balances.values().map(|a| a.0).sum();
+        let locked: u64 = self.locked.values().map(|(_, a)| a.0).sum();
+        if held + locked != self.supply.0 {
+            self.metrics.invariant_violations.push(format!(
+                "supply not conserved: held {held} + locked {locked} != {}",
+                self.supply.0
+            ));
+        }
+        self.metrics.still_locked = self.locked.len() as u64;
+        self.metrics.events = self.sched.processed();
+        self.metrics.cheaters = self
+            .providers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.cheating)
+            .map(|(i, _)| i)
+            .collect();
+        self.metrics.provider_labels = self
+            .providers
+            .iter()
+            .map(|p| format!("{} ({})", p.params.label, self.net.regions[p.region]))
+            .collect();
+        self.metrics.provider_profiles = self.providers.iter().map(|p| p.profile).collect();
+        self.metrics.provider_slots = self.providers.iter().map(|p| p.params.slots).collect();
+        self.metrics.final_prices = self.providers.iter().map(|p| p.engine.price().0).collect();
+        self.metrics.balances = self.balances.values().map(|a| a.0).collect();
+        self.metrics
+    }
+}
