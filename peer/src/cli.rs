@@ -44,6 +44,21 @@ pub enum Command {
     /// Content-addressed blobs (models, data sets, results).
     #[command(subcommand)]
     Blob(BlobCommand),
+    /// Simulate the market on virtual time and write a report (CSV, SVG, HTML).
+    Sim(SimArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SimArgs {
+    /// A built-in scenario (paper-30d, scale-1k, requesters-sweep, faults, smoke)
+    /// or the path of a scenario TOML file.
+    pub scenario: String,
+    /// Seed of the run (default: the scenario's own). Same seed, same result.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Where to write the report (default: out/<scenario>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -116,6 +131,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Run(args) => return run_node(&cli, args),
         Command::Status | Command::Offers | Command::Blob(_) => return remote(&cli),
+        Command::Sim(args) => return sim(cli.json, args),
         Command::Init | Command::Id => {}
     }
     match cli.command {
@@ -213,6 +229,101 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+fn sim(json: bool, args: &SimArgs) -> anyhow::Result<()> {
+    let sc = simnet::Scenario::load(&args.scenario)?;
+    let seed = args.seed.unwrap_or(sc.seed);
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("out").join(&sc.name));
+    let bar = indicatif::ProgressBar::new(1000);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:28} [{elapsed_precise}] {wide_bar} {percent:>3}%",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let started = std::time::Instant::now();
+    let mut stage = String::new();
+    let outcome = simnet::report::run_all(&sc, seed, |s, share| {
+        if s != stage {
+            stage = s.to_string();
+            bar.set_message(stage.clone());
+        }
+        bar.set_position((share * 1000.0) as u64);
+    });
+    bar.finish_and_clear();
+    let wall = started.elapsed().as_secs_f64();
+    let page = simnet::report::write_report(&outcome, &out)?;
+    let s = &outcome.summary;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "summary": s,
+                "report": page,
+                "wall_s": wall,
+                "digest": outcome.main.digest().to_string(),
+            }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "scenario      {} (seed {seed}), {} days, {} providers, {} requesters",
+        sc.name, s.days, s.providers, s.requesters
+    );
+    println!(
+        "jobs          {} submitted, {} settled",
+        s.jobs_submitted, s.jobs_settled
+    );
+    println!(
+        "throughput    {:.2} jobs/h, {:.1} CU/s",
+        s.throughput_jobs_per_s * 3600.0,
+        s.throughput_cu_per_s
+    );
+    println!("SLA           {:.2} % compliant", s.sla_compliance * 100.0);
+    println!("utilization   {:.1} %", s.utilization * 100.0);
+    println!(
+        "latency       p50 {:.0} s, p95 {:.0} s, p99 {:.0} s",
+        s.latency_p50_s, s.latency_p95_s, s.latency_p99_s
+    );
+    println!("tokens        Gini {:.3}", s.gini_earnings);
+    for (g, j) in &s.jain_by_group {
+        println!("fairness      Jain {j:.3} in requester groups of {g}");
+    }
+    if let Some(e) = simnet::report::scaling_efficiency(&outcome.sweep) {
+        println!(
+            "scaling       efficiency {e:.2} from {} to {} requesters",
+            outcome.sweep[0].0,
+            outcome.sweep[outcome.sweep.len() - 1].0
+        );
+    }
+    if s.cheaters > 0 {
+        println!(
+            "cheaters      {} of {} caught ({} wrong results caught, {} missed)",
+            s.cheaters_caught, s.cheaters, s.wrong_results_caught, s.wrong_results_missed
+        );
+    }
+    if s.invariant_violations.is_empty() {
+        println!("ledger        invariants held (no negative balance, supply conserved)");
+    } else {
+        println!(
+            "ledger        INVARIANTS BROKEN: {}",
+            s.invariant_violations.join("; ")
+        );
+    }
+    println!("digest        {}", outcome.main.digest());
+    println!(
+        "wall time     {wall:.1} s for {} events",
+        outcome.main.events
+    );
+    println!("report        {}", page.display());
+    if !s.invariant_violations.is_empty() {
+        anyhow::bail!("the simulation broke ledger invariants");
+    }
+    Ok(())
 }
 
 fn remote(cli: &Cli) -> anyhow::Result<()> {

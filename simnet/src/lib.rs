@@ -15,6 +15,7 @@
 pub mod metrics;
 pub mod netmodel;
 pub mod profiles;
+pub mod report;
 pub mod scenario;
 pub mod sched;
 pub mod world;

@@ -27,3 +27,33 @@ fn same_seed_same_digest_other_seed_other_digest() {
     assert_eq!(a, b);
     assert_ne!(a, c);
 }
+
+#[test]
+fn report_writes_csv_svg_and_html() {
+    let sc = Scenario::load("smoke").unwrap();
+    let mut stages = Vec::new();
+    let o = simnet::report::run_all(&sc, 3, |stage, share| {
+        if share >= 1.0 {
+            stages.push(stage.to_string());
+        }
+    });
+    assert_eq!(stages, vec!["main run"]);
+    let dir = tempfile::tempdir().unwrap();
+    let page = simnet::report::write_report(&o, dir.path()).unwrap();
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("Jain") && html.contains("SLA compliance"));
+    for f in [
+        "providers.csv",
+        "fairness.csv",
+        "storage.csv",
+        "summary.json",
+        "tokens.svg",
+        "fairness.svg",
+        "storage.svg",
+    ] {
+        let p = dir.path().join(f);
+        assert!(std::fs::metadata(&p).unwrap().len() > 30, "{f}");
+    }
+    let providers = std::fs::read_to_string(dir.path().join("providers.csv")).unwrap();
+    assert_eq!(providers.lines().count(), 1 + 6);
+}

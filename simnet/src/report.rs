@@ -1,0 +1,483 @@
+//! The report of a scenario: CSV files, SVG plots and one HTML page that sets each
+//! figure beside the paper's claim.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+
+use crate::metrics::{DP_OVERHEAD, Metrics, Summary};
+use crate::scenario::Scenario;
+use crate::world::World;
+
+/// A scenario's full result: the main run, and the sweep if the scenario has one.
+#[derive(Debug)]
+pub struct Outcome {
+    pub scenario: Scenario,
+    pub seed: u64,
+    pub main: Metrics,
+    pub summary: Summary,
+    /// (requesters, summary) per sweep point.
+    pub sweep: Vec<(u32, Summary)>,
+}
+
+/// Why a report could not be written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReportError {
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("plot {name}: {reason}")]
+    Plot { name: String, reason: String },
+}
+
+/// Run the scenario (and its sweep). `progress(stage, share)` reports each run.
+pub fn run_all(sc: &Scenario, seed: u64, mut progress: impl FnMut(&str, f64)) -> Outcome {
+    let main = World::new(sc, seed, None, None).run(|p| progress("main run", p));
+    let summary = main.summary(&sc.requesters.fairness_groups);
+    let mut sweep = Vec::new();
+    if let Some(s) = &sc.sweep {
+        for &n in &s.requesters {
+            let label = format!("sweep: {n} requesters");
+            let m = World::new(sc, seed, Some(n), Some(s.days)).run(|p| progress(&label, p));
+            sweep.push((n, m.summary(&sc.requesters.fairness_groups)));
+        }
+    }
+    Outcome {
+        scenario: sc.clone(),
+        seed,
+        main,
+        summary,
+        sweep,
+    }
+}
+
+/// Throughput scaling efficiency from the smallest to the largest sweep point:
+/// `(X_max / X_min) / (n_max / n_min)` of jobs per second; 1.0 is linear.
+pub fn scaling_efficiency(sweep: &[(u32, Summary)]) -> Option<f64> {
+    let (n0, s0) = sweep.first()?;
+    let (n1, s1) = sweep.last()?;
+    if *n0 == 0 || s0.throughput_jobs_per_s <= 0.0 || n1 <= n0 {
+        return None;
+    }
+    Some((s1.throughput_jobs_per_s / s0.throughput_jobs_per_s) / (f64::from(*n1) / f64::from(*n0)))
+}
+
+/// Storage latency by object size (the paper's Fig. 2), from the model:
+/// read `T_r = S/B_r`; blob write `S/B_w`; ledger-finalized write
+/// `T_w = S/B_w + T_c` with `T_c` the mean wait for the next final checkpoint
+/// (half an epoch) plus one committee round.
+pub fn storage_rows(sc: &Scenario) -> Vec<(u64, f64, f64, f64)> {
+    let tc = sc.epoch_minutes as f64 * 60.0 / 2.0 + 1.0;
+    sc.storage
+        .sizes_mb
+        .iter()
+        .map(|&mb| {
+            let s = mb as f64;
+            let read = s / sc.storage.read_mb_s;
+            let write = s / sc.storage.write_mb_s;
+            (mb, read, write, write + tc)
+        })
+        .collect()
+}
+
+fn write(path: &Path, text: &str) -> Result<(), ReportError> {
+    std::fs::write(path, text).map_err(|source| ReportError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn plot_err(name: &str, e: impl std::fmt::Display) -> ReportError {
+    ReportError::Plot {
+        name: name.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// Bars of `values` (one per label), with an optional reference line.
+fn bar_svg(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    values: &[f64],
+    reference: Option<(f64, &str)>,
+) -> Result<(), ReportError> {
+    let name = path.display().to_string();
+    let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(&name, e))?;
+    let max = values
+        .iter()
+        .copied()
+        .chain(reference.map(|r| r.0))
+        .fold(0.0f64, f64::max)
+        .max(1e-9)
+        * 1.1;
+    let n = values.len().max(1);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..n as f64, 0f64..max)
+        .map_err(|e| plot_err(&name, e))?;
+    chart
+        .configure_mesh()
+        .y_desc(y_label)
+        .disable_x_mesh()
+        .draw()
+        .map_err(|e| plot_err(&name, e))?;
+    chart
+        .draw_series(values.iter().enumerate().map(|(i, v)| {
+            Rectangle::new(
+                [(i as f64 + 0.1, 0.0), (i as f64 + 0.9, *v)],
+                BLUE.mix(0.6).filled(),
+            )
+        }))
+        .map_err(|e| plot_err(&name, e))?;
+    if let Some((y, label)) = reference {
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, y), (n as f64, y)],
+                RED.stroke_width(2),
+            ))
+            .map_err(|e| plot_err(&name, e))?
+            .label(label)
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| plot_err(&name, e))?;
+    }
+    root.present().map_err(|e| plot_err(&name, e))
+}
+
+/// Lines through (x, y) points, one series per (label, points).
+fn lines_svg(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(&str, Vec<(f64, f64)>)],
+) -> Result<(), ReportError> {
+    let name = path.display().to_string();
+    let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(&name, e))?;
+    let pts = series.iter().flat_map(|(_, p)| p.iter());
+    let (mut x1, mut y1) = (1e-9f64, 1e-9f64);
+    for &(x, y) in pts {
+        x1 = x1.max(x);
+        y1 = y1.max(y);
+    }
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..x1 * 1.05, 0f64..y1 * 1.1)
+        .map_err(|e| plot_err(&name, e))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .draw()
+        .map_err(|e| plot_err(&name, e))?;
+    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN];
+    for (i, (label, p)) in series.iter().enumerate() {
+        let c = colors[i % colors.len()];
+        chart
+            .draw_series(LineSeries::new(p.clone(), c.stroke_width(2)))
+            .map_err(|e| plot_err(&name, e))?
+            .label(*label)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c));
+        chart
+            .draw_series(p.iter().map(|&(x, y)| Circle::new((x, y), 3, c.filled())))
+            .map_err(|e| plot_err(&name, e))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| plot_err(&name, e))?;
+    root.present().map_err(|e| plot_err(&name, e))
+}
+
+/// Write CSVs, SVG plots and `report.html` into `dir`; returns the HTML path.
+pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
+    std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let m = &o.main;
+    let s = &o.summary;
+
+    // Providers.
+    let mut csv = String::from(
+        "provider,label,profile,earned_tokens,jobs,compute_units,busy_share,final_price,cheater\n",
+    );
+    let secs = m.days * 86_400.0;
+    for i in 0..m.providers {
+        let slots = f64::from(m.provider_slots.get(i).copied().unwrap_or(1).max(1));
+        let _ = writeln!(
+            csv,
+            "{i},{},{:?},{:.6},{},{:.3},{:.4},{},{}",
+            m.provider_labels.get(i).map_or("", String::as_str),
+            m.provider_profiles
+                .get(i)
+                .copied()
+                .unwrap_or(crate::profiles::Profile::Community),
+            m.provider_earned[i] as f64 / 1e6,
+            m.provider_jobs[i],
+            m.provider_units[i] as f64 / 1000.0,
+            m.provider_busy_ms[i] / (slots * secs * 1000.0),
+            m.final_prices.get(i).copied().unwrap_or(0),
+            m.cheaters.contains(&i),
+        );
+    }
+    write(&dir.join("providers.csv"), &csv)?;
+    let mut fair = String::from("group_size,jain\n");
+    for (g, j) in &s.jain_by_group {
+        let _ = writeln!(fair, "{g},{j:.5}");
+    }
+    write(&dir.join("fairness.csv"), &fair)?;
+    let mut sweep = String::from("requesters,jobs_per_s,cu_per_s,sla_compliance,latency_p50_s\n");
+    for (n, x) in &o.sweep {
+        let _ = writeln!(
+            sweep,
+            "{n},{:.6},{:.3},{:.4},{:.1}",
+            x.throughput_jobs_per_s, x.throughput_cu_per_s, x.sla_compliance, x.latency_p50_s
+        );
+    }
+    write(&dir.join("sweep.csv"), &sweep)?;
+    let storage = storage_rows(&o.scenario);
+    let mut st = String::from("size_mb,blob_read_s,blob_write_s,ledger_finalized_write_s\n");
+    for (mb, r, w, lw) in &storage {
+        let _ = writeln!(st, "{mb},{r:.3},{w:.3},{lw:.3}");
+    }
+    write(&dir.join("storage.csv"), &st)?;
+    let json = serde_json::to_string_pretty(s).unwrap_or_default();
+    write(&dir.join("summary.json"), &json)?;
+
+    // Plots.
+    let mut earned: Vec<f64> = m.provider_earned.iter().map(|e| *e as f64 / 1e6).collect();
+    earned.sort_by(|a, b| b.total_cmp(a));
+    bar_svg(
+        &dir.join("tokens.svg"),
+        &format!("Tokens earned per provider (Gini {:.3})", s.gini_earnings),
+        "tokens",
+        &earned,
+        None,
+    )?;
+    let jain: Vec<f64> = s.jain_by_group.iter().map(|(_, j)| *j).collect();
+    bar_svg(
+        &dir.join("fairness.svg"),
+        &format!(
+            "Jain's index by requester group size ({})",
+            s.jain_by_group
+                .iter()
+                .map(|(g, _)| g.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        "Jain's index",
+        &jain,
+        Some((0.89, "paper: ≥ 0.89")),
+    )?;
+    if !o.sweep.is_empty() {
+        let pts: Vec<(f64, f64)> = o
+            .sweep
+            .iter()
+            .map(|(n, x)| (f64::from(*n), x.throughput_jobs_per_s * 3600.0))
+            .collect();
+        lines_svg(
+            &dir.join("throughput.svg"),
+            "Throughput against requesters",
+            "requesters",
+            "jobs settled per hour",
+            &[("simulated", pts)],
+        )?;
+    }
+    lines_svg(
+        &dir.join("storage.svg"),
+        "Storage latency by object size",
+        "object size (MB)",
+        "seconds",
+        &[
+            (
+                "blob read T_r = S/B_r",
+                storage.iter().map(|r| (r.0 as f64, r.1)).collect(),
+            ),
+            (
+                "blob write S/B_w",
+                storage.iter().map(|r| (r.0 as f64, r.2)).collect(),
+            ),
+            (
+                "ledger-finalized write S/B_w + T_c",
+                storage.iter().map(|r| (r.0 as f64, r.3)).collect(),
+            ),
+        ],
+    )?;
+
+    // The page.
+    let eff = scaling_efficiency(&o.sweep);
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!doctype html><html><head><meta charset=utf-8><title>CloudChain simnet: {name}</title>\
+         <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}\
+         td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#eee}}\
+         .claim{{color:#555;font-style:italic}}</style></head><body>\
+         <h1>Scenario <code>{name}</code>, seed {seed}</h1><p>{desc}</p>\
+         <p>{prov} providers, {req} requesters, {days} days; {events} events, {msgs} messages; digest <code>{digest}</code>.</p>",
+        name = o.scenario.name,
+        seed = o.seed,
+        desc = o.scenario.description,
+        prov = s.providers,
+        req = s.requesters,
+        days = s.days,
+        events = s.events,
+        msgs = s.messages,
+        digest = m.digest(),
+    );
+    let row = |h: &mut String, k: &str, v: String, claim: &str| {
+        let _ = write!(
+            h,
+            "<tr><th>{k}</th><td>{v}</td><td class=claim>{claim}</td></tr>"
+        );
+    };
+    h.push_str("<h2>Figures</h2><table><tr><th>figure</th><th>simulated</th><th>paper</th></tr>");
+    row(
+        &mut h,
+        "jobs submitted / settled",
+        format!("{} / {}", s.jobs_submitted, s.jobs_settled),
+        "",
+    );
+    row(
+        &mut h,
+        "throughput",
+        format!(
+            "{:.2} jobs/h, {:.1} CU/s",
+            s.throughput_jobs_per_s * 3600.0,
+            s.throughput_cu_per_s
+        ),
+        "",
+    );
+    row(
+        &mut h,
+        "SLA compliance",
+        format!("{:.2} %", s.sla_compliance * 100.0),
+        "SLA compliance is reported",
+    );
+    row(
+        &mut h,
+        "utilization",
+        format!("{:.1} %", s.utilization * 100.0),
+        "",
+    );
+    row(
+        &mut h,
+        "latency p50 / p95 / p99 (submit → settled)",
+        format!(
+            "{:.0} / {:.0} / {:.0} s",
+            s.latency_p50_s, s.latency_p95_s, s.latency_p99_s
+        ),
+        "",
+    );
+    row(
+        &mut h,
+        "Gini of tokens earned",
+        format!("{:.3}", s.gini_earnings),
+        "",
+    );
+    row(
+        &mut h,
+        "Jain's index over work per slot (providers)",
+        format!("{:.3}", s.jain_providers),
+        "",
+    );
+    for (g, j) in &s.jain_by_group {
+        row(
+            &mut h,
+            &format!("Jain's index, requester groups of {g}"),
+            format!("{j:.3}"),
+            "≥ 0.89 at every group size",
+        );
+    }
+    if let Some(e) = eff {
+        row(
+            &mut h,
+            "throughput scaling efficiency (first → last sweep point)",
+            format!("{:.2}", e),
+            "",
+        );
+    }
+    row(
+        &mut h,
+        "DP-SGD compute overhead (measured, compute bench)",
+        format!("+{:.0} %", DP_OVERHEAD * 100.0),
+        "15–20 %",
+    );
+    row(
+        &mut h,
+        "cheating providers caught",
+        format!(
+            "{} of {} ({} wrong results caught, {} missed)",
+            s.cheaters_caught, s.cheaters, s.wrong_results_caught, s.wrong_results_missed
+        ),
+        "",
+    );
+    row(
+        &mut h,
+        "ledger invariants",
+        if s.invariant_violations.is_empty() {
+            "held".into()
+        } else {
+            s.invariant_violations.join("; ")
+        },
+        "no negative balance, supply conserved",
+    );
+    h.push_str("</table>");
+    let fig = |h: &mut String, file: &str, title: &str, claim: &str| {
+        let _ = write!(
+            h,
+            "<h2>{title}</h2><p class=claim>Paper: {claim}</p><img src=\"{file}\" width=900>"
+        );
+    };
+    fig(
+        &mut h,
+        "tokens.svg",
+        "Token distribution per provider",
+        "tokens flow to providers in proportion to the verified work they sell",
+    );
+    fig(
+        &mut h,
+        "fairness.svg",
+        "Fairness against requester group size",
+        "Jain's index ≥ 0.89 at every group size",
+    );
+    if !o.sweep.is_empty() {
+        fig(
+            &mut h,
+            "throughput.svg",
+            "Throughput against requesters",
+            "throughput grows with the number of requesters",
+        );
+    }
+    fig(
+        &mut h,
+        "storage.svg",
+        "Storage latency by object size (Fig. 2)",
+        "T_r = S/B_r, T_w = S/B_w + T_c",
+    );
+    h.push_str("<h2>Files</h2><p>providers.csv, fairness.csv, sweep.csv, storage.csv, summary.json</p></body></html>");
+    let page = dir.join("report.html");
+    write(&page, &h)?;
+    Ok(page)
+}
