@@ -48,7 +48,7 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/cloudchain/kad/1"
 pub struct Topics {
     /// Offers and open bids.
     pub market: IdentTopic,
-    /// Receipts, verdicts and disputes.
+    /// Contracts (for the committee to watch), receipts, verdicts and disputes.
     pub oracle: IdentTopic,
 }
 
@@ -65,7 +65,10 @@ impl Topics {
     pub fn for_message(&self, m: &Message) -> Option<&IdentTopic> {
         match m {
             Message::Offer(_) | Message::Bid(_) => Some(&self.market),
-            Message::Receipt(_) | Message::Verdict(_) | Message::Dispute(_) => Some(&self.oracle),
+            Message::Contract(_)
+            | Message::Receipt(_)
+            | Message::Verdict(_)
+            | Message::Dispute(_) => Some(&self.oracle),
             _ => None,
         }
     }
@@ -387,6 +390,18 @@ impl Validator for BasicValidator {
                 return match s.verify(net) {
                     Ok(v) if v.oracle == s.signer => Validation::Accept,
                     Ok(_) => Validation::Reject("verdict signed by someone else".into()),
+                    Err(e) => Validation::Reject(e.to_string()),
+                };
+            }
+            Message::Contract(c) => {
+                return match c.body_unverified() {
+                    Ok(t) if &t.network == net => {
+                        match c.verify_signers(net, &[t.requester, t.provider]) {
+                            Ok(_) => Validation::Accept,
+                            Err(e) => Validation::Reject(e.to_string()),
+                        }
+                    }
+                    Ok(_) => Validation::Reject("contract for another network".into()),
                     Err(e) => Validation::Reject(e.to_string()),
                 };
             }

@@ -955,27 +955,15 @@ fn provider_accepts_queues_and_rejects() {
     );
 }
 
-#[test]
-fn unanswered_probes_are_an_availability_violation() {
-    let mut rng = ChaCha8Rng::seed_from_u64(4);
-    let (req, prov) = (Identity::from_seed(60), Identity::from_seed(61));
-    let oracle = Identity::from_seed(62);
-    let cfg = OracleConfig {
-        verify_share: Bps(0),
-        ..OracleConfig::default()
-    };
-    let mut o = OracleEngine::new(oracle.clone(), net(), cfg, checker as Checker);
-    let now = Timestamp(10_000_000);
-    o.handle(
-        now,
-        OracleInput::Epoch {
-            epoch: 7,
-            committee: vec![oracle.account()],
-            beacon: Hash32::default(),
-        },
-        &mut rng,
-    );
-    let spec = simple_job(&req, now, 1, 1_000_000, 900)
+/// A contract for a one-CU job between `req` and `prov`, both signatures made on
+/// `network`.
+fn one_unit_contract(
+    req: &Identity,
+    prov: &Identity,
+    now: Timestamp,
+    network: &NetworkId,
+) -> (ContractTerms, Contract) {
+    let spec = simple_job(req, now, 1, 1_000_000, 900)
         .body_unverified()
         .unwrap();
     let terms = ContractTerms {
@@ -991,8 +979,43 @@ fn unanswered_probes_are_an_availability_violation() {
         spec,
     };
     let mut c = Contract::new(&terms).unwrap();
-    c.add_signature(&req, &net());
-    c.add_signature(&prov, &net());
+    c.add_signature(req, network);
+    c.add_signature(prov, network);
+    (terms, c)
+}
+
+/// Make `oracle` the sole committee member of `epoch`.
+fn sole_member(
+    o: &mut OracleEngine<Checker>,
+    oracle: &Identity,
+    epoch: u64,
+    now: Timestamp,
+    rng: &mut ChaCha8Rng,
+) {
+    o.handle(
+        now,
+        OracleInput::Epoch {
+            epoch,
+            committee: vec![oracle.account()],
+            beacon: Hash32::default(),
+        },
+        rng,
+    );
+}
+
+#[test]
+fn unanswered_probes_are_an_availability_violation() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let (req, prov) = (Identity::from_seed(60), Identity::from_seed(61));
+    let oracle = Identity::from_seed(62);
+    let cfg = OracleConfig {
+        verify_share: Bps(0),
+        ..OracleConfig::default()
+    };
+    let mut o = OracleEngine::new(oracle.clone(), net(), cfg, checker as Checker);
+    let now = Timestamp(10_000_000);
+    sole_member(&mut o, &oracle, 7, now, &mut rng);
+    let (terms, c) = one_unit_contract(&req, &prov, now, &net());
     o.handle(now, OracleInput::Contract(c.clone()), &mut rng);
     // Ten minutes of probes, none answered.
     let mut t = now;
@@ -1154,33 +1177,8 @@ fn receipt_before_contract_is_kept() {
     };
     let mut o = OracleEngine::new(oracle.clone(), net(), cfg, checker as Checker);
     let now = Timestamp(30_000_000);
-    o.handle(
-        now,
-        OracleInput::Epoch {
-            epoch: 1,
-            committee: vec![oracle.account()],
-            beacon: Hash32::default(),
-        },
-        &mut rng,
-    );
-    let spec = simple_job(&req, now, 1, 1_000_000, 900)
-        .body_unverified()
-        .unwrap();
-    let terms = ContractTerms {
-        network: net(),
-        job: Hash32::of(b"j"),
-        requester: req.account(),
-        provider: prov.account(),
-        price: PricePerCu(500),
-        max_units: spec.estimated_units,
-        sla: ProviderConfig::default().sla,
-        deadline: spec.deadline,
-        created_at: now,
-        spec,
-    };
-    let mut c = Contract::new(&terms).unwrap();
-    c.add_signature(&req, &net());
-    c.add_signature(&prov, &net());
+    sole_member(&mut o, &oracle, 1, now, &mut rng);
+    let (terms, c) = one_unit_contract(&req, &prov, now, &net());
     let receipt = Receipt {
         contract: c.body_hash(),
         provider: prov.account(),
@@ -1236,33 +1234,8 @@ fn slow_probe_replies_are_a_latency_violation() {
     );
     let mut prov = ProviderEngine::new(prov_id.clone(), net(), ProviderConfig::default());
     let now = Timestamp(40_000_000);
-    o.handle(
-        now,
-        OracleInput::Epoch {
-            epoch: 1,
-            committee: vec![oracle.account()],
-            beacon: Hash32::default(),
-        },
-        &mut rng,
-    );
-    let spec = simple_job(&req, now, 1, 1_000_000, 900)
-        .body_unverified()
-        .unwrap();
-    let terms = ContractTerms {
-        network: net(),
-        job: Hash32::of(b"j"),
-        requester: req.account(),
-        provider: prov_id.account(),
-        price: PricePerCu(500),
-        max_units: spec.estimated_units,
-        sla: ProviderConfig::default().sla,
-        deadline: spec.deadline,
-        created_at: now,
-        spec,
-    };
-    let mut c = Contract::new(&terms).unwrap();
-    c.add_signature(&req, &net());
-    c.add_signature(&prov_id, &net());
+    sole_member(&mut o, &oracle, 1, now, &mut rng);
+    let (terms, c) = one_unit_contract(&req, &prov_id, now, &net());
     o.handle(now, OracleInput::Contract(c.clone()), &mut rng);
     // Every probe is answered, but 3 s later (the limit is 2 s).
     let mut t = now;
@@ -1333,38 +1306,15 @@ fn signature_checks_can_be_turned_off_for_simulation() {
         Identity::from_seed(97),
     );
     let now = Timestamp(50_000_000);
-    let spec = simple_job(&req, now, 1, 1_000_000, 900)
-        .body_unverified()
-        .unwrap();
-    let terms = ContractTerms {
-        network: net(),
-        job: Hash32::of(b"j"),
-        requester: req.account(),
-        provider: prov.account(),
-        price: PricePerCu(500),
-        max_units: spec.estimated_units,
-        sla: ProviderConfig::default().sla,
-        deadline: spec.deadline,
-        created_at: now,
-        spec,
-    };
     // Signatures made on another network: invalid here.
-    let mut c = Contract::new(&terms).unwrap();
-    c.add_signature(&req, &NetworkId::named("elsewhere"));
-    c.add_signature(&prov, &NetworkId::named("elsewhere"));
+    let (_, c) = one_unit_contract(&req, &prov, now, &NetworkId::named("elsewhere"));
     for verify_signatures in [true, false] {
         let cfg = OracleConfig {
             verify_signatures,
             ..OracleConfig::default()
         };
         let mut o = OracleEngine::new(oracle.clone(), net(), cfg, checker as Checker);
-        let committee = vec![oracle.account()];
-        let epoch = OracleInput::Epoch {
-            epoch: 1,
-            committee,
-            beacon: Hash32::default(),
-        };
-        o.handle(now, epoch, &mut rng);
+        sole_member(&mut o, &oracle, 1, now, &mut rng);
         o.handle(now, OracleInput::Contract(c.clone()), &mut rng);
         assert_eq!(o.watching(), usize::from(!verify_signatures));
     }
