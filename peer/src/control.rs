@@ -8,7 +8,7 @@
 //! scripts can do the same with any HTTP client.
 //!
 //! Routes (all JSON):
-//! - `GET  /v1/status` — identity, addresses, peers, roles
+//! - `GET  /v1/status` — identity, addresses, peers
 //! - `GET  /v1/offers` — fresh offers seen on the market topic
 //! - `POST /v1/blobs` `{path}` — add a file to the blob store: `{hash, size, ticket}`
 //! - `POST /v1/blobs/get` `{source, out}` — fetch a blob by hash or ticket and
@@ -55,8 +55,6 @@ pub struct Status {
     pub listen: Vec<String>,
     pub blob_addrs: Vec<String>,
     pub connected_peers: usize,
-    pub provider: bool,
-    pub oracle: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -275,8 +275,6 @@ impl NodeLoop {
                 .collect(),
             blob_addrs: self.blobs.contact(),
             connected_peers: self.connected.len(),
-            provider: false,
-            oracle: false,
         })
     }
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use protocol::accounting::jain_index;
 use protocol::market::{Explanation, NoMatchReason};
 use protocol::oracle::SettlementInstruction;
-use protocol::{Amount, ComputeUnits, ContractTerms, Hash32, PricePerCu, Timestamp};
+use protocol::{Amount, ComputeUnits, ContractTerms, Hash32, Timestamp};
 use serde::Serialize;
 
 use crate::profiles::Profile;
@@ -96,7 +96,7 @@ impl Metrics {
         self.dp_jobs += u64::from(dp);
     }
 
-    pub fn price_change(&mut self, _provider: usize, _price: PricePerCu) {
+    pub fn price_change(&mut self) {
         self.price_changes += 1;
     }
 
@@ -123,8 +123,6 @@ impl Metrics {
             *self.no_match_reasons.entry(k.to_string()).or_default() += 1;
         }
     }
-
-    pub fn requester_settled(&mut self, _r: usize, _now: Timestamp, _contract: Hash32) {}
 
     pub fn settled(&mut self, now: Timestamp, si: &SettlementInstruction, wrong: bool) {
         let o = &si.outcome;

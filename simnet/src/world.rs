@@ -804,7 +804,7 @@ impl World {
                 ProviderOutput::ScheduleTimer { .. } => {}
                 ProviderOutput::Run { contract, terms } => self.run_job(i, contract, &terms),
                 ProviderOutput::Rejected { .. } => self.metrics.rejections += 1,
-                ProviderOutput::PriceChanged { price } => self.metrics.price_change(i, price),
+                ProviderOutput::PriceChanged { .. } => self.metrics.price_change(),
                 _ => {}
             }
         }
@@ -943,8 +943,7 @@ impl World {
                 RequesterOutput::NoMatch { reasons, .. } => self.metrics.no_match(&reasons),
                 RequesterOutput::Failed { .. } => self.metrics.failed += 1,
                 RequesterOutput::BidExpired { .. } => self.metrics.bids_expired += 1,
-                RequesterOutput::Settled { contract, .. } => {
-                    self.metrics.requester_settled(i, now, contract);
+                RequesterOutput::Settled { .. } => {
                     // Finished deals leave the engine's memory.
                     self.requesters[i].engine.drain_finished();
                 }

@@ -57,3 +57,39 @@ fn report_writes_csv_svg_and_html() {
     let providers = std::fs::read_to_string(dir.path().join("providers.csv")).unwrap();
     assert_eq!(providers.lines().count(), 1 + 6);
 }
+
+/// The `faults` scenario (partitions, churn, cheaters), shortened to two days:
+/// the ledger's invariants hold, and cheaters are caught at the verification
+/// rate — each wrong result is re-executed with probability `verify_share`.
+#[test]
+fn faults_keep_the_ledger_whole_and_catch_cheaters() {
+    let sc = Scenario::load("faults").unwrap();
+    let m = World::new(&sc, sc.seed, None, Some(2.0)).run(|_| {});
+    let s = m.summary(&[]);
+    assert!(
+        s.invariant_violations.is_empty(),
+        "{:?}",
+        s.invariant_violations
+    );
+    assert!(s.cheaters > 0);
+    let wrong = s.wrong_results_caught + s.wrong_results_missed;
+    assert!(wrong > 30, "{s:?}");
+    let p = sc.oracles.verify_share;
+    let rate = s.wrong_results_caught as f64 / wrong as f64;
+    let sd = (p * (1.0 - p) / wrong as f64).sqrt();
+    assert!(
+        (rate - p).abs() < 4.0 * sd + 0.02,
+        "caught {rate:.3} of wrong results, expected {p} ± {:.3}",
+        4.0 * sd
+    );
+    // A cheater that returned many wrong results cannot have escaped every check.
+    for (provider, (caught, missed)) in &m.caught_by_provider {
+        if caught + missed >= 25 {
+            assert!(*caught > 0, "cheater {provider} escaped {missed} checks");
+        }
+    }
+    assert!(
+        m.crashes > 0 && m.partitioned_messages > 0,
+        "faults were injected"
+    );
+}
