@@ -134,12 +134,11 @@ impl Metrics {
                 self.latency_s.push(now.since(issued).as_secs_f64());
             }
         }
-        if o.delivered {
-            if o.sla_ok {
-                self.sla_ok += 1;
-            } else {
-                self.sla_violated += 1;
-            }
+        // Not delivered by the deadline (plus grace) breaks the SLA too.
+        if o.delivered && o.sla_ok {
+            self.sla_ok += 1;
+        } else {
+            self.sla_violated += 1;
         }
         if wrong {
             if o.result_ok {
@@ -260,7 +259,7 @@ impl Metrics {
             .map(|s| f64::from(*s) * secs * 1000.0)
             .sum();
         let earned: Vec<f64> = self.provider_earned.iter().map(|e| *e as f64).collect();
-        let delivered = self.sla_ok + self.sla_violated;
+        let judged = self.sla_ok + self.sla_violated;
         let caught = self
             .cheaters
             .iter()
@@ -279,10 +278,10 @@ impl Metrics {
             jobs_settled: self.settled_jobs,
             throughput_jobs_per_s: self.settled_jobs as f64 / secs,
             throughput_cu_per_s: self.settled_units as f64 / 1000.0 / secs,
-            sla_compliance: if delivered == 0 {
+            sla_compliance: if judged == 0 {
                 1.0
             } else {
-                self.sla_ok as f64 / delivered as f64
+                self.sla_ok as f64 / judged as f64
             },
             utilization: if capacity_ms > 0.0 {
                 self.provider_busy_ms.iter().sum::<f64>() / capacity_ms
