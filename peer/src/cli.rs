@@ -46,6 +46,13 @@ pub enum Command {
     Blob(BlobCommand),
     /// Simulate the market on virtual time and write a report (CSV, SVG, HTML).
     Sim(SimArgs),
+    /// Benchmark this device's matrix-product speed (GFLOP/s = compute units per
+    /// second): the figure a provider advertises.
+    Bench {
+        /// Backend: auto (a real GPU if found, else the CPU), cpu or wgpu.
+        #[arg(long, default_value = "auto")]
+        backend: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -72,6 +79,10 @@ pub struct RunArgs {
     /// Turn mDNS discovery off.
     #[arg(long)]
     pub no_mdns: bool,
+    /// Sell compute (headless): benchmark the device at start, then publish and
+    /// refresh offers priced from `provider.price_floor`.
+    #[arg(long)]
+    pub provider: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +143,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => return run_node(&cli, args),
         Command::Status | Command::Offers | Command::Blob(_) => return remote(&cli),
         Command::Sim(args) => return sim(cli.json, args),
+        Command::Bench { backend } => return bench(cli.json, backend),
         Command::Init | Command::Id => {}
     }
     match cli.command {
@@ -202,6 +214,7 @@ fn run_node(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     if args.no_mdns {
         opts.mdns = false;
     }
+    opts.provider = args.provider;
     runtime()?.block_on(async move {
         let node = crate::node::start(dir, opts).await?;
         tracing::info!(account = %node.account, control = %node.control_addr, "node running; Ctrl-C stops it");
@@ -229,6 +242,38 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+fn bench(json: bool, backend: &str) -> anyhow::Result<()> {
+    let pref = match backend {
+        "auto" => compute::BackendPreference::Auto,
+        "cpu" => compute::BackendPreference::Cpu,
+        "wgpu" => compute::BackendPreference::Wgpu,
+        other => anyhow::bail!("--backend {other:?}: use auto, cpu or wgpu"),
+    };
+    let sel = compute::select_backend(pref)?;
+    let b = compute::bench::device_gflops(&*sel.backend)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "backend": b.backend.to_string(),
+                "reason": sel.reason,
+                "n": b.n,
+                "gflops": b.gflops,
+                "compute_units_per_s": b.gflops,
+            }))?
+        );
+    } else {
+        println!("backend   {}", b.backend);
+        println!("why       {}", sel.reason);
+        println!("product   {n}×{n} f32, {} timed", b.reps, n = b.n);
+        println!(
+            "speed     {:.1} GFLOP/s = {:.1} compute units per second",
+            b.gflops, b.gflops
+        );
+    }
+    Ok(())
 }
 
 fn sim(json: bool, args: &SimArgs) -> anyhow::Result<()> {

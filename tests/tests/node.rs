@@ -21,6 +21,7 @@ fn loopback_opts(network: NetworkId, bootstrap: Vec<libp2p::Multiaddr>) -> RunOp
         blob_bind: lo,
         relay: false,
         control: lo,
+        provider: false,
     }
 }
 
@@ -77,5 +78,43 @@ async fn blob_added_on_one_node_is_fetched_by_ticket_on_another_and_survives_res
 
     b.shutdown().await?;
     a.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_benchmarks_its_device_and_its_offer_reaches_a_requester() -> anyhow::Result<()>
+{
+    let tmp = tempfile::tempdir()?;
+    let network = NetworkId::named("provider-test");
+    let p_dir = tmp.path().join("provider");
+    let r_dir = tmp.path().join("requester");
+    let mut opts = loopback_opts(network, vec![]);
+    opts.provider = true;
+    let mut pd = DataDir::init(&p_dir)?;
+    pd.config.provider.backend = "cpu".into();
+    let p = node::start(pd, opts).await?;
+    let p_addr = p.net.listen_addrs().await?[0]
+        .clone()
+        .with(libp2p::multiaddr::Protocol::P2p(p.net.peer_id));
+    let r = node::start(DataDir::init(&r_dir)?, loopback_opts(network, vec![p_addr])).await?;
+    let cr = ControlClient::from_data_dir(&r_dir)?;
+    // The provider's first offer may go out before the requester joins the mesh;
+    // it refreshes, and the requester also learns it on its first mesh message.
+    // Wait (bounded) until the requester's order book holds it.
+    let offers = wait_for("the provider's offer in the requester's book", async {
+        loop {
+            let o = cr.offers().await?;
+            if !o.is_empty() {
+                return Ok(o);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await?;
+    assert_eq!(offers[0].provider, p.account.to_string());
+    assert!(offers[0].speed_cu_per_s > 0.0, "{offers:?}");
+    assert_eq!(offers[0].class, "Cpu");
+    r.shutdown().await?;
+    p.shutdown().await?;
     Ok(())
 }
