@@ -73,22 +73,29 @@ fn nonce(index: u64, last: bool) -> Nonce {
 }
 
 /// Encrypt a blob's bytes under `key` for `label`, bound to `aad` (the contract id).
+/// Chunks are independent, so they are sealed in parallel.
 pub fn encrypt(key: &JobKey, label: &str, aad: &Hash32, plain: &[u8]) -> Vec<u8> {
+    use rayon::prelude::*;
     let cipher = key.subkey(label);
     let chunks = plain.len().div_ceil(CHUNK).max(1);
+    let sealed: Vec<Vec<u8>> = (0..chunks)
+        .into_par_iter()
+        .map(|i| {
+            let part = &plain[(i * CHUNK).min(plain.len())..((i + 1) * CHUNK).min(plain.len())];
+            cipher
+                .encrypt(
+                    &nonce(i as u64, i + 1 == chunks),
+                    Payload {
+                        msg: part,
+                        aad: &aad.0,
+                    },
+                )
+                .expect("ChaCha20-Poly1305 encryption of a bounded chunk cannot fail")
+        })
+        .collect();
     let mut out = Vec::with_capacity(plain.len() + chunks * TAG);
-    for i in 0..chunks {
-        let part = &plain[(i * CHUNK).min(plain.len())..((i + 1) * CHUNK).min(plain.len())];
-        let ct = cipher
-            .encrypt(
-                &nonce(i as u64, i + 1 == chunks),
-                Payload {
-                    msg: part,
-                    aad: &aad.0,
-                },
-            )
-            .expect("ChaCha20-Poly1305 encryption of a bounded chunk cannot fail");
-        out.extend_from_slice(&ct);
+    for c in sealed {
+        out.extend_from_slice(&c);
     }
     out
 }
@@ -99,20 +106,26 @@ pub fn decrypt(key: &JobKey, label: &str, aad: &Hash32, ct: &[u8]) -> Result<Vec
     if ct.len() < TAG {
         return Err(CryptoError::Truncated(ct.len()));
     }
+    use rayon::prelude::*;
     let chunks = ct.len().div_ceil(CHUNK + TAG);
+    let opened: Vec<Vec<u8>> = (0..chunks)
+        .into_par_iter()
+        .map(|i| {
+            let part = &ct[i * (CHUNK + TAG)..((i + 1) * (CHUNK + TAG)).min(ct.len())];
+            cipher
+                .decrypt(
+                    &nonce(i as u64, i + 1 == chunks),
+                    Payload {
+                        msg: part,
+                        aad: &aad.0,
+                    },
+                )
+                .map_err(|_| CryptoError::Chunk(i as u64))
+        })
+        .collect::<Result<_, _>>()?;
     let mut out = Vec::with_capacity(ct.len());
-    for i in 0..chunks {
-        let part = &ct[i * (CHUNK + TAG)..((i + 1) * (CHUNK + TAG)).min(ct.len())];
-        let pt = cipher
-            .decrypt(
-                &nonce(i as u64, i + 1 == chunks),
-                Payload {
-                    msg: part,
-                    aad: &aad.0,
-                },
-            )
-            .map_err(|_| CryptoError::Chunk(i as u64))?;
-        out.extend_from_slice(&pt);
+    for p in opened {
+        out.extend_from_slice(&p);
     }
     Ok(out)
 }
