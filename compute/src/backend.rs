@@ -157,6 +157,24 @@ pub(crate) fn check_len(op: &'static str, what: &str, got: usize, want: usize) -
 }
 
 #[allow(clippy::too_many_arguments)]
+/// The shape checks of [`Backend::softmax_xent`], shared by every backend.
+pub(crate) fn check_softmax_xent(
+    logits: &[f32],
+    labels: &[u32],
+    rows: usize,
+    classes: usize,
+) -> Result<()> {
+    check_len("softmax_xent", "logits", logits.len(), rows * classes)?;
+    check_len("softmax_xent", "labels", labels.len(), rows)?;
+    if let Some(&bad) = labels.iter().find(|&&y| y as usize >= classes) {
+        return Err(crate::error::shape_err(
+            "softmax_xent",
+            format!("label {bad} out of range for {classes} classes"),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn check_gemm(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Result<()> {
     check_len("gemm", "A", a.len(), m * k)?;
     check_len("gemm", "B", b.len(), k * n)

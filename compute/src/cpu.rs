@@ -3,6 +3,7 @@
 
 use crate::backend::{
     Backend, BackendInfo, BackendKind, ColStats, NoiseParams, check_gemm, check_len,
+    check_softmax_xent,
 };
 use crate::error::{Result, shape_err};
 use crate::rng;
@@ -113,14 +114,7 @@ impl Backend for CpuBackend {
         rows: usize,
         classes: usize,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
-        check_len("softmax_xent", "logits", logits.len(), rows * classes)?;
-        check_len("softmax_xent", "labels", labels.len(), rows)?;
-        if let Some(&bad) = labels.iter().find(|&&y| y as usize >= classes) {
-            return Err(shape_err(
-                "softmax_xent",
-                format!("label {bad} out of range for {classes} classes"),
-            ));
-        }
+        check_softmax_xent(logits, labels, rows, classes)?;
         let grad = map_rows(logits, classes, |r, z, g| {
             softmax_grad_row(z, labels[r] as usize, g)
         });

@@ -4,6 +4,7 @@
 
 use crate::backend::{
     Backend, BackendInfo, BackendKind, ColStats, NoiseParams, check_gemm, check_len,
+    check_softmax_xent,
 };
 use crate::error::{ComputeError, Result, shape_err};
 use bytemuck::{Pod, Zeroable};
@@ -441,14 +442,7 @@ impl Backend for WgpuBackend {
         rows: usize,
         classes: usize,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
-        check_len("softmax_xent", "logits", logits.len(), rows * classes)?;
-        check_len("softmax_xent", "labels", labels.len(), rows)?;
-        if let Some(&bad) = labels.iter().find(|&&y| y as usize >= classes) {
-            return Err(shape_err(
-                "softmax_xent",
-                format!("label {bad} out of range for {classes} classes"),
-            ));
-        }
+        check_softmax_xent(logits, labels, rows, classes)?;
         let mut out = self.run(
             Kernel::SoftmaxXent,
             params("softmax_xent", rows, 0, classes, 0)?,
