@@ -70,7 +70,9 @@ async fn main() -> anyhow::Result<()> {
         .find_map(|a| a.parse().ok())
         .unwrap_or(200);
     let n = size_mb * 1_000_000;
-    let plain: Vec<u8> = (0..n).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3]).collect();
+    let plain: Vec<u8> = (0..n)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
+        .collect();
     let req = Identity::from_seed(1);
     let prov = Identity::from_seed(2);
     let contract = Hash32::of(b"bench-contract");
@@ -95,10 +97,25 @@ async fn main() -> anyhow::Result<()> {
     let total = enc + fetch + dec;
 
     println!("{size_mb} MB job blob on loopback (one run, this machine):");
-    println!("  plain TCP                      {:8.1} MB/s  ({tcp:.3} s)", mb_s(n, tcp));
-    println!("  plain iroh-blobs fetch         {:8.1} MB/s  ({iroh:.3} s)", mb_s(n, iroh));
-    println!("  encrypted: iroh-blobs fetch    {:8.1} MB/s  ({fetch:.3} s)", mb_s(n, fetch));
-    println!("  encrypted: end to end          {:8.1} MB/s  ({total:.3} s = encrypt {enc:.3} + fetch {fetch:.3} + decrypt {dec:.3})", mb_s(n, total));
-    println!("  encrypted end to end / plain iroh-blobs: {:.0} %", 100.0 * iroh / total);
+    println!(
+        "  plain TCP                      {:8.1} MB/s  ({tcp:.3} s)",
+        mb_s(n, tcp)
+    );
+    println!(
+        "  plain iroh-blobs fetch         {:8.1} MB/s  ({iroh:.3} s)",
+        mb_s(n, iroh)
+    );
+    println!(
+        "  encrypted: iroh-blobs fetch    {:8.1} MB/s  ({fetch:.3} s)",
+        mb_s(n, fetch)
+    );
+    println!(
+        "  encrypted: end to end          {:8.1} MB/s  ({total:.3} s = encrypt {enc:.3} + fetch {fetch:.3} + decrypt {dec:.3})",
+        mb_s(n, total)
+    );
+    println!(
+        "  encrypted end to end / plain iroh-blobs: {:.0} %",
+        100.0 * iroh / total
+    );
     Ok(())
 }
