@@ -1003,6 +1003,48 @@ fn sole_member(
     );
 }
 
+/// The provider delivers a correct result at `t`; the oracle's verdict once the
+/// dispute window has passed, with everything the oracle output then.
+fn deliver_and_judge(
+    o: &mut OracleEngine<Checker>,
+    prov: &Identity,
+    c: &Contract,
+    terms: &ContractTerms,
+    now: Timestamp,
+    t: Timestamp,
+    rng: &mut ChaCha8Rng,
+) -> (Verdict, Vec<OracleOutput>) {
+    let receipt = Receipt {
+        contract: c.body_hash(),
+        provider: prov.account(),
+        result: Behaviour::OnTime.dataset(),
+        units_used: terms.max_units,
+        timings: Timings {
+            accepted_at: now,
+            inputs_ready_at: now,
+            started_at: now,
+            finished_at: t,
+        },
+        commitment: Hash32::default(),
+        checkpoint_every: 0,
+        checkpoints: 0,
+    };
+    o.handle(
+        t,
+        OracleInput::Receipt(Signed::sign(prov, &net(), &receipt).unwrap()),
+        rng,
+    );
+    let out = o.handle_timeout(t.plus(DurationMs::secs(31)), rng);
+    let verdict = out
+        .iter()
+        .find_map(|x| match x {
+            OracleOutput::Publish(Message::Verdict(v)) => Some(v.body_unverified().unwrap()),
+            _ => None,
+        })
+        .unwrap();
+    (verdict, out)
+}
+
 #[test]
 fn unanswered_probes_are_an_availability_violation() {
     let mut rng = ChaCha8Rng::seed_from_u64(4);
@@ -1037,34 +1079,7 @@ fn unanswered_probes_are_an_availability_violation() {
             .count();
     }
     assert!(probes >= 9, "{probes}");
-    let receipt = Receipt {
-        contract: c.body_hash(),
-        provider: prov.account(),
-        result: Behaviour::OnTime.dataset(),
-        units_used: terms.max_units,
-        timings: Timings {
-            accepted_at: now,
-            inputs_ready_at: now,
-            started_at: now,
-            finished_at: t,
-        },
-        commitment: Hash32::default(),
-        checkpoint_every: 0,
-        checkpoints: 0,
-    };
-    o.handle(
-        t,
-        OracleInput::Receipt(Signed::sign(&prov, &net(), &receipt).unwrap()),
-        &mut rng,
-    );
-    let out = o.handle_timeout(t.plus(DurationMs::secs(31)), &mut rng);
-    let verdict = out
-        .iter()
-        .find_map(|x| match x {
-            OracleOutput::Publish(Message::Verdict(v)) => Some(v.body_unverified().unwrap()),
-            _ => None,
-        })
-        .unwrap();
+    let (verdict, out) = deliver_and_judge(&mut o, &prov, &c, &terms, now, t, &mut rng);
     assert!(verdict.delivered && verdict.result_ok && !verdict.sla_ok);
     assert_eq!(verdict.violations, 1);
     // A committee of one is its own quorum.
@@ -1264,34 +1279,7 @@ fn slow_probe_replies_are_a_latency_violation() {
         }
     }
     assert!(prov.stats().probes_answered >= 4);
-    let receipt = Receipt {
-        contract: c.body_hash(),
-        provider: prov_id.account(),
-        result: Behaviour::OnTime.dataset(),
-        units_used: terms.max_units,
-        timings: Timings {
-            accepted_at: now,
-            inputs_ready_at: now,
-            started_at: now,
-            finished_at: t,
-        },
-        commitment: Hash32::default(),
-        checkpoint_every: 0,
-        checkpoints: 0,
-    };
-    o.handle(
-        t,
-        OracleInput::Receipt(Signed::sign(&prov_id, &net(), &receipt).unwrap()),
-        &mut rng,
-    );
-    let out = o.handle_timeout(t.plus(DurationMs::secs(31)), &mut rng);
-    let verdict = out
-        .iter()
-        .find_map(|x| match x {
-            OracleOutput::Publish(Message::Verdict(v)) => Some(v.body_unverified().unwrap()),
-            _ => None,
-        })
-        .unwrap();
+    let (verdict, _) = deliver_and_judge(&mut o, &prov_id, &c, &terms, now, t, &mut rng);
     // Available (every probe answered), but slow: one violation.
     assert!(verdict.delivered && !verdict.sla_ok);
     assert_eq!(verdict.violations, 1);
