@@ -121,6 +121,9 @@ pub struct World {
     by_account: HashMap<AccountId, PeerRef>,
     committee: Vec<usize>,
     epoch: u64,
+    /// Oracles' stakes (weights of the committee draw) and the draw's seed.
+    stakes: BTreeMap<AccountId, Amount>,
+    beacon: Hash32,
     /// Contract → (requester, provider), learned when the escrow is locked.
     parties: HashMap<Hash32, (usize, usize)>,
     /// Contract → the committee that watches it (the one of the epoch it began in).
@@ -264,6 +267,18 @@ impl World {
             balances.insert(*acct, Amount::ZERO);
         }
         let supply = Amount(REQUESTER_GENESIS.0 * n_req as u64);
+        // Oracles stake unequally (1, 2 or 3 thousand tokens), so the draw's
+        // weighting matters; stakes are bonded, outside the liquid supply above.
+        let stakes: BTreeMap<AccountId, Amount> = oracles
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                (
+                    o.engine.account(),
+                    Amount::tokens(1_000 * (1 + i as u64 % 3)),
+                )
+            })
+            .collect();
         let metrics = Metrics::new(&sc.name, seed, n_prov, n_req, days);
         let mut w = World {
             sc: sc.clone(),
@@ -278,6 +293,8 @@ impl World {
             by_account,
             committee: Vec::new(),
             epoch: 0,
+            stakes,
+            beacon: Hash32::of(sc.name.as_bytes()),
             parties: HashMap::new(),
             watchers: HashMap::new(),
             wrong: HashSet::new(),
@@ -547,25 +564,25 @@ impl World {
     }
 
     fn on_epoch(&mut self, now: Timestamp, e: u64) {
-        // Draw k of the oracles, seeded by the epoch (equal stakes): the ledger's
-        // stake-weighted draw replaces this once the sim runs the ledger.
+        // The ledger's own draw: k oracles weighted by stake, seeded by the previous
+        // epoch's beacon (the checkpoint hash in the node; a hash chain here).
         let k = self.sc.oracles.committee as usize;
-        let mut idx: Vec<usize> = (0..self.oracles.len()).collect();
-        let mut r = ChaCha8Rng::seed_from_u64(seed_for(self.sc.seed, 4, e as usize));
-        for i in (1..idx.len()).rev() {
-            let j = r.random_range(0..=i);
-            idx.swap(i, j);
-        }
-        idx.truncate(k);
+        let members = crdt_ledger::draw_committee(&self.beacon, &self.stakes, Amount(1), k);
+        let mut h = blake3::Hasher::new();
+        h.update(&self.beacon.0);
+        h.update(&e.to_le_bytes());
+        let beacon = Hash32(*h.finalize().as_bytes());
+        self.beacon = beacon;
+        let mut idx: Vec<usize> = members
+            .iter()
+            .filter_map(|a| match self.by_account.get(a) {
+                Some(PeerRef::Oracle(i)) => Some(*i),
+                _ => None,
+            })
+            .collect();
         idx.sort_unstable();
         self.committee = idx;
         self.epoch = e;
-        let members: Vec<AccountId> = self
-            .committee
-            .iter()
-            .map(|&i| self.oracles[i].engine.account())
-            .collect();
-        let beacon = Hash32::of(&e.to_le_bytes());
         for i in 0..self.oracles.len() {
             let out = self.oracles[i].engine.handle(
                 now,
