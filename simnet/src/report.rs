@@ -103,6 +103,7 @@ fn plot_err(name: &str, e: impl std::fmt::Display) -> ReportError {
 fn bar_svg(
     path: &Path,
     title: &str,
+    (x_label, labels): (&str, &[String]),
     y_label: &str,
     values: &[f64],
     reference: Option<(f64, &str)>,
@@ -121,20 +122,34 @@ fn bar_svg(
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(12)
-        .x_label_area_size(30)
+        .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..n as f64, 0f64..max)
+        .build_cartesian_2d(-0.5f64..n as f64 - 0.5, 0f64..max)
         .map_err(|e| plot_err(&name, e))?;
+    // Bars sit on whole numbers; label them, or number them when unlabelled.
+    let label_of = |x: &f64| {
+        let i = x.round();
+        if (x - i).abs() > 1e-6 || i < 0.0 {
+            return String::new();
+        }
+        labels
+            .get(i as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("{}", i as usize + 1))
+    };
     chart
         .configure_mesh()
+        .x_desc(x_label)
         .y_desc(y_label)
+        .x_labels(n.min(30))
+        .x_label_formatter(&label_of)
         .disable_x_mesh()
         .draw()
         .map_err(|e| plot_err(&name, e))?;
     chart
         .draw_series(values.iter().enumerate().map(|(i, v)| {
             Rectangle::new(
-                [(i as f64 + 0.1, 0.0), (i as f64 + 0.9, *v)],
+                [(i as f64 - 0.4, 0.0), (i as f64 + 0.4, *v)],
                 BLUE.mix(0.6).filled(),
             )
         }))
@@ -142,7 +157,7 @@ fn bar_svg(
     if let Some((y, label)) = reference {
         chart
             .draw_series(LineSeries::new(
-                [(0.0, y), (n as f64, y)],
+                [(-0.5, y), (n as f64 - 0.5, y)],
                 RED.stroke_width(2),
             ))
             .map_err(|e| plot_err(&name, e))?
@@ -209,7 +224,30 @@ fn lines_svg(
     root.present().map_err(|e| plot_err(&name, e))
 }
 
-/// Write CSVs, SVG plots and `report.html` into `dir`; returns the HTML path.
+/// Render an SVG plot to a PNG beside it. Text is drawn with the system's fonts
+/// (e.g. Debian's fonts-dejavu-core); without any, the PNG has no labels.
+fn svg_to_png(svg: &Path, opt: &resvg::usvg::Options<'_>) -> Result<(), ReportError> {
+    let name = svg.display().to_string();
+    let data = std::fs::read(svg).map_err(|source| ReportError::Io {
+        path: name.clone(),
+        source,
+    })?;
+    let tree = resvg::usvg::Tree::from_data(&data, opt).map_err(|e| plot_err(&name, e))?;
+    let size = tree.size().to_int_size();
+    let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height())
+        .ok_or_else(|| plot_err(&name, "empty image"))?;
+    pixmap.fill(resvg::tiny_skia::Color::WHITE);
+    resvg::render(
+        &tree,
+        resvg::tiny_skia::Transform::default(),
+        &mut pixmap.as_mut(),
+    );
+    pixmap
+        .save_png(svg.with_extension("png"))
+        .map_err(|e| plot_err(&name, e))
+}
+
+/// Write CSVs, SVG and PNG plots and `report.html` into `dir`; returns the HTML path.
 pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
     std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
         path: dir.display().to_string(),
@@ -271,6 +309,7 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
     bar_svg(
         &dir.join("tokens.svg"),
         &format!("Tokens earned per provider (Gini {:.3})", s.gini_earnings),
+        ("providers, by earnings", &[]),
         "tokens",
         &earned,
         None,
@@ -285,6 +324,13 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
                 .map(|(g, _)| g.to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
+        ),
+        (
+            "requester group size",
+            &s.jain_by_group
+                .iter()
+                .map(|(g, _)| g.to_string())
+                .collect::<Vec<_>>(),
         ),
         "Jain's index",
         &jain,
@@ -324,6 +370,27 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
             ),
         ],
     )?;
+
+    // PNG copies of every plot.
+    let mut opt = resvg::usvg::Options::default();
+    opt.fontdb_mut().load_system_fonts();
+    // plotters asks for "sans-serif": map it to a sans face that is installed.
+    let sans = opt
+        .fontdb
+        .faces()
+        .flat_map(|f| f.families.iter().map(|(name, _)| name.clone()))
+        .find(|n| n.contains("Sans") && !n.contains("Mono"));
+    if let Some(family) = sans {
+        opt.fontdb_mut().set_sans_serif_family(family.clone());
+        opt.font_family = family;
+    }
+    let mut plots = vec!["tokens.svg", "fairness.svg", "storage.svg"];
+    if !o.sweep.is_empty() {
+        plots.push("throughput.svg");
+    }
+    for p in plots {
+        svg_to_png(&dir.join(p), &opt)?;
+    }
 
     // The page.
     let eff = scaling_efficiency(&o.sweep);
@@ -476,7 +543,7 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
         "Storage latency by object size (Fig. 2)",
         "T_r = S/B_r, T_w = S/B_w + T_c",
     );
-    h.push_str("<h2>Files</h2><p>providers.csv, fairness.csv, sweep.csv, storage.csv, summary.json</p></body></html>");
+    h.push_str("<h2>Files</h2><p>providers.csv, fairness.csv, sweep.csv, storage.csv, summary.json; every plot as SVG and PNG</p></body></html>");
     let page = dir.join("report.html");
     write(&page, &h)?;
     Ok(page)
