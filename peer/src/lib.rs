@@ -10,5 +10,6 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod crypto;
+pub mod jobfile;
 pub mod net;
 pub mod node;

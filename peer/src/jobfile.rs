@@ -1,0 +1,362 @@
+//! `JOB.toml`: what a requester asks for, as a file a person writes.
+//!
+//! ```toml
+//! kind = "train"              # train | infer | preprocess
+//! dataset = "wine.safetensors"
+//! max_price = 2000            # micro-tokens per compute unit (1 CU = 1 GFLOP)
+//! deadline_minutes = 30
+//! estimated_cu = 5.0          # optional: computed from the data when absent
+//!
+//! [train]                     # for kind = "train"
+//! layers = [11, 32, 6]
+//! epochs = 20
+//! batch = 32
+//! learning_rate = 0.05
+//! seed = 7
+//! dp = { clip_norm = 1.0, noise_multiplier = 1.1 }   # optional DP-SGD
+//!
+//! [sla]                       # optional
+//! min_availability = 0.95
+//! min_penalty = 0.05
+//!
+//! [privacy]                   # optional: the (ε, δ) the data owner accepts
+//! epsilon = 8.0
+//! delta = 1e-5
+//! ```
+//!
+//! Errors name the line and the field (toml's spans), or the field whose value is
+//! out of range.
+
+use std::path::{Path, PathBuf};
+
+use protocol::{Bps, DpParams, JobKind, PreprocessOp, PrivacyTarget, SlaRequirement};
+use serde::Deserialize;
+
+/// A parsed, checked job file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobFile {
+    pub kind: JobKind,
+    pub dataset: PathBuf,
+    pub model: Option<PathBuf>,
+    pub max_price: u64,
+    pub deadline_minutes: u64,
+    pub estimated_cu: Option<f64>,
+    pub sla: SlaRequirement,
+    pub privacy: Option<PrivacyTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    kind: String,
+    dataset: PathBuf,
+    #[serde(default)]
+    model: Option<PathBuf>,
+    max_price: u64,
+    deadline_minutes: u64,
+    #[serde(default)]
+    estimated_cu: Option<f64>,
+    #[serde(default)]
+    train: Option<RawTrain>,
+    #[serde(default)]
+    infer: Option<RawInfer>,
+    #[serde(default)]
+    preprocess: Option<RawPreprocess>,
+    #[serde(default)]
+    sla: Option<RawSla>,
+    #[serde(default)]
+    privacy: Option<RawPrivacy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrain {
+    layers: Vec<u32>,
+    epochs: u32,
+    batch: u32,
+    learning_rate: f32,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default)]
+    dp: Option<RawDp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDp {
+    clip_norm: f32,
+    noise_multiplier: f32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInfer {
+    batch: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPreprocess {
+    op: String,
+    #[serde(default)]
+    test_share: Option<f64>,
+    #[serde(default)]
+    seed: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSla {
+    min_availability: f64,
+    min_penalty: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrivacy {
+    epsilon: f64,
+    delta: f64,
+}
+
+/// Why a job file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum JobFileError {
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{origin}: `{field}`: {reason}")]
+    Invalid {
+        origin: String,
+        field: &'static str,
+        reason: String,
+    },
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn share(field: &'static str, v: f64, origin: &str) -> Result<Bps, JobFileError> {
+    if !(0.0..=1.0).contains(&v) {
+        return Err(JobFileError::Invalid {
+            origin: origin.into(),
+            field,
+            reason: format!("{v} is not a share in [0, 1]"),
+        });
+    }
+    Ok(Bps((v * 10_000.0).round() as u16))
+}
+
+impl JobFile {
+    /// Read and check a job file; relative paths are taken from its folder.
+    pub fn load(path: &Path) -> Result<JobFile, JobFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| JobFileError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut job = JobFile::parse(&text, &path.display().to_string())?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        job.dataset = base.join(&job.dataset);
+        job.model = job.model.map(|m| base.join(m));
+        Ok(job)
+    }
+
+    /// Parse job-file text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<JobFile, JobFileError> {
+        let raw: Raw = toml::from_str(text).map_err(|e| JobFileError::Parse {
+            origin: origin.into(),
+            message: e.to_string(),
+        })?;
+        let bad = |field: &'static str, reason: String| JobFileError::Invalid {
+            origin: origin.into(),
+            field,
+            reason,
+        };
+        let missing = |section: &'static str| {
+            bad(
+                section,
+                format!("kind = {:?} needs a [{section}] section", raw.kind),
+            )
+        };
+        let kind = match raw.kind.as_str() {
+            "train" => {
+                let t = raw.train.as_ref().ok_or_else(|| missing("train"))?;
+                JobKind::Train {
+                    layers: t.layers.clone(),
+                    epochs: t.epochs,
+                    batch: t.batch,
+                    learning_rate: t.learning_rate,
+                    dp: t.dp.as_ref().map(|d| DpParams {
+                        clip_norm: d.clip_norm,
+                        noise_multiplier: d.noise_multiplier,
+                    }),
+                    seed: t.seed,
+                }
+            }
+            "infer" => {
+                if raw.model.is_none() {
+                    return Err(bad("model", "an inference job needs a model file".into()));
+                }
+                let i = raw.infer.as_ref().ok_or_else(|| missing("infer"))?;
+                JobKind::Infer { batch: i.batch }
+            }
+            "preprocess" => {
+                let p = raw
+                    .preprocess
+                    .as_ref()
+                    .ok_or_else(|| missing("preprocess"))?;
+                let op = match p.op.as_str() {
+                    "standardize" => PreprocessOp::Standardize,
+                    "normalize" => PreprocessOp::Normalize,
+                    "shuffle-split" => PreprocessOp::ShuffleSplit {
+                        test_share: share(
+                            "preprocess.test_share",
+                            p.test_share.unwrap_or(0.2),
+                            origin,
+                        )?,
+                    },
+                    other => {
+                        return Err(bad(
+                            "preprocess.op",
+                            format!("{other:?}; use standardize, normalize or shuffle-split"),
+                        ));
+                    }
+                };
+                JobKind::Preprocess { op, seed: p.seed }
+            }
+            other => {
+                return Err(bad(
+                    "kind",
+                    format!("{other:?}; use train, infer or preprocess"),
+                ));
+            }
+        };
+        if raw.max_price == 0 {
+            return Err(bad("max_price", "must be positive".into()));
+        }
+        if raw.deadline_minutes == 0 || raw.deadline_minutes > 7 * 24 * 60 {
+            return Err(bad(
+                "deadline_minutes",
+                "must be in 1..=10080 (a week)".into(),
+            ));
+        }
+        if let Some(cu) = raw.estimated_cu
+            && !(cu.is_finite() && cu > 0.0)
+        {
+            return Err(bad("estimated_cu", format!("{cu} must be positive")));
+        }
+        let sla = match &raw.sla {
+            Some(s) => SlaRequirement {
+                min_availability: share("sla.min_availability", s.min_availability, origin)?,
+                min_penalty: share("sla.min_penalty", s.min_penalty, origin)?,
+            },
+            None => SlaRequirement {
+                min_availability: Bps(9_000),
+                min_penalty: Bps(0),
+            },
+        };
+        let privacy = match &raw.privacy {
+            Some(p) => {
+                if !(p.epsilon.is_finite() && p.epsilon > 0.0) {
+                    return Err(bad("privacy.epsilon", "must be positive".into()));
+                }
+                if !(0.0..1.0).contains(&p.delta) {
+                    return Err(bad("privacy.delta", "must be in [0, 1)".into()));
+                }
+                Some(PrivacyTarget {
+                    epsilon: p.epsilon,
+                    delta: p.delta,
+                })
+            }
+            None => None,
+        };
+        Ok(JobFile {
+            kind,
+            dataset: raw.dataset,
+            model: raw.model,
+            max_price: raw.max_price,
+            deadline_minutes: raw.deadline_minutes,
+            estimated_cu: raw.estimated_cu,
+            sla,
+            privacy,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TRAIN: &str = r#"kind = "train"
+dataset = "wine.safetensors"
+max_price = 2000
+deadline_minutes = 30
+
+[train]
+layers = [11, 32, 6]
+epochs = 20
+batch = 32
+learning_rate = 0.05
+seed = 7
+dp = { clip_norm = 1.0, noise_multiplier = 1.1 }
+
+[privacy]
+epsilon = 8.0
+delta = 1e-5
+"#;
+
+    #[test]
+    fn a_good_training_job_parses() {
+        let j = JobFile::parse(TRAIN, "JOB.toml").unwrap();
+        assert!(matches!(
+            j.kind,
+            JobKind::Train {
+                epochs: 20,
+                dp: Some(_),
+                ..
+            }
+        ));
+        assert_eq!(j.privacy.unwrap().epsilon, 8.0);
+        assert_eq!(j.sla.min_availability, Bps(9_000));
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_field() {
+        let e = JobFile::parse(
+            &TRAIN.replace("epochs = 20", "epochs = \"many\""),
+            "JOB.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("JOB.toml") && e.contains("line 8") && e.contains("epochs"),
+            "{e}"
+        );
+        let e = JobFile::parse(
+            &TRAIN.replace("batch = 32", "batch = 32\nbatchh = 1"),
+            "JOB.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("batchh") && e.contains("line"), "{e}");
+        let e = JobFile::parse(&TRAIN.replace("\"train\"", "\"fly\""), "JOB.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`kind`") && e.contains("fly"), "{e}");
+        let e = JobFile::parse(&TRAIN.replace("delta = 1e-5", "delta = 2.0"), "JOB.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("privacy.delta"), "{e}");
+        let infer = "kind = \"infer\"\ndataset = \"x\"\nmax_price = 1\ndeadline_minutes = 5\n[infer]\nbatch = 8\n";
+        let e = JobFile::parse(infer, "JOB.toml").unwrap_err().to_string();
+        assert!(e.contains("`model`"), "{e}");
+        let e = JobFile::parse(
+            "kind = \"train\"\ndataset = \"x\"\nmax_price = 1\ndeadline_minutes = 5\n",
+            "JOB.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("[train]"), "{e}");
+    }
+}
