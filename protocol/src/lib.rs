@@ -31,6 +31,7 @@ pub mod oracle;
 pub mod replay;
 pub mod settlement;
 pub mod signed;
+pub mod timers;
 pub mod types;
 
 pub use codec::{CodecError, Wire};

@@ -12,7 +12,7 @@
 //! queued work still finishes by the job's deadline:
 //! `now + backlog/slots + T_r + T_c ≤ deadline`.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use rand::{Rng, RngExt};
 
@@ -188,7 +188,7 @@ pub struct ProviderEngine {
     deals: HashMap<Hash32, AnyDeal>,
     running: Vec<Hash32>,
     queue: VecDeque<Hash32>,
-    timers: BTreeSet<(Timestamp, Timer)>,
+    timers: crate::timers::Timers<Timer>,
     stats: ProviderStats,
     ledger: ProviderLedger,
 }
@@ -212,7 +212,7 @@ impl ProviderEngine {
             deals: HashMap::new(),
             running: Vec::new(),
             queue: VecDeque::new(),
-            timers: BTreeSet::new(),
+            timers: crate::timers::Timers::default(),
             stats: ProviderStats::default(),
             ledger: ProviderLedger::default(),
         }
@@ -265,11 +265,11 @@ impl ProviderEngine {
 
     /// The earliest timer, if any.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.timers.first().map(|&(t, _)| t)
+        self.timers.next()
     }
 
     fn schedule(&mut self, out: &mut Vec<ProviderOutput>, at: Timestamp, t: Timer) {
-        self.timers.insert((at, t));
+        self.timers.insert(at, t);
         out.push(ProviderOutput::ScheduleTimer { at });
     }
 
@@ -314,7 +314,7 @@ impl ProviderEngine {
             out.push(ProviderOutput::Publish(Message::Offer(s)));
         }
         let refresh = now.plus(DurationMs(self.cfg.offer_ttl.0 * 2 / 3).max(DurationMs(1)));
-        self.timers.retain(|(_, t)| *t != Timer::Refresh);
+        self.timers.retain(|t| *t != Timer::Refresh);
         self.schedule(out, refresh, Timer::Refresh);
     }
 
@@ -777,11 +777,7 @@ impl ProviderEngine {
         rng: &mut R,
     ) -> Vec<ProviderOutput> {
         let mut out = Vec::new();
-        while let Some(&(at, t)) = self.timers.first() {
-            if at > now {
-                break;
-            }
-            self.timers.pop_first();
+        while let Some(t) = self.timers.pop_due(now) {
             match t {
                 Timer::Refresh => self.publish_offer(now, rng, &mut out),
                 Timer::Pending(id) => {

@@ -16,7 +16,7 @@
 //! - follows the deal to `Settled` (or `Resolved` after a dispute) when the
 //!   committee's settlement arrives, and books `U_r` ([`RequesterLedger`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rand::{Rng, RngExt};
@@ -180,7 +180,7 @@ pub struct RequesterEngine {
     deals: HashMap<Hash32, AnyDeal>,
     /// Contract id → (job id, quality of the provider when matched).
     contracts: HashMap<Hash32, (Hash32, f64)>,
-    timers: BTreeSet<(Timestamp, Timer)>,
+    timers: crate::timers::Timers<Timer>,
     ledger: RequesterLedger,
     nonce: u64,
 }
@@ -196,7 +196,7 @@ impl RequesterEngine {
             proposals: HashMap::new(),
             deals: HashMap::new(),
             contracts: HashMap::new(),
-            timers: BTreeSet::new(),
+            timers: crate::timers::Timers::default(),
             ledger: RequesterLedger::default(),
             nonce: 0,
         }
@@ -228,11 +228,11 @@ impl RequesterEngine {
     }
 
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.timers.first().map(|&(t, _)| t)
+        self.timers.next()
     }
 
     fn schedule(&mut self, out: &mut Vec<RequesterOutput>, at: Timestamp, t: Timer) {
-        self.timers.insert((at, t));
+        self.timers.insert(at, t);
         out.push(RequesterOutput::ScheduleTimer { at });
     }
 
@@ -785,11 +785,7 @@ impl RequesterEngine {
         rng: &mut R,
     ) -> Vec<RequesterOutput> {
         let mut out = Vec::new();
-        while let Some(&(at, t)) = self.timers.first() {
-            if at > now {
-                break;
-            }
-            self.timers.pop_first();
+        while let Some(t) = self.timers.pop_due(now) {
             match t {
                 Timer::Proposal(id) => {
                     let waiting = self.jobs.get(&id).and_then(|j| j.waiting);

@@ -38,7 +38,7 @@
 
 pub mod aggregate;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use rand::{Rng, RngExt};
 
@@ -240,7 +240,7 @@ pub struct OracleEngine<C> {
     beacon: Hash32,
     member: bool,
     watches: HashMap<Hash32, Watch>,
-    timers: BTreeSet<(Timestamp, Timer)>,
+    timers: crate::timers::Timers<Timer>,
     /// Receipts that came before their contract (at most [`EARLY_RECEIPTS`]).
     early: HashMap<Hash32, (Signed<Receipt>, Timestamp)>,
     /// Contracts with a `Settle` timer pending.
@@ -265,7 +265,7 @@ impl<C: ResultChecker> OracleEngine<C> {
             beacon: Hash32::default(),
             member: false,
             watches: HashMap::new(),
-            timers: BTreeSet::new(),
+            timers: crate::timers::Timers::default(),
             settle_timers: HashSet::new(),
             early: HashMap::new(),
             stats: OracleStats::default(),
@@ -287,11 +287,11 @@ impl<C: ResultChecker> OracleEngine<C> {
     }
 
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.timers.first().map(|&(t, _)| t)
+        self.timers.next()
     }
 
     fn schedule(&mut self, out: &mut Vec<OracleOutput>, at: Timestamp, t: Timer) {
-        self.timers.insert((at, t));
+        self.timers.insert(at, t);
         out.push(OracleOutput::ScheduleTimer { at });
     }
 
@@ -640,11 +640,7 @@ impl<C: ResultChecker> OracleEngine<C> {
         rng: &mut R,
     ) -> Vec<OracleOutput> {
         let mut out = Vec::new();
-        while let Some(&(at, t)) = self.timers.first() {
-            if at > now {
-                break;
-            }
-            self.timers.pop_first();
+        while let Some(t) = self.timers.pop_due(now) {
             match t {
                 Timer::Probe(id) => {
                     let me = self.account();
