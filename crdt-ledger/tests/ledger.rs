@@ -46,19 +46,16 @@ fn overspend_and_zero_amounts_are_refused_locally() {
         err,
         LedgerError::Rejected(InvalidReason::Overspend { .. })
     ));
-    let err = l
-        .append(
+    assert!(matches!(
+        refused(
+            &mut l,
             &net.ids[4],
             Body::Transfer {
                 to: b,
                 amount: Amount::ZERO,
-            },
-            T0,
-        )
-        .unwrap_err();
-    assert!(matches!(
-        err,
-        LedgerError::Rejected(InvalidReason::ZeroAmount)
+            }
+        ),
+        InvalidReason::ZeroAmount
     ));
     assert_eq!(l.entry_count(), 1);
     let hist = l.entries_by(&net.acct(4));
@@ -134,12 +131,13 @@ fn a_forking_staker_is_slashed() {
     assert_eq!(st.stake(&x), Amount(before.0 / 2));
     assert_eq!(st.supply.burned, Amount(before.0 / 2));
     // the same offence twice is refused
-    let err = l1
-        .append(&net.ids[1], Body::Slash(Box::new(proofs[0].clone())), T0)
-        .unwrap_err();
     assert!(matches!(
-        err,
-        LedgerError::Rejected(InvalidReason::AlreadySlashed)
+        refused(
+            &mut l1,
+            &net.ids[1],
+            Body::Slash(Box::new(proofs[0].clone()))
+        ),
+        InvalidReason::AlreadySlashed
     ));
     conserved(&mut l1);
 }
@@ -251,79 +249,66 @@ fn escrow_settlement_needs_a_quorum_and_exact_payout() {
         Amount(Amount::tokens(1000).0 - escrow.0)
     );
     // locked twice: refused
-    let err = l
-        .append(
+    assert!(matches!(
+        refused(
+            &mut l,
             &net.ids[req],
             Body::EscrowLock {
                 contract: contract.clone(),
-            },
-            T0,
-        )
-        .unwrap_err();
-    assert!(matches!(
-        err,
-        LedgerError::Rejected(InvalidReason::AlreadyLocked(_))
+            }
+        ),
+        InvalidReason::AlreadyLocked(_)
     ));
     // a contract the provider did not sign: refused
     let mut half = contract.clone();
     half.signatures.retain(|(a, _)| *a == net.acct(req));
-    let err = l
-        .append(&net.ids[req], Body::EscrowLock { contract: half }, T0)
-        .unwrap_err();
-    assert!(
-        matches!(err, LedgerError::Rejected(InvalidReason::BadContract(_))),
-        "{err}"
-    );
+    assert!(matches!(
+        refused(&mut l, &net.ids[req], Body::EscrowLock { contract: half }),
+        InvalidReason::BadContract(_)
+    ));
 
     let committee = l.committee_for_checkpoint(1).unwrap();
     let params = l.params().clone();
     // one verdict of four: no quorum
     let weak = net.settlement(&contract, 1, &committee[..1], good_outcome(8_000), &params);
-    let err = l.append(&net.ids[prov], weak, T0).unwrap_err();
-    assert!(
-        matches!(err, LedgerError::Rejected(InvalidReason::NoQuorum(_))),
-        "{err}"
-    );
+    assert!(matches!(
+        refused(&mut l, &net.ids[prov], weak),
+        InvalidReason::NoQuorum(_)
+    ));
     // a payout that does not match the certified outcome
     let mut wrong = net.settlement(&contract, 1, &committee[..3], good_outcome(8_000), &params);
     if let Body::Settlement { payout, .. } = &mut wrong {
         payout.provider = Amount(payout.provider.0 + 1);
         payout.refund = Amount(payout.refund.0 - 1);
     }
-    let err = l.append(&net.ids[prov], wrong, T0).unwrap_err();
     assert!(matches!(
-        err,
-        LedgerError::Rejected(InvalidReason::PayoutMismatch)
+        refused(&mut l, &net.ids[prov], wrong),
+        InvalidReason::PayoutMismatch
     ));
     // a settlement for an unknown contract
     let other = net.contract(req, prov, 2);
     let unknown = net.settlement(&other, 1, &committee[..3], good_outcome(8_000), &params);
-    let err = l.append(&net.ids[prov], unknown, T0).unwrap_err();
     assert!(matches!(
-        err,
-        LedgerError::Rejected(InvalidReason::UnknownContract(_))
+        refused(&mut l, &net.ids[prov], unknown),
+        InvalidReason::UnknownContract(_)
     ));
 
     let good = net.settlement(&contract, 1, &committee[..3], good_outcome(8_000), &params);
     l.append(&net.ids[prov], good.clone(), T0).unwrap();
     // Neither the certificate nor the contract can be used again.
-    let err = l.append(&net.ids[prov], good, T0).unwrap_err();
     assert!(matches!(
-        err,
-        LedgerError::Rejected(InvalidReason::AlreadySettled(_))
+        refused(&mut l, &net.ids[prov], good),
+        InvalidReason::AlreadySettled(_)
     ));
-    let err = l
-        .append(
+    assert!(matches!(
+        refused(
+            &mut l,
             &net.ids[req],
             Body::EscrowLock {
                 contract: contract.clone(),
-            },
-            T0,
-        )
-        .unwrap_err();
-    assert!(matches!(
-        err,
-        LedgerError::Rejected(InvalidReason::AlreadyLocked(_))
+            }
+        ),
+        InvalidReason::AlreadyLocked(_)
     ));
     assert!(l.state().escrows.is_empty());
     let st = l.state();

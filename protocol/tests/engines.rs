@@ -23,6 +23,21 @@ use rand_chacha::ChaCha8Rng;
 
 const LATENCY: DurationMs = DurationMs(50);
 
+/// `(recipient, body)` of the first `Message::$kind` that an engine's `out` sends.
+macro_rules! sent {
+    ($out:expr, $output:ident, $kind:ident) => {
+        $out.iter()
+            .find_map(|o| match o {
+                $output::Send {
+                    to,
+                    message: Message::$kind(m),
+                } => Some((*to, m.clone())),
+                _ => None,
+            })
+            .expect(concat!("no ", stringify!($kind), " was sent"))
+    };
+}
+
 fn net() -> NetworkId {
     NetworkId::named("engines-test")
 }
@@ -724,39 +739,12 @@ fn open_bid_is_filled_when_an_offer_arrives() {
 
     let now = now.plus(DurationMs::secs(5));
     let out = prov.handle(now, ProviderInput::Bid(bid), &mut rng);
-    let proposal = out
-        .iter()
-        .find_map(|o| match o {
-            ProviderOutput::Send {
-                message: Message::Proposal(p),
-                ..
-            } => Some(p.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let (_, proposal) = sent!(out, ProviderOutput, Proposal);
     let out = req.handle(now, RequesterInput::Proposal(proposal), &rep, &mut rng);
-    let answer = out
-        .iter()
-        .find_map(|o| match o {
-            RequesterOutput::Send {
-                message: Message::Answer(a),
-                ..
-            } => Some(a.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let (_, answer) = sent!(out, RequesterOutput, Answer);
     let out = prov.handle(now, ProviderInput::Answer(answer), &mut rng);
     assert!(out.iter().any(|o| matches!(o, ProviderOutput::Run { .. })));
-    let contract = out
-        .iter()
-        .find_map(|o| match o {
-            ProviderOutput::Send {
-                message: Message::Contract(c),
-                ..
-            } => Some(c.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let (_, contract) = sent!(out, ProviderOutput, Contract);
     let out = req.handle(
         now,
         RequesterInput::Contract(contract.clone()),
@@ -823,14 +811,9 @@ fn propose(
 }
 
 fn answer_of(out: &[ProviderOutput]) -> ProposalAnswer {
-    out.iter()
-        .find_map(|o| match o {
-            ProviderOutput::Send {
-                message: Message::Answer(a),
-                ..
-            } => Some(a.body_unverified().unwrap()),
-            _ => None,
-        })
+    sent!(out, ProviderOutput, Answer)
+        .1
+        .body_unverified()
         .unwrap()
 }
 
@@ -1118,16 +1101,7 @@ fn refused_proposal_falls_back_to_the_next_provider() {
         .body_unverified()
         .unwrap();
     let out = req.handle(now, RequesterInput::Submit(Box::new(spec)), &rep, &mut rng);
-    let (first, proposal) = out
-        .iter()
-        .find_map(|o| match o {
-            RequesterOutput::Send {
-                to,
-                message: Message::Proposal(p),
-            } => Some((*to, p.clone())),
-            _ => None,
-        })
-        .unwrap();
+    let (first, proposal) = sent!(out, RequesterOutput, Proposal);
     let first_idx = provs.iter().position(|p| p.account() == first).unwrap();
     let reject = ProposalAnswer::Reject {
         proposal: proposal.id(),
@@ -1136,16 +1110,7 @@ fn refused_proposal_falls_back_to_the_next_provider() {
     let reject =
         Signed::sign(&Identity::from_seed(71 + first_idx as u64), &net(), &reject).unwrap();
     let out = req.handle(now, RequesterInput::Answer(reject), &rep, &mut rng);
-    let second = out
-        .iter()
-        .find_map(|o| match o {
-            RequesterOutput::Send {
-                to,
-                message: Message::Proposal(_),
-            } => Some(*to),
-            _ => None,
-        })
-        .unwrap();
+    let (second, _) = sent!(out, RequesterOutput, Proposal);
     assert_ne!(first, second);
     assert_eq!(req.book().load_of(&first), 0);
     assert_eq!(req.book().load_of(&second), 1);

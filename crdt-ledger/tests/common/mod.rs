@@ -237,3 +237,16 @@ pub fn conserved<S: Store>(l: &mut Ledger<S>) {
     let st = l.finalized_state();
     assert_eq!(st.total_supply(), st.supply.expected(), "{:?}", st.supply);
 }
+
+/// Append `body` as `author`, expecting the ledger to refuse it; the reason.
+pub fn refused<S: Store>(
+    l: &mut Ledger<S>,
+    author: &Identity,
+    body: Body,
+) -> crdt_ledger::InvalidReason {
+    match l.append(author, body, protocol::Timestamp(0)) {
+        Err(crdt_ledger::LedgerError::Rejected(r)) => r,
+        Err(e) => panic!("refused for another cause: {e}"),
+        Ok(id) => panic!("accepted {id:?}, expected a refusal"),
+    }
+}

@@ -248,20 +248,25 @@ impl Deal<Proposed> {
     }
 }
 
-impl Deal<Accepted> {
-    pub fn start(self, now: Timestamp) -> Deal<Running> {
-        let contract = self.state.contract.clone();
-        self.to(
-            now,
-            Phase::Running,
-            Running {
-                contract,
-                started_at: now,
-            },
-        )
+/// The phases with a signed contract and no receipt yet: the deal may still fail
+/// or be disputed from either.
+pub trait Live {
+    fn contract(&self) -> &Contract;
+}
+impl Live for Accepted {
+    fn contract(&self) -> &Contract {
+        &self.contract
     }
+}
+impl Live for Running {
+    fn contract(&self) -> &Contract {
+        &self.contract
+    }
+}
+
+impl<S: Live> Deal<S> {
     pub fn fail(self, now: Timestamp, reason: FailReason) -> Deal<Failed> {
-        let contract = Some(self.state.contract.clone());
+        let contract = Some(Box::new(self.state.contract().clone()));
         self.to(
             now,
             Phase::Failed,
@@ -273,7 +278,7 @@ impl Deal<Accepted> {
         )
     }
     pub fn dispute(self, now: Timestamp, dispute: Dispute) -> Deal<Disputed> {
-        let contract = self.state.contract.clone();
+        let contract = Box::new(self.state.contract().clone());
         self.to(
             now,
             Phase::Disputed,
@@ -281,6 +286,20 @@ impl Deal<Accepted> {
                 contract,
                 receipt: None,
                 dispute: Box::new(dispute),
+            },
+        )
+    }
+}
+
+impl Deal<Accepted> {
+    pub fn start(self, now: Timestamp) -> Deal<Running> {
+        let contract = self.state.contract.clone();
+        self.to(
+            now,
+            Phase::Running,
+            Running {
+                contract,
+                started_at: now,
             },
         )
     }
@@ -295,30 +314,6 @@ impl Deal<Running> {
             Delivered {
                 contract,
                 receipt: Box::new(receipt),
-            },
-        )
-    }
-    pub fn fail(self, now: Timestamp, reason: FailReason) -> Deal<Failed> {
-        let contract = Some(self.state.contract.clone());
-        self.to(
-            now,
-            Phase::Failed,
-            Failed {
-                reason,
-                contract,
-                refund: None,
-            },
-        )
-    }
-    pub fn dispute(self, now: Timestamp, dispute: Dispute) -> Deal<Disputed> {
-        let contract = self.state.contract.clone();
-        self.to(
-            now,
-            Phase::Disputed,
-            Disputed {
-                contract,
-                receipt: None,
-                dispute: Box::new(dispute),
             },
         )
     }
