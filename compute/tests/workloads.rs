@@ -58,6 +58,14 @@ fn majority_baseline(split: &[u8]) -> f64 {
     let majority = (0..6).max_by_key(|&c| counts[c]).unwrap() as u32;
     test.y.iter().filter(|&&y| y == majority).count() as f64 / test.rows as f64
 }
+/// A wine model trained for `epochs` on `split` (plain SGD).
+fn wine_model(be: &dyn Backend, split: &[u8], epochs: usize) -> Vec<u8> {
+    let spec = WorkloadSpec::Train(TrainSpec {
+        epochs,
+        ..wine_spec(None)
+    });
+    run_workload(be, &spec, split, None).unwrap().output
+}
 
 fn wine_spec(dp: Option<DpConfig>) -> TrainSpec {
     TrainSpec {
@@ -151,17 +159,7 @@ fn flops_for_predicts_what_run_workload_counts() {
         assert_eq!(out.flops, flops_for(&ws, shape), "dp = {}", dp.is_some());
         assert!(out.compute_units() > 0.0);
     }
-    let model = run_workload(
-        &be,
-        &WorkloadSpec::Train(TrainSpec {
-            epochs: 1,
-            ..wine_spec(None)
-        }),
-        &split,
-        None,
-    )
-    .unwrap()
-    .output;
+    let model = wine_model(&be, &split, 1);
     let infer = WorkloadSpec::Infer {
         layers: vec![11, 32, 6],
     };
@@ -296,17 +294,7 @@ fn preprocess_ops_do_what_they_say() {
 fn inference_runs_and_sampled_rows_verify() {
     let be = CpuBackend::new();
     let split = wine_split();
-    let model = run_workload(
-        &be,
-        &WorkloadSpec::Train(TrainSpec {
-            epochs: 3,
-            ..wine_spec(None)
-        }),
-        &split,
-        None,
-    )
-    .unwrap()
-    .output;
+    let model = wine_model(&be, &split, 3);
     let spec = WorkloadSpec::Infer {
         layers: vec![11, 32, 6],
     };
