@@ -30,8 +30,47 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create the data directory: a new secret key (mode 0600) and a commented
-    /// config.toml.
-    Init,
+    /// config.toml; with --genesis, join that network.
+    Init {
+        /// The network's genesis file (from `cloudchain genesis` or an operator).
+        #[arg(long, value_name = "FILE")]
+        genesis: Option<PathBuf>,
+    },
+    /// Create a network: write a genesis signed by this node's key.
+    Genesis(GenesisArgs),
+    /// Submit a job described by a JOB.toml to the running node.
+    Submit {
+        /// The job file (see the README for its fields).
+        job: PathBuf,
+        /// Wait until the job is settled (or fails), printing what happens.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
+    /// List the running node's jobs.
+    Jobs,
+    /// Show one job (an id or a unique prefix) and what happened to it.
+    Job { id: String },
+    /// An account's balance and stake (this node's by default).
+    Balance { account: Option<String> },
+    /// The ledger: entry count, finalized epoch, supply and the last entries.
+    Ledger {
+        /// How many of the latest entries to list.
+        #[arg(long, default_value_t = 20)]
+        tail: usize,
+    },
+    /// Run a whole market on loopback: 3 providers, 3 oracles and a requester
+    /// train a model on real data and run inference with it, end to end.
+    Demo {
+        /// Keep the nodes' data directories here (default: a temporary directory).
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+        /// Make one provider fake its results, to watch the committee catch it.
+        #[arg(long)]
+        faulty_provider: bool,
+    },
     /// Print this node's account id, libp2p PeerId and iroh endpoint id (one key,
     /// three views).
     Id,
@@ -53,6 +92,27 @@ pub enum Command {
         #[arg(long, default_value = "auto")]
         backend: String,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GenesisArgs {
+    /// Where to write the genesis file.
+    pub out: PathBuf,
+    /// Network name.
+    #[arg(long, default_value = "cloudchain-local")]
+    pub name: String,
+    /// An initial balance, ACCOUNT=TOKENS (repeatable).
+    #[arg(long, value_name = "ACCOUNT=TOKENS")]
+    pub balance: Vec<String>,
+    /// An initial stake (oracles), ACCOUNT=TOKENS (repeatable).
+    #[arg(long, value_name = "ACCOUNT=TOKENS")]
+    pub stake: Vec<String>,
+    /// Epoch length in seconds (a checkpoint each epoch).
+    #[arg(long, default_value_t = 600)]
+    pub epoch_secs: u64,
+    /// Committee size k.
+    #[arg(long, default_value_t = 7)]
+    pub committee: u16,
 }
 
 #[derive(Debug, clap::Args)]
@@ -83,6 +143,13 @@ pub struct RunArgs {
     /// refresh offers priced from `provider.price_floor`.
     #[arg(long)]
     pub provider: bool,
+    /// Serve on the oracle committee when drawn (needs stake): probe providers,
+    /// verify receipts by re-execution, sign verdicts and checkpoints.
+    #[arg(long)]
+    pub oracle: bool,
+    /// Fake results as a provider (for testing a committee; you will be caught).
+    #[arg(long, hide = true)]
+    pub faulty: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,15 +208,31 @@ fn init_logging() {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Run(args) => return run_node(&cli, args),
-        Command::Status | Command::Offers | Command::Blob(_) => return remote(&cli),
+        Command::Status
+        | Command::Offers
+        | Command::Blob(_)
+        | Command::Submit { .. }
+        | Command::Jobs
+        | Command::Job { .. }
+        | Command::Balance { .. }
+        | Command::Ledger { .. } => return remote(&cli),
+        Command::Genesis(args) => return genesis(&cli, args),
+        Command::Demo {
+            keep,
+            faulty_provider,
+        } => return demo(cli.json, keep.clone(), *faulty_provider),
         Command::Sim(args) => return sim(cli.json, args),
         Command::Bench { backend } => return bench(cli.json, backend),
-        Command::Init | Command::Id => {}
+        Command::Init { .. } | Command::Id => {}
     }
     match cli.command {
-        Command::Init => {
+        Command::Init { ref genesis } => {
             let path = cli.data_dir();
+            let g = genesis.as_deref().map(crate::genesis::load).transpose()?;
             let dir = DataDir::init(&path)?;
+            if let Some(g) = &g {
+                dir.install_genesis(g)?;
+            }
             if cli.json {
                 println!(
                     "{}",
@@ -215,6 +298,8 @@ fn run_node(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         opts.mdns = false;
     }
     opts.provider = args.provider;
+    opts.oracle = args.oracle;
+    opts.faulty = args.faulty;
     runtime()?.block_on(async move {
         let node = crate::node::start(dir, opts).await?;
         tracing::info!(account = %node.account, control = %node.control_addr, "node running; Ctrl-C stops it");
@@ -426,7 +511,177 @@ fn remote(cli: &Cli) -> anyhow::Result<()> {
                     println!("wrote {} ({} bytes fetched) to {}", g.hash, g.bytes_fetched, g.out.display());
                 })
             }
+            Command::Submit { job, wait, timeout } => {
+                let file = crate::jobfile::JobFile::load(job)?;
+                let base = job.parent().unwrap_or(std::path::Path::new("."));
+                let mut req = crate::control::JobRequest::from(file);
+                req.dataset = base.join(&req.dataset);
+                req.model = req.model.map(|m| base.join(m));
+                let v = client.submit(&req).await?;
+                if !wait {
+                    return print(json, &v, |v| {
+                        println!("job {} submitted ({}); `cloudchain job {}` follows it", v.id, v.state, &v.id[..12]);
+                    });
+                }
+                if !json {
+                    println!("job {} submitted", v.id);
+                }
+                let mut shown = 0;
+                let done = client
+                    .wait_job(&v.id, std::time::Duration::from_secs(*timeout), |v| {
+                        if !json {
+                            for e in &v.events[shown..] {
+                                println!("{:>8.2} s  {}", e.at_s, e.what);
+                            }
+                        }
+                        shown = v.events.len();
+                    })
+                    .await?;
+                print(json, &done, print_job)?;
+                if !done.ok {
+                    anyhow::bail!("job {} ended {}", done.id, done.state);
+                }
+                Ok(())
+            }
+            Command::Jobs => {
+                let jobs = client.jobs().await?;
+                print(json, &jobs, |v| {
+                    if v.is_empty() {
+                        println!("no jobs submitted on this node");
+                    }
+                    for j in v {
+                        println!(
+                            "{}  {:<10} {:<9} {}",
+                            &j.id[..12],
+                            j.kind,
+                            j.state,
+                            j.provider.as_deref().map(|p| &p[..12]).unwrap_or("-")
+                        );
+                    }
+                })
+            }
+            Command::Job { id } => {
+                let j = client.job(id).await?;
+                print(json, &j, print_job)
+            }
+            Command::Balance { account } => {
+                let b = client.balance(account.as_deref()).await?;
+                print(json, &b, |b| {
+                    println!("account    {}", b.account);
+                    println!("balance    {} tokens", tokens(b.balance));
+                    println!("spendable  {} tokens", tokens(b.spendable));
+                    println!("stake      {} tokens", tokens(b.stake));
+                    println!("finalized  epoch {}", b.finalized_epoch);
+                })
+            }
+            Command::Ledger { tail } => {
+                let l = client.ledger(*tail).await?;
+                print(json, &l, |l| {
+                    println!("network    {}", l.network);
+                    println!("entries    {} ({} invalid)", l.entries, l.invalid);
+                    println!("finalized  epoch {}", l.finalized_epoch);
+                    println!("supply     {} tokens", tokens(l.total_supply));
+                    for e in &l.tail {
+                        println!("{}  {}#{:<4} {:<12} {}", e.created_at_ms, &e.author[..12], e.seq, e.kind, e.detail);
+                    }
+                })
+            }
             _ => unreachable!("only remote commands come here"),
         }
     })
+}
+
+fn tokens(micro: u64) -> String {
+    format!("{}.{:06}", micro / 1_000_000, micro % 1_000_000)
+}
+
+fn print_job(j: &crate::control::JobView) {
+    println!("job        {}", j.id);
+    println!("kind       {}", j.kind);
+    println!("state      {}{}", j.state, if j.ok { " (ok)" } else { "" });
+    if let Some(p) = &j.provider {
+        println!("provider   {p}");
+    }
+    if let Some(c) = &j.contract {
+        println!("contract   {c}");
+    }
+    if let Some(p) = j.price_micro_per_cu {
+        println!("price      {p} µ-tokens per compute unit");
+    }
+    println!("estimated  {:.3} CU", j.estimated_cu);
+    if let Some(u) = j.units_used {
+        println!("used       {u:.3} CU");
+    }
+    if let Some(v) = &j.verdict {
+        println!("verdict    {v}");
+    }
+    if let (Some(p), Some(r)) = (j.paid, j.refund) {
+        println!("paid       {} tokens, refunded {}", tokens(p), tokens(r));
+    }
+    if let Some(r) = &j.result {
+        println!("result     {}", r.display());
+    }
+    for e in &j.events {
+        println!("{:>8.2} s  {}", e.at_s, e.what);
+    }
+}
+
+fn genesis(cli: &Cli, args: &GenesisArgs) -> anyhow::Result<()> {
+    let dir =
+        DataDir::open(&cli.data_dir()).context("the genesis is signed with this node's key")?;
+    let balances = args
+        .balance
+        .iter()
+        .map(|s| crate::genesis::parse_allocation(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let stakes = args
+        .stake
+        .iter()
+        .map(|s| crate::genesis::parse_allocation(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if args.epoch_secs == 0 || args.committee == 0 {
+        anyhow::bail!("--epoch-secs and --committee must be positive");
+    }
+    let g = crate::genesis::build(
+        &dir.identity,
+        &args.name,
+        crate::net::now(),
+        crate::genesis::local_params(protocol::DurationMs::secs(args.epoch_secs), args.committee),
+        balances,
+        stakes,
+    )?;
+    crate::genesis::save(&args.out, &g)?;
+    print(
+        cli.json,
+        &serde_json::json!({ "network": g.network().to_string(), "file": args.out }),
+        |_| {
+            println!("network  {}", g.network());
+            println!("wrote    {}", args.out.display());
+            println!(
+                "join it  cloudchain init --genesis {} --data-dir DIR",
+                args.out.display()
+            );
+        },
+    )
+}
+
+fn demo(json: bool, keep: Option<PathBuf>, faulty: bool) -> anyhow::Result<()> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        init_logging();
+    }
+    let report = runtime()?.block_on(crate::demo::run(crate::demo::DemoOptions {
+        dir: keep.clone(),
+        faulty_providers: usize::from(faulty),
+        verbose: !json,
+    }))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    if let Some(k) = &keep {
+        eprintln!("{}", crate::demo::describe_dir(k));
+    }
+    if !report.ok {
+        anyhow::bail!("the demo did not complete every step");
+    }
+    Ok(())
 }

@@ -218,6 +218,40 @@ impl DataDir {
     }
 }
 
+impl DataDir {
+    /// The network's genesis installed in this directory.
+    pub fn genesis(&self) -> anyhow::Result<crdt_ledger::GenesisEntry> {
+        let p = self.path.join(crate::genesis::GENESIS_FILE);
+        if !p.exists() {
+            bail!(
+                "no genesis in {}: get your network's genesis file and run `cloudchain init --genesis FILE --data-dir {}` (or create one with `cloudchain genesis`)",
+                self.path.display(),
+                self.path.display()
+            );
+        }
+        crate::genesis::load(&p)
+    }
+
+    /// Install `g` as this directory's genesis; refuses to switch networks.
+    pub fn install_genesis(&self, g: &crdt_ledger::GenesisEntry) -> anyhow::Result<()> {
+        let p = self.path.join(crate::genesis::GENESIS_FILE);
+        if p.exists() {
+            let have = crate::genesis::load(&p)?;
+            if have.network() != g.network() {
+                bail!(
+                    "{} belongs to network {} (genesis {:?}), not {}; use another data directory",
+                    self.path.display(),
+                    have.network(),
+                    have.genesis().name,
+                    g.network()
+                );
+            }
+            return Ok(());
+        }
+        crate::genesis::save(&p, g)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

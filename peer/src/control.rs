@@ -13,12 +13,16 @@
 //! - `POST /v1/blobs` `{path}` — add a file to the blob store: `{hash, size, ticket}`
 //! - `POST /v1/blobs/get` `{source, out}` — fetch a blob by hash or ticket and
 //!   write it to `out`: `{hash, bytes_fetched}`
+//! - `POST /v1/jobs` [`JobRequest`] — submit a job: its [`JobView`]
+//! - `GET  /v1/jobs`, `GET /v1/jobs/{id}` — the node's jobs and what happened to them
+//! - `GET  /v1/balance?account=ID` — an account's balance (this node's by default)
+//! - `GET  /v1/ledger?tail=N` — the ledger's summary and its last `N` entries
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use axum::extract::{Request, State};
+use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -44,6 +48,120 @@ pub enum ControlRequest {
         out: PathBuf,
         reply: oneshot::Sender<anyhow::Result<BlobFetched>>,
     },
+    Submit {
+        job: Box<JobRequest>,
+        reply: oneshot::Sender<anyhow::Result<JobView>>,
+    },
+    Jobs(oneshot::Sender<anyhow::Result<Vec<JobView>>>),
+    Job {
+        id: String,
+        reply: oneshot::Sender<anyhow::Result<JobView>>,
+    },
+    Balance {
+        account: Option<String>,
+        reply: oneshot::Sender<anyhow::Result<BalanceView>>,
+    },
+    Ledger {
+        tail: usize,
+        reply: oneshot::Sender<anyhow::Result<LedgerView>>,
+    },
+}
+
+/// A job to submit (what `cloudchain submit` makes of a JOB.toml).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRequest {
+    pub kind: protocol::JobKind,
+    /// The data set (safetensors with `x`, `y`), read by the node.
+    pub dataset: PathBuf,
+    /// The model (safetensors), for inference or a warm start.
+    pub model: Option<PathBuf>,
+    /// Highest price accepted, micro-tokens per compute unit.
+    pub max_price: u64,
+    /// Seconds from now until the result is due.
+    pub deadline_secs: u64,
+    /// Compute units, when the FLOP model's estimate should be overridden.
+    pub estimated_cu: Option<f64>,
+    pub sla: protocol::SlaRequirement,
+    pub privacy: Option<protocol::PrivacyTarget>,
+}
+
+impl From<crate::jobfile::JobFile> for JobRequest {
+    fn from(j: crate::jobfile::JobFile) -> Self {
+        JobRequest {
+            kind: j.kind,
+            dataset: j.dataset,
+            model: j.model,
+            max_price: j.max_price,
+            deadline_secs: j.deadline_minutes.saturating_mul(60),
+            estimated_cu: j.estimated_cu,
+            sla: j.sla,
+            privacy: j.privacy,
+        }
+    }
+}
+
+/// One thing that happened to a job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobEvent {
+    /// Seconds since the job was submitted.
+    pub at_s: f64,
+    pub what: String,
+}
+
+/// A job as its requester sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: String,
+    pub kind: String,
+    /// matching, proposed, running, delivered, settled, failed, expired
+    pub state: String,
+    /// Whether the job reached its end (settled, failed or expired).
+    pub done: bool,
+    /// Whether it ended well: settled with a correct, delivered result.
+    pub ok: bool,
+    pub provider: Option<String>,
+    pub contract: Option<String>,
+    pub price_micro_per_cu: Option<u64>,
+    pub estimated_cu: f64,
+    pub units_used: Option<f64>,
+    pub escrow: Option<u64>,
+    pub paid: Option<u64>,
+    pub refund: Option<u64>,
+    pub verdict: Option<String>,
+    pub result: Option<PathBuf>,
+    pub metrics: Option<compute::Metrics>,
+    pub events: Vec<JobEvent>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BalanceView {
+    pub account: String,
+    /// Micro-tokens, pending entries included.
+    pub balance: u64,
+    /// What the account may spend now (finalized, minus its own pending debits).
+    pub spendable: u64,
+    pub stake: u64,
+    pub finalized_epoch: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EntryView {
+    pub author: String,
+    pub seq: u64,
+    pub kind: String,
+    pub created_at_ms: u64,
+    pub hash: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LedgerView {
+    pub network: String,
+    pub entries: usize,
+    pub finalized_epoch: u64,
+    pub invalid: usize,
+    pub total_supply: u64,
+    pub tail: Vec<EntryView>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,6 +173,11 @@ pub struct Status {
     pub listen: Vec<String>,
     pub blob_addrs: Vec<String>,
     pub connected_peers: usize,
+    pub roles: Vec<String>,
+    pub ledger_entries: usize,
+    pub finalized_epoch: u64,
+    /// This account's balance, micro-tokens.
+    pub balance: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,6 +204,16 @@ pub struct BlobFetched {
     pub hash: String,
     pub bytes_fetched: u64,
     pub out: PathBuf,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct BalanceQuery {
+    pub account: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct LedgerQuery {
+    pub tail: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -208,6 +341,51 @@ pub async fn serve(
                 },
             ),
         )
+        .route(
+            "/v1/jobs",
+            post(
+                |State(st): State<AppState>, Json(job): Json<JobRequest>| async move {
+                    ask(&st, |reply| ControlRequest::Submit {
+                        job: Box::new(job),
+                        reply,
+                    })
+                    .await
+                },
+            )
+            .get(|State(st): State<AppState>| async move { ask(&st, ControlRequest::Jobs).await }),
+        )
+        .route(
+            "/v1/jobs/{id}",
+            get(
+                |State(st): State<AppState>, UrlPath(id): UrlPath<String>| async move {
+                    ask(&st, |reply| ControlRequest::Job { id, reply }).await
+                },
+            ),
+        )
+        .route(
+            "/v1/balance",
+            get(
+                |State(st): State<AppState>, Query(q): Query<BalanceQuery>| async move {
+                    ask(&st, |reply| ControlRequest::Balance {
+                        account: q.account,
+                        reply,
+                    })
+                    .await
+                },
+            ),
+        )
+        .route(
+            "/v1/ledger",
+            get(
+                |State(st): State<AppState>, Query(q): Query<LedgerQuery>| async move {
+                    ask(&st, |reply| ControlRequest::Ledger {
+                        tail: q.tail.unwrap_or(20).min(10_000),
+                        reply,
+                    })
+                    .await
+                },
+            ),
+        )
         .layer(middleware::from_fn_with_state(st.clone(), auth))
         .with_state(st);
     let handle = tokio::spawn(async move {
@@ -326,5 +504,69 @@ impl ControlClient {
                 }),
         )
         .await
+    }
+
+    pub async fn submit(&self, job: &JobRequest) -> anyhow::Result<JobView> {
+        let mut job = job.clone();
+        job.dataset = std::path::absolute(&job.dataset)?;
+        job.model = job.model.as_deref().map(std::path::absolute).transpose()?;
+        self.send(self.http.post(format!("{}/v1/jobs", self.base)).json(&job))
+            .await
+    }
+
+    pub async fn jobs(&self) -> anyhow::Result<Vec<JobView>> {
+        self.send(self.http.get(format!("{}/v1/jobs", self.base)))
+            .await
+    }
+
+    pub async fn job(&self, id: &str) -> anyhow::Result<JobView> {
+        self.send(self.http.get(format!("{}/v1/jobs/{id}", self.base)))
+            .await
+    }
+
+    pub async fn balance(&self, account: Option<&str>) -> anyhow::Result<BalanceView> {
+        let mut req = self.http.get(format!("{}/v1/balance", self.base));
+        if let Some(a) = account {
+            req = self
+                .http
+                .get(format!("{}/v1/balance?account={a}", self.base));
+        }
+        self.send(req).await
+    }
+
+    pub async fn ledger(&self, tail: usize) -> anyhow::Result<LedgerView> {
+        self.send(
+            self.http
+                .get(format!("{}/v1/ledger?tail={tail}", self.base)),
+        )
+        .await
+    }
+
+    /// Poll a job until it is done, calling `progress` on each change of state.
+    pub async fn wait_job(
+        &self,
+        id: &str,
+        timeout: std::time::Duration,
+        mut progress: impl FnMut(&JobView),
+    ) -> anyhow::Result<JobView> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut seen = 0usize;
+        loop {
+            let v = self.job(id).await?;
+            if v.events.len() != seen {
+                seen = v.events.len();
+                progress(&v);
+            }
+            if v.done {
+                return Ok(v);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "job {id} is still {} after {timeout:?}; see `cloudchain job {id}`",
+                    v.state
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 }

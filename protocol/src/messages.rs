@@ -188,14 +188,21 @@ impl Offer {
         if self.holds.len() > Self::MAX_HOLDS {
             return Err(field("holds", format!("more than {}", Self::MAX_HOLDS)));
         }
-        if self.contact.len() > Self::MAX_CONTACT {
-            return Err(field("contact", format!("more than {}", Self::MAX_CONTACT)));
-        }
-        for c in &self.contact {
-            check_text("contact", c)?;
-        }
-        Ok(())
+        check_contact(&self.contact)
     }
+}
+
+fn check_contact(contact: &[String]) -> Result<(), InvalidMessage> {
+    if contact.len() > Offer::MAX_CONTACT {
+        return Err(field(
+            "contact",
+            format!("more than {}", Offer::MAX_CONTACT),
+        ));
+    }
+    for c in contact {
+        check_text("contact", c)?;
+    }
+    Ok(())
 }
 
 /// Per-example clipping norm C and noise multiplier σ for DP-SGD.
@@ -551,6 +558,38 @@ impl Wire for Dispute {
     const MAX_SIZE: usize = 1024;
 }
 
+/// The requester hands a contract's job key to one reader: the provider that runs
+/// the job, or a committee member that re-executes it to verify. Sent directly
+/// (never gossiped); `sealed` opens only with the reader's key.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct KeyGrant {
+    pub contract: Hash32,
+    pub requester: AccountId,
+    pub reader: AccountId,
+    /// The job key sealed to `reader` (X25519 from the two ed25519 keys).
+    pub sealed: Vec<u8>,
+    /// Where the requester serves the encrypted inputs (iroh addresses).
+    pub contact: Vec<String>,
+    pub issued_at: Timestamp,
+}
+
+impl KeyGrant {
+    /// Most bytes of a sealed key (a 32-byte key and its 16-byte tag).
+    pub const MAX_SEALED: usize = 64;
+
+    pub fn validate(&self) -> Result<(), InvalidMessage> {
+        if self.sealed.len() > Self::MAX_SEALED {
+            return Err(field("sealed", format!("{} bytes", self.sealed.len())));
+        }
+        check_contact(&self.contact)
+    }
+}
+
+impl Wire for KeyGrant {
+    const KIND: &'static str = "key-grant";
+    const MAX_SIZE: usize = 2 * 1024;
+}
+
 /// Every message a peer may put on the wire.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub enum Message {
@@ -564,6 +603,7 @@ pub enum Message {
     ProbeReply(Signed<ProbeReply>),
     Verdict(Signed<Verdict>),
     Dispute(Signed<Dispute>),
+    KeyGrant(Signed<KeyGrant>),
 }
 
 impl Message {
@@ -579,6 +619,7 @@ impl Message {
             Message::ProbeReply(_) => ProbeReply::KIND,
             Message::Verdict(_) => Verdict::KIND,
             Message::Dispute(_) => Dispute::KIND,
+            Message::KeyGrant(_) => KeyGrant::KIND,
         }
     }
 }

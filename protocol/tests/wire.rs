@@ -266,6 +266,25 @@ fn message() -> impl Strategy<Value = Message> {
             .prop_map(move |(v, s)| Message::Verdict(Signed::sign(&id(s), &net(), &v).unwrap())),
         (dispute(), 0u64..4)
             .prop_map(move |(d, s)| Message::Dispute(Signed::sign(&id(s), &net(), &d).unwrap())),
+        (
+            hash(),
+            0u64..4,
+            0u64..4,
+            proptest::collection::vec(any::<u8>(), 0..=KeyGrant::MAX_SEALED),
+            proptest::collection::vec("[a-z0-9.:]{1,20}", 0..3),
+            any::<u64>(),
+        )
+            .prop_map(move |(contract, r, s, sealed, contact, t)| {
+                let g = KeyGrant {
+                    contract,
+                    requester: id(r).account(),
+                    reader: id(s).account(),
+                    sealed,
+                    contact,
+                    issued_at: Timestamp(t),
+                };
+                Message::KeyGrant(Signed::sign(&id(r), &net(), &g).unwrap())
+            }),
     ]
 }
 
@@ -293,6 +312,7 @@ fn verify_message(m: &Message) -> Result<(), SignatureError> {
         Message::ProbeReply(s) => s.verify(&n).map(drop),
         Message::Verdict(s) => s.verify(&n).map(drop),
         Message::Dispute(s) => s.verify(&n).map(drop),
+        Message::KeyGrant(s) => s.verify(&n).map(drop),
     }
 }
 

@@ -12,6 +12,34 @@ use peer::net::{self, BasicValidator, Client, NetEvent, NetOptions};
 use protocol::{Identity, NetworkId};
 use tokio::sync::mpsc;
 
+/// A genesis for a test network: `funded` accounts hold 10 000 tokens, `staked`
+/// ones 100 tokens and a stake of 1 000 (the committee); epochs of 2 s.
+pub fn genesis(
+    name: &str,
+    funded: &[protocol::AccountId],
+    staked: &[protocol::AccountId],
+) -> crdt_ledger::GenesisEntry {
+    let mut balances: Vec<_> = funded
+        .iter()
+        .map(|a| (*a, protocol::Amount::tokens(10_000)))
+        .collect();
+    balances.extend(staked.iter().map(|a| (*a, protocol::Amount::tokens(100))));
+    let stakes = staked
+        .iter()
+        .map(|a| (*a, protocol::Amount::tokens(1_000)))
+        .collect();
+    let k = staked.len().max(1) as u16;
+    peer::genesis::build(
+        &Identity::from_seed(u64::MAX),
+        name,
+        peer::net::now(),
+        peer::genesis::local_params(protocol::DurationMs::secs(2), k),
+        balances,
+        stakes,
+    )
+    .expect("a test genesis is valid")
+}
+
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(20);
 

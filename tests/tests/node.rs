@@ -3,40 +3,32 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-use std::net::SocketAddr;
-
+use crdt_ledger::GenesisEntry;
 use peer::config::DataDir;
 use peer::control::ControlClient;
 use peer::node::{self, RunOptions};
-use protocol::NetworkId;
 use tests::wait_for;
 
-fn loopback_opts(network: NetworkId, bootstrap: Vec<libp2p::Multiaddr>) -> RunOptions {
-    let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    RunOptions {
-        network,
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap,
-        mdns: false,
-        blob_bind: lo,
-        relay: false,
-        control: lo,
-        provider: false,
-    }
+fn loopback_opts(network: &GenesisEntry, bootstrap: Vec<libp2p::Multiaddr>) -> RunOptions {
+    RunOptions::loopback(network.clone(), bootstrap)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blob_added_on_one_node_is_fetched_by_ticket_on_another_and_survives_restart()
 -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let network = NetworkId::named("node-test");
+    let network = tests::genesis("node-test", &[], &[]);
     let a_dir = tmp.path().join("a");
     let b_dir = tmp.path().join("b");
-    let a = node::start(DataDir::init(&a_dir)?, loopback_opts(network, vec![])).await?;
+    let a = node::start(DataDir::init(&a_dir)?, loopback_opts(&network, vec![])).await?;
     let a_addr = a.net.listen_addrs().await?[0]
         .clone()
         .with(libp2p::multiaddr::Protocol::P2p(a.net.peer_id));
-    let b = node::start(DataDir::init(&b_dir)?, loopback_opts(network, vec![a_addr])).await?;
+    let b = node::start(
+        DataDir::init(&b_dir)?,
+        loopback_opts(&network, vec![a_addr]),
+    )
+    .await?;
 
     let file = tmp.path().join("model.bin");
     let content: Vec<u8> = (0..2_500_000u32)
@@ -71,7 +63,7 @@ async fn blob_added_on_one_node_is_fetched_by_ticket_on_another_and_survives_res
 
     // Restart B: its blobs persist in the data directory.
     b.shutdown().await?;
-    let b = node::start(DataDir::open(&b_dir)?, loopback_opts(network, vec![])).await?;
+    let b = node::start(DataDir::open(&b_dir)?, loopback_opts(&network, vec![])).await?;
     assert!(b.blobs.has(&added.hash.parse()?).await?);
     let status = ControlClient::from_data_dir(&b_dir)?.status().await?;
     assert_eq!(status.account, b.account.to_string());
@@ -85,10 +77,10 @@ async fn blob_added_on_one_node_is_fetched_by_ticket_on_another_and_survives_res
 async fn a_provider_benchmarks_its_device_and_its_offer_reaches_a_requester() -> anyhow::Result<()>
 {
     let tmp = tempfile::tempdir()?;
-    let network = NetworkId::named("provider-test");
+    let network = tests::genesis("provider-test", &[], &[]);
     let p_dir = tmp.path().join("provider");
     let r_dir = tmp.path().join("requester");
-    let mut opts = loopback_opts(network, vec![]);
+    let mut opts = loopback_opts(&network, vec![]);
     opts.provider = true;
     let mut pd = DataDir::init(&p_dir)?;
     pd.config.provider.backend = "cpu".into();
@@ -96,7 +88,11 @@ async fn a_provider_benchmarks_its_device_and_its_offer_reaches_a_requester() ->
     let p_addr = p.net.listen_addrs().await?[0]
         .clone()
         .with(libp2p::multiaddr::Protocol::P2p(p.net.peer_id));
-    let r = node::start(DataDir::init(&r_dir)?, loopback_opts(network, vec![p_addr])).await?;
+    let r = node::start(
+        DataDir::init(&r_dir)?,
+        loopback_opts(&network, vec![p_addr]),
+    )
+    .await?;
     let cr = ControlClient::from_data_dir(&r_dir)?;
     // The provider's first offer may go out before the requester joins the mesh;
     // it refreshes, and the requester also learns it on its first mesh message.

@@ -300,6 +300,12 @@ impl<S: Store> Ledger<S> {
         self.by_hash.get(hash).map(|e| &**e)
     }
 
+    /// Every entry held, by author then seq (forks included): what
+    /// `cloudchain ledger` lists. Entries a snapshot covers are not held.
+    pub fn entries(&self) -> impl Iterator<Item = &VerifiedEntry> {
+        self.entries.values().flat_map(|vs| vs.iter().map(|v| &**v))
+    }
+
     /// Every entry held by `author` (forks included), in seq order: an account's
     /// history for `cloudchain ledger`. Entries a snapshot covers are not held.
     pub fn entries_by(&self, author: &AccountId) -> Vec<&VerifiedEntry> {

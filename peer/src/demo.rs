@@ -1,0 +1,374 @@
+//! `cloudchain demo`: a whole market on loopback, in one process.
+//!
+//! Three providers, three oracles (the committee) and one requester, each a full
+//! node with its own data directory, key, libp2p swarm, iroh endpoint, ledger and
+//! control API, start from one genesis. The requester trains a classifier on the
+//! UCI wine-quality data, then runs inference with the trained model; both jobs
+//! are matched, escrowed, run on the compute backend, checked by the committee by
+//! re-execution, settled in the ledger, and their results fetched and decrypted.
+//! The demo drives the requester through its control API, as the CLI does.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use protocol::{Amount, Bps, DurationMs, Identity, JobKind, SlaRequirement};
+
+use crate::config::DataDir;
+use crate::control::{ControlClient, JobRequest, JobView};
+use crate::node::{self, RunOptions, RunningNode, Timing};
+
+/// What a demo run is made of.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Where the nodes' data directories go (a temporary directory if `None`).
+    pub dir: Option<PathBuf>,
+    /// How many providers fake their results (to watch the committee catch them).
+    pub faulty_providers: usize,
+    /// Print the story as it happens.
+    pub verbose: bool,
+}
+
+/// The outcome, for `--json` and for tests.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DemoReport {
+    pub jobs: Vec<JobView>,
+    pub balances: Vec<(String, String, u64, u64)>,
+    pub finalized_epoch: u64,
+    pub phases: Vec<(String, f64)>,
+    pub wall_s: f64,
+    pub ok: bool,
+}
+
+/// Epochs are short so that a checkpoint finalizes the demo's settlements.
+const EPOCH_SECS: u64 = 3;
+
+const ROLES: [&str; 7] = [
+    "oracle-1",
+    "oracle-2",
+    "oracle-3",
+    "provider-1",
+    "provider-2",
+    "provider-3",
+    "requester",
+];
+
+/// Run the demo. `Ok(report)` with `report.ok` false when a step failed.
+pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
+    let started = Instant::now();
+    let tmp;
+    let root = match &opts.dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let say = |s: String| {
+        if opts.verbose {
+            println!("{s}");
+        }
+    };
+    let mut phases: Vec<(String, f64)> = Vec::new();
+    let mut phase_start = Instant::now();
+    let mut phase = |name: &str, phases: &mut Vec<(String, f64)>| {
+        phases.push((name.to_string(), phase_start.elapsed().as_secs_f64()));
+        phase_start = Instant::now();
+    };
+
+    // Seven data directories and one genesis.
+    let mut dirs = Vec::new();
+    for (i, role) in ROLES.iter().enumerate() {
+        let path = root.join(role);
+        let mut d = if path.join(crate::config::KEY_FILE).exists() {
+            DataDir::open(&path)?
+        } else {
+            DataDir::init(&path)?
+        };
+        if role.starts_with("provider") {
+            // Three price floors, so the market has a choice to make.
+            d.config.provider.price_floor = [400_000, 550_000, 700_000][i - 3];
+            d.config.provider.slots = 2;
+            d.config.provider.backend = "auto".into();
+        }
+        dirs.push(d);
+    }
+    let ids: Vec<Identity> = dirs.iter().map(|d| d.identity.clone()).collect();
+    let genesis_path = root.join(crate::genesis::GENESIS_FILE);
+    let genesis = if genesis_path.exists() {
+        crate::genesis::load(&genesis_path)?
+    } else {
+        let mut balances = Vec::new();
+        let mut stakes = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let tokens = if i == 6 { 10_000 } else { 100 };
+            balances.push((id.account(), Amount::tokens(tokens)));
+            if i < 3 {
+                stakes.push((id.account(), Amount::tokens(1_000)));
+            }
+        }
+        let g = crate::genesis::build(
+            &ids[6],
+            "cloudchain-demo",
+            crate::net::now(),
+            crate::genesis::local_params(DurationMs::secs(EPOCH_SECS), 3),
+            balances,
+            stakes,
+        )?;
+        crate::genesis::save(&genesis_path, &g)?;
+        g
+    };
+    say(format!(
+        "genesis   network {} — 3 oracles staked 1000 tokens each, the requester holds 10000",
+        &genesis.network().to_string()[..16]
+    ));
+
+    // Start the nodes: the first oracle is everyone's bootstrap peer.
+    let timing = Timing {
+        grace: DurationMs::secs(20),
+        dispute_window: DurationMs::secs(1),
+        probe_every: DurationMs::secs(5),
+        offer_ttl: DurationMs::secs(120),
+        deadline_slack: DurationMs::secs(5),
+    };
+    let mut nodes: Vec<RunningNode> = Vec::new();
+    let mut boot = Vec::new();
+    for (i, d) in dirs.into_iter().enumerate() {
+        let path = d.path.clone();
+        let mut o = RunOptions::loopback(genesis.clone(), boot.clone());
+        o.oracle = i < 3;
+        o.provider = (3..6).contains(&i);
+        o.faulty = (3..3 + opts.faulty_providers).contains(&i);
+        o.timing = timing;
+        let n = node::start(d, o)
+            .await
+            .with_context(|| format!("cannot start {}", path.display()))?;
+        if i == 0 {
+            boot.push(n.dial_addr().await?);
+        }
+        nodes.push(n);
+    }
+    let ctl: Vec<ControlClient> = ROLES
+        .iter()
+        .map(|r| ControlClient::from_data_dir(&root.join(r)))
+        .collect::<anyhow::Result<_>>()?;
+    let req = &ctl[6];
+    say(format!(
+        "started   7 nodes on 127.0.0.1 (libp2p + iroh + ledger + control API each) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+
+    // Wait until the requester has heard all three offers and the swarm is meshed.
+    let offers = wait(
+        Duration::from_secs(30),
+        "the three providers' offers",
+        || async {
+            let o = req.offers().await?;
+            let s = req.status().await?;
+            Ok((o.len() >= 3 && s.connected_peers >= 6).then_some(o))
+        },
+    )
+    .await?;
+    phase("swarm and offers", &mut phases);
+    say("offers    the requester's order book:".into());
+    for o in &offers {
+        say(format!(
+            "          {}  {:<20} {:>8.1} CU/s  {} tokens/CU",
+            &o.provider[..12],
+            o.device,
+            o.speed_cu_per_s,
+            fmt_tokens(o.price_micro_per_cu)
+        ));
+    }
+    // Give gossipsub a heartbeat to graft the oracle topic's mesh.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    let before = balances(&ctl, req).await?;
+    let data = root.join("winequality.safetensors");
+    compute::datasets::write_builtin(compute::datasets::Builtin::WineQuality, &data)?;
+    let sla = SlaRequirement {
+        min_availability: Bps(9_000),
+        min_penalty: Bps(500),
+    };
+    let train = JobRequest {
+        kind: JobKind::Train {
+            layers: vec![11, 32, 6],
+            epochs: 100,
+            batch: 32,
+            learning_rate: 0.05,
+            dp: None,
+            seed: 42,
+        },
+        dataset: data.clone(),
+        model: None,
+        max_price: 5_000_000,
+        deadline_secs: 120,
+        estimated_cu: None,
+        sla,
+        privacy: None,
+    };
+    let mut jobs = Vec::new();
+    say("\ntrain     an MLP 11→32→6 on UCI wine quality (1599 wines), 100 epochs".into());
+    let trained = run_job(req, &train, &say).await?;
+    phase("training job", &mut phases);
+    let model = trained.result.clone();
+    jobs.push(trained);
+    if let Some(model) = model {
+        say("\ninfer     the trained model on the same 1599 wines".into());
+        let infer = JobRequest {
+            kind: JobKind::Infer { batch: 256 },
+            model: Some(model),
+            ..train.clone()
+        };
+        jobs.push(run_job(req, &infer, &say).await?);
+        phase("inference job", &mut phases);
+    }
+
+    // Let the settlements reach every node before reading balances.
+    let after = wait(
+        Duration::from_secs(10),
+        "the settlements to sync",
+        || async {
+            let b = balances(&ctl, req).await?;
+            let moved = b.iter().zip(&before).any(|(a, b)| a.2 != b.2);
+            Ok(moved.then_some(b))
+        },
+    )
+    .await
+    .unwrap_or(before.clone());
+    phase("settlement sync", &mut phases);
+    // The next checkpoint finalizes the settlements: the committee proposes it at
+    // the end of the epoch, the members check its state root and sign.
+    let fin0 = req.ledger(0).await?.finalized_epoch;
+    let ledger = wait(
+        Duration::from_secs(4 * EPOCH_SECS + 5),
+        "a checkpoint after the settlements",
+        || async {
+            let l = req.ledger(12).await?;
+            Ok((l.finalized_epoch > fin0).then_some(l))
+        },
+    )
+    .await?;
+    let after = balances(&ctl, req).await.unwrap_or(after);
+    phase("checkpoint", &mut phases);
+    say(format!(
+        "\ncheckpoint epoch {} final: proposed by the epoch's leader, signed by the committee; its reward is minted to providers by verified compute units",
+        ledger.finalized_epoch
+    ));
+    say("\nbalances  (tokens; before → after)".into());
+    for ((role, acc, b0, _), (_, _, b1, _)) in before.iter().zip(&after) {
+        say(format!(
+            "          {role:<11} {}  {:>14} → {:>14}  ({:+})",
+            &acc[..12],
+            fmt_tokens(*b0),
+            fmt_tokens(*b1),
+            *b1 as i128 - *b0 as i128
+        ));
+    }
+    say(format!(
+        "ledger    {} entries on the requester's replica, finalized epoch {}, supply {} tokens, {} invalid",
+        ledger.entries,
+        ledger.finalized_epoch,
+        fmt_tokens(ledger.total_supply),
+        ledger.invalid
+    ));
+    for e in ledger.tail.iter().rev().take(6).rev() {
+        say(format!("          {:<12} {}", e.kind, e.detail));
+    }
+    let ok = jobs.len() == 2 && jobs.iter().all(|j| j.ok);
+    let wall = started.elapsed().as_secs_f64();
+    say("\nphases".into());
+    for (p, s) in &phases {
+        say(format!("          {p:<20} {s:>6.2} s"));
+    }
+    say(format!(
+        "\n{} in {wall:.1} s",
+        if ok {
+            "demo OK: every step succeeded"
+        } else {
+            "demo FAILED"
+        }
+    ));
+    for n in nodes {
+        n.shutdown().await?;
+    }
+    Ok(DemoReport {
+        jobs,
+        balances: after,
+        finalized_epoch: ledger.finalized_epoch,
+        phases,
+        wall_s: wall,
+        ok,
+    })
+}
+
+async fn run_job(
+    req: &ControlClient,
+    job: &JobRequest,
+    say: &impl Fn(String),
+) -> anyhow::Result<JobView> {
+    let v = req.submit(job).await?;
+    say(format!(
+        "          job {}: estimated {:.3} CU by the FLOP model",
+        &v.id[..12],
+        v.estimated_cu
+    ));
+    let mut shown = 0;
+    let done = req
+        .wait_job(&v.id, Duration::from_secs(90), |v| {
+            for e in &v.events[shown..] {
+                say(format!("  {:>6.2} s  {}", e.at_s, e.what));
+            }
+            shown = v.events.len();
+        })
+        .await?;
+    say(format!(
+        "          → {}: {} tokens/CU × {:.3} CU, provider paid {}, requester refunded {}",
+        if done.ok { "OK" } else { "FAILED" },
+        fmt_tokens(done.price_micro_per_cu.unwrap_or_default()),
+        done.units_used.unwrap_or_default(),
+        fmt_tokens(done.paid.unwrap_or_default()),
+        fmt_tokens(done.refund.unwrap_or_default())
+    ));
+    Ok(done)
+}
+
+async fn balances(
+    ctl: &[ControlClient],
+    req: &ControlClient,
+) -> anyhow::Result<Vec<(String, String, u64, u64)>> {
+    let mut out = Vec::new();
+    for (role, c) in ROLES.iter().zip(ctl) {
+        let acc = c.status().await?.account;
+        let b = req.balance(Some(&acc)).await?;
+        out.push((role.to_string(), acc, b.balance, b.stake));
+    }
+    Ok(out)
+}
+
+fn fmt_tokens(micro: u64) -> String {
+    format!("{}.{:06}", micro / 1_000_000, micro % 1_000_000)
+}
+
+/// Poll `check` until it yields, at most `limit`.
+async fn wait<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(t) = check().await? {
+            return Ok(t);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Where `cloudchain demo --keep DIR` leaves the nodes' directories.
+pub fn describe_dir(p: &Path) -> String {
+    format!("the nodes' data directories are in {}", p.display())
+}

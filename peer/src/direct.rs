@@ -1,0 +1,125 @@
+//! What nodes send each other directly (request-response), as opposed to gossip.
+//!
+//! A request is one tag byte and a body: a protocol [`Frame`] (proposals, answers,
+//! probes, key grants), a ledger sync message (automerge's sync protocol, carried
+//! opaquely), or the committee's checkpoint traffic. Each body has its own bound;
+//! the transport bounds the whole at [`crate::net::MAX_RR_BYTES`].
+
+use crdt_ledger::CheckpointBody;
+use protocol::{AccountId, Frame, Hash32, MultiSigned, NetworkId, Sig};
+
+const TAG_FRAME: u8 = 0;
+const TAG_SYNC: u8 = 1;
+const TAG_PROPOSAL: u8 = 2;
+const TAG_VOTE: u8 = 3;
+/// Largest checkpoint proposal accepted.
+pub const MAX_PROPOSAL: usize = 4 << 20;
+
+/// One direct message.
+#[derive(Debug, Clone)]
+pub enum Direct {
+    Frame(Frame),
+    LedgerSync(Vec<u8>),
+    /// A committee leader's checkpoint proposal, to be signed.
+    Proposal(Box<MultiSigned<CheckpointBody>>),
+    /// A member's signature of a proposal, back to the leader.
+    Vote {
+        proposal: Hash32,
+        signer: AccountId,
+        sig: Sig,
+    },
+}
+
+/// Why a direct message was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectError {
+    #[error("empty direct message")]
+    Empty,
+    #[error("unknown direct message type {0}")]
+    Tag(u8),
+    #[error(transparent)]
+    Frame(#[from] protocol::FrameError),
+    #[error(transparent)]
+    Codec(#[from] protocol::CodecError),
+}
+
+impl Direct {
+    pub fn to_bytes(&self) -> Result<Vec<u8>, protocol::CodecError> {
+        let (tag, body) = match self {
+            Direct::Frame(f) => (TAG_FRAME, f.to_bytes()?),
+            Direct::LedgerSync(b) => (TAG_SYNC, b.clone()),
+            Direct::Proposal(p) => (
+                TAG_PROPOSAL,
+                protocol::codec::encode_unbounded("checkpoint-proposal", &**p)?,
+            ),
+            Direct::Vote {
+                proposal,
+                signer,
+                sig,
+            } => (
+                TAG_VOTE,
+                protocol::codec::encode_unbounded("checkpoint-vote", &(proposal, signer, sig))?,
+            ),
+        };
+        let mut out = Vec::with_capacity(body.len() + 1);
+        out.push(tag);
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// Decode untrusted bytes (signatures are checked by whoever consumes them).
+    pub fn from_bytes(bytes: &[u8], network: &NetworkId) -> Result<Direct, DirectError> {
+        let (&tag, body) = bytes.split_first().ok_or(DirectError::Empty)?;
+        Ok(match tag {
+            TAG_FRAME => Direct::Frame(Frame::from_bytes(body, network)?),
+            TAG_SYNC => Direct::LedgerSync(body.to_vec()),
+            TAG_PROPOSAL => Direct::Proposal(Box::new(protocol::codec::decode_limited(
+                "checkpoint-proposal",
+                MAX_PROPOSAL,
+                body,
+            )?)),
+            TAG_VOTE => {
+                let (proposal, signer, sig) =
+                    protocol::codec::decode_limited("checkpoint-vote", 256, body)?;
+                Direct::Vote {
+                    proposal,
+                    signer,
+                    sig,
+                }
+            }
+            t => return Err(DirectError::Tag(t)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_is_refused_without_panic() {
+        let n = NetworkId::named("direct");
+        assert!(matches!(
+            Direct::from_bytes(&[], &n),
+            Err(DirectError::Empty)
+        ));
+        assert!(matches!(
+            Direct::from_bytes(&[9, 1], &n),
+            Err(DirectError::Tag(9))
+        ));
+        for tag in 0..4u8 {
+            for len in [0usize, 1, 7, 300] {
+                let mut b = vec![tag];
+                b.extend((0..len).map(|i| (i * 31 + 7) as u8));
+                let _ = Direct::from_bytes(&b, &n);
+            }
+        }
+        let v = Direct::Vote {
+            proposal: Hash32([1; 32]),
+            signer: protocol::Identity::from_seed(1).account(),
+            sig: Sig([2; 64]),
+        };
+        let back = Direct::from_bytes(&v.to_bytes().unwrap(), &n).unwrap();
+        assert!(matches!(back, Direct::Vote { proposal, .. } if proposal == Hash32([1; 32])));
+    }
+}

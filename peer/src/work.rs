@@ -1,0 +1,395 @@
+//! Running a contract's job and checking one, on the compute backend.
+//!
+//! Everything here is blocking and CPU/GPU-bound: the node calls it from
+//! `tokio::task::spawn_blocking`. Inputs are the decrypted bytes of the job's blobs
+//! (safetensors); the result travels as one [`JobResult`] bundle: the output, and
+//! for training the checkpoint chain with the checkpointed weights, so that a
+//! committee member can re-execute one link of the chain without asking anyone.
+
+use anyhow::{Context, bail};
+use compute::workload::{chain_next, chain_start};
+use compute::{Backend, Checkpoint, DataShape, DpConfig, Metrics, TrainSpec, WorkloadSpec};
+use protocol::{ComputeUnits, Hash32, JobKind, Receipt};
+use serde::{Deserialize, Serialize};
+
+/// Tolerance of a re-execution (relative, per parameter or logit). The CPU and wgpu
+/// backends agree to ~1e-5 on the jobs we run; a wrong result is off by far more.
+pub const CHECK_TOLERANCE: f32 = 1e-3;
+/// Rows of an inference job that a committee member re-runs.
+pub const INFER_SAMPLE: usize = 64;
+/// Largest result bundle accepted (decoded from a provider's blob).
+pub const MAX_RESULT: usize = 1 << 30;
+const RESULT_KIND: &str = "job-result";
+
+/// What a provider delivers (encrypted to the job key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    /// The output as safetensors: the trained model, the logits, the new data set.
+    pub output: Vec<u8>,
+    /// Training only: the weight-checkpoint chain and the weights at each link.
+    pub chain: Vec<Checkpoint>,
+    pub checkpoint_models: Vec<Vec<u8>>,
+    pub metrics: Metrics,
+}
+
+impl JobResult {
+    pub fn to_bytes(&self) -> anyhow::Result<Vec<u8>> {
+        Ok(protocol::codec::encode_unbounded(RESULT_KIND, self)?)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> anyhow::Result<Self> {
+        protocol::codec::decode_limited(RESULT_KIND, MAX_RESULT, bytes)
+            .context("the result bundle is malformed")
+    }
+}
+
+/// A finished run, as the receipt reports it.
+#[derive(Debug, Clone)]
+pub struct Ran {
+    pub result: JobResult,
+    pub units: ComputeUnits,
+    pub commitment: Hash32,
+    pub checkpoint_every: u32,
+    pub checkpoints: u32,
+    pub elapsed_s: f64,
+    pub backend: String,
+}
+
+/// The compute crate's workload for a job kind (`model` names the layers of an
+/// inference job).
+pub fn workload_spec(kind: &JobKind, model: Option<&[u8]>) -> anyhow::Result<WorkloadSpec> {
+    Ok(match kind {
+        JobKind::Train {
+            layers,
+            epochs,
+            batch,
+            learning_rate,
+            dp,
+            seed,
+        } => {
+            let mut ts = TrainSpec::new(
+                layers.iter().map(|&w| w as usize).collect(),
+                *epochs as usize,
+                *batch as usize,
+                *learning_rate,
+                *seed,
+            );
+            ts.dp = dp.map(|d| DpConfig {
+                clip: d.clip_norm,
+                sigma: d.noise_multiplier,
+                delta: 1e-5,
+            });
+            WorkloadSpec::Train(ts)
+        }
+        JobKind::Infer { .. } => {
+            let m = model.context("an inference job needs a model")?;
+            let mlp = compute::mlp::Mlp::from_safetensors(m)?;
+            WorkloadSpec::Infer { layers: mlp.layers }
+        }
+        JobKind::Preprocess { op, seed } => WorkloadSpec::Preprocess {
+            op: match op {
+                protocol::PreprocessOp::Standardize => compute::PreprocessOp::Standardize,
+                protocol::PreprocessOp::Normalize => compute::PreprocessOp::Normalize,
+                protocol::PreprocessOp::ShuffleSplit { test_share } => {
+                    compute::PreprocessOp::Split {
+                        test_fraction: f32::from(test_share.0) / 10_000.0,
+                        seed: *seed,
+                    }
+                }
+            },
+        },
+    })
+}
+
+/// Rows and columns of a data set (its `x`, and `x_test` if present).
+pub fn data_shape(data: &[u8]) -> anyhow::Result<DataShape> {
+    let st = compute::tensors::parse(data)?;
+    let (rows, features, _) = compute::tensors::read_matrix(&st, "x")?;
+    let test_rows = if compute::tensors::has(&st, "x_test") {
+        compute::tensors::read_matrix(&st, "x_test")?.0
+    } else {
+        0
+    };
+    Ok(DataShape {
+        rows,
+        features,
+        test_rows,
+    })
+}
+
+/// Compute units the job will take (1 CU = 1 GFLOP), from the FLOP model.
+pub fn estimate_units(kind: &JobKind, data: &[u8], model: Option<&[u8]>) -> anyhow::Result<f64> {
+    let spec = workload_spec(kind, model)?;
+    Ok(compute::compute_units_for(&spec, data_shape(data)?))
+}
+
+fn units(cu: f64) -> ComputeUnits {
+    ComputeUnits {
+        milli: (cu * 1000.0).ceil().max(1.0) as u64,
+    }
+}
+
+/// Run a job. A `faulty` provider skips part of the work and fakes the rest (for
+/// tests and demos of the committee catching it): its result is wrong but its
+/// receipt is well formed.
+pub fn run(
+    backend: &dyn Backend,
+    kind: &JobKind,
+    data: &[u8],
+    model: Option<&[u8]>,
+    faulty: bool,
+) -> anyhow::Result<Ran> {
+    let spec = workload_spec(kind, model)?;
+    let out = compute::run_workload(backend, &spec, data, model)?;
+    let mut result = JobResult {
+        output: out.output.clone(),
+        chain: out.checkpoints.clone(),
+        checkpoint_models: out.checkpoint_models.clone(),
+        metrics: out.metrics.clone(),
+    };
+    if faulty {
+        fake(&spec, &mut result)?;
+    }
+    let (commitment, every, n) = match (&spec, result.chain.last()) {
+        (WorkloadSpec::Train(ts), Some(last)) => (
+            Hash32(last.hash),
+            ts.checkpoint_every.min(u64::from(u32::MAX)) as u32,
+            result.chain.len() as u32,
+        ),
+        _ => (Hash32(*blake3::hash(&result.output).as_bytes()), 0, 0),
+    };
+    Ok(Ran {
+        result,
+        units: units(out.compute_units()),
+        commitment,
+        checkpoint_every: every,
+        checkpoints: n,
+        elapsed_s: out.elapsed_s,
+        backend: out.backend.name,
+    })
+}
+
+/// Make a result wrong in a way only re-execution reveals: training weights drift
+/// after the first link (the chain is re-hashed so it stays consistent), logits
+/// are scaled (predictions unchanged), data is shifted.
+fn fake(spec: &WorkloadSpec, r: &mut JobResult) -> anyhow::Result<()> {
+    match spec {
+        WorkloadSpec::Train(_) => {
+            for i in 1..r.chain.len() {
+                let mut m = compute::mlp::Mlp::from_safetensors(&r.checkpoint_models[i])?;
+                for w in m.w.iter_mut().chain(m.b.iter_mut()) {
+                    for p in w.iter_mut() {
+                        *p += 0.05;
+                    }
+                }
+                r.chain[i].hash = chain_next(&r.chain[i - 1].hash, r.chain[i].step, &m);
+                r.checkpoint_models[i] = m.to_safetensors()?;
+            }
+            if let Some(last) = r.checkpoint_models.last() {
+                r.output = last.clone();
+            }
+        }
+        _ => {
+            let st = compute::tensors::parse(&r.output)?;
+            let name = if compute::tensors::has(&st, "logits") {
+                "logits"
+            } else {
+                "x"
+            };
+            let (rows, cols, mut v) = compute::tensors::read_matrix(&st, name)?;
+            for x in &mut v {
+                *x = *x * 1.5 + 0.25;
+            }
+            let mut w = compute::tensors::Writer::new().f32(name, &[rows, cols], &v);
+            if name == "logits" {
+                w = w.u32(
+                    "pred",
+                    &[rows],
+                    &compute::tensors::read_labels(&st, "pred")?,
+                );
+            }
+            r.output = w.to_bytes()?;
+        }
+    }
+    Ok(())
+}
+
+/// A committee member's check of a delivered result: re-execute one link of a
+/// training chain (chosen by `seed`, which the provider cannot know in advance), a
+/// sample of inference rows, or the whole of a preprocessing job.
+pub fn check(
+    backend: &dyn Backend,
+    kind: &JobKind,
+    data: &[u8],
+    model: Option<&[u8]>,
+    result: &JobResult,
+    receipt: &Receipt,
+    seed: u64,
+) -> anyhow::Result<compute::verify::Verdict> {
+    let spec = workload_spec(kind, model)?;
+    let fail = |reason: String| compute::verify::Verdict {
+        ok: false,
+        max_abs_diff: 0.0,
+        reason,
+    };
+    match &spec {
+        WorkloadSpec::Train(ts) => {
+            let chain = &result.chain;
+            if chain.len() != result.checkpoint_models.len()
+                || chain.len() != receipt.checkpoints as usize
+            {
+                return Ok(fail(format!(
+                    "{} links, {} models, the receipt says {}",
+                    chain.len(),
+                    result.checkpoint_models.len(),
+                    receipt.checkpoints
+                )));
+            }
+            let Some(last) = chain.last() else {
+                return Ok(fail("an empty checkpoint chain".into()));
+            };
+            if Hash32(last.hash) != receipt.commitment {
+                return Ok(fail(
+                    "the chain does not end at the receipt's commitment".into(),
+                ));
+            }
+            let start = compute::mlp::Mlp::from_safetensors(&result.checkpoint_models[0])?;
+            let expected = match model {
+                Some(m) => compute::mlp::Mlp::from_safetensors(m)?,
+                None => compute::mlp::Mlp::init(&ts.layers, ts.seed)?,
+            };
+            if start != expected || chain[0].hash != chain_start(ts.seed, &start) {
+                return Ok(fail("the chain does not start from the job's model".into()));
+            }
+            if result.output != result.checkpoint_models[chain.len() - 1] {
+                return Ok(fail("the output is not the last checkpoint".into()));
+            }
+            let Some(index) = compute::verify::challenge_segment(chain, seed) else {
+                return Ok(fail("a chain of one link proves no training".into()));
+            };
+            Ok(compute::verify::verify_training_segment(
+                backend,
+                ts,
+                data,
+                chain,
+                index,
+                &result.checkpoint_models[index - 1],
+                &result.checkpoint_models[index],
+                CHECK_TOLERANCE,
+            )?)
+        }
+        WorkloadSpec::Infer { .. } => {
+            let Some(m) = model else {
+                bail!("an inference job needs a model");
+            };
+            Ok(compute::verify::verify_inference_sample(
+                backend,
+                m,
+                data,
+                &result.output,
+                INFER_SAMPLE,
+                seed,
+                CHECK_TOLERANCE,
+            )?)
+        }
+        WorkloadSpec::Preprocess { .. } => {
+            let ours = compute::run_workload(backend, &spec, data, model)?;
+            let a = compute::tensors::parse(&ours.output)?;
+            let b = compute::tensors::parse(&result.output)?;
+            let (_, _, x) = compute::tensors::read_matrix(&a, "x")?;
+            let (_, _, y) = compute::tensors::read_matrix(&b, "x")?;
+            if x.len() != y.len() {
+                return Ok(fail(format!("{} values, expected {}", y.len(), x.len())));
+            }
+            let worst = x
+                .iter()
+                .zip(&y)
+                .map(|(p, q)| (p - q).abs() / (1.0 + p.abs()))
+                .fold(0f32, f32::max);
+            Ok(compute::verify::Verdict {
+                ok: worst <= CHECK_TOLERANCE,
+                max_abs_diff: worst,
+                reason: format!("re-ran the job: max relative difference {worst:.3e}"),
+            })
+        }
+        other => bail!("no check for {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wine() -> Vec<u8> {
+        compute::datasets::builtin(compute::datasets::Builtin::WineQuality).unwrap()
+    }
+
+    fn train_kind() -> JobKind {
+        JobKind::Train {
+            layers: vec![11, 16, 6],
+            epochs: 2,
+            batch: 64,
+            learning_rate: 0.05,
+            dp: None,
+            seed: 7,
+        }
+    }
+
+    fn receipt(ran: &Ran) -> Receipt {
+        Receipt {
+            contract: Hash32([1; 32]),
+            provider: protocol::Identity::from_seed(2).account(),
+            result: protocol::BlobRef {
+                hash: Hash32([3; 32]),
+                size: 1,
+            },
+            units_used: ran.units,
+            timings: protocol::Timings {
+                accepted_at: protocol::Timestamp(0),
+                inputs_ready_at: protocol::Timestamp(0),
+                started_at: protocol::Timestamp(0),
+                finished_at: protocol::Timestamp(0),
+            },
+            commitment: ran.commitment,
+            checkpoint_every: ran.checkpoint_every,
+            checkpoints: ran.checkpoints,
+        }
+    }
+
+    #[test]
+    fn honest_training_and_inference_pass_and_faked_ones_fail() {
+        let be = compute::CpuBackend::new();
+        let data = wine();
+        for faulty in [false, true] {
+            let ran = run(&be, &train_kind(), &data, None, faulty).unwrap();
+            let bundle = JobResult::from_bytes(&ran.result.to_bytes().unwrap()).unwrap();
+            let v = check(&be, &train_kind(), &data, None, &bundle, &receipt(&ran), 9).unwrap();
+            assert_eq!(v.ok, !faulty, "training, faulty={faulty}: {}", v.reason);
+
+            let honest = run(&be, &train_kind(), &data, None, false).unwrap();
+            let model = honest.result.output;
+            let infer = JobKind::Infer { batch: 256 };
+            let ran = run(&be, &infer, &data, Some(&model), faulty).unwrap();
+            let v = check(
+                &be,
+                &infer,
+                &data,
+                Some(&model),
+                &ran.result,
+                &receipt(&ran),
+                9,
+            )
+            .unwrap();
+            assert_eq!(v.ok, !faulty, "inference, faulty={faulty}: {}", v.reason);
+        }
+    }
+
+    #[test]
+    fn estimates_are_positive_and_bad_bundles_are_refused() {
+        let data = wine();
+        let cu = estimate_units(&train_kind(), &data, None).unwrap();
+        assert!(cu > 0.0, "{cu}");
+        let err = JobResult::from_bytes(&[1, 2, 3]).unwrap_err().to_string();
+        assert!(err.contains("malformed"), "{err}");
+    }
+}
