@@ -86,11 +86,37 @@ pub enum Command {
     /// Simulate the market on virtual time and write a report (CSV, SVG, HTML).
     Sim(SimArgs),
     /// Benchmark this device's matrix-product speed (GFLOP/s = compute units per
-    /// second): the figure a provider advertises.
+    /// second): the figure a provider advertises. `bench storage` and
+    /// `bench contracts` measure a local swarm instead.
     Bench {
         /// Backend: auto (a real GPU if found, else the CPU), cpu or wgpu.
         #[arg(long, default_value = "auto")]
         backend: String,
+        #[command(subcommand)]
+        what: Option<BenchWhat>,
+    },
+    /// Move tokens to another account.
+    Transfer {
+        /// The receiving account id.
+        to: String,
+        /// Tokens (up to six decimals).
+        tokens: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchWhat {
+    /// Write and read latency by object size, for blobs and for ledger writes
+    /// finalized by a 3-oracle committee (a local swarm of 7 nodes).
+    Storage {
+        /// Object sizes in MB.
+        #[arg(long, value_delimiter = ',', default_value = "50,100,200")]
+        sizes: Vec<u64>,
+    },
+    /// Offer-to-signed-contract latency (p50, p95) on a local swarm.
+    Contracts {
+        #[arg(long, default_value_t = 50)]
+        jobs: usize,
     },
 }
 
@@ -215,14 +241,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Jobs
         | Command::Job { .. }
         | Command::Balance { .. }
-        | Command::Ledger { .. } => return remote(&cli),
+        | Command::Ledger { .. }
+        | Command::Transfer { .. } => return remote(&cli),
         Command::Genesis(args) => return genesis(&cli, args),
         Command::Demo {
             keep,
             faulty_provider,
         } => return demo(cli.json, keep.clone(), *faulty_provider),
         Command::Sim(args) => return sim(cli.json, args),
-        Command::Bench { backend } => return bench(cli.json, backend),
+        Command::Bench { backend, what } => return bench(cli.json, backend, what.as_ref()),
         Command::Init { .. } | Command::Id => {}
     }
     match cli.command {
@@ -329,7 +356,41 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn bench(json: bool, backend: &str) -> anyhow::Result<()> {
+fn bench(json: bool, backend: &str, what: Option<&BenchWhat>) -> anyhow::Result<()> {
+    match what {
+        Some(BenchWhat::Storage { sizes }) => {
+            let rows = runtime()?.block_on(crate::netbench::storage(sizes))?;
+            return print(json, &rows, |rows| {
+                println!(
+                    "storage latency on a 7-node loopback swarm (3-oracle committee, 2 s epochs)"
+                );
+                println!(
+                    "{:>8}  {:>12} {:>12} {:>16} {:>16}",
+                    "size", "blob write", "blob read", "ledger write", "ledger read"
+                );
+                for r in rows {
+                    println!(
+                        "{:>5} MB  {:>10.3} s {:>10.3} s {:>14.3} s {:>14.3} s",
+                        r.size_mb, r.blob_write_s, r.blob_read_s, r.ledger_write_s, r.ledger_read_s
+                    );
+                }
+            });
+        }
+        Some(BenchWhat::Contracts { jobs }) => {
+            let l = runtime()?.block_on(crate::netbench::contracts((*jobs).max(1)))?;
+            return print(json, &l, |l| {
+                println!(
+                    "offer-to-signed-contract latency over {} jobs on a 7-node loopback swarm",
+                    l.jobs
+                );
+                println!(
+                    "p50 {:.1} ms   p95 {:.1} ms   max {:.1} ms",
+                    l.p50_ms, l.p95_ms, l.max_ms
+                );
+            });
+        }
+        None => {}
+    }
     let pref = match backend {
         "auto" => compute::BackendPreference::Auto,
         "cpu" => compute::BackendPreference::Cpu,
@@ -585,6 +646,11 @@ fn remote(cli: &Cli) -> anyhow::Result<()> {
                         println!("{}  {}#{:<4} {:<12} {}", e.created_at_ms, &e.author[..12], e.seq, e.kind, e.detail);
                     }
                 })
+            }
+            Command::Transfer { to, tokens: amount } => {
+                let amount = crate::genesis::parse_tokens(amount)?;
+                let e = client.transfer(to, amount.0).await?;
+                print(json, &e, |e| println!("wrote transfer #{} ({}): {}", e.seq, &e.hash[..12], e.detail))
             }
             _ => unreachable!("only remote commands come here"),
         }

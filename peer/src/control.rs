@@ -17,6 +17,7 @@
 //! - `GET  /v1/jobs`, `GET /v1/jobs/{id}` — the node's jobs and what happened to them
 //! - `GET  /v1/balance?account=ID` — an account's balance (this node's by default)
 //! - `GET  /v1/ledger?tail=N` — the ledger's summary and its last `N` entries
+//! - `POST /v1/transfer` `{to, amount}` — move micro-tokens: the entry written
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -65,6 +66,18 @@ pub enum ControlRequest {
         tail: usize,
         reply: oneshot::Sender<anyhow::Result<LedgerView>>,
     },
+    Transfer {
+        body: TransferBody,
+        reply: oneshot::Sender<anyhow::Result<EntryView>>,
+    },
+}
+
+/// Move tokens to another account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransferBody {
+    pub to: String,
+    /// Micro-tokens.
+    pub amount: u64,
 }
 
 /// A job to submit (what `cloudchain submit` makes of a JOB.toml).
@@ -386,6 +399,14 @@ pub async fn serve(
                 },
             ),
         )
+        .route(
+            "/v1/transfer",
+            post(
+                |State(st): State<AppState>, Json(body): Json<TransferBody>| async move {
+                    ask(&st, |reply| ControlRequest::Transfer { body, reply }).await
+                },
+            ),
+        )
         .layer(middleware::from_fn_with_state(st.clone(), auth))
         .with_state(st);
     let handle = tokio::spawn(async move {
@@ -568,5 +589,17 @@ impl ControlClient {
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
+    }
+
+    pub async fn transfer(&self, to: &str, amount: u64) -> anyhow::Result<EntryView> {
+        self.send(
+            self.http
+                .post(format!("{}/v1/transfer", self.base))
+                .json(&TransferBody {
+                    to: to.to_string(),
+                    amount,
+                }),
+        )
+        .await
     }
 }

@@ -43,7 +43,7 @@ pub struct DemoReport {
 /// Epochs are short so that a checkpoint finalizes the demo's settlements.
 const EPOCH_SECS: u64 = 3;
 
-const ROLES: [&str; 7] = [
+pub const ROLES: [&str; 7] = [
     "oracle-1",
     "oracle-2",
     "oracle-3",
@@ -52,6 +52,129 @@ const ROLES: [&str; 7] = [
     "provider-3",
     "requester",
 ];
+
+/// Seven nodes on loopback from one genesis: three oracles (the committee),
+/// three providers (price floors 0.4, 0.55 and 0.7 tokens per CU), a requester
+/// holding 10 000 tokens. Used by the demo and the network benchmarks.
+#[derive(Debug)]
+pub struct LocalSwarm {
+    pub root: PathBuf,
+    pub genesis: crdt_ledger::GenesisEntry,
+    pub nodes: Vec<RunningNode>,
+    /// Control clients, in the order of [`ROLES`].
+    pub ctl: Vec<ControlClient>,
+}
+
+impl LocalSwarm {
+    /// Start the nodes under `root` (reusing directories already there) and wait
+    /// until the requester holds all three offers and knows every peer.
+    pub async fn start(
+        root: &Path,
+        faulty_providers: usize,
+        epoch_secs: u64,
+    ) -> anyhow::Result<Self> {
+        let mut dirs = Vec::new();
+        for (i, role) in ROLES.iter().enumerate() {
+            let path = root.join(role);
+            let mut d = if path.join(crate::config::KEY_FILE).exists() {
+                DataDir::open(&path)?
+            } else {
+                DataDir::init(&path)?
+            };
+            if role.starts_with("provider") {
+                // Three price floors, so the market has a choice to make.
+                d.config.provider.price_floor = [400_000, 550_000, 700_000][i - 3];
+                d.config.provider.slots = 2;
+                d.config.provider.backend = "auto".into();
+            }
+            dirs.push(d);
+        }
+        let ids: Vec<Identity> = dirs.iter().map(|d| d.identity.clone()).collect();
+        let genesis_path = root.join(crate::genesis::GENESIS_FILE);
+        let genesis = if genesis_path.exists() {
+            crate::genesis::load(&genesis_path)?
+        } else {
+            let mut balances = Vec::new();
+            let mut stakes = Vec::new();
+            for (i, id) in ids.iter().enumerate() {
+                let tokens = if i == 6 { 10_000 } else { 100 };
+                balances.push((id.account(), Amount::tokens(tokens)));
+                if i < 3 {
+                    stakes.push((id.account(), Amount::tokens(1_000)));
+                }
+            }
+            let g = crate::genesis::build(
+                &ids[6],
+                "cloudchain-demo",
+                crate::net::now(),
+                crate::genesis::local_params(DurationMs::secs(epoch_secs), 3),
+                balances,
+                stakes,
+            )?;
+            crate::genesis::save(&genesis_path, &g)?;
+            g
+        };
+        // The first oracle is everyone's bootstrap peer.
+        let timing = Timing {
+            grace: DurationMs::secs(20),
+            dispute_window: DurationMs::secs(1),
+            probe_every: DurationMs::secs(5),
+            offer_ttl: DurationMs::secs(120),
+            deadline_slack: DurationMs::secs(5),
+        };
+        let mut nodes: Vec<RunningNode> = Vec::new();
+        let mut boot = Vec::new();
+        for (i, d) in dirs.into_iter().enumerate() {
+            let path = d.path.clone();
+            let mut o = RunOptions::loopback(genesis.clone(), boot.clone());
+            o.oracle = i < 3;
+            o.provider = (3..6).contains(&i);
+            o.faulty = (3..3 + faulty_providers).contains(&i);
+            o.timing = timing;
+            let n = node::start(d, o)
+                .await
+                .with_context(|| format!("cannot start {}", path.display()))?;
+            if i == 0 {
+                boot.push(n.dial_addr().await?);
+            }
+            nodes.push(n);
+        }
+        let ctl: Vec<ControlClient> = ROLES
+            .iter()
+            .map(|r| ControlClient::from_data_dir(&root.join(r)))
+            .collect::<anyhow::Result<_>>()?;
+        let req = &ctl[6];
+        wait(
+            Duration::from_secs(30),
+            "the three providers' offers",
+            || async {
+                let o = req.offers().await?;
+                let s = req.status().await?;
+                Ok((o.len() >= 3 && s.connected_peers >= 6).then_some(()))
+            },
+        )
+        .await?;
+        // Give gossipsub a heartbeat to graft the oracle topic's mesh.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        Ok(LocalSwarm {
+            root: root.to_path_buf(),
+            genesis,
+            nodes,
+            ctl,
+        })
+    }
+
+    pub fn requester(&self) -> &ControlClient {
+        &self.ctl[6]
+    }
+
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        for n in self.nodes {
+            n.shutdown().await?;
+        }
+        Ok(())
+    }
+}
 
 /// Run the demo. `Ok(report)` with `report.ok` false when a step failed.
 pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
@@ -76,99 +199,18 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
         phase_start = Instant::now();
     };
 
-    // Seven data directories and one genesis.
-    let mut dirs = Vec::new();
-    for (i, role) in ROLES.iter().enumerate() {
-        let path = root.join(role);
-        let mut d = if path.join(crate::config::KEY_FILE).exists() {
-            DataDir::open(&path)?
-        } else {
-            DataDir::init(&path)?
-        };
-        if role.starts_with("provider") {
-            // Three price floors, so the market has a choice to make.
-            d.config.provider.price_floor = [400_000, 550_000, 700_000][i - 3];
-            d.config.provider.slots = 2;
-            d.config.provider.backend = "auto".into();
-        }
-        dirs.push(d);
-    }
-    let ids: Vec<Identity> = dirs.iter().map(|d| d.identity.clone()).collect();
-    let genesis_path = root.join(crate::genesis::GENESIS_FILE);
-    let genesis = if genesis_path.exists() {
-        crate::genesis::load(&genesis_path)?
-    } else {
-        let mut balances = Vec::new();
-        let mut stakes = Vec::new();
-        for (i, id) in ids.iter().enumerate() {
-            let tokens = if i == 6 { 10_000 } else { 100 };
-            balances.push((id.account(), Amount::tokens(tokens)));
-            if i < 3 {
-                stakes.push((id.account(), Amount::tokens(1_000)));
-            }
-        }
-        let g = crate::genesis::build(
-            &ids[6],
-            "cloudchain-demo",
-            crate::net::now(),
-            crate::genesis::local_params(DurationMs::secs(EPOCH_SECS), 3),
-            balances,
-            stakes,
-        )?;
-        crate::genesis::save(&genesis_path, &g)?;
-        g
-    };
+    let swarm = LocalSwarm::start(&root, opts.faulty_providers, EPOCH_SECS).await?;
     say(format!(
         "genesis   network {} — 3 oracles staked 1000 tokens each, the requester holds 10000",
-        &genesis.network().to_string()[..16]
+        &swarm.genesis.network().to_string()[..16]
     ));
-
-    // Start the nodes: the first oracle is everyone's bootstrap peer.
-    let timing = Timing {
-        grace: DurationMs::secs(20),
-        dispute_window: DurationMs::secs(1),
-        probe_every: DurationMs::secs(5),
-        offer_ttl: DurationMs::secs(120),
-        deadline_slack: DurationMs::secs(5),
-    };
-    let mut nodes: Vec<RunningNode> = Vec::new();
-    let mut boot = Vec::new();
-    for (i, d) in dirs.into_iter().enumerate() {
-        let path = d.path.clone();
-        let mut o = RunOptions::loopback(genesis.clone(), boot.clone());
-        o.oracle = i < 3;
-        o.provider = (3..6).contains(&i);
-        o.faulty = (3..3 + opts.faulty_providers).contains(&i);
-        o.timing = timing;
-        let n = node::start(d, o)
-            .await
-            .with_context(|| format!("cannot start {}", path.display()))?;
-        if i == 0 {
-            boot.push(n.dial_addr().await?);
-        }
-        nodes.push(n);
-    }
-    let ctl: Vec<ControlClient> = ROLES
-        .iter()
-        .map(|r| ControlClient::from_data_dir(&root.join(r)))
-        .collect::<anyhow::Result<_>>()?;
-    let req = &ctl[6];
     say(format!(
         "started   7 nodes on 127.0.0.1 (libp2p + iroh + ledger + control API each) in {:.1} s",
         started.elapsed().as_secs_f64()
     ));
-
-    // Wait until the requester has heard all three offers and the swarm is meshed.
-    let offers = wait(
-        Duration::from_secs(30),
-        "the three providers' offers",
-        || async {
-            let o = req.offers().await?;
-            let s = req.status().await?;
-            Ok((o.len() >= 3 && s.connected_peers >= 6).then_some(o))
-        },
-    )
-    .await?;
+    let ctl = &swarm.ctl;
+    let req = swarm.requester();
+    let offers = req.offers().await?;
     phase("swarm and offers", &mut phases);
     say("offers    the requester's order book:".into());
     for o in &offers {
@@ -180,10 +222,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
             fmt_tokens(o.price_micro_per_cu)
         ));
     }
-    // Give gossipsub a heartbeat to graft the oracle topic's mesh.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-
-    let before = balances(&ctl, req).await?;
+    let before = balances(ctl, req).await?;
     let data = root.join("winequality.safetensors");
     compute::datasets::write_builtin(compute::datasets::Builtin::WineQuality, &data)?;
     let sla = SlaRequirement {
@@ -229,7 +268,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
         Duration::from_secs(10),
         "the settlements to sync",
         || async {
-            let b = balances(&ctl, req).await?;
+            let b = balances(ctl, req).await?;
             let moved = b.iter().zip(&before).any(|(a, b)| a.2 != b.2);
             Ok(moved.then_some(b))
         },
@@ -249,7 +288,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
         },
     )
     .await?;
-    let after = balances(&ctl, req).await.unwrap_or(after);
+    let after = balances(ctl, req).await.unwrap_or(after);
     phase("checkpoint", &mut phases);
     say(format!(
         "\ncheckpoint epoch {} final: proposed by the epoch's leader, signed by the committee; its reward is minted to providers by verified compute units",
@@ -289,9 +328,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
             "demo FAILED"
         }
     ));
-    for n in nodes {
-        n.shutdown().await?;
-    }
+    swarm.shutdown().await?;
     Ok(DemoReport {
         jobs,
         balances: after,
@@ -302,7 +339,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
     })
 }
 
-async fn run_job(
+pub async fn run_job(
     req: &ControlClient,
     job: &JobRequest,
     say: &impl Fn(String),
@@ -351,7 +388,7 @@ fn fmt_tokens(micro: u64) -> String {
 }
 
 /// Poll `check` until it yields, at most `limit`.
-async fn wait<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+pub async fn wait<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,

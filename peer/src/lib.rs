@@ -15,5 +15,6 @@ pub mod direct;
 pub mod genesis;
 pub mod jobfile;
 pub mod net;
+pub mod netbench;
 pub mod node;
 pub mod work;

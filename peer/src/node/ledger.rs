@@ -150,6 +150,54 @@ impl NodeLoop {
         }
     }
 
+    pub(super) fn transfer(
+        &mut self,
+        t: crate::control::TransferBody,
+    ) -> anyhow::Result<EntryView> {
+        let to: AccountId =
+            t.to.parse()
+                .map_err(|e| anyhow::anyhow!("{:?} is not an account id: {e}", t.to))?;
+        if t.amount == 0 {
+            anyhow::bail!("transfer a positive amount");
+        }
+        let body = Body::Transfer {
+            to,
+            amount: protocol::Amount(t.amount),
+        };
+        let detail = describe(&body);
+        let id = self.ledger.append(&self.identity, body, net::now())?;
+        self.ledger_dirty = true;
+        Ok(EntryView {
+            author: self.identity.account().to_string(),
+            seq: id.seq,
+            kind: "transfer".into(),
+            created_at_ms: net::now().0,
+            hash: id.hash.to_string(),
+            detail,
+        })
+    }
+
+    /// An oracle bonds the minimum stake if it has none, so that it enters the
+    /// committee draw from the next checkpoint.
+    pub(super) fn stake_for_committee(&mut self) {
+        let me = self.identity.account();
+        let min = self.ledger.params().min_stake;
+        let stake = self.ledger.state().stake(&me);
+        if stake >= min {
+            return;
+        }
+        if self.ledger.spendable(&me) < min {
+            return warn!(
+                need = %min,
+                "an oracle needs a stake of {min} tokens to be drawn; this account cannot pay it"
+            );
+        }
+        match self.append(Body::Stake { amount: min }) {
+            Ok(()) => info!(%min, "staked to serve on the committee"),
+            Err(e) => warn!(%e, "cannot stake"),
+        }
+    }
+
     pub(super) fn balance(&mut self, account: Option<String>) -> anyhow::Result<BalanceView> {
         let a: AccountId = match account {
             Some(s) => s

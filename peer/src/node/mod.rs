@@ -387,6 +387,9 @@ impl NodeLoop {
             let out = self.provider_handle(ProviderInput::Start);
             self.on_provider_out(out).await;
         }
+        if self.oracle.is_some() {
+            self.stake_for_committee();
+        }
         self.on_ledger_changed().await;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -633,6 +636,9 @@ impl NodeLoop {
             }
             ControlRequest::Ledger { tail, reply } => {
                 let _ = reply.send(Ok(self.ledger_view(tail)));
+            }
+            ControlRequest::Transfer { body, reply } => {
+                let _ = reply.send(self.transfer(body));
             }
         }
     }
