@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 
 use protocol::codec::Wire;
-use protocol::{AccountId, Amount, Hash32};
+use protocol::{AccountId, Amount, Hash32, MultiSigned};
 use serde::{Deserialize, Serialize};
 
 /// One author's last entry included by a checkpoint.
@@ -103,6 +103,38 @@ pub fn committee_seed(purpose: &str, prev: &Hash32, epoch: u64) -> Hash32 {
     h.update(&prev.0);
     h.update(&epoch.to_le_bytes());
     Hash32(*h.finalize().as_bytes())
+}
+
+/// Largest checkpoint proposal accepted from a peer (the frontier names every
+/// author that wrote in the epoch).
+pub const MAX_PROPOSAL: usize = 4 << 20;
+const VOTE_KIND: &str = "checkpoint-vote";
+const PROPOSAL_KIND: &str = "checkpoint-proposal";
+
+/// Encode a checkpoint proposal for a committee member.
+pub fn encode_proposal(p: &MultiSigned<CheckpointBody>) -> Result<Vec<u8>, protocol::CodecError> {
+    protocol::codec::encode_unbounded(PROPOSAL_KIND, p)
+}
+
+/// Decode an untrusted proposal (its signatures are checked when it is signed).
+pub fn decode_proposal(bytes: &[u8]) -> Result<MultiSigned<CheckpointBody>, protocol::CodecError> {
+    protocol::codec::decode_limited(PROPOSAL_KIND, MAX_PROPOSAL, bytes)
+}
+
+/// A member's signature of a proposal (by the proposal's body hash), for the leader.
+pub fn encode_vote(
+    proposal: &Hash32,
+    signer: &AccountId,
+    sig: &protocol::Sig,
+) -> Result<Vec<u8>, protocol::CodecError> {
+    protocol::codec::encode_unbounded(VOTE_KIND, &(proposal, signer, sig))
+}
+
+/// Decode an untrusted vote (checked by `Ledger::apply_checkpoint_signature`).
+pub fn decode_vote(
+    bytes: &[u8],
+) -> Result<(Hash32, AccountId, protocol::Sig), protocol::CodecError> {
+    protocol::codec::decode_limited(VOTE_KIND, 256, bytes)
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
             Message::ProbeReply(s) => drop(s.verify(&net)),
             Message::Verdict(s) => drop(s.verify(&net)),
             Message::Dispute(s) => drop(s.verify(&net)),
+            Message::KeyGrant(s) => drop(s.verify(&net)),
         }
     }
 });

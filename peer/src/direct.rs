@@ -12,8 +12,6 @@ const TAG_FRAME: u8 = 0;
 const TAG_SYNC: u8 = 1;
 const TAG_PROPOSAL: u8 = 2;
 const TAG_VOTE: u8 = 3;
-/// Largest checkpoint proposal accepted.
-pub const MAX_PROPOSAL: usize = 4 << 20;
 
 /// One direct message.
 #[derive(Debug, Clone)]
@@ -48,17 +46,14 @@ impl Direct {
         let (tag, body) = match self {
             Direct::Frame(f) => (TAG_FRAME, f.to_bytes()?),
             Direct::LedgerSync(b) => (TAG_SYNC, b.clone()),
-            Direct::Proposal(p) => (
-                TAG_PROPOSAL,
-                protocol::codec::encode_unbounded("checkpoint-proposal", &**p)?,
-            ),
+            Direct::Proposal(p) => (TAG_PROPOSAL, crdt_ledger::checkpoint::encode_proposal(p)?),
             Direct::Vote {
                 proposal,
                 signer,
                 sig,
             } => (
                 TAG_VOTE,
-                protocol::codec::encode_unbounded("checkpoint-vote", &(proposal, signer, sig))?,
+                crdt_ledger::checkpoint::encode_vote(proposal, signer, sig)?,
             ),
         };
         let mut out = Vec::with_capacity(body.len() + 1);
@@ -73,14 +68,11 @@ impl Direct {
         Ok(match tag {
             TAG_FRAME => Direct::Frame(Frame::from_bytes(body, network)?),
             TAG_SYNC => Direct::LedgerSync(body.to_vec()),
-            TAG_PROPOSAL => Direct::Proposal(Box::new(protocol::codec::decode_limited(
-                "checkpoint-proposal",
-                MAX_PROPOSAL,
-                body,
-            )?)),
+            TAG_PROPOSAL => {
+                Direct::Proposal(Box::new(crdt_ledger::checkpoint::decode_proposal(body)?))
+            }
             TAG_VOTE => {
-                let (proposal, signer, sig) =
-                    protocol::codec::decode_limited("checkpoint-vote", 256, body)?;
+                let (proposal, signer, sig) = crdt_ledger::checkpoint::decode_vote(body)?;
                 Direct::Vote {
                     proposal,
                     signer,

@@ -1,0 +1,16 @@
+//! The committee's direct messages: checkpoint proposals and votes. Decoding must
+//! never panic, and a decoded proposal's signatures and body must be checkable
+//! without panicking.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use protocol::NetworkId;
+
+fuzz_target!(|data: &[u8]| {
+    let net = NetworkId::named("fuzz");
+    if let Ok(p) = crdt_ledger::checkpoint::decode_proposal(data) {
+        let _ = p.body_unverified();
+        let _ = p.verify_signers(&net, &[]);
+    }
+    let _ = crdt_ledger::checkpoint::decode_vote(data);
+});
