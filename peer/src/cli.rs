@@ -145,7 +145,13 @@ pub struct GenesisArgs {
 pub struct SimArgs {
     /// A built-in scenario (paper-30d, scale-1k, requesters-sweep, faults, smoke)
     /// or the path of a scenario TOML file.
-    pub scenario: String,
+    #[arg(required_unless_present = "testbed")]
+    pub scenario: Option<String>,
+    /// Instead of simulating: start N real `cloudchain` processes on loopback
+    /// (3 oracles, providers and requesters), run a job per requester through
+    /// their control APIs, report the same metrics and stop them.
+    #[arg(long, value_name = "N", conflicts_with = "scenario")]
+    pub testbed: Option<usize>,
     /// Seed of the run (default: the scenario's own). Same seed, same result.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -176,6 +182,10 @@ pub struct RunArgs {
     /// Fake results as a provider (for testing a committee; you will be caught).
     #[arg(long, hide = true)]
     pub faulty: bool,
+    /// Short market timeouts (grace 5 s, dispute window 1 s): for local testbeds
+    /// and experiments, not for a real network.
+    #[arg(long)]
+    pub quick_timing: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -327,6 +337,9 @@ fn run_node(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     opts.provider = args.provider;
     opts.oracle = args.oracle;
     opts.faulty = args.faulty;
+    if args.quick_timing {
+        opts.timing = crate::node::Timing::quick();
+    }
     runtime()?.block_on(async move {
         let node = crate::node::start(dir, opts).await?;
         tracing::info!(account = %node.account, control = %node.control_addr, "node running; Ctrl-C stops it");
@@ -422,8 +435,67 @@ fn bench(json: bool, backend: &str, what: Option<&BenchWhat>) -> anyhow::Result<
     Ok(())
 }
 
+fn testbed(json: bool, n: usize, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let out = out
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("out").join(format!("testbed-{n}")));
+    let exe = std::env::current_exe().context("cannot find the cloudchain binary")?;
+    let r = runtime()?.block_on(crate::testbed::run(&exe, n, &out, |s| {
+        if !json {
+            println!("testbed   {s}");
+        }
+    }))?;
+    print(json, &r, |r| {
+        println!(
+            "processes     {} ({} oracles, {} providers, {} requesters), started in {:.1} s",
+            r.processes, r.oracles, r.providers, r.requesters, r.startup_s
+        );
+        println!(
+            "jobs          {} submitted, {} settled ok",
+            r.jobs_submitted, r.jobs_ok
+        );
+        println!("SLA           {:.1} % compliant", r.sla_compliance * 100.0);
+        println!("throughput    {:.3} jobs/s", r.throughput_jobs_per_s);
+        println!(
+            "latency       p50 {:.1} s, p95 {:.1} s (submit → settled)",
+            r.latency_p50_s, r.latency_p95_s
+        );
+        println!(
+            "contracts     p50 {:.0} ms (submit → signed contract)",
+            r.contract_p50_ms
+        );
+        println!(
+            "tokens        Gini {:.3} over provider earnings {:?} µ",
+            r.gini_earnings, r.provider_earnings
+        );
+        println!(
+            "fairness      Jain {:.3} over requesters' latencies",
+            r.jain_latency
+        );
+        println!(
+            "wall time     {:.1} s; CSV and JSON in {}",
+            r.wall_s,
+            out.display()
+        );
+    })?;
+    if r.jobs_ok < r.jobs_submitted {
+        anyhow::bail!(
+            "{} of {} jobs did not complete",
+            r.jobs_submitted - r.jobs_ok,
+            r.jobs_submitted
+        );
+    }
+    Ok(())
+}
+
 fn sim(json: bool, args: &SimArgs) -> anyhow::Result<()> {
-    let sc = simnet::Scenario::load(&args.scenario)?;
+    if let Some(n) = args.testbed {
+        return testbed(json, n, args.out.as_deref());
+    }
+    let Some(scenario) = &args.scenario else {
+        anyhow::bail!("give a scenario or --testbed N");
+    };
+    let sc = simnet::Scenario::load(scenario)?;
     let seed = args.seed.unwrap_or(sc.seed);
     let out = args
         .out

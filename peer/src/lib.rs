@@ -17,4 +17,5 @@ pub mod jobfile;
 pub mod net;
 pub mod netbench;
 pub mod node;
+pub mod testbed;
 pub mod work;

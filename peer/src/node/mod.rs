@@ -76,6 +76,19 @@ impl Default for Timing {
     }
 }
 
+impl Timing {
+    /// Short timeouts for local testbeds and tests.
+    pub fn quick() -> Self {
+        Timing {
+            grace: DurationMs::secs(5),
+            dispute_window: DurationMs::secs(1),
+            probe_every: DurationMs::secs(2),
+            offer_ttl: DurationMs::secs(120),
+            deadline_slack: DurationMs::secs(2),
+        }
+    }
+}
+
 /// How the node runs (from the config file and the command line).
 #[derive(Debug, Clone)]
 pub struct RunOptions {
