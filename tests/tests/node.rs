@@ -114,3 +114,43 @@ async fn a_provider_benchmarks_its_device_and_its_offer_reaches_a_requester() ->
     p.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_gets_an_existing_offer_without_waiting_for_a_refresh() -> anyhow::Result<()>
+{
+    let tmp = tempfile::tempdir()?;
+    let network = tests::genesis("late-joiner", &[], &[]);
+    let mut pd = DataDir::init(&tmp.path().join("p"))?;
+    pd.config.provider.backend = "cpu".into();
+    let mut po = loopback_opts(&network, vec![]);
+    po.provider = true;
+    let p = node::start(pd, po).await?;
+    let b = node::start(
+        DataDir::init(&tmp.path().join("b"))?,
+        loopback_opts(&network, vec![p.dial_addr().await?]),
+    )
+    .await?;
+    // The provider's offer went out before this node existed; it knows only B.
+    let r_dir = tmp.path().join("r");
+    let r = node::start(
+        DataDir::init(&r_dir)?,
+        loopback_opts(&network, vec![b.dial_addr().await?]),
+    )
+    .await?;
+    let cr = ControlClient::from_data_dir(&r_dir)?;
+    let offers = wait_for("the existing offer at the late joiner", async {
+        loop {
+            let o = cr.offers().await?;
+            if !o.is_empty() {
+                return Ok(o);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await?;
+    assert_eq!(offers[0].provider, p.account.to_string());
+    for n in [r, b, p] {
+        n.shutdown().await?;
+    }
+    Ok(())
+}

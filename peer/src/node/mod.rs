@@ -47,6 +47,8 @@ pub use requester::JobRequest;
 /// How often the loop does its housekeeping (ledger sync refresh, committee
 /// timers, retries).
 const TICK: std::time::Duration = std::time::Duration::from_millis(250);
+/// How often the DHT is asked for providers (the first time at start).
+const DISCOVER_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Timing of the market and the committee. The defaults suit a real network; a
 /// demo or a test shortens them.
@@ -229,6 +231,8 @@ enum Work {
         job: Hash32,
         result: anyhow::Result<requester::Fetched>,
     },
+    /// Providers found in the DHT under a resource class.
+    Providers(Vec<PeerId>),
     /// The requester's inputs are encrypted and stored: submit the job.
     Prepared {
         result: anyhow::Result<requester::Prepared>,
@@ -396,10 +400,18 @@ impl NodeLoop {
         mut work: mpsc::Receiver<Work>,
         mut stop: oneshot::Receiver<()>,
     ) {
-        if self.provider.is_some() {
+        if let Some(p) = &self.provider {
+            // Announce ourselves in the DHT under our resource class.
+            let (net, class) = (self.net.clone(), p.config().class);
+            tokio::spawn(async move {
+                if let Err(e) = net.start_providing(class).await {
+                    debug!(%e, "cannot announce in the DHT yet");
+                }
+            });
             let out = self.provider_handle(ProviderInput::Start);
             self.on_provider_out(out).await;
         }
+        let mut discover = tokio::time::interval(DISCOVER_EVERY);
         if self.oracle.is_some() {
             self.stake_for_committee();
         }
@@ -423,6 +435,7 @@ impl NodeLoop {
                 Some(w) = work.recv() => self.on_work(w).await,
                 _ = timer => self.on_timers().await,
                 _ = tick.tick() => self.on_tick().await,
+                _ = discover.tick() => self.discover_providers(),
                 _ = &mut stop => break,
             }
             // What the event wrote or synced into the ledger may settle or
@@ -472,6 +485,23 @@ impl NodeLoop {
         self.checkpoint_tick().await;
         self.oracle_tick().await;
         self.sync_all().await;
+    }
+
+    /// Look providers up in the DHT (beside the loop).
+    fn discover_providers(&self) {
+        let (net, tx) = (self.net.clone(), self.work_tx.clone());
+        tokio::spawn(async move {
+            let mut found = Vec::new();
+            for class in [protocol::ResourceClass::Gpu, protocol::ResourceClass::Cpu] {
+                match net.get_providers(class).await {
+                    Ok(p) => found.extend(p),
+                    Err(e) => debug!(%e, "DHT provider lookup failed"),
+                }
+            }
+            if !found.is_empty() {
+                let _ = tx.send(Work::Providers(found)).await;
+            }
+        });
     }
 
     async fn send(&self, to: &AccountId, message: Message) {
@@ -608,6 +638,17 @@ impl NodeLoop {
             Work::Checked { contract, result } => self.on_checked(contract, result).await,
             Work::Fetched { job, result } => self.on_fetched(job, result),
             Work::Prepared { result, reply } => self.on_prepared(result, reply).await,
+            Work::Providers(peers) => {
+                // Talking to a provider connects us, and a provider hands its
+                // offer to every peer that connects: a late joiner need not wait
+                // for the next gossip refresh.
+                for p in peers {
+                    if p != self.net.peer_id && !self.connected.contains(&p) {
+                        self.sync.entry(p).or_default();
+                        self.sync_with(p);
+                    }
+                }
+            }
         }
     }
 

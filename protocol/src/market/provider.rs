@@ -221,6 +221,10 @@ impl ProviderEngine {
     pub fn account(&self) -> AccountId {
         self.identity.account()
     }
+    pub fn config(&self) -> &ProviderConfig {
+        &self.cfg
+    }
+
     pub fn price(&self) -> PricePerCu {
         self.pricing.price()
     }
