@@ -7,8 +7,10 @@
 //! served by an iroh `Router`. Peers tell each other their blob addresses inside
 //! their signed libp2p messages, so fetching needs no discovery service.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
@@ -32,6 +34,18 @@ pub struct BlobNode {
     endpoint: Endpoint,
     store: iroh_blobs::api::Store,
     router: Router,
+    transfers: Arc<Mutex<BTreeMap<Hash32, Transfer>>>,
+}
+
+/// A fetch in flight, for progress displays.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Transfer {
+    pub hash: String,
+    pub from: String,
+    pub bytes: u64,
+    pub elapsed_s: f64,
+    #[serde(skip)]
+    started: Option<std::time::Instant>,
 }
 
 impl BlobNode {
@@ -74,6 +88,7 @@ impl BlobNode {
             endpoint,
             store,
             router,
+            transfers: Default::default(),
         })
     }
 
@@ -183,6 +198,7 @@ impl BlobNode {
             return Ok(0);
         }
         let peer = from.id;
+        let _guard = self.track(hash, peer.fmt_short().to_string());
         let conn = self
             .endpoint
             .connect(from, iroh_blobs::ALPN)
@@ -195,7 +211,14 @@ impl BlobNode {
             .stream();
         while let Some(item) = stream.next().await {
             match item {
-                GetProgressItem::Progress(n) => progress(n),
+                GetProgressItem::Progress(n) => {
+                    if let Ok(mut t) = self.transfers.lock()
+                        && let Some(t) = t.get_mut(hash)
+                    {
+                        t.bytes = n;
+                    }
+                    progress(n)
+                }
                 GetProgressItem::Done(stats) => return Ok(stats.payload_bytes_read),
                 GetProgressItem::Error(e) => {
                     bail!("fetching {} from {}: {e}", hash.short(), peer.fmt_short())
@@ -206,6 +229,38 @@ impl BlobNode {
             "fetching {}: the transfer ended without a result",
             hash.short()
         )
+    }
+
+    /// Fetches in flight.
+    pub fn transfers(&self) -> Vec<Transfer> {
+        let Ok(t) = self.transfers.lock() else {
+            return Vec::new();
+        };
+        t.values()
+            .map(|t| Transfer {
+                elapsed_s: t.started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0),
+                ..t.clone()
+            })
+            .collect()
+    }
+
+    fn track(&self, hash: &Hash32, from: String) -> TransferGuard {
+        if let Ok(mut t) = self.transfers.lock() {
+            t.insert(
+                *hash,
+                Transfer {
+                    hash: hash.to_string(),
+                    from,
+                    bytes: 0,
+                    elapsed_s: 0.0,
+                    started: Some(std::time::Instant::now()),
+                },
+            );
+        }
+        TransferGuard {
+            map: self.transfers.clone(),
+            hash: *hash,
+        }
     }
 
     /// A ticket for a held blob, in the format iroh's own tools accept.
@@ -224,6 +279,20 @@ impl BlobNode {
             .shutdown()
             .await
             .map_err(|e| anyhow::anyhow!("blob router shutdown: {e}"))
+    }
+}
+
+/// Removes a finished (or failed) fetch from the registry.
+struct TransferGuard {
+    map: Arc<Mutex<BTreeMap<Hash32, Transfer>>>,
+    hash: Hash32,
+}
+
+impl Drop for TransferGuard {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.map.lock() {
+            t.remove(&self.hash);
+        }
     }
 }
 

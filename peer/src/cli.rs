@@ -607,6 +607,12 @@ fn remote(cli: &Cli) -> anyhow::Result<()> {
                         println!("blobs on     {a}");
                     }
                     println!("peers        {}", s.connected_peers);
+                    println!("roles        {}", s.roles.join(", "));
+                    println!("ledger       {} entries, finalized epoch {}", s.ledger_entries, s.finalized_epoch);
+                    println!("balance      {} tokens", tokens(s.balance));
+                    for t in &s.transfers {
+                        println!("fetching     {} from {}: {} bytes in {:.1} s", &t.hash[..12], t.from, t.bytes, t.elapsed_s);
+                    }
                 })
             }
             Command::Offers => {
@@ -639,7 +645,39 @@ fn remote(cli: &Cli) -> anyhow::Result<()> {
                 })
             }
             Command::Blob(BlobCommand::Get { source, out }) => {
-                let got = client.get_blob(source, out).await?;
+                // Show the transfer's progress from the node's status while it runs.
+                let bar = (!json).then(|| {
+                    let b = indicatif::ProgressBar::new_spinner();
+                    b.set_style(
+                        indicatif::ProgressStyle::with_template("{spinner} {msg}")
+                            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                    );
+                    b
+                });
+                let fetch = client.get_blob(source, out);
+                tokio::pin!(fetch);
+                let got = loop {
+                    tokio::select! {
+                        r = &mut fetch => break r?,
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
+                            if let (Some(b), Ok(s)) = (&bar, client.status().await) {
+                                for t in &s.transfers {
+                                    b.set_message(format!(
+                                        "fetching {} from {}: {:.1} MiB, {:.1} MiB/s",
+                                        &t.hash[..12],
+                                        t.from,
+                                        t.bytes as f64 / 1048576.0,
+                                        t.bytes as f64 / 1048576.0 / t.elapsed_s.max(1e-3)
+                                    ));
+                                }
+                                b.tick();
+                            }
+                        }
+                    }
+                };
+                if let Some(b) = bar {
+                    b.finish_and_clear();
+                }
                 print(json, &got, |g| {
                     println!("wrote {} ({} bytes fetched) to {}", g.hash, g.bytes_fetched, g.out.display());
                 })

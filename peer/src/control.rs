@@ -186,6 +186,8 @@ pub struct Status {
     pub listen: Vec<String>,
     pub blob_addrs: Vec<String>,
     pub connected_peers: usize,
+    /// Blob fetches in flight.
+    pub transfers: Vec<crate::blobs::Transfer>,
     pub roles: Vec<String>,
     pub ledger_entries: usize,
     pub finalized_epoch: u64,

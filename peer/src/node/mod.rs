@@ -748,6 +748,7 @@ impl NodeLoop {
                 .collect(),
             blob_addrs: self.blobs.contact(),
             connected_peers: self.connected.len(),
+            transfers: self.blobs.transfers(),
             roles,
             ledger_entries: self.ledger.entry_count(),
             finalized_epoch: self.ledger.finalized_epoch(),
