@@ -41,7 +41,9 @@ pub const T0: Timestamp = Timestamp(1_767_225_600_000);
 /// honestly (cheaters cheat on results, which oracles catch by re-execution), the
 /// engines decide the same either way (a protocol test says so), and checking
 /// would triple the cost of `scale-1k`. Signature checks are covered by the
-/// protocol, ledger and node tests.
+/// protocol, ledger and node tests. The ledger in the simulation does check:
+/// every contract, certificate and entry signature it folds, once each (see
+/// [`crate::ledger`]).
 pub const VERIFY_SIGNATURES: bool = false;
 
 /// Tokens every requester starts with.
