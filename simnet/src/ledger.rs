@@ -15,7 +15,10 @@
 //!
 //! **One replica for all.** Simulating a replica per peer would repeat the same
 //! deterministic fold once per peer; one shared replica gives the same states and
-//! checkpoints, and the network model is what delays messages between peers.
+//! checkpoints, and the network model is what delays messages between peers. It
+//! stands for the view after sync: a partition delays the engines' messages, not
+//! the ledger's entries, and no fork or stalled committee is simulated here
+//! (crdt-ledger's own tests cover those).
 //! Settlement entries reach the replica at the end of the epoch they were written
 //! in (before its checkpoint), as gossip and sync would bring them before the
 //! committee closes the epoch: taking each as it comes would refold the whole
@@ -30,12 +33,15 @@
 //! **Cost.** The replica checks every signature it folds once (the ledger
 //! remembers passes by entry hash): two per escrow lock, the quorum's verdicts
 //! per settlement, one per received entry, and each checkpoint proposal is
-//! refolded by every member that signs it. On the 2-core machine of issue #7
-//! (wall time, one core, `examples/timing.rs`): `paper-30d` 6.1 s before the
-//! ledger, 16.6 s with it; `scale-1k` 63–67 s before, about 122 s of CPU with
-//! it (54 k locks, 54 k settlements, 720 checkpoints). Of those 122 s, about
-//! 60 s are the ledger, at the floor of one check per signature; the rest is
-//! the engines, a quarter of it the requesters' order books taking offers.
+//! refolded by every member that signs it. On the shared 2-core machine of
+//! issue #7 (`examples/timing.rs`, release, wall / peak RSS): `paper-30d`
+//! 6.5 s / 17 MB before the ledger, 17.2 s / 236 MB with it (18 k jobs);
+//! `scale-1k` 67 s / 353 MB before, 119 s / 1.1 GB with it (54 k locks, 54 k
+//! settlements, 720 checkpoints). Of scale-1k's time about 45 % is the ledger
+//! (a third of that the signature floor, the rest cloning, refolding and
+//! hashing its state for the proposal and each member's check, and automerge),
+//! and about 30 % the requesters' order books taking offers; memory is the
+//! ledger's document, store and entry index.
 //!
 //! **Invariants**, checked against the ledger's state after every checkpoint and
 //! at the end: every entry the simulation wrote is valid in the fold (no
