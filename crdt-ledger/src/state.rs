@@ -15,7 +15,8 @@
 //! so the result does not depend on which other entries a replica has seen yet,
 //! and no balance can go negative.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
 
 use protocol::settlement::{Outcome, payout};
 use protocol::{AccountId, Amount, ContractTerms, Hash32, NetworkId};
@@ -128,6 +129,20 @@ pub struct State {
 pub(crate) struct FoldCtx<'a> {
     pub(crate) network: &'a NetworkId,
     pub(crate) params: &'a Params,
+    pub(crate) checked: &'a Mutex<SigMemo>,
+}
+
+/// Signature checks a replica has already passed, by entry hash. An entry's bytes
+/// never change, so the two contract signatures of an escrow lock, and a
+/// settlement certificate's verdicts against a given committee, need checking
+/// once per replica rather than at every refold of the pending batch (every new
+/// settlement invalidates it) and at every check of a checkpoint proposal. Only
+/// passes are remembered; a failing entry is checked again, and fails again.
+#[derive(Debug, Default)]
+pub(crate) struct SigMemo {
+    locks: HashSet<Hash32>,
+    /// Entry hash → (the committee it was checked against, what `check` returned).
+    certs: HashMap<Hash32, (Vec<AccountId>, Outcome, Vec<AccountId>)>,
 }
 
 /// Per-author debits made in the batch being applied.
@@ -348,9 +363,12 @@ impl State {
                 let terms = contract
                     .body_unverified()
                     .map_err(|e| InvalidReason::BadContract(e.to_string()))?;
-                contract
-                    .verify_signers(ctx.network, &[terms.requester, terms.provider])
-                    .map_err(|e| InvalidReason::BadContract(e.to_string()))?;
+                if !memo(ctx).locks.contains(&e.hash) {
+                    contract
+                        .verify_signers(ctx.network, &[terms.requester, terms.provider])
+                        .map_err(|e| InvalidReason::BadContract(e.to_string()))?;
+                    memo(ctx).locks.insert(e.hash);
+                }
                 if terms.network != *ctx.network {
                     return Err(InvalidReason::BadContract("for another network".into()));
                 }
@@ -396,9 +414,23 @@ impl State {
                 let committee = self
                     .committee_for(cert.epoch)
                     .ok_or(InvalidReason::NoCommittee(cert.epoch))?;
-                let (outcome, oracles) = cert
-                    .check(ctx.network, committee)
-                    .map_err(|e| InvalidReason::NoQuorum(e.to_string()))?;
+                let known = memo(ctx)
+                    .certs
+                    .get(&e.hash)
+                    .filter(|(c, _, _)| c.as_slice() == committee)
+                    .map(|(_, o, w)| (*o, w.clone()));
+                let (outcome, oracles) = match known {
+                    Some(k) => k,
+                    None => {
+                        let (o, w) = cert
+                            .check(ctx.network, committee)
+                            .map_err(|e| InvalidReason::NoQuorum(e.to_string()))?;
+                        memo(ctx)
+                            .certs
+                            .insert(e.hash, (committee.to_vec(), o, w.clone()));
+                        (o, w)
+                    }
+                };
                 let computed = payout(&escrow.terms, &outcome, ctx.params.oracle_fee, &oracles)
                     .ok_or(InvalidReason::Overflow)?;
                 if &computed != claimed {
@@ -606,6 +638,13 @@ impl State {
             && self.backup == body.backup_committee
             && self.root() == body.state_root
     }
+}
+
+fn memo<'a>(ctx: FoldCtx<'a>) -> std::sync::MutexGuard<'a, SigMemo> {
+    // The memo holds plain sets: a panic elsewhere cannot leave it inconsistent.
+    ctx.checked
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn push_sla(sla: &mut BTreeMap<AccountId, Vec<SlaEvent>>, who: AccountId, ev: SlaEvent) {

@@ -8,10 +8,13 @@
 //! - [`sched`]: the event queue on virtual time.
 //! - [`scenario`]: scenarios as TOML data (`simnet/scenarios/`).
 //! - [`profiles`]: provider profiles (hyperscalers, GPU clouds, community nodes).
+//! - [`ledger`]: the real `crdt_ledger::Ledger` as the converged view of every
+//!   replica: genesis, escrow locks, settlements and a checkpoint per epoch.
 //! - [`netmodel`]: latency by region, loss, partitions, and a sampled gossip model
 //!   whose cost grows with the engines that consume messages, not with the peers
 //!   that forward them.
 
+pub mod ledger;
 pub mod metrics;
 pub mod netmodel;
 pub mod profiles;

@@ -38,6 +38,13 @@ pub struct Metrics {
     pub checks: u64,
     pub settle_unknown: u64,
     pub still_locked: u64,
+    /// Final checkpoints the committees published.
+    pub checkpoints: u64,
+    /// Entries the simulation wrote to the ledger (locks, settlements, checkpoints).
+    pub ledger_entries: u64,
+    /// Micro-tokens the checkpoints minted as rewards, and slashing burned.
+    pub minted: u64,
+    pub burned: u64,
     pub no_match_reasons: BTreeMap<String, u64>,
     pub invariant_violations: Vec<String>,
     pub submitted: Vec<u64>,
@@ -188,6 +195,9 @@ pub struct Summary {
     pub bids_expired: u64,
     pub escrow_failures: u64,
     pub still_locked: u64,
+    pub checkpoints: u64,
+    pub ledger_entries: u64,
+    pub minted_tokens: f64,
     pub invariant_violations: Vec<String>,
     pub mean_final_price: f64,
 }
@@ -306,6 +316,9 @@ impl Metrics {
             bids_expired: self.bids_expired,
             escrow_failures: self.escrow_failures,
             still_locked: self.still_locked,
+            checkpoints: self.checkpoints,
+            ledger_entries: self.ledger_entries,
+            minted_tokens: self.minted as f64 / 1e6,
             invariant_violations: self.invariant_violations.clone(),
             mean_final_price: if self.final_prices.is_empty() {
                 0.0

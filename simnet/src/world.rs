@@ -7,10 +7,12 @@
 //! timers fire when the engine's `poll_timeout` says, jobs finish after the
 //! input-transfer time `T_r = S/B_r` plus the compute time `C/speed` of the
 //! provider's profile (late with the profile's unreliability), and checks take
-//! the re-execution time of a sample. Settlements move tokens in the sim's ledger
-//! book, which is checked for conservation and non-negativity throughout.
+//! the re-execution time of a sample. Tokens live in the real ledger
+//! ([`SimLedger`]): requesters lock escrows, oracles write settlements, and each
+//! epoch ends with a checkpoint by the committee the ledger drew — the committee
+//! the oracle engines serve as.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use protocol::market::{
@@ -25,6 +27,7 @@ use protocol::*;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::ledger::{LockRefused, SimLedger};
 use crate::metrics::Metrics;
 use crate::netmodel::Net;
 use crate::profiles::{Profile, ProfileParams};
@@ -38,11 +41,16 @@ pub const T0: Timestamp = Timestamp(1_767_225_600_000);
 /// honestly (cheaters cheat on results, which oracles catch by re-execution), the
 /// engines decide the same either way (a protocol test says so), and checking
 /// would triple the cost of `scale-1k`. Signature checks are covered by the
-/// protocol, ledger and node tests.
+/// protocol, ledger and node tests. The ledger in the simulation does check:
+/// every contract, certificate and entry signature it folds, once each (see
+/// [`crate::ledger`]).
 pub const VERIFY_SIGNATURES: bool = false;
 
 /// Tokens every requester starts with.
 pub const REQUESTER_GENESIS: Amount = Amount::tokens(1_000_000);
+/// The committee's fee: the oracle engines charge it and the ledger's genesis
+/// fixes it, so payouts agree.
+pub const ORACLE_FEE: Bps = Bps(100);
 
 /// Which peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -121,18 +129,13 @@ pub struct World {
     by_account: HashMap<AccountId, PeerRef>,
     committee: Vec<usize>,
     epoch: u64,
-    /// Oracles' stakes (weights of the committee draw) and the draw's seed.
-    stakes: BTreeMap<AccountId, Amount>,
-    beacon: Hash32,
+    ledger: SimLedger,
     /// Contract → (requester, provider), learned when the escrow is locked.
     parties: HashMap<Hash32, (usize, usize)>,
     /// Contract → the committee that watches it (the one of the epoch it began in).
     watchers: HashMap<Hash32, Vec<PeerRef>>,
     wrong: HashSet<Hash32>,
     settled: HashSet<Hash32>,
-    balances: BTreeMap<AccountId, Amount>,
-    locked: HashMap<Hash32, (AccountId, Amount)>,
-    supply: Amount,
     pub metrics: Metrics,
 }
 
@@ -154,7 +157,9 @@ impl World {
     /// Build the world of `sc` with `seed`, optionally overriding the number of
     /// requesters and the duration (for sweeps).
     pub fn new(sc: &Scenario, seed: u64, requesters: Option<u32>, days: Option<f64>) -> World {
-        let network = NetworkId::named(&format!("simnet/{}", sc.name));
+        let n_req = requesters.unwrap_or(sc.requesters.count) as usize;
+        let ledger = Self::genesis(sc, seed, n_req);
+        let network = ledger.network();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let net = Net::new(&sc.network, &sc.faults.partitions);
         let days = days.unwrap_or(sc.days);
@@ -219,13 +224,10 @@ impl World {
                 });
             }
         }
-        let n_req = requesters.unwrap_or(sc.requesters.count) as usize;
-        let mut balances = BTreeMap::new();
         let mut reqs = Vec::new();
         for i in 0..n_req {
             let id = Identity::from_seed(seed_for(seed, 2, i));
             by_account.insert(id.account(), PeerRef::Requester(i));
-            balances.insert(id.account(), REQUESTER_GENESIS);
             let region = sc.region_index(&sc.requesters.regions[i % sc.requesters.regions.len()]);
             let cfg = RequesterConfig {
                 book: BookConfig {
@@ -247,6 +249,7 @@ impl World {
             let id = Identity::from_seed(seed_for(seed, 3, i));
             by_account.insert(id.account(), PeerRef::Oracle(i));
             let cfg = OracleConfig {
+                fee: ORACLE_FEE,
                 verify_share: Bps((sc.oracles.verify_share * 10_000.0) as u16),
                 // Probing every 30 minutes per contract and member keeps scale-1k
                 // within budget; availability is still measured on long jobs.
@@ -260,25 +263,6 @@ impl World {
                 timer_at: None,
             });
         }
-        for (acct, _) in by_account
-            .iter()
-            .filter(|(_, p)| !matches!(p, PeerRef::Requester(_)))
-        {
-            balances.insert(*acct, Amount::ZERO);
-        }
-        let supply = Amount(REQUESTER_GENESIS.0 * n_req as u64);
-        // Oracles stake unequally (1, 2 or 3 thousand tokens), so the draw's
-        // weighting matters; stakes are bonded, outside the liquid supply above.
-        let stakes: BTreeMap<AccountId, Amount> = oracles
-            .iter()
-            .enumerate()
-            .map(|(i, o)| {
-                (
-                    o.engine.account(),
-                    Amount::tokens(1_000 * (1 + i as u64 % 3)),
-                )
-            })
-            .collect();
         let metrics = Metrics::new(&sc.name, seed, n_prov, n_req, days);
         let mut w = World {
             sc: sc.clone(),
@@ -293,19 +277,56 @@ impl World {
             by_account,
             committee: Vec::new(),
             epoch: 0,
-            stakes,
-            beacon: Hash32::of(sc.name.as_bytes()),
+            ledger,
             parties: HashMap::new(),
             watchers: HashMap::new(),
             wrong: HashSet::new(),
             settled: HashSet::new(),
-            balances,
-            locked: HashMap::new(),
-            supply,
             metrics,
         };
         w.bootstrap();
         w
+    }
+
+    /// The ledger's genesis: requesters hold [`REQUESTER_GENESIS`] each; oracles
+    /// stake unequally (1, 2 or 3 thousand tokens), so the committee draw's
+    /// weighting matters. Epochs are the scenario's.
+    fn genesis(sc: &Scenario, seed: u64, n_req: usize) -> SimLedger {
+        let requesters: Vec<Identity> = (0..n_req)
+            .map(|i| Identity::from_seed(seed_for(seed, 2, i)))
+            .collect();
+        let oracles: Vec<Identity> = (0..sc.oracles.count as usize)
+            .map(|i| Identity::from_seed(seed_for(seed, 3, i)))
+            .collect();
+        let balances = requesters
+            .iter()
+            .map(|r| (r.account(), REQUESTER_GENESIS))
+            .collect();
+        let stakes = oracles
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (o.account(), Amount::tokens(1_000 * (1 + i as u64 % 3))))
+            .collect();
+        let params = crdt_ledger::Params {
+            epoch_length: DurationMs(sc.epoch_minutes * 60_000),
+            committee_size: u16::try_from(sc.oracles.committee).unwrap_or(u16::MAX),
+            min_stake: Amount::tokens(100),
+            oracle_fee: ORACLE_FEE,
+            ..crdt_ledger::Params::default()
+        };
+        let founder = Identity::from_seed(seed_for(seed, 0, 0));
+        let writers = requesters.into_iter().chain(oracles).collect();
+        SimLedger::new(
+            &founder,
+            &format!("simnet/{}", sc.name),
+            params,
+            T0,
+            balances,
+            stakes,
+            writers,
+        )
+        // Only an absurd scenario (supply past u64 micro-tokens) fails here.
+        .expect("the scenario's genesis is valid")
     }
 
     fn bootstrap(&mut self) {
@@ -564,15 +585,12 @@ impl World {
     }
 
     fn on_epoch(&mut self, now: Timestamp, e: u64) {
-        // The ledger's own draw: k oracles weighted by stake, seeded by the previous
-        // epoch's beacon (the checkpoint hash in the node; a hash chain here).
-        let k = self.sc.oracles.committee as usize;
-        let members = crdt_ledger::draw_committee(&self.beacon, &self.stakes, Amount(1), k);
-        let mut h = blake3::Hasher::new();
-        h.update(&self.beacon.0);
-        h.update(&e.to_le_bytes());
-        let beacon = Hash32(*h.finalize().as_bytes());
-        self.beacon = beacon;
+        // Epoch e starts as e − 1 ends: its checkpoint draws e's committee (k
+        // oracles weighted by stake, seeded by the previous checkpoint's hash).
+        if e > 1 {
+            self.ledger.checkpoint(e - 1, now);
+        }
+        let (members, beacon) = self.ledger.committee(e);
         let mut idx: Vec<usize> = members
             .iter()
             .filter_map(|a| match self.by_account.get(a) {
@@ -936,9 +954,18 @@ impl World {
                     let Ok(t) = contract.body_unverified() else {
                         continue;
                     };
-                    let payer = t.requester;
-                    let bal = self.balances.get(&payer).copied().unwrap_or_default();
-                    if bal < amount {
+                    if t.escrow() != Some(amount) {
+                        self.metrics.invariant_violations.push(format!(
+                            "engine locks {amount:?} for {id:?}, its terms say {:?}",
+                            t.escrow()
+                        ));
+                    }
+                    if let Err(why) = self.ledger.lock_escrow(&contract, now) {
+                        if let LockRefused::Other(e) = why {
+                            self.metrics
+                                .invariant_violations
+                                .push(format!("escrow lock of {id:?} refused: {e}"));
+                        }
                         self.metrics.escrow_failures += 1;
                         let rep = UniformReputation(0.9);
                         let out = self.requesters[i].engine.handle(
@@ -950,8 +977,6 @@ impl World {
                         self.on_requester_out(i, out);
                         continue;
                     }
-                    self.balances.insert(payer, Amount(bal.0 - amount.0));
-                    self.locked.insert(id, (payer, amount));
                     if let Some(&PeerRef::Provider(p)) = self.by_account.get(&t.provider) {
                         self.parties.insert(id, (i, p));
                     }
@@ -1008,19 +1033,19 @@ impl World {
                         },
                     );
                 }
-                OracleOutput::Settle(si) => self.settle(now, *si),
+                OracleOutput::Settle(si) => self.settle(i, now, *si),
                 _ => {}
             }
         }
         self.arm(me);
     }
 
-    fn settle(&mut self, now: Timestamp, si: SettlementInstruction) {
+    fn settle(&mut self, oracle: usize, now: Timestamp, si: SettlementInstruction) {
         if !self.settled.insert(si.contract) {
             return; // another member of the quorum settled it already
         }
         self.watchers.remove(&si.contract);
-        let Some((payer, amount)) = self.locked.remove(&si.contract) else {
+        let Some(amount) = self.ledger.escrow(&si.contract) else {
             self.metrics.settle_unknown += 1;
             return;
         };
@@ -1032,15 +1057,8 @@ impl World {
                 p.total()
             ));
         }
-        let credit = |w: &mut World, a: AccountId, x: Amount| {
-            let b = w.balances.entry(a).or_default();
-            *b = Amount(b.0 + x.0);
-        };
-        credit(self, si.terms.provider, p.provider);
-        credit(self, payer, p.refund);
-        for (o, f) in &p.fees {
-            credit(self, *o, *f);
-        }
+        let author = self.oracles[oracle].engine.account();
+        self.ledger.settle(author, now, &si);
         let wrong = self.wrong.contains(&si.contract);
         self.metrics.settled(now, &si, wrong);
         if let Some(&PeerRef::Provider(pi)) = self.by_account.get(&si.terms.provider) {
@@ -1073,17 +1091,14 @@ impl World {
     }
 
     fn finish(mut self) -> Metrics {
-        // Ledger invariants: conservation and non-negativity (integers cannot go
-        // negative; an underflow would have been refused above).
-        let held: u64 = self.balances.values().map(|a| a.0).sum();
-        let locked: u64 = self.locked.values().map(|(_, a)| a.0).sum();
-        if held + locked != self.supply.0 {
-            self.metrics.invariant_violations.push(format!(
-                "supply not conserved: held {held} + locked {locked} != {}",
-                self.supply.0
-            ));
-        }
-        self.metrics.still_locked = self.locked.len() as u64;
+        let totals = self.ledger.finish();
+        let violations = std::mem::take(&mut self.ledger.violations);
+        self.metrics.invariant_violations.extend(violations);
+        self.metrics.still_locked = totals.open_escrows;
+        self.metrics.minted = totals.minted;
+        self.metrics.burned = totals.burned;
+        self.metrics.checkpoints = self.ledger.checkpoints;
+        self.metrics.ledger_entries = self.ledger.entries_written;
         self.metrics.events = self.sched.processed();
         self.metrics.cheaters = self
             .providers
@@ -1100,7 +1115,7 @@ impl World {
         self.metrics.provider_profiles = self.providers.iter().map(|p| p.profile).collect();
         self.metrics.provider_slots = self.providers.iter().map(|p| p.params.slots).collect();
         self.metrics.final_prices = self.providers.iter().map(|p| p.engine.price().0).collect();
-        self.metrics.balances = self.balances.values().map(|a| a.0).collect();
+        self.metrics.balances = totals.balances;
         self.metrics
     }
 }

@@ -32,7 +32,7 @@ use crate::entry::{
     chain_start, check_author,
 };
 use crate::error::{Invalid, InvalidReason, LedgerError};
-use crate::state::{FoldCtx, State};
+use crate::state::{FoldCtx, SigMemo, State};
 use crate::store::{MemStore, Store, TornTail};
 
 /// The finalized part of the ledger.
@@ -117,6 +117,10 @@ pub struct Ledger<S: Store = MemStore> {
     entries: BTreeMap<EntryKey, Vec<Ve>>,
     by_hash: HashMap<Hash32, Ve>,
     checkpoint_entries: Vec<Ve>,
+    /// (epoch, prev, body hash) of each checkpoint entry, by entry hash: finality
+    /// scans every checkpoint entry at each refresh, and decoding a body (whose
+    /// frontier names every active author) each time made that quadratic.
+    checkpoint_heads: HashMap<Hash32, Option<(u64, Hash32, Hash32)>>,
     fin: Finalized,
     /// Where finality starts (genesis, or the snapshot opened from): kept to
     /// refold if a lower competing final checkpoint shows up.
@@ -134,6 +138,8 @@ pub struct Ledger<S: Store = MemStore> {
     evidence: Vec<SlashProof>,
     proposed: BTreeSet<(u64, u32)>,
     last_now: Option<Timestamp>,
+    /// Signature checks already passed (see `SigMemo`).
+    checked: std::sync::Mutex<SigMemo>,
 }
 
 fn doc_err(e: impl std::fmt::Display) -> LedgerError {
@@ -205,6 +211,7 @@ impl<S: Store> Ledger<S> {
             entries: BTreeMap::new(),
             by_hash: HashMap::new(),
             checkpoint_entries: Vec::new(),
+            checkpoint_heads: HashMap::new(),
             fin0: fin.clone(),
             fin,
             rewind: false,
@@ -216,6 +223,7 @@ impl<S: Store> Ledger<S> {
             evidence: Vec::new(),
             proposed: BTreeSet::new(),
             last_now: None,
+            checked: Default::default(),
         };
         // Everything loaded is in the store already.
         ledger.saved_heads = ledger.doc.get_heads();
@@ -326,6 +334,7 @@ impl<S: Store> Ledger<S> {
         FoldCtx {
             network: &self.network,
             params: &self.params,
+            checked: &self.checked,
         }
     }
 
@@ -570,6 +579,7 @@ impl<S: Store> Ledger<S> {
         let ctx = FoldCtx {
             network: &network,
             params: &ctx_params,
+            checked: &self.checked,
         };
         let mut debits = crate::state::BatchDebits {
             balance: std::mem::take(&mut view.pending_debits),
@@ -696,12 +706,22 @@ impl<S: Store> Ledger<S> {
             let cur = &self.fin.state;
             let mut cands: Vec<(u64, Hash32, Ve)> = Vec::new();
             for ve in &self.checkpoint_entries {
-                if let Body::Checkpoint(ms) = &ve.data.body
-                    && let Ok(b) = ms.body_unverified()
-                    && b.prev == cur.last_checkpoint
-                    && b.epoch > cur.epoch
+                let head =
+                    *self
+                        .checkpoint_heads
+                        .entry(ve.hash)
+                        .or_insert_with(|| match &ve.data.body {
+                            Body::Checkpoint(ms) => ms
+                                .body_unverified()
+                                .ok()
+                                .map(|b| (b.epoch, b.prev, ms.body_hash())),
+                            _ => None,
+                        });
+                if let Some((epoch, prev, h)) = head
+                    && prev == cur.last_checkpoint
+                    && epoch > cur.epoch
                 {
-                    cands.push((b.epoch, ms.body_hash(), ve.clone()));
+                    cands.push((epoch, h, ve.clone()));
                 }
             }
             cands.sort_by_key(|(e, h, _)| (*e, *h));
@@ -718,7 +738,14 @@ impl<S: Store> Ledger<S> {
                             checkpoint = %next.state.last_checkpoint.short(),
                             "checkpoint final"
                         );
-                        self.fin = *next;
+                        let mut next = *next;
+                        let mut chain = std::mem::take(&mut self.fin.chain);
+                        chain.append(&mut next.chain);
+                        next.chain = chain;
+                        let mut invalid = std::mem::take(&mut self.fin.invalid);
+                        invalid.append(&mut next.invalid);
+                        next.invalid = invalid;
+                        self.fin = next;
                         advanced = true;
                         break;
                     }
@@ -746,6 +773,10 @@ impl<S: Store> Ledger<S> {
         let Ok(body) = ms.body_unverified() else {
             return;
         };
+        if body.prev == self.fin.state.last_checkpoint {
+            // It extends the last final checkpoint: no final one shares its prev.
+            return;
+        }
         let h = ms.body_hash();
         for fin in &self.fin.chain {
             if let Ok(b) = fin.body_unverified()
@@ -874,15 +905,14 @@ impl<S: Store> Ledger<S> {
             ));
         }
         next.last_checkpoint = ms.body_hash();
-        let mut chain = self.fin.chain.clone();
-        chain.push(ms.clone());
-        let mut all_invalid = self.fin.invalid.clone();
-        all_invalid.extend(invalid);
+        // Only what this checkpoint adds: `advance_finality` appends it to the
+        // chain and the invalid list it keeps (copying both at every check made
+        // the checks quadratic in the number of checkpoints).
         Ok(Checked::Ready(Box::new(Finalized {
             state: next,
             frontier,
-            chain,
-            invalid: all_invalid,
+            chain: vec![ms.clone()],
+            invalid,
         })))
     }
 }
