@@ -98,6 +98,33 @@ pub struct JobRequest {
     pub privacy: Option<protocol::PrivacyTarget>,
 }
 
+impl JobRequest {
+    /// A small classifier (11→32→6 MLP) trained on a data set such as the UCI
+    /// wine-quality data: the job the demo, the testbed and the tests run.
+    pub fn train_mlp(dataset: PathBuf, epochs: u32, seed: u64) -> Self {
+        JobRequest {
+            kind: protocol::JobKind::Train {
+                layers: vec![11, 32, 6],
+                epochs,
+                batch: 32,
+                learning_rate: 0.05,
+                dp: None,
+                seed,
+            },
+            dataset,
+            model: None,
+            max_price: 10_000_000,
+            deadline_secs: 300,
+            estimated_cu: None,
+            sla: protocol::SlaRequirement {
+                min_availability: protocol::Bps(9_000),
+                min_penalty: protocol::Bps(500),
+            },
+            privacy: None,
+        }
+    }
+}
+
 impl From<crate::jobfile::JobFile> for JobRequest {
     fn from(j: crate::jobfile::JobFile) -> Self {
         JobRequest {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use protocol::{Amount, Bps, DurationMs, Identity, JobKind, SlaRequirement};
+use protocol::{Amount, DurationMs, Identity, JobKind};
 
 use crate::config::DataDir;
 use crate::control::{ControlClient, JobRequest, JobView};
@@ -225,26 +225,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
     let before = balances(ctl, req).await?;
     let data = root.join("winequality.safetensors");
     compute::datasets::write_builtin(compute::datasets::Builtin::WineQuality, &data)?;
-    let sla = SlaRequirement {
-        min_availability: Bps(9_000),
-        min_penalty: Bps(500),
-    };
     let train = JobRequest {
-        kind: JobKind::Train {
-            layers: vec![11, 32, 6],
-            epochs: 100,
-            batch: 32,
-            learning_rate: 0.05,
-            dp: None,
-            seed: 42,
-        },
-        dataset: data.clone(),
-        model: None,
         max_price: 5_000_000,
         deadline_secs: 120,
-        estimated_cu: None,
-        sla,
-        privacy: None,
+        ..JobRequest::train_mlp(data.clone(), 100, 42)
     };
     let mut jobs = Vec::new();
     say("\ntrain     an MLP 11→32→6 on UCI wine quality (1599 wines), 100 epochs".into());

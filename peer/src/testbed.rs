@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use protocol::{Amount, Bps, DurationMs, JobKind, SlaRequirement};
+use protocol::{Amount, DurationMs};
 use serde::Serialize;
 
 use crate::config::DataDir;
@@ -190,26 +190,7 @@ pub async fn run(
     let t0 = Instant::now();
     let mut ids = Vec::new();
     for (k, &i) in requesters.iter().enumerate() {
-        let job = JobRequest {
-            kind: JobKind::Train {
-                layers: vec![11, 32, 6],
-                epochs: 50,
-                batch: 32,
-                learning_rate: 0.05,
-                dp: None,
-                seed: k as u64,
-            },
-            dataset: data.clone(),
-            model: None,
-            max_price: 10_000_000,
-            deadline_secs: 300,
-            estimated_cu: None,
-            sla: SlaRequirement {
-                min_availability: Bps(9_000),
-                min_penalty: Bps(500),
-            },
-            privacy: None,
-        };
+        let job = JobRequest::train_mlp(data.clone(), 50, k as u64);
         ids.push((i, ctl[i].submit(&job).await?.id));
     }
     progress(&format!("{} jobs submitted", ids.len()));

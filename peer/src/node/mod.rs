@@ -200,16 +200,19 @@ impl RunningNode {
         let _ = (&mut self.task).await;
     }
 
-    /// The node's first listen address with its peer id, to bootstrap others from.
+    /// The node's first listen address with its peer id, to bootstrap others from
+    /// (waiting, bounded, for the listener to come up).
     pub async fn dial_addr(&self) -> anyhow::Result<Multiaddr> {
-        let a = self
-            .net
-            .listen_addrs()
-            .await?
-            .into_iter()
-            .next()
-            .context("the node has no listen address")?;
-        Ok(a.with(libp2p::multiaddr::Protocol::P2p(self.net.peer_id)))
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(a) = self.net.listen_addrs().await?.into_iter().next() {
+                return Ok(a.with(libp2p::multiaddr::Protocol::P2p(self.net.peer_id)));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!("the node has no listen address after 10 s");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -504,6 +507,11 @@ impl NodeLoop {
         });
     }
 
+    /// Where a provider serves blobs (from its offers).
+    fn contact_of(&self, provider: &AccountId) -> Vec<String> {
+        self.contacts.get(provider).cloned().unwrap_or_default()
+    }
+
     async fn send(&self, to: &AccountId, message: Message) {
         let peer = match to.peer_id() {
             Ok(p) => p,
@@ -792,6 +800,24 @@ async fn get_blob(blobs: &BlobNode, source: &str, out: PathBuf) -> anyhow::Resul
         bytes_fetched: fetched,
         out,
     })
+}
+
+/// Fetch a delivered result from its provider, decrypt it and read the bundle.
+async fn fetch_result(
+    blobs: &BlobNode,
+    contact: &[String],
+    receipt: &protocol::Receipt,
+    key: crate::crypto::JobKey,
+) -> anyhow::Result<crate::work::JobResult> {
+    let from = BlobNode::peer_addr(&receipt.provider, contact)?;
+    fetch_logged(blobs, from, &receipt.result.hash).await?;
+    let ct = blobs.get_bytes(&receipt.result.hash).await?;
+    let contract = receipt.contract;
+    tokio::task::spawn_blocking(move || {
+        let plain = crate::crypto::decrypt(&key, "result", &contract, &ct)?;
+        crate::work::JobResult::from_bytes(&plain)
+    })
+    .await?
 }
 
 /// Fetch a blob, logging progress every 16 MiB.

@@ -9,11 +9,8 @@ use protocol::{ContractTerms, Hash32, Receipt, Timestamp};
 use tracing::{info, warn};
 
 use super::provider::fetch_inputs;
-use super::{NodeLoop, Work, fetch_logged};
-use crate::blobs::BlobNode;
-use crate::crypto;
+use super::{NodeLoop, Work, fetch_result};
 use crate::net;
-use crate::work::JobResult;
 
 /// How long a member that is not first among the signers waits before writing a
 /// settlement itself (the first one may have crashed).
@@ -150,11 +147,7 @@ impl NodeLoop {
         let Some((terms, receipt)) = self.orc.waiting_key.remove(&contract) else {
             return;
         };
-        let contact = self
-            .contacts
-            .get(&receipt.provider)
-            .cloned()
-            .unwrap_or_default();
+        let contact = self.contact_of(&receipt.provider);
         let blobs = self.blobs.clone();
         let tx = self.work_tx.clone();
         // The segment to re-execute: fixed by the contract and the committee's
@@ -169,13 +162,8 @@ impl NodeLoop {
         tokio::spawn(async move {
             let result = async {
                 let (data, model) = fetch_inputs(&blobs, &grant, &terms).await?;
-                let from = BlobNode::peer_addr(&receipt.provider, &contact)?;
-                fetch_logged(&blobs, from, &receipt.result.hash).await?;
-                let ct = blobs.get_bytes(&receipt.result.hash).await?;
-                let key = grant.key.clone();
+                let result = fetch_result(&blobs, &contact, &receipt, grant.key.clone()).await?;
                 tokio::task::spawn_blocking(move || {
-                    let plain = crypto::decrypt(&key, "result", &contract, &ct)?;
-                    let result = JobResult::from_bytes(&plain)?;
                     // The reference backend: what every member agrees on.
                     let be = compute::CpuBackend::new();
                     crate::work::check(

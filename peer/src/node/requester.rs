@@ -15,13 +15,12 @@ use protocol::{
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::{NodeLoop, Work, fetch_logged};
+use super::{NodeLoop, Work, fetch_result};
 use crate::blobs::BlobNode;
 pub use crate::control::JobRequest;
 use crate::control::{JobEvent, JobView};
 use crate::crypto::{self, JobKey};
 use crate::net;
-use crate::work::JobResult;
 
 /// Where a job stands, for the user.
 #[derive(Debug, Clone, PartialEq)]
@@ -500,11 +499,7 @@ impl NodeLoop {
     }
 
     fn on_delivered(&mut self, contract: Hash32, receipt: protocol::Receipt) {
-        let contact = self
-            .contacts
-            .get(&receipt.provider)
-            .cloned()
-            .unwrap_or_default();
+        let contact = self.contact_of(&receipt.provider);
         let blobs = self.blobs.clone();
         let tx = self.work_tx.clone();
         let results = self.dir.path.join("results");
@@ -525,14 +520,7 @@ impl NodeLoop {
         let (job, key) = (j.id, j.key.clone());
         tokio::spawn(async move {
             let result = async {
-                let from = BlobNode::peer_addr(&receipt.provider, &contact)?;
-                fetch_logged(&blobs, from, &receipt.result.hash).await?;
-                let ct = blobs.get_bytes(&receipt.result.hash).await?;
-                let r = tokio::task::spawn_blocking(move || {
-                    let plain = crypto::decrypt(&key, "result", &contract, &ct)?;
-                    JobResult::from_bytes(&plain)
-                })
-                .await??;
+                let r = fetch_result(&blobs, &contact, &receipt, key).await?;
                 tokio::fs::create_dir_all(&results).await?;
                 let path = results.join(format!("{}.safetensors", job.short()));
                 tokio::fs::write(&path, &r.output)
