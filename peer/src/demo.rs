@@ -281,11 +281,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
     say("\nbalances  (tokens; before → after)".into());
     for ((role, acc, b0, _), (_, _, b1, _)) in before.iter().zip(&after) {
         say(format!(
-            "          {role:<11} {}  {:>14} → {:>14}  ({:+})",
+            "          {role:<11} {}  {:>14} → {:>14}  ({}{})",
             &acc[..12],
             fmt_tokens(*b0),
             fmt_tokens(*b1),
-            *b1 as i128 - *b0 as i128
+            if b1 >= b0 { "+" } else { "−" },
+            fmt_tokens(b1.abs_diff(*b0))
         ));
     }
     say(format!(
