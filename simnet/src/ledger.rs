@@ -51,9 +51,10 @@
 
 use std::collections::HashMap;
 
+use crdt_ledger::store::MAX_RECORD;
 use crdt_ledger::{
     Action, Body, CheckpointStatus, Entry, EntryData, Genesis, GenesisEntry, InvalidReason, Ledger,
-    LedgerError, Params, State,
+    LedgerError, Loaded, Params, State, Store, StoreError,
 };
 use protocol::oracle::SettlementInstruction;
 use protocol::{AccountId, Amount, Contract, Hash32, Identity, NetworkId, Timestamp};
@@ -67,9 +68,40 @@ pub enum LockRefused {
     Other(String),
 }
 
+/// The replica's store: every record is appended (and refused if too large) as
+/// in a node, but only counted. Nothing reopens the simulated replica, and
+/// keeping the records, as `MemStore` does, held a second copy of every entry
+/// besides the document.
+#[derive(Debug, Default)]
+pub struct CountingStore {
+    pub records: u64,
+    pub bytes: u64,
+}
+
+impl Store for CountingStore {
+    fn append(&mut self, record: &[u8]) -> Result<(), StoreError> {
+        if record.len() > MAX_RECORD {
+            return Err(StoreError::TooLarge(record.len()));
+        }
+        self.records += 1;
+        self.bytes += record.len() as u64;
+        Ok(())
+    }
+    fn load(&mut self) -> Result<Loaded, StoreError> {
+        Ok(Loaded::default())
+    }
+    fn compact(&mut self, snapshot: &[u8]) -> Result<(), StoreError> {
+        self.bytes = snapshot.len() as u64;
+        Ok(())
+    }
+    fn size(&self) -> u64 {
+        self.bytes
+    }
+}
+
 /// The ledger as the simulation drives it.
 pub struct SimLedger {
-    ledger: Ledger,
+    ledger: Ledger<CountingStore>,
     network: NetworkId,
     /// The keys of every account that writes entries (requesters and oracles).
     keys: HashMap<AccountId, Identity>,
@@ -124,7 +156,7 @@ impl SimLedger {
             },
         )?;
         let network = genesis.network();
-        let ledger = Ledger::new(genesis, b"simnet-converged")?;
+        let (ledger, _) = Ledger::open(genesis, b"simnet-converged", CountingStore::default())?;
         Ok(SimLedger {
             ledger,
             network,
