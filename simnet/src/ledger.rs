@@ -224,7 +224,8 @@ impl SimLedger {
     }
 
     /// Sign the settlements in flight as their authors' next entries and hand them
-    /// to the replica.
+    /// to the replica together (one batch signature check, one document change,
+    /// as when sync brings them).
     fn deliver_in_flight(&mut self) {
         if self.in_flight.is_empty() {
             return;
@@ -243,6 +244,11 @@ impl SimLedger {
                 tips.insert(*a, next);
             }
         }
+        // Each entry extends its author's chain by the one before it: if one
+        // were not taken, the author's later ones would not link either, and
+        // each is reported.
+        let mut entries = Vec::with_capacity(in_flight.len());
+        let mut names = Vec::with_capacity(in_flight.len());
         for (author, at, body) in in_flight {
             let Some(key) = self.keys.get(&author) else {
                 self.violations.push(format!("no key for {author:?}"));
@@ -258,23 +264,29 @@ impl SimLedger {
                 created_at: at,
                 body,
             };
-            let entry = match Entry::sign(key, &self.network, &data) {
-                Ok(e) => e,
-                Err(e) => {
-                    self.violations.push(format!("signing an entry: {e}"));
-                    continue;
+            match Entry::sign(key, &self.network, &data) {
+                Ok(e) => {
+                    *tip = (tip.0 + 1, e.hash());
+                    names.push((author, data.seq));
+                    entries.push(e);
                 }
-            };
-            let hash = entry.hash();
-            match self.ledger.receive_entry(entry) {
-                Ok(true) => {
-                    *tip = (tip.0 + 1, hash);
-                    self.entries_written += 1;
-                }
-                Ok(false) => self.violations.push(format!(
-                    "settlement entry {author:?}/{} not taken",
-                    data.seq
-                )),
+                Err(e) => self.violations.push(format!("signing an entry: {e}")),
+            }
+        }
+        let results = match self.ledger.receive_entries(entries) {
+            Ok(r) => r,
+            Err(e) => {
+                self.violations
+                    .push(format!("settlement entries refused: {e}"));
+                return;
+            }
+        };
+        for ((author, seq), r) in names.into_iter().zip(results) {
+            match r {
+                Ok(true) => self.entries_written += 1,
+                Ok(false) => self
+                    .violations
+                    .push(format!("settlement entry {author:?}/{seq} not taken")),
                 Err(e) => self
                     .violations
                     .push(format!("settlement entry refused: {e}")),

@@ -14,7 +14,7 @@ mod verify;
 
 pub use persist::open_from_snapshot;
 use persist::{REC_DOC, REC_SIGNED, split_snapshot, verify_snapshot};
-pub(crate) use verify::{collect_doc_entries, verify_entries};
+pub(crate) use verify::{collect_doc_entries, verify_entries, verify_received};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -705,6 +705,40 @@ impl<S: Store> Ledger<S> {
             data,
             entry,
         };
+        let mut wrote = false;
+        let joined = self.take_received(ve, &mut wrote)?;
+        if wrote {
+            self.commit_local()?;
+        }
+        Ok(joined)
+    }
+
+    /// [`Ledger::receive_entry`] for several entries that arrived together (a
+    /// batch a peer gossiped, the settlements an epoch brought): their
+    /// signatures are checked in one batch, as sync does, and the document takes
+    /// them in one change. Gives each entry's result in order; the outer error
+    /// is the store's (after which the replica should be reopened).
+    pub fn receive_entries(
+        &mut self,
+        entries: Vec<Entry>,
+    ) -> Result<Vec<Result<bool, LedgerError>>, LedgerError> {
+        let mut wrote = false;
+        let out = verify_received(&self.network, entries)
+            .into_iter()
+            .map(|r| match r {
+                Ok(ve) => self.take_received(ve, &mut wrote),
+                Err(e) => Err(e.into()),
+            })
+            .collect();
+        if wrote {
+            self.commit_local()?;
+        }
+        Ok(out)
+    }
+
+    /// Write a verified received entry to the document (uncommitted: `wrote`
+    /// says a commit is due) and index it; see [`Ledger::receive_entry`].
+    fn take_received(&mut self, ve: VerifiedEntry, wrote: &mut bool) -> Result<bool, LedgerError> {
         if self.by_hash.contains_key(&ve.hash) {
             return Ok(false);
         }
@@ -735,7 +769,7 @@ impl<S: Store> Ledger<S> {
                 ScalarValue::Bytes(ve.entry.to_bytes()?),
             )
             .map_err(doc_err)?;
-        self.commit_local()?;
+        *wrote = true;
         Ok(self.index(ve))
     }
 
