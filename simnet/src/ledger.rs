@@ -24,24 +24,34 @@
 //! committee closes the epoch: taking each as it comes would refold the whole
 //! pending batch at every following local write (a settlement is not a
 //! commutative write), which makes the cost quadratic in the entries per epoch.
-//! Nothing reads a settlement's credit before the checkpoint finalizes it. For
-//! the same reason the leader's final checkpoint reaches the replica as a peer's
-//! entry (`receive_entry`) rather than through `append`, which would check it
-//! once more, as the leader's own replica does before writing it: finality
-//! checks it in full either way.
+//! Nothing reads a settlement's credit before the checkpoint finalizes it. They
+//! arrive together, as sync would bring them: one batch signature check (strict
+//! checks one by one if it fails) and one document change
+//! ([`Ledger::receive_entries`]). For the same reason the leader's final
+//! checkpoint reaches the replica as a peer's entry (`receive_entry`) rather
+//! than through `append`, which would check it once more, as the leader's own
+//! replica does before writing it: finality checks it in full either way.
+//!
+//! **Store.** The replica writes every record to a [`CountingStore`], which
+//! counts them: nothing reopens the simulated replica, and keeping them held a
+//! second copy of every entry beside the document.
 //!
 //! **Cost.** The replica checks every signature it folds once (the ledger
 //! remembers passes by entry hash): two per escrow lock, the quorum's verdicts
-//! per settlement, one per received entry, and each checkpoint proposal is
-//! refolded by every member that signs it. On the shared 2-core machine of
-//! issue #7 (`examples/timing.rs`, release, wall / peak RSS): `paper-30d`
-//! 6.5 s / 17 MB before the ledger, 17.2 s / 236 MB with it (18 k jobs);
-//! `scale-1k` 67 s / 353 MB before, 119 s / 1.1 GB with it (54 k locks, 54 k
-//! settlements, 720 checkpoints). Of scale-1k's time about 45 % is the ledger
-//! (a third of that the signature floor, the rest cloning, refolding and
-//! hashing its state for the proposal and each member's check, and automerge),
-//! and about 30 % the requesters' order books taking offers; memory is the
-//! ledger's document, store and entry index.
+//! per settlement, one per received entry. Every member that signs a proposal
+//! checks it, but the one replica folds a given body on a given finalized state
+//! once and reuses that fold for the other members and for finality (signatures,
+//! proposer and quorum are checked each time). On the shared 2-core machine of
+//! issue #7 (`examples/timing.rs`, release, wall / peak RSS, with another
+//! engineer's builds on the same cores): `paper-30d` 6.5 s / 17 MB before the
+//! ledger, 17–19 s / 236 MB with it, 15.7 s / 197 MB now (18 k jobs);
+//! `scale-1k` 67 s / 353 MB before the ledger, 119–130 s / 1.1 GB with it,
+//! 90 s (83 s of CPU) / 0.99 GB now (54 k locks, 54 k settlements, 720
+//! checkpoints). About 45 % of what remains is ed25519: signing every message
+//! the engines send and every ledger entry, and the ledger's checks above;
+//! about 15 % the requesters' order books taking offers; the rest the engines,
+//! automerge and the state copies and roots of each checkpoint. Memory is
+//! mostly the ledger's document and entry index.
 //!
 //! **Invariants**, checked against the ledger's state after every checkpoint and
 //! at the end: every entry the simulation wrote is valid in the fold (no

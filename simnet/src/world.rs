@@ -11,6 +11,15 @@
 //! ([`SimLedger`]): requesters lock escrows, oracles write settlements, and each
 //! epoch ends with a checkpoint by the committee the ledger drew — the committee
 //! the oracle engines serve as.
+//!
+//! **Offers.** An offer reaches a region's requesters after one sampled gossip
+//! delay and joins that region's feed. A requester with a job to place
+//! ([`RequesterEngine::awaits_offers`]) takes it at once; the others take the
+//! offers they have not seen, each at its arrival time and in order, just
+//! before anything else reaches their engine. For them an offer only updates
+//! the book, so the result is the same as taking it on arrival, and one book at
+//! a time is touched instead of every book of the region per offer. Offers
+//! still in a feed when the run ends are never read.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
