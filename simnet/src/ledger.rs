@@ -42,12 +42,11 @@
 //! checks it, but the one replica folds a given body on a given finalized state
 //! once and reuses that fold for the other members and for finality (signatures,
 //! proposer and quorum are checked each time). On the shared 2-core machine of
-//! issue #7 (`examples/timing.rs`, release, wall / peak RSS, with another
-//! engineer's builds on the same cores): `paper-30d` 6.5 s / 17 MB before the
-//! ledger, 17–19 s / 236 MB with it, 15.7 s / 197 MB now (18 k jobs);
-//! `scale-1k` 67 s / 353 MB before the ledger, 119–130 s / 1.1 GB with it,
-//! 90 s (83 s of CPU) / 0.99 GB now (54 k locks, 54 k settlements, 720
-//! checkpoints). About 45 % of what remains is ed25519: signing every message
+//! issue #7 (`examples/timing.rs`, release, wall / peak RSS; it is shared, so
+//! each pair was measured back to back): `paper-30d` 6.5 s / 17 MB before the
+//! ledger, 15.7 s / 236 MB with it, 14.3 s / 197 MB now (18 k jobs);
+//! `scale-1k` 67 s / 353 MB before the ledger, 109 s / 1.12 GB with it, 79 s /
+//! 0.99 GB now (54 k locks, 54 k settlements, 720 checkpoints). About 45 % of what remains is ed25519: signing every message
 //! the engines send and every ledger entry, and the ledger's checks above;
 //! about 15 % the requesters' order books taking offers; the rest the engines,
 //! automerge and the state copies and roots of each checkpoint. Memory is
