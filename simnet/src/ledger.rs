@@ -24,24 +24,33 @@
 //! committee closes the epoch: taking each as it comes would refold the whole
 //! pending batch at every following local write (a settlement is not a
 //! commutative write), which makes the cost quadratic in the entries per epoch.
-//! Nothing reads a settlement's credit before the checkpoint finalizes it. For
-//! the same reason the leader's final checkpoint reaches the replica as a peer's
-//! entry (`receive_entry`) rather than through `append`, which would check it
-//! once more, as the leader's own replica does before writing it: finality
-//! checks it in full either way.
+//! Nothing reads a settlement's credit before the checkpoint finalizes it. They
+//! arrive together, as sync would bring them: one batch signature check (strict
+//! checks one by one if it fails) and one document change
+//! ([`Ledger::receive_entries`]). For the same reason the leader's final
+//! checkpoint reaches the replica as a peer's entry (`receive_entry`) rather
+//! than through `append`, which would check it once more, as the leader's own
+//! replica does before writing it: finality checks it in full either way.
+//!
+//! **Store.** The replica writes every record to a [`CountingStore`], which
+//! counts them: nothing reopens the simulated replica, and keeping them held a
+//! second copy of every entry beside the document.
 //!
 //! **Cost.** The replica checks every signature it folds once (the ledger
 //! remembers passes by entry hash): two per escrow lock, the quorum's verdicts
-//! per settlement, one per received entry, and each checkpoint proposal is
-//! refolded by every member that signs it. On the shared 2-core machine of
-//! issue #7 (`examples/timing.rs`, release, wall / peak RSS): `paper-30d`
-//! 6.5 s / 17 MB before the ledger, 17.2 s / 236 MB with it (18 k jobs);
-//! `scale-1k` 67 s / 353 MB before, 119 s / 1.1 GB with it (54 k locks, 54 k
-//! settlements, 720 checkpoints). Of scale-1k's time about 45 % is the ledger
-//! (a third of that the signature floor, the rest cloning, refolding and
-//! hashing its state for the proposal and each member's check, and automerge),
-//! and about 30 % the requesters' order books taking offers; memory is the
-//! ledger's document, store and entry index.
+//! per settlement, one per received entry. Every member that signs a proposal
+//! checks it, but the one replica folds a given body on a given finalized state
+//! once and reuses that fold for the other members and for finality (signatures,
+//! proposer and quorum are checked each time). On the shared 2-core machine of
+//! issue #7 (`examples/timing.rs`, release, wall / peak RSS; it is shared, so
+//! each pair was measured back to back): `paper-30d` 6.5 s / 17 MB before the
+//! ledger, 15.7 s / 236 MB with it, 14.3 s / 197 MB now (18 k jobs);
+//! `scale-1k` 67 s / 353 MB before the ledger, 109 s / 1.12 GB with it, 79 s /
+//! 0.99 GB now (54 k locks, 54 k settlements, 720 checkpoints). About 45 % of what remains is ed25519: signing every message
+//! the engines send and every ledger entry, and the ledger's checks above;
+//! about 15 % the requesters' order books taking offers; the rest the engines,
+//! automerge and the state copies and roots of each checkpoint. Memory is
+//! mostly the ledger's document and entry index.
 //!
 //! **Invariants**, checked against the ledger's state after every checkpoint and
 //! at the end: every entry the simulation wrote is valid in the fold (no
@@ -51,9 +60,10 @@
 
 use std::collections::HashMap;
 
+use crdt_ledger::store::MAX_RECORD;
 use crdt_ledger::{
     Action, Body, CheckpointStatus, Entry, EntryData, Genesis, GenesisEntry, InvalidReason, Ledger,
-    LedgerError, Params, State,
+    LedgerError, Loaded, Params, State, Store, StoreError,
 };
 use protocol::oracle::SettlementInstruction;
 use protocol::{AccountId, Amount, Contract, Hash32, Identity, NetworkId, Timestamp};
@@ -67,9 +77,40 @@ pub enum LockRefused {
     Other(String),
 }
 
+/// The replica's store: every record is appended (and refused if too large) as
+/// in a node, but only counted. Nothing reopens the simulated replica, and
+/// keeping the records, as `MemStore` does, held a second copy of every entry
+/// besides the document.
+#[derive(Debug, Default)]
+pub struct CountingStore {
+    pub records: u64,
+    pub bytes: u64,
+}
+
+impl Store for CountingStore {
+    fn append(&mut self, record: &[u8]) -> Result<(), StoreError> {
+        if record.len() > MAX_RECORD {
+            return Err(StoreError::TooLarge(record.len()));
+        }
+        self.records += 1;
+        self.bytes += record.len() as u64;
+        Ok(())
+    }
+    fn load(&mut self) -> Result<Loaded, StoreError> {
+        Ok(Loaded::default())
+    }
+    fn compact(&mut self, snapshot: &[u8]) -> Result<(), StoreError> {
+        self.bytes = snapshot.len() as u64;
+        Ok(())
+    }
+    fn size(&self) -> u64 {
+        self.bytes
+    }
+}
+
 /// The ledger as the simulation drives it.
 pub struct SimLedger {
-    ledger: Ledger,
+    ledger: Ledger<CountingStore>,
     network: NetworkId,
     /// The keys of every account that writes entries (requesters and oracles).
     keys: HashMap<AccountId, Identity>,
@@ -124,7 +165,7 @@ impl SimLedger {
             },
         )?;
         let network = genesis.network();
-        let ledger = Ledger::new(genesis, b"simnet-converged")?;
+        let (ledger, _) = Ledger::open(genesis, b"simnet-converged", CountingStore::default())?;
         Ok(SimLedger {
             ledger,
             network,
@@ -192,7 +233,8 @@ impl SimLedger {
     }
 
     /// Sign the settlements in flight as their authors' next entries and hand them
-    /// to the replica.
+    /// to the replica together (one batch signature check, one document change,
+    /// as when sync brings them).
     fn deliver_in_flight(&mut self) {
         if self.in_flight.is_empty() {
             return;
@@ -211,6 +253,11 @@ impl SimLedger {
                 tips.insert(*a, next);
             }
         }
+        // Each entry extends its author's chain by the one before it: if one
+        // were not taken, the author's later ones would not link either, and
+        // each is reported.
+        let mut entries = Vec::with_capacity(in_flight.len());
+        let mut names = Vec::with_capacity(in_flight.len());
         for (author, at, body) in in_flight {
             let Some(key) = self.keys.get(&author) else {
                 self.violations.push(format!("no key for {author:?}"));
@@ -226,23 +273,29 @@ impl SimLedger {
                 created_at: at,
                 body,
             };
-            let entry = match Entry::sign(key, &self.network, &data) {
-                Ok(e) => e,
-                Err(e) => {
-                    self.violations.push(format!("signing an entry: {e}"));
-                    continue;
+            match Entry::sign(key, &self.network, &data) {
+                Ok(e) => {
+                    *tip = (tip.0 + 1, e.hash());
+                    names.push((author, data.seq));
+                    entries.push(e);
                 }
-            };
-            let hash = entry.hash();
-            match self.ledger.receive_entry(entry) {
-                Ok(true) => {
-                    *tip = (tip.0 + 1, hash);
-                    self.entries_written += 1;
-                }
-                Ok(false) => self.violations.push(format!(
-                    "settlement entry {author:?}/{} not taken",
-                    data.seq
-                )),
+                Err(e) => self.violations.push(format!("signing an entry: {e}")),
+            }
+        }
+        let results = match self.ledger.receive_entries(entries) {
+            Ok(r) => r,
+            Err(e) => {
+                self.violations
+                    .push(format!("settlement entries refused: {e}"));
+                return;
+            }
+        };
+        for ((author, seq), r) in names.into_iter().zip(results) {
+            match r {
+                Ok(true) => self.entries_written += 1,
+                Ok(false) => self
+                    .violations
+                    .push(format!("settlement entry {author:?}/{seq} not taken")),
                 Err(e) => self
                     .violations
                     .push(format!("settlement entry refused: {e}")),

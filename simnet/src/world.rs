@@ -11,8 +11,17 @@
 //! ([`SimLedger`]): requesters lock escrows, oracles write settlements, and each
 //! epoch ends with a checkpoint by the committee the ledger drew — the committee
 //! the oracle engines serve as.
+//!
+//! **Offers.** An offer reaches a region's requesters after one sampled gossip
+//! delay and joins that region's feed. A requester with a job to place
+//! ([`RequesterEngine::awaits_offers`]) takes it at once; the others take the
+//! offers they have not seen, each at its arrival time and in order, just
+//! before anything else reaches their engine. For them an offer only updates
+//! the book, so the result is the same as taking it on arrival, and one book at
+//! a time is touched instead of every book of the region per offer. Offers
+//! still in a feed when the run ends are never read.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use protocol::market::{
@@ -107,6 +116,23 @@ struct RequesterPeer {
     engine: RequesterEngine,
     region: usize,
     timer_at: Option<Timestamp>,
+    /// How many offers of its region's feed this requester's engine has handled.
+    heard: usize,
+}
+
+/// The offers that reached a region, in arrival order, kept until every
+/// requester there has handled them (see [`World::catch_up`]).
+#[derive(Default)]
+struct OfferFeed {
+    /// The feed index of `items[0]` (handled everywhere before it are dropped).
+    base: usize,
+    items: VecDeque<(Timestamp, Hash32, Arc<Offer>)>,
+}
+
+impl OfferFeed {
+    fn end(&self) -> usize {
+        self.base + self.items.len()
+    }
 }
 
 struct OraclePeer {
@@ -130,6 +156,8 @@ pub struct World {
     committee: Vec<usize>,
     epoch: u64,
     ledger: SimLedger,
+    /// Per region: the offers heard there, for requesters that take them later.
+    offer_feeds: Vec<OfferFeed>,
     /// Contract → (requester, provider), learned when the escrow is locked.
     parties: HashMap<Hash32, (usize, usize)>,
     /// Contract → the committee that watches it (the one of the epoch it began in).
@@ -242,6 +270,7 @@ impl World {
                 engine: RequesterEngine::new(id, network, cfg),
                 region,
                 timer_at: None,
+                heard: 0,
             });
         }
         let mut oracles = Vec::new();
@@ -278,6 +307,9 @@ impl World {
             committee: Vec::new(),
             epoch: 0,
             ledger,
+            offer_feeds: (0..sc.network.regions.len())
+                .map(|_| OfferFeed::default())
+                .collect(),
             parties: HashMap::new(),
             watchers: HashMap::new(),
             wrong: HashSet::new(),
@@ -508,21 +540,15 @@ impl World {
                 self.sched.at(now.plus(gap), Ev::Arrival(i));
             }
             Ev::Offer { region, id, offer } => {
-                let rep = UniformReputation(0.9);
+                self.offer_feeds[region].items.push_back((now, id, offer));
+                // Requesters with a job to place take it now (in index order, as
+                // every requester used to); the others when they next act.
                 for to in 0..self.requesters.len() {
-                    if self.requesters[to].region != region {
-                        continue;
+                    if self.requesters[to].region == region
+                        && self.requesters[to].engine.awaits_offers()
+                    {
+                        self.catch_up(to);
                     }
-                    let out = self.requesters[to].engine.handle(
-                        now,
-                        RequesterInput::VerifiedOffer {
-                            id,
-                            offer: offer.clone(),
-                        },
-                        &rep,
-                        &mut self.rng,
-                    );
-                    self.on_requester_out(to, out);
                 }
             }
             Ev::Deliver { to, msg } => self.deliver(now, to, msg),
@@ -614,6 +640,7 @@ impl World {
             self.on_oracle_out(i, out);
         }
         self.metrics.epochs += 1;
+        self.trim_feeds();
         let next = now.plus(DurationMs(self.sc.epoch_minutes * 60_000));
         self.sched.at(next, Ev::Epoch(e + 1));
     }
@@ -695,13 +722,7 @@ impl World {
             nonce: self.rng.random(),
         };
         self.metrics.job_submitted(i, kind_name, dp, units);
-        let rep = UniformReputation(0.9);
-        let out = self.requesters[i].engine.handle(
-            now,
-            RequesterInput::Submit(Box::new(spec)),
-            &rep,
-            &mut self.rng,
-        );
+        let out = self.requester_handle(i, now, RequesterInput::Submit(Box::new(spec)));
         self.on_requester_out(i, out);
     }
 
@@ -731,10 +752,7 @@ impl World {
                     Message::Offer(o) => RequesterInput::Offer(o),
                     _ => return,
                 };
-                let rep = UniformReputation(0.9);
-                let out = self.requesters[i]
-                    .engine
-                    .handle(now, input, &rep, &mut self.rng);
+                let out = self.requester_handle(i, now, input);
                 self.on_requester_out(i, out);
             }
             PeerRef::Oracle(i) => {
@@ -752,6 +770,66 @@ impl World {
         }
     }
 
+    /// Hand requester `i` the offers of its region's feed it has not handled yet,
+    /// each at its arrival time, in order. Called before anything else reaches the
+    /// requester's engine: an offer is handed over at once only to a requester
+    /// that [`RequesterEngine::awaits_offers`]; for the others handling it only
+    /// updates the book (no output, no draw from the RNG), and nothing else
+    /// happens to their engine before this catch-up, so the book ends up the same
+    /// as if it had taken each offer on arrival. Taking a requester's backlog in
+    /// one go keeps its book in the cache, where handing each offer to all the
+    /// requesters of a region in turn touched every book once per offer.
+    fn catch_up(&mut self, i: usize) {
+        let region = self.requesters[i].region;
+        let rep = UniformReputation(0.9);
+        while self.requesters[i].heard < self.offer_feeds[region].end() {
+            let feed = &self.offer_feeds[region];
+            let (at, id, offer) = feed.items[self.requesters[i].heard - feed.base].clone();
+            self.requesters[i].heard += 1;
+            let out = self.requesters[i].engine.handle(
+                at,
+                RequesterInput::VerifiedOffer { id, offer },
+                &rep,
+                &mut self.rng,
+            );
+            debug_assert!(
+                out.is_empty() || at == self.sched.now(),
+                "a deferred offer made the requester act"
+            );
+            self.on_requester_out(i, out);
+        }
+    }
+
+    /// Drop the feed's offers every requester of the region has handled.
+    fn trim_feeds(&mut self) {
+        for (region, feed) in self.offer_feeds.iter_mut().enumerate() {
+            let low = self
+                .requesters
+                .iter()
+                .filter(|r| r.region == region)
+                .map(|r| r.heard)
+                .min()
+                .unwrap_or(feed.end());
+            let drop = low.saturating_sub(feed.base).min(feed.items.len());
+            feed.items.drain(..drop);
+            feed.base += drop;
+        }
+    }
+
+    /// Requester `i`'s engine handles `input` (after the offers it has not taken yet).
+    fn requester_handle(
+        &mut self,
+        i: usize,
+        now: Timestamp,
+        input: RequesterInput,
+    ) -> Vec<RequesterOutput> {
+        self.catch_up(i);
+        let rep = UniformReputation(0.9);
+        self.requesters[i]
+            .engine
+            .handle(now, input, &rep, &mut self.rng)
+    }
+
     fn on_timer(&mut self, now: Timestamp, p: PeerRef) {
         match p {
             PeerRef::Provider(i) => {
@@ -760,6 +838,8 @@ impl World {
                 self.on_provider_out(i, out);
             }
             PeerRef::Requester(i) => {
+                // Before the slot is cleared: the timer firing now is still armed.
+                self.catch_up(i);
                 self.requesters[i].timer_at = None;
                 let rep = UniformReputation(0.9);
                 let out = self.requesters[i]
@@ -967,12 +1047,10 @@ impl World {
                                 .push(format!("escrow lock of {id:?} refused: {e}"));
                         }
                         self.metrics.escrow_failures += 1;
-                        let rep = UniformReputation(0.9);
-                        let out = self.requesters[i].engine.handle(
+                        let out = self.requester_handle(
+                            i,
                             now,
                             RequesterInput::EscrowFailed { contract: id },
-                            &rep,
-                            &mut self.rng,
                         );
                         self.on_requester_out(i, out);
                         continue;
@@ -1079,13 +1157,7 @@ impl World {
             self.on_provider_out(pi, out);
         }
         if let Some(&PeerRef::Requester(ri)) = self.by_account.get(&si.terms.requester) {
-            let rep = UniformReputation(0.9);
-            let out = self.requesters[ri].engine.handle(
-                now,
-                RequesterInput::Settlement(Box::new(si)),
-                &rep,
-                &mut self.rng,
-            );
+            let out = self.requester_handle(ri, now, RequesterInput::Settlement(Box::new(si)));
             self.on_requester_out(ri, out);
         }
     }

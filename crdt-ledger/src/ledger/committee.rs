@@ -200,7 +200,7 @@ impl<S: Store> Ledger<S> {
             });
         }
         match self.check_checkpoint(proposal, false) {
-            Ok(Checked::Ready(_)) => {}
+            Ok(Checked::Ready) => {}
             Ok(Checked::Waiting) => {
                 return Err(LedgerError::WontSign(
                     "it names entries this replica lacks; sync first".into(),

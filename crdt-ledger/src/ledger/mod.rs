@@ -14,7 +14,7 @@ mod verify;
 
 pub use persist::open_from_snapshot;
 use persist::{REC_DOC, REC_SIGNED, split_snapshot, verify_snapshot};
-pub(crate) use verify::{collect_doc_entries, verify_entries};
+pub(crate) use verify::{collect_doc_entries, verify_entries, verify_received};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -115,6 +115,9 @@ pub struct Ledger<S: Store = MemStore> {
     pub(crate) store: S,
     /// Every validly signed entry, by key; more than one hash at a key is a fork.
     entries: BTreeMap<EntryKey, Vec<Ve>>,
+    /// The keys of `entries` holding more than one entry (forks): the pending
+    /// fold reads these below the finalized frontier, and nothing else there.
+    forked: BTreeSet<EntryKey>,
     by_hash: HashMap<Hash32, Ve>,
     checkpoint_entries: Vec<Ve>,
     /// (epoch, prev, body hash) of each checkpoint entry, by entry hash: finality
@@ -140,6 +143,21 @@ pub struct Ledger<S: Store = MemStore> {
     last_now: Option<Timestamp>,
     /// Signature checks already passed (see `SigMemo`).
     checked: std::sync::Mutex<SigMemo>,
+    /// The fold of the last checkpoint that passed `check_checkpoint`.
+    checked_fold: Option<CheckedFold>,
+}
+
+/// A checkpoint's fold on a finalized state, kept so that checking the same
+/// body again on the same state — each member signing, then finality once it
+/// is published with its quorum — costs no second fold (a state copy, the
+/// batch, and the state root's encoding). The fold is a function of the
+/// finalized state, named by its last checkpoint, and of the body, which names
+/// its batch by hash; signatures, proposer and quorum are checked every time.
+#[derive(Debug)]
+struct CheckedFold {
+    body: Hash32,
+    on: Hash32,
+    next: Box<Finalized>,
 }
 
 fn doc_err(e: impl std::fmt::Display) -> LedgerError {
@@ -209,6 +227,7 @@ impl<S: Store> Ledger<S> {
             doc,
             store,
             entries: BTreeMap::new(),
+            forked: BTreeSet::new(),
             by_hash: HashMap::new(),
             checkpoint_entries: Vec::new(),
             checkpoint_heads: HashMap::new(),
@@ -224,6 +243,7 @@ impl<S: Store> Ledger<S> {
             proposed: BTreeSet::new(),
             last_now: None,
             checked: Default::default(),
+            checked_fold: None,
         };
         // Everything loaded is in the store already.
         ledger.saved_heads = ledger.doc.get_heads();
@@ -276,9 +296,13 @@ impl<S: Store> Ledger<S> {
             self.note_competitor(ms);
             self.checkpoint_entries.push(ve.clone());
         }
-        let slot = self.entries.entry(ve.key()).or_default();
+        let key = ve.key();
+        let slot = self.entries.entry(key).or_default();
         slot.push(ve);
         slot.sort_by_key(|e| e.hash);
+        if slot.len() > 1 {
+            self.forked.insert(key);
+        }
         self.view = None;
         true
     }
@@ -443,32 +467,46 @@ impl<S: Store> Ledger<S> {
         let mut pending: Vec<Ve> = Vec::new();
         let mut tips = self.fin.frontier.clone();
         let start = chain_start(&self.network);
-        let mut authors: Vec<AccountId> = self.entries.keys().map(|k| k.author).collect();
-        authors.dedup();
-        for author in authors {
+        // Author by author (a range lookup each: the entries below the finalized
+        // frontier, most of them, are not walked at every refold).
+        let mut next_author = self.entries.keys().next().map(|k| k.author);
+        while let Some(author) = next_author {
+            let last = EntryKey {
+                author,
+                seq: u64::MAX,
+            };
+            next_author = self
+                .entries
+                .range((std::ops::Bound::Excluded(last), std::ops::Bound::Unbounded))
+                .next()
+                .map(|(k, _)| k.author);
             let (mut next_seq, mut prev) = match self.fin.frontier.get(&author) {
                 Some((s, h)) => (s + 1, *h),
                 None => (0, start),
             };
-            let range = EntryKey { author, seq: 0 }..=EntryKey {
-                author,
-                seq: u64::MAX,
-            };
-            for (key, vs) in self.entries.range(range) {
-                if key.seq < next_seq {
-                    // At or below the finalized frontier: the finalized chain won.
-                    if vs.len() > 1 {
-                        for v in vs {
-                            if !self.on_final_chain(v) {
-                                invalid.push(Invalid {
-                                    id: v.id(),
-                                    reason: InvalidReason::ForkedBranch,
-                                });
-                            }
-                        }
+            // At or below the finalized frontier the finalized chain won: only
+            // forks there have anything to report.
+            for key in self.forked.range(
+                EntryKey { author, seq: 0 }..EntryKey {
+                    author,
+                    seq: next_seq,
+                },
+            ) {
+                for v in self.entries.get(key).into_iter().flatten() {
+                    if !self.on_final_chain(v) {
+                        invalid.push(Invalid {
+                            id: v.id(),
+                            reason: InvalidReason::ForkedBranch,
+                        });
                     }
-                    continue;
                 }
+            }
+            for (key, vs) in self.entries.range(
+                EntryKey {
+                    author,
+                    seq: next_seq,
+                }..=last,
+            ) {
                 let mut chosen = None;
                 for v in vs {
                     if key.seq == next_seq && chosen.is_none() && v.data.prev_hash == prev {
@@ -609,7 +647,11 @@ impl<S: Store> Ledger<S> {
         // Index without invalidating the view when the entry's effect commutes
         // with the canonical order (phase-0 entries extending our own chain).
         self.by_hash.insert(ve.hash, ve.clone());
-        self.entries.entry(ve.key()).or_default().push(ve.clone());
+        let slot = self.entries.entry(ve.key()).or_default();
+        slot.push(ve.clone());
+        if slot.len() > 1 {
+            self.forked.insert(ve.key());
+        }
         if let Body::Checkpoint(ms) = &ve.data.body {
             let ms = ms.clone();
             self.observe_checkpoint_sigs(&ms);
@@ -663,6 +705,40 @@ impl<S: Store> Ledger<S> {
             data,
             entry,
         };
+        let mut wrote = false;
+        let joined = self.take_received(ve, &mut wrote)?;
+        if wrote {
+            self.commit_local()?;
+        }
+        Ok(joined)
+    }
+
+    /// [`Ledger::receive_entry`] for several entries that arrived together (a
+    /// batch a peer gossiped, the settlements an epoch brought): their
+    /// signatures are checked in one batch, as sync does, and the document takes
+    /// them in one change. Gives each entry's result in order; the outer error
+    /// is the store's (after which the replica should be reopened).
+    pub fn receive_entries(
+        &mut self,
+        entries: Vec<Entry>,
+    ) -> Result<Vec<Result<bool, LedgerError>>, LedgerError> {
+        let mut wrote = false;
+        let out = verify_received(&self.network, entries)
+            .into_iter()
+            .map(|r| match r {
+                Ok(ve) => self.take_received(ve, &mut wrote),
+                Err(e) => Err(e.into()),
+            })
+            .collect();
+        if wrote {
+            self.commit_local()?;
+        }
+        Ok(out)
+    }
+
+    /// Write a verified received entry to the document (uncommitted: `wrote`
+    /// says a commit is due) and index it; see [`Ledger::receive_entry`].
+    fn take_received(&mut self, ve: VerifiedEntry, wrote: &mut bool) -> Result<bool, LedgerError> {
         if self.by_hash.contains_key(&ve.hash) {
             return Ok(false);
         }
@@ -693,7 +769,7 @@ impl<S: Store> Ledger<S> {
                 ScalarValue::Bytes(ve.entry.to_bytes()?),
             )
             .map_err(doc_err)?;
-        self.commit_local()?;
+        *wrote = true;
         Ok(self.index(ve))
     }
 
@@ -732,7 +808,10 @@ impl<S: Store> Ledger<S> {
                     continue;
                 };
                 match self.check_checkpoint(ms, true) {
-                    Ok(Checked::Ready(next)) => {
+                    Ok(Checked::Ready) => {
+                        let Some(next) = self.take_checked_fold(ms) else {
+                            break;
+                        };
                         tracing::debug!(
                             epoch = next.state.epoch,
                             checkpoint = %next.state.last_checkpoint.short(),
@@ -805,11 +884,23 @@ impl<S: Store> Ledger<S> {
         }
     }
 
+    /// The next finalized state that `check_checkpoint` found for `ms` on the
+    /// current one (`chain` holds `ms` itself, with its signatures).
+    fn take_checked_fold(&mut self, ms: &MultiSigned<CheckpointBody>) -> Option<Box<Finalized>> {
+        let c = self.checked_fold.take()?;
+        if c.body != ms.body_hash() || c.on != self.fin.state.last_checkpoint {
+            return None;
+        }
+        let mut next = c.next;
+        next.chain = vec![ms.clone()];
+        Some(next)
+    }
+
     /// Check a checkpoint against the finalized state; with `need_quorum` also its
-    /// signatures. Returns the next finalized state, or `Waiting` when entries it
-    /// names are missing here.
+    /// signatures. `Ready` leaves the next finalized state in `checked_fold`;
+    /// `Waiting` says entries it names are missing here.
     fn check_checkpoint(
-        &self,
+        &mut self,
         ms: &MultiSigned<CheckpointBody>,
         need_quorum: bool,
     ) -> Result<Checked, InvalidReason> {
@@ -895,6 +986,14 @@ impl<S: Store> Ledger<S> {
             batch.extend(chain);
             frontier.insert(item.author, (item.seq, item.hash));
         }
+        let (h, on) = (ms.body_hash(), cur.last_checkpoint);
+        if self
+            .checked_fold
+            .as_ref()
+            .is_some_and(|c| c.body == h && c.on == on)
+        {
+            return Ok(Checked::Ready);
+        }
         let mut next = cur.clone();
         let mut invalid = Vec::new();
         next.apply_batch(cur, &batch, self.ctx(), &mut invalid);
@@ -904,16 +1003,21 @@ impl<S: Store> Ledger<S> {
                 "state root, mint or committees differ from this replica's fold",
             ));
         }
-        next.last_checkpoint = ms.body_hash();
+        next.last_checkpoint = h;
         // Only what this checkpoint adds: `advance_finality` appends it to the
         // chain and the invalid list it keeps (copying both at every check made
         // the checks quadratic in the number of checkpoints).
-        Ok(Checked::Ready(Box::new(Finalized {
-            state: next,
-            frontier,
-            chain: vec![ms.clone()],
-            invalid,
-        })))
+        self.checked_fold = Some(CheckedFold {
+            body: h,
+            on,
+            next: Box::new(Finalized {
+                state: next,
+                frontier,
+                chain: Vec::new(),
+                invalid,
+            }),
+        });
+        Ok(Checked::Ready)
     }
 }
 
@@ -921,7 +1025,8 @@ impl<S: Store> Ledger<S> {
 type SeenSig = (Vec<u8>, Sig);
 
 enum Checked {
-    Ready(Box<Finalized>),
+    /// Valid: the next finalized state is in `Ledger::checked_fold`.
+    Ready,
     Waiting,
 }
 

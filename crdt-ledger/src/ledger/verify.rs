@@ -101,7 +101,8 @@ pub(crate) fn verify_entries(
     while !rest.is_empty() {
         let tail = rest.split_off(rest.len().min(1024));
         let chunk = std::mem::replace(&mut rest, tail);
-        let batch = batch_ok(network, &chunk, &mut keys);
+        let refs: Vec<&Entry> = chunk.iter().map(|(_, e)| e).collect();
+        let batch = batch_ok(network, &refs, &mut keys);
         for (key, e) in chunk {
             // After a good batch only the body is decoded; otherwise each
             // signature is checked strictly to find the bad one.
@@ -126,12 +127,12 @@ pub(crate) fn verify_entries(
 /// (small-order) keys never pass here; they fall back to strict verification.
 fn batch_ok(
     network: &NetworkId,
-    chunk: &[(EntryKey, Entry)],
+    chunk: &[&Entry],
     keys: &mut HashMap<AccountId, Option<ed25519_dalek::VerifyingKey>>,
 ) -> bool {
     let kind = <EntryData as Wire>::KIND;
     let mut vks = Vec::with_capacity(chunk.len());
-    for (_, e) in chunk {
+    for e in chunk {
         let vk = keys.entry(e.signed.signer).or_insert_with(|| {
             ed25519_dalek::VerifyingKey::from_bytes(&e.signed.signer.0)
                 .ok()
@@ -144,14 +145,45 @@ fn batch_ok(
     }
     let messages: Vec<Vec<u8>> = chunk
         .iter()
-        .map(|(_, e)| protocol::signed::signing_message(kind, network, e.signed.body_bytes()))
+        .map(|e| protocol::signed::signing_message(kind, network, e.signed.body_bytes()))
         .collect();
     let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
     let sigs: Vec<ed25519_dalek::Signature> = chunk
         .iter()
-        .map(|(_, e)| ed25519_dalek::Signature::from_bytes(&e.signed.signature.0))
+        .map(|e| ed25519_dalek::Signature::from_bytes(&e.signed.signature.0))
         .collect();
     ed25519_dalek::verify_batch(&refs, &sigs, &vks).is_ok()
+}
+
+/// Verify entries received outside sync, keeping their order: each result is
+/// what [`Entry::verify`] gives, but the signatures are checked in one batch
+/// (one by one, strictly, only if the batch fails).
+pub(crate) fn verify_received(
+    network: &NetworkId,
+    entries: Vec<Entry>,
+) -> Vec<Result<VerifiedEntry, protocol::SignatureError>> {
+    let mut keys = HashMap::new();
+    let batch = {
+        let refs: Vec<&Entry> = entries.iter().collect();
+        batch_ok(network, &refs, &mut keys)
+    };
+    entries
+        .into_iter()
+        .map(|e| {
+            let data = if batch {
+                let data = e.signed.body_unverified()?;
+                check_author(&e, &data)?;
+                data
+            } else {
+                e.verify(network)?
+            };
+            Ok(VerifiedEntry {
+                hash: e.hash(),
+                data,
+                entry: e,
+            })
+        })
+        .collect()
 }
 
 fn check_entry(key: &EntryKey, e: Entry, data: EntryData) -> Result<VerifiedEntry, InvalidReason> {

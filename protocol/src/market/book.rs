@@ -415,8 +415,10 @@ impl OrderBook {
             Err(_) => return Err(DropReason::Full),
         }
         if let Some(i) = existing {
-            self.remove_slot(i);
+            self.replace_in_place(i, id, offer);
             self.stats.replaced += 1;
+            self.stats.inserted += 1;
+            return Ok(id);
         } else if self.len() >= self.config.capacity
             && let Some(&(_, victim)) = self.by_expiry.first()
         {
@@ -443,6 +445,40 @@ impl OrderBook {
         self.slots[i as usize] = Some(entry);
         self.stats.inserted += 1;
         Ok(id)
+    }
+
+    /// Put a newer offer of the same provider and class in slot `i`, touching
+    /// only the indexes whose keys change: a refresh usually changes the envelope
+    /// id and the expiry, seldom the price, never the key. The result is the same
+    /// as removing the old entry and inserting the new one, which would reuse slot
+    /// `i` (the free list hands back the slot just freed) and carry over the same
+    /// local load; a book in a simulator takes a thousand refreshes an hour.
+    fn replace_in_place(&mut self, i: u32, id: Hash32, offer: Arc<Offer>) {
+        let Some(e) = self.slots.get_mut(i as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let (old_id, old_price, old_exp) = (e.id, e.offer.price, e.offer.expires_at);
+        debug_assert_eq!(
+            e.local_load,
+            self.load.get(&offer.provider).copied().unwrap_or(0)
+        );
+        e.id = id;
+        e.offer = offer;
+        let hot = Hot::of(e);
+        let (price, exp) = (e.offer.price, e.offer.expires_at);
+        self.by_id.remove(&old_id);
+        self.by_id.insert(id, i);
+        if old_exp != exp {
+            self.by_expiry.remove(&(old_exp, i));
+            self.by_expiry.insert((exp, i));
+        }
+        match self.by_price.get_mut(&(price, i)) {
+            Some(h) if old_price == price => *h = hot,
+            _ => {
+                self.by_price.remove(&(old_price, i));
+                self.by_price.insert((price, i), hot);
+            }
+        }
     }
 
     fn remove_slot(&mut self, i: u32) -> Option<BookEntry> {

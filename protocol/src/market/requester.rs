@@ -227,6 +227,15 @@ impl RequesterEngine {
         self.jobs.len()
     }
 
+    /// Whether an offer arriving now could lead to a match: some open job has no
+    /// proposal out. When it cannot, handling an offer only updates the book (no
+    /// output, no randomness drawn, no timer), so a simulator may hand offers to
+    /// an idle requester later, in order and each with its arrival time, with the
+    /// same result.
+    pub fn awaits_offers(&self) -> bool {
+        self.jobs.values().any(|j| j.open && j.waiting.is_none())
+    }
+
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         self.timers.next()
     }
