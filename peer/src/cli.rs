@@ -569,6 +569,10 @@ fn sim(json: bool, args: &SimArgs) -> anyhow::Result<()> {
             s.cheaters_caught, s.cheaters, s.wrong_results_caught, s.wrong_results_missed
         );
     }
+    println!(
+        "ledger        {} entries, {} checkpoints finalized by the committees",
+        s.ledger_entries, s.checkpoints
+    );
     if s.invariant_violations.is_empty() {
         println!("ledger        invariants held (no negative balance, supply conserved)");
     } else {
