@@ -523,73 +523,66 @@ impl ControlClient {
             .context("the node's answer is not the expected JSON")
     }
 
-    pub async fn status(&self) -> anyhow::Result<Status> {
-        self.send(self.http.get(format!("{}/v1/status", self.base)))
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
             .await
     }
 
-    pub async fn offers(&self) -> anyhow::Result<Vec<OfferView>> {
-        self.send(self.http.get(format!("{}/v1/offers", self.base)))
+    async fn post<T: serde::de::DeserializeOwned, B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
             .await
+    }
+
+    pub async fn status(&self) -> anyhow::Result<Status> {
+        self.get("/v1/status").await
+    }
+
+    pub async fn offers(&self) -> anyhow::Result<Vec<OfferView>> {
+        self.get("/v1/offers").await
     }
 
     pub async fn add_blob(&self, path: &Path) -> anyhow::Result<BlobAdded> {
         let path = std::path::absolute(path)?;
-        self.send(
-            self.http
-                .post(format!("{}/v1/blobs", self.base))
-                .json(&AddBlobBody { path }),
-        )
-        .await
+        self.post("/v1/blobs", &AddBlobBody { path }).await
     }
 
     pub async fn get_blob(&self, source: &str, out: &Path) -> anyhow::Result<BlobFetched> {
         let out = std::path::absolute(out)?;
-        self.send(
-            self.http
-                .post(format!("{}/v1/blobs/get", self.base))
-                .json(&GetBlobBody {
-                    source: source.to_string(),
-                    out,
-                }),
-        )
-        .await
+        let body = GetBlobBody {
+            source: source.to_string(),
+            out,
+        };
+        self.post("/v1/blobs/get", &body).await
     }
 
     pub async fn submit(&self, job: &JobRequest) -> anyhow::Result<JobView> {
         let mut job = job.clone();
         job.dataset = std::path::absolute(&job.dataset)?;
         job.model = job.model.as_deref().map(std::path::absolute).transpose()?;
-        self.send(self.http.post(format!("{}/v1/jobs", self.base)).json(&job))
-            .await
+        self.post("/v1/jobs", &job).await
     }
 
     pub async fn jobs(&self) -> anyhow::Result<Vec<JobView>> {
-        self.send(self.http.get(format!("{}/v1/jobs", self.base)))
-            .await
+        self.get("/v1/jobs").await
     }
 
     pub async fn job(&self, id: &str) -> anyhow::Result<JobView> {
-        self.send(self.http.get(format!("{}/v1/jobs/{id}", self.base)))
-            .await
+        self.get(&format!("/v1/jobs/{id}")).await
     }
 
     pub async fn balance(&self, account: Option<&str>) -> anyhow::Result<BalanceView> {
-        let mut req = self.http.get(format!("{}/v1/balance", self.base));
-        if let Some(a) = account {
-            req = self
-                .http
-                .get(format!("{}/v1/balance?account={a}", self.base));
+        match account {
+            Some(a) => self.get(&format!("/v1/balance?account={a}")).await,
+            None => self.get("/v1/balance").await,
         }
-        self.send(req).await
     }
 
     pub async fn ledger(&self, tail: usize) -> anyhow::Result<LedgerView> {
-        self.send(
-            self.http
-                .get(format!("{}/v1/ledger?tail={tail}", self.base)),
-        )
-        .await
+        self.get(&format!("/v1/ledger?tail={tail}")).await
     }
 
     /// Poll a job until it is done, calling `progress` on each change of state.
@@ -621,14 +614,10 @@ impl ControlClient {
     }
 
     pub async fn transfer(&self, to: &str, amount: u64) -> anyhow::Result<EntryView> {
-        self.send(
-            self.http
-                .post(format!("{}/v1/transfer", self.base))
-                .json(&TransferBody {
-                    to: to.to_string(),
-                    amount,
-                }),
-        )
-        .await
+        let body = TransferBody {
+            to: to.to_string(),
+            amount,
+        };
+        self.post("/v1/transfer", &body).await
     }
 }
