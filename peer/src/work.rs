@@ -117,10 +117,25 @@ pub fn data_shape(data: &[u8]) -> anyhow::Result<DataShape> {
     })
 }
 
-/// Compute units the job will take (1 CU = 1 GFLOP), from the FLOP model.
+/// Compute units the job will take (1 CU = 1 GFLOP), from the FLOP model. Refuses
+/// a data set whose width does not fit the model, before anything is paid.
 pub fn estimate_units(kind: &JobKind, data: &[u8], model: Option<&[u8]>) -> anyhow::Result<f64> {
     let spec = workload_spec(kind, model)?;
-    Ok(compute::compute_units_for(&spec, data_shape(data)?))
+    let shape = data_shape(data)?;
+    let layers = match &spec {
+        WorkloadSpec::Train(ts) => Some(&ts.layers),
+        WorkloadSpec::Infer { layers } => Some(layers),
+        _ => None,
+    };
+    if let Some(&input) = layers.and_then(|l| l.first())
+        && input != shape.features
+    {
+        bail!(
+            "the data set has {} features per row, but the model's first layer takes {input}",
+            shape.features
+        );
+    }
+    Ok(compute::compute_units_for(&spec, shape))
 }
 
 fn units(cu: f64) -> ComputeUnits {
@@ -391,5 +406,18 @@ mod tests {
         assert!(cu > 0.0, "{cu}");
         let err = JobResult::from_bytes(&[1, 2, 3]).unwrap_err().to_string();
         assert!(err.contains("malformed"), "{err}");
+        let wide = JobKind::Train {
+            layers: vec![12, 8, 6],
+            epochs: 1,
+            batch: 8,
+            learning_rate: 0.1,
+            dp: None,
+            seed: 1,
+        };
+        let err = estimate_units(&wide, &data, None).unwrap_err().to_string();
+        assert!(
+            err.contains("11 features") && err.contains("takes 12"),
+            "{err}"
+        );
     }
 }

@@ -174,10 +174,11 @@ async fn prepare(
         (cu, data, model)
     })
     .await?;
-    let cu = match req.estimated_cu {
-        Some(c) => c,
-        None => cu.context("cannot price the job from its data")?,
-    };
+    // The estimate also checks that the data fits the model: do it even when the
+    // user gives the compute units.
+    let cu = req
+        .estimated_cu
+        .unwrap_or(cu.context("the job does not fit its data")?);
     let key = JobKey::random();
     let aad = input_aad(&me);
     let store = |label: &'static str, plain: Vec<u8>| {
