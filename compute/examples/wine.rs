@@ -2,7 +2,9 @@
 //! metrics: `cargo run -p compute --release --example wine [epochs]`.
 
 use compute::datasets::{Builtin, builtin};
-use compute::{CpuBackend, DpConfig, PreprocessOp, TrainSpec, WorkloadSpec, run_workload};
+use compute::{
+    CpuBackend, DpConfig, PreprocessOp, TrainSpec, WorkloadSpec, run_preprocess, run_workload,
+};
 
 fn main() -> anyhow::Result<()> {
     let epochs: usize = std::env::args()
@@ -11,24 +13,14 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(30);
     let be = CpuBackend::new();
     let raw = builtin(Builtin::WineQuality)?;
-    let std = run_workload(
+    let std = run_preprocess(&be, PreprocessOp::Standardize, &raw)?;
+    let split = run_preprocess(
         &be,
-        &WorkloadSpec::Preprocess {
-            op: PreprocessOp::Standardize,
-        },
-        &raw,
-        None,
-    )?;
-    let split = run_workload(
-        &be,
-        &WorkloadSpec::Preprocess {
-            op: PreprocessOp::Split {
-                test_fraction: 0.2,
-                seed: 1,
-            },
+        PreprocessOp::Split {
+            test_fraction: 0.2,
+            seed: 1,
         },
         &std.output,
-        None,
     )?;
     for dp in [
         None,

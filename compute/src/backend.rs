@@ -66,6 +66,51 @@ pub struct ColStats {
     pub max: Vec<f32>,
 }
 
+/// The shape of a [`Backend::gemm`]: `C = op(A)·op(B)` is `m×n` with inner dimension
+/// `k`; `ta`/`tb` say whether `A`/`B` are stored transposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GemmShape {
+    /// Rows of `C`.
+    pub m: usize,
+    /// Inner dimension.
+    pub k: usize,
+    /// Columns of `C`.
+    pub n: usize,
+    /// `A` is stored `k×m`.
+    pub ta: bool,
+    /// `B` is stored `n×k`.
+    pub tb: bool,
+}
+
+impl GemmShape {
+    /// `m×k` times `k×n`, neither operand transposed.
+    pub fn new(m: usize, k: usize, n: usize) -> Self {
+        Self {
+            m,
+            k,
+            n,
+            ta: false,
+            tb: false,
+        }
+    }
+
+    /// The same product with `A` stored transposed.
+    pub fn transpose_a(self) -> Self {
+        Self { ta: true, ..self }
+    }
+
+    /// The same product with `B` stored transposed.
+    pub fn transpose_b(self) -> Self {
+        Self { tb: true, ..self }
+    }
+
+    /// The shape checks of [`Backend::gemm`], shared by every backend.
+    fn check(self, a: &[f32], b: &[f32]) -> Result<()> {
+        check_len("gemm", "A", a.len(), self.m * self.k)?;
+        check_len("gemm", "B", b.len(), self.k * self.n)
+    }
+}
+
 /// The tensor operations a workload needs. Every method validates shapes and returns a
 /// new tensor; implementations must agree with [`crate::CpuBackend`] within float
 /// tolerance (the tests in `tests/kernels.rs` check this for the wgpu kernels).
@@ -75,6 +120,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// `C = op(A)·op(B)`, `C` is `m×n`, the inner dimension `k`. `A` is stored `m×k`
     /// (or `k×m` when `ta`), `B` is stored `k×n` (or `n×k` when `tb`).
+    ///
+    /// Checks the operand lengths, then runs [`Backend::gemm_checked`].
     #[allow(clippy::too_many_arguments)]
     fn gemm(
         &self,
@@ -85,7 +132,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         n: usize,
         ta: bool,
         tb: bool,
-    ) -> Result<Vec<f32>>;
+    ) -> Result<Vec<f32>> {
+        let s = GemmShape { m, k, n, ta, tb };
+        s.check(a, b)?;
+        self.gemm_checked(a, b, s)
+    }
+
+    /// The backend's GEMM, called by [`Backend::gemm`] once `a` and `b` are known to
+    /// have the lengths `s` implies. Call [`Backend::gemm`] instead.
+    fn gemm_checked(&self, a: &[f32], b: &[f32], s: GemmShape) -> Result<Vec<f32>>;
 
     /// `y[r][c] = x[r][c] + bias[c]`, then `max(0, ·)` when `relu`.
     fn bias_act(
@@ -173,9 +228,4 @@ pub(crate) fn check_softmax_xent(
         ));
     }
     Ok(())
-}
-
-pub(crate) fn check_gemm(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Result<()> {
-    check_len("gemm", "A", a.len(), m * k)?;
-    check_len("gemm", "B", b.len(), k * n)
 }

@@ -2,7 +2,7 @@
 //! row-parallel element-wise work. Deterministic: same inputs, same bits.
 
 use crate::backend::{
-    Backend, BackendInfo, BackendKind, ColStats, NoiseParams, check_gemm, check_len,
+    Backend, BackendInfo, BackendKind, ColStats, GemmShape, NoiseParams, check_len,
     check_softmax_xent,
 };
 use crate::error::{Result, shape_err};
@@ -48,6 +48,27 @@ fn map_rows(
     out
 }
 
+/// A `len`-element output filled with `p`'s standard normals (element `i` gets the
+/// draw at `p.offset + i`), then finished chunk by chunk by `f(base, chunk)`, where
+/// `chunk` starts at element `base`. Chunks run in parallel for large `len`.
+fn with_noise(p: NoiseParams, len: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let key = rng::stream_key(p.seed, p.stream);
+    let mut out = vec![0f32; len];
+    let fill = |base: usize, chunk: &mut [f32]| {
+        rng::fill_gaussians(key, p.offset.wrapping_add(base as u32), chunk);
+        f(base, chunk);
+    };
+    const CHUNK: usize = 32_768;
+    if len >= PAR_MIN {
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, chunk)| fill(c * CHUNK, chunk));
+    } else {
+        fill(0, &mut out);
+    }
+    out
+}
+
 impl Backend for CpuBackend {
     fn info(&self) -> BackendInfo {
         BackendInfo {
@@ -58,17 +79,8 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn gemm(
-        &self,
-        a: &[f32],
-        b: &[f32],
-        m: usize,
-        k: usize,
-        n: usize,
-        ta: bool,
-        tb: bool,
-    ) -> Result<Vec<f32>> {
-        check_gemm(a, b, m, k, n)?;
+    fn gemm_checked(&self, a: &[f32], b: &[f32], s: GemmShape) -> Result<Vec<f32>> {
+        let GemmShape { m, k, n, ta, tb } = s;
         let mut c = vec![0f32; m * n];
         if m == 0 || n == 0 || k == 0 {
             return Ok(c);
@@ -76,7 +88,7 @@ impl Backend for CpuBackend {
         // Strides express the transposes, so no copy is made.
         let (rsa, csa) = if ta { (1, m as isize) } else { (k as isize, 1) };
         let (rsb, csb) = if tb { (1, k as isize) } else { (n as isize, 1) };
-        gemm_raw(a, b, &mut c, m, k, n, [rsa, csa, rsb, csb]);
+        crate::gemm_safe::sgemm(a, b, &mut c, m, k, n, [rsa, csa, rsb, csb]);
         Ok(c)
     }
 
@@ -158,23 +170,11 @@ impl Backend for CpuBackend {
             // Same bits as adding 0·z: skip drawing.
             return Ok(g.iter().map(|&v| v * p.scale).collect());
         }
-        let key = rng::stream_key(p.seed, p.stream);
-        let mut out = vec![0f32; g.len()];
-        let fill = |base: usize, chunk: &mut [f32]| {
-            rng::fill_gaussians(key, p.offset.wrapping_add(base as u32), chunk);
+        Ok(with_noise(p, g.len(), |base, chunk| {
             for (o, &v) in chunk.iter_mut().zip(&g[base..]) {
                 *o = (v + p.std * *o) * p.scale;
             }
-        };
-        const CHUNK: usize = 32_768;
-        if g.len() >= PAR_MIN {
-            out.par_chunks_mut(CHUNK)
-                .enumerate()
-                .for_each(|(c, chunk)| fill(c * CHUNK, chunk));
-        } else {
-            fill(0, &mut out);
-        }
-        Ok(out)
+        }))
     }
 
     fn dp_sgd_update(&self, w: &[f32], g: &[f32], lr: f32, p: NoiseParams) -> Result<Vec<f32>> {
@@ -186,23 +186,11 @@ impl Backend for CpuBackend {
                 .map(|(&w, &g)| w - lr * (g * p.scale))
                 .collect());
         }
-        let key = rng::stream_key(p.seed, p.stream);
-        let mut out = vec![0f32; g.len()];
-        let fill = |base: usize, chunk: &mut [f32]| {
-            rng::fill_gaussians(key, p.offset.wrapping_add(base as u32), chunk);
+        Ok(with_noise(p, g.len(), |base, chunk| {
             for ((o, &g), &w) in chunk.iter_mut().zip(&g[base..]).zip(&w[base..]) {
                 *o = w - lr * ((g + p.std * *o) * p.scale);
             }
-        };
-        const CHUNK: usize = 32_768;
-        if g.len() >= PAR_MIN {
-            out.par_chunks_mut(CHUNK)
-                .enumerate()
-                .for_each(|(c, chunk)| fill(c * CHUNK, chunk));
-        } else {
-            fill(0, &mut out);
-        }
-        Ok(out)
+        }))
     }
 
     fn sgd_update(&self, w: &[f32], g: &[f32], lr: f32) -> Result<Vec<f32>> {
@@ -284,17 +272,4 @@ fn xent_row(z: &[f32], y: usize) -> f32 {
     let mx = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f32 = z.iter().map(|v| (v - mx).exp()).sum();
     sum.ln() + mx - z[y]
-}
-
-/// SGEMM through `matrixmultiply` with explicit strides `[rsa, csa, rsb, csb]`.
-pub(crate) fn gemm_raw(
-    a: &[f32],
-    b: &[f32],
-    c: &mut [f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    s: [isize; 4],
-) {
-    crate::gemm_safe::sgemm(a, b, c, m, k, n, s);
 }

@@ -42,13 +42,13 @@ pub mod verify;
 mod wgpu_backend;
 pub mod workload;
 
-pub use backend::{Backend, BackendInfo, BackendKind, ColStats, NoiseParams};
+pub use backend::{Backend, BackendInfo, BackendKind, ColStats, GemmShape, NoiseParams};
 pub use cpu::CpuBackend;
 pub use error::{ComputeError, Result};
 pub use wgpu_backend::WgpuBackend;
 pub use workload::{
     Checkpoint, DataShape, DpConfig, Metrics, PreprocessOp, Sampling, TrainSpec, WorkloadOutput,
-    WorkloadSpec, compute_units_for, flops_for, run_workload,
+    WorkloadSpec, compute_units_for, flops_for, run_preprocess, run_workload,
 };
 
 use serde::{Deserialize, Serialize};

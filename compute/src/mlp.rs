@@ -3,7 +3,7 @@
 //! backend. [`Ops`] counts the FLOPs of every operation it dispatches; [`cost`] holds
 //! the per-operation counts that [`crate::flops_for`] predicts from.
 
-use crate::backend::{Backend, NoiseParams};
+use crate::backend::{Backend, GemmShape, NoiseParams};
 use crate::error::{ComputeError, Result};
 use crate::rng;
 use crate::tensors::{self, Writer};
@@ -82,17 +82,8 @@ impl<'a> Ops<'a> {
     pub(crate) fn add(&self, f: u64) {
         self.flops.set(self.flops.get() + f);
     }
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn gemm(
-        &self,
-        a: &[f32],
-        b: &[f32],
-        m: usize,
-        k: usize,
-        n: usize,
-        ta: bool,
-        tb: bool,
-    ) -> Result<Vec<f32>> {
+    pub(crate) fn gemm(&self, a: &[f32], b: &[f32], s: GemmShape) -> Result<Vec<f32>> {
+        let GemmShape { m, k, n, ta, tb } = s;
         self.add(cost::gemm(m, k, n));
         self.be.gemm(a, b, m, k, n, ta, tb)
     }
@@ -320,7 +311,7 @@ impl Mlp {
         for l in 0..self.depth() {
             let (i, o) = (self.layers[l], self.layers[l + 1]);
             let relu = l + 1 < self.depth();
-            let z = ops.gemm(&acts[l], &self.w[l], rows, i, o, false, false)?;
+            let z = ops.gemm(&acts[l], &self.w[l], GemmShape::new(rows, i, o))?;
             ops.add(cost::bias_act(rows, o, relu));
             acts.push(ops.be.bias_act(&z, &self.b[l], rows, o, relu)?);
         }
@@ -367,7 +358,7 @@ impl Mlp {
         for l in (0..self.depth()).rev() {
             let (i, o) = (self.layers[l], self.layers[l + 1]);
             let next = if l > 0 {
-                let d = ops.gemm(&delta, &self.w[l], rows, o, i, false, true)?;
+                let d = ops.gemm(&delta, &self.w[l], GemmShape::new(rows, o, i).transpose_b())?;
                 ops.add(cost::relu_backward(rows * i));
                 Some(ops.be.relu_backward(&d, &acts[l])?)
             } else {
@@ -383,7 +374,11 @@ impl Mlp {
                 let step_lr = lr / rows as f32;
                 for l in 0..self.depth() {
                     let (i, o) = (self.layers[l], self.layers[l + 1]);
-                    let gw = ops.gemm(&acts[l], &deltas[l], i, rows, o, true, false)?;
+                    let gw = ops.gemm(
+                        &acts[l],
+                        &deltas[l],
+                        GemmShape::new(i, rows, o).transpose_a(),
+                    )?;
                     ops.add(cost::col_sums(rows, o));
                     let gb = ops.be.col_sums(&deltas[l], rows, o)?;
                     ops.add(cost::sgd_update(i * o) + cost::sgd_update(o));
@@ -453,7 +448,7 @@ impl Mlp {
             } else {
                 ops.add(cost::scale_rows(rows, o));
                 let d = ops.be.scale_rows(&deltas[l], rows, o, &factors)?;
-                let gw = ops.gemm(&acts[l], &d, i, rows, o, true, false)?;
+                let gw = ops.gemm(&acts[l], &d, GemmShape::new(i, rows, o).transpose_a())?;
                 ops.add(cost::col_sums(rows, o));
                 (gw, ops.be.col_sums(&d, rows, o)?)
             };

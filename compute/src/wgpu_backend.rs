@@ -3,7 +3,7 @@
 //! the result back, so host and device never share mutable state.
 
 use crate::backend::{
-    Backend, BackendInfo, BackendKind, ColStats, NoiseParams, check_gemm, check_len,
+    Backend, BackendInfo, BackendKind, ColStats, GemmShape, NoiseParams, check_len,
     check_softmax_xent,
 };
 use crate::error::{ComputeError, Result, shape_err};
@@ -377,17 +377,8 @@ impl Backend for WgpuBackend {
         to_info(&self.info)
     }
 
-    fn gemm(
-        &self,
-        a: &[f32],
-        b: &[f32],
-        m: usize,
-        k: usize,
-        n: usize,
-        ta: bool,
-        tb: bool,
-    ) -> Result<Vec<f32>> {
-        check_gemm(a, b, m, k, n)?;
+    fn gemm_checked(&self, a: &[f32], b: &[f32], s: GemmShape) -> Result<Vec<f32>> {
+        let GemmShape { m, k, n, ta, tb } = s;
         let flags = u32::from(ta) | (u32::from(tb) << 1);
         let groups = (
             u32_of("gemm", n.div_ceil(GEMM_TILE))?,

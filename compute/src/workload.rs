@@ -470,6 +470,15 @@ pub fn run_workload(
     Ok(out)
 }
 
+/// [`run_workload`] for a [`WorkloadSpec::Preprocess`] job, which needs no model.
+pub fn run_preprocess(
+    backend: &dyn Backend,
+    op: PreprocessOp,
+    data: &[u8],
+) -> Result<WorkloadOutput> {
+    run_workload(backend, &WorkloadSpec::Preprocess { op }, data, None)
+}
+
 /// Logits of `x` in batches of [`EVAL_BATCH`].
 pub fn infer_logits(ops: &Ops<'_>, m: &Mlp, x: &[f32], rows: usize) -> Result<Vec<f32>> {
     let cols = m.layers[0];

@@ -71,32 +71,28 @@ fn workload_specs_roundtrip_through_serde() {
     assert_eq!(t.dp.unwrap().delta, 1e-5);
 }
 
+/// One epoch of plain SGD through `layers`, for the error-path checks.
+fn small_train(layers: [usize; 2]) -> WorkloadSpec {
+    WorkloadSpec::Train(TrainSpec {
+        layers: layers.to_vec(),
+        epochs: 1,
+        batch: 8,
+        lr: 0.1,
+        dp: None,
+        seed: 1,
+        checkpoint_every: 10,
+        sampling: Default::default(),
+    })
+}
+
 #[test]
 fn bad_inputs_are_errors_not_panics() {
     let be = compute::CpuBackend::new();
-    let spec = WorkloadSpec::Train(TrainSpec {
-        layers: vec![4, 3],
-        epochs: 1,
-        batch: 8,
-        lr: 0.1,
-        dp: None,
-        seed: 1,
-        checkpoint_every: 10,
-        sampling: Default::default(),
-    });
+    let spec = small_train([4, 3]);
     assert!(compute::run_workload(&be, &spec, b"not safetensors", None).is_err());
     let iris = compute::datasets::builtin(compute::datasets::Builtin::Iris).unwrap();
     // Two classes declared, three in the data.
-    let bad = WorkloadSpec::Train(TrainSpec {
-        layers: vec![4, 2],
-        epochs: 1,
-        batch: 8,
-        lr: 0.1,
-        dp: None,
-        seed: 1,
-        checkpoint_every: 10,
-        sampling: Default::default(),
-    });
+    let bad = small_train([4, 2]);
     assert!(compute::run_workload(&be, &bad, &iris, None).is_err());
     // Infer without a model.
     assert!(

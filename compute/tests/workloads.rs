@@ -18,31 +18,20 @@ use compute::verify::{
 use compute::workload::DataShape;
 use compute::{
     Backend, CpuBackend, DpConfig, PreprocessOp, TrainSpec, WgpuBackend, WorkloadSpec, flops_for,
-    run_workload, tensors,
+    run_preprocess, run_workload, tensors,
 };
 
 fn wine_split() -> Vec<u8> {
     let be = CpuBackend::new();
     let raw = builtin(Builtin::WineQuality).unwrap();
-    let std = run_workload(
+    let std = run_preprocess(&be, PreprocessOp::Standardize, &raw).unwrap();
+    run_preprocess(
         &be,
-        &WorkloadSpec::Preprocess {
-            op: PreprocessOp::Standardize,
-        },
-        &raw,
-        None,
-    )
-    .unwrap();
-    run_workload(
-        &be,
-        &WorkloadSpec::Preprocess {
-            op: PreprocessOp::Split {
-                test_fraction: 0.2,
-                seed: 1,
-            },
+        PreprocessOp::Split {
+            test_fraction: 0.2,
+            seed: 1,
         },
         &std.output,
-        None,
     )
     .unwrap()
     .output
@@ -244,27 +233,11 @@ fn wgpu_training_matches_cpu_within_tolerance() {
 fn preprocess_ops_do_what_they_say() {
     let be = CpuBackend::new();
     let raw = builtin(Builtin::Iris).unwrap();
-    let norm = run_workload(
-        &be,
-        &WorkloadSpec::Preprocess {
-            op: PreprocessOp::Normalize,
-        },
-        &raw,
-        None,
-    )
-    .unwrap();
+    let norm = run_preprocess(&be, PreprocessOp::Normalize, &raw).unwrap();
     let st = tensors::parse(&norm.output).unwrap();
     let (_, _, x) = tensors::read_matrix(&st, "x").unwrap();
     assert!(x.iter().all(|v| (-1e-6..=1.0 + 1e-6).contains(v)));
-    let sh = run_workload(
-        &be,
-        &WorkloadSpec::Preprocess {
-            op: PreprocessOp::Shuffle { seed: 4 },
-        },
-        &raw,
-        None,
-    )
-    .unwrap();
+    let sh = run_preprocess(&be, PreprocessOp::Shuffle { seed: 4 }, &raw).unwrap();
     let a = Data::from_safetensors(&raw, "x", "y").unwrap();
     let b = Data::from_safetensors(&sh.output, "x", "y").unwrap();
     assert_ne!(a.y, b.y);
@@ -273,16 +246,13 @@ fn preprocess_ops_do_what_they_say() {
     ya.sort();
     yb.sort();
     assert_eq!(ya, yb, "shuffle keeps the multiset of labels");
-    let split = run_workload(
+    let split = run_preprocess(
         &be,
-        &WorkloadSpec::Preprocess {
-            op: PreprocessOp::Split {
-                test_fraction: 0.2,
-                seed: 4,
-            },
+        PreprocessOp::Split {
+            test_fraction: 0.2,
+            seed: 4,
         },
         &raw,
-        None,
     )
     .unwrap();
     let tr = Data::from_safetensors(&split.output, "x", "y").unwrap();

@@ -444,18 +444,7 @@ fn a_flipped_bit_anywhere_in_an_entry_is_rejected() {
     let state = l.state().clone();
     let last = l.state().last_checkpoint;
     assert!(l.entry(&last).is_none(), "not an entry");
-    let entry = Entry::sign(
-        &net.ids[4],
-        &net.genesis.network(),
-        &crdt_ledger::EntryData {
-            author: net.acct(4),
-            seq: 1,
-            prev_hash: protocol::Hash32([1; 32]),
-            created_at: T0,
-            body: transfer(net.acct(5), 1),
-        },
-    )
-    .unwrap();
+    let entry = net.signed_entry(4, 4, 1, [1; 32], transfer(net.acct(5), 1));
     let bytes = entry.to_bytes().unwrap();
     for bit in 0..bytes.len() * 8 {
         let mut b = bytes.clone();
@@ -471,31 +460,10 @@ fn a_flipped_bit_anywhere_in_an_entry_is_rejected() {
         let mut b = bytes.clone();
         b[bit / 8] ^= 1 << (bit % 8);
         let mut rogue = automerge::AutoCommit::new();
-        let key = format!("{}/1", hex::encode(net.acct(4).0));
-        rogue
-            .put(
-                automerge::ROOT,
-                key.as_str(),
-                automerge::ScalarValue::Bytes(b),
-            )
-            .unwrap();
-        rogue.commit();
+        put_raw_entry(&mut rogue, &net, 1, b);
         let mut ps = automerge::sync::State::new();
         let mut mine = PeerState::new();
-        let mut any_err = false;
-        for _ in 0..4 {
-            use automerge::sync::SyncDoc;
-            if let Some(m) = l.generate_sync_message(&mut mine) {
-                let m = automerge::sync::Message::decode(&m).unwrap();
-                rogue.sync().receive_sync_message(&mut ps, m).unwrap();
-            }
-            if let Some(m) = rogue.sync().generate_sync_message(&mut ps)
-                && l.receive_sync_message(&mut mine, &m.encode()).is_err()
-            {
-                any_err = true;
-                break;
-            }
-        }
+        let any_err = sync_with_raw(&mut l, &mut mine, &mut rogue, &mut ps, 4).is_some();
         assert!(any_err, "bit {bit}: tampered entry was not refused");
         assert!(mine.errors >= 1);
         rejected += 1;
@@ -524,36 +492,15 @@ fn garbage_and_overwrites_from_a_peer_are_counted_and_refused() {
     let mut evil = net.ledger(3);
     sync(&mut honest, &mut evil);
     // evil writes over the key through the raw document
-    let key = format!("{}/0", hex::encode(net.acct(4).0));
     let mut raw = automerge::AutoCommit::load(&evil_doc_bytes(&mut evil)).unwrap();
-    raw.put(
-        automerge::ROOT,
-        key.as_str(),
-        automerge::ScalarValue::Bytes(vec![1, 2, 3]),
-    )
-    .unwrap();
-    raw.commit();
+    put_raw_entry(&mut raw, &net, 0, vec![1, 2, 3]);
     let mut ps = automerge::sync::State::new();
     let mut q = PeerState::new();
-    let mut refused = false;
-    for _ in 0..6 {
-        use automerge::sync::SyncDoc;
-        if let Some(m) = l.generate_sync_message(&mut q) {
-            let m = automerge::sync::Message::decode(&m).unwrap();
-            raw.sync().receive_sync_message(&mut ps, m).unwrap();
-        }
-        if let Some(m) = raw.sync().generate_sync_message(&mut ps)
-            && let Err(e) = l.receive_sync_message(&mut q, &m.encode())
-        {
-            refused = true;
-            assert!(
-                e.to_string().contains("change") || e.to_string().contains("value"),
-                "{e}"
-            );
-            break;
-        }
-    }
-    assert!(refused);
+    let e = sync_with_raw(&mut l, &mut q, &mut raw, &mut ps, 6).expect("refused");
+    assert!(
+        e.to_string().contains("change") || e.to_string().contains("value"),
+        "{e}"
+    );
     assert_eq!(q.errors, 1);
     assert_eq!(l.entry_count(), 0);
     // and a peer past the limit is ignored
@@ -563,6 +510,44 @@ fn garbage_and_overwrites_from_a_peer_are_counted_and_refused() {
         l.receive_sync_message(&mut bad, b"x"),
         Err(SyncError::PeerBanned { .. })
     ));
+}
+
+/// Write `bytes` as account 4's entry `seq` into a raw document, as a rogue peer
+/// could, and commit.
+fn put_raw_entry(doc: &mut automerge::AutoCommit, net: &Net, seq: u64, bytes: Vec<u8>) {
+    let key = format!("{}/{seq}", hex::encode(net.acct(4).0));
+    doc.put(
+        automerge::ROOT,
+        key.as_str(),
+        automerge::ScalarValue::Bytes(bytes),
+    )
+    .unwrap();
+    doc.commit();
+}
+
+/// Up to `rounds` sync rounds between `l` (its state for the peer: `q`) and a raw
+/// document `raw` (its state: `ps`), the ledger speaking first; the first error
+/// the ledger reports, which ends them.
+fn sync_with_raw(
+    l: &mut crdt_ledger::Ledger,
+    q: &mut PeerState,
+    raw: &mut automerge::AutoCommit,
+    ps: &mut automerge::sync::State,
+    rounds: usize,
+) -> Option<SyncError> {
+    use automerge::sync::SyncDoc;
+    for _ in 0..rounds {
+        if let Some(m) = l.generate_sync_message(q) {
+            let m = automerge::sync::Message::decode(&m).unwrap();
+            raw.sync().receive_sync_message(ps, m).unwrap();
+        }
+        if let Some(m) = raw.sync().generate_sync_message(ps)
+            && let Err(e) = l.receive_sync_message(q, &m.encode())
+        {
+            return Some(e);
+        }
+    }
+    None
 }
 
 fn evil_doc_bytes(l: &mut crdt_ledger::Ledger) -> Vec<u8> {
@@ -669,24 +654,10 @@ fn an_overwrite_in_an_incremental_change_is_refused() {
     let mut ps = automerge::sync::State::new();
     let mut q = PeerState::new();
     // first get in sync
-    for _ in 0..6 {
-        use automerge::sync::SyncDoc;
-        if let Some(m) = l.generate_sync_message(&mut q) {
-            let m = automerge::sync::Message::decode(&m).unwrap();
-            raw.sync().receive_sync_message(&mut ps, m).unwrap();
-        }
-        if let Some(m) = raw.sync().generate_sync_message(&mut ps) {
-            l.receive_sync_message(&mut q, &m.encode()).unwrap();
-        }
+    if let Some(e) = sync_with_raw(&mut l, &mut q, &mut raw, &mut ps, 6) {
+        panic!("{e}");
     }
-    let key = format!("{}/2", hex::encode(net.acct(4).0));
-    raw.put(
-        automerge::ROOT,
-        key.as_str(),
-        automerge::ScalarValue::Bytes(evil_entry(&net)),
-    )
-    .unwrap();
-    raw.commit();
+    put_raw_entry(&mut raw, &net, 2, evil_entry(&net));
     let before = l.state().clone();
     let mut refused = None;
     for _ in 0..6 {
@@ -710,20 +681,9 @@ fn an_overwrite_in_an_incremental_change_is_refused() {
 
 /// A validly signed entry by account 4 at seq 2 that differs from the real one.
 fn evil_entry(net: &Net) -> Vec<u8> {
-    Entry::sign(
-        &net.ids[4],
-        &net.genesis.network(),
-        &crdt_ledger::EntryData {
-            author: net.acct(4),
-            seq: 2,
-            prev_hash: protocol::Hash32([3; 32]),
-            created_at: T0,
-            body: transfer(net.acct(3), 1),
-        },
-    )
-    .unwrap()
-    .to_bytes()
-    .unwrap()
+    net.signed_entry(4, 4, 2, [3; 32], transfer(net.acct(3), 1))
+        .to_bytes()
+        .unwrap()
 }
 
 #[test]
@@ -769,28 +729,9 @@ fn a_stored_value_with_a_bad_signature_is_reported_and_kept_out() {
     l.append(&net.ids[4], transfer(net.acct(5), 3), T0).unwrap();
     let mut store = l.into_store();
     // Someone writes a forged entry (signed by the wrong key) into the stored log.
-    let forged = Entry::sign(
-        &net.ids[5],
-        &net.genesis.network(),
-        &crdt_ledger::EntryData {
-            author: net.acct(4),
-            seq: 1,
-            prev_hash: protocol::Hash32([0; 32]),
-            created_at: T0,
-            body: transfer(net.acct(5), 900),
-        },
-    )
-    .unwrap();
+    let forged = net.signed_entry(5, 4, 1, [0; 32], transfer(net.acct(5), 900));
     let mut rogue = automerge::AutoCommit::new();
-    let key = format!("{}/1", hex::encode(net.acct(4).0));
-    rogue
-        .put(
-            automerge::ROOT,
-            key.as_str(),
-            automerge::ScalarValue::Bytes(forged.to_bytes().unwrap()),
-        )
-        .unwrap();
-    rogue.commit();
+    put_raw_entry(&mut rogue, &net, 1, forged.to_bytes().unwrap());
     let mut rec = vec![0u8]; // a document record
     rec.extend(rogue.save());
     store.append(&rec).unwrap();

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use crdt_ledger::{
-    FileStore, Ledger, LedgerError, MemStore, Store, StoreError, open_from_snapshot,
+    FileStore, Ledger, LedgerError, MemStore, OpenReport, Store, StoreError, open_from_snapshot,
 };
 use protocol::Amount;
 
@@ -121,17 +121,20 @@ fn file_store() {
     );
 }
 
+/// Replica 1 of `net`, on the file store in `dir`.
+fn open_file_ledger(
+    net: &Net,
+    dir: &std::path::Path,
+) -> Result<(Ledger<FileStore>, OpenReport), LedgerError> {
+    Ledger::open(net.genesis.clone(), &[1; 16], FileStore::open(dir).unwrap())
+}
+
 #[test]
 fn torn_tail_at_every_offset_of_the_last_record_loses_nothing_acknowledged() {
     let net = Net::new(6, 4, 4);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.log");
-    let (mut l, _) = Ledger::open(
-        net.genesis.clone(),
-        &[1; 16],
-        FileStore::open(dir.path()).unwrap(),
-    )
-    .unwrap();
+    let (mut l, _) = open_file_ledger(&net, dir.path()).unwrap();
     for i in 0..4u64 {
         l.append(&net.ids[4], transfer(net.acct(5), 1 + i), T0)
             .unwrap();
@@ -146,12 +149,7 @@ fn torn_tail_at_every_offset_of_the_last_record_loses_nothing_acknowledged() {
     let mut without_last = None;
     for cut in start_last..=full.len() as u64 {
         std::fs::write(&path, &full[..cut as usize]).unwrap();
-        let (mut l, rep) = Ledger::open(
-            net.genesis.clone(),
-            &[1; 16],
-            FileStore::open(dir.path()).unwrap(),
-        )
-        .unwrap();
+        let (mut l, rep) = open_file_ledger(&net, dir.path()).unwrap();
         if cut == full.len() as u64 {
             assert!(rep.torn_tail.is_none());
             assert_eq!(l.entry_count(), 5);
@@ -182,12 +180,7 @@ fn a_flipped_bit_in_a_stored_record_is_detected() {
     let net = Net::new(6, 4, 4);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.log");
-    let (mut l, _) = Ledger::open(
-        net.genesis.clone(),
-        &[1; 16],
-        FileStore::open(dir.path()).unwrap(),
-    )
-    .unwrap();
+    let (mut l, _) = open_file_ledger(&net, dir.path()).unwrap();
     l.append(&net.ids[4], transfer(net.acct(5), 1), T0).unwrap();
     let end_first = l.store().log_len();
     l.append(&net.ids[4], transfer(net.acct(5), 2), T0).unwrap();
@@ -198,11 +191,7 @@ fn a_flipped_bit_in_a_stored_record_is_detected() {
         let mut b = full.clone();
         b[bit / 8] ^= 1 << (bit % 8);
         std::fs::write(&path, &b).unwrap();
-        let r = Ledger::open(
-            net.genesis.clone(),
-            &[1; 16],
-            FileStore::open(dir.path()).unwrap(),
-        );
+        let r = open_file_ledger(&net, dir.path());
         match r {
             Err(LedgerError::Store(StoreError::Corrupt { .. })) => {}
             // A flip in the length field can make the record run to the end of

@@ -27,7 +27,7 @@ use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -330,6 +330,52 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+type Reply<T> = oneshot::Sender<anyhow::Result<T>>;
+
+/// `GET` a route that takes no input.
+fn plain<T: Serialize + Send + 'static>(
+    make: fn(Reply<T>) -> ControlRequest,
+) -> MethodRouter<AppState> {
+    get(move |State(st): State<AppState>| async move { ask(&st, make).await })
+}
+
+/// `POST` a route whose input is a JSON body.
+fn with_json<B, T>(make: fn(B, Reply<T>) -> ControlRequest) -> MethodRouter<AppState>
+where
+    B: serde::de::DeserializeOwned + Send + 'static,
+    T: Serialize + Send + 'static,
+{
+    post(
+        move |State(st): State<AppState>, Json(b): Json<B>| async move {
+            ask(&st, |reply| make(b, reply)).await
+        },
+    )
+}
+
+/// `GET` a route whose input is the query string.
+fn with_query<Q, T>(make: fn(Q, Reply<T>) -> ControlRequest) -> MethodRouter<AppState>
+where
+    Q: serde::de::DeserializeOwned + Send + 'static,
+    T: Serialize + Send + 'static,
+{
+    get(
+        move |State(st): State<AppState>, Query(q): Query<Q>| async move {
+            ask(&st, |reply| make(q, reply)).await
+        },
+    )
+}
+
+/// `GET` a route whose input is the last path segment.
+fn with_path<T: Serialize + Send + 'static>(
+    make: fn(String, Reply<T>) -> ControlRequest,
+) -> MethodRouter<AppState> {
+    get(
+        move |State(st): State<AppState>, UrlPath(p): UrlPath<String>| async move {
+            ask(&st, |reply| make(p, reply)).await
+        },
+    )
+}
+
 /// Bind the control API and write `control.addr` and `control.token`.
 pub async fn serve(
     data_dir: &Path,
@@ -350,91 +396,52 @@ pub async fn serve(
     write_private(&data_dir.join(ADDR_FILE), &addr.to_string())?;
     let st = AppState { token, tx };
     let app = Router::new()
-        .route(
-            "/v1/status",
-            get(|State(st): State<AppState>| async move { ask(&st, ControlRequest::Status).await }),
-        )
-        .route(
-            "/v1/offers",
-            get(|State(st): State<AppState>| async move { ask(&st, ControlRequest::Offers).await }),
-        )
+        .route("/v1/status", plain(ControlRequest::Status))
+        .route("/v1/offers", plain(ControlRequest::Offers))
         .route(
             "/v1/blobs",
-            post(
-                |State(st): State<AppState>, Json(b): Json<AddBlobBody>| async move {
-                    ask(&st, |reply| ControlRequest::AddBlob {
-                        path: b.path,
-                        reply,
-                    })
-                    .await
-                },
-            ),
+            with_json(|b: AddBlobBody, reply| ControlRequest::AddBlob {
+                path: b.path,
+                reply,
+            }),
         )
         .route(
             "/v1/blobs/get",
-            post(
-                |State(st): State<AppState>, Json(b): Json<GetBlobBody>| async move {
-                    ask(&st, |reply| ControlRequest::GetBlob {
-                        source: b.source,
-                        out: b.out,
-                        reply,
-                    })
-                    .await
-                },
-            ),
+            with_json(|b: GetBlobBody, reply| ControlRequest::GetBlob {
+                source: b.source,
+                out: b.out,
+                reply,
+            }),
         )
         .route(
             "/v1/jobs",
-            post(
-                |State(st): State<AppState>, Json(job): Json<JobRequest>| async move {
-                    ask(&st, |reply| ControlRequest::Submit {
-                        job: Box::new(job),
-                        reply,
-                    })
-                    .await
-                },
-            )
-            .get(|State(st): State<AppState>| async move { ask(&st, ControlRequest::Jobs).await }),
+            with_json(|job: JobRequest, reply| ControlRequest::Submit {
+                job: Box::new(job),
+                reply,
+            })
+            .merge(plain(ControlRequest::Jobs)),
         )
         .route(
             "/v1/jobs/{id}",
-            get(
-                |State(st): State<AppState>, UrlPath(id): UrlPath<String>| async move {
-                    ask(&st, |reply| ControlRequest::Job { id, reply }).await
-                },
-            ),
+            with_path(|id, reply| ControlRequest::Job { id, reply }),
         )
         .route(
             "/v1/balance",
-            get(
-                |State(st): State<AppState>, Query(q): Query<BalanceQuery>| async move {
-                    ask(&st, |reply| ControlRequest::Balance {
-                        account: q.account,
-                        reply,
-                    })
-                    .await
-                },
-            ),
+            with_query(|q: BalanceQuery, reply| ControlRequest::Balance {
+                account: q.account,
+                reply,
+            }),
         )
         .route(
             "/v1/ledger",
-            get(
-                |State(st): State<AppState>, Query(q): Query<LedgerQuery>| async move {
-                    ask(&st, |reply| ControlRequest::Ledger {
-                        tail: q.tail.unwrap_or(20).min(10_000),
-                        reply,
-                    })
-                    .await
-                },
-            ),
+            with_query(|q: LedgerQuery, reply| ControlRequest::Ledger {
+                tail: q.tail.unwrap_or(20).min(10_000),
+                reply,
+            }),
         )
         .route(
             "/v1/transfer",
-            post(
-                |State(st): State<AppState>, Json(body): Json<TransferBody>| async move {
-                    ask(&st, |reply| ControlRequest::Transfer { body, reply }).await
-                },
-            ),
+            with_json(|body: TransferBody, reply| ControlRequest::Transfer { body, reply }),
         )
         .layer(middleware::from_fn_with_state(st.clone(), auth))
         .with_state(st);

@@ -321,42 +321,28 @@ delta = 1e-5
         assert_eq!(j.sla.min_availability, Bps(9_000));
     }
 
+    /// The error a job file is refused with.
+    fn refused(text: &str) -> String {
+        JobFile::parse(text, "JOB.toml").unwrap_err().to_string()
+    }
+
     #[test]
     fn errors_name_the_line_and_the_field() {
-        let e = JobFile::parse(
-            &TRAIN.replace("epochs = 20", "epochs = \"many\""),
-            "JOB.toml",
-        )
-        .unwrap_err()
-        .to_string();
+        let e = refused(&TRAIN.replace("epochs = 20", "epochs = \"many\""));
         assert!(
             e.contains("JOB.toml") && e.contains("line 8") && e.contains("epochs"),
             "{e}"
         );
-        let e = JobFile::parse(
-            &TRAIN.replace("batch = 32", "batch = 32\nbatchh = 1"),
-            "JOB.toml",
-        )
-        .unwrap_err()
-        .to_string();
+        let e = refused(&TRAIN.replace("batch = 32", "batch = 32\nbatchh = 1"));
         assert!(e.contains("batchh") && e.contains("line"), "{e}");
-        let e = JobFile::parse(&TRAIN.replace("\"train\"", "\"fly\""), "JOB.toml")
-            .unwrap_err()
-            .to_string();
+        let e = refused(&TRAIN.replace("\"train\"", "\"fly\""));
         assert!(e.contains("`kind`") && e.contains("fly"), "{e}");
-        let e = JobFile::parse(&TRAIN.replace("delta = 1e-5", "delta = 2.0"), "JOB.toml")
-            .unwrap_err()
-            .to_string();
+        let e = refused(&TRAIN.replace("delta = 1e-5", "delta = 2.0"));
         assert!(e.contains("privacy.delta"), "{e}");
         let infer = "kind = \"infer\"\ndataset = \"x\"\nmax_price = 1\ndeadline_minutes = 5\n[infer]\nbatch = 8\n";
-        let e = JobFile::parse(infer, "JOB.toml").unwrap_err().to_string();
+        let e = refused(infer);
         assert!(e.contains("`model`"), "{e}");
-        let e = JobFile::parse(
-            "kind = \"train\"\ndataset = \"x\"\nmax_price = 1\ndeadline_minutes = 5\n",
-            "JOB.toml",
-        )
-        .unwrap_err()
-        .to_string();
+        let e = refused("kind = \"train\"\ndataset = \"x\"\nmax_price = 1\ndeadline_minutes = 5\n");
         assert!(e.contains("[train]"), "{e}");
     }
 }

@@ -253,24 +253,19 @@ fn full_job_with(c: &mut Criterion, name: &str, verify_signatures: bool) {
             nonce += 1;
             now = now.plus(DurationMs(10));
             let spec = JobSpec {
-                requester: req.account(),
-                kind: JobKind::Infer { batch: 1 },
-                model: None,
-                dataset: BlobRef {
-                    hash: Hash32::of(b"data"),
-                    size: 1 << 20,
-                },
-                estimated_units: ComputeUnits::from_milli(1_000_000),
-                max_price: PricePerCu(1_000),
-                deadline: now.plus(DurationMs::secs(600)),
-                sla: SlaRequirement {
-                    min_availability: Bps(0),
-                    min_penalty: Bps(0),
-                },
-                privacy: None,
-                issued_at: now,
                 expires_at: now.plus(DurationMs::secs(300)),
-                nonce,
+                ..JobSpec::inference(
+                    req.account(),
+                    BlobRef {
+                        hash: Hash32::of(b"data"),
+                        size: 1 << 20,
+                    },
+                    ComputeUnits::from_milli(1_000_000),
+                    PricePerCu(1_000),
+                    now,
+                    now.plus(DurationMs::secs(600)),
+                    nonce,
+                )
             };
             // Requester → provider → requester → provider.
             let out = req.handle(now, RequesterInput::Submit(Box::new(spec)), &rep, &mut rng);

@@ -346,6 +346,36 @@ impl Wire for JobSpec {
 }
 
 impl JobSpec {
+    /// An inference job (batch 1) on `dataset` with no model, no service-level
+    /// floor and no privacy target, standing from `issued_at` until its deadline.
+    pub fn inference(
+        requester: AccountId,
+        dataset: BlobRef,
+        estimated_units: ComputeUnits,
+        max_price: PricePerCu,
+        issued_at: Timestamp,
+        deadline: Timestamp,
+        nonce: u64,
+    ) -> JobSpec {
+        JobSpec {
+            requester,
+            kind: JobKind::Infer { batch: 1 },
+            model: None,
+            dataset,
+            estimated_units,
+            max_price,
+            deadline,
+            sla: SlaRequirement {
+                min_availability: Bps(0),
+                min_penalty: Bps(0),
+            },
+            privacy: None,
+            issued_at,
+            expires_at: deadline,
+            nonce,
+        }
+    }
+
     pub fn validate(&self, now: Timestamp) -> Result<(), InvalidMessage> {
         check_lifetime(now, self.issued_at, self.expires_at)?;
         self.kind.validate()?;

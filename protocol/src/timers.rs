@@ -6,6 +6,12 @@ use std::collections::BTreeSet;
 
 use crate::types::Timestamp;
 
+/// An engine's output type, which has a variant asking the driver to call
+/// `handle_timeout` at `at`.
+pub trait ScheduleTimer {
+    fn schedule_timer(at: Timestamp) -> Self;
+}
+
 /// Pending timers of kind `T`, ordered by time (then by `T`, for determinism).
 #[derive(Debug, Clone)]
 pub struct Timers<T> {
@@ -28,6 +34,12 @@ impl<T: Ord + Copy> Timers<T> {
 
     pub fn insert(&mut self, at: Timestamp, t: T) {
         self.set.insert((at, t));
+    }
+
+    /// Insert `t` at `at` and ask the driver, through `out`, to wake the engine then.
+    pub fn schedule<O: ScheduleTimer>(&mut self, out: &mut Vec<O>, at: Timestamp, t: T) {
+        self.insert(at, t);
+        out.push(O::schedule_timer(at));
     }
 
     /// The earliest timer due at `now`, removed.

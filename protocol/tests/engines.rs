@@ -706,23 +706,9 @@ fn open_bid_is_filled_when_an_offer_arrives() {
     let mut req = RequesterEngine::new(Identity::from_seed(1), network, RequesterConfig::default());
     let mut prov = ProviderEngine::new(Identity::from_seed(2), network, ProviderConfig::default());
     let now = Timestamp(1_000_000);
-    let spec = JobSpec {
-        requester: req.account(),
-        kind: JobKind::Infer { batch: 1 },
-        model: None,
-        dataset: Behaviour::OnTime.dataset(),
-        estimated_units: ComputeUnits::from_milli(1_000_000),
-        max_price: PricePerCu(1_000),
-        deadline: now.plus(DurationMs::secs(600)),
-        sla: SlaRequirement {
-            min_availability: Bps(0),
-            min_penalty: Bps(0),
-        },
-        privacy: None,
-        issued_at: now,
-        expires_at: now.plus(DurationMs::secs(300)),
-        nonce: 1,
-    };
+    let spec = simple_job(&Identity::from_seed(1), now, 1, 1_000_000, 600)
+        .body_unverified()
+        .unwrap();
     let out = req.handle(now, RequesterInput::Submit(Box::new(spec)), &rep, &mut rng);
     let bid = out
         .iter()
@@ -770,21 +756,16 @@ fn simple_job(
     deadline_s: u64,
 ) -> Signed<JobSpec> {
     let spec = JobSpec {
-        requester: requester.account(),
-        kind: JobKind::Infer { batch: 1 },
-        model: None,
-        dataset: Behaviour::OnTime.dataset(),
-        estimated_units: ComputeUnits::from_milli(units),
-        max_price: PricePerCu(1_000),
-        deadline: now.plus(DurationMs::secs(deadline_s)),
-        sla: SlaRequirement {
-            min_availability: Bps(0),
-            min_penalty: Bps(0),
-        },
-        privacy: None,
-        issued_at: now,
         expires_at: now.plus(DurationMs::secs(300)),
-        nonce,
+        ..JobSpec::inference(
+            requester.account(),
+            Behaviour::OnTime.dataset(),
+            ComputeUnits::from_milli(units),
+            PricePerCu(1_000),
+            now,
+            now.plus(DurationMs::secs(deadline_s)),
+            nonce,
+        )
     };
     Signed::sign(requester, &net(), &spec).unwrap()
 }
@@ -967,14 +948,15 @@ fn one_unit_contract(
     (terms, c)
 }
 
-/// Make `oracle` the sole committee member of `epoch`.
-fn sole_member(
-    o: &mut OracleEngine<Checker>,
+/// An oracle engine for `oracle`, made the sole committee member of `epoch`.
+fn sole_oracle(
     oracle: &Identity,
+    cfg: OracleConfig,
     epoch: u64,
     now: Timestamp,
     rng: &mut ChaCha8Rng,
-) {
+) -> OracleEngine<Checker> {
+    let mut o = OracleEngine::new(oracle.clone(), net(), cfg, checker as Checker);
     o.handle(
         now,
         OracleInput::Epoch {
@@ -984,6 +966,42 @@ fn sole_member(
         },
         rng,
     );
+    o
+}
+
+/// A correct result for `c`, accepted at `now` and finished at `finished`.
+fn on_time_receipt(
+    prov: &Identity,
+    c: &Contract,
+    terms: &ContractTerms,
+    now: Timestamp,
+    finished: Timestamp,
+) -> Receipt {
+    Receipt {
+        contract: c.body_hash(),
+        provider: prov.account(),
+        result: Behaviour::OnTime.dataset(),
+        units_used: terms.max_units,
+        timings: Timings {
+            accepted_at: now,
+            inputs_ready_at: now,
+            started_at: now,
+            finished_at: finished,
+        },
+        commitment: Hash32::default(),
+        checkpoint_every: 0,
+        checkpoints: 0,
+    }
+}
+
+/// The settlement instruction among an oracle's outputs.
+fn settlement_in(out: &[OracleOutput]) -> Box<SettlementInstruction> {
+    out.iter()
+        .find_map(|x| match x {
+            OracleOutput::Settle(si) => Some(si.clone()),
+            _ => None,
+        })
+        .unwrap()
 }
 
 /// The provider delivers a correct result at `t`; the oracle's verdict once the
@@ -997,21 +1015,7 @@ fn deliver_and_judge(
     t: Timestamp,
     rng: &mut ChaCha8Rng,
 ) -> (Verdict, Vec<OracleOutput>) {
-    let receipt = Receipt {
-        contract: c.body_hash(),
-        provider: prov.account(),
-        result: Behaviour::OnTime.dataset(),
-        units_used: terms.max_units,
-        timings: Timings {
-            accepted_at: now,
-            inputs_ready_at: now,
-            started_at: now,
-            finished_at: t,
-        },
-        commitment: Hash32::default(),
-        checkpoint_every: 0,
-        checkpoints: 0,
-    };
+    let receipt = on_time_receipt(prov, c, terms, now, t);
     o.handle(
         t,
         OracleInput::Receipt(Signed::sign(prov, &net(), &receipt).unwrap()),
@@ -1037,9 +1041,8 @@ fn unanswered_probes_are_an_availability_violation() {
         verify_share: Bps(0),
         ..OracleConfig::default()
     };
-    let mut o = OracleEngine::new(oracle.clone(), net(), cfg, checker as Checker);
     let now = Timestamp(10_000_000);
-    sole_member(&mut o, &oracle, 7, now, &mut rng);
+    let mut o = sole_oracle(&oracle, cfg, 7, now, &mut rng);
     let (terms, c) = one_unit_contract(&req, &prov, now, &net());
     o.handle(now, OracleInput::Contract(c.clone()), &mut rng);
     // Ten minutes of probes, none answered.
@@ -1066,13 +1069,7 @@ fn unanswered_probes_are_an_availability_violation() {
     assert!(verdict.delivered && verdict.result_ok && !verdict.sla_ok);
     assert_eq!(verdict.violations, 1);
     // A committee of one is its own quorum.
-    let si = out
-        .iter()
-        .find_map(|x| match x {
-            OracleOutput::Settle(si) => Some(si.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let si = settlement_in(&out);
     assert_eq!(
         si.payout.penalty,
         terms.sla.penalty.of(terms.escrow().unwrap())
@@ -1155,25 +1152,10 @@ fn receipt_before_contract_is_kept() {
         verify_share: Bps(10_000),
         ..OracleConfig::default()
     };
-    let mut o = OracleEngine::new(oracle.clone(), net(), cfg, checker as Checker);
     let now = Timestamp(30_000_000);
-    sole_member(&mut o, &oracle, 1, now, &mut rng);
+    let mut o = sole_oracle(&oracle, cfg, 1, now, &mut rng);
     let (terms, c) = one_unit_contract(&req, &prov, now, &net());
-    let receipt = Receipt {
-        contract: c.body_hash(),
-        provider: prov.account(),
-        result: Behaviour::OnTime.dataset(),
-        units_used: terms.max_units,
-        timings: Timings {
-            accepted_at: now,
-            inputs_ready_at: now,
-            started_at: now,
-            finished_at: now,
-        },
-        commitment: Hash32::default(),
-        checkpoint_every: 0,
-        checkpoints: 0,
-    };
+    let receipt = on_time_receipt(&prov, &c, &terms, now, now);
     let sr = Signed::sign(&prov, &net(), &receipt).unwrap();
     assert!(o.handle(now, OracleInput::Receipt(sr), &mut rng).is_empty());
     let out = o.handle(now.plus(DurationMs(10)), OracleInput::Contract(c), &mut rng);
@@ -1181,13 +1163,7 @@ fn receipt_before_contract_is_kept() {
     assert_eq!(o.stats().checks, 1);
     assert!(!out.is_empty());
     let out = o.handle_timeout(now.plus(DurationMs::secs(60)), &mut rng);
-    let si = out
-        .iter()
-        .find_map(|x| match x {
-            OracleOutput::Settle(si) => Some(si.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let si = settlement_in(&out);
     assert!(si.outcome.delivered && si.outcome.result_ok && si.outcome.sla_ok);
     assert_eq!(
         si.payout.provider,
@@ -1203,18 +1179,13 @@ fn slow_probe_replies_are_a_latency_violation() {
         Identity::from_seed(91),
         Identity::from_seed(92),
     );
-    let mut o = OracleEngine::new(
-        oracle.clone(),
-        net(),
-        OracleConfig {
-            verify_share: Bps(0),
-            ..OracleConfig::default()
-        },
-        checker as Checker,
-    );
+    let cfg = OracleConfig {
+        verify_share: Bps(0),
+        ..OracleConfig::default()
+    };
     let mut prov = ProviderEngine::new(prov_id.clone(), net(), ProviderConfig::default());
     let now = Timestamp(40_000_000);
-    sole_member(&mut o, &oracle, 1, now, &mut rng);
+    let mut o = sole_oracle(&oracle, cfg, 1, now, &mut rng);
     let (terms, c) = one_unit_contract(&req, &prov_id, now, &net());
     o.handle(now, OracleInput::Contract(c.clone()), &mut rng);
     // Every probe is answered, but 3 s later (the limit is 2 s).
@@ -1266,8 +1237,7 @@ fn signature_checks_can_be_turned_off_for_simulation() {
             verify_signatures,
             ..OracleConfig::default()
         };
-        let mut o = OracleEngine::new(oracle.clone(), net(), cfg, checker as Checker);
-        sole_member(&mut o, &oracle, 1, now, &mut rng);
+        let mut o = sole_oracle(&oracle, cfg, 1, now, &mut rng);
         o.handle(now, OracleInput::Contract(c.clone()), &mut rng);
         assert_eq!(o.watching(), usize::from(!verify_signatures));
     }

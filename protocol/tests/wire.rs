@@ -457,24 +457,24 @@ fn contract_needs_both_signatures() {
     let prov = signer(11);
     let o = sample_offer(1_000);
     let spec = JobSpec {
-        requester: req.account(),
         kind: JobKind::Infer { batch: 32 },
-        model: None,
-        dataset: BlobRef {
-            hash: Hash32::of(b"d"),
-            size: 10,
-        },
-        estimated_units: ComputeUnits::from_milli(1_000),
-        max_price: PricePerCu(3_000),
-        deadline: Timestamp(100_000),
         sla: SlaRequirement {
             min_availability: Bps(9_000),
             min_penalty: Bps(500),
         },
-        privacy: None,
-        issued_at: Timestamp(1_000),
         expires_at: Timestamp(61_000),
-        nonce: 1,
+        ..JobSpec::inference(
+            req.account(),
+            BlobRef {
+                hash: Hash32::of(b"d"),
+                size: 10,
+            },
+            ComputeUnits::from_milli(1_000),
+            PricePerCu(3_000),
+            Timestamp(1_000),
+            Timestamp(100_000),
+            1,
+        )
     };
     spec.validate(Timestamp(2_000)).unwrap();
     o.validate(Timestamp(2_000)).unwrap();

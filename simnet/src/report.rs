@@ -92,6 +92,19 @@ fn write(path: &Path, text: &str) -> Result<(), ReportError> {
     })
 }
 
+/// The series legend, boxed, in the chart's corner.
+fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    name: &str,
+) -> Result<(), ReportError> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| plot_err(name, e))
+}
+
 fn plot_err(name: &str, e: impl std::fmt::Display) -> ReportError {
     ReportError::Plot {
         name: name.to_string(),
@@ -163,12 +176,7 @@ fn bar_svg(
             .map_err(|e| plot_err(&name, e))?
             .label(label)
             .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| plot_err(&name, e))?;
+        legend(&mut chart, &name)?;
     }
     root.present().map_err(|e| plot_err(&name, e))
 }
@@ -215,12 +223,7 @@ fn lines_svg(
             .draw_series(p.iter().map(|&(x, y)| Circle::new((x, y), 3, c.filled())))
             .map_err(|e| plot_err(&name, e))?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| plot_err(&name, e))?;
+    legend(&mut chart, &name)?;
     root.present().map_err(|e| plot_err(&name, e))
 }
 

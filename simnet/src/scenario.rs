@@ -347,16 +347,17 @@ mod tests {
         assert_eq!(big.requesters.count, 300);
     }
 
+    /// The error a scenario is refused with.
+    fn refused(text: &str) -> String {
+        Scenario::parse(text, "x.toml").unwrap_err().to_string()
+    }
+
     #[test]
     fn bad_scenarios_name_the_field() {
         let text = BUILTIN[0].1;
-        let err = Scenario::parse(&text.replace("days = 30.0", "days = \"thirty\""), "x.toml")
-            .unwrap_err()
-            .to_string();
+        let err = refused(&text.replace("days = 30.0", "days = \"thirty\""));
         assert!(err.contains("days") && err.contains("line"), "{err}");
-        let err = Scenario::parse(&text.replace("committee = 3", "committee = 99"), "x.toml")
-            .unwrap_err()
-            .to_string();
+        let err = refused(&text.replace("committee = 3", "committee = 99"));
         assert!(err.contains("oracles.committee"), "{err}");
         assert!(
             Scenario::load("no-such-scenario")

@@ -4,6 +4,28 @@ use super::persist::signed_record;
 use super::*;
 
 impl<S: Store> Ledger<S> {
+    /// [`Ledger::committee_for_checkpoint`], or why there is none.
+    fn checkpoint_committee(&mut self, epoch: u64) -> Result<Vec<AccountId>, LedgerError> {
+        self.committee_for_checkpoint(epoch)
+            .ok_or_else(|| LedgerError::Epoch {
+                epoch,
+                reason: "already final, or no committee".into(),
+            })
+    }
+
+    /// The committee of `epoch`'s checkpoint, if `who` is a member of it.
+    fn member_committee(
+        &mut self,
+        epoch: u64,
+        who: AccountId,
+    ) -> Result<Vec<AccountId>, LedgerError> {
+        let committee = self.checkpoint_committee(epoch)?;
+        if !committee.contains(&who) {
+            return Err(LedgerError::NotMember { who, epoch });
+        }
+        Ok(committee)
+    }
+
     // ---------------------------------------------------------- committee
 
     /// The time the checkpoint of `epoch` is due.
@@ -94,12 +116,7 @@ impl<S: Store> Ledger<S> {
     ) -> Result<MultiSigned<CheckpointBody>, LedgerError> {
         let me = identity.account();
         self.refresh();
-        let committee = self
-            .committee_for_checkpoint(epoch)
-            .ok_or_else(|| LedgerError::Epoch {
-                epoch,
-                reason: "already final, or no committee".into(),
-            })?;
+        let committee = self.checkpoint_committee(epoch)?;
         if committee.is_empty() || committee[round as usize % committee.len()] != me {
             return Err(LedgerError::NotProposer {
                 who: me,
@@ -178,18 +195,7 @@ impl<S: Store> Ledger<S> {
                 )));
             }
         }
-        let committee =
-            self.committee_for_checkpoint(body.epoch)
-                .ok_or_else(|| LedgerError::Epoch {
-                    epoch: body.epoch,
-                    reason: "already final, or no committee".into(),
-                })?;
-        if !committee.contains(&me) {
-            return Err(LedgerError::NotMember {
-                who: me,
-                epoch: body.epoch,
-            });
-        }
+        self.member_committee(body.epoch, me)?;
         let h = proposal.body_hash();
         if let Some(prev) = self.signed.get(&(me, body.epoch))
             && *prev != h
@@ -244,18 +250,7 @@ impl<S: Store> Ledger<S> {
             &sig,
         )?;
         self.record_sig(signer, body.epoch, ms.body_bytes(), sig);
-        let committee =
-            self.committee_for_checkpoint(body.epoch)
-                .ok_or_else(|| LedgerError::Epoch {
-                    epoch: body.epoch,
-                    reason: "already final, or no committee".into(),
-                })?;
-        if !committee.contains(&signer) {
-            return Err(LedgerError::NotMember {
-                who: signer,
-                epoch: body.epoch,
-            });
-        }
+        let committee = self.member_committee(body.epoch, signer)?;
         let mut ms = ms;
         ms.insert(signer, sig);
         let need = quorum(committee.len());

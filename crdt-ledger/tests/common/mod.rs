@@ -1,7 +1,9 @@
 //! Test helpers: a small network, contracts, verdicts, sync and checkpoints.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use crdt_ledger::{Body, CheckpointStatus, Genesis, GenesisEntry, Ledger, Params, Store};
+use crdt_ledger::{
+    Body, CheckpointStatus, Entry, EntryData, Genesis, GenesisEntry, Ledger, Params, Store,
+};
 use protocol::settlement::{Outcome, QuorumCert, payout};
 use protocol::{
     AccountId, Amount, BlobRef, Bps, ComputeUnits, Contract, ContractTerms, DurationMs, Hash32,
@@ -62,6 +64,26 @@ impl Net {
 
     pub fn id_of(&self, a: &AccountId) -> &Identity {
         self.ids.iter().find(|i| i.account() == *a).unwrap()
+    }
+
+    /// An entry of account `author` at `seq` after `prev_hash`, created at [`T0`]
+    /// and signed by account `signer` (a forger when it is not the author).
+    pub fn signed_entry(
+        &self,
+        signer: usize,
+        author: usize,
+        seq: u64,
+        prev_hash: [u8; 32],
+        body: Body,
+    ) -> Entry {
+        let data = EntryData {
+            author: self.acct(author),
+            seq,
+            prev_hash: Hash32(prev_hash),
+            created_at: T0,
+            body,
+        };
+        Entry::sign(&self.ids[signer], &self.genesis.network(), &data).unwrap()
     }
 
     /// A contract signed by both parties.

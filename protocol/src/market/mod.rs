@@ -79,6 +79,7 @@ use std::collections::HashMap;
 
 use crate::codec::Wire;
 use crate::identity::AccountId;
+use crate::messages::{Contract, ContractTerms};
 use crate::signed::{MultiSigned, SignatureError, Signed};
 use crate::types::NetworkId;
 
@@ -118,6 +119,17 @@ pub(crate) fn open_multi<T: Wire>(
         }
     }
     Ok(m.body_unverified()?)
+}
+
+/// Whether contract `c`, whose body is `terms`, carries the signatures of both
+/// its requester and its provider (checked unless `verify` is off, as in [`open`]).
+pub(crate) fn signed_by_both(
+    c: &Contract,
+    terms: &ContractTerms,
+    network: &NetworkId,
+    verify: bool,
+) -> bool {
+    open_multi(c, network, &[terms.requester, terms.provider], verify).is_ok()
 }
 
 pub use book::{

@@ -150,6 +150,12 @@ pub enum ProviderOutput {
     PriceChanged { price: PricePerCu },
 }
 
+impl crate::timers::ScheduleTimer for ProviderOutput {
+    fn schedule_timer(at: Timestamp) -> Self {
+        ProviderOutput::ScheduleTimer { at }
+    }
+}
+
 /// Counters of the provider's decisions.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProviderStats {
@@ -272,11 +278,6 @@ impl ProviderEngine {
         self.timers.next()
     }
 
-    fn schedule(&mut self, out: &mut Vec<ProviderOutput>, at: Timestamp, t: Timer) {
-        self.timers.insert(at, t);
-        out.push(ProviderOutput::ScheduleTimer { at });
-    }
-
     fn sign<T: Wire>(&self, body: &T) -> Option<Signed<T>> {
         Signed::sign(&self.identity, &self.network, body).ok()
     }
@@ -319,7 +320,7 @@ impl ProviderEngine {
         }
         let refresh = now.plus(DurationMs(self.cfg.offer_ttl.0 * 2 / 3).max(DurationMs(1)));
         self.timers.retain(|t| *t != Timer::Refresh);
-        self.schedule(out, refresh, Timer::Refresh);
+        self.timers.schedule(out, refresh, Timer::Refresh);
     }
 
     /// When a job of `spec` accepted now would be delivered.
@@ -606,7 +607,7 @@ impl ProviderEngine {
         let requester = terms.requester;
         self.pending
             .insert(id, Deal::propose(now, id, terms, requester, expires));
-        self.schedule(out, expires, Timer::Pending(id));
+        self.timers.schedule(out, expires, Timer::Pending(id));
         self.stats.accepted += 1;
         if let Some(s) = self.sign(&ProposalAnswer::Accept(ms)) {
             out.push(ProviderOutput::Send {
@@ -660,7 +661,7 @@ impl ProviderEngine {
         };
         if let Some(s) = self.sign(&proposal) {
             self.bid_proposals.insert(job_id, expires);
-            self.schedule(out, expires, Timer::Pending(job_id));
+            self.timers.schedule(out, expires, Timer::Pending(job_id));
             self.stats.bids_answered += 1;
             out.push(ProviderOutput::Send {
                 to: spec.requester,

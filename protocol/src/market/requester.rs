@@ -34,7 +34,7 @@ use crate::types::{Amount, DurationMs, Hash32, NetworkId, Timestamp};
 
 use super::book::{BookConfig, Explanation, MatchConfig, MatchOutcome, OrderBook};
 use super::lifecycle::{AnyDeal, Deal, DealEvent, FailReason, Phase};
-use super::{Reputation, open, open_multi};
+use super::{Reputation, open, open_multi, signed_by_both};
 
 /// How a requester behaves.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -145,6 +145,12 @@ pub enum RequesterOutput {
     },
 }
 
+impl crate::timers::ScheduleTimer for RequesterOutput {
+    fn schedule_timer(at: Timestamp) -> Self {
+        RequesterOutput::ScheduleTimer { at }
+    }
+}
+
 #[derive(Debug)]
 struct Job {
     signed: Signed<JobSpec>,
@@ -238,11 +244,6 @@ impl RequesterEngine {
 
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         self.timers.next()
-    }
-
-    fn schedule(&mut self, out: &mut Vec<RequesterOutput>, at: Timestamp, t: Timer) {
-        self.timers.insert(at, t);
-        out.push(RequesterOutput::ScheduleTimer { at });
     }
 
     fn sign<T: Wire>(&self, body: &T) -> Option<Signed<T>> {
@@ -376,7 +377,7 @@ impl RequesterEngine {
                 open: false,
             },
         );
-        self.schedule(out, expires, Timer::BidExpiry(id));
+        self.timers.schedule(out, expires, Timer::BidExpiry(id));
         self.try_match(now, id, reputation, rng, true, out);
     }
 
@@ -435,7 +436,7 @@ impl RequesterEngine {
                     job.quality = chosen.quality;
                 }
                 self.book.add_load(&chosen.provider, 1);
-                self.schedule(out, expires, Timer::Proposal(id));
+                self.timers.schedule(out, expires, Timer::Proposal(id));
                 out.push(RequesterOutput::Send {
                     to: chosen.provider,
                     message: Message::Proposal(sp),
@@ -619,7 +620,7 @@ impl RequesterEngine {
             job.quality = quality;
         }
         self.book.add_load(&p.provider, 1);
-        self.schedule(out, expires, Timer::Proposal(job_id));
+        self.timers.schedule(out, expires, Timer::Proposal(job_id));
         if let Some(s) = self.sign(&ProposalAnswer::Accept(ms)) {
             out.push(RequesterOutput::Send {
                 to: p.provider,
@@ -639,13 +640,7 @@ impl RequesterEngine {
         if job.waiting.is_none_or(|(p, _)| p != terms.provider)
             || terms.requester != self.account()
             || terms.spec != job.spec
-            || open_multi(
-                &c,
-                &self.network,
-                &[terms.requester, terms.provider],
-                self.cfg.verify_signatures,
-            )
-            .is_err()
+            || !signed_by_both(&c, &terms, &self.network, self.cfg.verify_signatures)
         {
             return;
         }
@@ -678,7 +673,8 @@ impl RequesterEngine {
             amount,
         });
         out.push(RequesterOutput::Publish(Message::Contract(contract)));
-        self.schedule(out, deadline.plus(self.cfg.grace), Timer::Deadline(id));
+        self.timers
+            .schedule(out, deadline.plus(self.cfg.grace), Timer::Deadline(id));
     }
 
     fn fail(

@@ -296,30 +296,25 @@ mod tests {
     use super::*;
     use crate::identity::Identity;
     use crate::messages::BlobRef;
-    use crate::messages::{JobKind, JobSpec, SlaRequirement, SlaTerms};
+    use crate::messages::{JobSpec, SlaTerms};
     use crate::types::{ComputeUnits, DurationMs, PricePerCu, Timestamp};
 
     fn terms(req: &Identity, prov: &Identity) -> ContractTerms {
         let now = Timestamp(1_000);
         let spec = JobSpec {
-            requester: req.account(),
-            kind: JobKind::Infer { batch: 1 },
-            model: None,
-            dataset: BlobRef {
-                hash: Hash32::of(b"d"),
-                size: 1,
-            },
-            estimated_units: ComputeUnits::from_milli(1_000),
-            max_price: PricePerCu(10),
-            deadline: Timestamp(100_000),
-            sla: SlaRequirement {
-                min_availability: Bps(0),
-                min_penalty: Bps(0),
-            },
-            privacy: None,
-            issued_at: now,
             expires_at: now.plus(DurationMs::secs(60)),
-            nonce: 1,
+            ..JobSpec::inference(
+                req.account(),
+                BlobRef {
+                    hash: Hash32::of(b"d"),
+                    size: 1,
+                },
+                ComputeUnits::from_milli(1_000),
+                PricePerCu(10),
+                now,
+                Timestamp(100_000),
+                1,
+            )
         };
         ContractTerms {
             network: NetworkId::named("agg"),

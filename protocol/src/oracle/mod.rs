@@ -46,7 +46,7 @@ pub use aggregate::{Aggregator, SettlementInstruction, VerdictError};
 
 use crate::codec::Wire;
 use crate::identity::{AccountId, Identity};
-use crate::market::{open, open_multi};
+use crate::market::{open, signed_by_both};
 use crate::messages::{
     Contract, ContractTerms, Dispute, Message, Probe, ProbeReply, Receipt, Verdict,
 };
@@ -181,6 +181,12 @@ pub enum OracleOutput {
     },
 }
 
+impl crate::timers::ScheduleTimer for OracleOutput {
+    fn schedule_timer(at: Timestamp) -> Self {
+        OracleOutput::ScheduleTimer { at }
+    }
+}
+
 /// Counters of what the oracle did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OracleStats {
@@ -290,11 +296,6 @@ impl<C: ResultChecker> OracleEngine<C> {
         self.timers.next()
     }
 
-    fn schedule(&mut self, out: &mut Vec<OracleOutput>, at: Timestamp, t: Timer) {
-        self.timers.insert(at, t);
-        out.push(OracleOutput::ScheduleTimer { at });
-    }
-
     fn sign<T: Wire>(&self, body: &T) -> Option<Signed<T>> {
         Signed::sign(&self.identity, &self.network, body).ok()
     }
@@ -390,13 +391,7 @@ impl<C: ResultChecker> OracleEngine<C> {
             return;
         }
         if terms.network != self.network
-            || open_multi(
-                &c,
-                &self.network,
-                &[terms.requester, terms.provider],
-                self.cfg.verify_signatures,
-            )
-            .is_err()
+            || !signed_by_both(&c, &terms, &self.network, self.cfg.verify_signatures)
             || self.watches.len() >= self.cfg.max_contracts
         {
             self.stats.ignored += 1;
@@ -425,8 +420,10 @@ impl<C: ResultChecker> OracleEngine<C> {
         );
         // Members probe at jittered times so they do not hit the provider at once.
         let jitter = rng.random_range(0..self.cfg.probe_every.0.max(1));
-        self.schedule(out, now.plus(DurationMs(jitter)), Timer::Probe(id));
-        self.schedule(out, deadline.plus(self.cfg.grace), Timer::Deadline(id));
+        self.timers
+            .schedule(out, now.plus(DurationMs(jitter)), Timer::Probe(id));
+        self.timers
+            .schedule(out, deadline.plus(self.cfg.grace), Timer::Deadline(id));
         if let Some((sr, at)) = self.early.remove(&id) {
             self.on_receipt(at, sr, out);
         }
@@ -463,7 +460,7 @@ impl<C: ResultChecker> OracleEngine<C> {
         let due = now.plus(self.cfg.dispute_window);
         w.verdict_due = Some(due);
         self.maybe_check(id, false, out);
-        self.schedule(out, due, Timer::Verdict(id));
+        self.timers.schedule(out, due, Timer::Verdict(id));
     }
 
     /// Start the result check if one is needed and not yet done.
@@ -551,7 +548,8 @@ impl<C: ResultChecker> OracleEngine<C> {
             return;
         }
         if self.aggregator.has_quorum(&contract) && self.settle_timers.insert(contract) {
-            self.schedule(out, now.plus(self.cfg.quorum_wait), Timer::Settle(contract));
+            self.timers
+                .schedule(out, now.plus(self.cfg.quorum_wait), Timer::Settle(contract));
         }
     }
 
@@ -675,7 +673,7 @@ impl<C: ResultChecker> OracleEngine<C> {
                         });
                     }
                     let next = now.plus(self.cfg.probe_every);
-                    self.schedule(&mut out, next, Timer::Probe(id));
+                    self.timers.schedule(&mut out, next, Timer::Probe(id));
                 }
                 Timer::Deadline(id) => {
                     if self.watches.get(&id).is_some_and(|w| w.receipt.is_none()) {
