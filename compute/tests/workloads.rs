@@ -408,45 +408,29 @@ fn tampered_training_segment_is_caught() {
     lazy.w[0][0] += 0.01;
     chain[i].hash = compute::workload::chain_next(&chain[i - 1].hash, chain[i].step, &lazy);
     let lazy_bytes = lazy.to_safetensors().unwrap();
-    let v = verify_training_segment(
-        &CpuBackend::new(),
-        &spec,
-        &data,
-        &chain,
-        i,
-        &out.checkpoint_models[i - 1],
-        &lazy_bytes,
-        1e-3,
-    )
-    .unwrap();
+    // Re-execute link `i` of `chain` from the honest start weights to `end`.
+    let check = |chain: &[compute::Checkpoint], end: &[u8]| {
+        verify_training_segment(
+            &CpuBackend::new(),
+            &spec,
+            &data,
+            chain,
+            i,
+            &out.checkpoint_models[i - 1],
+            end,
+            1e-3,
+        )
+        .unwrap()
+    };
+    let v = check(&chain, &lazy_bytes);
     assert!(!v.ok, "{v:?}");
     // Revealing weights that do not match the committed chain is caught by the hash.
-    let v = verify_training_segment(
-        &CpuBackend::new(),
-        &spec,
-        &data,
-        &out.checkpoints,
-        i,
-        &out.checkpoint_models[i - 1],
-        &lazy_bytes,
-        1e-3,
-    )
-    .unwrap();
+    let v = check(&out.checkpoints, &lazy_bytes);
     assert!(!v.ok && v.reason.contains("do not match"), "{v:?}");
     // A single flipped weight in the honest end weights: hash mismatch.
     let mut end = Mlp::from_safetensors(&out.checkpoint_models[i]).unwrap();
     end.b[1][0] = f32::from_bits(end.b[1][0].to_bits() ^ 1);
-    let v = verify_training_segment(
-        &CpuBackend::new(),
-        &spec,
-        &data,
-        &out.checkpoints,
-        i,
-        &out.checkpoint_models[i - 1],
-        &end.to_safetensors().unwrap(),
-        1e-3,
-    )
-    .unwrap();
+    let v = check(&out.checkpoints, &end.to_safetensors().unwrap());
     assert!(!v.ok);
 }
 

@@ -236,27 +236,17 @@ fn escrow_settlement_needs_a_quorum_and_exact_payout() {
     let (req, prov) = (4, 5);
     let contract = net.contract(req, prov, 1);
     let escrow = Amount::tokens(10); // price 1 token/CU × 10 CU
-    l.append(
-        &net.ids[req],
-        Body::EscrowLock {
-            contract: contract.clone(),
-        },
-        T0,
-    )
-    .unwrap();
+    let lock = || Body::EscrowLock {
+        contract: contract.clone(),
+    };
+    l.append(&net.ids[req], lock(), T0).unwrap();
     assert_eq!(
         l.balance(&net.acct(req)),
         Amount(Amount::tokens(1000).0 - escrow.0)
     );
     // locked twice: refused
     assert!(matches!(
-        refused(
-            &mut l,
-            &net.ids[req],
-            Body::EscrowLock {
-                contract: contract.clone(),
-            }
-        ),
+        refused(&mut l, &net.ids[req], lock()),
         InvalidReason::AlreadyLocked(_)
     ));
     // a contract the provider did not sign: refused
@@ -301,13 +291,7 @@ fn escrow_settlement_needs_a_quorum_and_exact_payout() {
         InvalidReason::AlreadySettled(_)
     ));
     assert!(matches!(
-        refused(
-            &mut l,
-            &net.ids[req],
-            Body::EscrowLock {
-                contract: contract.clone(),
-            }
-        ),
+        refused(&mut l, &net.ids[req], lock()),
         InvalidReason::AlreadyLocked(_)
     ));
     assert!(l.state().escrows.is_empty());
