@@ -11,7 +11,9 @@
 //! Keeping the body as bytes means the signature covers exactly what travelled; the
 //! typed body is only handed out by [`Signed::verify`].
 
+use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::sync::{Mutex, OnceLock};
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -78,6 +80,9 @@ pub fn sign_bytes(identity: &Identity, kind: &str, network: &NetworkId, body: &[
 }
 
 /// Verify one signature strictly (no small-order keys, canonical S).
+///
+/// A signature that passed once in this process passes again without the curve
+/// arithmetic: see [`SigCheck`] for why and how that is used.
 pub fn verify_bytes(
     kind: &'static str,
     network: &NetworkId,
@@ -85,7 +90,11 @@ pub fn verify_bytes(
     body: &[u8],
     sig: &Sig,
 ) -> Result<(), SignatureError> {
-    let key = VerifyingKey::from_bytes(&signer.0).map_err(|_| SignatureError::BadSigner {
+    let digest = check_digest(kind, network, signer, body, sig);
+    if verified().contains(&digest) {
+        return Ok(());
+    }
+    let key = verifying_key(signer).ok_or(SignatureError::BadSigner {
         kind,
         signer: *signer,
     })?;
@@ -96,7 +105,132 @@ pub fn verify_bytes(
     .map_err(|_| SignatureError::BadSignature {
         kind,
         signer: *signer,
-    })
+    })?;
+    verified().insert(digest);
+    Ok(())
+}
+
+/// What identifies one signature check: the signer, the signature and the exact
+/// signed message (kind, network, body), hashed.
+fn check_digest(
+    kind: &str,
+    network: &NetworkId,
+    signer: &AccountId,
+    body: &[u8],
+    sig: &Sig,
+) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&signer.0);
+    h.update(&sig.0);
+    h.update(&(kind.len() as u64).to_le_bytes());
+    h.update(kind.as_bytes());
+    h.update(&network.0);
+    h.update(body);
+    *h.finalize().as_bytes()
+}
+
+/// Checks remembered per generation; two generations are kept.
+const VERIFIED_CACHE: usize = 1 << 16;
+
+/// The signature checks that passed in this process, bounded: when the current
+/// generation is full it becomes the old one and the older is forgotten. Only
+/// passes are kept, keyed by a hash of everything the check reads, and a check
+/// of the same bytes always gives the same answer; so the cache changes the cost
+/// of a check, never its result.
+#[derive(Default)]
+struct Verified {
+    current: foldhash::HashSet<[u8; 32]>,
+    old: foldhash::HashSet<[u8; 32]>,
+}
+
+struct VerifiedCache(Mutex<Verified>);
+
+impl VerifiedCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Verified> {
+        // A panic elsewhere cannot leave a half-inserted hash: still sound.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+    fn contains(&self, d: &[u8; 32]) -> bool {
+        let v = self.lock();
+        v.current.contains(d) || v.old.contains(d)
+    }
+    fn insert(&self, d: [u8; 32]) {
+        let mut v = self.lock();
+        if v.current.len() >= VERIFIED_CACHE {
+            v.old = std::mem::take(&mut v.current);
+        }
+        v.current.insert(d);
+    }
+}
+
+fn verified() -> &'static VerifiedCache {
+    static CACHE: OnceLock<VerifiedCache> = OnceLock::new();
+    CACHE.get_or_init(|| VerifiedCache(Mutex::default()))
+}
+
+/// One signature check, detached from its envelope so that it can run ahead of
+/// need, e.g. on another core.
+///
+/// A replica folds each settlement's certificate and each escrow lock's contract
+/// when it refolds, long after the verdicts and signatures were made. A peer (or
+/// the simulator) that sees them earlier can [`SigCheck::run`] them meanwhile;
+/// the later [`verify_bytes`] of the same bytes then finds the pass remembered.
+/// Whether or not that happened first, every check gives the same answer.
+#[derive(Clone, Debug)]
+pub struct SigCheck {
+    pub kind: &'static str,
+    pub network: NetworkId,
+    pub signer: AccountId,
+    pub body: Vec<u8>,
+    pub signature: Sig,
+}
+
+impl SigCheck {
+    /// Verify (and remember a pass).
+    pub fn run(&self) -> Result<(), SignatureError> {
+        verify_bytes(
+            self.kind,
+            &self.network,
+            &self.signer,
+            &self.body,
+            &self.signature,
+        )
+    }
+}
+
+/// Most decoded keys [`verifying_key`] keeps; a network has far fewer active signers.
+const KEY_CACHE: usize = 8_192;
+
+/// The decoded public key of `signer`, or `None` if it is not a valid point.
+///
+/// Decoding decompresses a curve point, about a tenth of the cost of a
+/// verification, and the same few thousand signers sign nearly everything, so
+/// decoded keys are kept, process-wide (the cache is emptied when full). Only
+/// valid keys are kept, and a key decodes the same way every time, so the cache
+/// changes nothing but the cost.
+fn verifying_key(signer: &AccountId) -> Option<VerifyingKey> {
+    static KEYS: OnceLock<Mutex<HashMap<[u8; 32], VerifyingKey>>> = OnceLock::new();
+    let keys = KEYS.get_or_init(Mutex::default);
+    // A poisoned lock only means another thread panicked mid-insert; the map
+    // holds whole entries only, so it is still sound to use.
+    if let Some(k) = keys
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&signer.0)
+    {
+        return Some(*k);
+    }
+    let key = VerifyingKey::from_bytes(&signer.0).ok()?;
+    let mut keys = keys
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if keys.len() >= KEY_CACHE {
+        keys.clear();
+    }
+    keys.insert(signer.0, key);
+    Some(key)
 }
 
 /// A body of kind `T` signed by one account.
@@ -150,6 +284,17 @@ impl<T: Wire> Signed<T> {
             signature,
             _kind: PhantomData,
         })
+    }
+
+    /// The signature check of this envelope, to run elsewhere (see [`SigCheck`]).
+    pub fn sig_check(&self, network: &NetworkId) -> SigCheck {
+        SigCheck {
+            kind: T::KIND,
+            network: *network,
+            signer: self.signer,
+            body: self.body.clone(),
+            signature: self.signature,
+        }
     }
 
     /// Check the signature, then decode the body.
@@ -206,15 +351,13 @@ pub fn verify_batch<T: Wire>(
 ) -> Result<Vec<T>, (usize, SignatureError)> {
     let mut keys = Vec::with_capacity(items.len());
     for (i, it) in items.iter().enumerate() {
-        keys.push(VerifyingKey::from_bytes(&it.signer.0).map_err(|_| {
-            (
-                i,
-                SignatureError::BadSigner {
-                    kind: T::KIND,
-                    signer: it.signer,
-                },
-            )
-        })?);
+        keys.push(verifying_key(&it.signer).ok_or((
+            i,
+            SignatureError::BadSigner {
+                kind: T::KIND,
+                signer: it.signer,
+            },
+        ))?);
     }
     let messages: Vec<Vec<u8>> = items
         .iter()
@@ -329,6 +472,20 @@ impl<T: Wire> MultiSigned<T> {
         Ok(codec::decode(&self.body)?)
     }
 
+    /// The check of each signature present (see [`SigCheck`]).
+    pub fn sig_checks(&self, network: &NetworkId) -> Vec<SigCheck> {
+        self.signatures
+            .iter()
+            .map(|(signer, sig)| SigCheck {
+                kind: T::KIND,
+                network: *network,
+                signer: *signer,
+                body: self.body.clone(),
+                signature: *sig,
+            })
+            .collect()
+    }
+
     /// Decode without checking signatures.
     pub fn body_unverified(&self) -> Result<T, CodecError> {
         codec::decode(&self.body)
@@ -342,5 +499,74 @@ impl<T: Wire> MultiSigned<T> {
     /// The hash of the body: the same whoever signed it.
     pub fn body_hash(&self) -> Hash32 {
         Hash32(*blake3::hash(&self.body).as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::Probe;
+    use crate::types::Timestamp;
+
+    fn probe(identity: &Identity, network: &NetworkId) -> Signed<Probe> {
+        let body = Probe {
+            oracle: identity.account(),
+            provider: identity.account(),
+            sent_at: Timestamp(1),
+            nonce: 7,
+        };
+        Signed::sign(identity, network, &body).unwrap()
+    }
+
+    /// A remembered pass covers exactly the bytes that passed: any change to the
+    /// signer, signature, kind, network or body is checked afresh, and fails.
+    #[test]
+    fn a_remembered_pass_covers_only_the_same_bytes() {
+        let id = Identity::from_seed(9);
+        let other = Identity::from_seed(10);
+        let net = NetworkId([3; 32]);
+        let s = probe(&id, &net);
+        let check = s.sig_check(&net);
+        check.run().unwrap();
+        check.run().unwrap();
+        assert!(s.verify(&net).is_ok());
+
+        let mut bad_sig = check.clone();
+        bad_sig.signature.0[5] ^= 1;
+        assert!(bad_sig.run().is_err());
+        let mut bad_body = check.clone();
+        bad_body.body[0] ^= 1;
+        assert!(bad_body.run().is_err());
+        let mut bad_signer = check.clone();
+        bad_signer.signer = other.account();
+        assert!(bad_signer.run().is_err());
+        let mut bad_kind = check.clone();
+        bad_kind.kind = "probe-reply";
+        assert!(bad_kind.run().is_err());
+        let mut bad_net = check.clone();
+        bad_net.network = NetworkId([4; 32]);
+        assert!(bad_net.run().is_err());
+        // And the pass is still there.
+        assert!(check.run().is_ok());
+    }
+
+    #[test]
+    fn the_cache_forgets_an_old_generation_and_still_verifies() {
+        let id = Identity::from_seed(11);
+        let net = NetworkId([5; 32]);
+        let s = probe(&id, &net);
+        s.sig_check(&net).run().unwrap();
+        // Fill two generations with other digests: the pass is forgotten, and a
+        // check verifies again (and passes).
+        for i in 0..(2 * VERIFIED_CACHE as u64 + 1) {
+            let mut d = [0u8; 32];
+            d[..8].copy_from_slice(&i.to_le_bytes());
+            d[31] = 0xAB;
+            verified().insert(d);
+        }
+        let digest = check_digest("probe", &net, &s.signer, s.body_bytes(), &s.signature);
+        assert!(!verified().contains(&digest));
+        assert!(s.verify(&net).is_ok());
+        assert!(verified().contains(&digest));
     }
 }
