@@ -227,8 +227,8 @@ impl State {
     /// The hash that a checkpoint's `state_root` names.
     pub fn root(&self) -> Hash32 {
         // Encoding a state cannot fail (no size limit, only plain data).
-        let bytes = protocol::codec::encode_unbounded("ledger-state", self).unwrap_or_default();
-        Hash32(*blake3::hash(&bytes).as_bytes())
+        protocol::codec::hash_unbounded("ledger-state", self)
+            .map_or_else(|_| Hash32(*blake3::hash(&[]).as_bytes()), Hash32)
     }
 
     /// Every token accounted for: liquid, staked, unbonding and in open escrows.
