@@ -64,7 +64,10 @@ fn check_text(name: &'static str, s: &str) -> Result<(), InvalidMessage> {
             format!("{} bytes, at most {MAX_TEXT}", s.len()),
         ));
     }
-    if s.chars().any(char::is_control) {
+    // Printable ASCII (the common case) has no control characters; anything else
+    // is decoded and checked in full.
+    let printable = |b: &u8| (0x20..0x7f).contains(b);
+    if !s.as_bytes().iter().all(printable) && s.chars().any(char::is_control) {
         return Err(field(name, "contains control characters"));
     }
     Ok(())

@@ -13,7 +13,9 @@
 //! messages with short lifetimes may be refused (`Saturated`); they are never
 //! wrongly accepted.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
+
+use foldhash::{HashSet, HashSetExt};
 
 use crate::identity::AccountId;
 use crate::types::Timestamp;

@@ -1,5 +1,8 @@
 //! Wall time and figures of a scenario: `cargo run --release -p simnet --example timing -- paper-30d`.
 use std::time::Instant;
+// The allocator `cloudchain` runs with (see `peer/src/main.rs`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[allow(clippy::disallowed_methods)] // measuring wall time is the point of this example
 fn main() {
@@ -20,8 +23,9 @@ fn main() {
     println!("{s:#?}");
     println!("{:?}", m.events_by_kind);
     println!(
-        "wall time {:.1} s, {} events",
+        "wall time {:.1} s, {} events, digest {}",
         t.elapsed().as_secs_f64(),
-        m.events
+        m.events,
+        m.digest()
     );
 }

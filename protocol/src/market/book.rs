@@ -27,8 +27,12 @@
 //! cost of a match is thus bounded by `max_scan` feasibility checks, whatever the
 //! size of the book. Only when nothing fits is every offer examined, to explain why.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+
+// A keyed fast hash: every offer refresh touches these maps, and SipHash showed up
+// in simnet's profile. Keys come from the network, so the hash stays seeded.
+use foldhash::{HashMap, HashMapExt};
 
 use rand::{Rng, RngExt};
 
