@@ -68,6 +68,8 @@ use crdt_ledger::{
 use protocol::oracle::SettlementInstruction;
 use protocol::{AccountId, Amount, Contract, Hash32, Identity, NetworkId, Timestamp};
 
+use crate::prewarm::Prewarm;
+
 /// Why an escrow lock did not go through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LockRefused {
@@ -116,6 +118,8 @@ pub struct SimLedger {
     keys: HashMap<AccountId, Identity>,
     /// Settlements written, on their way to the replica: (author, written at, body).
     in_flight: Vec<(AccountId, Timestamp, Body)>,
+    /// Checks the verdicts and contract signatures this ledger will fold, ahead.
+    prewarm: Prewarm,
     invalid_seen: usize,
     pub violations: Vec<String>,
     pub checkpoints: u64,
@@ -171,6 +175,7 @@ impl SimLedger {
             network,
             keys: writers.into_iter().map(|k| (k.account(), k)).collect(),
             in_flight: Vec::new(),
+            prewarm: Prewarm::start(),
             invalid_seen: 0,
             violations: Vec::new(),
             checkpoints: 0,
@@ -217,6 +222,12 @@ impl SimLedger {
         }
     }
 
+    /// A provider signed `contract` (the requester will sign and lock it next):
+    /// have its signatures checked ahead.
+    pub fn expect_lock(&mut self, contract: &Contract) {
+        self.prewarm.submit(contract.sig_checks(&self.network));
+    }
+
     /// The amount locked for `contract`, if its escrow is open.
     pub fn escrow(&mut self, contract: &Hash32) -> Option<Amount> {
         self.ledger.state().escrows.get(contract).map(|e| e.amount)
@@ -225,6 +236,13 @@ impl SimLedger {
     /// `oracle` writes the settlement of `si`; it reaches the replica before the
     /// epoch's checkpoint.
     pub fn settle(&mut self, oracle: AccountId, now: Timestamp, si: &SettlementInstruction) {
+        let checks = si
+            .cert
+            .verdicts
+            .iter()
+            .map(|v| v.sig_check(&self.network))
+            .collect();
+        self.prewarm.submit(checks);
         let body = Body::Settlement {
             cert: si.cert.clone(),
             payout: si.payout.clone(),

@@ -13,10 +13,14 @@
 //! - [`netmodel`]: latency by region, loss, partitions, and a sampled gossip model
 //!   whose cost grows with the engines that consume messages, not with the peers
 //!   that forward them.
+//! - [`prewarm`]: the one helper thread, which checks signatures the ledger will
+//!   fold ahead of time on a spare core; it decides nothing, so the simulation
+//!   itself stays single-threaded and deterministic.
 
 pub mod ledger;
 pub mod metrics;
 pub mod netmodel;
+pub mod prewarm;
 pub mod profiles;
 pub mod report;
 pub mod scenario;

@@ -912,6 +912,11 @@ impl World {
                     self.gossip(me, &to, &m);
                 }
                 ProviderOutput::Send { to, message } => {
+                    if let Message::Answer(a) = &message
+                        && let Ok(ProposalAnswer::Accept(contract)) = a.body_unverified()
+                    {
+                        self.ledger.expect_lock(&contract);
+                    }
                     if let Some(&p) = self.by_account.get(&to) {
                         self.send(me, p, message);
                     }
