@@ -13,7 +13,8 @@
 //! messages with short lifetimes may be refused (`Saturated`); they are never
 //! wrongly accepted.
 
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
 use foldhash::{HashSet, HashSetExt};
 
@@ -39,7 +40,10 @@ pub enum ReplayError {
 #[derive(Debug, Clone)]
 pub struct ReplayGuard {
     capacity: usize,
-    by_expiry: BTreeSet<(Timestamp, AccountId, u64)>,
+    /// Earliest expiry first. Pairs only ever leave in that order (pruned or
+    /// evicted), so a heap serves: cheaper than an ordered set, and pops the
+    /// same smallest `(expiry, signer, nonce)` one would.
+    by_expiry: BinaryHeap<Reverse<(Timestamp, AccountId, u64)>>,
     seen: HashSet<(AccountId, u64)>,
     watermark: Timestamp,
 }
@@ -49,7 +53,7 @@ impl ReplayGuard {
     pub fn new(capacity: usize) -> Self {
         ReplayGuard {
             capacity: capacity.max(1),
-            by_expiry: BTreeSet::new(),
+            by_expiry: BinaryHeap::new(),
             seen: HashSet::new(),
             watermark: Timestamp(0),
         }
@@ -77,7 +81,7 @@ impl ReplayGuard {
             return Err(ReplayError::Replayed);
         }
         if self.seen.len() >= self.capacity
-            && let Some(first) = self.by_expiry.pop_first()
+            && let Some(Reverse(first)) = self.by_expiry.pop()
         {
             self.seen.remove(&(first.1, first.2));
             self.watermark = self.watermark.max(first.0);
@@ -90,18 +94,18 @@ impl ReplayGuard {
             }
         }
         self.seen.insert((signer, nonce));
-        self.by_expiry.insert((expires_at, signer, nonce));
+        self.by_expiry.push(Reverse((expires_at, signer, nonce)));
         Ok(())
     }
 
     /// Forget pairs that have expired: a replay of them fails the expiry check.
     pub fn prune(&mut self, now: Timestamp) {
-        while let Some(first) = self.by_expiry.first() {
+        while let Some(Reverse(first)) = self.by_expiry.peek() {
             if first.0 > now {
                 break;
             }
             let (_, s, n) = *first;
-            self.by_expiry.pop_first();
+            self.by_expiry.pop();
             self.seen.remove(&(s, n));
         }
     }
