@@ -632,11 +632,17 @@ impl State {
 
     /// Check a proposed checkpoint body's derived fields against this state (the
     /// state after the batch and `close_epoch`).
-    pub(crate) fn matches(&self, body: &CheckpointBody, mint: &[(AccountId, Amount)]) -> bool {
+    /// Whether `body` names this state (whose root is `root`) and `mint`.
+    pub(crate) fn matches(
+        &self,
+        body: &CheckpointBody,
+        mint: &[(AccountId, Amount)],
+        root: Hash32,
+    ) -> bool {
         body.mint == mint
             && self.schedule.get(&(body.epoch + 1)) == Some(&body.next_committee)
             && self.backup == body.backup_committee
-            && self.root() == body.state_root
+            && root == body.state_root
     }
 }
 

@@ -144,6 +144,7 @@ impl<S: Store> Ledger<S> {
         let mint = next
             .close_epoch(epoch, &prev, committee.clone(), &self.params)
             .map_err(LedgerError::Rejected)?;
+        let state_root = next.root();
         let body = CheckpointBody {
             epoch,
             prev,
@@ -152,10 +153,11 @@ impl<S: Store> Ledger<S> {
             proposer: me,
             frontier,
             mint,
-            state_root: next.root(),
+            state_root,
             next_committee: next.schedule.get(&(epoch + 1)).cloned().unwrap_or_default(),
             backup_committee: next.backup.clone(),
         };
+        self.proposed_root = Some((Box::new(next), state_root));
         let mut ms = MultiSigned::new(&body)?;
         ms.add_signature(identity, &self.network);
         let h = ms.body_hash();
