@@ -242,7 +242,7 @@ impl SimLedger {
             .iter()
             .map(|v| v.sig_check(&self.network))
             .collect();
-        self.prewarm.submit(checks);
+        self.prewarm.submit_later(checks);
         let body = Body::Settlement {
             cert: si.cert.clone(),
             payout: si.payout.clone(),
@@ -324,6 +324,7 @@ impl SimLedger {
     /// Close `epoch` at `now` (its end): the leader proposes, members sign until
     /// the checkpoint is final, the leader publishes it; then check invariants.
     pub fn checkpoint(&mut self, epoch: u64, now: Timestamp) {
+        self.prewarm.flush();
         self.deliver_in_flight();
         if let Err(e) = self.run_committee(epoch, now) {
             self.violations

@@ -25,11 +25,17 @@ use protocol::SigCheck;
 /// ledger checks it itself, as without a helper).
 const QUEUE: usize = 1_024;
 
+/// Checks gathered before a batch is handed over: each hand-over may wake the
+/// helper (a system call), which cost more than batching loses.
+const BATCH: usize = 64;
+
 /// The helper thread and its queue; stops (and is joined) on drop.
 #[derive(Debug)]
 pub struct Prewarm {
     tx: Option<SyncSender<Vec<SigCheck>>>,
     worker: Option<JoinHandle<()>>,
+    /// Checks not urgent enough to hand over alone.
+    gathered: Vec<SigCheck>,
     dropped: u64,
 }
 
@@ -57,6 +63,7 @@ impl Prewarm {
             Ok(w) => Prewarm {
                 tx: Some(tx),
                 worker: Some(w),
+                gathered: Vec::new(),
                 dropped: 0,
             },
             Err(_) => Prewarm::off(),
@@ -68,11 +75,30 @@ impl Prewarm {
         Prewarm {
             tx: None,
             worker: None,
+            gathered: Vec::new(),
             dropped: 0,
         }
     }
 
-    /// Queue checks for the helper, without waiting.
+    /// Queue checks needed a while from now (by the end of the epoch): they go
+    /// to the helper in batches.
+    pub fn submit_later(&mut self, checks: Vec<SigCheck>) {
+        if self.tx.is_none() {
+            return;
+        }
+        self.gathered.extend(checks);
+        if self.gathered.len() >= BATCH {
+            self.flush();
+        }
+    }
+
+    /// Hand what was gathered to the helper now (before the checks are needed).
+    pub fn flush(&mut self) {
+        let batch = std::mem::take(&mut self.gathered);
+        self.submit(batch);
+    }
+
+    /// Queue checks needed soon for the helper now, without waiting.
     pub fn submit(&mut self, checks: Vec<SigCheck>) {
         let Some(tx) = &self.tx else {
             return;
@@ -127,8 +153,10 @@ mod tests {
         let mut bad = good[0].clone();
         bad.signature.0[0] ^= 1;
         let mut p = Prewarm::start();
-        p.submit(good.clone());
-        p.submit(vec![bad.clone()]);
+        p.submit(good[..16].to_vec());
+        p.submit_later(good[16..].to_vec());
+        p.submit_later(vec![bad.clone()]);
+        p.flush();
         drop(p); // joins: every queued check has run
         for c in &good {
             assert!(c.run().is_ok());

@@ -55,6 +55,11 @@ pub const T0: Timestamp = Timestamp(1_767_225_600_000);
 /// [`crate::ledger`]).
 pub const VERIFY_SIGNATURES: bool = false;
 
+/// Events between two steps in which idle requesters take their offers ahead,
+/// on two cores (see [`World::take_offers_in_parallel`]): often enough that most
+/// offers are taken there rather than when a requester acts.
+const OFFER_STEP_EVERY: u64 = 2_048;
+
 /// Tokens every requester starts with.
 pub const REQUESTER_GENESIS: Amount = Amount::tokens(1_000_000);
 /// The committee's fee: the oracle engines charge it and the ledger's genesis
@@ -120,6 +125,57 @@ struct RequesterPeer {
     heard: usize,
 }
 
+/// Idle requesters in `reqs` take their region's offers they have not taken
+/// yet (see [`World::take_offers_in_parallel`]); what went wrong, if anything.
+fn take_pending_offers(reqs: &mut [RequesterPeer], feeds: &[OfferFeed]) -> Vec<String> {
+    let rep = UniformReputation(0.9);
+    let mut wrong = Vec::new();
+    for r in reqs {
+        if r.engine.awaits_offers() {
+            continue; // caught up as each offer arrived
+        }
+        let feed = &feeds[r.region];
+        while r.heard < feed.end() {
+            let (at, id, offer) = feed.items[r.heard - feed.base].clone();
+            r.heard += 1;
+            let out = r.engine.handle(
+                at,
+                RequesterInput::VerifiedOffer { id, offer },
+                &rep,
+                &mut NoRandomness,
+            );
+            if !out.is_empty() {
+                wrong.push(format!(
+                    "an idle requester acted on an offer it took ahead: {out:?}"
+                ));
+            }
+        }
+    }
+    wrong
+}
+
+/// The randomness an idle requester is given while it takes offers: none. An
+/// idle requester never draws (it does not match); if it did, taking offers
+/// ahead would change the run, so drawing stops the run with this message.
+#[derive(Debug)]
+struct NoRandomness;
+
+impl rand::TryRng for NoRandomness {
+    type Error = std::convert::Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        panic!("{}", NO_RANDOMNESS)
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        panic!("{}", NO_RANDOMNESS)
+    }
+    fn try_fill_bytes(&mut self, _: &mut [u8]) -> Result<(), Self::Error> {
+        panic!("{}", NO_RANDOMNESS)
+    }
+}
+
+const NO_RANDOMNESS: &str = "an idle requester drew randomness while taking offers ahead; \
+     simnet's parallel offer step is unsound for this engine";
+
 /// The offers that reached a region, in arrival order, kept until every
 /// requester there has handled them (see [`World::catch_up`]).
 #[derive(Default)]
@@ -164,6 +220,8 @@ pub struct World {
     watchers: HashMap<Hash32, Vec<PeerRef>>,
     wrong: HashSet<Hash32>,
     settled: HashSet<Hash32>,
+    /// Whether idle requesters take offers ahead, on two cores.
+    offer_steps: bool,
     pub metrics: Metrics,
 }
 
@@ -314,6 +372,7 @@ impl World {
             watchers: HashMap::new(),
             wrong: HashSet::new(),
             settled: HashSet::new(),
+            offer_steps: true,
             metrics,
         };
         w.bootstrap();
@@ -486,11 +545,24 @@ impl World {
     }
 
     /// Run to the end; returns the metrics.
+    /// Idle requesters take offers only when they next act, never ahead in a
+    /// parallel step ([`World::take_offers_in_parallel`]): the same run, on one
+    /// core (a test shows the digests agree).
+    pub fn without_offer_steps(mut self) -> World {
+        self.offer_steps = false;
+        self
+    }
+
     pub fn run(mut self, mut progress: impl FnMut(f64)) -> Metrics {
         let span = (self.end.0 - T0.0) as f64;
         let mut last_report = 0.0;
+        let mut handled = 0u64;
         while let Some((now, ev)) = self.sched.next_until(self.end) {
             self.handle(now, ev);
+            handled += 1;
+            if self.offer_steps && handled.is_multiple_of(OFFER_STEP_EVERY) {
+                self.take_offers_in_parallel();
+            }
             let done = (now.0 - T0.0) as f64 / span;
             if done - last_report >= 0.01 {
                 last_report = done;
@@ -640,6 +712,9 @@ impl World {
             self.on_oracle_out(i, out);
         }
         self.metrics.epochs += 1;
+        if self.offer_steps {
+            self.take_offers_in_parallel();
+        }
         self.trim_feeds();
         let next = now.plus(DurationMs(self.sc.epoch_minutes * 60_000));
         self.sched.at(next, Ev::Epoch(e + 1));
@@ -798,6 +873,46 @@ impl World {
             );
             self.on_requester_out(i, out);
         }
+    }
+
+    /// Idle requesters take the offers waiting for them now, the requesters split
+    /// in two halves taken at once on two cores (the offers they take are most of
+    /// `scale-1k`'s work besides signing).
+    ///
+    /// **Same result as taking them later.** An idle requester (no job waiting
+    /// for offers: [`RequesterEngine::awaits_offers`]) takes offers without
+    /// acting, drawing no randomness and sending nothing; each offer goes in with
+    /// its own arrival time. So the calls its engine sees, in order, are the same
+    /// whether an offer goes in here or when the requester next acts
+    /// ([`World::catch_up`]). Requesters that await offers were caught up when
+    /// each arrived. The halves are disjoint and the feeds only read, so nothing
+    /// else is shared; the step ends (both halves joined) before the simulation
+    /// goes on. Should an idle requester act or draw randomness after all, the
+    /// run reports it as a violation (or stops), rather than diverge silently.
+    fn take_offers_in_parallel(&mut self) {
+        let feeds = &self.offer_feeds;
+        let mid = self.requesters.len() / 2;
+        let (a, b) = self.requesters.split_at_mut(mid);
+        let (from_a, from_b) = std::thread::scope(|s| {
+            // A scoped, joined data-parallel step (see simnet's clippy.toml).
+            #[allow(clippy::disallowed_methods)]
+            let h = std::thread::Builder::new()
+                .name("simnet-offers".into())
+                .spawn_scoped(s, || take_pending_offers(a, feeds));
+            let from_b = take_pending_offers(b, feeds);
+            let from_a = match h {
+                Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                // No thread to be had: this half on this core too.
+                Err(_) => Vec::new(),
+            };
+            (from_a, from_b)
+        });
+        // The first half, if its thread could not start, is taken here (else
+        // this finds nothing left to take).
+        let rest = take_pending_offers(&mut self.requesters[..mid], &self.offer_feeds);
+        self.metrics
+            .invariant_violations
+            .extend(from_a.into_iter().chain(from_b).chain(rest));
     }
 
     /// Drop the feed's offers every requester of the region has handled.

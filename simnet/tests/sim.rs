@@ -33,6 +33,20 @@ fn same_seed_same_digest_other_seed_other_digest() {
     assert_ne!(a, c);
 }
 
+/// Idle requesters taking offers ahead, on two cores, gives the very same run as
+/// taking each when the requester next acts.
+#[test]
+fn taking_offers_ahead_in_parallel_changes_nothing() {
+    let sc = Scenario::load("smoke").unwrap();
+    let ahead = World::new(&sc, 9, None, Some(1.0)).run(|_| {});
+    let lazy = World::new(&sc, 9, None, Some(1.0))
+        .without_offer_steps()
+        .run(|_| {});
+    assert!(ahead.settled_jobs > 10, "{}", ahead.settled_jobs);
+    assert!(ahead.invariant_violations.is_empty());
+    assert_eq!(ahead.digest(), lazy.digest());
+}
+
 #[test]
 fn report_writes_csv_svg_and_html() {
     let sc = Scenario::load("smoke").unwrap();
