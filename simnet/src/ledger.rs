@@ -42,15 +42,17 @@
 //! checks it, but the one replica folds a given body on a given finalized state
 //! once and reuses that fold for the other members and for finality (signatures,
 //! proposer and quorum are checked each time). On the shared 2-core machine of
-//! issue #7 (`examples/timing.rs`, release, wall / peak RSS; it is shared, so
-//! each pair was measured back to back): `paper-30d` 6.5 s / 17 MB before the
-//! ledger, 15.7 s / 236 MB with it, 14.3 s / 197 MB now (18 k jobs);
+//! issue #7 (`examples/timing.rs`, release, wall / peak RSS; it is shared and
+//! noisy, so each pair was measured back to back): `paper-30d` 6.5 s / 17 MB
+//! before the ledger, 15.7 s / 236 MB with it, 11.7 s now (18 k jobs);
 //! `scale-1k` 67 s / 353 MB before the ledger, 109 s / 1.12 GB with it, 79 s /
-//! 0.99 GB now (54 k locks, 54 k settlements, 720 checkpoints). About 45 % of what remains is ed25519: signing every message
-//! the engines send and every ledger entry, and the ledger's checks above;
-//! about 15 % the requesters' order books taking offers; the rest the engines,
-//! automerge and the state copies and roots of each checkpoint. Memory is
-//! mostly the ledger's document and entry index.
+//! 0.99 GB after a first round of work, 57–59 s / 1.2 GB now (54 k locks, 54 k
+//! settlements, 720 checkpoints), with a second core checking signatures ahead
+//! ([`crate::prewarm`]) and taking idle requesters' offers ahead. About a third
+//! of what remains is signing every message the engines send and every ledger
+//! entry (1.5 M signatures); a fifth the requesters' order books taking offers;
+//! the rest the engines, automerge and each checkpoint's state copies and root.
+//! Memory is mostly the ledger's document and entry index.
 //!
 //! **Invariants**, checked against the ledger's state after every checkpoint and
 //! at the end: every entry the simulation wrote is valid in the fold (no

@@ -1,6 +1,6 @@
 //! # simnet — CloudChain's market on virtual time
 //!
-//! A deterministic, single-threaded discrete-event simulation of many peers that
+//! A deterministic discrete-event simulation of many peers that
 //! drives the same sans-IO engines the node runs (`protocol`'s market and oracle
 //! engines, `crdt-ledger`), with time and randomness as inputs: the same scenario
 //! and seed give the same result, bit for bit.
@@ -13,9 +13,13 @@
 //! - [`netmodel`]: latency by region, loss, partitions, and a sampled gossip model
 //!   whose cost grows with the engines that consume messages, not with the peers
 //!   that forward them.
-//! - [`prewarm`]: the one helper thread, which checks signatures the ledger will
-//!   fold ahead of time on a spare core; it decides nothing, so the simulation
-//!   itself stays single-threaded and deterministic.
+//! - [`prewarm`]: the signature-checking helper.
+//!
+//! Events are handled one at a time, in time order. A second core helps in two
+//! ways that cannot change a run: [`prewarm`] checks the signatures the ledger
+//! will fold ahead of time (into a cache of pure results), and idle requesters
+//! take gossiped offers ahead in a scoped, two-way step
+//! (`World::take_offers_in_parallel`), in the same order they would later.
 
 pub mod ledger;
 pub mod metrics;

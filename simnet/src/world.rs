@@ -889,13 +889,12 @@ impl World {
     /// else is shared; the step ends (both halves joined) before the simulation
     /// goes on. Should an idle requester act or draw randomness after all, the
     /// run reports it as a violation (or stops), rather than diverge silently.
+    #[allow(clippy::disallowed_methods)] // the scoped step above (see clippy.toml)
     fn take_offers_in_parallel(&mut self) {
         let feeds = &self.offer_feeds;
         let mid = self.requesters.len() / 2;
         let (a, b) = self.requesters.split_at_mut(mid);
         let (from_a, from_b) = std::thread::scope(|s| {
-            // A scoped, joined data-parallel step (see simnet's clippy.toml).
-            #[allow(clippy::disallowed_methods)]
             let h = std::thread::Builder::new()
                 .name("simnet-offers".into())
                 .spawn_scoped(s, || take_pending_offers(a, feeds));
