@@ -2,7 +2,8 @@ use clap::Parser;
 
 // mimalloc rather than the system allocator: `cloudchain sim` allocates and frees
 // millions of small objects (9 % of a `scale-1k` run's wall time went to glibc's
-// malloc and free).
+// malloc and free). An idle node holds about 58 MB with it, 33 MB with
+// MIMALLOC_ARENA_EAGER_COMMIT=0 (see the README).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
