@@ -14,23 +14,28 @@ use peer::node::{self, RunOptions, RunningNode, Timing};
 use protocol::DurationMs;
 use tests::wait_for;
 
-/// The demo's own steps wait with their own bounds; this is the backstop, wide
-/// enough for a loaded 2-core machine running other tests beside it.
-async fn demo_within(opts: DemoOptions) -> anyhow::Result<demo::DemoReport> {
-    tokio::time::timeout(Duration::from_secs(120), demo::run(opts))
+/// The demo in a fresh directory (returned, so results stay readable), with
+/// `faulty_providers` faking their results. The demo's own steps wait with their
+/// own bounds; this is the backstop, wide enough for a loaded 2-core machine
+/// running other tests beside it.
+async fn demo_with(
+    faulty_providers: usize,
+) -> anyhow::Result<(tempfile::TempDir, demo::DemoReport)> {
+    let tmp = tempfile::tempdir()?;
+    let opts = DemoOptions {
+        dir: Some(tmp.path().to_path_buf()),
+        faulty_providers,
+        verbose: false,
+    };
+    let report = tokio::time::timeout(Duration::from_secs(120), demo::run(opts))
         .await
-        .map_err(|_| anyhow::anyhow!("the demo did not finish in 120 s"))?
+        .map_err(|_| anyhow::anyhow!("the demo did not finish in 120 s"))??;
+    Ok((tmp, report))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_trains_and_infers_end_to_end_and_settles_in_the_ledger() -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let r = demo_within(DemoOptions {
-        dir: Some(tmp.path().to_path_buf()),
-        faulty_providers: 0,
-        verbose: false,
-    })
-    .await?;
+    let (_dir, r) = demo_with(0).await?;
     assert!(r.ok, "{r:#?}");
     assert_eq!(r.jobs.len(), 2);
     for j in &r.jobs {
@@ -52,13 +57,7 @@ async fn the_demo_trains_and_infers_end_to_end_and_settles_in_the_ledger() -> an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_returning_wrong_results_is_caught_and_paid_nothing() -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let r = demo_within(DemoOptions {
-        dir: Some(tmp.path().to_path_buf()),
-        faulty_providers: 3,
-        verbose: false,
-    })
-    .await?;
+    let (_dir, r) = demo_with(3).await?;
     assert!(!r.ok);
     let j = &r.jobs[0];
     assert_eq!(j.state, "settled", "{j:#?}");

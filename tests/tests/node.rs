@@ -9,6 +9,23 @@ use peer::control::ControlClient;
 use peer::node::{self, RunOptions};
 use tests::wait_for;
 
+/// The offers in a node's book, once there is one (bounded by `wait_for`).
+async fn offers_seen(
+    client: &ControlClient,
+    what: &str,
+) -> anyhow::Result<Vec<peer::control::OfferView>> {
+    wait_for(what, async {
+        loop {
+            let o = client.offers().await?;
+            if !o.is_empty() {
+                return Ok(o);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
 fn loopback_opts(network: &GenesisEntry, bootstrap: Vec<libp2p::Multiaddr>) -> RunOptions {
     RunOptions::loopback(network.clone(), bootstrap)
 }
@@ -97,16 +114,7 @@ async fn a_provider_benchmarks_its_device_and_its_offer_reaches_a_requester() ->
     // The provider's first offer may go out before the requester joins the mesh;
     // it refreshes, and the requester also learns it on its first mesh message.
     // Wait (bounded) until the requester's order book holds it.
-    let offers = wait_for("the provider's offer in the requester's book", async {
-        loop {
-            let o = cr.offers().await?;
-            if !o.is_empty() {
-                return Ok(o);
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    })
-    .await?;
+    let offers = offers_seen(&cr, "the provider's offer in the requester's book").await?;
     assert_eq!(offers[0].provider, p.account.to_string());
     assert!(offers[0].speed_cu_per_s > 0.0, "{offers:?}");
     assert_eq!(offers[0].class, "Cpu");
@@ -138,16 +146,7 @@ async fn a_late_joiner_gets_an_existing_offer_without_waiting_for_a_refresh() ->
     )
     .await?;
     let cr = ControlClient::from_data_dir(&r_dir)?;
-    let offers = wait_for("the existing offer at the late joiner", async {
-        loop {
-            let o = cr.offers().await?;
-            if !o.is_empty() {
-                return Ok(o);
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    })
-    .await?;
+    let offers = offers_seen(&cr, "the existing offer at the late joiner").await?;
     assert_eq!(offers[0].provider, p.account.to_string());
     for n in [r, b, p] {
         n.shutdown().await?;
