@@ -30,6 +30,22 @@ pub struct StorageRow {
     pub ledger_read_s: f64,
 }
 
+/// Wait (up to `limit`) until `client` sees `target`'s spendable balance above
+/// `before`: the record's transfer is final in that node's ledger.
+async fn record_final(
+    client: &crate::control::ControlClient,
+    target: &str,
+    before: u64,
+    limit: Duration,
+    what: &str,
+) -> anyhow::Result<()> {
+    wait(limit, what, || async {
+        let b = client.balance(Some(target)).await?;
+        Ok((b.spendable > before).then_some(()))
+    })
+    .await
+}
+
 pub async fn storage(sizes_mb: &[u64]) -> anyhow::Result<Vec<StorageRow>> {
     let tmp = tempfile::tempdir()?;
     let swarm = LocalSwarm::start(tmp.path(), 0, EPOCH_SECS).await?;
@@ -55,25 +71,23 @@ pub async fn storage(sizes_mb: &[u64]) -> anyhow::Result<Vec<StorageRow>> {
         let t = Instant::now();
         let added = writer.add_blob(&file).await?;
         writer.transfer(&target, 1).await?;
-        wait(
+        record_final(
+            writer,
+            &target,
+            before,
             Duration::from_secs(10 * EPOCH_SECS + 10),
             "the checkpoint that finalizes the record",
-            || async {
-                let b = writer.balance(Some(&target)).await?;
-                Ok((b.spendable > before).then_some(()))
-            },
         )
         .await?;
         let ledger_write_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
         reader.get_blob(&added.ticket, &out).await?;
-        wait(
+        record_final(
+            reader,
+            &target,
+            before,
             Duration::from_secs(30),
             "the record at the reader",
-            || async {
-                let b = reader.balance(Some(&target)).await?;
-                Ok((b.spendable > before).then_some(()))
-            },
         )
         .await?;
         let ledger_read_s = t.elapsed().as_secs_f64();
