@@ -15,7 +15,7 @@
 //! settles with the quorum at hand once the wait is over. The ledger keeps the
 //! first valid settlement of a contract.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +44,10 @@ pub enum VerdictError {
     BadSignature,
     #[error("verdict for epoch {got}, committee is of epoch {expected}")]
     WrongEpoch { got: u64, expected: u64 },
+    /// The committee of that epoch was never learnt, or was dropped because no
+    /// contract refers to it any more (see [`Aggregator::set_committee`]).
+    #[error("verdict for epoch {0}, whose committee is not known")]
+    UnknownEpoch(u64),
     #[error("oracle {0:?} is not on the committee")]
     NotMember(AccountId),
     #[error("oracle {0:?} already gave a verdict on this contract")]
@@ -62,8 +66,9 @@ struct Pending {
     verdicts: Vec<(Verdict, Signed<Verdict>)>,
 }
 
-/// Committees of recent epochs kept, so contracts that straddle an epoch change
-/// are still settled by the committee that watched them.
+/// Committees of the latest epochs kept whether or not a contract refers to them,
+/// so verdicts on contracts this node does not watch still count for a while.
+/// Older committees are kept only while a contract refers to them.
 pub const EPOCHS_KEPT: u64 = 16;
 
 /// Collects verdicts per contract until a quorum settles it.
@@ -72,7 +77,10 @@ pub struct Aggregator {
     network: NetworkId,
     epoch: u64,
     committee: Vec<AccountId>,
-    committees: std::collections::BTreeMap<u64, Vec<AccountId>>,
+    committees: BTreeMap<u64, Vec<AccountId>>,
+    /// Per epoch, how many contracts still refer to its committee: pinned ones
+    /// (watched by the engine) plus pending ones holding verdicts of that epoch.
+    refs: BTreeMap<u64, usize>,
     fee: Bps,
     capacity: usize,
     pending: HashMap<Hash32, Pending>,
@@ -88,7 +96,8 @@ impl Aggregator {
             network,
             epoch: 0,
             committee: Vec::new(),
-            committees: std::collections::BTreeMap::new(),
+            committees: BTreeMap::new(),
+            refs: BTreeMap::new(),
             fee,
             capacity: capacity.max(1),
             pending: HashMap::new(),
@@ -99,19 +108,40 @@ impl Aggregator {
     }
 
     /// A new epoch and its committee. A contract stays with the committee of the
-    /// epoch its verdicts were given in: verdicts of the last [`EPOCHS_KEPT`]
-    /// epochs still count, each against its own epoch's committee.
+    /// epoch its verdicts were given in, however long it runs: a committee is
+    /// kept while it is one of the last [`EPOCHS_KEPT`], or while a contract
+    /// refers to it (pinned with [`Aggregator::pin_epoch`], or pending here with
+    /// verdicts of that epoch). Other committees are dropped.
     pub fn set_committee(&mut self, epoch: u64, committee: Vec<AccountId>) {
         self.committees.insert(epoch, committee.clone());
-        while let Some((&first, _)) = self.committees.first_key_value() {
-            if first + EPOCHS_KEPT > epoch {
-                break;
-            }
-            self.committees.remove(&first);
-        }
         if epoch >= self.epoch {
             self.epoch = epoch;
             self.committee = committee;
+        }
+        let latest = self.epoch;
+        let refs = &self.refs;
+        self.committees
+            .retain(|e, _| recent(*e, latest) || refs.contains_key(e));
+    }
+
+    /// Keep `epoch`'s committee until a matching [`Aggregator::unpin_epoch`]:
+    /// a contract of that epoch is being watched, and its verdicts are to come.
+    pub fn pin_epoch(&mut self, epoch: u64) {
+        *self.refs.entry(epoch).or_default() += 1;
+    }
+
+    /// Undo one [`Aggregator::pin_epoch`]; the committee is dropped once nothing
+    /// refers to it and it is not recent.
+    pub fn unpin_epoch(&mut self, epoch: u64) {
+        let Some(n) = self.refs.get_mut(&epoch) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            self.refs.remove(&epoch);
+            if !recent(epoch, self.epoch) {
+                self.committees.remove(&epoch);
+            }
         }
     }
 
@@ -173,11 +203,13 @@ impl Aggregator {
         if v.oracle != sv.signer {
             return Err(VerdictError::BadSignature);
         }
+        // Before the epoch: a straggler on a settled contract whose committee was
+        // dropped since is no unknown epoch.
+        if self.settled.contains(&v.contract) {
+            return Err(VerdictError::Settled);
+        }
         let Some(committee) = self.committees.get(&v.epoch) else {
-            return Err(VerdictError::WrongEpoch {
-                got: v.epoch,
-                expected: self.epoch,
-            });
+            return Err(VerdictError::UnknownEpoch(v.epoch));
         };
         if !committee.contains(&v.oracle) {
             return Err(VerdictError::NotMember(v.oracle));
@@ -190,14 +222,15 @@ impl Aggregator {
                 expected: e,
             });
         }
-        if self.settled.contains(&v.contract) {
-            return Err(VerdictError::Settled);
-        }
         if !self.pending.contains_key(&v.contract) && self.pending.len() >= self.capacity {
             return Err(VerdictError::Full);
         }
         let p = self.pending.entry(v.contract).or_default();
-        p.epoch = Some(v.epoch);
+        if p.epoch.is_none() {
+            p.epoch = Some(v.epoch);
+            // Unpinned when the contract settles.
+            *self.refs.entry(v.epoch).or_default() += 1;
+        }
         if p.verdicts.iter().any(|(x, _)| x.oracle == v.oracle) {
             return Err(VerdictError::Duplicate(v.oracle));
         }
@@ -279,7 +312,9 @@ impl Aggregator {
             outcome,
             payout: split,
         };
-        self.pending.remove(&contract);
+        if let Some(e) = self.pending.remove(&contract).and_then(|p| p.epoch) {
+            self.unpin_epoch(e);
+        }
         if self.settled_order.len() >= self.capacity
             && let Some(old) = self.settled_order.pop_front()
         {
@@ -289,6 +324,11 @@ impl Aggregator {
         self.settled_order.push_back(contract);
         Some(instruction)
     }
+}
+
+/// Whether `epoch` is among the last [`EPOCHS_KEPT`] up to `latest`.
+fn recent(epoch: u64, latest: u64) -> bool {
+    epoch.saturating_add(EPOCHS_KEPT) > latest
 }
 
 #[cfg(test)]
@@ -378,5 +418,57 @@ mod tests {
         assert_eq!(si.cert.epoch, 1);
         let committee: Vec<AccountId> = old.iter().map(Identity::account).collect();
         assert!(si.cert.check(&net, &committee).is_ok());
+    }
+
+    /// Old committees are kept only while something refers to them: a pin, or a
+    /// pending contract with verdicts of that epoch.
+    #[test]
+    fn old_committees_are_kept_only_while_referred_to() {
+        let net = NetworkId::named("agg");
+        let members: Vec<Identity> = (0..3).map(|i| Identity::from_seed(700 + i)).collect();
+        let committee: Vec<AccountId> = members.iter().map(Identity::account).collect();
+        let mut agg = Aggregator::new(net, Bps(100), 100);
+        let verdict = |o: &Identity, contract: &[u8], epoch| {
+            let v = Verdict {
+                contract: Hash32::of(contract),
+                epoch,
+                oracle: o.account(),
+                sla_ok: false,
+                violations: 0,
+                result_ok: false,
+                units: ComputeUnits::default(),
+                delivered: false,
+            };
+            Signed::sign(o, &net, &v).unwrap()
+        };
+        agg.set_committee(1, committee.clone());
+        agg.pin_epoch(1);
+        agg.set_committee(2, committee.clone());
+        agg.set_committee(3, committee.clone());
+        // Epoch 3's committee is held by a pending contract with one verdict.
+        assert_eq!(agg.add(verdict(&members[0], b"c3", 3)), Ok(None));
+        for e in 4..=3 + EPOCHS_KEPT {
+            agg.set_committee(e, committee.clone());
+        }
+        assert_eq!(agg.committees.len(), EPOCHS_KEPT as usize + 2);
+        assert_eq!(
+            agg.add(verdict(&members[0], b"c2", 2)),
+            Err(VerdictError::UnknownEpoch(2))
+        );
+        assert_eq!(agg.add(verdict(&members[1], b"c3", 3)), Ok(None));
+        assert_eq!(agg.add(verdict(&members[0], b"c1", 1)), Ok(None));
+        agg.unpin_epoch(1);
+        // Still held by the pending contract `c1`, until it is settled.
+        assert!(agg.committees.contains_key(&1));
+        agg.set_terms(Hash32::of(b"c1"), terms(&members[0], &members[1]));
+        assert!(agg.settle_now(Hash32::of(b"c1")).is_none());
+        assert_eq!(agg.add(verdict(&members[1], b"c1", 1)), Ok(None));
+        assert!(agg.settle_now(Hash32::of(b"c1")).is_some());
+        assert!(!agg.committees.contains_key(&1));
+        assert_eq!(
+            agg.add(verdict(&members[2], b"other", 1)),
+            Err(VerdictError::UnknownEpoch(1))
+        );
+        assert!(agg.committees.contains_key(&3));
     }
 }

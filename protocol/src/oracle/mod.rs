@@ -20,6 +20,9 @@
 //!    verdict is "not delivered", which refunds the requester.
 //! 5. [`OracleInput::Verdict`]s of the committee (its own included) are aggregated
 //!    ([`aggregate`]); ⌈2k/3⌉ matching ones yield an [`OracleOutput::Settle`].
+//!    A contract is judged by the committee of the epoch it started in, however
+//!    many epochs later its deadline falls: the engine pins that committee in the
+//!    aggregator while it watches the contract.
 //!
 //! ## The SLA model
 //!
@@ -202,6 +205,9 @@ pub struct OracleStats {
     pub settlements: u64,
     /// Contracts every member judged without a quorum.
     pub no_quorum: u64,
+    /// Verdicts refused because their epoch's committee is not known (also
+    /// counted in `ignored`).
+    pub unknown_epoch: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -402,6 +408,8 @@ impl<C: ResultChecker> OracleEngine<C> {
         if let Some(si) = self.aggregator.set_terms(id, terms.clone()) {
             self.settled(si, out);
         }
+        // Its verdicts, however late, are counted against this epoch's committee.
+        self.aggregator.pin_epoch(self.epoch);
         self.watches.insert(
             id,
             Watch {
@@ -536,7 +544,19 @@ impl<C: ResultChecker> OracleEngine<C> {
                     self.await_rest(now, c, out);
                 }
             }
-            Err(_) => self.stats.ignored += 1,
+            Err(e) => {
+                self.stats.ignored += 1;
+                if let VerdictError::UnknownEpoch(_) = e {
+                    self.stats.unknown_epoch += 1;
+                }
+            }
+        }
+    }
+
+    /// Stop watching `contract`, releasing its epoch's committee.
+    fn unwatch(&mut self, contract: &Hash32) {
+        if let Some(w) = self.watches.remove(contract) {
+            self.aggregator.unpin_epoch(w.epoch);
         }
     }
 
@@ -556,7 +576,7 @@ impl<C: ResultChecker> OracleEngine<C> {
     fn settled(&mut self, si: SettlementInstruction, out: &mut Vec<OracleOutput>) {
         self.stats.settlements += 1;
         // The contract is done, whether or not our own verdict was in.
-        self.watches.remove(&si.contract);
+        self.unwatch(&si.contract);
         out.push(OracleOutput::Settle(Box::new(si)));
     }
 
@@ -627,7 +647,7 @@ impl<C: ResultChecker> OracleEngine<C> {
             Err(_) => {}
         }
         if self.aggregator.is_settled(&id) {
-            self.watches.remove(&id);
+            self.unwatch(&id);
         }
     }
 
@@ -692,3 +712,6 @@ impl<C: ResultChecker> OracleEngine<C> {
         out
     }
 }
+
+#[cfg(test)]
+mod tests;

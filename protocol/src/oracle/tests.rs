@@ -1,0 +1,166 @@
+//! Oracle engines driven together, with their verdicts passed between them.
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::*;
+use crate::messages::{BlobRef, JobSpec, SlaTerms};
+use crate::types::PricePerCu;
+
+fn net() -> NetworkId {
+    NetworkId::named("oracle-tests")
+}
+
+/// A one-CU contract signed by both parties, due at `deadline`.
+fn contract(req: &Identity, prov: &Identity, now: Timestamp, deadline: Timestamp) -> Contract {
+    let spec = JobSpec::inference(
+        req.account(),
+        BlobRef {
+            hash: Hash32::of(b"dataset"),
+            size: 1,
+        },
+        ComputeUnits::from_milli(1_000),
+        PricePerCu(500),
+        now,
+        deadline,
+        1,
+    );
+    let terms = ContractTerms {
+        network: net(),
+        job: Hash32::of(b"job"),
+        spec,
+        requester: req.account(),
+        provider: prov.account(),
+        price: PricePerCu(500),
+        max_units: ComputeUnits::from_milli(1_000),
+        sla: SlaTerms {
+            deadline_slack: DurationMs(0),
+            availability: Bps(0),
+            penalty: Bps(0),
+        },
+        deadline,
+        created_at: now,
+    };
+    let mut c = Contract::new(&terms).expect("encodes");
+    c.add_signature(req, &net());
+    c.add_signature(prov, &net());
+    c
+}
+
+fn epoch(epoch: u64, committee: &[Identity]) -> OracleInput {
+    OracleInput::Epoch {
+        epoch,
+        committee: committee.iter().map(Identity::account).collect(),
+        beacon: Hash32::of(&epoch.to_le_bytes()),
+    }
+}
+
+/// A job due long after its contract: the committee rotates 25 times (more than
+/// [`aggregate::EPOCHS_KEPT`]) before the deadline passes without a receipt. The
+/// members that watched it still hold their epoch's committee, so their "not
+/// delivered" verdicts reach a quorum and the requester is refunded.
+#[test]
+fn verdicts_count_many_epochs_after_the_contract() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let (req, prov) = (Identity::from_seed(1), Identity::from_seed(2));
+    let members: Vec<Identity> = (0..3).map(|i| Identity::from_seed(10 + i)).collect();
+    let others: Vec<Identity> = (0..3).map(|i| Identity::from_seed(20 + i)).collect();
+    let cfg = OracleConfig::default();
+    let mut oracles: Vec<OracleEngine<DeferredChecker>> = members
+        .iter()
+        .map(|m| OracleEngine::new(m.clone(), net(), cfg, DeferredChecker))
+        .collect();
+
+    let start = Timestamp(1_000_000);
+    let deadline = start.plus(DurationMs::secs(86_400));
+    let c = contract(&req, &prov, start, deadline);
+    let id = c.body_hash();
+    for o in &mut oracles {
+        o.handle(start, epoch(1, &members), &mut rng);
+        o.handle(start, OracleInput::Contract(c.clone()), &mut rng);
+        assert_eq!(o.watching(), 1);
+    }
+    // 25 epochs pass, every other one with a committee none of them is on.
+    for e in 2..=26 {
+        let committee = if e % 2 == 0 { &others } else { &members };
+        let at = start.plus(DurationMs::secs(60 * e));
+        for o in &mut oracles {
+            o.handle(at, epoch(e, committee), &mut rng);
+        }
+    }
+
+    // The deadline passes with no receipt: each member publishes its verdict.
+    let due = deadline.plus(cfg.grace);
+    let mut published = Vec::new();
+    let mut settles = Vec::new();
+    for (i, o) in oracles.iter_mut().enumerate() {
+        for x in o.handle_timeout(due, &mut rng) {
+            match x {
+                OracleOutput::Publish(Message::Verdict(sv)) => published.push((i, sv)),
+                OracleOutput::Settle(si) => settles.push(si),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(published.len(), 3);
+    for (from, sv) in &published {
+        for (i, o) in oracles.iter_mut().enumerate() {
+            if i == *from {
+                continue;
+            }
+            for x in o.handle(due, OracleInput::Verdict(sv.clone()), &mut rng) {
+                if let OracleOutput::Settle(si) = x {
+                    settles.push(si);
+                }
+            }
+        }
+    }
+
+    assert_eq!(settles.len(), 3, "every member settles the contract");
+    let committee: Vec<AccountId> = members.iter().map(Identity::account).collect();
+    let terms = c.body_unverified().expect("decodes");
+    for (si, o) in settles.iter().zip(&oracles) {
+        assert_eq!(si.contract, id);
+        assert_eq!(si.cert.epoch, 1);
+        assert_eq!(**si, *settles[0], "the same certificate everywhere");
+        let (outcome, _) = si.cert.check(&net(), &committee).expect("valid cert");
+        assert!(!outcome.delivered);
+        assert_eq!(si.payout.provider.0, 0);
+        assert_eq!(Some(si.payout.escrow), terms.escrow());
+        assert_eq!(si.payout.total(), terms.escrow());
+        assert_eq!(o.stats().unknown_epoch, 0);
+        assert_eq!(o.watching(), 0);
+    }
+}
+
+/// A verdict for an epoch whose committee nobody holds any more is refused, and
+/// the refusal is counted.
+#[test]
+fn verdicts_for_a_forgotten_epoch_are_counted() {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let members: Vec<Identity> = (0..3).map(|i| Identity::from_seed(30 + i)).collect();
+    let mut o = OracleEngine::new(
+        members[0].clone(),
+        net(),
+        OracleConfig::default(),
+        DeferredChecker,
+    );
+    let now = Timestamp(1_000_000);
+    for e in 1..=(aggregate::EPOCHS_KEPT + 2) {
+        o.handle(now, epoch(e, &members), &mut rng);
+    }
+    let v = Verdict {
+        contract: Hash32::of(b"unwatched"),
+        epoch: 1,
+        oracle: members[1].account(),
+        sla_ok: false,
+        violations: 0,
+        result_ok: false,
+        units: ComputeUnits::default(),
+        delivered: false,
+    };
+    let sv = Signed::sign(&members[1], &net(), &v).expect("signs");
+    assert!(o.handle(now, OracleInput::Verdict(sv), &mut rng).is_empty());
+    assert_eq!(o.stats().unknown_epoch, 1);
+    assert_eq!(o.stats().ignored, 1);
+}
