@@ -110,8 +110,9 @@ pub struct State {
     pub unbonding: BTreeMap<AccountId, Vec<(u64, Amount)>>,
     /// Open escrows by contract id.
     pub escrows: BTreeMap<Hash32, Escrow>,
-    /// Contracts already settled (never locked or settled again).
-    pub settled: BTreeSet<Hash32>,
+    /// Contracts already settled (never locked or settled again), each with the
+    /// hash of the settlement entry that settled it.
+    pub settled: BTreeMap<Hash32, Hash32>,
     pub sla: BTreeMap<AccountId, Vec<SlaEvent>>,
     pub reputation: BTreeMap<AccountId, Reputation>,
     /// Committees by epoch (the next epoch's included).
@@ -188,7 +189,7 @@ impl State {
             stakes,
             unbonding: BTreeMap::new(),
             escrows: BTreeMap::new(),
-            settled: BTreeSet::new(),
+            settled: BTreeMap::new(),
             sla: BTreeMap::new(),
             reputation: BTreeMap::new(),
             schedule: BTreeMap::from([(1, first)]),
@@ -384,7 +385,7 @@ impl State {
                     ));
                 }
                 let id = contract.body_hash();
-                if self.escrows.contains_key(&id) || self.settled.contains(&id) {
+                if self.escrows.contains_key(&id) || self.settled.contains_key(&id) {
                     return Err(InvalidReason::AlreadyLocked(id));
                 }
                 let amount = terms.escrow().ok_or(InvalidReason::Overflow)?;
@@ -405,7 +406,7 @@ impl State {
                 payout: claimed,
             } => {
                 let Some(escrow) = self.escrows.get(&cert.contract) else {
-                    return Err(if self.settled.contains(&cert.contract) {
+                    return Err(if self.settled.contains_key(&cert.contract) {
                         InvalidReason::AlreadySettled(cert.contract)
                     } else {
                         InvalidReason::UnknownContract(cert.contract)
@@ -450,7 +451,7 @@ impl State {
                     self.credit(*o, *fee)?;
                 }
                 self.escrows.remove(&cert.contract);
-                self.settled.insert(cert.contract);
+                self.settled.insert(cert.contract, e.hash);
                 let good = outcome.delivered && outcome.result_ok;
                 let units = outcome.units.milli.min(max_units);
                 let rep = self.reputation.entry(provider).or_default();

@@ -573,6 +573,38 @@ fn three_replicas_converge_with_settlements_across_authors() {
 }
 
 #[test]
+fn settlements_are_found_by_contract_id() {
+    let net = Net::new(8, 4, 4);
+    let mut a = net.ledger(1);
+    let mut b = net.ledger(2);
+    let contract = net.contract(6, 7, 11);
+    let id = contract.body_hash();
+    let lock = Body::EscrowLock {
+        contract: contract.clone(),
+    };
+    a.append(&net.ids[6], lock, T0).unwrap();
+    // Locked, not settled yet.
+    assert!(a.settlement(&id).is_none());
+    let committee = a.committee_for_checkpoint(1).unwrap();
+    let params = a.params().clone();
+    let body = net.settlement(&contract, 1, &committee[..3], good_outcome(6_000), &params);
+    let Body::Settlement { cert, payout } = body.clone() else {
+        unreachable!()
+    };
+    let written = a.append(&net.ids[7], body, T0).unwrap();
+    assert_eq!(a.state().settled.get(&id), Some(&written.hash));
+    assert_eq!(a.settlement(&id), Some((cert.clone(), payout.clone())));
+    // Another replica finds it once synced, and it stays found once final.
+    sync(&mut a, &mut b);
+    assert_eq!(b.settlement(&id), Some((cert.clone(), payout.clone())));
+    finalize(&net, &mut a, 1, 0);
+    assert_eq!(a.settlement(&id), Some((cert, payout)));
+    let unknown = net.contract(6, 7, 12).body_hash();
+    assert!(a.settlement(&unknown).is_none());
+    assert!(b.settlement(&unknown).is_none());
+}
+
+#[test]
 fn mangled_sync_messages_never_panic_or_let_a_bad_entry_in() {
     let net = Net::new(6, 4, 4);
     let mut src = net.ledger(1);

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use automerge::{AutoCommit, ReadDoc, ScalarValue, Value, transaction::Transactable};
 use protocol::codec::{self, Wire};
-use protocol::settlement::quorum;
+use protocol::settlement::{Payout, QuorumCert, quorum};
 use protocol::signed::{Sig, sign_bytes, verify_bytes};
 use protocol::{AccountId, Amount, Hash32, Identity, MultiSigned, NetworkId, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -336,6 +336,18 @@ impl<S: Store> Ledger<S> {
     /// An entry by hash.
     pub fn entry(&self, hash: &Hash32) -> Option<&VerifiedEntry> {
         self.by_hash.get(hash).map(|e| &**e)
+    }
+
+    /// The certificate and payout that settled `contract`, from the settlement
+    /// entry the state indexes by contract id (no scan). `None` if the contract
+    /// is not settled, or if its settlement entry is one a snapshot covers (not
+    /// held).
+    pub fn settlement(&mut self, contract: &Hash32) -> Option<(QuorumCert, Payout)> {
+        let hash = *self.state().settled.get(contract)?;
+        match &self.entry(&hash)?.data.body {
+            Body::Settlement { cert, payout } => Some((cert.clone(), payout.clone())),
+            _ => None,
+        }
     }
 
     /// Every entry held, by author then seq (forks included): what
@@ -1050,7 +1062,7 @@ fn unreachable_view() -> View {
             stakes: BTreeMap::new(),
             unbonding: BTreeMap::new(),
             escrows: BTreeMap::new(),
-            settled: BTreeSet::new(),
+            settled: BTreeMap::new(),
             sla: BTreeMap::new(),
             reputation: BTreeMap::new(),
             schedule: BTreeMap::new(),
