@@ -84,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(got.len() == n);
     // Encrypted: seal, encrypt, add, fetch, decrypt.
     let t = Instant::now();
-    let key = crypto::JobKey::random();
+    let key = crypto::random_key();
     let sealed = crypto::seal_job_key(&req, &prov.account(), &contract, &key)?;
     let ct = crypto::encrypt(&key, "dataset", &contract, &plain);
     let enc = t.elapsed().as_secs_f64();

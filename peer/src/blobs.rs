@@ -320,7 +320,7 @@ mod tests {
 
         // The requester encrypts a data set for the provider and adds it.
         let contract = Hash32::of(b"contract-1");
-        let key = crypto::JobKey::random();
+        let key = crypto::random_key();
         let plain: Vec<u8> = (0..3 * crypto::CHUNK / 2)
             .map(|i| (i % 253) as u8)
             .collect();

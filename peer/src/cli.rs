@@ -714,7 +714,11 @@ fn remote(cli: &Cli) -> anyhow::Result<()> {
                     .await?;
                 print(json, &done, print_job)?;
                 if !done.ok {
-                    anyhow::bail!("job {} ended {}", done.id, done.state);
+                    anyhow::bail!(
+                        "job {} ended {}",
+                        done.id,
+                        done.outcome.as_deref().unwrap_or(&done.state)
+                    );
                 }
                 Ok(())
             }
@@ -726,11 +730,12 @@ fn remote(cli: &Cli) -> anyhow::Result<()> {
                     }
                     for j in v {
                         println!(
-                            "{}  {:<10} {:<9} {}",
+                            "{}  {:<10} {:<9} {:<12} {}",
                             &j.id[..12],
                             j.kind,
                             j.state,
-                            j.provider.as_deref().map(|p| &p[..12]).unwrap_or("-")
+                            j.provider.as_deref().map(|p| &p[..12]).unwrap_or("-"),
+                            j.outcome.as_deref().unwrap_or("")
                         );
                     }
                 })
@@ -779,6 +784,9 @@ fn print_job(j: &crate::control::JobView) {
     println!("job        {}", j.id);
     println!("kind       {}", j.kind);
     println!("state      {}{}", j.state, if j.ok { " (ok)" } else { "" });
+    if let Some(o) = &j.outcome {
+        println!("outcome    {o}");
+    }
     if let Some(p) = &j.provider {
         println!("provider   {p}");
     }

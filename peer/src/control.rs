@@ -153,8 +153,11 @@ pub struct JobEvent {
 pub struct JobView {
     pub id: String,
     pub kind: String,
-    /// matching, proposed, running, delivered, settled, failed, expired
+    /// matching, proposed, running, delivered, failing, settled, expired, refused
     pub state: String,
+    /// How it ended, or why it is failing: `ok`, `failed: wrong result
+    /// (refunded)`, `refunded: not delivered`, `expired: …`, `refused: …`.
+    pub outcome: Option<String>,
     /// Whether the job reached its end (settled, failed or expired).
     pub done: bool,
     /// Whether it ended well: settled with a correct, delivered result.

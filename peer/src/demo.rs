@@ -121,6 +121,7 @@ impl LocalSwarm {
             probe_every: DurationMs::secs(5),
             offer_ttl: DurationMs::secs(120),
             deadline_slack: DurationMs::secs(5),
+            ..Timing::default()
         };
         let mut nodes: Vec<RunningNode> = Vec::new();
         let mut boot = Vec::new();

@@ -2,8 +2,9 @@
 //!
 //! The binary anyone runs. It owns everything that touches the outside world: the
 //! data directory and its key, the libp2p swarm, the iroh blob endpoint, the local
-//! control API and the command line, and it drives the sans-IO engines of
-//! `protocol` and `crdt-ledger` and the workloads of `compute` from them.
+//! control API and the command line. It drives the sans-IO node core
+//! ([`node_core`]), which owns the engines and the ledger replica, and runs the
+//! workloads of `compute` that the core asks for.
 
 pub mod blobs;
 pub mod cli;
@@ -11,7 +12,6 @@ pub mod config;
 pub mod control;
 pub mod crypto;
 pub mod demo;
-pub mod direct;
 pub mod genesis;
 pub mod jobfile;
 pub mod net;

@@ -437,8 +437,10 @@ pub enum NetEvent {
         data: Vec<u8>,
         channel: ResponseChannel<Vec<u8>>,
     },
-    /// A peer connected.
+    /// A peer connected (its first connection).
     Connected(PeerId),
+    /// A peer's last connection closed.
+    Disconnected(PeerId),
     /// A gossiped message was rejected (for metrics and tests).
     Rejected { from: PeerId, reason: String },
 }
@@ -765,13 +767,21 @@ impl<V: Validator> EventLoop<V> {
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
+                num_established,
                 ..
             } => {
                 if let Some(reply) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Ok(()));
                 }
-                self.emit(NetEvent::Connected(peer_id)).await;
+                if num_established.get() == 1 {
+                    self.emit(NetEvent::Connected(peer_id)).await;
+                }
             }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => self.emit(NetEvent::Disconnected(peer_id)).await,
             SwarmEvent::OutgoingConnectionError {
                 error,
                 connection_id,

@@ -87,22 +87,124 @@ fn node_opts(g: &crdt_ledger::GenesisEntry, boot: &[libp2p::Multiaddr]) -> RunOp
         probe_every: DurationMs::secs(1),
         offer_ttl: DurationMs::secs(60),
         deadline_slack: DurationMs::secs(1),
+        ..Timing::default()
     };
     o
 }
 
-async fn wait_job(c: &ControlClient, id: &str, pred: impl Fn(&JobView) -> bool) -> JobView {
-    wait_for("the job's next state", async {
+/// Wait, up to `bound`, for the job to satisfy `pred`. Bounds are generous: a
+/// job's own deadline and grace, plus a loaded machine.
+async fn wait_job(
+    c: &ControlClient,
+    id: &str,
+    bound: Duration,
+    pred: impl Fn(&JobView) -> bool,
+) -> JobView {
+    let wait = async {
         loop {
             let v = c.job(id).await?;
             if pred(&v) {
-                return Ok(v);
+                return anyhow::Ok(v);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    };
+    match tokio::time::timeout(bound, wait).await {
+        Ok(v) => v.unwrap(),
+        Err(_) => panic!(
+            "the job did not reach the state awaited in {bound:?}: {:#?}",
+            c.job(id).await
+        ),
+    }
+}
+
+/// A swarm of `n` nodes on loopback: 0..3 the committee, then `providers`
+/// providers (CPU backend), the rest requesters. Each requester gets
+/// `setup(&mut RunOptions)` before it starts.
+async fn swarm(
+    tmp: &std::path::Path,
+    name: &str,
+    providers: usize,
+    requesters: usize,
+    setup: impl Fn(&mut RunOptions),
+) -> anyhow::Result<(Vec<Option<RunningNode>>, Vec<protocol::AccountId>)> {
+    let n = 3 + providers + requesters;
+    let dirs: Vec<DataDir> = (0..n)
+        .map(|i| DataDir::init(&tmp.join(format!("n{i}"))).unwrap())
+        .collect();
+    let acc: Vec<_> = dirs.iter().map(|d| d.identity.account()).collect();
+    let g = tests::genesis(name, &acc[3..], &acc[0..3]);
+    let mut nodes: Vec<Option<RunningNode>> = Vec::new();
+    let mut boot = Vec::new();
+    for (i, mut d) in dirs.into_iter().enumerate() {
+        let mut o = node_opts(&g, &boot);
+        o.oracle = i < 3;
+        o.provider = (3..3 + providers).contains(&i);
+        if i >= 3 + providers {
+            setup(&mut o);
+        }
+        d.config.provider.backend = "cpu".into();
+        let n = node::start(d, o).await?;
+        if i == 0 {
+            boot.push(n.dial_addr().await?);
+        }
+        nodes.push(Some(n));
+    }
+    Ok((nodes, acc))
+}
+
+/// Wait until a node sees `peers` peers (and, for a requester that keeps a
+/// book, `offers` offers), then one gossip heartbeat for the mesh.
+async fn settled_in(c: &ControlClient, peers: usize, offers: usize) -> anyhow::Result<()> {
+    wait_for("a full swarm", async {
+        loop {
+            if c.offers().await?.len() >= offers && c.status().await?.connected_peers >= peers {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     })
-    .await
-    .unwrap()
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1_500)).await; // gossip mesh heartbeat
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_no_offer_fits_is_posted_as_a_bid_answered_and_settled() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    // The requester keeps no order book: whatever it submits fits no offer it
+    // knows, so it posts an open bid; the provider answers with a proposal, the
+    // requester accepts, and the provider sends the contract back directly.
+    let (nodes, acc) = swarm(tmp.path(), "open-bid", 1, 1, |o| o.book_capacity = 0).await?;
+    let c = ControlClient::from_data_dir(&tmp.path().join("n4"))?;
+    settled_in(&c, 4, 0).await?;
+    assert!(
+        c.offers().await?.is_empty(),
+        "a requester with no book kept an offer"
+    );
+    let data = tmp.path().join("wine.safetensors");
+    compute::datasets::write_builtin(compute::datasets::Builtin::WineQuality, &data)?;
+    let job = JobRequest {
+        deadline_secs: 60,
+        ..JobRequest::train_mlp(data, 20, 1)
+    };
+    let v = c.submit(&job).await?;
+    let done = wait_job(&c, &v.id, Duration::from_secs(120), |v| v.done).await;
+    assert_eq!(done.state, "settled", "{done:#?}");
+    assert_eq!(done.outcome.as_deref(), Some("ok"), "{done:#?}");
+    assert!(done.ok, "{done:#?}");
+    assert_eq!(done.provider, Some(acc[3].to_string()));
+    assert!(
+        done.events
+            .iter()
+            .any(|e| e.what.contains("the bid stays open")),
+        "the job was not posted as a bid: {done:#?}"
+    );
+    assert!(done.paid.unwrap() > 0, "{done:?}");
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await?;
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,18 +246,22 @@ async fn a_provider_killed_mid_job_ends_in_a_refund_and_a_restart_keeps_the_ledg
     compute::datasets::write_builtin(compute::datasets::Builtin::WineQuality, &data)?;
     // Long enough (seconds) to be killed in the middle.
     let job = JobRequest {
-        deadline_secs: 4,
+        deadline_secs: 20,
         ..JobRequest::train_mlp(data, 10_000, 1)
     };
     let v = c.submit(&job).await?;
-    let running = wait_job(&c, &v.id, |v| v.state == "running" || v.done).await;
+    let running = wait_job(&c, &v.id, Duration::from_secs(60), |v| {
+        v.state == "running" || v.done
+    })
+    .await;
     let offers = c.offers().await?;
     assert_eq!(running.state, "running", "{running:#?} {offers:#?}");
     assert_eq!(running.provider, Some(acc[3].to_string()));
     nodes[3].take().unwrap().kill().await;
 
-    let done = wait_job(&c, &v.id, |v| v.done).await;
+    let done = wait_job(&c, &v.id, Duration::from_secs(120), |v| v.done).await;
     assert_eq!(done.state, "settled", "{done:#?}");
+    assert_eq!(done.outcome.as_deref(), Some("refunded: not delivered"));
     assert!(
         done.verdict.as_ref().unwrap().contains("delivered=false"),
         "{done:?}"

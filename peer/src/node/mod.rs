@@ -1,36 +1,26 @@
-//! The running node: the network loop, the blob node, the ledger and the control
-//! API, and the node loop that ties them to the engines.
+//! The running node: a thin tokio driver of the [`node_core::NodeCore`].
 //!
 //! Tasks: the libp2p [`net::EventLoop`] (owns the swarm), the iroh router (owns the
-//! blob endpoint), the control API server, and the node loop here. The node loop
-//! owns the engines (requester always; provider and oracle by role) and the
-//! ledger, and runs `tokio::select!` over network events, control requests, the
-//! results of background work (fetching blobs, running and checking jobs) and the
-//! engines' timers. Engines never wait: what takes long runs beside the loop and
-//! comes back as a [`Work`] event.
-//!
-//! The roles' halves of a job's life are in [`requester`], [`provider`] and
-//! [`oracle`]; the ledger's sync and the committee's checkpoints in [`ledger`].
+//! blob endpoint), the control API server, and the driver loop here, which owns
+//! the core. The loop runs `tokio::select!` over network events, control
+//! requests, the results of background work and the core's timer; it turns each
+//! into an [`Input`], and the core's [`Output`]s into gossip, direct messages,
+//! blob transfers and compute jobs ([`tasks`]), whose results come back as
+//! inputs. Every protocol decision is the core's; what this module decides is
+//! only how to carry bytes and when to look peers up in the DHT.
 
-mod ledger;
-mod oracle;
-mod provider;
-mod requester;
+mod tasks;
+mod views;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use crdt_ledger::{FileStore, GenesisEntry, Ledger, PeerState};
+use crdt_ledger::{FileStore, GenesisEntry, Ledger};
 use libp2p::{Multiaddr, PeerId};
-use protocol::market::{
-    ProviderEngine, ProviderInput, RequesterConfig, RequesterEngine, RequesterInput,
-};
-use protocol::oracle::{DeferredChecker, OracleConfig, OracleEngine};
-use protocol::{
-    AccountId, Bps, DurationMs, Frame, Hash32, Identity, Message, NetworkId, Timestamp,
-};
+use node_core::{CoreConfig, Direct, Input, NodeCore, Output, PreparedJob, Via};
+use protocol::{AccountId, Frame, Hash32};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tokio::sync::{mpsc, oneshot};
@@ -38,58 +28,17 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::blobs::{BlobNode, StoreKind};
 use crate::config::DataDir;
-use crate::control::{self, BlobAdded, BlobFetched, ControlRequest, OfferView, Status};
-use crate::direct::Direct;
+use crate::control::{self, BlobAdded, BlobFetched, ControlRequest, JobView, Status};
 use crate::net::{self, BasicValidator, NetEvent, NetOptions};
 
-pub use requester::JobRequest;
+pub use crate::control::JobRequest;
+pub use node_core::Timing;
 
-/// How often the loop does its housekeeping (ledger sync refresh, committee
-/// timers, retries).
+/// How often the loop refreshes the ledger sync with every peer (the core's own
+/// timers wake it as well).
 const TICK: std::time::Duration = std::time::Duration::from_millis(250);
 /// How often the DHT is asked for providers (the first time at start).
 const DISCOVER_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Timing of the market and the committee. The defaults suit a real network; a
-/// demo or a test shortens them.
-#[derive(Debug, Clone, Copy)]
-pub struct Timing {
-    /// How long after a deadline a receipt is still awaited.
-    pub grace: DurationMs,
-    /// How long after a receipt the committee waits for a dispute.
-    pub dispute_window: DurationMs,
-    /// How often oracles probe a provider while it works.
-    pub probe_every: DurationMs,
-    /// How long an offer lives before the provider refreshes it.
-    pub offer_ttl: DurationMs,
-    /// The margin a provider adds to its estimated finish time (its SLA term).
-    pub deadline_slack: DurationMs,
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        Timing {
-            grace: DurationMs::secs(60),
-            dispute_window: DurationMs::secs(10),
-            probe_every: DurationMs::secs(30),
-            offer_ttl: DurationMs::secs(600),
-            deadline_slack: DurationMs::secs(30),
-        }
-    }
-}
-
-impl Timing {
-    /// Short timeouts for local testbeds and tests.
-    pub fn quick() -> Self {
-        Timing {
-            grace: DurationMs::secs(5),
-            dispute_window: DurationMs::secs(1),
-            probe_every: DurationMs::secs(2),
-            offer_ttl: DurationMs::secs(120),
-            deadline_slack: DurationMs::secs(2),
-        }
-    }
-}
 
 /// How the node runs (from the config file and the command line).
 #[derive(Debug, Clone)]
@@ -109,6 +58,9 @@ pub struct RunOptions {
     /// A provider that fakes its results (to show the committee catching it).
     pub faulty: bool,
     pub timing: Timing,
+    /// Most offers the requester keeps in its order book; 0 keeps none and
+    /// posts every job as an open bid.
+    pub book_capacity: usize,
 }
 
 impl RunOptions {
@@ -139,6 +91,7 @@ impl RunOptions {
             oracle: false,
             faulty: false,
             timing: Timing::default(),
+            book_capacity: protocol::market::BookConfig::default().capacity,
         })
     }
 
@@ -160,6 +113,7 @@ impl RunOptions {
             oracle: false,
             faulty: false,
             timing: Timing::default(),
+            book_capacity: protocol::market::BookConfig::default().capacity,
         }
     }
 }
@@ -219,72 +173,37 @@ impl RunningNode {
 /// The result of work done beside the loop.
 #[derive(Debug)]
 enum Work {
-    /// The provider ran (or failed to run) a contract's job.
-    Ran {
-        contract: Hash32,
-        result: anyhow::Result<provider::RanJob>,
-    },
-    /// A committee member checked a delivered result.
-    Checked {
-        contract: Hash32,
-        result: anyhow::Result<compute::verify::Verdict>,
-    },
-    /// The requester fetched and decrypted a result.
-    Fetched {
-        job: Hash32,
-        result: anyhow::Result<requester::Fetched>,
-    },
+    /// The core's input, ready.
+    Input(Input),
     /// Providers found in the DHT under a resource class.
     Providers(Vec<PeerId>),
     /// The requester's inputs are encrypted and stored: submit the job.
     Prepared {
-        result: anyhow::Result<requester::Prepared>,
-        reply: oneshot::Sender<anyhow::Result<control::JobView>>,
+        result: anyhow::Result<PreparedJob>,
+        reply: oneshot::Sender<anyhow::Result<JobView>>,
     },
 }
 
-/// A job key handed to this node (as provider or committee member).
-#[derive(Debug, Clone)]
-struct Grant {
-    key: crate::crypto::JobKey,
-    requester: AccountId,
-    contact: Vec<String>,
-}
-
-struct NodeLoop {
+struct Driver {
     dir: DataDir,
-    identity: Identity,
-    network: NetworkId,
     opts: RunOptions,
+    core: NodeCore<FileStore>,
     net: net::Client,
     blobs: BlobNode,
-    ledger: Ledger<FileStore>,
-    /// Automerge sync state per connected peer.
-    sync: HashMap<PeerId, PeerState>,
-    /// Every node is a requester: it keeps the order book of offers it hears.
-    requester: RequesterEngine,
-    provider: Option<ProviderEngine>,
-    oracle: Option<OracleEngine<DeferredChecker>>,
-    /// The epoch last handed to the oracle engine.
-    oracle_epoch: Option<u64>,
-    /// The provider's latest signed offer, handed to each peer that connects so a
-    /// late joiner need not wait for the next refresh.
-    last_offer: Option<protocol::Signed<protocol::Offer>>,
-    /// Where each provider serves blobs (from its offers).
-    contacts: HashMap<AccountId, Vec<String>>,
     rng: ChaCha20Rng,
     connected: HashSet<PeerId>,
     work_tx: mpsc::Sender<Work>,
-    /// The requester's jobs by job id, and contract → job.
-    jobs: BTreeMap<Hash32, requester::LocalJob>,
-    job_of: HashMap<Hash32, Hash32>,
-    /// Keys handed to us, by contract.
-    grants: HashMap<Hash32, Grant>,
-    prov: provider::State,
-    orc: oracle::State,
-    ckpt: ledger::CommitteeState,
-    /// The ledger changed since the engines last looked.
-    ledger_dirty: bool,
+    out: Vec<Output>,
+}
+
+/// The account behind a libp2p peer id (every peer's id is its ed25519 key).
+fn account_of(peer: &PeerId) -> Option<AccountId> {
+    let mh: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    if mh.code() != 0 {
+        return None; // not an identity multihash: not an inlined ed25519 key
+    }
+    let pk = libp2p::identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
+    Some(AccountId(pk.try_into_ed25519().ok()?.to_bytes()))
 }
 
 /// Start a node from its data directory.
@@ -323,67 +242,48 @@ pub async fn start(dir: DataDir, opts: RunOptions) -> anyhow::Result<RunningNode
     let (control_addr, _server) = control::serve(&dir.path, opts.control, ctl_tx).await?;
     info!(parent: &span, %control_addr, "control API listening");
     let provider = if opts.provider {
-        let cfg = provider::config(&dir, &blobs, &opts)
-            .instrument(span.clone())
-            .await?;
-        Some(ProviderEngine::new(dir.identity.clone(), network, cfg))
+        Some(
+            tasks::provider_config(&dir, &blobs, &opts)
+                .instrument(span.clone())
+                .await?,
+        )
     } else {
         None
     };
-    let oracle = opts.oracle.then(|| {
-        let cfg = OracleConfig {
-            // Every receipt is re-checked: one link of a chain or a sample of rows
-            // costs little next to the job, and a node has few contracts.
-            verify_share: Bps(10_000),
-            // The ledger checks settlements against the genesis fee.
-            fee: opts.genesis.genesis().params.oracle_fee,
-            grace: opts.timing.grace,
-            dispute_window: opts.timing.dispute_window,
-            probe_every: opts.timing.probe_every,
-            delivery_tolerance: DurationMs::secs(5),
-            quorum_wait: DurationMs::secs(2),
-            ..OracleConfig::default()
-        };
-        OracleEngine::new(dir.identity.clone(), network, cfg, DeferredChecker)
-    });
+    let core = NodeCore::new(
+        dir.identity.clone(),
+        ledger,
+        CoreConfig {
+            provider,
+            oracle: opts.oracle,
+            contact: blobs.contact(),
+            timing: opts.timing,
+            book: protocol::market::BookConfig {
+                capacity: opts.book_capacity,
+                ..Default::default()
+            },
+        },
+    );
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("OS random number generator: {e}"))?;
     let (stop_tx, stop_rx) = oneshot::channel();
     let (work_tx, work_rx) = mpsc::channel(256);
-    let node = NodeLoop {
-        requester: RequesterEngine::new(
-            dir.identity.clone(),
-            network,
-            RequesterConfig {
-                grace: opts.timing.grace,
-                ..RequesterConfig::default()
-            },
-        ),
-        provider,
-        oracle,
-        oracle_epoch: None,
-        last_offer: None,
-        contacts: HashMap::new(),
+    let driver = Driver {
+        core,
         rng: ChaCha20Rng::from_seed(seed),
-        identity: dir.identity.clone(),
         dir,
-        network,
         opts,
         net: client.clone(),
         blobs: blobs.clone(),
-        ledger,
-        sync: HashMap::new(),
-        connected: Default::default(),
+        connected: HashSet::new(),
         work_tx,
-        jobs: BTreeMap::new(),
-        job_of: HashMap::new(),
-        grants: HashMap::new(),
-        prov: Default::default(),
-        orc: Default::default(),
-        ckpt: Default::default(),
-        ledger_dirty: false,
+        out: Vec::new(),
     };
-    let task = tokio::spawn(node.run(events, ctl_rx, work_rx, stop_rx).instrument(span));
+    let task = tokio::spawn(
+        driver
+            .run(events, ctl_rx, work_rx, stop_rx)
+            .instrument(span),
+    );
     Ok(RunningNode {
         account,
         control_addr,
@@ -395,7 +295,7 @@ pub async fn start(dir: DataDir, opts: RunOptions) -> anyhow::Result<RunningNode
     })
 }
 
-impl NodeLoop {
+impl Driver {
     async fn run(
         mut self,
         mut events: mpsc::Receiver<NetEvent>,
@@ -403,26 +303,21 @@ impl NodeLoop {
         mut work: mpsc::Receiver<Work>,
         mut stop: oneshot::Receiver<()>,
     ) {
-        if let Some(p) = &self.provider {
+        if let Some(class) = self.core.provider().map(|p| p.config().class) {
             // Announce ourselves in the DHT under our resource class.
-            let (net, class) = (self.net.clone(), p.config().class);
+            let net = self.net.clone();
             tokio::spawn(async move {
                 if let Err(e) = net.start_providing(class).await {
                     debug!(%e, "cannot announce in the DHT yet");
                 }
             });
-            let out = self.provider_handle(ProviderInput::Start);
-            self.on_provider_out(out).await;
         }
+        self.input(Input::Start);
         let mut discover = tokio::time::interval(DISCOVER_EVERY);
-        if self.oracle.is_some() {
-            self.stake_for_committee();
-        }
-        self.on_ledger_changed().await;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let next = self.next_timer();
+            let next = self.core.poll_timeout();
             let timer = async move {
                 match next {
                     Some(at) => {
@@ -435,89 +330,112 @@ impl NodeLoop {
             tokio::select! {
                 Some(e) = events.recv() => self.on_net(e).await,
                 Some(r) = control.recv() => self.on_control(r).await,
-                Some(w) = work.recv() => self.on_work(w).await,
-                _ = timer => self.on_timers().await,
-                _ = tick.tick() => self.on_tick().await,
+                Some(w) = work.recv() => self.on_work(w),
+                _ = timer => self.input(Input::Tick),
+                _ = tick.tick() => self.input(Input::Tick),
                 _ = discover.tick() => self.discover_providers(),
                 _ = &mut stop => break,
-            }
-            // What the event wrote or synced into the ledger may settle or
-            // finalize something; acting on it may write again (bounded).
-            for _ in 0..8 {
-                if !std::mem::take(&mut self.ledger_dirty) {
-                    break;
-                }
-                self.on_ledger_changed().await;
-                self.sync_all().await;
             }
         }
         info!("node stopped");
     }
 
-    /// The earliest engine timer.
-    fn next_timer(&self) -> Option<Timestamp> {
-        [
-            self.requester.poll_timeout(),
-            self.provider
-                .as_ref()
-                .and_then(ProviderEngine::poll_timeout),
-            self.oracle.as_ref().and_then(OracleEngine::poll_timeout),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+    /// Hand the core one input and carry out what it asks.
+    fn input(&mut self, input: Input) {
+        self.core
+            .handle(net::now(), input, &mut self.rng, &mut self.out);
+        self.carry_out();
     }
 
-    async fn on_timers(&mut self) {
-        let now = net::now();
-        if let Some(p) = self.provider.as_mut() {
-            let out = p.handle_timeout(now, &mut self.rng);
-            self.on_provider_out(out).await;
-        }
-        if let Some(o) = self.oracle.as_mut() {
-            let out = o.handle_timeout(now, &mut self.rng);
-            self.on_oracle_out(out).await;
-        }
-        let rep = self.reputation();
-        let out = self.requester.handle_timeout(now, &rep, &mut self.rng);
-        self.on_requester_out(out).await;
-    }
-
-    /// Housekeeping: the committee's checkpoint timer, retries, ledger sync.
-    async fn on_tick(&mut self) {
-        self.checkpoint_tick().await;
-        self.oracle_tick().await;
-        self.sync_all().await;
-    }
-
-    /// Look providers up in the DHT (beside the loop).
-    fn discover_providers(&self) {
-        let (net, tx) = (self.net.clone(), self.work_tx.clone());
-        tokio::spawn(async move {
-            let mut found = Vec::new();
-            for class in [protocol::ResourceClass::Gpu, protocol::ResourceClass::Cpu] {
-                match net.get_providers(class).await {
-                    Ok(p) => found.extend(p),
-                    Err(e) => debug!(%e, "DHT provider lookup failed"),
+    fn carry_out(&mut self) {
+        for o in std::mem::take(&mut self.out) {
+            match o {
+                Output::Publish(m) => {
+                    let (net, frame) = (self.net.clone(), Frame::new(self.core.network(), m));
+                    tokio::spawn(async move {
+                        // No peer subscribed yet is normal at start; the next
+                        // refresh retries.
+                        if let Err(e) = net.publish(frame).await {
+                            debug!(%e, "publish failed");
+                        }
+                    });
                 }
+                Output::Send { to, msg } => match to.peer_id() {
+                    Ok(peer) => self.send_direct(peer, msg),
+                    Err(e) => warn!(%e, "cannot address a peer"),
+                },
+                Output::Run {
+                    contract,
+                    terms,
+                    grant,
+                } => {
+                    let blobs = self.blobs.clone();
+                    let pref = tasks::backend_preference(&self.dir);
+                    let faulty = self.opts.faulty;
+                    self.spawn(async move {
+                        let result =
+                            tasks::run_job(blobs, grant, *terms, contract, pref, faulty).await;
+                        Input::Ran {
+                            contract,
+                            result: result.map_err(|e| format!("{e:#}")),
+                        }
+                    });
+                }
+                Output::Check {
+                    contract,
+                    terms,
+                    receipt,
+                    grant,
+                    provider_contact,
+                    seed,
+                } => {
+                    let blobs = self.blobs.clone();
+                    self.spawn(async move {
+                        let result = tasks::check_job(
+                            blobs,
+                            grant,
+                            *terms,
+                            *receipt,
+                            provider_contact,
+                            seed,
+                        )
+                        .await;
+                        Input::Checked { contract, result }
+                    });
+                }
+                Output::FetchResult {
+                    job,
+                    receipt,
+                    key,
+                    provider_contact,
+                } => {
+                    let blobs = self.blobs.clone();
+                    let results = self.dir.path.join("results");
+                    self.spawn(async move {
+                        let result = tasks::fetch_for_requester(
+                            blobs,
+                            results,
+                            job,
+                            *receipt,
+                            key,
+                            provider_contact,
+                        )
+                        .await;
+                        Input::Fetched { job, result }
+                    });
+                }
+                other => debug!(?other, "output not carried by this driver"),
             }
-            if !found.is_empty() {
-                let _ = tx.send(Work::Providers(found)).await;
-            }
+        }
+    }
+
+    /// Run work beside the loop; its result comes back as an input.
+    fn spawn(&self, work: impl Future<Output = Input> + Send + 'static) {
+        let tx = self.work_tx.clone();
+        tokio::spawn(async move {
+            let input = work.await;
+            let _ = tx.send(Work::Input(input)).await;
         });
-    }
-
-    /// Where a provider serves blobs (from its offers).
-    fn contact_of(&self, provider: &AccountId) -> Vec<String> {
-        self.contacts.get(provider).cloned().unwrap_or_default()
-    }
-
-    async fn send(&self, to: &AccountId, message: Message) {
-        let peer = match to.peer_id() {
-            Ok(p) => p,
-            Err(e) => return warn!(%e, "cannot address a peer"),
-        };
-        self.send_direct(peer, Direct::Frame(Frame::new(self.network, message)));
     }
 
     /// Send a direct message beside the loop (answers come back as messages of
@@ -538,134 +456,106 @@ impl NodeLoop {
         });
     }
 
-    async fn publish(&self, message: Message) {
-        if let Err(e) = self.net.publish(Frame::new(self.network, message)).await {
-            // No peer subscribed yet is normal at start; the next refresh retries.
-            debug!(%e, "publish failed");
-        }
+    /// Look providers up in the DHT (beside the loop).
+    fn discover_providers(&self) {
+        let (net, tx) = (self.net.clone(), self.work_tx.clone());
+        tokio::spawn(async move {
+            let mut found = Vec::new();
+            for class in [protocol::ResourceClass::Gpu, protocol::ResourceClass::Cpu] {
+                match net.get_providers(class).await {
+                    Ok(p) => found.extend(p),
+                    Err(e) => debug!(%e, "DHT provider lookup failed"),
+                }
+            }
+            if !found.is_empty() {
+                let _ = tx.send(Work::Providers(found)).await;
+            }
+        });
     }
 
     async fn on_net(&mut self, e: NetEvent) {
         match e {
-            NetEvent::Gossip { frame, .. } => self.on_message(frame.message, true).await,
+            NetEvent::Gossip { from, frame } => self.input(Input::Message {
+                from: account_of(&from),
+                via: Via::Gossip,
+                msg: frame.message,
+            }),
             NetEvent::Request {
                 from,
                 data,
                 channel,
             } => {
                 let _ = self.net.respond(channel, Vec::new()).await;
-                match Direct::from_bytes(&data, &self.network) {
-                    Ok(Direct::Frame(f)) => self.on_message(f.message, false).await,
-                    Ok(Direct::LedgerSync(b)) => self.on_sync(from, &b).await,
-                    Ok(Direct::Proposal(p)) => self.on_proposal(from, *p).await,
+                let Some(account) = account_of(&from) else {
+                    return debug!(%from, "a request from a peer with no ed25519 key");
+                };
+                let input = match Direct::from_bytes(&data, &self.core.network()) {
+                    Ok(Direct::Frame(f)) => Input::Message {
+                        from: Some(account),
+                        via: Via::Direct,
+                        msg: f.message,
+                    },
+                    Ok(Direct::LedgerSync(bytes)) => Input::Sync {
+                        from: account,
+                        bytes,
+                    },
+                    Ok(Direct::Proposal(proposal)) => Input::Proposal {
+                        from: account,
+                        proposal,
+                    },
                     Ok(Direct::Vote {
                         proposal,
                         signer,
                         sig,
-                    }) => self.on_vote(proposal, signer, sig).await,
-                    Err(e) => debug!(%from, %e, "bad direct message"),
-                }
+                    }) => Input::Vote {
+                        proposal,
+                        signer,
+                        sig,
+                    },
+                    Err(e) => return debug!(%from, %e, "bad direct message"),
+                };
+                self.input(input);
             }
             NetEvent::Connected(p) => {
-                if self.connected.insert(p) {
-                    if let Some(offer) = self.last_offer.clone() {
-                        let m = Frame::new(self.network, Message::Offer(offer));
-                        self.send_direct(p, Direct::Frame(m));
-                    }
-                    self.sync.insert(p, PeerState::new());
-                    self.sync_with(p);
+                self.connected.insert(p);
+                if let Some(a) = account_of(&p) {
+                    self.input(Input::PeerUp(a));
+                }
+            }
+            NetEvent::Disconnected(p) => {
+                self.connected.remove(&p);
+                if let Some(a) = account_of(&p) {
+                    self.input(Input::PeerDown(a));
                 }
             }
             NetEvent::Rejected { .. } => {}
         }
     }
 
-    /// A message from gossip (already validated by the net loop) or sent directly.
-    async fn on_message(&mut self, m: Message, gossip: bool) {
-        let now = net::now();
-        match m {
-            Message::Offer(s) => {
-                if let Ok(o) = s.body_unverified() {
-                    self.contacts.insert(o.provider, o.contact.clone());
-                    let input = ProviderInput::CompetitorPrice {
-                        provider: o.provider,
-                        class: o.class,
-                        price: o.price,
-                    };
-                    let out = self.provider_handle(input);
-                    self.on_provider_out(out).await;
-                }
-                self.requester_handle(RequesterInput::Offer(s)).await;
-            }
-            Message::Bid(b) if gossip => {
-                let out = self.provider_handle(ProviderInput::Bid(b));
-                self.on_provider_out(out).await;
-            }
-            Message::Proposal(p) if !gossip => {
-                let out = self.provider_handle(ProviderInput::Proposal(p));
-                self.on_provider_out(out).await;
-            }
-            Message::Answer(a) if !gossip => {
-                self.requester_handle(RequesterInput::Answer(a)).await;
-            }
-            Message::Probe(p) if !gossip => {
-                let out = self.provider_handle(ProviderInput::Probe(p));
-                self.on_provider_out(out).await;
-            }
-            Message::ProbeReply(r) if !gossip => {
-                self.oracle_handle(protocol::oracle::OracleInput::ProbeReply(r))
-                    .await;
-            }
-            Message::KeyGrant(g) if !gossip => self.on_grant(g, now).await,
-            Message::Contract(c) if gossip => {
-                self.provider_saw_contract(c.clone()).await;
-                self.oracle_handle(protocol::oracle::OracleInput::Contract(c))
-                    .await;
-            }
-            Message::Receipt(r) if gossip => {
-                self.requester_handle(RequesterInput::Receipt(r.clone()))
-                    .await;
-                self.oracle_handle(protocol::oracle::OracleInput::Receipt(r))
-                    .await;
-            }
-            Message::Verdict(v) if gossip => {
-                self.oracle_handle(protocol::oracle::OracleInput::Verdict(v))
-                    .await;
-            }
-            Message::Dispute(d) if gossip => {
-                self.oracle_handle(protocol::oracle::OracleInput::Dispute(d))
-                    .await;
-            }
-            other => debug!(kind = other.kind(), gossip, "message ignored"),
-        }
-    }
-
-    async fn on_work(&mut self, w: Work) {
+    fn on_work(&mut self, w: Work) {
         match w {
-            Work::Ran { contract, result } => self.on_ran(contract, result).await,
-            Work::Checked { contract, result } => self.on_checked(contract, result).await,
-            Work::Fetched { job, result } => self.on_fetched(job, result),
-            Work::Prepared { result, reply } => self.on_prepared(result, reply).await,
+            Work::Input(i) => self.input(i),
+            Work::Prepared { result, reply } => {
+                let view = result.and_then(|p| {
+                    let id = self
+                        .core
+                        .submit(net::now(), p, &mut self.rng, &mut self.out)?;
+                    self.carry_out();
+                    let job = self.core.job(&id).context("the job just submitted")?;
+                    Ok(views::job_view(&self.core, job))
+                });
+                let _ = reply.send(view);
+            }
             Work::Providers(peers) => {
-                // Talking to a provider connects us, and a provider hands its
-                // offer to every peer that connects: a late joiner need not wait
-                // for the next gossip refresh.
-                for p in peers {
-                    if p != self.net.peer_id && !self.connected.contains(&p) {
-                        self.sync.entry(p).or_default();
-                        self.sync_with(p);
-                    }
-                }
+                let me = self.net.peer_id;
+                let new: Vec<AccountId> = peers
+                    .iter()
+                    .filter(|p| **p != me && !self.connected.contains(p))
+                    .filter_map(account_of)
+                    .collect();
+                self.input(Input::Discovered(new));
             }
         }
-    }
-
-    /// Something new in the ledger (our write, or a peer's through sync): hand
-    /// what it settles or finalizes to the engines.
-    async fn on_ledger_changed(&mut self) {
-        self.oracle_epoch_update().await;
-        self.provider_contracts_ready().await;
-        self.settlements_seen().await;
     }
 
     async fn on_control(&mut self, r: ControlRequest) {
@@ -674,7 +564,7 @@ impl NodeLoop {
                 let _ = reply.send(self.status().await);
             }
             ControlRequest::Offers(reply) => {
-                let _ = reply.send(Ok(self.offers()));
+                let _ = reply.send(Ok(views::offers(&self.core, net::now())));
             }
             ControlRequest::AddBlob { path, reply } => {
                 let _ = reply.send(self.add_blob(path).await);
@@ -686,18 +576,33 @@ impl NodeLoop {
                     let _ = reply.send(get_blob(&blobs, &source, out).await);
                 });
             }
-            ControlRequest::Submit { job, reply } => self.submit(*job, reply),
+            ControlRequest::Submit { job, reply } => {
+                let (blobs, me, tx) = (
+                    self.blobs.clone(),
+                    self.core.account(),
+                    self.work_tx.clone(),
+                );
+                tokio::spawn(async move {
+                    let result = tasks::prepare(blobs, me, *job, net::now()).await;
+                    let _ = tx.send(Work::Prepared { result, reply }).await;
+                });
+            }
             ControlRequest::Jobs(reply) => {
-                let _ = reply.send(Ok(self.jobs.values().map(|j| j.view()).collect()));
+                let jobs = self
+                    .core
+                    .jobs()
+                    .map(|j| views::job_view(&self.core, j))
+                    .collect();
+                let _ = reply.send(Ok(jobs));
             }
             ControlRequest::Job { id, reply } => {
-                let _ = reply.send(self.job_view(&id));
+                let _ = reply.send(views::find_job(&self.core, &id));
             }
             ControlRequest::Balance { account, reply } => {
-                let _ = reply.send(self.balance(account));
+                let _ = reply.send(views::balance(&mut self.core, account));
             }
             ControlRequest::Ledger { tail, reply } => {
-                let _ = reply.send(Ok(self.ledger_view(tail)));
+                let _ = reply.send(Ok(views::ledger_view(&mut self.core, tail)));
             }
             ControlRequest::Transfer { body, reply } => {
                 let _ = reply.send(self.transfer(body));
@@ -705,29 +610,32 @@ impl NodeLoop {
         }
     }
 
-    fn offers(&self) -> Vec<OfferView> {
+    fn transfer(&mut self, t: control::TransferBody) -> anyhow::Result<control::EntryView> {
+        let to: AccountId =
+            t.to.parse()
+                .map_err(|e| anyhow::anyhow!("{:?} is not an account id: {e}", t.to))?;
+        if t.amount == 0 {
+            anyhow::bail!("transfer a positive amount");
+        }
+        let amount = protocol::Amount(t.amount);
         let now = net::now();
-        let mut offers: Vec<&protocol::Offer> = self
-            .requester
-            .book()
-            .iter()
-            .map(|e| &*e.offer)
-            .filter(|o| o.expires_at > now)
-            .collect();
-        offers.sort_by_key(|o| (o.price, o.provider));
-        offers
-            .into_iter()
-            .map(|o| OfferView {
-                provider: o.provider.to_string(),
-                class: format!("{:?}", o.class),
-                device: o.device.clone(),
-                speed_cu_per_s: o.speed_milli_cu_per_s as f64 / 1000.0,
-                price_micro_per_cu: o.price.0,
-                free_slots: o.slots.saturating_sub(o.busy_slots),
-                region: o.region.clone(),
-                expires_in_s: o.expires_at.since(now).as_secs_f64(),
-            })
-            .collect()
+        let hash = self
+            .core
+            .transfer(now, to, amount, &mut self.rng, &mut self.out)?;
+        self.carry_out();
+        let e = self
+            .core
+            .ledger()
+            .entry(&hash)
+            .context("the entry just written")?;
+        Ok(control::EntryView {
+            author: e.data.author.to_string(),
+            seq: e.data.seq,
+            kind: e.data.body.name().into(),
+            created_at_ms: e.data.created_at.0,
+            hash: hash.to_string(),
+            detail: views::describe(&e.data.body),
+        })
     }
 
     async fn status(&mut self) -> anyhow::Result<Status> {
@@ -735,32 +643,35 @@ impl NodeLoop {
         let me = id.account();
         let roles = [
             (true, "requester"),
-            (self.provider.is_some(), "provider"),
-            (self.oracle.is_some(), "oracle"),
+            (self.core.provider().is_some(), "provider"),
+            (self.core.oracle().is_some(), "oracle"),
         ]
         .iter()
         .filter(|(on, _)| *on)
         .map(|(_, r)| r.to_string())
         .collect();
+        let listen = self
+            .net
+            .listen_addrs()
+            .await?
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let network = self.core.network().to_string();
+        let ledger = self.core.ledger();
         Ok(Status {
             account: me.to_string(),
             peer_id: id.peer_id().to_string(),
             endpoint_id: id.endpoint_id().to_string(),
-            network: self.network.to_string(),
-            listen: self
-                .net
-                .listen_addrs()
-                .await?
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
+            network,
+            listen,
             blob_addrs: self.blobs.contact(),
             connected_peers: self.connected.len(),
             transfers: self.blobs.transfers(),
             roles,
-            ledger_entries: self.ledger.entry_count(),
-            finalized_epoch: self.ledger.finalized_epoch(),
-            balance: self.ledger.balance(&me).0,
+            ledger_entries: ledger.entry_count(),
+            finalized_epoch: ledger.finalized_epoch(),
+            balance: ledger.balance(&me).0,
         })
     }
 
@@ -800,24 +711,6 @@ async fn get_blob(blobs: &BlobNode, source: &str, out: PathBuf) -> anyhow::Resul
         bytes_fetched: fetched,
         out,
     })
-}
-
-/// Fetch a delivered result from its provider, decrypt it and read the bundle.
-async fn fetch_result(
-    blobs: &BlobNode,
-    contact: &[String],
-    receipt: &protocol::Receipt,
-    key: crate::crypto::JobKey,
-) -> anyhow::Result<crate::work::JobResult> {
-    let from = BlobNode::peer_addr(&receipt.provider, contact)?;
-    fetch_logged(blobs, from, &receipt.result.hash).await?;
-    let ct = blobs.get_bytes(&receipt.result.hash).await?;
-    let contract = receipt.contract;
-    tokio::task::spawn_blocking(move || {
-        let plain = crate::crypto::decrypt(&key, "result", &contract, &ct)?;
-        crate::work::JobResult::from_bytes(&plain)
-    })
-    .await?
 }
 
 /// Fetch a blob, logging progress every 16 MiB.

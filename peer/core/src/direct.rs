@@ -3,7 +3,7 @@
 //! A request is one tag byte and a body: a protocol [`Frame`] (proposals, answers,
 //! probes, key grants), a ledger sync message (automerge's sync protocol, carried
 //! opaquely), or the committee's checkpoint traffic. Each body has its own bound;
-//! the transport bounds the whole at [`crate::net::MAX_RR_BYTES`].
+//! the driver's transport bounds the whole.
 
 use crdt_ledger::CheckpointBody;
 use protocol::{AccountId, Frame, Hash32, MultiSigned, NetworkId, Sig};

@@ -1,0 +1,98 @@
+//! Which engine a message goes to.
+//!
+//! One table, decided by what a message says, not by how it came: a gossiped
+//! message and the same message sent directly take the same path, so both
+//! drivers (and both ways a message can travel) give the same result. Engines
+//! check signatures and everything else; the table only reads who a message is
+//! for, so that an engine never sees what belongs to the other role.
+//!
+//! | message | goes to |
+//! |---|---|
+//! | `Offer` | the requester's book; the provider's view of competitors' prices |
+//! | `Bid` | the provider (it may answer an open bid with a proposal) |
+//! | `Proposal` | the provider when it names us as provider; the requester when its provider signed it (an answer to our open bid) |
+//! | `Answer` | the provider when it accepts a proposal of ours for a bid (the requester signed); else the requester |
+//! | `Contract` | the oracle (to watch); the provider when we are its provider; the requester when we are its requester and its provider signed last (the open-bid path) |
+//! | `Receipt` | the requester and the oracle |
+//! | `Verdict`, `Dispute`, `ProbeReply` | the oracle |
+//! | `Probe` | the provider |
+//! | `KeyGrant` | the core (a job key for our run or our check) |
+
+use protocol::market::{ProviderInput, RequesterInput};
+use protocol::oracle::OracleInput;
+use protocol::{AccountId, Message, ProposalAnswer};
+use rand::Rng;
+use tracing::debug;
+
+use crate::{Cx, NodeCore, Via};
+use crdt_ledger::Store;
+
+impl<S: Store> NodeCore<S> {
+    pub(crate) fn on_message<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        from: Option<AccountId>,
+        via: Via,
+        m: Message,
+    ) {
+        let me = self.account();
+        match m {
+            Message::Offer(s) => {
+                if let Ok(o) = s.body_unverified() {
+                    self.contacts.insert(o.provider, o.contact.clone());
+                    let input = ProviderInput::CompetitorPrice {
+                        provider: o.provider,
+                        class: o.class,
+                        price: o.price,
+                    };
+                    self.provider_handle(cx, input);
+                }
+                self.requester_handle(cx, RequesterInput::Offer(s));
+            }
+            Message::Bid(b) => self.provider_handle(cx, ProviderInput::Bid(b)),
+            Message::Proposal(p) => {
+                let Ok(body) = p.body_unverified() else {
+                    return;
+                };
+                if body.provider == me && p.signer != me {
+                    self.provider_handle(cx, ProviderInput::Proposal(p));
+                } else if body.provider == p.signer {
+                    self.requester_handle(cx, RequesterInput::Proposal(p));
+                }
+            }
+            Message::Answer(a) => {
+                let for_provider = matches!(
+                    a.body_unverified(),
+                    Ok(ProposalAnswer::Accept(ms))
+                        if ms.body_unverified().is_ok_and(|t| t.provider == me && t.requester == a.signer)
+                );
+                if for_provider {
+                    self.provider_handle(cx, ProviderInput::Answer(a));
+                } else {
+                    self.requester_handle(cx, RequesterInput::Answer(a));
+                }
+            }
+            Message::Contract(c) => {
+                if let Ok(t) = c.body_unverified() {
+                    if t.provider == me {
+                        self.provider_handle(cx, ProviderInput::Contract(c.clone()));
+                    }
+                    if t.requester == me {
+                        self.requester_handle(cx, RequesterInput::Contract(c.clone()));
+                    }
+                }
+                self.oracle_handle(cx, OracleInput::Contract(c));
+            }
+            Message::Receipt(r) => {
+                self.requester_handle(cx, RequesterInput::Receipt(r.clone()));
+                self.oracle_handle(cx, OracleInput::Receipt(r));
+            }
+            Message::Verdict(v) => self.oracle_handle(cx, OracleInput::Verdict(v)),
+            Message::Dispute(d) => self.oracle_handle(cx, OracleInput::Dispute(d)),
+            Message::ProbeReply(r) => self.oracle_handle(cx, OracleInput::ProbeReply(r)),
+            Message::Probe(p) => self.provider_handle(cx, ProviderInput::Probe(p)),
+            Message::KeyGrant(g) => self.on_grant(cx, g),
+        }
+        debug!(?via, ?from, "message dispatched");
+    }
+}

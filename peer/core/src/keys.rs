@@ -1,0 +1,141 @@
+//! Job keys and how they are handed over: each job's inputs and result are
+//! encrypted under a per-job key (the driver encrypts blobs with it), which the
+//! requester seals to each reader it chooses: the provider, and the committee
+//! members who re-execute the job.
+//!
+//! **Sealing.** Both parties turn their ed25519 keys into X25519 keys (the
+//! standard birational map: the secret's clamped scalar, the public key's
+//! Montgomery form) and do a static-static Diffie-Hellman. The shared secret,
+//! bound to the contract id, derives a wrapping key; the job key is encrypted
+//! under it. Only the two parties can derive the wrapping key.
+
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use protocol::{AccountId, Hash32, Identity};
+use zeroize::Zeroizing;
+
+/// Why a job key could not be sealed or opened.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyError {
+    #[error("{0:?} is not a valid ed25519 public key")]
+    BadKey(AccountId),
+    #[error("the sealed job key failed authentication")]
+    Seal,
+}
+
+/// A per-job symmetric key.
+#[derive(Clone)]
+pub struct JobKey(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for JobKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobKey(..)")
+    }
+}
+
+impl JobKey {
+    /// A key from 32 secret bytes (the driver draws them from the OS).
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        JobKey(Zeroizing::new(b))
+    }
+
+    /// A ChaCha20-Poly1305 cipher under the subkey for `label` (`model`,
+    /// `dataset`, `result`), so no (key, nonce) pair is used for two blobs.
+    pub fn subkey(&self, label: &str) -> ChaCha20Poly1305 {
+        let mut h = blake3::Hasher::new_keyed(&self.0);
+        h.update(b"cloudchain/v1/blob-subkey/");
+        h.update(label.as_bytes());
+        let sub = Zeroizing::new(*h.finalize().as_bytes());
+        ChaCha20Poly1305::new(Key::from_slice(sub.as_ref()))
+    }
+
+    /// The key's bytes, to persist it with the job it belongs to.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+/// The nonce of chunk `index` (the STREAM construction: a last-chunk flag).
+pub fn nonce(index: u64, last: bool) -> Nonce {
+    let mut n = [0u8; 12];
+    n[..8].copy_from_slice(&index.to_le_bytes());
+    n[8] = u8::from(last);
+    *Nonce::from_slice(&n)
+}
+
+/// The wrapping key shared by `me` and `peer` for one contract.
+fn wrap_key(
+    me: &Identity,
+    peer: &AccountId,
+    contract: &Hash32,
+) -> Result<ChaCha20Poly1305, KeyError> {
+    let signing = ed25519_dalek::SigningKey::from_bytes(&me.secret_bytes());
+    let secret = x25519_dalek::StaticSecret::from(signing.to_scalar_bytes());
+    let their = peer.verifying_key().map_err(|_| KeyError::BadKey(*peer))?;
+    let their = x25519_dalek::PublicKey::from(their.to_montgomery().to_bytes());
+    let shared = Zeroizing::new(secret.diffie_hellman(&their).to_bytes());
+    if shared.iter().all(|&b| b == 0) {
+        // A small-order public key: refuse rather than derive a known key.
+        return Err(KeyError::BadKey(*peer));
+    }
+    let mut h = blake3::Hasher::new_derive_key("cloudchain/v1/job-key-wrap");
+    h.update(shared.as_ref());
+    h.update(&contract.0);
+    let k = Zeroizing::new(*h.finalize().as_bytes());
+    Ok(ChaCha20Poly1305::new(Key::from_slice(k.as_ref())))
+}
+
+/// Seal the job key to `peer` (48 bytes: the key and its tag).
+pub fn seal_job_key(
+    me: &Identity,
+    peer: &AccountId,
+    contract: &Hash32,
+    key: &JobKey,
+) -> Result<Vec<u8>, KeyError> {
+    let w = wrap_key(me, peer, contract)?;
+    w.encrypt(&nonce(0, true), &key.0[..])
+        .map_err(|_| KeyError::Seal)
+}
+
+/// Open a job key sealed by `peer` to `me`.
+pub fn open_job_key(
+    me: &Identity,
+    peer: &AccountId,
+    contract: &Hash32,
+    sealed: &[u8],
+) -> Result<JobKey, KeyError> {
+    let w = wrap_key(me, peer, contract)?;
+    let pt = Zeroizing::new(
+        w.decrypt(&nonce(0, true), sealed)
+            .map_err(|_| KeyError::Seal)?,
+    );
+    let bytes: [u8; 32] = pt.as_slice().try_into().map_err(|_| KeyError::Seal)?;
+    Ok(JobKey::from_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_two_parties_can_open() {
+        let req = Identity::from_seed(1);
+        let prov = Identity::from_seed(2);
+        let eve = Identity::from_seed(3);
+        let c = Hash32::of(b"contract");
+        let key = JobKey::from_bytes([7; 32]);
+        let sealed = seal_job_key(&req, &prov.account(), &c, &key).unwrap();
+        let opened = open_job_key(&prov, &req.account(), &c, &sealed).unwrap();
+        assert_eq!(opened.expose(), key.expose());
+        assert_eq!(
+            open_job_key(&eve, &req.account(), &c, &sealed).unwrap_err(),
+            KeyError::Seal
+        );
+        let other = Hash32::of(b"other contract");
+        assert_eq!(
+            open_job_key(&prov, &req.account(), &other, &sealed).unwrap_err(),
+            KeyError::Seal
+        );
+    }
+}

@@ -1,0 +1,230 @@
+//! The ledger in the core: local writes, automerge sync with each peer that is
+//! up, the committee's checkpoints, and settlements found by contract id.
+
+use crdt_ledger::{Action, Body, CheckpointBody, CheckpointStatus, LedgerError, Store};
+use protocol::oracle::SettlementInstruction;
+use protocol::{AccountId, ContractTerms, Hash32, MultiSigned, Sig, Timestamp};
+use rand::Rng;
+use tracing::{debug, info, warn};
+
+use crate::{Cx, Direct, NodeCore, Output};
+
+#[derive(Debug, Default)]
+pub(crate) struct CommitteeState {
+    /// Proposals to sign once sync brings what they name: (from, proposal, first seen).
+    to_sign: Vec<(AccountId, MultiSigned<CheckpointBody>, Timestamp)>,
+}
+
+impl<S: Store> NodeCore<S> {
+    /// Write an entry (durable when this returns); peers get it on the next sync.
+    pub(crate) fn append(&mut self, now: Timestamp, body: Body) -> Result<Hash32, LedgerError> {
+        let id = self.ledger.append(&self.identity, body, now)?;
+        self.ledger_dirty = true;
+        Ok(id.hash)
+    }
+
+    /// The settlement the ledger holds for `contract`, found by its id, with the
+    /// outcome its certificate's quorum agreed on (as the ledger's rule reads it).
+    pub(crate) fn settlement_of(
+        &mut self,
+        contract: &Hash32,
+        terms: &ContractTerms,
+    ) -> Option<SettlementInstruction> {
+        let (cert, payout) = self.ledger.settlement(contract)?;
+        let committee = self.ledger.state().committee_for(cert.epoch)?.to_vec();
+        let (outcome, _) = cert.check(&self.network, &committee).ok()?;
+        Some(SettlementInstruction {
+            contract: *contract,
+            terms: terms.clone(),
+            cert,
+            outcome,
+            payout,
+        })
+    }
+
+    /// Send `peer` what it lacks, if anything.
+    pub(crate) fn sync_with<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, peer: AccountId) {
+        let Some(ps) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if let Some(msg) = self.ledger.generate_sync_message(ps) {
+            cx.out.push(Output::Send {
+                to: peer,
+                msg: Direct::LedgerSync(msg),
+            });
+        }
+    }
+
+    pub(crate) fn sync_all<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
+        let peers: Vec<AccountId> = self.peers.keys().copied().collect();
+        for p in peers {
+            self.sync_with(cx, p);
+        }
+    }
+
+    pub(crate) fn on_sync<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        from: AccountId,
+        bytes: &[u8],
+    ) {
+        let ps = self.peers.entry(from).or_default();
+        match self.ledger.receive_sync_message(ps, bytes) {
+            Ok(r) => {
+                if r.new_entries > 0 {
+                    debug!(from = %from.short(), entries = r.new_entries, "ledger entries from sync");
+                    self.ledger_dirty = true;
+                }
+            }
+            Err(e) => debug!(from = %from.short(), %e, "ledger sync message refused"),
+        }
+        self.sync_with(cx, from);
+    }
+
+    /// The committee's timer: propose when it is our turn, retry signatures.
+    pub(crate) fn checkpoint_tick<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
+        let me = self.account();
+        for action in self.ledger.handle_timeout(&me, cx.now) {
+            let Action::Propose { epoch, round } = action else {
+                continue;
+            };
+            match self.ledger.propose_checkpoint(&self.identity, epoch, round) {
+                Ok(p) => {
+                    info!(epoch, round, "proposing the checkpoint");
+                    let committee = self
+                        .ledger
+                        .committee_for_checkpoint(epoch)
+                        .unwrap_or_default();
+                    if protocol::quorum(committee.len()) <= 1 {
+                        self.publish_checkpoint(cx, p);
+                        continue;
+                    }
+                    for m in committee.into_iter().filter(|m| *m != me) {
+                        cx.out.push(Output::Send {
+                            to: m,
+                            msg: Direct::Proposal(Box::new(p.clone())),
+                        });
+                    }
+                }
+                Err(e) => debug!(epoch, round, %e, "no checkpoint proposal"),
+            }
+        }
+        let retry = self.timing.sign_retry.0;
+        let pending = std::mem::take(&mut self.ckpt.to_sign);
+        for (from, p, since) in pending {
+            if cx.now.0.saturating_sub(since.0) < retry {
+                self.sign_proposal(cx, from, p, since);
+            }
+        }
+    }
+
+    pub(crate) fn on_proposal<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        from: AccountId,
+        p: MultiSigned<CheckpointBody>,
+    ) {
+        let now = cx.now;
+        self.sign_proposal(cx, from, p, now);
+    }
+
+    fn sign_proposal<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        from: AccountId,
+        p: MultiSigned<CheckpointBody>,
+        since: Timestamp,
+    ) {
+        let Ok(body) = p.body_unverified() else {
+            return;
+        };
+        match self.ledger.sign_checkpoint(&self.identity, &p, cx.now) {
+            Ok((signer, sig)) => {
+                info!(epoch = body.epoch, proposer = %body.proposer.short(), "signed the checkpoint");
+                cx.out.push(Output::Send {
+                    to: body.proposer,
+                    msg: Direct::Vote {
+                        proposal: p.body_hash(),
+                        signer,
+                        sig,
+                    },
+                });
+            }
+            Err(LedgerError::WontSign(why)) if why.contains("sync") => {
+                debug!(
+                    epoch = body.epoch,
+                    "checkpoint names entries we lack; retrying"
+                );
+                self.ckpt.to_sign.push((from, p, since));
+            }
+            Err(e) => debug!(epoch = body.epoch, %e, "not signing the checkpoint"),
+        }
+    }
+
+    pub(crate) fn on_vote<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        proposal: Hash32,
+        signer: AccountId,
+        sig: Sig,
+    ) {
+        match self
+            .ledger
+            .apply_checkpoint_signature(&proposal, signer, sig)
+        {
+            Ok(CheckpointStatus::Final(ms)) => self.publish_checkpoint(cx, *ms),
+            Ok(CheckpointStatus::Collecting { have, need }) => {
+                debug!(have, need, "checkpoint signatures");
+            }
+            Err(e) => debug!(%e, "checkpoint signature refused"),
+        }
+    }
+
+    fn publish_checkpoint<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        ms: MultiSigned<CheckpointBody>,
+    ) {
+        let epoch = ms.body_unverified().map(|b| b.epoch).unwrap_or_default();
+        match self.append(cx.now, Body::Checkpoint(Box::new(ms))) {
+            Ok(_) => info!(epoch, "checkpoint final and published"),
+            Err(e) => warn!(epoch, %e, "cannot publish the checkpoint"),
+        }
+    }
+
+    /// A transfer asked for by the user; the entry's hash once it is durable
+    /// (peers hear of it in the sync messages appended to `out`).
+    pub fn transfer<R: Rng + ?Sized>(
+        &mut self,
+        now: Timestamp,
+        to: AccountId,
+        amount: protocol::Amount,
+        rng: &mut R,
+        out: &mut Vec<Output>,
+    ) -> Result<Hash32, LedgerError> {
+        let hash = self.append(now, Body::Transfer { to, amount })?;
+        self.settle_ledger(&mut Cx { now, rng, out });
+        Ok(hash)
+    }
+
+    /// An oracle bonds the minimum stake if it has none, so that it enters the
+    /// committee draw from the next checkpoint.
+    pub(crate) fn stake_for_committee<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
+        let me = self.account();
+        let min = self.ledger.params().min_stake;
+        let stake = self.ledger.state().stake(&me);
+        if stake >= min {
+            return;
+        }
+        if self.ledger.spendable(&me) < min {
+            return warn!(
+                need = %min,
+                "an oracle needs a stake of {min} tokens to be drawn; this account cannot pay it"
+            );
+        }
+        match self.append(cx.now, Body::Stake { amount: min }) {
+            Ok(_) => info!(%min, "staked to serve on the committee"),
+            Err(e) => warn!(%e, "cannot stake"),
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! The node core: one peer's market and oracle engines, its ledger replica, and
+//! every decision that ties them together, with no IO.
+//!
+//! A [`NodeCore`] is what a peer *is*: a requester (always), a provider and an
+//! oracle (by role), and its replica of the signed ledger. Its drivers — the
+//! `cloudchain` binary on tokio, libp2p and iroh, and the simulator on virtual
+//! time — only carry bytes and run work: they turn what the network, the user and
+//! the compute backend bring into [`Input`]s, call [`NodeCore::handle`], and turn
+//! the [`Output`]s into messages, blob transfers and jobs. Every decision lives
+//! here, once:
+//!
+//! - **dispatch**: which engine a message goes to, decided by what it says, the
+//!   same whether it came by gossip or directly ([`dispatch`]);
+//! - **the requester's jobs** ([`requester`]): submit, lock the escrow when both
+//!   parties signed, choose who gets the job key (the provider and the committee
+//!   of the escrow's epoch), fetch the result, learn the settlement from the entry
+//!   that settles the contract, indexed by contract id; one [`JobState`] derived
+//!   from the engine's deal and the settlement;
+//! - **the provider's runs** ([`provider`]): a contract runs once its escrow is in
+//!   the ledger *and* its key has arrived, whichever path made it (a proposal
+//!   accepted, or an open bid answered); one never escrowed is released with a
+//!   signed failure at its deadline;
+//! - **the committee** ([`oracle`]): the epoch's committee from the ledger, the
+//!   re-execution challenge, who writes a settlement and when;
+//! - **the ledger** ([`ledger`]): automerge sync with each peer that is up,
+//!   checkpoint proposals, signatures and votes.
+//!
+//! Time and randomness come in as arguments; the core reads no clock, draws no
+//! ambient randomness and spawns nothing (its `clippy.toml` bans them).
+//!
+//! **Order of events.** A driver calls [`NodeCore::handle`] with `Input::Start`
+//! once, then with each input as it arrives, and with `Input::Tick` at
+//! [`NodeCore::poll_timeout`] (or more often: a tick with nothing due does
+//! nothing but refresh the ledger sync). Each call appends its outputs to `out`
+//! in the order they are to be carried out. Work that a `Run`, `Check` or
+//! `FetchResult` output starts comes back, whenever it is done, as `Ran`,
+//! `Checked` or `Fetched`.
+
+pub mod direct;
+pub mod dispatch;
+pub mod job;
+pub mod keys;
+pub mod ledger;
+pub mod oracle;
+pub mod provider;
+pub mod requester;
+
+use std::collections::{BTreeMap, HashMap};
+
+use crdt_ledger::{Ledger, PeerState, Store};
+use protocol::market::{
+    BookConfig, ProviderConfig, ProviderEngine, RequesterConfig, RequesterEngine,
+};
+use protocol::oracle::{DeferredChecker, OracleConfig, OracleEngine};
+use protocol::{
+    AccountId, Bps, ContractTerms, DurationMs, Hash32, Identity, Message, NetworkId, Receipt,
+    Signed, Timestamp,
+};
+use rand::Rng;
+
+pub use direct::{Direct, DirectError};
+pub use job::{Job, JobEnd, JobState};
+pub use keys::{JobKey, KeyError};
+pub use provider::RanJob;
+pub use requester::{Fetched, PreparedJob, SubmitError};
+
+/// Timing of the market and the committee. The defaults suit a real network; a
+/// demo or a test shortens them.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// How long after a deadline a receipt is still awaited.
+    pub grace: DurationMs,
+    /// How long after a receipt the committee waits for a dispute.
+    pub dispute_window: DurationMs,
+    /// How often oracles probe a provider while it works.
+    pub probe_every: DurationMs,
+    /// How long an offer lives before the provider refreshes it.
+    pub offer_ttl: DurationMs,
+    /// The margin a provider adds to its estimated finish time (its SLA term).
+    pub deadline_slack: DurationMs,
+    /// How long a committee member that is not first among a certificate's
+    /// signers waits before writing the settlement itself (the first may have
+    /// crashed).
+    pub settle_fallback: DurationMs,
+    /// How long a checkpoint proposal that names entries this member lacks is
+    /// retried while sync catches up.
+    pub sign_retry: DurationMs,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            grace: DurationMs::secs(60),
+            dispute_window: DurationMs::secs(10),
+            probe_every: DurationMs::secs(30),
+            offer_ttl: DurationMs::secs(600),
+            deadline_slack: DurationMs::secs(30),
+            settle_fallback: DurationMs::secs(5),
+            sign_retry: DurationMs::secs(20),
+        }
+    }
+}
+
+impl Timing {
+    /// Short timeouts for local testbeds and tests.
+    pub fn quick() -> Self {
+        Timing {
+            grace: DurationMs::secs(5),
+            dispute_window: DurationMs::secs(1),
+            probe_every: DurationMs::secs(2),
+            offer_ttl: DurationMs::secs(120),
+            deadline_slack: DurationMs::secs(2),
+            ..Timing::default()
+        }
+    }
+}
+
+/// What a peer does besides buying compute, and how.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Sell compute with this configuration (from the driver's benchmark).
+    pub provider: Option<ProviderConfig>,
+    /// Serve on the committee when drawn.
+    pub oracle: bool,
+    /// Where this peer serves blobs (handed to the readers of its jobs' keys).
+    pub contact: Vec<String>,
+    pub timing: Timing,
+    /// The requester's order book. A capacity of 0 keeps no offers: every job
+    /// is posted as an open bid for providers to answer (a light requester that
+    /// does not follow the offer stream).
+    pub book: BookConfig,
+}
+
+/// How a message reached this peer. It changes nothing in where the message goes
+/// (see [`dispatch`]); drivers and logs tell the two apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Gossip,
+    Direct,
+}
+
+/// What a driver hands the core.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Input {
+    /// Once, before anything else: offers, stake, first sync.
+    Start,
+    /// A protocol message (gossip already validated by the transport, or sent
+    /// directly by `from`).
+    Message {
+        from: Option<AccountId>,
+        via: Via,
+        msg: Message,
+    },
+    /// A ledger sync message from a peer.
+    Sync { from: AccountId, bytes: Vec<u8> },
+    /// A committee leader's checkpoint proposal.
+    Proposal {
+        from: AccountId,
+        proposal: Box<protocol::MultiSigned<crdt_ledger::CheckpointBody>>,
+    },
+    /// A member's signature on a proposal of ours.
+    Vote {
+        proposal: Hash32,
+        signer: AccountId,
+        sig: protocol::Sig,
+    },
+    /// A connection to `peer` is up (a fresh sync state starts).
+    PeerUp(AccountId),
+    /// The last connection to `peer` closed.
+    PeerDown(AccountId),
+    /// Providers found in the DHT: talk to them (which connects us).
+    Discovered(Vec<AccountId>),
+    /// Timers due ([`NodeCore::poll_timeout`]) and housekeeping.
+    Tick,
+    /// A contract's job ran (or could not run).
+    Ran {
+        contract: Hash32,
+        result: Result<RanJob, String>,
+    },
+    /// A committee member's check of a delivered result: `Ok(reason)` when the
+    /// result is correct, `Err(reason)` when it is not, or could not be fetched,
+    /// decrypted or read (which is no result either).
+    Checked {
+        contract: Hash32,
+        result: Result<String, String>,
+    },
+    /// A requester's result fetched and decrypted (or not).
+    Fetched {
+        job: Hash32,
+        result: Result<Fetched, String>,
+    },
+}
+
+/// A job key handed to this node (as provider or committee member), with where
+/// its requester serves the inputs.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub key: JobKey,
+    pub requester: AccountId,
+    pub contact: Vec<String>,
+}
+
+/// What the core asks its driver to do.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Output {
+    /// Gossip a message on the network's topic.
+    Publish(Message),
+    /// Send a message to one peer.
+    Send { to: AccountId, msg: Direct },
+    /// Run a contract's job: fetch and decrypt the inputs from the requester
+    /// (`grant`), compute, store the encrypted result, then `Input::Ran`.
+    Run {
+        contract: Hash32,
+        terms: Box<ContractTerms>,
+        grant: Grant,
+    },
+    /// Re-execute a delivered job's challenged part on the reference backend and
+    /// compare, then `Input::Checked`. `seed` fixes the challenge.
+    Check {
+        contract: Hash32,
+        terms: Box<ContractTerms>,
+        receipt: Box<Receipt>,
+        grant: Grant,
+        provider_contact: Vec<String>,
+        seed: u64,
+    },
+    /// Fetch and decrypt a delivered result for the requester, then
+    /// `Input::Fetched`.
+    FetchResult {
+        job: Hash32,
+        receipt: Box<Receipt>,
+        key: JobKey,
+        provider_contact: Vec<String>,
+    },
+}
+
+/// One peer; see the crate docs.
+#[derive(Debug)]
+pub struct NodeCore<S: Store> {
+    identity: Identity,
+    network: NetworkId,
+    timing: Timing,
+    /// Where this peer serves blobs.
+    contact: Vec<String>,
+    ledger: Ledger<S>,
+    requester: RequesterEngine,
+    provider: Option<ProviderEngine>,
+    oracle: Option<OracleEngine<DeferredChecker>>,
+    /// Automerge sync state per peer that is up (or that we are reaching).
+    peers: BTreeMap<AccountId, PeerState>,
+    /// Where each provider serves blobs (from its offers).
+    contacts: HashMap<AccountId, Vec<String>>,
+    /// The provider's latest signed offer, handed to each peer that comes up so
+    /// a late joiner need not wait for the next refresh.
+    last_offer: Option<Signed<protocol::Offer>>,
+    /// Keys handed to us, by contract.
+    grants: HashMap<Hash32, Grant>,
+    jobs: requester::Jobs,
+    prov: provider::State,
+    orc: oracle::State,
+    ckpt: ledger::CommitteeState,
+    /// The ledger changed since the engines last looked.
+    ledger_dirty: bool,
+}
+
+impl<S: Store> NodeCore<S> {
+    /// A peer around its (loaded) ledger replica.
+    pub fn new(identity: Identity, ledger: Ledger<S>, cfg: CoreConfig) -> Self {
+        let CoreConfig {
+            provider,
+            oracle,
+            contact,
+            timing,
+            book,
+        } = cfg;
+        let network = ledger.network();
+        let provider_engine =
+            provider.map(|cfg| ProviderEngine::new(identity.clone(), network, cfg));
+        let oracle = oracle.then(|| {
+            let cfg = OracleConfig {
+                // Every receipt is re-checked: one link of a chain or a sample of
+                // rows costs little next to the job, and a node has few contracts.
+                verify_share: Bps(10_000),
+                // The ledger checks settlements against the genesis fee.
+                fee: ledger.params().oracle_fee,
+                grace: timing.grace,
+                dispute_window: timing.dispute_window,
+                probe_every: timing.probe_every,
+                delivery_tolerance: DurationMs::secs(5),
+                quorum_wait: DurationMs::secs(2),
+                ..OracleConfig::default()
+            };
+            OracleEngine::new(identity.clone(), network, cfg, DeferredChecker)
+        });
+        let requester = RequesterEngine::new(
+            identity.clone(),
+            network,
+            RequesterConfig {
+                grace: timing.grace,
+                book,
+                ..RequesterConfig::default()
+            },
+        );
+        NodeCore {
+            identity,
+            network,
+            timing,
+            contact,
+            ledger,
+            requester,
+            provider: provider_engine,
+            oracle,
+            peers: BTreeMap::new(),
+            contacts: HashMap::new(),
+            last_offer: None,
+            grants: HashMap::new(),
+            jobs: requester::Jobs::default(),
+            prov: provider::State::default(),
+            orc: oracle::State::default(),
+            ckpt: ledger::CommitteeState::default(),
+            ledger_dirty: false,
+        }
+    }
+
+    /// Handle one input at `now`; outputs are appended to `out`.
+    pub fn handle<R: Rng + ?Sized>(
+        &mut self,
+        now: Timestamp,
+        input: Input,
+        rng: &mut R,
+        out: &mut Vec<Output>,
+    ) {
+        let mut cx = Cx { now, rng, out };
+        match input {
+            Input::Start => self.start(&mut cx),
+            Input::Message { from, via, msg } => self.on_message(&mut cx, from, via, msg),
+            Input::Sync { from, bytes } => self.on_sync(&mut cx, from, &bytes),
+            Input::Proposal { from, proposal } => self.on_proposal(&mut cx, from, *proposal),
+            Input::Vote {
+                proposal,
+                signer,
+                sig,
+            } => self.on_vote(&mut cx, proposal, signer, sig),
+            Input::PeerUp(peer) => self.peer_up(&mut cx, peer),
+            Input::PeerDown(peer) => {
+                self.peers.remove(&peer);
+            }
+            Input::Discovered(peers) => {
+                // Talking to a provider connects us, and a provider hands its
+                // offer to every peer that comes up.
+                for p in peers {
+                    if p != self.account() && !self.peers.contains_key(&p) {
+                        self.peers.insert(p, PeerState::new());
+                        self.sync_with(&mut cx, p);
+                    }
+                }
+            }
+            Input::Tick => self.on_tick(&mut cx),
+            Input::Ran { contract, result } => self.on_ran(&mut cx, contract, result),
+            Input::Checked { contract, result } => self.on_checked(&mut cx, contract, result),
+            Input::Fetched { job, result } => self.on_fetched(&mut cx, job, result),
+        }
+        self.settle_ledger(&mut cx);
+    }
+
+    /// What the input wrote or synced into the ledger may settle or finalize
+    /// something; acting on it may write again (bounded), then peers hear of it.
+    fn settle_ledger<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
+        let mut wrote = false;
+        for _ in 0..8 {
+            if !std::mem::take(&mut self.ledger_dirty) {
+                break;
+            }
+            wrote = true;
+            self.on_ledger_changed(cx);
+        }
+        if wrote {
+            self.sync_all(cx);
+        }
+    }
+
+    /// When the core next needs an `Input::Tick` (engine timers, the committee's
+    /// checkpoint timer, settlements due); `None` if nothing is scheduled.
+    pub fn poll_timeout(&mut self) -> Option<Timestamp> {
+        [
+            self.requester.poll_timeout(),
+            self.provider
+                .as_ref()
+                .and_then(ProviderEngine::poll_timeout),
+            self.oracle.as_ref().and_then(OracleEngine::poll_timeout),
+            self.oracle.as_ref().and(self.ledger.poll_timeout()),
+            self.orc.next_settlement(),
+            self.prov.next_release(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn start<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
+        if let Some(p) = self.provider.as_mut() {
+            let o = p.handle(cx.now, protocol::market::ProviderInput::Start, cx.rng);
+            self.on_provider_out(cx, o);
+        }
+        if self.oracle.is_some() {
+            self.stake_for_committee(cx);
+        }
+        self.ledger_dirty = true;
+    }
+
+    fn on_tick<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
+        if let Some(p) = self.provider.as_mut() {
+            let o = p.handle_timeout(cx.now, cx.rng);
+            self.on_provider_out(cx, o);
+        }
+        if let Some(o) = self.oracle.as_mut() {
+            let o = o.handle_timeout(cx.now, cx.rng);
+            self.on_oracle_out(cx, o);
+        }
+        self.requester_timeout(cx);
+        self.release_unescrowed(cx);
+        if self.oracle.is_some() {
+            self.checkpoint_tick(cx);
+            self.write_settlements(cx);
+        }
+        self.sync_all(cx);
+    }
+
+    fn peer_up<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, peer: AccountId) {
+        if peer == self.account() {
+            return;
+        }
+        if let Some(offer) = self.last_offer.clone() {
+            self.send(cx, peer, Message::Offer(offer));
+        }
+        // A fresh sync state: a peer that comes back may have lost what it had.
+        self.peers.insert(peer, PeerState::new());
+        self.sync_with(cx, peer);
+    }
+
+    /// Something new in the ledger (our write, or a peer's through sync): hand
+    /// what it settles or finalizes to the engines.
+    fn on_ledger_changed<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
+        self.oracle_epoch_update(cx);
+        self.provider_ledger_changed(cx);
+        self.requester_ledger_changed(cx);
+    }
+
+    fn send<R: Rng + ?Sized>(&self, cx: &mut Cx<'_, R>, to: AccountId, message: Message) {
+        if to == self.account() {
+            return;
+        }
+        cx.out.push(Output::Send {
+            to,
+            msg: Direct::Frame(protocol::Frame::new(self.network, message)),
+        });
+    }
+
+    // ------------------------------------------------------------- reading
+
+    pub fn account(&self) -> AccountId {
+        self.identity.account()
+    }
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+    pub fn network(&self) -> NetworkId {
+        self.network
+    }
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+    /// The ledger replica (mutable: its views fold lazily).
+    pub fn ledger(&mut self) -> &mut Ledger<S> {
+        &mut self.ledger
+    }
+    pub fn requester(&self) -> &RequesterEngine {
+        &self.requester
+    }
+    pub fn provider(&self) -> Option<&ProviderEngine> {
+        self.provider.as_ref()
+    }
+    pub fn oracle(&self) -> Option<&OracleEngine<DeferredChecker>> {
+        self.oracle.as_ref()
+    }
+    /// Peers with a sync state (up, or being reached).
+    pub fn peers(&self) -> impl Iterator<Item = &AccountId> {
+        self.peers.keys()
+    }
+    /// Where `provider` serves blobs, from its offers.
+    pub fn contact_of(&self, provider: &AccountId) -> Vec<String> {
+        self.contacts.get(provider).cloned().unwrap_or_default()
+    }
+}
+
+/// One call's context: its time, randomness and outputs.
+struct Cx<'a, R: ?Sized> {
+    now: Timestamp,
+    rng: &'a mut R,
+    out: &'a mut Vec<Output>,
+}

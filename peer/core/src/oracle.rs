@@ -1,0 +1,202 @@
+//! The oracle's half: follow the epoch's committee from the ledger, hand
+//! delivered work to the driver to re-execute, and write settlements, the first
+//! signer at once and the others after a fallback delay (in case it crashed).
+
+use std::collections::HashMap;
+
+use crdt_ledger::{Body, Store};
+use protocol::oracle::{OracleInput, OracleOutput, SettlementInstruction};
+use protocol::{ContractTerms, Hash32, Receipt, Timestamp};
+use rand::Rng;
+use tracing::{info, warn};
+
+use crate::{Cx, NodeCore, Output};
+
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    /// The epoch last handed to the oracle engine.
+    epoch: Option<u64>,
+    /// Checks waiting for the requester's job key.
+    waiting_key: HashMap<Hash32, (Box<ContractTerms>, Box<Receipt>)>,
+    /// Settlements to write, with when.
+    settle: Vec<(Timestamp, Box<SettlementInstruction>)>,
+}
+
+impl State {
+    pub(crate) fn next_settlement(&self) -> Option<Timestamp> {
+        self.settle.iter().map(|(at, _)| *at).min()
+    }
+}
+
+/// The seed of the challenge a member re-executes for `contract`: fixed by the
+/// contract and the committee's beacon (the last checkpoint).
+pub fn challenge_seed(contract: &Hash32, beacon: &Hash32) -> u64 {
+    let h = blake3::hash(&[contract.0, beacon.0].concat());
+    u64::from_le_bytes(*h.as_bytes().first_chunk().unwrap_or(&[0; 8]))
+}
+
+impl<S: Store> NodeCore<S> {
+    pub(crate) fn oracle_handle<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        input: OracleInput,
+    ) {
+        let Some(o) = self.oracle.as_mut() else {
+            return;
+        };
+        let o = o.handle(cx.now, input, cx.rng);
+        self.on_oracle_out(cx, o);
+    }
+
+    pub(crate) fn on_oracle_out<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        out: Vec<OracleOutput>,
+    ) {
+        for o in out {
+            match o {
+                OracleOutput::Send { to, message } => self.send(cx, to, message),
+                OracleOutput::Publish(m) => {
+                    if let protocol::Message::Verdict(v) = &m
+                        && let Ok(b) = v.body_unverified()
+                    {
+                        info!(
+                            contract = %b.contract.short(),
+                            delivered = b.delivered,
+                            result_ok = b.result_ok,
+                            sla_ok = b.sla_ok,
+                            "signed a verdict"
+                        );
+                    }
+                    cx.out.push(Output::Publish(m));
+                }
+                OracleOutput::Check {
+                    contract,
+                    terms,
+                    receipt,
+                } => {
+                    self.orc.waiting_key.insert(contract, (terms, receipt));
+                    self.try_check(cx, contract);
+                }
+                OracleOutput::Settle(si) => {
+                    let me = self.account();
+                    let first = si
+                        .cert
+                        .verdicts
+                        .iter()
+                        .map(|v| v.signer)
+                        .min()
+                        .is_some_and(|s| s == me);
+                    let delay = if first {
+                        0
+                    } else {
+                        self.timing.settle_fallback.0
+                    };
+                    self.orc.settle.push((Timestamp(cx.now.0 + delay), si));
+                    self.write_settlements(cx);
+                }
+                OracleOutput::NoQuorum { contract } => {
+                    warn!(contract = %contract.short(), "the committee reached no quorum; the escrow stays locked");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Hand the oracle engine the epoch the ledger is in, when it changes.
+    pub(crate) fn oracle_epoch_update<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
+        if self.oracle.is_none() {
+            return;
+        }
+        let state = self.ledger.state();
+        let epoch = state.epoch + 1;
+        if self.orc.epoch == Some(epoch) {
+            return;
+        }
+        let committee = state
+            .committee_for(epoch)
+            .map(<[_]>::to_vec)
+            .unwrap_or_default();
+        let beacon = state.last_checkpoint;
+        let member = committee.contains(&self.account());
+        info!(
+            epoch,
+            member,
+            size = committee.len(),
+            "committee of the epoch"
+        );
+        self.orc.epoch = Some(epoch);
+        self.oracle_handle(
+            cx,
+            OracleInput::Epoch {
+                epoch,
+                committee,
+                beacon,
+            },
+        );
+    }
+
+    /// Write the settlements that are due and not in the ledger yet.
+    pub(crate) fn write_settlements<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
+        let now = cx.now;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.orc.settle)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.orc.settle = later;
+        for (_, si) in due {
+            if self.ledger.state().settled.contains_key(&si.contract) {
+                continue;
+            }
+            let (contract, paid) = (si.contract, si.payout.provider);
+            match self.append(
+                now,
+                Body::Settlement {
+                    cert: si.cert,
+                    payout: si.payout,
+                },
+            ) {
+                Ok(_) => info!(contract = %contract.short(), %paid, "settlement written"),
+                Err(e) => warn!(contract = %contract.short(), %e, "cannot write the settlement"),
+            }
+        }
+    }
+
+    /// Start a check whose job key is here.
+    pub(crate) fn try_check<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, contract: Hash32) {
+        let Some(grant) = self.grants.get(&contract).cloned() else {
+            return;
+        };
+        let Some((terms, receipt)) = self.orc.waiting_key.remove(&contract) else {
+            return;
+        };
+        let provider_contact = self.contact_of(&receipt.provider);
+        let beacon = self.ledger.state().last_checkpoint;
+        cx.out.push(Output::Check {
+            contract,
+            terms,
+            receipt,
+            grant,
+            provider_contact,
+            seed: challenge_seed(&contract, &beacon),
+        });
+    }
+
+    pub(crate) fn on_checked<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        contract: Hash32,
+        result: Result<String, String>,
+    ) {
+        let correct = match result {
+            Ok(reason) => {
+                info!(contract = %contract.short(), ok = true, %reason, "checked the result");
+                true
+            }
+            Err(reason) => {
+                warn!(contract = %contract.short(), %reason, "the result does not check");
+                false
+            }
+        };
+        self.oracle_handle(cx, OracleInput::CheckDone { contract, correct });
+    }
+}

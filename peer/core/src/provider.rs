@@ -1,0 +1,250 @@
+//! The provider's half: offers, and running a contract's job once three things
+//! are in: the engine accepted the contract (a proposal of the requester's, or
+//! our answer to its open bid), the requester's escrow is in the ledger, and its
+//! job key has arrived. A contract whose escrow or key never comes is released at
+//! its deadline with a signed failure, so it holds no slot for good.
+
+use std::collections::{HashMap, HashSet};
+
+use crdt_ledger::Store;
+use protocol::market::{ProviderInput, ProviderOutput, RequesterInput};
+use protocol::{
+    BlobRef, ComputeUnits, ContractTerms, Hash32, KeyGrant, Message, Signed, Timestamp,
+};
+use rand::Rng;
+use tracing::{info, warn};
+
+use crate::{Cx, Grant, NodeCore, Output, keys};
+
+/// The provider's contracts between the engine and the backend.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    /// Accepted by the engine, waiting for their escrow and key.
+    waiting: HashMap<Hash32, Box<ContractTerms>>,
+    running: HashSet<Hash32>,
+    /// Contracts handed to the engine, awaiting the committee's settlement.
+    unsettled: HashMap<Hash32, ContractTerms>,
+}
+
+impl State {
+    /// The earliest deadline of a contract still waiting for its escrow or key.
+    pub(crate) fn next_release(&self) -> Option<Timestamp> {
+        self.waiting.values().map(|t| t.deadline).min()
+    }
+}
+
+/// A job run and its (encrypted) result stored, as the driver reports it.
+#[derive(Debug, Clone)]
+pub struct RanJob {
+    pub result: BlobRef,
+    pub units: ComputeUnits,
+    pub commitment: Hash32,
+    pub checkpoint_every: u32,
+    pub checkpoints: u32,
+    pub inputs_ready_at: Timestamp,
+    pub started_at: Timestamp,
+    /// For the log: how long it ran, on which backend.
+    pub secs: f64,
+    pub backend: String,
+}
+
+impl<S: Store> NodeCore<S> {
+    pub(crate) fn provider_handle<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        input: ProviderInput,
+    ) {
+        let Some(p) = self.provider.as_mut() else {
+            return;
+        };
+        let o = p.handle(cx.now, input, cx.rng);
+        self.on_provider_out(cx, o);
+    }
+
+    pub(crate) fn on_provider_out<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        out: Vec<ProviderOutput>,
+    ) {
+        for o in out {
+            match o {
+                ProviderOutput::Publish(m) => {
+                    if let Message::Offer(s) = &m {
+                        self.last_offer = Some(s.clone());
+                        if let Ok(o) = s.body_unverified() {
+                            self.contacts.insert(o.provider, o.contact.clone());
+                        }
+                        // Our own offer goes into our own book too.
+                        self.requester_handle(cx, RequesterInput::Offer(s.clone()));
+                    }
+                    cx.out.push(Output::Publish(m));
+                }
+                ProviderOutput::Send { to, message } => self.send(cx, to, message),
+                ProviderOutput::Rejected { requester, reason } => {
+                    info!(requester = %requester.short(), ?reason, "refused a proposal");
+                }
+                ProviderOutput::PriceChanged { price } => info!(price = price.0, "price changed"),
+                ProviderOutput::Run { contract, terms } => {
+                    info!(contract = %contract.short(), "contract accepted; waiting for its escrow and job key");
+                    self.prov.unsettled.insert(contract, (*terms).clone());
+                    self.prov.waiting.insert(contract, terms);
+                    self.try_run(cx, contract);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Start a job whose terms, escrow and key are all here.
+    fn try_run<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, contract: Hash32) {
+        let Some(grant) = self.grants.get(&contract).cloned() else {
+            return;
+        };
+        let Some(terms) = self.prov.waiting.get(&contract) else {
+            return;
+        };
+        if grant.requester != terms.requester
+            || !self.ledger.state().escrows.contains_key(&contract)
+        {
+            return;
+        }
+        let Some(terms) = self.prov.waiting.remove(&contract) else {
+            return;
+        };
+        if self.prov.running.insert(contract) {
+            info!(contract = %contract.short(), "escrow locked and key in: running the job");
+            cx.out.push(Output::Run {
+                contract,
+                terms,
+                grant,
+            });
+        }
+    }
+
+    /// Run what the ledger now escrows; hand the engine the settlements of our
+    /// contracts, each found by its contract id.
+    pub(crate) fn provider_ledger_changed<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
+        if self.provider.is_none() {
+            return;
+        }
+        let waiting: Vec<Hash32> = self.prov.waiting.keys().copied().collect();
+        for c in waiting {
+            self.try_run(cx, c);
+        }
+        let unsettled: Vec<(Hash32, ContractTerms)> = self
+            .prov
+            .unsettled
+            .iter()
+            .map(|(c, t)| (*c, t.clone()))
+            .collect();
+        for (c, terms) in unsettled {
+            if let Some(si) = self.settlement_of(&c, &terms) {
+                self.prov.unsettled.remove(&c);
+                info!(contract = %c.short(), paid = %si.payout.provider, "settled");
+                self.provider_handle(cx, ProviderInput::Settlement(Box::new(si)));
+            }
+        }
+    }
+
+    /// Contracts whose escrow or key did not come by their deadline: give them
+    /// up with a signed failure, freeing the slot.
+    pub(crate) fn release_unescrowed<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
+        let due: Vec<Hash32> = self
+            .prov
+            .waiting
+            .iter()
+            .filter(|(_, t)| t.deadline <= cx.now)
+            .map(|(c, _)| *c)
+            .collect();
+        for contract in due {
+            self.prov.waiting.remove(&contract);
+            let escrowed = self.ledger.state().escrows.contains_key(&contract);
+            let reason = if escrowed {
+                "the requester's job key never came"
+            } else {
+                "the requester's escrow never reached the ledger"
+            };
+            warn!(contract = %contract.short(), reason, "giving the contract up");
+            self.provider_handle(
+                cx,
+                ProviderInput::Aborted {
+                    contract,
+                    reason: reason.into(),
+                },
+            );
+        }
+    }
+
+    /// A job key from a requester, for us as provider or committee member.
+    pub(crate) fn on_grant<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, g: Signed<KeyGrant>) {
+        let me = self.account();
+        let grant = match g.verify(&self.network) {
+            Ok(b) if b.requester == g.signer && b.reader == me => b,
+            Ok(_) => return warn!("a key grant for someone else"),
+            Err(e) => return warn!(%e, "a key grant with a bad signature"),
+        };
+        if let Err(e) = grant.validate() {
+            return warn!(%e, "a malformed key grant");
+        }
+        match keys::open_job_key(
+            &self.identity,
+            &grant.requester,
+            &grant.contract,
+            &grant.sealed,
+        ) {
+            Ok(key) => {
+                self.grants.insert(
+                    grant.contract,
+                    Grant {
+                        key,
+                        requester: grant.requester,
+                        contact: grant.contact,
+                    },
+                );
+                self.try_run(cx, grant.contract);
+                self.try_check(cx, grant.contract);
+            }
+            Err(e) => warn!(%e, "cannot open a job key"),
+        }
+    }
+
+    pub(crate) fn on_ran<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        contract: Hash32,
+        result: Result<RanJob, String>,
+    ) {
+        if !self.prov.running.remove(&contract) {
+            return;
+        }
+        let input = match result {
+            Ok(r) => {
+                info!(
+                    contract = %contract.short(),
+                    secs = format!("{:.2}", r.secs),
+                    backend = %r.backend,
+                    cu = r.units.as_f64(),
+                    "job done; publishing the receipt"
+                );
+                ProviderInput::Finished {
+                    contract,
+                    result: r.result,
+                    units_used: r.units,
+                    commitment: r.commitment,
+                    checkpoint_every: r.checkpoint_every,
+                    checkpoints: r.checkpoints,
+                    inputs_ready_at: r.inputs_ready_at,
+                    started_at: r.started_at,
+                }
+            }
+            Err(e) => {
+                warn!(contract = %contract.short(), error = %e, "job failed");
+                ProviderInput::Aborted {
+                    contract,
+                    reason: e.chars().take(protocol::MAX_TEXT).collect(),
+                }
+            }
+        };
+        self.provider_handle(cx, input);
+    }
+}

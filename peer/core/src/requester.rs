@@ -1,0 +1,403 @@
+//! The requester's half of a job: submit, lock the escrow once both parties
+//! signed, hand the job key to the provider and the committee, fetch the result,
+//! and learn the settlement from the ledger entry that settles the contract.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use crdt_ledger::{Body, Store};
+use protocol::market::{FailReason, RequesterInput, RequesterOutput};
+use protocol::{
+    AccountId, Amount, Contract, Hash32, JobSpec, KeyGrant, Message, Receipt, Signed, Timestamp,
+};
+use rand::Rng;
+use tracing::warn;
+
+use crate::job::{Job, JobEnd, Settled};
+use crate::{Cx, JobKey, NodeCore, Output, keys};
+
+/// A job whose inputs the driver has encrypted (under `key`) and stored.
+#[derive(Debug)]
+pub struct PreparedJob {
+    pub spec: JobSpec,
+    pub key: JobKey,
+    /// What preparing it did, for the job's timeline.
+    pub note: String,
+}
+
+/// A result fetched and decrypted by the driver.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// The workload's metrics (accuracy, loss, …) as the result carried them.
+    pub metrics: serde_json::Value,
+    /// A line for the job's timeline.
+    pub summary: String,
+}
+
+/// Why a job was not submitted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    #[error("the job is not valid: {0}")]
+    Invalid(String),
+    #[error("cannot sign the job: {0}")]
+    Sign(String),
+}
+
+/// The requester's jobs by id, and contract → job.
+#[derive(Debug, Default)]
+pub(crate) struct Jobs {
+    by_id: BTreeMap<Hash32, Job>,
+    of_contract: HashMap<Hash32, Hash32>,
+}
+
+impl Jobs {
+    fn by_contract(&mut self, contract: &Hash32) -> Option<&mut Job> {
+        let id = self.of_contract.get(contract)?;
+        self.by_id.get_mut(id)
+    }
+}
+
+/// Providers' quality from their SLA record in the ledger (new ones score 1).
+#[derive(Debug)]
+pub(crate) struct LedgerReputation(HashMap<AccountId, f64>);
+
+impl protocol::market::Reputation for LedgerReputation {
+    fn quality(&self, provider: &AccountId) -> f64 {
+        self.0.get(provider).copied().unwrap_or(1.0)
+    }
+}
+
+impl<S: Store> NodeCore<S> {
+    /// The jobs this node submitted, oldest id first.
+    pub fn jobs(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.by_id.values()
+    }
+
+    pub fn job(&self, id: &Hash32) -> Option<&Job> {
+        self.jobs.by_id.get(id)
+    }
+
+    fn reputation(&mut self) -> LedgerReputation {
+        LedgerReputation(
+            self.ledger
+                .state()
+                .reputation
+                .iter()
+                .map(|(a, r)| (*a, f64::from(r.score_bps()) / 10_000.0))
+                .collect(),
+        )
+    }
+
+    pub(crate) fn requester_handle<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        input: RequesterInput,
+    ) {
+        let rep = self.reputation();
+        let o = self.requester.handle(cx.now, input, &rep, cx.rng);
+        self.on_requester_out(cx, o);
+    }
+
+    pub(crate) fn requester_timeout<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
+        let rep = self.reputation();
+        let o = self.requester.handle_timeout(cx.now, &rep, cx.rng);
+        self.on_requester_out(cx, o);
+    }
+
+    /// Submit a prepared job: the engine signs it and looks for a provider.
+    pub fn submit<R: Rng + ?Sized>(
+        &mut self,
+        now: Timestamp,
+        p: PreparedJob,
+        rng: &mut R,
+        out: &mut Vec<crate::Output>,
+    ) -> Result<Hash32, SubmitError> {
+        p.spec
+            .validate(now)
+            .map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        // Signing is deterministic: the engine's signature gives the same id.
+        let id = Signed::sign(&self.identity, &self.network, &p.spec)
+            .map_err(|e| SubmitError::Sign(e.to_string()))?
+            .id();
+        let mut job = Job {
+            id,
+            spec: p.spec.clone(),
+            key: p.key,
+            submitted: now,
+            provider: None,
+            terms: None,
+            contract: None,
+            escrow: None,
+            units: None,
+            failure: None,
+            settled: None,
+            ended: None,
+            result: None,
+            events: Vec::new(),
+        };
+        job.event(now, p.note);
+        let offers = self.requester.book().iter().count();
+        job.event(now, format!("submitted; {offers} offers in the book"));
+        self.jobs.by_id.insert(id, job);
+        let mut cx = Cx { now, rng, out };
+        self.requester_handle(&mut cx, RequesterInput::Submit(Box::new(p.spec)));
+        self.settle_ledger(&mut cx);
+        Ok(id)
+    }
+
+    fn on_requester_out<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, out: Vec<RequesterOutput>) {
+        for o in out {
+            match o {
+                RequesterOutput::Publish(m) => cx.out.push(Output::Publish(m)),
+                RequesterOutput::Send { to, message } => self.send(cx, to, message),
+                RequesterOutput::NoMatch {
+                    job,
+                    reasons,
+                    examined,
+                } => {
+                    if let Some(j) = self.jobs.by_id.get_mut(&job) {
+                        let why: Vec<String> = reasons
+                            .iter()
+                            .take(3)
+                            .map(|e| format!("{}: {:?}", e.provider.short(), e.reason))
+                            .collect();
+                        j.event(
+                            cx.now,
+                            format!(
+                                "no offer fits yet ({examined} examined{}{}); the bid stays open",
+                                if why.is_empty() { "" } else { ": " },
+                                why.join("; ")
+                            ),
+                        );
+                    }
+                }
+                RequesterOutput::Proposed { job, provider } => {
+                    let book = self.requester.book();
+                    let offer = book
+                        .iter()
+                        .find(|e| e.offer.provider == provider)
+                        .map(|e| (e.offer.price.0, e.offer.device.clone()));
+                    let n = book.iter().count();
+                    if let Some(j) = self.jobs.by_id.get_mut(&job) {
+                        j.provider = Some(provider);
+                        let (price, device) = offer.unwrap_or_default();
+                        j.event(
+                            cx.now,
+                            format!(
+                                "proposed to {} ({device}, {price} µ-tokens/CU): best utility Q − P of {n} offers",
+                                provider.short()
+                            ),
+                        );
+                    }
+                }
+                RequesterOutput::LockEscrow { contract, amount } => {
+                    self.lock_escrow(cx, *contract, amount);
+                }
+                RequesterOutput::Delivered { contract, receipt } => {
+                    self.on_delivered(cx, contract, *receipt);
+                }
+                RequesterOutput::Failed { contract, reason } => {
+                    if let Some(j) = self.jobs.by_contract(&contract) {
+                        let why = match reason {
+                            FailReason::ProviderVanished => {
+                                "no receipt by the deadline: the provider vanished".to_string()
+                            }
+                            FailReason::Aborted(r) => format!("the provider gave up: {r}"),
+                            FailReason::EscrowFailed => "the escrow could not be locked".into(),
+                            other => format!("{other:?}"),
+                        };
+                        j.event(
+                            cx.now,
+                            format!("{why}; the committee will refund the escrow"),
+                        );
+                        j.failure = Some(why);
+                    }
+                }
+                RequesterOutput::BidExpired { job } => {
+                    if let Some(j) = self.jobs.by_id.get_mut(&job) {
+                        j.event(cx.now, "the bid expired unfilled".into());
+                        j.ended = Some(JobEnd::Expired);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn lock_escrow<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        contract: Contract,
+        amount: Amount,
+    ) {
+        let id = contract.body_hash();
+        let Ok(terms) = contract.body_unverified() else {
+            return;
+        };
+        let job_id = terms.job;
+        if let Err(e) = self.append(cx.now, Body::EscrowLock { contract }) {
+            warn!(%e, "cannot lock the escrow");
+            if let Some(j) = self.jobs.by_id.get_mut(&job_id) {
+                j.event(cx.now, format!("cannot lock the escrow: {e}"));
+                j.ended = Some(JobEnd::Refused(format!("cannot lock the escrow: {e}")));
+            }
+            self.requester_handle(cx, RequesterInput::EscrowFailed { contract: id });
+            return;
+        }
+        self.jobs.of_contract.insert(id, job_id);
+        let Some(j) = self.jobs.by_id.get_mut(&job_id) else {
+            return;
+        };
+        j.contract = Some(id);
+        j.provider = Some(terms.provider);
+        j.escrow = Some(amount);
+        j.event(
+            cx.now,
+            format!(
+                "contract {} signed by both: {} µ-tokens/CU for at most {:.3} CU; escrow of {amount} tokens locked in the ledger",
+                id.short(),
+                terms.price.0,
+                terms.max_units.as_f64()
+            ),
+        );
+        j.terms = Some(terms.clone());
+        let key = j.key.clone();
+        // The provider reads the inputs; the committee that watches the contract
+        // (the next epoch's, which the oracles serve as now) reads them to
+        // re-execute.
+        let state = self.ledger.state();
+        let committee: Vec<AccountId> = state
+            .committee_for(state.epoch + 1)
+            .map(<[AccountId]>::to_vec)
+            .unwrap_or_default();
+        let me = self.account();
+        let mut readers = vec![terms.provider];
+        readers.extend(
+            committee
+                .into_iter()
+                .filter(|a| *a != me && *a != terms.provider),
+        );
+        let contact = self.contact.clone();
+        for reader in readers {
+            let sealed = match keys::seal_job_key(&self.identity, &reader, &id, &key) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(%e, reader = %reader.short(), "cannot seal the job key");
+                    continue;
+                }
+            };
+            let grant = KeyGrant {
+                contract: id,
+                requester: me,
+                reader,
+                sealed,
+                contact: contact.clone(),
+                issued_at: cx.now,
+            };
+            match Signed::sign(&self.identity, &self.network, &grant) {
+                Ok(s) => self.send(cx, reader, Message::KeyGrant(s)),
+                Err(e) => warn!(%e, "cannot sign a key grant"),
+            }
+        }
+    }
+
+    fn on_delivered<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        contract: Hash32,
+        receipt: Receipt,
+    ) {
+        let provider_contact = self.contact_of(&receipt.provider);
+        let Some(j) = self.jobs.by_contract(&contract) else {
+            return;
+        };
+        j.units = Some(receipt.units_used);
+        let t = receipt.timings;
+        j.event(
+            cx.now,
+            format!(
+                "receipt: {:.3} CU used, ran {:.2} s (inputs fetched in {:.2} s); result {} ({} bytes)",
+                receipt.units_used.as_f64(),
+                t.finished_at.since(t.started_at).as_secs_f64(),
+                t.inputs_ready_at.since(t.accepted_at).as_secs_f64(),
+                receipt.result.hash.short(),
+                receipt.result.size
+            ),
+        );
+        cx.out.push(Output::FetchResult {
+            job: j.id,
+            receipt: Box::new(receipt),
+            key: j.key.clone(),
+            provider_contact,
+        });
+    }
+
+    pub(crate) fn on_fetched<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        job: Hash32,
+        result: Result<Fetched, String>,
+    ) {
+        let Some(j) = self.jobs.by_id.get_mut(&job) else {
+            return;
+        };
+        match result {
+            Ok(f) => {
+                j.event(cx.now, f.summary.clone());
+                j.result = Some(f);
+            }
+            Err(e) => j.event(cx.now, format!("cannot fetch the result: {e}")),
+        }
+    }
+
+    /// Settlements the ledger now holds for our open contracts: each found by
+    /// its contract id, its outcome the one the quorum certified.
+    pub(crate) fn requester_ledger_changed<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
+        let open: Vec<(Hash32, protocol::ContractTerms)> = self
+            .jobs
+            .by_id
+            .values()
+            .filter(|j| j.settled.is_none())
+            .filter_map(|j| Some((j.contract?, j.terms.clone()?)))
+            .collect();
+        for (c, terms) in open {
+            let Some(si) = self.settlement_of(&c, &terms) else {
+                continue;
+            };
+            if let Some(j) = self.jobs.by_contract(&c) {
+                let fees = si.payout.fees.iter().map(|(_, a)| a.0).sum::<u64>();
+                j.event(
+                    cx.now,
+                    format!(
+                        "committee verdict (quorum of {} in epoch {}): delivered={} result_ok={} sla_ok={}",
+                        si.cert.verdicts.len(),
+                        si.cert.epoch,
+                        si.outcome.delivered,
+                        si.outcome.result_ok,
+                        si.outcome.sla_ok
+                    ),
+                );
+                j.event(
+                    cx.now,
+                    format!(
+                        "settled in the ledger: provider paid {} tokens (penalty {}), committee fee {}, requester refunded {}",
+                        si.payout.provider,
+                        si.payout.penalty,
+                        Amount(fees),
+                        si.payout.refund
+                    ),
+                );
+                j.settled = Some(Settled {
+                    outcome: si.outcome,
+                    payout: si.payout.clone(),
+                    epoch: si.cert.epoch,
+                    verdicts: si.cert.verdicts.len(),
+                });
+            }
+            self.requester_handle(cx, RequesterInput::Settlement(Box::new(si)));
+        }
+    }
+}

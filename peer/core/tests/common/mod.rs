@@ -1,0 +1,385 @@
+//! A small deterministic network of node cores on virtual time: every peer has
+//! its own ledger replica (in memory) and real automerge sync; messages travel
+//! through the same wire encoding the binary uses. Work the cores ask for is
+//! answered by stand-ins: a run produces a result blob named by its contract (or
+//! a wrong one for a cheating provider), a check compares it, a fetch succeeds.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+
+use crdt_ledger::{Genesis, GenesisEntry, Ledger, MemStore, Params};
+use node_core::{
+    CoreConfig, Direct, Fetched, Input, NodeCore, Output, PreparedJob, RanJob, Timing, Via,
+};
+use protocol::market::{PricingConfig, ProviderConfig};
+use protocol::*;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+pub const T0: Timestamp = Timestamp(1_767_225_600_000);
+/// One-way delay of every message.
+pub const HOP: DurationMs = DurationMs(5);
+/// How often every core gets a tick (as the binary's loop does).
+pub const TICK: DurationMs = DurationMs(250);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Oracle,
+    Provider { cheat: bool },
+    Requester,
+}
+
+/// Decides whether a message from `from` reaches `to` (true: it does).
+pub type Filter = Box<dyn Fn(usize, usize, &Message) -> bool>;
+
+pub struct Net {
+    pub now: Timestamp,
+    pub nodes: Vec<NodeCore<MemStore>>,
+    pub roles: Vec<Role>,
+    pub ids: Vec<Identity>,
+    by_account: HashMap<AccountId, usize>,
+    rng: ChaCha8Rng,
+    queue: BinaryHeap<Reverse<(Timestamp, u64)>>,
+    pending: HashMap<u64, (usize, Input)>,
+    seq: u64,
+    next_tick: Timestamp,
+    /// Gossip is delivered as direct messages instead (to show both take one path).
+    pub gossip_as_direct: bool,
+    pub filter: Option<Filter>,
+    /// Every message delivered: (from, to, via, kind).
+    pub log: Vec<(usize, usize, Via, &'static str)>,
+    pub genesis: GenesisEntry,
+}
+
+pub fn genesis(ids: &[Identity], roles: &[Role], requester_micro: u64) -> GenesisEntry {
+    let params = Params {
+        epoch_length: DurationMs::secs(5),
+        stall_timeout: DurationMs::secs(3),
+        committee_size: 3,
+        ..Params::default()
+    };
+    let mut balances = Vec::new();
+    let mut stakes = Vec::new();
+    for (id, r) in ids.iter().zip(roles) {
+        match r {
+            Role::Oracle => {
+                balances.push((id.account(), Amount::tokens(10)));
+                stakes.push((id.account(), params.min_stake));
+            }
+            Role::Provider { .. } => balances.push((id.account(), Amount::tokens(10))),
+            Role::Requester => balances.push((id.account(), Amount(requester_micro))),
+        }
+    }
+    balances.sort_by_key(|(a, _)| *a);
+    stakes.sort_by_key(|(a, _)| *a);
+    GenesisEntry::create(
+        &Identity::from_seed(999),
+        Genesis {
+            name: "core-tests".into(),
+            genesis_time: T0,
+            params,
+            balances,
+            stakes,
+        },
+    )
+    .unwrap()
+}
+
+pub fn provider_config(account: &AccountId) -> ProviderConfig {
+    ProviderConfig {
+        contact: vec![format!("provider-{}", account.short())],
+        offer_ttl: DurationMs::secs(60),
+        pricing: PricingConfig {
+            cost: PricePerCu(10),
+            initial: PricePerCu(20),
+            ..PricingConfig::default()
+        },
+        ..ProviderConfig::default()
+    }
+}
+
+impl Net {
+    /// A network of `roles`; requesters start with `requester_micro` µ-tokens.
+    pub fn new(roles: &[Role], requester_micro: u64, seed: u64) -> Net {
+        let ids: Vec<Identity> = (0..roles.len())
+            .map(|i| Identity::from_seed(seed * 1000 + i as u64))
+            .collect();
+        let g = genesis(&ids, roles, requester_micro);
+        let nodes = ids
+            .iter()
+            .zip(roles)
+            .map(|(id, r)| {
+                let ledger = Ledger::new(g.clone(), &id.account().0).unwrap();
+                NodeCore::new(
+                    id.clone(),
+                    ledger,
+                    CoreConfig {
+                        provider: matches!(r, Role::Provider { .. })
+                            .then(|| provider_config(&id.account())),
+                        oracle: *r == Role::Oracle,
+                        contact: vec![format!("peer-{}", id.account().short())],
+                        timing: Timing::quick(),
+                        book: Default::default(),
+                    },
+                )
+            })
+            .collect();
+        let by_account = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.account(), i))
+            .collect();
+        let mut net = Net {
+            now: T0,
+            nodes,
+            roles: roles.to_vec(),
+            ids,
+            by_account,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            queue: BinaryHeap::new(),
+            pending: HashMap::new(),
+            seq: 0,
+            next_tick: T0,
+            gossip_as_direct: false,
+            filter: None,
+            log: Vec::new(),
+            genesis: g,
+        };
+        for i in 0..roles.len() {
+            net.at(T0, i, Input::Start);
+            for j in 0..roles.len() {
+                if i != j {
+                    let a = net.ids[j].account();
+                    net.at(T0, i, Input::PeerUp(a));
+                }
+            }
+        }
+        net
+    }
+
+    pub fn index(&self, a: &AccountId) -> Option<usize> {
+        self.by_account.get(a).copied()
+    }
+
+    fn at(&mut self, t: Timestamp, node: usize, input: Input) {
+        self.seq += 1;
+        self.queue.push(Reverse((t, self.seq)));
+        self.pending.insert(self.seq, (node, input));
+    }
+
+    /// Run until `until`, or until `done` holds (checked after every event).
+    pub fn run(&mut self, until: Timestamp, mut done: impl FnMut(&mut Net) -> bool) -> bool {
+        loop {
+            if done(self) {
+                return true;
+            }
+            let next_ev = self.queue.peek().map(|Reverse((t, _))| *t);
+            let t = match next_ev {
+                Some(t) if t < self.next_tick => t,
+                _ => self.next_tick,
+            };
+            if t > until {
+                return false;
+            }
+            self.now = t;
+            if next_ev == Some(t) && t < self.next_tick {
+                let Some(Reverse((_, s))) = self.queue.pop() else {
+                    continue;
+                };
+                let (node, input) = self.pending.remove(&s).unwrap();
+                self.handle(node, input);
+            } else {
+                self.next_tick = t.plus(TICK);
+                for i in 0..self.nodes.len() {
+                    self.handle(i, Input::Tick);
+                }
+            }
+        }
+    }
+
+    pub fn handle(&mut self, i: usize, input: Input) {
+        let mut out = Vec::new();
+        let now = self.now;
+        self.nodes[i].handle(now, input, &mut self.rng, &mut out);
+        self.carry(i, out);
+    }
+
+    pub fn submit(&mut self, i: usize, spec: JobSpec) -> Hash32 {
+        let mut out = Vec::new();
+        let now = self.now;
+        let id = self.nodes[i]
+            .submit(
+                now,
+                PreparedJob {
+                    spec,
+                    key: node_core::JobKey::from_bytes([i as u8 + 1; 32]),
+                    note: "stand-in inputs".into(),
+                },
+                &mut self.rng,
+                &mut out,
+            )
+            .unwrap();
+        self.carry(i, out);
+        id
+    }
+
+    fn deliver(&mut self, from: usize, to: usize, via: Via, msg: Message) {
+        if let Some(f) = &self.filter
+            && !f(from, to, &msg)
+        {
+            return;
+        }
+        self.log.push((from, to, via, msg.kind()));
+        let t = self.now.plus(HOP);
+        let from_acc = Some(self.ids[from].account());
+        self.at(
+            t,
+            to,
+            Input::Message {
+                from: from_acc,
+                via,
+                msg,
+            },
+        );
+    }
+
+    fn carry(&mut self, i: usize, out: Vec<Output>) {
+        let network = self.genesis.network();
+        for o in out {
+            match o {
+                Output::Publish(m) => {
+                    let via = if self.gossip_as_direct {
+                        Via::Direct
+                    } else {
+                        Via::Gossip
+                    };
+                    for j in 0..self.nodes.len() {
+                        if j != i {
+                            self.deliver(i, j, via, m.clone());
+                        }
+                    }
+                }
+                Output::Send { to, msg } => {
+                    let Some(j) = self.index(&to) else { continue };
+                    // Through the wire encoding, as the binary sends it.
+                    let bytes = msg.to_bytes().unwrap();
+                    let from = self.ids[i].account();
+                    match Direct::from_bytes(&bytes, &network).unwrap() {
+                        Direct::Frame(f) => self.deliver(i, j, Via::Direct, f.message),
+                        Direct::LedgerSync(bytes) => {
+                            let t = self.now.plus(HOP);
+                            self.at(t, j, Input::Sync { from, bytes });
+                        }
+                        Direct::Proposal(proposal) => {
+                            let t = self.now.plus(HOP);
+                            self.at(t, j, Input::Proposal { from, proposal });
+                        }
+                        Direct::Vote {
+                            proposal,
+                            signer,
+                            sig,
+                        } => {
+                            let t = self.now.plus(HOP);
+                            self.at(
+                                t,
+                                j,
+                                Input::Vote {
+                                    proposal,
+                                    signer,
+                                    sig,
+                                },
+                            );
+                        }
+                    }
+                }
+                Output::Run {
+                    contract, terms, ..
+                } => {
+                    let cheat = matches!(self.roles[i], Role::Provider { cheat: true });
+                    let result = BlobRef {
+                        hash: result_hash(&contract, cheat),
+                        size: 1_000,
+                    };
+                    let t = self.now.plus(DurationMs(100));
+                    self.at(
+                        t,
+                        i,
+                        Input::Ran {
+                            contract,
+                            result: Ok(RanJob {
+                                result,
+                                units: terms.max_units,
+                                commitment: result.hash,
+                                checkpoint_every: 1,
+                                checkpoints: 1,
+                                inputs_ready_at: self.now,
+                                started_at: self.now,
+                                secs: 0.1,
+                                backend: "stand-in".into(),
+                            }),
+                        },
+                    );
+                }
+                Output::Check {
+                    contract, receipt, ..
+                } => {
+                    let ok = receipt.result.hash == result_hash(&contract, false);
+                    let t = self.now.plus(DurationMs(50));
+                    let result = if ok {
+                        Ok("the stand-in result matches".to_string())
+                    } else {
+                        Err("the stand-in result differs".to_string())
+                    };
+                    self.at(t, i, Input::Checked { contract, result });
+                }
+                Output::FetchResult { job, receipt, .. } => {
+                    let t = self.now.plus(DurationMs(20));
+                    let result = Ok(Fetched {
+                        path: format!("results/{}", job.short()).into(),
+                        bytes: receipt.result.size,
+                        metrics: serde_json::Value::Null,
+                        summary: "fetched (stand-in)".into(),
+                    });
+                    self.at(t, i, Input::Fetched { job, result });
+                }
+                other => panic!("an output the harness does not know: {other:?}"),
+            }
+        }
+    }
+
+    /// Every account's balance + stake + escrow, from node `i`'s replica.
+    pub fn balances(&mut self, i: usize) -> BTreeMap<AccountId, Amount> {
+        let st = self.nodes[i].ledger().state().clone();
+        st.balances.clone()
+    }
+
+    pub fn job_spec(&self, requester: usize, units: u64, max_price: u64) -> JobSpec {
+        JobSpec {
+            requester: self.ids[requester].account(),
+            kind: JobKind::Infer { batch: 16 },
+            model: None,
+            dataset: BlobRef {
+                hash: Hash32::of(b"dataset"),
+                size: 1_000,
+            },
+            estimated_units: ComputeUnits::from_milli(units * 1000),
+            max_price: PricePerCu(max_price),
+            deadline: self.now.plus(DurationMs::secs(60)),
+            sla: SlaRequirement {
+                min_availability: Bps(9_000),
+                min_penalty: Bps(500),
+            },
+            privacy: None,
+            issued_at: self.now,
+            expires_at: self.now.plus(DurationMs::secs(60)),
+            nonce: 7,
+        }
+    }
+}
+
+/// The stand-in result of a contract (a cheater's differs).
+pub fn result_hash(contract: &Hash32, wrong: bool) -> Hash32 {
+    Hash32::of(&[&contract.0[..], if wrong { b"wrong" } else { b"right" }].concat())
+}

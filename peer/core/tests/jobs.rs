@@ -1,0 +1,158 @@
+//! A job's whole life through node cores, each with its own ledger replica:
+//! the paths a job can take, and that every one of them ends.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+mod common;
+
+use common::{Net, Role};
+use node_core::{JobEnd, JobState};
+use protocol::{DurationMs, Hash32, Message, Timestamp};
+
+const ROLES: [Role; 5] = [
+    Role::Oracle,
+    Role::Oracle,
+    Role::Oracle,
+    Role::Provider { cheat: false },
+    Role::Requester,
+];
+const REQ: usize = 4;
+/// A requester's genesis balance: 1,000 tokens.
+const TOKENS: u64 = 1_000_000_000;
+const PROV: usize = 3;
+
+fn state(net: &Net, job: &Hash32) -> JobState {
+    let n = &net.nodes[REQ];
+    n.job(job).unwrap().state(n.requester())
+}
+
+fn run_to_end(net: &mut Net, job: Hash32, secs: u64) -> JobState {
+    let until = net.now.plus(DurationMs::secs(secs));
+    let done = net.run(until, |n| {
+        let c = &n.nodes[REQ];
+        c.job(&job).unwrap().done(c.requester())
+    });
+    let s = state(net, &job);
+    assert!(done, "the job did not end in {secs} s: {s:?}");
+    s
+}
+
+/// Let offers spread and a checkpoint or two finalize the oracles' stakes.
+fn warm_up(net: &mut Net) {
+    let t = net.now.plus(DurationMs::secs(2));
+    net.run(t, |_| false);
+}
+
+#[test]
+fn a_proposed_job_settles_ok_and_every_replica_agrees() {
+    let mut net = Net::new(&ROLES, TOKENS, 1);
+    warm_up(&mut net);
+    let spec = net.job_spec(REQ, 10, 1_000);
+    let job = net.submit(REQ, spec);
+    assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
+    let j = net.nodes[REQ].job(&job).unwrap();
+    let paid = j.settled.as_ref().unwrap().payout.provider;
+    assert!(paid.0 > 0, "the provider was paid nothing");
+    // Let sync and a checkpoint spread the settlement; every replica then holds
+    // the same balances.
+    let t = net.now.plus(DurationMs::secs(12));
+    net.run(t, |_| false);
+    let b0 = net.balances(0);
+    for i in 1..ROLES.len() {
+        assert_eq!(net.balances(i), b0, "replica {i} disagrees");
+    }
+    // The proposal path: the requester proposed directly, nobody posted a bid.
+    assert!(!net.log.iter().any(|(_, _, _, k)| *k == "job"));
+}
+
+#[test]
+fn an_open_bid_is_answered_and_settles() {
+    let mut net = Net::new(&ROLES, TOKENS, 2);
+    // The requester hears no offers: its job fits nothing it knows, so it posts
+    // a bid, which the provider answers with a proposal.
+    net.filter = Some(Box::new(|_, to, m| {
+        !(to == REQ && matches!(m, Message::Offer(_)))
+    }));
+    warm_up(&mut net);
+    let spec = net.job_spec(REQ, 10, 1_000);
+    let job = net.submit(REQ, spec);
+    assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
+    let sent = |from: usize, to: usize, kind: &str| {
+        net.log
+            .iter()
+            .any(|(f, t, _, k)| *f == from && *t == to && *k == kind)
+    };
+    assert!(sent(REQ, PROV, "job"), "the requester posted no bid");
+    assert!(
+        sent(PROV, REQ, "proposal"),
+        "the provider did not answer it"
+    );
+    assert!(
+        sent(REQ, PROV, "proposal-answer"),
+        "the requester did not accept"
+    );
+    assert!(
+        sent(PROV, REQ, "contract"),
+        "the provider sent no contract back"
+    );
+}
+
+#[test]
+fn gossip_and_direct_delivery_take_one_path() {
+    let outcome = |as_direct: bool| {
+        let mut net = Net::new(&ROLES, TOKENS, 3);
+        net.gossip_as_direct = as_direct;
+        warm_up(&mut net);
+        let spec = net.job_spec(REQ, 10, 1_000);
+        let job = net.submit(REQ, spec);
+        let s = run_to_end(&mut net, job, 120);
+        let t = net.now.plus(DurationMs::secs(12));
+        net.run(t, |_| false);
+        (s, net.balances(REQ), net.nodes[REQ].ledger().state().root())
+    };
+    assert_eq!(outcome(false), outcome(true));
+}
+
+#[test]
+fn a_wrong_result_ends_failed_and_refunded() {
+    let roles = [
+        Role::Oracle,
+        Role::Oracle,
+        Role::Oracle,
+        Role::Provider { cheat: true },
+        Role::Requester,
+    ];
+    let mut net = Net::new(&roles, TOKENS, 4);
+    warm_up(&mut net);
+    let spec = net.job_spec(REQ, 10, 1_000);
+    let job = net.submit(REQ, spec);
+    let s = run_to_end(&mut net, job, 120);
+    assert_eq!(s, JobState::Ended(JobEnd::WrongResult));
+    let j = net.nodes[REQ].job(&job).unwrap();
+    let settled = j.settled.as_ref().unwrap();
+    assert_eq!(settled.payout.provider.0, 0, "a wrong result was paid");
+    assert_eq!(state(&net, &job).name(), "settled");
+}
+
+#[test]
+fn a_job_the_requester_cannot_pay_ends_refused_and_frees_the_provider() {
+    // 100 µ-tokens cannot cover an escrow of 10 CU at the provider's 20
+    // µ-tokens/CU.
+    let mut net = Net::new(&ROLES, 100, 5);
+    warm_up(&mut net);
+    let spec = net.job_spec(REQ, 10, 1_000);
+    let job = net.submit(REQ, spec);
+    let s = run_to_end(&mut net, job, 30);
+    match s {
+        JobState::Ended(JobEnd::Refused(why)) => {
+            assert!(why.contains("escrow"), "{why}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // The provider accepted the contract, never saw its escrow, and gives it up
+    // by the deadline with a signed failure: no slot stays taken.
+    let deadline: Timestamp = net.nodes[REQ].job(&job).unwrap().spec.deadline;
+    net.run(deadline.plus(DurationMs::secs(2)), |_| false);
+    let p = net.nodes[PROV].provider().unwrap();
+    assert_eq!(p.running(), 0, "a slot is still held");
+}

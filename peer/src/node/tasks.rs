@@ -1,0 +1,334 @@
+//! The work the core asks for and the driver does beside its loop: benchmark
+//! the device, prepare a job's inputs, run a job, check a delivered result,
+//! fetch a result. Each takes what the core's output carries and returns what
+//! the core's next input needs; none decides anything.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use node_core::{Fetched, Grant, JobKey, PreparedJob, RanJob};
+use protocol::market::{PricingConfig, ProviderConfig};
+use protocol::{
+    AccountId, BlobRef, Bps, ComputeUnits, ContractTerms, Hash32, JobSpec, PricePerCu, Receipt,
+    ResourceClass, SlaTerms, Timestamp,
+};
+use tracing::{info, warn};
+
+use super::{RunOptions, fetch_logged};
+use crate::blobs::BlobNode;
+use crate::config::DataDir;
+use crate::control::JobRequest;
+use crate::crypto;
+use crate::net;
+
+pub(super) fn backend_preference(dir: &DataDir) -> compute::BackendPreference {
+    match dir.config.provider.backend.as_str() {
+        "cpu" => compute::BackendPreference::Cpu,
+        "wgpu" => compute::BackendPreference::Wgpu,
+        _ => compute::BackendPreference::Auto,
+    }
+}
+
+/// Benchmark the device and describe what this provider sells.
+pub(super) async fn provider_config(
+    dir: &DataDir,
+    blobs: &BlobNode,
+    opts: &RunOptions,
+) -> anyhow::Result<ProviderConfig> {
+    let pref = backend_preference(dir);
+    let (reason, bench) = tokio::task::spawn_blocking(move || {
+        let sel = compute::select_backend(pref)?;
+        let bench = compute::bench::device_gflops(&*sel.backend)?;
+        Ok::<_, compute::ComputeError>((sel.reason, bench))
+    })
+    .await
+    .context("the benchmark task failed")??;
+    info!(%reason, gflops = format!("{:.1}", bench.gflops), "benchmarked the device");
+    let gpu = matches!(
+        bench.backend.device_type.as_str(),
+        "DiscreteGpu" | "IntegratedGpu"
+    );
+    let floor = dir.config.provider.price_floor.max(1);
+    Ok(ProviderConfig {
+        class: if gpu {
+            ResourceClass::Gpu
+        } else {
+            ResourceClass::Cpu
+        },
+        device: bench
+            .backend
+            .name
+            .chars()
+            .take(protocol::MAX_TEXT)
+            .collect(),
+        speed_milli_cu_per_s: (bench.gflops * 1000.0).max(1.0) as u64,
+        region: dir.config.provider.region.clone(),
+        contact: blobs.contact(),
+        slots: dir.config.provider.slots,
+        sla: SlaTerms {
+            deadline_slack: opts.timing.deadline_slack,
+            availability: Bps(9_500),
+            penalty: Bps(1_000),
+        },
+        offer_ttl: opts.timing.offer_ttl,
+        pricing: PricingConfig {
+            cost: PricePerCu(floor),
+            initial: PricePerCu(floor.saturating_mul(2)),
+            ..PricingConfig::default()
+        },
+        ..ProviderConfig::default()
+    })
+}
+
+/// The additional data of a job's inputs: the requester's account.
+fn input_aad(requester: &AccountId) -> Hash32 {
+    Hash32(requester.0)
+}
+
+/// Read, encrypt and store a job's inputs; price it with the FLOP model.
+pub(super) async fn prepare(
+    blobs: BlobNode,
+    me: AccountId,
+    req: JobRequest,
+    submitted: Timestamp,
+) -> anyhow::Result<PreparedJob> {
+    let data = tokio::fs::read(&req.dataset)
+        .await
+        .with_context(|| format!("cannot read the data set {}", req.dataset.display()))?;
+    let model = match &req.model {
+        Some(p) => Some(
+            tokio::fs::read(p)
+                .await
+                .with_context(|| format!("cannot read the model {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let kind = req.kind.clone();
+    let (cu, data, model) = tokio::task::spawn_blocking(move || {
+        let cu = crate::work::estimate_units(&kind, &data, model.as_deref());
+        (cu, data, model)
+    })
+    .await?;
+    // The estimate also checks that the data fits the model: do it even when the
+    // user gives the compute units.
+    let cu = req
+        .estimated_cu
+        .unwrap_or(cu.context("the job does not fit its data")?);
+    let key = crypto::random_key();
+    let aad = input_aad(&me);
+    let store = |label: &'static str, plain: Vec<u8>| {
+        let blobs = blobs.clone();
+        let key = key.clone();
+        async move {
+            let ct =
+                tokio::task::spawn_blocking(move || crypto::encrypt(&key, label, &aad, &plain))
+                    .await?;
+            let size = ct.len() as u64;
+            let hash = blobs.add_bytes(ct).await?;
+            anyhow::Ok(BlobRef { hash, size })
+        }
+    };
+    let data_len = data.len();
+    let dataset = store("dataset", data).await?;
+    let model = match model {
+        Some(m) => Some(store("model", m).await?),
+        None => None,
+    };
+    let deadline = Timestamp(
+        submitted
+            .0
+            .saturating_add(req.deadline_secs.saturating_mul(1000)),
+    );
+    let spec = JobSpec {
+        requester: me,
+        kind: req.kind,
+        model,
+        dataset,
+        estimated_units: ComputeUnits {
+            milli: (cu * 1000.0).ceil().max(1.0) as u64,
+        },
+        max_price: PricePerCu(req.max_price),
+        deadline,
+        sla: req.sla,
+        privacy: req.privacy,
+        issued_at: submitted,
+        expires_at: deadline,
+        nonce: {
+            let mut b = [0u8; 8];
+            getrandom::fill(&mut b)
+                .map_err(|e| anyhow::anyhow!("OS random number generator: {e}"))?;
+            u64::from_le_bytes(b)
+        },
+    };
+    Ok(PreparedJob {
+        spec,
+        key,
+        note: format!(
+            "inputs encrypted and stored ({data_len} bytes of data); estimated {cu:.3} CU"
+        ),
+    })
+}
+
+/// Fetch a job's encrypted inputs from its requester and decrypt them.
+async fn fetch_inputs(
+    blobs: &BlobNode,
+    grant: &Grant,
+    terms: &ContractTerms,
+) -> anyhow::Result<(Vec<u8>, Option<Vec<u8>>)> {
+    let from = BlobNode::peer_addr(&grant.requester, &grant.contact)?;
+    let aad = input_aad(&grant.requester);
+    let get = async |r: &BlobRef, label: &'static str| -> anyhow::Result<Vec<u8>> {
+        fetch_logged(blobs, from.clone(), &r.hash).await?;
+        let ct = blobs.get_bytes(&r.hash).await?;
+        let key = grant.key.clone();
+        Ok(tokio::task::spawn_blocking(move || crypto::decrypt(&key, label, &aad, &ct)).await??)
+    };
+    let data = get(&terms.spec.dataset, "dataset")
+        .await
+        .context("the data set")?;
+    let model = match &terms.spec.model {
+        Some(m) => Some(get(m, "model").await.context("the model")?),
+        None => None,
+    };
+    Ok((data, model))
+}
+
+/// Fetch a delivered result from its provider, decrypt it and read the bundle.
+async fn fetch_result(
+    blobs: &BlobNode,
+    contact: &[String],
+    receipt: &Receipt,
+    key: JobKey,
+) -> anyhow::Result<crate::work::JobResult> {
+    let from = BlobNode::peer_addr(&receipt.provider, contact)?;
+    fetch_logged(blobs, from, &receipt.result.hash).await?;
+    let ct = blobs.get_bytes(&receipt.result.hash).await?;
+    let contract = receipt.contract;
+    tokio::task::spawn_blocking(move || {
+        let plain = crypto::decrypt(&key, "result", &contract, &ct)?;
+        crate::work::JobResult::from_bytes(&plain)
+    })
+    .await?
+}
+
+/// Run a contract's job on the selected backend; store the encrypted result.
+pub(super) async fn run_job(
+    blobs: BlobNode,
+    grant: Grant,
+    terms: ContractTerms,
+    contract: Hash32,
+    pref: compute::BackendPreference,
+    faulty: bool,
+) -> anyhow::Result<RanJob> {
+    let (data, model) = fetch_inputs(&blobs, &grant, &terms).await?;
+    let inputs_ready_at = net::now();
+    let kind = terms.spec.kind.clone();
+    let key = grant.key.clone();
+    let (ran, ct) = tokio::task::spawn_blocking(move || {
+        let sel = compute::select_backend(pref)?;
+        let ran = crate::work::run(&*sel.backend, &kind, &data, model.as_deref(), faulty)?;
+        let ct = crypto::encrypt(&key, "result", &contract, &ran.result.to_bytes()?);
+        anyhow::Ok((ran, ct))
+    })
+    .await??;
+    if ran.units > terms.max_units {
+        warn!(
+            used = ran.units.milli,
+            max = terms.max_units.milli,
+            "the job took more compute units than the contract pays for"
+        );
+    }
+    let size = ct.len() as u64;
+    let hash = blobs.add_bytes(ct).await?;
+    let started_at = Timestamp(
+        inputs_ready_at
+            .0
+            .max(net::now().0.saturating_sub((ran.elapsed_s * 1000.0) as u64)),
+    );
+    Ok(RanJob {
+        result: BlobRef { hash, size },
+        units: ran.units.min(terms.max_units),
+        commitment: ran.commitment,
+        checkpoint_every: ran.checkpoint_every,
+        checkpoints: ran.checkpoints,
+        inputs_ready_at,
+        started_at,
+        secs: ran.elapsed_s,
+        backend: ran.backend,
+    })
+}
+
+/// A committee member's re-execution of the challenge `seed` names, on the
+/// reference backend: `Ok(why)` when the result checks, `Err(why)` when not.
+pub(super) async fn check_job(
+    blobs: BlobNode,
+    grant: Grant,
+    terms: ContractTerms,
+    receipt: Receipt,
+    provider_contact: Vec<String>,
+    seed: u64,
+) -> Result<String, String> {
+    let verdict = async {
+        let (data, model) = fetch_inputs(&blobs, &grant, &terms).await?;
+        let result = fetch_result(&blobs, &provider_contact, &receipt, grant.key.clone()).await?;
+        tokio::task::spawn_blocking(move || {
+            // The reference backend: what every member agrees on.
+            let be = compute::CpuBackend::new();
+            crate::work::check(
+                &be,
+                &terms.spec.kind,
+                &data,
+                model.as_deref(),
+                &result,
+                &receipt,
+                seed,
+            )
+        })
+        .await?
+    }
+    .await;
+    match verdict {
+        Ok(v) if v.ok => Ok(v.reason),
+        Ok(v) => Err(v.reason),
+        Err(e) => Err(format!("{e:#}")),
+    }
+}
+
+/// Fetch, decrypt and save a requester's result under `results/`.
+pub(super) async fn fetch_for_requester(
+    blobs: BlobNode,
+    results: PathBuf,
+    job: Hash32,
+    receipt: Receipt,
+    key: JobKey,
+    provider_contact: Vec<String>,
+) -> Result<Fetched, String> {
+    let r = async {
+        let r = fetch_result(&blobs, &provider_contact, &receipt, key).await?;
+        tokio::fs::create_dir_all(&results).await?;
+        let path = results.join(format!("{}.safetensors", job.short()));
+        tokio::fs::write(&path, &r.output)
+            .await
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        anyhow::Ok((path, r))
+    }
+    .await
+    .map_err(|e| format!("{e:#}"))?;
+    let (path, r) = r;
+    let acc = r
+        .metrics
+        .test_accuracy
+        .or(r.metrics.train_accuracy)
+        .map(|a| format!(", accuracy {:.1}%", a * 100.0))
+        .unwrap_or_default();
+    let bytes = r.output.len() as u64;
+    Ok(Fetched {
+        summary: format!(
+            "result fetched over iroh and decrypted: {bytes} bytes in {}{acc}",
+            path.display()
+        ),
+        path,
+        bytes,
+        metrics: serde_json::to_value(&r.metrics).unwrap_or_default(),
+    })
+}

@@ -1,0 +1,190 @@
+//! What the control API shows of the core: jobs, offers, balances, the ledger.
+//! Views only read; every decision is the core's.
+
+use crdt_ledger::{Body, FileStore};
+use node_core::{Job, JobState, NodeCore};
+use protocol::{AccountId, ComputeUnits, Timestamp};
+
+use crate::control::{BalanceView, EntryView, JobEvent, JobView, LedgerView, OfferView};
+
+pub(super) fn job_view(core: &NodeCore<FileStore>, j: &Job) -> JobView {
+    let engine = core.requester();
+    let state = j.state(engine);
+    let outcome = match &state {
+        JobState::Ended(e) => Some(e.to_string()),
+        JobState::Failing(why) => Some(format!("failing: {why}; awaiting the refund")),
+        _ => None,
+    };
+    let ok = matches!(&state, JobState::Ended(e) if e.is_ok()) && j.result.is_some();
+    let settled = j.settled.as_ref();
+    JobView {
+        id: j.id.to_string(),
+        kind: j.spec.kind.name().into(),
+        state: state.name().into(),
+        outcome,
+        done: j.done(engine),
+        ok,
+        provider: j.provider.map(|p| p.to_string()),
+        contract: j.contract.map(|c| c.to_string()),
+        price_micro_per_cu: j.terms.as_ref().map(|t| t.price.0),
+        estimated_cu: j.spec.estimated_units.as_f64(),
+        units_used: j.units.map(ComputeUnits::as_f64),
+        escrow: j.escrow.map(|a| a.0),
+        paid: settled.map(|s| s.payout.provider.0),
+        refund: settled.map(|s| s.payout.refund.0),
+        verdict: settled.map(|s| {
+            let o = s.outcome;
+            format!(
+                "delivered={} result_ok={} sla_ok={} violations={}",
+                o.delivered, o.result_ok, o.sla_ok, o.violations
+            )
+        }),
+        result: j.result.as_ref().map(|r| r.path.clone()),
+        metrics: j
+            .result
+            .as_ref()
+            .and_then(|r| serde_json::from_value(r.metrics.clone()).ok()),
+        events: j
+            .events
+            .iter()
+            .map(|(t, w)| JobEvent {
+                at_s: t.since(j.submitted).as_secs_f64(),
+                what: w.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// The job with id (or contract id) starting with `id`.
+pub(super) fn find_job(core: &NodeCore<FileStore>, id: &str) -> anyhow::Result<JobView> {
+    let found: Vec<&Job> = core
+        .jobs()
+        .filter(|j| {
+            j.id.to_string().starts_with(id)
+                || j.contract.is_some_and(|c| c.to_string().starts_with(id))
+        })
+        .collect();
+    match (id.len(), found.as_slice()) {
+        (0, _) => anyhow::bail!("give a job id (or a prefix of one)"),
+        (_, [j]) => Ok(job_view(core, j)),
+        (_, []) => anyhow::bail!("no job {id} on this node; `cloudchain jobs` lists them"),
+        (_, many) => anyhow::bail!("{} jobs start with {id}; give more digits", many.len()),
+    }
+}
+
+pub(super) fn offers(core: &NodeCore<FileStore>, now: Timestamp) -> Vec<OfferView> {
+    let mut offers: Vec<&protocol::Offer> = core
+        .requester()
+        .book()
+        .iter()
+        .map(|e| &*e.offer)
+        .filter(|o| o.expires_at > now)
+        .collect();
+    offers.sort_by_key(|o| (o.price, o.provider));
+    offers
+        .into_iter()
+        .map(|o| OfferView {
+            provider: o.provider.to_string(),
+            class: format!("{:?}", o.class),
+            device: o.device.clone(),
+            speed_cu_per_s: o.speed_milli_cu_per_s as f64 / 1000.0,
+            price_micro_per_cu: o.price.0,
+            free_slots: o.slots.saturating_sub(o.busy_slots),
+            region: o.region.clone(),
+            expires_in_s: o.expires_at.since(now).as_secs_f64(),
+        })
+        .collect()
+}
+
+pub(super) fn balance(
+    core: &mut NodeCore<FileStore>,
+    account: Option<String>,
+) -> anyhow::Result<BalanceView> {
+    let a: AccountId = match account {
+        Some(s) => s
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{s:?} is not an account id: {e}"))?,
+        None => core.account(),
+    };
+    let ledger = core.ledger();
+    let spendable = ledger.spendable(&a).0;
+    let finalized_epoch = ledger.finalized_epoch();
+    let st = ledger.state();
+    Ok(BalanceView {
+        account: a.to_string(),
+        balance: st.balance(&a).0,
+        spendable,
+        stake: st.stake(&a).0,
+        finalized_epoch,
+    })
+}
+
+pub(super) fn ledger_view(core: &mut NodeCore<FileStore>, tail: usize) -> LedgerView {
+    let network = core.network().to_string();
+    let ledger = core.ledger();
+    let finalized_epoch = ledger.finalized_epoch();
+    let invalid = ledger.invalid().len();
+    let total_supply = ledger
+        .state()
+        .total_supply()
+        .map(|a| a.0)
+        .unwrap_or_default();
+    let mut all: Vec<EntryView> = ledger
+        .entries()
+        .map(|e| EntryView {
+            author: e.data.author.to_string(),
+            seq: e.data.seq,
+            kind: e.data.body.name().into(),
+            created_at_ms: e.data.created_at.0,
+            hash: e.hash.to_string(),
+            detail: describe(&e.data.body),
+        })
+        .collect();
+    all.sort_by_key(|e| (e.created_at_ms, e.author.clone(), e.seq));
+    let entries = all.len();
+    let tail = all.split_off(entries.saturating_sub(tail));
+    LedgerView {
+        network,
+        entries,
+        finalized_epoch,
+        invalid,
+        total_supply,
+        tail,
+    }
+}
+
+pub(super) fn describe(b: &Body) -> String {
+    match b {
+        Body::Transfer { to, amount } => format!("{amount} to {}", to.short()),
+        Body::Stake { amount } | Body::Unstake { amount } => amount.to_string(),
+        Body::EscrowLock { contract } => match contract.body_unverified() {
+            Ok(t) => format!(
+                "contract {} between {} and {}, escrow {}",
+                contract.body_hash().short(),
+                t.requester.short(),
+                t.provider.short(),
+                t.escrow().unwrap_or_default()
+            ),
+            Err(_) => "unreadable contract".into(),
+        },
+        Body::Settlement { cert, payout } => format!(
+            "contract {} epoch {}: provider {}, refund {}, {} verdicts",
+            cert.contract.short(),
+            cert.epoch,
+            payout.provider,
+            payout.refund,
+            cert.verdicts.len()
+        ),
+        Body::Checkpoint(ms) => match ms.body_unverified() {
+            Ok(c) => format!(
+                "epoch {} by {}, {} signatures, minted to {} providers",
+                c.epoch,
+                c.proposer.short(),
+                ms.signatures.len(),
+                c.mint.len()
+            ),
+            Err(_) => "unreadable checkpoint".into(),
+        },
+        other => other.name().into(),
+    }
+}
