@@ -919,6 +919,114 @@ fn provider_accepts_queues_and_rejects() {
     );
 }
 
+/// After a restart a provider takes up the contracts it had accepted: a fresh
+/// engine of the same identity runs each again as a slot frees, delivers its
+/// receipt, and closes the deal on settlement. A copy it knows already, one the
+/// requester did not sign and one for another provider are ignored.
+#[test]
+fn provider_resumes_its_accepted_contracts() {
+    let mut rng = ChaCha8Rng::seed_from_u64(16);
+    let (req, me, other, oracle) = (
+        Identity::from_seed(120),
+        Identity::from_seed(121),
+        Identity::from_seed(122),
+        Identity::from_seed(123),
+    );
+    let now = Timestamp(60_000_000);
+    let cfg = ProviderConfig {
+        slots: 1,
+        ..ProviderConfig::default()
+    };
+    let mut prov = ProviderEngine::new(me.clone(), net(), cfg);
+    let runs = |out: &[ProviderOutput]| -> Vec<Hash32> {
+        out.iter()
+            .filter_map(|o| match o {
+                ProviderOutput::Run { contract, .. } => Some(*contract),
+                _ => None,
+            })
+            .collect()
+    };
+    let (terms, c) = one_unit_contract(&req, &me, now, &net());
+    let (_, c2) = one_unit_contract(&req, &me, now.plus(DurationMs(1)), &net());
+    let id = c.body_hash();
+
+    let out = prov.handle(now, ProviderInput::Resume(c.clone()), &mut rng);
+    assert_eq!(runs(&out), [id]);
+    // The slot is taken: the second waits in the queue.
+    let out = prov.handle(now, ProviderInput::Resume(c2.clone()), &mut rng);
+    assert!(runs(&out).is_empty());
+    assert_eq!((prov.running(), prov.queued()), (1, 1));
+
+    let mut unsigned = Contract::new(&terms).unwrap();
+    unsigned.add_signature(&me, &net());
+    let (_, elsewhere) = one_unit_contract(&req, &other, now, &net());
+    for ignored in [c.clone(), c2.clone(), unsigned, elsewhere] {
+        assert!(
+            prov.handle(now, ProviderInput::Resume(ignored), &mut rng)
+                .is_empty()
+        );
+    }
+    let s = prov.stats();
+    assert_eq!((s.resumed, s.ignored, s.accepted), (2, 4, 0));
+
+    // It delivers the first; the second runs.
+    let t = now.plus(DurationMs::secs(60));
+    let out = prov.handle(
+        t,
+        ProviderInput::Finished {
+            contract: id,
+            result: Behaviour::OnTime.dataset(),
+            units_used: terms.max_units,
+            commitment: Hash32::default(),
+            checkpoint_every: 0,
+            checkpoints: 0,
+            inputs_ready_at: now,
+            started_at: now,
+        },
+        &mut rng,
+    );
+    let receipt = out
+        .iter()
+        .find_map(|o| match o {
+            ProviderOutput::Publish(Message::Receipt(sr)) => Some(sr.clone()),
+            _ => None,
+        })
+        .expect("a receipt");
+    assert_eq!(receipt.signer, me.account());
+    assert_eq!(receipt.verify(&net()).unwrap().contract, id);
+    assert_eq!(runs(&out), [c2.body_hash()]);
+    assert_eq!(prov.deal(&id).unwrap().phase(), Phase::Delivered);
+
+    // The second cannot run: released, its slot free.
+    prov.handle(
+        t,
+        ProviderInput::Aborted {
+            contract: c2.body_hash(),
+            reason: "inputs gone".into(),
+        },
+        &mut rng,
+    );
+    assert!(prov.deal(&c2.body_hash()).is_none());
+    assert_eq!(
+        (prov.running(), prov.queued(), prov.stats().aborted),
+        (0, 0, 1)
+    );
+
+    // The committee judges the receipt; its settlement closes the deal.
+    let cfg = OracleConfig {
+        verify_share: Bps(0),
+        ..OracleConfig::default()
+    };
+    let mut o = sole_oracle(&oracle, cfg, 1, now, &mut rng);
+    o.handle(now, OracleInput::Contract(c), &mut rng);
+    o.handle(t, OracleInput::Receipt(receipt), &mut rng);
+    let si = settlement_in(&o.handle_timeout(t.plus(DurationMs::secs(31)), &mut rng));
+    assert!(si.outcome.delivered && si.outcome.sla_ok);
+    prov.handle(t, ProviderInput::Settlement(si), &mut rng);
+    assert!(prov.deal(&id).is_none());
+    assert!(prov.ledger().revenue > 0);
+}
+
 /// A contract for a one-CU job between `req` and `prov`, both signatures made on
 /// `network`.
 fn one_unit_contract(

@@ -7,6 +7,11 @@
 //! driver to run each ([`ProviderOutput::Run`]) when a slot frees; signs a receipt
 //! when the driver reports the job finished; and answers oracle probes.
 //!
+//! After a restart the driver hands back, as [`ProviderInput::Resume`], each
+//! contract it had persisted that this provider accepted and was not yet paid
+//! for; the engine takes it up as an accepted deal (queued, run when a slot
+//! frees) without the admission checks: it already committed to the job.
+//!
 //! Capacity: `running + queued + awaiting signature ≤ slots + queue_capacity`.
 //! A proposal is accepted into a slot when one is free, else into the queue if the
 //! queued work still finishes by the job's deadline:
@@ -30,7 +35,7 @@ use crate::types::{ComputeUnits, DurationMs, Hash32, NetworkId, PricePerCu, Time
 
 use super::lifecycle::{AnyDeal, Deal, DealEvent, FailReason};
 use super::pricing::{PricingConfig, PricingPolicy};
-use super::{open, open_multi};
+use super::{open, open_multi, signed_by_both};
 
 /// What a provider sells and how it behaves.
 #[derive(Clone, Debug)]
@@ -99,6 +104,11 @@ pub enum ProviderInput {
     /// The requester completed a contract we accepted. A cautious driver hands it
     /// over once it has seen the requester's escrow lock on the ledger.
     Contract(Contract),
+    /// A contract this provider accepted before a restart, signed by both
+    /// parties: run it again (a [`ProviderOutput::Run`] follows when a slot is
+    /// free). Ignored unless it is for this network and provider, both
+    /// signatures hold, and the engine does not know it already.
+    Resume(Contract),
     /// The driver finished running a job.
     Finished {
         contract: Hash32,
@@ -168,6 +178,8 @@ pub struct ProviderStats {
     pub completed: u64,
     pub aborted: u64,
     pub probes_answered: u64,
+    /// Contracts taken up again after a restart ([`ProviderInput::Resume`]).
+    pub resumed: u64,
     pub ignored: u64,
 }
 
@@ -423,6 +435,7 @@ impl ProviderEngine {
             ProviderInput::Bid(sb) => self.on_bid(now, sb, rng, &mut out),
             ProviderInput::Answer(sa) => self.on_answer(now, sa, &mut out),
             ProviderInput::Contract(c) => self.on_contract(now, c, &mut out),
+            ProviderInput::Resume(c) => self.on_resume(now, c, &mut out),
             ProviderInput::Finished {
                 contract,
                 result,
@@ -729,6 +742,36 @@ impl ProviderEngine {
             return;
         }
         let deal = deal.accept(now, c);
+        self.enqueue(now, AnyDeal::Accepted(deal), out);
+    }
+
+    /// A contract accepted before a restart: an accepted deal again, past the
+    /// admission checks (it may overfill the queue; the provider signed it).
+    fn on_resume(&mut self, now: Timestamp, c: Contract, out: &mut Vec<ProviderOutput>) {
+        let id = c.body_hash();
+        let known = self.pending.contains_key(&id)
+            || self.deals.contains_key(&id)
+            || self.queue.contains(&id)
+            || self.running.contains(&id);
+        let terms = match c.body_unverified() {
+            Ok(t) if !known && t.network == self.network && t.provider == self.account() => t,
+            _ => {
+                self.stats.ignored += 1;
+                return;
+            }
+        };
+        if !signed_by_both(&c, &terms, &self.network, self.cfg.verify_signatures) {
+            self.stats.ignored += 1;
+            return;
+        }
+        // Our proposal for its open bid, if the engine made it again, is answered.
+        self.bid_proposals.remove(&terms.job);
+        // Accepted when it was signed (its history is for logs; `Finished` dates
+        // the receipt's `accepted_at` from it).
+        let at = terms.created_at.min(now);
+        let requester = terms.requester;
+        let deal = Deal::propose(at, id, terms, requester, at).accept(at, c);
+        self.stats.resumed += 1;
         self.enqueue(now, AnyDeal::Accepted(deal), out);
     }
 
