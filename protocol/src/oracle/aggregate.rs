@@ -124,6 +124,20 @@ impl Aggregator {
             .retain(|e, _| recent(*e, latest) || refs.contains_key(e));
     }
 
+    /// Learn `epoch`'s committee if it is not known, leaving the current epoch
+    /// and committee as they are: a member takes up again after a restart a
+    /// contract of an earlier epoch. Unless it is recent, pin it
+    /// ([`Aggregator::pin_epoch`]) before the next [`Aggregator::set_committee`],
+    /// which drops it otherwise.
+    pub fn learn_committee(&mut self, epoch: u64, committee: Vec<AccountId>) {
+        self.committees.entry(epoch).or_insert(committee);
+    }
+
+    /// The committee of `epoch`, if known.
+    pub fn committee_at(&self, epoch: u64) -> Option<&[AccountId]> {
+        self.committees.get(&epoch).map(Vec::as_slice)
+    }
+
     /// Keep `epoch`'s committee until a matching [`Aggregator::unpin_epoch`]:
     /// a contract of that epoch is being watched, and its verdicts are to come.
     pub fn pin_epoch(&mut self, epoch: u64) {

@@ -23,6 +23,11 @@
 //!    A contract is judged by the committee of the epoch it started in, however
 //!    many epochs later its deadline falls: the engine pins that committee in the
 //!    aggregator while it watches the contract.
+//! 6. After a restart, [`OracleInput::Resume`] hands back a contract this member
+//!    watched ([`OracleEngine::watch_epoch`] names those to persist), with the
+//!    epoch and committee it is judged by and the receipt if one had come. The
+//!    engine watches it again from step 2, under that epoch's committee, whatever
+//!    the current epoch is.
 //!
 //! ## The SLA model
 //!
@@ -145,6 +150,18 @@ pub enum OracleInput {
         beacon: Hash32,
     },
     Contract(Contract),
+    /// A contract this member watched before a restart, judged by the committee
+    /// of `epoch` (the epoch its watch started in); `receipt` if one had come.
+    /// Ignored unless this member is on that committee and the contract is one it
+    /// would watch (signed by both parties, not settled, not watched, capacity
+    /// left). The committee is learnt for `epoch` if the engine does not know it;
+    /// the current epoch stays as it is.
+    Resume {
+        contract: Contract,
+        epoch: u64,
+        committee: Vec<AccountId>,
+        receipt: Option<Signed<Receipt>>,
+    },
     Receipt(Signed<Receipt>),
     ProbeReply(Signed<ProbeReply>),
     Dispute(Signed<Dispute>),
@@ -194,6 +211,8 @@ impl crate::timers::ScheduleTimer for OracleOutput {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OracleStats {
     pub contracts: u64,
+    /// Of `contracts`, those watched again after a restart.
+    pub resumed: u64,
     pub verdicts: u64,
     pub checks: u64,
     pub wrong_results: u64,
@@ -297,6 +316,11 @@ impl<C: ResultChecker> OracleEngine<C> {
     pub fn watching(&self) -> usize {
         self.watches.len()
     }
+    /// The epoch whose committee judges `contract`, while this member watches it
+    /// (what a driver persists to [`OracleInput::Resume`] it after a restart).
+    pub fn watch_epoch(&self, contract: &Hash32) -> Option<u64> {
+        self.watches.get(contract).map(|w| w.epoch)
+    }
 
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         self.timers.next()
@@ -338,6 +362,31 @@ impl<C: ResultChecker> OracleEngine<C> {
                 self.aggregator.set_committee(epoch, committee);
             }
             OracleInput::Contract(c) => self.on_contract(now, c, rng, &mut out),
+            OracleInput::Resume {
+                contract,
+                epoch,
+                committee,
+                receipt,
+            } => {
+                // The aggregator's committee for `epoch`, if it has one, is the one
+                // our verdict will be counted against.
+                let member = self
+                    .aggregator
+                    .committee_at(epoch)
+                    .unwrap_or(&committee)
+                    .contains(&self.account());
+                let Some((id, terms)) = self.admit(&contract, member) else {
+                    return out;
+                };
+                self.aggregator.learn_committee(epoch, committee);
+                self.stats.resumed += 1;
+                self.watch(now, id, terms, epoch, rng, &mut out);
+                if let Some(sr) = receipt
+                    && self.watches.contains_key(&id)
+                {
+                    self.on_receipt(now, sr, &mut out);
+                }
+            }
             OracleInput::Receipt(sr) => self.on_receipt(now, sr, &mut out),
             OracleInput::ProbeReply(sp) => {
                 let Ok(r) = open(&sp, &self.network, self.cfg.verify_signatures) else {
@@ -383,38 +432,61 @@ impl<C: ResultChecker> OracleEngine<C> {
         rng: &mut R,
         out: &mut Vec<OracleOutput>,
     ) {
+        // Only the committee of the epoch a contract starts in watches it.
+        if let Some((id, terms)) = self.admit(&c, self.member) {
+            self.watch(now, id, terms, self.epoch, rng, out);
+        }
+    }
+
+    /// The id and terms of a contract that this member, on its committee if
+    /// `member`, is to watch; `None` if not.
+    fn admit(&mut self, c: &Contract, member: bool) -> Option<(Hash32, ContractTerms)> {
         let id = c.body_hash();
         if self.watches.contains_key(&id) || self.aggregator.is_settled(&id) {
-            return;
+            return None;
         }
         let Ok(terms) = c.body_unverified() else {
             self.stats.ignored += 1;
-            return;
+            return None;
         };
-        if !self.member {
-            // Only the committee of the epoch a contract starts in watches it.
-            self.stats.ignored += 1;
-            return;
-        }
-        if terms.network != self.network
-            || !signed_by_both(&c, &terms, &self.network, self.cfg.verify_signatures)
+        // Membership first: it spares non-members the signature checks.
+        if !member
+            || terms.network != self.network
+            || !signed_by_both(c, &terms, &self.network, self.cfg.verify_signatures)
             || self.watches.len() >= self.cfg.max_contracts
         {
             self.stats.ignored += 1;
-            return;
+            return None;
         }
+        Some((id, terms))
+    }
+
+    /// Watch contract `id` for the committee of `epoch`: probe its provider and
+    /// wait for its receipt until the deadline plus grace.
+    fn watch<R: Rng + ?Sized>(
+        &mut self,
+        now: Timestamp,
+        id: Hash32,
+        terms: ContractTerms,
+        epoch: u64,
+        rng: &mut R,
+        out: &mut Vec<OracleOutput>,
+    ) {
         self.stats.contracts += 1;
         let deadline = terms.deadline;
         if let Some(si) = self.aggregator.set_terms(id, terms.clone()) {
+            // Every verdict was in already: nothing left to watch.
+            self.early.remove(&id);
             self.settled(si, out);
+            return;
         }
         // Its verdicts, however late, are counted against this epoch's committee.
-        self.aggregator.pin_epoch(self.epoch);
+        self.aggregator.pin_epoch(epoch);
         self.watches.insert(
             id,
             Watch {
                 terms,
-                epoch: self.epoch,
+                epoch,
                 receipt: None,
                 probes_sent: 0,
                 probes_answered: 0,

@@ -164,3 +164,150 @@ fn verdicts_for_a_forgotten_epoch_are_counted() {
     assert_eq!(o.stats().unknown_epoch, 1);
     assert_eq!(o.stats().ignored, 1);
 }
+
+/// Two of three members restart after a receipt came, long after the contract's
+/// epoch. Their fresh engines learn only later epochs (of another committee), are
+/// handed back the contract, its epoch, committee and receipt, and judge it
+/// again: the three verdicts settle it under the epoch-1 committee.
+#[test]
+fn resumed_watches_settle_under_their_epoch() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let (req, prov) = (Identity::from_seed(5), Identity::from_seed(6));
+    let members: Vec<Identity> = (0..3).map(|i| Identity::from_seed(40 + i)).collect();
+    let others: Vec<Identity> = (0..3).map(|i| Identity::from_seed(50 + i)).collect();
+    let committee: Vec<AccountId> = members.iter().map(Identity::account).collect();
+    let cfg = OracleConfig {
+        verify_share: Bps(0),
+        ..OracleConfig::default()
+    };
+    let fresh = |m: &Identity| OracleEngine::new(m.clone(), net(), cfg, DeferredChecker);
+    let mut oracles: Vec<OracleEngine<DeferredChecker>> = members.iter().map(fresh).collect();
+
+    let start = Timestamp(1_000_000);
+    let c = contract(&req, &prov, start, start.plus(DurationMs::secs(3_600)));
+    let id = c.body_hash();
+    let terms = c.body_unverified().expect("decodes");
+    let at = start.plus(DurationMs::secs(60));
+    let receipt = Receipt {
+        contract: id,
+        provider: prov.account(),
+        result: BlobRef {
+            hash: Hash32::of(b"result"),
+            size: 1,
+        },
+        units_used: terms.max_units,
+        timings: crate::messages::Timings {
+            accepted_at: start,
+            inputs_ready_at: start,
+            started_at: start,
+            finished_at: at,
+        },
+        commitment: Hash32::default(),
+        checkpoint_every: 0,
+        checkpoints: 0,
+    };
+    let sr = Signed::sign(&prov, &net(), &receipt).expect("signs");
+    for o in &mut oracles {
+        o.handle(start, epoch(1, &members), &mut rng);
+        o.handle(start, OracleInput::Contract(c.clone()), &mut rng);
+        o.handle(at, OracleInput::Receipt(sr.clone()), &mut rng);
+        assert_eq!(o.watch_epoch(&id), Some(1));
+    }
+
+    // Members 1 and 2 restart in an epoch whose committee they are not on, too
+    // late for epoch 1's committee to be among the recent ones.
+    let later = 1 + aggregate::EPOCHS_KEPT + 3;
+    let restart = at.plus(DurationMs::secs(5));
+    for (i, m) in members.iter().enumerate().skip(1) {
+        let mut o = fresh(m);
+        o.handle(restart, epoch(later, &others), &mut rng);
+        let resume = OracleInput::Resume {
+            contract: c.clone(),
+            epoch: 1,
+            committee: committee.clone(),
+            receipt: Some(sr.clone()),
+        };
+        o.handle(restart, resume.clone(), &mut rng);
+        assert_eq!(o.watch_epoch(&id), Some(1));
+        assert_eq!(o.stats().resumed, 1);
+        // The current epoch is untouched; a second copy is ignored.
+        assert_eq!(o.aggregator.epoch(), later);
+        assert_eq!(
+            o.aggregator.committee(),
+            &others.iter().map(Identity::account).collect::<Vec<_>>()[..]
+        );
+        assert!(o.handle(restart, resume, &mut rng).is_empty());
+        assert_eq!(o.watching(), 1);
+        oracles[i] = o;
+    }
+    // Epoch 1's committee outlives the next rotation: a watch pins it.
+    for o in &mut oracles {
+        o.handle(restart, epoch(later + 1, &others), &mut rng);
+    }
+
+    let due = restart.plus(cfg.dispute_window);
+    let mut published = Vec::new();
+    let mut settles = Vec::new();
+    for (i, o) in oracles.iter_mut().enumerate() {
+        for x in o.handle_timeout(due, &mut rng) {
+            match x {
+                OracleOutput::Publish(Message::Verdict(sv)) => published.push((i, sv)),
+                OracleOutput::Settle(si) => settles.push(si),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(published.len(), 3);
+    for (from, sv) in &published {
+        for (i, o) in oracles.iter_mut().enumerate() {
+            if i == *from {
+                continue;
+            }
+            for x in o.handle(due, OracleInput::Verdict(sv.clone()), &mut rng) {
+                if let OracleOutput::Settle(si) = x {
+                    settles.push(si);
+                }
+            }
+        }
+    }
+
+    assert_eq!(settles.len(), 3, "every member settles the contract");
+    for (si, o) in settles.iter().zip(&oracles) {
+        assert_eq!(si.contract, id);
+        assert_eq!(si.cert.epoch, 1);
+        assert_eq!(**si, *settles[0], "the same certificate everywhere");
+        let (outcome, _) = si.cert.check(&net(), &committee).expect("valid cert");
+        assert!(outcome.delivered && outcome.sla_ok && outcome.result_ok);
+        assert_eq!(si.cert.verdicts.len(), 3);
+        assert_eq!(o.stats().unknown_epoch, 0);
+        assert_eq!(o.watch_epoch(&id), None);
+    }
+}
+
+/// A member may only resume a contract of a committee it is on.
+#[test]
+fn resume_by_a_non_member_is_ignored() {
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    let (req, prov) = (Identity::from_seed(7), Identity::from_seed(8));
+    let members: Vec<Identity> = (0..3).map(|i| Identity::from_seed(60 + i)).collect();
+    let outsider = Identity::from_seed(63);
+    let now = Timestamp(1_000_000);
+    let c = contract(&req, &prov, now, now.plus(DurationMs::secs(3_600)));
+    let mut o = OracleEngine::new(outsider, net(), OracleConfig::default(), DeferredChecker);
+    o.handle(now, epoch(4, &members), &mut rng);
+    let out = o.handle(
+        now,
+        OracleInput::Resume {
+            contract: c.clone(),
+            epoch: 1,
+            committee: members.iter().map(Identity::account).collect(),
+            receipt: None,
+        },
+        &mut rng,
+    );
+    assert!(out.is_empty());
+    assert_eq!(o.watching(), 0);
+    assert_eq!(o.watch_epoch(&c.body_hash()), None);
+    assert_eq!((o.stats().ignored, o.stats().resumed), (1, 0));
+    assert!(o.aggregator.committee_at(1).is_none(), "nothing learnt");
+}
