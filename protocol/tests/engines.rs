@@ -1350,3 +1350,54 @@ fn signature_checks_can_be_turned_off_for_simulation() {
         assert_eq!(o.watching(), usize::from(!verify_signatures));
     }
 }
+
+/// A requester restarted with an escrowed contract follows it again: the
+/// receipt is awaited, and without one the deal fails at the deadline plus
+/// grace (so the committee's refund is expected, not a hang).
+#[test]
+fn requester_resumes_an_escrowed_contract() {
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let (me, prov, other) = (
+        Identity::from_seed(130),
+        Identity::from_seed(131),
+        Identity::from_seed(132),
+    );
+    let now = Timestamp(60_000_000);
+    let rep = UniformReputation(1.0);
+    let new = || RequesterEngine::new(me.clone(), net(), RequesterConfig::default());
+    let (terms, c) = one_unit_contract(&me, &prov, now, &net());
+    let id = c.body_hash();
+
+    let mut r = new();
+    r.handle(now, RequesterInput::Resume(c.clone()), &rep, &mut rng);
+    assert!(r.deal(&id).is_some(), "the deal is followed again");
+    // A second copy, someone else's contract, or one signed by one party only,
+    // change nothing.
+    let (_, theirs) = one_unit_contract(&other, &prov, now, &net());
+    let mut half = Contract::new(&terms).unwrap();
+    half.add_signature(&me, &net());
+    for ignored in [c.clone(), theirs, half] {
+        let out = r.handle(now, RequesterInput::Resume(ignored), &rep, &mut rng);
+        assert!(out.is_empty(), "{out:?}");
+    }
+    assert_eq!(r.deals().count(), 1);
+    // Its receipt is taken.
+    let rc = on_time_receipt(&prov, &c, &terms, now, now.plus(DurationMs::secs(1)));
+    let sr = Signed::sign(&prov, &net(), &rc).unwrap();
+    let out = r.handle(now, RequesterInput::Receipt(sr), &rep, &mut rng);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, RequesterOutput::Delivered { contract, .. } if *contract == id)),
+        "{out:?}"
+    );
+    // Without a receipt it fails at the deadline plus grace.
+    let mut r = new();
+    r.handle(now, RequesterInput::Resume(c), &rep, &mut rng);
+    let late = terms.deadline.plus(RequesterConfig::default().grace);
+    let out = r.handle_timeout(late, &rep, &mut rng);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, RequesterOutput::Failed { contract, .. } if *contract == id)),
+        "{out:?}"
+    );
+}

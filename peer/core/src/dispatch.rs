@@ -81,11 +81,14 @@ impl<S: Store> NodeCore<S> {
                         self.requester_handle(cx, RequesterInput::Contract(c.clone()));
                     }
                 }
-                self.oracle_handle(cx, OracleInput::Contract(c));
+                self.oracle_handle(cx, OracleInput::Contract(c.clone()));
+                self.note_watch(cx.now, &Message::Contract(c));
             }
             Message::Receipt(r) => {
                 self.requester_handle(cx, RequesterInput::Receipt(r.clone()));
-                self.oracle_handle(cx, OracleInput::Receipt(r));
+                self.late_receipt(cx, &r);
+                self.oracle_handle(cx, OracleInput::Receipt(r.clone()));
+                self.note_watch(cx.now, &Message::Receipt(r));
             }
             Message::Verdict(v) => self.oracle_handle(cx, OracleInput::Verdict(v)),
             Message::Dispute(d) => self.oracle_handle(cx, OracleInput::Dispute(d)),

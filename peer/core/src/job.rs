@@ -4,7 +4,8 @@
 
 use protocol::market::{Phase, RequesterEngine};
 use protocol::{
-    AccountId, Amount, ComputeUnits, ContractTerms, Hash32, JobSpec, Outcome, Timestamp,
+    AccountId, Amount, ComputeUnits, Contract, ContractTerms, Hash32, JobSpec, Outcome, Receipt,
+    Timestamp,
 };
 
 use crate::JobKey;
@@ -115,7 +116,12 @@ pub struct Job {
     pub terms: Option<ContractTerms>,
     pub contract: Option<Hash32>,
     pub escrow: Option<Amount>,
-    pub units: Option<ComputeUnits>,
+    /// The contract both signed, once its escrow is locked.
+    pub signed: Option<Contract>,
+    /// The provider's receipt, once delivered.
+    pub receipt: Option<Receipt>,
+    /// Who was handed the job's key (the provider and the committee).
+    pub readers: Vec<AccountId>,
     /// Why the deal failed before its settlement, if it did.
     pub failure: Option<String>,
     pub settled: Option<Settled>,
@@ -147,7 +153,7 @@ impl Job {
         };
         match engine.deal(&c).map(|d| d.phase()) {
             Some(Phase::Delivered | Phase::Verified | Phase::Disputed) => JobState::Delivered,
-            _ if self.units.is_some() => JobState::Delivered,
+            _ if self.receipt.is_some() => JobState::Delivered,
             _ => JobState::Running,
         }
     }
@@ -160,6 +166,11 @@ impl Job {
             JobState::Ended(_) => true,
             _ => false,
         }
+    }
+
+    /// The compute units its receipt claims.
+    pub fn units(&self) -> Option<ComputeUnits> {
+        self.receipt.as_ref().map(|r| r.units_used)
     }
 
     pub(crate) fn event(&mut self, now: Timestamp, what: String) {

@@ -18,8 +18,9 @@
 //!   from the engine's deal and the settlement;
 //! - **the provider's runs** ([`provider`]): a contract runs once its escrow is in
 //!   the ledger *and* its key has arrived, whichever path made it (a proposal
-//!   accepted, or an open bid answered); one never escrowed is released with a
-//!   signed failure at its deadline;
+//!   accepted, or an open bid answered); one whose escrow or key never comes
+//!   is given up at its deadline, freeing its slot (the committee's "not
+//!   delivered" verdict refunds an escrow that did come);
 //! - **the committee** ([`oracle`]): the epoch's committee from the ledger, the
 //!   re-execution challenge, who writes a settlement and when;
 //! - **the ledger** ([`ledger`]): automerge sync with each peer that is up,
@@ -42,6 +43,7 @@ pub mod job;
 pub mod keys;
 pub mod ledger;
 pub mod oracle;
+pub mod persist;
 pub mod provider;
 pub mod requester;
 
@@ -61,6 +63,7 @@ use rand::Rng;
 pub use direct::{Direct, DirectError};
 pub use job::{Job, JobEnd, JobState};
 pub use keys::{JobKey, KeyError};
+pub use persist::{PersistError, Restored};
 pub use provider::RanJob;
 pub use requester::{Fetched, PreparedJob, SubmitError};
 
@@ -129,6 +132,9 @@ pub struct CoreConfig {
     /// is posted as an open bid for providers to answer (a light requester that
     /// does not follow the offer stream).
     pub book: BookConfig,
+    /// Hand out [`Output::Persist`] whenever what must survive a restart
+    /// changed (off in a simulation that never restarts a peer).
+    pub persist: bool,
 }
 
 /// How a message reached this peer. It changes nothing in where the message goes
@@ -234,6 +240,9 @@ pub enum Output {
         key: JobKey,
         provider_contact: Vec<String>,
     },
+    /// Save this state durably, replacing the last one (see [`persist`]); give
+    /// it back to [`NodeCore::restore`] after a restart.
+    Persist(Vec<u8>),
 }
 
 /// One peer; see the crate docs.
@@ -263,6 +272,9 @@ pub struct NodeCore<S: Store> {
     ckpt: ledger::CommitteeState,
     /// The ledger changed since the engines last looked.
     ledger_dirty: bool,
+    persist: bool,
+    /// The hash of the state last handed out to persist.
+    persisted: Option<[u8; 32]>,
 }
 
 impl<S: Store> NodeCore<S> {
@@ -274,6 +286,7 @@ impl<S: Store> NodeCore<S> {
             contact,
             timing,
             book,
+            persist,
         } = cfg;
         let network = ledger.network();
         let provider_engine =
@@ -321,6 +334,8 @@ impl<S: Store> NodeCore<S> {
             orc: oracle::State::default(),
             ckpt: ledger::CommitteeState::default(),
             ledger_dirty: false,
+            persist,
+            persisted: None,
         }
     }
 
@@ -379,6 +394,7 @@ impl<S: Store> NodeCore<S> {
         if wrote {
             self.sync_all(cx);
         }
+        self.persist_if_changed(cx);
     }
 
     /// When the core next needs an `Input::Tick` (engine timers, the committee's
@@ -435,6 +451,8 @@ impl<S: Store> NodeCore<S> {
         if let Some(offer) = self.last_offer.clone() {
             self.send(cx, peer, Message::Offer(offer));
         }
+        self.resend_receipts(cx, peer);
+        self.resend_grants(cx, peer);
         // A fresh sync state: a peer that comes back may have lost what it had.
         self.peers.insert(peer, PeerState::new());
         self.sync_with(cx, peer);
@@ -444,6 +462,7 @@ impl<S: Store> NodeCore<S> {
     /// what it settles or finalizes to the engines.
     fn on_ledger_changed<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
         self.oracle_epoch_update(cx);
+        self.prune_watches();
         self.provider_ledger_changed(cx);
         self.requester_ledger_changed(cx);
     }
@@ -471,6 +490,10 @@ impl<S: Store> NodeCore<S> {
     }
     pub fn timing(&self) -> &Timing {
         &self.timing
+    }
+    /// Stop: the ledger replica, to reopen its store (what a crash leaves).
+    pub fn into_ledger(self) -> Ledger<S> {
+        self.ledger
     }
     /// The ledger replica (mutable: its views fold lazily).
     pub fn ledger(&mut self) -> &mut Ledger<S> {

@@ -2,7 +2,7 @@
 //! delivered work to the driver to re-execute, and write settlements, the first
 //! signer at once and the others after a fallback delay (in case it crashed).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crdt_ledger::{Body, Store};
 use protocol::oracle::{OracleInput, OracleOutput, SettlementInstruction};
@@ -10,6 +10,7 @@ use protocol::{ContractTerms, Hash32, Receipt, Timestamp};
 use rand::Rng;
 use tracing::{info, warn};
 
+use crate::persist::Watched;
 use crate::{Cx, NodeCore, Output};
 
 #[derive(Debug, Default)]
@@ -20,6 +21,9 @@ pub(crate) struct State {
     waiting_key: HashMap<Hash32, (Box<ContractTerms>, Box<Receipt>)>,
     /// Settlements to write, with when.
     settle: Vec<(Timestamp, Box<SettlementInstruction>)>,
+    /// The contracts the engine watches, with their receipts: what a restart
+    /// resumes.
+    pub(crate) watched: BTreeMap<Hash32, Watched>,
 }
 
 impl State {
@@ -60,6 +64,11 @@ impl<S: Store> NodeCore<S> {
                     if let protocol::Message::Verdict(v) = &m
                         && let Ok(b) = v.body_unverified()
                     {
+                        if let Some(w) = self.orc.watched.get_mut(&b.contract)
+                            && b.oracle == self.identity.account()
+                        {
+                            w.verdict = Some(v.clone());
+                        }
                         info!(
                             contract = %b.contract.short(),
                             delivered = b.delivered,
@@ -100,6 +109,59 @@ impl<S: Store> NodeCore<S> {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// Remember a contract the engine now watches (to resume it after a
+    /// restart), or the receipt of one it watches.
+    pub(crate) fn note_watch(&mut self, now: Timestamp, m: &protocol::Message) {
+        let Some(o) = &self.oracle else {
+            return;
+        };
+        match m {
+            protocol::Message::Contract(c) => {
+                let id = c.body_hash();
+                if self.orc.watched.contains_key(&id) {
+                    return;
+                }
+                let Some(epoch) = o.watch_epoch(&id) else {
+                    return;
+                };
+                let committee = self
+                    .ledger
+                    .state()
+                    .committee_for(epoch)
+                    .map(<[_]>::to_vec)
+                    .unwrap_or_default();
+                self.orc.watched.insert(
+                    id,
+                    Watched {
+                        contract: c.clone(),
+                        epoch,
+                        committee,
+                        receipt: None,
+                        verdict: None,
+                    },
+                );
+            }
+            protocol::Message::Receipt(r) => {
+                if let Ok(b) = r.body_unverified()
+                    && let Some(w) = self.orc.watched.get_mut(&b.contract)
+                    && w.receipt.is_none()
+                    && r.signer == b.provider
+                    && o.watch_epoch(&b.contract).is_some()
+                {
+                    w.receipt = Some((r.clone(), now));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Forget the watches the engine ended (settled).
+    pub(crate) fn prune_watches(&mut self) {
+        if let Some(o) = &self.oracle {
+            self.orc.watched.retain(|id, _| o.watch_epoch(id).is_some());
         }
     }
 

@@ -1,15 +1,19 @@
 //! The provider's half: offers, and running a contract's job once three things
 //! are in: the engine accepted the contract (a proposal of the requester's, or
 //! our answer to its open bid), the requester's escrow is in the ledger, and its
-//! job key has arrived. A contract whose escrow or key never comes is released at
-//! its deadline with a signed failure, so it holds no slot for good.
+//! job key has arrived. A contract whose escrow or key never comes is given up
+//! at its deadline, so it holds no slot for good; the committee's "not
+//! delivered" verdict refunds an escrow that did come. (The engine's `Aborted`
+//! frees the slot and publishes nothing: a signed failure that refunds at once,
+//! rather than at the deadline, is still to come.)
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use crdt_ledger::Store;
 use protocol::market::{ProviderInput, ProviderOutput, RequesterInput};
 use protocol::{
-    BlobRef, ComputeUnits, ContractTerms, Hash32, KeyGrant, Message, Signed, Timestamp,
+    AccountId, BlobRef, ComputeUnits, Contract, ContractTerms, Hash32, KeyGrant, Message, Signed,
+    Timestamp,
 };
 use rand::Rng;
 use tracing::{info, warn};
@@ -24,7 +28,17 @@ pub(crate) struct State {
     running: HashSet<Hash32>,
     /// Contracts handed to the engine, awaiting the committee's settlement.
     unsettled: HashMap<Hash32, ContractTerms>,
+    /// Accepted contracts not run to their end yet, signed by both: what a
+    /// restart resumes.
+    pub(crate) accepted: BTreeMap<Hash32, Contract>,
+    /// Our latest receipts (at most [`KEPT_RECEIPTS`]) with their requesters,
+    /// handed again to a requester that comes back up: it may have missed the
+    /// gossip while down, and needs the receipt to fetch its result.
+    receipts: VecDeque<(AccountId, Hash32, Signed<protocol::Receipt>)>,
 }
+
+/// Receipts a provider keeps to hand again to requesters that come back.
+pub const KEPT_RECEIPTS: usize = 256;
 
 impl State {
     /// The earliest deadline of a contract still waiting for its escrow or key.
@@ -69,6 +83,17 @@ impl<S: Store> NodeCore<S> {
         for o in out {
             match o {
                 ProviderOutput::Publish(m) => {
+                    if let Message::Receipt(r) = &m
+                        && let Ok(b) = r.body_unverified()
+                        && let Some(t) = self.prov.unsettled.get(&b.contract)
+                    {
+                        if self.prov.receipts.len() >= KEPT_RECEIPTS {
+                            self.prov.receipts.pop_front();
+                        }
+                        self.prov
+                            .receipts
+                            .push_back((t.requester, b.contract, r.clone()));
+                    }
                     if let Message::Offer(s) = &m {
                         self.last_offer = Some(s.clone());
                         if let Ok(o) = s.body_unverified() {
@@ -87,6 +112,14 @@ impl<S: Store> NodeCore<S> {
                 ProviderOutput::Run { contract, terms } => {
                     info!(contract = %contract.short(), "contract accepted; waiting for its escrow and job key");
                     self.prov.unsettled.insert(contract, (*terms).clone());
+                    if let Some(c) = self
+                        .provider
+                        .as_ref()
+                        .and_then(|p| p.deal(&contract))
+                        .and_then(|d| d.contract())
+                    {
+                        self.prov.accepted.insert(contract, c.clone());
+                    }
                     self.prov.waiting.insert(contract, terms);
                     self.try_run(cx, contract);
                 }
@@ -146,8 +179,24 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
+    /// A peer came up: hand it our latest receipts of its contracts, and those
+    /// of every contract not settled yet (a committee member that comes back
+    /// may have lost the receipt in a crash).
+    pub(crate) fn resend_receipts<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, peer: AccountId) {
+        let mine: Vec<Signed<protocol::Receipt>> = self
+            .prov
+            .receipts
+            .iter()
+            .filter(|(requester, c, _)| *requester == peer || self.prov.unsettled.contains_key(c))
+            .map(|(_, _, r)| r.clone())
+            .collect();
+        for r in mine {
+            self.send(cx, peer, Message::Receipt(r));
+        }
+    }
+
     /// Contracts whose escrow or key did not come by their deadline: give them
-    /// up with a signed failure, freeing the slot.
+    /// up, freeing the slot.
     pub(crate) fn release_unescrowed<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
         let due: Vec<Hash32> = self
             .prov
@@ -158,6 +207,7 @@ impl<S: Store> NodeCore<S> {
             .collect();
         for contract in due {
             self.prov.waiting.remove(&contract);
+            self.prov.accepted.remove(&contract);
             let escrowed = self.ledger.state().escrows.contains_key(&contract);
             let reason = if escrowed {
                 "the requester's job key never came"
@@ -217,6 +267,7 @@ impl<S: Store> NodeCore<S> {
         if !self.prov.running.remove(&contract) {
             return;
         }
+        self.prov.accepted.remove(&contract);
         let input = match result {
             Ok(r) => {
                 info!(

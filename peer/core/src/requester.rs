@@ -58,6 +58,44 @@ impl Jobs {
         let id = self.of_contract.get(contract)?;
         self.by_id.get_mut(id)
     }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Job> {
+        self.by_id.values()
+    }
+
+    pub(crate) fn insert(&mut self, job: Job) {
+        if let Some(c) = job.contract {
+            self.of_contract.insert(c, job.id);
+        }
+        self.by_id.insert(job.id, job);
+    }
+
+    /// Keep at most `max_ended` ended jobs (the oldest submitted go first) and
+    /// `max_events` timeline lines per job (the first and the latest).
+    pub(crate) fn trim(&mut self, max_ended: usize, max_events: usize) {
+        let mut ended: Vec<(Timestamp, Hash32)> = self
+            .by_id
+            .values()
+            .filter(|j| j.settled.is_some() || j.ended.is_some())
+            .map(|j| (j.submitted, j.id))
+            .collect();
+        if ended.len() > max_ended {
+            ended.sort();
+            for (_, id) in &ended[..ended.len() - max_ended] {
+                if let Some(j) = self.by_id.remove(id)
+                    && let Some(c) = j.contract
+                {
+                    self.of_contract.remove(&c);
+                }
+            }
+        }
+        for j in self.by_id.values_mut() {
+            if j.events.len() > max_events {
+                let cut = j.events.len() - max_events + 1;
+                j.events.drain(1..=cut);
+            }
+        }
+    }
 }
 
 /// Providers' quality from their SLA record in the ledger (new ones score 1).
@@ -131,7 +169,9 @@ impl<S: Store> NodeCore<S> {
             terms: None,
             contract: None,
             escrow: None,
-            units: None,
+            signed: None,
+            receipt: None,
+            readers: Vec::new(),
             failure: None,
             settled: None,
             ended: None,
@@ -141,7 +181,7 @@ impl<S: Store> NodeCore<S> {
         job.event(now, p.note);
         let offers = self.requester.book().iter().count();
         job.event(now, format!("submitted; {offers} offers in the book"));
-        self.jobs.by_id.insert(id, job);
+        self.jobs.insert(job);
         let mut cx = Cx { now, rng, out };
         self.requester_handle(&mut cx, RequesterInput::Submit(Box::new(p.spec)));
         self.settle_ledger(&mut cx);
@@ -238,7 +278,12 @@ impl<S: Store> NodeCore<S> {
             return;
         };
         let job_id = terms.job;
-        if let Err(e) = self.append(cx.now, Body::EscrowLock { contract }) {
+        if let Err(e) = self.append(
+            cx.now,
+            Body::EscrowLock {
+                contract: contract.clone(),
+            },
+        ) {
             warn!(%e, "cannot lock the escrow");
             if let Some(j) = self.jobs.by_id.get_mut(&job_id) {
                 j.event(cx.now, format!("cannot lock the escrow: {e}"));
@@ -252,6 +297,7 @@ impl<S: Store> NodeCore<S> {
             return;
         };
         j.contract = Some(id);
+        j.signed = Some(contract);
         j.provider = Some(terms.provider);
         j.escrow = Some(amount);
         j.event(
@@ -264,7 +310,6 @@ impl<S: Store> NodeCore<S> {
             ),
         );
         j.terms = Some(terms.clone());
-        let key = j.key.clone();
         // The provider reads the inputs; the committee that watches the contract
         // (the next epoch's, which the oracles serve as now) reads them to
         // re-execute.
@@ -280,27 +325,52 @@ impl<S: Store> NodeCore<S> {
                 .into_iter()
                 .filter(|a| *a != me && *a != terms.provider),
         );
-        let contact = self.contact.clone();
-        for reader in readers {
-            let sealed = match keys::seal_job_key(&self.identity, &reader, &id, &key) {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(%e, reader = %reader.short(), "cannot seal the job key");
-                    continue;
-                }
-            };
-            let grant = KeyGrant {
-                contract: id,
-                requester: me,
-                reader,
-                sealed,
-                contact: contact.clone(),
-                issued_at: cx.now,
-            };
-            match Signed::sign(&self.identity, &self.network, &grant) {
-                Ok(s) => self.send(cx, reader, Message::KeyGrant(s)),
-                Err(e) => warn!(%e, "cannot sign a key grant"),
-            }
+        for reader in &readers {
+            self.send_grant(cx, job_id, *reader);
+        }
+        if let Some(j) = self.jobs.by_id.get_mut(&job_id) {
+            j.readers = readers;
+        }
+    }
+
+    /// Seal job `job`'s key to `reader` and send it.
+    fn send_grant<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, job: Hash32, reader: AccountId) {
+        let Some(j) = self.jobs.by_id.get(&job) else {
+            return;
+        };
+        let (Some(id), key) = (j.contract, j.key.clone()) else {
+            return;
+        };
+        let sealed = match keys::seal_job_key(&self.identity, &reader, &id, &key) {
+            Ok(s) => s,
+            Err(e) => return warn!(%e, reader = %reader.short(), "cannot seal the job key"),
+        };
+        let grant = KeyGrant {
+            contract: id,
+            requester: self.account(),
+            reader,
+            sealed,
+            contact: self.contact.clone(),
+            issued_at: cx.now,
+        };
+        match Signed::sign(&self.identity, &self.network, &grant) {
+            Ok(s) => self.send(cx, reader, Message::KeyGrant(s)),
+            Err(e) => warn!(%e, "cannot sign a key grant"),
+        }
+    }
+
+    /// A peer came up: hand it again the keys of our unsettled jobs it reads
+    /// (it may have been down when they were sent, or lost them in a crash).
+    pub(crate) fn resend_grants<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, peer: AccountId) {
+        let jobs: Vec<Hash32> = self
+            .jobs
+            .by_id
+            .values()
+            .filter(|j| j.settled.is_none() && j.contract.is_some() && j.readers.contains(&peer))
+            .map(|j| j.id)
+            .collect();
+        for job in jobs {
+            self.send_grant(cx, job, peer);
         }
     }
 
@@ -314,7 +384,6 @@ impl<S: Store> NodeCore<S> {
         let Some(j) = self.jobs.by_contract(&contract) else {
             return;
         };
-        j.units = Some(receipt.units_used);
         let t = receipt.timings;
         j.event(
             cx.now,
@@ -329,10 +398,32 @@ impl<S: Store> NodeCore<S> {
         );
         cx.out.push(Output::FetchResult {
             job: j.id,
-            receipt: Box::new(receipt),
+            receipt: Box::new(receipt.clone()),
             key: j.key.clone(),
             provider_contact,
         });
+        j.receipt = Some(receipt);
+    }
+
+    /// A receipt for one of our jobs that the engine no longer follows (it gave
+    /// the deal up at its deadline, or a restart lost it) while the job has
+    /// none: still the provider's signed word on where the result is, so fetch
+    /// it. The settlement decides what is paid.
+    pub(crate) fn late_receipt<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        sr: &Signed<Receipt>,
+    ) {
+        let Ok(r) = sr.body_unverified() else {
+            return;
+        };
+        let known = self.jobs.by_contract(&r.contract).is_some_and(|j| {
+            j.receipt.is_none() && j.terms.as_ref().is_some_and(|t| t.provider == sr.signer)
+        }) && r.provider == sr.signer;
+        if !known || sr.verify(&self.network).is_err() {
+            return;
+        }
+        self.on_delivered(cx, r.contract, r);
     }
 
     pub(crate) fn on_fetched<R: Rng + ?Sized>(
@@ -351,6 +442,12 @@ impl<S: Store> NodeCore<S> {
             }
             Err(e) => j.event(cx.now, format!("cannot fetch the result: {e}")),
         }
+    }
+
+    /// The signed contract of one of our jobs (to follow it after a restart).
+    pub(crate) fn escrowed_contract(&self, contract: &Hash32) -> Option<Contract> {
+        let id = self.jobs.of_contract.get(contract)?;
+        self.jobs.by_id.get(id)?.signed.clone()
     }
 
     /// Settlements the ledger now holds for our open contracts: each found by

@@ -37,6 +37,9 @@ pub use node_core::Timing;
 /// How often the loop refreshes the ledger sync with every peer (the core's own
 /// timers wake it as well).
 const TICK: std::time::Duration = std::time::Duration::from_millis(250);
+/// The core's state (jobs, keys, accepted contracts, watches) in the data
+/// directory.
+pub const STATE_FILE: &str = "node-state.bin";
 /// How often the DHT is asked for providers (the first time at start).
 const DISCOVER_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -262,13 +265,14 @@ pub async fn start(dir: DataDir, opts: RunOptions) -> anyhow::Result<RunningNode
                 capacity: opts.book_capacity,
                 ..Default::default()
             },
+            persist: true,
         },
     );
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("OS random number generator: {e}"))?;
     let (stop_tx, stop_rx) = oneshot::channel();
     let (work_tx, work_rx) = mpsc::channel(256);
-    let driver = Driver {
+    let mut driver = Driver {
         core,
         rng: ChaCha20Rng::from_seed(seed),
         dir,
@@ -279,6 +283,7 @@ pub async fn start(dir: DataDir, opts: RunOptions) -> anyhow::Result<RunningNode
         work_tx,
         out: Vec::new(),
     };
+    driver.restore()?;
     let task = tokio::spawn(
         driver
             .run(events, ctl_rx, work_rx, stop_rx)
@@ -348,7 +353,17 @@ impl Driver {
     }
 
     fn carry_out(&mut self) {
-        for o in std::mem::take(&mut self.out) {
+        let mut outs = std::mem::take(&mut self.out);
+        // What must survive a crash is on disk before anything leaves.
+        if let Some(i) = outs.iter().rposition(|o| matches!(o, Output::Persist(_))) {
+            if let Output::Persist(bytes) = outs.remove(i)
+                && let Err(e) = self.save_state(&bytes)
+            {
+                warn!(error = %format!("{e:#}"), "cannot save the node's state");
+            }
+            outs.retain(|o| !matches!(o, Output::Persist(_)));
+        }
+        for o in outs {
             match o {
                 Output::Publish(m) => {
                     let (net, frame) = (self.net.clone(), Frame::new(self.core.network(), m));
@@ -427,6 +442,52 @@ impl Driver {
                 other => debug!(?other, "output not carried by this driver"),
             }
         }
+    }
+
+    /// The core's state file in the data directory.
+    fn state_path(&self) -> PathBuf {
+        self.dir.path.join(STATE_FILE)
+    }
+
+    /// Write the core's state atomically: a temporary file, fsync'd, renamed
+    /// over the last one, and the directory fsync'd.
+    fn save_state(&self, bytes: &[u8]) -> anyhow::Result<()> {
+        use std::io::Write;
+        let path = self.state_path();
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+            .with_context(|| format!("cannot replace {}", path.display()))?;
+        std::fs::File::open(&self.dir.path)?.sync_all()?;
+        Ok(())
+    }
+
+    /// Bring back what the last run saved, if anything.
+    fn restore(&mut self) -> anyhow::Result<()> {
+        let path = self.state_path();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let report = self
+            .core
+            .restore(net::now(), &bytes, &mut self.rng, &mut self.out)
+            .with_context(|| {
+                format!(
+                    "{} cannot be restored; move it away to start without it (its jobs and watches are then forgotten)",
+                    path.display()
+                )
+            })?;
+        info!(
+            ?report,
+            "restored the node's jobs, keys, contracts and watches"
+        );
+        self.carry_out();
+        Ok(())
     }
 
     /// Run work beside the loop; its result comes back as an input.

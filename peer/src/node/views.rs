@@ -28,7 +28,7 @@ pub(super) fn job_view(core: &NodeCore<FileStore>, j: &Job) -> JobView {
         contract: j.contract.map(|c| c.to_string()),
         price_micro_per_cu: j.terms.as_ref().map(|t| t.price.0),
         estimated_cu: j.spec.estimated_units.as_f64(),
-        units_used: j.units.map(ComputeUnits::as_f64),
+        units_used: j.units().map(ComputeUnits::as_f64),
         escrow: j.escrow.map(|a| a.0),
         paid: settled.map(|s| s.payout.provider.0),
         refund: settled.map(|s| s.payout.refund.0),

@@ -90,6 +90,10 @@ pub enum RequesterInput {
         contract: Hash32,
     },
     Settlement(Box<SettlementInstruction>),
+    /// A contract of ours, signed by both, whose escrow is locked, that this
+    /// engine knew before a restart: follow it again (await its receipt until
+    /// the deadline plus grace).
+    Resume(Contract),
     /// The user disputes a contract.
     Dispute {
         contract: Hash32,
@@ -320,6 +324,7 @@ impl RequesterEngine {
                 self.fail(now, contract, FailReason::EscrowFailed, &mut out);
             }
             RequesterInput::Settlement(si) => self.on_settlement(now, *si, &mut out),
+            RequesterInput::Resume(c) => self.on_resume(now, c, &mut out),
             RequesterInput::Dispute { contract, reason } => {
                 let Some(deal) = self.deals.remove(&contract) else {
                     return out;
@@ -645,6 +650,31 @@ impl RequesterEngine {
             return;
         }
         self.contracted(now, terms, c, out);
+    }
+
+    /// A contract we had before a restart: running again, its receipt awaited
+    /// until the deadline plus grace. The escrow is already locked, so nothing
+    /// is written or published.
+    fn on_resume(&mut self, now: Timestamp, c: Contract, out: &mut Vec<RequesterOutput>) {
+        let id = c.body_hash();
+        let Ok(terms) = c.body_unverified() else {
+            return;
+        };
+        if self.deals.contains_key(&id)
+            || terms.requester != self.account()
+            || terms.network != self.network
+            || !signed_by_both(&c, &terms, &self.network, self.cfg.verify_signatures)
+        {
+            return;
+        }
+        let (job, deadline, provider) = (terms.job, terms.deadline, terms.provider);
+        let deal = Deal::propose(now, job, terms, provider, now)
+            .accept(now, c)
+            .start(now);
+        self.deals.insert(id, AnyDeal::Running(deal));
+        self.contracts.insert(id, (job, 1.0));
+        self.timers
+            .schedule(out, deadline.plus(self.cfg.grace), Timer::Deadline(id));
     }
 
     /// Both signed: lock the escrow, tell the oracles, wait for delivery.

@@ -151,16 +151,21 @@ pub enum OracleInput {
     },
     Contract(Contract),
     /// A contract this member watched before a restart, judged by the committee
-    /// of `epoch` (the epoch its watch started in); `receipt` if one had come.
-    /// Ignored unless this member is on that committee and the contract is one it
-    /// would watch (signed by both parties, not settled, not watched, capacity
-    /// left). The committee is learnt for `epoch` if the engine does not know it;
-    /// the current epoch stays as it is.
+    /// of `epoch` (the epoch its watch started in); `receipt` if one had come,
+    /// with when it reached this member (lateness is judged from that, as it was
+    /// before the restart); `verdict`, this member's own, if it had signed one:
+    /// it is counted and published again, never signed anew (a second, different
+    /// verdict would be an equivocation). Ignored unless this member is on that
+    /// committee and the contract is one it would watch (signed by both
+    /// parties, not settled, not watched, capacity left). The committee is
+    /// learnt for `epoch` if the engine does not know it; the current epoch
+    /// stays as it is.
     Resume {
         contract: Contract,
         epoch: u64,
         committee: Vec<AccountId>,
-        receipt: Option<Signed<Receipt>>,
+        receipt: Option<Box<(Signed<Receipt>, Timestamp)>>,
+        verdict: Option<Box<Signed<Verdict>>>,
     },
     Receipt(Signed<Receipt>),
     ProbeReply(Signed<ProbeReply>),
@@ -367,6 +372,7 @@ impl<C: ResultChecker> OracleEngine<C> {
                 epoch,
                 committee,
                 receipt,
+                verdict,
             } => {
                 // The aggregator's committee for `epoch`, if it has one, is the one
                 // our verdict will be counted against.
@@ -381,10 +387,14 @@ impl<C: ResultChecker> OracleEngine<C> {
                 self.aggregator.learn_committee(epoch, committee);
                 self.stats.resumed += 1;
                 self.watch(now, id, terms, epoch, rng, &mut out);
-                if let Some(sr) = receipt
+                if let Some(r) = receipt
                     && self.watches.contains_key(&id)
                 {
-                    self.on_receipt(now, sr, &mut out);
+                    let (sr, at) = *r;
+                    self.on_receipt(at.min(now), sr, &mut out);
+                }
+                if let Some(sv) = verdict {
+                    self.resume_verdict(now, id, epoch, *sv, &mut out);
                 }
             }
             OracleInput::Receipt(sr) => self.on_receipt(now, sr, &mut out),
@@ -680,6 +690,39 @@ impl<C: ResultChecker> OracleEngine<C> {
         let result_ok = !matches!(w.check, Check::Done(false));
         let units = ComputeUnits::from_milli(r.units_used.milli.min(w.terms.max_units.milli));
         (true, violations, result_ok, units)
+    }
+
+    /// Our own verdict on `id`, signed before a restart: count it and publish
+    /// it again (the others may not have it), and never sign another.
+    fn resume_verdict(
+        &mut self,
+        now: Timestamp,
+        id: Hash32,
+        epoch: u64,
+        sv: Signed<Verdict>,
+        out: &mut Vec<OracleOutput>,
+    ) {
+        let Ok(v) = open(&sv, &self.network, self.cfg.verify_signatures) else {
+            self.stats.ignored += 1;
+            return;
+        };
+        if v.contract != id || v.epoch != epoch || v.oracle != self.account() {
+            self.stats.ignored += 1;
+            return;
+        }
+        let Some(w) = self.watches.get_mut(&id) else {
+            return;
+        };
+        w.verdict_sent = true;
+        out.push(OracleOutput::Publish(Message::Verdict(sv.clone())));
+        match self.aggregator.add_verified(v, sv) {
+            Ok(Some(si)) => self.settled(si, out),
+            Ok(None) => self.await_rest(now, id, out),
+            Err(_) => {}
+        }
+        if self.aggregator.is_settled(&id) {
+            self.unwatch(&id);
+        }
     }
 
     fn issue_verdict(&mut self, id: Hash32, now: Timestamp, out: &mut Vec<OracleOutput>) {

@@ -225,7 +225,8 @@ fn resumed_watches_settle_under_their_epoch() {
             contract: c.clone(),
             epoch: 1,
             committee: committee.clone(),
-            receipt: Some(sr.clone()),
+            receipt: Some(Box::new((sr.clone(), at))),
+            verdict: None,
         };
         o.handle(restart, resume.clone(), &mut rng);
         assert_eq!(o.watch_epoch(&id), Some(1));
@@ -302,6 +303,7 @@ fn resume_by_a_non_member_is_ignored() {
             epoch: 1,
             committee: members.iter().map(Identity::account).collect(),
             receipt: None,
+            verdict: None,
         },
         &mut rng,
     );
@@ -310,4 +312,114 @@ fn resume_by_a_non_member_is_ignored() {
     assert_eq!(o.watch_epoch(&c.body_hash()), None);
     assert_eq!((o.stats().ignored, o.stats().resumed), (1, 0));
     assert!(o.aggregator.committee_at(1).is_none(), "nothing learnt");
+}
+
+/// A member that had signed its verdict before a restart counts and publishes
+/// that verdict again and signs no other: a second, different verdict (its
+/// probe counts are gone) would be an equivocation.
+#[test]
+fn a_resumed_member_publishes_its_old_verdict_and_signs_no_other() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let (req, prov) = (Identity::from_seed(1), Identity::from_seed(2));
+    let members: Vec<Identity> = (10..13).map(Identity::from_seed).collect();
+    let committee: Vec<AccountId> = members.iter().map(Identity::account).collect();
+    let cfg = OracleConfig {
+        verify_share: Bps(0),
+        ..OracleConfig::default()
+    };
+    let fresh = |m: &Identity| OracleEngine::new(m.clone(), net(), cfg, DeferredChecker);
+    let mut oracles: Vec<OracleEngine<DeferredChecker>> = members.iter().map(fresh).collect();
+    let start = Timestamp(1_000_000);
+    let c = contract(&req, &prov, start, start.plus(DurationMs::secs(3_600)));
+    let id = c.body_hash();
+    let at = start.plus(DurationMs::secs(60));
+    let receipt = Receipt {
+        contract: id,
+        provider: prov.account(),
+        result: BlobRef {
+            hash: Hash32::of(b"result"),
+            size: 1,
+        },
+        units_used: ComputeUnits::from_milli(1_000),
+        timings: crate::messages::Timings {
+            accepted_at: start,
+            inputs_ready_at: start,
+            started_at: start,
+            finished_at: at,
+        },
+        commitment: Hash32::default(),
+        checkpoint_every: 0,
+        checkpoints: 0,
+    };
+    let sr = Signed::sign(&prov, &net(), &receipt).expect("signs");
+    let due = at.plus(cfg.dispute_window);
+    let mut verdicts = Vec::new();
+    for o in &mut oracles {
+        o.handle(start, epoch(1, &members), &mut rng);
+        o.handle(start, OracleInput::Contract(c.clone()), &mut rng);
+        o.handle(at, OracleInput::Receipt(sr.clone()), &mut rng);
+        for x in o.handle_timeout(due, &mut rng) {
+            if let OracleOutput::Publish(Message::Verdict(sv)) = x {
+                verdicts.push(sv);
+            }
+        }
+    }
+    assert_eq!(verdicts.len(), 3);
+    // Member 0 restarts before any verdict reached it.
+    let restart = due.plus(DurationMs::secs(5));
+    let mut o = fresh(&members[0]);
+    o.handle(restart, epoch(1, &members), &mut rng);
+    let out = o.handle(
+        restart,
+        OracleInput::Resume {
+            contract: c.clone(),
+            epoch: 1,
+            committee: committee.clone(),
+            receipt: Some(Box::new((sr.clone(), at))),
+            verdict: Some(Box::new(verdicts[0].clone())),
+        },
+        &mut rng,
+    );
+    let again: Vec<_> = out
+        .iter()
+        .filter_map(|x| match x {
+            OracleOutput::Publish(Message::Verdict(sv)) => Some(sv.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        again,
+        vec![verdicts[0].clone()],
+        "the old verdict, as it was"
+    );
+    let later = o.handle_timeout(restart.plus(DurationMs::secs(3_600)), &mut rng);
+    assert!(
+        !later
+            .iter()
+            .any(|x| matches!(x, OracleOutput::Publish(Message::Verdict(_)))),
+        "a second verdict was signed"
+    );
+    // Someone else's verdict cannot be passed off as ours.
+    let mut other = fresh(&members[0]);
+    other.handle(restart, epoch(1, &members), &mut rng);
+    other.handle(
+        restart,
+        OracleInput::Resume {
+            contract: c,
+            epoch: 1,
+            committee,
+            receipt: None,
+            verdict: Some(Box::new(verdicts[1].clone())),
+        },
+        &mut rng,
+    );
+    assert_eq!(other.stats().ignored, 1);
+    // With the others' verdicts it settles.
+    let mut settled = false;
+    for sv in &verdicts[1..] {
+        for x in o.handle(restart, OracleInput::Verdict(sv.clone()), &mut rng) {
+            settled |= matches!(x, OracleOutput::Settle(_));
+        }
+    }
+    assert!(settled);
 }

@@ -51,6 +51,19 @@ pub struct Net {
     /// Every message delivered: (from, to, via, kind).
     pub log: Vec<(usize, usize, Via, &'static str)>,
     pub genesis: GenesisEntry,
+    /// Peers that are down: they get nothing, and the work they started dies
+    /// with them.
+    pub down: Vec<bool>,
+    /// Each peer's last persisted state.
+    pub saved: Vec<Option<Vec<u8>>>,
+    /// Each peer's incarnation: work started by an earlier one is dropped.
+    life: Vec<u32>,
+    /// The incarnation each pending event was scheduled for.
+    event_life: HashMap<u64, u32>,
+    /// How long a provider's run takes.
+    pub run_time: DurationMs,
+    /// Every run started: (peer, contract).
+    pub runs: Vec<(usize, Hash32)>,
 }
 
 pub fn genesis(ids: &[Identity], roles: &[Role], requester_micro: u64) -> GenesisEntry {
@@ -100,6 +113,22 @@ pub fn provider_config(account: &AccountId) -> ProviderConfig {
     }
 }
 
+/// A peer's core of role `r` around `ledger`.
+fn core(id: &Identity, r: Role, ledger: Ledger<MemStore>) -> NodeCore<MemStore> {
+    NodeCore::new(
+        id.clone(),
+        ledger,
+        CoreConfig {
+            provider: matches!(r, Role::Provider { .. }).then(|| provider_config(&id.account())),
+            oracle: r == Role::Oracle,
+            contact: vec![format!("peer-{}", id.account().short())],
+            timing: Timing::quick(),
+            book: Default::default(),
+            persist: true,
+        },
+    )
+}
+
 impl Net {
     /// A network of `roles`; requesters start with `requester_micro` µ-tokens.
     pub fn new(roles: &[Role], requester_micro: u64, seed: u64) -> Net {
@@ -110,21 +139,7 @@ impl Net {
         let nodes = ids
             .iter()
             .zip(roles)
-            .map(|(id, r)| {
-                let ledger = Ledger::new(g.clone(), &id.account().0).unwrap();
-                NodeCore::new(
-                    id.clone(),
-                    ledger,
-                    CoreConfig {
-                        provider: matches!(r, Role::Provider { .. })
-                            .then(|| provider_config(&id.account())),
-                        oracle: *r == Role::Oracle,
-                        contact: vec![format!("peer-{}", id.account().short())],
-                        timing: Timing::quick(),
-                        book: Default::default(),
-                    },
-                )
-            })
+            .map(|(id, r)| core(id, *r, Ledger::new(g.clone(), &id.account().0).unwrap()))
             .collect();
         let by_account = ids
             .iter()
@@ -146,6 +161,12 @@ impl Net {
             filter: None,
             log: Vec::new(),
             genesis: g,
+            down: vec![false; roles.len()],
+            saved: vec![None; roles.len()],
+            life: vec![0; roles.len()],
+            event_life: HashMap::new(),
+            run_time: DurationMs(100),
+            runs: Vec::new(),
         };
         for i in 0..roles.len() {
             net.at(T0, i, Input::Start);
@@ -167,6 +188,46 @@ impl Net {
         self.seq += 1;
         self.queue.push(Reverse((t, self.seq)));
         self.pending.insert(self.seq, (node, input));
+        self.event_life.insert(self.seq, self.life[node]);
+    }
+
+    /// Peer `i` crashes: it gets nothing until [`Net::restart`], and what it
+    /// was doing is lost (its ledger keeps what it had made durable).
+    pub fn kill(&mut self, i: usize) {
+        self.down[i] = true;
+        self.life[i] += 1;
+    }
+
+    /// Peer `i` starts again from its ledger's store and its last saved state.
+    pub fn restart(&mut self, i: usize) {
+        let id = self.ids[i].clone();
+        let placeholder = core(
+            &id,
+            self.roles[i],
+            Ledger::new(self.genesis.clone(), &id.account().0).unwrap(),
+        );
+        let old = std::mem::replace(&mut self.nodes[i], placeholder);
+        let store = old.into_ledger().into_store();
+        let (ledger, _) = Ledger::open(self.genesis.clone(), &id.account().0, store).unwrap();
+        self.nodes[i] = core(&id, self.roles[i], ledger);
+        self.down[i] = false;
+        if let Some(bytes) = self.saved[i].clone() {
+            let mut out = Vec::new();
+            let now = self.now;
+            self.nodes[i]
+                .restore(now, &bytes, &mut self.rng, &mut out)
+                .unwrap();
+
+            self.carry(i, out);
+        }
+        self.handle(i, Input::Start);
+        for j in 0..self.nodes.len() {
+            if j != i && !self.down[j] {
+                let (a, b) = (self.ids[j].account(), self.ids[i].account());
+                self.handle(i, Input::PeerUp(a));
+                self.handle(j, Input::PeerUp(b));
+            }
+        }
     }
 
     /// Run until `until`, or until `done` holds (checked after every event).
@@ -189,11 +250,17 @@ impl Net {
                     continue;
                 };
                 let (node, input) = self.pending.remove(&s).unwrap();
+                let life = self.event_life.remove(&s).unwrap();
+                if self.down[node] || life != self.life[node] {
+                    continue; // lost in a crash
+                }
                 self.handle(node, input);
             } else {
                 self.next_tick = t.plus(TICK);
                 for i in 0..self.nodes.len() {
-                    self.handle(i, Input::Tick);
+                    if !self.down[i] {
+                        self.handle(i, Input::Tick);
+                    }
                 }
             }
         }
@@ -297,12 +364,13 @@ impl Net {
                 Output::Run {
                     contract, terms, ..
                 } => {
+                    self.runs.push((i, contract));
                     let cheat = matches!(self.roles[i], Role::Provider { cheat: true });
                     let result = BlobRef {
                         hash: result_hash(&contract, cheat),
                         size: 1_000,
                     };
-                    let t = self.now.plus(DurationMs(100));
+                    let t = self.now.plus(self.run_time);
                     self.at(
                         t,
                         i,
@@ -344,6 +412,7 @@ impl Net {
                     });
                     self.at(t, i, Input::Fetched { job, result });
                 }
+                Output::Persist(bytes) => self.saved[i] = Some(bytes),
                 other => panic!("an output the harness does not know: {other:?}"),
             }
         }
@@ -353,6 +422,13 @@ impl Net {
     pub fn balances(&mut self, i: usize) -> BTreeMap<AccountId, Amount> {
         let st = self.nodes[i].ledger().state().clone();
         st.balances.clone()
+    }
+
+    /// Whether `kind` went from `from` to `to`.
+    pub fn sent(&self, from: usize, to: usize, kind: &str) -> bool {
+        self.log
+            .iter()
+            .any(|(f, t, _, k)| *f == from && *t == to && *k == kind)
     }
 
     pub fn job_spec(&self, requester: usize, units: u64, max_price: u64) -> JobSpec {
