@@ -7,8 +7,13 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use crdt_ledger::GenesisEntry;
 use libp2p::Multiaddr;
+use peer::config::DataDir;
+use peer::control::{ControlClient, JobView};
 use peer::net::{self, BasicValidator, Client, NetEvent, NetOptions};
+use peer::node::{self, RunOptions, RunningNode, Timing};
+use protocol::DurationMs;
 use protocol::{Identity, NetworkId};
 use tokio::sync::mpsc;
 
@@ -124,4 +129,107 @@ pub async fn next_event<T>(
         }
     })
     .await
+}
+
+/// Loopback options with short market timeouts for tests.
+pub fn node_opts(g: &GenesisEntry, boot: &[Multiaddr]) -> RunOptions {
+    let mut o = RunOptions::loopback(g.clone(), boot.to_vec());
+    o.timing = Timing {
+        grace: DurationMs::secs(2),
+        dispute_window: DurationMs::secs(1),
+        probe_every: DurationMs::secs(1),
+        offer_ttl: DurationMs::secs(60),
+        deadline_slack: DurationMs::secs(1),
+        ..Timing::default()
+    };
+    o
+}
+
+/// Wait, up to `bound`, for the job to satisfy `pred`. Bounds are generous: a
+/// job's own deadline and grace, plus a loaded machine.
+pub async fn wait_job(
+    c: &ControlClient,
+    id: &str,
+    bound: Duration,
+    pred: impl Fn(&JobView) -> bool,
+) -> JobView {
+    let wait = async {
+        loop {
+            let v = c.job(id).await?;
+            if pred(&v) {
+                return anyhow::Ok(v);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    match tokio::time::timeout(bound, wait).await {
+        Ok(v) => v.expect("the job view"),
+        Err(_) => panic!(
+            "the job did not reach the state awaited in {bound:?}: {:#?}",
+            c.job(id).await
+        ),
+    }
+}
+
+/// A swarm on loopback: nodes 0..3 the committee, then `providers` providers
+/// (CPU backend), then `requesters` requesters; each requester gets
+/// `setup(&mut RunOptions)` before it starts. Providers and requesters are
+/// funded unless `fund_requesters` is false. Returns the nodes, their accounts
+/// and the genesis.
+pub async fn swarm(
+    tmp: &std::path::Path,
+    name: &str,
+    providers: usize,
+    requesters: usize,
+    fund_requesters: bool,
+    setup: impl Fn(&mut RunOptions),
+) -> anyhow::Result<(
+    Vec<Option<RunningNode>>,
+    Vec<protocol::AccountId>,
+    GenesisEntry,
+)> {
+    let n = 3 + providers + requesters;
+    let dirs: Vec<DataDir> = (0..n)
+        .map(|i| DataDir::init(&tmp.join(format!("n{i}"))))
+        .collect::<anyhow::Result<_>>()?;
+    let acc: Vec<_> = dirs.iter().map(|d| d.identity.account()).collect();
+    let funded = if fund_requesters {
+        &acc[3..]
+    } else {
+        &acc[3..3 + providers]
+    };
+    let g = genesis(name, funded, &acc[0..3]);
+    let mut nodes: Vec<Option<RunningNode>> = Vec::new();
+    let mut boot = Vec::new();
+    for (i, mut d) in dirs.into_iter().enumerate() {
+        let mut o = node_opts(&g, &boot);
+        o.oracle = i < 3;
+        o.provider = (3..3 + providers).contains(&i);
+        if i >= 3 + providers {
+            setup(&mut o);
+        }
+        d.config.provider.backend = "cpu".into();
+        let n = node::start(d, o).await?;
+        if i == 0 {
+            boot.push(n.dial_addr().await?);
+        }
+        nodes.push(Some(n));
+    }
+    Ok((nodes, acc, g))
+}
+
+/// Wait until a node sees `peers` peers (and, for a requester that keeps a
+/// book, `offers` offers), then one gossip heartbeat for the mesh.
+pub async fn settled_in(c: &ControlClient, peers: usize, offers: usize) -> anyhow::Result<()> {
+    wait_for("a full swarm", async {
+        loop {
+            if c.offers().await?.len() >= offers && c.status().await?.connected_peers >= peers {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1_500)).await; // gossip mesh heartbeat
+    Ok(())
 }

@@ -8,11 +8,10 @@
 use std::time::Duration;
 
 use peer::config::DataDir;
-use peer::control::{ControlClient, JobRequest, JobView};
+use peer::control::{ControlClient, JobRequest};
 use peer::demo::{self, DemoOptions};
-use peer::node::{self, RunOptions, RunningNode, Timing};
-use protocol::DurationMs;
-use tests::wait_for;
+use peer::node;
+use tests::{node_opts, settled_in, swarm, wait_job};
 
 /// The demo in a fresh directory (returned, so results stay readable), with
 /// `faulty_providers` faking their results. The demo's own steps wait with their
@@ -79,103 +78,21 @@ async fn a_provider_returning_wrong_results_is_caught_and_paid_nothing() -> anyh
     Ok(())
 }
 
-fn node_opts(g: &crdt_ledger::GenesisEntry, boot: &[libp2p::Multiaddr]) -> RunOptions {
-    let mut o = RunOptions::loopback(g.clone(), boot.to_vec());
-    o.timing = Timing {
-        grace: DurationMs::secs(2),
-        dispute_window: DurationMs::secs(1),
-        probe_every: DurationMs::secs(1),
-        offer_ttl: DurationMs::secs(60),
-        deadline_slack: DurationMs::secs(1),
-        ..Timing::default()
-    };
-    o
-}
-
-/// Wait, up to `bound`, for the job to satisfy `pred`. Bounds are generous: a
-/// job's own deadline and grace, plus a loaded machine.
-async fn wait_job(
-    c: &ControlClient,
-    id: &str,
-    bound: Duration,
-    pred: impl Fn(&JobView) -> bool,
-) -> JobView {
-    let wait = async {
-        loop {
-            let v = c.job(id).await?;
-            if pred(&v) {
-                return anyhow::Ok(v);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    match tokio::time::timeout(bound, wait).await {
-        Ok(v) => v.unwrap(),
-        Err(_) => panic!(
-            "the job did not reach the state awaited in {bound:?}: {:#?}",
-            c.job(id).await
-        ),
-    }
-}
-
-/// A swarm of `n` nodes on loopback: 0..3 the committee, then `providers`
-/// providers (CPU backend), the rest requesters. Each requester gets
-/// `setup(&mut RunOptions)` before it starts.
-async fn swarm(
-    tmp: &std::path::Path,
-    name: &str,
-    providers: usize,
-    requesters: usize,
-    setup: impl Fn(&mut RunOptions),
-) -> anyhow::Result<(Vec<Option<RunningNode>>, Vec<protocol::AccountId>)> {
-    let n = 3 + providers + requesters;
-    let dirs: Vec<DataDir> = (0..n)
-        .map(|i| DataDir::init(&tmp.join(format!("n{i}"))).unwrap())
-        .collect();
-    let acc: Vec<_> = dirs.iter().map(|d| d.identity.account()).collect();
-    let g = tests::genesis(name, &acc[3..], &acc[0..3]);
-    let mut nodes: Vec<Option<RunningNode>> = Vec::new();
-    let mut boot = Vec::new();
-    for (i, mut d) in dirs.into_iter().enumerate() {
-        let mut o = node_opts(&g, &boot);
-        o.oracle = i < 3;
-        o.provider = (3..3 + providers).contains(&i);
-        if i >= 3 + providers {
-            setup(&mut o);
-        }
-        d.config.provider.backend = "cpu".into();
-        let n = node::start(d, o).await?;
-        if i == 0 {
-            boot.push(n.dial_addr().await?);
-        }
-        nodes.push(Some(n));
-    }
-    Ok((nodes, acc))
-}
-
-/// Wait until a node sees `peers` peers (and, for a requester that keeps a
-/// book, `offers` offers), then one gossip heartbeat for the mesh.
-async fn settled_in(c: &ControlClient, peers: usize, offers: usize) -> anyhow::Result<()> {
-    wait_for("a full swarm", async {
-        loop {
-            if c.offers().await?.len() >= offers && c.status().await?.connected_peers >= peers {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await?;
-    tokio::time::sleep(Duration::from_millis(1_500)).await; // gossip mesh heartbeat
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_no_offer_fits_is_posted_as_a_bid_answered_and_settled() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     // The requester keeps no order book: whatever it submits fits no offer it
     // knows, so it posts an open bid; the provider answers with a proposal, the
     // requester accepts, and the provider sends the contract back directly.
-    let (nodes, acc) = swarm(tmp.path(), "open-bid", 1, 1, |o| o.book_capacity = 0).await?;
+    let (nodes, acc, _) = swarm(
+        tmp.path(),
+        "open-bid",
+        1,
+        1,
+        true,
+        |o: &mut peer::node::RunOptions| o.book_capacity = 0,
+    )
+    .await?;
     let c = ControlClient::from_data_dir(&tmp.path().join("n4"))?;
     settled_in(&c, 4, 0).await?;
     assert!(
@@ -207,46 +124,23 @@ async fn a_job_no_offer_fits_is_posted_as_a_bid_answered_and_settled() -> anyhow
     Ok(())
 }
 
+/// The provider dies mid-job for good: the committee's "not delivered" verdict
+/// refunds the escrow once the deadline (20 epochs of 2 s after the contract,
+/// more than the 16 committees an oracle keeps by default) and the grace have
+/// passed; a restarted requester keeps its ledger and its job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_killed_mid_job_ends_in_a_refund_and_a_restart_keeps_the_ledger()
 -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let dirs: Vec<DataDir> = (0..5)
-        .map(|i| DataDir::init(&tmp.path().join(format!("n{i}"))).unwrap())
-        .collect();
-    let acc: Vec<_> = dirs.iter().map(|d| d.identity.account()).collect();
-    // Nodes 0..3 are the committee, 3 the provider, 4 the requester.
-    let g = tests::genesis("killed-provider", &acc[3..5], &acc[0..3]);
-    let mut nodes: Vec<Option<RunningNode>> = Vec::new();
-    let mut boot = Vec::new();
-    for (i, mut d) in dirs.into_iter().enumerate() {
-        let mut o = node_opts(&g, &boot);
-        o.oracle = i < 3;
-        o.provider = i == 3;
-        d.config.provider.backend = "cpu".into();
-        let n = node::start(d, o).await?;
-        if i == 0 {
-            boot.push(n.dial_addr().await?);
-        }
-        nodes.push(Some(n));
-    }
+    let (mut nodes, acc, g) = swarm(tmp.path(), "killed-provider", 1, 1, true, |_| {}).await?;
     let req_dir = tmp.path().join("n4");
     let c = ControlClient::from_data_dir(&req_dir)?;
-    wait_for("the provider's offer and a full swarm", async {
-        loop {
-            if !c.offers().await?.is_empty() && c.status().await?.connected_peers >= 4 {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await?;
-    tokio::time::sleep(Duration::from_millis(1_500)).await; // gossip mesh heartbeat
+    settled_in(&c, 4, 1).await?;
     let data = tmp.path().join("wine.safetensors");
     compute::datasets::write_builtin(compute::datasets::Builtin::WineQuality, &data)?;
     // Long enough (seconds) to be killed in the middle.
     let job = JobRequest {
-        deadline_secs: 20,
+        deadline_secs: 40,
         ..JobRequest::train_mlp(data, 10_000, 1)
     };
     let v = c.submit(&job).await?;
@@ -259,7 +153,7 @@ async fn a_provider_killed_mid_job_ends_in_a_refund_and_a_restart_keeps_the_ledg
     assert_eq!(running.provider, Some(acc[3].to_string()));
     nodes[3].take().unwrap().kill().await;
 
-    let done = wait_job(&c, &v.id, Duration::from_secs(120), |v| v.done).await;
+    let done = wait_job(&c, &v.id, Duration::from_secs(150), |v| v.done).await;
     assert_eq!(done.state, "settled", "{done:#?}");
     assert_eq!(done.outcome.as_deref(), Some("refunded: not delivered"));
     assert!(
@@ -274,13 +168,16 @@ async fn a_provider_killed_mid_job_ends_in_a_refund_and_a_restart_keeps_the_ledg
     assert!(ledger.tail.iter().any(|e| e.kind == "escrow-lock"));
     assert!(ledger.tail.iter().any(|e| e.kind == "settlement"));
 
-    // Restart the requester from its data directory: the ledger is all there.
+    // Restart the requester from its data directory: the ledger and the job
+    // are all there.
     nodes[4].take().unwrap().shutdown().await?;
     let r = node::start(DataDir::open(&req_dir)?, node_opts(&g, &[])).await?;
     let c = ControlClient::from_data_dir(&req_dir)?;
     let again = c.ledger(100).await?;
     assert!(again.entries >= ledger.entries, "{again:?}");
     assert_eq!(c.balance(None).await?.balance, before.balance);
+    let kept = c.job(&v.id).await?;
+    assert_eq!(kept.outcome, done.outcome, "{kept:#?}");
     // A data directory of another network is refused, not silently reused.
     r.shutdown().await?;
     let other = tests::genesis("another", &[], &[]);

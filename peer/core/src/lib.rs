@@ -46,6 +46,7 @@ pub mod oracle;
 pub mod persist;
 pub mod provider;
 pub mod requester;
+pub mod retry;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -66,6 +67,7 @@ pub use keys::{JobKey, KeyError};
 pub use persist::{PersistError, Restored};
 pub use provider::RanJob;
 pub use requester::{Fetched, PreparedJob, SubmitError};
+pub use retry::WorkError;
 
 /// Timing of the market and the committee. The defaults suit a real network; a
 /// demo or a test shortens them.
@@ -179,22 +181,24 @@ pub enum Input {
     Discovered(Vec<AccountId>),
     /// Timers due ([`NodeCore::poll_timeout`]) and housekeeping.
     Tick,
-    /// A contract's job ran (or could not run).
+    /// A contract's job ran (or could not run; see [`WorkError`] for a peer
+    /// that could not be reached).
     Ran {
         contract: Hash32,
-        result: Result<RanJob, String>,
+        result: Result<RanJob, WorkError>,
     },
     /// A committee member's check of a delivered result: `Ok(reason)` when the
-    /// result is correct, `Err(reason)` when it is not, or could not be fetched,
-    /// decrypted or read (which is no result either).
+    /// result is correct; an error when it is not, or could not be decrypted or
+    /// read (which is no result either), or — with `retry` — could not be
+    /// fetched just now.
     Checked {
         contract: Hash32,
-        result: Result<String, String>,
+        result: Result<String, WorkError>,
     },
     /// A requester's result fetched and decrypted (or not).
     Fetched {
         job: Hash32,
-        result: Result<Fetched, String>,
+        result: Result<Fetched, WorkError>,
     },
 }
 
@@ -272,6 +276,8 @@ pub struct NodeCore<S: Store> {
     ckpt: ledger::CommitteeState,
     /// The ledger changed since the engines last looked.
     ledger_dirty: bool,
+    /// Work to try again once a peer may be reachable.
+    retries: retry::Retries,
     persist: bool,
     /// The hash of the state last handed out to persist.
     persisted: Option<[u8; 32]>,
@@ -334,6 +340,7 @@ impl<S: Store> NodeCore<S> {
             orc: oracle::State::default(),
             ckpt: ledger::CommitteeState::default(),
             ledger_dirty: false,
+            retries: retry::Retries::default(),
             persist,
             persisted: None,
         }
@@ -409,6 +416,7 @@ impl<S: Store> NodeCore<S> {
             self.oracle.as_ref().and(self.ledger.poll_timeout()),
             self.orc.next_settlement(),
             self.prov.next_release(),
+            self.retries.next(),
         ]
         .into_iter()
         .flatten()
@@ -437,6 +445,13 @@ impl<S: Store> NodeCore<S> {
         }
         self.requester_timeout(cx);
         self.release_unescrowed(cx);
+        for what in self.retries.pop_due(cx.now) {
+            match what {
+                retry::Retry::Run(c) => self.try_run(cx, c),
+                retry::Retry::Check(c) => self.recheck(cx, c),
+                retry::Retry::Fetch(j) => self.refetch(cx, j),
+            }
+        }
         if self.oracle.is_some() {
             self.checkpoint_tick(cx);
             self.write_settlements(cx);

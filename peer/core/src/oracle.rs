@@ -10,7 +10,9 @@ use protocol::{ContractTerms, Hash32, Receipt, Timestamp};
 use rand::Rng;
 use tracing::{info, warn};
 
+use crate::WorkError;
 use crate::persist::Watched;
+use crate::retry::{MAX_ATTEMPTS, Retry};
 use crate::{Cx, NodeCore, Output};
 
 #[derive(Debug, Default)]
@@ -19,6 +21,8 @@ pub(crate) struct State {
     epoch: Option<u64>,
     /// Checks waiting for the requester's job key.
     waiting_key: HashMap<Hash32, (Box<ContractTerms>, Box<Receipt>)>,
+    /// Checks handed to the driver (kept to try again).
+    checking: HashMap<Hash32, (Box<ContractTerms>, Box<Receipt>)>,
     /// Settlements to write, with when.
     settle: Vec<(Timestamp, Box<SettlementInstruction>)>,
     /// The contracts the engine watches, with their receipts: what a restart
@@ -225,10 +229,22 @@ impl<S: Store> NodeCore<S> {
 
     /// Start a check whose job key is here.
     pub(crate) fn try_check<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, contract: Hash32) {
-        let Some(grant) = self.grants.get(&contract).cloned() else {
+        if !self.grants.contains_key(&contract) {
+            return;
+        }
+        let Some(check) = self.orc.waiting_key.remove(&contract) else {
             return;
         };
-        let Some((terms, receipt)) = self.orc.waiting_key.remove(&contract) else {
+        self.orc.checking.insert(contract, check);
+        self.recheck(cx, contract);
+    }
+
+    /// Hand the driver a check (again), with the provider's latest address.
+    pub(crate) fn recheck<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, contract: Hash32) {
+        let (Some(grant), Some((terms, receipt))) = (
+            self.grants.get(&contract).cloned(),
+            self.orc.checking.get(&contract).cloned(),
+        ) else {
             return;
         };
         let provider_contact = self.contact_of(&receipt.provider);
@@ -247,18 +263,32 @@ impl<S: Store> NodeCore<S> {
         &mut self,
         cx: &mut Cx<'_, R>,
         contract: Hash32,
-        result: Result<String, String>,
+        result: Result<String, WorkError>,
     ) {
+        if !self.orc.checking.contains_key(&contract) {
+            return;
+        }
         let correct = match result {
             Ok(reason) => {
                 info!(contract = %contract.short(), ok = true, %reason, "checked the result");
                 true
             }
-            Err(reason) => {
-                warn!(contract = %contract.short(), %reason, "the result does not check");
+            Err(e)
+                if e.retry
+                    && self
+                        .retries
+                        .schedule(cx.now, Retry::Check(contract), MAX_ATTEMPTS) =>
+            {
+                warn!(contract = %contract.short(), error = %e, "cannot fetch what the check needs yet; trying again");
+                return;
+            }
+            Err(e) => {
+                warn!(contract = %contract.short(), reason = %e, "the result does not check");
                 false
             }
         };
+        self.orc.checking.remove(&contract);
+        self.retries.done(Retry::Check(contract));
         self.oracle_handle(cx, OracleInput::CheckDone { contract, correct });
     }
 }

@@ -7,7 +7,7 @@
 //! frees the slot and publishes nothing: a signed failure that refunds at once,
 //! rather than at the deadline, is still to come.)
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crdt_ledger::Store;
 use protocol::market::{ProviderInput, ProviderOutput, RequesterInput};
@@ -18,14 +18,17 @@ use protocol::{
 use rand::Rng;
 use tracing::{info, warn};
 
-use crate::{Cx, Grant, NodeCore, Output, keys};
+use crate::retry::Retry;
+use crate::{Cx, Grant, NodeCore, Output, WorkError, keys};
 
 /// The provider's contracts between the engine and the backend.
 #[derive(Debug, Default)]
 pub(crate) struct State {
     /// Accepted by the engine, waiting for their escrow and key.
     waiting: HashMap<Hash32, Box<ContractTerms>>,
-    running: HashSet<Hash32>,
+    /// Running on the backend, with their terms (to wait again if the inputs
+    /// could not be fetched).
+    running: HashMap<Hash32, Box<ContractTerms>>,
     /// Contracts handed to the engine, awaiting the committee's settlement.
     unsettled: HashMap<Hash32, ContractTerms>,
     /// Accepted contracts not run to their end yet, signed by both: what a
@@ -129,7 +132,10 @@ impl<S: Store> NodeCore<S> {
     }
 
     /// Start a job whose terms, escrow and key are all here.
-    fn try_run<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, contract: Hash32) {
+    pub(crate) fn try_run<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, contract: Hash32) {
+        if self.retries.waiting(Retry::Run(contract)) {
+            return; // backing off: the requester was not reachable
+        }
         let Some(grant) = self.grants.get(&contract).cloned() else {
             return;
         };
@@ -144,8 +150,9 @@ impl<S: Store> NodeCore<S> {
         let Some(terms) = self.prov.waiting.remove(&contract) else {
             return;
         };
-        if self.prov.running.insert(contract) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.prov.running.entry(contract) {
             info!(contract = %contract.short(), "escrow locked and key in: running the job");
+            e.insert(terms.clone());
             cx.out.push(Output::Run {
                 contract,
                 terms,
@@ -208,6 +215,7 @@ impl<S: Store> NodeCore<S> {
         for contract in due {
             self.prov.waiting.remove(&contract);
             self.prov.accepted.remove(&contract);
+            self.retries.done(Retry::Run(contract));
             let escrowed = self.ledger.state().escrows.contains_key(&contract);
             let reason = if escrowed {
                 "the requester's job key never came"
@@ -251,8 +259,16 @@ impl<S: Store> NodeCore<S> {
                         contact: grant.contact,
                     },
                 );
-                self.try_run(cx, grant.contract);
-                self.try_check(cx, grant.contract);
+                // A key handed again comes with the requester's latest address:
+                // work that waited for it goes at once.
+                let c = grant.contract;
+                self.retries.done(Retry::Run(c));
+                self.try_run(cx, c);
+                if self.retries.waiting(Retry::Check(c)) {
+                    self.retries.done(Retry::Check(c));
+                    self.recheck(cx, c);
+                }
+                self.try_check(cx, c);
             }
             Err(e) => warn!(%e, "cannot open a job key"),
         }
@@ -262,11 +278,24 @@ impl<S: Store> NodeCore<S> {
         &mut self,
         cx: &mut Cx<'_, R>,
         contract: Hash32,
-        result: Result<RanJob, String>,
+        result: Result<RanJob, WorkError>,
     ) {
-        if !self.prov.running.remove(&contract) {
+        let Some(terms) = self.prov.running.remove(&contract) else {
+            return;
+        };
+        if let Err(e) = &result
+            && e.retry
+        {
+            // The requester's inputs could not be fetched: wait for it (its
+            // keys come again, with its address, when it comes back up), until
+            // the contract's deadline.
+            warn!(contract = %contract.short(), error = %e, "cannot fetch the inputs yet; trying again");
+            self.prov.waiting.insert(contract, terms);
+            self.retries
+                .schedule(cx.now, Retry::Run(contract), u32::MAX);
             return;
         }
+        self.retries.done(Retry::Run(contract));
         self.prov.accepted.remove(&contract);
         let input = match result {
             Ok(r) => {
@@ -292,7 +321,7 @@ impl<S: Store> NodeCore<S> {
                 warn!(contract = %contract.short(), error = %e, "job failed");
                 ProviderInput::Aborted {
                     contract,
-                    reason: e.chars().take(protocol::MAX_TEXT).collect(),
+                    reason: e.reason.chars().take(protocol::MAX_TEXT).collect(),
                 }
             }
         };

@@ -14,7 +14,8 @@ use rand::Rng;
 use tracing::warn;
 
 use crate::job::{Job, JobEnd, Settled};
-use crate::{Cx, JobKey, NodeCore, Output, keys};
+use crate::retry::{MAX_ATTEMPTS, Retry};
+use crate::{Cx, JobKey, NodeCore, Output, WorkError, keys};
 
 /// A job whose inputs the driver has encrypted (under `key`) and stored.
 #[derive(Debug)]
@@ -430,8 +431,15 @@ impl<S: Store> NodeCore<S> {
         &mut self,
         cx: &mut Cx<'_, R>,
         job: Hash32,
-        result: Result<Fetched, String>,
+        result: Result<Fetched, WorkError>,
     ) {
+        let retry = matches!(&result, Err(e) if e.retry)
+            && self
+                .retries
+                .schedule(cx.now, Retry::Fetch(job), MAX_ATTEMPTS);
+        if !retry {
+            self.retries.done(Retry::Fetch(job));
+        }
         let Some(j) = self.jobs.by_id.get_mut(&job) else {
             return;
         };
@@ -440,8 +448,30 @@ impl<S: Store> NodeCore<S> {
                 j.event(cx.now, f.summary.clone());
                 j.result = Some(f);
             }
+            Err(e) if retry => j.event(
+                cx.now,
+                format!("cannot fetch the result yet: {e}; trying again"),
+            ),
             Err(e) => j.event(cx.now, format!("cannot fetch the result: {e}")),
         }
+    }
+
+    /// Ask the driver again for a result, from the provider's latest address.
+    pub(crate) fn refetch<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, job: Hash32) {
+        let Some(j) = self.jobs.by_id.get(&job) else {
+            return;
+        };
+        let (Some(receipt), None) = (j.receipt.clone(), &j.result) else {
+            return;
+        };
+        let key = j.key.clone();
+        let provider_contact = self.contact_of(&receipt.provider);
+        cx.out.push(Output::FetchResult {
+            job,
+            receipt: Box::new(receipt),
+            key,
+            provider_contact,
+        });
     }
 
     /// The signed contract of one of our jobs (to follow it after a restart).

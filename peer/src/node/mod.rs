@@ -390,10 +390,7 @@ impl Driver {
                     self.spawn(async move {
                         let result =
                             tasks::run_job(blobs, grant, *terms, contract, pref, faulty).await;
-                        Input::Ran {
-                            contract,
-                            result: result.map_err(|e| format!("{e:#}")),
-                        }
+                        Input::Ran { contract, result }
                     });
                 }
                 Output::Check {

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use node_core::{Fetched, Grant, JobKey, PreparedJob, RanJob};
+use node_core::{Fetched, Grant, JobKey, PreparedJob, RanJob, WorkError};
 use protocol::market::{PricingConfig, ProviderConfig};
 use protocol::{
     AccountId, BlobRef, Bps, ComputeUnits, ContractTerms, Hash32, JobSpec, PricePerCu, Receipt,
@@ -169,25 +169,57 @@ pub(super) async fn prepare(
     })
 }
 
+/// A blob from `from`'s store into ours, then its bytes: a failure here means
+/// a peer could not be reached (or did not serve it), which may pass.
+async fn fetch_bytes(
+    blobs: &BlobNode,
+    from: &AccountId,
+    contact: &[String],
+    hash: &Hash32,
+) -> Result<bytes::Bytes, WorkError> {
+    let got = async {
+        let addr = BlobNode::peer_addr(from, contact)?;
+        fetch_logged(blobs, addr, hash).await?;
+        blobs.get_bytes(hash).await
+    }
+    .await;
+    got.map_err(|e| {
+        WorkError::unreachable(format!(
+            "cannot fetch blob {} from {}: {e:#}",
+            hash.short(),
+            from.short()
+        ))
+    })
+}
+
+/// Decrypt a fetched blob beside the loop; a failure is final (wrong key or
+/// tampered bytes).
+async fn open_blob(
+    key: JobKey,
+    label: &'static str,
+    aad: Hash32,
+    ct: bytes::Bytes,
+) -> Result<Vec<u8>, WorkError> {
+    tokio::task::spawn_blocking(move || crypto::decrypt(&key, label, &aad, &ct))
+        .await
+        .map_err(|e| WorkError::fatal(format!("the decryption task failed: {e}")))?
+        .map_err(|e| WorkError::fatal(format!("the {label} does not decrypt: {e}")))
+}
+
 /// Fetch a job's encrypted inputs from its requester and decrypt them.
 async fn fetch_inputs(
     blobs: &BlobNode,
     grant: &Grant,
     terms: &ContractTerms,
-) -> anyhow::Result<(Vec<u8>, Option<Vec<u8>>)> {
-    let from = BlobNode::peer_addr(&grant.requester, &grant.contact)?;
+) -> Result<(Vec<u8>, Option<Vec<u8>>), WorkError> {
     let aad = input_aad(&grant.requester);
-    let get = async |r: &BlobRef, label: &'static str| -> anyhow::Result<Vec<u8>> {
-        fetch_logged(blobs, from.clone(), &r.hash).await?;
-        let ct = blobs.get_bytes(&r.hash).await?;
-        let key = grant.key.clone();
-        Ok(tokio::task::spawn_blocking(move || crypto::decrypt(&key, label, &aad, &ct)).await??)
+    let get = async |r: &BlobRef, label: &'static str| -> Result<Vec<u8>, WorkError> {
+        let ct = fetch_bytes(blobs, &grant.requester, &grant.contact, &r.hash).await?;
+        open_blob(grant.key.clone(), label, aad, ct).await
     };
-    let data = get(&terms.spec.dataset, "dataset")
-        .await
-        .context("the data set")?;
+    let data = get(&terms.spec.dataset, "dataset").await?;
     let model = match &terms.spec.model {
-        Some(m) => Some(get(m, "model").await.context("the model")?),
+        Some(m) => Some(get(m, "model").await?),
         None => None,
     };
     Ok((data, model))
@@ -199,16 +231,13 @@ async fn fetch_result(
     contact: &[String],
     receipt: &Receipt,
     key: JobKey,
-) -> anyhow::Result<crate::work::JobResult> {
-    let from = BlobNode::peer_addr(&receipt.provider, contact)?;
-    fetch_logged(blobs, from, &receipt.result.hash).await?;
-    let ct = blobs.get_bytes(&receipt.result.hash).await?;
-    let contract = receipt.contract;
-    tokio::task::spawn_blocking(move || {
-        let plain = crypto::decrypt(&key, "result", &contract, &ct)?;
-        crate::work::JobResult::from_bytes(&plain)
-    })
-    .await?
+) -> Result<crate::work::JobResult, WorkError> {
+    let ct = fetch_bytes(blobs, &receipt.provider, contact, &receipt.result.hash).await?;
+    let plain = open_blob(key, "result", receipt.contract, ct).await?;
+    tokio::task::spawn_blocking(move || crate::work::JobResult::from_bytes(&plain))
+        .await
+        .map_err(|e| WorkError::fatal(format!("the decoding task failed: {e}")))?
+        .map_err(|e| WorkError::fatal(format!("{e:#}")))
 }
 
 /// Run a contract's job on the selected backend; store the encrypted result.
@@ -219,18 +248,25 @@ pub(super) async fn run_job(
     contract: Hash32,
     pref: compute::BackendPreference,
     faulty: bool,
-) -> anyhow::Result<RanJob> {
+) -> Result<RanJob, WorkError> {
     let (data, model) = fetch_inputs(&blobs, &grant, &terms).await?;
     let inputs_ready_at = net::now();
     let kind = terms.spec.kind.clone();
     let key = grant.key.clone();
-    let (ran, ct) = tokio::task::spawn_blocking(move || {
-        let sel = compute::select_backend(pref)?;
-        let ran = crate::work::run(&*sel.backend, &kind, &data, model.as_deref(), faulty)?;
-        let ct = crypto::encrypt(&key, "result", &contract, &ran.result.to_bytes()?);
-        anyhow::Ok((ran, ct))
-    })
-    .await??;
+    let ran = async {
+        let (ran, ct) = tokio::task::spawn_blocking(move || {
+            let sel = compute::select_backend(pref)?;
+            let ran = crate::work::run(&*sel.backend, &kind, &data, model.as_deref(), faulty)?;
+            let ct = crypto::encrypt(&key, "result", &contract, &ran.result.to_bytes()?);
+            anyhow::Ok((ran, ct))
+        })
+        .await??;
+        let size = ct.len() as u64;
+        let hash = blobs.add_bytes(ct).await?;
+        anyhow::Ok((ran, BlobRef { hash, size }))
+    }
+    .await;
+    let (ran, result) = ran.map_err(|e| WorkError::fatal(format!("{e:#}")))?;
     if ran.units > terms.max_units {
         warn!(
             used = ran.units.milli,
@@ -238,15 +274,13 @@ pub(super) async fn run_job(
             "the job took more compute units than the contract pays for"
         );
     }
-    let size = ct.len() as u64;
-    let hash = blobs.add_bytes(ct).await?;
     let started_at = Timestamp(
         inputs_ready_at
             .0
             .max(net::now().0.saturating_sub((ran.elapsed_s * 1000.0) as u64)),
     );
     Ok(RanJob {
-        result: BlobRef { hash, size },
+        result,
         units: ran.units.min(terms.max_units),
         commitment: ran.commitment,
         checkpoint_every: ran.checkpoint_every,
@@ -259,7 +293,8 @@ pub(super) async fn run_job(
 }
 
 /// A committee member's re-execution of the challenge `seed` names, on the
-/// reference backend: `Ok(why)` when the result checks, `Err(why)` when not.
+/// reference backend: `Ok(why)` when the result checks; an error when it does
+/// not, or (to try again) when the inputs or the result could not be fetched.
 pub(super) async fn check_job(
     blobs: BlobNode,
     grant: Grant,
@@ -267,30 +302,29 @@ pub(super) async fn check_job(
     receipt: Receipt,
     provider_contact: Vec<String>,
     seed: u64,
-) -> Result<String, String> {
-    let verdict = async {
-        let (data, model) = fetch_inputs(&blobs, &grant, &terms).await?;
-        let result = fetch_result(&blobs, &provider_contact, &receipt, grant.key.clone()).await?;
-        tokio::task::spawn_blocking(move || {
-            // The reference backend: what every member agrees on.
-            let be = compute::CpuBackend::new();
-            crate::work::check(
-                &be,
-                &terms.spec.kind,
-                &data,
-                model.as_deref(),
-                &result,
-                &receipt,
-                seed,
-            )
-        })
-        .await?
-    }
-    .await;
-    match verdict {
-        Ok(v) if v.ok => Ok(v.reason),
-        Ok(v) => Err(v.reason),
-        Err(e) => Err(format!("{e:#}")),
+) -> Result<String, WorkError> {
+    let (data, model) = fetch_inputs(&blobs, &grant, &terms).await?;
+    let result = fetch_result(&blobs, &provider_contact, &receipt, grant.key.clone()).await?;
+    let verdict = tokio::task::spawn_blocking(move || {
+        // The reference backend: what every member agrees on.
+        let be = compute::CpuBackend::new();
+        crate::work::check(
+            &be,
+            &terms.spec.kind,
+            &data,
+            model.as_deref(),
+            &result,
+            &receipt,
+            seed,
+        )
+    })
+    .await
+    .map_err(|e| WorkError::fatal(format!("the check task failed: {e}")))?
+    .map_err(|e| WorkError::fatal(format!("{e:#}")))?;
+    if verdict.ok {
+        Ok(verdict.reason)
+    } else {
+        Err(WorkError::fatal(verdict.reason))
     }
 }
 
@@ -302,19 +336,17 @@ pub(super) async fn fetch_for_requester(
     receipt: Receipt,
     key: JobKey,
     provider_contact: Vec<String>,
-) -> Result<Fetched, String> {
-    let r = async {
-        let r = fetch_result(&blobs, &provider_contact, &receipt, key).await?;
+) -> Result<Fetched, WorkError> {
+    let r = fetch_result(&blobs, &provider_contact, &receipt, key).await?;
+    let path = results.join(format!("{}.safetensors", job.short()));
+    let saved = async {
         tokio::fs::create_dir_all(&results).await?;
-        let path = results.join(format!("{}.safetensors", job.short()));
         tokio::fs::write(&path, &r.output)
             .await
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        anyhow::Ok((path, r))
+            .with_context(|| format!("cannot write {}", path.display()))
     }
-    .await
-    .map_err(|e| format!("{e:#}"))?;
-    let (path, r) = r;
+    .await;
+    saved.map_err(|e| WorkError::fatal(format!("{e:#}")))?;
     let acc = r
         .metrics
         .test_accuracy

@@ -398,7 +398,7 @@ impl Net {
                     let result = if ok {
                         Ok("the stand-in result matches".to_string())
                     } else {
-                        Err("the stand-in result differs".to_string())
+                        Err(node_core::WorkError::fatal("the stand-in result differs"))
                     };
                     self.at(t, i, Input::Checked { contract, result });
                 }
