@@ -34,6 +34,8 @@ pub enum InvalidReason {
     AlreadySettled(Hash32),
     #[error("no committee known for epoch {0}")]
     NoCommittee(u64),
+    #[error("a certificate of epoch {cert} cannot settle an escrow locked in epoch {lock}")]
+    CertEpoch { cert: u64, lock: u64 },
     #[error("settlement without a quorum: {0}")]
     NoQuorum(String),
     #[error("settlement pays other amounts than the certified outcome gives")]

@@ -36,6 +36,11 @@ pub struct Escrow {
     pub provider: AccountId,
     pub amount: Amount,
     pub terms: ContractTerms,
+    /// The epoch it was locked in (the one after the last final checkpoint
+    /// when it was folded): its committee watches and settles it.
+    pub epoch: u64,
+    /// The hash of the lock entry (which holds the contract both signed).
+    pub lock: Hash32,
 }
 
 /// One SLA event in a provider's history.
@@ -397,6 +402,8 @@ impl State {
                         provider: terms.provider,
                         amount,
                         terms,
+                        epoch: self.epoch + 1,
+                        lock: e.hash,
                     },
                 );
                 Ok(())
@@ -412,6 +419,14 @@ impl State {
                         InvalidReason::UnknownContract(cert.contract)
                     });
                 };
+                // Only the committee of the epoch the escrow was locked in (or
+                // of the next, for a contract that met a rotation) settles it.
+                if cert.epoch != escrow.epoch && cert.epoch != escrow.epoch + 1 {
+                    return Err(InvalidReason::CertEpoch {
+                        cert: cert.epoch,
+                        lock: escrow.epoch,
+                    });
+                }
                 let committee = self
                     .committee_for(cert.epoch)
                     .ok_or(InvalidReason::NoCommittee(cert.epoch))?;

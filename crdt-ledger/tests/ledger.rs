@@ -757,3 +757,38 @@ fn a_stored_value_with_a_bad_signature_is_reported_and_kept_out() {
     assert_eq!(l.entry_count(), 1);
     assert_eq!(l.balance(&net.acct(5)), Amount::tokens(1003));
 }
+
+/// An escrow records the epoch it was locked in, and only that epoch's
+/// committee (or the next one's) settles it: a quorum of a committee drawn
+/// long after cannot certify it.
+#[test]
+fn only_the_committee_of_the_lock_epoch_settles_an_escrow() {
+    let net = Net::new(8, 4, 4);
+    let mut a = net.ledger(1);
+    let contract = net.contract(6, 7, 21);
+    let id = contract.body_hash();
+    let lock = Body::EscrowLock {
+        contract: contract.clone(),
+    };
+    a.append(&net.ids[6], lock, T0).unwrap();
+    let e = a.state().escrows.get(&id).cloned().unwrap();
+    assert_eq!(e.epoch, 1, "locked before any checkpoint: epoch 1");
+    assert_eq!(a.entry(&e.lock).map(|x| x.data.seq), Some(0));
+    let committee = a.committee_for_checkpoint(1).unwrap();
+    let params = a.params().clone();
+    // The same members, certifying as epoch 3: refused.
+    let late = net.settlement(&contract, 3, &committee[..3], good_outcome(6_000), &params);
+    let why = refused(&mut a, &net.ids[7], late);
+    assert!(
+        matches!(
+            why,
+            crdt_ledger::InvalidReason::CertEpoch { cert: 3, lock: 1 }
+        ),
+        "{why:?}"
+    );
+    // The lock epoch's committee settles it.
+    let body = net.settlement(&contract, 1, &committee[..3], good_outcome(6_000), &params);
+    a.append(&net.ids[7], body, T0).unwrap();
+    assert!(a.state().settled.contains_key(&id));
+    conserved(&mut a);
+}

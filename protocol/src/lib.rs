@@ -38,6 +38,8 @@ pub use codec::{CodecError, Wire};
 pub use identity::{AccountId, Identity, IdentityError};
 pub use messages::*;
 pub use replay::{ReplayError, ReplayGuard};
-pub use settlement::{Outcome, Payout, QuorumCert, QuorumError, payout, quorum};
+pub use settlement::{
+    Outcome, Payout, QuorumCert, QuorumError, SETTLE_SLACK, escrow_bound, payout, quorum,
+};
 pub use signed::{MultiSigned, Sig, SigCheck, SignatureError, Signed, verify_batch};
 pub use types::{Amount, Bps, ComputeUnits, DurationMs, Hash32, NetworkId, PricePerCu, Timestamp};

@@ -20,6 +20,25 @@ use crate::messages::{ContractTerms, Verdict};
 use crate::signed::Signed;
 use crate::types::{Amount, Bps, ComputeUnits, Hash32, NetworkId};
 
+/// How long after `deadline + grace` a settlement may take to be written:
+/// the dispute window, the committee's check of a late receipt (tried again
+/// while the provider cannot be reached, a few minutes at most), the wait for
+/// the last verdicts and a second writer's fallback delay. See
+/// [`escrow_bound`].
+pub const SETTLE_SLACK: crate::types::DurationMs = crate::types::DurationMs::secs(300);
+
+/// The time by which an escrow whose contract is due at `deadline` is settled
+/// (or refunded) in the ledger, whatever crashes and restarts happen, given
+/// the committee's `grace` for late receipts: `deadline + grace + 5 min`. The
+/// settlement is final at the checkpoint after that, within two epochs more.
+/// Tests and simnet check that no escrow is open past it.
+pub fn escrow_bound(
+    deadline: crate::types::Timestamp,
+    grace: crate::types::DurationMs,
+) -> crate::types::Timestamp {
+    deadline.plus(grace).plus(SETTLE_SLACK)
+}
+
 /// ⌈2k/3⌉: matching verdicts needed from a committee of `k`.
 pub fn quorum(k: usize) -> usize {
     (2 * k).div_ceil(3)

@@ -144,6 +144,8 @@ pub struct LedgerTotals {
     /// Every liquid balance, in account order.
     pub balances: Vec<u64>,
     pub open_escrows: u64,
+    /// The deadline of each escrow still open, by contract.
+    pub open_deadlines: Vec<(Hash32, Timestamp)>,
     pub minted: u64,
     pub burned: u64,
 }
@@ -431,6 +433,11 @@ impl SimLedger {
         LedgerTotals {
             balances: st.balances.values().map(|a| a.0).collect(),
             open_escrows: st.escrows.len() as u64,
+            open_deadlines: st
+                .escrows
+                .iter()
+                .map(|(c, e)| (*c, e.terms.deadline))
+                .collect(),
             minted: st.supply.minted.0,
             burned: st.supply.burned.0,
         }

@@ -205,6 +205,8 @@ pub struct World {
     rng: ChaCha8Rng,
     sched: Scheduler<Ev>,
     end: Timestamp,
+    /// The committee's grace for late receipts (part of every escrow's bound).
+    grace: DurationMs,
     providers: Vec<ProviderPeer>,
     requesters: Vec<RequesterPeer>,
     oracles: Vec<OraclePeer>,
@@ -218,6 +220,9 @@ pub struct World {
     parties: HashMap<Hash32, (usize, usize)>,
     /// Contract → the committee that watches it (the one of the epoch it began in).
     watchers: HashMap<Hash32, Vec<PeerRef>>,
+    /// Contract → the epoch its escrow was locked in and that epoch's
+    /// committee, which watches and settles it.
+    locked_in: HashMap<Hash32, (u64, Vec<AccountId>)>,
     wrong: HashSet<Hash32>,
     settled: HashSet<Hash32>,
     /// Whether idle requesters take offers ahead, on two cores.
@@ -358,6 +363,7 @@ impl World {
             rng,
             sched: Scheduler::new(T0),
             end,
+            grace: OracleConfig::default().grace,
             providers,
             requesters: reqs,
             oracles,
@@ -370,6 +376,7 @@ impl World {
                 .collect(),
             parties: HashMap::new(),
             watchers: HashMap::new(),
+            locked_in: HashMap::new(),
             wrong: HashSet::new(),
             settled: HashSet::new(),
             offer_steps: true,
@@ -518,6 +525,37 @@ impl World {
                 }
                 None => self.metrics.partitioned_messages += 1,
             }
+        }
+    }
+
+    /// Carry `msg` as ledger sync does: by gossip when the peers can talk, else
+    /// once the partition between them heals.
+    fn sync_to(&mut self, from: PeerRef, to: &[PeerRef], msg: &Message) {
+        let t = self.t_ms();
+        let n = self.peers_in_mesh();
+        let a = self.region_of(from);
+        for &p in to {
+            if p == from {
+                continue;
+            }
+            let b = self.region_of(p);
+            let d = match self.net.gossip_delay(t, a, b, n, &mut self.rng) {
+                Some(d) => d,
+                None => {
+                    self.metrics.partitioned_messages += 1;
+                    let heal = self.net.heals_at(t, a, b).unwrap_or(t);
+                    heal - t + self.net.latency(a, b)
+                }
+            };
+            self.metrics.messages += 1;
+            let at = self.sched.now().plus(DurationMs(d.max(0.0) as u64));
+            self.sched.at(
+                at,
+                Ev::Deliver {
+                    to: p,
+                    msg: msg.clone(),
+                },
+            );
         }
     }
 
@@ -832,7 +870,17 @@ impl World {
             }
             PeerRef::Oracle(i) => {
                 let input = match msg {
-                    Message::Contract(c) => OracleInput::Contract(c),
+                    // Watched under the committee of the epoch it was locked in.
+                    Message::Contract(c) => match self.locked_in.get(&c.body_hash()) {
+                        Some((epoch, committee)) => OracleInput::Watch {
+                            contract: c,
+                            epoch: *epoch,
+                            committee: committee.clone(),
+                            receipt: None,
+                            verdict: None,
+                        },
+                        None => OracleInput::Contract(c),
+                    },
                     Message::Receipt(r) => OracleInput::Receipt(r),
                     Message::ProbeReply(p) => OracleInput::ProbeReply(p),
                     Message::Dispute(d) => OracleInput::Dispute(d),
@@ -1127,15 +1175,25 @@ impl World {
                     let watchers = self.committee_refs();
                     if let Some(c) = Self::contract_of(&m) {
                         self.watchers.insert(c, watchers.clone());
+                        let members = watchers
+                            .iter()
+                            .filter_map(|p| match p {
+                                PeerRef::Oracle(i) => Some(self.oracles[*i].engine.account()),
+                                _ => None,
+                            })
+                            .collect();
+                        self.locked_in.insert(c, (self.epoch, members));
                     }
-                    let mut to = watchers;
                     if let Message::Contract(c) = &m
                         && let Ok(t) = c.body_unverified()
                         && let Some(&PeerRef::Provider(p)) = self.by_account.get(&t.provider)
                     {
-                        to.push(PeerRef::Provider(p));
+                        self.gossip(me, &[PeerRef::Provider(p)], &m);
                     }
-                    self.gossip(me, &to, &m);
+                    // The committee watches what the ledger escrows: the lock
+                    // reaches it by ledger sync, which a partition delays but
+                    // does not lose.
+                    self.sync_to(me, &watchers, &m);
                 }
                 RequesterOutput::Publish(m) => {
                     let to = Self::contract_of(&m)
@@ -1242,6 +1300,7 @@ impl World {
             return; // another member of the quorum settled it already
         }
         self.watchers.remove(&si.contract);
+        self.locked_in.remove(&si.contract);
         let Some(amount) = self.ledger.escrow(&si.contract) else {
             self.metrics.settle_unknown += 1;
             return;
@@ -1286,6 +1345,20 @@ impl World {
         let violations = std::mem::take(&mut self.ledger.violations);
         self.metrics.invariant_violations.extend(violations);
         self.metrics.still_locked = totals.open_escrows;
+        // Every escrow ends: none is open past its bound (the committee's grace,
+        // the protocol's settling slack, and two epochs to reach the replica).
+        let epoch = DurationMs(self.sc.epoch_minutes * 60_000);
+        for (c, deadline) in &totals.open_deadlines {
+            let bound = escrow_bound(*deadline, self.grace).plus(epoch).plus(epoch);
+            if bound < self.end {
+                self.metrics.invariant_violations.push(format!(
+                    "the escrow of contract {} is still open {:.0} s past its bound (deadline {})",
+                    c.short(),
+                    self.end.since(bound).as_secs_f64(),
+                    deadline.0
+                ));
+            }
+        }
         self.metrics.minted = totals.minted;
         self.metrics.burned = totals.burned;
         self.metrics.checkpoints = self.ledger.checkpoints;

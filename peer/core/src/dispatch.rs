@@ -12,7 +12,7 @@
 //! | `Bid` | the provider (it may answer an open bid with a proposal) |
 //! | `Proposal` | the provider when it names us as provider; the requester when its provider signed it (an answer to our open bid) |
 //! | `Answer` | the provider when it accepts a proposal of ours for a bid (the requester signed); else the requester |
-//! | `Contract` | the oracle (to watch); the provider when we are its provider; the requester when we are its requester and its provider signed last (the open-bid path) |
+//! | `Contract` | the provider when we are its provider; the requester when we are its requester and its provider signed last (the open-bid path). Not the oracle: a committee member watches the contracts whose escrow is in the ledger ([`crate::oracle`]), so a contract nobody paid for costs it nothing, and one whose gossip was lost is watched all the same |
 //! | `Receipt` | the requester and the oracle |
 //! | `Verdict`, `Dispute`, `ProbeReply` | the oracle |
 //! | `Probe` | the provider |
@@ -81,8 +81,6 @@ impl<S: Store> NodeCore<S> {
                         self.requester_handle(cx, RequesterInput::Contract(c.clone()));
                     }
                 }
-                self.oracle_handle(cx, OracleInput::Contract(c.clone()));
-                self.note_watch(cx.now, &Message::Contract(c));
             }
             Message::Receipt(r) => {
                 self.requester_handle(cx, RequesterInput::Receipt(r.clone()));

@@ -477,6 +477,7 @@ impl<S: Store> NodeCore<S> {
     /// what it settles or finalizes to the engines.
     fn on_ledger_changed<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
         self.oracle_epoch_update(cx);
+        self.watch_escrows(cx);
         self.prune_watches();
         self.provider_ledger_changed(cx);
         self.requester_ledger_changed(cx);

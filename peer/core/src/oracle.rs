@@ -2,7 +2,7 @@
 //! delivered work to the driver to re-execute, and write settlements, the first
 //! signer at once and the others after a fallback delay (in case it crashed).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crdt_ledger::{Body, Store};
 use protocol::oracle::{OracleInput, OracleOutput, SettlementInstruction};
@@ -28,6 +28,8 @@ pub(crate) struct State {
     /// The contracts the engine watches, with their receipts: what a restart
     /// resumes.
     pub(crate) watched: BTreeMap<Hash32, Watched>,
+    /// Open escrows already handed to the engine.
+    taken: HashSet<Hash32>,
 }
 
 impl State {
@@ -166,6 +168,51 @@ impl<S: Store> NodeCore<S> {
     pub(crate) fn prune_watches(&mut self) {
         if let Some(o) = &self.oracle {
             self.orc.watched.retain(|id, _| o.watch_epoch(id).is_some());
+        }
+    }
+
+    /// Watch the escrows the ledger holds that this member's committee judges:
+    /// those locked in an epoch whose committee it is on. The contract comes
+    /// from the lock entry, so a contract whose gossip was lost (a partition)
+    /// is watched all the same, and one that nobody escrowed is never watched.
+    pub(crate) fn watch_escrows<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
+        let Some(o) = &self.oracle else {
+            return;
+        };
+        let me = self.identity.account();
+        let state = self.ledger.state();
+        let mut todo = Vec::new();
+        for (id, e) in &state.escrows {
+            if self.orc.taken.contains(id) || o.watch_epoch(id).is_some() {
+                continue;
+            }
+            let Some(committee) = state.committee_for(e.epoch) else {
+                continue;
+            };
+            if committee.contains(&me) {
+                todo.push((*id, e.epoch, e.lock, committee.to_vec()));
+            }
+        }
+        // Forget what left the ledger's open escrows (settled).
+        let open = &state.escrows;
+        self.orc.taken.retain(|id| open.contains_key(id));
+        for (id, epoch, lock, committee) in todo {
+            self.orc.taken.insert(id);
+            let contract = match self.ledger.entry(&lock).map(|e| &e.data.body) {
+                Some(Body::EscrowLock { contract }) => contract.clone(),
+                _ => continue,
+            };
+            self.oracle_handle(
+                cx,
+                OracleInput::Watch {
+                    contract: contract.clone(),
+                    epoch,
+                    committee,
+                    receipt: None,
+                    verdict: None,
+                },
+            );
+            self.note_watch(cx.now, &protocol::Message::Contract(contract));
         }
     }
 

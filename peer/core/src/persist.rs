@@ -359,7 +359,7 @@ impl<S: Store> NodeCore<S> {
             self.orc.watched.insert(id, w.clone());
             self.oracle_handle(
                 &mut cx,
-                OracleInput::Resume {
+                OracleInput::Watch {
                     contract: w.contract,
                     epoch: w.epoch,
                     committee: w.committee,

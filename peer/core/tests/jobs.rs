@@ -156,3 +156,18 @@ fn a_job_the_requester_cannot_pay_ends_refused_and_frees_the_provider() {
     let p = net.nodes[PROV].provider().unwrap();
     assert_eq!(p.running(), 0, "a slot is still held");
 }
+
+#[test]
+fn a_contract_whose_gossip_is_lost_is_watched_from_the_ledger() {
+    let mut net = Net::new(&ROLES, TOKENS, 6);
+    // No contract gossip reaches the committee (a partition, say): members
+    // learn of it from the escrow lock that ledger sync brings.
+    net.filter = Some(Box::new(|_, to, m| {
+        !(to < 3 && matches!(m, Message::Contract(_)))
+    }));
+    warm_up(&mut net);
+    let spec = net.job_spec(REQ, 10, 1_000);
+    let job = net.submit(REQ, spec);
+    assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
+    assert!(!(0..3).any(|o| net.sent(REQ, o, "contract")));
+}

@@ -23,11 +23,12 @@
 //!    A contract is judged by the committee of the epoch it started in, however
 //!    many epochs later its deadline falls: the engine pins that committee in the
 //!    aggregator while it watches the contract.
-//! 6. After a restart, [`OracleInput::Resume`] hands back a contract this member
-//!    watched ([`OracleEngine::watch_epoch`] names those to persist), with the
-//!    epoch and committee it is judged by and the receipt if one had come. The
-//!    engine watches it again from step 2, under that epoch's committee, whatever
-//!    the current epoch is.
+//! 6. [`OracleInput::Watch`] hands the engine a contract with the epoch and
+//!    committee it is judged by (the epoch its escrow was locked in), whatever
+//!    the current epoch is: how a driver has members watch what the ledger
+//!    escrows, and, after a restart, what a member watched before
+//!    ([`OracleEngine::watch_epoch`] names those to persist) with the receipt
+//!    and its own verdict if it had them. The engine watches it from step 2.
 //!
 //! ## The SLA model
 //!
@@ -150,8 +151,10 @@ pub enum OracleInput {
         beacon: Hash32,
     },
     Contract(Contract),
-    /// A contract this member watched before a restart, judged by the committee
-    /// of `epoch` (the epoch its watch started in); `receipt` if one had come,
+    /// A contract to watch under the committee of `epoch` (the epoch its escrow
+    /// was locked in): how a member takes up a contract whose escrow the ledger
+    /// holds, and, after a restart, one it watched before. `receipt` if one had
+    /// come,
     /// with when it reached this member (lateness is judged from that, as it was
     /// before the restart); `verdict`, this member's own, if it had signed one:
     /// it is counted and published again, never signed anew (a second, different
@@ -160,7 +163,7 @@ pub enum OracleInput {
     /// parties, not settled, not watched, capacity left). The committee is
     /// learnt for `epoch` if the engine does not know it; the current epoch
     /// stays as it is.
-    Resume {
+    Watch {
         contract: Contract,
         epoch: u64,
         committee: Vec<AccountId>,
@@ -322,7 +325,7 @@ impl<C: ResultChecker> OracleEngine<C> {
         self.watches.len()
     }
     /// The epoch whose committee judges `contract`, while this member watches it
-    /// (what a driver persists to [`OracleInput::Resume`] it after a restart).
+    /// (what a driver persists to [`OracleInput::Watch`] it after a restart).
     pub fn watch_epoch(&self, contract: &Hash32) -> Option<u64> {
         self.watches.get(contract).map(|w| w.epoch)
     }
@@ -367,7 +370,7 @@ impl<C: ResultChecker> OracleEngine<C> {
                 self.aggregator.set_committee(epoch, committee);
             }
             OracleInput::Contract(c) => self.on_contract(now, c, rng, &mut out),
-            OracleInput::Resume {
+            OracleInput::Watch {
                 contract,
                 epoch,
                 committee,

@@ -221,7 +221,7 @@ fn resumed_watches_settle_under_their_epoch() {
     for (i, m) in members.iter().enumerate().skip(1) {
         let mut o = fresh(m);
         o.handle(restart, epoch(later, &others), &mut rng);
-        let resume = OracleInput::Resume {
+        let resume = OracleInput::Watch {
             contract: c.clone(),
             epoch: 1,
             committee: committee.clone(),
@@ -298,7 +298,7 @@ fn resume_by_a_non_member_is_ignored() {
     o.handle(now, epoch(4, &members), &mut rng);
     let out = o.handle(
         now,
-        OracleInput::Resume {
+        OracleInput::Watch {
             contract: c.clone(),
             epoch: 1,
             committee: members.iter().map(Identity::account).collect(),
@@ -371,7 +371,7 @@ fn a_resumed_member_publishes_its_old_verdict_and_signs_no_other() {
     o.handle(restart, epoch(1, &members), &mut rng);
     let out = o.handle(
         restart,
-        OracleInput::Resume {
+        OracleInput::Watch {
             contract: c.clone(),
             epoch: 1,
             committee: committee.clone(),
@@ -404,7 +404,7 @@ fn a_resumed_member_publishes_its_old_verdict_and_signs_no_other() {
     other.handle(restart, epoch(1, &members), &mut rng);
     other.handle(
         restart,
-        OracleInput::Resume {
+        OracleInput::Watch {
             contract: c,
             epoch: 1,
             committee,
