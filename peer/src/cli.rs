@@ -574,7 +574,9 @@ fn sim(json: bool, args: &SimArgs) -> anyhow::Result<()> {
         s.ledger_entries, s.checkpoints
     );
     if s.invariant_violations.is_empty() {
-        println!("ledger        invariants held (no negative balance, supply conserved)");
+        println!(
+            "ledger        invariants held (no negative balance, supply conserved, no escrow open past its bound)"
+        );
     } else {
         println!(
             "ledger        INVARIANTS BROKEN: {}",

@@ -15,6 +15,18 @@
 //!   that forward them.
 //! - [`prewarm`]: the signature-checking helper.
 //!
+//! **Not yet on the node core.** The binary now runs one sans-IO node core per
+//! peer (`peer/core`, crate `node-core`), which owns the engines, the ledger
+//! replica and every decision between them. This crate still wires the engines
+//! itself ([`world`]), so its figures describe the engines and the ledger, not
+//! yet the core's glue (the escrow gate, key grants, retries, persistence).
+//! What it shares with the core so far: committee members watch what the
+//! ledger escrows, under the committee of the lock epoch (delivered as ledger
+//! sync would, delayed by a partition rather than lost), and every run checks
+//! that no escrow is open past `protocol::escrow_bound`. Moving `World` onto
+//! `node-core` (a core per simulated peer, with a switch for a ledger replica
+//! per peer and real sync) is the next step of the core's issue.
+//!
 //! Events are handled one at a time, in time order. A second core helps in two
 //! ways that cannot change a run: [`prewarm`] checks the signatures the ledger
 //! will fold ahead of time (into a cache of pure results), and idle requesters

@@ -501,36 +501,19 @@ impl World {
         }
     }
 
-    /// Gossip `msg` from `from` to the engines that consume it.
+    /// Gossip `msg` from `from` to the engines that consume it (lost across a
+    /// partition).
     fn gossip(&mut self, from: PeerRef, to: &[PeerRef], msg: &Message) {
-        let t = self.t_ms();
-        let n = self.peers_in_mesh();
-        let a = self.region_of(from);
-        for &p in to {
-            if p == from {
-                continue;
-            }
-            let b = self.region_of(p);
-            match self.net.gossip_delay(t, a, b, n, &mut self.rng) {
-                Some(d) => {
-                    self.metrics.messages += 1;
-                    let at = self.sched.now().plus(DurationMs(d as u64));
-                    self.sched.at(
-                        at,
-                        Ev::Deliver {
-                            to: p,
-                            msg: msg.clone(),
-                        },
-                    );
-                }
-                None => self.metrics.partitioned_messages += 1,
-            }
-        }
+        self.spread(from, to, msg, false);
     }
 
-    /// Carry `msg` as ledger sync does: by gossip when the peers can talk, else
-    /// once the partition between them heals.
+    /// Carry `msg` as ledger sync does: as gossip when the peers can talk,
+    /// else once the partition between them heals.
     fn sync_to(&mut self, from: PeerRef, to: &[PeerRef], msg: &Message) {
+        self.spread(from, to, msg, true);
+    }
+
+    fn spread(&mut self, from: PeerRef, to: &[PeerRef], msg: &Message, after_heal: bool) {
         let t = self.t_ms();
         let n = self.peers_in_mesh();
         let a = self.region_of(from);
@@ -543,6 +526,9 @@ impl World {
                 Some(d) => d,
                 None => {
                     self.metrics.partitioned_messages += 1;
+                    if !after_heal {
+                        continue;
+                    }
                     let heal = self.net.heals_at(t, a, b).unwrap_or(t);
                     heal - t + self.net.latency(a, b)
                 }

@@ -5,26 +5,9 @@
 
 mod common;
 
-use common::{Net, Role};
+use common::{Net, PROV, REQ, ROLES, Role, TOKENS, state};
 use node_core::{JobEnd, JobState};
 use protocol::{DurationMs, Hash32, Message, Timestamp};
-
-const ROLES: [Role; 5] = [
-    Role::Oracle,
-    Role::Oracle,
-    Role::Oracle,
-    Role::Provider { cheat: false },
-    Role::Requester,
-];
-const REQ: usize = 4;
-/// A requester's genesis balance: 1,000 tokens.
-const TOKENS: u64 = 1_000_000_000;
-const PROV: usize = 3;
-
-fn state(net: &Net, job: &Hash32) -> JobState {
-    let n = &net.nodes[REQ];
-    n.job(job).unwrap().state(n.requester())
-}
 
 fn run_to_end(net: &mut Net, job: Hash32, secs: u64) -> JobState {
     let until = net.now.plus(DurationMs::secs(secs));

@@ -5,25 +5,9 @@
 
 mod common;
 
-use common::{Net, Role};
+use common::{Net, PROV, REQ, ROLES, TOKENS, state};
 use node_core::{JobEnd, JobState};
 use protocol::{DurationMs, Hash32};
-
-const ROLES: [Role; 5] = [
-    Role::Oracle,
-    Role::Oracle,
-    Role::Oracle,
-    Role::Provider { cheat: false },
-    Role::Requester,
-];
-const REQ: usize = 4;
-const PROV: usize = 3;
-const TOKENS: u64 = 1_000_000_000;
-
-fn state(net: &Net, job: &Hash32) -> JobState {
-    let n = &net.nodes[REQ];
-    n.job(job).unwrap().state(n.requester())
-}
 
 fn run_secs(net: &mut Net, secs: u64) {
     let t = net.now.plus(DurationMs::secs(secs));

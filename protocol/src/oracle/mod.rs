@@ -717,6 +717,18 @@ impl<C: ResultChecker> OracleEngine<C> {
             return;
         };
         w.verdict_sent = true;
+        self.publish_own(now, id, v, sv, out);
+    }
+
+    /// Publish our own verdict on `id` and count it.
+    fn publish_own(
+        &mut self,
+        now: Timestamp,
+        id: Hash32,
+        v: Verdict,
+        sv: Signed<Verdict>,
+        out: &mut Vec<OracleOutput>,
+    ) {
         out.push(OracleOutput::Publish(Message::Verdict(sv.clone())));
         match self.aggregator.add_verified(v, sv) {
             Ok(Some(si)) => self.settled(si, out),
@@ -757,16 +769,7 @@ impl<C: ResultChecker> OracleEngine<C> {
             return;
         };
         self.stats.verdicts += 1;
-        out.push(OracleOutput::Publish(Message::Verdict(sv.clone())));
-        // Our own verdict counts too.
-        match self.aggregator.add_verified(v, sv) {
-            Ok(Some(si)) => self.settled(si, out),
-            Ok(None) => self.await_rest(now, id, out),
-            Err(_) => {}
-        }
-        if self.aggregator.is_settled(&id) {
-            self.unwatch(&id);
-        }
+        self.publish_own(now, id, v, sv, out);
     }
 
     /// Fire the timers due at `now`.

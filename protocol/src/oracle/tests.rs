@@ -55,6 +55,68 @@ fn epoch(epoch: u64, committee: &[Identity]) -> OracleInput {
     }
 }
 
+/// The provider's signed receipt for `c`: one CU, accepted at `start`,
+/// finished at `at`.
+fn receipt(prov: &Identity, c: &Contract, start: Timestamp, at: Timestamp) -> Signed<Receipt> {
+    let receipt = Receipt {
+        contract: c.body_hash(),
+        provider: prov.account(),
+        result: BlobRef {
+            hash: Hash32::of(b"result"),
+            size: 1,
+        },
+        units_used: ComputeUnits::from_milli(1_000),
+        timings: crate::messages::Timings {
+            accepted_at: start,
+            inputs_ready_at: start,
+            started_at: start,
+            finished_at: at,
+        },
+        commitment: Hash32::default(),
+        checkpoint_every: 0,
+        checkpoints: 0,
+    };
+    Signed::sign(prov, &net(), &receipt).expect("signs")
+}
+
+/// Fire every member's timers at `due` (each publishes its verdict), hand each
+/// verdict to the other members, and collect the settlements that come out.
+fn exchange_verdicts(
+    oracles: &mut [OracleEngine<DeferredChecker>],
+    due: Timestamp,
+    rng: &mut ChaCha8Rng,
+) -> Vec<SettlementInstruction> {
+    let mut published = Vec::new();
+    let mut settles = Vec::new();
+    for (i, o) in oracles.iter_mut().enumerate() {
+        for x in o.handle_timeout(due, rng) {
+            match x {
+                OracleOutput::Publish(Message::Verdict(sv)) => published.push((i, sv)),
+                OracleOutput::Settle(si) => settles.push(*si),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(
+        published.len(),
+        oracles.len(),
+        "every member gave its verdict"
+    );
+    for (from, sv) in &published {
+        for (i, o) in oracles.iter_mut().enumerate() {
+            if i == *from {
+                continue;
+            }
+            for x in o.handle(due, OracleInput::Verdict(sv.clone()), rng) {
+                if let OracleOutput::Settle(si) = x {
+                    settles.push(*si);
+                }
+            }
+        }
+    }
+    settles
+}
+
 /// A job due long after its contract: the committee rotates 25 times (more than
 /// [`aggregate::EPOCHS_KEPT`]) before the deadline passes without a receipt. The
 /// members that watched it still hold their epoch's committee, so their "not
@@ -91,30 +153,7 @@ fn verdicts_count_many_epochs_after_the_contract() {
 
     // The deadline passes with no receipt: each member publishes its verdict.
     let due = deadline.plus(cfg.grace);
-    let mut published = Vec::new();
-    let mut settles = Vec::new();
-    for (i, o) in oracles.iter_mut().enumerate() {
-        for x in o.handle_timeout(due, &mut rng) {
-            match x {
-                OracleOutput::Publish(Message::Verdict(sv)) => published.push((i, sv)),
-                OracleOutput::Settle(si) => settles.push(si),
-                _ => {}
-            }
-        }
-    }
-    assert_eq!(published.len(), 3);
-    for (from, sv) in &published {
-        for (i, o) in oracles.iter_mut().enumerate() {
-            if i == *from {
-                continue;
-            }
-            for x in o.handle(due, OracleInput::Verdict(sv.clone()), &mut rng) {
-                if let OracleOutput::Settle(si) = x {
-                    settles.push(si);
-                }
-            }
-        }
-    }
+    let settles = exchange_verdicts(&mut oracles, due, &mut rng);
 
     assert_eq!(settles.len(), 3, "every member settles the contract");
     let committee: Vec<AccountId> = members.iter().map(Identity::account).collect();
@@ -122,7 +161,7 @@ fn verdicts_count_many_epochs_after_the_contract() {
     for (si, o) in settles.iter().zip(&oracles) {
         assert_eq!(si.contract, id);
         assert_eq!(si.cert.epoch, 1);
-        assert_eq!(**si, *settles[0], "the same certificate everywhere");
+        assert_eq!(*si, settles[0], "the same certificate everywhere");
         let (outcome, _) = si.cert.check(&net(), &committee).expect("valid cert");
         assert!(!outcome.delivered);
         assert_eq!(si.payout.provider.0, 0);
@@ -186,27 +225,8 @@ fn resumed_watches_settle_under_their_epoch() {
     let start = Timestamp(1_000_000);
     let c = contract(&req, &prov, start, start.plus(DurationMs::secs(3_600)));
     let id = c.body_hash();
-    let terms = c.body_unverified().expect("decodes");
     let at = start.plus(DurationMs::secs(60));
-    let receipt = Receipt {
-        contract: id,
-        provider: prov.account(),
-        result: BlobRef {
-            hash: Hash32::of(b"result"),
-            size: 1,
-        },
-        units_used: terms.max_units,
-        timings: crate::messages::Timings {
-            accepted_at: start,
-            inputs_ready_at: start,
-            started_at: start,
-            finished_at: at,
-        },
-        commitment: Hash32::default(),
-        checkpoint_every: 0,
-        checkpoints: 0,
-    };
-    let sr = Signed::sign(&prov, &net(), &receipt).expect("signs");
+    let sr = receipt(&prov, &c, start, at);
     for o in &mut oracles {
         o.handle(start, epoch(1, &members), &mut rng);
         o.handle(start, OracleInput::Contract(c.clone()), &mut rng);
@@ -247,36 +267,13 @@ fn resumed_watches_settle_under_their_epoch() {
     }
 
     let due = restart.plus(cfg.dispute_window);
-    let mut published = Vec::new();
-    let mut settles = Vec::new();
-    for (i, o) in oracles.iter_mut().enumerate() {
-        for x in o.handle_timeout(due, &mut rng) {
-            match x {
-                OracleOutput::Publish(Message::Verdict(sv)) => published.push((i, sv)),
-                OracleOutput::Settle(si) => settles.push(si),
-                _ => {}
-            }
-        }
-    }
-    assert_eq!(published.len(), 3);
-    for (from, sv) in &published {
-        for (i, o) in oracles.iter_mut().enumerate() {
-            if i == *from {
-                continue;
-            }
-            for x in o.handle(due, OracleInput::Verdict(sv.clone()), &mut rng) {
-                if let OracleOutput::Settle(si) = x {
-                    settles.push(si);
-                }
-            }
-        }
-    }
+    let settles = exchange_verdicts(&mut oracles, due, &mut rng);
 
     assert_eq!(settles.len(), 3, "every member settles the contract");
     for (si, o) in settles.iter().zip(&oracles) {
         assert_eq!(si.contract, id);
         assert_eq!(si.cert.epoch, 1);
-        assert_eq!(**si, *settles[0], "the same certificate everywhere");
+        assert_eq!(*si, settles[0], "the same certificate everywhere");
         let (outcome, _) = si.cert.check(&net(), &committee).expect("valid cert");
         assert!(outcome.delivered && outcome.sla_ok && outcome.result_ok);
         assert_eq!(si.cert.verdicts.len(), 3);
@@ -331,27 +328,8 @@ fn a_resumed_member_publishes_its_old_verdict_and_signs_no_other() {
     let mut oracles: Vec<OracleEngine<DeferredChecker>> = members.iter().map(fresh).collect();
     let start = Timestamp(1_000_000);
     let c = contract(&req, &prov, start, start.plus(DurationMs::secs(3_600)));
-    let id = c.body_hash();
     let at = start.plus(DurationMs::secs(60));
-    let receipt = Receipt {
-        contract: id,
-        provider: prov.account(),
-        result: BlobRef {
-            hash: Hash32::of(b"result"),
-            size: 1,
-        },
-        units_used: ComputeUnits::from_milli(1_000),
-        timings: crate::messages::Timings {
-            accepted_at: start,
-            inputs_ready_at: start,
-            started_at: start,
-            finished_at: at,
-        },
-        commitment: Hash32::default(),
-        checkpoint_every: 0,
-        checkpoints: 0,
-    };
-    let sr = Signed::sign(&prov, &net(), &receipt).expect("signs");
+    let sr = receipt(&prov, &c, start, at);
     let due = at.plus(cfg.dispute_window);
     let mut verdicts = Vec::new();
     for o in &mut oracles {

@@ -31,6 +31,26 @@ pub enum Role {
     Requester,
 }
 
+/// The network most tests use: three oracles (the committee), a provider and
+/// a requester.
+pub const ROLES: [Role; 5] = [
+    Role::Oracle,
+    Role::Oracle,
+    Role::Oracle,
+    Role::Provider { cheat: false },
+    Role::Requester,
+];
+pub const PROV: usize = 3;
+pub const REQ: usize = 4;
+/// A requester's genesis balance: 1,000 tokens.
+pub const TOKENS: u64 = 1_000_000_000;
+
+/// Where the requester's job `job` stands.
+pub fn state(net: &Net, job: &Hash32) -> node_core::JobState {
+    let n = &net.nodes[REQ];
+    n.job(job).unwrap().state(n.requester())
+}
+
 /// Decides whether a message from `from` reaches `to` (true: it does).
 pub type Filter = Box<dyn Fn(usize, usize, &Message) -> bool>;
 
