@@ -279,6 +279,9 @@ pub struct NodeCore<S: Store> {
     /// Work to try again once a peer may be reachable.
     retries: retry::Retries,
     persist: bool,
+    /// Keys, accepted contracts or watches changed since the state was last
+    /// persisted (jobs keep their own flag).
+    state_dirty: bool,
     /// The hash of the state last handed out to persist.
     persisted: Option<[u8; 32]>,
 }
@@ -342,6 +345,7 @@ impl<S: Store> NodeCore<S> {
             ledger_dirty: false,
             retries: retry::Retries::default(),
             persist,
+            state_dirty: false,
             persisted: None,
         }
     }

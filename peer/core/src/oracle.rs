@@ -74,6 +74,7 @@ impl<S: Store> NodeCore<S> {
                             && b.oracle == self.identity.account()
                         {
                             w.verdict = Some(v.clone());
+                            self.state_dirty = true;
                         }
                         info!(
                             contract = %b.contract.short(),
@@ -139,6 +140,7 @@ impl<S: Store> NodeCore<S> {
                     .committee_for(epoch)
                     .map(<[_]>::to_vec)
                     .unwrap_or_default();
+                self.state_dirty = true;
                 self.orc.watched.insert(
                     id,
                     Watched {
@@ -158,6 +160,7 @@ impl<S: Store> NodeCore<S> {
                     && o.watch_epoch(&b.contract).is_some()
                 {
                     w.receipt = Some((r.clone(), now));
+                    self.state_dirty = true;
                 }
             }
             _ => {}
@@ -167,7 +170,9 @@ impl<S: Store> NodeCore<S> {
     /// Forget the watches the engine ended (settled).
     pub(crate) fn prune_watches(&mut self) {
         if let Some(o) = &self.oracle {
+            let before = self.orc.watched.len();
             self.orc.watched.retain(|id, _| o.watch_epoch(id).is_some());
+            self.state_dirty |= self.orc.watched.len() != before;
         }
     }
 

@@ -244,7 +244,8 @@ impl<S: Store> NodeCore<S> {
 
     /// After an input: if what must survive a restart changed, hand it out.
     pub(crate) fn persist_if_changed<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
-        if !self.persist {
+        let changed = self.jobs.take_dirty() | std::mem::take(&mut self.state_dirty);
+        if !self.persist || !changed {
             return;
         }
         self.jobs.trim(MAX_ENDED_JOBS, MAX_EVENTS);

@@ -122,6 +122,7 @@ impl<S: Store> NodeCore<S> {
                         .and_then(|d| d.contract())
                     {
                         self.prov.accepted.insert(contract, c.clone());
+                        self.state_dirty = true;
                     }
                     self.prov.waiting.insert(contract, terms);
                     self.try_run(cx, contract);
@@ -214,7 +215,7 @@ impl<S: Store> NodeCore<S> {
             .collect();
         for contract in due {
             self.prov.waiting.remove(&contract);
-            self.prov.accepted.remove(&contract);
+            self.state_dirty |= self.prov.accepted.remove(&contract).is_some();
             self.retries.done(Retry::Run(contract));
             let escrowed = self.ledger.state().escrows.contains_key(&contract);
             let reason = if escrowed {
@@ -251,6 +252,7 @@ impl<S: Store> NodeCore<S> {
             &grant.sealed,
         ) {
             Ok(key) => {
+                self.state_dirty = true;
                 self.grants.insert(
                     grant.contract,
                     Grant {
@@ -296,7 +298,7 @@ impl<S: Store> NodeCore<S> {
             return;
         }
         self.retries.done(Retry::Run(contract));
-        self.prov.accepted.remove(&contract);
+        self.state_dirty |= self.prov.accepted.remove(&contract).is_some();
         let input = match result {
             Ok(r) => {
                 info!(

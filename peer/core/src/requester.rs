@@ -52,12 +52,29 @@ pub enum SubmitError {
 pub(crate) struct Jobs {
     by_id: BTreeMap<Hash32, Job>,
     of_contract: HashMap<Hash32, Hash32>,
+    /// A job changed since the state was last persisted.
+    dirty: bool,
 }
 
 impl Jobs {
     fn by_contract(&mut self, contract: &Hash32) -> Option<&mut Job> {
         let id = self.of_contract.get(contract)?;
+        self.dirty = true;
         self.by_id.get_mut(id)
+    }
+
+    fn of_contract(&self, contract: &Hash32) -> Option<&Job> {
+        self.by_id.get(self.of_contract.get(contract)?)
+    }
+
+    fn get_mut(&mut self, id: &Hash32) -> Option<&mut Job> {
+        self.dirty = true;
+        self.by_id.get_mut(id)
+    }
+
+    /// Whether a job changed since the last call.
+    pub(crate) fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Job> {
@@ -65,6 +82,7 @@ impl Jobs {
     }
 
     pub(crate) fn insert(&mut self, job: Job) {
+        self.dirty = true;
         if let Some(c) = job.contract {
             self.of_contract.insert(c, job.id);
         }
@@ -199,7 +217,7 @@ impl<S: Store> NodeCore<S> {
                     reasons,
                     examined,
                 } => {
-                    if let Some(j) = self.jobs.by_id.get_mut(&job) {
+                    if let Some(j) = self.jobs.get_mut(&job) {
                         let why: Vec<String> = reasons
                             .iter()
                             .take(3)
@@ -222,7 +240,7 @@ impl<S: Store> NodeCore<S> {
                         .find(|e| e.offer.provider == provider)
                         .map(|e| (e.offer.price.0, e.offer.device.clone()));
                     let n = book.iter().count();
-                    if let Some(j) = self.jobs.by_id.get_mut(&job) {
+                    if let Some(j) = self.jobs.get_mut(&job) {
                         j.provider = Some(provider);
                         let (price, device) = offer.unwrap_or_default();
                         j.event(
@@ -258,7 +276,7 @@ impl<S: Store> NodeCore<S> {
                     }
                 }
                 RequesterOutput::BidExpired { job } => {
-                    if let Some(j) = self.jobs.by_id.get_mut(&job) {
+                    if let Some(j) = self.jobs.get_mut(&job) {
                         j.event(cx.now, "the bid expired unfilled".into());
                         j.ended = Some(JobEnd::Expired);
                     }
@@ -286,7 +304,7 @@ impl<S: Store> NodeCore<S> {
             },
         ) {
             warn!(%e, "cannot lock the escrow");
-            if let Some(j) = self.jobs.by_id.get_mut(&job_id) {
+            if let Some(j) = self.jobs.get_mut(&job_id) {
                 j.event(cx.now, format!("cannot lock the escrow: {e}"));
                 j.ended = Some(JobEnd::Refused(format!("cannot lock the escrow: {e}")));
             }
@@ -294,7 +312,7 @@ impl<S: Store> NodeCore<S> {
             return;
         }
         self.jobs.of_contract.insert(id, job_id);
-        let Some(j) = self.jobs.by_id.get_mut(&job_id) else {
+        let Some(j) = self.jobs.get_mut(&job_id) else {
             return;
         };
         j.contract = Some(id);
@@ -329,7 +347,7 @@ impl<S: Store> NodeCore<S> {
         for reader in &readers {
             self.send_grant(cx, job_id, *reader);
         }
-        if let Some(j) = self.jobs.by_id.get_mut(&job_id) {
+        if let Some(j) = self.jobs.get_mut(&job_id) {
             j.readers = readers;
         }
     }
@@ -418,7 +436,7 @@ impl<S: Store> NodeCore<S> {
         let Ok(r) = sr.body_unverified() else {
             return;
         };
-        let known = self.jobs.by_contract(&r.contract).is_some_and(|j| {
+        let known = self.jobs.of_contract(&r.contract).is_some_and(|j| {
             j.receipt.is_none() && j.terms.as_ref().is_some_and(|t| t.provider == sr.signer)
         }) && r.provider == sr.signer;
         if !known || sr.verify(&self.network).is_err() {
@@ -440,7 +458,7 @@ impl<S: Store> NodeCore<S> {
         if !retry {
             self.retries.done(Retry::Fetch(job));
         }
-        let Some(j) = self.jobs.by_id.get_mut(&job) else {
+        let Some(j) = self.jobs.get_mut(&job) else {
             return;
         };
         match result {

@@ -154,3 +154,19 @@ fn a_contract_whose_gossip_is_lost_is_watched_from_the_ledger() {
     assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
     assert!(!(0..3).any(|o| net.sent(REQ, o, "contract")));
 }
+
+#[test]
+fn the_state_is_saved_when_it_changes_and_only_then() {
+    let mut net = Net::new(&ROLES, TOKENS, 7);
+    warm_up(&mut net);
+    // Offers, ticks, sync and checkpoints change nothing a restart needs.
+    let idle = net.saves[REQ];
+    let t = net.now.plus(DurationMs::secs(20));
+    net.run(t, |_| false);
+    assert_eq!(net.saves[REQ], idle, "an idle requester rewrote its state");
+    // A job is saved as it moves.
+    let spec = net.job_spec(REQ, 10, 1_000);
+    let job = net.submit(REQ, spec);
+    assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
+    assert!(net.saves[REQ] > idle + 3, "{} saves", net.saves[REQ] - idle);
+}

@@ -74,8 +74,9 @@ pub struct Net {
     /// Peers that are down: they get nothing, and the work they started dies
     /// with them.
     pub down: Vec<bool>,
-    /// Each peer's last persisted state.
+    /// Each peer's last persisted state, and how many times it saved one.
     pub saved: Vec<Option<Vec<u8>>>,
+    pub saves: Vec<u32>,
     /// Each peer's incarnation: work started by an earlier one is dropped.
     life: Vec<u32>,
     /// The incarnation each pending event was scheduled for.
@@ -183,6 +184,7 @@ impl Net {
             genesis: g,
             down: vec![false; roles.len()],
             saved: vec![None; roles.len()],
+            saves: vec![0; roles.len()],
             life: vec![0; roles.len()],
             event_life: HashMap::new(),
             run_time: DurationMs(100),
@@ -432,7 +434,10 @@ impl Net {
                     });
                     self.at(t, i, Input::Fetched { job, result });
                 }
-                Output::Persist(bytes) => self.saved[i] = Some(bytes),
+                Output::Persist(bytes) => {
+                    self.saved[i] = Some(bytes);
+                    self.saves[i] += 1;
+                }
                 other => panic!("an output the harness does not know: {other:?}"),
             }
         }
