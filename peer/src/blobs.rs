@@ -21,6 +21,9 @@ use iroh_blobs::api::remote::GetProgressItem;
 use iroh_blobs::{BlobFormat, BlobsProtocol, Hash};
 use protocol::{AccountId, Hash32, Identity};
 
+/// How long a blob fetch waits for its peer's endpoint to answer.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Where the blob store lives.
 #[derive(Debug, Clone)]
 pub enum StoreKind<'a> {
@@ -199,11 +202,20 @@ impl BlobNode {
         }
         let peer = from.id;
         let _guard = self.track(hash, peer.fmt_short().to_string());
-        let conn = self
-            .endpoint
-            .connect(from, iroh_blobs::ALPN)
-            .await
-            .with_context(|| format!("cannot connect to blob endpoint {}", peer.fmt_short()))?;
+        // A peer that moved (restarted on another port) or went away must not
+        // hold a fetch for the transport's own, much longer, timeout.
+        let conn = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            self.endpoint.connect(from, iroh_blobs::ALPN),
+        )
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "no answer from blob endpoint {} in {CONNECT_TIMEOUT:?}",
+                peer.fmt_short()
+            )
+        })?
+        .with_context(|| format!("cannot connect to blob endpoint {}", peer.fmt_short()))?;
         let mut stream = self
             .store
             .remote()

@@ -103,7 +103,7 @@ async fn a_provider_killed_mid_job_resumes_it_after_a_restart() -> anyhow::Resul
     tokio::time::sleep(Duration::from_secs(1)).await;
     let from = nodes[0].as_ref().unwrap();
     nodes[3] = Some(restart(tmp.path(), 3, &g, from, |o| o.provider = true).await?);
-    let done = wait_job(&c, &v.id, Duration::from_secs(180), |v| v.done).await;
+    let done = wait_job(&c, &v.id, Duration::from_secs(300), |v| v.done).await;
     assert_ok(&done);
     no_escrow_open(&c).await?;
     stop(nodes).await

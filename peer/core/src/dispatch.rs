@@ -39,7 +39,11 @@ impl<S: Store> NodeCore<S> {
         match m {
             Message::Offer(s) => {
                 if let Ok(o) = s.body_unverified() {
-                    self.contacts.insert(o.provider, o.contact.clone());
+                    let moved = self.contacts.insert(o.provider, o.contact.clone())
+                        != Some(o.contact.clone());
+                    if moved {
+                        self.provider_moved(cx, o.provider);
+                    }
                     let input = ProviderInput::CompetitorPrice {
                         provider: o.provider,
                         class: o.class,

@@ -291,6 +291,16 @@ impl<S: Store> NodeCore<S> {
         self.recheck(cx, contract);
     }
 
+    /// The contracts of `provider` whose check is under way.
+    pub(crate) fn checks_of(&self, provider: &protocol::AccountId) -> Vec<Hash32> {
+        self.orc
+            .checking
+            .iter()
+            .filter(|(_, (_, r))| r.provider == *provider)
+            .map(|(c, _)| *c)
+            .collect()
+    }
+
     /// Hand the driver a check (again), with the provider's latest address.
     pub(crate) fn recheck<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, contract: Hash32) {
         let (Some(grant), Some((terms, receipt))) = (

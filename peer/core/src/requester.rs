@@ -474,6 +474,17 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
+    /// Our jobs whose result `provider` delivered and we have not fetched.
+    pub(crate) fn fetches_of(&self, provider: &AccountId) -> Vec<Hash32> {
+        self.jobs
+            .iter()
+            .filter(|j| {
+                j.result.is_none() && j.receipt.as_ref().is_some_and(|r| r.provider == *provider)
+            })
+            .map(|j| j.id)
+            .collect()
+    }
+
     /// Ask the driver again for a result, from the provider's latest address.
     pub(crate) fn refetch<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, job: Hash32) {
         let Some(j) = self.jobs.by_id.get(&job) else {

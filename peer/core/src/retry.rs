@@ -48,6 +48,29 @@ impl std::fmt::Display for WorkError {
     }
 }
 
+impl<S: crdt_ledger::Store> crate::NodeCore<S> {
+    /// A provider serves blobs from a new address (it restarted, say): checks
+    /// and fetches of its results that wait for their next try go at once.
+    pub(crate) fn provider_moved<R: rand::Rng + ?Sized>(
+        &mut self,
+        cx: &mut crate::Cx<'_, R>,
+        provider: protocol::AccountId,
+    ) {
+        for c in self.checks_of(&provider) {
+            if self.retries.waiting(Retry::Check(c)) {
+                self.retries.done(Retry::Check(c));
+                self.recheck(cx, c);
+            }
+        }
+        for j in self.fetches_of(&provider) {
+            if self.retries.waiting(Retry::Fetch(j)) {
+                self.retries.done(Retry::Fetch(j));
+                self.refetch(cx, j);
+            }
+        }
+    }
+}
+
 /// Most tries of a check or a result fetch.
 pub const MAX_ATTEMPTS: u32 = 8;
 const FIRST: DurationMs = DurationMs(2_000);
