@@ -38,6 +38,8 @@ pub(crate) struct State {
     /// handed again to a requester that comes back up: it may have missed the
     /// gossip while down, and needs the receipt to fetch its result.
     receipts: VecDeque<(AccountId, Hash32, Signed<protocol::Receipt>)>,
+    /// Open escrows for us already handed to the engine.
+    taken: std::collections::HashSet<Hash32>,
 }
 
 /// Receipts a provider keeps to hand again to requesters that come back.
@@ -168,6 +170,7 @@ impl<S: Store> NodeCore<S> {
         if self.provider.is_none() {
             return;
         }
+        self.take_escrowed(cx);
         let waiting: Vec<Hash32> = self.prov.waiting.keys().copied().collect();
         for c in waiting {
             self.try_run(cx, c);
@@ -200,6 +203,36 @@ impl<S: Store> NodeCore<S> {
             .collect();
         for r in mine {
             self.send(cx, peer, Message::Receipt(r));
+        }
+    }
+
+    /// Escrows the ledger holds for contracts with us that the engine does not
+    /// know: the requester's contract never reached us (we were down, or its
+    /// gossip was lost), or a crash came before our state was saved. The lock
+    /// entry holds the contract both signed, so we take it up from there.
+    fn take_escrowed<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
+        let me = self.account();
+        let state = self.ledger.state();
+        let new: Vec<(Hash32, Hash32)> = state
+            .escrows
+            .iter()
+            .filter(|(id, e)| {
+                e.provider == me
+                    && !self.prov.taken.contains(*id)
+                    && !self.prov.unsettled.contains_key(*id)
+            })
+            .map(|(id, e)| (*id, e.lock))
+            .collect();
+        let open = &state.escrows;
+        self.prov.taken.retain(|id| open.contains_key(id));
+        for (id, lock) in new {
+            self.prov.taken.insert(id);
+            if let Some(crdt_ledger::Body::EscrowLock { contract }) =
+                self.ledger.entry(&lock).map(|e| e.data.body.clone())
+            {
+                info!(contract = %id.short(), "an escrow for us in the ledger: taking the contract up");
+                self.provider_handle(cx, ProviderInput::Resume(contract));
+            }
         }
     }
 

@@ -216,3 +216,18 @@ fn a_saved_state_that_fails_its_checksum_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("belongs to account"), "{err}");
 }
+
+#[test]
+fn a_provider_killed_before_the_contract_reached_it_takes_it_from_the_ledger() {
+    let mut net = Net::new(&ROLES, TOKENS, 20);
+    net.run_time = DurationMs::secs(2);
+    // The requester's contract never reaches the provider (lost gossip, or
+    // the provider was down): the escrow lock in the ledger carries it.
+    net.filter = Some(Box::new(|_, to, m| {
+        !(to == PROV && matches!(m, protocol::Message::Contract(_)))
+    }));
+    let job = submit(&mut net);
+    assert_eq!(finish(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
+    run_secs(&mut net, 6);
+    no_escrow_open(&mut net);
+}

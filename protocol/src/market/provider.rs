@@ -104,10 +104,12 @@ pub enum ProviderInput {
     /// The requester completed a contract we accepted. A cautious driver hands it
     /// over once it has seen the requester's escrow lock on the ledger.
     Contract(Contract),
-    /// A contract this provider accepted before a restart, signed by both
-    /// parties: run it again (a [`ProviderOutput::Run`] follows when a slot is
-    /// free). Ignored unless it is for this network and provider, both
-    /// signatures hold, and the engine does not know it already.
+    /// A contract with this provider, signed by both parties, that it accepted
+    /// before a restart or that it finds escrowed in the ledger: run it (a
+    /// [`ProviderOutput::Run`] follows when a slot is free). One whose
+    /// acceptance awaits the requester's signature is taken as
+    /// [`ProviderInput::Contract`]. Ignored unless it is for this network and
+    /// provider, both signatures hold, and the engine does not run it already.
     Resume(Contract),
     /// The driver finished running a job.
     Finished {
@@ -749,10 +751,15 @@ impl ProviderEngine {
     /// admission checks (it may overfill the queue; the provider signed it).
     fn on_resume(&mut self, now: Timestamp, c: Contract, out: &mut Vec<ProviderOutput>) {
         let id = c.body_hash();
-        let known = self.pending.contains_key(&id)
-            || self.deals.contains_key(&id)
-            || self.queue.contains(&id)
-            || self.running.contains(&id);
+        if self.pending.contains_key(&id) {
+            // Our acceptance awaits the requester's signature, and here is the
+            // contract both signed (from the ledger's escrow lock): as if it had
+            // come.
+            self.on_contract(now, c, out);
+            return;
+        }
+        let known =
+            self.deals.contains_key(&id) || self.queue.contains(&id) || self.running.contains(&id);
         let terms = match c.body_unverified() {
             Ok(t) if !known && t.network == self.network && t.provider == self.account() => t,
             _ => {
