@@ -50,13 +50,19 @@ fn a_provider_killed_mid_job_resumes_it_after_a_restart() {
     net.run_time = DurationMs::secs(3);
     let job = submit(&mut net);
     run_until(&mut net, 30, "the provider's run", |n| !n.runs.is_empty());
-    net.kill(PROV);
-    run_secs(&mut net, 2);
-    net.restart(PROV);
-    assert_eq!(finish(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
+    provider_down_for_two_seconds(&mut net, job);
     assert_eq!(net.runs.len(), 2, "the job ran again after the restart");
-    run_secs(&mut net, 6);
-    no_escrow_open(&mut net);
+}
+
+/// Kill the provider, restart it 2 s later, and see the job settle `ok` with
+/// no escrow left open.
+fn provider_down_for_two_seconds(net: &mut Net, job: Hash32) {
+    net.kill(PROV);
+    run_secs(net, 2);
+    net.restart(PROV);
+    assert_eq!(finish(net, job, 120), JobState::Ended(JobEnd::Ok));
+    run_secs(net, 6);
+    no_escrow_open(net);
 }
 
 #[test]
@@ -67,12 +73,7 @@ fn a_provider_down_when_its_key_was_sent_gets_it_again() {
     run_until(&mut net, 30, "the provider's acceptance", |n| {
         n.nodes[PROV].provider().unwrap().running() == 1
     });
-    net.kill(PROV);
-    run_secs(&mut net, 2);
-    net.restart(PROV);
-    assert_eq!(finish(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
-    run_secs(&mut net, 6);
-    no_escrow_open(&mut net);
+    provider_down_for_two_seconds(&mut net, job);
 }
 
 #[test]

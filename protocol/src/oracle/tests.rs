@@ -55,6 +55,30 @@ fn epoch(epoch: u64, committee: &[Identity]) -> OracleInput {
     }
 }
 
+/// A committee of `members` that checks nothing itself (verification share 0):
+/// its configuration, accounts and fresh engines.
+fn committee_of(
+    members: &[Identity],
+) -> (
+    OracleConfig,
+    Vec<AccountId>,
+    Vec<OracleEngine<DeferredChecker>>,
+) {
+    let cfg = OracleConfig {
+        verify_share: Bps(0),
+        ..OracleConfig::default()
+    };
+    let engines = members
+        .iter()
+        .map(|m| OracleEngine::new(m.clone(), net(), cfg, DeferredChecker))
+        .collect();
+    (
+        cfg,
+        members.iter().map(Identity::account).collect(),
+        engines,
+    )
+}
+
 /// The provider's signed receipt for `c`: one CU, accepted at `start`,
 /// finished at `at`.
 fn receipt(prov: &Identity, c: &Contract, start: Timestamp, at: Timestamp) -> Signed<Receipt> {
@@ -214,13 +238,8 @@ fn resumed_watches_settle_under_their_epoch() {
     let (req, prov) = (Identity::from_seed(5), Identity::from_seed(6));
     let members: Vec<Identity> = (0..3).map(|i| Identity::from_seed(40 + i)).collect();
     let others: Vec<Identity> = (0..3).map(|i| Identity::from_seed(50 + i)).collect();
-    let committee: Vec<AccountId> = members.iter().map(Identity::account).collect();
-    let cfg = OracleConfig {
-        verify_share: Bps(0),
-        ..OracleConfig::default()
-    };
+    let (cfg, committee, mut oracles) = committee_of(&members);
     let fresh = |m: &Identity| OracleEngine::new(m.clone(), net(), cfg, DeferredChecker);
-    let mut oracles: Vec<OracleEngine<DeferredChecker>> = members.iter().map(fresh).collect();
 
     let start = Timestamp(1_000_000);
     let c = contract(&req, &prov, start, start.plus(DurationMs::secs(3_600)));
@@ -319,13 +338,8 @@ fn a_resumed_member_publishes_its_old_verdict_and_signs_no_other() {
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let (req, prov) = (Identity::from_seed(1), Identity::from_seed(2));
     let members: Vec<Identity> = (10..13).map(Identity::from_seed).collect();
-    let committee: Vec<AccountId> = members.iter().map(Identity::account).collect();
-    let cfg = OracleConfig {
-        verify_share: Bps(0),
-        ..OracleConfig::default()
-    };
+    let (cfg, committee, mut oracles) = committee_of(&members);
     let fresh = |m: &Identity| OracleEngine::new(m.clone(), net(), cfg, DeferredChecker);
-    let mut oracles: Vec<OracleEngine<DeferredChecker>> = members.iter().map(fresh).collect();
     let start = Timestamp(1_000_000);
     let c = contract(&req, &prov, start, start.plus(DurationMs::secs(3_600)));
     let at = start.plus(DurationMs::secs(60));
