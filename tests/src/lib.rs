@@ -17,6 +17,18 @@ use protocol::DurationMs;
 use protocol::{Identity, NetworkId};
 use tokio::sync::mpsc;
 
+/// Capture the nodes' logs in the test's output (shown when a test fails):
+/// `RUST_LOG` if set, else the node's and the core's info lines. Call it first
+/// in a test; later calls do nothing.
+pub fn logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,peer=info,node_core=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 /// A genesis for a test network: `funded` accounts hold 10 000 tokens, `staked`
 /// ones 100 tokens and a stake of 1 000 (the committee); epochs of 2 s.
 pub fn genesis(
@@ -188,6 +200,7 @@ pub async fn swarm(
     Vec<protocol::AccountId>,
     GenesisEntry,
 )> {
+    logs();
     let n = 3 + providers + requesters;
     let dirs: Vec<DataDir> = (0..n)
         .map(|i| DataDir::init(&tmp.join(format!("n{i}"))))

@@ -20,6 +20,7 @@ use tests::{node_opts, settled_in, swarm, wait_job};
 async fn demo_with(
     faulty_providers: usize,
 ) -> anyhow::Result<(tempfile::TempDir, demo::DemoReport)> {
+    tests::logs();
     let tmp = tempfile::tempdir()?;
     let opts = DemoOptions {
         dir: Some(tmp.path().to_path_buf()),

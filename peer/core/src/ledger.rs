@@ -42,6 +42,28 @@ impl<S: Store> NodeCore<S> {
         })
     }
 
+    /// The committee that judges `contract`: the one of the epoch its escrow
+    /// was locked in, as this replica has folded it (empty before the lock).
+    pub(crate) fn judges_of(&mut self, contract: &Hash32) -> Vec<AccountId> {
+        let state = self.ledger.state();
+        state
+            .escrows
+            .get(contract)
+            .and_then(|e| state.committee_for(e.epoch))
+            .map(<[AccountId]>::to_vec)
+            .unwrap_or_default()
+    }
+
+    /// Whether the finalized epoch moved since the last call: the moment to
+    /// hand again what the committee may have lost (a receipt, a key), since
+    /// a message sent directly or gossiped once can be lost.
+    pub(crate) fn new_epoch_to_nudge(&mut self) -> bool {
+        let epoch = self.ledger.state().epoch;
+        let new = epoch > self.nudged_epoch;
+        self.nudged_epoch = epoch;
+        new
+    }
+
     /// Send `peer` what it lacks, if anything.
     pub(crate) fn sync_with<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, peer: AccountId) {
         let Some(ps) = self.peers.get_mut(&peer) else {

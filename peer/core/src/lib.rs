@@ -284,6 +284,8 @@ pub struct NodeCore<S: Store> {
     state_dirty: bool,
     /// The hash of the state last handed out to persist.
     persisted: Option<[u8; 32]>,
+    /// The finalized epoch at which receipts and keys were last handed again.
+    nudged_epoch: u64,
 }
 
 impl<S: Store> NodeCore<S> {
@@ -347,6 +349,7 @@ impl<S: Store> NodeCore<S> {
             persist,
             state_dirty: false,
             persisted: None,
+            nudged_epoch: 0,
         }
     }
 
@@ -485,6 +488,11 @@ impl<S: Store> NodeCore<S> {
         self.prune_watches();
         self.provider_ledger_changed(cx);
         self.requester_ledger_changed(cx);
+        let nudge = self.new_epoch_to_nudge();
+        self.grant_judges(cx, nudge);
+        if nudge {
+            self.nudge_receipts(cx);
+        }
     }
 
     fn send<R: Rng + ?Sized>(&self, cx: &mut Cx<'_, R>, to: AccountId, message: Message) {

@@ -98,6 +98,10 @@ impl<S: Store> NodeCore<S> {
                         self.prov
                             .receipts
                             .push_back((t.requester, b.contract, r.clone()));
+                        // The committee needs it to judge: directly too, not
+                        // only by gossip.
+                        let contract = b.contract;
+                        self.send_to_judges(cx, &contract, m.clone());
                     }
                     if let Message::Offer(s) = &m {
                         self.last_offer = Some(s.clone());
@@ -203,6 +207,34 @@ impl<S: Store> NodeCore<S> {
             .collect();
         for r in mine {
             self.send(cx, peer, Message::Receipt(r));
+        }
+    }
+
+    /// A new finalized epoch: hand the receipts of our unsettled contracts
+    /// directly to the committee that judges each (gossip, or a direct send,
+    /// may have been lost; a member that never gets the receipt can only
+    /// find the job undelivered).
+    pub(crate) fn nudge_receipts<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
+        let open: Vec<(Hash32, Signed<protocol::Receipt>)> = self
+            .prov
+            .receipts
+            .iter()
+            .filter(|(_, c, _)| self.prov.unsettled.contains_key(c))
+            .map(|(_, c, r)| (*c, r.clone()))
+            .collect();
+        for (c, r) in open {
+            self.send_to_judges(cx, &c, Message::Receipt(r));
+        }
+    }
+
+    fn send_to_judges<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        contract: &Hash32,
+        m: Message,
+    ) {
+        for member in self.judges_of(contract) {
+            self.send(cx, member, m.clone());
         }
     }
 

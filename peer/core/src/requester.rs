@@ -393,6 +393,42 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
+    /// Hand the key of each unsettled job to the committee that judges it, as
+    /// the ledger says once the lock is folded: a lock that lands in a later
+    /// epoch than the grants assumed has another committee. With `again`
+    /// (a new finalized epoch), every reader of a delivered job gets its key
+    /// once more: a grant sent directly can be lost, and without it no member
+    /// can check the result.
+    pub(crate) fn grant_judges<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, again: bool) {
+        let open: Vec<(Hash32, Hash32, bool)> = self
+            .jobs
+            .by_id
+            .values()
+            .filter(|j| j.settled.is_none() && j.ended.is_none())
+            .filter_map(|j| Some((j.id, j.contract?, j.receipt.is_some())))
+            .collect();
+        for (job, contract, delivered) in open {
+            let judges = self.judges_of(&contract);
+            let me = self.account();
+            let Some(j) = self.jobs.get_mut(&job) else {
+                continue;
+            };
+            let new: Vec<AccountId> = judges
+                .into_iter()
+                .filter(|a| *a != me && !j.readers.contains(a))
+                .collect();
+            j.readers.extend(&new);
+            let to = if again && delivered {
+                j.readers.clone()
+            } else {
+                new
+            };
+            for reader in to {
+                self.send_grant(cx, job, reader);
+            }
+        }
+    }
+
     fn on_delivered<R: Rng + ?Sized>(
         &mut self,
         cx: &mut Cx<'_, R>,

@@ -170,3 +170,40 @@ fn the_state_is_saved_when_it_changes_and_only_then() {
     assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
     assert!(net.saves[REQ] > idle + 3, "{} saves", net.saves[REQ] - idle);
 }
+
+#[test]
+fn receipts_and_keys_lost_on_the_way_to_the_committee_are_handed_again() {
+    let mut net = Net::new(&ROLES, TOKENS, 8);
+    // Each member loses the first two receipts (the gossip and the direct
+    // copy) and the first key grant: only the provider's and the requester's
+    // next-epoch resends can let it judge the job delivered and correct.
+    let lost = std::cell::RefCell::new(std::collections::HashMap::new());
+    net.filter = Some(Box::new(move |_, to, m| {
+        let limit = match m {
+            Message::Receipt(_) => 2,
+            Message::KeyGrant(_) => 1,
+            _ => return true,
+        };
+        if to >= 3 {
+            return true;
+        }
+        let mut lost = lost.borrow_mut();
+        let n: &mut u32 = lost.entry((to, m.kind())).or_default();
+        *n += 1;
+        *n > limit
+    }));
+    warm_up(&mut net);
+    let spec = net.job_spec(REQ, 10, 1_000);
+    let job = net.submit(REQ, spec);
+    assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
+    for o in 0..3 {
+        let got = |kind: &str| {
+            net.log
+                .iter()
+                .filter(|(_, t, _, k)| *t == o && *k == kind)
+                .count()
+        };
+        assert!(got("receipt") >= 1, "member {o} never got the receipt");
+        assert!(got("key-grant") >= 1, "member {o} never got the key");
+    }
+}
