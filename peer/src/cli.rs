@@ -179,9 +179,9 @@ pub struct RunArgs {
     /// verify receipts by re-execution, sign verdicts and checkpoints.
     #[arg(long)]
     pub oracle: bool,
-    /// Fake results as a provider (for testing a committee; you will be caught).
-    #[arg(long, hide = true)]
-    pub faulty: bool,
+    /// Cheat as a provider (for testing a committee; you will be caught).
+    #[arg(long, hide = true, value_enum, default_value_t = crate::work::Cheat::None)]
+    pub cheat: crate::work::Cheat,
     /// Short market timeouts (grace 5 s, dispute window 1 s): for local testbeds
     /// and experiments, not for a real network.
     #[arg(long)]
@@ -336,7 +336,7 @@ fn run_node(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     }
     opts.provider = args.provider;
     opts.oracle = args.oracle;
-    opts.faulty = args.faulty;
+    opts.cheat = args.cheat;
     if args.quick_timing {
         opts.timing = crate::node::Timing::quick();
     }
@@ -861,7 +861,8 @@ fn demo(json: bool, keep: Option<PathBuf>, faulty: bool) -> anyhow::Result<()> {
     }
     let report = runtime()?.block_on(crate::demo::run(crate::demo::DemoOptions {
         dir: keep.clone(),
-        faulty_providers: usize::from(faulty),
+        cheaters: usize::from(faulty),
+        cheat: crate::work::Cheat::Fake,
         verbose: !json,
     }))?;
     if json {

@@ -23,8 +23,9 @@ use crate::node::{self, RunOptions, RunningNode, Timing};
 pub struct DemoOptions {
     /// Where the nodes' data directories go (a temporary directory if `None`).
     pub dir: Option<PathBuf>,
-    /// How many providers fake their results (to watch the committee catch them).
-    pub faulty_providers: usize,
+    /// How many providers cheat (to watch the committee catch them), and how.
+    pub cheaters: usize,
+    pub cheat: crate::work::Cheat,
     /// Print the story as it happens.
     pub verbose: bool,
 }
@@ -70,7 +71,8 @@ impl LocalSwarm {
     /// until the requester holds all three offers and knows every peer.
     pub async fn start(
         root: &Path,
-        faulty_providers: usize,
+        cheaters: usize,
+        cheat: crate::work::Cheat,
         epoch_secs: u64,
     ) -> anyhow::Result<Self> {
         let mut dirs = Vec::new();
@@ -130,7 +132,9 @@ impl LocalSwarm {
             let mut o = RunOptions::loopback(genesis.clone(), boot.clone());
             o.oracle = i < 3;
             o.provider = (3..6).contains(&i);
-            o.faulty = (3..3 + faulty_providers).contains(&i);
+            if (3..3 + cheaters).contains(&i) {
+                o.cheat = cheat;
+            }
             o.timing = timing;
             let n = node::start(d, o)
                 .await
@@ -200,7 +204,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
         phase_start = Instant::now();
     };
 
-    let swarm = LocalSwarm::start(&root, opts.faulty_providers, EPOCH_SECS).await?;
+    let swarm = LocalSwarm::start(&root, opts.cheaters, opts.cheat, EPOCH_SECS).await?;
     say(format!(
         "genesis   network {} — 3 oracles staked 1000 tokens each, the requester holds 10000",
         &swarm.genesis.network().to_string()[..16]

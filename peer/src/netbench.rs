@@ -48,7 +48,7 @@ async fn record_final(
 
 pub async fn storage(sizes_mb: &[u64]) -> anyhow::Result<Vec<StorageRow>> {
     let tmp = tempfile::tempdir()?;
-    let swarm = LocalSwarm::start(tmp.path(), 0, EPOCH_SECS).await?;
+    let swarm = LocalSwarm::start(tmp.path(), 0, crate::work::Cheat::None, EPOCH_SECS).await?;
     let (writer, reader) = (&swarm.ctl[6], &swarm.ctl[3]);
     let target = swarm.ctl[4].status().await?.account;
     let mut rows = Vec::new();
@@ -123,7 +123,7 @@ pub struct ContractLatency {
 
 pub async fn contracts(jobs: usize) -> anyhow::Result<ContractLatency> {
     let tmp = tempfile::tempdir()?;
-    let swarm = LocalSwarm::start(tmp.path(), 0, 10).await?;
+    let swarm = LocalSwarm::start(tmp.path(), 0, crate::work::Cheat::None, 10).await?;
     let req = swarm.requester();
     let data = tmp.path().join("winequality.safetensors");
     compute::datasets::write_builtin(compute::datasets::Builtin::WineQuality, &data)?;

@@ -144,15 +144,34 @@ fn units(cu: f64) -> ComputeUnits {
     }
 }
 
-/// Run a job. A `faulty` provider skips part of the work and fakes the rest (for
-/// tests and demos of the committee catching it): its result is wrong but its
-/// receipt is well formed.
+/// How a provider cheats, for tests and demos of the committee catching it.
+/// Each result is wrong in a way only a check reveals; each receipt is well
+/// formed and signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Cheat {
+    /// An honest provider.
+    #[default]
+    None,
+    /// Fake the result: training weights drift after the first link (the
+    /// chain is re-hashed so it stays consistent), logits are scaled, data is
+    /// shifted.
+    Fake,
+    /// Train only up to the first link and claim the whole job: a chain of
+    /// two links, whose one segment is right. A challenge fixed in advance
+    /// could only name that segment.
+    Truncate,
+    /// Do the work, and claim every unit the contract pays for, whatever it
+    /// took.
+    InflateUnits,
+}
+
+/// Run a job, honestly unless `cheat` says otherwise.
 pub fn run(
     backend: &dyn Backend,
     kind: &JobKind,
     data: &[u8],
     model: Option<&[u8]>,
-    faulty: bool,
+    cheat: Cheat,
 ) -> anyhow::Result<Ran> {
     let spec = workload_spec(kind, model)?;
     let out = compute::run_workload(backend, &spec, data, model)?;
@@ -162,8 +181,15 @@ pub fn run(
         checkpoint_models: out.checkpoint_models.clone(),
         metrics: out.metrics.clone(),
     };
-    if faulty {
-        fake(&spec, &mut result)?;
+    match cheat {
+        Cheat::None | Cheat::InflateUnits => {}
+        Cheat::Fake => fake(&spec, &mut result)?,
+        Cheat::Truncate if result.chain.len() > 2 => {
+            result.chain.truncate(2);
+            result.checkpoint_models.truncate(2);
+            result.output = result.checkpoint_models[1].clone();
+        }
+        Cheat::Truncate => {}
     }
     let (commitment, every, n) = match (&spec, result.chain.last()) {
         (WorkloadSpec::Train(ts), Some(last)) => (
@@ -182,6 +208,43 @@ pub fn run(
         elapsed_s: out.elapsed_s,
         backend: out.backend.name,
     })
+}
+
+/// Why a training chain does not cover the whole job, if it does not: link `i`
+/// must sit at step `min(i·every, total)`, with `every` the spec's checkpoint
+/// interval (which the receipt must state) and `total` the job's steps. A
+/// chain that stops early, skips links or spaces them otherwise proves only
+/// part of the training.
+fn incomplete_chain(
+    ts: &TrainSpec,
+    rows: usize,
+    chain: &[Checkpoint],
+    receipt: &Receipt,
+) -> Option<String> {
+    let (every, total) = (ts.checkpoint_every, ts.total_steps(rows));
+    if u64::from(receipt.checkpoint_every) != every {
+        return Some(format!(
+            "the receipt states a link every {} steps; the job's spec says {every}",
+            receipt.checkpoint_every
+        ));
+    }
+    let links = total.div_ceil(every) + 1;
+    if chain.len() as u64 != links {
+        return Some(format!(
+            "{} links for a job of {total} steps with a link every {every}: {links} expected",
+            chain.len()
+        ));
+    }
+    chain
+        .iter()
+        .enumerate()
+        .find(|(i, c)| c.step != (*i as u64).saturating_mul(every).min(total))
+        .map(|(i, c)| {
+            format!(
+                "link {i} is at step {}, not a step the job's spacing allows",
+                c.step
+            )
+        })
 }
 
 /// Make a result wrong in a way only re-execution reveals: training weights drift
@@ -229,9 +292,16 @@ fn fake(spec: &WorkloadSpec, r: &mut JobResult) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A committee member's check of a delivered result: re-execute one link of a
-/// training chain (chosen by `seed`, which the provider cannot know in advance), a
-/// sample of inference rows, or the whole of a preprocessing job.
+/// A committee member's check of a delivered result, after the provider
+/// committed to it in its receipt:
+/// - the units claimed are at most what the FLOP model gives for the job's spec
+///   and data shape (units are measured, not the provider's word);
+/// - a training chain is complete: a link every `checkpoint_every` steps of the
+///   spec, from step 0 to the job's last step, as the receipt says;
+/// - then one sample chosen by `seed` (the member's own, drawn after the
+///   receipt; see `node_core::challenge_seed`) is re-executed: one link of a
+///   training chain, a sample of inference rows, or the whole of a
+///   preprocessing job.
 pub fn check(
     backend: &dyn Backend,
     kind: &JobKind,
@@ -247,9 +317,21 @@ pub fn check(
         max_abs_diff: 0.0,
         reason,
     };
+    let shape = data_shape(data)?;
+    let measured = units(compute::compute_units_for(&spec, shape));
+    if receipt.units_used > measured {
+        return Ok(fail(format!(
+            "the receipt claims {:.3} CU; the FLOP model gives {:.3} CU for this job",
+            receipt.units_used.as_f64(),
+            measured.as_f64()
+        )));
+    }
     match &spec {
         WorkloadSpec::Train(ts) => {
             let chain = &result.chain;
+            if let Some(why) = incomplete_chain(ts, shape.rows, chain, receipt) {
+                return Ok(fail(why));
+            }
             if chain.len() != result.checkpoint_models.len()
                 || chain.len() != receipt.checkpoints as usize
             {
@@ -376,15 +458,16 @@ mod tests {
         let be = compute::CpuBackend::new();
         let data = wine();
         for faulty in [false, true] {
-            let ran = run(&be, &train_kind(), &data, None, faulty).unwrap();
+            let cheat = if faulty { Cheat::Fake } else { Cheat::None };
+            let ran = run(&be, &train_kind(), &data, None, cheat).unwrap();
             let bundle = JobResult::from_bytes(&ran.result.to_bytes().unwrap()).unwrap();
             let v = check(&be, &train_kind(), &data, None, &bundle, &receipt(&ran), 9).unwrap();
             assert_eq!(v.ok, !faulty, "training, faulty={faulty}: {}", v.reason);
 
-            let honest = run(&be, &train_kind(), &data, None, false).unwrap();
+            let honest = run(&be, &train_kind(), &data, None, Cheat::None).unwrap();
             let model = honest.result.output;
             let infer = JobKind::Infer { batch: 256 };
-            let ran = run(&be, &infer, &data, Some(&model), faulty).unwrap();
+            let ran = run(&be, &infer, &data, Some(&model), cheat).unwrap();
             let v = check(
                 &be,
                 &infer,
@@ -419,5 +502,57 @@ mod tests {
             err.contains("11 features") && err.contains("takes 12"),
             "{err}"
         );
+    }
+
+    /// The checks that need no re-execution to find a cheat: a truncated
+    /// chain, a chain spaced otherwise than the spec, a receipt that states
+    /// another interval, and units above the FLOP model's, on whatever seed.
+    #[test]
+    fn incomplete_chains_and_inflated_units_fail_on_every_seed() {
+        let be = compute::CpuBackend::new();
+        let data = wine();
+        let honest = run(&be, &train_kind(), &data, None, Cheat::None).unwrap();
+        let check_with = |r: &JobResult, rc: &Receipt, seed: u64| {
+            check(&be, &train_kind(), &data, None, r, rc, seed).unwrap()
+        };
+        let truncated = run(&be, &train_kind(), &data, None, Cheat::Truncate).unwrap();
+        assert_eq!(truncated.result.chain.len(), 2);
+        // A chain with links dropped in the middle, re-hashed so it stays
+        // consistent: every link that is left is right.
+        let mut sparse = honest.result.clone();
+        let keep: Vec<usize> = (0..sparse.chain.len())
+            .filter(|i| i % 2 == 0 || *i == sparse.chain.len() - 1)
+            .collect();
+        sparse.chain = keep.iter().map(|&i| honest.result.chain[i]).collect();
+        sparse.checkpoint_models = keep
+            .iter()
+            .map(|&i| honest.result.checkpoint_models[i].clone())
+            .collect();
+        for i in 1..sparse.chain.len() {
+            let m = compute::mlp::Mlp::from_safetensors(&sparse.checkpoint_models[i]).unwrap();
+            sparse.chain[i].hash = chain_next(&sparse.chain[i - 1].hash, sparse.chain[i].step, &m);
+        }
+        let mut sparse_receipt = receipt(&honest);
+        sparse_receipt.checkpoints = sparse.chain.len() as u32;
+        sparse_receipt.commitment = Hash32(sparse.chain.last().unwrap().hash);
+        let mut other_interval = receipt(&honest);
+        other_interval.checkpoint_every += 1;
+        let mut inflated = receipt(&honest);
+        inflated.units_used.milli += 1;
+        for seed in 0..8 {
+            assert!(check_with(&honest.result, &receipt(&honest), seed).ok);
+            let v = check_with(&truncated.result, &receipt(&truncated), seed);
+            assert!(
+                !v.ok && v.reason.contains("links for a job of"),
+                "{}",
+                v.reason
+            );
+            let v = check_with(&sparse, &sparse_receipt, seed);
+            assert!(!v.ok, "seed {seed}: {}", v.reason);
+            let v = check_with(&honest.result, &other_interval, seed);
+            assert!(!v.ok && v.reason.contains("link every"), "{}", v.reason);
+            let v = check_with(&honest.result, &inflated, seed);
+            assert!(!v.ok && v.reason.contains("FLOP model"), "{}", v.reason);
+        }
     }
 }

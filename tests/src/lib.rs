@@ -184,8 +184,8 @@ pub async fn wait_job(
 }
 
 /// A swarm on loopback: nodes 0..3 the committee, then `providers` providers
-/// (CPU backend), then `requesters` requesters; each requester gets
-/// `setup(&mut RunOptions)` before it starts. Providers and requesters are
+/// (CPU backend), then `requesters` requesters; each node gets
+/// `setup(&mut RunOptions)` before it starts (its roles already set). Providers and requesters are
 /// funded unless `fund_requesters` is false. Returns the nodes, their accounts
 /// and the genesis.
 pub async fn swarm(
@@ -218,9 +218,7 @@ pub async fn swarm(
         let mut o = node_opts(&g, &boot);
         o.oracle = i < 3;
         o.provider = (3..3 + providers).contains(&i);
-        if i >= 3 + providers {
-            setup(&mut o);
-        }
+        setup(&mut o);
         d.config.provider.backend = "cpu".into();
         let n = node::start(d, o).await?;
         if i == 0 {

@@ -11,20 +11,23 @@ use peer::config::DataDir;
 use peer::control::{ControlClient, JobRequest};
 use peer::demo::{self, DemoOptions};
 use peer::node;
+use peer::work::Cheat;
 use tests::{node_opts, settled_in, swarm, wait_job};
 
 /// The demo in a fresh directory (returned, so results stay readable), with
-/// `faulty_providers` faking their results. The demo's own steps wait with their
-/// own bounds; this is the backstop, wide enough for a loaded 2-core machine
-/// running other tests beside it.
+/// `cheaters` providers cheating as `cheat` says. The demo's own steps wait
+/// with their own bounds; this is the backstop, wide enough for a loaded
+/// 2-core machine running other tests beside it.
 async fn demo_with(
-    faulty_providers: usize,
+    cheaters: usize,
+    cheat: Cheat,
 ) -> anyhow::Result<(tempfile::TempDir, demo::DemoReport)> {
     tests::logs();
     let tmp = tempfile::tempdir()?;
     let opts = DemoOptions {
         dir: Some(tmp.path().to_path_buf()),
-        faulty_providers,
+        cheaters,
+        cheat,
         verbose: false,
     };
     let report = tokio::time::timeout(Duration::from_secs(120), demo::run(opts))
@@ -35,7 +38,7 @@ async fn demo_with(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_trains_and_infers_end_to_end_and_settles_in_the_ledger() -> anyhow::Result<()> {
-    let (_dir, r) = demo_with(0).await?;
+    let (_dir, r) = demo_with(0, Cheat::None).await?;
     assert!(r.ok, "{r:#?}");
     assert_eq!(r.jobs.len(), 2);
     for j in &r.jobs {
@@ -55,9 +58,11 @@ async fn the_demo_trains_and_infers_end_to_end_and_settles_in_the_ledger() -> an
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_provider_returning_wrong_results_is_caught_and_paid_nothing() -> anyhow::Result<()> {
-    let (_dir, r) = demo_with(3).await?;
+/// Every provider cheats as `cheat` says: the training job is matched with a
+/// cheat, the committee finds its result wrong, the escrow comes back less the
+/// committee's fee, and the cheat earns nothing.
+async fn a_cheat_is_caught_and_paid_nothing(cheat: Cheat) -> anyhow::Result<()> {
+    let (_dir, r) = demo_with(3, cheat).await?;
     assert!(!r.ok);
     let j = &r.jobs[0];
     assert_eq!(j.state, "settled", "{j:#?}");
@@ -80,6 +85,59 @@ async fn a_provider_returning_wrong_results_is_caught_and_paid_nothing() -> anyh
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_returning_wrong_results_is_caught_and_paid_nothing() -> anyhow::Result<()> {
+    a_cheat_is_caught_and_paid_nothing(Cheat::Fake).await
+}
+
+/// Under the old rule the challenged link came from the contract and the last
+/// checkpoint, both known before the run, and a chain was never checked to
+/// reach the job's last step: a provider that trained one link of 20 steps and
+/// stopped passed for the whole job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_trains_one_link_and_claims_the_whole_job_is_caught() -> anyhow::Result<()>
+{
+    a_cheat_is_caught_and_paid_nothing(Cheat::Truncate).await
+}
+
+/// Units were the provider's word: a verdict paid what the receipt claimed, up
+/// to the contract's cap, which the requester's estimate sets. A requester
+/// that leaves a margin (here ten times the FLOP model's estimate) met a
+/// provider that claimed all of it. Members now recompute the units.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_that_inflates_its_units_is_caught() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (nodes, acc, _) = swarm(tmp.path(), "inflate", 1, 1, true, |o| {
+        if o.provider {
+            o.cheat = Cheat::InflateUnits;
+        }
+    })
+    .await?;
+    let c = ControlClient::from_data_dir(&tmp.path().join("n4"))?;
+    settled_in(&c, 4, 1).await?;
+    let data = tmp.path().join("wine.safetensors");
+    compute::datasets::write_builtin(compute::datasets::Builtin::WineQuality, &data)?;
+    let mut job = JobRequest {
+        deadline_secs: 120,
+        ..JobRequest::train_mlp(data.clone(), 20, 1)
+    };
+    let cu = peer::work::estimate_units(&job.kind, &std::fs::read(&data)?, None)?;
+    job.estimated_cu = Some(cu * 10.0);
+    let v = c.submit(&job).await?;
+    let done = wait_job(&c, &v.id, Duration::from_secs(120), |v| v.done).await;
+    assert_eq!(done.provider, Some(acc[3].to_string()));
+    assert_eq!(
+        done.outcome.as_deref(),
+        Some("failed: wrong result (refunded)"),
+        "{done:#?}"
+    );
+    assert_eq!(done.paid, Some(0), "{done:?}");
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_no_offer_fits_is_posted_as_a_bid_answered_and_settled() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     // The requester keeps no order book: whatever it submits fits no offer it
@@ -91,7 +149,11 @@ async fn a_job_no_offer_fits_is_posted_as_a_bid_answered_and_settled() -> anyhow
         1,
         1,
         true,
-        |o: &mut peer::node::RunOptions| o.book_capacity = 0,
+        |o: &mut peer::node::RunOptions| {
+            if !o.provider && !o.oracle {
+                o.book_capacity = 0;
+            }
+        },
     )
     .await?;
     let c = ControlClient::from_data_dir(&tmp.path().join("n4"))?;

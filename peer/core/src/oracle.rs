@@ -38,10 +38,25 @@ impl State {
     }
 }
 
-/// The seed of the challenge a member re-executes for `contract`: fixed by the
-/// contract and the committee's beacon (the last checkpoint).
-pub fn challenge_seed(contract: &Hash32, beacon: &Hash32) -> u64 {
-    let h = blake3::hash(&[contract.0, beacon.0].concat());
+/// The seed of the challenge a committee member re-executes for a receipt:
+/// the hash of the member's own ed25519 signature over the receipt (under a
+/// domain tag and the network id). The provider commits to everything (result,
+/// weight chain, units) in the receipt before any seed exists; ed25519
+/// signatures are deterministic, so a member cannot grind its seed, and
+/// nobody without the member's key can predict it. Each member draws its own
+/// sample, so a result with faked parts meets k independent samples.
+pub fn challenge_seed(
+    member: &protocol::Identity,
+    network: &protocol::NetworkId,
+    receipt: &Receipt,
+) -> u64 {
+    let body = protocol::codec::encode_unbounded("receipt", receipt).unwrap_or_default();
+    let mut msg = Vec::with_capacity(64 + body.len());
+    msg.extend_from_slice(b"cloudchain-challenge-v1");
+    msg.extend_from_slice(&network.0);
+    msg.extend_from_slice(blake3::hash(&body).as_bytes());
+    let sig = member.sign_raw(&msg);
+    let h = blake3::hash(&sig.to_bytes());
     u64::from_le_bytes(*h.as_bytes().first_chunk().unwrap_or(&[0; 8]))
 }
 
@@ -310,14 +325,14 @@ impl<S: Store> NodeCore<S> {
             return;
         };
         let provider_contact = self.contact_of(&receipt.provider);
-        let beacon = self.ledger.state().last_checkpoint;
+        let seed = challenge_seed(&self.identity, &self.network, &receipt);
         cx.out.push(Output::Check {
             contract,
             terms,
             receipt,
             grant,
             provider_contact,
-            seed: challenge_seed(&contract, &beacon),
+            seed,
         });
     }
 

@@ -207,3 +207,50 @@ fn receipts_and_keys_lost_on_the_way_to_the_committee_are_handed_again() {
         assert!(got("key-grant") >= 1, "member {o} never got the key");
     }
 }
+
+/// Commit, then challenge: a member's sample comes from its own signature
+/// over the receipt. It is the same each time (the member cannot grind it),
+/// another member's differs (each checks its own sample), and any change to
+/// the receipt gives another one (the provider commits before it exists).
+#[test]
+fn each_member_draws_its_own_challenge_from_the_receipt() {
+    use node_core::oracle::challenge_seed;
+    use protocol::{BlobRef, ComputeUnits, Identity, NetworkId, Receipt, Timings};
+    let t = Timestamp(1_000);
+    let receipt = Receipt {
+        contract: Hash32([1; 32]),
+        provider: Identity::from_seed(9).account(),
+        result: BlobRef {
+            hash: Hash32([2; 32]),
+            size: 10,
+        },
+        units_used: ComputeUnits::from_milli(5_000),
+        timings: Timings {
+            accepted_at: t,
+            inputs_ready_at: t,
+            started_at: t,
+            finished_at: t,
+        },
+        commitment: Hash32([3; 32]),
+        checkpoint_every: 20,
+        checkpoints: 11,
+    };
+    let net = NetworkId::named("challenge");
+    let members: Vec<Identity> = (1..=5).map(Identity::from_seed).collect();
+    let seeds: Vec<u64> = members
+        .iter()
+        .map(|m| challenge_seed(m, &net, &receipt))
+        .collect();
+    for (m, s) in members.iter().zip(&seeds) {
+        assert_eq!(challenge_seed(m, &net, &receipt), *s);
+    }
+    let mut distinct = seeds.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), seeds.len(), "two members share a sample");
+    let mut other = receipt.clone();
+    other.commitment = Hash32([4; 32]);
+    assert_ne!(challenge_seed(&members[0], &net, &other), seeds[0]);
+    let elsewhere = NetworkId::named("another");
+    assert_ne!(challenge_seed(&members[0], &elsewhere, &receipt), seeds[0]);
+}

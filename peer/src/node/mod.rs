@@ -58,8 +58,8 @@ pub struct RunOptions {
     /// Serve on the committee when drawn: probe, verify, sign verdicts and
     /// checkpoints.
     pub oracle: bool,
-    /// A provider that fakes its results (to show the committee catching it).
-    pub faulty: bool,
+    /// A provider that cheats (to show the committee catching it).
+    pub cheat: crate::work::Cheat,
     pub timing: Timing,
     /// Most offers the requester keeps in its order book; 0 keeps none and
     /// posts every job as an open bid.
@@ -92,7 +92,7 @@ impl RunOptions {
             control: c.net.control.parse().context("net.control")?,
             provider: false,
             oracle: false,
-            faulty: false,
+            cheat: crate::work::Cheat::None,
             timing: Timing::default(),
             book_capacity: protocol::market::BookConfig::default().capacity,
         })
@@ -114,7 +114,7 @@ impl RunOptions {
             control: lo,
             provider: false,
             oracle: false,
-            faulty: false,
+            cheat: crate::work::Cheat::None,
             timing: Timing::default(),
             book_capacity: protocol::market::BookConfig::default().capacity,
         }
@@ -386,10 +386,10 @@ impl Driver {
                 } => {
                     let blobs = self.blobs.clone();
                     let pref = tasks::backend_preference(&self.dir);
-                    let faulty = self.opts.faulty;
+                    let cheat = self.opts.cheat;
                     self.spawn(async move {
                         let result =
-                            tasks::run_job(blobs, grant, *terms, contract, pref, faulty).await;
+                            tasks::run_job(blobs, grant, *terms, contract, pref, cheat).await;
                         Input::Ran { contract, result }
                     });
                 }

@@ -247,7 +247,7 @@ pub(super) async fn run_job(
     terms: ContractTerms,
     contract: Hash32,
     pref: compute::BackendPreference,
-    faulty: bool,
+    cheat: crate::work::Cheat,
 ) -> Result<RanJob, WorkError> {
     let (data, model) = fetch_inputs(&blobs, &grant, &terms).await?;
     let inputs_ready_at = net::now();
@@ -256,7 +256,7 @@ pub(super) async fn run_job(
     let ran = async {
         let (ran, ct) = tokio::task::spawn_blocking(move || {
             let sel = compute::select_backend(pref)?;
-            let ran = crate::work::run(&*sel.backend, &kind, &data, model.as_deref(), faulty)?;
+            let ran = crate::work::run(&*sel.backend, &kind, &data, model.as_deref(), cheat)?;
             let ct = crypto::encrypt(&key, "result", &contract, &ran.result.to_bytes()?);
             anyhow::Ok((ran, ct))
         })
@@ -281,7 +281,12 @@ pub(super) async fn run_job(
     );
     Ok(RanJob {
         result,
-        units: ran.units.min(terms.max_units),
+        // An honest provider claims what it used, at most what the contract
+        // pays for.
+        units: match cheat {
+            crate::work::Cheat::InflateUnits => terms.max_units,
+            _ => ran.units.min(terms.max_units),
+        },
         commitment: ran.commitment,
         checkpoint_every: ran.checkpoint_every,
         checkpoints: ran.checkpoints,
