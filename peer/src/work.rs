@@ -210,6 +210,28 @@ pub fn run(
     })
 }
 
+/// The verdict over several samples: the first that fails, else one that
+/// names them all.
+fn all_of(
+    checks: impl Iterator<Item = compute::Result<compute::verify::Verdict>>,
+) -> anyhow::Result<compute::verify::Verdict> {
+    let mut reasons = Vec::new();
+    let mut worst = 0f32;
+    for v in checks {
+        let v = v?;
+        if !v.ok {
+            return Ok(v);
+        }
+        worst = worst.max(v.max_abs_diff);
+        reasons.push(v.reason);
+    }
+    Ok(compute::verify::Verdict {
+        ok: true,
+        max_abs_diff: worst,
+        reason: reasons.join("; "),
+    })
+}
+
 /// Why a training chain does not cover the whole job, if it does not: link `i`
 /// must sit at step `min(i·every, total)`, with `every` the spec's checkpoint
 /// interval (which the receipt must state) and `total` the job's steps. A
@@ -298,10 +320,12 @@ fn fake(spec: &WorkloadSpec, r: &mut JobResult) -> anyhow::Result<()> {
 ///   and data shape (units are measured, not the provider's word);
 /// - a training chain is complete: a link every `checkpoint_every` steps of the
 ///   spec, from step 0 to the job's last step, as the receipt says;
-/// - then one sample chosen by `seed` (the member's own, drawn after the
-///   receipt; see `node_core::challenge_seed`) is re-executed: one link of a
-///   training chain, a sample of inference rows, or the whole of a
-///   preprocessing job.
+/// - then the sample each of `seeds` names (the member's own challenge and
+///   those the other members revealed, all drawn after the receipt; see
+///   `node_core::oracle::challenge`) is re-executed: one link of a training
+///   chain, a sample of inference rows; or the whole of a preprocessing job.
+///   The result checks only if every sample does, so one member's sample
+///   that lands on a faked part fails it for every member that holds it.
 pub fn check(
     backend: &dyn Backend,
     kind: &JobKind,
@@ -309,7 +333,7 @@ pub fn check(
     model: Option<&[u8]>,
     result: &JobResult,
     receipt: &Receipt,
-    seed: u64,
+    seeds: &[u64],
 ) -> anyhow::Result<compute::verify::Verdict> {
     let spec = workload_spec(kind, model)?;
     let fail = |reason: String| compute::verify::Verdict {
@@ -361,33 +385,43 @@ pub fn check(
             if result.output != result.checkpoint_models[chain.len() - 1] {
                 return Ok(fail("the output is not the last checkpoint".into()));
             }
-            let Some(index) = compute::verify::challenge_segment(chain, seed) else {
+            let mut links: Vec<usize> = seeds
+                .iter()
+                .filter_map(|s| compute::verify::challenge_segment(chain, *s))
+                .collect();
+            links.sort_unstable();
+            links.dedup();
+            if links.is_empty() {
                 return Ok(fail("a chain of one link proves no training".into()));
-            };
-            Ok(compute::verify::verify_training_segment(
-                backend,
-                ts,
-                data,
-                chain,
-                index,
-                &result.checkpoint_models[index - 1],
-                &result.checkpoint_models[index],
-                CHECK_TOLERANCE,
-            )?)
+            }
+            all_of(links.into_iter().map(|index| {
+                compute::verify::verify_training_segment(
+                    backend,
+                    ts,
+                    data,
+                    chain,
+                    index,
+                    &result.checkpoint_models[index - 1],
+                    &result.checkpoint_models[index],
+                    CHECK_TOLERANCE,
+                )
+            }))
         }
         WorkloadSpec::Infer { .. } => {
             let Some(m) = model else {
                 bail!("an inference job needs a model");
             };
-            Ok(compute::verify::verify_inference_sample(
-                backend,
-                m,
-                data,
-                &result.output,
-                INFER_SAMPLE,
-                seed,
-                CHECK_TOLERANCE,
-            )?)
+            all_of(seeds.iter().map(|seed| {
+                compute::verify::verify_inference_sample(
+                    backend,
+                    m,
+                    data,
+                    &result.output,
+                    INFER_SAMPLE,
+                    *seed,
+                    CHECK_TOLERANCE,
+                )
+            }))
         }
         WorkloadSpec::Preprocess { .. } => {
             let ours = compute::run_workload(backend, &spec, data, model)?;
@@ -461,7 +495,16 @@ mod tests {
             let cheat = if faulty { Cheat::Fake } else { Cheat::None };
             let ran = run(&be, &train_kind(), &data, None, cheat).unwrap();
             let bundle = JobResult::from_bytes(&ran.result.to_bytes().unwrap()).unwrap();
-            let v = check(&be, &train_kind(), &data, None, &bundle, &receipt(&ran), 9).unwrap();
+            let v = check(
+                &be,
+                &train_kind(),
+                &data,
+                None,
+                &bundle,
+                &receipt(&ran),
+                &[9],
+            )
+            .unwrap();
             assert_eq!(v.ok, !faulty, "training, faulty={faulty}: {}", v.reason);
 
             let honest = run(&be, &train_kind(), &data, None, Cheat::None).unwrap();
@@ -475,7 +518,7 @@ mod tests {
                 Some(&model),
                 &ran.result,
                 &receipt(&ran),
-                9,
+                &[9],
             )
             .unwrap();
             assert_eq!(v.ok, !faulty, "inference, faulty={faulty}: {}", v.reason);
@@ -513,7 +556,7 @@ mod tests {
         let data = wine();
         let honest = run(&be, &train_kind(), &data, None, Cheat::None).unwrap();
         let check_with = |r: &JobResult, rc: &Receipt, seed: u64| {
-            check(&be, &train_kind(), &data, None, r, rc, seed).unwrap()
+            check(&be, &train_kind(), &data, None, r, rc, &[seed]).unwrap()
         };
         let truncated = run(&be, &train_kind(), &data, None, Cheat::Truncate).unwrap();
         assert_eq!(truncated.result.chain.len(), 2);

@@ -2,8 +2,8 @@
 //!
 //! A request is one tag byte and a body: a protocol [`Frame`] (proposals, answers,
 //! probes, key grants), a ledger sync message (automerge's sync protocol, carried
-//! opaquely), or the committee's checkpoint traffic. Each body has its own bound;
-//! the driver's transport bounds the whole.
+//! opaquely), the committee's checkpoint traffic, or a member's challenge of a
+//! receipt. Each body has its own bound; the driver's transport bounds the whole.
 
 use crdt_ledger::CheckpointBody;
 use protocol::{AccountId, Frame, Hash32, MultiSigned, NetworkId, Sig};
@@ -12,6 +12,9 @@ const TAG_FRAME: u8 = 0;
 const TAG_SYNC: u8 = 1;
 const TAG_PROPOSAL: u8 = 2;
 const TAG_VOTE: u8 = 3;
+const TAG_CHALLENGE: u8 = 4;
+/// A challenge's body: contract, member, signature.
+const CHALLENGE_LEN: usize = 32 + 32 + 64;
 
 /// One direct message.
 #[derive(Debug, Clone)]
@@ -24,6 +27,15 @@ pub enum Direct {
     Vote {
         proposal: Hash32,
         signer: AccountId,
+        sig: Sig,
+    },
+    /// A committee member's challenge of a receipt: its signature over the
+    /// receipt, which fixes the sample it checks
+    /// ([`crate::oracle::challenge_seed`]); the other members check that
+    /// sample too.
+    Challenge {
+        contract: Hash32,
+        member: AccountId,
         sig: Sig,
     },
 }
@@ -39,6 +51,8 @@ pub enum DirectError {
     Frame(#[from] protocol::FrameError),
     #[error(transparent)]
     Codec(#[from] protocol::CodecError),
+    #[error("a challenge of {0} bytes (expected {CHALLENGE_LEN})")]
+    Challenge(usize),
 }
 
 impl Direct {
@@ -54,6 +68,14 @@ impl Direct {
             } => (
                 TAG_VOTE,
                 crdt_ledger::checkpoint::encode_vote(proposal, signer, sig)?,
+            ),
+            Direct::Challenge {
+                contract,
+                member,
+                sig,
+            } => (
+                TAG_CHALLENGE,
+                [&contract.0[..], &member.0[..], &sig.0[..]].concat(),
             ),
         };
         let mut out = Vec::with_capacity(body.len() + 1);
@@ -79,6 +101,24 @@ impl Direct {
                     sig,
                 }
             }
+            TAG_CHALLENGE => {
+                let b: &[u8; CHALLENGE_LEN] = body
+                    .try_into()
+                    .map_err(|_| DirectError::Challenge(body.len()))?;
+                let (contract, rest) = b.split_at(32);
+                let (member, sig) = rest.split_at(32);
+                let mut c = Hash32([0; 32]);
+                c.0.copy_from_slice(contract);
+                let mut m = [0u8; 32];
+                m.copy_from_slice(member);
+                let mut s = [0u8; 64];
+                s.copy_from_slice(sig);
+                Direct::Challenge {
+                    contract: c,
+                    member: AccountId(m),
+                    sig: Sig(s),
+                }
+            }
             t => return Err(DirectError::Tag(t)),
         })
     }
@@ -99,7 +139,7 @@ mod tests {
             Direct::from_bytes(&[9, 1], &n),
             Err(DirectError::Tag(9))
         ));
-        for tag in 0..4u8 {
+        for tag in 0..5u8 {
             for len in [0usize, 1, 7, 300] {
                 let mut b = vec![tag];
                 b.extend((0..len).map(|i| (i * 31 + 7) as u8));
@@ -113,5 +153,18 @@ mod tests {
         };
         let back = Direct::from_bytes(&v.to_bytes().unwrap(), &n).unwrap();
         assert!(matches!(back, Direct::Vote { proposal, .. } if proposal == Hash32([1; 32])));
+        let c = Direct::Challenge {
+            contract: Hash32([3; 32]),
+            member: protocol::Identity::from_seed(2).account(),
+            sig: Sig([4; 64]),
+        };
+        let back = Direct::from_bytes(&c.to_bytes().unwrap(), &n).unwrap();
+        assert!(
+            matches!(back, Direct::Challenge { contract, sig, .. } if contract == Hash32([3; 32]) && sig == Sig([4; 64]))
+        );
+        assert!(matches!(
+            Direct::from_bytes(&[4; 128], &n),
+            Err(DirectError::Challenge(127))
+        ));
     }
 }

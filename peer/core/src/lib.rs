@@ -173,6 +173,12 @@ pub enum Input {
         signer: AccountId,
         sig: protocol::Sig,
     },
+    /// A committee member's challenge of a receipt (see [`Direct::Challenge`]).
+    Challenge {
+        contract: Hash32,
+        member: AccountId,
+        sig: protocol::Sig,
+    },
     /// A connection to `peer` is up (a fresh sync state starts).
     PeerUp(AccountId),
     /// The last connection to `peer` closed.
@@ -202,6 +208,40 @@ pub enum Input {
     },
 }
 
+impl Input {
+    /// What a direct message from `from` is to the core: the one mapping both
+    /// drivers use.
+    pub fn direct(from: AccountId, d: Direct) -> Input {
+        match d {
+            Direct::Frame(f) => Input::Message {
+                from: Some(from),
+                via: Via::Direct,
+                msg: f.message,
+            },
+            Direct::LedgerSync(bytes) => Input::Sync { from, bytes },
+            Direct::Proposal(proposal) => Input::Proposal { from, proposal },
+            Direct::Vote {
+                proposal,
+                signer,
+                sig,
+            } => Input::Vote {
+                proposal,
+                signer,
+                sig,
+            },
+            Direct::Challenge {
+                contract,
+                member,
+                sig,
+            } => Input::Challenge {
+                contract,
+                member,
+                sig,
+            },
+        }
+    }
+}
+
 /// A job key handed to this node (as provider or committee member), with where
 /// its requester serves the inputs.
 #[derive(Debug, Clone)]
@@ -226,15 +266,17 @@ pub enum Output {
         terms: Box<ContractTerms>,
         grant: Grant,
     },
-    /// Re-execute a delivered job's challenged part on the reference backend and
-    /// compare, then `Input::Checked`. `seed` fixes the challenge.
+    /// Re-execute a delivered job's challenged parts on the reference backend
+    /// and compare, then `Input::Checked`. Each of `seeds` (this member's and
+    /// those the other members revealed) fixes one sample; the result is
+    /// correct only if every sample checks.
     Check {
         contract: Hash32,
         terms: Box<ContractTerms>,
         receipt: Box<Receipt>,
         grant: Grant,
         provider_contact: Vec<String>,
-        seed: u64,
+        seeds: Vec<u64>,
     },
     /// Fetch and decrypt a delivered result for the requester, then
     /// `Input::Fetched`.
@@ -372,6 +414,11 @@ impl<S: Store> NodeCore<S> {
                 signer,
                 sig,
             } => self.on_vote(&mut cx, proposal, signer, sig),
+            Input::Challenge {
+                contract,
+                member,
+                sig,
+            } => self.on_challenge(&mut cx, contract, member, sig),
             Input::PeerUp(peer) => self.peer_up(&mut cx, peer),
             Input::PeerDown(peer) => {
                 self.peers.remove(&peer);
@@ -422,6 +469,7 @@ impl<S: Store> NodeCore<S> {
             self.oracle.as_ref().and_then(OracleEngine::poll_timeout),
             self.oracle.as_ref().and(self.ledger.poll_timeout()),
             self.orc.next_settlement(),
+            self.orc.next_challenge_wait(),
             self.prov.next_release(),
             self.retries.next(),
         ]
@@ -460,6 +508,7 @@ impl<S: Store> NodeCore<S> {
             }
         }
         if self.oracle.is_some() {
+            self.release_held(cx);
             self.checkpoint_tick(cx);
             self.write_settlements(cx);
         }
@@ -492,6 +541,7 @@ impl<S: Store> NodeCore<S> {
         self.grant_judges(cx, nudge);
         if nudge {
             self.nudge_receipts(cx);
+            self.nudge_challenges(cx);
         }
     }
 

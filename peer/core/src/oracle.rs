@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crdt_ledger::{Body, Store};
 use protocol::oracle::{OracleInput, OracleOutput, SettlementInstruction};
-use protocol::{ContractTerms, Hash32, Receipt, Timestamp};
+use protocol::{
+    AccountId, ContractTerms, DurationMs, Hash32, Identity, NetworkId, Receipt, Sig, Timestamp,
+};
 use rand::Rng;
 use tracing::{info, warn};
 
@@ -30,34 +32,67 @@ pub(crate) struct State {
     pub(crate) watched: BTreeMap<Hash32, Watched>,
     /// Open escrows already handed to the engine.
     taken: HashSet<Hash32>,
+    /// The challenges of the receipts we check, ours included: contract →
+    /// member → seed (each checked against our copy of the receipt).
+    challenges: HashMap<Hash32, BTreeMap<AccountId, u64>>,
+    /// Challenges that came before our check began, not checked yet.
+    early: HashMap<Hash32, BTreeMap<AccountId, Sig>>,
+    /// Checks that wait for the other members' challenges, until when.
+    held: HashMap<Hash32, Timestamp>,
 }
 
 impl State {
     pub(crate) fn next_settlement(&self) -> Option<Timestamp> {
         self.settle.iter().map(|(at, _)| *at).min()
     }
+    pub(crate) fn next_challenge_wait(&self) -> Option<Timestamp> {
+        self.held.values().min().copied()
+    }
 }
 
-/// The seed of the challenge a committee member re-executes for a receipt:
-/// the hash of the member's own ed25519 signature over the receipt (under a
-/// domain tag and the network id). The provider commits to everything (result,
-/// weight chain, units) in the receipt before any seed exists; ed25519
-/// signatures are deterministic, so a member cannot grind its seed, and
-/// nobody without the member's key can predict it. Each member draws its own
-/// sample, so a result with faked parts meets k independent samples.
-pub fn challenge_seed(
-    member: &protocol::Identity,
-    network: &protocol::NetworkId,
-    receipt: &Receipt,
-) -> u64 {
+/// How long a member waits for the other members' challenges of a receipt
+/// before it checks with those it has.
+pub const CHALLENGE_WAIT: DurationMs = DurationMs(10_000);
+
+/// What a member signs to challenge a receipt: the hash of its encoding.
+fn challenge_body(receipt: &Receipt) -> [u8; 32] {
     let body = protocol::codec::encode_unbounded("receipt", receipt).unwrap_or_default();
-    let mut msg = Vec::with_capacity(64 + body.len());
-    msg.extend_from_slice(b"cloudchain-challenge-v1");
-    msg.extend_from_slice(&network.0);
-    msg.extend_from_slice(blake3::hash(&body).as_bytes());
-    let sig = member.sign_raw(&msg);
-    let h = blake3::hash(&sig.to_bytes());
+    *blake3::hash(&body).as_bytes()
+}
+
+/// A committee member's challenge of a receipt: its ed25519 signature over
+/// the receipt (under the `challenge` domain and the network id). The
+/// provider commits to everything (result, weight chain, units) in the
+/// receipt before any challenge exists; ed25519 signatures are
+/// deterministic, so a member cannot grind its challenge, and nobody without
+/// the member's key can predict it.
+pub fn challenge(member: &Identity, network: &NetworkId, receipt: &Receipt) -> Sig {
+    protocol::signed::sign_bytes(member, "challenge", network, &challenge_body(receipt))
+}
+
+/// The seed a challenge fixes: which link of a training chain, which rows of
+/// an inference job are re-executed.
+pub fn seed_of(sig: &Sig) -> u64 {
+    let h = blake3::hash(&sig.0);
     u64::from_le_bytes(*h.as_bytes().first_chunk().unwrap_or(&[0; 8]))
+}
+
+/// The seed of `member`'s own challenge of `receipt`.
+pub fn challenge_seed(member: &Identity, network: &NetworkId, receipt: &Receipt) -> u64 {
+    seed_of(&challenge(member, network, receipt))
+}
+
+/// The seed of another member's challenge, if its signature holds for our
+/// copy of the receipt.
+pub fn verify_challenge(
+    network: &NetworkId,
+    member: &AccountId,
+    receipt: &Receipt,
+    sig: &Sig,
+) -> Option<u64> {
+    protocol::signed::verify_bytes("challenge", network, member, &challenge_body(receipt), sig)
+        .ok()
+        .map(|()| seed_of(sig))
 }
 
 impl<S: Store> NodeCore<S> {
@@ -106,6 +141,7 @@ impl<S: Store> NodeCore<S> {
                     terms,
                     receipt,
                 } => {
+                    self.challenge_receipt(cx, contract, &receipt);
                     self.orc.waiting_key.insert(contract, (terms, receipt));
                     self.try_check(cx, contract);
                 }
@@ -188,6 +224,136 @@ impl<S: Store> NodeCore<S> {
             let before = self.orc.watched.len();
             self.orc.watched.retain(|id, _| o.watch_epoch(id).is_some());
             self.state_dirty |= self.orc.watched.len() != before;
+            let watched = &self.orc.watched;
+            self.orc.early.retain(|id, _| watched.contains_key(id));
+        }
+    }
+
+    /// The members that judge a contract we watch.
+    fn committee_of(&self, contract: &Hash32) -> &[AccountId] {
+        self.orc
+            .watched
+            .get(contract)
+            .map(|w| w.committee.as_slice())
+            .unwrap_or_default()
+    }
+
+    /// Commit, then challenge: the receipt is here, so draw our challenge
+    /// from it, reveal it to the other members (each then checks our sample
+    /// as well as its own), and take the challenges that came before.
+    fn challenge_receipt<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        contract: Hash32,
+        receipt: &Receipt,
+    ) {
+        let sig = challenge(&self.identity, &self.network, receipt);
+        let mut seeds = BTreeMap::from([(self.account(), seed_of(&sig))]);
+        for (member, sig) in self.orc.early.remove(&contract).unwrap_or_default() {
+            if let Some(seed) = verify_challenge(&self.network, &member, receipt, &sig) {
+                seeds.insert(member, seed);
+            }
+        }
+        self.orc.challenges.insert(contract, seeds);
+        self.orc
+            .held
+            .insert(contract, Timestamp(cx.now.0 + CHALLENGE_WAIT.0));
+        self.reveal_challenge(cx, contract, sig);
+    }
+
+    fn reveal_challenge<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        contract: Hash32,
+        sig: Sig,
+    ) {
+        let member = self.account();
+        for to in self.committee_of(&contract).to_vec() {
+            if to != member {
+                cx.out.push(Output::Send {
+                    to,
+                    msg: crate::Direct::Challenge {
+                        contract,
+                        member,
+                        sig,
+                    },
+                });
+            }
+        }
+    }
+
+    /// A new finalized epoch: reveal our challenges of the checks still
+    /// waiting once more (a direct message can be lost).
+    pub(crate) fn nudge_challenges<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
+        let open: Vec<(Hash32, Receipt)> = self
+            .orc
+            .held
+            .keys()
+            .filter_map(|c| {
+                let (_, r) = self.orc.checking.get(c).or(self.orc.waiting_key.get(c))?;
+                Some((*c, (**r).clone()))
+            })
+            .collect();
+        for (c, r) in open {
+            let sig = challenge(&self.identity, &self.network, &r);
+            self.reveal_challenge(cx, c, sig);
+        }
+    }
+
+    /// Another member's challenge of a receipt we check (or will).
+    pub(crate) fn on_challenge<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        contract: Hash32,
+        member: AccountId,
+        sig: Sig,
+    ) {
+        if member == self.account() || !self.committee_of(&contract).contains(&member) {
+            return;
+        }
+        let receipt = self
+            .orc
+            .checking
+            .get(&contract)
+            .or(self.orc.waiting_key.get(&contract))
+            .map(|(_, r)| r.clone());
+        let Some(receipt) = receipt else {
+            // Our check has not begun: keep it (one per member of a watched
+            // contract, so bounded by what we watch).
+            self.orc
+                .early
+                .entry(contract)
+                .or_default()
+                .insert(member, sig);
+            return;
+        };
+        let Some(seed) = verify_challenge(&self.network, &member, &receipt, &sig) else {
+            warn!(contract = %contract.short(), member = %member.short(), "a challenge that does not match the receipt");
+            return;
+        };
+        let Some(seeds) = self.orc.challenges.get_mut(&contract) else {
+            return; // checked already: a late challenge changes nothing
+        };
+        seeds.insert(member, seed);
+        if self.orc.held.contains_key(&contract) && self.orc.checking.contains_key(&contract) {
+            self.recheck(cx, contract);
+        }
+    }
+
+    /// Checks whose wait for challenges is over go ahead with the challenges
+    /// in hand (those still waiting for their job key, once it comes).
+    pub(crate) fn release_held<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
+        let now = cx.now;
+        let due: Vec<Hash32> = self
+            .orc
+            .held
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(c, _)| *c)
+            .collect();
+        for c in due {
+            self.orc.held.remove(&c);
+            self.recheck(cx, c);
         }
     }
 
@@ -316,7 +482,9 @@ impl<S: Store> NodeCore<S> {
             .collect()
     }
 
-    /// Hand the driver a check (again), with the provider's latest address.
+    /// Hand the driver a check (again), with the provider's latest address and
+    /// every challenge in hand, once each member's challenge is in or the
+    /// wait for them is over.
     pub(crate) fn recheck<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, contract: Hash32) {
         let (Some(grant), Some((terms, receipt))) = (
             self.grants.get(&contract).cloned(),
@@ -324,15 +492,35 @@ impl<S: Store> NodeCore<S> {
         ) else {
             return;
         };
+        let seeds = self
+            .orc
+            .challenges
+            .get(&contract)
+            .cloned()
+            .unwrap_or_default();
+        if let Some(until) = self.orc.held.get(&contract) {
+            let all_in = self
+                .committee_of(&contract)
+                .iter()
+                .all(|m| seeds.contains_key(m));
+            if !all_in && cx.now < *until {
+                return;
+            }
+            self.orc.held.remove(&contract);
+        }
+        let seeds = if seeds.is_empty() {
+            vec![challenge_seed(&self.identity, &self.network, &receipt)]
+        } else {
+            seeds.into_values().collect()
+        };
         let provider_contact = self.contact_of(&receipt.provider);
-        let seed = challenge_seed(&self.identity, &self.network, &receipt);
         cx.out.push(Output::Check {
             contract,
             terms,
             receipt,
             grant,
             provider_contact,
-            seed,
+            seeds,
         });
     }
 
@@ -365,6 +553,8 @@ impl<S: Store> NodeCore<S> {
             }
         };
         self.orc.checking.remove(&contract);
+        self.orc.challenges.remove(&contract);
+        self.orc.held.remove(&contract);
         self.retries.done(Retry::Check(contract));
         self.oracle_handle(cx, OracleInput::CheckDone { contract, correct });
     }

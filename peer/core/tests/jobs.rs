@@ -253,4 +253,41 @@ fn each_member_draws_its_own_challenge_from_the_receipt() {
     assert_ne!(challenge_seed(&members[0], &net, &other), seeds[0]);
     let elsewhere = NetworkId::named("another");
     assert_ne!(challenge_seed(&members[0], &elsewhere, &receipt), seeds[0]);
+    // Another member checks a revealed challenge against its own copy of the
+    // receipt: it holds only for that member, that receipt and that network.
+    use node_core::oracle::{challenge, verify_challenge};
+    let sig = challenge(&members[0], &net, &receipt);
+    let (m0, m1) = (members[0].account(), members[1].account());
+    assert_eq!(verify_challenge(&net, &m0, &receipt, &sig), Some(seeds[0]));
+    assert_eq!(verify_challenge(&net, &m1, &receipt, &sig), None);
+    assert_eq!(verify_challenge(&net, &m0, &other, &sig), None);
+    assert_eq!(verify_challenge(&elsewhere, &m0, &receipt, &sig), None);
+}
+
+/// A provider fakes only the part of its work that one member's sample lands
+/// on. Alone, that member would be outvoted (the quorum is two of three); as
+/// each member reveals its challenge to the others and checks every sample it
+/// holds, all three find the result wrong.
+#[test]
+fn one_members_sample_on_a_faked_part_fails_the_result_for_the_whole_committee() {
+    let mut net = Net::new(&ROLES, TOKENS, 9);
+    let (member, network) = (net.ids[0].clone(), net.genesis.network());
+    net.faked = Some(Box::new(move |receipt, seeds| {
+        let seed = node_core::oracle::challenge_seed(&member, &network, receipt);
+        seeds.contains(&seed)
+    }));
+    warm_up(&mut net);
+    let spec = net.job_spec(REQ, 10, 1_000);
+    let job = net.submit(REQ, spec);
+    assert_eq!(
+        run_to_end(&mut net, job, 120),
+        JobState::Ended(JobEnd::WrongResult)
+    );
+    // Every member checked the three samples, not its own alone.
+    let members: Vec<usize> = net.checks.iter().map(|(m, _)| *m).collect();
+    assert_eq!(members.len(), 3, "{:?}", net.checks);
+    for (m, seeds) in &net.checks {
+        assert_eq!(seeds.len(), 3, "member {m} checked {seeds:?}");
+    }
+    assert!(net.sent(1, 0, "challenge") && net.sent(0, 2, "challenge"));
 }

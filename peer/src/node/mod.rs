@@ -399,7 +399,7 @@ impl Driver {
                     receipt,
                     grant,
                     provider_contact,
-                    seed,
+                    seeds,
                 } => {
                     let blobs = self.blobs.clone();
                     self.spawn(async move {
@@ -409,7 +409,7 @@ impl Driver {
                             *terms,
                             *receipt,
                             provider_contact,
-                            seed,
+                            seeds,
                         )
                         .await;
                         Input::Checked { contract, result }
@@ -548,28 +548,7 @@ impl Driver {
                     return debug!(%from, "a request from a peer with no ed25519 key");
                 };
                 let input = match Direct::from_bytes(&data, &self.core.network()) {
-                    Ok(Direct::Frame(f)) => Input::Message {
-                        from: Some(account),
-                        via: Via::Direct,
-                        msg: f.message,
-                    },
-                    Ok(Direct::LedgerSync(bytes)) => Input::Sync {
-                        from: account,
-                        bytes,
-                    },
-                    Ok(Direct::Proposal(proposal)) => Input::Proposal {
-                        from: account,
-                        proposal,
-                    },
-                    Ok(Direct::Vote {
-                        proposal,
-                        signer,
-                        sig,
-                    }) => Input::Vote {
-                        proposal,
-                        signer,
-                        sig,
-                    },
+                    Ok(d) => Input::direct(account, d),
                     Err(e) => return debug!(%from, %e, "bad direct message"),
                 };
                 self.input(input);

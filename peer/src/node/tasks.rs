@@ -297,16 +297,17 @@ pub(super) async fn run_job(
     })
 }
 
-/// A committee member's re-execution of the challenge `seed` names, on the
-/// reference backend: `Ok(why)` when the result checks; an error when it does
-/// not, or (to try again) when the inputs or the result could not be fetched.
+/// A committee member's re-execution of the samples `seeds` name (its own
+/// challenge and the other members'), on the reference backend: `Ok(why)`
+/// when the result checks; an error when it does not, or (to try again) when
+/// the inputs or the result could not be fetched.
 pub(super) async fn check_job(
     blobs: BlobNode,
     grant: Grant,
     terms: ContractTerms,
     receipt: Receipt,
     provider_contact: Vec<String>,
-    seed: u64,
+    seeds: Vec<u64>,
 ) -> Result<String, WorkError> {
     let (data, model) = fetch_inputs(&blobs, &grant, &terms).await?;
     let result = fetch_result(&blobs, &provider_contact, &receipt, grant.key.clone()).await?;
@@ -320,7 +321,7 @@ pub(super) async fn check_job(
             model.as_deref(),
             &result,
             &receipt,
-            seed,
+            &seeds,
         )
     })
     .await

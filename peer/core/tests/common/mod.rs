@@ -53,6 +53,8 @@ pub fn state(net: &Net, job: &Hash32) -> node_core::JobState {
 
 /// Decides whether a message from `from` reaches `to` (true: it does).
 pub type Filter = Box<dyn Fn(usize, usize, &Message) -> bool>;
+/// Whether the samples `seeds` name land on a faked part of a receipt's work.
+pub type Faked = Box<dyn Fn(&protocol::Receipt, &[u64]) -> bool>;
 
 pub struct Net {
     pub now: Timestamp,
@@ -85,6 +87,11 @@ pub struct Net {
     pub run_time: DurationMs,
     /// Every run started: (peer, contract).
     pub runs: Vec<(usize, Hash32)>,
+    /// A result faked in part: whether the samples `seeds` name land on a
+    /// faked part of the receipt's work (the check then fails).
+    pub faked: Option<Faked>,
+    /// Every check handed to a driver: (member, seeds).
+    pub checks: Vec<(usize, Vec<u64>)>,
 }
 
 pub fn genesis(ids: &[Identity], roles: &[Role], requester_micro: u64) -> GenesisEntry {
@@ -180,6 +187,8 @@ impl Net {
             next_tick: T0,
             gossip_as_direct: false,
             filter: None,
+            faked: None,
+            checks: Vec::new(),
             log: Vec::new(),
             genesis: g,
             down: vec![false; roles.len()],
@@ -357,29 +366,12 @@ impl Net {
                     let from = self.ids[i].account();
                     match Direct::from_bytes(&bytes, &network).unwrap() {
                         Direct::Frame(f) => self.deliver(i, j, Via::Direct, f.message),
-                        Direct::LedgerSync(bytes) => {
+                        d => {
+                            if matches!(d, Direct::Challenge { .. }) {
+                                self.log.push((i, j, Via::Direct, "challenge"));
+                            }
                             let t = self.now.plus(HOP);
-                            self.at(t, j, Input::Sync { from, bytes });
-                        }
-                        Direct::Proposal(proposal) => {
-                            let t = self.now.plus(HOP);
-                            self.at(t, j, Input::Proposal { from, proposal });
-                        }
-                        Direct::Vote {
-                            proposal,
-                            signer,
-                            sig,
-                        } => {
-                            let t = self.now.plus(HOP);
-                            self.at(
-                                t,
-                                j,
-                                Input::Vote {
-                                    proposal,
-                                    signer,
-                                    sig,
-                                },
-                            );
+                            self.at(t, j, Input::direct(from, d));
                         }
                     }
                 }
@@ -413,9 +405,14 @@ impl Net {
                     );
                 }
                 Output::Check {
-                    contract, receipt, ..
+                    contract,
+                    receipt,
+                    seeds,
+                    ..
                 } => {
-                    let ok = receipt.result.hash == result_hash(&contract, false);
+                    self.checks.push((i, seeds.clone()));
+                    let faked = self.faked.as_ref().is_some_and(|f| f(&receipt, &seeds));
+                    let ok = receipt.result.hash == result_hash(&contract, false) && !faked;
                     let t = self.now.plus(DurationMs(50));
                     let result = if ok {
                         Ok("the stand-in result matches".to_string())
