@@ -47,6 +47,7 @@ fn fixture(n: usize) -> Fixture {
             .take(10)
             .map(|i| (i.account(), Amount::tokens(1_000)))
             .collect(),
+        bonds: vec![],
     };
     let genesis = GenesisEntry::create(&ids[0], genesis).unwrap();
     let mut source = Ledger::new(genesis.clone(), &[1; 16]).unwrap();

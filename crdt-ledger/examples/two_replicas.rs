@@ -25,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .iter()
                 .map(|i| (i.account(), Amount::tokens(1_000)))
                 .collect(),
+            bonds: vec![],
         },
     )?;
     println!("network {}", genesis.network());

@@ -51,6 +51,13 @@ pub struct Params {
     /// The most that will ever be minted by rewards (the supply cap is
     /// `genesis supply + reward_cap`).
     pub reward_cap: Amount,
+    /// The bond a contract reserves of its provider's, as a share of its
+    /// escrow: what a proven wrong result costs the provider on top of its pay.
+    /// Requesters match only providers whose free bond covers it.
+    pub provider_bond: Bps,
+    /// The share of a slashed bond paid to the wronged requester; the rest is
+    /// burned.
+    pub bond_to_requester: Bps,
 }
 
 impl Default for Params {
@@ -66,11 +73,29 @@ impl Default for Params {
             reward_base: Amount::tokens(1_000),
             reward_halving_epochs: 4_320,
             reward_cap: Amount::tokens(10_000_000),
+            provider_bond: Bps(10_000),
+            bond_to_requester: Bps(5_000),
         }
     }
 }
 
 impl Params {
+    /// The bond a contract with escrow `escrow` reserves of its provider's.
+    pub fn contract_bond(&self, escrow: Amount) -> Amount {
+        self.provider_bond.of(escrow)
+    }
+
+    /// What a settled contract's outcome slashes of the bond it reserved: all
+    /// of it for a delivered result the committee found wrong (a proof of
+    /// cheating), nothing otherwise (a crash proves nothing).
+    pub fn slashed(&self, bond: Amount, outcome: &protocol::settlement::Outcome) -> Amount {
+        if outcome.delivered && !outcome.result_ok {
+            bond
+        } else {
+            Amount::ZERO
+        }
+    }
+
     /// The scheduled mint of `epoch` before the cap: `reward_base >> (epoch / halving)`.
     pub fn scheduled_reward(&self, epoch: u64) -> Amount {
         let halvings = epoch.saturating_sub(1) / self.reward_halving_epochs.max(1);
@@ -92,6 +117,8 @@ pub struct Genesis {
     pub balances: Vec<(AccountId, Amount)>,
     /// Initial stakes, sorted by account, unique: the draw for epoch 1.
     pub stakes: Vec<(AccountId, Amount)>,
+    /// Initial provider bonds, sorted by account, unique.
+    pub bonds: Vec<(AccountId, Amount)>,
 }
 
 impl Wire for Genesis {
@@ -112,6 +139,7 @@ impl GenesisEntry {
     pub fn create(identity: &Identity, mut genesis: Genesis) -> Result<Self, crate::LedgerError> {
         genesis.balances.sort_by_key(|(a, _)| *a);
         genesis.stakes.sort_by_key(|(a, _)| *a);
+        genesis.bonds.sort_by_key(|(a, _)| *a);
         let signed = Signed::sign(identity, &PRE_NETWORK, &genesis)
             .map_err(|e| crate::LedgerError::Genesis(e.to_string()))?;
         Self::from_signed(signed)
@@ -123,9 +151,9 @@ impl GenesisEntry {
             .verify(&PRE_NETWORK)
             .map_err(|e| crate::LedgerError::Genesis(e.to_string()))?;
         let unique = |v: &[(AccountId, Amount)]| v.windows(2).all(|w| w[0].0 < w[1].0);
-        if !unique(&genesis.balances) || !unique(&genesis.stakes) {
+        if !unique(&genesis.balances) || !unique(&genesis.stakes) || !unique(&genesis.bonds) {
             return Err(crate::LedgerError::Genesis(
-                "balances and stakes must be sorted by account and unique".into(),
+                "balances, stakes and bonds must be sorted by account and unique".into(),
             ));
         }
         if genesis.params.committee_size == 0 || genesis.params.epoch_length.0 == 0 {
@@ -156,6 +184,7 @@ impl GenesisEntry {
             .balances
             .iter()
             .chain(&self.genesis.stakes)
+            .chain(&self.genesis.bonds)
             .try_fold(Amount::ZERO, |t, (_, a)| t.checked_add(*a))
     }
 }
@@ -265,6 +294,12 @@ pub enum Body {
     Checkpoint(Box<MultiSigned<CheckpointBody>>),
     /// Slash an offender; carries the proof.
     Slash(Box<SlashProof>),
+    /// Bond liquid tokens as a provider (what contracts reserve and a proven
+    /// wrong result slashes).
+    Bond { amount: Amount },
+    /// Start unbonding free bond; it returns to the balance `unbonding_epochs`
+    /// later (slashable until then).
+    Unbond { amount: Amount },
 }
 
 impl Body {
@@ -278,6 +313,8 @@ impl Body {
             Body::SlaRecord(_) => "sla-record",
             Body::Checkpoint(_) => "checkpoint",
             Body::Slash(_) => "slash",
+            Body::Bond { .. } => "bond",
+            Body::Unbond { .. } => "unbond",
         }
     }
 }

@@ -24,6 +24,8 @@ pub enum InvalidReason {
     Overspend { amount: Amount, spendable: Amount },
     #[error("unstake of {amount} exceeds bonded stake {bonded}")]
     InsufficientStake { amount: Amount, bonded: Amount },
+    #[error("unbond of {amount} exceeds the free bond {free}")]
+    InsufficientBond { amount: Amount, free: Amount },
     #[error("bad contract: {0}")]
     BadContract(String),
     #[error("escrow for contract {0:?} is already locked")]

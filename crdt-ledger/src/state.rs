@@ -41,6 +41,9 @@ pub struct Escrow {
     pub epoch: u64,
     /// The hash of the lock entry (which holds the contract both signed).
     pub lock: Hash32,
+    /// The provider's bond this contract reserves (`provider_bond` of the
+    /// escrow): slashed if the committee proves the result wrong.
+    pub bond: Amount,
 }
 
 /// One SLA event in a provider's history.
@@ -128,6 +131,10 @@ pub struct State {
     pub epoch_units: BTreeMap<AccountId, u64>,
     pub supply: Supply,
     pub slashed: BTreeSet<(AccountId, Offence)>,
+    /// Provider bonds.
+    pub bonds: BTreeMap<AccountId, Amount>,
+    /// The part of each provider's bond its open escrows reserve.
+    pub bond_reserved: BTreeMap<AccountId, Amount>,
 }
 
 /// What the fold needs besides the state.
@@ -173,6 +180,7 @@ impl State {
         }
         let balances: BTreeMap<_, _> = gd.balances.iter().copied().collect();
         let stakes: BTreeMap<_, _> = gd.stakes.iter().copied().collect();
+        let bonds: BTreeMap<_, _> = gd.bonds.iter().copied().collect();
         let start = Hash32(network.0);
         let k = usize::from(gd.params.committee_size);
         let first = draw_committee(
@@ -205,11 +213,19 @@ impl State {
                 ..Supply::default()
             },
             slashed: BTreeSet::new(),
+            bonds,
+            bond_reserved: BTreeMap::new(),
         })
     }
 
     pub fn balance(&self, a: &AccountId) -> Amount {
         self.balances.get(a).copied().unwrap_or_default()
+    }
+    /// A provider's bond not reserved by its open escrows: what a new
+    /// contract may reserve.
+    pub fn free_bond(&self, a: &AccountId) -> Amount {
+        let bond = self.bonds.get(a).copied().unwrap_or_default();
+        bond.saturating_sub(self.bond_reserved.get(a).copied().unwrap_or_default())
     }
     pub fn stake(&self, a: &AccountId) -> Amount {
         self.stakes.get(a).copied().unwrap_or_default()
@@ -237,10 +253,16 @@ impl State {
             .map_or_else(|_| Hash32(*blake3::hash(&[]).as_bytes()), Hash32)
     }
 
-    /// Every token accounted for: liquid, staked, unbonding and in open escrows.
+    /// Every token accounted for: liquid, staked, bonded, unbonding and in open
+    /// escrows.
     pub fn total_supply(&self) -> Option<Amount> {
         let mut t = Amount::ZERO;
-        for a in self.balances.values().chain(self.stakes.values()) {
+        for a in self
+            .balances
+            .values()
+            .chain(self.stakes.values())
+            .chain(self.bonds.values())
+        {
             t = t.checked_add(*a)?;
         }
         for v in self.unbonding.values() {
@@ -395,6 +417,13 @@ impl State {
                 }
                 let amount = terms.escrow().ok_or(InvalidReason::Overflow)?;
                 self.debit(base, debits, author, amount)?;
+                // The lock reserves the provider's bond whatever is free: the
+                // rule must commute with other requesters' locks. Requesters
+                // match only providers whose free bond covers a contract, and a
+                // slash takes at most what is there.
+                let bond = ctx.params.contract_bond(amount);
+                let r = self.bond_reserved.entry(terms.provider).or_default();
+                *r = r.saturating_add_amount(bond);
                 self.escrows.insert(
                     id,
                     Escrow {
@@ -404,6 +433,7 @@ impl State {
                         terms,
                         epoch: self.epoch + 1,
                         lock: e.hash,
+                        bond,
                     },
                 );
                 Ok(())
@@ -455,11 +485,19 @@ impl State {
                 if computed.total() != Some(escrow.amount) {
                     return Err(InvalidReason::PayoutMismatch);
                 }
-                let (requester, provider, max_units) = (
+                let (requester, provider, max_units, bond) = (
                     escrow.requester,
                     escrow.provider,
                     escrow.terms.max_units.milli,
+                    escrow.bond,
                 );
+                self.release_bond(provider, bond);
+                // A proven wrong result: the reserved bond is slashed, part to
+                // the wronged requester, the rest burned.
+                let slashed = ctx.params.slashed(bond, &outcome);
+                if slashed > Amount::ZERO {
+                    self.slash_bond(provider, requester, slashed, ctx.params.bond_to_requester)?;
+                }
                 self.credit(provider, computed.provider)?;
                 self.credit(requester, computed.refund)?;
                 for (o, fee) in &computed.fees {
@@ -512,6 +550,38 @@ impl State {
             // Finality is decided outside the fold (see `Ledger`); in a batch a
             // checkpoint entry changes nothing.
             Body::Checkpoint(_) => Ok(()),
+            Body::Bond { amount } => {
+                self.debit(base, debits, author, *amount)?;
+                let b = self.bonds.entry(author).or_default();
+                *b = b.checked_add(*amount).ok_or(InvalidReason::Overflow)?;
+                Ok(())
+            }
+            Body::Unbond { amount } => {
+                if *amount == Amount::ZERO {
+                    return Err(InvalidReason::ZeroAmount);
+                }
+                let free = self.free_bond(&author);
+                if *amount > free {
+                    return Err(InvalidReason::InsufficientBond {
+                        amount: *amount,
+                        free,
+                    });
+                }
+                let b = self.bonds.entry(author).or_default();
+                *b = b.saturating_sub(*amount);
+                if *b == Amount::ZERO {
+                    self.bonds.remove(&author);
+                }
+                let release = self
+                    .epoch
+                    .saturating_add(1)
+                    .saturating_add(ctx.params.unbonding_epochs);
+                self.unbonding
+                    .entry(author)
+                    .or_default()
+                    .push((release, *amount));
+                Ok(())
+            }
             Body::Slash(proof) => {
                 let (offender, offence) =
                     proof.check(ctx.network).map_err(InvalidReason::BadProof)?;
@@ -522,6 +592,41 @@ impl State {
                 Ok(())
             }
         }
+    }
+
+    fn release_bond(&mut self, provider: AccountId, bond: Amount) {
+        if let Some(r) = self.bond_reserved.get_mut(&provider) {
+            *r = r.saturating_sub(bond);
+            if *r == Amount::ZERO {
+                self.bond_reserved.remove(&provider);
+            }
+        }
+    }
+
+    /// Take up to `amount` of `provider`'s bond: `to_requester` of it to the
+    /// requester, the rest burned.
+    fn slash_bond(
+        &mut self,
+        provider: AccountId,
+        requester: AccountId,
+        amount: Amount,
+        to_requester: protocol::Bps,
+    ) -> Result<(), InvalidReason> {
+        let Some(b) = self.bonds.get_mut(&provider) else {
+            return Ok(());
+        };
+        let taken = amount.min(*b);
+        *b = b.saturating_sub(taken);
+        if *b == Amount::ZERO {
+            self.bonds.remove(&provider);
+        }
+        let paid = to_requester.of(taken);
+        self.credit(requester, paid)?;
+        self.supply.burned = self
+            .supply
+            .burned
+            .saturating_add_amount(taken.saturating_sub(paid));
+        Ok(())
     }
 
     /// Burn a share of an account's bonded and unbonding stake.
@@ -550,41 +655,31 @@ impl State {
     }
 
     /// The reward mint of `epoch`: the scheduled amount (capped by what the cap
-    /// leaves) split over providers in proportion to their verified units; the
-    /// remainder of the integer split goes to the provider with the most units.
+    /// leaves), split over providers in proportion to their verified units,
+    /// each share capped by the provider's share of all provider bonds. A
+    /// second key, or a self-dealing pair, earns no more per token of bond
+    /// than an honest provider with the same bond, and an account with no
+    /// bond earns no mint. What the caps hold back is not minted (it stays
+    /// under `reward_cap`); nor is the dust of the integer split.
     pub fn reward_mint(&self, epoch: u64, params: &Params) -> Vec<(AccountId, Amount)> {
         let left = params.reward_cap.saturating_sub(self.supply.minted);
-        let pool = params.scheduled_reward(epoch).min(left);
+        let pool = u128::from(params.scheduled_reward(epoch).min(left).0);
         let total: u128 = self.epoch_units.values().map(|u| u128::from(*u)).sum();
-        if pool == Amount::ZERO || total == 0 {
+        let bonded: u128 = self.bonds.values().map(|b| u128::from(b.0)).sum();
+        if pool == 0 || total == 0 || bonded == 0 {
             return Vec::new();
         }
-        let mut out: Vec<(AccountId, Amount)> = self
-            .epoch_units
+        self.epoch_units
             .iter()
             .filter(|(_, u)| **u > 0)
             .map(|(a, u)| {
-                let share = u128::from(pool.0) * u128::from(*u) / total;
-                (*a, Amount(share as u64))
+                let by_units = pool * u128::from(*u) / total;
+                let bond = u128::from(self.bonds.get(a).map_or(0, |b| b.0));
+                let cap = pool * bond / bonded;
+                (*a, Amount(by_units.min(cap) as u64))
             })
-            .collect();
-        let paid: u64 = out.iter().map(|(_, x)| x.0).sum();
-        let rest = pool.0 - paid;
-        if rest > 0 {
-            // The largest contributor (lowest account on ties) takes the dust.
-            let best = self
-                .epoch_units
-                .iter()
-                .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
-                .map(|(a, _)| *a);
-            if let Some(best) = best
-                && let Some(slot) = out.iter_mut().find(|(a, _)| *a == best)
-            {
-                slot.1 = Amount(slot.1.0 + rest);
-            }
-        }
-        out.retain(|(_, x)| *x > Amount::ZERO);
-        out
+            .filter(|(_, x)| *x > Amount::ZERO)
+            .collect()
     }
 
     /// Close `epoch` after its batch: mint the reward, release matured unbonding,

@@ -257,6 +257,15 @@ fn escrow_settlement_needs_a_quorum_and_exact_payout() {
         InvalidReason::BadContract(_)
     ));
 
+    // The provider bonds 100 tokens: the mint goes only to bonded providers.
+    l.append(
+        &net.ids[prov],
+        Body::Bond {
+            amount: Amount::tokens(100),
+        },
+        T0,
+    )
+    .unwrap();
     let committee = l.committee_for_checkpoint(1).unwrap();
     let params = l.params().clone();
     // one verdict of four: no quorum
@@ -297,7 +306,7 @@ fn escrow_settlement_needs_a_quorum_and_exact_payout() {
     assert!(l.state().escrows.is_empty());
     let st = l.state();
     // 8 CU at 1 token: 8 tokens to the provider, 1% fee of 10 to the oracles, the rest back.
-    assert_eq!(st.balance(&net.acct(prov)), Amount::tokens(1008));
+    assert_eq!(st.balance(&net.acct(prov)), Amount::tokens(908));
     assert_eq!(
         st.balance(&net.acct(req)),
         Amount(Amount::tokens(1000).0 - Amount::tokens(8).0 - 100_000)
@@ -306,11 +315,12 @@ fn escrow_settlement_needs_a_quorum_and_exact_payout() {
     assert_eq!((rep.jobs, rep.jobs_ok, rep.units_milli), (1, 1, 8_000));
     assert_eq!(st.sla[&net.acct(prov)].len(), 1);
     conserved(&mut l);
-    // The checkpoint mints the epoch reward to the provider (the only one with units).
+    // The checkpoint mints the epoch reward to the provider (the only one with
+    // units and the only bond).
     finalize(&net, &mut l, 1, 0);
     let st = l.finalized_state().clone();
     assert_eq!(st.supply.minted, Amount::tokens(100));
-    assert_eq!(st.balance(&net.acct(prov)), Amount::tokens(1108));
+    assert_eq!(st.balance(&net.acct(prov)), Amount::tokens(1008));
     conserved(&mut l);
 }
 
@@ -319,6 +329,10 @@ fn rewards_halve_and_stop_at_the_cap() {
     let net = Net::new(8, 4, 4);
     let mut l = net.ledger(1);
     let params = l.params().clone();
+    let bond = Body::Bond {
+        amount: Amount::tokens(10),
+    };
+    l.append(&net.ids[5], bond, T0).unwrap();
     let mut minted = Vec::new();
     for epoch in 1..=6u64 {
         let c = net.contract(4, 5, epoch);
@@ -791,4 +805,134 @@ fn only_the_committee_of_the_lock_epoch_settles_an_escrow() {
     a.append(&net.ids[7], body, T0).unwrap();
     assert!(a.state().settled.contains_key(&id));
     conserved(&mut a);
+}
+
+fn bond(l: &mut crdt_ledger::Ledger, net: &Net, who: usize, tokens: u64) {
+    let body = Body::Bond {
+        amount: Amount::tokens(tokens),
+    };
+    l.append(&net.ids[who], body, T0).unwrap();
+}
+
+/// A contract reserves its escrow's share of the provider's bond (100 % in
+/// the defaults); a certified wrong result slashes it, half to the requester
+/// and half burned. An undelivered job (a crash is no proof of cheating) and
+/// a correct one only release it.
+#[test]
+fn a_proven_wrong_result_slashes_the_reserved_bond() {
+    let net = Net::new(8, 4, 4);
+    let mut l = net.ledger(1);
+    let (req, prov) = (6, 7);
+    bond(&mut l, &net, prov, 100);
+    let params = l.params().clone();
+    let committee = l.committee_for_checkpoint(1).unwrap();
+    let outcomes = [
+        (false, true), // not delivered
+        (true, true),  // correct
+        (true, false), // wrong
+    ];
+    for (nonce, (delivered, result_ok)) in outcomes.into_iter().enumerate() {
+        let contract = net.contract(req, prov, 100 + nonce as u64);
+        let lock = Body::EscrowLock {
+            contract: contract.clone(),
+        };
+        l.append(&net.ids[req], lock, T0).unwrap();
+        // 10 tokens of escrow reserve 10 of the 100 bonded.
+        assert_eq!(l.state().free_bond(&net.acct(prov)), Amount::tokens(90));
+        let before = l.state().clone();
+        let outcome = protocol::settlement::Outcome {
+            delivered,
+            result_ok,
+            ..good_outcome(8_000)
+        };
+        let s = net.settlement(&contract, 1, &committee[..3], outcome, &params);
+        l.append(&net.ids[prov], s, T0).unwrap();
+        let st = l.state();
+        let bond_now = st.bonds.get(&net.acct(prov)).copied().unwrap_or_default();
+        let slashed = Amount::tokens(100).0 - bond_now.0;
+        let burned = st.supply.burned.0 - before.supply.burned.0;
+        if delivered && !result_ok {
+            assert_eq!(
+                bond_now,
+                Amount::tokens(90),
+                "the contract's bond is slashed"
+            );
+            assert_eq!(burned, Amount::tokens(5).0, "half of it burned");
+            let refund = before.balance(&net.acct(req)).0 + Amount::tokens(5).0;
+            assert!(
+                st.balance(&net.acct(req)).0 > refund,
+                "the requester got half"
+            );
+        } else {
+            assert_eq!((slashed, burned), (0, 0), "{delivered} {result_ok}");
+        }
+        assert_eq!(st.free_bond(&net.acct(prov)), bond_now, "released");
+        conserved(&mut l);
+    }
+}
+
+#[test]
+fn a_provider_cannot_unbond_what_its_open_contracts_reserve() {
+    let net = Net::new(8, 4, 4);
+    let mut l = net.ledger(1);
+    let (req, prov) = (6, 7);
+    bond(&mut l, &net, prov, 100);
+    let contract = net.contract(req, prov, 1);
+    l.append(&net.ids[req], Body::EscrowLock { contract }, T0)
+        .unwrap();
+    let unbond = |tokens| Body::Unbond {
+        amount: Amount::tokens(tokens),
+    };
+    assert!(matches!(
+        refused(&mut l, &net.ids[prov], unbond(95)),
+        InvalidReason::InsufficientBond { .. }
+    ));
+    l.append(&net.ids[prov], unbond(90), T0).unwrap();
+    let st = l.state();
+    assert_eq!(st.free_bond(&net.acct(prov)), Amount::ZERO);
+    assert_eq!(st.unbonding[&net.acct(prov)][0].1, Amount::tokens(90));
+    conserved(&mut l);
+}
+
+/// The epoch's mint goes by verified units, each provider's share capped by
+/// its share of all bonds: a second key with no bond earns nothing, and a
+/// provider earns at most what its bond's share allows, whatever units a
+/// self-dealing pair claims.
+#[test]
+fn the_mint_is_capped_by_each_providers_share_of_the_bonds() {
+    let net = Net::new(8, 4, 4);
+    let mut l = net.ledger(1);
+    let (small, large, unbonded) = (5, 6, 7);
+    bond(&mut l, &net, small, 10);
+    bond(&mut l, &net, large, 30);
+    let params = l.params().clone();
+    let committee = l.committee_for_checkpoint(1).unwrap();
+    // Each provider does the same verified work for requester 4.
+    for (nonce, prov) in [small, large, unbonded].into_iter().enumerate() {
+        let contract = net.contract(4, prov, 200 + nonce as u64);
+        let lock = Body::EscrowLock {
+            contract: contract.clone(),
+        };
+        l.append(&net.ids[4], lock, T0).unwrap();
+        let s = net.settlement(&contract, 1, &committee[..3], good_outcome(8_000), &params);
+        l.append(&net.ids[prov], s, T0).unwrap();
+    }
+    let mint = l.state().reward_mint(1, &params);
+    let of = |who: usize| {
+        mint.iter()
+            .find(|(a, _)| *a == net.acct(who))
+            .map_or(0, |(_, x)| x.0)
+    };
+    let pool = params.scheduled_reward(1).0;
+    // By units each would get a third; the small bond caps at a quarter.
+    assert_eq!(of(small), pool / 4);
+    assert_eq!(of(large), pool / 3);
+    assert_eq!(of(unbonded), 0, "no bond, no mint");
+    finalize(&net, &mut l, 1, 0);
+    assert_eq!(
+        l.finalized_state().supply.minted.0,
+        pool / 4 + pool / 3,
+        "what the caps hold back is not minted"
+    );
+    conserved(&mut l);
 }

@@ -20,6 +20,7 @@ fn genesis() -> &'static GenesisEntry {
                 params: Params::default(),
                 balances: ids.iter().map(|i| (i.account(), Amount::tokens(10))).collect(),
                 stakes: vec![(ids[0].account(), Amount::tokens(100))],
+                bonds: vec![],
             },
         )
         .expect("genesis")

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use crdt_ledger::{Genesis, GenesisEntry, Ledger, Params};
 use libfuzzer_sys::fuzz_target;
 use node_core::{CoreConfig, NodeCore, Timing};
-use protocol::{Identity, Timestamp};
+use protocol::{Amount, Identity, Timestamp};
 use rand_chacha::rand_core::SeedableRng;
 
 fn genesis() -> &'static GenesisEntry {
@@ -21,6 +21,7 @@ fn genesis() -> &'static GenesisEntry {
                 params: Params::default(),
                 balances: vec![(Identity::from_seed(2).account(), protocol::Amount::tokens(10))],
                 stakes: vec![],
+                bonds: vec![],
             },
         )
         .expect("a valid genesis")
@@ -38,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
         CoreConfig {
             provider: None,
             oracle: true,
+            bond: Amount::ZERO,
             contact: Vec::new(),
             timing: Timing::default(),
             book: Default::default(),

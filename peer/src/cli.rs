@@ -753,6 +753,7 @@ fn remote(cli: &Cli) -> anyhow::Result<()> {
                     println!("balance    {} tokens", tokens(b.balance));
                     println!("spendable  {} tokens", tokens(b.spendable));
                     println!("stake      {} tokens", tokens(b.stake));
+                    println!("bond       {} tokens", tokens(b.bond));
                     println!("finalized  epoch {}", b.finalized_epoch);
                 })
             }
@@ -807,6 +808,12 @@ fn print_job(j: &crate::control::JobView) {
     }
     if let (Some(p), Some(r)) = (j.paid, j.refund) {
         println!("paid       {} tokens, refunded {}", tokens(p), tokens(r));
+    }
+    if let Some(s) = j.slashed.filter(|s| *s > 0) {
+        println!(
+            "slashed    {} tokens of the provider's bond (half to us, half burned)",
+            tokens(s)
+        );
     }
     if let Some(r) = &j.result {
         println!("result     {}", r.display());

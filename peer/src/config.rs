@@ -63,6 +63,15 @@ pub struct ProviderConfig {
     pub region: String,
     /// Backend: "auto" (a real GPU if present, else CPU), "wgpu" or "cpu".
     pub backend: String,
+    /// Whole tokens to keep bonded from the balance: requesters match only a
+    /// provider whose free bond covers a contract's escrow, and a proven
+    /// wrong result slashes it. (Absent in config files written before it.)
+    #[serde(default = "default_bond")]
+    pub bond: u64,
+}
+
+fn default_bond() -> u64 {
+    50
 }
 
 impl Default for Config {
@@ -85,6 +94,7 @@ impl Default for Config {
                 slots: 2,
                 region: "local".into(),
                 backend: "auto".into(),
+                bond: default_bond(),
             },
         }
     }
@@ -121,6 +131,10 @@ slots = 2
 region = "local"
 # Compute backend: "auto" (a real GPU if one is found, else the CPU), "wgpu" or "cpu".
 backend = "auto"
+# Tokens kept bonded from the balance. Requesters match only a provider whose
+# free bond covers a contract's escrow; a result the committee proves wrong
+# slashes the contract's share (half to the requester, half burned).
+bond = 50
 "#;
 
 impl Config {

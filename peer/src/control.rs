@@ -170,6 +170,9 @@ pub struct JobView {
     pub escrow: Option<u64>,
     pub paid: Option<u64>,
     pub refund: Option<u64>,
+    /// The provider's bond slashed for this job (a result the committee
+    /// proved wrong); half of it came back to us.
+    pub slashed: Option<u64>,
     pub verdict: Option<String>,
     pub result: Option<PathBuf>,
     pub metrics: Option<compute::Metrics>,
@@ -184,6 +187,8 @@ pub struct BalanceView {
     /// What the account may spend now (finalized, minus its own pending debits).
     pub spendable: u64,
     pub stake: u64,
+    /// Bonded as a provider (slashed by a proven wrong result).
+    pub bond: u64,
     pub finalized_epoch: u64,
 }
 

@@ -30,11 +30,15 @@ pub struct DemoOptions {
     pub verbose: bool,
 }
 
+/// A node's holdings: role, account, then balance, stake and provider bond
+/// in micro-tokens.
+pub type Holding = (String, String, u64, u64, u64);
+
 /// The outcome, for `--json` and for tests.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DemoReport {
     pub jobs: Vec<JobView>,
-    pub balances: Vec<(String, String, u64, u64)>,
+    pub balances: Vec<Holding>,
     pub finalized_epoch: u64,
     pub phases: Vec<(String, f64)>,
     pub wall_s: f64,
@@ -284,7 +288,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
         ledger.finalized_epoch
     ));
     say("\nbalances  (tokens; before → after)".into());
-    for ((role, acc, b0, _), (_, _, b1, _)) in before.iter().zip(&after) {
+    for ((role, acc, b0, ..), (_, _, b1, ..)) in before.iter().zip(&after) {
         say(format!(
             "          {role:<11} {}  {:>14} → {:>14}  ({}{})",
             &acc[..12],
@@ -360,15 +364,12 @@ pub async fn run_job(
     Ok(done)
 }
 
-async fn balances(
-    ctl: &[ControlClient],
-    req: &ControlClient,
-) -> anyhow::Result<Vec<(String, String, u64, u64)>> {
+async fn balances(ctl: &[ControlClient], req: &ControlClient) -> anyhow::Result<Vec<Holding>> {
     let mut out = Vec::new();
     for (role, c) in ROLES.iter().zip(ctl) {
         let acc = c.status().await?.account;
         let b = req.balance(Some(&acc)).await?;
-        out.push((role.to_string(), acc, b.balance, b.stake));
+        out.push((role.to_string(), acc, b.balance, b.stake, b.bond));
     }
     Ok(out)
 }

@@ -95,6 +95,8 @@ pub fn build(
             params,
             balances,
             stakes,
+            // Providers bond from their balance when they start.
+            bonds: vec![],
         },
     )?)
 }

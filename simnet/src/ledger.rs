@@ -151,8 +151,10 @@ pub struct LedgerTotals {
 }
 
 impl SimLedger {
-    /// A network whose genesis gives `balances` and `stakes`, signed by `founder`;
-    /// `writers` are the keys of the accounts that will write entries.
+    /// A network whose genesis gives `balances`, `stakes` and provider
+    /// `bonds`, signed by `founder`; `writers` are the keys of the accounts
+    /// that will write entries.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         founder: &Identity,
         name: &str,
@@ -160,6 +162,7 @@ impl SimLedger {
         genesis_time: Timestamp,
         balances: Vec<(AccountId, Amount)>,
         stakes: Vec<(AccountId, Amount)>,
+        bonds: Vec<(AccountId, Amount)>,
         writers: Vec<Identity>,
     ) -> Result<SimLedger, LedgerError> {
         let genesis = GenesisEntry::create(
@@ -170,6 +173,7 @@ impl SimLedger {
                 params,
                 balances,
                 stakes,
+                bonds,
             },
         )?;
         let network = genesis.network();
@@ -485,6 +489,7 @@ mod tests {
                 .iter()
                 .map(|o| (o.account(), Amount::tokens(100)))
                 .collect(),
+            vec![(provider.account(), Amount::tokens(100))],
             std::iter::once(Identity::from_seed(1))
                 .chain((10..13).map(Identity::from_seed))
                 .collect(),
@@ -620,7 +625,7 @@ mod tests {
         assert_eq!(totals.open_escrows, 0);
         assert!(
             totals.minted > 0,
-            "the provider's verified units earn the reward"
+            "the bonded provider's verified units earn the reward"
         );
     }
 

@@ -125,6 +125,7 @@ impl Metrics {
                 NoMatchReason::NoCapacity => "no capacity",
                 NoMatchReason::Expired => "expired",
                 NoMatchReason::Excluded => "excluded",
+                NoMatchReason::NoBond => "no-bond",
                 _ => "other",
             };
             *self.no_match_reasons.entry(k.to_string()).or_default() += 1;

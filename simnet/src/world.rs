@@ -236,6 +236,15 @@ impl std::fmt::Debug for World {
     }
 }
 
+/// A provider's bond in the genesis: a quarter of a token per CU/s of
+/// capacity (speed × slots), so a provider's cap on the epoch's mint (its
+/// share of all bonds) follows what it can serve. A community GPU (8,000 CU/s,
+/// one slot) bonds 2,000 tokens; a hyperscaler node (19,500 CU/s, 8 slots)
+/// 39,000.
+fn provider_bond(p: &ProfileParams) -> Amount {
+    Amount::tokens((p.speed_cu_s * f64::from(p.slots) / 4.0).ceil() as u64)
+}
+
 fn seed_for(scenario_seed: u64, role: u64, i: usize) -> u64 {
     let mut h = blake3::Hasher::new();
     h.update(&scenario_seed.to_le_bytes());
@@ -388,7 +397,8 @@ impl World {
 
     /// The ledger's genesis: requesters hold [`REQUESTER_GENESIS`] each; oracles
     /// stake unequally (1, 2 or 3 thousand tokens), so the committee draw's
-    /// weighting matters. Epochs are the scenario's.
+    /// weighting matters; each provider holds a bond in proportion to its
+    /// capacity ([`provider_bond`]). Epochs are the scenario's.
     fn genesis(sc: &Scenario, seed: u64, n_req: usize) -> SimLedger {
         let requesters: Vec<Identity> = (0..n_req)
             .map(|i| Identity::from_seed(seed_for(seed, 2, i)))
@@ -405,6 +415,14 @@ impl World {
             .enumerate()
             .map(|(i, o)| (o.account(), Amount::tokens(1_000 * (1 + i as u64 % 3))))
             .collect();
+        let mut bonds = Vec::new();
+        for g in &sc.providers {
+            let p = g.profile.params();
+            for _ in 0..g.count {
+                let id = Identity::from_seed(seed_for(seed, 1, bonds.len()));
+                bonds.push((id.account(), provider_bond(&p)));
+            }
+        }
         let params = crdt_ledger::Params {
             epoch_length: DurationMs(sc.epoch_minutes * 60_000),
             committee_size: u16::try_from(sc.oracles.committee).unwrap_or(u16::MAX),
@@ -421,6 +439,7 @@ impl World {
             T0,
             balances,
             stakes,
+            bonds,
             writers,
         )
         // Only an absurd scenario (supply past u64 micro-tokens) fails here.

@@ -60,8 +60,9 @@ async fn the_demo_trains_and_infers_end_to_end_and_settles_in_the_ledger() -> an
 
 /// Every provider cheats as `cheat` says: the training job is matched with a
 /// cheat, the committee finds its result wrong, the escrow comes back less the
-/// committee's fee, and the cheat earns nothing.
-async fn a_cheat_is_caught_and_paid_nothing(cheat: Cheat) -> anyhow::Result<()> {
+/// committee's fee, and the contract's share of the cheat's bond is slashed,
+/// half of it to the requester.
+async fn a_cheat_is_caught_and_slashed(cheat: Cheat) -> anyhow::Result<demo::DemoReport> {
     let (_dir, r) = demo_with(3, cheat).await?;
     assert!(!r.ok);
     let j = &r.jobs[0];
@@ -72,21 +73,29 @@ async fn a_cheat_is_caught_and_paid_nothing(cheat: Cheat) -> anyhow::Result<()> 
         "{j:?}"
     );
     assert_eq!(j.paid, Some(0), "{j:?}");
-    // Everything but the committee's fee (2% in the genesis) comes back.
+    // Everything but the committee's fee (2% in the genesis) comes back, and
+    // the bond the contract reserved (all of its escrow) is slashed.
     let escrow = j.escrow.unwrap();
     assert_eq!(j.refund.unwrap(), escrow - escrow * 2 / 100, "{j:?}");
-    let cheat = r
-        .balances
-        .iter()
-        .find(|b| Some(&b.1) == j.provider.as_ref())
-        .unwrap();
-    assert_eq!(cheat.2, 100_000_000, "the cheat earned nothing");
-    Ok(())
+    assert_eq!(j.slashed, Some(escrow), "{j:?}");
+    Ok(r)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_provider_returning_wrong_results_is_caught_and_paid_nothing() -> anyhow::Result<()> {
-    a_cheat_is_caught_and_paid_nothing(Cheat::Fake).await
+async fn a_provider_returning_wrong_results_is_caught_and_slashed() -> anyhow::Result<()> {
+    let r = a_cheat_is_caught_and_slashed(Cheat::Fake).await?;
+    // Every result of a faking provider is wrong: whatever it ran, it ends
+    // with its 100 tokens less the bonds its contracts reserved.
+    let cheat = r.jobs[0].provider.clone().unwrap();
+    let slashed: u64 = r
+        .jobs
+        .iter()
+        .filter(|j| j.provider.as_ref() == Some(&cheat))
+        .map(|j| j.slashed.unwrap_or_default())
+        .sum();
+    let h = r.balances.iter().find(|b| b.1 == cheat).unwrap();
+    assert_eq!(h.2 + h.4, 100_000_000 - slashed, "{h:?}");
+    Ok(())
 }
 
 /// Under the old rule the challenged link came from the contract and the last
@@ -96,7 +105,8 @@ async fn a_provider_returning_wrong_results_is_caught_and_paid_nothing() -> anyh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_that_trains_one_link_and_claims_the_whole_job_is_caught() -> anyhow::Result<()>
 {
-    a_cheat_is_caught_and_paid_nothing(Cheat::Truncate).await
+    a_cheat_is_caught_and_slashed(Cheat::Truncate).await?;
+    Ok(())
 }
 
 /// Units were the provider's word: a verdict paid what the receipt claimed, up
@@ -131,6 +141,47 @@ async fn a_receipt_that_inflates_its_units_is_caught() -> anyhow::Result<()> {
         "{done:#?}"
     );
     assert_eq!(done.paid, Some(0), "{done:?}");
+    assert_eq!(done.slashed, done.escrow, "{done:?}");
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await?;
+    }
+    Ok(())
+}
+
+/// A provider that holds no bond has nothing a wrong result could cost it:
+/// its offer is heard, but the requester matches nobody and says why; the
+/// job expires unmatched, and nothing was escrowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_with_no_bond_gets_no_contract() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (nodes, _, _) = swarm(tmp.path(), "unbonded", 1, 1, true, |o| {
+        if o.provider {
+            o.bond = Some(0);
+        }
+    })
+    .await?;
+    let c = ControlClient::from_data_dir(&tmp.path().join("n4"))?;
+    settled_in(&c, 4, 1).await?;
+    let data = tmp.path().join("wine.safetensors");
+    compute::datasets::write_builtin(compute::datasets::Builtin::WineQuality, &data)?;
+    let job = JobRequest {
+        deadline_secs: 15,
+        ..JobRequest::train_mlp(data, 20, 1)
+    };
+    let v = c.submit(&job).await?;
+    let done = wait_job(&c, &v.id, Duration::from_secs(120), |v| v.done).await;
+    assert_eq!(
+        done.outcome.as_deref(),
+        Some("expired: no offer fitted"),
+        "{done:#?}"
+    );
+    assert_eq!(done.provider, None, "{done:#?}");
+    assert_eq!(done.escrow, None, "{done:#?}");
+    assert!(
+        done.events.iter().any(|e| e.what.contains("NoBond")),
+        "the requester did not say why: {:#?}",
+        done.events
+    );
     for n in nodes.into_iter().flatten() {
         n.shutdown().await?;
     }

@@ -1070,6 +1070,8 @@ fn unreachable_view() -> View {
             epoch_units: BTreeMap::new(),
             supply: Default::default(),
             slashed: BTreeSet::new(),
+            bonds: BTreeMap::new(),
+            bond_reserved: BTreeMap::new(),
         },
         tips: BTreeMap::new(),
         pending: Vec::new(),

@@ -35,6 +35,8 @@ impl Net {
             reward_base: Amount::tokens(100),
             reward_halving_epochs: 2,
             reward_cap: Amount::tokens(250),
+            provider_bond: Bps(10_000),
+            bond_to_requester: Bps(5_000),
         };
         let genesis = Genesis {
             name: "test".into(),
@@ -49,6 +51,7 @@ impl Net {
                 .take(stakers)
                 .map(|i| (i.account(), Amount::tokens(1000)))
                 .collect(),
+            bonds: vec![],
         };
         let genesis = GenesisEntry::create(&ids[0], genesis).unwrap();
         Net { ids, genesis }

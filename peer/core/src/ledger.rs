@@ -3,7 +3,7 @@
 
 use crdt_ledger::{Action, Body, CheckpointBody, CheckpointStatus, LedgerError, Store};
 use protocol::oracle::SettlementInstruction;
-use protocol::{AccountId, ContractTerms, Hash32, MultiSigned, Sig, Timestamp};
+use protocol::{AccountId, Amount, ContractTerms, Hash32, MultiSigned, Sig, Timestamp};
 use rand::Rng;
 use tracing::{debug, info, warn};
 
@@ -227,6 +227,35 @@ impl<S: Store> NodeCore<S> {
         let hash = self.append(now, Body::Transfer { to, amount })?;
         self.settle_ledger(&mut Cx { now, rng, out });
         Ok(hash)
+    }
+
+    /// A provider tops its bond up to the configured amount, as far as its
+    /// spendable balance goes (at start, and at each new epoch: a balance can
+    /// grow, and a slash takes bond away).
+    pub(crate) fn bond_for_contracts<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
+        if self.provider.is_none() || self.bond == Amount::ZERO {
+            return;
+        }
+        let me = self.account();
+        let has = self
+            .ledger
+            .state()
+            .bonds
+            .get(&me)
+            .copied()
+            .unwrap_or_default();
+        let want = self.bond.saturating_sub(has);
+        let amount = want.min(self.ledger.spendable(&me));
+        if amount == Amount::ZERO {
+            if has == Amount::ZERO {
+                warn!(want = %self.bond, "a provider needs a bond to be matched; this account has no tokens to bond");
+            }
+            return;
+        }
+        match self.append(cx.now, Body::Bond { amount }) {
+            Ok(_) => info!(%amount, had = %has, "bonded as a provider"),
+            Err(e) => warn!(%e, "cannot bond"),
+        }
     }
 
     /// An oracle bonds the minimum stake if it has none, so that it enters the

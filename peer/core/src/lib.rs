@@ -56,8 +56,8 @@ use protocol::market::{
 };
 use protocol::oracle::{DeferredChecker, OracleConfig, OracleEngine};
 use protocol::{
-    AccountId, Bps, ContractTerms, DurationMs, Hash32, Identity, Message, NetworkId, Receipt,
-    Signed, Timestamp,
+    AccountId, Amount, Bps, ContractTerms, DurationMs, Hash32, Identity, Message, NetworkId,
+    Receipt, Signed, Timestamp,
 };
 use rand::Rng;
 
@@ -127,6 +127,10 @@ pub struct CoreConfig {
     pub provider: Option<ProviderConfig>,
     /// Serve on the committee when drawn.
     pub oracle: bool,
+    /// As a provider, keep this much bonded (from the balance): requesters
+    /// match only providers whose free bond covers a contract's escrow
+    /// share, and a proven wrong result slashes it.
+    pub bond: Amount,
     /// Where this peer serves blobs (handed to the readers of its jobs' keys).
     pub contact: Vec<String>,
     pub timing: Timing,
@@ -328,6 +332,8 @@ pub struct NodeCore<S: Store> {
     persisted: Option<[u8; 32]>,
     /// The finalized epoch at which receipts and keys were last handed again.
     nudged_epoch: u64,
+    /// The bond to keep, as a provider.
+    bond: Amount,
 }
 
 impl<S: Store> NodeCore<S> {
@@ -336,6 +342,7 @@ impl<S: Store> NodeCore<S> {
         let CoreConfig {
             provider,
             oracle,
+            bond,
             contact,
             timing,
             book,
@@ -392,6 +399,7 @@ impl<S: Store> NodeCore<S> {
             state_dirty: false,
             persisted: None,
             nudged_epoch: 0,
+            bond,
         }
     }
 
@@ -486,6 +494,7 @@ impl<S: Store> NodeCore<S> {
         if self.oracle.is_some() {
             self.stake_for_committee(cx);
         }
+        self.bond_for_contracts(cx);
         self.ledger_dirty = true;
     }
 
@@ -542,6 +551,7 @@ impl<S: Store> NodeCore<S> {
         if nudge {
             self.nudge_receipts(cx);
             self.nudge_challenges(cx);
+            self.bond_for_contracts(cx);
         }
     }
 
@@ -568,6 +578,10 @@ impl<S: Store> NodeCore<S> {
     }
     pub fn timing(&self) -> &Timing {
         &self.timing
+    }
+    /// The network's rules (from its genesis).
+    pub fn params(&self) -> &crdt_ledger::Params {
+        self.ledger.params()
     }
     /// Stop: the ledger replica, to reopen its store (what a crash leaves).
     pub fn into_ledger(self) -> Ledger<S> {

@@ -119,11 +119,21 @@ impl Jobs {
 
 /// Providers' quality from their SLA record in the ledger (new ones score 1).
 #[derive(Debug)]
-pub(crate) struct LedgerReputation(HashMap<AccountId, f64>);
+pub(crate) struct LedgerReputation {
+    quality: HashMap<AccountId, f64>,
+    /// Each provider's free bond, and the share of an escrow a contract
+    /// reserves.
+    free_bond: HashMap<AccountId, Amount>,
+    bond_share: protocol::Bps,
+}
 
 impl protocol::market::Reputation for LedgerReputation {
     fn quality(&self, provider: &AccountId) -> f64 {
-        self.0.get(provider).copied().unwrap_or(1.0)
+        self.quality.get(provider).copied().unwrap_or(1.0)
+    }
+    fn bonded(&self, provider: &AccountId, escrow: Amount) -> bool {
+        let free = self.free_bond.get(provider).copied().unwrap_or_default();
+        free >= self.bond_share.of(escrow)
     }
 }
 
@@ -138,14 +148,21 @@ impl<S: Store> NodeCore<S> {
     }
 
     fn reputation(&mut self) -> LedgerReputation {
-        LedgerReputation(
-            self.ledger
-                .state()
+        let bond_share = self.ledger.params().provider_bond;
+        let state = self.ledger.state();
+        LedgerReputation {
+            quality: state
                 .reputation
                 .iter()
                 .map(|(a, r)| (*a, f64::from(r.score_bps()) / 10_000.0))
                 .collect(),
-        )
+            free_bond: state
+                .bonds
+                .keys()
+                .map(|a| (*a, state.free_bond(a)))
+                .collect(),
+            bond_share,
+        }
     }
 
     pub(crate) fn requester_handle<R: Rng + ?Sized>(

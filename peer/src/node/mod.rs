@@ -64,6 +64,9 @@ pub struct RunOptions {
     /// Most offers the requester keeps in its order book; 0 keeps none and
     /// posts every job as an open bid.
     pub book_capacity: usize,
+    /// Whole tokens a provider keeps bonded, in place of the config's
+    /// `provider.bond`.
+    pub bond: Option<u64>,
 }
 
 impl RunOptions {
@@ -95,6 +98,7 @@ impl RunOptions {
             cheat: crate::work::Cheat::None,
             timing: Timing::default(),
             book_capacity: protocol::market::BookConfig::default().capacity,
+            bond: None,
         })
     }
 
@@ -117,6 +121,7 @@ impl RunOptions {
             cheat: crate::work::Cheat::None,
             timing: Timing::default(),
             book_capacity: protocol::market::BookConfig::default().capacity,
+            bond: None,
         }
     }
 }
@@ -259,6 +264,7 @@ pub async fn start(dir: DataDir, opts: RunOptions) -> anyhow::Result<RunningNode
         CoreConfig {
             provider,
             oracle: opts.oracle,
+            bond: protocol::Amount::tokens(opts.bond.unwrap_or(dir.config.provider.bond)),
             contact: blobs.contact(),
             timing: opts.timing,
             book: protocol::market::BookConfig {

@@ -32,6 +32,10 @@ pub(super) fn job_view(core: &NodeCore<FileStore>, j: &Job) -> JobView {
         escrow: j.escrow.map(|a| a.0),
         paid: settled.map(|s| s.payout.provider.0),
         refund: settled.map(|s| s.payout.refund.0),
+        slashed: settled.zip(j.escrow).map(|(s, escrow)| {
+            let p = core.params();
+            p.slashed(p.contract_bond(escrow), &s.outcome).0
+        }),
         verdict: settled.map(|s| {
             let o = s.outcome;
             format!(
@@ -115,6 +119,7 @@ pub(super) fn balance(
         balance: st.balance(&a).0,
         spendable,
         stake: st.stake(&a).0,
+        bond: st.bonds.get(&a).map_or(0, |b| b.0),
         finalized_epoch,
     })
 }
@@ -156,7 +161,10 @@ pub(super) fn ledger_view(core: &mut NodeCore<FileStore>, tail: usize) -> Ledger
 pub(super) fn describe(b: &Body) -> String {
     match b {
         Body::Transfer { to, amount } => format!("{amount} to {}", to.short()),
-        Body::Stake { amount } | Body::Unstake { amount } => amount.to_string(),
+        Body::Stake { amount }
+        | Body::Unstake { amount }
+        | Body::Bond { amount }
+        | Body::Unbond { amount } => amount.to_string(),
         Body::EscrowLock { contract } => match contract.body_unverified() {
             Ok(t) => format!(
                 "contract {} between {} and {}, escrow {}",

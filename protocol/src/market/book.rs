@@ -177,6 +177,8 @@ pub enum NoMatchReason {
     Expired,
     /// The provider was excluded by the caller (it already refused this job).
     Excluded,
+    /// The provider's free bond does not cover the contract's.
+    NoBond,
 }
 
 /// One offer and why it does not fit.
@@ -589,6 +591,9 @@ impl OrderBook {
             .price
             .cost(job.estimated_units)
             .unwrap_or(Amount(u64::MAX));
+        if !reputation.bonded(&o.provider, paid) {
+            return Err(NoMatchReason::NoBond);
+        }
         Ok(Candidate {
             offer: entry.id,
             provider: o.provider,
@@ -658,6 +663,9 @@ impl OrderBook {
             }
             let quality = reputation.quality(&hot.provider).clamp(0.0, 1.0);
             if quality < config.min_quality {
+                continue;
+            }
+            if !reputation.bonded(&hot.provider, price.cost(units).unwrap_or(Amount(u64::MAX))) {
                 continue;
             }
             let utility = quality * value - paid;

@@ -77,6 +77,7 @@ pub mod requester;
 
 use std::collections::HashMap;
 
+use crate::Amount;
 use crate::codec::Wire;
 use crate::identity::AccountId;
 use crate::messages::{Contract, ContractTerms};
@@ -155,6 +156,12 @@ pub trait Reputation {
     fn max_quality(&self) -> f64 {
         1.0
     }
+    /// Whether the provider's free bond covers a contract whose escrow is
+    /// `escrow`: a proven wrong result slashes it, so a requester matches only
+    /// providers with something to lose. Sources with no ledger say yes.
+    fn bonded(&self, _provider: &AccountId, _escrow: Amount) -> bool {
+        true
+    }
 }
 
 /// The same quality for everyone.
@@ -189,5 +196,8 @@ impl<R: Reputation + ?Sized> Reputation for &R {
     }
     fn max_quality(&self) -> f64 {
         (**self).max_quality()
+    }
+    fn bonded(&self, provider: &AccountId, escrow: Amount) -> bool {
+        (**self).bonded(provider, escrow)
     }
 }

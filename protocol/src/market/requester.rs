@@ -599,6 +599,10 @@ impl RequesterEngine {
             || p.sla.availability < job.spec.sla.min_availability
             || p.sla.penalty < job.spec.sla.min_penalty
             || job.refused.contains(&p.provider)
+            || !p
+                .price
+                .cost(job.spec.estimated_units)
+                .is_some_and(|escrow| reputation.bonded(&p.provider, escrow))
         {
             return;
         }

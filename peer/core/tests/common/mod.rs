@@ -123,6 +123,7 @@ pub fn genesis(ids: &[Identity], roles: &[Role], requester_micro: u64) -> Genesi
             params,
             balances,
             stakes,
+            bonds: vec![],
         },
     )
     .unwrap()
@@ -149,6 +150,7 @@ fn core(id: &Identity, r: Role, ledger: Ledger<MemStore>) -> NodeCore<MemStore> 
         CoreConfig {
             provider: matches!(r, Role::Provider { .. }).then(|| provider_config(&id.account())),
             oracle: r == Role::Oracle,
+            bond: Amount::tokens(5),
             contact: vec![format!("peer-{}", id.account().short())],
             timing: Timing::quick(),
             book: Default::default(),
