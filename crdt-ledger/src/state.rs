@@ -28,6 +28,12 @@ use crate::error::{Invalid, InvalidReason};
 
 /// How many SLA events are kept per provider.
 pub const SLA_HISTORY: usize = 32;
+/// The most probes one SLA record may count (a member probes a provider a few
+/// times an epoch; more is a griefer's number).
+pub const MAX_RECORD_PROBES: u32 = 256;
+/// How many epochs back an SLA record may speak of (older ones are refused,
+/// and the one-record-per-epoch index forgets them).
+pub const SLA_RECORD_EPOCHS: u64 = 16;
 
 /// An open escrow, locked for a contract (removed when settled).
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
@@ -71,14 +77,17 @@ pub struct Reputation {
 }
 
 impl Reputation {
-    /// A score in basis points: the share of good jobs times the share of answered
-    /// probes (10 000 for an account with no history).
+    /// A score in basis points: the share of good jobs, through a prior of one
+    /// good and one bad job, times the share of answered probes. A new account
+    /// starts at 5 000, below any provider with a few good jobs and more than
+    /// one failure in ten: a key thrown away after a failure buys nothing.
     pub fn score_bps(&self) -> u16 {
         let jobs = self
             .jobs_ok
+            .saturating_add(1)
             .saturating_mul(10_000)
-            .checked_div(self.jobs)
-            .unwrap_or(10_000);
+            .checked_div(self.jobs.saturating_add(2))
+            .unwrap_or(5_000);
         let probes = self
             .answered
             .min(self.probes)
@@ -135,6 +144,9 @@ pub struct State {
     pub bonds: BTreeMap<AccountId, Amount>,
     /// The part of each provider's bond its open escrows reserve.
     pub bond_reserved: BTreeMap<AccountId, Amount>,
+    /// The SLA records of the last [`SLA_RECORD_EPOCHS`] epochs, as
+    /// (epoch, member, provider): one each.
+    pub sla_records: BTreeSet<(u64, AccountId, AccountId)>,
 }
 
 /// What the fold needs besides the state.
@@ -215,6 +227,7 @@ impl State {
             slashed: BTreeSet::new(),
             bonds,
             bond_reserved: BTreeMap::new(),
+            sla_records: BTreeSet::new(),
         })
     }
 
@@ -541,6 +554,24 @@ impl State {
                         "more probes answered than sent".into(),
                     ));
                 }
+                if rec.probes > MAX_RECORD_PROBES {
+                    return Err(InvalidReason::Malformed(format!(
+                        "{} probes in one record (at most {MAX_RECORD_PROBES})",
+                        rec.probes
+                    )));
+                }
+                if rec.epoch.saturating_add(SLA_RECORD_EPOCHS) <= self.epoch {
+                    return Err(InvalidReason::Malformed(format!(
+                        "an SLA record of epoch {}, more than {SLA_RECORD_EPOCHS} epochs ago",
+                        rec.epoch
+                    )));
+                }
+                if !self.sla_records.insert((rec.epoch, author, rec.provider)) {
+                    return Err(InvalidReason::Malformed(format!(
+                        "a second SLA record of epoch {} for this provider",
+                        rec.epoch
+                    )));
+                }
                 let rep = self.reputation.entry(rec.provider).or_default();
                 rep.probes = rep.probes.saturating_add(u64::from(rec.probes));
                 rep.answered = rep.answered.saturating_add(u64::from(rec.answered));
@@ -702,6 +733,8 @@ impl State {
                 .ok_or(InvalidReason::Overflow)?;
         }
         self.epoch_units.clear();
+        let oldest = epoch.saturating_add(1).saturating_sub(SLA_RECORD_EPOCHS);
+        self.sla_records.retain(|(e, ..)| *e >= oldest);
         let mut released: Vec<(AccountId, Amount)> = Vec::new();
         for (a, v) in self.unbonding.iter_mut() {
             let mut sum = Amount::ZERO;

@@ -431,7 +431,52 @@ fn sla_records_need_a_committee_member() {
         .unwrap();
     let r = l.state().reputation[&net.acct(6)];
     assert_eq!((r.probes, r.answered), (10, 9));
-    assert_eq!(r.score_bps(), 9_000);
+    // No job yet: the prior's half, times 9 of 10 probes answered.
+    assert_eq!(r.score_bps(), 4_500);
+    // One record per member, provider and epoch; a bounded number of probes.
+    let again = l
+        .append(net.id_of(&committee[0]), Body::SlaRecord(rec), T0)
+        .unwrap_err();
+    assert!(matches!(
+        again,
+        LedgerError::Rejected(InvalidReason::Malformed(m)) if m.contains("second")
+    ));
+    let grief = crdt_ledger::SlaRecord {
+        probes: u32::MAX,
+        answered: 0,
+        ..rec
+    };
+    let err = l
+        .append(net.id_of(&committee[1]), Body::SlaRecord(grief), T0)
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        LedgerError::Rejected(InvalidReason::Malformed(m)) if m.contains("probes")
+    ));
+    l.append(net.id_of(&committee[1]), Body::SlaRecord(rec), T0)
+        .unwrap();
+    assert_eq!(l.state().reputation[&net.acct(6)].probes, 20);
+}
+
+/// A fresh account starts at half, below a provider with a history of good
+/// work even after a failure: a key thrown away after being caught starts
+/// lower than the one it replaces, and its bond is gone.
+#[test]
+fn a_new_account_starts_below_a_provider_with_a_good_history() {
+    let fresh = crdt_ledger::Reputation::default();
+    let good = crdt_ledger::Reputation {
+        jobs: 10,
+        jobs_ok: 9,
+        ..fresh
+    };
+    assert_eq!(fresh.score_bps(), 5_000);
+    assert!(good.score_bps() > 8_000, "{}", good.score_bps());
+    let caught_once = crdt_ledger::Reputation {
+        jobs: 1,
+        jobs_ok: 0,
+        ..fresh
+    };
+    assert!(caught_once.score_bps() < fresh.score_bps());
 }
 
 #[test]

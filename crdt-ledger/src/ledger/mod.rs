@@ -1072,6 +1072,7 @@ fn unreachable_view() -> View {
             slashed: BTreeSet::new(),
             bonds: BTreeMap::new(),
             bond_reserved: BTreeMap::new(),
+            sla_records: BTreeSet::new(),
         },
         tips: BTreeMap::new(),
         pending: Vec::new(),

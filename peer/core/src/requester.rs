@@ -129,7 +129,12 @@ pub(crate) struct LedgerReputation {
 
 impl protocol::market::Reputation for LedgerReputation {
     fn quality(&self, provider: &AccountId) -> f64 {
-        self.quality.get(provider).copied().unwrap_or(1.0)
+        // A provider the ledger has no record of gets the prior of a fresh
+        // record, as one with a history does.
+        self.quality
+            .get(provider)
+            .copied()
+            .unwrap_or_else(|| f64::from(crdt_ledger::Reputation::default().score_bps()) / 10_000.0)
     }
     fn bonded(&self, provider: &AccountId, escrow: Amount) -> bool {
         let free = self.free_bond.get(provider).copied().unwrap_or_default();
