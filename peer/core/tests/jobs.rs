@@ -291,3 +291,69 @@ fn one_members_sample_on_a_faked_part_fails_the_result_for_the_whole_committee()
     }
     assert!(net.sent(1, 0, "challenge") && net.sent(0, 2, "challenge"));
 }
+
+/// Gossip carries contracts signed by any two keys. A flooder signs ten
+/// thousand between accounts it made up and gossips them to the committee:
+/// members watch what the ledger escrows, never a gossiped contract, so the
+/// flood costs the flooder its signatures and blinds no one; a real job
+/// settles as it would have.
+#[test]
+fn a_flood_of_fake_contracts_blinds_no_member_and_delays_no_settlement() {
+    use protocol::{ContractTerms, Identity, MultiSigned, PricePerCu, SlaTerms};
+    let mut net = Net::new(&ROLES, TOKENS, 10);
+    warm_up(&mut net);
+    let (a, b) = (Identity::from_seed(77_001), Identity::from_seed(77_002));
+    let network = net.genesis.network();
+    let base = net.job_spec(REQ, 10, 1_000);
+    for n in 0..10_000u64 {
+        let spec = protocol::JobSpec {
+            requester: a.account(),
+            nonce: n,
+            ..base.clone()
+        };
+        let terms = ContractTerms {
+            network,
+            job: Hash32::of(&n.to_le_bytes()),
+            spec,
+            requester: a.account(),
+            provider: b.account(),
+            price: PricePerCu(1),
+            max_units: base.estimated_units,
+            sla: SlaTerms {
+                deadline_slack: DurationMs::secs(10),
+                availability: protocol::Bps(9_900),
+                penalty: protocol::Bps(1_000),
+            },
+            deadline: base.deadline,
+            created_at: net.now,
+        };
+        let mut c = MultiSigned::new(&terms).unwrap();
+        c.add_signature(&a, &network);
+        c.add_signature(&b, &network);
+        for member in 0..3 {
+            net.handle(
+                member,
+                node_core::Input::Message {
+                    from: None,
+                    via: node_core::Via::Gossip,
+                    msg: Message::Contract(c.clone()),
+                },
+            );
+        }
+    }
+    for member in 0..3 {
+        let o = net.nodes[member].oracle().unwrap();
+        assert_eq!(
+            o.watching(),
+            0,
+            "member {member} watches a gossiped contract"
+        );
+    }
+    let spec = net.job_spec(REQ, 10, 1_000);
+    let started = net.now;
+    let job = net.submit(REQ, spec);
+    assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
+    // As long as an unflooded job takes here (a few epochs of 5 s).
+    let took = net.now.since(started);
+    assert!(took < DurationMs::secs(30), "settled after {took:?}");
+}
