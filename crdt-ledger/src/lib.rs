@@ -42,15 +42,26 @@
 //! A member that signs two checkpoints for one epoch is caught and slashed. See
 //! [`checkpoint`] for the stall fallback.
 //!
+//! **Provider bonds.** A provider bonds tokens (`Body::Bond`, or in the genesis).
+//! Each escrow lock reserves `Params::provider_bond` of its escrow from the
+//! provider's bond (the reservation never fails, so locks by different
+//! requesters commute; requesters match only providers whose free bond covers
+//! a contract). A settlement releases it; one whose certificate says the
+//! result was delivered and wrong slashes it (`Params::slashed`):
+//! `bond_to_requester` of it to the requester, the rest burned. `Body::Unbond`
+//! frees only bond no open escrow reserves, through the unbonding queue.
+//!
 //! **Supply.** Tokens are created only by the genesis and by the epoch reward in
 //! each checkpoint (`CheckpointBody::mint`: `reward_base` halving every
 //! `reward_halving_epochs`, never more in all than `reward_cap`, split over
-//! providers in proportion to the compute units their settled contracts verified;
-//! an epoch skipped after a stall mints nothing), and destroyed only by slashing
-//! (`Params::slash` of the offender's bonded and unbonding stake): total supply =
-//! genesis + minted − burned, always.
+//! providers in proportion to the compute units their settled contracts verified,
+//! each share capped by the provider's share of all bonds, what the caps hold
+//! back not minted; an epoch skipped after a stall mints nothing), and destroyed
+//! only by slashing (`Params::slash` of an offender's bonded and unbonding stake,
+//! or the burned part of a slashed provider bond): total supply = genesis +
+//! minted − burned, always.
 //!
-//! **Genesis.** The genesis is a signed [`Genesis`] (balances, stakers, [`Params`])
+//! **Genesis.** The genesis is a signed [`Genesis`] (balances, stakers, bonds, [`Params`])
 //! every peer is configured with; it is not stored at a key. Its envelope hash is
 //! the network id, which every entry signature covers.
 //!

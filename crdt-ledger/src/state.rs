@@ -382,19 +382,14 @@ impl State {
                         bonded,
                     });
                 }
-                let s = self.stakes.entry(author).or_default();
-                *s = s.saturating_sub(*amount);
-                if *s == Amount::ZERO {
-                    self.stakes.remove(&author);
-                }
-                let release = self
-                    .epoch
-                    .saturating_add(1)
-                    .saturating_add(ctx.params.unbonding_epochs);
-                self.unbonding
-                    .entry(author)
-                    .or_default()
-                    .push((release, *amount));
+                let release = self.release_epoch(ctx.params);
+                start_unbonding(
+                    &mut self.stakes,
+                    &mut self.unbonding,
+                    author,
+                    *amount,
+                    release,
+                );
                 debits
                     .stake
                     .insert(author, done.saturating_add_amount(*amount));
@@ -598,19 +593,14 @@ impl State {
                         free,
                     });
                 }
-                let b = self.bonds.entry(author).or_default();
-                *b = b.saturating_sub(*amount);
-                if *b == Amount::ZERO {
-                    self.bonds.remove(&author);
-                }
-                let release = self
-                    .epoch
-                    .saturating_add(1)
-                    .saturating_add(ctx.params.unbonding_epochs);
-                self.unbonding
-                    .entry(author)
-                    .or_default()
-                    .push((release, *amount));
+                let release = self.release_epoch(ctx.params);
+                start_unbonding(
+                    &mut self.bonds,
+                    &mut self.unbonding,
+                    author,
+                    *amount,
+                    release,
+                );
                 Ok(())
             }
             Body::Slash(proof) => {
@@ -623,6 +613,13 @@ impl State {
                 Ok(())
             }
         }
+    }
+
+    /// The epoch at whose checkpoint what starts unbonding now is released.
+    fn release_epoch(&self, params: &Params) -> u64 {
+        self.epoch
+            .saturating_add(1)
+            .saturating_add(params.unbonding_epochs)
     }
 
     fn release_bond(&mut self, provider: AccountId, bond: Amount) {
@@ -795,6 +792,28 @@ fn memo<'a>(ctx: FoldCtx<'a>) -> std::sync::MutexGuard<'a, SigMemo> {
     ctx.checked
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Move `amount` of `who`'s stake or bond (`pool`) to its unbonding queue,
+/// released at `release`.
+fn start_unbonding(
+    pool: &mut BTreeMap<AccountId, Amount>,
+    unbonding: &mut BTreeMap<AccountId, Vec<(u64, Amount)>>,
+    who: AccountId,
+    amount: Amount,
+    release: u64,
+) {
+    let left = pool
+        .get(&who)
+        .copied()
+        .unwrap_or_default()
+        .saturating_sub(amount);
+    if left == Amount::ZERO {
+        pool.remove(&who);
+    } else {
+        pool.insert(who, left);
+    }
+    unbonding.entry(who).or_default().push((release, amount));
 }
 
 fn push_sla(sla: &mut BTreeMap<AccountId, Vec<SlaEvent>>, who: AccountId, ev: SlaEvent) {
