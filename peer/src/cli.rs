@@ -563,10 +563,18 @@ fn sim(json: bool, args: &SimArgs) -> anyhow::Result<()> {
             outcome.sweep[outcome.sweep.len() - 1].0
         );
     }
+    println!(
+        "income        {:.0} tokens paid by requesters, {:.0} minted, {:.0} slashed",
+        s.paid_tokens, s.minted_tokens, s.slashed_tokens
+    );
     if s.cheaters > 0 {
         println!(
             "cheaters      {} of {} caught ({} wrong results caught, {} missed)",
             s.cheaters_caught, s.cheaters, s.wrong_results_caught, s.wrong_results_missed
+        );
+        println!(
+            "cheaters      net {:.0} tokens each, against {:.0} for an honest provider",
+            s.net_per_cheater, s.net_per_honest
         );
     }
     println!(

@@ -126,6 +126,8 @@ pub struct SimLedger {
     pub violations: Vec<String>,
     pub checkpoints: u64,
     pub entries_written: u64,
+    /// Micro-tokens the final checkpoints minted to each account.
+    pub minted_to: HashMap<AccountId, u64>,
 }
 
 impl std::fmt::Debug for SimLedger {
@@ -148,6 +150,8 @@ pub struct LedgerTotals {
     pub open_deadlines: Vec<(Hash32, Timestamp)>,
     pub minted: u64,
     pub burned: u64,
+    /// Each account's provider bond at the end.
+    pub bonds: HashMap<AccountId, u64>,
 }
 
 impl SimLedger {
@@ -188,6 +192,7 @@ impl SimLedger {
             violations: Vec::new(),
             checkpoints: 0,
             entries_written: 0,
+            minted_to: HashMap::new(),
         })
     }
 
@@ -380,6 +385,11 @@ impl SimLedger {
             }
         }
         let fin = fin.ok_or("no quorum")?;
+        if let Ok(body) = fin.body_unverified() {
+            for (a, x) in &body.mint {
+                *self.minted_to.entry(*a).or_default() += x.0;
+            }
+        }
         // The leader publishes it as its next entry. It reaches the converged
         // replica as any peer's entry does (`receive_entry`), and finality checks
         // it in full: `append` would check it once more first, as the leader's own
@@ -444,6 +454,7 @@ impl SimLedger {
                 .collect(),
             minted: st.supply.minted.0,
             burned: st.supply.burned.0,
+            bonds: st.bonds.iter().map(|(a, b)| (*a, b.0)).collect(),
         }
     }
 }

@@ -65,6 +65,10 @@ pub struct Metrics {
     /// Submission-to-settlement latency, seconds.
     pub latency_s: Vec<f64>,
     pub provider_earned: Vec<u64>,
+    /// Micro-tokens the checkpoints minted to each provider, and what a proven
+    /// wrong result slashed of its bond.
+    pub provider_minted: Vec<u64>,
+    pub provider_slashed: Vec<u64>,
     pub provider_jobs: Vec<u64>,
     pub provider_units: Vec<u64>,
     pub provider_busy_ms: Vec<f64>,
@@ -89,6 +93,8 @@ impl Metrics {
             submitted_units: vec![0; requesters],
             served_units: vec![0; requesters],
             provider_earned: vec![0; providers],
+            provider_minted: vec![0; providers],
+            provider_slashed: vec![0; providers],
             provider_jobs: vec![0; providers],
             provider_units: vec![0; providers],
             provider_busy_ms: vec![0.0; providers],
@@ -157,6 +163,24 @@ impl Metrics {
         }
     }
 
+    /// The mean of paid + minted − slashed, in tokens, over the providers
+    /// `which` selects (0 if none).
+    fn mean_net(&self, which: impl Fn(usize) -> bool) -> f64 {
+        let v: Vec<f64> = (0..self.providers)
+            .filter(|&i| which(i))
+            .map(|i| {
+                (self.provider_earned[i] as f64 + self.provider_minted[i] as f64
+                    - self.provider_slashed[i] as f64)
+                    / 1e6
+            })
+            .collect();
+        if v.is_empty() {
+            0.0
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    }
+
     pub fn provider_paid(&mut self, p: usize, amount: Amount, units: ComputeUnits) {
         self.provider_earned[p] += amount.0;
         self.provider_jobs[p] += 1;
@@ -199,6 +223,12 @@ pub struct Summary {
     pub checkpoints: u64,
     pub ledger_entries: u64,
     pub minted_tokens: f64,
+    /// Tokens requesters paid providers, and proven wrong results slashed.
+    pub paid_tokens: f64,
+    pub slashed_tokens: f64,
+    /// Paid plus minted minus slashed, per cheating and per honest provider.
+    pub net_per_cheater: f64,
+    pub net_per_honest: f64,
     pub invariant_violations: Vec<String>,
     pub mean_final_price: f64,
 }
@@ -320,6 +350,10 @@ impl Metrics {
             checkpoints: self.checkpoints,
             ledger_entries: self.ledger_entries,
             minted_tokens: self.minted as f64 / 1e6,
+            paid_tokens: self.provider_earned.iter().sum::<u64>() as f64 / 1e6,
+            slashed_tokens: self.provider_slashed.iter().sum::<u64>() as f64 / 1e6,
+            net_per_cheater: self.mean_net(|i| self.cheaters.contains(&i)),
+            net_per_honest: self.mean_net(|i| !self.cheaters.contains(&i)),
             invariant_violations: self.invariant_violations.clone(),
             mean_final_price: if self.final_prices.is_empty() {
                 0.0
@@ -336,6 +370,8 @@ impl Metrics {
         h.update(format!("{s:?}").as_bytes());
         for v in [
             &self.provider_earned,
+            &self.provider_minted,
+            &self.provider_slashed,
             &self.provider_units,
             &self.balances,
             &self.final_prices,

@@ -250,6 +250,49 @@ fn svg_to_png(svg: &Path, opt: &resvg::usvg::Options<'_>) -> Result<(), ReportEr
         .map_err(|e| plot_err(&name, e))
 }
 
+/// Providers' income split into what requesters paid, what the checkpoints
+/// minted and what proven wrong results slashed of their bonds, by profile
+/// and for cheaters apart (per provider in `providers.csv`).
+fn income_table(h: &mut String, m: &Metrics) {
+    h.push_str(
+        "<h2>Income</h2><table><tr><th>providers</th><th>count</th>\
+         <th>paid by requesters</th><th>minted</th><th>slashed</th><th>net, per provider</th></tr>",
+    );
+    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    for i in 0..m.providers {
+        let name = if m.cheaters.contains(&i) {
+            "cheaters".to_string()
+        } else {
+            format!(
+                "{:?}",
+                m.provider_profiles
+                    .get(i)
+                    .copied()
+                    .unwrap_or(crate::profiles::Profile::Community)
+            )
+        };
+        match groups.iter_mut().find(|(g, _)| *g == name) {
+            Some((_, v)) => v.push(i),
+            None => groups.push((name, vec![i])),
+        }
+    }
+    for (name, v) in &groups {
+        let sum = |x: &[u64]| v.iter().map(|&i| x[i]).sum::<u64>() as f64 / 1e6;
+        let (paid, minted, slashed) = (
+            sum(&m.provider_earned),
+            sum(&m.provider_minted),
+            sum(&m.provider_slashed),
+        );
+        let _ = write!(
+            h,
+            "<tr><td>{name}</td><td>{}</td><td>{paid:.1}</td><td>{minted:.1}</td><td>{slashed:.1}</td><td>{:.1}</td></tr>",
+            v.len(),
+            (paid + minted - slashed) / v.len() as f64
+        );
+    }
+    h.push_str("</table>");
+}
+
 /// Write CSVs, SVG and PNG plots and `report.html` into `dir`; returns the HTML path.
 pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
     std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
@@ -261,20 +304,22 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
 
     // Providers.
     let mut csv = String::from(
-        "provider,label,profile,earned_tokens,jobs,compute_units,busy_share,final_price,cheater\n",
+        "provider,label,profile,paid_tokens,minted_tokens,slashed_tokens,jobs,compute_units,busy_share,final_price,cheater\n",
     );
     let secs = m.days * 86_400.0;
     for i in 0..m.providers {
         let slots = f64::from(m.provider_slots.get(i).copied().unwrap_or(1).max(1));
         let _ = writeln!(
             csv,
-            "{i},{},{:?},{:.6},{},{:.3},{:.4},{},{}",
+            "{i},{},{:?},{:.6},{:.6},{:.6},{},{:.3},{:.4},{},{}",
             m.provider_labels.get(i).map_or("", String::as_str),
             m.provider_profiles
                 .get(i)
                 .copied()
                 .unwrap_or(crate::profiles::Profile::Community),
             m.provider_earned[i] as f64 / 1e6,
+            m.provider_minted[i] as f64 / 1e6,
+            m.provider_slashed[i] as f64 / 1e6,
             m.provider_jobs[i],
             m.provider_units[i] as f64 / 1000.0,
             m.provider_busy_ms[i] / (slots * secs * 1000.0),
@@ -514,6 +559,7 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
         "no negative balance, supply conserved",
     );
     h.push_str("</table>");
+    income_table(&mut h, m);
     let fig = |h: &mut String, file: &str, title: &str, claim: &str| {
         let _ = write!(
             h,

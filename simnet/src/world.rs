@@ -1366,6 +1366,12 @@ impl World {
         }
         self.metrics.minted = totals.minted;
         self.metrics.burned = totals.burned;
+        for (i, p) in self.providers.iter().enumerate() {
+            let a = p.engine.account();
+            self.metrics.provider_minted[i] = self.ledger.minted_to.get(&a).copied().unwrap_or(0);
+            let left = totals.bonds.get(&a).copied().unwrap_or(0);
+            self.metrics.provider_slashed[i] = provider_bond(&p.params).0.saturating_sub(left);
+        }
         self.metrics.checkpoints = self.ledger.checkpoints;
         self.metrics.ledger_entries = self.ledger.entries_written;
         self.metrics.events = self.sched.processed();
