@@ -591,6 +591,31 @@ impl Wire for Dispute {
     const MAX_SIZE: usize = 1024;
 }
 
+/// A provider gives a contract up before delivering (its run failed, or its
+/// inputs or key never came): the committee judges it not delivered at once,
+/// and the escrow is refunded, rather than at the deadline. Sent directly to
+/// the committee and the requester (never gossiped).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Withdrawal {
+    pub contract: Hash32,
+    pub provider: AccountId,
+    /// Why, for the requester (at most [`MAX_TEXT`] bytes, no control
+    /// characters).
+    pub reason: String,
+    pub at: Timestamp,
+}
+
+impl Wire for Withdrawal {
+    const KIND: &'static str = "withdrawal";
+    const MAX_SIZE: usize = 512;
+}
+
+impl Withdrawal {
+    pub fn validate(&self) -> Result<(), InvalidMessage> {
+        check_text("reason", &self.reason)
+    }
+}
+
 /// The requester hands a contract's job key to one reader: the provider that runs
 /// the job, or a committee member that re-executes it to verify. Sent directly
 /// (never gossiped); `sealed` opens only with the reader's key.
@@ -637,6 +662,7 @@ pub enum Message {
     Verdict(Signed<Verdict>),
     Dispute(Signed<Dispute>),
     KeyGrant(Signed<KeyGrant>),
+    Withdrawal(Signed<Withdrawal>),
 }
 
 impl Message {
@@ -653,6 +679,7 @@ impl Message {
             Message::Verdict(_) => Verdict::KIND,
             Message::Dispute(_) => Dispute::KIND,
             Message::KeyGrant(_) => KeyGrant::KIND,
+            Message::Withdrawal(_) => Withdrawal::KIND,
         }
     }
 }

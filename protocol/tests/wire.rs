@@ -285,6 +285,15 @@ fn message() -> impl Strategy<Value = Message> {
                 };
                 Message::KeyGrant(Signed::sign(&id(r), &net(), &g).unwrap())
             }),
+        (hash(), 0u64..4, "[ -~]{0,40}", any::<u64>()).prop_map(move |(contract, s, reason, t)| {
+            let w = Withdrawal {
+                contract,
+                provider: id(s).account(),
+                reason,
+                at: Timestamp(t),
+            };
+            Message::Withdrawal(Signed::sign(&id(s), &net(), &w).unwrap())
+        }),
     ]
 }
 
@@ -313,6 +322,7 @@ fn verify_message(m: &Message) -> Result<(), SignatureError> {
         Message::Verdict(s) => s.verify(&n).map(drop),
         Message::Dispute(s) => s.verify(&n).map(drop),
         Message::KeyGrant(s) => s.verify(&n).map(drop),
+        Message::Withdrawal(s) => s.verify(&n).map(drop),
     }
 }
 

@@ -17,6 +17,7 @@
 //! | `Verdict`, `Dispute`, `ProbeReply` | the oracle |
 //! | `Probe` | the provider |
 //! | `KeyGrant` | the core (a job key for our run or our check) |
+//! | `Withdrawal` | the oracle (a not-delivered verdict at once) and the requester's job (its event) |
 
 use protocol::market::{ProviderInput, RequesterInput};
 use protocol::oracle::OracleInput;
@@ -97,6 +98,10 @@ impl<S: Store> NodeCore<S> {
             Message::ProbeReply(r) => self.oracle_handle(cx, OracleInput::ProbeReply(r)),
             Message::Probe(p) => self.provider_handle(cx, ProviderInput::Probe(p)),
             Message::KeyGrant(g) => self.on_grant(cx, g),
+            Message::Withdrawal(w) => {
+                self.withdrawn(cx, &w);
+                self.oracle_handle(cx, OracleInput::Withdrawal(w));
+            }
         }
         debug!(?via, ?from, "message dispatched");
     }

@@ -3,9 +3,11 @@
 //! our answer to its open bid), the requester's escrow is in the ledger, and its
 //! job key has arrived. A contract whose escrow or key never comes is given up
 //! at its deadline, so it holds no slot for good; the committee's "not
-//! delivered" verdict refunds an escrow that did come. (The engine's `Aborted`
-//! frees the slot and publishes nothing: a signed failure that refunds at once,
-//! rather than at the deadline, is still to come.)
+//! delivered" verdict refunds an escrow that did come. A contract given up
+//! (its key never came, or its run failed for good) is withdrawn: a signed
+//! [`protocol::Withdrawal`] to its committee and requester has the committee
+//! judge it not delivered at once, so the escrow comes back then rather than
+//! at the deadline.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -210,6 +212,41 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
+    /// Give an escrowed contract up before delivering: tell its committee and
+    /// its requester, signed, so that the escrow is refunded now. (Without an
+    /// escrow there is nothing to refund and nobody to tell.)
+    fn withdraw<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, contract: Hash32, why: &str) {
+        let Some(requester) = self
+            .ledger
+            .state()
+            .escrows
+            .get(&contract)
+            .map(|e| e.requester)
+        else {
+            return;
+        };
+        let reason: String = why
+            .chars()
+            .filter(|c| !c.is_control())
+            .scan(0, |len, c| {
+                *len += c.len_utf8();
+                (*len <= protocol::MAX_TEXT).then_some(c)
+            })
+            .collect();
+        let w = protocol::Withdrawal {
+            contract,
+            provider: self.account(),
+            reason,
+            at: cx.now,
+        };
+        let Ok(s) = Signed::sign(&self.identity, &self.network, &w) else {
+            return;
+        };
+        let m = Message::Withdrawal(s);
+        self.send_to_judges(cx, &contract, m.clone());
+        self.send(cx, requester, m);
+    }
+
     /// A new finalized epoch: hand the receipts of our unsettled contracts
     /// directly to the committee that judges each (gossip, or a direct send,
     /// may have been lost; a member that never gets the receipt can only
@@ -289,6 +326,7 @@ impl<S: Store> NodeCore<S> {
                 "the requester's escrow never reached the ledger"
             };
             warn!(contract = %contract.short(), reason, "giving the contract up");
+            self.withdraw(cx, contract, reason);
             self.provider_handle(
                 cx,
                 ProviderInput::Aborted {
@@ -386,6 +424,7 @@ impl<S: Store> NodeCore<S> {
             }
             Err(e) => {
                 warn!(contract = %contract.short(), error = %e, "job failed");
+                self.withdraw(cx, contract, &e.reason);
                 ProviderInput::Aborted {
                     contract,
                     reason: e.reason.chars().take(protocol::MAX_TEXT).collect(),

@@ -400,6 +400,31 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
+    /// Our provider gave a contract up: say so in the job (the committee's
+    /// not-delivered verdict refunds it).
+    pub(crate) fn withdrawn<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        w: &protocol::Signed<protocol::Withdrawal>,
+    ) {
+        let Ok(b) = w.verify(&self.network) else {
+            return;
+        };
+        let Some(j) = self.jobs.by_contract(&b.contract) else {
+            return;
+        };
+        if j.provider != Some(w.signer) || b.validate().is_err() || j.settled.is_some() {
+            return;
+        }
+        j.event(
+            cx.now,
+            format!(
+                "the provider gave the contract up ({}); the committee refunds the escrow",
+                b.reason
+            ),
+        );
+    }
+
     /// A peer came up: hand it again the keys of our unsettled jobs it reads
     /// (it may have been down when they were sent, or lost them in a crash).
     pub(crate) fn resend_grants<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, peer: AccountId) {

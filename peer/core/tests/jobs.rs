@@ -357,3 +357,30 @@ fn a_flood_of_fake_contracts_blinds_no_member_and_delays_no_settlement() {
     let took = net.now.since(started);
     assert!(took < DurationMs::secs(30), "settled after {took:?}");
 }
+
+/// A provider whose run fails for good withdraws the contract, signed: the
+/// committee judges it not delivered at once and the escrow comes back then,
+/// not after the deadline (here 60 s) and the grace.
+#[test]
+fn a_run_that_fails_for_good_is_withdrawn_and_refunded_before_its_deadline() {
+    let mut net = Net::new(&ROLES, TOKENS, 11);
+    net.runs_fail = true;
+    warm_up(&mut net);
+    let spec = net.job_spec(REQ, 10, 1_000);
+    let deadline = spec.deadline;
+    let job = net.submit(REQ, spec);
+    assert_eq!(
+        run_to_end(&mut net, job, 120),
+        JobState::Ended(JobEnd::NotDelivered)
+    );
+    assert!(net.now < deadline, "refunded only at {:?}", net.now);
+    assert!((0..3).all(|o| net.sent(PROV, o, "withdrawal")));
+    let j = net.nodes[REQ].job(&job).unwrap();
+    assert!(
+        j.events
+            .iter()
+            .any(|(_, e)| e.contains("gave the contract up")),
+        "{:?}",
+        j.events
+    );
+}

@@ -57,7 +57,7 @@ use crate::codec::Wire;
 use crate::identity::{AccountId, Identity};
 use crate::market::{open, signed_by_both};
 use crate::messages::{
-    Contract, ContractTerms, Dispute, Message, Probe, ProbeReply, Receipt, Verdict,
+    Contract, ContractTerms, Dispute, Message, Probe, ProbeReply, Receipt, Verdict, Withdrawal,
 };
 use crate::signed::Signed;
 use crate::types::{Bps, ComputeUnits, DurationMs, Hash32, NetworkId, Timestamp};
@@ -173,6 +173,8 @@ pub enum OracleInput {
     Receipt(Signed<Receipt>),
     ProbeReply(Signed<ProbeReply>),
     Dispute(Signed<Dispute>),
+    /// The contract's provider gave it up before delivering.
+    Withdrawal(Signed<Withdrawal>),
     Verdict(Signed<Verdict>),
     CheckDone {
         contract: Hash32,
@@ -420,6 +422,7 @@ impl<C: ResultChecker> OracleEngine<C> {
                 }
             }
             OracleInput::Dispute(sd) => self.on_dispute(now, sd, &mut out),
+            OracleInput::Withdrawal(sw) => self.on_withdrawal(now, sw, &mut out),
             OracleInput::Verdict(sv) => self.on_verdict(now, sv, &mut out),
             OracleInput::CheckDone { contract, correct } => {
                 if let Some(w) = self.watches.get_mut(&contract)
@@ -595,6 +598,35 @@ impl<C: ResultChecker> OracleEngine<C> {
                 Check::Pending
             }
         };
+    }
+
+    /// The provider gave the contract up before delivering: judge it not
+    /// delivered now, rather than at the deadline. Only the contract's
+    /// provider can, and only before a receipt.
+    fn on_withdrawal(
+        &mut self,
+        now: Timestamp,
+        sw: Signed<Withdrawal>,
+        out: &mut Vec<OracleOutput>,
+    ) {
+        let Ok(wd) = open(&sw, &self.network, self.cfg.verify_signatures) else {
+            self.stats.ignored += 1;
+            return;
+        };
+        let Some(w) = self.watches.get(&wd.contract) else {
+            self.stats.ignored += 1;
+            return;
+        };
+        if w.receipt.is_some()
+            || w.verdict_sent
+            || sw.signer != w.terms.provider
+            || wd.provider != w.terms.provider
+            || wd.validate().is_err()
+        {
+            self.stats.ignored += 1;
+            return;
+        }
+        self.issue_verdict(wd.contract, now, out);
     }
 
     fn on_dispute(&mut self, now: Timestamp, sd: Signed<Dispute>, out: &mut Vec<OracleOutput>) {

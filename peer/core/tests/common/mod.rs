@@ -92,6 +92,8 @@ pub struct Net {
     pub faked: Option<Faked>,
     /// Every check handed to a driver: (member, seeds).
     pub checks: Vec<(usize, Vec<u64>)>,
+    /// Runs fail for good (the run's error, not a crash).
+    pub runs_fail: bool,
 }
 
 pub fn genesis(ids: &[Identity], roles: &[Role], requester_micro: u64) -> GenesisEntry {
@@ -191,6 +193,7 @@ impl Net {
             filter: None,
             faked: None,
             checks: Vec::new(),
+            runs_fail: false,
             log: Vec::new(),
             genesis: g,
             down: vec![false; roles.len()],
@@ -387,6 +390,18 @@ impl Net {
                         size: 1_000,
                     };
                     let t = self.now.plus(self.run_time);
+                    if self.runs_fail {
+                        let e = node_core::WorkError::fatal("out of memory (stand-in)");
+                        self.at(
+                            t,
+                            i,
+                            Input::Ran {
+                                contract,
+                                result: Err(e),
+                            },
+                        );
+                        continue;
+                    }
                     self.at(
                         t,
                         i,
