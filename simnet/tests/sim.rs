@@ -105,6 +105,15 @@ fn faults_keep_the_ledger_whole_and_catch_cheaters() {
         "caught {rate:.3} of wrong results, expected {p} ± {:.3}",
         4.0 * sd
     );
+    // Caught is punished: a proven wrong result slashes the contract's bond,
+    // and cheaters end with less than honest providers.
+    assert!(s.slashed_tokens > 0.0, "{s:?}");
+    assert!(
+        s.net_per_cheater < s.net_per_honest,
+        "a cheater nets {:.0} tokens, an honest provider {:.0}",
+        s.net_per_cheater,
+        s.net_per_honest
+    );
     // A cheater that returned many wrong results cannot have escaped every check.
     for (provider, (caught, missed)) in &m.caught_by_provider {
         if caught + missed >= 25 {
