@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
             Message::Verdict(s) => drop(s.verify(&net)),
             Message::Dispute(s) => drop(s.verify(&net)),
             Message::KeyGrant(s) => drop(s.verify(&net)),
+            Message::Withdrawal(s) => drop(s.verify(&net).map(|w| w.validate())),
         }
     }
 });

@@ -552,6 +552,8 @@ impl<S: Store> NodeCore<S> {
             self.nudge_receipts(cx);
             self.nudge_challenges(cx);
             self.bond_for_contracts(cx);
+            let epoch = self.nudged_epoch;
+            self.write_sla_records(cx, epoch);
         }
     }
 

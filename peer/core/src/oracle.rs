@@ -282,6 +282,48 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
+    /// A new finalized epoch `epoch`: write what our probes found since the
+    /// last one into SLA records, one per provider, if we sat on that epoch's
+    /// committee (the ledger takes records only from it, one per member,
+    /// provider and epoch, of at most `MAX_RECORD_PROBES` probes). Probes made
+    /// for another committee's contracts are dropped.
+    pub(crate) fn write_sla_records<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, epoch: u64) {
+        let Some(o) = self.oracle.as_mut() else {
+            return;
+        };
+        let tally = o.take_probe_tally();
+        let me = self.identity.account();
+        let member = self
+            .ledger
+            .state()
+            .committee_for(epoch)
+            .is_some_and(|c| c.contains(&me));
+        if !member || epoch == 0 {
+            return;
+        }
+        for (provider, t) in tally {
+            let probes = t.sent.min(crdt_ledger::state::MAX_RECORD_PROBES);
+            if probes == 0 {
+                continue;
+            }
+            let answered = t.answered.min(probes);
+            let mean = t
+                .latency_ms_sum
+                .checked_div(u64::from(t.answered))
+                .unwrap_or(0);
+            let rec = crdt_ledger::SlaRecord {
+                provider,
+                epoch,
+                probes,
+                answered,
+                mean_latency_ms: u32::try_from(mean).unwrap_or(u32::MAX),
+            };
+            if let Err(e) = self.append(cx.now, Body::SlaRecord(rec)) {
+                warn!(provider = %provider.short(), %e, "cannot write an SLA record");
+            }
+        }
+    }
+
     /// A new finalized epoch: reveal our challenges of the checks still
     /// waiting once more (a direct message can be lost).
     pub(crate) fn nudge_challenges<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {

@@ -384,3 +384,22 @@ fn a_run_that_fails_for_good_is_withdrawn_and_refunded_before_its_deadline() {
         j.events
     );
 }
+
+/// Members write what their probes found into SLA records, once an epoch:
+/// the provider's reputation counts the probes it answered.
+#[test]
+fn members_write_their_probes_into_sla_records() {
+    let mut net = Net::new(&ROLES, TOKENS, 12);
+    net.run_time = DurationMs::secs(20);
+    warm_up(&mut net);
+    let spec = net.job_spec(REQ, 10, 1_000);
+    let job = net.submit(REQ, spec);
+    assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
+    let t = net.now.plus(DurationMs::secs(12));
+    net.run(t, |_| false);
+    let provider = net.ids[PROV].account();
+    let rep = net.nodes[REQ].ledger().state().reputation[&provider];
+    assert!(rep.probes > 0, "no SLA record: {rep:?}");
+    assert_eq!(rep.answered, rep.probes, "{rep:?}");
+    assert_eq!(rep.jobs_ok, 1);
+}

@@ -47,7 +47,7 @@
 
 pub mod aggregate;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rand::{Rng, RngExt};
 
@@ -288,6 +288,18 @@ pub struct OracleEngine<C> {
     settle_timers: HashSet<Hash32>,
     aggregator: Aggregator,
     stats: OracleStats,
+    /// Probes since the driver last took the tally, by provider.
+    tally: BTreeMap<AccountId, ProbeTally>,
+}
+
+/// What this member's probes of one provider found, since the driver last
+/// took the tally ([`OracleEngine::take_probe_tally`]): what an SLA record
+/// reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeTally {
+    pub sent: u32,
+    pub answered: u32,
+    pub latency_ms_sum: u64,
 }
 
 impl<C: ResultChecker> OracleEngine<C> {
@@ -310,6 +322,7 @@ impl<C: ResultChecker> OracleEngine<C> {
             settle_timers: HashSet::new(),
             early: HashMap::new(),
             stats: OracleStats::default(),
+            tally: BTreeMap::new(),
         }
     }
 
@@ -321,6 +334,11 @@ impl<C: ResultChecker> OracleEngine<C> {
     }
     pub fn checker_mut(&mut self) -> &mut C {
         &mut self.checker
+    }
+    /// Take what the probes found since the last call, by provider (a driver
+    /// writes them into SLA records once an epoch).
+    pub fn take_probe_tally(&mut self) -> BTreeMap<AccountId, ProbeTally> {
+        std::mem::take(&mut self.tally)
     }
     /// Contracts watched now.
     pub fn watching(&self) -> usize {
@@ -417,6 +435,9 @@ impl<C: ResultChecker> OracleEngine<C> {
                         if now.since(sent) <= self.cfg.probe_timeout {
                             w.probes_answered += 1;
                             w.latency_sum += now.since(sent).0;
+                            let t = self.tally.entry(r.provider).or_default();
+                            t.answered = t.answered.saturating_add(1);
+                            t.latency_ms_sum = t.latency_ms_sum.saturating_add(now.since(sent).0);
                         }
                     }
                 }
@@ -840,6 +861,8 @@ impl<C: ResultChecker> OracleEngine<C> {
                             w.outstanding.push((sp.id(), now));
                         }
                         self.stats.probes_sent += 1;
+                        let t = self.tally.entry(provider).or_default();
+                        t.sent = t.sent.saturating_add(1);
                         out.push(OracleOutput::Send {
                             to: provider,
                             message: Message::Probe(sp),
