@@ -457,9 +457,13 @@ impl State {
                         InvalidReason::UnknownContract(cert.contract)
                     });
                 };
-                // Only the committee of the epoch the escrow was locked in (or
-                // of the next, for a contract that met a rotation) settles it.
-                if cert.epoch != escrow.epoch && cert.epoch != escrow.epoch + 1 {
+                // Only the committee of the epoch the escrow was locked in, of
+                // the next (a contract that met a rotation), or of the one
+                // before settles it. A lock written late in an epoch whose
+                // checkpoint did not include it folds into the next epoch once
+                // final, while the members that saw it pending watched it under
+                // the epoch they saw then.
+                if cert.epoch.saturating_add(1) < escrow.epoch || cert.epoch > escrow.epoch + 1 {
                     return Err(InvalidReason::CertEpoch {
                         cert: cert.epoch,
                         lock: escrow.epoch,
