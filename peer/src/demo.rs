@@ -354,12 +354,19 @@ pub async fn run_job(
         })
         .await?;
     say(format!(
-        "          → {}: {} tokens/CU × {:.3} CU, provider paid {}, requester refunded {}",
+        "          → {}: {} tokens/CU × {:.3} CU, provider paid {}, requester refunded {}{}",
         if done.ok { "OK" } else { "FAILED" },
         fmt_tokens(done.price_micro_per_cu.unwrap_or_default()),
         done.units_used.unwrap_or_default(),
         fmt_tokens(done.paid.unwrap_or_default()),
-        fmt_tokens(done.refund.unwrap_or_default())
+        fmt_tokens(done.refund.unwrap_or_default()),
+        match done.slashed.filter(|s| *s > 0) {
+            Some(s) => format!(
+                ", provider's bond slashed by {} (half to the requester)",
+                fmt_tokens(s)
+            ),
+            None => String::new(),
+        }
     ));
     Ok(done)
 }
