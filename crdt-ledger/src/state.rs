@@ -361,9 +361,15 @@ impl State {
                 self.debit(base, debits, author, *amount)?;
                 self.credit(*to, *amount)
             }
-            Body::Stake { amount } => {
+            // Committee stake and provider bond alike: liquid tokens locked up.
+            Body::Stake { amount } | Body::Bond { amount } => {
                 self.debit(base, debits, author, *amount)?;
-                let s = self.stakes.entry(author).or_default();
+                let pool = if matches!(e.data.body, Body::Stake { .. }) {
+                    &mut self.stakes
+                } else {
+                    &mut self.bonds
+                };
+                let s = pool.entry(author).or_default();
                 *s = s.checked_add(*amount).ok_or(InvalidReason::Overflow)?;
                 Ok(())
             }
@@ -580,12 +586,6 @@ impl State {
             // Finality is decided outside the fold (see `Ledger`); in a batch a
             // checkpoint entry changes nothing.
             Body::Checkpoint(_) => Ok(()),
-            Body::Bond { amount } => {
-                self.debit(base, debits, author, *amount)?;
-                let b = self.bonds.entry(author).or_default();
-                *b = b.checked_add(*amount).ok_or(InvalidReason::Overflow)?;
-                Ok(())
-            }
             Body::Unbond { amount } => {
                 if *amount == Amount::ZERO {
                     return Err(InvalidReason::ZeroAmount);

@@ -335,15 +335,7 @@ fn rewards_halve_and_stop_at_the_cap() {
     l.append(&net.ids[5], bond, T0).unwrap();
     let mut minted = Vec::new();
     for epoch in 1..=6u64 {
-        let c = net.contract(4, 5, epoch);
-        l.append(
-            &net.ids[4],
-            Body::EscrowLock {
-                contract: c.clone(),
-            },
-            T0,
-        )
-        .unwrap();
+        let c = net.locked(&mut l, 4, 5, epoch);
         let committee = l.committee_for_checkpoint(epoch).unwrap();
         let s = net.settlement(&c, epoch, &committee, good_outcome(1_000), &params);
         l.append(&net.ids[5], s, T0).unwrap();
@@ -605,15 +597,7 @@ fn three_replicas_converge_with_settlements_across_authors() {
     let mut a = net.ledger(1);
     let mut b = net.ledger(2);
     let mut c = net.ledger(3);
-    let contract = net.contract(6, 7, 9);
-    a.append(
-        &net.ids[6],
-        Body::EscrowLock {
-            contract: contract.clone(),
-        },
-        T0,
-    )
-    .unwrap();
+    let contract = net.locked(&mut a, 6, 7, 9);
     sync(&mut a, &mut b);
     let committee = b.committee_for_checkpoint(1).unwrap();
     let params = b.params().clone();
@@ -636,12 +620,8 @@ fn settlements_are_found_by_contract_id() {
     let net = Net::new(8, 4, 4);
     let mut a = net.ledger(1);
     let mut b = net.ledger(2);
-    let contract = net.contract(6, 7, 11);
+    let contract = net.locked(&mut a, 6, 7, 11);
     let id = contract.body_hash();
-    let lock = Body::EscrowLock {
-        contract: contract.clone(),
-    };
-    a.append(&net.ids[6], lock, T0).unwrap();
     // Locked, not settled yet.
     assert!(a.settlement(&id).is_none());
     let committee = a.committee_for_checkpoint(1).unwrap();
@@ -824,12 +804,8 @@ fn a_stored_value_with_a_bad_signature_is_reported_and_kept_out() {
 fn only_the_committee_of_the_lock_epoch_settles_an_escrow() {
     let net = Net::new(8, 4, 4);
     let mut a = net.ledger(1);
-    let contract = net.contract(6, 7, 21);
+    let contract = net.locked(&mut a, 6, 7, 21);
     let id = contract.body_hash();
-    let lock = Body::EscrowLock {
-        contract: contract.clone(),
-    };
-    a.append(&net.ids[6], lock, T0).unwrap();
     let e = a.state().escrows.get(&id).cloned().unwrap();
     assert_eq!(e.epoch, 1, "locked before any checkpoint: epoch 1");
     assert_eq!(a.entry(&e.lock).map(|x| x.data.seq), Some(0));
@@ -861,12 +837,8 @@ fn the_committee_of_the_epoch_before_the_lock_settles_it_too() {
     let net = Net::new(8, 4, 4);
     let mut a = net.ledger(1);
     finalize(&net, &mut a, 1, 0);
-    let contract = net.contract(6, 7, 22);
+    let contract = net.locked(&mut a, 6, 7, 22);
     let id = contract.body_hash();
-    let lock = Body::EscrowLock {
-        contract: contract.clone(),
-    };
-    a.append(&net.ids[6], lock, T0).unwrap();
     assert_eq!(
         a.state().escrows[&id].epoch,
         2,
@@ -905,11 +877,7 @@ fn a_proven_wrong_result_slashes_the_reserved_bond() {
         (true, false), // wrong
     ];
     for (nonce, (delivered, result_ok)) in outcomes.into_iter().enumerate() {
-        let contract = net.contract(req, prov, 100 + nonce as u64);
-        let lock = Body::EscrowLock {
-            contract: contract.clone(),
-        };
-        l.append(&net.ids[req], lock, T0).unwrap();
+        let contract = net.locked(&mut l, req, prov, 100 + nonce as u64);
         // 10 tokens of escrow reserve 10 of the 100 bonded.
         assert_eq!(l.state().free_bond(&net.acct(prov)), Amount::tokens(90));
         let before = l.state().clone();
@@ -950,9 +918,7 @@ fn a_provider_cannot_unbond_what_its_open_contracts_reserve() {
     let mut l = net.ledger(1);
     let (req, prov) = (6, 7);
     bond(&mut l, &net, prov, 100);
-    let contract = net.contract(req, prov, 1);
-    l.append(&net.ids[req], Body::EscrowLock { contract }, T0)
-        .unwrap();
+    net.locked(&mut l, req, prov, 1);
     let unbond = |tokens| Body::Unbond {
         amount: Amount::tokens(tokens),
     };
@@ -982,11 +948,7 @@ fn the_mint_is_capped_by_each_providers_share_of_the_bonds() {
     let committee = l.committee_for_checkpoint(1).unwrap();
     // Each provider does the same verified work for requester 4.
     for (nonce, prov) in [small, large, unbonded].into_iter().enumerate() {
-        let contract = net.contract(4, prov, 200 + nonce as u64);
-        let lock = Body::EscrowLock {
-            contract: contract.clone(),
-        };
-        l.append(&net.ids[4], lock, T0).unwrap();
+        let contract = net.locked(&mut l, 4, prov, 200 + nonce as u64);
         let s = net.settlement(&contract, 1, &committee[..3], good_outcome(8_000), &params);
         l.append(&net.ids[prov], s, T0).unwrap();
     }

@@ -10,7 +10,7 @@ use anyhow::Context;
 use crdt_ledger::GenesisEntry;
 use libp2p::Multiaddr;
 use peer::config::DataDir;
-use peer::control::{ControlClient, JobView};
+use peer::control::{ControlClient, JobRequest, JobView};
 use peer::net::{self, BasicValidator, Client, NetEvent, NetOptions};
 use peer::node::{self, RunOptions, RunningNode, Timing};
 use protocol::DurationMs;
@@ -227,6 +227,46 @@ pub async fn swarm(
         nodes.push(Some(n));
     }
     Ok((nodes, acc, g))
+}
+
+/// `setup` for the providers of a [`swarm`] only.
+pub fn providers(setup: impl Fn(&mut RunOptions)) -> impl Fn(&mut RunOptions) {
+    move |o: &mut RunOptions| {
+        if o.provider {
+            setup(o);
+        }
+    }
+}
+
+/// The control client of the requester of a one-provider [`swarm`] (node 4),
+/// once it sees the whole swarm and `offers` offers.
+pub async fn requester(tmp: &std::path::Path, offers: usize) -> anyhow::Result<ControlClient> {
+    let c = ControlClient::from_data_dir(&tmp.join("n4"))?;
+    settled_in(&c, 4, offers).await?;
+    Ok(c)
+}
+
+/// A small classifier trained on the wine data (written into `dir`) for
+/// `epochs`, due in `deadline_secs`.
+pub fn wine_job(
+    dir: &std::path::Path,
+    epochs: u32,
+    deadline_secs: u64,
+) -> anyhow::Result<JobRequest> {
+    let data = dir.join("wine.safetensors");
+    compute::datasets::write_builtin(compute::datasets::Builtin::WineQuality, &data)?;
+    Ok(JobRequest {
+        deadline_secs,
+        ..JobRequest::train_mlp(data, epochs, 1)
+    })
+}
+
+/// Shut down every node still up.
+pub async fn stop(nodes: impl IntoIterator<Item = Option<RunningNode>>) -> anyhow::Result<()> {
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await?;
+    }
+    Ok(())
 }
 
 /// Wait until a node sees `peers` peers (and, for a requester that keeps a

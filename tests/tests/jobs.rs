@@ -8,11 +8,11 @@
 use std::time::Duration;
 
 use peer::config::DataDir;
-use peer::control::{ControlClient, JobRequest};
+use peer::control::ControlClient;
 use peer::demo::{self, DemoOptions};
 use peer::node;
 use peer::work::Cheat;
-use tests::{node_opts, settled_in, swarm, wait_job};
+use tests::{node_opts, providers, requester, stop, swarm, wait_job, wine_job};
 
 /// The demo in a fresh directory (returned, so results stay readable), with
 /// `cheaters` providers cheating as `cheat` says. The demo's own steps wait
@@ -116,21 +116,11 @@ async fn a_provider_that_trains_one_link_and_claims_the_whole_job_is_caught() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receipt_that_inflates_its_units_is_caught() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let (nodes, acc, _) = swarm(tmp.path(), "inflate", 1, 1, true, |o| {
-        if o.provider {
-            o.cheat = Cheat::InflateUnits;
-        }
-    })
-    .await?;
-    let c = ControlClient::from_data_dir(&tmp.path().join("n4"))?;
-    settled_in(&c, 4, 1).await?;
-    let data = tmp.path().join("wine.safetensors");
-    compute::datasets::write_builtin(compute::datasets::Builtin::WineQuality, &data)?;
-    let mut job = JobRequest {
-        deadline_secs: 120,
-        ..JobRequest::train_mlp(data.clone(), 20, 1)
-    };
-    let cu = peer::work::estimate_units(&job.kind, &std::fs::read(&data)?, None)?;
+    let inflate = providers(|o| o.cheat = Cheat::InflateUnits);
+    let (nodes, acc, _) = swarm(tmp.path(), "inflate", 1, 1, true, inflate).await?;
+    let c = requester(tmp.path(), 1).await?;
+    let mut job = wine_job(tmp.path(), 20, 120)?;
+    let cu = peer::work::estimate_units(&job.kind, &std::fs::read(&job.dataset)?, None)?;
     job.estimated_cu = Some(cu * 10.0);
     let v = c.submit(&job).await?;
     let done = wait_job(&c, &v.id, Duration::from_secs(120), |v| v.done).await;
@@ -142,10 +132,7 @@ async fn a_receipt_that_inflates_its_units_is_caught() -> anyhow::Result<()> {
     );
     assert_eq!(done.paid, Some(0), "{done:?}");
     assert_eq!(done.slashed, done.escrow, "{done:?}");
-    for n in nodes.into_iter().flatten() {
-        n.shutdown().await?;
-    }
-    Ok(())
+    stop(nodes).await
 }
 
 /// A provider that holds no bond has nothing a wrong result could cost it:
@@ -154,21 +141,10 @@ async fn a_receipt_that_inflates_its_units_is_caught() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_with_no_bond_gets_no_contract() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let (nodes, _, _) = swarm(tmp.path(), "unbonded", 1, 1, true, |o| {
-        if o.provider {
-            o.bond = Some(0);
-        }
-    })
-    .await?;
-    let c = ControlClient::from_data_dir(&tmp.path().join("n4"))?;
-    settled_in(&c, 4, 1).await?;
-    let data = tmp.path().join("wine.safetensors");
-    compute::datasets::write_builtin(compute::datasets::Builtin::WineQuality, &data)?;
-    let job = JobRequest {
-        deadline_secs: 15,
-        ..JobRequest::train_mlp(data, 20, 1)
-    };
-    let v = c.submit(&job).await?;
+    let unbonded = providers(|o| o.bond = Some(0));
+    let (nodes, _, _) = swarm(tmp.path(), "unbonded", 1, 1, true, unbonded).await?;
+    let c = requester(tmp.path(), 1).await?;
+    let v = c.submit(&wine_job(tmp.path(), 20, 15)?).await?;
     let done = wait_job(&c, &v.id, Duration::from_secs(120), |v| v.done).await;
     assert_eq!(
         done.outcome.as_deref(),
@@ -182,10 +158,7 @@ async fn a_provider_with_no_bond_gets_no_contract() -> anyhow::Result<()> {
         "the requester did not say why: {:#?}",
         done.events
     );
-    for n in nodes.into_iter().flatten() {
-        n.shutdown().await?;
-    }
-    Ok(())
+    stop(nodes).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,19 +180,12 @@ async fn a_job_no_offer_fits_is_posted_as_a_bid_answered_and_settled() -> anyhow
         },
     )
     .await?;
-    let c = ControlClient::from_data_dir(&tmp.path().join("n4"))?;
-    settled_in(&c, 4, 0).await?;
+    let c = requester(tmp.path(), 0).await?;
     assert!(
         c.offers().await?.is_empty(),
         "a requester with no book kept an offer"
     );
-    let data = tmp.path().join("wine.safetensors");
-    compute::datasets::write_builtin(compute::datasets::Builtin::WineQuality, &data)?;
-    let job = JobRequest {
-        deadline_secs: 60,
-        ..JobRequest::train_mlp(data, 20, 1)
-    };
-    let v = c.submit(&job).await?;
+    let v = c.submit(&wine_job(tmp.path(), 20, 60)?).await?;
     let done = wait_job(&c, &v.id, Duration::from_secs(120), |v| v.done).await;
     assert_eq!(done.state, "settled", "{done:#?}");
     assert_eq!(done.outcome.as_deref(), Some("ok"), "{done:#?}");
@@ -232,10 +198,7 @@ async fn a_job_no_offer_fits_is_posted_as_a_bid_answered_and_settled() -> anyhow
         "the job was not posted as a bid: {done:#?}"
     );
     assert!(done.paid.unwrap() > 0, "{done:?}");
-    for n in nodes.into_iter().flatten() {
-        n.shutdown().await?;
-    }
-    Ok(())
+    stop(nodes).await
 }
 
 /// The provider dies mid-job for good: the committee's "not delivered" verdict
@@ -248,16 +211,9 @@ async fn a_provider_killed_mid_job_ends_in_a_refund_and_a_restart_keeps_the_ledg
     let tmp = tempfile::tempdir()?;
     let (mut nodes, acc, g) = swarm(tmp.path(), "killed-provider", 1, 1, true, |_| {}).await?;
     let req_dir = tmp.path().join("n4");
-    let c = ControlClient::from_data_dir(&req_dir)?;
-    settled_in(&c, 4, 1).await?;
-    let data = tmp.path().join("wine.safetensors");
-    compute::datasets::write_builtin(compute::datasets::Builtin::WineQuality, &data)?;
+    let c = requester(tmp.path(), 1).await?;
     // Long enough (seconds) to be killed in the middle.
-    let job = JobRequest {
-        deadline_secs: 40,
-        ..JobRequest::train_mlp(data, 10_000, 1)
-    };
-    let v = c.submit(&job).await?;
+    let v = c.submit(&wine_job(tmp.path(), 10_000, 40)?).await?;
     let running = wait_job(&c, &v.id, Duration::from_secs(60), |v| {
         v.state == "running" || v.done
     })
@@ -300,8 +256,5 @@ async fn a_provider_killed_mid_job_ends_in_a_refund_and_a_restart_keeps_the_ledg
         .unwrap_err()
         .to_string();
     assert!(err.contains("belongs to network"), "{err}");
-    for n in nodes.into_iter().flatten() {
-        n.shutdown().await?;
-    }
-    Ok(())
+    stop(nodes).await
 }

@@ -148,8 +148,5 @@ async fn a_late_joiner_gets_an_existing_offer_without_waiting_for_a_refresh() ->
     let cr = ControlClient::from_data_dir(&r_dir)?;
     let offers = offers_seen(&cr, "the existing offer at the late joiner").await?;
     assert_eq!(offers[0].provider, p.account.to_string());
-    for n in [r, b, p] {
-        n.shutdown().await?;
-    }
-    Ok(())
+    tests::stop([r, b, p].map(Some)).await
 }

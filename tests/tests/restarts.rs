@@ -7,9 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use peer::config::DataDir;
-use peer::control::{ControlClient, JobRequest, JobView};
+use peer::control::{ControlClient, JobView};
 use peer::node::{self, RunOptions, RunningNode};
-use tests::{node_opts, settled_in, swarm, wait_job};
+use tests::{node_opts, requester, stop, swarm, wait_job, wine_job};
 
 /// Restart node `i` of a swarm from its directory, bootstrapping from `from`.
 async fn restart(
@@ -24,16 +24,6 @@ async fn restart(
     let mut o = node_opts(g, &[from.dial_addr().await?]);
     setup(&mut o);
     node::start(d, o).await
-}
-
-/// A small training job on the wine data, due in `deadline_secs`.
-fn job(tmp: &Path, epochs: u32, deadline_secs: u64) -> anyhow::Result<JobRequest> {
-    let data = tmp.join("wine.safetensors");
-    compute::datasets::write_builtin(compute::datasets::Builtin::WineQuality, &data)?;
-    Ok(JobRequest {
-        deadline_secs,
-        ..JobRequest::train_mlp(data, epochs, 1)
-    })
 }
 
 /// No escrow is left open in `c`'s replica once the settlement has spread.
@@ -55,20 +45,12 @@ fn assert_ok(done: &JobView) {
     assert!(done.paid.unwrap_or_default() > 0, "{done:#?}");
 }
 
-async fn stop(nodes: Vec<Option<RunningNode>>) -> anyhow::Result<()> {
-    for n in nodes.into_iter().flatten() {
-        n.shutdown().await?;
-    }
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_requester_killed_after_its_escrow_finds_its_job_after_a_restart() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let (mut nodes, _, g) = swarm(tmp.path(), "killed-requester", 1, 1, true, |_| {}).await?;
-    let c = ControlClient::from_data_dir(&tmp.path().join("n4"))?;
-    settled_in(&c, 4, 1).await?;
-    let v = c.submit(&job(tmp.path(), 2_000, 90)?).await?;
+    let c = requester(tmp.path(), 1).await?;
+    let v = c.submit(&wine_job(tmp.path(), 2_000, 90)?).await?;
     wait_job(&c, &v.id, Duration::from_secs(60), |v| v.escrow.is_some()).await;
     nodes[4].take().unwrap().kill().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -90,9 +72,8 @@ async fn a_requester_killed_after_its_escrow_finds_its_job_after_a_restart() -> 
 async fn a_provider_killed_mid_job_resumes_it_after_a_restart() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let (mut nodes, acc, g) = swarm(tmp.path(), "resumed-provider", 1, 1, true, |_| {}).await?;
-    let c = ControlClient::from_data_dir(&tmp.path().join("n4"))?;
-    settled_in(&c, 4, 1).await?;
-    let v = c.submit(&job(tmp.path(), 2_000, 120)?).await?;
+    let c = requester(tmp.path(), 1).await?;
+    let v = c.submit(&wine_job(tmp.path(), 2_000, 120)?).await?;
     let running = wait_job(&c, &v.id, Duration::from_secs(60), |v| {
         v.state == "running" || v.done
     })
@@ -113,9 +94,8 @@ async fn a_provider_killed_mid_job_resumes_it_after_a_restart() -> anyhow::Resul
 async fn two_of_three_oracles_killed_after_a_receipt_still_settle_it() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let (mut nodes, _, g) = swarm(tmp.path(), "killed-oracles", 1, 1, true, |_| {}).await?;
-    let c = ControlClient::from_data_dir(&tmp.path().join("n4"))?;
-    settled_in(&c, 4, 1).await?;
-    let v = c.submit(&job(tmp.path(), 200, 90)?).await?;
+    let c = requester(tmp.path(), 1).await?;
+    let v = c.submit(&wine_job(tmp.path(), 200, 90)?).await?;
     // The requester holds the receipt: the committee got it at about the same
     // time. Kill two of the three members now.
     let delivered = wait_job(&c, &v.id, Duration::from_secs(90), |v| {
@@ -143,9 +123,8 @@ async fn a_job_its_requester_cannot_pay_ends_refused_at_once_and_stays_so() -> a
     let tmp = tempfile::tempdir()?;
     // The requester holds no tokens: its escrow cannot be locked.
     let (mut nodes, _, g) = swarm(tmp.path(), "refused", 1, 1, false, |_| {}).await?;
-    let c = ControlClient::from_data_dir(&tmp.path().join("n4"))?;
-    settled_in(&c, 4, 1).await?;
-    let v = c.submit(&job(tmp.path(), 20, 600)?).await?;
+    let c = requester(tmp.path(), 1).await?;
+    let v = c.submit(&wine_job(tmp.path(), 20, 600)?).await?;
     // Long before its 600 s deadline.
     let done = wait_job(&c, &v.id, Duration::from_secs(60), |v| v.done).await;
     assert_eq!(done.state, "refused", "{done:#?}");

@@ -89,6 +89,23 @@ impl Net {
         Entry::sign(&self.ids[signer], &self.genesis.network(), &data).unwrap()
     }
 
+    /// A contract signed by both parties, its escrow locked by the requester
+    /// in `l`.
+    pub fn locked<S: Store>(
+        &self,
+        l: &mut Ledger<S>,
+        requester: usize,
+        provider: usize,
+        nonce: u64,
+    ) -> Contract {
+        let contract = self.contract(requester, provider, nonce);
+        let lock = Body::EscrowLock {
+            contract: contract.clone(),
+        };
+        l.append(&self.ids[requester], lock, T0).unwrap();
+        contract
+    }
+
     /// A contract signed by both parties.
     pub fn contract(&self, requester: usize, provider: usize, nonce: u64) -> Contract {
         let r = self.acct(requester);

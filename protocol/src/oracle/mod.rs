@@ -422,8 +422,7 @@ impl<C: ResultChecker> OracleEngine<C> {
             }
             OracleInput::Receipt(sr) => self.on_receipt(now, sr, &mut out),
             OracleInput::ProbeReply(sp) => {
-                let Ok(r) = open(&sp, &self.network, self.cfg.verify_signatures) else {
-                    self.stats.ignored += 1;
+                let Some(r) = self.open_or_ignore(&sp) else {
                     return out;
                 };
                 for w in self.watches.values_mut() {
@@ -547,8 +546,7 @@ impl<C: ResultChecker> OracleEngine<C> {
     }
 
     fn on_receipt(&mut self, now: Timestamp, sr: Signed<Receipt>, out: &mut Vec<OracleOutput>) {
-        let Ok(r) = open(&sr, &self.network, self.cfg.verify_signatures) else {
-            self.stats.ignored += 1;
+        let Some(r) = self.open_or_ignore(&sr) else {
             return;
         };
         let id = r.contract;
@@ -630,8 +628,7 @@ impl<C: ResultChecker> OracleEngine<C> {
         sw: Signed<Withdrawal>,
         out: &mut Vec<OracleOutput>,
     ) {
-        let Ok(wd) = open(&sw, &self.network, self.cfg.verify_signatures) else {
-            self.stats.ignored += 1;
+        let Some(wd) = self.open_or_ignore(&sw) else {
             return;
         };
         let Some(w) = self.watches.get(&wd.contract) else {
@@ -650,9 +647,18 @@ impl<C: ResultChecker> OracleEngine<C> {
         self.issue_verdict(wd.contract, now, out);
     }
 
-    fn on_dispute(&mut self, now: Timestamp, sd: Signed<Dispute>, out: &mut Vec<OracleOutput>) {
-        let Ok(d) = open(&sd, &self.network, self.cfg.verify_signatures) else {
+    /// A signed message's body, if it opens here; else it is counted as
+    /// ignored.
+    fn open_or_ignore<T: crate::codec::Wire>(&mut self, s: &Signed<T>) -> Option<T> {
+        let body = open(s, &self.network, self.cfg.verify_signatures).ok();
+        if body.is_none() {
             self.stats.ignored += 1;
+        }
+        body
+    }
+
+    fn on_dispute(&mut self, now: Timestamp, sd: Signed<Dispute>, out: &mut Vec<OracleOutput>) {
+        let Some(d) = self.open_or_ignore(&sd) else {
             return;
         };
         let Some(w) = self.watches.get_mut(&d.contract) else {
@@ -758,8 +764,7 @@ impl<C: ResultChecker> OracleEngine<C> {
         sv: Signed<Verdict>,
         out: &mut Vec<OracleOutput>,
     ) {
-        let Ok(v) = open(&sv, &self.network, self.cfg.verify_signatures) else {
-            self.stats.ignored += 1;
+        let Some(v) = self.open_or_ignore(&sv) else {
             return;
         };
         if v.contract != id || v.epoch != epoch || v.oracle != self.account() {
