@@ -105,10 +105,16 @@ pub fn freivalds(
 
 /// Picks which link of a checkpoint chain to challenge (1..len), from an oracle's seed.
 pub fn challenge_segment(chain: &[Checkpoint], seed: u64) -> Option<usize> {
-    if chain.len() < 2 {
+    challenge_link(chain.len(), seed)
+}
+
+/// Picks which link of a chain of `len` checkpoints to challenge (1..len), from
+/// an oracle's seed; `None` for a chain of fewer than two.
+pub fn challenge_link(len: usize, seed: u64) -> Option<usize> {
+    if len < 2 {
         return None;
     }
-    let links = (chain.len() - 1) as u32;
+    let links = u32::try_from(len - 1).unwrap_or(u32::MAX);
     Some(1 + (rng::rand_u32(seed, rng::STREAM_VERIFY, 0xC4A1) % links) as usize)
 }
 

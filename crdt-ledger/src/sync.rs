@@ -35,6 +35,11 @@ pub struct PeerState {
     pub last_error: Option<String>,
     /// New valid entries received from this peer.
     pub entries_received: u64,
+    /// Our heads when a message for this peer was last generated, if nothing
+    /// came from it since: automerge would then say nothing new (its state
+    /// for the peer has not moved), so it is not asked, which saves the bloom
+    /// filter and change-graph walk every idle sync would cost.
+    quiet: Option<Vec<automerge::ChangeHash>>,
 }
 
 impl PeerState {
@@ -57,10 +62,17 @@ pub struct SyncReport {
 impl<S: Store> Ledger<S> {
     /// The next message for this peer, if there is anything to say.
     pub fn generate_sync_message(&mut self, peer: &mut PeerState) -> Option<Vec<u8>> {
-        self.doc
+        let heads = self.doc.get_heads();
+        if peer.quiet.as_ref() == Some(&heads) {
+            return None;
+        }
+        let msg = self
+            .doc
             .sync()
             .generate_sync_message(&mut peer.sync)
-            .map(Message::encode)
+            .map(Message::encode);
+        peer.quiet = Some(heads);
+        msg
     }
 
     /// Merge two replicas in process by running the sync protocol between them
@@ -98,6 +110,7 @@ impl<S: Store> Ledger<S> {
         peer: &mut PeerState,
         bytes: &[u8],
     ) -> Result<SyncReport, SyncError> {
+        peer.quiet = None;
         if peer.banned() {
             return Err(SyncError::PeerBanned {
                 errors: peer.errors,

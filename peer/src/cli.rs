@@ -158,6 +158,12 @@ pub struct SimArgs {
     /// Where to write the report (default: out/<scenario>).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Run every peer as the node's own core, each with its own ledger
+    /// replica and real sync, instead of the engines around one shared
+    /// ledger: the binary's protocol decisions, measured (much slower; suits
+    /// scenarios of tens of peers).
+    #[arg(long, conflicts_with = "testbed")]
+    pub cores: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -495,7 +501,8 @@ fn sim(json: bool, args: &SimArgs) -> anyhow::Result<()> {
     let Some(scenario) = &args.scenario else {
         anyhow::bail!("give a scenario or --testbed N");
     };
-    let sc = simnet::Scenario::load(scenario)?;
+    let mut sc = simnet::Scenario::load(scenario)?;
+    sc.cores |= args.cores;
     let seed = args.seed.unwrap_or(sc.seed);
     let out = args
         .out

@@ -1,4 +1,5 @@
-//! Wall time and figures of a scenario: `cargo run --release -p simnet --example timing -- paper-30d`.
+//! Wall time and figures of a scenario: `cargo run --release -p simnet --example timing -- paper-30d [days] [--cores]`
+//! (`--cores`: a node core per peer, see `simnet::cores`).
 use std::time::Instant;
 // The allocator `cloudchain` runs with (see `peer/src/main.rs`).
 #[global_allocator]
@@ -6,11 +7,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[allow(clippy::disallowed_methods)] // measuring wall time is the point of this example
 fn main() {
-    let name = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "paper-30d".into());
-    let days: Option<f64> = std::env::args().nth(2).and_then(|d| d.parse().ok());
-    let sc = match simnet::Scenario::load(&name) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cores = args.iter().any(|a| a == "--cores");
+    let mut args = args.into_iter().filter(|a| a != "--cores");
+    let name = args.next().unwrap_or_else(|| "paper-30d".into());
+    let days: Option<f64> = args.next().and_then(|d| d.parse().ok());
+    let mut sc = match simnet::Scenario::load(&name) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
@@ -18,7 +20,14 @@ fn main() {
         }
     };
     let t = Instant::now();
-    let m = simnet::World::new(&sc, sc.seed, None, days).run(|_| {});
+    let m = if cores {
+        if let Some(d) = days {
+            sc.days = d;
+        }
+        simnet::cores::run(&sc, sc.seed, |_| {})
+    } else {
+        simnet::World::new(&sc, sc.seed, None, days).run(|_| {})
+    };
     let s = m.summary(&sc.requesters.fairness_groups);
     println!("{s:#?}");
     println!("{:?}", m.events_by_kind);

@@ -180,6 +180,15 @@ impl SimLedger {
                 bonds,
             },
         )?;
+        Self::from_genesis(genesis, writers)
+    }
+
+    /// A network from its signed genesis; `writers` are the keys of the
+    /// accounts that will write entries.
+    pub fn from_genesis(
+        genesis: GenesisEntry,
+        writers: Vec<Identity>,
+    ) -> Result<SimLedger, LedgerError> {
         let network = genesis.network();
         let (ledger, _) = Ledger::open(genesis, b"simnet-converged", CountingStore::default())?;
         Ok(SimLedger {

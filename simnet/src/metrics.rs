@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use protocol::accounting::jain_index;
 use protocol::market::{Explanation, NoMatchReason};
 use protocol::oracle::SettlementInstruction;
-use protocol::{Amount, ComputeUnits, ContractTerms, Hash32, Timestamp};
+use protocol::{Amount, ComputeUnits, ContractTerms, Hash32, Outcome, Timestamp};
 use serde::Serialize;
 
 use crate::profiles::Profile;
@@ -139,12 +139,23 @@ impl Metrics {
     }
 
     pub fn settled(&mut self, now: Timestamp, si: &SettlementInstruction, wrong: bool) {
-        let o = &si.outcome;
+        self.settled_outcome(now, &si.outcome, &si.terms, wrong);
+    }
+
+    /// A contract settled at `now` with outcome `o`; `wrong` if its provider
+    /// returned a wrong result.
+    pub fn settled_outcome(
+        &mut self,
+        now: Timestamp,
+        o: &Outcome,
+        terms: &ContractTerms,
+        wrong: bool,
+    ) {
         self.settled_jobs += 1;
         if o.delivered && o.result_ok {
             self.settled_units += o.units.milli;
-            if let Some(&(r, issued, _)) = self.contract_at.get(&si.terms.job) {
-                self.served_units[r] += o.units.milli.min(si.terms.spec.estimated_units.milli);
+            if let Some(&(r, issued, _)) = self.contract_at.get(&terms.job) {
+                self.served_units[r] += o.units.milli.min(terms.spec.estimated_units.milli);
                 self.latency_s.push(now.since(issued).as_secs_f64());
             }
         }

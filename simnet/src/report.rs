@@ -37,13 +37,13 @@ pub enum ReportError {
 
 /// Run the scenario (and its sweep). `progress(stage, share)` reports each run.
 pub fn run_all(sc: &Scenario, seed: u64, mut progress: impl FnMut(&str, f64)) -> Outcome {
-    let main = World::new(sc, seed, None, None).run(|p| progress("main run", p));
+    let main = run_one(sc, seed, None, None, |p| progress("main run", p));
     let summary = main.summary(&sc.requesters.fairness_groups);
     let mut sweep = Vec::new();
     if let Some(s) = &sc.sweep {
         for &n in &s.requesters {
             let label = format!("sweep: {n} requesters");
-            let m = World::new(sc, seed, Some(n), Some(s.days)).run(|p| progress(&label, p));
+            let m = run_one(sc, seed, Some(n), Some(s.days), |p| progress(&label, p));
             sweep.push((n, m.summary(&sc.requesters.fairness_groups)));
         }
     }
@@ -53,6 +53,25 @@ pub fn run_all(sc: &Scenario, seed: u64, mut progress: impl FnMut(&str, f64)) ->
         main,
         summary,
         sweep,
+    }
+}
+
+/// One run of `sc`, optionally with another number of requesters and
+/// another duration, on the driver the scenario names.
+fn run_one(
+    sc: &Scenario,
+    seed: u64,
+    requesters: Option<u32>,
+    days: Option<f64>,
+    progress: impl FnMut(f64),
+) -> Metrics {
+    if sc.cores {
+        let mut sc = sc.clone();
+        sc.requesters.count = requesters.unwrap_or(sc.requesters.count);
+        sc.days = days.unwrap_or(sc.days);
+        crate::cores::run(&sc, seed, progress)
+    } else {
+        World::new(sc, seed, requesters, days).run(progress)
     }
 }
 

@@ -64,6 +64,12 @@ pub struct Scenario {
     pub faults: Faults,
     #[serde(default)]
     pub storage: Storage,
+    /// Run every peer as a node core with its own ledger replica and real
+    /// sync (`simnet::cores`), instead of the engines around one converged
+    /// ledger (`simnet::world`). Slower by far; `cloudchain sim --cores`
+    /// sets it too.
+    #[serde(default)]
+    pub cores: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -94,6 +94,9 @@ impl JobState {
     }
 }
 
+/// How the event that records a job's settlement begins.
+pub(crate) const SETTLED_EVENT: &str = "settled in the ledger:";
+
 /// What the ledger's settlement entry said about a job's contract.
 #[derive(Debug, Clone)]
 pub struct Settled {
@@ -166,6 +169,17 @@ impl Job {
             JobState::Ended(_) => true,
             _ => false,
         }
+    }
+
+    /// When this node learned of the job's settlement (from the ledger entry
+    /// that settled its contract).
+    pub fn settled_at(&self) -> Option<Timestamp> {
+        self.settled.as_ref()?;
+        self.events
+            .iter()
+            .rev()
+            .find(|(_, e)| e.starts_with(SETTLED_EVENT))
+            .map(|(t, _)| *t)
     }
 
     /// The compute units its receipt claims.

@@ -622,7 +622,8 @@ impl<S: Store> NodeCore<S> {
                 j.event(
                     cx.now,
                     format!(
-                        "settled in the ledger: provider paid {} tokens (penalty {}), committee fee {}, requester refunded {}",
+                        "{} provider paid {} tokens (penalty {}), committee fee {}, requester refunded {}",
+                        crate::job::SETTLED_EVENT,
                         si.payout.provider,
                         si.payout.penalty,
                         Amount(fees),

@@ -1,0 +1,819 @@
+//! Every simulated peer as the node's own core: a [`NodeCore`] per provider,
+//! requester and oracle, each with its own ledger replica and real automerge
+//! sync, driven on virtual time.
+//!
+//! This is the driver the binary's protocol decisions are measured by: the
+//! escrow gate, key grants, the commit-then-challenge reveal, settlement
+//! writing and its stagger, checkpoint proposals and votes, resends,
+//! persistence and restarts all run as `cloudchain run` runs them, because
+//! they *are* the core's code. What the driver adds is the world around the
+//! cores:
+//!
+//! - **The network.** A published message reaches each other peer after a
+//!   sampled gossip delay ([`Net::gossip_delay`]), and is lost across a
+//!   partition. A direct message takes one hop of its regions' latency, and is
+//!   lost across a partition. Ledger sync runs over a random overlay of
+//!   [`SYNC_DEGREE`] neighbours per peer (every oracle also links every other
+//!   oracle), as connections would; a partition closes the connections it
+//!   cuts (`PeerDown`) and its end opens them again (`PeerUp`).
+//! - **Work.** Nothing is computed: a job's run takes its modelled duration
+//!   (input transfer `S/B`, then `C/speed` of the provider's profile, late with
+//!   the profile's unreliability), and a result is a stand-in. A check is a
+//!   stand-in too, but its *samples* are the core's: each seed the core hands
+//!   out (the member's signature over the receipt, and those the others
+//!   revealed) names a segment of the result through the node's own
+//!   `compute::verify::challenge_link`. An honest result checks; a cheater
+//!   fakes the last [`FAKED_SHARE`] of its segments, and is caught when any
+//!   seed lands there. A receipt that claims more units than the job's
+//!   estimate (the model's measure here) fails too.
+//! - **Churn.** A crashed provider loses what it had in memory and in flight;
+//!   it restarts from its ledger's store and its last persisted state, as the
+//!   binary does.
+//!
+//! Every peer ticks when its core asks ([`NodeCore::poll_timeout`]); nothing
+//! else runs on a clock. The cost is a ledger replica per peer and real sync:
+//! it suits scenarios of tens of peers (`smoke`, `faults`). The larger ones
+//! still run on [`crate::world`], which wires the engines to one converged
+//! ledger.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crdt_ledger::{GenesisEntry, Ledger, MemStore, Params};
+use node_core::{
+    CoreConfig, Fetched, Input, JobKey, NodeCore, Output, PreparedJob, RanJob, Timing,
+};
+use protocol::market::BookConfig;
+use protocol::*;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::metrics::Metrics;
+use crate::netmodel::Net;
+use crate::profiles::{Profile, ProfileParams};
+use crate::scenario::Scenario;
+use crate::sched::Scheduler;
+use crate::world::{
+    NewJob, T0, arrival_gap, genesis, new_job, next_gap, provider_bond, provider_config, seed_for,
+};
+
+/// Ledger-sync neighbours each peer opens (besides the oracles' full mesh).
+pub const SYNC_DEGREE: usize = 2;
+/// Segments a stand-in result is made of (links of a training chain, blocks of
+/// rows of an inference or preprocessing job).
+pub const SEGMENTS: u32 = 10;
+/// The share of its segments, at the end, that a cheater fakes.
+pub const FAKED_SHARE: f64 = 0.5;
+/// How fast a committee member re-executes one segment, CU/s (a reference
+/// GPU).
+const CHECK_CU_S: f64 = 8_000.0;
+/// How fast a requester fetches a result.
+const FETCH_MB_S: f64 = 100.0;
+/// Stand-in result size.
+const RESULT_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Role {
+    Provider {
+        profile: Profile,
+        params: ProfileParams,
+    },
+    Requester,
+    Oracle,
+}
+
+struct Peer {
+    core: NodeCore<MemStore>,
+    cfg: CoreConfig,
+    role: Role,
+    region: usize,
+    up: bool,
+    /// Each crash starts a new life; what an earlier one scheduled is dropped.
+    life: u32,
+    /// The tick armed for this peer, if any.
+    timer_at: Option<Timestamp>,
+    saved: Option<Vec<u8>>,
+    cheating: bool,
+    neighbours: BTreeSet<usize>,
+}
+
+enum Ev {
+    /// An input for peer `to`, scheduled in its life `life`.
+    Input {
+        to: usize,
+        life: u32,
+        input: Input,
+    },
+    Timer(usize, Timestamp),
+    Arrival(usize),
+    Down(usize),
+    Up(usize),
+    /// A partition starts or ends: connections it cuts close, or open again.
+    Links,
+}
+
+/// One run of a scenario with a core per peer.
+pub struct CoreWorld {
+    sc: Scenario,
+    net: Net,
+    rng: ChaCha8Rng,
+    sched: Scheduler<Ev>,
+    end: Timestamp,
+    genesis: GenesisEntry,
+    params: Params,
+    timing: Timing,
+    peers: Vec<Peer>,
+    n_prov: usize,
+    n_req: usize,
+    by_account: HashMap<AccountId, usize>,
+    /// Pairs of peers whose link is open (i < j).
+    open: BTreeSet<(usize, usize)>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for CoreWorld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CoreWorld({}, {:?})", self.sc.name, self.sched)
+    }
+}
+
+/// The stand-in result of `contract` (a cheater's differs).
+fn result_hash(contract: &Hash32, cheating: bool) -> Hash32 {
+    let tag: &[u8] = if cheating { b"faked" } else { b"right" };
+    Hash32::of(&[&contract.0[..], tag].concat())
+}
+
+/// Whether the samples `seeds` name a faked segment of a cheater's result,
+/// through the node's own choice of segment.
+pub fn lands_on_faked(seeds: &[u64]) -> bool {
+    let honest = (f64::from(SEGMENTS) * (1.0 - FAKED_SHARE)).round() as usize;
+    seeds.iter().any(|s| {
+        compute::verify::challenge_link(SEGMENTS as usize + 1, *s).is_some_and(|l| l > honest)
+    })
+}
+
+impl CoreWorld {
+    /// Build the world of `sc` with `seed`.
+    pub fn new(sc: &Scenario, seed: u64) -> CoreWorld {
+        let n_req = sc.requesters.count as usize;
+        let (genesis, _) = genesis(sc, seed, n_req);
+        let params = genesis.genesis().params.clone();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let net = Net::new(&sc.network, &sc.faults.partitions);
+        let end = T0.plus(DurationMs((sc.days * 86_400_000.0) as u64));
+        let n_prov = sc.provider_count() as usize;
+        let n_cheat = (sc.faults.cheating_share * n_prov as f64).round() as usize;
+        let mut order: Vec<usize> = (0..n_prov).collect();
+        for i in (1..order.len()).rev() {
+            let j = rng.random_range(0..=i);
+            order.swap(i, j);
+        }
+        let cheaters: BTreeSet<usize> = order.into_iter().take(n_cheat).collect();
+        let timing = Timing {
+            // Probing every 30 minutes per contract and member, as the engines'
+            // simulation does: availability is still measured on long jobs.
+            probe_every: DurationMs::secs(1800),
+            offer_ttl: MAX_TTL,
+            ..Timing::default()
+        };
+        let persist = sc.faults.churn_per_day > 0.0;
+        let book = BookConfig {
+            capacity: n_prov * 2 + 16,
+            replay_capacity: n_prov * 8 + 64,
+        };
+        let mut peers = Vec::new();
+        for g in &sc.providers {
+            let params = g.profile.params();
+            for _ in 0..g.count {
+                let i = peers.len();
+                let id = Identity::from_seed(seed_for(seed, 1, i));
+                let cfg = CoreConfig {
+                    provider: Some(provider_config(&params, &g.region, true)),
+                    oracle: false,
+                    bond: provider_bond(&params),
+                    contact: vec![],
+                    timing,
+                    book,
+                    persist,
+                };
+                peers.push(Peer::new(
+                    id,
+                    &genesis,
+                    cfg,
+                    Role::Provider {
+                        profile: g.profile,
+                        params,
+                    },
+                    sc.region_index(&g.region),
+                    cheaters.contains(&i),
+                ));
+            }
+        }
+        for i in 0..n_req {
+            let id = Identity::from_seed(seed_for(seed, 2, i));
+            let region = sc.region_index(&sc.requesters.regions[i % sc.requesters.regions.len()]);
+            let cfg = CoreConfig {
+                provider: None,
+                oracle: false,
+                bond: Amount::ZERO,
+                contact: vec![],
+                timing,
+                book,
+                persist,
+            };
+            peers.push(Peer::new(id, &genesis, cfg, Role::Requester, region, false));
+        }
+        for i in 0..sc.oracles.count as usize {
+            let id = Identity::from_seed(seed_for(seed, 3, i));
+            let cfg = CoreConfig {
+                provider: None,
+                oracle: true,
+                bond: Amount::ZERO,
+                contact: vec![],
+                timing,
+                book,
+                persist,
+            };
+            let region = i % sc.network.regions.len();
+            peers.push(Peer::new(id, &genesis, cfg, Role::Oracle, region, false));
+        }
+        let by_account = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.core.account(), i))
+            .collect();
+        let metrics = Metrics::new(&sc.name, seed, n_prov, n_req, sc.days);
+        let mut w = CoreWorld {
+            sc: sc.clone(),
+            net,
+            rng,
+            sched: Scheduler::new(T0),
+            end,
+            genesis,
+            params,
+            timing,
+            peers,
+            n_prov,
+            n_req,
+            by_account,
+            open: BTreeSet::new(),
+            metrics,
+        };
+        w.overlay();
+        w.bootstrap();
+        w
+    }
+
+    /// The sync overlay: each peer links [`SYNC_DEGREE`] others at random, and
+    /// every oracle links every other.
+    fn overlay(&mut self) {
+        let n = self.peers.len();
+        for i in 0..n {
+            for _ in 0..SYNC_DEGREE {
+                let j = self.rng.random_range(0..n);
+                if j != i {
+                    self.peers[i].neighbours.insert(j);
+                    self.peers[j].neighbours.insert(i);
+                }
+            }
+        }
+        let oracles: Vec<usize> = (self.n_prov + self.n_req..n).collect();
+        for &a in &oracles {
+            for &b in &oracles {
+                if a != b {
+                    self.peers[a].neighbours.insert(b);
+                }
+            }
+        }
+    }
+
+    fn bootstrap(&mut self) {
+        for i in 0..self.peers.len() {
+            // Peers come up over the first minute.
+            let at = T0.plus(DurationMs(self.rng.random_range(0..60_000)));
+            self.sched.at(at, Ev::Up(i));
+            if i < self.n_prov && self.sc.faults.churn_per_day > 0.0 {
+                let t = next_gap(&mut self.rng, self.sc.faults.churn_per_day);
+                self.sched.at(at.plus(t), Ev::Down(i));
+            }
+        }
+        for r in 0..self.n_req {
+            let first =
+                T0.plus(DurationMs::secs(600))
+                    .plus(arrival_gap(&self.sc, &mut self.rng, T0));
+            self.sched.at(first, Ev::Arrival(r));
+        }
+        for p in &self.sc.faults.partitions {
+            let start = T0.plus(DurationMs((p.start_hours * 3_600_000.0) as u64));
+            let end = start.plus(DurationMs((p.hours * 3_600_000.0) as u64));
+            self.sched.at(start, Ev::Links);
+            self.sched.at(end, Ev::Links);
+        }
+    }
+
+    fn t_ms(&self) -> f64 {
+        (self.sched.now().0 - T0.0) as f64
+    }
+
+    /// Run to the end; returns the metrics.
+    pub fn run(mut self, mut progress: impl FnMut(f64)) -> Metrics {
+        let span = (self.end.0 - T0.0) as f64;
+        let mut reported = 0.0;
+        while let Some((now, ev)) = self.sched.next_until(self.end) {
+            self.event(now, ev);
+            let done = (now.0 - T0.0) as f64 / span;
+            if done - reported >= 0.01 {
+                reported = done;
+                progress(done);
+            }
+        }
+        progress(1.0);
+        self.finish()
+    }
+
+    fn event(&mut self, now: Timestamp, ev: Ev) {
+        let kind = match &ev {
+            Ev::Input { input, .. } => match input {
+                Input::Message { msg, .. } => msg.kind(),
+                Input::Sync { .. } => "ledger-sync",
+                Input::Proposal { .. } => "proposal",
+                Input::Vote { .. } => "vote",
+                Input::Challenge { .. } => "challenge",
+                Input::Ran { .. } => "finish",
+                Input::Checked { .. } => "check",
+                Input::Fetched { .. } => "fetch",
+                _ => "link",
+            },
+            Ev::Timer(..) => "timer",
+            Ev::Arrival(_) => "arrival",
+            Ev::Down(_) => "down",
+            Ev::Up(_) => "up",
+            Ev::Links => "links",
+        };
+        *self.metrics.events_by_kind.entry(kind).or_default() += 1;
+        match ev {
+            Ev::Input { to, life, input } => {
+                if self.peers[to].up && self.peers[to].life == life {
+                    self.handle(to, input);
+                }
+            }
+            Ev::Timer(i, at) => {
+                if self.peers[i].up && self.peers[i].timer_at == Some(at) {
+                    self.peers[i].timer_at = None;
+                    self.handle(i, Input::Tick);
+                }
+            }
+            Ev::Arrival(r) => {
+                self.submit(now, r);
+                let gap = arrival_gap(&self.sc, &mut self.rng, now);
+                self.sched.at(now.plus(gap), Ev::Arrival(r));
+            }
+            Ev::Up(i) => self.up(i),
+            Ev::Down(i) => {
+                self.down(i);
+                let back = next_gap(&mut self.rng, 24.0 * 6.0); // mean 10 minutes
+                self.sched.at(now.plus(back), Ev::Up(i));
+                let next = next_gap(&mut self.rng, self.sc.faults.churn_per_day);
+                self.sched.at(now.plus(back).plus(next), Ev::Down(i));
+            }
+            Ev::Links => self.relink(),
+        }
+    }
+
+    /// Peer `i` starts: from scratch the first time, else from its ledger's
+    /// store and its last persisted state, as the binary restarts.
+    fn up(&mut self, i: usize) {
+        let now = self.sched.now();
+        if self.peers[i].life > 0 {
+            let p = &mut self.peers[i];
+            let cfg = p.cfg.clone();
+            let id = p.core.identity().clone();
+            let placeholder = NodeCore::new(
+                id.clone(),
+                Ledger::new(self.genesis.clone(), &id.account().0).expect("the genesis is valid"),
+                cfg.clone(),
+            );
+            let old = std::mem::replace(&mut p.core, placeholder);
+            let store = old.into_ledger().into_store();
+            // The store was written by this same replica: it opens.
+            let (ledger, _) = Ledger::open(self.genesis.clone(), &id.account().0, store)
+                .expect("a replica's own store opens");
+            p.core = NodeCore::new(id, ledger, cfg);
+            if let Some(bytes) = p.saved.clone() {
+                let mut out = Vec::new();
+                if p.core.restore(now, &bytes, &mut self.rng, &mut out).is_ok() {
+                    self.peers[i].up = true;
+                    self.carry(i, out);
+                }
+            }
+        }
+        self.peers[i].up = true;
+        self.peers[i].timer_at = None;
+        self.handle(i, Input::Start);
+        let t = self.t_ms();
+        let neighbours: Vec<usize> = self.peers[i].neighbours.iter().copied().collect();
+        for j in neighbours {
+            if self.peers[j].up
+                && self
+                    .net
+                    .connected(t, self.peers[i].region, self.peers[j].region)
+            {
+                self.open.insert((i.min(j), i.max(j)));
+                let (a, b) = (self.peers[j].core.account(), self.peers[i].core.account());
+                self.handle(i, Input::PeerUp(a));
+                self.handle(j, Input::PeerUp(b));
+            }
+        }
+    }
+
+    /// Peer `i` crashes: its memory and what it had in flight are lost; its
+    /// neighbours see the connection close.
+    fn down(&mut self, i: usize) {
+        self.metrics.crashes += 1;
+        self.peers[i].up = false;
+        self.peers[i].life += 1;
+        let me = self.peers[i].core.account();
+        let links: Vec<(usize, usize)> = self
+            .open
+            .iter()
+            .filter(|(a, b)| *a == i || *b == i)
+            .copied()
+            .collect();
+        for (a, b) in links {
+            self.open.remove(&(a, b));
+            let j = if a == i { b } else { a };
+            self.handle(j, Input::PeerDown(me));
+        }
+    }
+
+    /// A partition began or ended: close the links it cuts, open those it no
+    /// longer cuts.
+    fn relink(&mut self) {
+        let t = self.t_ms();
+        for i in 0..self.peers.len() {
+            let neighbours: Vec<usize> = self.peers[i]
+                .neighbours
+                .iter()
+                .copied()
+                .filter(|&j| j > i)
+                .collect();
+            for j in neighbours {
+                if !(self.peers[i].up && self.peers[j].up) {
+                    continue;
+                }
+                let can = self
+                    .net
+                    .connected(t, self.peers[i].region, self.peers[j].region);
+                let is = self.open.contains(&(i, j));
+                let (a, b) = (self.peers[j].core.account(), self.peers[i].core.account());
+                if can && !is {
+                    self.open.insert((i, j));
+                    self.handle(i, Input::PeerUp(a));
+                    self.handle(j, Input::PeerUp(b));
+                } else if !can && is {
+                    self.open.remove(&(i, j));
+                    self.handle(i, Input::PeerDown(a));
+                    self.handle(j, Input::PeerDown(b));
+                }
+            }
+        }
+    }
+
+    fn submit(&mut self, now: Timestamp, r: usize) {
+        let i = self.n_prov + r;
+        if !self.peers[i].up {
+            return;
+        }
+        let requester = self.peers[i].core.account();
+        let NewJob { spec, kind, dp } = new_job(&self.sc, &mut self.rng, requester, now);
+        let units = spec.estimated_units;
+        self.metrics.job_submitted(r, &kind, dp, units);
+        let key = JobKey::from_bytes(self.rng.random());
+        let mut out = Vec::new();
+        let prepared = PreparedJob {
+            spec,
+            key,
+            note: format!("simulated {kind} job"),
+        };
+        if self.peers[i]
+            .core
+            .submit(now, prepared, &mut self.rng, &mut out)
+            .is_err()
+        {
+            self.metrics.rejections += 1;
+        }
+        self.carry(i, out);
+        self.arm(i);
+    }
+
+    fn handle(&mut self, i: usize, input: Input) {
+        let mut out = Vec::new();
+        let now = self.sched.now();
+        self.peers[i]
+            .core
+            .handle(now, input, &mut self.rng, &mut out);
+        self.carry(i, out);
+        self.arm(i);
+    }
+
+    /// Arm peer `i`'s tick for when its core next wants one.
+    fn arm(&mut self, i: usize) {
+        let p = &mut self.peers[i];
+        let Some(t) = p.core.poll_timeout() else {
+            return;
+        };
+        // A tick is never due sooner than a millisecond ahead, so a timer the
+        // core keeps due cannot spin the clock.
+        let t = t.max(self.sched.now().plus(DurationMs(1)));
+        if p.timer_at.is_some_and(|at| at <= t) {
+            return;
+        }
+        p.timer_at = Some(t);
+        self.sched.at(t, Ev::Timer(i, t));
+    }
+
+    fn at(&mut self, after: DurationMs, to: usize, input: Input) {
+        let t = self.sched.now().plus(after);
+        let life = self.peers[to].life;
+        self.sched.at(t, Ev::Input { to, life, input });
+    }
+
+    fn carry(&mut self, i: usize, out: Vec<Output>) {
+        for o in out {
+            match o {
+                Output::Publish(msg) => self.publish(i, &msg),
+                Output::Send { to, msg } => {
+                    let Some(&j) = self.by_account.get(&to) else {
+                        continue;
+                    };
+                    let t = self.t_ms();
+                    let (a, b) = (self.peers[i].region, self.peers[j].region);
+                    match self.net.direct_delay(t, a, b) {
+                        Some(d) if self.peers[j].up => {
+                            self.metrics.messages += 1;
+                            let from = self.peers[i].core.account();
+                            self.at(DurationMs(d as u64), j, Input::direct(from, msg));
+                        }
+                        _ => self.metrics.partitioned_messages += 1,
+                    }
+                }
+                Output::Run {
+                    contract, terms, ..
+                } => self.run_job(i, contract, &terms),
+                Output::Check {
+                    contract,
+                    terms,
+                    receipt,
+                    seeds,
+                    ..
+                } => {
+                    self.metrics.checks += 1;
+                    let honest = receipt.result.hash == result_hash(&contract, false);
+                    let faked = !honest && lands_on_faked(&seeds);
+                    let inflated = receipt.units_used > terms.spec.estimated_units;
+                    let result = if faked || inflated {
+                        Err(node_core::WorkError::fatal(if inflated {
+                            "the receipt claims more units than the job's measure"
+                        } else {
+                            "a challenged segment differs"
+                        }))
+                    } else {
+                        Ok(format!("{} samples check", seeds.len()))
+                    };
+                    let cu = terms.spec.estimated_units.as_f64() / f64::from(SEGMENTS);
+                    let ms = cu / CHECK_CU_S * 1000.0 * seeds.len().max(1) as f64;
+                    self.at(
+                        DurationMs(ms as u64),
+                        i,
+                        Input::Checked { contract, result },
+                    );
+                }
+                Output::FetchResult { job, receipt, .. } => {
+                    let ms = receipt.result.size as f64 / (FETCH_MB_S * 1e6) * 1000.0;
+                    let result = Ok(Fetched {
+                        path: format!("results/{}", job.short()).into(),
+                        bytes: receipt.result.size,
+                        metrics: serde_json::Value::Null,
+                        summary: "fetched (simulated)".into(),
+                    });
+                    self.at(DurationMs(ms as u64), i, Input::Fetched { job, result });
+                }
+                Output::Persist(bytes) => self.peers[i].saved = Some(bytes),
+                _ => {}
+            }
+        }
+    }
+
+    /// Gossip `msg` from peer `i` to every other peer that is up (lost across
+    /// a partition).
+    fn publish(&mut self, i: usize, msg: &Message) {
+        if matches!(msg, Message::Offer(_)) {
+            self.metrics.offers_published += 1;
+        }
+        let t = self.t_ms();
+        let n = self.peers.len();
+        let from = self.peers[i].core.account();
+        let a = self.peers[i].region;
+        for j in 0..n {
+            if j == i || !self.peers[j].up {
+                continue;
+            }
+            let b = self.peers[j].region;
+            match self.net.gossip_delay(t, a, b, n, &mut self.rng) {
+                Some(d) => {
+                    self.metrics.messages += 1;
+                    let input = Input::Message {
+                        from: Some(from),
+                        via: node_core::Via::Gossip,
+                        msg: msg.clone(),
+                    };
+                    self.at(DurationMs(d.max(0.0) as u64), j, input);
+                }
+                None => self.metrics.partitioned_messages += 1,
+            }
+        }
+    }
+
+    /// A provider's run: the input transfer, then the compute time of its
+    /// profile (late with its unreliability); then the stand-in result.
+    fn run_job(&mut self, i: usize, contract: Hash32, terms: &ContractTerms) {
+        let Role::Provider { params: p, .. } = self.peers[i].role else {
+            return;
+        };
+        let now = self.sched.now();
+        let transfer_ms = terms.spec.dataset.size as f64 / (p.bandwidth_mb_s * 1e6) * 1000.0;
+        let mut run_ms = terms.spec.estimated_units.as_f64() / p.speed_cu_s * 1000.0;
+        if !self.rng.random_bool(p.reliability) {
+            let to_deadline = terms.deadline.since(now).0 as f64;
+            run_ms = run_ms.max(to_deadline - transfer_ms)
+                + self.rng.random_range(60_000.0..1_800_000.0);
+        }
+        self.metrics.busy(i, transfer_ms + run_ms);
+        let ready = now.plus(DurationMs(transfer_ms as u64));
+        let cheating = self.peers[i].cheating;
+        let result = BlobRef {
+            hash: result_hash(&contract, cheating),
+            size: RESULT_BYTES,
+        };
+        let ran = RanJob {
+            result,
+            units: terms.spec.estimated_units,
+            commitment: result.hash,
+            checkpoint_every: 1,
+            checkpoints: SEGMENTS,
+            inputs_ready_at: ready,
+            started_at: ready,
+            secs: run_ms / 1000.0,
+            backend: "simulated".into(),
+        };
+        let input = Input::Ran {
+            contract,
+            result: Ok(ran),
+        };
+        self.at(DurationMs((transfer_ms + run_ms) as u64), i, input);
+    }
+
+    fn finish(mut self) -> Metrics {
+        let end = self.end;
+        let m = &mut self.metrics;
+        m.events = self.sched.processed();
+        let epoch = self.params.epoch_length;
+        // Jobs, from each requester's own records.
+        let mut earned: HashMap<AccountId, (u64, u64, u64, u64)> = HashMap::new();
+        for r in 0..self.n_req {
+            let core = &self.peers[self.n_prov + r].core;
+            for j in core.jobs() {
+                match j.state(core.requester()) {
+                    node_core::JobState::Ended(node_core::JobEnd::Expired) => m.bids_expired += 1,
+                    node_core::JobState::Ended(node_core::JobEnd::Refused(_)) => {
+                        m.escrow_failures += 1
+                    }
+                    _ => {}
+                }
+                let (Some(terms), Some(s)) = (&j.terms, &j.settled) else {
+                    if j.contract.is_some() {
+                        m.contracts += 1;
+                    }
+                    continue;
+                };
+                m.contracts += 1;
+                let at = j.settled_at().unwrap_or(end);
+                m.contract_at
+                    .insert(terms.job, (r, terms.spec.issued_at, at));
+                let cheater = self
+                    .by_account
+                    .get(&terms.provider)
+                    .is_some_and(|&p| self.peers[p].cheating);
+                m.settled_outcome(at, &s.outcome, terms, cheater);
+                let slashed = self
+                    .params
+                    .slashed(self.params.contract_bond(s.payout.escrow), &s.outcome);
+                let e = earned.entry(terms.provider).or_default();
+                e.0 += s.payout.provider.0;
+                e.1 += 1;
+                e.2 += s.outcome.units.milli;
+                e.3 += slashed.0;
+                if cheater && let Some(&p) = self.by_account.get(&terms.provider) {
+                    let c = m.caught_by_provider.entry(p).or_default();
+                    if s.outcome.result_ok {
+                        c.1 += 1;
+                    } else {
+                        c.0 += 1;
+                    }
+                }
+            }
+        }
+        // The books, from an oracle's replica (each replica is checked below).
+        let reference = self.peers.len() - 1;
+        let genesis_state = crdt_ledger::State::genesis(&self.genesis).expect("the genesis folds");
+        for (i, p) in self.peers.iter_mut().enumerate() {
+            let st = p.core.ledger().state();
+            let (held, expected) = (st.total_supply(), st.supply.expected());
+            if held.is_none() || held != expected {
+                m.invariant_violations.push(format!(
+                    "replica {i}: supply not conserved: held {held:?}, genesis + minted − burned = {expected:?}"
+                ));
+            }
+            // Every escrow ends: none is open past its bound (the committee's
+            // grace, the protocol's settling slack, and two epochs to reach
+            // the replica).
+            for (c, e) in &st.escrows {
+                let bound = escrow_bound(e.terms.deadline, self.timing.grace)
+                    .plus(epoch)
+                    .plus(epoch);
+                if bound < end {
+                    m.invariant_violations.push(format!(
+                        "replica {i}: the escrow of contract {} is still open {:.0} s past its bound",
+                        c.short(),
+                        end.since(bound).as_secs_f64()
+                    ));
+                }
+            }
+            if i == reference {
+                m.still_locked = st.escrows.len() as u64;
+                m.minted = st.supply.minted.0;
+                m.burned = st.supply.burned.0;
+                m.balances = st.balances.values().map(|a| a.0).collect();
+                m.checkpoints = p.core.ledger().finalized_epoch();
+                m.ledger_entries = p.core.ledger().entry_count() as u64;
+            }
+        }
+        let st = self.peers[reference].core.ledger().state().clone();
+        for i in 0..self.n_prov {
+            let p = &self.peers[i];
+            let a = p.core.account();
+            let (paid, jobs, units, slashed) = earned.get(&a).copied().unwrap_or_default();
+            m.provider_paid(i, Amount(paid), ComputeUnits::from_milli(units));
+            m.provider_jobs[i] = jobs;
+            m.provider_slashed[i] = slashed;
+            // What it holds now, less what it held at genesis and was paid,
+            // plus what was slashed, is what the epochs minted it.
+            let holds =
+                |s: &crdt_ledger::State| s.balance(&a).0 + s.bonds.get(&a).map_or(0, |b| b.0);
+            let gained = holds(&st).saturating_add(slashed);
+            m.provider_minted[i] = gained.saturating_sub(holds(&genesis_state) + paid);
+            if let Role::Provider { profile, params } = p.role {
+                m.provider_profiles.push(profile);
+                m.provider_slots.push(params.slots);
+                m.provider_labels
+                    .push(format!("{} ({})", params.label, self.net.regions[p.region]));
+            }
+            m.final_prices
+                .push(p.core.provider().map_or(0, |e| e.price().0));
+        }
+        m.cheaters = (0..self.n_prov)
+            .filter(|&i| self.peers[i].cheating)
+            .collect();
+        m.epochs = st.epoch;
+        self.metrics
+    }
+}
+
+impl Peer {
+    fn new(
+        id: Identity,
+        genesis: &GenesisEntry,
+        cfg: CoreConfig,
+        role: Role,
+        region: usize,
+        cheating: bool,
+    ) -> Peer {
+        let ledger = Ledger::new(genesis.clone(), &id.account().0).expect("the genesis is valid");
+        Peer {
+            core: NodeCore::new(id, ledger, cfg.clone()),
+            cfg,
+            role,
+            region,
+            up: false,
+            life: 0,
+            timer_at: None,
+            saved: None,
+            cheating,
+            neighbours: BTreeSet::new(),
+        }
+    }
+}
+
+/// Run `scenario` with `seed`, a core per peer.
+pub fn run(scenario: &Scenario, seed: u64, progress: impl FnMut(f64)) -> Metrics {
+    CoreWorld::new(scenario, seed).run(progress)
+}

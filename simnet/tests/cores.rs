@@ -1,0 +1,107 @@
+//! Whole simulations with a node core per peer (`simnet::cores`): the
+//! binary's own protocol decisions, each peer with its own ledger replica and
+//! real sync.
+
+#![allow(clippy::unwrap_used)] // a helper outside #[test] fns
+
+use simnet::Scenario;
+use simnet::cores::CoreWorld;
+
+/// `smoke`, with the faults a real network has: cheaters, churn, a partition.
+fn rough_smoke(days: f64) -> Scenario {
+    let mut sc = Scenario::load("smoke").unwrap();
+    sc.days = days;
+    sc.faults.cheating_share = 0.34;
+    sc.faults.churn_per_day = 2.0;
+    sc.faults.partitions = vec![simnet::scenario::Partition {
+        start_hours: 4.0,
+        hours: 2.0,
+        regions: vec!["eu-west".into()],
+    }];
+    sc
+}
+
+#[test]
+fn smoke_on_node_cores_settles_jobs_and_every_escrow_ends() {
+    let mut sc = Scenario::load("smoke").unwrap();
+    sc.days = 0.5;
+    let m = CoreWorld::new(&sc, sc.seed).run(|_| {});
+    let s = m.summary(&sc.requesters.fairness_groups);
+    eprintln!("{s:#?}\n{:?}", m.events_by_kind);
+    assert!(s.jobs_submitted > 30, "{s:?}");
+    assert!(s.jobs_settled > s.jobs_submitted * 3 / 4, "{s:?}");
+    // Supply conserved in every replica, and no escrow open past its bound
+    // in any.
+    assert!(
+        s.invariant_violations.is_empty(),
+        "{:?}",
+        s.invariant_violations
+    );
+    // The committee checkpointed (nearly) every hourly epoch of the half day.
+    assert!(s.checkpoints >= 10, "{s:?}");
+    assert!(s.paid_tokens > 0.0 && s.minted_tokens > 0.0, "{s:?}");
+}
+
+#[test]
+fn node_cores_same_seed_same_digest_other_seed_other_digest() {
+    let mut sc = Scenario::load("smoke").unwrap();
+    sc.days = 0.25;
+    let a = CoreWorld::new(&sc, 5).run(|_| {}).digest();
+    let b = CoreWorld::new(&sc, 5).run(|_| {}).digest();
+    let c = CoreWorld::new(&sc, 6).run(|_| {}).digest();
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
+
+/// Cheaters fake half of each result; each committee member's challenge
+/// (its signature over the receipt, revealed to the others) names one
+/// segment through the node's own choice of segment, so a faked result
+/// passes only when every seed misses the faked half. Churn restarts
+/// providers from their persisted state, and a partition cuts a region off
+/// for two hours: every escrow still ends, and cheating does not pay.
+#[test]
+fn on_node_cores_cheaters_are_caught_by_the_challenge_and_lose() {
+    let sc = rough_smoke(1.0);
+    let m = CoreWorld::new(&sc, 3).run(|_| {});
+    let s = m.summary(&[]);
+    eprintln!("{s:#?}\n{:?}", m.events_by_kind);
+    assert!(
+        s.invariant_violations.is_empty(),
+        "{:?}",
+        s.invariant_violations
+    );
+    assert!(m.crashes > 0 && m.partitioned_messages > 0, "{s:?}");
+    // Every cheater that returned a wrong result was caught at least once,
+    // and each catch slashed its bond and cut its reputation, so requesters
+    // moved to honest providers.
+    assert!(s.wrong_results_caught > 0, "{s:?}");
+    for (provider, (caught, missed)) in &m.caught_by_provider {
+        assert!(
+            *caught > 0,
+            "cheater {provider} escaped all {missed} checks"
+        );
+    }
+    assert!(s.slashed_tokens > 0.0, "{s:?}");
+    assert!(
+        s.net_per_cheater < s.net_per_honest,
+        "a cheater nets {:.0} tokens, an honest provider {:.0}",
+        s.net_per_cheater,
+        s.net_per_honest
+    );
+}
+
+/// A cheater's faked half escapes three members' seeds one time in eight.
+#[test]
+fn the_stand_in_check_catches_a_faked_half_at_the_rate_of_three_samples() {
+    let trials = 20_000u64;
+    let caught = (0..trials)
+        .filter(|t| simnet::cores::lands_on_faked(&[t * 3, t * 3 + 1, t * 3 + 2]))
+        .count() as f64;
+    let rate = caught / trials as f64;
+    assert!((rate - 0.875).abs() < 0.01, "caught {rate:.4}");
+    // One seed alone: one half.
+    let one = (0..trials)
+        .filter(|t| simnet::cores::lands_on_faked(&[*t]))
+        .count() as f64;
+    assert!((one / trials as f64 - 0.5).abs() < 0.015, "{one}");
+}
