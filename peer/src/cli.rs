@@ -164,6 +164,11 @@ pub struct SimArgs {
     /// scenarios of tens of peers).
     #[arg(long, conflicts_with = "testbed")]
     pub cores: bool,
+    /// With --cores: every peer keeps its own ledger replica, with real
+    /// automerge sync between them (slower again: minutes per simulated day
+    /// of `faults`).
+    #[arg(long, requires = "cores")]
+    pub replica_per_peer: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -503,6 +508,7 @@ fn sim(json: bool, args: &SimArgs) -> anyhow::Result<()> {
     };
     let mut sc = simnet::Scenario::load(scenario)?;
     sc.cores |= args.cores;
+    sc.replica_per_peer |= args.replica_per_peer;
     let seed = args.seed.unwrap_or(sc.seed);
     let out = args
         .out
@@ -544,6 +550,7 @@ fn sim(json: bool, args: &SimArgs) -> anyhow::Result<()> {
         "scenario      {} (seed {seed}), {} days, {} providers, {} requesters",
         sc.name, s.days, s.providers, s.requesters
     );
+    println!("driver        {}", simnet::report::driver_line(&sc));
     println!(
         "jobs          {} submitted, {} settled",
         s.jobs_submitted, s.jobs_settled

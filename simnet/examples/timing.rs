@@ -1,4 +1,4 @@
-//! Wall time and figures of a scenario: `cargo run --release -p simnet --example timing -- paper-30d [days] [--cores]`
+//! Wall time and figures of a scenario: `cargo run --release -p simnet --example timing -- paper-30d [days] [--cores [--replica-per-peer]]`
 //! (`--cores`: a node core per peer, see `simnet::cores`).
 use std::time::Instant;
 // The allocator `cloudchain` runs with (see `peer/src/main.rs`).
@@ -9,7 +9,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cores = args.iter().any(|a| a == "--cores");
-    let mut args = args.into_iter().filter(|a| a != "--cores");
+    let own = args.iter().any(|a| a == "--replica-per-peer");
+    let mut args = args.into_iter().filter(|a| !a.starts_with("--"));
     let name = args.next().unwrap_or_else(|| "paper-30d".into());
     let days: Option<f64> = args.next().and_then(|d| d.parse().ok());
     let mut sc = match simnet::Scenario::load(&name) {
@@ -24,7 +25,12 @@ fn main() {
         if let Some(d) = days {
             sc.days = d;
         }
-        simnet::cores::run(&sc, sc.seed, |_| {})
+        let replicas = if own {
+            simnet::cores::Replicas::PerPeer
+        } else {
+            simnet::cores::Replicas::Shared
+        };
+        simnet::cores::run(&sc, sc.seed, replicas, |_| {})
     } else {
         simnet::World::new(&sc, sc.seed, None, days).run(|_| {})
     };

@@ -81,6 +81,16 @@ enum Role {
     Oracle,
 }
 
+impl Role {
+    fn roles(&self) -> node_core::dispatch::Roles {
+        node_core::dispatch::Roles {
+            provider: matches!(self, Role::Provider { .. }),
+            oracle: *self == Role::Oracle,
+            requester: *self == Role::Requester,
+        }
+    }
+}
+
 struct Peer {
     core: NodeCore<MemStore>,
     cfg: CoreConfig,
@@ -127,7 +137,27 @@ pub struct CoreWorld {
     by_account: HashMap<AccountId, usize>,
     /// Pairs of peers whose link is open (i < j).
     open: BTreeSet<(usize, usize)>,
+    /// The one converged replica lent to each core in turn, unless every
+    /// peer has its own ([`Replicas`]).
+    shared: Option<Ledger<MemStore>>,
+    /// Contract → (requester, provider), from escrow locks (shared replica).
+    parties: HashMap<Hash32, (usize, usize)>,
     metrics: Metrics,
+}
+
+/// Where the simulated peers keep the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replicas {
+    /// One replica per peer, with real automerge sync over the overlay: what
+    /// the binary does, and what attacks on the ledger need. Sync dominates
+    /// the cost (a simulated day of `faults`, 75 peers, takes minutes).
+    PerPeer,
+    /// One converged replica, lent to each core for each call. An entry is
+    /// visible to every core at once; the cores it concerns (the parties of a
+    /// lock or settlement, the oracles, everyone at a checkpoint) are told
+    /// after one hop, as sync would bring it. No sync runs, and partitions
+    /// do not delay ledger entries (only messages).
+    Shared,
 }
 
 impl std::fmt::Debug for CoreWorld {
@@ -153,7 +183,7 @@ pub fn lands_on_faked(seeds: &[u64]) -> bool {
 
 impl CoreWorld {
     /// Build the world of `sc` with `seed`.
-    pub fn new(sc: &Scenario, seed: u64) -> CoreWorld {
+    pub fn new(sc: &Scenario, seed: u64, replicas: Replicas) -> CoreWorld {
         let n_req = sc.requesters.count as usize;
         let (genesis, _) = genesis(sc, seed, n_req);
         let params = genesis.genesis().params.clone();
@@ -175,10 +205,18 @@ impl CoreWorld {
             offer_ttl: MAX_TTL,
             ..Timing::default()
         };
-        let persist = sc.faults.churn_per_day > 0.0;
+        // A crashed peer restarts from the state it would have persisted
+        // last, taken at the crash (see `down`): the same state, without
+        // encoding it at every change.
+        let persist = false;
         let book = BookConfig {
             capacity: n_prov * 2 + 16,
             replay_capacity: n_prov * 8 + 64,
+        };
+        // Providers and oracles submit no jobs: they keep no order book.
+        let no_book = BookConfig {
+            capacity: 0,
+            replay_capacity: 0,
         };
         let mut peers = Vec::new();
         for g in &sc.providers {
@@ -192,7 +230,7 @@ impl CoreWorld {
                     bond: provider_bond(&params),
                     contact: vec![],
                     timing,
-                    book,
+                    book: no_book,
                     persist,
                 };
                 peers.push(Peer::new(
@@ -230,7 +268,7 @@ impl CoreWorld {
                 bond: Amount::ZERO,
                 contact: vec![],
                 timing,
-                book,
+                book: no_book,
                 persist,
             };
             let region = i % sc.network.regions.len();
@@ -256,8 +294,15 @@ impl CoreWorld {
             n_req,
             by_account,
             open: BTreeSet::new(),
+            shared: None,
+            parties: HashMap::new(),
             metrics,
         };
+        if replicas == Replicas::Shared {
+            let ledger =
+                Ledger::new(w.genesis.clone(), b"simnet-shared").expect("the genesis is valid");
+            w.shared = Some(ledger);
+        }
         w.overlay();
         w.bootstrap();
         w
@@ -382,7 +427,6 @@ impl CoreWorld {
     /// Peer `i` starts: from scratch the first time, else from its ledger's
     /// store and its last persisted state, as the binary restarts.
     fn up(&mut self, i: usize) {
-        let now = self.sched.now();
         if self.peers[i].life > 0 {
             let p = &mut self.peers[i];
             let cfg = p.cfg.clone();
@@ -393,22 +437,27 @@ impl CoreWorld {
                 cfg.clone(),
             );
             let old = std::mem::replace(&mut p.core, placeholder);
-            let store = old.into_ledger().into_store();
-            // The store was written by this same replica: it opens.
-            let (ledger, _) = Ledger::open(self.genesis.clone(), &id.account().0, store)
-                .expect("a replica's own store opens");
-            p.core = NodeCore::new(id, ledger, cfg);
-            if let Some(bytes) = p.saved.clone() {
-                let mut out = Vec::new();
-                if p.core.restore(now, &bytes, &mut self.rng, &mut out).is_ok() {
-                    self.peers[i].up = true;
-                    self.carry(i, out);
-                }
+            if self.shared.is_none() {
+                let store = old.into_ledger().into_store();
+                // The store was written by this same replica: it opens.
+                let (ledger, _) = Ledger::open(self.genesis.clone(), &id.account().0, store)
+                    .expect("a replica's own store opens");
+                p.core = NodeCore::new(id, ledger, cfg);
+            }
+            self.peers[i].up = true;
+            if let Some(bytes) = self.peers[i].saved.clone() {
+                self.call(i, |core, now, rng, out| {
+                    // A state this core saved decodes; if not, it starts afresh.
+                    let _ = core.restore(now, &bytes, rng, out);
+                });
             }
         }
         self.peers[i].up = true;
         self.peers[i].timer_at = None;
         self.handle(i, Input::Start);
+        if self.shared.is_some() {
+            return; // no sync to run
+        }
         let t = self.t_ms();
         let neighbours: Vec<usize> = self.peers[i].neighbours.iter().copied().collect();
         for j in neighbours {
@@ -429,6 +478,7 @@ impl CoreWorld {
     /// neighbours see the connection close.
     fn down(&mut self, i: usize) {
         self.metrics.crashes += 1;
+        self.peers[i].saved = Some(self.peers[i].core.state_to_save());
         self.peers[i].up = false;
         self.peers[i].life += 1;
         let me = self.peers[i].core.account();
@@ -448,6 +498,9 @@ impl CoreWorld {
     /// A partition began or ended: close the links it cuts, open those it no
     /// longer cuts.
     fn relink(&mut self) {
+        if self.shared.is_some() {
+            return; // no sync links: messages alone see the partition
+        }
         let t = self.t_ms();
         for i in 0..self.peers.len() {
             let neighbours: Vec<usize> = self.peers[i]
@@ -488,37 +541,103 @@ impl CoreWorld {
         let units = spec.estimated_units;
         self.metrics.job_submitted(r, &kind, dp, units);
         let key = JobKey::from_bytes(self.rng.random());
-        let mut out = Vec::new();
         let prepared = PreparedJob {
             spec,
             key,
             note: format!("simulated {kind} job"),
         };
-        if self.peers[i]
-            .core
-            .submit(now, prepared, &mut self.rng, &mut out)
-            .is_err()
-        {
+        let refused = self.call(i, |core, now, rng, out| {
+            core.submit(now, prepared, rng, out).is_err()
+        });
+        if refused {
             self.metrics.rejections += 1;
         }
-        self.carry(i, out);
-        self.arm(i);
     }
 
     fn handle(&mut self, i: usize, input: Input) {
-        let mut out = Vec::new();
-        let now = self.sched.now();
-        self.peers[i]
-            .core
-            .handle(now, input, &mut self.rng, &mut out);
-        self.carry(i, out);
-        self.arm(i);
+        self.call(i, |core, now, rng, out| core.handle(now, input, rng, out));
     }
 
-    /// Arm peer `i`'s tick for when its core next wants one.
-    fn arm(&mut self, i: usize) {
+    /// Call peer `i`'s core (with the shared replica lent to it, if there is
+    /// one), carry out its outputs, tell the cores its new ledger entries
+    /// concern, and re-arm its tick.
+    fn call<T>(
+        &mut self,
+        i: usize,
+        f: impl FnOnce(&mut NodeCore<MemStore>, Timestamp, &mut ChaCha8Rng, &mut Vec<Output>) -> T,
+    ) -> T {
+        let now = self.sched.now();
+        let mut out = Vec::new();
         let p = &mut self.peers[i];
-        let Some(t) = p.core.poll_timeout() else {
+        if let Some(l) = self.shared.as_mut() {
+            p.core.lend_ledger(l);
+        }
+        let before = p.core.ledger().entry_count();
+        let r = f(&mut p.core, now, &mut self.rng, &mut out);
+        let wrote = p.core.ledger().entry_count().saturating_sub(before);
+        let next = p.core.poll_timeout();
+        if let Some(l) = self.shared.as_mut() {
+            p.core.lend_ledger(l);
+        }
+        self.carry(i, out);
+        if wrote > 0 && self.shared.is_some() {
+            self.tell_concerned(i, wrote);
+        }
+        self.arm(i, next);
+        r
+    }
+
+    /// Peer `i` wrote `n` entries to the shared replica: tell the cores they
+    /// concern, one hop later, as sync would.
+    fn tell_concerned(&mut self, i: usize, n: usize) {
+        let Some(ledger) = self.shared.as_ref() else {
+            return;
+        };
+        let author = self.peers[i].core.account();
+        let mut told = BTreeSet::new();
+        let mut everyone = false;
+        for e in ledger.latest_by(&author, n) {
+            match &e.data.body {
+                crdt_ledger::Body::EscrowLock { contract } => {
+                    if let Ok(t) = contract.body_unverified() {
+                        let r = self.by_account.get(&t.requester).copied();
+                        let p = self.by_account.get(&t.provider).copied();
+                        if let (Some(r), Some(p)) = (r, p) {
+                            self.parties.insert(contract.body_hash(), (r, p));
+                            told.insert(p);
+                        }
+                    }
+                    told.extend(self.n_prov + self.n_req..self.peers.len());
+                }
+                crdt_ledger::Body::Settlement { cert, .. } => {
+                    if let Some((r, p)) = self.parties.remove(&cert.contract) {
+                        told.insert(r);
+                        told.insert(p);
+                    }
+                    told.extend(self.n_prov + self.n_req..self.peers.len());
+                }
+                crdt_ledger::Body::Checkpoint(_) => everyone = true,
+                _ => {}
+            }
+        }
+        if everyone {
+            told.extend(0..self.peers.len());
+        }
+        told.remove(&i);
+        let a = self.peers[i].region;
+        for j in told {
+            if self.peers[j].up {
+                let b = self.peers[j].region;
+                let d = self.net.latency(a, b);
+                self.at(DurationMs(d as u64), j, Input::LedgerChanged);
+            }
+        }
+    }
+
+    /// Arm peer `i`'s tick for `next`, when its core next wants one.
+    fn arm(&mut self, i: usize, next: Option<Timestamp>) {
+        let p = &mut self.peers[i];
+        let Some(t) = next else {
             return;
         };
         // A tick is never due sooner than a millisecond ahead, so a timer the
@@ -616,6 +735,10 @@ impl CoreWorld {
         for j in 0..n {
             if j == i || !self.peers[j].up {
                 continue;
+            }
+            let p = &self.peers[j];
+            if !node_core::dispatch::concerns(msg, &p.core.account(), p.role.roles()) {
+                continue; // forwarded there, consumed by nothing
             }
             let b = self.peers[j].region;
             match self.net.gossip_delay(t, a, b, n, &mut self.rng) {
@@ -722,15 +845,24 @@ impl CoreWorld {
                 }
             }
         }
-        // The books, from an oracle's replica (each replica is checked below).
-        let reference = self.peers.len() - 1;
+        // The books, from an oracle's replica (or the shared one); every
+        // replica is checked.
         let genesis_state = crdt_ledger::State::genesis(&self.genesis).expect("the genesis folds");
-        for (i, p) in self.peers.iter_mut().enumerate() {
-            let st = p.core.ledger().state();
+        let mut replicas: Vec<(String, &mut Ledger<MemStore>)> = match self.shared.as_mut() {
+            Some(l) => vec![("the shared replica".to_string(), l)],
+            None => self
+                .peers
+                .iter_mut()
+                .enumerate()
+                .map(|(i, p)| (format!("replica {i}"), p.core.ledger()))
+                .collect(),
+        };
+        for (name, ledger) in &mut replicas {
+            let st = ledger.state();
             let (held, expected) = (st.total_supply(), st.supply.expected());
             if held.is_none() || held != expected {
                 m.invariant_violations.push(format!(
-                    "replica {i}: supply not conserved: held {held:?}, genesis + minted − burned = {expected:?}"
+                    "{name}: supply not conserved: held {held:?}, genesis + minted − burned = {expected:?}"
                 ));
             }
             // Every escrow ends: none is open past its bound (the committee's
@@ -742,22 +874,21 @@ impl CoreWorld {
                     .plus(epoch);
                 if bound < end {
                     m.invariant_violations.push(format!(
-                        "replica {i}: the escrow of contract {} is still open {:.0} s past its bound",
+                        "{name}: the escrow of contract {} is still open {:.0} s past its bound",
                         c.short(),
                         end.since(bound).as_secs_f64()
                     ));
                 }
             }
-            if i == reference {
-                m.still_locked = st.escrows.len() as u64;
-                m.minted = st.supply.minted.0;
-                m.burned = st.supply.burned.0;
-                m.balances = st.balances.values().map(|a| a.0).collect();
-                m.checkpoints = p.core.ledger().finalized_epoch();
-                m.ledger_entries = p.core.ledger().entry_count() as u64;
-            }
         }
-        let st = self.peers[reference].core.ledger().state().clone();
+        let (_, reference) = replicas.pop().expect("at least one replica");
+        m.checkpoints = reference.finalized_epoch();
+        m.ledger_entries = reference.entry_count() as u64;
+        let st = reference.state().clone();
+        m.still_locked = st.escrows.len() as u64;
+        m.minted = st.supply.minted.0;
+        m.burned = st.supply.burned.0;
+        m.balances = st.balances.values().map(|a| a.0).collect();
         for i in 0..self.n_prov {
             let p = &self.peers[i];
             let a = p.core.account();
@@ -814,6 +945,11 @@ impl Peer {
 }
 
 /// Run `scenario` with `seed`, a core per peer.
-pub fn run(scenario: &Scenario, seed: u64, progress: impl FnMut(f64)) -> Metrics {
-    CoreWorld::new(scenario, seed).run(progress)
+pub fn run(
+    scenario: &Scenario,
+    seed: u64,
+    replicas: Replicas,
+    progress: impl FnMut(f64),
+) -> Metrics {
+    CoreWorld::new(scenario, seed, replicas).run(progress)
 }

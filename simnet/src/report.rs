@@ -69,9 +69,29 @@ fn run_one(
         let mut sc = sc.clone();
         sc.requesters.count = requesters.unwrap_or(sc.requesters.count);
         sc.days = days.unwrap_or(sc.days);
-        crate::cores::run(&sc, seed, progress)
+        let replicas = if sc.replica_per_peer {
+            crate::cores::Replicas::PerPeer
+        } else {
+            crate::cores::Replicas::Shared
+        };
+        crate::cores::run(&sc, seed, replicas, progress)
     } else {
         World::new(sc, seed, requesters, days).run(progress)
+    }
+}
+
+/// Which driver ran the peers, for the report.
+pub fn driver_line(sc: &Scenario) -> &'static str {
+    match (sc.cores, sc.replica_per_peer) {
+        (true, true) => {
+            "a node core per peer (the binary's protocol code), each with its own ledger replica and real automerge sync"
+        }
+        (true, false) => {
+            "a node core per peer (the binary's protocol code), lent one converged ledger replica in turn"
+        }
+        (false, _) => {
+            "the market and oracle engines wired to one converged ledger (not yet the node core's glue)"
+        }
     }
 }
 
@@ -469,7 +489,9 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
          td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#eee}}\
          .claim{{color:#555;font-style:italic}}</style></head><body>\
          <h1>Scenario <code>{name}</code>, seed {seed}</h1><p>{desc}</p>\
-         <p>{prov} providers, {req} requesters, {days} days; {events} events, {msgs} messages; digest <code>{digest}</code>.</p>",
+         <p>{prov} providers, {req} requesters, {days} days; {events} events, {msgs} messages; digest <code>{digest}</code>.</p>\
+         <p>Driver: {driver}.</p>",
+        driver = driver_line(&o.scenario),
         name = o.scenario.name,
         seed = o.seed,
         desc = o.scenario.description,

@@ -70,6 +70,11 @@ pub struct Scenario {
     /// sets it too.
     #[serde(default)]
     pub cores: bool,
+    /// With `cores`: give every peer its own ledger replica and run real
+    /// sync between them, instead of lending one converged replica to every
+    /// core (`cloudchain sim --replica-per-peer`).
+    #[serde(default)]
+    pub replica_per_peer: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)] // a helper outside #[test] fns
 
 use simnet::Scenario;
-use simnet::cores::CoreWorld;
+use simnet::cores::{CoreWorld, Replicas};
 
 /// `smoke`, with the faults a real network has: cheaters, churn, a partition.
 fn rough_smoke(days: f64) -> Scenario {
@@ -21,11 +21,42 @@ fn rough_smoke(days: f64) -> Scenario {
     sc
 }
 
+/// The `faults` scenario on node cores lent one converged replica, for a
+/// day and a half (its first partition included): what `cloudchain sim
+/// faults` runs.
+#[test]
+fn faults_on_node_cores_keep_the_books_and_make_cheating_lose() {
+    let mut sc = Scenario::load("faults").unwrap();
+    sc.days = 1.5;
+    let m = CoreWorld::new(&sc, sc.seed, Replicas::Shared).run(|_| {});
+    let s = m.summary(&[]);
+    eprintln!("{s:#?}\n{:?}", m.events_by_kind);
+    assert!(
+        s.invariant_violations.is_empty(),
+        "{:?}",
+        s.invariant_violations
+    );
+    assert!(s.jobs_settled > s.jobs_submitted * 9 / 10, "{s:?}");
+    assert!(s.checkpoints >= 35, "{s:?}");
+    assert!(m.crashes > 0 && m.partitioned_messages > 0, "{s:?}");
+    assert!(s.wrong_results_caught >= 10, "{s:?}");
+    // Three seeds per receipt: a faked half escapes one time in eight.
+    let wrong = s.wrong_results_caught + s.wrong_results_missed;
+    assert!(s.wrong_results_caught * 10 >= wrong * 7, "{s:?}");
+    assert!(s.slashed_tokens > 0.0, "{s:?}");
+    assert!(
+        s.net_per_cheater < s.net_per_honest,
+        "a cheater nets {:.0} tokens, an honest provider {:.0}",
+        s.net_per_cheater,
+        s.net_per_honest
+    );
+}
+
 #[test]
 fn smoke_on_node_cores_settles_jobs_and_every_escrow_ends() {
     let mut sc = Scenario::load("smoke").unwrap();
     sc.days = 0.5;
-    let m = CoreWorld::new(&sc, sc.seed).run(|_| {});
+    let m = CoreWorld::new(&sc, sc.seed, Replicas::PerPeer).run(|_| {});
     let s = m.summary(&sc.requesters.fairness_groups);
     eprintln!("{s:#?}\n{:?}", m.events_by_kind);
     assert!(s.jobs_submitted > 30, "{s:?}");
@@ -46,9 +77,15 @@ fn smoke_on_node_cores_settles_jobs_and_every_escrow_ends() {
 fn node_cores_same_seed_same_digest_other_seed_other_digest() {
     let mut sc = Scenario::load("smoke").unwrap();
     sc.days = 0.25;
-    let a = CoreWorld::new(&sc, 5).run(|_| {}).digest();
-    let b = CoreWorld::new(&sc, 5).run(|_| {}).digest();
-    let c = CoreWorld::new(&sc, 6).run(|_| {}).digest();
+    let a = CoreWorld::new(&sc, 5, Replicas::PerPeer)
+        .run(|_| {})
+        .digest();
+    let b = CoreWorld::new(&sc, 5, Replicas::PerPeer)
+        .run(|_| {})
+        .digest();
+    let c = CoreWorld::new(&sc, 6, Replicas::PerPeer)
+        .run(|_| {})
+        .digest();
     assert_eq!(a, b);
     assert_ne!(a, c);
 }
@@ -62,7 +99,7 @@ fn node_cores_same_seed_same_digest_other_seed_other_digest() {
 #[test]
 fn on_node_cores_cheaters_are_caught_by_the_challenge_and_lose() {
     let sc = rough_smoke(1.0);
-    let m = CoreWorld::new(&sc, 3).run(|_| {});
+    let m = CoreWorld::new(&sc, 3, Replicas::PerPeer).run(|_| {});
     let s = m.summary(&[]);
     eprintln!("{s:#?}\n{:?}", m.events_by_kind);
     assert!(

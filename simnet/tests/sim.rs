@@ -61,6 +61,8 @@ fn report_writes_csv_svg_and_html() {
     let page = simnet::report::write_report(&o, dir.path()).unwrap();
     let html = std::fs::read_to_string(&page).unwrap();
     assert!(html.contains("Jain") && html.contains("SLA compliance"));
+    // smoke runs a node core per peer, and the report says so.
+    assert!(html.contains("a node core per peer"), "{html}");
     for f in [
         "providers.csv",
         "fairness.csv",

@@ -356,6 +356,22 @@ impl<S: Store> Ledger<S> {
         self.entries.values().flat_map(|vs| vs.iter().map(|v| &**v))
     }
 
+    /// The last `n` entries held by `author`, newest first (forks included).
+    pub fn latest_by(&self, author: &AccountId, n: usize) -> impl Iterator<Item = &VerifiedEntry> {
+        let range = EntryKey {
+            author: *author,
+            seq: 0,
+        }..=EntryKey {
+            author: *author,
+            seq: u64::MAX,
+        };
+        self.entries
+            .range(range)
+            .rev()
+            .flat_map(|(_, vs)| vs.iter().map(|v| &**v))
+            .take(n)
+    }
+
     /// Every entry held by `author` (forks included), in seq order: an account's
     /// history for `cloudchain ledger`. Entries a snapshot covers are not held.
     pub fn entries_by(&self, author: &AccountId) -> Vec<&VerifiedEntry> {

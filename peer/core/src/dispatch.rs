@@ -28,6 +28,35 @@ use tracing::debug;
 use crate::{Cx, NodeCore, Via};
 use crdt_ledger::Store;
 
+/// What a peer does, for [`concerns`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub provider: bool,
+    pub oracle: bool,
+    /// It submits jobs (and follows offers).
+    pub requester: bool,
+}
+
+/// Whether `m` can change anything at peer `me` of `roles`, by the table
+/// above: a message that does not concern a peer goes to no engine of its
+/// (or to one that has nothing to match it with). A simulator that models
+/// gossip delivers a message only where it concerns; a node, which cannot
+/// know, hands every message to [`NodeCore::handle`].
+pub fn concerns(m: &Message, me: &AccountId, roles: Roles) -> bool {
+    match m {
+        // A committee member keeps where each provider serves its results.
+        Message::Offer(_) => true,
+        Message::Bid(_) => roles.provider,
+        Message::Proposal(_) | Message::Answer(_) | Message::Contract(_) => {
+            roles.requester || roles.provider
+        }
+        Message::Receipt(_) | Message::Withdrawal(_) => roles.requester || roles.oracle,
+        Message::Verdict(_) | Message::Dispute(_) | Message::ProbeReply(_) => roles.oracle,
+        Message::Probe(p) => roles.provider && p.body_unverified().is_ok_and(|p| p.provider == *me),
+        Message::KeyGrant(g) => g.body_unverified().is_ok_and(|g| g.reader == *me),
+    }
+}
+
 impl<S: Store> NodeCore<S> {
     pub(crate) fn on_message<R: Rng + ?Sized>(
         &mut self,

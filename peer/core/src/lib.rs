@@ -191,6 +191,11 @@ pub enum Input {
     Discovered(Vec<AccountId>),
     /// Timers due ([`NodeCore::poll_timeout`]) and housekeeping.
     Tick,
+    /// The ledger replica changed outside this core: a driver that lends one
+    /// replica to many cores in turn ([`NodeCore::lend_ledger`]) says so to
+    /// the cores a new entry concerns. (A replica of its own changes only
+    /// through the core, which notices by itself.)
+    LedgerChanged,
     /// A contract's job ran (or could not run; see [`WorkError`] for a peer
     /// that could not be reached).
     Ran {
@@ -442,6 +447,7 @@ impl<S: Store> NodeCore<S> {
                 }
             }
             Input::Tick => self.on_tick(&mut cx),
+            Input::LedgerChanged => self.ledger_dirty = true,
             Input::Ran { contract, result } => self.on_ran(&mut cx, contract, result),
             Input::Checked { contract, result } => self.on_checked(&mut cx, contract, result),
             Input::Fetched { job, result } => self.on_fetched(&mut cx, job, result),
@@ -588,6 +594,14 @@ impl<S: Store> NodeCore<S> {
     /// Stop: the ledger replica, to reopen its store (what a crash leaves).
     pub fn into_ledger(self) -> Ledger<S> {
         self.ledger
+    }
+    /// Swap this core's ledger replica with `ledger`: a simulator that keeps
+    /// one converged replica for many cores lends it to each core for the
+    /// duration of a call and takes it back after, leaving the core its
+    /// placeholder meanwhile. Every call that may read the ledger
+    /// (`handle`, `submit`, `restore`, `poll_timeout`) must run lent.
+    pub fn lend_ledger(&mut self, ledger: &mut Ledger<S>) {
+        std::mem::swap(&mut self.ledger, ledger);
     }
     /// The ledger replica (mutable: its views fold lazily).
     pub fn ledger(&mut self) -> &mut Ledger<S> {

@@ -215,6 +215,15 @@ impl<S: Store> NodeCore<S> {
             })
     }
 
+    /// What [`Output::Persist`](crate::Output::Persist) would hand out now:
+    /// the state to give [`NodeCore::restore`] after a restart. A simulator
+    /// that crashes peers on purpose takes it at the crash instead of on every
+    /// change (with `persist` off): the last state persisted on every change
+    /// is the state at the crash.
+    pub fn state_to_save(&self) -> Vec<u8> {
+        self.encode_state()
+    }
+
     /// The state to persist, encoded with its checksum.
     fn encode_state(&self) -> Vec<u8> {
         let snap = Snapshot {
