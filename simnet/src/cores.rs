@@ -744,11 +744,7 @@ impl CoreWorld {
             match self.net.gossip_delay(t, a, b, n, &mut self.rng) {
                 Some(d) => {
                     self.metrics.messages += 1;
-                    let input = Input::Message {
-                        from: Some(from),
-                        via: node_core::Via::Gossip,
-                        msg: msg.clone(),
-                    };
+                    let input = Input::gossip(Some(from), msg.clone());
                     self.at(DurationMs(d.max(0.0) as u64), j, input);
                 }
                 None => self.metrics.partitioned_messages += 1,

@@ -218,6 +218,26 @@ pub enum Input {
 }
 
 impl Input {
+    /// A gossiped message from `from` (the transport validated its frame):
+    /// the one mapping both drivers use.
+    pub fn gossip(from: Option<AccountId>, msg: Message) -> Input {
+        Input::Message {
+            from,
+            via: Via::Gossip,
+            msg,
+        }
+    }
+
+    /// A direct message from `from` as it came off the wire (the node's
+    /// request bytes).
+    pub fn from_direct_bytes(
+        from: AccountId,
+        bytes: &[u8],
+        network: &NetworkId,
+    ) -> Result<Input, DirectError> {
+        Direct::from_bytes(bytes, network).map(|d| Input::direct(from, d))
+    }
+
     /// What a direct message from `from` is to the core: the one mapping both
     /// drivers use.
     pub fn direct(from: AccountId, d: Direct) -> Input {

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use crdt_ledger::{FileStore, GenesisEntry, Ledger};
 use libp2p::{Multiaddr, PeerId};
-use node_core::{CoreConfig, Direct, Input, NodeCore, Output, PreparedJob, Via};
+use node_core::{CoreConfig, Direct, Input, NodeCore, Output, PreparedJob};
 use protocol::{AccountId, Frame, Hash32};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -539,11 +539,9 @@ impl Driver {
 
     async fn on_net(&mut self, e: NetEvent) {
         match e {
-            NetEvent::Gossip { from, frame } => self.input(Input::Message {
-                from: account_of(&from),
-                via: Via::Gossip,
-                msg: frame.message,
-            }),
+            NetEvent::Gossip { from, frame } => {
+                self.input(Input::gossip(account_of(&from), frame.message))
+            }
             NetEvent::Request {
                 from,
                 data,
@@ -553,8 +551,8 @@ impl Driver {
                 let Some(account) = account_of(&from) else {
                     return debug!(%from, "a request from a peer with no ed25519 key");
                 };
-                let input = match Direct::from_bytes(&data, &self.core.network()) {
-                    Ok(d) => Input::direct(account, d),
+                let input = match Input::from_direct_bytes(account, &data, &self.core.network()) {
+                    Ok(i) => i,
                     Err(e) => return debug!(%from, %e, "bad direct message"),
                 };
                 self.input(input);

@@ -94,6 +94,16 @@ pub struct Net {
     pub checks: Vec<(usize, Vec<u64>)>,
     /// Runs fail for good (the run's error, not a crash).
     pub runs_fail: bool,
+    /// Every message handed to the network, as it went: (arrival, to,
+    /// from, gossip or direct).
+    pub tape: Vec<(Timestamp, usize, AccountId, Wire)>,
+}
+
+/// A message as it travelled.
+#[derive(Debug, Clone)]
+pub enum Wire {
+    Gossip(Message),
+    Direct(Direct),
 }
 
 pub fn genesis(ids: &[Identity], roles: &[Role], requester_micro: u64) -> GenesisEntry {
@@ -145,7 +155,7 @@ pub fn provider_config(account: &AccountId) -> ProviderConfig {
 }
 
 /// A peer's core of role `r` around `ledger`.
-fn core(id: &Identity, r: Role, ledger: Ledger<MemStore>) -> NodeCore<MemStore> {
+pub fn core(id: &Identity, r: Role, ledger: Ledger<MemStore>) -> NodeCore<MemStore> {
     NodeCore::new(
         id.clone(),
         ledger,
@@ -194,6 +204,7 @@ impl Net {
             faked: None,
             checks: Vec::new(),
             runs_fail: false,
+            tape: Vec::new(),
             log: Vec::new(),
             genesis: g,
             down: vec![false; roles.len()],
@@ -336,16 +347,16 @@ impl Net {
         }
         self.log.push((from, to, via, msg.kind()));
         let t = self.now.plus(HOP);
-        let from_acc = Some(self.ids[from].account());
-        self.at(
-            t,
-            to,
-            Input::Message {
-                from: from_acc,
-                via,
-                msg,
-            },
-        );
+        let account = self.ids[from].account();
+        let (wire, input) = match via {
+            Via::Gossip => (Wire::Gossip(msg.clone()), Input::gossip(Some(account), msg)),
+            Via::Direct => {
+                let d = Direct::Frame(protocol::Frame::new(self.genesis.network(), msg));
+                (Wire::Direct(d.clone()), Input::direct(account, d))
+            }
+        };
+        self.tape.push((t, to, account, wire));
+        self.at(t, to, input);
     }
 
     fn carry(&mut self, i: usize, out: Vec<Output>) {
@@ -376,6 +387,7 @@ impl Net {
                                 self.log.push((i, j, Via::Direct, "challenge"));
                             }
                             let t = self.now.plus(HOP);
+                            self.tape.push((t, j, from, Wire::Direct(d.clone())));
                             self.at(t, j, Input::direct(from, d));
                         }
                     }
