@@ -740,6 +740,9 @@ impl CoreWorld {
             if !node_core::dispatch::concerns(msg, &p.core.account(), p.role.roles()) {
                 continue; // forwarded there, consumed by nothing
             }
+            if p.role == Role::Requester && !self.requester_of(msg, j) {
+                continue; // a receipt or withdrawal of another requester's job
+            }
             let b = self.peers[j].region;
             match self.net.gossip_delay(t, a, b, n, &mut self.rng) {
                 Some(d) => {
@@ -752,12 +755,30 @@ impl CoreWorld {
         }
     }
 
+    /// Whether requester `j` is the one a receipt or a withdrawal is about
+    /// (the engines ignore another's; the driver knows each contract's
+    /// parties from its run).
+    fn requester_of(&self, msg: &Message, j: usize) -> bool {
+        let contract = match msg {
+            Message::Receipt(r) => r.body_unverified().map(|r| r.contract),
+            Message::Withdrawal(w) => w.body_unverified().map(|w| w.contract),
+            _ => return true,
+        };
+        match contract {
+            Ok(c) => self.parties.get(&c).is_none_or(|&(r, _)| r == j),
+            Err(_) => true,
+        }
+    }
+
     /// A provider's run: the input transfer, then the compute time of its
     /// profile (late with its unreliability); then the stand-in result.
     fn run_job(&mut self, i: usize, contract: Hash32, terms: &ContractTerms) {
         let Role::Provider { params: p, .. } = self.peers[i].role else {
             return;
         };
+        if let Some(&r) = self.by_account.get(&terms.spec.requester) {
+            self.parties.insert(contract, (r, i));
+        }
         let now = self.sched.now();
         let transfer_ms = terms.spec.dataset.size as f64 / (p.bandwidth_mb_s * 1e6) * 1000.0;
         let mut run_ms = terms.spec.estimated_units.as_f64() / p.speed_cu_s * 1000.0;

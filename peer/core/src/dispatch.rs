@@ -47,9 +47,13 @@ pub fn concerns(m: &Message, me: &AccountId, roles: Roles) -> bool {
         // A committee member keeps where each provider serves its results.
         Message::Offer(_) => true,
         Message::Bid(_) => roles.provider,
-        Message::Proposal(_) | Message::Answer(_) | Message::Contract(_) => {
-            roles.requester || roles.provider
-        }
+        Message::Proposal(p) => p.body_unverified().is_ok_and(|b| {
+            b.provider == *me || b.job.body_unverified().is_ok_and(|j| j.requester == *me)
+        }),
+        Message::Answer(_) => roles.requester || roles.provider,
+        Message::Contract(c) => c
+            .body_unverified()
+            .is_ok_and(|t| t.provider == *me || t.requester == *me),
         Message::Receipt(_) | Message::Withdrawal(_) => roles.requester || roles.oracle,
         Message::Verdict(_) | Message::Dispute(_) | Message::ProbeReply(_) => roles.oracle,
         Message::Probe(p) => roles.provider && p.body_unverified().is_ok_and(|p| p.provider == *me),
