@@ -5,6 +5,8 @@
 //! engines, `crdt-ledger`), with time and randomness as inputs: the same scenario
 //! and seed give the same result, bit for bit.
 //!
+//! - [`cores`]: a node core per peer (see below).
+//! - [`world`]: the engines around one converged ledger (see below).
 //! - [`sched`]: the event queue on virtual time.
 //! - [`scenario`]: scenarios as TOML data (`simnet/scenarios/`).
 //! - [`profiles`]: provider profiles (hyperscalers, GPU clouds, community nodes).
@@ -15,17 +17,18 @@
 //!   that forward them.
 //! - [`prewarm`]: the signature-checking helper.
 //!
-//! **Not yet on the node core.** The binary now runs one sans-IO node core per
-//! peer (`peer/core`, crate `node-core`), which owns the engines, the ledger
-//! replica and every decision between them. This crate still wires the engines
-//! itself ([`world`]), so its figures describe the engines and the ledger, not
-//! yet the core's glue (the escrow gate, key grants, retries, persistence).
-//! What it shares with the core so far: committee members watch what the
-//! ledger escrows, under the committee of the lock epoch (delivered as ledger
-//! sync would, delayed by a partition rather than lost), and every run checks
-//! that no escrow is open past `protocol::escrow_bound`. Moving `World` onto
-//! `node-core` (a core per simulated peer, with a switch for a ledger replica
-//! per peer and real sync) is the next step of the core's issue.
+//! **Two drivers.** [`cores`] runs every simulated peer as the binary's own
+//! node core (`peer/core`, crate `node-core`), which owns the engines, the
+//! ledger replica and every decision between them: the escrow gate, key
+//! grants, the challenge and its reveal, settlement writing, resends,
+//! persistence and restarts. The cores share one converged replica, lent to
+//! each in turn, or each keeps its own with real automerge sync
+//! ([`cores::Replicas`]). Scenarios with `cores = true` (`smoke`, `faults`)
+//! run there. [`world`] wires the engines to one converged ledger itself,
+//! without the core's glue; it is several times faster and still runs the
+//! larger scenarios (`paper-30d`, `requesters-sweep`, `scale-1k`). Both
+//! check at the end of every run that no escrow is open past
+//! `protocol::escrow_bound`.
 //!
 //! Events are handled one at a time, in time order. A second core helps in two
 //! ways that cannot change a run: [`prewarm`] checks the signatures the ledger
@@ -48,8 +51,14 @@ pub use metrics::{Metrics, Summary};
 pub use scenario::Scenario;
 pub use world::World;
 
-/// Run `scenario` with `seed` (its own seed when `None`); `progress` gets the
-/// share done, from 0 to 1.
+/// Run `scenario` with `seed` (its own seed when `None`) on the driver it
+/// names; `progress` gets the share done, from 0 to 1.
 pub fn run(scenario: &Scenario, seed: Option<u64>, progress: impl FnMut(f64)) -> Metrics {
-    World::new(scenario, seed.unwrap_or(scenario.seed), None, None).run(progress)
+    report::run_one(
+        scenario,
+        seed.unwrap_or(scenario.seed),
+        None,
+        None,
+        progress,
+    )
 }

@@ -58,7 +58,7 @@ pub fn run_all(sc: &Scenario, seed: u64, mut progress: impl FnMut(&str, f64)) ->
 
 /// One run of `sc`, optionally with another number of requesters and
 /// another duration, on the driver the scenario names.
-fn run_one(
+pub fn run_one(
     sc: &Scenario,
     seed: u64,
     requesters: Option<u32>,

@@ -5,7 +5,7 @@ use simnet::{Scenario, World};
 #[test]
 fn smoke_scenario_runs_settles_jobs_and_keeps_the_ledger_whole() {
     let sc = Scenario::load("smoke").unwrap();
-    let m = simnet::run(&sc, None, |_| {});
+    let m = World::new(&sc, sc.seed, None, None).run(|_| {});
     let s = m.summary(&sc.requesters.fairness_groups);
     eprintln!("{s:#?}\n{:?}", m.events_by_kind);
     assert!(s.jobs_submitted > 50, "{s:?}");
