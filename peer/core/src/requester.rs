@@ -117,28 +117,30 @@ impl Jobs {
     }
 }
 
-/// Providers' quality from their SLA record in the ledger (new ones score 1).
-#[derive(Debug)]
-pub(crate) struct LedgerReputation {
-    quality: HashMap<AccountId, f64>,
-    /// Each provider's free bond, and the share of an escrow a contract
-    /// reserves.
-    free_bond: HashMap<AccountId, Amount>,
+/// Providers' quality from their SLA record in the ledger (a provider with
+/// none gets the prior of a fresh record), and whether their free bond
+/// covers a contract: read from the ledger's state as matching asks, never
+/// copied (a node hears an offer per provider per refresh, and copying every
+/// provider's record for each would make each offer cost the network's size).
+pub(crate) struct LedgerReputation<'a> {
+    state: &'a crdt_ledger::State,
+    /// The share of an escrow a contract reserves of its provider's bond.
     bond_share: protocol::Bps,
 }
 
-impl protocol::market::Reputation for LedgerReputation {
+impl std::fmt::Debug for LedgerReputation<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LedgerReputation(epoch {})", self.state.epoch)
+    }
+}
+
+impl protocol::market::Reputation for LedgerReputation<'_> {
     fn quality(&self, provider: &AccountId) -> f64 {
-        // A provider the ledger has no record of gets the prior of a fresh
-        // record, as one with a history does.
-        self.quality
-            .get(provider)
-            .copied()
-            .unwrap_or_else(|| f64::from(crdt_ledger::Reputation::default().score_bps()) / 10_000.0)
+        let r = self.state.reputation.get(provider).copied().unwrap_or_default();
+        f64::from(r.score_bps()) / 10_000.0
     }
     fn bonded(&self, provider: &AccountId, escrow: Amount) -> bool {
-        let free = self.free_bond.get(provider).copied().unwrap_or_default();
-        free >= self.bond_share.of(escrow)
+        self.state.free_bond(provider) >= self.bond_share.of(escrow)
     }
 }
 
@@ -152,36 +154,26 @@ impl<S: Store> NodeCore<S> {
         self.jobs.by_id.get(id)
     }
 
-    fn reputation(&mut self) -> LedgerReputation {
-        let bond_share = self.ledger.params().provider_bond;
-        let state = self.ledger.state();
-        LedgerReputation {
-            quality: state
-                .reputation
-                .iter()
-                .map(|(a, r)| (*a, f64::from(r.score_bps()) / 10_000.0))
-                .collect(),
-            free_bond: state
-                .bonds
-                .keys()
-                .map(|a| (*a, state.free_bond(a)))
-                .collect(),
-            bond_share,
-        }
-    }
-
     pub(crate) fn requester_handle<R: Rng + ?Sized>(
         &mut self,
         cx: &mut Cx<'_, R>,
         input: RequesterInput,
     ) {
-        let rep = self.reputation();
+        let bond_share = self.ledger.params().provider_bond;
+        let rep = LedgerReputation {
+            state: self.ledger.state(),
+            bond_share,
+        };
         let o = self.requester.handle(cx.now, input, &rep, cx.rng);
         self.on_requester_out(cx, o);
     }
 
     pub(crate) fn requester_timeout<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
-        let rep = self.reputation();
+        let bond_share = self.ledger.params().provider_bond;
+        let rep = LedgerReputation {
+            state: self.ledger.state(),
+            bond_share,
+        };
         let o = self.requester.handle_timeout(cx.now, &rep, cx.rng);
         self.on_requester_out(cx, o);
     }
