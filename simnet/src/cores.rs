@@ -51,7 +51,7 @@ use crate::metrics::Metrics;
 use crate::netmodel::Net;
 use crate::profiles::{Profile, ProfileParams};
 use crate::scenario::Scenario;
-use crate::sched::Scheduler;
+use crate::sched::{Progress, Scheduler};
 use crate::world::{
     NewJob, T0, arrival_gap, genesis, new_job, next_gap, provider_bond, provider_config, seed_for,
 };
@@ -361,15 +361,10 @@ impl CoreWorld {
 
     /// Run to the end; returns the metrics.
     pub fn run(mut self, mut progress: impl FnMut(f64)) -> Metrics {
-        let span = (self.end.0 - T0.0) as f64;
-        let mut reported = 0.0;
+        let mut done = Progress::new(T0, self.end);
         while let Some((now, ev)) = self.sched.next_until(self.end) {
             self.event(now, ev);
-            let done = (now.0 - T0.0) as f64 / span;
-            if done - reported >= 0.01 {
-                reported = done;
-                progress(done);
-            }
+            done.at(now, &mut progress);
         }
         progress(1.0);
         self.finish()

@@ -106,6 +106,34 @@ impl<E> Scheduler<E> {
     }
 }
 
+/// Reports the share of a run done, from 0 to 1, at most once per percent.
+#[derive(Debug)]
+pub struct Progress {
+    start: Timestamp,
+    span: f64,
+    reported: f64,
+}
+
+impl Progress {
+    /// A run from `start` to `end`.
+    pub fn new(start: Timestamp, end: Timestamp) -> Progress {
+        Progress {
+            start,
+            span: end.0.saturating_sub(start.0).max(1) as f64,
+            reported: 0.0,
+        }
+    }
+
+    /// Virtual time reached `now`: tell `report` if a percent passed.
+    pub fn at(&mut self, now: Timestamp, report: &mut impl FnMut(f64)) {
+        let done = now.0.saturating_sub(self.start.0) as f64 / self.span;
+        if done - self.reported >= 0.01 {
+            self.reported = done;
+            report(done);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

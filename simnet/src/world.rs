@@ -43,7 +43,7 @@ use crate::metrics::Metrics;
 use crate::netmodel::Net;
 use crate::profiles::{Profile, ProfileParams};
 use crate::scenario::{Arrival, Scenario};
-use crate::sched::Scheduler;
+use crate::sched::{Progress, Scheduler};
 
 /// Virtual time starts here (2026-01-01T00:00:00Z), so timestamps look real.
 pub const T0: Timestamp = Timestamp(1_767_225_600_000);
@@ -718,8 +718,7 @@ impl World {
     }
 
     pub fn run(mut self, mut progress: impl FnMut(f64)) -> Metrics {
-        let span = (self.end.0 - T0.0) as f64;
-        let mut last_report = 0.0;
+        let mut done = Progress::new(T0, self.end);
         let mut handled = 0u64;
         while let Some((now, ev)) = self.sched.next_until(self.end) {
             self.handle(now, ev);
@@ -727,11 +726,7 @@ impl World {
             if self.offer_steps && handled.is_multiple_of(OFFER_STEP_EVERY) {
                 self.take_offers_in_parallel();
             }
-            let done = (now.0 - T0.0) as f64 / span;
-            if done - last_report >= 0.01 {
-                last_report = done;
-                progress(done);
-            }
+            done.at(now, &mut progress);
         }
         progress(1.0);
         self.finish()

@@ -356,8 +356,11 @@ impl<S: Store> Ledger<S> {
         self.entries.values().flat_map(|vs| vs.iter().map(|v| &**v))
     }
 
-    /// The last `n` entries held by `author`, newest first (forks included).
-    pub fn latest_by(&self, author: &AccountId, n: usize) -> impl Iterator<Item = &VerifiedEntry> {
+    /// The entries held by `author`, by seq (forks included).
+    fn authored(
+        &self,
+        author: &AccountId,
+    ) -> std::collections::btree_map::Range<'_, EntryKey, Vec<Ve>> {
         let range = EntryKey {
             author: *author,
             seq: 0,
@@ -365,8 +368,12 @@ impl<S: Store> Ledger<S> {
             author: *author,
             seq: u64::MAX,
         };
-        self.entries
-            .range(range)
+        self.entries.range(range)
+    }
+
+    /// The last `n` entries held by `author`, newest first (forks included).
+    pub fn latest_by(&self, author: &AccountId, n: usize) -> impl Iterator<Item = &VerifiedEntry> {
+        self.authored(author)
             .rev()
             .flat_map(|(_, vs)| vs.iter().map(|v| &**v))
             .take(n)
@@ -375,15 +382,7 @@ impl<S: Store> Ledger<S> {
     /// Every entry held by `author` (forks included), in seq order: an account's
     /// history for `cloudchain ledger`. Entries a snapshot covers are not held.
     pub fn entries_by(&self, author: &AccountId) -> Vec<&VerifiedEntry> {
-        let range = EntryKey {
-            author: *author,
-            seq: 0,
-        }..=EntryKey {
-            author: *author,
-            seq: u64::MAX,
-        };
-        self.entries
-            .range(range)
+        self.authored(author)
             .flat_map(|(_, vs)| vs.iter().map(|v| &**v))
             .collect()
     }

@@ -136,7 +136,12 @@ impl std::fmt::Debug for LedgerReputation<'_> {
 
 impl protocol::market::Reputation for LedgerReputation<'_> {
     fn quality(&self, provider: &AccountId) -> f64 {
-        let r = self.state.reputation.get(provider).copied().unwrap_or_default();
+        let r = self
+            .state
+            .reputation
+            .get(provider)
+            .copied()
+            .unwrap_or_default();
         f64::from(r.score_bps()) / 10_000.0
     }
     fn bonded(&self, provider: &AccountId, escrow: Amount) -> bool {
