@@ -255,7 +255,12 @@ impl Store for FileStore {
             } else {
                 usize::MAX
             };
-            let is_last = !complete || RECORD_OVERHEAD + len == rest.len();
+            // The last record when nothing but zeros follows where it claims
+            // to end: a file may grow by zero-filled blocks whose data a crash
+            // never wrote, and a zero length field reads as an empty record.
+            let end = RECORD_OVERHEAD.saturating_add(len).min(rest.len());
+            let zeros_after = rest[end..].iter().all(|&b| b == 0);
+            let is_last = !complete || zeros_after || rest.iter().all(|&b| b == 0);
             if !is_last {
                 return Err(StoreError::Corrupt {
                     path: p,

@@ -175,6 +175,41 @@ fn torn_tail_at_every_offset_of_the_last_record_loses_nothing_acknowledged() {
     }
 }
 
+/// A crash can leave the log longer than what was written, the rest zeros (the
+/// file's length reached the disk, its last block did not). Whether the last
+/// record is all zeros or half written and then zeros, it is cut as torn and
+/// every acknowledged record stays.
+#[test]
+fn a_zero_filled_tail_is_cut_as_torn() {
+    let net = Net::new(6, 4, 4);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.log");
+    let (mut l, _) = open_file_ledger(&net, dir.path()).unwrap();
+    for i in 0..4u64 {
+        l.append(&net.ids[4], transfer(net.acct(5), 1 + i), T0)
+            .unwrap();
+    }
+    let start_last = l.store().log_len() as usize;
+    l.append(&net.ids[4], transfer(net.acct(5), 100), T0)
+        .unwrap();
+    let full = std::fs::read(&path).unwrap();
+    drop(l);
+    // (Not the whole record but its last byte: that byte may be a zero, and
+    // then the record is whole.)
+    for written in [0, 2, 4, 11, 12, 30, (full.len() - start_last) / 2] {
+        let mut bytes = full[..start_last + written].to_vec();
+        bytes.resize(full.len() + 4096, 0);
+        std::fs::write(&path, &bytes).unwrap();
+        let (mut l, rep) = open_file_ledger(&net, dir.path())
+            .unwrap_or_else(|e| panic!("{written} bytes written, then zeros: {e}"));
+        assert_eq!(l.entry_count(), 4, "{written} bytes written");
+        let t = rep.torn_tail.expect("torn tail reported");
+        assert_eq!(t.offset, start_last as u64);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), start_last as u64);
+        assert_eq!(l.balance(&net.acct(4)), Amount::tokens(990));
+    }
+}
+
 #[test]
 fn a_flipped_bit_in_a_stored_record_is_detected() {
     let net = Net::new(6, 4, 4);
