@@ -158,16 +158,15 @@ pub struct SimArgs {
     /// Where to write the report (default: out/<scenario>).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Run every peer as the node's own core, each with its own ledger
-    /// replica and real sync, instead of the engines around one shared
-    /// ledger: the binary's protocol decisions, measured (much slower; suits
-    /// scenarios of tens of peers).
+    /// Run every peer as the node's own core (the binary's protocol code),
+    /// lent one converged ledger replica in turn, instead of the engines
+    /// around one ledger: slower, and what `smoke` and `faults` do anyway.
     #[arg(long, conflicts_with = "testbed")]
     pub cores: bool,
-    /// With --cores: every peer keeps its own ledger replica, with real
-    /// automerge sync between them (slower again: minutes per simulated day
-    /// of `faults`).
-    #[arg(long, requires = "cores")]
+    /// Run on node cores (as --cores), each peer keeping its own ledger
+    /// replica with real automerge sync between them (slower again: minutes
+    /// per simulated day of `faults`).
+    #[arg(long, conflicts_with = "testbed")]
     pub replica_per_peer: bool,
 }
 
@@ -507,7 +506,7 @@ fn sim(json: bool, args: &SimArgs) -> anyhow::Result<()> {
         anyhow::bail!("give a scenario or --testbed N");
     };
     let mut sc = simnet::Scenario::load(scenario)?;
-    sc.cores |= args.cores;
+    sc.cores |= args.cores || args.replica_per_peer;
     sc.replica_per_peer |= args.replica_per_peer;
     let seed = args.seed.unwrap_or(sc.seed);
     let out = args
