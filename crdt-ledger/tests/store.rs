@@ -129,8 +129,14 @@ fn open_file_ledger(
     Ledger::open(net.genesis.clone(), &[1; 16], FileStore::open(dir).unwrap())
 }
 
-#[test]
-fn torn_tail_at_every_offset_of_the_last_record_loses_nothing_acknowledged() {
+/// A file ledger in a fresh directory holding four acknowledged transfers:
+/// the network, the directory, its log's path and the open replica.
+fn four_transfers() -> (
+    Net,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Ledger<FileStore>,
+) {
     let net = Net::new(6, 4, 4);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.log");
@@ -139,6 +145,12 @@ fn torn_tail_at_every_offset_of_the_last_record_loses_nothing_acknowledged() {
         l.append(&net.ids[4], transfer(net.acct(5), 1 + i), T0)
             .unwrap();
     }
+    (net, dir, path, l)
+}
+
+#[test]
+fn torn_tail_at_every_offset_of_the_last_record_loses_nothing_acknowledged() {
+    let (net, dir, path, mut l) = four_transfers();
     let start_last = l.store().log_len();
     l.append(&net.ids[4], transfer(net.acct(5), 100), T0)
         .unwrap();
@@ -181,14 +193,7 @@ fn torn_tail_at_every_offset_of_the_last_record_loses_nothing_acknowledged() {
 /// every acknowledged record stays.
 #[test]
 fn a_zero_filled_tail_is_cut_as_torn() {
-    let net = Net::new(6, 4, 4);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ledger.log");
-    let (mut l, _) = open_file_ledger(&net, dir.path()).unwrap();
-    for i in 0..4u64 {
-        l.append(&net.ids[4], transfer(net.acct(5), 1 + i), T0)
-            .unwrap();
-    }
+    let (net, dir, path, mut l) = four_transfers();
     let start_last = l.store().log_len() as usize;
     l.append(&net.ids[4], transfer(net.acct(5), 100), T0)
         .unwrap();

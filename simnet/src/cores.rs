@@ -53,7 +53,8 @@ use crate::profiles::{Profile, ProfileParams};
 use crate::scenario::Scenario;
 use crate::sched::{Progress, Scheduler};
 use crate::world::{
-    NewJob, T0, arrival_gap, genesis, new_job, next_gap, provider_bond, provider_config, seed_for,
+    NewJob, T0, arrival_gap, draw_cheaters, genesis, new_job, next_gap, provider_bond,
+    provider_config, seed_for,
 };
 
 /// Ledger-sync neighbours each peer opens (besides the oracles' full mesh).
@@ -191,13 +192,7 @@ impl CoreWorld {
         let net = Net::new(&sc.network, &sc.faults.partitions);
         let end = T0.plus(DurationMs((sc.days * 86_400_000.0) as u64));
         let n_prov = sc.provider_count() as usize;
-        let n_cheat = (sc.faults.cheating_share * n_prov as f64).round() as usize;
-        let mut order: Vec<usize> = (0..n_prov).collect();
-        for i in (1..order.len()).rev() {
-            let j = rng.random_range(0..=i);
-            order.swap(i, j);
-        }
-        let cheaters: BTreeSet<usize> = order.into_iter().take(n_cheat).collect();
+        let cheaters: BTreeSet<usize> = draw_cheaters(sc, &mut rng).into_iter().collect();
         let timing = Timing {
             // Probing every 30 minutes per contract and member, as the engines'
             // simulation does: availability is still measured on long jobs.

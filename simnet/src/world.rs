@@ -340,6 +340,20 @@ pub(crate) fn genesis(sc: &Scenario, seed: u64, n_req: usize) -> (GenesisEntry, 
     (genesis, writers)
 }
 
+/// Which providers cheat: the scenario's share of them, drawn from every
+/// profile alike.
+pub(crate) fn draw_cheaters(sc: &Scenario, rng: &mut impl Rng) -> Vec<usize> {
+    let n_prov = sc.provider_count() as usize;
+    let n_cheat = (sc.faults.cheating_share * n_prov as f64).round() as usize;
+    let mut order: Vec<usize> = (0..n_prov).collect();
+    for i in (1..order.len()).rev() {
+        let j = rng.random_range(0..=i);
+        order.swap(i, j);
+    }
+    order.truncate(n_cheat);
+    order
+}
+
 /// Exponential gap for a rate per day.
 pub(crate) fn next_gap(rng: &mut impl Rng, per_day: f64) -> DurationMs {
     let u: f64 = rng.random_range(f64::EPSILON..1.0);
@@ -484,14 +498,7 @@ impl World {
         let mut by_account = HashMap::new();
         let mut providers = Vec::new();
         let n_prov = sc.provider_count() as usize;
-        let n_cheat = (sc.faults.cheating_share * n_prov as f64).round() as usize;
-        // Cheaters are drawn from every profile alike.
-        let mut cheaters: Vec<usize> = (0..n_prov).collect();
-        for i in (1..cheaters.len()).rev() {
-            let j = rng.random_range(0..=i);
-            cheaters.swap(i, j);
-        }
-        cheaters.truncate(n_cheat);
+        let cheaters = draw_cheaters(sc, &mut rng);
         for g in &sc.providers {
             let p = g.profile.params();
             for _ in 0..g.count {

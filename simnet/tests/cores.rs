@@ -7,6 +7,20 @@
 use simnet::Scenario;
 use simnet::cores::{CoreWorld, Replicas};
 
+/// Run `sc` on node cores; its invariants held (supply conserved in every
+/// replica, no escrow open past its bound).
+fn run_clean(sc: &Scenario, seed: u64, replicas: Replicas) -> (simnet::Metrics, simnet::Summary) {
+    let m = CoreWorld::new(sc, seed, replicas).run(|_| {});
+    let s = m.summary(&sc.requesters.fairness_groups);
+    eprintln!("{s:#?}\n{:?}", m.events_by_kind);
+    assert!(
+        s.invariant_violations.is_empty(),
+        "{:?}",
+        s.invariant_violations
+    );
+    (m, s)
+}
+
 /// `smoke`, with the faults a real network has: cheaters, churn, a partition.
 fn rough_smoke(days: f64) -> Scenario {
     let mut sc = Scenario::load("smoke").unwrap();
@@ -28,14 +42,7 @@ fn rough_smoke(days: f64) -> Scenario {
 fn faults_on_node_cores_keep_the_books_and_make_cheating_lose() {
     let mut sc = Scenario::load("faults").unwrap();
     sc.days = 1.5;
-    let m = CoreWorld::new(&sc, sc.seed, Replicas::Shared).run(|_| {});
-    let s = m.summary(&[]);
-    eprintln!("{s:#?}\n{:?}", m.events_by_kind);
-    assert!(
-        s.invariant_violations.is_empty(),
-        "{:?}",
-        s.invariant_violations
-    );
+    let (m, s) = run_clean(&sc, sc.seed, Replicas::Shared);
     assert!(s.jobs_settled > s.jobs_submitted * 9 / 10, "{s:?}");
     assert!(s.checkpoints >= 35, "{s:?}");
     assert!(m.crashes > 0 && m.partitioned_messages > 0, "{s:?}");
@@ -61,18 +68,11 @@ fn cheating_lost(s: &simnet::Summary) {
 fn smoke_on_node_cores_settles_jobs_and_every_escrow_ends() {
     let mut sc = Scenario::load("smoke").unwrap();
     sc.days = 0.5;
-    let m = CoreWorld::new(&sc, sc.seed, Replicas::PerPeer).run(|_| {});
-    let s = m.summary(&sc.requesters.fairness_groups);
-    eprintln!("{s:#?}\n{:?}", m.events_by_kind);
+    // run_clean: supply conserved in every replica, no escrow open past its
+    // bound in any.
+    let (_, s) = run_clean(&sc, sc.seed, Replicas::PerPeer);
     assert!(s.jobs_submitted > 30, "{s:?}");
     assert!(s.jobs_settled > s.jobs_submitted * 3 / 4, "{s:?}");
-    // Supply conserved in every replica, and no escrow open past its bound
-    // in any.
-    assert!(
-        s.invariant_violations.is_empty(),
-        "{:?}",
-        s.invariant_violations
-    );
     // The committee checkpointed (nearly) every hourly epoch of the half day.
     assert!(s.checkpoints >= 10, "{s:?}");
     assert!(s.paid_tokens > 0.0 && s.minted_tokens > 0.0, "{s:?}");
@@ -104,14 +104,7 @@ fn node_cores_same_seed_same_digest_other_seed_other_digest() {
 #[test]
 fn on_node_cores_cheaters_are_caught_by_the_challenge_and_lose() {
     let sc = rough_smoke(1.0);
-    let m = CoreWorld::new(&sc, 3, Replicas::PerPeer).run(|_| {});
-    let s = m.summary(&[]);
-    eprintln!("{s:#?}\n{:?}", m.events_by_kind);
-    assert!(
-        s.invariant_violations.is_empty(),
-        "{:?}",
-        s.invariant_violations
-    );
+    let (m, s) = run_clean(&sc, 3, Replicas::PerPeer);
     assert!(m.crashes > 0 && m.partitioned_messages > 0, "{s:?}");
     // Every cheater that returned a wrong result was caught at least once,
     // and each catch slashed its bond and cut its reputation, so requesters
