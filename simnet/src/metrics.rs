@@ -244,6 +244,27 @@ pub struct Summary {
     pub mean_final_price: f64,
 }
 
+impl Summary {
+    /// Whether cheating lost: a proven wrong result slashed bond, and the
+    /// average cheater netted less than the average honest provider (paid +
+    /// minted − slashed). `Err` says how it did not.
+    pub fn cheating_lost(&self) -> Result<(), String> {
+        if self.slashed_tokens <= 0.0 {
+            return Err(format!(
+                "no bond was slashed ({} wrong results caught)",
+                self.wrong_results_caught
+            ));
+        }
+        if self.net_per_cheater >= self.net_per_honest {
+            return Err(format!(
+                "a cheater nets {:.0} tokens, an honest provider {:.0}",
+                self.net_per_cheater, self.net_per_honest
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
