@@ -23,6 +23,11 @@ use protocol::{AccountId, Hash32, Identity};
 
 /// How long a blob fetch waits for its peer's endpoint to answer.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long a blob fetch waits for the next bytes once connected: a peer that
+/// accepted and then went quiet (stalled, or restarted under the same key on
+/// another port while the connection still looked alive) fails the fetch, so
+/// the caller tries again at the peer's latest address.
+pub const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Where the blob store lives.
 #[derive(Debug, Clone)]
@@ -38,6 +43,8 @@ pub struct BlobNode {
     store: iroh_blobs::api::Store,
     router: Router,
     transfers: Arc<Mutex<BTreeMap<Hash32, Transfer>>>,
+    /// [`STALL_TIMEOUT`], shorter in tests.
+    stall: std::time::Duration,
 }
 
 /// A fetch in flight, for progress displays.
@@ -66,23 +73,7 @@ impl BlobNode {
                 .map_err(|e| anyhow::anyhow!("cannot open blob store {}: {e}", dir.display()))?
                 .into(),
         };
-        let mut builder = Endpoint::builder(presets::Minimal)
-            .secret_key(identity.iroh_secret_key())
-            .alpns(vec![iroh_blobs::ALPN.to_vec()])
-            .portmapper_config(iroh::endpoint::PortmapperConfig::Disabled)
-            .net_report_config(iroh::endpoint::NetReportConfig::minimal())
-            .clear_ip_transports()
-            .bind_addr(bind)
-            .with_context(|| format!("bad blob bind address {bind}"))?;
-        builder = if relay {
-            builder.relay_mode(iroh::endpoint::default_relay_mode())
-        } else {
-            builder.relay_mode(RelayMode::Disabled)
-        };
-        let endpoint = builder
-            .bind()
-            .await
-            .with_context(|| format!("cannot bind the blob endpoint on {bind}"))?;
+        let endpoint = bind_endpoint(identity, bind, relay).await?;
         let blobs = BlobsProtocol::new(&store, None);
         let router = Router::builder(endpoint.clone())
             .accept(iroh_blobs::ALPN, blobs)
@@ -92,6 +83,7 @@ impl BlobNode {
             store,
             router,
             transfers: Default::default(),
+            stall: STALL_TIMEOUT,
         })
     }
 
@@ -221,7 +213,18 @@ impl BlobNode {
             .remote()
             .fetch(conn, Hash::from_bytes(hash.0))
             .stream();
-        while let Some(item) = stream.next().await {
+        loop {
+            let Ok(item) = tokio::time::timeout(self.stall, stream.next()).await else {
+                bail!(
+                    "fetching {} from {}: nothing arrived for {:?}",
+                    hash.short(),
+                    peer.fmt_short(),
+                    self.stall
+                );
+            };
+            let Some(item) = item else {
+                break;
+            };
             match item {
                 GetProgressItem::Progress(n) => {
                     if let Ok(mut t) = self.transfers.lock()
@@ -292,6 +295,32 @@ impl BlobNode {
             .await
             .map_err(|e| anyhow::anyhow!("blob router shutdown: {e}"))
     }
+}
+
+/// An endpoint with the node's key that speaks the blobs protocol, bound to
+/// `bind`, with a relay only if asked.
+async fn bind_endpoint(
+    identity: &Identity,
+    bind: SocketAddr,
+    relay: bool,
+) -> anyhow::Result<Endpoint> {
+    let mut builder = Endpoint::builder(presets::Minimal)
+        .secret_key(identity.iroh_secret_key())
+        .alpns(vec![iroh_blobs::ALPN.to_vec()])
+        .portmapper_config(iroh::endpoint::PortmapperConfig::Disabled)
+        .net_report_config(iroh::endpoint::NetReportConfig::minimal())
+        .clear_ip_transports()
+        .bind_addr(bind)
+        .with_context(|| format!("bad blob bind address {bind}"))?;
+    builder = if relay {
+        builder.relay_mode(iroh::endpoint::default_relay_mode())
+    } else {
+        builder.relay_mode(RelayMode::Disabled)
+    };
+    builder
+        .bind()
+        .await
+        .with_context(|| format!("cannot bind the blob endpoint on {bind}"))
 }
 
 /// Removes a finished (or failed) fetch from the registry.
@@ -373,5 +402,51 @@ mod tests {
 
         prov.shutdown().await.unwrap();
         req.shutdown().await.unwrap();
+    }
+
+    /// Accepts blob connections and never answers.
+    #[derive(Debug)]
+    struct Silent;
+
+    impl iroh::protocol::ProtocolHandler for Silent {
+        async fn accept(
+            &self,
+            conn: iroh::endpoint::Connection,
+        ) -> Result<(), iroh::protocol::AcceptError> {
+            tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+            drop(conn);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_accepts_and_goes_quiet_fails_the_fetch_instead_of_holding_it() {
+        let quiet_id = Identity::from_seed(21);
+        let endpoint = bind_endpoint(&quiet_id, lo(), false).await.unwrap();
+        let router = Router::builder(endpoint.clone())
+            .accept(iroh_blobs::ALPN, Silent)
+            .spawn();
+        let mut me = BlobNode::spawn(&Identity::from_seed(22), StoreKind::Memory, lo(), false)
+            .await
+            .unwrap();
+        me.stall = std::time::Duration::from_secs(1);
+        let mut from = endpoint.addr();
+        for s in endpoint.bound_sockets() {
+            from.addrs.insert(TransportAddr::Ip(s));
+        }
+        let hash = Hash32::of(b"never sent");
+        // Generous: the connection itself may take a while on a busy machine;
+        // without the stall bound the fetch would wait for ever.
+        let res = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            me.fetch(from, &hash, |_| {}),
+        )
+        .await
+        .expect("the fetch hung on a silent peer");
+        let e = res.unwrap_err().to_string();
+        assert!(e.contains("nothing arrived"), "{e}");
+        assert!(me.transfers().is_empty());
+        me.shutdown().await.unwrap();
+        router.shutdown().await.unwrap();
     }
 }
