@@ -58,6 +58,14 @@ pub struct Params {
     /// The share of a slashed bond paid to the wronged requester; the rest is
     /// burned.
     pub bond_to_requester: Bps,
+    /// The share of its provider's whole bond a proven wrong result slashes
+    /// (at least what the contract reserved): one caught cheat costs more than
+    /// any run of uncaught ones earned.
+    pub wrong_result_slash: Bps,
+    /// The most one verified compute unit mints, µ-tokens. Set below what a
+    /// unit of compute costs anyone to run, so that buying one's own compute
+    /// to earn the mint always costs more than it mints.
+    pub mint_per_cu: protocol::PricePerCu,
 }
 
 impl Default for Params {
@@ -75,6 +83,9 @@ impl Default for Params {
             reward_cap: Amount::tokens(10_000_000),
             provider_bond: Bps(10_000),
             bond_to_requester: Bps(5_000),
+            wrong_result_slash: Bps(10_000),
+            // A tenth of a provider's default price floor (1,000 µ-tokens/CU).
+            mint_per_cu: protocol::PricePerCu(100),
         }
     }
 }
@@ -85,12 +96,20 @@ impl Params {
         self.provider_bond.of(escrow)
     }
 
-    /// What a settled contract's outcome slashes of the bond it reserved: all
-    /// of it for a delivered result the committee found wrong (a proof of
-    /// cheating), nothing otherwise (a crash proves nothing).
-    pub fn slashed(&self, bond: Amount, outcome: &protocol::settlement::Outcome) -> Amount {
+    /// What a settled contract's outcome slashes of its provider's bond,
+    /// which holds `bond` now and of which the contract reserved `reserved`:
+    /// for a delivered result the committee found wrong (a proof of cheating),
+    /// `wrong_result_slash` of the whole bond or the reservation, whichever is
+    /// more, as far as the bond goes; nothing otherwise (a crash proves
+    /// nothing).
+    pub fn slashed(
+        &self,
+        reserved: Amount,
+        bond: Amount,
+        outcome: &protocol::settlement::Outcome,
+    ) -> Amount {
         if outcome.delivered && !outcome.result_ok {
-            bond
+            reserved.max(self.wrong_result_slash.of(bond)).min(bond)
         } else {
             Amount::ZERO
         }

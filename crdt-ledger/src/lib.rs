@@ -55,8 +55,9 @@
 //! each checkpoint (`CheckpointBody::mint`: `reward_base` halving every
 //! `reward_halving_epochs`, never more in all than `reward_cap`, split over
 //! providers in proportion to the compute units their settled contracts verified,
-//! each share capped by the provider's share of all bonds, what the caps hold
-//! back not minted; an epoch skipped after a stall mints nothing), and destroyed
+//! each share capped by the provider's share of all bonds and by `mint_per_cu`
+//! for each of its verified units, what the caps hold back not minted; an
+//! epoch skipped after a stall mints nothing), and destroyed
 //! only by slashing (`Params::slash` of an offender's bonded and unbonding stake,
 //! or the burned part of a slashed provider bond): total supply = genesis +
 //! minted − burned, always.
@@ -108,6 +109,6 @@ pub use entry::{
 };
 pub use error::{Invalid, InvalidReason, LedgerError, StoreError, SyncError};
 pub use ledger::{Action, CheckpointStatus, Ledger, OpenReport, SnapshotMeta, open_from_snapshot};
-pub use state::{Escrow, Reputation, SlaEvent, State, Supply};
+pub use state::{Escrow, Reputation, SlaEvent, State, Supply, TRUSTED_SCORE_BPS};
 pub use store::{FileStore, Loaded, MemStore, Store, TornTail};
 pub use sync::{MAX_PEER_ERRORS, PeerState, SyncReport};

@@ -55,11 +55,12 @@ pub struct Escrow {
 /// One SLA event in a provider's history.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum SlaEvent {
-    /// A settled contract.
+    /// A settled contract, and what it slashed of the provider's bond.
     Settled {
         contract: Hash32,
         epoch: u64,
         outcome: Outcome,
+        slashed: Amount,
     },
     /// A committee member's probe summary.
     Probes(SlaRecord),
@@ -76,18 +77,26 @@ pub struct Reputation {
     pub answered: u64,
 }
 
+/// The job share past which a longer history earns nothing more: five good
+/// jobs in a row reach it. Past a few good jobs the bond, not the history,
+/// insures the requester; and a self-dealer that buys itself a long record of
+/// good jobs gains no edge over an honest provider with a short one.
+pub const TRUSTED_SCORE_BPS: u64 = 8_500;
+
 impl Reputation {
     /// A score in basis points: the share of good jobs, through a prior of one
-    /// good and one bad job, times the share of answered probes. A new account
-    /// starts at 5 000, below any provider with a few good jobs and more than
-    /// one failure in ten: a key thrown away after a failure buys nothing.
+    /// good and one bad job and at most [`TRUSTED_SCORE_BPS`], times the share
+    /// of answered probes. A new account starts at 5 000, below any provider
+    /// with a few good jobs and more than one failure in ten: a key thrown
+    /// away after a failure buys nothing.
     pub fn score_bps(&self) -> u16 {
         let jobs = self
             .jobs_ok
             .saturating_add(1)
             .saturating_mul(10_000)
             .checked_div(self.jobs.saturating_add(2))
-            .unwrap_or(5_000);
+            .unwrap_or(5_000)
+            .min(TRUSTED_SCORE_BPS);
         let probes = self
             .answered
             .min(self.probes)
@@ -142,6 +151,8 @@ pub struct State {
     pub slashed: BTreeSet<(AccountId, Offence)>,
     /// Provider bonds.
     pub bonds: BTreeMap<AccountId, Amount>,
+    /// What proven wrong results have slashed of each provider's bond, in all.
+    pub bond_slashed: BTreeMap<AccountId, Amount>,
     /// The part of each provider's bond its open escrows reserve.
     pub bond_reserved: BTreeMap<AccountId, Amount>,
     /// The SLA records of the last [`SLA_RECORD_EPOCHS`] epochs, as
@@ -226,6 +237,7 @@ impl State {
             },
             slashed: BTreeSet::new(),
             bonds,
+            bond_slashed: BTreeMap::new(),
             bond_reserved: BTreeMap::new(),
             sla_records: BTreeSet::new(),
         })
@@ -239,6 +251,18 @@ impl State {
     pub fn free_bond(&self, a: &AccountId) -> Amount {
         let bond = self.bonds.get(a).copied().unwrap_or_default();
         bond.saturating_sub(self.bond_reserved.get(a).copied().unwrap_or_default())
+    }
+    /// What the settlement of `contract` slashed of `provider`'s bond, while
+    /// the provider's recent SLA history still holds it.
+    pub fn slash_of(&self, provider: &AccountId, contract: &Hash32) -> Option<Amount> {
+        self.sla.get(provider)?.iter().rev().find_map(|e| match e {
+            SlaEvent::Settled {
+                contract: c,
+                slashed,
+                ..
+            } if c == contract => Some(*slashed),
+            _ => None,
+        })
     }
     pub fn stake(&self, a: &AccountId) -> Amount {
         self.stakes.get(a).copied().unwrap_or_default()
@@ -510,9 +534,11 @@ impl State {
                     escrow.bond,
                 );
                 self.release_bond(provider, bond);
-                // A proven wrong result: the reserved bond is slashed, part to
-                // the wronged requester, the rest burned.
-                let slashed = ctx.params.slashed(bond, &outcome);
+                // A proven wrong result: the bond is slashed (all of it in the
+                // default rules), part to the wronged requester, the rest
+                // burned.
+                let held = self.bonds.get(&provider).copied().unwrap_or_default();
+                let slashed = ctx.params.slashed(bond, held, &outcome);
                 if slashed > Amount::ZERO {
                     self.slash_bond(provider, requester, slashed, ctx.params.bond_to_requester)?;
                 }
@@ -543,6 +569,7 @@ impl State {
                         contract: cert.contract,
                         epoch: cert.epoch,
                         outcome,
+                        slashed,
                     },
                 );
                 Ok(())
@@ -652,6 +679,8 @@ impl State {
         if *b == Amount::ZERO {
             self.bonds.remove(&provider);
         }
+        let s = self.bond_slashed.entry(provider).or_default();
+        *s = s.saturating_add_amount(taken);
         let paid = to_requester.of(taken);
         self.credit(requester, paid)?;
         self.supply.burned = self
@@ -688,10 +717,12 @@ impl State {
 
     /// The reward mint of `epoch`: the scheduled amount (capped by what the cap
     /// leaves), split over providers in proportion to their verified units,
-    /// each share capped by the provider's share of all provider bonds. A
-    /// second key, or a self-dealing pair, earns no more per token of bond
-    /// than an honest provider with the same bond, and an account with no
-    /// bond earns no mint. What the caps hold back is not minted (it stays
+    /// each share capped by the provider's share of all provider bonds and by
+    /// `mint_per_cu` for each of its units. A second key, or a self-dealing
+    /// pair, earns no more per token of bond than an honest provider with the
+    /// same bond; an account with no bond earns no mint; and since a unit
+    /// mints less than it costs to compute, buying one's own compute to earn
+    /// the mint loses money. What the caps hold back is not minted (it stays
     /// under `reward_cap`); nor is the dust of the integer split.
     pub fn reward_mint(&self, epoch: u64, params: &Params) -> Vec<(AccountId, Amount)> {
         let left = params.reward_cap.saturating_sub(self.supply.minted);
@@ -708,7 +739,9 @@ impl State {
                 let by_units = pool * u128::from(*u) / total;
                 let bond = u128::from(self.bonds.get(a).map_or(0, |b| b.0));
                 let cap = pool * bond / bonded;
-                (*a, Amount(by_units.min(cap) as u64))
+                // Units are milli-CU; the rate is µ-tokens per CU.
+                let per_unit = u128::from(*u) * u128::from(params.mint_per_cu.0) / 1_000;
+                (*a, Amount(by_units.min(cap).min(per_unit) as u64))
             })
             .filter(|(_, x)| *x > Amount::ZERO)
             .collect()

@@ -10,7 +10,7 @@ use common::*;
 use crdt_ledger::{
     Action, Body, Entry, InvalidReason, LedgerError, Offence, PeerState, SlashProof, SyncError,
 };
-use protocol::{Amount, ComputeUnits, Timestamp};
+use protocol::{Amount, ComputeUnits, PricePerCu, Timestamp};
 
 #[test]
 fn transfer_credits_become_spendable_after_a_checkpoint() {
@@ -469,6 +469,20 @@ fn a_new_account_starts_below_a_provider_with_a_good_history() {
         ..fresh
     };
     assert!(caught_once.score_bps() < fresh.score_bps());
+    // Past five good jobs, a longer record (a self-dealer's bought one)
+    // scores no higher.
+    let five = crdt_ledger::Reputation {
+        jobs: 5,
+        jobs_ok: 5,
+        ..fresh
+    };
+    let bought = crdt_ledger::Reputation {
+        jobs: 10_000,
+        jobs_ok: 10_000,
+        ..fresh
+    };
+    assert_eq!(five.score_bps(), bought.score_bps());
+    assert!(good.score_bps() < five.score_bps());
 }
 
 #[test]
@@ -860,11 +874,12 @@ fn bond(l: &mut crdt_ledger::Ledger, net: &Net, who: usize, tokens: u64) {
 }
 
 /// A contract reserves its escrow's share of the provider's bond (100 % in
-/// the defaults); a certified wrong result slashes it, half to the requester
-/// and half burned. An undelivered job (a crash is no proof of cheating) and
-/// a correct one only release it.
+/// the defaults); a certified wrong result slashes the provider's whole bond
+/// (`wrong_result_slash` = 100 %), half to the requester and half burned,
+/// and the ledger records what it took. An undelivered job (a crash is no
+/// proof of cheating) and a correct one only release the reservation.
 #[test]
-fn a_proven_wrong_result_slashes_the_reserved_bond() {
+fn a_proven_wrong_result_slashes_the_whole_bond() {
     let net = Net::new(8, 4, 4);
     let mut l = net.ledger(1);
     let (req, prov) = (6, 7);
@@ -892,24 +907,51 @@ fn a_proven_wrong_result_slashes_the_reserved_bond() {
         let bond_now = st.bonds.get(&net.acct(prov)).copied().unwrap_or_default();
         let slashed = Amount::tokens(100).0 - bond_now.0;
         let burned = st.supply.burned.0 - before.supply.burned.0;
+        let recorded = st.slash_of(&net.acct(prov), &contract.body_hash());
         if delivered && !result_ok {
-            assert_eq!(
-                bond_now,
-                Amount::tokens(90),
-                "the contract's bond is slashed"
-            );
-            assert_eq!(burned, Amount::tokens(5).0, "half of it burned");
-            let refund = before.balance(&net.acct(req)).0 + Amount::tokens(5).0;
+            assert_eq!(bond_now, Amount::ZERO, "the whole bond is slashed");
+            assert_eq!(burned, Amount::tokens(50).0, "half of it burned");
+            let refund = before.balance(&net.acct(req)).0 + Amount::tokens(50).0;
             assert!(
                 st.balance(&net.acct(req)).0 > refund,
                 "the requester got half"
             );
+            assert_eq!(recorded, Some(Amount::tokens(100)));
+            assert_eq!(st.bond_slashed[&net.acct(prov)], Amount::tokens(100));
         } else {
             assert_eq!((slashed, burned), (0, 0), "{delivered} {result_ok}");
+            assert_eq!(recorded, Some(Amount::ZERO));
         }
         assert_eq!(st.free_bond(&net.acct(prov)), bond_now, "released");
         conserved(&mut l);
     }
+}
+
+/// With a smaller share of the whole bond, a wrong result still slashes at
+/// least what its contract reserved.
+#[test]
+fn a_wrong_result_slashes_at_least_the_contracts_reservation() {
+    let mut params = crdt_ledger::Params {
+        wrong_result_slash: protocol::Bps(500),
+        ..crdt_ledger::Params::default()
+    };
+    let wrong = protocol::settlement::Outcome {
+        result_ok: false,
+        ..good_outcome(8_000)
+    };
+    let t = Amount::tokens;
+    // 5 % of 100 is less than the 10 reserved: the reservation.
+    assert_eq!(params.slashed(t(10), t(100), &wrong), t(10));
+    // 5 % of 1,000 is more.
+    assert_eq!(params.slashed(t(10), t(1_000), &wrong), t(50));
+    // Never more than the bond holds.
+    assert_eq!(params.slashed(t(10), t(4), &wrong), t(4));
+    params.wrong_result_slash = protocol::Bps(10_000);
+    assert_eq!(params.slashed(t(10), t(1_000), &wrong), t(1_000));
+    assert_eq!(
+        params.slashed(t(10), t(1_000), &good_outcome(8_000)),
+        Amount::ZERO
+    );
 }
 
 #[test]
@@ -931,6 +973,37 @@ fn a_provider_cannot_unbond_what_its_open_contracts_reserve() {
     assert_eq!(st.free_bond(&net.acct(prov)), Amount::ZERO);
     assert_eq!(st.unbonding[&net.acct(prov)][0].1, Amount::tokens(90));
     conserved(&mut l);
+}
+
+/// A verified unit mints at most `mint_per_cu`: with the rate below what a
+/// unit costs to compute, a provider that buys its own compute to earn the
+/// mint loses on every unit, however idle the rest of the network is.
+#[test]
+fn a_unit_mints_at_most_the_rate_per_unit() {
+    let net = Net::new(8, 4, 4);
+    let mut l = net.ledger(1);
+    let prov = 5;
+    bond(&mut l, &net, prov, 100);
+    let mut params = l.params().clone();
+    let committee = l.committee_for_checkpoint(1).unwrap();
+    // 8 CU of verified work, alone in its epoch: by units and by bond it
+    // would take the whole pool.
+    let contract = net.locked(&mut l, 4, prov, 300);
+    let s = net.settlement(&contract, 1, &committee[..3], good_outcome(8_000), &params);
+    l.append(&net.ids[prov], s, T0).unwrap();
+    let pool = params.scheduled_reward(1).0;
+    assert_eq!(
+        l.state().reward_mint(1, &params),
+        vec![(net.acct(prov), Amount(pool))]
+    );
+    // At 2,500 µ-tokens per CU, 8 CU mint 0.02 tokens.
+    params.mint_per_cu = PricePerCu(2_500);
+    assert_eq!(
+        l.state().reward_mint(1, &params),
+        vec![(net.acct(prov), Amount(20_000))]
+    );
+    params.mint_per_cu = PricePerCu(0);
+    assert!(l.state().reward_mint(1, &params).is_empty());
 }
 
 /// The epoch's mint goes by verified units, each provider's share capped by

@@ -1086,6 +1086,7 @@ fn unreachable_view() -> View {
             supply: Default::default(),
             slashed: BTreeSet::new(),
             bonds: BTreeMap::new(),
+            bond_slashed: BTreeMap::new(),
             bond_reserved: BTreeMap::new(),
             sla_records: BTreeSet::new(),
         },

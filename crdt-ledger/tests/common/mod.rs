@@ -37,6 +37,9 @@ impl Net {
             reward_cap: Amount::tokens(250),
             provider_bond: Bps(10_000),
             bond_to_requester: Bps(5_000),
+            wrong_result_slash: Bps(10_000),
+            // No cap per unit: the tests of the pool and the bond caps.
+            mint_per_cu: protocol::PricePerCu(u64::MAX / 1_000_000),
         };
         let genesis = Genesis {
             name: "test".into(),

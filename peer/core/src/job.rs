@@ -105,6 +105,8 @@ pub struct Settled {
     /// The epoch of the committee whose quorum certified it.
     pub epoch: u64,
     pub verdicts: usize,
+    /// What it slashed of the provider's bond (the ledger's record).
+    pub slashed: Amount,
 }
 
 /// A job this node submitted.

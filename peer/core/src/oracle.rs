@@ -77,6 +77,27 @@ pub fn seed_of(sig: &Sig) -> u64 {
     u64::from_le_bytes(*h.as_bytes().first_chunk().unwrap_or(&[0; 8]))
 }
 
+/// Samples each member's challenge names: with three members, nine samples
+/// in all, so a provider that fakes a share f of its work is caught with
+/// probability 1 − (1 − f)⁹ (61 % at f = 10 %; see the README's "Trust and
+/// incentives").
+pub const SAMPLES_PER_MEMBER: usize = 3;
+
+/// The samples one challenge seed names: the seed itself, then seeds derived
+/// from it (as unpredictable as it, and as fixed).
+pub fn samples(seed: u64) -> [u64; SAMPLES_PER_MEMBER] {
+    std::array::from_fn(|i| {
+        if i == 0 {
+            return seed;
+        }
+        let mut h = blake3::Hasher::new();
+        h.update(b"cloudchain/sample");
+        h.update(&seed.to_le_bytes());
+        h.update(&(i as u64).to_le_bytes());
+        u64::from_le_bytes(*h.finalize().as_bytes().first_chunk().unwrap_or(&[0; 8]))
+    })
+}
+
 /// The seed of `member`'s own challenge of `receipt`.
 pub fn challenge_seed(member: &Identity, network: &NetworkId, receipt: &Receipt) -> u64 {
     seed_of(&challenge(member, network, receipt))
@@ -408,6 +429,36 @@ impl<S: Store> NodeCore<S> {
             return;
         };
         let me = self.identity.account();
+        // A lock that stayed pending across a checkpoint was watched under
+        // the epoch it was expected in; once final, judge it for its own.
+        let mut moved = Vec::new();
+        for (id, e) in &self.ledger.finalized_state().escrows {
+            if let Some(w) = o.watch_epoch(id)
+                && w != e.epoch
+            {
+                moved.push((*id, e.epoch));
+            }
+        }
+        let moved: Vec<_> = moved
+            .into_iter()
+            .filter_map(|(id, epoch)| {
+                let committee = self.ledger.finalized_state().committee_for(epoch)?.to_vec();
+                Some((id, epoch, committee))
+            })
+            .collect();
+        for (contract, epoch, committee) in moved {
+            self.oracle_handle(
+                cx,
+                OracleInput::Rebind {
+                    contract,
+                    epoch,
+                    committee,
+                },
+            );
+        }
+        let Some(o) = &self.oracle else {
+            return;
+        };
         let state = self.ledger.state();
         let mut todo = Vec::new();
         for (id, e) in &state.escrows {
@@ -555,6 +606,7 @@ impl<S: Store> NodeCore<S> {
         } else {
             seeds.into_values().collect()
         };
+        let seeds: Vec<u64> = seeds.into_iter().flat_map(samples).collect();
         let provider_contact = self.contact_of(&receipt.provider);
         cx.out.push(Output::Check {
             contract,

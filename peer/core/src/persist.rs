@@ -182,6 +182,8 @@ fn load_job(s: SavedJob) -> Job {
             payout,
             epoch,
             verdicts: verdicts as usize,
+            // Read back from the ledger once the job is restored.
+            slashed: Amount::ZERO,
         }),
         ended: s.ended.map(|e| match e {
             SavedEnd::Expired => JobEnd::Expired,
@@ -313,6 +315,9 @@ impl<S: Store> NodeCore<S> {
         for sj in snap.jobs {
             let mut job = load_job(sj);
             report.jobs += 1;
+            if let (Some(s), Some(c), Some(t)) = (job.settled.as_mut(), job.contract, &job.terms) {
+                s.slashed = self.slash_of(&t.provider, &c, t, &s.outcome);
+            }
             let open = job.settled.is_none() && job.ended.is_none();
             if open && job.contract.is_none() {
                 // A crash between the escrow lock (durable in the ledger) and

@@ -150,6 +150,24 @@ impl protocol::market::Reputation for LedgerReputation<'_> {
 }
 
 impl<S: Store> NodeCore<S> {
+    /// What the settlement of `contract` slashed of `provider`'s bond: the
+    /// ledger's record while the provider's recent history holds it, else at
+    /// least what the contract reserved.
+    pub(crate) fn slash_of(
+        &mut self,
+        provider: &AccountId,
+        contract: &Hash32,
+        terms: &protocol::ContractTerms,
+        outcome: &protocol::settlement::Outcome,
+    ) -> Amount {
+        if let Some(a) = self.ledger.state().slash_of(provider, contract) {
+            return a;
+        }
+        let p = self.ledger.params();
+        let reserved = terms.escrow().map_or(Amount::ZERO, |e| p.contract_bond(e));
+        p.slashed(reserved, reserved, outcome)
+    }
+
     /// The jobs this node submitted, oldest id first.
     pub fn jobs(&self) -> impl Iterator<Item = &Job> {
         self.jobs.by_id.values()
@@ -603,6 +621,7 @@ impl<S: Store> NodeCore<S> {
             let Some(si) = self.settlement_of(&c, &terms) else {
                 continue;
             };
+            let slashed = self.slash_of(&terms.provider, &c, &terms, &si.outcome);
             if let Some(j) = self.jobs.by_contract(&c) {
                 let fees = si.payout.fees.iter().map(|(_, a)| a.0).sum::<u64>();
                 j.event(
@@ -632,6 +651,7 @@ impl<S: Store> NodeCore<S> {
                     payout: si.payout.clone(),
                     epoch: si.cert.epoch,
                     verdicts: si.cert.verdicts.len(),
+                    slashed,
                 });
             }
             self.requester_handle(cx, RequesterInput::Settlement(Box::new(si)));

@@ -283,11 +283,15 @@ fn one_members_sample_on_a_faked_part_fails_the_result_for_the_whole_committee()
         run_to_end(&mut net, job, 120),
         JobState::Ended(JobEnd::WrongResult)
     );
-    // Every member checked the three samples, not its own alone.
+    // Every member checked the three members' samples, not its own alone.
     let members: Vec<usize> = net.checks.iter().map(|(m, _)| *m).collect();
     assert_eq!(members.len(), 3, "{:?}", net.checks);
     for (m, seeds) in &net.checks {
-        assert_eq!(seeds.len(), 3, "member {m} checked {seeds:?}");
+        assert_eq!(
+            seeds.len(),
+            3 * node_core::oracle::SAMPLES_PER_MEMBER,
+            "member {m} checked {seeds:?}"
+        );
     }
     assert!(net.sent(1, 0, "challenge") && net.sent(0, 2, "challenge"));
 }

@@ -32,10 +32,7 @@ pub(super) fn job_view(core: &NodeCore<FileStore>, j: &Job) -> JobView {
         escrow: j.escrow.map(|a| a.0),
         paid: settled.map(|s| s.payout.provider.0),
         refund: settled.map(|s| s.payout.refund.0),
-        slashed: settled.zip(j.escrow).map(|(s, escrow)| {
-            let p = core.params();
-            p.slashed(p.contract_bond(escrow), &s.outcome).0
-        }),
+        slashed: settled.map(|s| s.slashed.0),
         verdict: settled.map(|s| {
             let o = s.outcome;
             format!(

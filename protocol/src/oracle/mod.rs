@@ -170,6 +170,15 @@ pub enum OracleInput {
         receipt: Option<Box<(Signed<Receipt>, Timestamp)>>,
         verdict: Option<Box<Signed<Verdict>>>,
     },
+    /// The ledger finalized a watched contract's escrow lock in `epoch`, not
+    /// the epoch it was watched under (the lock stayed pending across a
+    /// checkpoint): judge it for that epoch's `committee`, signing again a
+    /// verdict already signed for the old one.
+    Rebind {
+        contract: Hash32,
+        epoch: u64,
+        committee: Vec<AccountId>,
+    },
     Receipt(Signed<Receipt>),
     ProbeReply(Signed<ProbeReply>),
     Dispute(Signed<Dispute>),
@@ -420,6 +429,11 @@ impl<C: ResultChecker> OracleEngine<C> {
                     self.resume_verdict(now, id, epoch, *sv, &mut out);
                 }
             }
+            OracleInput::Rebind {
+                contract,
+                epoch,
+                committee,
+            } => self.rebind(now, contract, epoch, committee, &mut out),
             OracleInput::Receipt(sr) => self.on_receipt(now, sr, &mut out),
             OracleInput::ProbeReply(sp) => {
                 let Some(r) = self.open_or_ignore(&sp) else {
@@ -542,6 +556,33 @@ impl<C: ResultChecker> OracleEngine<C> {
             .schedule(out, deadline.plus(self.cfg.grace), Timer::Deadline(id));
         if let Some((sr, at)) = self.early.remove(&id) {
             self.on_receipt(at, sr, out);
+        }
+    }
+
+    /// See [`OracleInput::Rebind`].
+    fn rebind(
+        &mut self,
+        now: Timestamp,
+        id: Hash32,
+        epoch: u64,
+        committee: Vec<AccountId>,
+        out: &mut Vec<OracleOutput>,
+    ) {
+        if !committee.contains(&self.account()) {
+            return;
+        }
+        let Some(w) = self.watches.get_mut(&id) else {
+            return;
+        };
+        if w.epoch == epoch {
+            return;
+        }
+        w.epoch = epoch;
+        let resign = std::mem::take(&mut w.verdict_sent);
+        self.aggregator.learn_committee(epoch, committee);
+        self.aggregator.pin_epoch(epoch);
+        if resign {
+            self.issue_verdict(id, now, out);
         }
     }
 
