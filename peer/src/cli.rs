@@ -143,7 +143,9 @@ pub struct GenesisArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct SimArgs {
-    /// A built-in scenario (paper-30d, scale-1k, requesters-sweep, faults, smoke)
+    /// A built-in scenario (paper-30d, scale-1k, requesters-sweep, faults, smoke,
+    /// attack-lazy, attack-units, attack-self-deal, attack-self-deal-split,
+    /// attack-flood, attack-whitewash)
     /// or the path of a scenario TOML file.
     #[arg(required_unless_present = "testbed")]
     pub scenario: Option<String>,
@@ -168,6 +170,12 @@ pub struct SimArgs {
     /// per simulated day of `faults`).
     #[arg(long, conflicts_with = "testbed")]
     pub replica_per_peer: bool,
+    /// Run an attack scenario (attack-lazy, attack-units, attack-self-deal,
+    /// attack-self-deal-split, attack-flood, attack-whitewash) on N seeds,
+    /// from --seed (default: the scenario's) up, and print the attacker's net
+    /// against an honest provider's; fails if any seed lets the attack pay.
+    #[arg(long, value_name = "N", conflicts_with_all = ["testbed", "replica_per_peer"])]
+    pub seeds: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -509,6 +517,9 @@ fn sim(json: bool, args: &SimArgs) -> anyhow::Result<()> {
     sc.cores |= args.cores || args.replica_per_peer;
     sc.replica_per_peer |= args.replica_per_peer;
     let seed = args.seed.unwrap_or(sc.seed);
+    if let Some(n) = args.seeds {
+        return attack_seeds(json, &sc, seed, n);
+    }
     let out = args
         .out
         .clone()
@@ -612,6 +623,70 @@ fn sim(json: bool, args: &SimArgs) -> anyhow::Result<()> {
     println!("report        {}", page.display());
     if !s.invariant_violations.is_empty() {
         anyhow::bail!("the simulation broke ledger invariants");
+    }
+    Ok(())
+}
+
+/// `cloudchain sim attack-… --seeds N`: the attack on N seeds, as a table.
+fn attack_seeds(json: bool, sc: &simnet::Scenario, first: u64, n: u64) -> anyhow::Result<()> {
+    if sc.attack.is_none() {
+        anyhow::bail!(
+            "--seeds runs an attack scenario (one with an [attack] section, such as attack-lazy); {} has none",
+            sc.name
+        );
+    }
+    if n == 0 {
+        anyhow::bail!("--seeds needs at least 1");
+    }
+    let seeds: Vec<u64> = (first..first.saturating_add(n)).collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let bar = indicatif::ProgressBar::new(n);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:28} [{elapsed_precise}] {wide_bar} {pos}/{len}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("{} seeds", sc.name));
+    let started = std::time::Instant::now();
+    let runs = simnet::attack::run_seeds(sc, &seeds, threads, |_| bar.inc(1));
+    bar.finish_and_clear();
+    let reports: Vec<(u64, simnet::attack::AttackReport)> = runs
+        .into_iter()
+        .filter_map(|(seed, m)| m.attack.map(|r| (seed, r)))
+        .collect();
+    let failed = reports
+        .iter()
+        .filter(|(_, r)| !r.failures().is_empty())
+        .count();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "scenario": sc.name,
+                "seeds": reports,
+                "failed": failed,
+            }))?
+        );
+    } else {
+        println!(
+            "scenario      {} on seeds {first}..={}, {} days each",
+            sc.name,
+            first + n - 1,
+            sc.days
+        );
+        println!("driver        {}", simnet::report::driver_line(sc));
+        println!(
+            "net tokens    paid + minted − slashed − the cost of the compute done (profile cost per CU)"
+        );
+        print!("{}", simnet::attack::table(&reports));
+        println!(
+            "wall time     {:.1} s on {threads} threads",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    if failed > 0 {
+        anyhow::bail!("the attack paid, or broke a rule, on {failed} of {n} seeds");
     }
     Ok(())
 }

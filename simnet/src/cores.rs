@@ -50,10 +50,10 @@ use rand_chacha::ChaCha8Rng;
 use crate::metrics::Metrics;
 use crate::netmodel::Net;
 use crate::profiles::{Profile, ProfileParams};
-use crate::scenario::Scenario;
+use crate::scenario::{AttackKind, Scenario};
 use crate::sched::{Progress, Scheduler};
 use crate::world::{
-    NewJob, T0, arrival_gap, draw_cheaters, genesis, new_job, next_gap, provider_bond,
+    NewJob, T0, arrival_gap, draw_cheaters, genesis, new_job, next_gap, provider_bond_at,
     provider_config, seed_for,
 };
 
@@ -71,6 +71,32 @@ const CHECK_CU_S: f64 = 8_000.0;
 const FETCH_MB_S: f64 = 100.0;
 /// Stand-in result size.
 const RESULT_BYTES: u64 = 1 << 20;
+/// Fake contracts a flooder sends in one burst.
+const FLOOD_BURST: u32 = 1_000;
+
+/// How a simulated provider works.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Behaviour {
+    Honest,
+    /// Skips the last `skip` share of each job's segments and fakes them.
+    Lazy(f64),
+    /// Does the work, and claims the contract's whole `max_units`.
+    Inflates,
+}
+
+impl Behaviour {
+    fn cheats(self) -> bool {
+        self != Behaviour::Honest
+    }
+
+    /// The share of the work it skips.
+    fn skip(self) -> f64 {
+        match self {
+            Behaviour::Lazy(f) => f,
+            _ => 0.0,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Role {
@@ -103,7 +129,9 @@ struct Peer {
     /// The tick armed for this peer, if any.
     timer_at: Option<Timestamp>,
     saved: Option<Vec<u8>>,
-    cheating: bool,
+    behaviour: Behaviour,
+    /// A key held back, or one its attacker dropped: it never comes up.
+    dormant: bool,
     neighbours: BTreeSet<usize>,
 }
 
@@ -120,6 +148,8 @@ enum Ev {
     Up(usize),
     /// A partition starts or ends: connections it cuts close, or open again.
     Links,
+    /// A flooder gossips a burst of fake contracts and receipts.
+    Flood,
 }
 
 /// One run of a scenario with a core per peer.
@@ -144,6 +174,31 @@ pub struct CoreWorld {
     /// Contract → (requester, provider), from escrow locks (shared replica).
     parties: HashMap<Hash32, (usize, usize)>,
     metrics: Metrics,
+    /// Requesters' estimates over a job's measured units.
+    margin: f64,
+    /// What each provider's compute cost it, µ-tokens (its profile's cost per
+    /// CU for the work it did).
+    cost: Vec<f64>,
+    attack: Option<Attacking>,
+}
+
+/// An attack under way.
+struct Attacking {
+    kind: AttackKind,
+    /// Its provider keys, in order of use.
+    keys: Vec<usize>,
+    /// Whitewash: the key in use.
+    current: usize,
+    /// Self-deal: the requester that buys from the attacker's keys only.
+    buyer: Option<usize>,
+    buyer_rate: f64,
+    /// Flood: fake contracts still to send, and the keys that sign them.
+    fakes_left: u32,
+    fake_keys: Vec<Identity>,
+    /// The flooder's own draws, apart from the world's: the same seed
+    /// without the flood runs the same market.
+    fake_rng: ChaCha8Rng,
+    sent: u64,
 }
 
 /// Where the simulated peers keep the ledger.
@@ -167,16 +222,16 @@ impl std::fmt::Debug for CoreWorld {
     }
 }
 
-/// The stand-in result of `contract` (a cheater's differs).
-fn result_hash(contract: &Hash32, cheating: bool) -> Hash32 {
-    let tag: &[u8] = if cheating { b"faked" } else { b"right" };
+/// The stand-in result of `contract` (a lazy provider's differs).
+fn result_hash(contract: &Hash32, lazy: bool) -> Hash32 {
+    let tag: &[u8] = if lazy { b"faked" } else { b"right" };
     Hash32::of(&[&contract.0[..], tag].concat())
 }
 
-/// Whether the samples `seeds` name a faked segment of a cheater's result,
-/// through the node's own choice of segment.
-pub fn lands_on_faked(seeds: &[u64]) -> bool {
-    let honest = (f64::from(SEGMENTS) * (1.0 - FAKED_SHARE)).round() as usize;
+/// Whether the samples `seeds` name a segment of a result whose last `skip`
+/// share was faked, through the node's own choice of segment.
+pub fn lands_on_faked(seeds: &[u64], skip: f64) -> bool {
+    let honest = (f64::from(SEGMENTS) * (1.0 - skip)).round() as usize;
     seeds.iter().any(|s| {
         compute::verify::challenge_link(SEGMENTS as usize + 1, *s).is_some_and(|l| l > honest)
     })
@@ -193,6 +248,7 @@ impl CoreWorld {
         let end = T0.plus(DurationMs((sc.days * 86_400_000.0) as u64));
         let n_prov = sc.provider_count() as usize;
         let cheaters: BTreeSet<usize> = draw_cheaters(sc, &mut rng).into_iter().collect();
+        let attack_keys = sc.attack_keys();
         let timing = Timing {
             // Probing every 30 minutes per contract and member, as the engines'
             // simulation does: availability is still measured on long jobs.
@@ -215,20 +271,46 @@ impl CoreWorld {
         };
         let mut peers = Vec::new();
         for g in &sc.providers {
-            let params = g.profile.params();
             for _ in 0..g.count {
                 let i = peers.len();
+                let mut params = g.profile.params();
                 let id = Identity::from_seed(seed_for(seed, 1, i));
+                let mut behaviour = if cheaters.contains(&i) {
+                    Behaviour::Lazy(FAKED_SHARE)
+                } else {
+                    Behaviour::Honest
+                };
+                let mut dormant = false;
+                if let (Some(k), Some(a)) =
+                    (attack_keys.iter().position(|&x| x == i), sc.attack.as_ref())
+                {
+                    match a.kind {
+                        AttackKind::Lazy => behaviour = Behaviour::Lazy(a.skip[k]),
+                        AttackKind::Units => behaviour = Behaviour::Inflates,
+                        AttackKind::SelfDeal => {
+                            // One machine's slots over its keys.
+                            let keys = u16::try_from(a.keys).unwrap_or(u16::MAX);
+                            params.slots = (params.slots / keys).max(1);
+                            behaviour = Behaviour::Honest;
+                        }
+                        AttackKind::Whitewash => {
+                            behaviour = Behaviour::Lazy(a.skip[0]);
+                            // Bonded and held back until the key before is caught.
+                            dormant = k > 0;
+                        }
+                        AttackKind::Flood => {}
+                    }
+                }
                 let cfg = CoreConfig {
                     provider: Some(provider_config(&params, &g.region, true)),
                     oracle: false,
-                    bond: provider_bond(&params),
+                    bond: provider_bond_at(sc, i, &params),
                     contact: vec![],
                     timing,
                     book: no_book,
                     persist,
                 };
-                peers.push(Peer::new(
+                let mut peer = Peer::new(
                     id,
                     &genesis,
                     cfg,
@@ -237,8 +319,10 @@ impl CoreWorld {
                         params,
                     },
                     sc.region_index(&g.region),
-                    cheaters.contains(&i),
-                ));
+                    behaviour,
+                );
+                peer.dormant = dormant;
+                peers.push(peer);
             }
         }
         for i in 0..n_req {
@@ -253,7 +337,14 @@ impl CoreWorld {
                 book,
                 persist,
             };
-            peers.push(Peer::new(id, &genesis, cfg, Role::Requester, region, false));
+            peers.push(Peer::new(
+                id,
+                &genesis,
+                cfg,
+                Role::Requester,
+                region,
+                Behaviour::Honest,
+            ));
         }
         for i in 0..sc.oracles.count as usize {
             let id = Identity::from_seed(seed_for(seed, 3, i));
@@ -267,7 +358,14 @@ impl CoreWorld {
                 persist,
             };
             let region = i % sc.network.regions.len();
-            peers.push(Peer::new(id, &genesis, cfg, Role::Oracle, region, false));
+            peers.push(Peer::new(
+                id,
+                &genesis,
+                cfg,
+                Role::Oracle,
+                region,
+                Behaviour::Honest,
+            ));
         }
         let by_account = peers
             .iter()
@@ -275,6 +373,28 @@ impl CoreWorld {
             .map(|(i, p)| (p.core.account(), i))
             .collect();
         let metrics = Metrics::new(&sc.name, seed, n_prov, n_req, sc.days);
+        let attack = sc.attack.as_ref().map(|a| Attacking {
+            kind: a.kind,
+            keys: attack_keys.clone(),
+            current: 0,
+            buyer: (a.kind == AttackKind::SelfDeal).then(|| n_prov + n_req - 1),
+            buyer_rate: a.jobs_per_day,
+            fakes_left: if a.kind == AttackKind::Flood {
+                a.fakes
+            } else {
+                0
+            },
+            fake_keys: if a.kind == AttackKind::Flood {
+                (0..64)
+                    .map(|k| Identity::from_seed(seed_for(seed, 5, k)))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            fake_rng: ChaCha8Rng::seed_from_u64(seed_for(seed, 6, 0)),
+            sent: 0,
+        });
+        let margin = sc.attack.as_ref().map_or(1.0, |a| a.estimate_margin);
         let mut w = CoreWorld {
             sc: sc.clone(),
             net,
@@ -292,6 +412,9 @@ impl CoreWorld {
             shared: None,
             parties: HashMap::new(),
             metrics,
+            margin,
+            cost: vec![0.0; n_prov],
+            attack,
         };
         if replicas == Replicas::Shared {
             let ledger =
@@ -330,10 +453,20 @@ impl CoreWorld {
         for i in 0..self.peers.len() {
             // Peers come up over the first minute.
             let at = T0.plus(DurationMs(self.rng.random_range(0..60_000)));
+            if self.peers[i].dormant {
+                continue;
+            }
             self.sched.at(at, Ev::Up(i));
-            if i < self.n_prov && self.sc.faults.churn_per_day > 0.0 {
-                let t = next_gap(&mut self.rng, self.sc.faults.churn_per_day);
-                self.sched.at(at.plus(t), Ev::Down(i));
+            self.churn_after(i, at);
+        }
+        let fakes = self.attack.as_ref().map_or(0, |a| a.fakes_left);
+        if fakes > 0 {
+            // Bursts over the first day, from its tenth minute.
+            let bursts = u64::from(fakes.div_ceil(FLOOD_BURST));
+            let start = T0.plus(DurationMs::secs(600));
+            let gap = (86_400_000 - 600_000) / bursts;
+            for b in 0..bursts {
+                self.sched.at(start.plus(DurationMs(b * gap)), Ev::Flood);
             }
         }
         for r in 0..self.n_req {
@@ -347,6 +480,14 @@ impl CoreWorld {
             let end = start.plus(DurationMs((p.hours * 3_600_000.0) as u64));
             self.sched.at(start, Ev::Links);
             self.sched.at(end, Ev::Links);
+        }
+    }
+
+    /// Schedule provider `i`'s next crash after `at`, if the scenario churns.
+    fn churn_after(&mut self, i: usize, at: Timestamp) {
+        if i < self.n_prov && self.sc.faults.churn_per_day > 0.0 {
+            let t = next_gap(&mut self.rng, self.sc.faults.churn_per_day);
+            self.sched.at(at.plus(t), Ev::Down(i));
         }
     }
 
@@ -383,6 +524,7 @@ impl CoreWorld {
             Ev::Down(_) => "down",
             Ev::Up(_) => "up",
             Ev::Links => "links",
+            Ev::Flood => "flood",
         };
         *self.metrics.events_by_kind.entry(kind).or_default() += 1;
         match ev {
@@ -399,9 +541,16 @@ impl CoreWorld {
             }
             Ev::Arrival(r) => {
                 self.submit(now, r);
-                let gap = arrival_gap(&self.sc, &mut self.rng, now);
+                let gap = match &self.attack {
+                    Some(a) if a.buyer == Some(self.n_prov + r) => {
+                        next_gap(&mut self.rng, a.buyer_rate)
+                    }
+                    _ => arrival_gap(&self.sc, &mut self.rng, now),
+                };
                 self.sched.at(now.plus(gap), Ev::Arrival(r));
             }
+            Ev::Up(i) if self.peers[i].dormant => {}
+            Ev::Down(i) if self.peers[i].dormant => {}
             Ev::Up(i) => self.up(i),
             Ev::Down(i) => {
                 self.down(i);
@@ -411,6 +560,7 @@ impl CoreWorld {
                 self.sched.at(now.plus(back).plus(next), Ev::Down(i));
             }
             Ev::Links => self.relink(),
+            Ev::Flood => self.flood(),
         }
     }
 
@@ -527,8 +677,13 @@ impl CoreWorld {
             return;
         }
         let requester = self.peers[i].core.account();
-        let NewJob { spec, kind, dp } = new_job(&self.sc, &mut self.rng, requester, now);
+        let NewJob { mut spec, kind, dp } = new_job(&self.sc, &mut self.rng, requester, now);
         let units = spec.estimated_units;
+        if self.margin > 1.0 {
+            // The requester's estimate leaves a margin over the measure.
+            spec.estimated_units =
+                ComputeUnits::from_milli((units.milli as f64 * self.margin).round() as u64);
+        }
         self.metrics.job_submitted(r, &kind, dp, units);
         let key = JobKey::from_bytes(self.rng.random());
         let prepared = PreparedJob {
@@ -585,6 +740,7 @@ impl CoreWorld {
         };
         let author = self.peers[i].core.account();
         let mut told = BTreeSet::new();
+        let mut caught = Vec::new();
         let mut everyone = false;
         for e in ledger.latest_by(&author, n) {
             match &e.data.body {
@@ -603,12 +759,18 @@ impl CoreWorld {
                     if let Some((r, p)) = self.parties.remove(&cert.contract) {
                         told.insert(r);
                         told.insert(p);
+                        if proves_wrong(cert) {
+                            caught.push(p);
+                        }
                     }
                     told.extend(self.n_prov + self.n_req..self.peers.len());
                 }
                 crdt_ledger::Body::Checkpoint(_) => everyone = true,
                 _ => {}
             }
+        }
+        for p in caught {
+            self.rotate(p);
         }
         if everyone {
             told.extend(0..self.peers.len());
@@ -677,8 +839,12 @@ impl CoreWorld {
                 } => {
                     self.metrics.checks += 1;
                     let honest = receipt.result.hash == result_hash(&contract, false);
-                    let faked = !honest && lands_on_faked(&seeds);
-                    let inflated = receipt.units_used > terms.spec.estimated_units;
+                    let skip = self
+                        .by_account
+                        .get(&receipt.provider)
+                        .map_or(FAKED_SHARE, |&p| self.peers[p].behaviour.skip());
+                    let faked = !honest && lands_on_faked(&seeds, skip);
+                    let inflated = receipt.units_used > self.measure(&terms);
                     let result = if faked || inflated {
                         Err(node_core::WorkError::fatal(if inflated {
                             "the receipt claims more units than the job's measure"
@@ -688,7 +854,7 @@ impl CoreWorld {
                     } else {
                         Ok(format!("{} samples check", seeds.len()))
                     };
-                    let cu = terms.spec.estimated_units.as_f64() / f64::from(SEGMENTS);
+                    let cu = self.measure(&terms).as_f64() / f64::from(SEGMENTS);
                     let ms = cu / CHECK_CU_S * 1000.0 * seeds.len().max(1) as f64;
                     self.at(
                         DurationMs(ms as u64),
@@ -712,16 +878,16 @@ impl CoreWorld {
         }
     }
 
-    /// Gossip `msg` from peer `i` to every other peer that is up (lost across
-    /// a partition).
+    /// Gossip `msg` from peer `i` to every other peer that is up and
+    /// consumes it (lost across a partition).
     fn publish(&mut self, i: usize, msg: &Message) {
         if matches!(msg, Message::Offer(_)) {
             self.metrics.offers_published += 1;
         }
+        let from = self.peers[i].core.account();
+        let region = self.peers[i].region;
         let t = self.t_ms();
         let n = self.peers.len();
-        let from = self.peers[i].core.account();
-        let a = self.peers[i].region;
         for j in 0..n {
             if j == i || !self.peers[j].up {
                 continue;
@@ -733,8 +899,11 @@ impl CoreWorld {
             if p.role == Role::Requester && !self.requester_of(msg, j) {
                 continue; // a receipt or withdrawal of another requester's job
             }
+            if !self.buyer_sees(msg, j) {
+                continue;
+            }
             let b = self.peers[j].region;
-            match self.net.gossip_delay(t, a, b, n, &mut self.rng) {
+            match self.net.gossip_delay(t, region, b, n, &mut self.rng) {
                 Some(d) => {
                     self.metrics.messages += 1;
                     let input = Input::gossip(Some(from), msg.clone());
@@ -743,6 +912,25 @@ impl CoreWorld {
                 None => self.metrics.partitioned_messages += 1,
             }
         }
+    }
+
+    /// A self-dealing attacker's buyer deals with its own keys only: it
+    /// takes no other provider's offer.
+    fn buyer_sees(&self, msg: &Message, j: usize) -> bool {
+        let Some(a) = &self.attack else {
+            return true;
+        };
+        if a.buyer != Some(j) {
+            return true;
+        }
+        let Message::Offer(o) = msg else {
+            return true;
+        };
+        o.body_unverified().is_ok_and(|o| {
+            self.by_account
+                .get(&o.provider)
+                .is_some_and(|p| a.keys.contains(p))
+        })
     }
 
     /// Whether requester `j` is the one a receipt or a withdrawal is about
@@ -770,8 +958,13 @@ impl CoreWorld {
             self.parties.insert(contract, (r, i));
         }
         let now = self.sched.now();
+        let behaviour = self.peers[i].behaviour;
+        let measure = self.measure(terms);
+        // A lazy provider computes (and pays for) only what it does not skip.
+        let done = 1.0 - behaviour.skip();
+        self.cost[i] += measure.as_f64() * done * p.cost as f64;
         let transfer_ms = terms.spec.dataset.size as f64 / (p.bandwidth_mb_s * 1e6) * 1000.0;
-        let mut run_ms = terms.spec.estimated_units.as_f64() / p.speed_cu_s * 1000.0;
+        let mut run_ms = measure.as_f64() * done / p.speed_cu_s * 1000.0;
         if !self.rng.random_bool(p.reliability) {
             let to_deadline = terms.deadline.since(now).0 as f64;
             run_ms = run_ms.max(to_deadline - transfer_ms)
@@ -779,14 +972,17 @@ impl CoreWorld {
         }
         self.metrics.busy(i, transfer_ms + run_ms);
         let ready = now.plus(DurationMs(transfer_ms as u64));
-        let cheating = self.peers[i].cheating;
         let result = BlobRef {
-            hash: result_hash(&contract, cheating),
+            hash: result_hash(&contract, behaviour.skip() > 0.0),
             size: RESULT_BYTES,
         };
         let ran = RanJob {
             result,
-            units: terms.spec.estimated_units,
+            units: if behaviour == Behaviour::Inflates {
+                terms.max_units
+            } else {
+                measure
+            },
             commitment: result.hash,
             checkpoint_every: 1,
             checkpoints: SEGMENTS,
@@ -800,6 +996,134 @@ impl CoreWorld {
             result: Ok(ran),
         };
         self.at(DurationMs((transfer_ms + run_ms) as u64), i, input);
+    }
+
+    /// A job's measured units: what an honest run counts, and what the
+    /// committee's FLOP model recomputes (the estimate less the requesters'
+    /// margin).
+    fn measure(&self, terms: &ContractTerms) -> ComputeUnits {
+        let e = terms.spec.estimated_units.milli;
+        if self.margin > 1.0 {
+            ComputeUnits::from_milli((e as f64 / self.margin).round() as u64)
+        } else {
+            ComputeUnits::from_milli(e)
+        }
+    }
+
+    /// A burst of fake contracts between made-up keys, each with a receipt
+    /// its made-up provider signed, gossiped to every peer they concern (the
+    /// committee, for receipts; nobody, for contracts no key of theirs is
+    /// party to). Requesters drop a receipt of a contract they do not hold
+    /// on a lookup, so they are not sent them.
+    fn flood(&mut self) {
+        let Some(a) = self.attack.as_mut() else {
+            return;
+        };
+        let n = a.fakes_left.min(FLOOD_BURST);
+        a.fakes_left -= n;
+        let network = self.genesis.network();
+        let now = self.sched.now();
+        let mut msgs = Vec::with_capacity(2 * n as usize);
+        for _ in 0..n {
+            let a = self.attack.as_mut().expect("an attack floods");
+            a.sent += 1;
+            let k = a.fake_keys.len();
+            let req = a.fake_keys[(a.sent as usize * 7) % k].clone();
+            let prov = a.fake_keys[(a.sent as usize * 13 + 1) % k].clone();
+            let NewJob { spec, .. } = new_job(&self.sc, &mut a.fake_rng, req.account(), now);
+            let terms = ContractTerms {
+                network,
+                job: Hash32::of(&a.fake_rng.random::<[u8; 32]>()),
+                requester: req.account(),
+                provider: prov.account(),
+                price: PricePerCu(1),
+                max_units: spec.estimated_units,
+                sla: SlaTerms {
+                    deadline_slack: DurationMs::secs(60),
+                    availability: Bps(9_900),
+                    penalty: Bps(1_000),
+                },
+                deadline: spec.deadline,
+                created_at: now,
+                spec,
+            };
+            let Ok(mut c) = MultiSigned::new(&terms) else {
+                continue;
+            };
+            c.add_signature(&req, &network);
+            c.add_signature(&prov, &network);
+            let receipt = Receipt {
+                contract: c.body_hash(),
+                provider: prov.account(),
+                result: BlobRef {
+                    hash: Hash32::of(&c.body_hash().0),
+                    size: RESULT_BYTES,
+                },
+                units_used: terms.max_units,
+                timings: Timings {
+                    accepted_at: now,
+                    inputs_ready_at: now,
+                    started_at: now,
+                    finished_at: now,
+                },
+                commitment: Hash32::of(b"fake"),
+                checkpoint_every: 1,
+                checkpoints: SEGMENTS,
+            };
+            msgs.push((req.account(), Message::Contract(c)));
+            if let Ok(r) = Signed::sign(&prov, &network, &receipt) {
+                msgs.push((prov.account(), Message::Receipt(r)));
+            }
+        }
+        for (from, msg) in msgs {
+            self.flood_to_all(from, &msg);
+        }
+    }
+
+    /// A flooder's message to every peer that consumes it, one hop of
+    /// latency later (drawing nothing from the world's randomness).
+    fn flood_to_all(&mut self, from: AccountId, msg: &Message) {
+        for j in 0..self.peers.len() {
+            let p = &self.peers[j];
+            if !p.up
+                || p.role == Role::Requester
+                || !node_core::dispatch::concerns(msg, &p.core.account(), p.role.roles())
+            {
+                continue;
+            }
+            let d = self.net.latency(0, p.region);
+            self.metrics.messages += 1;
+            self.at(
+                DurationMs(d as u64),
+                j,
+                Input::gossip(Some(from), msg.clone()),
+            );
+        }
+    }
+
+    /// Whitewash: the attacker's key in use was just caught; drop it and go
+    /// on with the next bonded key, if one is left.
+    fn rotate(&mut self, caught: usize) {
+        let Some(a) = self.attack.as_mut() else {
+            return;
+        };
+        if a.kind != AttackKind::Whitewash
+            || a.keys.get(a.current) != Some(&caught)
+            || a.current + 1 >= a.keys.len()
+        {
+            return;
+        }
+        a.current += 1;
+        let next = a.keys[a.current];
+        let old = &mut self.peers[caught];
+        old.dormant = true;
+        old.up = false;
+        old.life += 1;
+        self.peers[next].dormant = false;
+        // A fresh key takes a few minutes to set up and announce.
+        let at = self.sched.now().plus(DurationMs::secs(300));
+        self.sched.at(at, Ev::Up(next));
+        self.churn_after(next, at);
     }
 
     fn finish(mut self) -> Metrics {
@@ -832,11 +1156,9 @@ impl CoreWorld {
                 let cheater = self
                     .by_account
                     .get(&terms.provider)
-                    .is_some_and(|&p| self.peers[p].cheating);
+                    .is_some_and(|&p| self.peers[p].behaviour.cheats());
                 m.settled_outcome(at, &s.outcome, terms, cheater);
-                let slashed = self
-                    .params
-                    .slashed(self.params.contract_bond(s.payout.escrow), &s.outcome);
+                let slashed = s.slashed;
                 let e = earned.entry(terms.provider).or_default();
                 e.0 += s.payout.provider.0;
                 e.1 += 1;
@@ -919,11 +1241,40 @@ impl CoreWorld {
                 .push(p.core.provider().map_or(0, |e| e.price().0));
         }
         m.cheaters = (0..self.n_prov)
-            .filter(|&i| self.peers[i].cheating)
+            .filter(|&i| self.peers[i].behaviour.cheats())
             .collect();
         m.epochs = st.epoch;
+        // A self-dealer's buying key: what it holds now (with its escrows
+        // still open) against its genesis balance.
+        let buyer_delta = self.attack.as_ref().and_then(|a| a.buyer).map(|b| {
+            let who = self.peers[b].core.account();
+            let locked: u64 = st
+                .escrows
+                .values()
+                .filter(|e| e.terms.requester == who)
+                .map(|e| e.amount.0)
+                .sum();
+            i128::from(st.balance(&who).0) + i128::from(locked)
+                - i128::from(crate::world::REQUESTER_GENESIS.0)
+        });
+        let fakes = self.attack.as_ref().map_or(0, |a| a.sent);
+        m.attack = crate::attack::report(&self.sc, m, &self.cost, buyer_delta, fakes);
         self.metrics
     }
+}
+
+/// Whether a settlement's certificate says delivered and wrong (what slashes
+/// a bond): most of its verdicts do.
+fn proves_wrong(cert: &protocol::settlement::QuorumCert) -> bool {
+    let wrong = cert
+        .verdicts
+        .iter()
+        .filter(|v| {
+            v.body_unverified()
+                .is_ok_and(|v| v.delivered && !v.result_ok)
+        })
+        .count();
+    2 * wrong > cert.verdicts.len()
 }
 
 impl Peer {
@@ -933,7 +1284,7 @@ impl Peer {
         cfg: CoreConfig,
         role: Role,
         region: usize,
-        cheating: bool,
+        behaviour: Behaviour,
     ) -> Peer {
         let ledger = Ledger::new(genesis.clone(), &id.account().0).expect("the genesis is valid");
         Peer {
@@ -945,7 +1296,8 @@ impl Peer {
             life: 0,
             timer_at: None,
             saved: None,
-            cheating,
+            behaviour,
+            dormant: false,
             neighbours: BTreeSet::new(),
         }
     }

@@ -36,6 +36,7 @@
 //! take gossiped offers ahead in a scoped, two-way step
 //! (`World::take_offers_in_parallel`), in the same order they would later.
 
+pub mod attack;
 pub mod cores;
 pub mod ledger;
 pub mod metrics;

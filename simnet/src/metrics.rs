@@ -79,6 +79,8 @@ pub struct Metrics {
     pub provider_slots: Vec<u16>,
     pub final_prices: Vec<u64>,
     pub balances: Vec<u64>,
+    /// An attack scenario's accounts (node-core driver only).
+    pub attack: Option<crate::attack::AttackReport>,
 }
 
 impl Metrics {

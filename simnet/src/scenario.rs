@@ -20,6 +20,27 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ),
     ("faults", include_str!("../scenarios/faults.toml")),
     ("smoke", include_str!("../scenarios/smoke.toml")),
+    ("attack-lazy", include_str!("../scenarios/attack-lazy.toml")),
+    (
+        "attack-units",
+        include_str!("../scenarios/attack-units.toml"),
+    ),
+    (
+        "attack-self-deal",
+        include_str!("../scenarios/attack-self-deal.toml"),
+    ),
+    (
+        "attack-self-deal-split",
+        include_str!("../scenarios/attack-self-deal-split.toml"),
+    ),
+    (
+        "attack-flood",
+        include_str!("../scenarios/attack-flood.toml"),
+    ),
+    (
+        "attack-whitewash",
+        include_str!("../scenarios/attack-whitewash.toml"),
+    ),
 ];
 
 /// Why a scenario was refused.
@@ -75,6 +96,62 @@ pub struct Scenario {
     /// core (`cloudchain sim --replica-per-peer`).
     #[serde(default)]
     pub replica_per_peer: bool,
+    /// An attacker among the providers, played against the honest ones of
+    /// the same profile (needs `cores`).
+    #[serde(default)]
+    pub attack: Option<Attack>,
+}
+
+/// What an attacker does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttackKind {
+    /// Skip a share of each job's work and fake the rest of the result.
+    Lazy,
+    /// Claim more compute units than the job took.
+    Units,
+    /// Buy its own compute through a second key, to farm the epoch's mint.
+    SelfDeal,
+    /// Gossip fake contracts and receipts between made-up keys.
+    Flood,
+    /// Cheat, and once caught and slashed, carry on under a fresh key.
+    Whitewash,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attack {
+    pub kind: AttackKind,
+    /// The attackers are the last providers of this profile's first group
+    /// (same hardware as the honest providers they are compared with).
+    pub profile: Profile,
+    /// `lazy`: the share of the work each attacker skips (one attacker per
+    /// entry); `whitewash`: the share each of its keys skips.
+    #[serde(default)]
+    pub skip: Vec<f64>,
+    /// `self-deal`: provider keys the attacker splits one provider's bond and
+    /// slots over; `whitewash`: the bonded keys it holds ready.
+    #[serde(default = "one")]
+    pub keys: u32,
+    /// `self-deal`: jobs a day the attacker's buying key submits (to its own
+    /// providers only).
+    #[serde(default)]
+    pub jobs_per_day: f64,
+    /// `flood`: fake contracts (each with a fake receipt) over the first day.
+    #[serde(default)]
+    pub fakes: u32,
+    /// `units`: requesters' estimates exceed a job's measured units by this
+    /// factor (a margin), and the attacker claims the whole estimate.
+    #[serde(default = "one_f")]
+    pub estimate_margin: f64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn one_f() -> f64 {
+    1.0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -324,7 +401,93 @@ impl Scenario {
         {
             return Err(bad("sweep", "needs requester counts and days > 0".into()));
         }
+        if let Some(a) = &self.attack {
+            self.validate_attack(a).map_err(|(f, why)| bad(f, why))?;
+        }
         Ok(())
+    }
+
+    fn validate_attack(&self, a: &Attack) -> Result<(), (&'static str, String)> {
+        if !self.cores || self.replica_per_peer {
+            return Err((
+                "attack",
+                "runs on node cores with one lent replica: set cores = true".into(),
+            ));
+        }
+        let Some(g) = self.providers.iter().find(|g| g.profile == a.profile) else {
+            return Err((
+                "attack.profile",
+                format!("no provider group of profile {:?}", a.profile),
+            ));
+        };
+        let attackers = self.attackers_wanted(a);
+        // At least one honest provider of the profile to compare with.
+        if attackers >= g.count {
+            return Err((
+                "attack",
+                format!(
+                    "{attackers} attacking keys need at least {} providers of {:?} in its first group",
+                    attackers + 1,
+                    a.profile
+                ),
+            ));
+        }
+        if a.skip.iter().any(|f| !(*f > 0.0 && *f <= 1.0)) {
+            return Err(("attack.skip", "each share must be in (0, 1]".into()));
+        }
+        let needs_skip = matches!(a.kind, AttackKind::Lazy | AttackKind::Whitewash);
+        if needs_skip && a.skip.is_empty() {
+            return Err(("attack.skip", "name the share of work skipped".into()));
+        }
+        if a.keys == 0 {
+            return Err(("attack.keys", "at least 1".into()));
+        }
+        if a.kind == AttackKind::SelfDeal {
+            if !(a.jobs_per_day > 0.0 && a.jobs_per_day.is_finite()) {
+                return Err(("attack.jobs_per_day", "must be positive".into()));
+            }
+            if self.requesters.count < 2 {
+                return Err((
+                    "requesters.count",
+                    "self-deal takes the last requester as the attacker's: at least 2".into(),
+                ));
+            }
+        }
+        if a.kind == AttackKind::Flood && a.fakes == 0 {
+            return Err(("attack.fakes", "at least 1".into()));
+        }
+        if !(a.estimate_margin >= 1.0 && a.estimate_margin <= 100.0) {
+            return Err(("attack.estimate_margin", "must be in [1, 100]".into()));
+        }
+        Ok(())
+    }
+
+    /// How many provider keys the attack takes from its profile's group.
+    pub fn attackers_wanted(&self, a: &Attack) -> u32 {
+        match a.kind {
+            AttackKind::Lazy => a.skip.len() as u32,
+            AttackKind::Units => 1,
+            AttackKind::SelfDeal | AttackKind::Whitewash => a.keys,
+            AttackKind::Flood => 0,
+        }
+    }
+
+    /// The provider indices the attack plays (the last of its profile's
+    /// first group), in order of use; none without an attack.
+    pub fn attack_keys(&self) -> Vec<usize> {
+        let Some(a) = &self.attack else {
+            return Vec::new();
+        };
+        let mut start = 0usize;
+        for g in &self.providers {
+            if g.profile == a.profile {
+                let n = self.attackers_wanted(a).min(g.count) as usize;
+                let end = start + g.count as usize;
+                return (end - n..end).collect();
+            }
+            start += g.count as usize;
+        }
+        Vec::new()
     }
 
     /// Total providers.

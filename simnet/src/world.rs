@@ -42,7 +42,7 @@ use crate::ledger::{LockRefused, SimLedger};
 use crate::metrics::Metrics;
 use crate::netmodel::Net;
 use crate::profiles::{Profile, ProfileParams};
-use crate::scenario::{Arrival, Scenario};
+use crate::scenario::{Arrival, AttackKind, Scenario};
 use crate::sched::{Progress, Scheduler};
 
 /// Virtual time starts here (2026-01-01T00:00:00Z), so timestamps look real.
@@ -67,6 +67,10 @@ pub const REQUESTER_GENESIS: Amount = Amount::tokens(1_000_000);
 /// The committee's fee: the oracle engines charge it and the ledger's genesis
 /// fixes it, so payouts agree.
 pub const ORACLE_FEE: Bps = Bps(100);
+/// The most a verified CU mints, µ-tokens: half the cost of the cheapest
+/// profile's compute (community nodes, 8 µ-tokens/CU), so buying one's own
+/// compute to earn the mint loses on every unit, on any profile.
+pub const MINT_PER_CU: PricePerCu = PricePerCu(4);
 
 /// Which peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -247,6 +251,18 @@ pub(crate) fn provider_bond(p: &ProfileParams) -> Amount {
     Amount::tokens((p.speed_cu_s * f64::from(p.slots) / 4.0).ceil() as u64)
 }
 
+/// Provider `i`'s bond in the genesis: [`provider_bond`], split evenly over
+/// the keys of a self-dealing attacker (one provider's bond in all).
+pub(crate) fn provider_bond_at(sc: &Scenario, i: usize, p: &ProfileParams) -> Amount {
+    let b = provider_bond(p);
+    match &sc.attack {
+        Some(a) if a.kind == AttackKind::SelfDeal && sc.attack_keys().contains(&i) => {
+            Amount(b.0 / u64::from(a.keys.max(1)))
+        }
+        _ => b,
+    }
+}
+
 /// A provider of profile `p` in `region`, as both drivers configure it.
 pub(crate) fn provider_config(
     p: &ProfileParams,
@@ -312,7 +328,7 @@ pub(crate) fn genesis(sc: &Scenario, seed: u64, n_req: usize) -> (GenesisEntry, 
         let p = g.profile.params();
         for _ in 0..g.count {
             let id = Identity::from_seed(seed_for(seed, 1, bonds.len()));
-            bonds.push((id.account(), provider_bond(&p)));
+            bonds.push((id.account(), provider_bond_at(sc, bonds.len(), &p)));
         }
     }
     let params = crdt_ledger::Params {
@@ -320,6 +336,7 @@ pub(crate) fn genesis(sc: &Scenario, seed: u64, n_req: usize) -> (GenesisEntry, 
         committee_size: u16::try_from(sc.oracles.committee).unwrap_or(u16::MAX),
         min_stake: Amount::tokens(100),
         oracle_fee: ORACLE_FEE,
+        mint_per_cu: MINT_PER_CU,
         ..crdt_ledger::Params::default()
     };
     let founder = Identity::from_seed(seed_for(seed, 0, 0));
