@@ -54,7 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("timer: {action:?}");
     }
     let proposal = a.propose_checkpoint(find(committee[0])?, 1, 0)?;
-    let h = proposal.body_hash();
+    let h = proposal.hash();
     for m in &committee[1..] {
         let (who, sig) = b.sign_checkpoint(find(*m)?, &proposal, now)?;
         if let CheckpointStatus::Final(fin) = a.apply_checkpoint_signature(&h, who, sig)? {

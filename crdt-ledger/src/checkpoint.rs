@@ -7,12 +7,21 @@
 //! without replacement, and the draw order is the proposer order: member `r` (mod
 //! k) proposes in round `r`, a round lasting `stall_timeout` after the epoch's end.
 //!
-//! A checkpoint is final with ⌈2k/3⌉ member signatures. If a committee stalls so
-//! that its epoch never gets a final checkpoint, the **fallback** is the *backup
-//! committee* the last final checkpoint also named (drawn with another seed): it
-//! may finalize any later epoch `e' > last + 1` on top of the last final
-//! checkpoint. Among several final checkpoints on the same predecessor the one of
-//! the lowest epoch (then the lowest hash) wins, so every replica picks the same.
+//! A checkpoint is final with ⌈2k/3⌉ member signatures, and **finality never
+//! rewinds**: a replica never leaves a final checkpoint for another one. Members
+//! send their signatures to the whole committee, so a leader that withholds a
+//! final checkpoint cannot keep it from the others.
+//!
+//! A member signs at most one statement per epoch: one checkpoint body, or a
+//! [`SkipBody`] saying "epoch e abandoned". If a committee stalls so that its
+//! epoch gets no final checkpoint for a whole further epoch, its members that
+//! signed nothing sign the skip. With a quorum of skips (a skip certificate) the
+//! *backup committee* the last final checkpoint named (drawn with another seed)
+//! may finalize the next epoch on top of the last final checkpoint; its body
+//! carries the certificates of every epoch it skips. A final checkpoint and a
+//! skip certificate for one epoch share ⌈k/3⌉ signers, each of whom signed
+//! both: a double sign, slashed. So with fewer than a third of a committee
+//! dishonest, at most one of them exists and every replica finalizes the same.
 
 use std::collections::BTreeMap;
 
@@ -50,6 +59,23 @@ pub struct CheckpointBody {
     pub next_committee: Vec<AccountId>,
     /// The fallback committee for any later epoch if the next one stalls.
     pub backup_committee: Vec<AccountId>,
+    /// For a checkpoint of a later epoch than `prev_epoch + 1`: the skip
+    /// certificate of each epoch in between, in order (the first signed by a
+    /// quorum of its committee, the others by the backup committee's).
+    pub skipped: Vec<MultiSigned<SkipBody>>,
+}
+
+/// A committee member's statement that `epoch` is abandoned on top of the final
+/// checkpoint `prev`: it signed no checkpoint of that epoch and never will.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct SkipBody {
+    pub epoch: u64,
+    pub prev: Hash32,
+}
+
+impl Wire for SkipBody {
+    const KIND: &'static str = "ledger-checkpoint-skip";
+    const MAX_SIZE: usize = 1024;
 }
 
 impl Wire for CheckpointBody {
@@ -105,36 +131,58 @@ pub fn committee_seed(purpose: &str, prev: &Hash32, epoch: u64) -> Hash32 {
     Hash32(*h.finalize().as_bytes())
 }
 
+/// Largest skip statement accepted from a peer (a body and a committee's
+/// signatures).
+pub const MAX_SKIP: usize = 64 * 1024;
+const SKIP_KIND: &str = "checkpoint-skip";
+
+/// Encode a (partly) signed skip statement for the committees.
+pub fn encode_skip(s: &MultiSigned<SkipBody>) -> Result<Vec<u8>, protocol::CodecError> {
+    protocol::codec::encode_unbounded(SKIP_KIND, s)
+}
+
+/// Decode an untrusted skip statement (its signatures are checked by
+/// `Ledger::apply_skip`).
+pub fn decode_skip(bytes: &[u8]) -> Result<MultiSigned<SkipBody>, protocol::CodecError> {
+    protocol::codec::decode_limited(SKIP_KIND, MAX_SKIP, bytes)
+}
+
 /// Largest checkpoint proposal accepted from a peer (the frontier names every
 /// author that wrote in the epoch).
 pub const MAX_PROPOSAL: usize = 4 << 20;
-const VOTE_KIND: &str = "checkpoint-vote";
 const PROPOSAL_KIND: &str = "checkpoint-proposal";
 
+/// A checkpoint body as its round's proposer put it forward, with the votes
+/// (member signatures) collected on it so far.
+///
+/// Proposing binds nobody: `by` is the proposer's signature in a domain of its
+/// own ("this is my round's proposal"), not a vote. The proposer votes for its
+/// body like any member, once another member has: a proposal that reached
+/// nobody leaves its proposer free to vote for a later round's, or to skip.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Proposal {
+    pub checkpoint: MultiSigned<CheckpointBody>,
+    pub by: protocol::Sig,
+}
+
+/// The signing domain of a proposer's `Proposal::by`.
+pub const PROPOSED_KIND: &str = "ledger-checkpoint-proposed";
+
+impl Proposal {
+    /// The proposal's body hash (what votes sign).
+    pub fn hash(&self) -> Hash32 {
+        self.checkpoint.body_hash()
+    }
+}
+
 /// Encode a checkpoint proposal for a committee member.
-pub fn encode_proposal(p: &MultiSigned<CheckpointBody>) -> Result<Vec<u8>, protocol::CodecError> {
+pub fn encode_proposal(p: &Proposal) -> Result<Vec<u8>, protocol::CodecError> {
     protocol::codec::encode_unbounded(PROPOSAL_KIND, p)
 }
 
 /// Decode an untrusted proposal (its signatures are checked when it is signed).
-pub fn decode_proposal(bytes: &[u8]) -> Result<MultiSigned<CheckpointBody>, protocol::CodecError> {
+pub fn decode_proposal(bytes: &[u8]) -> Result<Proposal, protocol::CodecError> {
     protocol::codec::decode_limited(PROPOSAL_KIND, MAX_PROPOSAL, bytes)
-}
-
-/// A member's signature of a proposal (by the proposal's body hash), for the leader.
-pub fn encode_vote(
-    proposal: &Hash32,
-    signer: &AccountId,
-    sig: &protocol::Sig,
-) -> Result<Vec<u8>, protocol::CodecError> {
-    protocol::codec::encode_unbounded(VOTE_KIND, &(proposal, signer, sig))
-}
-
-/// Decode an untrusted vote (checked by `Ledger::apply_checkpoint_signature`).
-pub fn decode_vote(
-    bytes: &[u8],
-) -> Result<(Hash32, AccountId, protocol::Sig), protocol::CodecError> {
-    protocol::codec::decode_limited(VOTE_KIND, 256, bytes)
 }
 
 #[cfg(test)]

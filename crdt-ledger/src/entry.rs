@@ -21,7 +21,7 @@ use protocol::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::CheckpointBody;
+use crate::checkpoint::{CheckpointBody, SkipBody};
 
 /// The network id that genesis documents are signed on (there is no network yet).
 pub const PRE_NETWORK: NetworkId = NetworkId([0u8; 32]);
@@ -224,7 +224,8 @@ pub struct SlaRecord {
 pub enum SlashProof {
     /// Two different entries by one author at one `seq` (a forked chain).
     Fork { a: Entry, b: Entry },
-    /// Two different checkpoints for one epoch signed by one committee member.
+    /// Two different statements for one epoch signed by one committee member:
+    /// two checkpoint bodies, or a checkpoint body and a skip of its epoch.
     DoubleSign {
         signer: AccountId,
         a: Vec<u8>,
@@ -266,21 +267,39 @@ impl SlashProof {
                 b,
                 sig_b,
             } => {
-                let kind = <CheckpointBody as Wire>::KIND;
-                verify_bytes(kind, network, signer, a, sig_a).map_err(|e| format!("a: {e}"))?;
-                verify_bytes(kind, network, signer, b, sig_b).map_err(|e| format!("b: {e}"))?;
-                let ca: CheckpointBody = codec::decode(a).map_err(|e| format!("a: {e}"))?;
-                let cb: CheckpointBody = codec::decode(b).map_err(|e| format!("b: {e}"))?;
-                if ca.epoch != cb.epoch {
-                    return Err("checkpoints are for different epochs".into());
+                let ea =
+                    statement_epoch(network, signer, a, sig_a).map_err(|e| format!("a: {e}"))?;
+                let eb =
+                    statement_epoch(network, signer, b, sig_b).map_err(|e| format!("b: {e}"))?;
+                if ea != eb {
+                    return Err("statements are for different epochs".into());
                 }
                 if a == b {
-                    return Err("the same checkpoint twice".into());
+                    return Err("the same statement twice".into());
                 }
-                Ok((*signer, Offence::DoubleSign(ca.epoch)))
+                Ok((*signer, Offence::DoubleSign(ea)))
             }
         }
     }
+}
+
+/// The epoch of a committee statement `signer` signed: a checkpoint body, or a
+/// skip ("epoch e abandoned"). The signature's domain says which it is.
+fn statement_epoch(
+    network: &NetworkId,
+    signer: &AccountId,
+    bytes: &[u8],
+    sig: &Sig,
+) -> Result<u64, String> {
+    let checkpoint = <CheckpointBody as Wire>::KIND;
+    if verify_bytes(checkpoint, network, signer, bytes, sig).is_ok() {
+        let c: CheckpointBody = codec::decode(bytes).map_err(|e| e.to_string())?;
+        return Ok(c.epoch);
+    }
+    let skip = <SkipBody as Wire>::KIND;
+    verify_bytes(skip, network, signer, bytes, sig).map_err(|e| e.to_string())?;
+    let s: SkipBody = codec::decode(bytes).map_err(|e| e.to_string())?;
+    Ok(s.epoch)
 }
 
 /// One slashable offence (each is punished once).
@@ -288,7 +307,8 @@ impl SlashProof {
 pub enum Offence {
     /// Forked its chain at this seq.
     Fork(u64),
-    /// Signed two checkpoints for this epoch.
+    /// Signed two statements (checkpoints, or a checkpoint and a skip) for
+    /// this epoch.
     DoubleSign(u64),
 }
 

@@ -35,12 +35,15 @@
 //!
 //! **Committee and checkpoints.** Each epoch's committee is drawn by stake from the
 //! stakers, seeded by the previous checkpoint's hash; the member of the round
-//! proposes ([`Ledger::handle_timeout`] says when, [`Ledger::propose_checkpoint`]),
-//! members check the state root with their own fold and sign
-//! ([`Ledger::sign_checkpoint`]), and ⌈2k/3⌉ signatures make it final
-//! ([`Ledger::apply_checkpoint_signature`]); anyone then publishes it as an entry.
-//! A member that signs two checkpoints for one epoch is caught and slashed. See
-//! [`checkpoint`] for the stall fallback.
+//! proposes ([`Ledger::handle_timeout`] says when, [`Ledger::propose_checkpoint`]:
+//! proposing binds nobody), members check the state root with their own fold
+//! and vote ([`Ledger::sign_checkpoint`]), sending what they voted for with every
+//! vote they hold to the whole committee ([`Ledger::track_proposal`]), and
+//! ⌈2k/3⌉ votes make it final wherever they meet; anyone then publishes it as an
+//! entry. Finality never rewinds while fewer than a third of a committee sign
+//! twice. A member that signs two statements for one epoch (two checkpoints, or
+//! a checkpoint and the epoch's skip) is caught and slashed. See [`checkpoint`]
+//! for the skip of a stalled epoch.
 //!
 //! **Provider bonds.** A provider bonds tokens (`Body::Bond`, or in the genesis).
 //! Each escrow lock reserves `Params::provider_bond` of its escrow from the
@@ -88,9 +91,12 @@
 //! that arrive by other means go to [`Ledger::receive_entry`]; its timer calls
 //! [`Ledger::handle_timeout`] at [`Ledger::poll_timeout`] and, on
 //! [`Action::Propose`], [`Ledger::propose_checkpoint`]; committee members answer
-//! with [`Ledger::sign_checkpoint`], the proposer collects with
-//! [`Ledger::apply_checkpoint_signature`] and publishes the final checkpoint with
-//! `append(Body::Checkpoint(..))`; anyone may publish [`Ledger::slash_proofs`] as
+//! with [`Ledger::sign_checkpoint`] and forward, each member collects with
+//! [`Ledger::track_proposal`] (or [`Ledger::apply_checkpoint_signature`] for a
+//! single vote), and whoever holds the quorum publishes the final checkpoint
+//! with `append(Body::Checkpoint(..))`; on [`Action::Skip`] a member signs
+//! [`Ledger::sign_skip`] and the others collect with [`Ledger::apply_skip`];
+//! anyone may publish [`Ledger::slash_proofs`] as
 //! `Body::Slash`. Reads: [`Ledger::state`], [`Ledger::finalized_state`],
 //! [`Ledger::balance`], [`Ledger::spendable`], [`Ledger::invalid`].
 
@@ -102,7 +108,7 @@ pub mod state;
 pub mod store;
 pub mod sync;
 
-pub use checkpoint::{CheckpointBody, FrontierItem, draw_committee};
+pub use checkpoint::{CheckpointBody, FrontierItem, Proposal, SkipBody, draw_committee};
 pub use entry::{
     Body, Entry, EntryData, EntryId, EntryKey, Genesis, GenesisEntry, Offence, Params, SlaRecord,
     SlashProof, VerifiedEntry,

@@ -8,7 +8,8 @@ mod common;
 use automerge::transaction::Transactable;
 use common::*;
 use crdt_ledger::{
-    Action, Body, Entry, InvalidReason, LedgerError, Offence, PeerState, SlashProof, SyncError,
+    Action, Body, CheckpointStatus, Entry, InvalidReason, LedgerError, Offence, PeerState,
+    SlashProof, SyncError,
 };
 use protocol::{Amount, ComputeUnits, PricePerCu, Timestamp};
 
@@ -157,7 +158,7 @@ fn double_signed_checkpoints_are_detected_and_slashed() {
     let p2 = other
         .propose_checkpoint(net.id_of(&proposer), 1, 0)
         .unwrap();
-    assert_ne!(p1.body_hash(), p2.body_hash());
+    assert_ne!(p1.hash(), p2.hash());
     // A member's replica sees both (refusing to sign the second).
     let member = committee[1];
     let due = l.epoch_end(1);
@@ -171,6 +172,14 @@ fn double_signed_checkpoints_are_detected_and_slashed() {
         err,
         LedgerError::AlreadySigned { .. } | LedgerError::WontSign(_)
     ));
+    // Proposing is no vote: nothing to slash yet. The member votes for the
+    // second body too, on a replica that forgot the first; `l` sees it.
+    assert!(l.slash_proofs().is_empty());
+    let mut p2 = p2;
+    let (who, sig) = other.sign_checkpoint(net.id_of(&member), &p2, due).unwrap();
+    p2.checkpoint.insert(who, sig);
+    l.track_proposal(&p2).unwrap();
+    let proposer = member;
     let proofs = l.slash_proofs();
     let ds: Vec<_> = proofs
         .iter()
@@ -215,9 +224,20 @@ fn committee_timer_rotates_the_proposer_and_falls_back_to_the_backup() {
     );
     finalize(&net, &mut l, 1, 1);
     assert_eq!(l.finalized_epoch(), 1);
-    // Epoch 2's committee stalls entirely: once epoch 3 has ended, the backup
-    // committee checkpoints epoch 3 on top of epoch 1.
+    // Epoch 2's committee stalls entirely: nothing moves before its members
+    // skip it, once epoch 3 has ended; then the backup committee checkpoints
+    // epoch 3 on top of epoch 1, carrying the skip certificate.
     let end3 = l.epoch_end(3);
+    assert_eq!(
+        l.checkpoint_target(Timestamp(end3.0 + 5_000)),
+        Some((2, 15))
+    );
+    let committee2 = l.committee_for_checkpoint(2).unwrap();
+    let acts = l.handle_timeout(&committee2[1], end3);
+    assert!(acts.contains(&Action::Skip { epoch: 2 }), "{acts:?}");
+    let early = l.sign_skip(net.id_of(&committee2[1]), 2, Timestamp(end3.0 - 1));
+    assert!(matches!(early, Err(LedgerError::WontSign(_))), "{early:?}");
+    assert!(skip_epoch(&net, &mut l, 2, end3));
     assert_eq!(l.checkpoint_target(end3), Some((3, 0)));
     let backup = l.committee_for_checkpoint(3).unwrap();
     assert_eq!(backup, l.finalized_state().backup);
@@ -226,6 +246,8 @@ fn committee_timer_rotates_the_proposer_and_falls_back_to_the_backup() {
     finalize(&net, &mut l, 3, 0);
     assert_eq!(l.finalized_epoch(), 3);
     assert_eq!(l.checkpoints().len(), 2);
+    // A member that skipped epoch 2 never signs a checkpoint of it.
+    assert!(l.signed_for(&committee2[0], 2).is_some());
     conserved(&mut l);
 }
 
@@ -755,37 +777,172 @@ fn evil_entry(net: &Net) -> Vec<u8> {
         .unwrap()
 }
 
+/// A proposal that reached one member and then lost its leader is finished by
+/// the members: each forwards what it signed to the whole committee.
 #[test]
-fn a_half_signed_epoch_is_skipped_by_the_backup_committee() {
+fn a_half_signed_epoch_is_finished_without_its_leader() {
     let net = Net::new(8, 6, 4);
     let mut l = net.ledger(1);
     let committee = l.committee_for_checkpoint(1).unwrap();
     let end1 = l.epoch_end(1);
-    let p = l
+    let mut p = l
         .propose_checkpoint(net.id_of(&committee[0]), 1, 0)
         .unwrap();
-    // One member signs round 0, then the proposer vanishes: no quorum.
-    l.sign_checkpoint(net.id_of(&committee[1]), &p, end1)
+    // One member signs round 0, then the proposer vanishes: no quorum yet.
+    let (who, sig) = l
+        .sign_checkpoint(net.id_of(&committee[1]), &p, end1)
         .unwrap();
-    // Round 1's proposer cannot get that member's signature again.
+    p.checkpoint.insert(who, sig);
+    // Round 1's proposer cannot propose another body for the epoch...
     let p1 = l.propose_checkpoint(net.id_of(&committee[1]), 1, 1);
     assert!(
         matches!(p1, Err(LedgerError::AlreadySigned { .. })),
         "{p1:?}"
     );
-    // Once epoch 2 has ended too, the backup committee checkpoints epoch 2.
-    let end2 = l.epoch_end(2);
-    assert_eq!(l.checkpoint_target(end2), Some((2, 0)));
-    l.append(&net.ids[6], transfer(net.acct(7), 5), end2)
-        .unwrap();
-    finalize(&net, &mut l, 2, 0);
-    assert_eq!(l.finalized_epoch(), 2);
-    assert_eq!(
-        l.finalized_state().balance(&net.acct(7)),
-        Amount::tokens(1005)
+    // ...but what it signed reaches the others, in a later round too.
+    let later = Timestamp(end1.0 + 3_500);
+    let mut b = net.ledger(2);
+    sync(&mut l, &mut b);
+    for m in &committee[2..] {
+        let (who, sig) = b.sign_checkpoint(net.id_of(m), &p, later).unwrap();
+        p.checkpoint.insert(who, sig);
+    }
+    let (_, status) = b.track_proposal(&p).unwrap();
+    let CheckpointStatus::Final(fin) = status else {
+        panic!("three of four signed: {status:?}");
+    };
+    assert!(
+        !fin.signatures.iter().any(|(s, _)| *s == committee[0]),
+        "final without its proposer's vote"
     );
-    // Epoch 1 never gets a checkpoint now.
-    assert!(l.committee_for_checkpoint(1).is_none());
+    b.append(&net.ids[7], Body::Checkpoint(fin), later).unwrap();
+    assert_eq!(b.finalized_epoch(), 1);
+    sync(&mut l, &mut b);
+    assert_eq!(l.finalized_epoch(), 1);
+    conserved(&mut l);
+}
+
+/// The attack of a leader that collects its quorum and withholds the
+/// checkpoint, hoping that the backup committee finalizes a later epoch and
+/// that publishing its own later rewinds finality: the members that signed
+/// refuse to skip, so no backup checkpoint can exist, and finality only moves
+/// forward.
+#[test]
+fn a_withholding_leader_cannot_reverse_finality() {
+    let net = Net::new(8, 6, 4);
+    let mut l = net.ledger(1);
+    let committee = l.committee_for_checkpoint(1).unwrap();
+    let end1 = l.epoch_end(1);
+    let leader = net.id_of(&committee[0]);
+    let p = l.propose_checkpoint(leader, 1, 0).unwrap();
+    let h = p.hash();
+    let mut fin = None;
+    for m in &committee[1..] {
+        let (who, sig) = l.sign_checkpoint(net.id_of(m), &p, end1).unwrap();
+        if let CheckpointStatus::Final(ms) = l.apply_checkpoint_signature(&h, who, sig).unwrap() {
+            fin = Some(ms);
+        }
+    }
+    let withheld = fin.expect("a quorum");
+    // Two epochs later the members have still seen no checkpoint. Those that
+    // signed cannot skip; the rest (the leader, whose vote was not needed)
+    // are too few for a certificate.
+    let end3 = l.epoch_end(3);
+    let mut skipped = 0;
+    for m in &committee {
+        match l.sign_skip(net.id_of(m), 1, end3) {
+            Ok(s) => {
+                skipped += 1;
+                assert!(!l.apply_skip(&s).unwrap(), "no skip certificate");
+            }
+            Err(e) => assert!(matches!(e, LedgerError::AlreadySigned { .. }), "{e}"),
+        }
+    }
+    assert_eq!(skipped, 1, "three members signed the withheld checkpoint");
+    assert_eq!(l.checkpoint_target(end3).map(|t| t.0), Some(1));
+    let backup = l.finalized_state().backup.clone();
+    let refused = l.propose_checkpoint(net.id_of(&backup[0]), 3, 0);
+    assert!(
+        matches!(&refused, Err(LedgerError::Epoch { reason, .. }) if reason.contains("skip")),
+        "{refused:?}"
+    );
+    // The leader publishes at last: epoch 1 is final, and stays final.
+    l.append(leader, Body::Checkpoint(withheld), end3).unwrap();
+    assert_eq!(l.finalized_epoch(), 1);
+    let first = l.checkpoints()[0].body_hash();
+    finalize(&net, &mut l, 2, 0);
+    assert_eq!(l.checkpoints()[0].body_hash(), first);
+    conserved(&mut l);
+}
+
+/// A backup checkpoint without a skip certificate for the epoch it passes
+/// over, or with one signed by too few or by outsiders, is refused by every
+/// replica; and a member that signed the checkpoint of an epoch and its skip
+/// is caught and slashed.
+#[test]
+fn backup_checkpoints_need_a_real_skip_certificate_and_double_skips_are_slashed() {
+    let net = Net::new(8, 6, 4);
+    let mut l = net.ledger(1);
+    let committee = l.committee_for_checkpoint(1).unwrap();
+    let end2 = l.epoch_end(2);
+    assert!(skip_epoch(&net, &mut l, 1, end2));
+    let backup = l.committee_for_checkpoint(2).unwrap();
+    let good = l.propose_checkpoint(net.id_of(&backup[0]), 2, 0).unwrap();
+    let body = good.checkpoint.body_unverified().unwrap();
+    assert_eq!(body.skipped.len(), 1);
+    // Forge variants of the body: no certificate, a certificate cut below
+    // quorum, and one with an outsider's signature.
+    let q = protocol::quorum(committee.len());
+    let mut variants = Vec::new();
+    let mut none = body.clone();
+    none.skipped.clear();
+    variants.push(("no certificate", none));
+    let mut thin = body.clone();
+    thin.skipped[0].signatures.truncate(q - 1);
+    variants.push(("below quorum", thin));
+    let mut outsider = body.clone();
+    let stranger = net
+        .ids
+        .iter()
+        .find(|i| !committee.contains(&i.account()))
+        .unwrap();
+    outsider.skipped[0].add_signature(stranger, &l.network());
+    variants.push(("outsider", outsider));
+    for (what, b) in variants {
+        let mut ms = protocol::MultiSigned::new(&b).unwrap();
+        for m in &backup {
+            ms.add_signature(net.id_of(m), &l.network());
+        }
+        let why = refused(&mut l, &net.ids[7], Body::Checkpoint(Box::new(ms)));
+        assert!(
+            matches!(why, InvalidReason::BadCheckpoint(_)),
+            "{what}: {why}"
+        );
+    }
+    // A member that skipped epoch 1 also signs its checkpoint (on a replica
+    // that forgot): one proof, slashed once.
+    let mut forgetful = net.ledger(3);
+    let p = forgetful
+        .propose_checkpoint(net.id_of(&committee[0]), 1, 0)
+        .unwrap();
+    let (who, sig) = forgetful
+        .sign_checkpoint(net.id_of(&committee[1]), &p, end2)
+        .unwrap();
+    let mut p = p;
+    p.checkpoint.insert(who, sig);
+    l.track_proposal(&p).unwrap();
+    let proofs: Vec<_> = l
+        .slash_proofs()
+        .into_iter()
+        .filter(|x| matches!(x, SlashProof::DoubleSign { signer, .. } if *signer == committee[1]))
+        .collect();
+    assert_eq!(proofs.len(), 1, "{proofs:?}");
+    let (who, offence) = proofs[0].check(&l.network()).unwrap();
+    assert_eq!((who, offence), (committee[1], Offence::DoubleSign(1)));
+    let stake = l.state().stake(&committee[1]);
+    l.append(&net.ids[7], Body::Slash(Box::new(proofs[0].clone())), end2)
+        .unwrap();
+    assert!(l.state().stake(&committee[1]) < stake);
     conserved(&mut l);
 }
 

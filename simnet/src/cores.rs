@@ -512,7 +512,7 @@ impl CoreWorld {
                 Input::Message { msg, .. } => msg.kind(),
                 Input::Sync { .. } => "ledger-sync",
                 Input::Proposal { .. } => "proposal",
-                Input::Vote { .. } => "vote",
+                Input::Skip(_) => "skip",
                 Input::Challenge { .. } => "challenge",
                 Input::Ran { .. } => "finish",
                 Input::Checked { .. } => "check",

@@ -376,13 +376,21 @@ impl SimLedger {
             }
         }
         let (leader, proposal) = proposal.ok_or("nobody's turn to propose")?;
-        let h = proposal.body_hash();
+        let h = proposal.hash();
         let mut fin = None;
-        for m in committee.iter().filter(|m| **m != leader) {
+        // The members vote, the leader last (a proposer votes for its own body
+        // once another member has).
+        let order = committee.iter().filter(|m| **m != leader);
+        for m in order.chain(std::iter::once(&leader)) {
             let key = self.keys.get(m).ok_or("no key for a member")?;
+            let current = self
+                .ledger
+                .proposal(&h)
+                .cloned()
+                .unwrap_or(proposal.clone());
             let (who, sig) = self
                 .ledger
-                .sign_checkpoint(key, &proposal, now)
+                .sign_checkpoint(key, &current, now)
                 .map_err(|e| e.to_string())?;
             if let CheckpointStatus::Final(ms) = self
                 .ledger

@@ -46,47 +46,68 @@ impl<S: Store> Ledger<S> {
     }
 
     /// Which epoch should be checkpointed at `now` and in which round: the one
-    /// after the last final checkpoint, or — once a whole further epoch has passed
-    /// without one (a stalled committee) — the latest ended epoch, for the backup
-    /// committee.
+    /// after the last final checkpoint, or — for each epoch after it that this
+    /// replica holds a skip certificate of — the one after that, for the backup
+    /// committee. `None` before that epoch has ended.
     pub fn checkpoint_target(&mut self, now: Timestamp) -> Option<(u64, u32)> {
-        let fin_epoch = self.finalized_epoch();
-        let ended = self.ended_epoch(now);
-        if ended <= fin_epoch {
+        let epoch = self.skipped_to();
+        if now < self.epoch_end(epoch) {
             return None;
         }
-        let epoch = if ended > fin_epoch + 1 {
-            ended
-        } else {
-            fin_epoch + 1
-        };
         let since = now.0.saturating_sub(self.epoch_end(epoch).0);
         let round = (since / self.params.stall_timeout.0.max(1)).min(u64::from(u32::MAX)) as u32;
         Some((epoch, round))
     }
 
-    /// When the committee timer next needs [`Ledger::handle_timeout`].
+    /// The first epoch after the last final checkpoint that this replica holds
+    /// no skip certificate of.
+    fn skipped_to(&mut self) -> u64 {
+        self.refresh();
+        let mut epoch = self.fin.state.epoch.saturating_add(1);
+        while self.skip_cert(epoch).is_some() {
+            epoch = epoch.saturating_add(1);
+        }
+        epoch
+    }
+
+    /// The complete skip certificate of `epoch` on the last final checkpoint,
+    /// if this replica holds one.
+    pub fn skip_cert(&mut self, epoch: u64) -> Option<MultiSigned<SkipBody>> {
+        let committee = self.committee_for_checkpoint(epoch)?;
+        let prev = self.fin.state.last_checkpoint;
+        let s = self.skips.get(&epoch)?;
+        let body = s.body_unverified().ok()?;
+        (body.prev == prev && s.signatures.len() >= quorum(committee.len())).then(|| s.clone())
+    }
+
+    /// When the committee timer next needs [`Ledger::handle_timeout`]: the
+    /// next round, or the time a stalled epoch's members skip it.
     pub fn poll_timeout(&mut self) -> Option<Timestamp> {
-        let fin_epoch = self.finalized_epoch();
+        let epoch = self.skipped_to();
         let Some(now) = self.last_now else {
-            return Some(self.epoch_end(fin_epoch + 1));
+            return Some(self.epoch_end(epoch));
         };
         match self.checkpoint_target(now) {
-            None => Some(self.epoch_end(fin_epoch + 1)),
+            None => Some(self.epoch_end(epoch)),
             Some((epoch, round)) => {
                 let stall = self.params.stall_timeout.0.max(1);
                 let next_round = self
                     .epoch_end(epoch)
                     .0
                     .saturating_add(stall.saturating_mul(u64::from(round) + 1));
-                Some(Timestamp(next_round.min(
-                    self.epoch_end(epoch + 1).0.max(now.0.saturating_add(1)),
-                )))
+                let skip_at = self.epoch_end(epoch.saturating_add(1)).0;
+                Some(Timestamp(if skip_at > now.0 {
+                    next_round.min(skip_at)
+                } else {
+                    next_round
+                }))
             }
         }
     }
 
-    /// Drive the committee timer: says when `me` should propose.
+    /// Drive the committee timer: says when `me` should propose, and when it
+    /// should sign (or send again) the skip of an epoch stalled for a whole
+    /// further epoch.
     pub fn handle_timeout(&mut self, me: &AccountId, now: Timestamp) -> Vec<Action> {
         self.last_now = Some(now);
         let Some((epoch, round)) = self.checkpoint_target(now) else {
@@ -95,13 +116,26 @@ impl<S: Store> Ledger<S> {
         let Some(committee) = self.committee_for_checkpoint(epoch) else {
             return Vec::new();
         };
-        if committee.is_empty() || committee[round as usize % committee.len()] != *me {
-            return Vec::new();
+        let mut out = Vec::new();
+        if !committee.is_empty()
+            && committee[round as usize % committee.len()] == *me
+            && self.proposed.insert((epoch, round))
+        {
+            out.push(Action::Propose { epoch, round });
         }
-        if !self.proposed.insert((epoch, round)) {
-            return Vec::new();
+        let stalled = now >= self.epoch_end(epoch.saturating_add(1));
+        let skip_hash = SkipBody {
+            epoch,
+            prev: self.fin.state.last_checkpoint,
+        };
+        let free = match self.signed.get(&(*me, epoch)) {
+            None => true,
+            Some(h) => MultiSigned::new(&skip_hash).is_ok_and(|m| m.body_hash() == *h),
+        };
+        if stalled && committee.contains(me) && free && self.skip_asked.insert((epoch, round)) {
+            out.push(Action::Skip { epoch });
         }
-        vec![Action::Propose { epoch, round }]
+        out
     }
 
     /// Build, sign and remember this member's checkpoint proposal for `epoch` in
@@ -113,7 +147,7 @@ impl<S: Store> Ledger<S> {
         identity: &Identity,
         epoch: u64,
         round: u32,
-    ) -> Result<MultiSigned<CheckpointBody>, LedgerError> {
+    ) -> Result<Proposal, LedgerError> {
         let me = identity.account();
         self.refresh();
         let committee = self.checkpoint_committee(epoch)?;
@@ -126,6 +160,13 @@ impl<S: Store> Ledger<S> {
         }
         if let Some(h) = self.signed.get(&(me, epoch)) {
             return Err(LedgerError::AlreadySigned { epoch, signed: *h });
+        }
+        let mut skipped = Vec::new();
+        for x in self.fin.state.epoch.saturating_add(1)..epoch {
+            skipped.push(self.skip_cert(x).ok_or_else(|| LedgerError::Epoch {
+                epoch,
+                reason: format!("no skip certificate of epoch {x}"),
+            })?);
         }
         let view = self.view.get_or_insert_with(unreachable_view);
         let frontier: Vec<FrontierItem> = view
@@ -156,40 +197,80 @@ impl<S: Store> Ledger<S> {
             state_root,
             next_committee: next.schedule.get(&(epoch + 1)).cloned().unwrap_or_default(),
             backup_committee: next.backup.clone(),
+            skipped,
         };
         self.proposed_root = Some((Box::new(next), state_root));
-        let mut ms = MultiSigned::new(&body)?;
-        ms.add_signature(identity, &self.network);
-        let h = ms.body_hash();
-        self.remember_signed(me, epoch, h)?;
-        self.observe_checkpoint_sigs(&ms);
-        self.votes.insert(h, ms.clone());
-        Ok(ms)
+        let checkpoint = MultiSigned::new(&body)?;
+        let by = sign_bytes(
+            identity,
+            PROPOSED_KIND,
+            &self.network,
+            checkpoint.body_bytes(),
+        );
+        let p = Proposal { checkpoint, by };
+        self.votes.insert(p.hash(), p.clone());
+        Ok(p)
+    }
+
+    /// The proposal of `epoch` on the last final checkpoint that this replica
+    /// holds with the most votes: what a round's proposer sends again instead
+    /// of proposing another body that members already bound to one could not
+    /// vote for.
+    pub fn open_proposal(&mut self, epoch: u64) -> Option<Proposal> {
+        self.refresh();
+        let prev = self.fin.state.last_checkpoint;
+        self.votes
+            .values()
+            .filter(|p| {
+                p.checkpoint
+                    .body_unverified()
+                    .is_ok_and(|b| b.epoch == epoch && b.prev == prev)
+            })
+            .max_by_key(|p| (p.checkpoint.signatures.len(), std::cmp::Reverse(p.hash())))
+            .cloned()
+    }
+
+    /// Check that a proposal's `by` is its named proposer's, the member whose
+    /// round it names.
+    fn check_proposer(&mut self, p: &Proposal) -> Result<CheckpointBody, LedgerError> {
+        let body = p.checkpoint.body_unverified()?;
+        let committee = self.checkpoint_committee(body.epoch)?;
+        if committee.is_empty() || committee[body.round as usize % committee.len()] != body.proposer
+        {
+            return Err(LedgerError::WontSign(
+                "the proposer is not the member whose round it is".into(),
+            ));
+        }
+        verify_bytes(
+            PROPOSED_KIND,
+            &self.network,
+            &body.proposer,
+            p.checkpoint.body_bytes(),
+            &p.by,
+        )?;
+        Ok(body)
     }
 
     /// As a committee member, check a proposal (proposer, committee, and that this
-    /// replica's own fold gives the same state root) and sign it. Never signs two
-    /// checkpoints for one epoch.
+    /// replica's own fold gives the same state root) and vote for it. Never votes
+    /// for two checkpoints of one epoch. A proposer votes for its own body only
+    /// once another member has (or alone, with a quorum of one).
     pub fn sign_checkpoint(
         &mut self,
         identity: &Identity,
-        proposal: &MultiSigned<CheckpointBody>,
+        p: &Proposal,
         now: Timestamp,
     ) -> Result<(AccountId, Sig), LedgerError> {
         let me = identity.account();
         self.refresh();
+        let proposal = &p.checkpoint;
         self.observe_checkpoint_sigs(proposal);
-        let body = proposal.body_unverified()?;
+        let body = self.check_proposer(p)?;
+        self.absorb_skips(&body);
         // Not before the epoch has ended, nor a round before its proposer's turn;
-        // a skip to the backup committee only once a whole further epoch passed.
+        // the backup committee's only on the skip certificates it carries.
         match self.checkpoint_target(now) {
-            Some((epoch, round)) if body.epoch <= epoch && body.round <= round => {
-                if body.epoch > self.fin.state.epoch + 1 && body.epoch != epoch {
-                    return Err(LedgerError::WontSign(format!(
-                        "a fallback checkpoint must be for epoch {epoch} now"
-                    )));
-                }
-            }
+            Some((epoch, round)) if body.epoch == epoch && body.round <= round => {}
             _ => {
                 return Err(LedgerError::WontSign(format!(
                     "epoch {} round {} is not due at {now:?}",
@@ -197,7 +278,18 @@ impl<S: Store> Ledger<S> {
                 )));
             }
         }
-        self.member_committee(body.epoch, me)?;
+        let committee = self.member_committee(body.epoch, me)?;
+        if body.proposer == me
+            && quorum(committee.len()) > 1
+            && !proposal
+                .signatures
+                .iter()
+                .any(|(s, _)| *s != me && committee.contains(s))
+        {
+            return Err(LedgerError::WontSign(
+                "a proposer votes for its body once another member has".into(),
+            ));
+        }
         let h = proposal.body_hash();
         if let Some(prev) = self.signed.get(&(me, body.epoch))
             && *prev != h
@@ -235,7 +327,7 @@ impl<S: Store> Ledger<S> {
         signer: AccountId,
         sig: Sig,
     ) -> Result<CheckpointStatus, LedgerError> {
-        let ms = self
+        let mut p = self
             .votes
             .get(proposal)
             .cloned()
@@ -243,6 +335,7 @@ impl<S: Store> Ledger<S> {
                 epoch: 0,
                 reason: format!("unknown proposal {proposal:?}"),
             })?;
+        let ms = p.checkpoint.clone();
         let body = ms.body_unverified()?;
         verify_bytes(
             <CheckpointBody as Wire>::KIND,
@@ -257,7 +350,8 @@ impl<S: Store> Ledger<S> {
         ms.insert(signer, sig);
         let need = quorum(committee.len());
         let have = ms.signatures.len();
-        self.votes.insert(*proposal, ms.clone());
+        p.checkpoint = ms.clone();
+        self.votes.insert(*proposal, p);
         if have >= need {
             Ok(CheckpointStatus::Final(Box::new(ms)))
         } else {
@@ -265,15 +359,160 @@ impl<S: Store> Ledger<S> {
         }
     }
 
-    /// Remember a proposal received from another member (so signatures can be
-    /// collected on it here too).
-    pub fn track_proposal(&mut self, proposal: &MultiSigned<CheckpointBody>) -> Hash32 {
+    /// Remember a proposal received from its proposer or another member (so
+    /// votes can be collected on it here too). It may carry members' votes
+    /// (members forward what they voted for to the whole committee): valid
+    /// ones are kept, and a proposal that reaches its quorum here is `Final`
+    /// whoever sent it.
+    pub fn track_proposal(
+        &mut self,
+        p: &Proposal,
+    ) -> Result<(Hash32, CheckpointStatus), LedgerError> {
+        let proposal = &p.checkpoint;
         self.observe_checkpoint_sigs(proposal);
+        let body = self.check_proposer(p)?;
+        self.absorb_skips(&body);
         let h = proposal.body_hash();
-        self.votes.entry(h).or_insert_with(|| proposal.clone());
-        h
+        let committee = self.checkpoint_committee(body.epoch)?;
+        let kind = <CheckpointBody as Wire>::KIND;
+        let mut ms = self
+            .votes
+            .get(&h)
+            .map(|p| p.checkpoint.clone())
+            .unwrap_or_else(|| {
+                let mut bare = proposal.clone();
+                bare.signatures.clear();
+                bare
+            });
+        for (signer, sig) in &proposal.signatures {
+            if committee.contains(signer)
+                && !ms.signatures.iter().any(|(s, _)| s == signer)
+                && verify_bytes(kind, &self.network, signer, proposal.body_bytes(), sig).is_ok()
+            {
+                ms.insert(*signer, *sig);
+            }
+        }
+        let need = quorum(committee.len());
+        let have = ms.signatures.len();
+        self.votes.insert(
+            h,
+            Proposal {
+                checkpoint: ms.clone(),
+                by: p.by,
+            },
+        );
+        Ok((
+            h,
+            if have >= need {
+                CheckpointStatus::Final(Box::new(ms))
+            } else {
+                CheckpointStatus::Collecting { have, need }
+            },
+        ))
     }
 
+    /// The proposal this replica holds under `h`, with every signature it
+    /// collected.
+    pub fn proposal(&self, h: &Hash32) -> Option<&Proposal> {
+        self.votes.get(h)
+    }
+
+    /// What `who` signed for `epoch` (a checkpoint body's or a skip's hash).
+    pub fn signed_for(&self, who: &AccountId, epoch: u64) -> Option<Hash32> {
+        self.signed.get(&(*who, epoch)).copied()
+    }
+
+    // --------------------------------------------------------------- skips
+
+    /// As a member of a committee whose epoch has had no final checkpoint for a
+    /// whole further epoch, sign that it is abandoned: only if this member
+    /// signed no checkpoint of it (and then it never will). Gives the statement
+    /// with every signature this replica holds; send it to that committee and
+    /// to the backup committee. Signing again gives the same statement.
+    pub fn sign_skip(
+        &mut self,
+        identity: &Identity,
+        epoch: u64,
+        now: Timestamp,
+    ) -> Result<MultiSigned<SkipBody>, LedgerError> {
+        let me = identity.account();
+        self.refresh();
+        match self.checkpoint_target(now) {
+            Some((e, _)) if e == epoch && now >= self.epoch_end(epoch.saturating_add(1)) => {}
+            _ => {
+                return Err(LedgerError::WontSign(format!(
+                    "epoch {epoch} is not the stalled one at {now:?}"
+                )));
+            }
+        }
+        self.member_committee(epoch, me)?;
+        let body = SkipBody {
+            epoch,
+            prev: self.fin.state.last_checkpoint,
+        };
+        let mut ms = MultiSigned::new(&body)?;
+        let h = ms.body_hash();
+        if let Some(prev) = self.signed.get(&(me, epoch))
+            && *prev != h
+        {
+            return Err(LedgerError::AlreadySigned {
+                epoch,
+                signed: *prev,
+            });
+        }
+        ms.add_signature(identity, &self.network);
+        self.remember_signed(me, epoch, h)?;
+        self.apply_skip(&ms)?;
+        Ok(self.skips.get(&epoch).cloned().unwrap_or(ms))
+    }
+
+    /// Take the valid signatures of a skip statement from a member (or carried
+    /// by a backup checkpoint): each must be by a member of the skipped epoch's
+    /// committee, on the last final checkpoint. Says whether this replica now
+    /// holds its certificate.
+    pub fn apply_skip(&mut self, skip: &MultiSigned<SkipBody>) -> Result<bool, LedgerError> {
+        self.refresh();
+        let body = skip.body_unverified()?;
+        let prev = self.fin.state.last_checkpoint;
+        if body.prev != prev {
+            return Err(LedgerError::Epoch {
+                epoch: body.epoch,
+                reason: "a skip on another checkpoint than the last final one".into(),
+            });
+        }
+        let committee = self.checkpoint_committee(body.epoch)?;
+        self.skips
+            .retain(|_, s| s.body_unverified().is_ok_and(|b: SkipBody| b.prev == prev));
+        let kind = <SkipBody as Wire>::KIND;
+        let mut have = self.skips.get(&body.epoch).cloned().unwrap_or_else(|| {
+            let mut bare = skip.clone();
+            bare.signatures.clear();
+            bare
+        });
+        for (signer, sig) in &skip.signatures {
+            if committee.contains(signer)
+                && !have.signatures.iter().any(|(s, _)| s == signer)
+                && verify_bytes(kind, &self.network, signer, skip.body_bytes(), sig).is_ok()
+            {
+                self.record_sig(*signer, body.epoch, skip.body_bytes(), *sig);
+                have.insert(*signer, *sig);
+            }
+        }
+        let complete = have.signatures.len() >= quorum(committee.len());
+        self.skips.insert(body.epoch, have);
+        Ok(complete)
+    }
+
+    /// Take the skip certificates a checkpoint proposal carries.
+    fn absorb_skips(&mut self, body: &CheckpointBody) {
+        for s in &body.skipped {
+            let _ = self.apply_skip(s);
+        }
+    }
+
+    /// Remember every valid signature of a checkpoint, and of the skip
+    /// certificates it carries, for double signs: a member that signed the
+    /// checkpoint of an epoch and its skip is caught like one that signed two.
     pub(super) fn observe_checkpoint_sigs(&mut self, ms: &MultiSigned<CheckpointBody>) {
         let Ok(body) = ms.body_unverified() else {
             return;
@@ -282,6 +521,17 @@ impl<S: Store> Ledger<S> {
         for (signer, sig) in ms.signatures.clone() {
             if verify_bytes(kind, &self.network, &signer, ms.body_bytes(), &sig).is_ok() {
                 self.record_sig(signer, body.epoch, ms.body_bytes(), sig);
+            }
+        }
+        let kind = <SkipBody as Wire>::KIND;
+        for s in &body.skipped {
+            let Ok(sb) = s.body_unverified() else {
+                continue;
+            };
+            for (signer, sig) in &s.signatures {
+                if verify_bytes(kind, &self.network, signer, s.body_bytes(), sig).is_ok() {
+                    self.record_sig(*signer, sb.epoch, s.body_bytes(), *sig);
+                }
             }
         }
     }

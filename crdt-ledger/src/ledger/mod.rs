@@ -26,7 +26,7 @@ use protocol::signed::{Sig, sign_bytes, verify_bytes};
 use protocol::{AccountId, Amount, Hash32, Identity, MultiSigned, NetworkId, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{CheckpointBody, FrontierItem};
+use crate::checkpoint::{CheckpointBody, FrontierItem, PROPOSED_KIND, Proposal, SkipBody};
 use crate::entry::{
     Body, Entry, EntryData, EntryId, EntryKey, GenesisEntry, Params, SlashProof, Ve, VerifiedEntry,
     chain_start, check_author,
@@ -75,6 +75,10 @@ pub enum Action {
     /// This node proposes the checkpoint of `epoch` in `round`: call
     /// [`Ledger::propose_checkpoint`] and send the result to the committee.
     Propose { epoch: u64, round: u32 },
+    /// `epoch` has stalled for a whole further epoch and this member signed
+    /// none of its checkpoints: call [`Ledger::sign_skip`] and send the result
+    /// to its committee and to the backup committee (again at each round).
+    Skip { epoch: u64 },
 }
 
 /// What opening a store found.
@@ -126,12 +130,17 @@ pub struct Ledger<S: Store = MemStore> {
     checkpoint_heads: HashMap<Hash32, Option<(u64, Hash32, Hash32)>>,
     fin: Finalized,
     /// Where finality starts (genesis, or the snapshot opened from): kept to
-    /// refold if a lower competing final checkpoint shows up.
+    /// refold if a conflicting final checkpoint shows up (see `note_competitor`).
     fin0: Finalized,
     rewind: bool,
     view: Option<View>,
     /// Proposals collecting signatures, by body hash.
-    votes: BTreeMap<Hash32, MultiSigned<CheckpointBody>>,
+    votes: BTreeMap<Hash32, Proposal>,
+    /// Skip statements collecting signatures, by epoch, on the last final
+    /// checkpoint (dropped when finality moves).
+    skips: BTreeMap<u64, MultiSigned<SkipBody>>,
+    /// (epoch, round) in which this replica's members were told to skip.
+    skip_asked: BTreeSet<(u64, u32)>,
     /// What each local identity signed, per epoch (it never signs two).
     signed: BTreeMap<(AccountId, u64), Hash32>,
     /// Every checkpoint signature seen, per (signer, epoch): for double signs.
@@ -238,9 +247,11 @@ impl<S: Store> Ledger<S> {
             checkpoint_heads: HashMap::new(),
             fin0: fin.clone(),
             fin,
-            rewind: false,
             view: None,
+            rewind: false,
             votes: BTreeMap::new(),
+            skips: BTreeMap::new(),
+            skip_asked: BTreeSet::new(),
             signed,
             seen_sigs: BTreeMap::new(),
             double_signs: Vec::new(),
@@ -482,9 +493,14 @@ impl<S: Store> Ledger<S> {
             return;
         }
         if self.rewind {
-            // Two final checkpoints on one predecessor (only possible if ≥ k/3
-            // members signed twice, which is slashed): every replica follows the
-            // lowest (epoch, hash), whatever the order it saw them in.
+            // Two final checkpoints on one predecessor: at least a third of a
+            // committee signed twice (see `note_competitor`). Every replica
+            // follows the lowest (epoch, hash), whatever the order it saw them
+            // in, so replicas still converge; the double signers are slashed.
+            tracing::error!(
+                "two final checkpoints on one predecessor: a third of a committee signed \
+                 twice; refolding finality from the start"
+            );
             self.fin = self.fin0.clone();
             self.rewind = false;
         }
@@ -880,7 +896,12 @@ impl<S: Store> Ledger<S> {
     }
 
     /// If a checkpoint competes with one already final on the same predecessor and
-    /// would have been chosen first, finality is refolded from the start.
+    /// would have been chosen first, finality is refolded from the start. With
+    /// fewer than a third of each committee signing twice this never happens: a
+    /// second final checkpoint on one predecessor needs the same committee's
+    /// quorum twice (for one epoch), or a quorum of a skip of the final
+    /// checkpoint's epoch; either way a third of its members signed two
+    /// statements for one epoch, and `slash_proofs` holds each of them.
     fn note_competitor(&mut self, ms: &MultiSigned<CheckpointBody>) {
         let Ok(body) = ms.body_unverified() else {
             return;
@@ -915,6 +936,49 @@ impl<S: Store> Ledger<S> {
         } else {
             Some(st.backup.clone())
         }
+    }
+
+    /// A checkpoint of a later epoch than the next one carries the skip
+    /// certificate of each epoch in between, each on the last final checkpoint
+    /// and signed by a quorum of that epoch's committee.
+    fn check_skipped(&self, body: &CheckpointBody) -> Result<(), InvalidReason> {
+        let bad = |s: String| InvalidReason::BadCheckpoint(s);
+        let cur = &self.fin.state;
+        let first = cur.epoch.saturating_add(1);
+        if body.skipped.len() as u64 != body.epoch.saturating_sub(first) {
+            return Err(bad(format!(
+                "a checkpoint of epoch {} on epoch {} needs {} skip certificates, not {}",
+                body.epoch,
+                cur.epoch,
+                body.epoch.saturating_sub(first),
+                body.skipped.len()
+            )));
+        }
+        for (x, cert) in (first..).zip(&body.skipped) {
+            let committee: &[AccountId] = if x == first {
+                cur.schedule.get(&x).map(Vec::as_slice).unwrap_or_default()
+            } else {
+                &cur.backup
+            };
+            let s = cert
+                .verify_signers(&self.network, &[])
+                .map_err(|e| bad(format!("skip certificate of epoch {x}: {e}")))?;
+            if s.epoch != x || s.prev != cur.last_checkpoint {
+                return Err(bad(format!(
+                    "skip certificate of epoch {x} is for epoch {} on another checkpoint",
+                    s.epoch
+                )));
+            }
+            if cert.signatures.iter().any(|(a, _)| !committee.contains(a))
+                || committee.is_empty()
+                || cert.signatures.len() < quorum(committee.len())
+            {
+                return Err(bad(format!(
+                    "skip certificate of epoch {x} lacks a quorum of its committee"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The next finalized state that `check_checkpoint` found for `ms` on the
@@ -963,13 +1027,16 @@ impl<S: Store> Ledger<S> {
         if committee[body.round as usize % k] != body.proposer {
             return Err(bad("proposer is not the member whose round it is"));
         }
-        ms.verify_signers(&self.network, &[body.proposer])
+        // Every vote present must be valid; the proposer's is one like any
+        // other (a proposer that vanished after proposing blocks nothing).
+        ms.verify_signers(&self.network, &[])
             .map_err(|e| InvalidReason::BadCheckpoint(e.to_string()))?;
         if let Some((s, _)) = ms.signatures.iter().find(|(s, _)| !committee.contains(s)) {
             return Err(InvalidReason::BadCheckpoint(format!(
                 "signed by {s:?}, not on the committee"
             )));
         }
+        self.check_skipped(&body)?;
         if need_quorum && ms.signatures.len() < quorum(k) {
             return Err(InvalidReason::NoQuorum(format!(
                 "{} of {} signatures",

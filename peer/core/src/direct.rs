@@ -5,14 +5,16 @@
 //! opaquely), the committee's checkpoint traffic, or a member's challenge of a
 //! receipt. Each body has its own bound; the driver's transport bounds the whole.
 
-use crdt_ledger::CheckpointBody;
+use crdt_ledger::{Proposal, SkipBody};
 use protocol::{AccountId, Frame, Hash32, MultiSigned, NetworkId, Sig};
 
 const TAG_FRAME: u8 = 0;
 const TAG_SYNC: u8 = 1;
 const TAG_PROPOSAL: u8 = 2;
-const TAG_VOTE: u8 = 3;
+// Tag 3 carried a member's vote back to its leader only; members now send
+// the proposal with their signatures to the whole committee.
 const TAG_CHALLENGE: u8 = 4;
+const TAG_SKIP: u8 = 5;
 /// A challenge's body: contract, member, signature.
 const CHALLENGE_LEN: usize = 32 + 32 + 64;
 
@@ -21,14 +23,11 @@ const CHALLENGE_LEN: usize = 32 + 32 + 64;
 pub enum Direct {
     Frame(Frame),
     LedgerSync(Vec<u8>),
-    /// A committee leader's checkpoint proposal, to be signed.
-    Proposal(Box<MultiSigned<CheckpointBody>>),
-    /// A member's signature of a proposal, back to the leader.
-    Vote {
-        proposal: Hash32,
-        signer: AccountId,
-        sig: Sig,
-    },
+    /// A checkpoint proposal, to be signed: from its leader, or forwarded by a
+    /// member with the signatures it holds (so a leader cannot withhold it).
+    Proposal(Box<Proposal>),
+    /// A member's skip of a stalled epoch, with the other signatures it holds.
+    Skip(Box<MultiSigned<SkipBody>>),
     /// A committee member's challenge of a receipt: its signature over the
     /// receipt, which fixes the sample it checks
     /// ([`crate::oracle::challenge_seed`]); the other members check that
@@ -61,14 +60,7 @@ impl Direct {
             Direct::Frame(f) => (TAG_FRAME, f.to_bytes()?),
             Direct::LedgerSync(b) => (TAG_SYNC, b.clone()),
             Direct::Proposal(p) => (TAG_PROPOSAL, crdt_ledger::checkpoint::encode_proposal(p)?),
-            Direct::Vote {
-                proposal,
-                signer,
-                sig,
-            } => (
-                TAG_VOTE,
-                crdt_ledger::checkpoint::encode_vote(proposal, signer, sig)?,
-            ),
+            Direct::Skip(s) => (TAG_SKIP, crdt_ledger::checkpoint::encode_skip(s)?),
             Direct::Challenge {
                 contract,
                 member,
@@ -93,14 +85,7 @@ impl Direct {
             TAG_PROPOSAL => {
                 Direct::Proposal(Box::new(crdt_ledger::checkpoint::decode_proposal(body)?))
             }
-            TAG_VOTE => {
-                let (proposal, signer, sig) = crdt_ledger::checkpoint::decode_vote(body)?;
-                Direct::Vote {
-                    proposal,
-                    signer,
-                    sig,
-                }
-            }
+            TAG_SKIP => Direct::Skip(Box::new(crdt_ledger::checkpoint::decode_skip(body)?)),
             TAG_CHALLENGE => {
                 let b: &[u8; CHALLENGE_LEN] = body
                     .try_into()
@@ -139,20 +124,25 @@ mod tests {
             Direct::from_bytes(&[9, 1], &n),
             Err(DirectError::Tag(9))
         ));
-        for tag in 0..5u8 {
+        for tag in 0..6u8 {
             for len in [0usize, 1, 7, 300] {
                 let mut b = vec![tag];
                 b.extend((0..len).map(|i| (i * 31 + 7) as u8));
                 let _ = Direct::from_bytes(&b, &n);
             }
         }
-        let v = Direct::Vote {
-            proposal: Hash32([1; 32]),
-            signer: protocol::Identity::from_seed(1).account(),
-            sig: Sig([2; 64]),
-        };
-        let back = Direct::from_bytes(&v.to_bytes().unwrap(), &n).unwrap();
-        assert!(matches!(back, Direct::Vote { proposal, .. } if proposal == Hash32([1; 32])));
+        let id = protocol::Identity::from_seed(1);
+        let mut skip = MultiSigned::new(&SkipBody {
+            epoch: 4,
+            prev: Hash32([1; 32]),
+        })
+        .unwrap();
+        skip.add_signature(&id, &n);
+        let back =
+            Direct::from_bytes(&Direct::Skip(Box::new(skip)).to_bytes().unwrap(), &n).unwrap();
+        assert!(
+            matches!(back, Direct::Skip(s) if s.verify_signers(&n, &[id.account()]).is_ok_and(|b| b.epoch == 4))
+        );
         let c = Direct::Challenge {
             contract: Hash32([3; 32]),
             member: protocol::Identity::from_seed(2).account(),

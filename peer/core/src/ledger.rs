@@ -1,9 +1,9 @@
 //! The ledger in the core: local writes, automerge sync with each peer that is
 //! up, the committee's checkpoints, and settlements found by contract id.
 
-use crdt_ledger::{Action, Body, CheckpointBody, CheckpointStatus, LedgerError, Store};
+use crdt_ledger::{Action, Body, CheckpointBody, CheckpointStatus, LedgerError, Proposal, Store};
 use protocol::oracle::SettlementInstruction;
-use protocol::{AccountId, Amount, ContractTerms, Hash32, MultiSigned, Sig, Timestamp};
+use protocol::{AccountId, Amount, ContractTerms, Hash32, MultiSigned, Timestamp};
 use rand::Rng;
 use tracing::{debug, info, warn};
 
@@ -12,7 +12,16 @@ use crate::{Cx, Direct, NodeCore, Output};
 #[derive(Debug, Default)]
 pub(crate) struct CommitteeState {
     /// Proposals to sign once sync brings what they name: (from, proposal, first seen).
-    to_sign: Vec<(AccountId, MultiSigned<CheckpointBody>, Timestamp)>,
+    to_sign: Vec<(AccountId, Proposal, Timestamp)>,
+    /// A final checkpoint someone else proposed, and when to publish it if its
+    /// proposer has not by then (see `publish_final`).
+    to_publish: Option<(MultiSigned<CheckpointBody>, Timestamp)>,
+}
+
+impl CommitteeState {
+    pub(crate) fn next_publish(&self) -> Option<Timestamp> {
+        self.to_publish.as_ref().map(|(_, at)| *at)
+    }
 }
 
 impl<S: Store> NodeCore<S> {
@@ -103,33 +112,21 @@ impl<S: Store> NodeCore<S> {
         self.sync_with(cx, from);
     }
 
-    /// The committee's timer: propose when it is our turn, retry signatures.
+    /// The committee's timer: propose when it is our turn, skip an epoch
+    /// stalled for a whole further epoch, retry signatures.
     pub(crate) fn checkpoint_tick<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
         let me = self.account();
         for action in self.ledger.handle_timeout(&me, cx.now) {
-            let Action::Propose { epoch, round } = action else {
-                continue;
-            };
-            match self.ledger.propose_checkpoint(&self.identity, epoch, round) {
-                Ok(p) => {
-                    info!(epoch, round, "proposing the checkpoint");
-                    let committee = self
-                        .ledger
-                        .committee_for_checkpoint(epoch)
-                        .unwrap_or_default();
-                    if protocol::quorum(committee.len()) <= 1 {
-                        self.publish_checkpoint(cx, p);
-                        continue;
-                    }
-                    for m in committee.into_iter().filter(|m| *m != me) {
-                        cx.out.push(Output::Send {
-                            to: m,
-                            msg: Direct::Proposal(Box::new(p.clone())),
-                        });
-                    }
-                }
-                Err(e) => debug!(epoch, round, %e, "no checkpoint proposal"),
+            match action {
+                Action::Propose { epoch, round } => self.propose(cx, epoch, round),
+                Action::Skip { epoch } => self.skip(cx, epoch),
+                _ => {}
             }
+        }
+        if self.ckpt.next_publish().is_some_and(|at| at <= cx.now)
+            && let Some((ms, _)) = self.ckpt.to_publish.take()
+        {
+            self.publish_checkpoint(cx, ms);
         }
         let retry = self.timing.sign_retry.0;
         let pending = std::mem::take(&mut self.ckpt.to_sign);
@@ -140,37 +137,147 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
+    /// Our round: send again the proposal of the epoch that members already
+    /// vote for, if there is one (a body of our own would split them), or
+    /// propose one.
+    fn propose<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, epoch: u64, round: u32) {
+        let me = self.account();
+        let p = match self.ledger.open_proposal(epoch) {
+            Some(p) => {
+                info!(epoch, round, "sending the epoch's open proposal again");
+                p
+            }
+            None => match self.ledger.propose_checkpoint(&self.identity, epoch, round) {
+                Ok(p) => {
+                    info!(epoch, round, "proposing the checkpoint");
+                    p
+                }
+                Err(e) => return debug!(epoch, round, %e, "no checkpoint proposal"),
+            },
+        };
+        let committee = self
+            .ledger
+            .committee_for_checkpoint(epoch)
+            .unwrap_or_default();
+        for m in committee.into_iter().filter(|m| *m != me) {
+            cx.out.push(Output::Send {
+                to: m,
+                msg: Direct::Proposal(Box::new(p.clone())),
+            });
+        }
+        // With a quorum of one, our own vote finishes it.
+        let now = cx.now;
+        self.sign_proposal(cx, me, p, now);
+    }
+
+    /// Sign the skip of a stalled epoch and send it, with the signatures we
+    /// hold, to its committee and to the backup committee that may then
+    /// checkpoint the next epoch.
+    fn skip<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, epoch: u64) {
+        let me = self.account();
+        let skip = match self.ledger.sign_skip(&self.identity, epoch, cx.now) {
+            Ok(s) => s,
+            Err(e) => return debug!(epoch, %e, "not skipping the epoch"),
+        };
+        warn!(epoch, "the epoch's committee stalled: signed its skip");
+        let mut to: Vec<AccountId> = self
+            .ledger
+            .committee_for_checkpoint(epoch)
+            .unwrap_or_default();
+        to.extend(
+            self.ledger
+                .committee_for_checkpoint(epoch.saturating_add(1))
+                .unwrap_or_default(),
+        );
+        to.sort();
+        to.dedup();
+        for m in to.into_iter().filter(|m| *m != me) {
+            cx.out.push(Output::Send {
+                to: m,
+                msg: Direct::Skip(Box::new(skip.clone())),
+            });
+        }
+        if self.ledger.skip_cert(epoch).is_some() {
+            self.checkpoint_tick(cx);
+        }
+    }
+
+    pub(crate) fn on_skip<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        skip: &MultiSigned<crdt_ledger::SkipBody>,
+    ) {
+        match self.ledger.apply_skip(skip) {
+            Ok(true) => {
+                info!("a stalled epoch's skip certificate is complete");
+                self.checkpoint_tick(cx);
+            }
+            Ok(false) => {}
+            Err(e) => debug!(%e, "skip refused"),
+        }
+    }
+
     pub(crate) fn on_proposal<R: Rng + ?Sized>(
         &mut self,
         cx: &mut Cx<'_, R>,
         from: AccountId,
-        p: MultiSigned<CheckpointBody>,
+        p: Proposal,
     ) {
+        // It may carry a quorum already (members forward what they signed).
+        match self.ledger.track_proposal(&p) {
+            Ok((_, CheckpointStatus::Final(ms))) => return self.publish_final(cx, *ms),
+            Ok(_) => {}
+            Err(e) => return debug!(%e, "checkpoint proposal refused"),
+        }
         let now = cx.now;
         self.sign_proposal(cx, from, p, now);
     }
 
+    /// Sign a proposal; the first time, send it with every signature we hold
+    /// to the whole committee, so that any member can finish it and a leader
+    /// that withholds it changes nothing.
     fn sign_proposal<R: Rng + ?Sized>(
         &mut self,
         cx: &mut Cx<'_, R>,
         from: AccountId,
-        p: MultiSigned<CheckpointBody>,
+        p: Proposal,
         since: Timestamp,
     ) {
-        let Ok(body) = p.body_unverified() else {
+        let Ok(body) = p.checkpoint.body_unverified() else {
             return;
         };
+        let me = self.account();
+        let first = self.ledger.signed_for(&me, body.epoch).is_none();
         match self.ledger.sign_checkpoint(&self.identity, &p, cx.now) {
             Ok((signer, sig)) => {
+                if !first {
+                    return;
+                }
                 info!(epoch = body.epoch, proposer = %body.proposer.short(), "signed the checkpoint");
-                cx.out.push(Output::Send {
-                    to: body.proposer,
-                    msg: Direct::Vote {
-                        proposal: p.body_hash(),
-                        signer,
-                        sig,
-                    },
-                });
+                let mut signed = p.clone();
+                signed.checkpoint.insert(signer, sig);
+                let status = match self.ledger.track_proposal(&signed) {
+                    Ok((h, status)) => {
+                        if let Some(all) = self.ledger.proposal(&h) {
+                            signed = all.clone();
+                        }
+                        status
+                    }
+                    Err(e) => return debug!(%e, "our own signature refused"),
+                };
+                let committee = self
+                    .ledger
+                    .committee_for_checkpoint(body.epoch)
+                    .unwrap_or_default();
+                for m in committee.into_iter().filter(|m| *m != me) {
+                    cx.out.push(Output::Send {
+                        to: m,
+                        msg: Direct::Proposal(Box::new(signed.clone())),
+                    });
+                }
+                if let CheckpointStatus::Final(ms) = status {
+                    self.publish_final(cx, *ms);
+                }
             }
             Err(LedgerError::WontSign(why)) if why.contains("sync") => {
                 debug!(
@@ -179,27 +286,35 @@ impl<S: Store> NodeCore<S> {
                 );
                 self.ckpt.to_sign.push((from, p, since));
             }
+            Err(LedgerError::WontSign(why)) if why.contains("once another member") => {}
             Err(e) => debug!(epoch = body.epoch, %e, "not signing the checkpoint"),
         }
     }
 
-    pub(crate) fn on_vote<R: Rng + ?Sized>(
+    /// A checkpoint with its quorum: its proposer publishes it at once; any
+    /// other member that holds the quorum publishes it a round later if it is
+    /// not final here by then (a proposer that withholds it delays finality by
+    /// a round, and a live one is not echoed by every member).
+    fn publish_final<R: Rng + ?Sized>(
         &mut self,
         cx: &mut Cx<'_, R>,
-        proposal: Hash32,
-        signer: AccountId,
-        sig: Sig,
+        ms: MultiSigned<CheckpointBody>,
     ) {
-        match self
-            .ledger
-            .apply_checkpoint_signature(&proposal, signer, sig)
-        {
-            Ok(CheckpointStatus::Final(ms)) => self.publish_checkpoint(cx, *ms),
-            Ok(CheckpointStatus::Collecting { have, need }) => {
-                debug!(have, need, "checkpoint signatures");
-            }
-            Err(e) => debug!(%e, "checkpoint signature refused"),
+        let Ok(body) = ms.body_unverified() else {
+            return;
+        };
+        if body.proposer == self.account() {
+            return self.publish_checkpoint(cx, ms);
         }
+        let waiting = self.ckpt.to_publish.as_ref().is_some_and(|(old, _)| {
+            old.body_unverified()
+                .is_ok_and(|o: CheckpointBody| o.epoch >= body.epoch)
+        });
+        if self.ledger.finalized_epoch() >= body.epoch || waiting {
+            return;
+        }
+        let at = cx.now.plus(self.ledger.params().stall_timeout);
+        self.ckpt.to_publish = Some((ms, at));
     }
 
     fn publish_checkpoint<R: Rng + ?Sized>(
@@ -208,6 +323,9 @@ impl<S: Store> NodeCore<S> {
         ms: MultiSigned<CheckpointBody>,
     ) {
         let epoch = ms.body_unverified().map(|b| b.epoch).unwrap_or_default();
+        if self.ledger.finalized_epoch() >= epoch {
+            return; // another member published it first
+        }
         match self.append(cx.now, Body::Checkpoint(Box::new(ms))) {
             Ok(_) => info!(epoch, "checkpoint final and published"),
             Err(e) => warn!(epoch, %e, "cannot publish the checkpoint"),

@@ -169,14 +169,10 @@ pub enum Input {
     /// A committee leader's checkpoint proposal.
     Proposal {
         from: AccountId,
-        proposal: Box<protocol::MultiSigned<crdt_ledger::CheckpointBody>>,
+        proposal: Box<crdt_ledger::Proposal>,
     },
-    /// A member's signature on a proposal of ours.
-    Vote {
-        proposal: Hash32,
-        signer: AccountId,
-        sig: protocol::Sig,
-    },
+    /// A member's skip of a stalled epoch (see [`Direct::Skip`]).
+    Skip(Box<protocol::MultiSigned<crdt_ledger::SkipBody>>),
     /// A committee member's challenge of a receipt (see [`Direct::Challenge`]).
     Challenge {
         contract: Hash32,
@@ -249,15 +245,7 @@ impl Input {
             },
             Direct::LedgerSync(bytes) => Input::Sync { from, bytes },
             Direct::Proposal(proposal) => Input::Proposal { from, proposal },
-            Direct::Vote {
-                proposal,
-                signer,
-                sig,
-            } => Input::Vote {
-                proposal,
-                signer,
-                sig,
-            },
+            Direct::Skip(skip) => Input::Skip(skip),
             Direct::Challenge {
                 contract,
                 member,
@@ -442,11 +430,7 @@ impl<S: Store> NodeCore<S> {
             Input::Message { from, via, msg } => self.on_message(&mut cx, from, via, msg),
             Input::Sync { from, bytes } => self.on_sync(&mut cx, from, &bytes),
             Input::Proposal { from, proposal } => self.on_proposal(&mut cx, from, *proposal),
-            Input::Vote {
-                proposal,
-                signer,
-                sig,
-            } => self.on_vote(&mut cx, proposal, signer, sig),
+            Input::Skip(skip) => self.on_skip(&mut cx, &skip),
             Input::Challenge {
                 contract,
                 member,
@@ -504,6 +488,7 @@ impl<S: Store> NodeCore<S> {
             self.oracle.as_ref().and(self.ledger.poll_timeout()),
             self.orc.next_settlement(),
             self.orc.next_challenge_wait(),
+            self.ckpt.next_publish(),
             self.prov.next_release(),
             self.retries.next(),
         ]

@@ -48,7 +48,7 @@ fn kind(wire: &Wire) -> String {
         Wire::Direct(Direct::Frame(f)) => format!("direct {}", f.message.kind()),
         Wire::Direct(Direct::LedgerSync(_)) => "ledger sync".into(),
         Wire::Direct(Direct::Proposal(_)) => "checkpoint proposal".into(),
-        Wire::Direct(Direct::Vote { .. }) => "checkpoint vote".into(),
+        Wire::Direct(Direct::Skip(_)) => "checkpoint skip".into(),
         Wire::Direct(Direct::Challenge { .. }) => "challenge".into(),
     }
 }
@@ -174,12 +174,7 @@ fn the_node_and_simnet_feed_the_core_alike() {
             "no {k} in {kinds:?}"
         );
     }
-    for k in [
-        "ledger sync",
-        "checkpoint proposal",
-        "checkpoint vote",
-        "challenge",
-    ] {
+    for k in ["ledger sync", "checkpoint proposal", "challenge"] {
         assert!(kinds.contains(k), "no {k} in {kinds:?}");
     }
     assert!(kinds.iter().any(|k| k.starts_with("gossip ")));

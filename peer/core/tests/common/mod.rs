@@ -53,6 +53,9 @@ pub fn state(net: &Net, job: &Hash32) -> node_core::JobState {
 
 /// Decides whether a message from `from` reaches `to` (true: it does).
 pub type Filter = Box<dyn Fn(usize, usize, &Message) -> bool>;
+/// What becomes of a direct message other than a protocol frame (ledger sync,
+/// the committee's traffic): delivered after `Some(extra delay)`, or lost.
+pub type DirectFilter = Box<dyn FnMut(Timestamp, usize, usize, &Direct) -> Option<DurationMs>>;
 /// Whether the samples `seeds` name land on a faked part of a receipt's work.
 pub type Faked = Box<dyn Fn(&protocol::Receipt, &[u64]) -> bool>;
 
@@ -70,6 +73,7 @@ pub struct Net {
     /// Gossip is delivered as direct messages instead (to show both take one path).
     pub gossip_as_direct: bool,
     pub filter: Option<Filter>,
+    pub direct_filter: Option<DirectFilter>,
     /// Every message delivered: (from, to, via, kind).
     pub log: Vec<(usize, usize, Via, &'static str)>,
     pub genesis: GenesisEntry,
@@ -110,7 +114,12 @@ pub fn genesis(ids: &[Identity], roles: &[Role], requester_micro: u64) -> Genesi
     let params = Params {
         epoch_length: DurationMs::secs(5),
         stall_timeout: DurationMs::secs(3),
-        committee_size: 3,
+        // One seat per oracle (three in most tests), at most seven.
+        committee_size: roles
+            .iter()
+            .filter(|r| **r == Role::Oracle)
+            .count()
+            .clamp(1, 7) as u16,
         ..Params::default()
     };
     let mut balances = Vec::new();
@@ -201,6 +210,7 @@ impl Net {
             next_tick: T0,
             gossip_as_direct: false,
             filter: None,
+            direct_filter: None,
             faked: None,
             checks: Vec::new(),
             runs_fail: false,
@@ -386,7 +396,14 @@ impl Net {
                             if matches!(d, Direct::Challenge { .. }) {
                                 self.log.push((i, j, Via::Direct, "challenge"));
                             }
-                            let t = self.now.plus(HOP);
+                            let mut extra = DurationMs(0);
+                            if let Some(f) = self.direct_filter.as_mut() {
+                                match f(self.now, i, j, &d) {
+                                    Some(d) => extra = d,
+                                    None => continue,
+                                }
+                            }
+                            let t = self.now.plus(HOP).plus(extra);
                             self.tape.push((t, j, from, Wire::Direct(d.clone())));
                             self.at(t, j, Input::direct(from, d));
                         }
