@@ -9,8 +9,16 @@ use protocol::NetworkId;
 fuzz_target!(|data: &[u8]| {
     let net = NetworkId::named("fuzz");
     if let Ok(p) = crdt_ledger::checkpoint::decode_proposal(data) {
-        let _ = p.body_unverified();
-        let _ = p.verify_signers(&net, &[]);
+        if let Ok(body) = p.checkpoint.body_unverified() {
+            let _ = protocol::signed::verify_bytes(
+                crdt_ledger::checkpoint::PROPOSED_KIND,
+                &net,
+                &body.proposer,
+                p.checkpoint.body_bytes(),
+                &p.by,
+            );
+        }
+        let _ = p.checkpoint.verify_signers(&net, &[]);
     }
     if let Ok(s) = crdt_ledger::checkpoint::decode_skip(data) {
         let _ = s.body_unverified();
