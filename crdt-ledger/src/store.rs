@@ -211,11 +211,17 @@ impl Store for FileStore {
         buf.extend_from_slice(&len);
         buf.extend_from_slice(&check(&len, record));
         buf.extend_from_slice(record);
-        self.log
+        let written = self
+            .log
             .seek(SeekFrom::Start(self.log_len))
-            .map_err(io_err(&path))?;
-        self.log.write_all(&buf).map_err(io_err(&path))?;
-        self.log.sync_data().map_err(io_err(&path))?;
+            .and_then(|_| self.log.write_all(&buf))
+            .and_then(|()| self.log.sync_data());
+        if let Err(e) = written {
+            // Nothing of a refused record stays: the next append starts where
+            // it did, and no garbage is left behind a shorter record.
+            let _ = self.log.set_len(self.log_len);
+            return Err(io_err(&path)(e));
+        }
         self.log_len += buf.len() as u64;
         Ok(())
     }

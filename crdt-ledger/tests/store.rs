@@ -286,3 +286,70 @@ fn a_ledger_can_move_between_threads() {
     send::<Ledger<MemStore>>();
     send::<crdt_ledger::PeerState>();
 }
+
+/// A store whose appends fail while `full` is set (a disk that filled up).
+#[derive(Debug, Default)]
+struct FullDisk {
+    inner: MemStore,
+    full: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Store for FullDisk {
+    fn append(&mut self, record: &[u8]) -> Result<(), StoreError> {
+        if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Io {
+                path: "ledger.log".into(),
+                source: std::io::Error::other("No space left on device"),
+            });
+        }
+        self.inner.append(record)
+    }
+    fn load(&mut self) -> Result<crdt_ledger::Loaded, StoreError> {
+        self.inner.load()
+    }
+    fn compact(&mut self, snapshot: &[u8]) -> Result<(), StoreError> {
+        self.inner.compact(snapshot)
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+}
+
+/// A write the store refused leaves no trace: it never reaches a peer, the
+/// balance is charged once when the user retries, and the author's next
+/// write takes the same seq (no `KeyTaken` for ever after).
+#[test]
+fn a_write_the_store_refused_leaves_no_trace() {
+    let net = Net::new(8, 4, 4);
+    let full = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = FullDisk {
+        inner: MemStore::new(),
+        full: full.clone(),
+    };
+    let (mut l, _) = Ledger::open(net.genesis.clone(), &[1; 16], store).unwrap();
+    let (a, b) = (4, net.acct(5));
+    l.append(&net.ids[a], transfer(b, 300), T0).unwrap();
+    full.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = l.append(&net.ids[a], transfer(b, 200), T0).unwrap_err();
+    assert!(matches!(err, LedgerError::Store(_)), "{err}");
+    assert_eq!(l.recoveries(), 1);
+    assert_eq!(l.entry_count(), 1);
+    assert_eq!(l.balance(&net.acct(a)), Amount::tokens(700));
+    // A peer syncing now gets the one acknowledged entry only.
+    let mut peer = net.ledger(2);
+    sync(&mut peer, &mut l);
+    assert_eq!(peer.entry_count(), 1);
+    // The disk has room again: the retry is the author's seq 1, paid once.
+    full.store(false, std::sync::atomic::Ordering::SeqCst);
+    let id = l.append(&net.ids[a], transfer(b, 200), T0).unwrap();
+    assert_eq!(id.seq, 1);
+    assert_eq!(l.balance(&net.acct(a)), Amount::tokens(500));
+    sync(&mut peer, &mut l);
+    assert_eq!(peer.balance(&net.acct(a)), Amount::tokens(500));
+    // And a restart finds exactly the two.
+    let store = l.into_store();
+    let (mut again, _) = Ledger::open(net.genesis.clone(), &[1; 16], store).unwrap();
+    assert_eq!(again.entry_count(), 2);
+    assert_eq!(again.balance(&net.acct(a)), Amount::tokens(500));
+    conserved(&mut again);
+}

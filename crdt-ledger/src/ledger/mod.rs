@@ -133,6 +133,8 @@ pub struct Ledger<S: Store = MemStore> {
     /// refold if a conflicting final checkpoint shows up (see `note_competitor`).
     fin0: Finalized,
     rewind: bool,
+    /// How many times the replica reloaded its store after a store error.
+    recoveries: u64,
     view: Option<View>,
     /// Proposals collecting signatures, by body hash.
     votes: BTreeMap<Hash32, Proposal>,
@@ -178,6 +180,61 @@ fn doc_err(e: impl std::fmt::Display) -> LedgerError {
     LedgerError::Doc(e.to_string())
 }
 
+/// What a store holds, read back: the document, the finalized part a snapshot
+/// gave (or genesis), and what this replica's members signed.
+struct Reloaded {
+    doc: AutoCommit,
+    fin: Finalized,
+    signed: BTreeMap<(AccountId, u64), Hash32>,
+    report: OpenReport,
+}
+
+/// Read a store back (cutting a torn tail): its snapshot, then its records.
+fn reload<S: Store>(genesis: &GenesisEntry, store: &mut S) -> Result<Reloaded, LedgerError> {
+    let loaded = store.load()?;
+    let state = State::genesis(genesis)?;
+    let mut report = OpenReport {
+        records: loaded.records.len(),
+        torn_tail: loaded.torn_tail,
+        ..OpenReport::default()
+    };
+    let mut fin = Finalized {
+        state,
+        frontier: BTreeMap::new(),
+        chain: Vec::new(),
+        invalid: Vec::new(),
+    };
+    let mut doc = match &loaded.snapshot {
+        Some(snap) => {
+            let (meta, doc_bytes) = split_snapshot(snap)?;
+            fin = verify_snapshot(genesis, meta)?;
+            report.from_snapshot = true;
+            AutoCommit::load(doc_bytes).map_err(doc_err)?
+        }
+        None => AutoCommit::new(),
+    };
+    let mut signed = BTreeMap::new();
+    for (i, r) in loaded.records.iter().enumerate() {
+        match r.split_first() {
+            Some((&REC_DOC, bytes)) => {
+                doc.load_incremental(bytes).map_err(doc_err)?;
+            }
+            Some((&REC_SIGNED, bytes)) => {
+                let (who, epoch, h): (AccountId, u64, Hash32) =
+                    codec::decode_limited("ledger-local-vote", 128, bytes)?;
+                signed.insert((who, epoch), h);
+            }
+            _ => return Err(LedgerError::Doc(format!("record {i}: unknown record type"))),
+        }
+    }
+    Ok(Reloaded {
+        doc,
+        fin,
+        signed,
+        report,
+    })
+}
+
 impl Ledger<MemStore> {
     /// A fresh replica in memory. `actor` names this replica's changes in the
     /// document (use the account id bytes; two replicas must not share one).
@@ -194,44 +251,14 @@ impl<S: Store> Ledger<S> {
         actor: &[u8],
         mut store: S,
     ) -> Result<(Self, OpenReport), LedgerError> {
-        let loaded = store.load()?;
         let network = genesis.network();
         let params = genesis.genesis().params.clone();
-        let state = State::genesis(&genesis)?;
-        let mut report = OpenReport {
-            records: loaded.records.len(),
-            torn_tail: loaded.torn_tail,
-            ..OpenReport::default()
-        };
-        let mut fin = Finalized {
-            state,
-            frontier: BTreeMap::new(),
-            chain: Vec::new(),
-            invalid: Vec::new(),
-        };
-        let mut doc = match &loaded.snapshot {
-            Some(snap) => {
-                let (meta, doc_bytes) = split_snapshot(snap)?;
-                fin = verify_snapshot(&genesis, meta)?;
-                report.from_snapshot = true;
-                AutoCommit::load(doc_bytes).map_err(doc_err)?
-            }
-            None => AutoCommit::new(),
-        };
-        let mut signed = BTreeMap::new();
-        for (i, r) in loaded.records.iter().enumerate() {
-            match r.split_first() {
-                Some((&REC_DOC, bytes)) => {
-                    doc.load_incremental(bytes).map_err(doc_err)?;
-                }
-                Some((&REC_SIGNED, bytes)) => {
-                    let (who, epoch, h): (AccountId, u64, Hash32) =
-                        codec::decode_limited("ledger-local-vote", 128, bytes)?;
-                    signed.insert((who, epoch), h);
-                }
-                _ => return Err(LedgerError::Doc(format!("record {i}: unknown record type"))),
-            }
-        }
+        let Reloaded {
+            mut doc,
+            fin,
+            signed,
+            mut report,
+        } = reload(&genesis, &mut store)?;
         doc.set_actor(automerge::ActorId::from(actor));
         let mut ledger = Ledger {
             genesis,
@@ -249,6 +276,7 @@ impl<S: Store> Ledger<S> {
             fin,
             view: None,
             rewind: false,
+            recoveries: 0,
             votes: BTreeMap::new(),
             skips: BTreeMap::new(),
             skip_asked: BTreeSet::new(),

@@ -50,9 +50,8 @@ impl<S: Store> Ledger<S> {
         self.doc.commit();
         match self.doc.get_last_local_change() {
             Some(change) => {
-                self.store.append(&doc_record(change.raw_bytes()))?;
-                self.saved_heads = self.doc.get_heads();
-                Ok(())
+                let record = doc_record(change.raw_bytes());
+                self.store_doc(&record)
             }
             None => self.persist(),
         }
@@ -62,10 +61,72 @@ impl<S: Store> Ledger<S> {
     pub(crate) fn persist(&mut self) -> Result<(), LedgerError> {
         let record = self.doc.save_after(&self.saved_heads);
         if !record.is_empty() {
-            self.store.append(&doc_record(&record))?;
+            self.store_doc(&doc_record(&record))?;
         }
         self.saved_heads = self.doc.get_heads();
         Ok(())
+    }
+
+    /// Append a record of the document's new changes. If the store refuses
+    /// it, the replica goes back to what the store holds (see
+    /// [`Ledger::recover_from_store`]): a write that was refused leaves no
+    /// trace for sync to carry, and its key is free again.
+    fn store_doc(&mut self, record: &[u8]) -> Result<(), LedgerError> {
+        match self.store.append(record) {
+            Ok(()) => {
+                self.saved_heads = self.doc.get_heads();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(%e, "the ledger store refused a write; reloading what it holds");
+                if let Err(again) = self.recover_from_store() {
+                    tracing::error!(%again, "cannot reload the ledger store");
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Rebuild the document, the index and finality from what the store holds
+    /// (after a store error: the document may hold changes the store lost).
+    /// Peers' sync states must start afresh after this (see
+    /// [`Ledger::recoveries`]): they may believe this replica has what it lost.
+    pub fn recover_from_store(&mut self) -> Result<(), LedgerError> {
+        let actor = self.doc.get_actor().clone();
+        let Reloaded {
+            mut doc,
+            fin,
+            signed,
+            report,
+        } = reload(&self.genesis, &mut self.store)?;
+        doc.set_actor(actor);
+        self.saved_heads = doc.get_heads();
+        self.doc = doc;
+        self.fin0 = fin.clone();
+        self.fin = fin;
+        self.rewind = false;
+        self.signed = signed;
+        self.entries.clear();
+        self.forked.clear();
+        self.by_hash.clear();
+        self.checkpoint_entries.clear();
+        self.checkpoint_heads.clear();
+        self.view = None;
+        self.checked_fold = None;
+        self.proposed_root = None;
+        self.recoveries += 1;
+        let (n, _) = self.index_document();
+        tracing::info!(
+            entries = n,
+            records = report.records,
+            "ledger reloaded from its store"
+        );
+        Ok(())
+    }
+
+    /// How many times this replica reloaded its store after an error.
+    pub fn recoveries(&self) -> u64 {
+        self.recoveries
     }
 
     /// Record what a validated sync message brought: `whole` is a saved document
@@ -79,8 +140,7 @@ impl<S: Store> Ledger<S> {
         match whole {
             Some(doc) => {
                 // Every change now in the document was saved before or is in `doc`.
-                self.store.append(&doc_record(doc))?;
-                self.saved_heads = self.doc.get_heads();
+                self.store_doc(&doc_record(doc))?;
             }
             None => self.persist()?,
         }

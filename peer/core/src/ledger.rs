@@ -87,6 +87,14 @@ impl<S: Store> NodeCore<S> {
     }
 
     pub(crate) fn sync_all<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
+        if self.ledger.recoveries() != self.ledger_reloads {
+            // The replica went back to what its store holds: peers may think
+            // it has what it lost, so every sync starts afresh.
+            self.ledger_reloads = self.ledger.recoveries();
+            for ps in self.peers.values_mut() {
+                *ps = crdt_ledger::PeerState::new();
+            }
+        }
         let peers: Vec<AccountId> = self.peers.keys().copied().collect();
         for p in peers {
             self.sync_with(cx, p);

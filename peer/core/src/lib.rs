@@ -345,6 +345,8 @@ pub struct NodeCore<S: Store> {
     persisted: Option<[u8; 32]>,
     /// The finalized epoch at which receipts and keys were last handed again.
     nudged_epoch: u64,
+    /// The ledger's store reloads seen (each one restarts every peer's sync).
+    ledger_reloads: u64,
     /// The bond to keep, as a provider.
     bond: Amount,
 }
@@ -412,6 +414,7 @@ impl<S: Store> NodeCore<S> {
             state_dirty: false,
             persisted: None,
             nudged_epoch: 0,
+            ledger_reloads: 0,
             bond,
         }
     }

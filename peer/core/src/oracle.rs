@@ -456,6 +456,30 @@ impl<S: Store> NodeCore<S> {
                 },
             );
         }
+        // A settlement this member's aggregator made that the ledger does not
+        // hold (refused, or invalid once the lock was final in another epoch)
+        // and that is not waiting to be written: judge the contract again.
+        let queued: std::collections::BTreeSet<Hash32> =
+            self.orc.settle.iter().map(|(_, si)| si.contract).collect();
+        let stale: Vec<Hash32> = {
+            let Some(o) = &self.oracle else {
+                return;
+            };
+            let open = &self.ledger.state().escrows;
+            self.orc
+                .taken
+                .iter()
+                .filter(|id| open.contains_key(id) && o.is_settled(id) && !queued.contains(id))
+                .copied()
+                .collect()
+        };
+        for id in stale {
+            tracing::info!(contract = %id.short(), "a settlement did not take: judging the contract again");
+            if let Some(o) = self.oracle.as_mut() {
+                o.unsettle(&id);
+            }
+            self.orc.taken.remove(&id);
+        }
         let Some(o) = &self.oracle else {
             return;
         };

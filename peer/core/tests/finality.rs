@@ -185,9 +185,40 @@ fn play(attack: Attack, seed: u64) -> Result<Held, String> {
     let r = &net.nodes[REQUESTER];
     let st = r.job(&job).unwrap().state(r.requester());
     if !matches!(st, node_core::JobState::Ended(_)) {
-        return Err(format!("the job has not ended: {st:?}"));
+        let j = r.job(&job).unwrap();
+        let events: Vec<String> = j
+            .events
+            .iter()
+            .map(|(t, e)| format!("{:.1} s {e}", (t.0 - T0.0) as f64 / 1000.0))
+            .collect();
+        return Err(format!(
+            "the job has not ended: {st:?} (byzantine {byz}, locked in epoch {:?}):\n  {}",
+            j.contract.and_then(|c| net.nodes[REQUESTER]
+                .ledger()
+                .state()
+                .escrows
+                .get(&c)
+                .map(|e| e.epoch)),
+            events.join("\n  ")
+        ));
     }
     Ok(Held { lowest, worst_ms })
+}
+
+/// `FINALITY_SEED=n` runs one seed (to look into a failure).
+fn seed_list() -> Vec<u64> {
+    if let Some(s) = std::env::var("FINALITY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        // One seed: its peers' logs too (RUST_LOG sets the level).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        return vec![s];
+    }
+    (0..seeds()).collect()
 }
 
 fn seeds() -> u64 {
@@ -198,10 +229,11 @@ fn seeds() -> u64 {
 }
 
 fn run_all(attack: Attack) {
-    let n = seeds();
+    let list = seed_list();
+    let n = list.len() as u64;
     let mut failed = Vec::new();
     let (mut lowest, mut worst) = (u64::MAX, 0);
-    for seed in 0..n {
+    for seed in list {
         match play(attack, seed) {
             Ok(h) => {
                 lowest = lowest.min(h.lowest);

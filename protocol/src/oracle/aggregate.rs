@@ -61,10 +61,18 @@ pub enum VerdictError {
 #[derive(Debug, Default)]
 struct Pending {
     terms: Option<ContractTerms>,
-    /// The epoch whose committee judges this contract (that of its first verdict).
+    /// The epoch whose committee judges this contract: the one its watch was
+    /// bound to ([`Aggregator::bind`]), else that of its first verdict.
     epoch: Option<u64>,
     verdicts: Vec<(Verdict, Signed<Verdict>)>,
+    /// Verdicts for other epochs (members that judged the contract under
+    /// another epoch before its lock was final): they count if the contract
+    /// is bound to theirs. At most `OTHER_VERDICTS`.
+    other: Vec<(Verdict, Signed<Verdict>)>,
 }
+
+/// Verdicts kept per contract for epochs other than its own.
+const OTHER_VERDICTS: usize = 32;
 
 /// Committees of the latest epochs kept whether or not a contract refers to them,
 /// so verdicts on contracts this node does not watch still count for a while.
@@ -182,6 +190,17 @@ impl Aggregator {
         self.settled.contains(contract)
     }
 
+    /// Forget that `contract` settled here (its settlement did not take in
+    /// the ledger: it is judged again).
+    pub fn unsettle(&mut self, contract: &Hash32) {
+        if self.settled.remove(contract) {
+            self.settled_order.retain(|c| c != contract);
+        }
+        if let Some(e) = self.pending.remove(contract).and_then(|p| p.epoch) {
+            self.unpin_epoch(e);
+        }
+    }
+
     /// The terms of a contract (needed to split its escrow).
     pub fn set_terms(
         &mut self,
@@ -228,16 +247,26 @@ impl Aggregator {
         if !committee.contains(&v.oracle) {
             return Err(VerdictError::NotMember(v.oracle));
         }
-        if let Some(e) = self.pending.get(&v.contract).and_then(|p| p.epoch)
-            && e != v.epoch
-        {
-            return Err(VerdictError::WrongEpoch {
-                got: v.epoch,
-                expected: e,
-            });
-        }
         if !self.pending.contains_key(&v.contract) && self.pending.len() >= self.capacity {
             return Err(VerdictError::Full);
+        }
+        if let Some(p) = self.pending.get_mut(&v.contract)
+            && let Some(e) = p.epoch
+            && e != v.epoch
+        {
+            // Kept in case the contract turns out to be that epoch's.
+            let seen = p
+                .other
+                .iter()
+                .any(|(x, _)| x.oracle == v.oracle && x.epoch == v.epoch);
+            if seen || p.other.len() >= OTHER_VERDICTS {
+                return Err(VerdictError::WrongEpoch {
+                    got: v.epoch,
+                    expected: e,
+                });
+            }
+            p.other.push((v, sv));
+            return Ok(None);
         }
         let p = self.pending.entry(v.contract).or_default();
         if p.epoch.is_none() {
@@ -251,6 +280,35 @@ impl Aggregator {
         let contract = v.contract;
         p.verdicts.push((v, sv));
         Ok(self.try_settle(contract, false))
+    }
+
+    /// Judge `contract` by the committee of `epoch` (the epoch its escrow's
+    /// lock is final in): verdicts kept for that epoch count from now on, and
+    /// those for another are set aside. A settlement instruction if that
+    /// completes a quorum.
+    pub fn bind(&mut self, contract: Hash32, epoch: u64) -> Option<SettlementInstruction> {
+        if self.settled.contains(&contract) {
+            return None;
+        }
+        if !self.pending.contains_key(&contract) && self.pending.len() >= self.capacity {
+            return None;
+        }
+        let p = self.pending.entry(contract).or_default();
+        if p.epoch == Some(epoch) {
+            return None;
+        }
+        let old = p.epoch.replace(epoch);
+        let mut all = std::mem::take(&mut p.verdicts);
+        all.append(&mut p.other);
+        let (mine, rest): (Vec<_>, Vec<_>) = all.into_iter().partition(|(v, _)| v.epoch == epoch);
+        p.verdicts = mine;
+        p.other = rest;
+        p.other.truncate(OTHER_VERDICTS);
+        *self.refs.entry(epoch).or_default() += 1;
+        if let Some(e) = old {
+            self.unpin_epoch(e);
+        }
+        self.try_settle(contract, false)
     }
 
     /// Whether a quorum of matching verdicts is in for `contract` (settled or not).
@@ -420,6 +478,9 @@ mod tests {
             agg.add(verdict(&new[0], 1)),
             Err(VerdictError::NotMember(new[0].account()))
         );
+        // One for epoch 2 is set aside (it counts only if the contract turns
+        // out to be epoch 2's), once.
+        assert!(agg.add(verdict(&new[0], 2)).unwrap().is_none());
         assert!(matches!(
             agg.add(verdict(&new[0], 2)),
             Err(VerdictError::WrongEpoch {
@@ -431,6 +492,50 @@ mod tests {
         let si = agg.add(verdict(&old[2], 1)).unwrap().expect("settled");
         assert_eq!(si.cert.epoch, 1);
         let committee: Vec<AccountId> = old.iter().map(Identity::account).collect();
+        assert!(si.cert.check(&net, &committee).is_ok());
+        assert!(
+            si.cert
+                .check(&net, &new.iter().map(Identity::account).collect::<Vec<_>>())
+                .is_err()
+        );
+    }
+
+    /// A contract whose lock turned out final in a later epoch than the one it
+    /// was first judged under: verdicts for that epoch that came early count
+    /// once it is bound to it, and the others are set aside.
+    #[test]
+    fn a_contract_bound_to_its_locks_epoch_counts_the_verdicts_kept_for_it() {
+        let net = NetworkId::named("agg");
+        let old: Vec<Identity> = (0..3).map(|i| Identity::from_seed(500 + i)).collect();
+        let new: Vec<Identity> = (0..3).map(|i| Identity::from_seed(600 + i)).collect();
+        let mut agg = Aggregator::new(net, Bps(100), 100);
+        agg.set_committee(1, old.iter().map(Identity::account).collect());
+        agg.set_committee(3, new.iter().map(Identity::account).collect());
+        let t = terms(&Identity::from_seed(1), &Identity::from_seed(2));
+        let id = Hash32::of(b"contract");
+        assert!(agg.set_terms(id, t).is_none());
+        let verdict = |o: &Identity, epoch| {
+            let v = Verdict {
+                contract: id,
+                epoch,
+                oracle: o.account(),
+                sla_ok: true,
+                violations: 0,
+                result_ok: true,
+                units: ComputeUnits::from_milli(1_000),
+                delivered: true,
+            };
+            Signed::sign(o, &net, &v).unwrap()
+        };
+        assert!(agg.add(verdict(&old[0], 1)).unwrap().is_none());
+        assert!(agg.add(verdict(&new[0], 3)).unwrap().is_none());
+        assert!(agg.add(verdict(&new[1], 3)).unwrap().is_none());
+        // The lock is final in epoch 3: the two kept verdicts count now...
+        assert!(agg.bind(id, 3).is_none(), "two of three, and not forced");
+        // ...and the third completes it.
+        let si = agg.add(verdict(&new[2], 3)).unwrap().expect("settled");
+        assert_eq!(si.cert.epoch, 3);
+        let committee: Vec<AccountId> = new.iter().map(Identity::account).collect();
         assert!(si.cert.check(&net, &committee).is_ok());
     }
 

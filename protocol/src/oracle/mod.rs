@@ -359,6 +359,19 @@ impl<C: ResultChecker> OracleEngine<C> {
         self.watches.get(contract).map(|w| w.epoch)
     }
 
+    /// Whether this member's aggregator settled `contract`.
+    pub fn is_settled(&self, contract: &Hash32) -> bool {
+        self.aggregator.is_settled(contract)
+    }
+
+    /// A settlement of `contract` this engine made did not take in the ledger
+    /// (its certificate's epoch is not the lock's, as it turned out once the
+    /// lock was final): forget it, so that a new watch judges it again.
+    pub fn unsettle(&mut self, contract: &Hash32) {
+        self.unwatch(contract);
+        self.aggregator.unsettle(contract);
+    }
+
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         self.timers.next()
     }
@@ -532,6 +545,12 @@ impl<C: ResultChecker> OracleEngine<C> {
         }
         // Its verdicts, however late, are counted against this epoch's committee.
         self.aggregator.pin_epoch(epoch);
+        if let Some(si) = self.aggregator.bind(id, epoch) {
+            self.early.remove(&id);
+            self.aggregator.unpin_epoch(epoch);
+            self.settled(si, out);
+            return;
+        }
         self.watches.insert(
             id,
             Watch {
@@ -581,6 +600,11 @@ impl<C: ResultChecker> OracleEngine<C> {
         let resign = std::mem::take(&mut w.verdict_sent);
         self.aggregator.learn_committee(epoch, committee);
         self.aggregator.pin_epoch(epoch);
+        // Verdicts other members sent for the lock's epoch before this one
+        // rebound count now.
+        if let Some(si) = self.aggregator.bind(id, epoch) {
+            return self.settled(si, out);
+        }
         if resign {
             self.issue_verdict(id, now, out);
         }

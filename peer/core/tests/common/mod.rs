@@ -324,6 +324,7 @@ impl Net {
     }
 
     pub fn handle(&mut self, i: usize, input: Input) {
+        let _peer = tracing::info_span!("peer", i, t = self.now.0 - T0.0).entered();
         let mut out = Vec::new();
         let now = self.now;
         self.nodes[i].handle(now, input, &mut self.rng, &mut out);
