@@ -10,13 +10,27 @@
 //! so a signature made for one kind, or on one network, is worthless for any other.
 //! Keeping the body as bytes means the signature covers exactly what travelled; the
 //! typed body is only handed out by [`Signed::verify`].
+//!
+//! **One verification equation.** Replicas must agree on which signatures are
+//! valid whether they check them one by one or in a batch. ed25519-dalek's
+//! `verify_strict` is cofactorless and its `verify_batch` is cofactorless with
+//! random weights, so a signature whose `R` (or key) has a small torsion
+//! component fails the first and passes the second in some batches only. Every
+//! check here uses the cofactored equation `[8]([s]B − [k]A − R) = 0` instead
+//! (as ZIP-215 does), alone ([`verify_signature`]) or batched with weights
+//! derived from the whole batch ([`verify_signatures`]), and refuses a
+//! non-canonical `s` and a small-order key or `R` on both paths.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::{Mutex, OnceLock};
 
-use ed25519_dalek::{Signature, VerifyingKey};
+use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
+use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha512};
 
 use crate::codec::{self, CodecError, Wire};
 use crate::identity::{AccountId, Identity};
@@ -98,14 +112,12 @@ pub fn verify_bytes(
         kind,
         signer: *signer,
     })?;
-    key.verify_strict(
-        &signing_message(kind, network, body),
-        &Signature::from_bytes(&sig.0),
-    )
-    .map_err(|_| SignatureError::BadSignature {
-        kind,
-        signer: *signer,
-    })?;
+    if !verify_signature(&key, &signing_message(kind, network, body), &sig.0) {
+        return Err(SignatureError::BadSignature {
+            kind,
+            signer: *signer,
+        });
+    }
     verified().insert(digest);
     Ok(())
 }
@@ -341,6 +353,90 @@ impl<T: Wire> Signed<T> {
     }
 }
 
+/// A signature's parts, decoded: `None` if it can never be valid (an `R` that
+/// is no point or of small order, a non-canonical `s`, a small-order key).
+struct Parts {
+    a: EdwardsPoint,
+    r: EdwardsPoint,
+    s: Scalar,
+    k: Scalar,
+}
+
+fn parts(key: &VerifyingKey, msg: &[u8], sig: &[u8; 64]) -> Option<Parts> {
+    if key.is_weak() {
+        return None;
+    }
+    let mut r_bytes = [0u8; 32];
+    r_bytes.copy_from_slice(&sig[..32]);
+    let mut s_bytes = [0u8; 32];
+    s_bytes.copy_from_slice(&sig[32..]);
+    let r = CompressedEdwardsY(r_bytes).decompress()?;
+    if r.is_small_order() {
+        return None;
+    }
+    let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes))?;
+    let mut h = Sha512::new();
+    h.update(r_bytes);
+    h.update(key.as_bytes());
+    h.update(msg);
+    let wide: [u8; 64] = h.finalize().into();
+    Some(Parts {
+        a: key.to_edwards(),
+        r,
+        s,
+        k: Scalar::from_bytes_mod_order_wide(&wide),
+    })
+}
+
+/// Check one ed25519 signature with the cofactored equation (see the module
+/// docs): exactly what [`verify_signatures`] accepts in any batch.
+pub fn verify_signature(key: &VerifyingKey, msg: &[u8], sig: &[u8; 64]) -> bool {
+    let Some(p) = parts(key, msg, sig) else {
+        return false;
+    };
+    let sb_minus_ka = EdwardsPoint::vartime_double_scalar_mul_basepoint(&(-p.k), &p.a, &p.s);
+    (sb_minus_ka - p.r).mul_by_cofactor().is_identity()
+}
+
+/// Check many signatures at once: `[8](Σ zᵢRᵢ + Σ zᵢkᵢAᵢ − (Σ zᵢsᵢ)B) = 0`
+/// with 128-bit weights `zᵢ` derived from the whole batch (so the answer is
+/// a function of the batch, and nobody can choose signatures that cancel).
+/// True only if every signature passes [`verify_signature`] (but for a
+/// negligible chance); false says some does not: check them one by one.
+pub fn verify_signatures(items: &[(VerifyingKey, &[u8], [u8; 64])]) -> bool {
+    let mut w = blake3::Hasher::new_derive_key("cloudchain/v1/ed25519-batch-weights");
+    let mut all = Vec::with_capacity(items.len());
+    for (key, msg, sig) in items {
+        let Some(p) = parts(key, msg, sig) else {
+            return false;
+        };
+        w.update(key.as_bytes());
+        w.update(sig);
+        w.update(&(msg.len() as u64).to_le_bytes());
+        w.update(msg);
+        all.push(p);
+    }
+    let mut xof = w.finalize_xof();
+    let mut scalars = Vec::with_capacity(2 * all.len() + 1);
+    let mut points = Vec::with_capacity(2 * all.len() + 1);
+    let mut b = Scalar::ZERO;
+    for p in &all {
+        let mut z16 = [0u8; 16];
+        xof.fill(&mut z16);
+        let z = Scalar::from(u128::from_le_bytes(z16));
+        b -= z * p.s;
+        scalars.push(z);
+        points.push(p.r);
+        scalars.push(z * p.k);
+        points.push(p.a);
+    }
+    scalars.push(b);
+    points.push(curve25519_dalek::constants::ED25519_BASEPOINT_POINT);
+    EdwardsPoint::vartime_multiscalar_mul(scalars, points)
+        .mul_by_cofactor()
+        .is_identity()
+}
+
 /// Verify many envelopes of one kind at once with ed25519 batch verification.
 ///
 /// On success every body is returned in order. If the batch fails, the envelopes are
@@ -364,14 +460,13 @@ pub fn verify_batch<T: Wire>(
         .map(|it| signing_message(T::KIND, network, &it.body))
         .collect();
     let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-    let sigs: Vec<Signature> = items
+    let batch: Vec<(VerifyingKey, &[u8], [u8; 64])> = keys
         .iter()
-        .map(|it| Signature::from_bytes(&it.signature.0))
+        .zip(&refs)
+        .zip(items)
+        .map(|((k, m), it)| (*k, *m, it.signature.0))
         .collect();
-    // Batch verification is not strict about small-order keys: those are refused
-    // by `verify_strict` in the fallback and by the weak-key check here.
-    let weak = keys.iter().position(|k| k.is_weak());
-    if weak.is_none() && ed25519_dalek::verify_batch(&refs, &sigs, &keys).is_ok() {
+    if verify_signatures(&batch) {
         return items
             .iter()
             .enumerate()
@@ -568,5 +663,103 @@ mod tests {
         assert!(!verified().contains(&digest));
         assert!(s.verify(&net).is_ok());
         assert!(verified().contains(&digest));
+    }
+
+    /// A signature whose `R` carries a point of order 2: the signer's own,
+    /// valid under the cofactored equation, refused by the cofactorless one.
+    fn torsioned(sk: &ed25519_dalek::SigningKey, msg: &[u8]) -> [u8; 64] {
+        let a = sk.to_scalar();
+        let r = Scalar::from_bytes_mod_order([9; 32]);
+        let mut t = [0xff; 32];
+        t[0] = 0xec;
+        t[31] = 0x7f; // y = −1: the point (0, −1), of order 2
+        let t = CompressedEdwardsY(t).decompress().unwrap();
+        assert!(t.is_small_order() && !t.is_identity());
+        let r_point = (EdwardsPoint::mul_base(&r) + t).compress();
+        let mut h = Sha512::new();
+        h.update(r_point.as_bytes());
+        h.update(sk.verifying_key().as_bytes());
+        h.update(msg);
+        let wide: [u8; 64] = h.finalize().into();
+        let s = r + Scalar::from_bytes_mod_order_wide(&wide) * a;
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(r_point.as_bytes());
+        sig[32..].copy_from_slice(s.as_bytes());
+        sig
+    }
+
+    /// #14: ed25519-dalek's cofactorless batch passed a torsioned signature in
+    /// some batches and not in others, while single checks refused it, so two
+    /// replicas could disagree on which entries exist. Our single and batch
+    /// checks give one answer for it in every batch.
+    #[test]
+    fn batch_and_single_checks_agree_on_a_torsioned_signature() {
+        use ed25519_dalek::ed25519::signature::Signer;
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let key = sk.verifying_key();
+        let msg = b"a message with a torsioned R".as_slice();
+        let bad = torsioned(&sk, msg);
+        // The library's two paths disagree (this is what the fix is for).
+        let sig = ed25519_dalek::Signature::from_bytes(&bad);
+        assert!(key.verify_strict(msg, &sig).is_err());
+        let mut dalek_passed = 0;
+        let mut ours = Vec::new();
+        for i in 0..64u32 {
+            let other = format!("companion {i}");
+            let other_sig = sk.sign(other.as_bytes());
+            let dalek = ed25519_dalek::verify_batch(
+                &[msg, other.as_bytes()],
+                &[sig, other_sig],
+                &[key, key],
+            );
+            dalek_passed += usize::from(dalek.is_ok());
+            ours.push(verify_signatures(&[
+                (key, msg, bad),
+                (key, other.as_bytes(), other_sig.to_bytes()),
+            ]));
+        }
+        assert!(
+            dalek_passed > 0 && dalek_passed < 64,
+            "the cofactorless batch passed it {dalek_passed} times in 64"
+        );
+        // Ours: the same answer alone and in every batch.
+        let single = verify_signature(&key, msg, &bad);
+        assert!(single, "valid under the cofactored equation");
+        assert!(ours.iter().all(|b| *b == single), "{ours:?}");
+    }
+
+    #[test]
+    fn single_and_batch_checks_refuse_what_is_not_a_signature() {
+        use ed25519_dalek::ed25519::signature::Signer;
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let key = sk.verifying_key();
+        let good: Vec<(Vec<u8>, [u8; 64])> = (0..5u8)
+            .map(|i| (vec![i; 10], sk.sign(&[i; 10]).to_bytes()))
+            .collect();
+        let batch = |v: &[(Vec<u8>, [u8; 64])]| {
+            let items: Vec<(VerifyingKey, &[u8], [u8; 64])> =
+                v.iter().map(|(m, s)| (key, m.as_slice(), *s)).collect();
+            verify_signatures(&items)
+        };
+        assert!(batch(&good));
+        assert!(good.iter().all(|(m, s)| verify_signature(&key, m, s)));
+        // A flipped bit in R, in s, or in the message; s not canonical.
+        for case in 0..4 {
+            let mut v = good.clone();
+            match case {
+                0 => v[2].1[3] ^= 1,
+                1 => v[2].1[40] ^= 1,
+                2 => v[2].0[0] ^= 1,
+                _ => v[2].1[63] |= 0xf0,
+            }
+            assert!(!batch(&v), "case {case}");
+            assert!(!verify_signature(&key, &v[2].0, &v[2].1), "case {case}");
+        }
+        // A small-order key signs nothing.
+        let mut ident = [0u8; 32];
+        ident[0] = 1; // the identity point
+        let weak = VerifyingKey::from_bytes(&ident).unwrap();
+        assert!(!verify_signature(&weak, &good[0].0, &good[0].1));
+        assert!(!verify_signatures(&[(weak, &good[0].0, good[0].1)]));
     }
 }

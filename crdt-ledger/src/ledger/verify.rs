@@ -123,8 +123,10 @@ pub(crate) fn verify_entries(
     (ok, bad)
 }
 
-/// Batch-verify a chunk with cached keys. Like `protocol::verify_batch`, weak
-/// (small-order) keys never pass here; they fall back to strict verification.
+/// Batch-verify a chunk with cached keys, with the equation single checks use
+/// ([`protocol::signed::verify_signatures`]): a batch accepts exactly what
+/// one-by-one checks accept. Small-order keys never pass; a failed batch
+/// falls back to checking each entry.
 fn batch_ok(
     network: &NetworkId,
     chunk: &[&Entry],
@@ -147,12 +149,13 @@ fn batch_ok(
         .iter()
         .map(|e| protocol::signed::signing_message(kind, network, e.signed.body_bytes()))
         .collect();
-    let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-    let sigs: Vec<ed25519_dalek::Signature> = chunk
-        .iter()
-        .map(|e| ed25519_dalek::Signature::from_bytes(&e.signed.signature.0))
+    let batch: Vec<(ed25519_dalek::VerifyingKey, &[u8], [u8; 64])> = vks
+        .into_iter()
+        .zip(&messages)
+        .zip(chunk)
+        .map(|((k, m), e)| (k, m.as_slice(), e.signed.signature.0))
         .collect();
-    ed25519_dalek::verify_batch(&refs, &sigs, &vks).is_ok()
+    protocol::signed::verify_signatures(&batch)
 }
 
 /// Verify entries received outside sync, keeping their order: each result is
