@@ -374,24 +374,8 @@ impl<S: Store> Ledger<S> {
         self.absorb_skips(&body);
         let h = proposal.body_hash();
         let committee = self.checkpoint_committee(body.epoch)?;
-        let kind = <CheckpointBody as Wire>::KIND;
-        let mut ms = self
-            .votes
-            .get(&h)
-            .map(|p| p.checkpoint.clone())
-            .unwrap_or_else(|| {
-                let mut bare = proposal.clone();
-                bare.signatures.clear();
-                bare
-            });
-        for (signer, sig) in &proposal.signatures {
-            if committee.contains(signer)
-                && !ms.signatures.iter().any(|(s, _)| s == signer)
-                && verify_bytes(kind, &self.network, signer, proposal.body_bytes(), sig).is_ok()
-            {
-                ms.insert(*signer, *sig);
-            }
-        }
+        let held = self.votes.get(&h).map(|p| p.checkpoint.clone());
+        let (ms, _) = merge_signatures(&self.network, held, proposal, &committee);
         let need = quorum(committee.len());
         let have = ms.signatures.len();
         self.votes.insert(
@@ -483,20 +467,10 @@ impl<S: Store> Ledger<S> {
         let committee = self.checkpoint_committee(body.epoch)?;
         self.skips
             .retain(|_, s| s.body_unverified().is_ok_and(|b: SkipBody| b.prev == prev));
-        let kind = <SkipBody as Wire>::KIND;
-        let mut have = self.skips.get(&body.epoch).cloned().unwrap_or_else(|| {
-            let mut bare = skip.clone();
-            bare.signatures.clear();
-            bare
-        });
-        for (signer, sig) in &skip.signatures {
-            if committee.contains(signer)
-                && !have.signatures.iter().any(|(s, _)| s == signer)
-                && verify_bytes(kind, &self.network, signer, skip.body_bytes(), sig).is_ok()
-            {
-                self.record_sig(*signer, body.epoch, skip.body_bytes(), *sig);
-                have.insert(*signer, *sig);
-            }
+        let held = self.skips.get(&body.epoch).cloned();
+        let (have, added) = merge_signatures(&self.network, held, skip, &committee);
+        for (signer, sig) in added {
+            self.record_sig(signer, body.epoch, skip.body_bytes(), sig);
         }
         let complete = have.signatures.len() >= quorum(committee.len());
         self.skips.insert(body.epoch, have);
@@ -569,4 +543,31 @@ impl<S: Store> Ledger<S> {
         }
         Ok(())
     }
+}
+
+/// Add to what this replica holds of a multi-signed statement (or a bare copy
+/// of `incoming`) the valid signatures `incoming` carries from `committee`
+/// members it lacks; gives the result and the signatures added.
+fn merge_signatures<T: Wire>(
+    network: &NetworkId,
+    held: Option<MultiSigned<T>>,
+    incoming: &MultiSigned<T>,
+    committee: &[AccountId],
+) -> (MultiSigned<T>, Vec<(AccountId, Sig)>) {
+    let mut have = held.unwrap_or_else(|| {
+        let mut bare = incoming.clone();
+        bare.signatures.clear();
+        bare
+    });
+    let mut added = Vec::new();
+    for (signer, sig) in &incoming.signatures {
+        if committee.contains(signer)
+            && !have.signatures.iter().any(|(s, _)| s == signer)
+            && verify_bytes(T::KIND, network, signer, incoming.body_bytes(), sig).is_ok()
+        {
+            have.insert(*signer, *sig);
+            added.push((*signer, *sig));
+        }
+    }
+    (have, added)
 }

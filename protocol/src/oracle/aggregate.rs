@@ -446,6 +446,21 @@ mod tests {
         }
     }
 
+    /// `o`'s verdict on contract `id` for `epoch`: delivered, ok, 1 CU.
+    fn good_verdict(net: NetworkId, id: Hash32, o: &Identity, epoch: u64) -> Signed<Verdict> {
+        let v = Verdict {
+            contract: id,
+            epoch,
+            oracle: o.account(),
+            sla_ok: true,
+            violations: 0,
+            result_ok: true,
+            units: ComputeUnits::from_milli(1_000),
+            delivered: true,
+        };
+        Signed::sign(o, &net, &v).unwrap()
+    }
+
     /// A contract judged by epoch 1's committee still settles after the committee
     /// rotates, and only that committee's verdicts count for it.
     #[test]
@@ -459,19 +474,7 @@ mod tests {
         let id = Hash32::of(b"contract");
         assert!(agg.set_terms(id, t).is_none());
         agg.set_committee(2, new.iter().map(Identity::account).collect());
-        let verdict = |o: &Identity, epoch| {
-            let v = Verdict {
-                contract: id,
-                epoch,
-                oracle: o.account(),
-                sla_ok: true,
-                violations: 0,
-                result_ok: true,
-                units: ComputeUnits::from_milli(1_000),
-                delivered: true,
-            };
-            Signed::sign(o, &net, &v).unwrap()
-        };
+        let verdict = |o: &Identity, epoch| good_verdict(net, id, o, epoch);
         assert!(agg.add(verdict(&old[0], 1)).unwrap().is_none());
         // A new-committee member cannot vote on an epoch-1 contract, in either epoch.
         assert_eq!(
@@ -514,19 +517,7 @@ mod tests {
         let t = terms(&Identity::from_seed(1), &Identity::from_seed(2));
         let id = Hash32::of(b"contract");
         assert!(agg.set_terms(id, t).is_none());
-        let verdict = |o: &Identity, epoch| {
-            let v = Verdict {
-                contract: id,
-                epoch,
-                oracle: o.account(),
-                sla_ok: true,
-                violations: 0,
-                result_ok: true,
-                units: ComputeUnits::from_milli(1_000),
-                delivered: true,
-            };
-            Signed::sign(o, &net, &v).unwrap()
-        };
+        let verdict = |o: &Identity, epoch| good_verdict(net, id, o, epoch);
         assert!(agg.add(verdict(&old[0], 1)).unwrap().is_none());
         assert!(agg.add(verdict(&new[0], 3)).unwrap().is_none());
         assert!(agg.add(verdict(&new[1], 3)).unwrap().is_none());
