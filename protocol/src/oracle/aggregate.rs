@@ -446,6 +446,17 @@ mod tests {
         }
     }
 
+    /// An aggregator with epoch 1's committee `old`, and the members `new` of a
+    /// later one.
+    fn rotating_committees() -> (NetworkId, Vec<Identity>, Vec<Identity>, Aggregator) {
+        let net = NetworkId::named("agg");
+        let old: Vec<Identity> = (0..3).map(|i| Identity::from_seed(500 + i)).collect();
+        let new: Vec<Identity> = (0..3).map(|i| Identity::from_seed(600 + i)).collect();
+        let mut agg = Aggregator::new(net, Bps(100), 100);
+        agg.set_committee(1, old.iter().map(Identity::account).collect());
+        (net, old, new, agg)
+    }
+
     /// `o`'s verdict on contract `id` for `epoch`: delivered, ok, 1 CU.
     fn good_verdict(net: NetworkId, id: Hash32, o: &Identity, epoch: u64) -> Signed<Verdict> {
         let v = Verdict {
@@ -465,11 +476,7 @@ mod tests {
     /// rotates, and only that committee's verdicts count for it.
     #[test]
     fn contracts_stay_with_the_committee_that_watched_them() {
-        let net = NetworkId::named("agg");
-        let old: Vec<Identity> = (0..3).map(|i| Identity::from_seed(500 + i)).collect();
-        let new: Vec<Identity> = (0..3).map(|i| Identity::from_seed(600 + i)).collect();
-        let mut agg = Aggregator::new(net, Bps(100), 100);
-        agg.set_committee(1, old.iter().map(Identity::account).collect());
+        let (net, old, new, mut agg) = rotating_committees();
         let t = terms(&Identity::from_seed(1), &Identity::from_seed(2));
         let id = Hash32::of(b"contract");
         assert!(agg.set_terms(id, t).is_none());
@@ -508,11 +515,7 @@ mod tests {
     /// once it is bound to it, and the others are set aside.
     #[test]
     fn a_contract_bound_to_its_locks_epoch_counts_the_verdicts_kept_for_it() {
-        let net = NetworkId::named("agg");
-        let old: Vec<Identity> = (0..3).map(|i| Identity::from_seed(500 + i)).collect();
-        let new: Vec<Identity> = (0..3).map(|i| Identity::from_seed(600 + i)).collect();
-        let mut agg = Aggregator::new(net, Bps(100), 100);
-        agg.set_committee(1, old.iter().map(Identity::account).collect());
+        let (net, old, new, mut agg) = rotating_committees();
         agg.set_committee(3, new.iter().map(Identity::account).collect());
         let t = terms(&Identity::from_seed(1), &Identity::from_seed(2));
         let id = Hash32::of(b"contract");
