@@ -102,7 +102,7 @@ fn benches(c: &mut Criterion) {
     );
     let snapshot = fx.source.snapshot().unwrap();
     let mut mem = MemStore::new();
-    mem.compact(&snapshot).unwrap();
+    mem.compact(&snapshot, &[]).unwrap();
 
     // Verify + apply: open a replica on a saved document of n entries (decode,
     // batch-verify every signature, index, fold).
@@ -134,7 +134,7 @@ fn benches(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut fs = FileStore::open(dir.path()).unwrap();
-        fs.compact(&snapshot).unwrap();
+        fs.compact(&snapshot, &[]).unwrap();
         let size = fs.size();
         eprintln!(
             "[ledger] on disk (compacted snapshot): {size} bytes, {:.1} bytes/entry",

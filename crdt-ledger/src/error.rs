@@ -50,6 +50,18 @@ pub enum InvalidReason {
     BadProof(String),
     #[error("offence already slashed")]
     AlreadySlashed,
+    #[error(
+        "a double sign of epoch {0} is too old to slash (the offender's stake has had time to leave)"
+    )]
+    StaleProof(u64),
+    #[error("the offender holds no stake to slash")]
+    NothingToSlash,
+    #[error("contract {contract:?}: its deadline {} ms is {what}", deadline.0)]
+    ContractDeadline {
+        contract: Hash32,
+        deadline: protocol::Timestamp,
+        what: &'static str,
+    },
     #[error("amount overflow")]
     Overflow,
 }

@@ -34,6 +34,19 @@ pub const MAX_RECORD_PROBES: u32 = 256;
 /// How many epochs back an SLA record may speak of (older ones are refused,
 /// and the one-record-per-epoch index forgets them).
 pub const SLA_RECORD_EPOCHS: u64 = 16;
+/// How many epochs after the epoch it names a double sign may be slashed
+/// (older proofs are refused, and the record of what was slashed forgets
+/// them). Unstaked stake leaves after `unbonding_epochs`; this is longer.
+pub const SLASH_EPOCHS: u64 = 64;
+/// A contract may be locked only while its deadline is at most this many
+/// epoch lengths before the start of the epoch the lock joins (a lock written
+/// in time but just missing its epoch's checkpoint still joins the next; a
+/// skipped epoch does not move the start)...
+pub const LOCK_GRACE_EPOCHS: u64 = 2;
+/// ...and only if its deadline is at most this far after that start. So a
+/// settled contract can never be locked again once its deadline is
+/// `LOCK_GRACE_EPOCHS` past, and the record of it is pruned then.
+pub const MAX_CONTRACT_SPAN: protocol::DurationMs = protocol::DurationMs(30 * 24 * 3_600_000);
 
 /// An open escrow, locked for a contract (removed when settled).
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
@@ -137,11 +150,16 @@ pub struct State {
     /// Open escrows by contract id.
     pub escrows: BTreeMap<Hash32, Escrow>,
     /// Contracts already settled (never locked or settled again), each with the
-    /// hash of the settlement entry that settled it.
+    /// hash of the settlement entry that settled it. Pruned once the contract's
+    /// deadline is [`LOCK_GRACE_EPOCHS`] past (no lock of it is valid any more).
     pub settled: BTreeMap<Hash32, Hash32>,
+    /// The settled contracts by deadline, for pruning `settled`.
+    pub settled_by_deadline: BTreeSet<(protocol::Timestamp, Hash32)>,
     pub sla: BTreeMap<AccountId, Vec<SlaEvent>>,
     pub reputation: BTreeMap<AccountId, Reputation>,
-    /// Committees by epoch (the next epoch's included).
+    /// Committees by epoch (the next epoch's included). Kept for the last
+    /// [`SLA_RECORD_EPOCHS`] epochs (SLA records name them) and around the lock
+    /// epoch of each open escrow (whose settlement they certify).
     pub schedule: BTreeMap<u64, Vec<AccountId>>,
     /// The fallback committee for epochs after a stall.
     pub backup: Vec<AccountId>,
@@ -166,6 +184,24 @@ pub(crate) struct FoldCtx<'a> {
     pub(crate) network: &'a NetworkId,
     pub(crate) params: &'a Params,
     pub(crate) checked: &'a Mutex<SigMemo>,
+    /// When epoch 0 ended (epoch `e` ends `e · epoch_length` later).
+    pub(crate) genesis_time: protocol::Timestamp,
+}
+
+impl FoldCtx<'_> {
+    /// When `epoch` ends (and `epoch + 1` starts).
+    pub(crate) fn epoch_end(&self, epoch: u64) -> protocol::Timestamp {
+        protocol::Timestamp(
+            self.genesis_time
+                .0
+                .saturating_add(self.params.epoch_length.0.saturating_mul(epoch)),
+        )
+    }
+
+    /// How long after its deadline a contract may still be locked, ms.
+    pub(crate) fn lock_grace(&self) -> u64 {
+        self.params.epoch_length.0.saturating_mul(LOCK_GRACE_EPOCHS)
+    }
 }
 
 /// Signature checks a replica has already passed, by entry hash. An entry's bytes
@@ -226,6 +262,7 @@ impl State {
             unbonding: BTreeMap::new(),
             escrows: BTreeMap::new(),
             settled: BTreeMap::new(),
+            settled_by_deadline: BTreeSet::new(),
             sla: BTreeMap::new(),
             reputation: BTreeMap::new(),
             schedule: BTreeMap::from([(1, first)]),
@@ -453,6 +490,25 @@ impl State {
                 if self.escrows.contains_key(&id) || self.settled.contains_key(&id) {
                     return Err(InvalidReason::AlreadyLocked(id));
                 }
+                // The lock joins epoch `self.epoch + 1`: its deadline must not
+                // lie long before that epoch's start (a settled contract's
+                // record is pruned then) nor too far after it.
+                let start = ctx.epoch_end(self.epoch);
+                let deadline = terms.deadline;
+                if deadline.0.saturating_add(ctx.lock_grace()) < start.0 {
+                    return Err(InvalidReason::ContractDeadline {
+                        contract: id,
+                        deadline,
+                        what: "past",
+                    });
+                }
+                if deadline.0 > start.0.saturating_add(MAX_CONTRACT_SPAN.0) {
+                    return Err(InvalidReason::ContractDeadline {
+                        contract: id,
+                        deadline,
+                        what: "more than 30 days ahead",
+                    });
+                }
                 let amount = terms.escrow().ok_or(InvalidReason::Overflow)?;
                 self.debit(base, debits, author, amount)?;
                 // The lock reserves the provider's bond whatever is free: the
@@ -527,11 +583,12 @@ impl State {
                 if computed.total() != Some(escrow.amount) {
                     return Err(InvalidReason::PayoutMismatch);
                 }
-                let (requester, provider, max_units, bond) = (
+                let (requester, provider, max_units, bond, deadline) = (
                     escrow.requester,
                     escrow.provider,
                     escrow.terms.max_units.milli,
                     escrow.bond,
+                    escrow.terms.deadline,
                 );
                 self.release_bond(provider, bond);
                 // A proven wrong result: the bond is slashed (all of it in the
@@ -549,6 +606,7 @@ impl State {
                 }
                 self.escrows.remove(&cert.contract);
                 self.settled.insert(cert.contract, e.hash);
+                self.settled_by_deadline.insert((deadline, cert.contract));
                 let good = outcome.delivered && outcome.result_ok;
                 let units = outcome.units.milli.min(max_units);
                 let rep = self.reputation.entry(provider).or_default();
@@ -637,6 +695,18 @@ impl State {
             Body::Slash(proof) => {
                 let (offender, offence) =
                     proof.check(ctx.network).map_err(InvalidReason::BadProof)?;
+                if let Offence::DoubleSign(epoch) = offence
+                    && epoch.saturating_add(SLASH_EPOCHS) <= self.epoch
+                {
+                    return Err(InvalidReason::StaleProof(epoch));
+                }
+                if self.stake(&offender) == Amount::ZERO
+                    && self.unbonding(&offender) == Amount::ZERO
+                {
+                    // Nothing to take: recording it would let a stakeless
+                    // key grow the record of offences for free.
+                    return Err(InvalidReason::NothingToSlash);
+                }
                 if !self.slashed.insert((offender, offence)) {
                     return Err(InvalidReason::AlreadySlashed);
                 }
@@ -755,8 +825,9 @@ impl State {
         epoch: u64,
         prev: &Hash32,
         signing_committee: Vec<AccountId>,
-        params: &Params,
+        ctx: FoldCtx<'_>,
     ) -> Result<Vec<(AccountId, Amount)>, InvalidReason> {
+        let params = ctx.params;
         let mint = self.reward_mint(epoch, params);
         for (a, x) in &mint {
             self.credit(*a, *x)?;
@@ -805,7 +876,39 @@ impl State {
         self.schedule.insert(epoch + 1, next);
         self.backup = backup;
         self.epoch = epoch;
+        self.prune(ctx);
         Ok(mint)
+    }
+
+    /// Forget what no rule can read again once `self.epoch` is final: the
+    /// committees of old epochs that no open escrow or SLA record names, the
+    /// settled contracts that can no longer be locked, and the double signs
+    /// too old to slash. The state root covers what is kept, so every replica
+    /// prunes the same.
+    fn prune(&mut self, ctx: FoldCtx<'_>) {
+        let epoch = self.epoch;
+        let mut keep: BTreeSet<u64> = BTreeSet::new();
+        for e in self.escrows.values() {
+            keep.extend([
+                e.epoch.saturating_sub(1),
+                e.epoch,
+                e.epoch.saturating_add(1),
+            ]);
+        }
+        self.schedule
+            .retain(|e, _| e.saturating_add(SLA_RECORD_EPOCHS) > epoch || keep.contains(e));
+        let start = ctx.epoch_end(epoch);
+        while let Some(&(deadline, contract)) = self.settled_by_deadline.first() {
+            if deadline.0.saturating_add(ctx.lock_grace()) >= start.0 {
+                break;
+            }
+            self.settled_by_deadline.pop_first();
+            self.settled.remove(&contract);
+        }
+        self.slashed.retain(|(_, o)| match o {
+            Offence::DoubleSign(e) => e.saturating_add(SLASH_EPOCHS) > epoch,
+            Offence::Fork(_) => true,
+        });
     }
 
     /// Check a proposed checkpoint body's derived fields against this state (the

@@ -4,7 +4,9 @@
 //! some point) and a **log** of records appended after it (automerge incremental
 //! saves). [`Store::append`] returns only once the record is durable, so a write
 //! acknowledged to the user survives a crash. [`Store::compact`] replaces snapshot
-//! and log by a new snapshot atomically.
+//! and log by a new snapshot and a new log atomically (the new log carries the
+//! records a snapshot must not hold, such as the notes of what this replica
+//! signed).
 //!
 //! [`FileStore`] on-disk layout, in a directory:
 //! - `ledger.log`: the 8-byte header `CCLEDG01`, then records
@@ -14,8 +16,12 @@
 //!   a **torn tail** (a crash mid-append): it is cut off and reported. A bad record
 //!   followed by more data is corruption and an error.
 //! - `snapshot`: `CCSNAP01 | BLAKE3(payload) | payload`, written to `snapshot.tmp`,
-//!   fsync'd and renamed over the old one (then the directory is fsync'd) before
-//!   the log is emptied, so a crash at any point leaves a loadable pair.
+//!   fsync'd and renamed over the old one; the new log is written to
+//!   `ledger.log.tmp`, fsync'd and renamed over the old one after it; then the
+//!   directory is fsync'd. A crash at any point leaves a loadable pair: the old
+//!   one, the new one, or the new snapshot with the old log (whose records the
+//!   snapshot already holds; loading them again changes nothing). No moment
+//!   holds a log without the records the new log carries.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -52,8 +58,8 @@ pub trait Store: std::fmt::Debug {
     fn append(&mut self, record: &[u8]) -> Result<(), StoreError>;
     /// Read everything back (cutting a torn tail, which is reported).
     fn load(&mut self) -> Result<Loaded, StoreError>;
-    /// Atomically replace snapshot and log by `snapshot`.
-    fn compact(&mut self, snapshot: &[u8]) -> Result<(), StoreError>;
+    /// Atomically replace the snapshot by `snapshot` and the log by `log`.
+    fn compact(&mut self, snapshot: &[u8], log: &[Vec<u8>]) -> Result<(), StoreError>;
     /// Bytes held (snapshot and log).
     fn size(&self) -> u64;
 }
@@ -65,8 +71,8 @@ impl<S: Store + ?Sized> Store for Box<S> {
     fn load(&mut self) -> Result<Loaded, StoreError> {
         (**self).load()
     }
-    fn compact(&mut self, snapshot: &[u8]) -> Result<(), StoreError> {
-        (**self).compact(snapshot)
+    fn compact(&mut self, snapshot: &[u8], log: &[Vec<u8>]) -> Result<(), StoreError> {
+        (**self).compact(snapshot, log)
     }
     fn size(&self) -> u64 {
         (**self).size()
@@ -101,9 +107,12 @@ impl Store for MemStore {
             torn_tail: None,
         })
     }
-    fn compact(&mut self, snapshot: &[u8]) -> Result<(), StoreError> {
+    fn compact(&mut self, snapshot: &[u8], log: &[Vec<u8>]) -> Result<(), StoreError> {
+        if let Some(r) = log.iter().find(|r| r.len() > MAX_RECORD) {
+            return Err(StoreError::TooLarge(r.len()));
+        }
         self.snapshot = Some(snapshot.to_vec());
-        self.records.clear();
+        self.records = log.to_vec();
         Ok(())
     }
     fn size(&self) -> u64 {
@@ -200,17 +209,23 @@ impl FileStore {
     }
 }
 
+/// A record as the log holds it: length, check, payload.
+fn frame(record: &[u8]) -> Vec<u8> {
+    let len = (record.len() as u32).to_le_bytes();
+    let mut buf = Vec::with_capacity(record.len() + RECORD_OVERHEAD);
+    buf.extend_from_slice(&len);
+    buf.extend_from_slice(&check(&len, record));
+    buf.extend_from_slice(record);
+    buf
+}
+
 impl Store for FileStore {
     fn append(&mut self, record: &[u8]) -> Result<(), StoreError> {
         if record.len() > MAX_RECORD {
             return Err(StoreError::TooLarge(record.len()));
         }
         let path = self.log_path();
-        let len = (record.len() as u32).to_le_bytes();
-        let mut buf = Vec::with_capacity(record.len() + RECORD_OVERHEAD);
-        buf.extend_from_slice(&len);
-        buf.extend_from_slice(&check(&len, record));
-        buf.extend_from_slice(record);
+        let buf = frame(record);
         let written = self
             .log
             .seek(SeekFrom::Start(self.log_len))
@@ -312,7 +327,10 @@ impl Store for FileStore {
         })
     }
 
-    fn compact(&mut self, snapshot: &[u8]) -> Result<(), StoreError> {
+    fn compact(&mut self, snapshot: &[u8], log: &[Vec<u8>]) -> Result<(), StoreError> {
+        if let Some(r) = log.iter().find(|r| r.len() > MAX_RECORD) {
+            return Err(StoreError::TooLarge(r.len()));
+        }
         let tmp = self.dir.join("snapshot.tmp");
         let fin = self.dir.join("snapshot");
         {
@@ -323,15 +341,29 @@ impl Store for FileStore {
             f.write_all(snapshot).map_err(io_err(&tmp))?;
             f.sync_all().map_err(io_err(&tmp))?;
         }
+        let log_tmp = self.dir.join("ledger.log.tmp");
+        let log_len;
+        {
+            let mut buf = LOG_HEADER.to_vec();
+            for r in log {
+                buf.extend_from_slice(&frame(r));
+            }
+            log_len = buf.len() as u64;
+            let mut f = File::create(&log_tmp).map_err(io_err(&log_tmp))?;
+            f.write_all(&buf).map_err(io_err(&log_tmp))?;
+            f.sync_all().map_err(io_err(&log_tmp))?;
+        }
         std::fs::rename(&tmp, &fin).map_err(io_err(&fin))?;
-        sync_dir(&self.dir)?;
-        // The snapshot holds everything the log did: now the log may go.
+        // The snapshot holds everything the old log did: now it may go.
         let path = self.log_path();
-        self.log
-            .set_len(LOG_HEADER.len() as u64)
+        std::fs::rename(&log_tmp, &path).map_err(io_err(&path))?;
+        sync_dir(&self.dir)?;
+        self.log = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
             .map_err(io_err(&path))?;
-        self.log.sync_all().map_err(io_err(&path))?;
-        self.log_len = LOG_HEADER.len() as u64;
+        self.log_len = log_len;
         self.snap_len = (snapshot.len() + 40) as u64;
         Ok(())
     }
@@ -357,11 +389,17 @@ mod tests {
         let l = s.load().unwrap();
         assert_eq!(l.records, vec![b"one".to_vec(), vec![], vec![7u8; 1000]]);
         assert!(l.torn_tail.is_none() && l.snapshot.is_none());
-        s.compact(b"snap").unwrap();
+        s.compact(b"snap", &[b"kept".to_vec()]).unwrap();
         s.append(b"two").unwrap();
         let l = s.load().unwrap();
         assert_eq!(l.snapshot.as_deref(), Some(&b"snap"[..]));
-        assert_eq!(l.records, vec![b"two".to_vec()]);
+        assert_eq!(l.records, vec![b"kept".to_vec(), b"two".to_vec()]);
+        drop(s);
+        let mut s = FileStore::open(dir.path()).unwrap();
+        assert_eq!(
+            s.load().unwrap().records,
+            vec![b"kept".to_vec(), b"two".to_vec()]
+        );
 
         let other = tempfile::tempdir().unwrap();
         std::fs::write(other.path().join("ledger.log"), &LOG_HEADER[..3]).unwrap();

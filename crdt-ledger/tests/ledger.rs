@@ -94,15 +94,18 @@ fn double_spend_across_a_partition_takes_effect_once() {
         conserved(l);
     }
     assert_eq!(left.state().balances, right.state().balances);
-    // The fork is the proof: slash it.
-    let proofs = left.slash_proofs();
-    assert_eq!(proofs.len(), 1);
-    assert!(matches!(proofs[0], SlashProof::Fork { .. }));
-    // a has no stake: slashing records the offence, burns nothing.
-    left.append(&net.ids[1], Body::Slash(Box::new(proofs[0].clone())), T0)
-        .unwrap();
-    assert!(left.state().slashed.contains(&(a, Offence::Fork(0))));
+    // The fork is a proof, but a has no stake: there is nothing to take, so
+    // no proof is offered and a slash is refused (recording it would let a
+    // stakeless key grow the record of offences for free).
     assert!(left.slash_proofs().is_empty());
+    let fork = SlashProof::Fork {
+        a: left.entries_by(&a)[0].entry.clone(),
+        b: left.entries_by(&a)[1].entry.clone(),
+    };
+    assert!(matches!(
+        refused(&mut left, &net.ids[1], Body::Slash(Box::new(fork))),
+        InvalidReason::NothingToSlash
+    ));
     // A checkpoint includes one branch, and it stays chosen.
     sync(&mut left, &mut right);
     finalize(&net, &mut right, 2, 0);
@@ -1200,4 +1203,84 @@ fn the_mint_is_capped_by_each_providers_share_of_the_bonds() {
         "what the caps hold back is not minted"
     );
     conserved(&mut l);
+}
+
+/// What no rule can read again is forgotten, so the state (which every
+/// checkpoint re-encodes for its root) stays bounded: old committees, settled
+/// contracts past their deadline, and double signs too old to slash. What a
+/// rule still needs is kept: the committees an open escrow's settlement needs.
+#[test]
+fn schedule_settled_and_slashed_records_are_pruned() {
+    use crdt_ledger::state::{SLA_RECORD_EPOCHS, SLASH_EPOCHS};
+    let net = Net::new(8, 4, 4);
+    let mut a = net.ledger(1);
+    let params = a.params().clone();
+    let c1 = a.committee_for_checkpoint(1).unwrap();
+    // Settled in epoch 1.
+    let done = net.locked(&mut a, 6, 7, 31);
+    let body = net.settlement(&done, 1, &c1[..3], good_outcome(6_000), &params);
+    a.append(&net.ids[7], body, T0).unwrap();
+    // Left open: nobody certified anything yet.
+    let open = net.locked(&mut a, 5, 7, 32);
+    // A member that signs two checkpoints of epoch 1 (on two replicas).
+    let mut other = net.ledger(2);
+    other
+        .append(&net.ids[4], transfer(net.acct(5), 1), T0)
+        .unwrap();
+    let p1 = a.propose_checkpoint(net.id_of(&c1[0]), 1, 0).unwrap();
+    let mut p2 = other.propose_checkpoint(net.id_of(&c1[0]), 1, 0).unwrap();
+    let due = a.epoch_end(1);
+    a.sign_checkpoint(net.id_of(&c1[1]), &p1, due).unwrap();
+    let (who, sig) = other.sign_checkpoint(net.id_of(&c1[1]), &p2, due).unwrap();
+    p2.checkpoint.insert(who, sig);
+    a.track_proposal(&p2).unwrap();
+    let proof = a
+        .slash_proofs()
+        .into_iter()
+        .find(|p| matches!(p, SlashProof::DoubleSign { .. }))
+        .unwrap();
+
+    let last = SLASH_EPOCHS + 2;
+    for e in 1..=last {
+        finalize(&net, &mut a, e, 0);
+    }
+    let st = a.finalized_state().clone();
+    assert_eq!(st.epoch, last);
+    assert!(!st.settled.contains_key(&done.body_hash()));
+    assert!(st.settled_by_deadline.is_empty());
+    let around_open = [0, 1, 2];
+    assert!(
+        st.schedule.len() <= SLA_RECORD_EPOCHS as usize + 1 + around_open.len(),
+        "{:?}",
+        st.schedule.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        around_open
+            .iter()
+            .all(|e| *e == 0 || st.schedule.contains_key(e))
+    );
+    // The settled contract cannot be locked again, pruned or not.
+    let why = refused(
+        &mut a,
+        &net.ids[6],
+        Body::EscrowLock {
+            contract: done.clone(),
+        },
+    );
+    assert!(
+        matches!(why, InvalidReason::ContractDeadline { .. }),
+        "{why:?}"
+    );
+    // The double sign is too old to slash now, and is not offered.
+    assert!(a.slash_proofs().is_empty());
+    let why = refused(&mut a, &net.ids[5], Body::Slash(Box::new(proof)));
+    assert!(matches!(why, InvalidReason::StaleProof(1)), "{why:?}");
+    // The open escrow's committee is still known: it settles it.
+    let body = net.settlement(&open, 1, &c1[..3], good_outcome(6_000), &params);
+    a.append(&net.ids[7], body, T0).unwrap();
+    finalize(&net, &mut a, last + 1, 0);
+    let st = a.finalized_state();
+    assert!(st.escrows.is_empty());
+    assert!(st.schedule.len() <= SLA_RECORD_EPOCHS as usize + 1);
+    conserved(&mut a);
 }

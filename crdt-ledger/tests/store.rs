@@ -245,6 +245,31 @@ fn a_flipped_bit_in_a_stored_record_is_detected() {
     }
 }
 
+/// A store that keeps a copy of itself as it stands when a compaction
+/// returns: what a crash right after it would leave on disk.
+#[derive(Debug)]
+struct CrashAtCompact {
+    inner: MemStore,
+    at_compact: std::sync::Arc<std::sync::Mutex<Option<MemStore>>>,
+}
+
+impl Store for CrashAtCompact {
+    fn append(&mut self, record: &[u8]) -> Result<(), StoreError> {
+        self.inner.append(record)
+    }
+    fn load(&mut self) -> Result<crdt_ledger::Loaded, StoreError> {
+        self.inner.load()
+    }
+    fn compact(&mut self, snapshot: &[u8], log: &[Vec<u8>]) -> Result<(), StoreError> {
+        self.inner.compact(snapshot, log)?;
+        *self.at_compact.lock().unwrap() = Some(self.inner.clone());
+        Ok(())
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+}
+
 #[test]
 fn a_restarted_member_does_not_sign_a_second_checkpoint() {
     let net = Net::new(6, 4, 4);
@@ -256,9 +281,18 @@ fn a_restarted_member_does_not_sign_a_second_checkpoint() {
     let due = l.epoch_end(1);
     l.sign_checkpoint(net.id_of(&committee[1]), &p1, due)
         .unwrap();
-    // Compaction keeps the note too.
+    // Compaction keeps the note too, in the same atomic step: the store as
+    // it is the moment compaction returns (a crash right then) holds it.
+    let at_compact = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let store = CrashAtCompact {
+        inner: l.into_store(),
+        at_compact: at_compact.clone(),
+    };
+    let (mut l, _) = Ledger::open(net.genesis.clone(), &[1; 16], store).unwrap();
     l.compact().unwrap();
-    let (mut l, _) = Ledger::open(net.genesis.clone(), &[1; 16], l.into_store()).unwrap();
+    drop(l);
+    let crashed = at_compact.lock().unwrap().take().unwrap();
+    let (mut l, _) = Ledger::open(net.genesis.clone(), &[1; 16], crashed).unwrap();
     let mut other = net.ledger(2);
     other
         .append(&net.ids[4], transfer(net.acct(5), 1), T0)
@@ -307,8 +341,8 @@ impl Store for FullDisk {
     fn load(&mut self) -> Result<crdt_ledger::Loaded, StoreError> {
         self.inner.load()
     }
-    fn compact(&mut self, snapshot: &[u8]) -> Result<(), StoreError> {
-        self.inner.compact(snapshot)
+    fn compact(&mut self, snapshot: &[u8], log: &[Vec<u8>]) -> Result<(), StoreError> {
+        self.inner.compact(snapshot, log)
     }
     fn size(&self) -> u64 {
         self.inner.size()
@@ -352,4 +386,129 @@ fn a_write_the_store_refused_leaves_no_trace() {
     assert_eq!(again.entry_count(), 2);
     assert_eq!(again.balance(&net.acct(a)), Amount::tokens(500));
     conserved(&mut again);
+}
+
+/// `lying-snapshot`: a snapshot whose frontier is not the one its checkpoints
+/// name is refused. The frontier says which entries the final state holds; a
+/// peer that moved an author's frontier back (so that a spent entry looks
+/// pending, to be applied again) or forward (to hide one) lies without touching
+/// the state root.
+#[test]
+fn a_snapshot_whose_frontier_lies_is_refused() {
+    use crdt_ledger::{FrontierItem, SnapshotMeta};
+    use protocol::codec;
+    let net = Net::new(8, 4, 4);
+    let mut l = net.ledger(1);
+    let first = l.append(&net.ids[4], transfer(net.acct(5), 1), T0).unwrap();
+    for i in 1..6u64 {
+        l.append(&net.ids[4], transfer(net.acct(5), 1 + i), T0)
+            .unwrap();
+    }
+    finalize(&net, &mut l, 1, 0);
+    l.append(&net.ids[5], transfer(net.acct(6), 1), T0).unwrap();
+    finalize(&net, &mut l, 2, 0);
+    let snap = l.snapshot().unwrap();
+    let meta_len = u64::from_le_bytes(snap[..8].try_into().unwrap()) as usize;
+    let meta: SnapshotMeta = codec::decode(&snap[8..8 + meta_len]).unwrap();
+    assert!(
+        meta.frontier.len() >= 2,
+        "two authors wrote (and checkpoints were published)"
+    );
+    let rebuild = |m: &SnapshotMeta| {
+        let b = codec::encode(m).unwrap();
+        let mut out = (b.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&b);
+        out.extend_from_slice(&snap[8 + meta_len..]);
+        out
+    };
+    // The honest snapshot, re-encoded, is accepted.
+    assert!(
+        open_from_snapshot(
+            net.genesis.clone(),
+            &[2; 16],
+            MemStore::new(),
+            &rebuild(&meta)
+        )
+        .is_ok()
+    );
+    let at = meta
+        .frontier
+        .iter()
+        .position(|f| f.author == first.author)
+        .unwrap();
+    assert!(meta.frontier[at].seq >= 5);
+    let first = first.hash;
+    type Lie = Box<dyn Fn(&mut Vec<FrontierItem>)>;
+    let lies: [(&str, Lie); 3] = [
+        (
+            "moved back",
+            Box::new(move |f: &mut Vec<FrontierItem>| {
+                f[at].seq = 0;
+                f[at].hash = first;
+            }),
+        ),
+        (
+            "dropped an author",
+            Box::new(|f: &mut Vec<FrontierItem>| {
+                f.remove(1);
+            }),
+        ),
+        (
+            "added an author",
+            Box::new(|f: &mut Vec<FrontierItem>| {
+                let mut extra = f[0];
+                extra.author = protocol::AccountId([0xee; 32]);
+                f.push(extra);
+            }),
+        ),
+    ];
+    for (what, lie) in lies {
+        let mut m = meta.clone();
+        lie(&mut m.frontier);
+        match open_from_snapshot(net.genesis.clone(), &[2; 16], MemStore::new(), &rebuild(&m)) {
+            Err(LedgerError::Snapshot(e)) => assert!(e.contains("frontier"), "{what}: {e}"),
+            other => panic!(
+                "{what}: a lying frontier was accepted: {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+}
+
+/// A replica compacts on its own once its store has grown past the floor and
+/// doubled since the last compaction; what it holds survives a reopen.
+#[test]
+fn a_growing_store_is_compacted_on_its_own() {
+    let net = Net::new(8, 4, 4);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut l, _) = Ledger::open(
+        net.genesis.clone(),
+        &[1; 16],
+        FileStore::open(dir.path()).unwrap(),
+    )
+    .unwrap();
+    l.set_compact_threshold(16 << 10);
+    for i in 0..400u64 {
+        let from = 4 + (i % 4) as usize;
+        l.append(&net.ids[from], transfer(net.acct((from + 1) % 8), 1), T0)
+            .unwrap();
+        if i % 100 == 99 {
+            finalize(&net, &mut l, 1 + i / 100, 0);
+        }
+    }
+    assert!(l.compactions() >= 2, "{} compactions", l.compactions());
+    let state = l.state().clone();
+    let count = l.entry_count();
+    drop(l);
+    let (mut l, rep) = Ledger::open(
+        net.genesis.clone(),
+        &[1; 16],
+        FileStore::open(dir.path()).unwrap(),
+    )
+    .unwrap();
+    assert!(rep.from_snapshot && rep.rejected.is_empty());
+    assert_eq!(l.state(), &state);
+    assert_eq!(l.finalized_epoch(), 4);
+    assert!(l.entry_count() <= count);
+    conserved(&mut l);
 }

@@ -103,8 +103,8 @@ impl Store for CountingStore {
     fn load(&mut self) -> Result<Loaded, StoreError> {
         Ok(Loaded::default())
     }
-    fn compact(&mut self, snapshot: &[u8]) -> Result<(), StoreError> {
-        self.bytes = snapshot.len() as u64;
+    fn compact(&mut self, snapshot: &[u8], log: &[Vec<u8>]) -> Result<(), StoreError> {
+        self.bytes = (snapshot.len() + log.iter().map(Vec::len).sum::<usize>()) as u64;
         Ok(())
     }
     fn size(&self) -> u64 {

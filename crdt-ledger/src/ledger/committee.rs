@@ -183,7 +183,7 @@ impl<S: Store> Ledger<S> {
         let mut next = view.state.clone();
         let prev = cur.last_checkpoint;
         let mint = next
-            .close_epoch(epoch, &prev, committee.clone(), &self.params)
+            .close_epoch(epoch, &prev, committee.clone(), self.ctx())
             .map_err(LedgerError::Rejected)?;
         let state_root = next.root();
         let body = CheckpointBody {

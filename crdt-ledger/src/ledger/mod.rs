@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{CheckpointBody, FrontierItem, PROPOSED_KIND, Proposal, SkipBody};
 use crate::entry::{
-    Body, Entry, EntryData, EntryId, EntryKey, GenesisEntry, Params, SlashProof, Ve, VerifiedEntry,
-    chain_start, check_author,
+    Body, Entry, EntryData, EntryId, EntryKey, GenesisEntry, Offence, Params, SlashProof, Ve,
+    VerifiedEntry, chain_start, check_author,
 };
 use crate::error::{Invalid, InvalidReason, LedgerError};
 use crate::state::{FoldCtx, SigMemo, State};
@@ -92,6 +92,10 @@ pub struct OpenReport {
     pub rejected: Vec<(String, InvalidReason)>,
 }
 
+/// The store size below which a replica never compacts on its own. Above it,
+/// a replica compacts whenever its store has doubled since the last compaction.
+pub const COMPACT_FLOOR: u64 = 64 << 20;
+
 /// The metadata of a snapshot (the document bytes follow it).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SnapshotMeta {
@@ -135,6 +139,11 @@ pub struct Ledger<S: Store = MemStore> {
     rewind: bool,
     /// How many times the replica reloaded its store after a store error.
     recoveries: u64,
+    /// The store's size after the last compaction (or at open), the smallest
+    /// size that triggers compaction, and how many compactions ran.
+    compacted_at: u64,
+    compact_floor: u64,
+    compactions: u64,
     view: Option<View>,
     /// Proposals collecting signatures, by body hash.
     votes: BTreeMap<Hash32, Proposal>,
@@ -277,6 +286,9 @@ impl<S: Store> Ledger<S> {
             view: None,
             rewind: false,
             recoveries: 0,
+            compacted_at: 0,
+            compact_floor: COMPACT_FLOOR,
+            compactions: 0,
             votes: BTreeMap::new(),
             skips: BTreeMap::new(),
             skip_asked: BTreeSet::new(),
@@ -431,6 +443,7 @@ impl<S: Store> Ledger<S> {
             network: &self.network,
             params: &self.params,
             checked: &self.checked,
+            genesis_time: self.genesis.genesis().genesis_time,
         }
     }
 
@@ -481,11 +494,12 @@ impl<S: Store> Ledger<S> {
         out
     }
 
-    /// Proofs of offences seen that the current state has not slashed yet: forks
-    /// (two entries at one author/seq) and double-signed checkpoints.
+    /// Proofs of offences seen that the current state has not slashed yet and
+    /// would: forks (two entries at one author/seq) and double-signed
+    /// checkpoints, of offenders with stake left, double signs not too old.
     pub fn slash_proofs(&mut self) -> Vec<SlashProof> {
         let mut out = Vec::new();
-        for vs in self.entries.values() {
+        for vs in self.forked.iter().filter_map(|k| self.entries.get(k)) {
             if vs.len() > 1 {
                 let a = &vs[0];
                 if let Some(b) = vs
@@ -503,8 +517,17 @@ impl<S: Store> Ledger<S> {
         out.extend(self.evidence.iter().cloned());
         let net = self.network;
         let state = &self.view().state;
+        let epoch = state.epoch;
         out.retain(|p| match p.check(&net) {
-            Ok(key) => !state.slashed.contains(&key),
+            Ok((who, offence)) => {
+                let fresh = match offence {
+                    Offence::DoubleSign(e) => e.saturating_add(crate::state::SLASH_EPOCHS) > epoch,
+                    Offence::Fork(_) => true,
+                };
+                fresh
+                    && !state.slashed.contains(&(who, offence))
+                    && (state.stake(&who) > Amount::ZERO || state.unbonding(&who) > Amount::ZERO)
+            }
             Err(_) => false,
         });
         out
@@ -695,6 +718,7 @@ impl<S: Store> Ledger<S> {
             network: &network,
             params: &ctx_params,
             checked: &self.checked,
+            genesis_time: self.genesis.genesis().genesis_time,
         };
         let mut debits = crate::state::BatchDebits {
             balance: std::mem::take(&mut view.pending_debits),
@@ -742,6 +766,7 @@ impl<S: Store> Ledger<S> {
             }
             _ => self.view = None,
         }
+        self.maybe_compact();
         Ok(id)
     }
 
@@ -1125,7 +1150,7 @@ impl<S: Store> Ledger<S> {
         let mut next = cur.clone();
         let mut invalid = Vec::new();
         next.apply_batch(cur, &batch, self.ctx(), &mut invalid);
-        let mint = next.close_epoch(body.epoch, &body.prev, committee, &self.params)?;
+        let mint = next.close_epoch(body.epoch, &body.prev, committee, self.ctx())?;
         let root = match &self.proposed_root {
             Some((st, root)) if **st == next => *root,
             _ => next.root(),
@@ -1173,6 +1198,7 @@ fn unreachable_view() -> View {
             unbonding: BTreeMap::new(),
             escrows: BTreeMap::new(),
             settled: BTreeMap::new(),
+            settled_by_deadline: BTreeSet::new(),
             sla: BTreeMap::new(),
             reputation: BTreeMap::new(),
             schedule: BTreeMap::new(),

@@ -32,16 +32,57 @@ impl<S: Store> Ledger<S> {
         Ok(out)
     }
 
-    /// Compact the store: replace its log by a snapshot.
+    /// Compact the store: replace its log by a snapshot. What this replica
+    /// signed is local, not part of a shareable snapshot: its notes go into the
+    /// new log in the same atomic step, so no crash leaves a store that forgot
+    /// them (and lets a member sign twice after a restart).
     pub fn compact(&mut self) -> Result<(), LedgerError> {
         let snap = self.snapshot()?;
-        self.store.compact(&snap)?;
+        let notes = self
+            .signed
+            .iter()
+            .map(|((who, epoch), h)| signed_record(*who, *epoch, *h))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.store.compact(&snap, &notes)?;
         self.saved_heads = self.doc.get_heads();
-        // What this replica signed is local, not part of a shareable snapshot.
-        for ((who, epoch), h) in self.signed.clone() {
-            self.store.append(&signed_record(who, epoch, h)?)?;
-        }
+        self.compacted_at = self.store.size();
+        self.compactions += 1;
         Ok(())
+    }
+
+    /// Compact when the store has grown past twice its size after the last
+    /// compaction (and past [`Ledger::set_compact_threshold`]'s floor): the
+    /// cost of a compaction, a save of the whole document, is spread over as
+    /// many bytes of appends. A failed compaction leaves the store as it was
+    /// and is only logged; the next append tries again.
+    pub(crate) fn maybe_compact(&mut self) {
+        let size = self.store.size();
+        if size < self.compact_floor || size < self.compacted_at.saturating_mul(2) {
+            return;
+        }
+        match self.compact() {
+            Ok(()) => tracing::info!(
+                before = size,
+                after = self.store.size(),
+                "ledger store compacted"
+            ),
+            Err(e) => {
+                // Try again only after as many bytes again.
+                self.compacted_at = size;
+                tracing::warn!(%e, "could not compact the ledger store");
+            }
+        }
+    }
+
+    /// The store size below which the ledger never compacts on its own
+    /// (default [`COMPACT_FLOOR`]).
+    pub fn set_compact_threshold(&mut self, bytes: u64) {
+        self.compact_floor = bytes;
+    }
+
+    /// How many times this replica compacted its store.
+    pub fn compactions(&self) -> u64 {
+        self.compactions
     }
 
     /// Commit the local put and append its change to the store (durably). Only
@@ -150,6 +191,7 @@ impl<S: Store> Ledger<S> {
                 n += 1;
             }
         }
+        self.maybe_compact();
         Ok(n)
     }
 
@@ -199,7 +241,9 @@ pub(super) fn split_snapshot(snap: &[u8]) -> Result<(SnapshotMeta, &[u8]), Ledge
 /// Check a snapshot without replaying history: each checkpoint in the chain must
 /// carry a quorum of the committee the one before it named (the genesis draw for
 /// the first; the backup committee after a skipped epoch), link to it, and the
-/// last one's state root must be the snapshot state's.
+/// last one's state root must be the snapshot state's. The frontier (which
+/// entries the state holds) is not in the root: it must be the one the chain's
+/// bodies name, each author at the last entry a checkpoint included.
 pub(super) fn verify_snapshot(
     genesis: &GenesisEntry,
     meta: SnapshotMeta,
@@ -214,6 +258,7 @@ pub(super) fn verify_snapshot(
     let mut prev = g.last_checkpoint;
     let mut prev_epoch = 0;
     let mut last_body = None;
+    let mut frontier: BTreeMap<AccountId, (u64, Hash32)> = BTreeMap::new();
     for (i, ms) in meta.chain.iter().enumerate() {
         let body = ms
             .body_unverified()
@@ -239,11 +284,24 @@ pub(super) fn verify_snapshot(
         {
             return Err(bad(format!("checkpoint {i} lacks a committee quorum")));
         }
+        for f in &body.frontier {
+            frontier.insert(f.author, (f.seq, f.hash));
+        }
         prev = ms.body_hash();
         prev_epoch = body.epoch;
         next = body.next_committee.clone();
         backup = body.backup_committee.clone();
         last_body = Some(body);
+    }
+    let claimed: BTreeMap<AccountId, (u64, Hash32)> = meta
+        .frontier
+        .iter()
+        .map(|f| (f.author, (f.seq, f.hash)))
+        .collect();
+    if claimed != frontier || claimed.len() != meta.frontier.len() {
+        return Err(bad(
+            "the frontier is not the one the checkpoints name".into()
+        ));
     }
     let state = meta.state;
     match &last_body {
@@ -264,11 +322,7 @@ pub(super) fn verify_snapshot(
     }
     Ok(Finalized {
         state,
-        frontier: meta
-            .frontier
-            .iter()
-            .map(|f| (f.author, (f.seq, f.hash)))
-            .collect(),
+        frontier,
         chain: meta.chain,
         invalid: Vec::new(),
     })
@@ -283,6 +337,6 @@ pub fn open_from_snapshot<S: Store>(
     snapshot: &[u8],
 ) -> Result<(Ledger<S>, OpenReport), LedgerError> {
     split_snapshot(snapshot).and_then(|(meta, _)| verify_snapshot(&genesis, meta))?;
-    store.compact(snapshot)?;
+    store.compact(snapshot, &[])?;
     Ledger::open(genesis, actor, store)
 }
