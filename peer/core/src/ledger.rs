@@ -1,7 +1,11 @@
 //! The ledger in the core: local writes, automerge sync with each peer that is
 //! up, the committee's checkpoints, and settlements found by contract id.
 
-use crdt_ledger::{Action, Body, CheckpointBody, CheckpointStatus, LedgerError, Proposal, Store};
+use std::collections::BTreeMap;
+
+use crdt_ledger::{
+    Action, Body, CheckpointBody, CheckpointStatus, LedgerError, Offence, Proposal, Store,
+};
 use protocol::oracle::SettlementInstruction;
 use protocol::{AccountId, Amount, ContractTerms, Hash32, MultiSigned, Timestamp};
 use rand::Rng;
@@ -16,11 +20,20 @@ pub(crate) struct CommitteeState {
     /// A final checkpoint someone else proposed, and when to publish it if its
     /// proposer has not by then (see `publish_final`).
     to_publish: Option<(MultiSigned<CheckpointBody>, Timestamp)>,
+    /// Offences proven to this replica and not slashed yet, with when to
+    /// publish their slash if nobody has by then (see `publish_slashes`).
+    slash_due: BTreeMap<(AccountId, Offence), Timestamp>,
 }
 
 impl CommitteeState {
     pub(crate) fn next_publish(&self) -> Option<Timestamp> {
-        self.to_publish.as_ref().map(|(_, at)| *at)
+        [
+            self.to_publish.as_ref().map(|(_, at)| *at),
+            self.slash_due.values().min().copied(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 
@@ -337,6 +350,63 @@ impl<S: Store> NodeCore<S> {
         match self.append(cx.now, Body::Checkpoint(Box::new(ms))) {
             Ok(_) => info!(epoch, "checkpoint final and published"),
             Err(e) => warn!(epoch, %e, "cannot publish the checkpoint"),
+        }
+    }
+
+    /// Publish a `Slash` for each offence proven to this replica (a forked
+    /// chain, a double sign) that the ledger has not slashed: any peer may,
+    /// and one that sees the proof does. So that not every peer writes the
+    /// same slash (all but the first would be refused), the members of the
+    /// next committee go first, one `stall_timeout` apart in draw order, and
+    /// any other peer a turn after the last of them; each waits for its turn
+    /// and writes only if the offence is still unslashed then.
+    pub(crate) fn publish_slashes<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
+        let me = self.account();
+        let net = self.network;
+        let proofs: Vec<_> = self
+            .ledger
+            .slash_proofs()
+            .into_iter()
+            .filter_map(|p| p.check(&net).ok().map(|key| (key, p)))
+            .filter(|((who, _), _)| *who != me)
+            .collect();
+        let open: std::collections::BTreeSet<_> = proofs.iter().map(|(k, _)| *k).collect();
+        self.ckpt.slash_due.retain(|k, _| open.contains(k));
+        if proofs.is_empty() {
+            return;
+        }
+        let next = self.ledger.finalized_epoch().saturating_add(1);
+        let committee = self
+            .ledger
+            .committee_for_checkpoint(next)
+            .unwrap_or_default();
+        let rank = committee
+            .iter()
+            .position(|m| *m == me)
+            .unwrap_or(committee.len());
+        let turn = self
+            .ledger
+            .params()
+            .stall_timeout
+            .0
+            .saturating_mul(rank as u64);
+        for (key, proof) in proofs {
+            let due = *self
+                .ckpt
+                .slash_due
+                .entry(key)
+                .or_insert(cx.now.plus(protocol::DurationMs(turn)));
+            if due > cx.now {
+                continue;
+            }
+            self.ckpt.slash_due.remove(&key);
+            let (offender, offence) = key;
+            match self.append(cx.now, Body::Slash(Box::new(proof))) {
+                Ok(_) => {
+                    warn!(offender = %offender.short(), ?offence, "published the slash of a proven offence")
+                }
+                Err(e) => debug!(offender = %offender.short(), ?offence, %e, "slash not written"),
+            }
         }
     }
 

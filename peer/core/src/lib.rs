@@ -432,8 +432,15 @@ impl<S: Store> NodeCore<S> {
             Input::Start => self.start(&mut cx),
             Input::Message { from, via, msg } => self.on_message(&mut cx, from, via, msg),
             Input::Sync { from, bytes } => self.on_sync(&mut cx, from, &bytes),
-            Input::Proposal { from, proposal } => self.on_proposal(&mut cx, from, *proposal),
-            Input::Skip(skip) => self.on_skip(&mut cx, &skip),
+            // A vote or a skip may prove a double sign.
+            Input::Proposal { from, proposal } => {
+                self.on_proposal(&mut cx, from, *proposal);
+                self.publish_slashes(&mut cx);
+            }
+            Input::Skip(skip) => {
+                self.on_skip(&mut cx, &skip);
+                self.publish_slashes(&mut cx);
+            }
             Input::Challenge {
                 contract,
                 member,
@@ -535,6 +542,7 @@ impl<S: Store> NodeCore<S> {
             self.checkpoint_tick(cx);
             self.write_settlements(cx);
         }
+        self.publish_slashes(cx);
         self.sync_all(cx);
     }
 
@@ -560,6 +568,7 @@ impl<S: Store> NodeCore<S> {
         self.prune_watches();
         self.provider_ledger_changed(cx);
         self.requester_ledger_changed(cx);
+        self.publish_slashes(cx);
         let nudge = self.new_epoch_to_nudge();
         self.grant_judges(cx, nudge);
         if nudge {

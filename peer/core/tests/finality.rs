@@ -45,7 +45,14 @@ enum Attack {
     /// Every proposal of one epoch is lost: the whole committee stalls, signs
     /// the epoch's skip, and the backup committee takes over.
     StalledCommittee,
+    /// The byzantine oracle signs a skip of an epoch as it ends, sends it to
+    /// the others, then votes for the epoch's checkpoint as well: a double
+    /// sign, which every replica must see slashed.
+    DoubleSigner,
 }
+
+/// The epoch the double signer signs twice.
+const DOUBLE_EPOCH: u64 = 3;
 
 fn epoch_of(d: &node_core::Direct) -> Option<(u64, protocol::AccountId)> {
     match d {
@@ -104,6 +111,14 @@ fn play(attack: Attack, seed: u64) -> Result<Held, String> {
                     .then_some(DurationMs(0))
             }));
         }
+        Attack::DoubleSigner => {
+            // The epoch's proposals are a second late, so that the skip
+            // reaches the others while the epoch is still open.
+            net.direct_filter = Some(Box::new(move |_, _, _, d| match epoch_of(d) {
+                Some((e, _)) if e == DOUBLE_EPOCH => Some(DurationMs(1_000)),
+                _ => Some(DurationMs(0)),
+            }));
+        }
         Attack::StalledCommittee => {
             let lost = rng.random_range(2..6u64);
             net.direct_filter = Some(Box::new(move |_, _, _, d| match epoch_of(d) {
@@ -121,8 +136,26 @@ fn play(attack: Attack, seed: u64) -> Result<Held, String> {
     let mut broken: Option<String> = None;
     let mut worst_ms = 0u64;
     let mut fin_before = vec![0u64; n];
+    let mut skipped_twice = false;
     let end = T0.plus(DurationMs(EPOCHS * epoch_ms));
     net.run(end, |net| {
+        if matches!(attack, Attack::DoubleSigner)
+            && !skipped_twice
+            && net.now >= net.nodes[0].ledger().epoch_end(DOUBLE_EPOCH)
+        {
+            skipped_twice = true;
+            let honest = (byz + 1) % 4;
+            let prev = net.nodes[honest].ledger().finalized_state().last_checkpoint;
+            let body = crdt_ledger::SkipBody {
+                epoch: DOUBLE_EPOCH,
+                prev,
+            };
+            let mut skip = protocol::MultiSigned::new(&body).unwrap();
+            skip.add_signature(&net.ids[byz], &net.genesis.network());
+            for i in (0..n).filter(|i| *i != byz) {
+                net.handle(i, node_core::Input::Skip(Box::new(skip.clone())));
+            }
+        }
         for (i, seen) in chains.iter_mut().enumerate() {
             let chain: Vec<Hash32> = net.nodes[i]
                 .ledger()
@@ -180,6 +213,25 @@ fn play(attack: Attack, seed: u64) -> Result<Held, String> {
             return Err(format!(
                 "peer {i} finalized epoch {fin} of {ended} ({attack:?}, byzantine {byz})"
             ));
+        }
+    }
+    if matches!(attack, Attack::DoubleSigner) {
+        let offence = crdt_ledger::Offence::DoubleSign(DOUBLE_EPOCH);
+        for i in 0..n {
+            let st = net.nodes[i].ledger().finalized_state();
+            if !st.slashed.contains(&(byz_account, offence)) {
+                return Err(format!(
+                    "peer {i}: the double sign of oracle {byz} is not slashed (final epoch {})",
+                    st.epoch
+                ));
+            }
+            let staked = st.stake(&byz_account).0 + st.unbonding(&byz_account).0;
+            let honest = st.stake(&net.ids[(byz + 1) % 4].account()).0;
+            if staked >= honest {
+                return Err(format!(
+                    "peer {i}: the double signer holds {staked} µ of stake, an honest member {honest}"
+                ));
+            }
         }
     }
     let r = &net.nodes[REQUESTER];
@@ -256,6 +308,8 @@ fn run_all(attack: Attack) {
         Attack::StalledLeader => 3_000 + 1_000,
         Attack::WithholdingLeader => 2 * 3_000 + 1_000,
         Attack::StalledCommittee => 5_000 + 3_000,
+        // The double-signed epoch's proposals come a second late.
+        Attack::DoubleSigner => 3_000 + 1_000,
     };
     assert!(worst <= bound, "{attack:?}: waited {worst} ms for finality");
 }
@@ -268,6 +322,11 @@ fn a_withholding_leader_neither_reverses_nor_stops_finality() {
 #[test]
 fn a_stalled_leader_costs_a_round_not_an_epoch() {
     run_all(Attack::StalledLeader);
+}
+
+#[test]
+fn a_double_signer_is_slashed_on_every_replica() {
+    run_all(Attack::DoubleSigner);
 }
 
 #[test]
