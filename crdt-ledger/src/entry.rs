@@ -42,7 +42,8 @@ pub struct Params {
     pub unbonding_epochs: u64,
     /// Oracle fee, basis points of the escrow, shared by the quorum.
     pub oracle_fee: Bps,
-    /// Share of an offender's stake (bonded and unbonding) burned per offence.
+    /// Share of an offender's stake, bond and unbonding tokens burned per
+    /// offence (a fork or a double sign).
     pub slash: Bps,
     /// Reward minted at the checkpoint of epoch 1; halves every
     /// `reward_halving_epochs` epochs.

@@ -283,6 +283,13 @@ impl State {
     pub fn balance(&self, a: &AccountId) -> Amount {
         self.balances.get(a).copied().unwrap_or_default()
     }
+    /// What a fork or a double sign by `a` burns a share of: its stake, bond
+    /// and unbonding tokens.
+    pub fn slashable(&self, a: &AccountId) -> Amount {
+        self.stake(a)
+            .saturating_add_amount(self.bonds.get(a).copied().unwrap_or_default())
+            .saturating_add_amount(self.unbonding(a))
+    }
     /// A provider's bond not reserved by its open escrows: what a new
     /// contract may reserve.
     pub fn free_bond(&self, a: &AccountId) -> Amount {
@@ -700,9 +707,7 @@ impl State {
                 {
                     return Err(InvalidReason::StaleProof(epoch));
                 }
-                if self.stake(&offender) == Amount::ZERO
-                    && self.unbonding(&offender) == Amount::ZERO
-                {
+                if self.slashable(&offender) == Amount::ZERO {
                     // Nothing to take: recording it would let a stakeless
                     // key grow the record of offences for free.
                     return Err(InvalidReason::NothingToSlash);
@@ -760,15 +765,19 @@ impl State {
         Ok(())
     }
 
-    /// Burn a share of an account's bonded and unbonding stake.
+    /// Burn a share of an account's stake, bond and unbonding tokens (what a
+    /// fork or a double sign costs: a requester's bond is what backs the
+    /// escrows it locks before they are final).
     fn burn_stake(&mut self, who: AccountId, share: protocol::Bps) {
         let mut burned = Amount::ZERO;
-        if let Some(s) = self.stakes.get_mut(&who) {
-            let b = share.of(*s);
-            *s = s.saturating_sub(b);
-            burned = burned.saturating_add_amount(b);
-            if *s == Amount::ZERO {
-                self.stakes.remove(&who);
+        for pool in [&mut self.stakes, &mut self.bonds] {
+            if let Some(s) = pool.get_mut(&who) {
+                let b = share.of(*s);
+                *s = s.saturating_sub(b);
+                burned = burned.saturating_add_amount(b);
+                if *s == Amount::ZERO {
+                    pool.remove(&who);
+                }
             }
         }
         if let Some(v) = self.unbonding.get_mut(&who) {
@@ -798,7 +807,15 @@ impl State {
         let left = params.reward_cap.saturating_sub(self.supply.minted);
         let pool = u128::from(params.scheduled_reward(epoch).min(left).0);
         let total: u128 = self.epoch_units.values().map(|u| u128::from(*u)).sum();
-        let bonded: u128 = self.bonds.values().map(|b| u128::from(b.0)).sum();
+        // The bonds of providers: accounts that have had a contract settled
+        // (every account with units this epoch has). A requester's bond
+        // backs its escrows and has no part in the mint.
+        let bonded: u128 = self
+            .bonds
+            .iter()
+            .filter(|(a, _)| self.reputation.get(*a).is_some_and(|r| r.jobs > 0))
+            .map(|(_, b)| u128::from(b.0))
+            .sum();
         if pool == 0 || total == 0 || bonded == 0 {
             return Vec::new();
         }

@@ -1284,3 +1284,78 @@ fn schedule_settled_and_slashed_records_are_pruned() {
     assert!(st.schedule.len() <= SLA_RECORD_EPOCHS as usize + 1);
     conserved(&mut a);
 }
+
+/// `escrow-fork-partition`: a requester signs two escrow locks at one seq,
+/// one on each side of a partition, for two providers. On each side the
+/// pending escrow is backed by the requester's final bond, so its provider
+/// may start at once; once the sides meet only one lock survives, the fork
+/// is proven and slashed, and the bond the requester loses is worth more
+/// than the work the dropped escrow would have paid. A requester without a
+/// bond gets no pending escrow backed: providers wait for the checkpoint.
+#[test]
+fn an_escrow_forked_across_a_partition_costs_the_requester_more_than_it_gains() {
+    let net = Net::new(8, 4, 4);
+    let mut base = net.ledger(1);
+    let (req, unbacked) = (6, 4);
+    let r = net.acct(req);
+    bond(&mut base, &net, req, 100);
+    finalize(&net, &mut base, 1, 0);
+    assert_eq!(base.finalized_state().bonds[&r], Amount::tokens(100));
+    let mut left = net.ledger(2);
+    let mut right = net.ledger(3);
+    sync(&mut base, &mut left);
+    sync(&mut base, &mut right);
+    let a = net.locked(&mut left, req, 7, 41);
+    let b = net.locked(&mut right, req, 5, 42);
+    let (ida, idb) = (a.body_hash(), b.body_hash());
+    let seq = |l: &mut crdt_ledger::Ledger, id| {
+        let lock = l.state().escrows[&id].lock;
+        l.entry(&lock).unwrap().data.seq
+    };
+    assert_eq!(
+        seq(&mut left, ida),
+        seq(&mut right, idb),
+        "one seq, two locks"
+    );
+    let price = left.state().escrows[&ida].amount;
+    assert!(
+        left.escrow_ready(&ida),
+        "a bonded requester's pending escrow is backed"
+    );
+    assert!(right.escrow_ready(&idb));
+    // The unbacked requester's pending escrow is not, until it is final.
+    let c = net.locked(&mut left, unbacked, 7, 43);
+    assert!(!left.escrow_ready(&c.body_hash()));
+
+    // The sides meet: one lock survives, the fork is proven.
+    sync(&mut left, &mut right);
+    for l in [&mut left, &mut right] {
+        let st = l.state();
+        assert!(
+            st.escrows.contains_key(&ida) ^ st.escrows.contains_key(&idb),
+            "exactly one of the forked escrows survives"
+        );
+    }
+    let proofs = left.slash_proofs();
+    assert!(
+        proofs.iter().any(
+            |p| matches!(p.check(&net.genesis.network()), Ok((who, Offence::Fork(_))) if who == r)
+        ),
+        "{proofs:?}"
+    );
+    let before = left.state().slashable(&r);
+    for p in proofs {
+        left.append(&net.ids[0], Body::Slash(Box::new(p)), T0)
+            .unwrap();
+    }
+    let lost = before.0 - left.state().slashable(&r).0;
+    assert!(
+        lost > price.0,
+        "the fork cost {lost} µ; the dropped escrow was worth {price}"
+    );
+    finalize(&net, &mut left, 2, 0);
+    assert!(left.escrow_ready(&c.body_hash()), "final now");
+    sync(&mut left, &mut right);
+    assert_eq!(left.finalized_state(), right.finalized_state());
+    conserved(&mut left);
+}

@@ -133,6 +133,11 @@ pub struct GenesisArgs {
     /// An initial stake (oracles), ACCOUNT=TOKENS (repeatable).
     #[arg(long, value_name = "ACCOUNT=TOKENS")]
     pub stake: Vec<String>,
+    /// An initial bond, ACCOUNT=TOKENS (repeatable): a requester's bond backs
+    /// its escrows, so providers start its jobs before the escrow is final; a
+    /// provider's is what a proven wrong result slashes.
+    #[arg(long, value_name = "ACCOUNT=TOKENS")]
+    pub bond: Vec<String>,
     /// Epoch length in seconds (a checkpoint each epoch).
     #[arg(long, default_value_t = 600)]
     pub epoch_secs: u64,
@@ -932,6 +937,11 @@ fn genesis(cli: &Cli, args: &GenesisArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| crate::genesis::parse_allocation(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let bonds = args
+        .bond
+        .iter()
+        .map(|s| crate::genesis::parse_allocation(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     if args.epoch_secs == 0 || args.committee == 0 {
         anyhow::bail!("--epoch-secs and --committee must be positive");
     }
@@ -942,6 +952,7 @@ fn genesis(cli: &Cli, args: &GenesisArgs) -> anyhow::Result<()> {
         crate::genesis::local_params(protocol::DurationMs::secs(args.epoch_secs), args.committee),
         balances,
         stakes,
+        bonds,
     )?;
     crate::genesis::save(&args.out, &g)?;
     print(

@@ -102,9 +102,15 @@ impl LocalSwarm {
         } else {
             let mut balances = Vec::new();
             let mut stakes = Vec::new();
+            // The requester's bond backs its escrows before they are final,
+            // so providers start at once.
+            let mut bonds = Vec::new();
             for (i, id) in ids.iter().enumerate() {
                 let tokens = if i == 6 { 10_000 } else { 100 };
                 balances.push((id.account(), Amount::tokens(tokens)));
+                if i == 6 {
+                    bonds.push((id.account(), Amount::tokens(1_000)));
+                }
                 if i < 3 {
                     stakes.push((id.account(), Amount::tokens(1_000)));
                 }
@@ -116,6 +122,7 @@ impl LocalSwarm {
                 crate::genesis::local_params(DurationMs::secs(epoch_secs), 3),
                 balances,
                 stakes,
+                bonds,
             )?;
             crate::genesis::save(&genesis_path, &g)?;
             g

@@ -80,8 +80,13 @@ pub fn build(
     params: Params,
     mut balances: Vec<(AccountId, Amount)>,
     mut stakes: Vec<(AccountId, Amount)>,
+    mut bonds: Vec<(AccountId, Amount)>,
 ) -> anyhow::Result<GenesisEntry> {
-    for (what, v) in [("balance", &mut balances), ("stake", &mut stakes)] {
+    for (what, v) in [
+        ("balance", &mut balances),
+        ("stake", &mut stakes),
+        ("bond", &mut bonds),
+    ] {
         v.sort_by_key(|(a, _)| *a);
         if let Some(w) = v.windows(2).find(|w| w[0].0 == w[1].0) {
             bail!("account {} has two {what} allocations", w[0].0);
@@ -95,8 +100,9 @@ pub fn build(
             params,
             balances,
             stakes,
-            // Providers bond from their balance when they start.
-            bonds: vec![],
+            // Providers bond from their balance when they start; a requester
+            // bonded at genesis has its escrows backed from the first job.
+            bonds,
         },
     )?)
 }
@@ -135,6 +141,7 @@ mod tests {
             Params::default(),
             vec![(id.account(), Amount::tokens(5))],
             vec![],
+            vec![],
         )
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -150,6 +157,7 @@ mod tests {
             Timestamp(1),
             Params::default(),
             vec![(id.account(), Amount(1)), (id.account(), Amount(2))],
+            vec![],
             vec![],
         );
         assert!(dup.is_err());

@@ -99,6 +99,7 @@ pub async fn run(
     }
     let mut balances = Vec::new();
     let mut stakes = Vec::new();
+    let mut bonds = Vec::new();
     for (d, r) in dirs.iter().zip(&roles) {
         let a = d.identity.account();
         if r.starts_with("oracle") {
@@ -106,6 +107,7 @@ pub async fn run(
             balances.push((a, Amount::tokens(100)));
         } else if r.starts_with("requester") {
             balances.push((a, Amount::tokens(10_000)));
+            bonds.push((a, Amount::tokens(1_000)));
         } else {
             balances.push((a, Amount::tokens(100)));
         }
@@ -117,6 +119,7 @@ pub async fn run(
         crate::genesis::local_params(DurationMs::secs(5), 3),
         balances,
         stakes,
+        bonds,
     )?;
     for d in &dirs {
         d.install_genesis(&genesis)?;

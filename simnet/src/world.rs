@@ -64,6 +64,11 @@ const OFFER_STEP_EVERY: u64 = 2_048;
 
 /// Tokens every requester starts with.
 pub const REQUESTER_GENESIS: Amount = Amount::tokens(1_000_000);
+/// What every requester holds bonded at genesis, besides: a requester's
+/// final bond backs the escrows it locks before they are final, so that
+/// providers start on them at once (a fork of its chain burns a share of
+/// it). Without one, every job would wait for its escrow's checkpoint.
+pub const REQUESTER_BOND: Amount = Amount::tokens(100_000);
 /// The committee's fee: the oracle engines charge it and the ledger's genesis
 /// fixes it, so payouts agree.
 pub const ORACLE_FEE: Bps = Bps(100);
@@ -303,7 +308,8 @@ pub(crate) fn provider_config(
     }
 }
 
-/// The ledger's genesis: requesters hold [`REQUESTER_GENESIS`] each; oracles
+/// The ledger's genesis: requesters hold [`REQUESTER_GENESIS`] each, and
+/// bond [`REQUESTER_BOND`]; oracles
 /// stake unequally (1, 2 or 3 thousand tokens), so the committee draw's
 /// weighting matters; each provider holds a bond in proportion to its
 /// capacity ([`provider_bond`]). Epochs are the scenario's.
@@ -323,7 +329,7 @@ pub(crate) fn genesis(sc: &Scenario, seed: u64, n_req: usize) -> (GenesisEntry, 
         .enumerate()
         .map(|(i, o)| (o.account(), Amount::tokens(1_000 * (1 + i as u64 % 3))))
         .collect();
-    let mut bonds = Vec::new();
+    let mut bonds: Vec<(protocol::AccountId, Amount)> = Vec::new();
     for g in &sc.providers {
         let p = g.profile.params();
         for _ in 0..g.count {
@@ -331,6 +337,7 @@ pub(crate) fn genesis(sc: &Scenario, seed: u64, n_req: usize) -> (GenesisEntry, 
             bonds.push((id.account(), provider_bond_at(sc, bonds.len(), &p)));
         }
     }
+    bonds.extend(requesters.iter().map(|r| (r.account(), REQUESTER_BOND)));
     let params = crdt_ledger::Params {
         epoch_length: DurationMs(sc.epoch_minutes * 60_000),
         committee_size: u16::try_from(sc.oracles.committee).unwrap_or(u16::MAX),

@@ -30,7 +30,9 @@ pub fn logs() {
 }
 
 /// A genesis for a test network: `funded` accounts hold 10 000 tokens, `staked`
-/// ones 100 tokens and a stake of 1 000 (the committee); epochs of 2 s.
+/// ones 100 tokens and a stake of 1 000 (the committee); epochs of 2 s. Nobody
+/// is bonded: providers bond from their balance when they start, requesters at
+/// their first job (whose escrow providers run once it is final).
 pub fn genesis(
     name: &str,
     funded: &[protocol::AccountId],
@@ -53,6 +55,7 @@ pub fn genesis(
         peer::genesis::local_params(protocol::DurationMs::secs(2), k),
         balances,
         stakes,
+        vec![],
     )
     .expect("a test genesis is valid")
 }

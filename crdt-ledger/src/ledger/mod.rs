@@ -389,6 +389,41 @@ impl<S: Store> Ledger<S> {
         self.by_hash.get(hash).map(|e| &**e)
     }
 
+    /// Whether a provider may work on the escrow of `contract`: it is final,
+    /// or it is pending and its requester's final bond and stake back it.
+    ///
+    /// A pending escrow can vanish: a requester that signs two chains (across
+    /// a partition) keeps only one, and work done on the other is never
+    /// paid. That fork is slashed, burning `slash` of the requester's stake
+    /// and bond, so a pending escrow is backed only while everything the
+    /// requester has pending on this replica is worth less than that share:
+    /// the fork then costs the requester more than the work it gets from it.
+    pub fn escrow_ready(&mut self, contract: &Hash32) -> bool {
+        self.refresh();
+        let Some(view) = self.view.as_ref() else {
+            return false;
+        };
+        let (st, fin) = (&view.state, &self.fin.state);
+        if fin.escrows.contains_key(contract) {
+            return true;
+        }
+        let Some(requester) = st.escrows.get(contract).map(|e| e.requester) else {
+            return false;
+        };
+        let at_risk = st
+            .escrows
+            .iter()
+            .filter(|(id, e)| e.requester == requester && !fin.escrows.contains_key(*id))
+            .map(|(_, e)| e.amount.0)
+            .fold(0, u64::saturating_add);
+        let bond = fin.bonds.get(&requester).copied().unwrap_or_default();
+        let backing = self
+            .params
+            .slash
+            .of(Amount(fin.stake(&requester).0.saturating_add(bond.0)));
+        at_risk < backing.0
+    }
+
     /// The certificate and payout that settled `contract`, from the settlement
     /// entry the state indexes by contract id (no scan). `None` if the contract
     /// is not settled, or if its settlement entry is one a snapshot covers (not
@@ -526,7 +561,7 @@ impl<S: Store> Ledger<S> {
                 };
                 fresh
                     && !state.slashed.contains(&(who, offence))
-                    && (state.stake(&who) > Amount::ZERO || state.unbonding(&who) > Amount::ZERO)
+                    && state.slashable(&who) > Amount::ZERO
             }
             Err(_) => false,
         });

@@ -427,12 +427,22 @@ impl<S: Store> NodeCore<S> {
 
     /// A provider tops its bond up to the configured amount, as far as its
     /// spendable balance goes (at start, and at each new epoch: a balance can
-    /// grow, and a slash takes bond away).
+    /// grow, and a slash takes bond away). A requester with jobs does too,
+    /// when its balance is at least four times that: its final bond backs
+    /// the escrows it locks, so that providers start on them before they are
+    /// final (see `escrow_ready`); without one, its jobs wait for the
+    /// checkpoint that makes their escrow final.
     pub(crate) fn bond_for_contracts<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
-        if self.provider.is_none() || self.bond == Amount::ZERO {
+        if self.bond == Amount::ZERO {
             return;
         }
         let me = self.account();
+        if self.provider.is_none() {
+            let rich = self.ledger.spendable(&me).0 >= self.bond.0.saturating_mul(4);
+            if self.jobs.is_empty() || !rich {
+                return;
+            }
+        }
         let has = self
             .ledger
             .state()

@@ -18,7 +18,7 @@ use protocol::{
     Timestamp,
 };
 use rand::Rng;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::retry::Retry;
 use crate::{Cx, Grant, NodeCore, Output, WorkError, keys};
@@ -151,9 +151,7 @@ impl<S: Store> NodeCore<S> {
         let Some(terms) = self.prov.waiting.get(&contract) else {
             return;
         };
-        if grant.requester != terms.requester
-            || !self.ledger.state().escrows.contains_key(&contract)
-        {
+        if grant.requester != terms.requester || !self.escrow_ready(&contract) {
             return;
         }
         let Some(terms) = self.prov.waiting.remove(&contract) else {
@@ -168,6 +166,19 @@ impl<S: Store> NodeCore<S> {
                 grant,
             });
         }
+    }
+
+    /// Whether the escrow of `contract` may be worked on: final, or backed
+    /// by its requester's bond (see [`crdt_ledger::Ledger::escrow_ready`]).
+    fn escrow_ready(&mut self, contract: &Hash32) -> bool {
+        let ready = self.ledger.escrow_ready(contract);
+        if !ready && self.ledger.state().escrows.contains_key(contract) {
+            debug!(
+                contract = %contract.short(),
+                "escrow pending and not backed by its requester's bond: waiting for its checkpoint"
+            );
+        }
+        ready
     }
 
     /// Run what the ledger now escrows; hand the engine the settlements of our

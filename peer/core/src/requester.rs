@@ -63,6 +63,10 @@ impl Jobs {
         self.by_id.get_mut(id)
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
     fn of_contract(&self, contract: &Hash32) -> Option<&Job> {
         self.by_id.get(self.of_contract.get(contract)?)
     }
@@ -239,6 +243,7 @@ impl<S: Store> NodeCore<S> {
         job.event(now, format!("submitted; {offers} offers in the book"));
         self.jobs.insert(job);
         let mut cx = Cx { now, rng, out };
+        self.bond_for_contracts(&mut cx);
         self.requester_handle(&mut cx, RequesterInput::Submit(Box::new(p.spec)));
         self.settle_ledger(&mut cx);
         Ok(id)

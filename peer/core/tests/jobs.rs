@@ -407,3 +407,54 @@ fn members_write_their_probes_into_sla_records() {
     assert_eq!(rep.answered, rep.probes, "{rep:?}");
     assert_eq!(rep.jobs_ok, 1);
 }
+
+/// A pending escrow can vanish (a requester that forks its chain keeps only
+/// one branch), so a provider starts on one only when its requester's final
+/// bond backs it. A requester with no bond yet: its first job runs once its
+/// escrow is final. The requester bonds at its first job; once that bond is
+/// final, its next job runs on a pending escrow.
+#[test]
+fn an_unbacked_escrow_is_run_only_once_final_and_a_bond_backs_the_next() {
+    use protocol::Amount;
+    let mut net = Net::new_bonded(&ROLES, TOKENS, 1, Amount::ZERO);
+    warm_up(&mut net);
+    let spec = net.job_spec(REQ, 10, 1_000);
+    let job = net.submit(REQ, spec);
+    let until = net.now.plus(DurationMs::secs(60));
+    assert!(net.run(until, |n| !n.runs.is_empty()), "the job never ran");
+    let (p, contract) = net.runs[0];
+    assert_eq!(p, PROV);
+    let prov = net.nodes[PROV].ledger();
+    assert!(
+        prov.finalized_state().escrows.contains_key(&contract),
+        "the provider ran on an escrow that was not final, with no bond behind it"
+    );
+    assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
+    // The bond the requester wrote at its first job is final by now.
+    let until = net.now.plus(DurationMs::secs(12));
+    net.run(until, |_| false);
+    let r = net.ids[REQ].account();
+    assert!(
+        net.nodes[PROV]
+            .ledger()
+            .finalized_state()
+            .bonds
+            .contains_key(&r),
+        "the requester did not bond"
+    );
+    let spec = net.job_spec(REQ, 10, 1_000);
+    let job = net.submit(REQ, spec);
+    let until = net.now.plus(DurationMs::secs(60));
+    assert!(
+        net.run(until, |n| n.runs.len() > 1),
+        "the second job never ran"
+    );
+    let (_, contract) = net.runs[1];
+    let prov = net.nodes[PROV].ledger();
+    assert!(prov.state().escrows.contains_key(&contract));
+    assert!(
+        !prov.finalized_state().escrows.contains_key(&contract),
+        "a backed escrow should not wait for its checkpoint"
+    );
+    assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
+}

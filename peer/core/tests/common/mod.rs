@@ -111,6 +111,16 @@ pub enum Wire {
 }
 
 pub fn genesis(ids: &[Identity], roles: &[Role], requester_micro: u64) -> GenesisEntry {
+    genesis_bonded(ids, roles, requester_micro, REQUESTER_BOND)
+}
+
+/// [`genesis`] with each requester bonding `requester_bond`.
+pub fn genesis_bonded(
+    ids: &[Identity],
+    roles: &[Role],
+    requester_micro: u64,
+    requester_bond: Amount,
+) -> GenesisEntry {
     let params = Params {
         epoch_length: DurationMs::secs(5),
         stall_timeout: DurationMs::secs(3),
@@ -124,6 +134,7 @@ pub fn genesis(ids: &[Identity], roles: &[Role], requester_micro: u64) -> Genesi
     };
     let mut balances = Vec::new();
     let mut stakes = Vec::new();
+    let mut bonds = Vec::new();
     for (id, r) in ids.iter().zip(roles) {
         match r {
             Role::Oracle => {
@@ -131,11 +142,19 @@ pub fn genesis(ids: &[Identity], roles: &[Role], requester_micro: u64) -> Genesi
                 stakes.push((id.account(), params.min_stake));
             }
             Role::Provider { .. } => balances.push((id.account(), Amount::tokens(10))),
-            Role::Requester => balances.push((id.account(), Amount(requester_micro))),
+            // A requester's bond backs its escrows before they are final:
+            // providers start on them at once.
+            Role::Requester => {
+                balances.push((id.account(), Amount(requester_micro)));
+                if requester_bond > Amount::ZERO {
+                    bonds.push((id.account(), requester_bond));
+                }
+            }
         }
     }
     balances.sort_by_key(|(a, _)| *a);
     stakes.sort_by_key(|(a, _)| *a);
+    bonds.sort_by_key(|(a, _)| *a);
     GenesisEntry::create(
         &Identity::from_seed(999),
         Genesis {
@@ -144,11 +163,14 @@ pub fn genesis(ids: &[Identity], roles: &[Role], requester_micro: u64) -> Genesi
             params,
             balances,
             stakes,
-            bonds: vec![],
+            bonds,
         },
     )
     .unwrap()
 }
+
+/// Each requester's bond at genesis.
+pub const REQUESTER_BOND: Amount = Amount::tokens(10);
 
 pub fn provider_config(account: &AccountId) -> ProviderConfig {
     ProviderConfig {
@@ -183,10 +205,20 @@ pub fn core(id: &Identity, r: Role, ledger: Ledger<MemStore>) -> NodeCore<MemSto
 impl Net {
     /// A network of `roles`; requesters start with `requester_micro` µ-tokens.
     pub fn new(roles: &[Role], requester_micro: u64, seed: u64) -> Net {
+        Net::new_bonded(roles, requester_micro, seed, REQUESTER_BOND)
+    }
+
+    /// [`Net::new`] with each requester bonding `requester_bond` at genesis.
+    pub fn new_bonded(
+        roles: &[Role],
+        requester_micro: u64,
+        seed: u64,
+        requester_bond: Amount,
+    ) -> Net {
         let ids: Vec<Identity> = (0..roles.len())
             .map(|i| Identity::from_seed(seed * 1000 + i as u64))
             .collect();
-        let g = genesis(&ids, roles, requester_micro);
+        let g = genesis_bonded(&ids, roles, requester_micro, requester_bond);
         let nodes = ids
             .iter()
             .zip(roles)
