@@ -847,6 +847,28 @@ fn provider_accepts_queues_and_rejects() {
         }
     ));
 
+    // Work that fits the deadline, but not after a 600 s wait for the
+    // requester's escrow to become final (no bond of its backs it): refused
+    // rather than run late.
+    prov.set_start_delay(req.account(), DurationMs::secs(600));
+    let p = propose(
+        &req,
+        me.account(),
+        simple_job(&req, now, 90, 1_000_000, 600),
+        500,
+        now,
+        90,
+    );
+    let out = prov.handle(now, ProviderInput::Proposal(p), &mut rng);
+    assert!(matches!(
+        answer_of(&out),
+        ProposalAnswer::Reject {
+            reason: RejectReason::DeadlineInfeasible,
+            ..
+        }
+    ));
+    prov.set_start_delay(req.account(), DurationMs(0));
+
     // Two accepted (one to run, one to queue), the third refused: queue full.
     let mut contracts = Vec::new();
     for n in 3..6u64 {
@@ -915,7 +937,7 @@ fn provider_accepts_queues_and_rejects() {
             s.rejected_deadline,
             s.rejected_capacity
         ),
-        (2, 1, 1, 1)
+        (2, 1, 2, 1)
     );
 }
 

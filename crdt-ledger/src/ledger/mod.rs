@@ -399,29 +399,38 @@ impl<S: Store> Ledger<S> {
     /// requester has pending on this replica is worth less than that share:
     /// the fork then costs the requester more than the work it gets from it.
     pub fn escrow_ready(&mut self, contract: &Hash32) -> bool {
-        self.refresh();
-        let Some(view) = self.view.as_ref() else {
-            return false;
-        };
-        let (st, fin) = (&view.state, &self.fin.state);
-        if fin.escrows.contains_key(contract) {
+        if self.finalized_state().escrows.contains_key(contract) {
             return true;
         }
-        let Some(requester) = st.escrows.get(contract).map(|e| e.requester) else {
+        let Some(requester) = self.state().escrows.get(contract).map(|e| e.requester) else {
             return false;
         };
+        let (at_risk, backing) = self.backing(&requester);
+        at_risk < backing
+    }
+
+    /// What `requester` has locked in escrows that are not final yet, as this
+    /// replica sees them, and what its final stake and bond back: `slash` of
+    /// them, what a fork of its chain would burn. Pending escrows are backed
+    /// while the first is below the second (see [`Ledger::escrow_ready`]).
+    pub fn backing(&mut self, requester: &AccountId) -> (Amount, Amount) {
+        self.refresh();
+        let Some(view) = self.view.as_ref() else {
+            return (Amount::ZERO, Amount::ZERO);
+        };
+        let (st, fin) = (&view.state, &self.fin.state);
         let at_risk = st
             .escrows
             .iter()
-            .filter(|(id, e)| e.requester == requester && !fin.escrows.contains_key(*id))
+            .filter(|(id, e)| e.requester == *requester && !fin.escrows.contains_key(*id))
             .map(|(_, e)| e.amount.0)
             .fold(0, u64::saturating_add);
-        let bond = fin.bonds.get(&requester).copied().unwrap_or_default();
+        let bond = fin.bonds.get(requester).copied().unwrap_or_default();
         let backing = self
             .params
             .slash
-            .of(Amount(fin.stake(&requester).0.saturating_add(bond.0)));
-        at_risk < backing.0
+            .of(Amount(fin.stake(requester).0.saturating_add(bond.0)));
+        (Amount(at_risk), backing)
     }
 
     /// The certificate and payout that settled `contract`, from the settlement

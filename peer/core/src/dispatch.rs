@@ -87,12 +87,20 @@ impl<S: Store> NodeCore<S> {
                 }
                 self.requester_handle(cx, RequesterInput::Offer(s));
             }
-            Message::Bid(b) => self.provider_handle(cx, ProviderInput::Bid(b)),
+            Message::Bid(b) => {
+                if let Ok(spec) = b.body_unverified() {
+                    self.note_start_delay(&spec);
+                }
+                self.provider_handle(cx, ProviderInput::Bid(b));
+            }
             Message::Proposal(p) => {
                 let Ok(body) = p.body_unverified() else {
                     return;
                 };
                 if body.provider == me && p.signer != me {
+                    if let Ok(spec) = body.job.body_unverified() {
+                        self.note_start_delay(&spec);
+                    }
                     self.provider_handle(cx, ProviderInput::Proposal(p));
                 } else if body.provider == p.signer {
                     self.requester_handle(cx, RequesterInput::Proposal(p));

@@ -410,27 +410,55 @@ fn members_write_their_probes_into_sla_records() {
 
 /// A pending escrow can vanish (a requester that forks its chain keeps only
 /// one branch), so a provider starts on one only when its requester's final
-/// bond backs it. A requester with no bond yet: its first job runs once its
-/// escrow is final. The requester bonds at its first job; once that bond is
-/// final, its next job runs on a pending escrow.
+/// bond backs it. A requester too poor to bond: a job whose deadline leaves
+/// no room for the wait is declined (rather than the provider being judged
+/// late for a wait the protocol set), and its next job runs once its escrow
+/// is final.
 #[test]
-fn an_unbacked_escrow_is_run_only_once_final_and_a_bond_backs_the_next() {
+fn an_unbacked_escrow_is_run_only_once_final() {
     use protocol::Amount;
-    let mut net = Net::new_bonded(&ROLES, TOKENS, 1, Amount::ZERO);
+    // 15 tokens: less than four times the 5-token bond, so it never bonds.
+    let mut net = Net::new_bonded(&ROLES, 15_000_000, 1, Amount::ZERO);
     warm_up(&mut net);
+    // Two 5 s epochs and a 3 s round of wait make an 8 s deadline infeasible.
+    let mut tight = net.job_spec(REQ, 10, 1_000);
+    tight.deadline = net.now.plus(DurationMs::secs(8));
+    tight.expires_at = tight.deadline;
+    let job = net.submit(REQ, tight);
+    assert_eq!(
+        run_to_end(&mut net, job, 60),
+        JobState::Ended(JobEnd::Expired)
+    );
+    assert!(net.runs.is_empty());
     let spec = net.job_spec(REQ, 10, 1_000);
     let job = net.submit(REQ, spec);
     let until = net.now.plus(DurationMs::secs(60));
     assert!(net.run(until, |n| !n.runs.is_empty()), "the job never ran");
     let (p, contract) = net.runs[0];
     assert_eq!(p, PROV);
-    let prov = net.nodes[PROV].ledger();
     assert!(
-        prov.finalized_state().escrows.contains_key(&contract),
+        net.nodes[PROV]
+            .ledger()
+            .finalized_state()
+            .escrows
+            .contains_key(&contract),
         "the provider ran on an escrow that was not final, with no bond behind it"
     );
     assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
-    // The bond the requester wrote at its first job is final by now.
+    let r = net.ids[REQ].account();
+    assert!(!net.nodes[PROV].ledger().state().bonds.contains_key(&r));
+}
+
+/// A requester that can afford it bonds at its first job; once that bond is
+/// final, a provider runs its next job on a pending escrow.
+#[test]
+fn a_requesters_bond_lets_its_next_job_start_before_its_escrow_is_final() {
+    use protocol::Amount;
+    let mut net = Net::new_bonded(&ROLES, TOKENS, 1, Amount::ZERO);
+    warm_up(&mut net);
+    let spec = net.job_spec(REQ, 10, 1_000);
+    let job = net.submit(REQ, spec);
+    assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
     let until = net.now.plus(DurationMs::secs(12));
     net.run(until, |_| false);
     let r = net.ids[REQ].account();

@@ -211,7 +211,14 @@ pub struct ProviderEngine {
     timers: crate::timers::Timers<Timer>,
     stats: ProviderStats,
     ledger: ProviderLedger,
+    /// How long a contract of each requester would wait before it may start
+    /// (its escrow must become final), as the driver last said.
+    start_delays: HashMap<AccountId, DurationMs>,
 }
+
+/// Requesters whose start delay an engine remembers (the map is cleared when
+/// it is full: the driver sets a requester's delay before each of its jobs).
+const MAX_START_DELAYS: usize = 4_096;
 
 fn transfer_ms(bytes: u64, per_s: u64) -> u64 {
     u64::try_from((u128::from(bytes) * 1000).div_ceil(u128::from(per_s.max(1)))).unwrap_or(u64::MAX)
@@ -235,11 +242,29 @@ impl ProviderEngine {
             timers: crate::timers::Timers::default(),
             stats: ProviderStats::default(),
             ledger: ProviderLedger::default(),
+            start_delays: HashMap::new(),
         }
     }
 
     pub fn account(&self) -> AccountId {
         self.identity.account()
+    }
+
+    /// How long a contract of `requester` would wait before it may start: a
+    /// provider runs on a pending escrow only when the requester's bond backs
+    /// it, else once the escrow is final. The engine adds it to its estimate
+    /// of when a job of this requester would finish, so it never promises a
+    /// deadline the wait makes it miss (and is judged late for a wait the
+    /// protocol set).
+    pub fn set_start_delay(&mut self, requester: AccountId, delay: DurationMs) {
+        if delay == DurationMs(0) {
+            self.start_delays.remove(&requester);
+            return;
+        }
+        if self.start_delays.len() >= MAX_START_DELAYS {
+            self.start_delays.clear();
+        }
+        self.start_delays.insert(requester, delay);
     }
     pub fn config(&self) -> &ProviderConfig {
         &self.cfg
@@ -348,8 +373,13 @@ impl ProviderEngine {
         if !self.holds.contains(&spec.dataset.hash) {
             bytes = bytes.saturating_add(spec.dataset.size);
         }
+        let delay = self.start_delays.get(&spec.requester).map_or(0, |d| d.0);
         let own = transfer_ms(bytes, self.cfg.bandwidth_bytes_per_s)
-            + transfer_ms(spec.estimated_units.milli, self.cfg.speed_milli_cu_per_s);
+            .saturating_add(transfer_ms(
+                spec.estimated_units.milli,
+                self.cfg.speed_milli_cu_per_s,
+            ))
+            .saturating_add(delay);
         let wait = if self.running.len() + self.pending.len() + self.bid_proposals.len()
             < usize::from(self.cfg.slots)
         {
