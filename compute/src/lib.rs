@@ -35,6 +35,7 @@ pub mod dp;
 mod error;
 pub mod fedavg;
 mod gemm_safe;
+pub mod import;
 pub mod mlp;
 pub mod rng;
 pub mod tensors;

@@ -18,8 +18,83 @@ pub const META_KEY: &str = "cloudchain";
 /// Reads the metadata [`Writer`] wrote (plus any other plain keys), sorted by key.
 pub fn metadata(bytes: &[u8]) -> Result<BTreeMap<String, String>> {
     let (_, meta) = SafeTensors::read_metadata(bytes)?;
+    Ok(expand_metadata(meta.metadata().clone().unwrap_or_default()))
+}
+
+/// What a safetensors file's header says, read without loading its data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Header {
+    /// (name, dtype, shape) of each tensor, by name.
+    pub tensors: Vec<(String, String, Vec<usize>)>,
+    pub metadata: BTreeMap<String, String>,
+    /// Bytes of the file after the header.
+    pub data_bytes: u64,
+}
+
+/// The largest header read (safetensors' own limit).
+pub const MAX_HEADER: u64 = 100_000_000;
+
+/// Read a safetensors file's header only: its length is checked against the
+/// file before anything is allocated, and every tensor's data range against
+/// the data that follows.
+pub fn read_header(path: &std::path::Path) -> Result<Header> {
+    use std::io::Read;
+    let io = |source| ComputeError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let bad = |s: String| ComputeError::SafeTensors(format!("{}: {s}", path.display()));
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)
+        .map_err(|_| bad("shorter than a safetensors header".into()))?;
+    let n = u64::from_le_bytes(n);
+    if n > MAX_HEADER || n > len.saturating_sub(8) {
+        return Err(bad(format!(
+            "its header claims {n} bytes, the file holds {len}: not a safetensors file"
+        )));
+    }
+    let mut head = vec![0u8; n as usize];
+    f.read_exact(&mut head).map_err(io)?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&head).map_err(|e| bad(format!("header: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad("header is not an object".into()))?;
+    let data_bytes = len - 8 - n;
+    let mut tensors = Vec::new();
+    let mut metadata = HashMap::new();
+    for (name, t) in obj {
+        if name == "__metadata__" {
+            metadata =
+                serde_json::from_value(t.clone()).map_err(|e| bad(format!("metadata: {e}")))?;
+            continue;
+        }
+        let dtype = t["dtype"].as_str().unwrap_or("?").to_string();
+        let shape: Vec<usize> = serde_json::from_value(t["shape"].clone())
+            .map_err(|e| bad(format!("tensor `{name}`: shape: {e}")))?;
+        let offsets: [u64; 2] = serde_json::from_value(t["data_offsets"].clone())
+            .map_err(|e| bad(format!("tensor `{name}`: offsets: {e}")))?;
+        if offsets[0] > offsets[1] || offsets[1] > data_bytes {
+            return Err(bad(format!(
+                "tensor `{name}` lies outside the file's {data_bytes} data bytes"
+            )));
+        }
+        tensors.push((name.clone(), dtype, shape));
+    }
+    tensors.sort();
+    Ok(Header {
+        tensors,
+        metadata: expand_metadata(metadata),
+        data_bytes,
+    })
+}
+
+/// Metadata as a sorted map: [`Writer`]'s one key split into its lines.
+fn expand_metadata(meta: HashMap<String, String>) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    for (k, v) in meta.metadata().clone().unwrap_or_default() {
+    for (k, v) in meta {
         if k == META_KEY {
             for line in v.lines() {
                 if let Some((k, v)) = line.split_once('=') {
@@ -30,7 +105,7 @@ pub fn metadata(bytes: &[u8]) -> Result<BTreeMap<String, String>> {
             out.insert(k, v);
         }
     }
-    Ok(out)
+    out
 }
 
 fn get<'a>(st: &'a SafeTensors<'a>, name: &str) -> Result<TensorView<'a>> {

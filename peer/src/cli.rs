@@ -83,6 +83,9 @@ pub enum Command {
     /// Content-addressed blobs (models, data sets, results).
     #[command(subcommand)]
     Blob(BlobCommand),
+    /// Your own data: import a CSV file as a training data set, inspect one.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Simulate the market on virtual time and write a report (CSV, SVG, HTML).
     Sim(SimArgs),
     /// Benchmark this device's matrix-product speed (GFLOP/s = compute units per
@@ -229,6 +232,143 @@ pub enum BlobCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Turn a CSV file (a header line, then one row per line) into the
+    /// safetensors a training job takes: every column but the label is a
+    /// numeric feature; the label's distinct values are the classes. The file
+    /// records the feature and class names and the CSV file's hash.
+    Import {
+        /// The CSV file.
+        file: PathBuf,
+        /// The label column's name.
+        #[arg(long)]
+        label: String,
+        /// What to learn: only `classify` for now.
+        #[arg(long, default_value = "classify")]
+        task: String,
+        /// The share of rows held out as the test split (0 to 0.9); the split
+        /// is fixed by the file's contents.
+        #[arg(long, default_value_t = 0.2)]
+        test_share: f64,
+        /// Scale each feature to mean 0 and deviation 1 over the training rows
+        /// (the means and deviations are kept in the file's metadata).
+        #[arg(long)]
+        standardize: bool,
+        /// Where to write (default: the CSV file's name with `.safetensors`).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// Print a safetensors file's tensors (dtype, shape) and metadata, reading
+    /// only its header.
+    Inspect {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+/// The largest CSV file `data import` reads.
+const MAX_CSV_BYTES: u64 = 4 << 30;
+
+fn data(json: bool, cmd: &DataCommand) -> anyhow::Result<()> {
+    match cmd {
+        DataCommand::Import {
+            file,
+            label,
+            task,
+            test_share,
+            standardize,
+            out,
+        } => {
+            if task != "classify" {
+                anyhow::bail!(
+                    "--task {task}: only `classify` is supported (a label with at most {}                      classes)",
+                    compute::import::MAX_CLASSES
+                );
+            }
+            let size = std::fs::metadata(file)
+                .with_context(|| format!("cannot read {}", file.display()))?
+                .len();
+            if size > MAX_CSV_BYTES {
+                anyhow::bail!(
+                    "{} is {size} bytes; at most {MAX_CSV_BYTES} are imported",
+                    file.display()
+                );
+            }
+            let bytes =
+                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let name = file
+                .file_stem()
+                .map_or_else(|| "data".to_string(), |s| s.to_string_lossy().into_owned());
+            let got = compute::import::import_csv(
+                &bytes,
+                &compute::import::ImportOptions {
+                    label: label.clone(),
+                    test_share: *test_share,
+                    standardize: *standardize,
+                    name,
+                },
+            )
+            .with_context(|| format!("{} cannot be imported", file.display()))?;
+            let out = out
+                .clone()
+                .unwrap_or_else(|| file.with_extension("safetensors"));
+            std::fs::write(&out, &got.bytes)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            let view = serde_json::json!({
+                "file": out,
+                "rows_train": got.train_rows,
+                "rows_test": got.test_rows,
+                "features": got.features,
+                "classes": got.classes,
+                "source_blake3": got.source,
+            });
+            print(json, &view, |_| {
+                println!("wrote     {}", out.display());
+                println!(
+                    "rows      {} to train, {} to test",
+                    got.train_rows, got.test_rows
+                );
+                println!(
+                    "features  {} ({})",
+                    got.features.len(),
+                    got.features.join(", ")
+                );
+                println!(
+                    "classes   {} ({})",
+                    got.classes.len(),
+                    got.classes.join(", ")
+                );
+                println!(
+                    "train it  a job file with kind = \"train\", data = \"{}\" and a first \
+                     layer of {} inputs, a last of {} outputs",
+                    out.display(),
+                    got.features.len(),
+                    got.classes.len()
+                );
+            })
+        }
+        DataCommand::Inspect { file } => {
+            let h = compute::tensors::read_header(file)?;
+            let view = serde_json::json!({
+                "tensors": h.tensors.iter().map(|(n, d, s)| serde_json::json!({
+                    "name": n, "dtype": d, "shape": s,
+                })).collect::<Vec<_>>(),
+                "metadata": h.metadata,
+                "data_bytes": h.data_bytes,
+            });
+            print(json, &view, |_| {
+                for (n, d, s) in &h.tensors {
+                    println!("{n:<10} {d:<5} {s:?}");
+                }
+                for (k, v) in &h.metadata {
+                    println!("{k:<18} {v}");
+                }
+            })
+        }
+    }
+}
+
 impl Cli {
     fn data_dir(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(default_data_dir)
@@ -283,6 +423,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } => return demo(cli.json, keep.clone(), *faulty_provider),
         Command::Sim(args) => return sim(cli.json, args),
         Command::Bench { backend, what } => return bench(cli.json, backend, what.as_ref()),
+        Command::Data(cmd) => return data(cli.json, cmd),
         Command::Init { .. } | Command::Id => {}
     }
     match cli.command {

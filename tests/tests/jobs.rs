@@ -260,3 +260,53 @@ async fn a_provider_killed_mid_job_ends_in_a_refund_and_a_restart_keeps_the_ledg
     assert!(err.contains("belongs to network"), "{err}");
     stop(nodes).await
 }
+
+/// Three Gaussian blobs with named classes and features, as a CSV file.
+fn blobs_csv(rows: usize) -> String {
+    let mut s = String::from("sepal,petal,width,species\n");
+    let names = ["setosa", "versicolor", "virginica"];
+    for r in 0..rows {
+        let c = r % 3;
+        let jitter = |k: usize| ((r * 7919 + k * 104_729) % 1000) as f32 / 1000.0 - 0.5;
+        let (a, b, w) = (
+            c as f32 * 3.0 + jitter(1),
+            -(c as f32) * 2.0 + jitter(2),
+            1.0 + jitter(3),
+        );
+        s.push_str(&format!("{a},{b},{w},{}\n", names[c]));
+    }
+    s
+}
+
+/// Your own data: a CSV file imported (the code `cloudchain data import`
+/// runs) trains on a swarm; the job settles ok and the model is scored on
+/// the held-out rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csv_file_imported_trains_on_a_swarm_and_settles_ok() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let got = compute::import::import_csv(
+        blobs_csv(300).as_bytes(),
+        &compute::import::ImportOptions {
+            label: "species".into(),
+            test_share: 0.2,
+            standardize: true,
+            name: "blobs".into(),
+        },
+    )?;
+    assert_eq!(got.classes, ["setosa", "versicolor", "virginica"]);
+    let data = tmp.path().join("blobs.safetensors");
+    std::fs::write(&data, &got.bytes)?;
+    let (nodes, _, _) = swarm(tmp.path(), "csv", 1, 1, true, |_| {}).await?;
+    let c = requester(tmp.path(), 1).await?;
+    let mut job = peer::control::JobRequest::train_mlp(data, 30, 1);
+    if let protocol::JobKind::Train { layers, .. } = &mut job.kind {
+        *layers = vec![3, 16, 3];
+    }
+    let v = c.submit(&job).await?;
+    let done = wait_job(&c, &v.id, Duration::from_secs(120), |v| v.done).await;
+    assert_eq!(done.outcome.as_deref(), Some("ok"), "{done:#?}");
+    let m = done.metrics.as_ref().expect("training metrics");
+    let acc = m.test_accuracy.expect("the held-out rows were scored");
+    assert!(acc > 0.9, "test accuracy {acc}");
+    stop(nodes).await
+}
