@@ -135,7 +135,34 @@ pub fn estimate_units(kind: &JobKind, data: &[u8], model: Option<&[u8]>) -> anyh
             shape.features
         );
     }
+    if let WorkloadSpec::Train(ts) = &spec {
+        check_labels(data, ts.layers.last().copied().unwrap_or(0))?;
+    }
     Ok(compute::compute_units_for(&spec, shape))
+}
+
+/// A training set's labels must be class numbers the model's last layer has
+/// an output for: caught at submit, before anything is escrowed, rather than
+/// by the provider after the job is paid for.
+fn check_labels(data: &[u8], outputs: usize) -> anyhow::Result<()> {
+    let st = compute::tensors::parse(data)?;
+    let names = ["y", "y_test"];
+    for name in names.iter().filter(|n| compute::tensors::has(&st, n)) {
+        let labels = compute::tensors::read_labels(&st, name).map_err(|e| {
+            anyhow::anyhow!(
+                "{e}: a training job classifies, and its labels must be class numbers 0, 1, …                  (regression is not supported yet)"
+            )
+        })?;
+        if let Some(&top) = labels.iter().max()
+            && top as usize >= outputs
+        {
+            bail!(
+                "the data set's `{name}` has labels up to {top} ({} classes), but the model's                  last layer has {outputs} outputs",
+                u64::from(top) + 1
+            );
+        }
+    }
+    Ok(())
 }
 
 fn units(cu: f64) -> ComputeUnits {
@@ -485,6 +512,51 @@ mod tests {
             checkpoint_every: ran.checkpoint_every,
             checkpoints: ran.checkpoints,
         }
+    }
+
+    /// Data that cannot train the model is refused at submit, before any
+    /// escrow: float (regression) labels, more classes than outputs, a
+    /// feature count the first layer does not take.
+    #[test]
+    fn a_job_whose_data_does_not_fit_its_model_is_refused_before_escrow() {
+        let data = wine();
+        assert!(estimate_units(&train_kind(), &data, None).is_ok());
+        let narrow = JobKind::Train {
+            layers: vec![11, 16, 4],
+            epochs: 2,
+            batch: 64,
+            learning_rate: 0.05,
+            dp: None,
+            seed: 7,
+        };
+        let e = format!("{:#}", estimate_units(&narrow, &data, None).unwrap_err());
+        assert!(
+            e.contains("labels up to 5 (6 classes)") && e.contains("4 outputs"),
+            "{e}"
+        );
+        let wide = JobKind::Train {
+            layers: vec![12, 16, 6],
+            epochs: 2,
+            batch: 64,
+            learning_rate: 0.05,
+            dp: None,
+            seed: 7,
+        };
+        let e = format!("{:#}", estimate_units(&wide, &data, None).unwrap_err());
+        assert!(e.contains("11 features per row"), "{e}");
+        let regress = compute::tensors::Writer::new()
+            .f32("x", &[2, 11], &[0.5; 22])
+            .f32("y", &[2], &[0.25, 3.5])
+            .to_bytes()
+            .unwrap();
+        let e = format!(
+            "{:#}",
+            estimate_units(&train_kind(), &regress, None).unwrap_err()
+        );
+        assert!(
+            e.contains("non-integral label") && e.contains("regression"),
+            "{e}"
+        );
     }
 
     #[test]
