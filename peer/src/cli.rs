@@ -73,7 +73,12 @@ pub enum Command {
     },
     /// Print this node's account id, libp2p PeerId and iroh endpoint id (one key,
     /// three views).
-    Id,
+    Id {
+        /// Print the account id alone (for scripts: `--balance $(cloudchain id
+        /// --account)=100`).
+        #[arg(long)]
+        account: bool,
+    },
     /// Run the node in the foreground until Ctrl-C (or SIGTERM).
     Run(RunArgs),
     /// Show the running node's addresses and peers.
@@ -391,16 +396,35 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// Logs go to stderr (stdout is the command's output), coloured only on a
+/// terminal; `CLOUDCHAIN_LOG_FORMAT=json` writes one JSON object a line.
 fn init_logging() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
             "info,libp2p=warn,libp2p_kad=error,iroh=warn,iroh_blobs=warn",
         )
     });
-    let _ = tracing_subscriber::fmt()
+    let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if std::env::var("CLOUDCHAIN_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        b.json().try_init()
+    } else {
+        b.with_ansi(std::io::stderr().is_terminal()).try_init()
+    };
+}
+
+/// Let a closed pipe end the process quietly (the default for Unix tools).
+#[allow(unsafe_code)] // one libc call, no Rust-side invariant at stake
+pub fn quiet_broken_pipe() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to its default has no
+    // preconditions; it runs first thing in main, before any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 /// Run a parsed command line.
@@ -424,7 +448,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sim(args) => return sim(cli.json, args),
         Command::Bench { backend, what } => return bench(cli.json, backend, what.as_ref()),
         Command::Data(cmd) => return data(cli.json, cmd),
-        Command::Init { .. } | Command::Id => {}
+        Command::Init { .. } | Command::Id { .. } => {}
     }
     match cli.command {
         Command::Init { ref genesis } => {
@@ -451,11 +475,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Id => {
+        Command::Id { account } => {
             let path = cli.data_dir();
             let dir = DataDir::open(&path).with_context(|| "cannot read this node's identity")?;
             let id = &dir.identity;
-            if cli.json {
+            if account && !cli.json {
+                println!("{}", id.account());
+            } else if cli.json {
                 println!(
                     "{}",
                     serde_json::json!({

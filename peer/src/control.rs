@@ -285,6 +285,30 @@ struct AppState {
 
 struct ApiError(StatusCode, String);
 
+/// An error the CLI reports with a stable code (`--json` prints both).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        CliError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CliError {}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
@@ -529,9 +553,26 @@ impl ControlClient {
         })?;
         let status = resp.status();
         if !status.is_success() {
-            let body: serde_json::Value = resp.json().await.unwrap_or_default();
-            let msg = body["error"].as_str().unwrap_or("no detail").to_string();
-            bail!("the node answered {status}: {msg}");
+            let text = resp.text().await.unwrap_or_default();
+            let msg = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|b| b["error"].as_str().map(str::to_string))
+                .unwrap_or_else(|| {
+                    let t: String = text.trim().chars().take(500).collect();
+                    if t.is_empty() {
+                        "the node gave no reason".to_string()
+                    } else {
+                        t
+                    }
+                });
+            let code = match status.as_u16() {
+                400 | 422 => "invalid_request",
+                401 | 403 => "unauthorized",
+                404 => "not_found",
+                503 => "unavailable",
+                _ => "node_error",
+            };
+            return Err(CliError::new(code, msg).into());
         }
         resp.json()
             .await

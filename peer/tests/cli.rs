@@ -1,4 +1,4 @@
-//! `cloudchain data import` and `data inspect`, run as a user runs them.
+//! The CLI as a user runs it: `data import` and `data inspect`, its conventions.
 
 use std::process::Command;
 
@@ -82,4 +82,73 @@ fn a_csv_file_is_imported_and_inspected() {
     // A file that is not safetensors is refused from its first bytes.
     let out = cloudchain(&["data", "inspect", p]);
     assert!(!out.status.success());
+}
+
+/// A reader that goes away (`| head`) ends the command quietly: no panic.
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = compute::tensors::Writer::new().f32("x", &[1, 1], &[1.0]);
+    for i in 0..20_000 {
+        w = w.meta(
+            &format!("key{i:05}"),
+            "a value long enough to fill the pipe",
+        );
+    }
+    let st = tmp.path().join("big.safetensors");
+    std::fs::write(&st, w.to_bytes().unwrap()).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cloudchain"))
+        .args(["data", "inspect", st.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with('x'), "{first}");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(101), "a panic's exit code");
+}
+
+/// Under `--json` an error is a JSON object with a code and a message.
+#[test]
+fn errors_under_json_are_objects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = cloudchain(&[
+        "--json",
+        "--data-dir",
+        tmp.path().to_str().unwrap(),
+        "balance",
+    ]);
+    assert!(!out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["error"]["code"].is_string(), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no running node")
+    );
+}
+
+/// `id --account` prints the account alone, for scripts.
+#[test]
+fn id_account_prints_the_account_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    assert!(cloudchain(&["--data-dir", d, "init"]).status.success());
+    let out = cloudchain(&["--data-dir", d, "id", "--account"]);
+    assert!(out.status.success());
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(s.lines().count(), 1, "{s}");
+    let a = s.trim();
+    assert!(
+        a.len() == 64 && a.chars().all(|c| c.is_ascii_hexdigit()),
+        "{a}"
+    );
 }
