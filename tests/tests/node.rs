@@ -76,7 +76,9 @@ async fn blob_added_on_one_node_is_fetched_by_ticket_on_another_and_survives_res
     std::fs::write(b_dir.join(peer::control::TOKEN_FILE), "not-the-token")?;
     let bad = ControlClient::from_data_dir(&b_dir)?;
     let err = bad.status().await.unwrap_err();
-    let code = err.downcast_ref::<peer::control::CliError>().map(|e| e.code);
+    let code = err
+        .downcast_ref::<peer::control::CliError>()
+        .map(|e| e.code);
     assert_eq!(code, Some("unauthorized"), "{err}");
 
     // Restart B: its blobs persist in the data directory.
