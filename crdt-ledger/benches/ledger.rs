@@ -9,11 +9,11 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use crdt_ledger::{
-    Body, FileStore, Genesis, GenesisEntry, Ledger, MemStore, Params, PeerState, Store,
-};
+mod common;
+
+use crdt_ledger::{Body, FileStore, GenesisEntry, Ledger, MemStore, Params, PeerState, Store};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use protocol::{Amount, DurationMs, Identity, Timestamp};
+use protocol::{Amount, Identity, Timestamp};
 
 const AUTHORS: usize = 100;
 
@@ -30,26 +30,7 @@ struct Fixture {
 }
 
 fn fixture(n: usize) -> Fixture {
-    let ids: Vec<Identity> = (0..AUTHORS as u64).map(Identity::from_seed).collect();
-    let genesis = Genesis {
-        name: "bench".into(),
-        genesis_time: Timestamp(0),
-        params: Params {
-            epoch_length: DurationMs(600_000),
-            ..Params::default()
-        },
-        balances: ids
-            .iter()
-            .map(|i| (i.account(), Amount::tokens(1_000_000)))
-            .collect(),
-        stakes: ids
-            .iter()
-            .take(10)
-            .map(|i| (i.account(), Amount::tokens(1_000)))
-            .collect(),
-        bonds: vec![],
-    };
-    let genesis = GenesisEntry::create(&ids[0], genesis).unwrap();
+    let (ids, genesis) = common::network(AUTHORS, 10, Params::default().committee_size);
     let mut source = Ledger::new(genesis.clone(), &[1; 16]).unwrap();
     for i in 0..n {
         let from = i % AUTHORS;

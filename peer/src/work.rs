@@ -483,8 +483,12 @@ mod tests {
     }
 
     fn train_kind() -> JobKind {
+        train_with(vec![11, 16, 6])
+    }
+
+    fn train_with(layers: Vec<u32>) -> JobKind {
         JobKind::Train {
-            layers: vec![11, 16, 6],
+            layers,
             epochs: 2,
             batch: 64,
             learning_rate: 0.05,
@@ -521,27 +525,13 @@ mod tests {
     fn a_job_whose_data_does_not_fit_its_model_is_refused_before_escrow() {
         let data = wine();
         assert!(estimate_units(&train_kind(), &data, None).is_ok());
-        let narrow = JobKind::Train {
-            layers: vec![11, 16, 4],
-            epochs: 2,
-            batch: 64,
-            learning_rate: 0.05,
-            dp: None,
-            seed: 7,
-        };
+        let narrow = train_with(vec![11, 16, 4]);
         let e = format!("{:#}", estimate_units(&narrow, &data, None).unwrap_err());
         assert!(
             e.contains("labels up to 5 (6 classes)") && e.contains("4 outputs"),
             "{e}"
         );
-        let wide = JobKind::Train {
-            layers: vec![12, 16, 6],
-            epochs: 2,
-            batch: 64,
-            learning_rate: 0.05,
-            dp: None,
-            seed: 7,
-        };
+        let wide = train_with(vec![12, 16, 6]);
         let e = format!("{:#}", estimate_units(&wide, &data, None).unwrap_err());
         assert!(e.contains("11 features per row"), "{e}");
         let regress = compute::tensors::Writer::new()
