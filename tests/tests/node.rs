@@ -81,6 +81,17 @@ async fn blob_added_on_one_node_is_fetched_by_ticket_on_another_and_survives_res
         .map(|e| e.code);
     assert_eq!(code, Some("unauthorized"), "{err}");
 
+    // A second node on B's data directory is refused, and says why.
+    let again = node::start(DataDir::open(&b_dir)?, loopback_opts(&network, vec![])).await;
+    let Err(err) = again else {
+        panic!("a second node started on one data directory");
+    };
+    let err = format!("{err:#}");
+    assert!(
+        err.contains(&format!("another node (pid {})", std::process::id())),
+        "{err}"
+    );
+
     // Restart B: its blobs persist in the data directory.
     b.shutdown().await?;
     let b = node::start(DataDir::open(&b_dir)?, loopback_opts(&network, vec![])).await?;

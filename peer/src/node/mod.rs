@@ -136,6 +136,52 @@ pub struct RunningNode {
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
     net_task: tokio::task::JoinHandle<()>,
+    /// The data directory's lock, held while the node runs.
+    _lock: DirLock,
+}
+
+/// A lock on a data directory (`node.lock`, holding the pid): one node at a
+/// time runs on it. It is released when the node stops, or when its process
+/// dies (the OS drops the lock with the file).
+#[derive(Debug)]
+struct DirLock {
+    _file: std::fs::File,
+}
+
+const LOCK_FILE: &str = "node.lock";
+
+fn lock_dir(path: &std::path::Path) -> anyhow::Result<DirLock> {
+    use std::io::{Read, Seek, Write};
+    let p = path.join(LOCK_FILE);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("cannot open {}", p.display()))?;
+    match f.try_lock() {
+        Ok(()) => {
+            f.set_len(0)
+                .and_then(|()| f.rewind())
+                .and_then(|()| writeln!(f, "{}", std::process::id()))
+                .with_context(|| format!("cannot write {}", p.display()))?;
+            Ok(DirLock { _file: f })
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            anyhow::bail!(
+                "another node (pid {}) runs on the data directory {}: stop it first, or \
+                 give this one another --data-dir",
+                pid.trim(),
+                path.display()
+            )
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", p.display()))
+        }
+    }
 }
 
 impl RunningNode {
@@ -218,6 +264,7 @@ fn account_of(peer: &PeerId) -> Option<AccountId> {
 pub async fn start(dir: DataDir, opts: RunOptions) -> anyhow::Result<RunningNode> {
     let account = dir.identity.account();
     let span = info_span!("peer", id = %account.short());
+    let lock = lock_dir(&dir.path)?;
     dir.install_genesis(&opts.genesis)?;
     let network = opts.genesis.network();
     let store = FileStore::open(&dir.path.join("ledger"))
@@ -296,6 +343,7 @@ pub async fn start(dir: DataDir, opts: RunOptions) -> anyhow::Result<RunningNode
             .instrument(span),
     );
     Ok(RunningNode {
+        _lock: lock,
         account,
         control_addr,
         net: client,
