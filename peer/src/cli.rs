@@ -1048,7 +1048,7 @@ fn remote(cli: &Cli) -> anyhow::Result<()> {
 }
 
 fn tokens(micro: u64) -> String {
-    format!("{}.{:06}", micro / 1_000_000, micro % 1_000_000)
+    crate::control::token_string(micro)
 }
 
 fn print_job(j: &crate::control::JobView) {

@@ -167,28 +167,64 @@ pub struct JobView {
     pub price_micro_per_cu: Option<u64>,
     pub estimated_cu: f64,
     pub units_used: Option<f64>,
+    /// Amounts in micro-tokens, each with its decimal token string beside it
+    /// (`escrow_tokens`, …).
     pub escrow: Option<u64>,
+    pub escrow_tokens: Option<String>,
     pub paid: Option<u64>,
+    pub paid_tokens: Option<String>,
     pub refund: Option<u64>,
+    pub refund_tokens: Option<String>,
     /// The provider's bond slashed for this job (a result the committee
     /// proved wrong); half of it came back to us.
     pub slashed: Option<u64>,
-    pub verdict: Option<String>,
+    pub slashed_tokens: Option<String>,
+    pub verdict: Option<VerdictView>,
     pub result: Option<PathBuf>,
     pub metrics: Option<compute::Metrics>,
     pub events: Vec<JobEvent>,
 }
 
+/// The committee's certified verdict on a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerdictView {
+    pub delivered: bool,
+    pub result_ok: bool,
+    pub sla_ok: bool,
+    pub violations: u32,
+}
+
+impl std::fmt::Display for VerdictView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "delivered={} result_ok={} sla_ok={} violations={}",
+            self.delivered, self.result_ok, self.sla_ok, self.violations
+        )
+    }
+}
+
+/// Micro-tokens as a decimal token string (`1.500000`).
+pub fn token_string(micro: u64) -> String {
+    protocol::Amount(micro).to_string()
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BalanceView {
     pub account: String,
-    /// Micro-tokens, pending entries included.
+    /// Micro-tokens, pending entries included (each amount has its decimal
+    /// token string beside it: `balance_tokens`, …).
     pub balance: u64,
+    pub balance_tokens: String,
     /// What the account may spend now (finalized, minus its own pending debits).
     pub spendable: u64,
+    pub spendable_tokens: String,
     pub stake: u64,
-    /// Bonded as a provider (slashed by a proven wrong result).
+    pub stake_tokens: String,
+    /// Bonded (a provider's is slashed by a proven wrong result; a
+    /// requester's backs its escrows before they are final).
     pub bond: u64,
+    pub bond_tokens: String,
     pub finalized_epoch: u64,
 }
 

@@ -246,11 +246,7 @@ pub async fn run(
     let ok = done.iter().filter(|(v, _)| v.ok).count();
     let sla_ok = done
         .iter()
-        .filter(|(v, _)| {
-            v.verdict
-                .as_deref()
-                .is_some_and(|s| s.contains("sla_ok=true"))
-        })
+        .filter(|(v, _)| v.verdict.is_some_and(|v| v.sla_ok))
         .count();
     let earned_f: Vec<f64> = earned.iter().map(|&e| e as f64).collect();
     let report = TestbedReport {

@@ -5,7 +5,9 @@ use crdt_ledger::{Body, FileStore};
 use node_core::{Job, JobState, NodeCore};
 use protocol::{AccountId, ComputeUnits, Timestamp};
 
-use crate::control::{BalanceView, EntryView, JobEvent, JobView, LedgerView, OfferView};
+use crate::control::{
+    BalanceView, EntryView, JobEvent, JobView, LedgerView, OfferView, VerdictView, token_string,
+};
 
 pub(super) fn job_view(core: &NodeCore<FileStore>, j: &Job) -> JobView {
     let engine = core.requester();
@@ -30,15 +32,21 @@ pub(super) fn job_view(core: &NodeCore<FileStore>, j: &Job) -> JobView {
         estimated_cu: j.spec.estimated_units.as_f64(),
         units_used: j.units().map(ComputeUnits::as_f64),
         escrow: j.escrow.map(|a| a.0),
+        escrow_tokens: j.escrow.map(|a| a.to_string()),
         paid: settled.map(|s| s.payout.provider.0),
+        paid_tokens: settled.map(|s| s.payout.provider.to_string()),
         refund: settled.map(|s| s.payout.refund.0),
+        refund_tokens: settled.map(|s| s.payout.refund.to_string()),
         slashed: settled.map(|s| s.slashed.0),
+        slashed_tokens: settled.map(|s| s.slashed.to_string()),
         verdict: settled.map(|s| {
             let o = s.outcome;
-            format!(
-                "delivered={} result_ok={} sla_ok={} violations={}",
-                o.delivered, o.result_ok, o.sla_ok, o.violations
-            )
+            VerdictView {
+                delivered: o.delivered,
+                result_ok: o.result_ok,
+                sla_ok: o.sla_ok,
+                violations: o.violations,
+            }
         }),
         result: j.result.as_ref().map(|r| r.path.clone()),
         metrics: j
@@ -111,12 +119,18 @@ pub(super) fn balance(
     let spendable = ledger.spendable(&a).0;
     let finalized_epoch = ledger.finalized_epoch();
     let st = ledger.state();
+    let (balance, stake) = (st.balance(&a).0, st.stake(&a).0);
+    let bond = st.bonds.get(&a).map_or(0, |b| b.0);
     Ok(BalanceView {
         account: a.to_string(),
-        balance: st.balance(&a).0,
+        balance,
+        balance_tokens: token_string(balance),
         spendable,
-        stake: st.stake(&a).0,
-        bond: st.bonds.get(&a).map_or(0, |b| b.0),
+        spendable_tokens: token_string(spendable),
+        stake,
+        stake_tokens: token_string(stake),
+        bond,
+        bond_tokens: token_string(bond),
         finalized_epoch,
     })
 }
