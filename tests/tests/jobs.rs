@@ -302,5 +302,12 @@ async fn a_csv_file_imported_trains_on_a_swarm_and_settles_ok() -> anyhow::Resul
     let m = done.metrics.as_ref().expect("training metrics");
     let acc = m.test_accuracy.expect("the held-out rows were scored");
     assert!(acc > 0.9, "test accuracy {acc}");
+    // A gigabyte that is not a data set (a sparse file) is refused from its
+    // header, before it is read into memory.
+    let junk = tmp.path().join("junk.bin");
+    std::fs::File::create(&junk)?.set_len(1 << 30)?;
+    job.dataset = junk;
+    let err = format!("{:#}", c.submit(&job).await.unwrap_err());
+    assert!(err.contains("is not a data set"), "{err}");
     stop(nodes).await
 }

@@ -92,6 +92,12 @@ pub(super) async fn prepare(
     req: JobRequest,
     submitted: Timestamp,
 ) -> anyhow::Result<PreparedJob> {
+    // The header first: a file that is not a data set is refused before it
+    // is read whole into memory.
+    let path = req.dataset.clone();
+    tokio::task::spawn_blocking(move || compute::tensors::read_header(&path))
+        .await?
+        .with_context(|| format!("{} is not a data set", req.dataset.display()))?;
     let data = tokio::fs::read(&req.dataset)
         .await
         .with_context(|| format!("cannot read the data set {}", req.dataset.display()))?;
