@@ -957,11 +957,7 @@ fn remote(cli: &Cli) -> anyhow::Result<()> {
                 })
             }
             Command::Submit { job, wait, timeout } => {
-                let file = crate::jobfile::JobFile::load(job)?;
-                let base = job.parent().unwrap_or(std::path::Path::new("."));
-                let mut req = crate::control::JobRequest::from(file);
-                req.dataset = base.join(&req.dataset);
-                req.model = req.model.map(|m| base.join(m));
+                let req = crate::jobfile::JobFile::request(job)?;
                 let v = client.submit(&req).await?;
                 if !wait {
                     return print(json, &v, |v| {
@@ -982,7 +978,8 @@ fn remote(cli: &Cli) -> anyhow::Result<()> {
                         shown = v.events.len();
                     })
                     .await?;
-                print(json, &done, print_job)?;
+                // The timeline was shown as it came: the outcome only, once.
+                print(json, &done, print_job_summary)?;
                 if !done.ok {
                     anyhow::bail!(
                         "job {} ended {}",
@@ -1052,6 +1049,13 @@ fn tokens(micro: u64) -> String {
 }
 
 fn print_job(j: &crate::control::JobView) {
+    print_job_summary(j);
+    for e in &j.events {
+        println!("{:>8.2} s  {}", e.at_s, e.what);
+    }
+}
+
+fn print_job_summary(j: &crate::control::JobView) {
     println!("job        {}", j.id);
     println!("kind       {}", j.kind);
     println!("state      {}{}", j.state, if j.ok { " (ok)" } else { "" });
@@ -1085,9 +1089,6 @@ fn print_job(j: &crate::control::JobView) {
     }
     if let Some(r) = &j.result {
         println!("result     {}", r.display());
-    }
-    for e in &j.events {
-        println!("{:>8.2} s  {}", e.at_s, e.what);
     }
 }
 

@@ -162,6 +162,18 @@ impl JobFile {
         Ok(job)
     }
 
+    /// Load a job file as the request a node takes: its paths, relative to
+    /// the file, made absolute (the node runs in a directory of its own).
+    pub fn request(path: &Path) -> anyhow::Result<crate::control::JobRequest> {
+        use anyhow::Context;
+        let mut req = crate::control::JobRequest::from(JobFile::load(path)?);
+        let absolute =
+            |p: &Path| std::path::absolute(p).with_context(|| format!("{}", p.display()));
+        req.dataset = absolute(&req.dataset)?;
+        req.model = req.model.as_deref().map(absolute).transpose()?;
+        Ok(req)
+    }
+
     /// Parse job-file text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<JobFile, JobFileError> {
         let raw: Raw = toml::from_str(text).map_err(|e| JobFileError::Parse {
@@ -286,6 +298,30 @@ impl JobFile {
 
 #[cfg(test)]
 mod tests {
+    /// Paths in a job file are relative to it, once: submitting
+    /// `data/x.toml` from elsewhere looked for `data/data/…`.
+    #[test]
+    fn paths_are_relative_to_the_job_file_once_and_made_absolute() {
+        // A relative path (under the crate's directory, where tests run).
+        let tmp = tempfile::tempdir_in(".").unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let rel = tmp.path().strip_prefix(&cwd).unwrap_or(tmp.path());
+        assert!(rel.is_relative());
+        let sub = rel.join("data");
+        std::fs::create_dir(&sub).unwrap();
+        let job = sub.join("x.toml");
+        std::fs::write(
+            &job,
+            "kind = \"train\"\ndataset = \"wine.safetensors\"\nmax_price = 1000\n\
+             deadline_minutes = 10\n[train]\nlayers = [11, 6]\nepochs = 1\nbatch = 8\n\
+             learning_rate = 0.1\n",
+        )
+        .unwrap();
+        let req = super::JobFile::request(&job).unwrap();
+        let want = std::path::absolute(sub.join("wine.safetensors")).unwrap();
+        assert_eq!(req.dataset, want);
+    }
+
     use super::*;
 
     const TRAIN: &str = r#"kind = "train"
