@@ -84,6 +84,8 @@ impl<S: Store + ?Sized> Store for Box<S> {
 pub struct MemStore {
     snapshot: Option<Vec<u8>>,
     records: Vec<Vec<u8>>,
+    /// `size()`, kept as records come (the ledger asks after every write).
+    bytes: u64,
 }
 
 impl MemStore {
@@ -98,6 +100,7 @@ impl Store for MemStore {
             return Err(StoreError::TooLarge(record.len()));
         }
         self.records.push(record.to_vec());
+        self.bytes += (record.len() + RECORD_OVERHEAD) as u64;
         Ok(())
     }
     fn load(&mut self) -> Result<Loaded, StoreError> {
@@ -113,12 +116,12 @@ impl Store for MemStore {
         }
         self.snapshot = Some(snapshot.to_vec());
         self.records = log.to_vec();
+        let r: usize = self.records.iter().map(|r| r.len() + RECORD_OVERHEAD).sum();
+        self.bytes = (snapshot.len() + r) as u64;
         Ok(())
     }
     fn size(&self) -> u64 {
-        let s = self.snapshot.as_ref().map_or(0, Vec::len);
-        let r: usize = self.records.iter().map(|r| r.len() + RECORD_OVERHEAD).sum();
-        (s + r) as u64
+        self.bytes
     }
 }
 
