@@ -33,18 +33,7 @@ fn fixture(n: usize) -> Fixture {
     let (ids, genesis) = common::network(AUTHORS, 10, Params::default().committee_size);
     let mut source = Ledger::new(genesis.clone(), &[1; 16]).unwrap();
     for i in 0..n {
-        let from = i % AUTHORS;
-        let to = ids[(i * 7 + 1) % AUTHORS].account();
-        source
-            .append(
-                &ids[from],
-                Body::Transfer {
-                    to,
-                    amount: Amount(1),
-                },
-                Timestamp(i as u64),
-            )
-            .unwrap();
+        common::append_transfer(&mut source, &ids, i);
     }
     Fixture { genesis, source }
 }

@@ -13,7 +13,6 @@ use std::time::Instant;
 mod common;
 
 use crdt_ledger::{Body, FileStore, Ledger, MemStore, Store};
-use protocol::{Amount, Timestamp};
 
 const AUTHORS: usize = 100;
 const EPOCHS: usize = 10;
@@ -51,17 +50,7 @@ fn main() {
     let per_epoch = n.div_ceil(EPOCHS);
     let mut epoch = 0u64;
     for i in 0..n {
-        let from = i % AUTHORS;
-        let to = ids[(i * 7 + 1) % AUTHORS].account();
-        l.append(
-            &ids[from],
-            Body::Transfer {
-                to,
-                amount: Amount(1),
-            },
-            Timestamp(i as u64),
-        )
-        .unwrap();
+        common::append_transfer(&mut l, &ids, i);
         if (i + 1) % per_epoch == 0 || i + 1 == n {
             epoch += 1;
             let committee = l.committee_for_checkpoint(epoch).unwrap();

@@ -1,6 +1,6 @@
 //! What the ledger benchmarks share: a network of authors with funds.
 
-use crdt_ledger::{Genesis, GenesisEntry, Params};
+use crdt_ledger::{Body, Genesis, GenesisEntry, Ledger, Params, Store};
 use protocol::{Amount, DurationMs, Identity, Timestamp};
 
 /// `authors` accounts of a million tokens each, the first `stakers` of them
@@ -29,4 +29,19 @@ pub fn network(authors: usize, stakers: usize, committee: u16) -> (Vec<Identity>
     };
     let genesis = GenesisEntry::create(&ids[0], genesis).expect("a bench genesis is valid");
     (ids, genesis)
+}
+
+/// Entry `i` of a bench ledger: a micro-token transfer by author `i mod n`.
+pub fn append_transfer<S: Store>(l: &mut Ledger<S>, ids: &[Identity], i: usize) {
+    let n = ids.len();
+    let to = ids[(i * 7 + 1) % n].account();
+    l.append(
+        &ids[i % n],
+        Body::Transfer {
+            to,
+            amount: Amount(1),
+        },
+        Timestamp(i as u64),
+    )
+    .expect("a bench transfer is valid");
 }
