@@ -29,8 +29,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Join a network: install its genesis file in the data directory (created,
+    /// with a new key, if it does not exist yet; an existing key is kept).
+    Join {
+        /// The network's genesis file.
+        genesis: PathBuf,
+    },
     /// Create the data directory: a new secret key (mode 0600) and a commented
-    /// config.toml; with --genesis, join that network.
+    /// config.toml; with --genesis, join that network (on an existing
+    /// directory, its key is kept and only the genesis is installed).
     Init {
         /// The network's genesis file (from `cloudchain genesis` or an operator).
         #[arg(long, value_name = "FILE")]
@@ -448,13 +455,25 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sim(args) => return sim(cli.json, args),
         Command::Bench { backend, what } => return bench(cli.json, backend, what.as_ref()),
         Command::Data(cmd) => return data(cli.json, cmd),
-        Command::Init { .. } | Command::Id { .. } => {}
+        Command::Init { .. } | Command::Join { .. } | Command::Id { .. } => {}
     }
     match cli.command {
-        Command::Init { ref genesis } => {
+        Command::Init { .. } | Command::Join { .. } => {
+            let genesis = match &cli.command {
+                Command::Init { genesis } => genesis.clone(),
+                Command::Join { genesis } => Some(genesis.clone()),
+                _ => None,
+            };
             let path = cli.data_dir();
             let g = genesis.as_deref().map(crate::genesis::load).transpose()?;
-            let dir = DataDir::init(&path)?;
+            // A node that ran `init` to learn its account (for the genesis)
+            // joins with the key it has.
+            let keep = g.is_some() && path.join(crate::config::KEY_FILE).exists();
+            let dir = if keep {
+                DataDir::open(&path)?
+            } else {
+                DataDir::init(&path)?
+            };
             if let Some(g) = &g {
                 dir.install_genesis(g)?;
             }
@@ -464,10 +483,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     serde_json::json!({
                         "data_dir": dir.path,
                         "account": dir.identity.account().to_string(),
+                        "network": g.as_ref().map(|g| g.network().to_string()),
+                        "key_kept": keep,
                     })
                 );
             } else {
-                println!("initialized {}", dir.path.display());
+                if keep {
+                    println!("joined   {} (its key kept)", dir.path.display());
+                } else {
+                    println!("initialized {}", dir.path.display());
+                }
+                if let Some(g) = &g {
+                    println!("network  {} ({})", g.network(), g.genesis().name);
+                }
                 println!("account  {}", dir.identity.account());
                 println!(
                     "config   {}",
@@ -1130,7 +1158,7 @@ fn genesis(cli: &Cli, args: &GenesisArgs) -> anyhow::Result<()> {
             println!("network  {}", g.network());
             println!("wrote    {}", args.out.display());
             println!(
-                "join it  cloudchain init --genesis {} --data-dir DIR",
+                "join it  cloudchain join {} --data-dir DIR",
                 args.out.display()
             );
         },

@@ -238,7 +238,7 @@ impl DataDir {
         let p = self.path.join(crate::genesis::GENESIS_FILE);
         if !p.exists() {
             bail!(
-                "no genesis in {}: get your network's genesis file and run `cloudchain init --genesis FILE --data-dir {}` (or create one with `cloudchain genesis`)",
+                "no genesis in {}: get your network's genesis file and run `cloudchain join FILE --data-dir {}` (or create one with `cloudchain genesis`)",
                 self.path.display(),
                 self.path.display()
             );

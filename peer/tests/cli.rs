@@ -152,3 +152,66 @@ fn id_account_prints_the_account_alone() {
         "{a}"
     );
 }
+
+/// A joining node runs `init` to learn its account, the operator puts that
+/// account in the genesis, and `join` installs it on the same directory,
+/// keeping the key (`init --genesis` refused: the key existed).
+#[test]
+fn a_node_joins_with_the_key_it_has() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (op, me) = (tmp.path().join("op"), tmp.path().join("me"));
+    let (op, me) = (op.to_str().unwrap(), me.to_str().unwrap());
+    assert!(cloudchain(&["--data-dir", op, "init"]).status.success());
+    assert!(cloudchain(&["--data-dir", me, "init"]).status.success());
+    let account = |d: &str| {
+        let out = cloudchain(&["--data-dir", d, "id", "--account"]);
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let mine = account(me);
+    let g = tmp.path().join("genesis.bin");
+    let bal = format!("{mine}=100");
+    let out = cloudchain(&[
+        "--data-dir",
+        op,
+        "genesis",
+        g.to_str().unwrap(),
+        "--balance",
+        &bal,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cloudchain(&["--json", "--data-dir", me, "join", g.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["key_kept"], true);
+    assert_eq!(v["account"], mine.as_str());
+    assert_eq!(account(me), mine);
+    assert!(std::path::Path::new(me).join("genesis.bin").exists());
+    // Again: the same network is fine; another is refused.
+    assert!(
+        cloudchain(&["--data-dir", me, "join", g.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let other = tmp.path().join("other.bin");
+    let out = cloudchain(&[
+        "--data-dir",
+        op,
+        "genesis",
+        other.to_str().unwrap(),
+        "--name",
+        "other",
+        "--balance",
+        &bal,
+    ]);
+    assert!(out.status.success());
+    let out = cloudchain(&["--data-dir", me, "join", other.to_str().unwrap()]);
+    assert!(!out.status.success());
+}
