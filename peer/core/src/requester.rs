@@ -241,6 +241,32 @@ impl<S: Store> NodeCore<S> {
         job.event(now, p.note);
         let offers = self.requester.book().iter().count();
         job.event(now, format!("submitted; {offers} offers in the book"));
+        // Say so when no bond of ours backs the escrow: providers then wait
+        // for its checkpoint, and decline a deadline the wait makes them miss.
+        let escrow = p
+            .spec
+            .max_price
+            .cost(p.spec.estimated_units)
+            .map_or(u64::MAX, |a| a.0);
+        let (at_risk, backing) = self.ledger.backing(&self.identity.account());
+        if at_risk.0.saturating_add(escrow) >= backing.0 {
+            let params = self.ledger.params();
+            let wait = params
+                .epoch_length
+                .0
+                .saturating_mul(2)
+                .saturating_add(params.stall_timeout.0)
+                / 1000;
+            job.event(
+                now,
+                format!(
+                    "no final bond of this account backs the escrow: a provider starts only once \
+                     the escrow is final (up to {wait} s), and declines a deadline that leaves no \
+                     room for it; a bond (provider.bond, bonded at a first job) lets later jobs \
+                     start at once"
+                ),
+            );
+        }
         self.jobs.insert(job);
         let mut cx = Cx { now, rng, out };
         self.bond_for_contracts(&mut cx);

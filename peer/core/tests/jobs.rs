@@ -430,6 +430,11 @@ fn an_unbacked_escrow_is_run_only_once_final() {
         JobState::Ended(JobEnd::Expired)
     );
     assert!(net.runs.is_empty());
+    let events = &net.nodes[REQ].job(&job).unwrap().events;
+    assert!(
+        events.iter().any(|(_, e)| e.contains("no final bond")),
+        "the requester was not told why: {events:?}"
+    );
     let spec = net.job_spec(REQ, 10, 1_000);
     let job = net.submit(REQ, spec);
     let until = net.now.plus(DurationMs::secs(60));
@@ -485,4 +490,6 @@ fn a_requesters_bond_lets_its_next_job_start_before_its_escrow_is_final() {
         "a backed escrow should not wait for its checkpoint"
     );
     assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
+    let events = &net.nodes[REQ].job(&job).unwrap().events;
+    assert!(!events.iter().any(|(_, e)| e.contains("no final bond")));
 }
