@@ -4,8 +4,10 @@
 //! throughput of a typical instance in compute units per second (1 CU = 1 GFLOP),
 //! prices are in micro-tokens per CU with ratios taken from public list prices
 //! (hyperscalers dearest, GPU clouds about half, community nodes cheapest), and
-//! reliability/uptime reflect the SLAs each class advertises. Edit a scenario to
-//! study other mixes; these only name sensible defaults.
+//! reliability reflects the SLAs each class advertises. Edit a scenario to
+//! study other mixes; these only name sensible defaults. Outages are not
+//! modelled per profile (a profile had an `uptime` nothing read); churn is the
+//! scenario's `faults.churn_per_day`.
 
 use serde::{Deserialize, Serialize};
 
@@ -35,8 +37,6 @@ pub struct ProfileParams {
     pub slots: u16,
     /// Probability a job finishes without an SLA violation (late delivery).
     pub reliability: f64,
-    /// Share of time online; offline time comes in outages.
-    pub uptime: f64,
     pub bandwidth_mb_s: f64,
     /// Promised availability and accepted penalty λ, basis points.
     pub availability_bps: u16,
@@ -63,7 +63,6 @@ impl Profile {
                 cost: 38,
                 slots: 8,
                 reliability: 0.995,
-                uptime: 0.9995,
                 bandwidth_mb_s: 1_200.0,
                 availability_bps: 9_990,
                 penalty_bps: 1_000,
@@ -76,7 +75,6 @@ impl Profile {
                 cost: 36,
                 slots: 8,
                 reliability: 0.995,
-                uptime: 0.9995,
                 bandwidth_mb_s: 1_200.0,
                 availability_bps: 9_990,
                 penalty_bps: 1_000,
@@ -89,7 +87,6 @@ impl Profile {
                 cost: 37,
                 slots: 8,
                 reliability: 0.994,
-                uptime: 0.9995,
                 bandwidth_mb_s: 1_000.0,
                 availability_bps: 9_990,
                 penalty_bps: 1_000,
@@ -102,7 +99,6 @@ impl Profile {
                 cost: 18,
                 slots: 4,
                 reliability: 0.985,
-                uptime: 0.998,
                 bandwidth_mb_s: 500.0,
                 availability_bps: 9_950,
                 penalty_bps: 1_500,
@@ -115,7 +111,6 @@ impl Profile {
                 cost: 21,
                 slots: 4,
                 reliability: 0.985,
-                uptime: 0.997,
                 bandwidth_mb_s: 600.0,
                 availability_bps: 9_950,
                 penalty_bps: 1_500,
@@ -128,7 +123,6 @@ impl Profile {
                 cost: 8,
                 slots: 1,
                 reliability: 0.95,
-                uptime: 0.95,
                 bandwidth_mb_s: 60.0,
                 availability_bps: 9_500,
                 penalty_bps: 2_000,

@@ -336,6 +336,12 @@ impl Scenario {
             return Err(bad("providers", "at least one provider group".into()));
         }
         for (i, g) in self.providers.iter().enumerate() {
+            if g.count == 0 {
+                return Err(bad(
+                    &format!("providers[{i}].count"),
+                    "at least one provider (remove the group instead)".into(),
+                ));
+            }
             if !region_ok(&g.region) {
                 return Err(bad(
                     &format!("providers[{i}].region"),
@@ -348,6 +354,35 @@ impl Scenario {
             return Err(bad(
                 "requesters.regions",
                 "must name regions of network.regions".into(),
+            ));
+        }
+        // The main run has `count` requesters; a sweep runs its own counts.
+        let most_requesters = self
+            .sweep
+            .iter()
+            .flat_map(|sw| sw.requesters.iter().copied())
+            .chain([r.count])
+            .max()
+            .unwrap_or(r.count);
+        if r.count == 0 {
+            return Err(bad(
+                "requesters.count",
+                "at least one requester (a market with none has no figures)".into(),
+            ));
+        }
+        if let Some(sw) = &self.sweep
+            && sw.requesters.contains(&0)
+        {
+            return Err(bad("sweep.requesters", "counts must be at least 1".into()));
+        }
+        if let Some(g) = r
+            .fairness_groups
+            .iter()
+            .find(|g| **g == 0 || **g > most_requesters)
+        {
+            return Err(bad(
+                "requesters.fairness_groups",
+                format!("a group of {g}: sizes must be in 1..={most_requesters} (the requesters)"),
             ));
         }
         if !(r.jobs_per_day > 0.0 && r.jobs_per_day.is_finite()) {
@@ -375,6 +410,13 @@ impl Scenario {
             if !(0.0..=1.0).contains(&v) {
                 return Err(bad(name, format!("{v} is not in [0, 1]")));
             }
+        }
+        let churn = self.faults.churn_per_day;
+        if !(churn.is_finite() && (0.0..=10.0).contains(&churn)) {
+            return Err(bad(
+                "faults.churn_per_day",
+                format!("{churn} is not in [0, 10] (crashes per provider per day)"),
+            ));
         }
         if self.oracles.committee == 0 || self.oracles.committee > self.oracles.count {
             return Err(bad(
@@ -533,6 +575,17 @@ mod tests {
         assert!(err.contains("days") && err.contains("line"), "{err}");
         let err = refused(&text.replace("committee = 3", "committee = 99"));
         assert!(err.contains("oracles.committee"), "{err}");
+        // Values that parse but make no sense are refused by name, not
+        // taken silently (a negative churn meant none; no requesters
+        // reported a Jain index of 1; a group of 0 fell back silently).
+        let with_faults = format!("{text}\n[faults]\nchurn_per_day = -0.5\n");
+        assert!(refused(&with_faults).contains("faults.churn_per_day"));
+        let err = refused(&text.replacen("count = 50", "count = 0", 1));
+        assert!(err.contains("requesters.count"), "{err}");
+        let err = refused(&text.replace("fairness_groups = [", "fairness_groups = [0, "));
+        assert!(err.contains("requesters.fairness_groups"), "{err}");
+        let err = refused(&text.replacen("count = 3", "count = 0", 1));
+        assert!(err.contains("providers[0].count"), "{err}");
         assert!(
             Scenario::load("no-such-scenario")
                 .unwrap_err()
