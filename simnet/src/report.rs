@@ -90,7 +90,7 @@ pub fn driver_line(sc: &Scenario) -> &'static str {
             "a node core per peer (the binary's protocol code), lent one converged ledger replica in turn"
         }
         (false, _) => {
-            "the market and oracle engines wired to one converged ledger (not yet the node core's glue)"
+            "the market and oracle engines wired to one converged ledger (not yet the node core's glue); requesters score every provider with one constant reputation, 0.9, not its ledger history"
         }
     }
 }
