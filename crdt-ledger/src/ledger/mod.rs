@@ -405,8 +405,28 @@ impl<S: Store> Ledger<S> {
         let Some(requester) = self.state().escrows.get(contract).map(|e| e.requester) else {
             return false;
         };
-        let (at_risk, backing) = self.backing(&requester);
-        at_risk < backing
+        // The pending escrows counted include this one.
+        self.backs(&requester, Amount::ZERO)
+    }
+
+    /// The longest a job on an escrow no bond backs may wait for it to be
+    /// final before it starts: two epochs (a lock written as an epoch closes
+    /// joins the next one's checkpoint) and a stall round.
+    pub fn unbacked_wait(&self) -> protocol::DurationMs {
+        protocol::DurationMs(
+            self.params
+                .epoch_length
+                .0
+                .saturating_mul(2)
+                .saturating_add(self.params.stall_timeout.0),
+        )
+    }
+
+    /// Whether `requester`'s final bond and stake back its pending escrows
+    /// plus `more` (see [`Ledger::escrow_ready`]).
+    pub fn backs(&mut self, requester: &AccountId, more: Amount) -> bool {
+        let (at_risk, backing) = self.backing(requester);
+        at_risk.0.saturating_add(more.0) < backing.0
     }
 
     /// What `requester` has locked in escrows that are not final yet, as this

@@ -184,8 +184,7 @@ impl<S: Store> NodeCore<S> {
     /// Tell the provider engine how long a job of `spec`'s requester would
     /// wait for its escrow to become final before it may start: nothing when
     /// the requester's bond backs its escrow (what it has pending plus this
-    /// job's most), else two epochs and a stall round (a lock written as an
-    /// epoch closes joins the next epoch's checkpoint).
+    /// job's most), else [`crdt_ledger::Ledger::unbacked_wait`].
     pub(crate) fn note_start_delay(&mut self, spec: &protocol::JobSpec) {
         if self.provider.is_none() {
             return;
@@ -193,19 +192,14 @@ impl<S: Store> NodeCore<S> {
         let escrow = spec
             .max_price
             .cost(spec.estimated_units)
-            .map_or(u64::MAX, |a| a.0);
-        let (at_risk, backing) = self.ledger.backing(&spec.requester);
-        let p = self.ledger.params();
-        let delay = if at_risk.0.saturating_add(escrow) < backing.0 {
-            0
+            .unwrap_or(protocol::Amount(u64::MAX));
+        let delay = if self.ledger.backs(&spec.requester, escrow) {
+            protocol::DurationMs(0)
         } else {
-            p.epoch_length
-                .0
-                .saturating_mul(2)
-                .saturating_add(p.stall_timeout.0)
+            self.ledger.unbacked_wait()
         };
         if let Some(engine) = self.provider.as_mut() {
-            engine.set_start_delay(spec.requester, protocol::DurationMs(delay));
+            engine.set_start_delay(spec.requester, delay);
         }
     }
 

@@ -247,16 +247,9 @@ impl<S: Store> NodeCore<S> {
             .spec
             .max_price
             .cost(p.spec.estimated_units)
-            .map_or(u64::MAX, |a| a.0);
-        let (at_risk, backing) = self.ledger.backing(&self.identity.account());
-        if at_risk.0.saturating_add(escrow) >= backing.0 {
-            let params = self.ledger.params();
-            let wait = params
-                .epoch_length
-                .0
-                .saturating_mul(2)
-                .saturating_add(params.stall_timeout.0)
-                / 1000;
+            .unwrap_or(protocol::Amount(u64::MAX));
+        if !self.ledger.backs(&self.identity.account(), escrow) {
+            let wait = self.ledger.unbacked_wait().0 / 1000;
             job.event(
                 now,
                 format!(
