@@ -2,6 +2,18 @@
 
 use std::process::Command;
 
+/// Run the binary and require it to succeed (its stderr says why not).
+fn ok(args: &[&str]) -> std::process::Output {
+    let out = cloudchain(args);
+    assert!(
+        out.status.success(),
+        "cloudchain {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn cloudchain(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_cloudchain"))
         .args(args)
@@ -19,7 +31,7 @@ fn a_csv_file_is_imported_and_inspected() {
     }
     std::fs::write(&csv, s).unwrap();
     let p = csv.to_str().unwrap();
-    let out = cloudchain(&[
+    let out = ok(&[
         "--json",
         "data",
         "import",
@@ -28,11 +40,6 @@ fn a_csv_file_is_imported_and_inspected() {
         "kind",
         "--standardize",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["classes"], serde_json::json!(["cat", "dog"]));
     assert_eq!(v["features"], serde_json::json!(["weight", "height"]));
@@ -45,12 +52,7 @@ fn a_csv_file_is_imported_and_inspected() {
     let st = tmp.path().join("pets.safetensors");
     assert!(st.exists());
 
-    let out = cloudchain(&["--json", "data", "inspect", st.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = ok(&["--json", "data", "inspect", st.to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["metadata"]["class_names"], r#"["cat","dog"]"#);
     assert_eq!(v["metadata"]["label"], "kind");
@@ -141,9 +143,8 @@ fn errors_under_json_are_objects() {
 fn id_account_prints_the_account_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().to_str().unwrap();
-    assert!(cloudchain(&["--data-dir", d, "init"]).status.success());
-    let out = cloudchain(&["--data-dir", d, "id", "--account"]);
-    assert!(out.status.success());
+    ok(&["--data-dir", d, "init"]);
+    let out = ok(&["--data-dir", d, "id", "--account"]);
     let s = String::from_utf8(out.stdout).unwrap();
     assert_eq!(s.lines().count(), 1, "{s}");
     let a = s.trim();
@@ -161,8 +162,8 @@ fn a_node_joins_with_the_key_it_has() {
     let tmp = tempfile::tempdir().unwrap();
     let (op, me) = (tmp.path().join("op"), tmp.path().join("me"));
     let (op, me) = (op.to_str().unwrap(), me.to_str().unwrap());
-    assert!(cloudchain(&["--data-dir", op, "init"]).status.success());
-    assert!(cloudchain(&["--data-dir", me, "init"]).status.success());
+    ok(&["--data-dir", op, "init"]);
+    ok(&["--data-dir", me, "init"]);
     let account = |d: &str| {
         let out = cloudchain(&["--data-dir", d, "id", "--account"]);
         String::from_utf8(out.stdout).unwrap().trim().to_string()
@@ -170,7 +171,7 @@ fn a_node_joins_with_the_key_it_has() {
     let mine = account(me);
     let g = tmp.path().join("genesis.bin");
     let bal = format!("{mine}=100");
-    let out = cloudchain(&[
+    ok(&[
         "--data-dir",
         op,
         "genesis",
@@ -178,30 +179,16 @@ fn a_node_joins_with_the_key_it_has() {
         "--balance",
         &bal,
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = cloudchain(&["--json", "--data-dir", me, "join", g.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = ok(&["--json", "--data-dir", me, "join", g.to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["key_kept"], true);
     assert_eq!(v["account"], mine.as_str());
     assert_eq!(account(me), mine);
     assert!(std::path::Path::new(me).join("genesis.bin").exists());
     // Again: the same network is fine; another is refused.
-    assert!(
-        cloudchain(&["--data-dir", me, "join", g.to_str().unwrap()])
-            .status
-            .success()
-    );
+    ok(&["--data-dir", me, "join", g.to_str().unwrap()]);
     let other = tmp.path().join("other.bin");
-    let out = cloudchain(&[
+    ok(&[
         "--data-dir",
         op,
         "genesis",
@@ -211,7 +198,6 @@ fn a_node_joins_with_the_key_it_has() {
         "--balance",
         &bal,
     ]);
-    assert!(out.status.success());
     let out = cloudchain(&["--data-dir", me, "join", other.to_str().unwrap()]);
     assert!(!out.status.success());
 }

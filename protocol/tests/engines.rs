@@ -816,57 +816,29 @@ fn provider_accepts_queues_and_rejects() {
     prov.handle(now, ProviderInput::Start, &mut rng);
     let floor = prov.pricing().accept_floor();
 
+    // A proposal of `units` milli-CU due in `deadline_s`, at `price`: the answer.
+    let mut ask =
+        |prov: &mut ProviderEngine, nonce: u64, units: u64, deadline_s: u64, price: u64| {
+            let job = simple_job(&req, now, nonce, units, deadline_s);
+            let p = propose(&req, me.account(), job, price, now, nonce);
+            answer_of(&prov.handle(now, ProviderInput::Proposal(p), &mut rng))
+        };
+    let refused = |a: ProposalAnswer| match a {
+        ProposalAnswer::Reject { reason, .. } => Some(reason),
+        ProposalAnswer::Accept(_) => None,
+    };
     // Below the price floor.
-    let p = propose(
-        &req,
-        me.account(),
-        simple_job(&req, now, 1, 1_000_000, 600),
-        floor.0 - 1,
-        now,
-        1,
-    );
-    let out = prov.handle(now, ProviderInput::Proposal(p), &mut rng);
-    assert!(
-        matches!(answer_of(&out), ProposalAnswer::Reject { reason: RejectReason::PriceBelowFloor { floor: f }, .. } if f == floor)
-    );
+    let why = refused(ask(&mut prov, 1, 1_000_000, 600, floor.0 - 1));
+    assert_eq!(why, Some(RejectReason::PriceBelowFloor { floor }));
     // Too much work for the deadline (1000 s of compute, 60 s deadline).
-    let p = propose(
-        &req,
-        me.account(),
-        simple_job(&req, now, 2, 1_000_000_000, 60),
-        500,
-        now,
-        2,
-    );
-    let out = prov.handle(now, ProviderInput::Proposal(p), &mut rng);
-    assert!(matches!(
-        answer_of(&out),
-        ProposalAnswer::Reject {
-            reason: RejectReason::DeadlineInfeasible,
-            ..
-        }
-    ));
-
+    let why = refused(ask(&mut prov, 2, 1_000_000_000, 60, 500));
+    assert_eq!(why, Some(RejectReason::DeadlineInfeasible));
     // Work that fits the deadline, but not after a 600 s wait for the
     // requester's escrow to become final (no bond of its backs it): refused
     // rather than run late.
     prov.set_start_delay(req.account(), DurationMs::secs(600));
-    let p = propose(
-        &req,
-        me.account(),
-        simple_job(&req, now, 90, 1_000_000, 600),
-        500,
-        now,
-        90,
-    );
-    let out = prov.handle(now, ProviderInput::Proposal(p), &mut rng);
-    assert!(matches!(
-        answer_of(&out),
-        ProposalAnswer::Reject {
-            reason: RejectReason::DeadlineInfeasible,
-            ..
-        }
-    ));
+    let why = refused(ask(&mut prov, 90, 1_000_000, 600, 500));
+    assert_eq!(why, Some(RejectReason::DeadlineInfeasible));
     prov.set_start_delay(req.account(), DurationMs(0));
 
     // Two accepted (one to run, one to queue), the third refused: queue full.

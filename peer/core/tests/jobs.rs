@@ -20,6 +20,12 @@ fn run_to_end(net: &mut Net, job: Hash32, secs: u64) -> JobState {
     s
 }
 
+/// Submit the tests' usual job (10 CU at up to 1,000 µ-tokens per CU).
+fn submit_one(net: &mut Net) -> Hash32 {
+    let spec = net.job_spec(REQ, 10, 1_000);
+    net.submit(REQ, spec)
+}
+
 /// Let offers spread and a checkpoint or two finalize the oracles' stakes.
 fn warm_up(net: &mut Net) {
     let t = net.now.plus(DurationMs::secs(2));
@@ -30,8 +36,7 @@ fn warm_up(net: &mut Net) {
 fn a_proposed_job_settles_ok_and_every_replica_agrees() {
     let mut net = Net::new(&ROLES, TOKENS, 1);
     warm_up(&mut net);
-    let spec = net.job_spec(REQ, 10, 1_000);
-    let job = net.submit(REQ, spec);
+    let job = submit_one(&mut net);
     assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
     let j = net.nodes[REQ].job(&job).unwrap();
     let paid = j.settled.as_ref().unwrap().payout.provider;
@@ -57,8 +62,7 @@ fn an_open_bid_is_answered_and_settles() {
         !(to == REQ && matches!(m, Message::Offer(_)))
     }));
     warm_up(&mut net);
-    let spec = net.job_spec(REQ, 10, 1_000);
-    let job = net.submit(REQ, spec);
+    let job = submit_one(&mut net);
     assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
     let sent = |from: usize, to: usize, kind: &str| {
         net.log
@@ -86,8 +90,7 @@ fn gossip_and_direct_delivery_take_one_path() {
         let mut net = Net::new(&ROLES, TOKENS, 3);
         net.gossip_as_direct = as_direct;
         warm_up(&mut net);
-        let spec = net.job_spec(REQ, 10, 1_000);
-        let job = net.submit(REQ, spec);
+        let job = submit_one(&mut net);
         let s = run_to_end(&mut net, job, 120);
         let t = net.now.plus(DurationMs::secs(12));
         net.run(t, |_| false);
@@ -107,8 +110,7 @@ fn a_wrong_result_ends_failed_and_refunded() {
     ];
     let mut net = Net::new(&roles, TOKENS, 4);
     warm_up(&mut net);
-    let spec = net.job_spec(REQ, 10, 1_000);
-    let job = net.submit(REQ, spec);
+    let job = submit_one(&mut net);
     let s = run_to_end(&mut net, job, 120);
     assert_eq!(s, JobState::Ended(JobEnd::WrongResult));
     let j = net.nodes[REQ].job(&job).unwrap();
@@ -123,8 +125,7 @@ fn a_job_the_requester_cannot_pay_ends_refused_and_frees_the_provider() {
     // µ-tokens/CU.
     let mut net = Net::new(&ROLES, 100, 5);
     warm_up(&mut net);
-    let spec = net.job_spec(REQ, 10, 1_000);
-    let job = net.submit(REQ, spec);
+    let job = submit_one(&mut net);
     let s = run_to_end(&mut net, job, 30);
     match s {
         JobState::Ended(JobEnd::Refused(why)) => {
@@ -149,8 +150,7 @@ fn a_contract_whose_gossip_is_lost_is_watched_from_the_ledger() {
         !(to < 3 && matches!(m, Message::Contract(_)))
     }));
     warm_up(&mut net);
-    let spec = net.job_spec(REQ, 10, 1_000);
-    let job = net.submit(REQ, spec);
+    let job = submit_one(&mut net);
     assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
     assert!(!(0..3).any(|o| net.sent(REQ, o, "contract")));
 }
@@ -165,8 +165,7 @@ fn the_state_is_saved_when_it_changes_and_only_then() {
     net.run(t, |_| false);
     assert_eq!(net.saves[REQ], idle, "an idle requester rewrote its state");
     // A job is saved as it moves.
-    let spec = net.job_spec(REQ, 10, 1_000);
-    let job = net.submit(REQ, spec);
+    let job = submit_one(&mut net);
     assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
     assert!(net.saves[REQ] > idle + 3, "{} saves", net.saves[REQ] - idle);
 }
@@ -193,8 +192,7 @@ fn receipts_and_keys_lost_on_the_way_to_the_committee_are_handed_again() {
         *n > limit
     }));
     warm_up(&mut net);
-    let spec = net.job_spec(REQ, 10, 1_000);
-    let job = net.submit(REQ, spec);
+    let job = submit_one(&mut net);
     assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
     for o in 0..3 {
         let got = |kind: &str| {
@@ -277,8 +275,7 @@ fn one_members_sample_on_a_faked_part_fails_the_result_for_the_whole_committee()
         seeds.contains(&seed)
     }));
     warm_up(&mut net);
-    let spec = net.job_spec(REQ, 10, 1_000);
-    let job = net.submit(REQ, spec);
+    let job = submit_one(&mut net);
     assert_eq!(
         run_to_end(&mut net, job, 120),
         JobState::Ended(JobEnd::WrongResult)
@@ -396,8 +393,7 @@ fn members_write_their_probes_into_sla_records() {
     let mut net = Net::new(&ROLES, TOKENS, 12);
     net.run_time = DurationMs::secs(20);
     warm_up(&mut net);
-    let spec = net.job_spec(REQ, 10, 1_000);
-    let job = net.submit(REQ, spec);
+    let job = submit_one(&mut net);
     assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
     let t = net.now.plus(DurationMs::secs(12));
     net.run(t, |_| false);
@@ -435,8 +431,7 @@ fn an_unbacked_escrow_is_run_only_once_final() {
         events.iter().any(|(_, e)| e.contains("no final bond")),
         "the requester was not told why: {events:?}"
     );
-    let spec = net.job_spec(REQ, 10, 1_000);
-    let job = net.submit(REQ, spec);
+    let job = submit_one(&mut net);
     let until = net.now.plus(DurationMs::secs(60));
     assert!(net.run(until, |n| !n.runs.is_empty()), "the job never ran");
     let (p, contract) = net.runs[0];
@@ -461,8 +456,7 @@ fn a_requesters_bond_lets_its_next_job_start_before_its_escrow_is_final() {
     use protocol::Amount;
     let mut net = Net::new_bonded(&ROLES, TOKENS, 1, Amount::ZERO);
     warm_up(&mut net);
-    let spec = net.job_spec(REQ, 10, 1_000);
-    let job = net.submit(REQ, spec);
+    let job = submit_one(&mut net);
     assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
     let until = net.now.plus(DurationMs::secs(12));
     net.run(until, |_| false);
@@ -475,8 +469,7 @@ fn a_requesters_bond_lets_its_next_job_start_before_its_escrow_is_final() {
             .contains_key(&r),
         "the requester did not bond"
     );
-    let spec = net.job_spec(REQ, 10, 1_000);
-    let job = net.submit(REQ, spec);
+    let job = submit_one(&mut net);
     let until = net.now.plus(DurationMs::secs(60));
     assert!(
         net.run(until, |n| n.runs.len() > 1),
