@@ -20,7 +20,12 @@ fn mb_s(bytes: usize, secs: f64) -> f64 {
 }
 
 async fn node(seed: u64) -> anyhow::Result<BlobNode> {
-    BlobNode::spawn(&Identity::from_seed(seed), StoreKind::Memory, lo(), false).await
+    BlobNode::spawn(
+        &Identity::from_seed(seed),
+        StoreKind::Memory,
+        &peer::blobs::BlobNet::local(lo()),
+    )
+    .await
 }
 
 /// Add `data` on a fresh node, fetch it on another; seconds for the fetch.

@@ -1,11 +1,16 @@
 //! Content-addressed blobs over iroh: the node's blob store and endpoint.
 //!
 //! One iroh `Endpoint` with the node's key (so its endpoint id is the account id),
-//! bound to a configured address, with no relay and no address lookup unless the
-//! config turns a relay on: it works on loopback or a LAN with no internet. The
-//! iroh-blobs store lives in the data directory (or in memory for tests) and is
-//! served by an iroh `Router`. Peers tell each other their blob addresses inside
-//! their signed libp2p messages, so fetching needs no discovery service.
+//! bound to a configured address, with no address lookup service. By default it
+//! has no relay and works on loopback or a LAN with no internet. Across NATs it
+//! uses relays the config names (a self-hosted `cloudchain relay`, trusted
+//! through its certificate file; see [`crate::relay`]) or, if asked, iroh's
+//! public ones: the relay carries the first packets and tells each side its
+//! public address, and iroh hole-punches a direct path when the NATs allow it.
+//! The iroh-blobs store lives in the data directory (or in memory for tests)
+//! and is served by an iroh `Router`. Peers tell each other their blob
+//! addresses (sockets and relay URL) inside their signed libp2p messages, so
+//! fetching needs no discovery service.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,7 +21,7 @@ use anyhow::{Context, bail};
 use futures::StreamExt;
 use iroh::endpoint::presets;
 use iroh::protocol::Router;
-use iroh::{Endpoint, EndpointAddr, RelayMode, TransportAddr};
+use iroh::{Endpoint, EndpointAddr, RelayMap, RelayMode, RelayUrl, TransportAddr};
 use iroh_blobs::api::remote::GetProgressItem;
 use iroh_blobs::{BlobFormat, BlobsProtocol, Hash};
 use protocol::{AccountId, Hash32, Identity};
@@ -36,15 +41,70 @@ pub enum StoreKind<'a> {
     Dir(&'a Path),
 }
 
+/// Which relays the blob endpoint uses.
+#[derive(Debug, Clone, Default)]
+pub enum Relays {
+    /// None: direct addresses only (loopback, a LAN, public hosts).
+    #[default]
+    Off,
+    /// iroh's public relays (needs the internet).
+    Public,
+    /// Our own relays, e.g. `cloudchain relay`; `ca` holds the DER certificates
+    /// to trust for them (self-signed relays), besides the usual web roots.
+    Own {
+        urls: Vec<RelayUrl>,
+        ca: Vec<Vec<u8>>,
+    },
+}
+
+/// How the blob endpoint meets the network.
+#[derive(Debug, Clone)]
+pub struct BlobNet {
+    pub bind: SocketAddr,
+    pub relays: Relays,
+    /// Ask the home router for a port mapping (UPnP, PCP, NAT-PMP).
+    pub portmapper: bool,
+}
+
+impl BlobNet {
+    /// Bound to `bind`, no relay, no port mapping: tests and loopback swarms.
+    pub fn local(bind: SocketAddr) -> Self {
+        BlobNet {
+            bind,
+            relays: Relays::Off,
+            portmapper: false,
+        }
+    }
+}
+
 /// The node's blob endpoint, store and router.
 #[derive(Debug, Clone)]
 pub struct BlobNode {
     endpoint: Endpoint,
+    /// Our own relays, published in `contact`.
+    relays: Vec<RelayUrl>,
     store: iroh_blobs::api::Store,
     router: Router,
     transfers: Arc<Mutex<BTreeMap<Hash32, Transfer>>>,
+    /// The last [`RECENT_FETCHES`] finished fetches, oldest first.
+    recent: Arc<Mutex<std::collections::VecDeque<Fetched>>>,
     /// [`STALL_TIMEOUT`], shorter in tests.
     stall: std::time::Duration,
+}
+
+/// How many finished fetches [`BlobNode::recent_fetches`] remembers.
+pub const RECENT_FETCHES: usize = 32;
+
+/// A finished fetch: how much came, how fast, and over which path.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Fetched {
+    pub hash: String,
+    pub from: String,
+    pub bytes: u64,
+    pub secs: f64,
+    /// The path the connection used when the transfer ended: "direct" (an IP
+    /// path, hole-punched if the peers are behind NATs) or "relayed".
+    pub path: String,
 }
 
 /// A fetch in flight, for progress displays.
@@ -63,8 +123,7 @@ impl BlobNode {
     pub async fn spawn(
         identity: &Identity,
         store: StoreKind<'_>,
-        bind: SocketAddr,
-        relay: bool,
+        net: &BlobNet,
     ) -> anyhow::Result<BlobNode> {
         let store: iroh_blobs::api::Store = match store {
             StoreKind::Memory => iroh_blobs::store::mem::MemStore::new().into(),
@@ -73,23 +132,29 @@ impl BlobNode {
                 .map_err(|e| anyhow::anyhow!("cannot open blob store {}: {e}", dir.display()))?
                 .into(),
         };
-        let endpoint = bind_endpoint(identity, bind, relay).await?;
+        let endpoint = bind_endpoint(identity, net).await?;
         let blobs = BlobsProtocol::new(&store, None);
         let router = Router::builder(endpoint.clone())
             .accept(iroh_blobs::ALPN, blobs)
             .spawn();
+        let relays = match &net.relays {
+            Relays::Own { urls, .. } => urls.clone(),
+            _ => Vec::new(),
+        };
         Ok(BlobNode {
             endpoint,
+            relays,
             store,
             router,
             transfers: Default::default(),
+            recent: Default::default(),
             stall: STALL_TIMEOUT,
         })
     }
 
-    /// The socket addresses peers can reach the endpoint on (as text, for offers):
-    /// the bound sockets, and for a socket bound to 0.0.0.0 the interface
-    /// addresses iroh found.
+    /// How peers reach the endpoint (as text, for offers): the bound sockets,
+    /// for a socket bound to 0.0.0.0 the interface addresses iroh found, and
+    /// the relay URLs (a peer behind another NAT needs only those).
     pub fn contact(&self) -> Vec<String> {
         let mut out: Vec<SocketAddr> = self
             .endpoint
@@ -100,7 +165,27 @@ impl BlobNode {
         out.extend(self.endpoint.addr().ip_addrs().copied());
         out.sort();
         out.dedup();
-        out.into_iter().map(|a| a.to_string()).collect()
+        // Relays first: they reach the peer from anywhere, and the list is bounded.
+        let mut contact: Vec<String> = self.relays.iter().map(|u| u.to_string()).collect();
+        contact.extend(out.into_iter().map(|a| a.to_string()));
+        contact.truncate(protocol::Offer::MAX_CONTACT);
+        contact
+    }
+
+    /// The relays this endpoint is configured with.
+    pub fn relay_urls(&self) -> Vec<RelayUrl> {
+        self.relays.clone()
+    }
+
+    /// Wait (up to `wait`) until the endpoint has a home relay and knows its
+    /// public address, if it uses relays at all. False if it timed out.
+    pub async fn online(&self, wait: std::time::Duration) -> bool {
+        if self.relays.is_empty() {
+            return true;
+        }
+        tokio::time::timeout(wait, self.endpoint.online())
+            .await
+            .is_ok()
     }
 
     /// This endpoint's address (id and sockets).
@@ -114,11 +199,19 @@ impl BlobNode {
         addr
     }
 
-    /// Build a peer's address from its account and the contact list it published.
+    /// Build a peer's address from its account and the contact list it
+    /// published: socket addresses, and relay URLs (`http://` or `https://`).
     pub fn peer_addr(account: &AccountId, contact: &[String]) -> anyhow::Result<EndpointAddr> {
         let id = account.endpoint_id()?;
         let mut addrs = Vec::new();
         for c in contact {
+            if c.starts_with("https://") || c.starts_with("http://") {
+                let url: RelayUrl = c
+                    .parse()
+                    .with_context(|| format!("bad relay URL {c:?} for {}", account.short()))?;
+                addrs.push(TransportAddr::Relay(url));
+                continue;
+            }
             let s: SocketAddr = c
                 .parse()
                 .with_context(|| format!("bad blob address {c:?} for {}", account.short()))?;
@@ -208,6 +301,8 @@ impl BlobNode {
             )
         })?
         .with_context(|| format!("cannot connect to blob endpoint {}", peer.fmt_short()))?;
+        let started = std::time::Instant::now();
+        let watch = conn.clone();
         let mut stream = self
             .store
             .remote()
@@ -234,7 +329,22 @@ impl BlobNode {
                     }
                     progress(n)
                 }
-                GetProgressItem::Done(stats) => return Ok(stats.payload_bytes_read),
+                GetProgressItem::Done(stats) => {
+                    let path = watch
+                        .paths()
+                        .iter()
+                        .find(|p| p.is_selected())
+                        .map(|p| if p.is_relay() { "relayed" } else { "direct" })
+                        .unwrap_or("unknown");
+                    self.remember(Fetched {
+                        hash: hash.to_string(),
+                        from: peer.fmt_short().to_string(),
+                        bytes: stats.payload_bytes_read,
+                        secs: started.elapsed().as_secs_f64(),
+                        path: path.into(),
+                    });
+                    return Ok(stats.payload_bytes_read);
+                }
                 GetProgressItem::Error(e) => {
                     bail!("fetching {} from {}: {e}", hash.short(), peer.fmt_short())
                 }
@@ -244,6 +354,23 @@ impl BlobNode {
             "fetching {}: the transfer ended without a result",
             hash.short()
         )
+    }
+
+    fn remember(&self, f: Fetched) {
+        if let Ok(mut r) = self.recent.lock() {
+            if r.len() == RECENT_FETCHES {
+                r.pop_front();
+            }
+            r.push_back(f);
+        }
+    }
+
+    /// The last finished fetches, oldest first.
+    pub fn recent_fetches(&self) -> Vec<Fetched> {
+        self.recent
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Fetches in flight.
@@ -298,24 +425,39 @@ impl BlobNode {
 }
 
 /// An endpoint with the node's key that speaks the blobs protocol, bound to
-/// `bind`, with a relay only if asked.
-async fn bind_endpoint(
-    identity: &Identity,
-    bind: SocketAddr,
-    relay: bool,
-) -> anyhow::Result<Endpoint> {
+/// `net.bind`, with the relays `net` names.
+async fn bind_endpoint(identity: &Identity, net: &BlobNet) -> anyhow::Result<Endpoint> {
+    let bind = net.bind;
+    let portmapper = if net.portmapper {
+        iroh::endpoint::PortmapperConfig::default()
+    } else {
+        iroh::endpoint::PortmapperConfig::Disabled
+    };
     let mut builder = Endpoint::builder(presets::Minimal)
         .secret_key(identity.iroh_secret_key())
         .alpns(vec![iroh_blobs::ALPN.to_vec()])
-        .portmapper_config(iroh::endpoint::PortmapperConfig::Disabled)
+        .portmapper_config(portmapper)
         .net_report_config(iroh::endpoint::NetReportConfig::minimal())
         .clear_ip_transports()
         .bind_addr(bind)
         .with_context(|| format!("bad blob bind address {bind}"))?;
-    builder = if relay {
-        builder.relay_mode(iroh::endpoint::default_relay_mode())
-    } else {
-        builder.relay_mode(RelayMode::Disabled)
+    builder = match &net.relays {
+        Relays::Off => builder.relay_mode(RelayMode::Disabled),
+        Relays::Public => builder.relay_mode(iroh::endpoint::default_relay_mode()),
+        Relays::Own { urls, ca } => {
+            if urls.is_empty() {
+                bail!("no relay URL given");
+            }
+            let map = RelayMap::from_iter(urls.iter().cloned());
+            let mut b = builder.relay_mode(RelayMode::Custom(map));
+            if !ca.is_empty() {
+                b = b.ca_tls_config(iroh::tls::CaTlsConfig::custom_roots(
+                    ca.iter()
+                        .map(|d| rustls::pki_types::CertificateDer::from(d.clone())),
+                ));
+            }
+            b
+        }
     };
     builder
         .bind()
@@ -351,10 +493,10 @@ mod tests {
         let req_id = Identity::from_seed(11);
         let prov_id = Identity::from_seed(12);
         let dir = tempfile::tempdir().unwrap();
-        let req = BlobNode::spawn(&req_id, StoreKind::Memory, lo(), false)
+        let req = BlobNode::spawn(&req_id, StoreKind::Memory, &BlobNet::local(lo()))
             .await
             .unwrap();
-        let prov = BlobNode::spawn(&prov_id, StoreKind::Dir(dir.path()), lo(), false)
+        let prov = BlobNode::spawn(&prov_id, StoreKind::Dir(dir.path()), &BlobNet::local(lo()))
             .await
             .unwrap();
         assert_eq!(req.addr().id.as_bytes(), &req_id.account().0);
@@ -422,13 +564,19 @@ mod tests {
     #[tokio::test]
     async fn a_peer_that_accepts_and_goes_quiet_fails_the_fetch_instead_of_holding_it() {
         let quiet_id = Identity::from_seed(21);
-        let endpoint = bind_endpoint(&quiet_id, lo(), false).await.unwrap();
+        let endpoint = bind_endpoint(&quiet_id, &BlobNet::local(lo()))
+            .await
+            .unwrap();
         let router = Router::builder(endpoint.clone())
             .accept(iroh_blobs::ALPN, Silent)
             .spawn();
-        let mut me = BlobNode::spawn(&Identity::from_seed(22), StoreKind::Memory, lo(), false)
-            .await
-            .unwrap();
+        let mut me = BlobNode::spawn(
+            &Identity::from_seed(22),
+            StoreKind::Memory,
+            &BlobNet::local(lo()),
+        )
+        .await
+        .unwrap();
         me.stall = std::time::Duration::from_secs(1);
         let mut from = endpoint.addr();
         for s in endpoint.bound_sockets() {

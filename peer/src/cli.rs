@@ -88,6 +88,10 @@ pub enum Command {
     },
     /// Run the node in the foreground until Ctrl-C (or SIGTERM).
     Run(RunArgs),
+    /// Run a blob relay for peers behind NATs (iroh-relay, self-signed, no
+    /// internet needed) until Ctrl-C; prints the URL and certificate file that
+    /// nodes name in `net.relay_urls` and `net.relay_certs`.
+    Relay(RelayArgs),
     /// Show the running node's addresses and peers.
     Status,
     /// List the fresh offers the running node has seen.
@@ -174,6 +178,24 @@ pub struct SimArgs {
     /// their control APIs, report the same metrics and stop them.
     #[arg(long, value_name = "N", conflicts_with = "scenario")]
     pub testbed: Option<usize>,
+    /// With --testbed: across NATs, in network namespaces made for the run
+    /// (root, `ip` and `nft` needed): the committee and the relays on a public
+    /// network, every provider and requester in its own home behind its own
+    /// NAT router. Reports how each pair connected (hole-punched or relayed)
+    /// and the blob throughput.
+    #[arg(long, requires = "testbed")]
+    pub netns: bool,
+    /// With --netns: limit each home's uplink to this many Mbit/s (tc tbf).
+    #[arg(long, value_name = "MBIT", requires = "netns")]
+    pub rate_mbit: Option<u32>,
+    /// With --netns: after the jobs, each requester sends its provider a blob
+    /// of this many MiB, to measure throughput.
+    #[arg(long, value_name = "MIB", default_value_t = 8, requires = "netns")]
+    pub probe_mib: u64,
+    /// With --netns: symmetric NATs (a random port per flow), where no hole
+    /// can be punched: shows the relayed paths.
+    #[arg(long, requires = "netns")]
+    pub symmetric_nat: bool,
     /// Seed of the run (default: the scenario's own). Same seed, same result.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -224,6 +246,47 @@ pub struct RunArgs {
     /// and experiments, not for a real network.
     #[arg(long)]
     pub quick_timing: bool,
+    /// An address others reach this node on (repeatable), e.g. a public IP
+    /// with its port; added to `net.external`.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub external_addr: Vec<String>,
+    /// Relay libp2p connections for peers behind NATs (give --external-addr).
+    #[arg(long)]
+    pub relay_server: bool,
+    /// The blob endpoint's UDP address; replaces `net.blob_bind`.
+    #[arg(long, value_name = "IP:PORT")]
+    pub blob_bind: Option<String>,
+    /// A blob relay to use (repeatable; `cloudchain relay` prints its URL);
+    /// replaces `net.relay_urls`.
+    #[arg(long, value_name = "URL")]
+    pub relay_url: Vec<String>,
+    /// A relay certificate to trust (repeatable); replaces `net.relay_certs`.
+    #[arg(long, value_name = "FILE")]
+    pub relay_cert: Vec<PathBuf>,
+    /// Ask no router for port mappings (UPnP, PCP, NAT-PMP).
+    #[arg(long)]
+    pub no_port_mapping: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RelayArgs {
+    /// The address to serve on (every port below is on it).
+    #[arg(long, value_name = "IP")]
+    pub bind: std::net::IpAddr,
+    /// The name clients use for the relay, an IP address or host name
+    /// (repeatable; the first goes in the URL). Default: the --bind address.
+    #[arg(long, value_name = "NAME")]
+    pub name: Vec<String>,
+    /// The HTTPS port of the relay protocol.
+    #[arg(long, default_value_t = crate::relay::DEFAULT_HTTPS_PORT)]
+    pub https_port: u16,
+    /// The plain HTTP port (probes).
+    #[arg(long, default_value_t = crate::relay::DEFAULT_HTTP_PORT)]
+    pub http_port: u16,
+    /// Where the certificate and key are kept (made on the first run).
+    /// Default: the data directory.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -409,7 +472,9 @@ fn init_logging() {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
-            "info,libp2p=warn,libp2p_kad=error,iroh=warn,iroh_blobs=warn",
+            // AutoNAT's server warns whenever a dial-back to a peer behind
+            // a NAT times out, which is what it is there to find out.
+            "info,libp2p=warn,libp2p_kad=error,libp2p_autonat=error,iroh=warn,iroh_blobs=warn",
         )
     });
     let b = tracing_subscriber::fmt()
@@ -453,6 +518,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             faulty_provider,
         } => return demo(cli.json, keep.clone(), *faulty_provider),
         Command::Sim(args) => return sim(cli.json, args),
+        Command::Relay(args) => return relay(&cli, args),
         Command::Bench { backend, what } => return bench(cli.json, backend, what.as_ref()),
         Command::Data(cmd) => return data(cli.json, cmd),
         Command::Init { .. } | Command::Join { .. } | Command::Id { .. } => {}
@@ -552,6 +618,40 @@ fn run_node(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     if args.no_mdns {
         opts.mdns = false;
     }
+    for e in &args.external_addr {
+        opts.external.push(
+            e.parse()
+                .with_context(|| format!("--external-addr {e:?} is not a multiaddr"))?,
+        );
+    }
+    opts.relay_server |= args.relay_server;
+    if let Some(b) = &args.blob_bind {
+        opts.blob.bind = b
+            .parse()
+            .with_context(|| format!("--blob-bind {b:?} is not an IP:PORT"))?;
+    }
+    if !args.relay_url.is_empty() {
+        let urls = args
+            .relay_url
+            .iter()
+            .map(|u| {
+                u.parse()
+                    .with_context(|| format!("--relay-url {u:?} is not a URL"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let ca = args
+            .relay_cert
+            .iter()
+            .map(|f| crate::relay::read_cert(f))
+            .collect::<anyhow::Result<_>>()?;
+        opts.blob.relays = crate::blobs::Relays::Own { urls, ca };
+    } else if !args.relay_cert.is_empty() {
+        anyhow::bail!("--relay-cert needs --relay-url");
+    }
+    if args.no_port_mapping {
+        opts.upnp = false;
+        opts.blob.portmapper = false;
+    }
     opts.provider = args.provider;
     opts.oracle = args.oracle;
     opts.cheat = args.cheat;
@@ -564,6 +664,53 @@ fn run_node(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         wait_for_signal().await;
         tracing::info!("stopping");
         node.shutdown().await
+    })
+}
+
+fn relay(cli: &Cli, args: &RelayArgs) -> anyhow::Result<()> {
+    init_logging();
+    let names = if args.name.is_empty() {
+        vec![args.bind.to_string()]
+    } else {
+        args.name.clone()
+    };
+    let opts = crate::relay::RelayOptions {
+        bind: args.bind,
+        names,
+        https_port: args.https_port,
+        http_port: args.http_port,
+        quic_port: crate::relay::QAD_PORT,
+        dir: args.dir.clone().unwrap_or_else(|| cli.data_dir()),
+    };
+    runtime()?.block_on(async move {
+        let server = crate::relay::spawn(&opts).await?;
+        #[derive(serde::Serialize)]
+        struct Up<'a> {
+            url: String,
+            cert: &'a std::path::Path,
+            https: Option<std::net::SocketAddr>,
+            http: Option<std::net::SocketAddr>,
+            quic: Option<std::net::SocketAddr>,
+        }
+        let up = Up {
+            url: server.url.to_string(),
+            cert: &server.cert,
+            https: server.https,
+            http: server.http,
+            quic: server.quic,
+        };
+        print(cli.json, &up, |u| {
+            println!("relay: {}", u.url);
+            println!("certificate: {}", u.cert.display());
+            println!(
+                "nodes: relay_urls = [\"{}\"], relay_certs = [\"{}\"] in [net]",
+                u.url,
+                u.cert.display()
+            );
+        })?;
+        wait_for_signal().await;
+        tracing::info!("stopping the relay");
+        server.shutdown().await
     })
 }
 
@@ -653,6 +800,72 @@ fn bench(json: bool, backend: &str, what: Option<&BenchWhat>) -> anyhow::Result<
     Ok(())
 }
 
+fn testbed_nat(json: bool, n: usize, args: &SimArgs) -> anyhow::Result<()> {
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("out").join(format!("testbed-nat-{n}")));
+    let out = std::path::absolute(&out)?;
+    let exe = std::env::current_exe().context("cannot find the cloudchain binary")?;
+    let opts = crate::testbed::nat::NatOptions {
+        processes: n,
+        rate_mbit: args.rate_mbit,
+        probe_mb: args.probe_mib,
+        symmetric: args.symmetric_nat,
+    };
+    let rt = runtime()?;
+    let r = rt.block_on(async {
+        // Ctrl-C or SIGTERM: the run is dropped, which stops its processes
+        // and deletes its namespaces.
+        tokio::select! {
+            r = crate::testbed::nat::run(&exe, &opts, &out, |s| {
+                if !json {
+                    println!("testbed   {s}");
+                }
+            }) => r,
+            _ = wait_for_signal() => Err(anyhow::anyhow!("interrupted; namespaces and processes removed")),
+        }
+    })?;
+    print(json, &r, |r| {
+        println!(
+            "processes     {} ({} homes behind {}NAT{})",
+            r.processes,
+            r.homes,
+            if r.symmetric_nat { "symmetric " } else { "" },
+            r.rate_mbit
+                .map(|m| format!(", uplinks at {m} Mbit/s"))
+                .unwrap_or_default()
+        );
+        for p in &r.pairs {
+            println!(
+                "{} ↔ {}: job {} {}; libp2p {} ({} hole punches)",
+                p.requester,
+                p.provider,
+                &p.job[..p.job.len().min(12)],
+                p.job_state,
+                p.libp2p,
+                p.hole_punches
+            );
+            for f in &p.fetches {
+                println!(
+                    "    {:<11} fetched by {:<12} {:>10} bytes in {:>6.2} s = {:>7.1} Mbit/s over iroh, {}",
+                    f.what, f.by, f.bytes, f.secs, f.mbit_per_s, f.path
+                );
+            }
+        }
+        println!(
+            "guard drops   {} (packets headed out of the testbed)",
+            r.guard_drops
+        );
+        println!("wall time     {:.1} s; JSON in {}", r.wall_s, out.display());
+    })?;
+    let failed = r.pairs.iter().filter(|p| !p.job_ok).count();
+    if failed > 0 || r.pairs.is_empty() {
+        anyhow::bail!("{failed} of {} jobs did not complete", r.pairs.len());
+    }
+    Ok(())
+}
+
 fn testbed(json: bool, n: usize, out: Option<&std::path::Path>) -> anyhow::Result<()> {
     let out = out
         .map(PathBuf::from)
@@ -708,6 +921,9 @@ fn testbed(json: bool, n: usize, out: Option<&std::path::Path>) -> anyhow::Resul
 
 fn sim(json: bool, args: &SimArgs) -> anyhow::Result<()> {
     if let Some(n) = args.testbed {
+        if args.netns {
+            return testbed_nat(json, n, args);
+        }
         return testbed(json, n, args.out.as_deref());
     }
     let Some(scenario) = &args.scenario else {
@@ -905,15 +1121,27 @@ fn remote(cli: &Cli) -> anyhow::Result<()> {
                     for a in &s.listen {
                         println!("listening    {a}/p2p/{}", s.peer_id);
                     }
+                    for a in &s.external {
+                        println!("reachable at {a}/p2p/{}", s.peer_id);
+                    }
+                    for r in &s.relays {
+                        println!("relayed by   {r}");
+                    }
                     for a in &s.blob_addrs {
                         println!("blobs on     {a}");
                     }
-                    println!("peers        {}", s.connected_peers);
+                    println!("peers        {} ({} hole punched)", s.connected_peers, s.hole_punches);
+                    for p in &s.peers {
+                        println!("  {}  {}", p.peer, p.kind());
+                    }
                     println!("roles        {}", s.roles.join(", "));
                     println!("ledger       {} entries, finalized epoch {}", s.ledger_entries, s.finalized_epoch);
                     println!("balance      {} tokens", tokens(s.balance));
                     for t in &s.transfers {
                         println!("fetching     {} from {}: {} bytes in {:.1} s", &t.hash[..12], t.from, t.bytes, t.elapsed_s);
+                    }
+                    for f in &s.fetched {
+                        println!("fetched      {} from {}: {} bytes in {:.2} s, {}", &f.hash[..12], f.from, f.bytes, f.secs, f.path);
                     }
                 })
             }

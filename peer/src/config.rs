@@ -50,6 +50,30 @@ pub struct NetConfig {
     pub relay: bool,
     /// Local control API (HTTP + JSON) address; loopback only.
     pub control: String,
+    /// Addresses others reach this node on (multiaddrs): a public IP, a
+    /// forwarded port. (The fields below are absent in config files written
+    /// before them.)
+    #[serde(default)]
+    pub external: Vec<String>,
+    /// Relay libp2p connections for peers behind NATs.
+    #[serde(default)]
+    pub relay_server: bool,
+    /// Ask the home router for port mappings (UPnP for libp2p; UPnP, PCP or
+    /// NAT-PMP for the blob endpoint).
+    #[serde(default = "yes")]
+    pub port_mapping: bool,
+    /// Our own iroh relays (the URL `cloudchain relay` prints); they replace
+    /// iroh's public ones.
+    #[serde(default)]
+    pub relay_urls: Vec<String>,
+    /// Certificate files (DER) to trust for those relays: `cloudchain relay`
+    /// writes its self-signed one. Relative paths are in the data directory.
+    #[serde(default)]
+    pub relay_certs: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,14 +104,19 @@ impl Default for Config {
             network: "cloudchain-local".into(),
             net: NetConfig {
                 listen: vec![
-                    "/ip4/0.0.0.0/tcp/0".into(),
-                    "/ip4/0.0.0.0/udp/0/quic-v1".into(),
+                    format!("/ip4/0.0.0.0/tcp/{}", crate::net::DEFAULT_PORT),
+                    format!("/ip4/0.0.0.0/udp/{}/quic-v1", crate::net::DEFAULT_PORT),
                 ],
                 bootstrap: vec![],
                 mdns: true,
-                blob_bind: "0.0.0.0:0".into(),
+                blob_bind: format!("0.0.0.0:{}", crate::net::DEFAULT_BLOB_PORT),
                 relay: false,
                 control: "127.0.0.1:0".into(),
+                external: vec![],
+                relay_server: false,
+                port_mapping: true,
+                relay_urls: vec![],
+                relay_certs: vec![],
             },
             provider: ProviderConfig {
                 price_floor: 1_000,
@@ -109,18 +138,35 @@ pub const CONFIG_TEMPLATE: &str = r#"# CloudChain node configuration.
 network = "cloudchain-local"
 
 [net]
-# libp2p listen addresses. Port 0 picks a free port.
-listen = ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]
-# Peers to bootstrap from, e.g. "/ip4/192.0.2.7/tcp/4001/p2p/12D3KooW...".
+# libp2p listen addresses (TCP and QUIC on port 7410 by default, so that this
+# node's bootstrap address stays the same across restarts; port 0 picks a free
+# port each time).
+listen = ["/ip4/0.0.0.0/tcp/7410", "/ip4/0.0.0.0/udp/7410/quic-v1"]
+# Peers to bootstrap from, e.g. "/ip4/192.0.2.7/tcp/7410/p2p/12D3KooW...".
 bootstrap = []
 # Find peers on the local network by mDNS.
 mdns = true
-# Where the iroh blob endpoint listens.
-blob_bind = "0.0.0.0:0"
+# Where the iroh blob endpoint listens (UDP).
+blob_bind = "0.0.0.0:7411"
 # Use iroh's public relays for NAT traversal (needs the internet).
 relay = false
 # The local control API used by the CLI (HTTP + JSON, loopback only).
 control = "127.0.0.1:0"
+# Addresses others reach this node on, if known: a public IP or a forwarded
+# port, e.g. "/ip4/192.0.2.7/tcp/7410". Without one, a node behind a NAT
+# reserves a slot on a relay it meets and peers reach it through the relay,
+# then directly once a hole is punched.
+external = []
+# Relay libp2p connections for peers behind NATs (give `external` too).
+relay_server = false
+# Ask the home router for port mappings (UPnP; PCP and NAT-PMP for blobs).
+port_mapping = true
+# Our own blob relays, e.g. ["https://192.0.2.7:3341/"] (`cloudchain relay`
+# prints its URL); they replace iroh's public relays.
+relay_urls = []
+# Certificate files to trust for those relays (`cloudchain relay` writes its
+# self-signed relay-cert.der); relative paths are in the data directory.
+relay_certs = []
 
 [provider]
 # Lowest price accepted, in micro-tokens per compute unit (1 CU = 1 GFLOP).
@@ -164,6 +210,16 @@ impl Config {
             })?;
         if !control.ip().is_loopback() {
             bail!("`net.control` must be a loopback address, got {control}");
+        }
+        for u in &self.net.relay_urls {
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                bail!("`net.relay_urls`: {u:?} is not an http(s) URL");
+            }
+            u.parse::<iroh::RelayUrl>()
+                .with_context(|| format!("`net.relay_urls`: {u:?}"))?;
+        }
+        if !self.net.relay_certs.is_empty() && self.net.relay_urls.is_empty() {
+            bail!("`net.relay_certs` is set but `net.relay_urls` names no relay");
         }
         Ok(())
     }

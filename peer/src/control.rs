@@ -259,6 +259,21 @@ pub struct Status {
     pub connected_peers: usize,
     /// Blob fetches in flight.
     pub transfers: Vec<crate::blobs::Transfer>,
+    /// The last finished blob fetches, with the path each took.
+    #[serde(default)]
+    pub fetched: Vec<crate::blobs::Fetched>,
+    /// Addresses confirmed reachable from outside (given, AutoNAT, UPnP).
+    #[serde(default)]
+    pub external: Vec<String>,
+    /// Relays holding a slot for us (libp2p peer ids).
+    #[serde(default)]
+    pub relays: Vec<String>,
+    /// Each connected peer and how: direct or relayed.
+    #[serde(default)]
+    pub peers: Vec<crate::net::PeerLink>,
+    /// Relayed connections upgraded to direct ones by hole punching.
+    #[serde(default)]
+    pub hole_punches: u64,
     pub roles: Vec<String>,
     pub ledger_entries: usize,
     pub finalized_epoch: u64,
@@ -461,7 +476,7 @@ pub async fn serve(
         .with_context(|| format!("cannot bind the control API on {bind}"))?;
     let addr = listener.local_addr()?;
     write_private(&data_dir.join(TOKEN_FILE), &token)?;
-    write_private(&data_dir.join(ADDR_FILE), &addr.to_string())?;
+    write_private(&data_dir.join(ADDR_FILE), addr.to_string())?;
     let st = AppState { token, tx };
     let app = Router::new()
         .route("/v1/status", plain(ControlRequest::Status))
@@ -521,7 +536,9 @@ pub async fn serve(
     Ok((addr, handle))
 }
 
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+/// Write a file only its owner can read, atomically (temporary file, fsync,
+/// rename).
+pub fn write_private(path: &Path, bytes: impl AsRef<[u8]>) -> anyhow::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut opts = std::fs::OpenOptions::new();
@@ -534,7 +551,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     let mut f = opts
         .open(&tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
+    f.write_all(bytes.as_ref())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())

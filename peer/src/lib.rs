@@ -16,6 +16,8 @@ pub mod genesis;
 pub mod jobfile;
 pub mod net;
 pub mod netbench;
+pub mod netns;
 pub mod node;
+pub mod relay;
 pub mod testbed;
 pub mod work;

@@ -14,19 +14,29 @@
 //! - request-response with a bounded length-prefixed codec, for proposals,
 //!   contracts and ledger sync.
 //! - mDNS on a LAN (config flag), connection limits.
+//! - Across NATs: a relay v2 client on every node and a relay server on nodes
+//!   started with `--relay-server`; DCUtR upgrades a relayed connection to a
+//!   direct (hole-punched) one; AutoNAT v2 confirms external addresses (client
+//!   and server on every node); UPnP maps a port on a home router when asked to.
+//!   A node that is not a relay server and has no address given with
+//!   `--external-addr` reserves a slot on the first relays it meets (up to
+//!   [`MAX_RESERVATIONS`]) and advertises the circuit address, so that peers
+//!   behind other NATs reach it through the relay, then directly.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use anyhow::Context;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::core::ConnectedPoint;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
 use libp2p::kad::{self, store::MemoryStore};
+use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, identify, mdns, noise, ping, tcp,
-    yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, connection_limits, dcutr, identify, mdns,
+    noise, ping, relay, tcp, upnp, yamux,
 };
 use protocol::{
     Frame, Message, NetworkId, ReplayGuard, ResourceClass, Timestamp, Wire, codec::CodecError,
@@ -42,6 +52,17 @@ pub const MAX_RR_BYTES: usize = 8 * 1024 * 1024;
 pub const RR_PROTOCOL: StreamProtocol = StreamProtocol::new("/cloudchain/rr/1");
 /// Our Kademlia protocol name (a private DHT, not the IPFS one).
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/cloudchain/kad/1");
+/// The port a node listens on (TCP and QUIC) unless its config says otherwise,
+/// so that a bootstrap address stays the same across restarts.
+pub const DEFAULT_PORT: u16 = 7410;
+/// The UDP port of the iroh blob endpoint unless the config says otherwise.
+pub const DEFAULT_BLOB_PORT: u16 = 7411;
+/// Relays a node behind a NAT reserves a slot on.
+pub const MAX_RESERVATIONS: usize = 2;
+/// What identify reports as our agent.
+pub fn agent_version() -> String {
+    format!("cloudchain/{}", env!("CARGO_PKG_VERSION"))
+}
 
 /// The gossip topics of one network.
 #[derive(Debug, Clone)]
@@ -165,6 +186,12 @@ pub struct Behaviour {
     pub gossipsub: gossipsub::Behaviour,
     pub rr: request_response::Behaviour<BytesCodec>,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    relay_client: relay::client::Behaviour,
+    relay_server: Toggle<relay::Behaviour>,
+    dcutr: dcutr::Behaviour,
+    autonat_client: autonat::v2::client::Behaviour,
+    autonat_server: autonat::v2::server::Behaviour,
+    upnp: Toggle<upnp::tokio::Behaviour>,
 }
 
 /// What the swarm needs to know.
@@ -176,6 +203,14 @@ pub struct NetOptions {
     pub mdns: bool,
     /// How often Kademlia re-bootstraps.
     pub rebootstrap: Duration,
+    /// Addresses others reach us on, known in advance (a public server, a
+    /// forwarded port): confirmed at once, and no relay slot is reserved.
+    pub external: Vec<Multiaddr>,
+    /// Serve as a libp2p relay (v2) for peers behind NATs. It needs an
+    /// external address (given, or confirmed by AutoNAT) before it offers one.
+    pub relay_server: bool,
+    /// Ask the home router for a port mapping (UPnP IGD).
+    pub upnp: bool,
 }
 
 impl NetOptions {
@@ -187,7 +222,27 @@ impl NetOptions {
             bootstrap: vec![],
             mdns: false,
             rebootstrap: Duration::from_secs(60),
+            external: vec![],
+            relay_server: false,
+            upnp: false,
         }
+    }
+}
+
+/// A relay v2 server's limits. A relayed connection carries signalling (our
+/// requests and the DCUtR exchange) until the peers meet directly; bulk data
+/// goes over iroh. The defaults (2 min, 128 KiB) are too tight for a ledger
+/// sync message, so the circuits here are longer and larger, and still bounded.
+fn relay_config() -> relay::Config {
+    relay::Config {
+        max_reservations: 512,
+        max_reservations_per_peer: 4,
+        reservation_duration: Duration::from_secs(3600),
+        max_circuits: 64,
+        max_circuits_per_peer: 8,
+        max_circuit_duration: Duration::from_secs(600),
+        max_circuit_bytes: 4 * MAX_RR_BYTES as u64,
+        ..Default::default()
     }
 }
 
@@ -240,6 +295,8 @@ pub fn build_swarm(
     let gcfg = gossip_config(&opts.network)?;
     let (params, thresholds) = peer_score(&topics);
     let mdns_on = opts.mdns;
+    let relay_on = opts.relay_server;
+    let upnp_on = opts.upnp;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(identity.libp2p_keypair())
         .with_tokio()
         .with_tcp(
@@ -249,7 +306,8 @@ pub fn build_swarm(
         )?
         .with_quic()
         .with_dns()?
-        .with_behaviour(|key| {
+        .with_relay_client(noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|key, relay_client| {
             let peer_id = key.public().to_peer_id();
             let mut gossipsub = gossipsub::Behaviour::new(
                 gossipsub::MessageAuthenticity::Signed(key.clone()),
@@ -272,14 +330,19 @@ pub fn build_swarm(
                 limits: connection_limits::Behaviour::new(
                     connection_limits::ConnectionLimits::default()
                         .with_max_established(Some(512))
-                        .with_max_established_per_peer(Some(2))
+                        // A relayed connection, and one or two direct ones
+                        // after a hole punch (QUIC's punch leaves two).
+                        .with_max_established_per_peer(Some(3))
                         .with_max_pending_incoming(Some(64))
                         .with_max_pending_outgoing(Some(64)),
                 ),
-                identify: identify::Behaviour::new(identify::Config::new(
-                    "/cloudchain/1.0.0".into(),
-                    key.public(),
-                )),
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/cloudchain/1.0.0".into(), key.public())
+                        .with_agent_version(agent_version())
+                        // A new circuit address must reach peers (and their
+                        // DHT) when the reservation comes, not at the next poll.
+                        .with_push_listen_addr_updates(true),
+                ),
                 ping: ping::Behaviour::new(ping::Config::new()),
                 kad,
                 gossipsub,
@@ -289,6 +352,14 @@ pub fn build_swarm(
                         .with_request_timeout(Duration::from_secs(30)),
                 ),
                 mdns: Toggle::from(mdns),
+                relay_client,
+                relay_server: Toggle::from(
+                    relay_on.then(|| relay::Behaviour::new(peer_id, relay_config())),
+                ),
+                dcutr: dcutr::Behaviour::new(peer_id),
+                autonat_client: autonat::v2::client::Behaviour::default(),
+                autonat_server: autonat::v2::server::Behaviour::default(),
+                upnp: Toggle::from(upnp_on.then(upnp::tokio::Behaviour::default)),
             })
         })
         .map_err(|e| anyhow::anyhow!("building behaviours: {e}"))?
@@ -306,6 +377,15 @@ pub fn build_swarm(
             .listen_on(addr.clone())
             .with_context(|| format!("cannot listen on {addr}"))?;
     }
+    for addr in &opts.external {
+        swarm.add_external_address(addr.clone());
+    }
+    if opts.relay_server && opts.external.is_empty() {
+        warn!(
+            "--relay-server without --external-addr: the relay serves only once AutoNAT \
+             confirms a public address"
+        );
+    }
     for addr in &opts.bootstrap {
         add_bootstrap(&mut swarm, addr)?;
     }
@@ -316,7 +396,7 @@ fn add_bootstrap(swarm: &mut Swarm<Behaviour>, addr: &Multiaddr) -> anyhow::Resu
     let peer = addr
         .iter()
         .find_map(|p| match p {
-            libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+            Protocol::P2p(id) => Some(id),
             _ => None,
         })
         .with_context(|| format!("bootstrap address {addr} lacks /p2p/<peer id>"))?;
@@ -447,6 +527,53 @@ pub enum NetEvent {
 
 type Reply<T> = oneshot::Sender<anyhow::Result<T>>;
 
+/// How one peer is connected.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerLink {
+    pub peer: String,
+    /// Connections straight to the peer (dialed, accepted or hole-punched).
+    pub direct: usize,
+    /// Connections through a relay.
+    pub relayed: usize,
+    /// The remote address of each connection.
+    pub addrs: Vec<String>,
+}
+
+impl PeerLink {
+    /// "direct", "relayed", or "direct+relayed" while both are open.
+    pub fn kind(&self) -> &'static str {
+        match (self.direct > 0, self.relayed > 0) {
+            (true, false) => "direct",
+            (false, true) => "relayed",
+            _ => "direct+relayed",
+        }
+    }
+}
+
+/// The swarm's view of the network, for status and metrics.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct NetInfo {
+    pub listen: Vec<String>,
+    /// Addresses confirmed as reachable from outside (given, AutoNAT, UPnP).
+    pub external: Vec<String>,
+    /// Relays holding a slot for us.
+    pub reservations: Vec<String>,
+    pub peers: Vec<PeerLink>,
+    /// Relayed connections upgraded to direct ones by DCUtR, and attempts
+    /// that failed.
+    pub hole_punches: u64,
+    pub hole_punch_failures: u64,
+}
+
+/// One open connection, as the loop tracks it.
+#[derive(Debug, Clone)]
+struct Link {
+    relayed: bool,
+    remote: Multiaddr,
+    /// We dialed it (so `remote` is an address that reaches the peer).
+    dialer: bool,
+}
+
 enum Command {
     Publish {
         frame: Frame,
@@ -472,6 +599,9 @@ enum Command {
     },
     ListenAddrs {
         reply: Reply<Vec<Multiaddr>>,
+    },
+    Info {
+        reply: Reply<NetInfo>,
     },
     MeshPeers {
         reply: Reply<Vec<PeerId>>,
@@ -551,6 +681,11 @@ impl Client {
         self.call(|reply| Command::ListenAddrs { reply }).await
     }
 
+    /// Our addresses and relays, and how each peer is connected.
+    pub async fn info(&self) -> anyhow::Result<NetInfo> {
+        self.call(|reply| Command::Info { reply }).await
+    }
+
     /// Peers in our market-topic mesh.
     pub async fn mesh_peers(&self) -> anyhow::Result<Vec<PeerId>> {
         self.call(|reply| Command::MeshPeers { reply }).await
@@ -587,6 +722,18 @@ pub struct EventLoop<V: Validator> {
     pending_providing: HashMap<kad::QueryId, Reply<()>>,
     pending_providers: HashMap<kad::QueryId, (Reply<Vec<PeerId>>, Vec<PeerId>)>,
     rebootstrap: Duration,
+    /// Every open connection, by peer: dropped when the connection closes,
+    /// so a peer that leaves leaves no entry.
+    links: HashMap<PeerId, HashMap<ConnectionId, Link>>,
+    /// Whether we reserve relay slots (not a relay, no address given).
+    reserve: bool,
+    /// Relays we asked for a slot, by the listener the circuit address is on.
+    reservations: HashMap<libp2p::core::transport::ListenerId, PeerId>,
+    accepted: BTreeSet<PeerId>,
+    /// Connected peers that serve as relays (identify lists hop).
+    relays: BTreeSet<PeerId>,
+    hole_punches: u64,
+    hole_punch_failures: u64,
 }
 
 impl<V: Validator> std::fmt::Debug for EventLoop<V> {
@@ -629,6 +776,13 @@ pub fn new<V: Validator>(
             pending_providing: HashMap::new(),
             pending_providers: HashMap::new(),
             rebootstrap: opts.rebootstrap,
+            links: HashMap::new(),
+            reserve: !opts.relay_server && opts.external.is_empty(),
+            reservations: HashMap::new(),
+            accepted: BTreeSet::new(),
+            relays: BTreeSet::new(),
+            hole_punches: 0,
+            hole_punch_failures: 0,
         },
         rx,
     ))
@@ -674,6 +828,9 @@ impl<V: Validator> EventLoop<V> {
                 let _ = reply.send(res);
             }
             Command::Request { peer, data, reply } => {
+                if !self.swarm.is_connected(&peer) {
+                    self.dial_via_relays(peer);
+                }
                 let id = self.swarm.behaviour_mut().rr.send_request(&peer, data);
                 self.pending_requests.insert(id, reply);
             }
@@ -705,6 +862,9 @@ impl<V: Validator> EventLoop<V> {
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(Ok(self.swarm.listeners().cloned().collect()));
             }
+            Command::Info { reply } => {
+                let _ = reply.send(Ok(self.info()));
+            }
             Command::MeshPeers { reply } => {
                 let peers = self
                     .swarm
@@ -734,6 +894,95 @@ impl<V: Validator> EventLoop<V> {
                 let id = self.swarm.behaviour_mut().kad.get_providers(key);
                 self.pending_providers.insert(id, (reply, Vec::new()));
             }
+        }
+    }
+
+    fn info(&self) -> NetInfo {
+        let mut peers: Vec<PeerLink> = self
+            .links
+            .iter()
+            .map(|(peer, conns)| PeerLink {
+                peer: peer.to_string(),
+                direct: conns.values().filter(|l| !l.relayed).count(),
+                relayed: conns.values().filter(|l| l.relayed).count(),
+                addrs: conns.values().map(|l| l.remote.to_string()).collect(),
+            })
+            .collect();
+        peers.sort_by(|a, b| a.peer.cmp(&b.peer));
+        NetInfo {
+            listen: self.swarm.listeners().map(|a| a.to_string()).collect(),
+            external: self
+                .swarm
+                .external_addresses()
+                .map(|a| a.to_string())
+                .collect(),
+            reservations: self.accepted.iter().map(|p| p.to_string()).collect(),
+            peers,
+            hole_punches: self.hole_punches,
+            hole_punch_failures: self.hole_punch_failures,
+        }
+    }
+
+    /// Dial `peer` at every address the behaviours know and, besides, through
+    /// every relay we are connected to: a peer behind a NAT is reachable only
+    /// through the relay it holds a slot on, and the DHT may not have told us
+    /// its circuit address yet. The first connection that comes up wins;
+    /// DCUtR then tries for a direct one.
+    fn dial_via_relays(&mut self, peer: PeerId) {
+        let circuits: Vec<Multiaddr> = self
+            .relays
+            .iter()
+            .filter(|r| **r != peer)
+            .filter_map(|r| {
+                let link = self.links.get(r)?.values().find(|l| !l.relayed)?;
+                Some(
+                    strip_p2p(link.remote.clone())
+                        .with(Protocol::P2p(*r))
+                        .with(Protocol::P2pCircuit)
+                        .with(Protocol::P2p(peer)),
+                )
+            })
+            .collect();
+        if circuits.is_empty() {
+            return;
+        }
+        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+            .addresses(circuits)
+            .extend_addresses_through_behaviour()
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            debug!(%peer, error = %e, "dial through relays");
+        }
+    }
+
+    /// Reserve a slot on `relay` (which said it speaks hop) if we are behind a
+    /// NAT as far as we know and hold fewer than [`MAX_RESERVATIONS`]. The
+    /// circuit is reserved over the address we dialed the relay on.
+    fn maybe_reserve(&mut self, relay: PeerId) {
+        if !self.reserve
+            || self.reservations.len() >= MAX_RESERVATIONS
+            || self.reservations.values().any(|p| *p == relay)
+        {
+            return;
+        }
+        let Some(addr) = self
+            .links
+            .get(&relay)
+            .and_then(|c| c.values().find(|l| l.dialer && !l.relayed))
+            .map(|l| l.remote.clone())
+        else {
+            debug!(%relay, "a relay we did not dial: no address to reserve over");
+            return;
+        };
+        let addr = strip_p2p(addr)
+            .with(Protocol::P2p(relay))
+            .with(Protocol::P2pCircuit);
+        match self.swarm.listen_on(addr.clone()) {
+            Ok(id) => {
+                info!(%relay, %addr, "asking the relay for a slot");
+                self.reservations.insert(id, relay);
+            }
+            Err(e) => warn!(%relay, %addr, error = %e, "cannot listen through the relay"),
         }
     }
 
@@ -768,20 +1017,101 @@ impl<V: Validator> EventLoop<V> {
                 peer_id,
                 connection_id,
                 num_established,
+                endpoint,
                 ..
             } => {
                 if let Some(reply) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Ok(()));
                 }
+                let link = Link {
+                    relayed: endpoint.is_relayed(),
+                    remote: endpoint.get_remote_address().clone(),
+                    dialer: matches!(endpoint, ConnectedPoint::Dialer { .. }),
+                };
+                debug!(peer = %peer_id, relayed = link.relayed, remote = %link.remote, "connected");
+                self.links
+                    .entry(peer_id)
+                    .or_default()
+                    .insert(connection_id, link);
                 if num_established.get() == 1 {
                     self.emit(NetEvent::Connected(peer_id)).await;
                 }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
-            } => self.emit(NetEvent::Disconnected(peer_id)).await,
+            } => {
+                if let Some(conns) = self.links.get_mut(&peer_id) {
+                    conns.remove(&connection_id);
+                    if conns.is_empty() {
+                        self.links.remove(&peer_id);
+                        self.relays.remove(&peer_id);
+                    }
+                }
+                if num_established == 0 {
+                    self.emit(NetEvent::Disconnected(peer_id)).await;
+                }
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                if let Some(relay) = self.reservations.remove(&listener_id) {
+                    self.accepted.remove(&relay);
+                    info!(%relay, ?reason, "relay slot lost; we ask again when we meet it");
+                }
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                info!(%address, "external address confirmed");
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                info!(%address, "external address expired");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(e)) => match e {
+                relay::client::Event::ReservationReqAccepted {
+                    relay_peer_id,
+                    renewal,
+                    ..
+                } => {
+                    if !renewal {
+                        info!(relay = %relay_peer_id, "relay slot reserved");
+                    }
+                    self.accepted.insert(relay_peer_id);
+                }
+                other => debug!(?other, "relay client"),
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => match result {
+                Ok(_) => {
+                    self.hole_punches += 1;
+                    info!(peer = %remote_peer_id, "hole punched: direct connection");
+                }
+                Err(e) => {
+                    self.hole_punch_failures += 1;
+                    info!(peer = %remote_peer_id, error = %e, "hole punch failed; staying relayed");
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::AutonatClient(e)) => match e.result {
+                Ok(()) => info!(addr = %e.tested_addr, server = %e.server, "reachable (AutoNAT)"),
+                Err(err) => {
+                    debug!(addr = %e.tested_addr, server = %e.server, error = %err, "not reachable (AutoNAT)")
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Upnp(e)) => match e {
+                upnp::Event::NewExternalAddr { external_addr, .. } => {
+                    info!(%external_addr, "UPnP port mapping")
+                }
+                upnp::Event::GatewayNotFound => debug!("no UPnP gateway"),
+                upnp::Event::NonRoutableGateway => debug!("the UPnP gateway is not public"),
+                upnp::Event::ExpiredExternalAddr { external_addr, .. } => {
+                    info!(%external_addr, "UPnP port mapping expired")
+                }
+            },
             SwarmEvent::OutgoingConnectionError {
                 error,
                 connection_id,
@@ -797,8 +1127,20 @@ impl<V: Validator> EventLoop<V> {
                 info,
                 ..
             })) => {
+                // A peer's loopback address is ours unless it is on our host:
+                // keep it only if we reach the peer over loopback.
+                let local = self
+                    .links
+                    .get(&peer_id)
+                    .is_some_and(|c| c.values().any(|l| is_loopback(&l.remote)));
                 for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    if local || !is_loopback(&addr) {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+                if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
+                    self.relays.insert(peer_id);
+                    self.maybe_reserve(peer_id);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
@@ -928,6 +1270,22 @@ impl<V: Validator> EventLoop<V> {
             (Validation::Accept, None) => {}
         }
     }
+}
+
+fn is_loopback(addr: &Multiaddr) -> bool {
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => ip.is_loopback(),
+        Some(Protocol::Ip6(ip)) => ip.is_loopback(),
+        _ => false,
+    }
+}
+
+/// `addr` without a trailing `/p2p/<id>`.
+fn strip_p2p(mut addr: Multiaddr) -> Multiaddr {
+    if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+        addr.pop();
+    }
+    addr
 }
 
 fn describe(e: &protocol::FrameError) -> String {

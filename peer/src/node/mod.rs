@@ -26,7 +26,7 @@ use rand_chacha::ChaCha20Rng;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::blobs::{BlobNode, StoreKind};
+use crate::blobs::{BlobNet, BlobNode, Relays, StoreKind};
 use crate::config::DataDir;
 use crate::control::{self, BlobAdded, BlobFetched, ControlRequest, JobView, Status};
 use crate::net::{self, BasicValidator, NetEvent, NetOptions};
@@ -50,8 +50,14 @@ pub struct RunOptions {
     pub listen: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
     pub mdns: bool,
-    pub blob_bind: SocketAddr,
-    pub relay: bool,
+    /// Addresses others reach us on (no relay slot is reserved then).
+    pub external: Vec<Multiaddr>,
+    /// Relay libp2p connections for peers behind NATs.
+    pub relay_server: bool,
+    /// UPnP port mapping for libp2p.
+    pub upnp: bool,
+    /// The blob endpoint's address, relays and port mapping.
+    pub blob: BlobNet,
     pub control: SocketAddr,
     /// Sell compute: benchmark the device, publish and refresh offers, run jobs.
     pub provider: bool,
@@ -86,12 +92,18 @@ impl RunOptions {
             listen: parse_all(&c.net.listen, "net.listen")?,
             bootstrap: parse_all(&c.net.bootstrap, "net.bootstrap")?,
             mdns: c.net.mdns,
-            blob_bind: c
-                .net
-                .blob_bind
-                .parse()
-                .with_context(|| format!("net.blob_bind {:?}", c.net.blob_bind))?,
-            relay: c.net.relay,
+            external: parse_all(&c.net.external, "net.external")?,
+            relay_server: c.net.relay_server,
+            upnp: c.net.port_mapping,
+            blob: BlobNet {
+                bind: c
+                    .net
+                    .blob_bind
+                    .parse()
+                    .with_context(|| format!("net.blob_bind {:?}", c.net.blob_bind))?,
+                relays: relays_from_config(dir)?,
+                portmapper: c.net.port_mapping,
+            },
             control: c.net.control.parse().context("net.control")?,
             provider: false,
             oracle: false,
@@ -113,8 +125,10 @@ impl RunOptions {
             ],
             bootstrap,
             mdns: false,
-            blob_bind: lo,
-            relay: false,
+            external: vec![],
+            relay_server: false,
+            upnp: false,
+            blob: BlobNet::local(lo),
             control: lo,
             provider: false,
             oracle: false,
@@ -124,6 +138,30 @@ impl RunOptions {
             bond: None,
         }
     }
+}
+
+/// The blob relays a config names: its own (with the certificates to trust),
+/// else iroh's public ones if `relay` is on, else none.
+pub fn relays_from_config(dir: &DataDir) -> anyhow::Result<Relays> {
+    let net = &dir.config.net;
+    if net.relay_urls.is_empty() {
+        return Ok(if net.relay {
+            Relays::Public
+        } else {
+            Relays::Off
+        });
+    }
+    let urls = net
+        .relay_urls
+        .iter()
+        .map(|u| u.parse().with_context(|| format!("net.relay_urls: {u:?}")))
+        .collect::<anyhow::Result<_>>()?;
+    let ca = net
+        .relay_certs
+        .iter()
+        .map(|f| crate::relay::read_cert(&dir.path.join(f)))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Relays::Own { urls, ca })
 }
 
 /// A node that runs until [`RunningNode::shutdown`].
@@ -275,20 +313,22 @@ pub async fn start(dir: DataDir, opts: RunOptions) -> anyhow::Result<RunningNode
     let blob_dir = dir.path.join("blobs");
     std::fs::create_dir_all(&blob_dir)
         .with_context(|| format!("cannot create {}", blob_dir.display()))?;
-    let blobs = BlobNode::spawn(
-        &dir.identity,
-        StoreKind::Dir(&blob_dir),
-        opts.blob_bind,
-        opts.relay,
-    )
-    .instrument(span.clone())
-    .await?;
+    let blobs = BlobNode::spawn(&dir.identity, StoreKind::Dir(&blob_dir), &opts.blob)
+        .instrument(span.clone())
+        .await?;
+    // Our relay and public address go into every offer: wait for them a while.
+    if !blobs.online(std::time::Duration::from_secs(10)).await {
+        warn!(parent: &span, "the blob relay did not answer in 10 s; offers carry it anyway");
+    }
     let net_opts = NetOptions {
         network,
         listen: opts.listen.clone(),
         bootstrap: opts.bootstrap.clone(),
         mdns: opts.mdns,
         rebootstrap: std::time::Duration::from_secs(60),
+        external: opts.external.clone(),
+        relay_server: opts.relay_server,
+        upnp: opts.upnp,
     };
     let (client, event_loop, events) =
         net::new(&dir.identity, &net_opts, BasicValidator::new(network))?;
@@ -739,13 +779,7 @@ impl Driver {
         .filter(|(on, _)| *on)
         .map(|(_, r)| r.to_string())
         .collect();
-        let listen = self
-            .net
-            .listen_addrs()
-            .await?
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let info = self.net.info().await?;
         let network = self.core.network().to_string();
         let ledger = self.core.ledger();
         Ok(Status {
@@ -753,10 +787,15 @@ impl Driver {
             peer_id: id.peer_id().to_string(),
             endpoint_id: id.endpoint_id().to_string(),
             network,
-            listen,
+            listen: info.listen,
             blob_addrs: self.blobs.contact(),
             connected_peers: self.connected.len(),
             transfers: self.blobs.transfers(),
+            fetched: self.blobs.recent_fetches(),
+            external: info.external,
+            relays: info.reservations,
+            peers: info.peers,
+            hole_punches: info.hole_punches,
             roles,
             ledger_entries: ledger.entry_count(),
             finalized_epoch: ledger.finalized_epoch(),

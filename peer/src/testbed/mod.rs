@@ -22,6 +22,8 @@ use crate::config::DataDir;
 use crate::control::{ControlClient, JobRequest, JobView};
 use crate::demo::wait;
 
+pub mod nat;
+
 /// What a testbed run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct TestbedReport {
@@ -88,42 +90,7 @@ pub async fn run(
     let started = Instant::now();
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let roles = roles(n);
-    let mut dirs = Vec::new();
-    for r in &roles {
-        let path = out.join(r);
-        if path.exists() {
-            std::fs::remove_dir_all(&path)
-                .with_context(|| format!("cannot clear {}", path.display()))?;
-        }
-        dirs.push(DataDir::init(&path)?);
-    }
-    let mut balances = Vec::new();
-    let mut stakes = Vec::new();
-    let mut bonds = Vec::new();
-    for (d, r) in dirs.iter().zip(&roles) {
-        let a = d.identity.account();
-        if r.starts_with("oracle") {
-            stakes.push((a, Amount::tokens(1_000)));
-            balances.push((a, Amount::tokens(100)));
-        } else if r.starts_with("requester") {
-            balances.push((a, Amount::tokens(10_000)));
-            bonds.push((a, Amount::tokens(1_000)));
-        } else {
-            balances.push((a, Amount::tokens(100)));
-        }
-    }
-    let genesis = crate::genesis::build(
-        &dirs[0].identity,
-        "cloudchain-testbed",
-        crate::net::now(),
-        crate::genesis::local_params(DurationMs::secs(5), 3),
-        balances,
-        stakes,
-        bonds,
-    )?;
-    for d in &dirs {
-        d.install_genesis(&genesis)?;
-    }
+    let dirs = data_dirs(out, &roles)?;
     let spawn = |dir: &Path, role: &str, boot: Option<&str>| -> anyhow::Result<Child> {
         let log = std::fs::File::create(dir.join("node.log"))?;
         let mut c = Command::new(exe);
@@ -131,6 +98,7 @@ pub async fn run(
             .arg(dir)
             .args(["run", "--quick-timing", "--no-mdns"])
             .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(["--blob-bind", "127.0.0.1:0", "--no-port-mapping"])
             .env("RUST_LOG", "info,libp2p=warn,iroh=warn,iroh_blobs=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -269,7 +237,59 @@ pub async fn run(
     };
     write_outputs(out, &report, &done)?;
 
-    // Stop every process cleanly (SIGTERM: the node closes its stores).
+    let clean = stop(&mut procs).await?;
+    progress(&format!("{clean} of {n} processes stopped cleanly"));
+    Ok(TestbedReport {
+        wall_s: started.elapsed().as_secs_f64(),
+        ..report
+    })
+}
+
+/// A data directory per role under `out` (cleared first), all with one
+/// genesis: oracles staked, requesters funded and bonded, 5 s epochs.
+fn data_dirs(out: &Path, roles: &[String]) -> anyhow::Result<Vec<DataDir>> {
+    let mut dirs = Vec::new();
+    for r in roles {
+        let path = out.join(r);
+        if path.exists() {
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("cannot clear {}", path.display()))?;
+        }
+        dirs.push(DataDir::init(&path)?);
+    }
+    let mut balances = Vec::new();
+    let mut stakes = Vec::new();
+    let mut bonds = Vec::new();
+    for (d, r) in dirs.iter().zip(roles) {
+        let a = d.identity.account();
+        if r.starts_with("oracle") {
+            stakes.push((a, Amount::tokens(1_000)));
+            balances.push((a, Amount::tokens(100)));
+        } else if r.starts_with("requester") {
+            balances.push((a, Amount::tokens(10_000)));
+            bonds.push((a, Amount::tokens(1_000)));
+        } else {
+            balances.push((a, Amount::tokens(100)));
+        }
+    }
+    let genesis = crate::genesis::build(
+        &dirs[0].identity,
+        "cloudchain-testbed",
+        crate::net::now(),
+        crate::genesis::local_params(DurationMs::secs(5), 3),
+        balances,
+        stakes,
+        bonds,
+    )?;
+    for d in &dirs {
+        d.install_genesis(&genesis)?;
+    }
+    Ok(dirs)
+}
+
+/// Stop every process with SIGTERM (the node closes its stores) and wait up to
+/// 10 s each; returns how many exited cleanly.
+async fn stop(procs: &mut Procs) -> anyhow::Result<usize> {
     for p in &mut procs.0 {
         let _ = Command::new("kill")
             .args(["-TERM", &p.child.id().to_string()])
@@ -287,11 +307,7 @@ pub async fn run(
             clean += 1;
         }
     }
-    progress(&format!("{clean} of {n} processes stopped cleanly"));
-    Ok(TestbedReport {
-        wall_s: started.elapsed().as_secs_f64(),
-        ..report
-    })
+    Ok(clean)
 }
 
 /// Wait for a started node's control API.
