@@ -23,7 +23,8 @@ use iroh::endpoint::presets;
 use iroh::protocol::Router;
 use iroh::{Endpoint, EndpointAddr, RelayMap, RelayMode, RelayUrl, TransportAddr};
 use iroh_blobs::api::remote::GetProgressItem;
-use iroh_blobs::{BlobFormat, BlobsProtocol, Hash};
+use iroh_blobs::format::collection::Collection;
+use iroh_blobs::{BlobFormat, BlobsProtocol, Hash, HashAndFormat};
 use protocol::{AccountId, Hash32, Identity};
 
 /// How long a blob fetch waits for its peer's endpoint to answer.
@@ -280,11 +281,38 @@ impl BlobNode {
         &self,
         from: EndpointAddr,
         hash: &Hash32,
-        mut progress: impl FnMut(u64),
+        progress: impl FnMut(u64),
     ) -> anyhow::Result<u64> {
         if self.has(hash).await? {
             return Ok(0);
         }
+        self.fetch_content(from, HashAndFormat::raw(Hash::from_bytes(hash.0)), progress)
+            .await
+    }
+
+    /// Fetch a collection (a hash sequence and every blob it names), verified
+    /// as it streams; only what is missing locally is asked for.
+    pub async fn fetch_collection(
+        &self,
+        from: EndpointAddr,
+        root: &Hash32,
+        progress: impl FnMut(u64),
+    ) -> anyhow::Result<u64> {
+        self.fetch_content(
+            from,
+            HashAndFormat::hash_seq(Hash::from_bytes(root.0)),
+            progress,
+        )
+        .await
+    }
+
+    async fn fetch_content(
+        &self,
+        from: EndpointAddr,
+        content: HashAndFormat,
+        mut progress: impl FnMut(u64),
+    ) -> anyhow::Result<u64> {
+        let hash = &Hash32(*content.hash.as_bytes());
         let peer = from.id;
         let _guard = self.track(hash, peer.fmt_short().to_string());
         // A peer that moved (restarted on another port) or went away must not
@@ -303,11 +331,7 @@ impl BlobNode {
         .with_context(|| format!("cannot connect to blob endpoint {}", peer.fmt_short()))?;
         let started = std::time::Instant::now();
         let watch = conn.clone();
-        let mut stream = self
-            .store
-            .remote()
-            .fetch(conn, Hash::from_bytes(hash.0))
-            .stream();
+        let mut stream = self.store.remote().fetch(conn, content).stream();
         loop {
             let Ok(item) = tokio::time::timeout(self.stall, stream.next()).await else {
                 bail!(
@@ -408,6 +432,74 @@ impl BlobNode {
     /// A ticket for a held blob, in the format iroh's own tools accept.
     pub fn ticket(&self, hash: &Hash32) -> iroh_blobs::ticket::BlobTicket {
         iroh_blobs::ticket::BlobTicket::new(self.addr(), Hash::from_bytes(hash.0), BlobFormat::Raw)
+    }
+
+    /// A ticket for a held collection (what iroh's file-sending tools, such
+    /// as sendme, receive).
+    pub fn collection_ticket(&self, root: &Hash32) -> iroh_blobs::ticket::BlobTicket {
+        iroh_blobs::ticket::BlobTicket::new(
+            self.addr(),
+            Hash::from_bytes(root.0),
+            BlobFormat::HashSeq,
+        )
+    }
+
+    /// Add a file, or every file under a directory, as a collection named by
+    /// relative paths (`/`-separated), kept under a tag; returns its root.
+    pub async fn add_collection(
+        &self,
+        path: &Path,
+    ) -> anyhow::Result<(Hash32, Vec<(String, u64)>)> {
+        let abs =
+            std::path::absolute(path).with_context(|| format!("bad path {}", path.display()))?;
+        let files = crate::collection::files_under(&abs)?;
+        let mut collection = Collection::default();
+        let mut listed = Vec::new();
+        for (name, file) in files {
+            let size = std::fs::metadata(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?
+                .len();
+            let hash = self.add_path(&file).await?;
+            collection.push(name.clone(), Hash::from_bytes(hash.0));
+            listed.push((name, size));
+        }
+        let temp = collection
+            .store(&self.store)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot store the collection: {e}"))?;
+        self.store
+            .tags()
+            .create(temp.hash_and_format())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot tag the collection: {e}"))?;
+        Ok((Hash32(*temp.hash().as_bytes()), listed))
+    }
+
+    /// Write a held collection's files under `dir` (created; it must not hold
+    /// anything yet). Names come from the peer: each is checked to stay under
+    /// `dir` before anything is written.
+    pub async fn export_collection(
+        &self,
+        root: &Hash32,
+        dir: &Path,
+    ) -> anyhow::Result<Vec<(String, u64)>> {
+        let collection = Collection::load(Hash::from_bytes(root.0), &self.store)
+            .await
+            .map_err(|e| anyhow::anyhow!("{} is not a collection: {e}", root.short()))?;
+        let entries: Vec<(String, Hash)> = collection.iter().cloned().collect();
+        let targets = crate::collection::targets(dir, entries.iter().map(|(n, _)| n.as_str()))?;
+        let mut out = Vec::new();
+        for ((name, hash), target) in entries.iter().zip(targets) {
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            let h = Hash32(*hash.as_bytes());
+            self.export(&h, &target).await?;
+            let size = std::fs::metadata(&target)?.len();
+            out.push((name.clone(), size));
+        }
+        Ok(out)
     }
 
     /// The endpoint (for other protocols).

@@ -294,15 +294,20 @@ pub enum BlobCommand {
     /// Add a file to the running node's store; prints its hash and a ticket that
     /// iroh's own tools accept.
     Add {
-        /// The file to add.
+        /// The file or directory to add (a directory becomes a collection).
         file: PathBuf,
+        /// Add a single file as a one-file collection, the form iroh's
+        /// file-sending tools (sendme) receive.
+        #[arg(long)]
+        collection: bool,
     },
     /// Fetch a blob by hash (held locally) or by ticket (from the peer in it) and
     /// write it to OUT.
     Get {
         /// A 64-hex-digit BLAKE3 hash, or a blob ticket.
         source: String,
-        /// Where to write the blob.
+        /// Where to write the blob (for a collection ticket: a new or empty
+        /// directory for its files).
         out: PathBuf,
     },
 }
@@ -1166,11 +1171,14 @@ fn remote(cli: &Cli) -> anyhow::Result<()> {
                     }
                 })
             }
-            Command::Blob(BlobCommand::Add { file }) => {
-                let added = client.add_blob(file).await?;
+            Command::Blob(BlobCommand::Add { file, collection }) => {
+                let added = client.add_blob(file, *collection).await?;
                 print(json, &added, |a| {
                     println!("hash    {}", a.hash);
                     println!("size    {} bytes", a.size);
+                    for (name, size) in &a.files {
+                        println!("file    {name} ({size} bytes)");
+                    }
                     println!("ticket  {}", a.ticket);
                 })
             }
@@ -1209,7 +1217,14 @@ fn remote(cli: &Cli) -> anyhow::Result<()> {
                     b.finish_and_clear();
                 }
                 print(json, &got, |g| {
-                    println!("wrote {} ({} bytes fetched) to {}", g.hash, g.bytes_fetched, g.out.display());
+                    if g.files.is_empty() {
+                        println!("wrote {} ({} bytes fetched) to {}", g.hash, g.bytes_fetched, g.out.display());
+                    } else {
+                        println!("wrote collection {} ({} files, {} bytes fetched) under {}", g.hash, g.files.len(), g.bytes_fetched, g.out.display());
+                        for (name, size) in &g.files {
+                            println!("  {name} ({size} bytes)");
+                        }
+                    }
                 })
             }
             Command::Submit { job, wait, timeout } => {

@@ -42,6 +42,7 @@ pub enum ControlRequest {
     Offers(oneshot::Sender<anyhow::Result<Vec<OfferView>>>),
     AddBlob {
         path: PathBuf,
+        collection: bool,
         reply: oneshot::Sender<anyhow::Result<BlobAdded>>,
     },
     GetBlob {
@@ -298,6 +299,10 @@ pub struct BlobAdded {
     pub hash: String,
     pub size: u64,
     pub ticket: String,
+    /// A collection (a directory, or a file added with --collection): its
+    /// files, each with its size.
+    #[serde(default)]
+    pub files: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -305,6 +310,9 @@ pub struct BlobFetched {
     pub hash: String,
     pub bytes_fetched: u64,
     pub out: PathBuf,
+    /// For a collection: the files written under `out`, each with its size.
+    #[serde(default)]
+    pub files: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -320,6 +328,9 @@ pub struct LedgerQuery {
 #[derive(Debug, Deserialize, Serialize)]
 pub struct AddBlobBody {
     pub path: PathBuf,
+    /// Add as a collection (always so for a directory).
+    #[serde(default)]
+    pub collection: bool,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -485,6 +496,7 @@ pub async fn serve(
             "/v1/blobs",
             with_json(|b: AddBlobBody, reply| ControlRequest::AddBlob {
                 path: b.path,
+                collection: b.collection,
                 reply,
             }),
         )
@@ -654,9 +666,10 @@ impl ControlClient {
         self.get("/v1/offers").await
     }
 
-    pub async fn add_blob(&self, path: &Path) -> anyhow::Result<BlobAdded> {
+    pub async fn add_blob(&self, path: &Path, collection: bool) -> anyhow::Result<BlobAdded> {
         let path = std::path::absolute(path)?;
-        self.post("/v1/blobs", &AddBlobBody { path }).await
+        self.post("/v1/blobs", &AddBlobBody { path, collection })
+            .await
     }
 
     pub async fn get_blob(&self, source: &str, out: &Path) -> anyhow::Result<BlobFetched> {

@@ -8,6 +8,7 @@
 
 pub mod blobs;
 pub mod cli;
+pub mod collection;
 pub mod config;
 pub mod control;
 pub mod crypto;

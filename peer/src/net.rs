@@ -111,8 +111,16 @@ async fn read_bounded<T: futures::AsyncRead + Unpin + Send>(
             format!("message of {len} bytes exceeds {MAX_RR_BYTES}"),
         ));
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
+    // Grow with what arrives, not with what the sender claims: a peer that
+    // announces 8 MiB and sends nothing costs us nothing.
+    let mut buf = Vec::new();
+    io.take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("message ended after {} of {len} bytes", buf.len()),
+        ));
+    }
     Ok(buf)
 }
 
@@ -246,20 +254,19 @@ fn relay_config() -> relay::Config {
     }
 }
 
-fn gossip_config(network: &NetworkId) -> anyhow::Result<gossipsub::Config> {
+/// Gossipsub as any libp2p implementation speaks it: the standard protocol
+/// ids (`/meshsub/1.2.0` down to `/floodsub/1.0.0`) and the spec's default
+/// message id (the author's peer id followed by the sequence number), so a
+/// stock peer meshes with us and is not penalised for forwarding valid
+/// messages under ids it computes the same way. Networks are kept apart by
+/// the topic names (which carry the network id) and by the signatures
+/// inside every frame. The wire is written down in `protocol/WIRE.md`.
+fn gossip_config() -> anyhow::Result<gossipsub::Config> {
     gossipsub::ConfigBuilder::default()
         .max_transmit_size(MAX_GOSSIP_BYTES)
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
         .heartbeat_interval(Duration::from_millis(500))
-        // Content-addressed ids: the same signed message is one message.
-        .message_id_fn(|m: &gossipsub::Message| {
-            gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes()[..20].to_vec())
-        })
-        .protocol_id_prefix(format!(
-            "/cloudchain/{}/meshsub",
-            hex::encode(&network.0[..4])
-        ))
         .build()
         .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))
 }
@@ -292,7 +299,7 @@ pub fn build_swarm(
     opts: &NetOptions,
 ) -> anyhow::Result<(Swarm<Behaviour>, Topics)> {
     let topics = Topics::new(&opts.network);
-    let gcfg = gossip_config(&opts.network)?;
+    let gcfg = gossip_config()?;
     let (params, thresholds) = peer_score(&topics);
     let mdns_on = opts.mdns;
     let relay_on = opts.relay_server;
@@ -1294,5 +1301,54 @@ fn describe(e: &protocol::FrameError) -> String {
             format!("oversized frame ({len} > {limit} bytes)")
         }
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::io::Cursor;
+
+    fn framed(len: u32, body: &[u8]) -> Cursor<Vec<u8>> {
+        let mut v = len.to_be_bytes().to_vec();
+        v.extend_from_slice(body);
+        Cursor::new(v)
+    }
+
+    #[tokio::test]
+    async fn a_request_is_read_up_to_its_length_and_no_further() {
+        let got = read_bounded(&mut framed(3, b"abcdef")).await.unwrap();
+        assert_eq!(got, b"abc");
+    }
+
+    #[tokio::test]
+    async fn a_claimed_length_that_never_arrives_is_an_error_not_an_allocation() {
+        // Announces the bound, sends 5 bytes: an error, and the buffer only
+        // ever held what came.
+        let e = read_bounded(&mut framed(MAX_RR_BYTES as u32, b"hello"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert!(e.to_string().contains("after 5 of"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_length_past_the_bound_is_refused_before_reading() {
+        let e = read_bounded(&mut framed(MAX_RR_BYTES as u32 + 1, b""))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn loopback_and_relay_addresses_are_told_apart() {
+        let lo: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+        let lan: Multiaddr = "/ip4/10.77.1.2/tcp/1".parse().unwrap();
+        assert!(is_loopback(&lo));
+        assert!(!is_loopback(&lan));
+        let id = PeerId::random();
+        let with_id = lan.clone().with(Protocol::P2p(id));
+        assert_eq!(strip_p2p(with_id), lan);
+        assert_eq!(strip_p2p(lan.clone()), lan);
     }
 }

@@ -56,7 +56,7 @@ pub async fn storage(sizes_mb: &[u64]) -> anyhow::Result<Vec<StorageRow>> {
         let file = tmp.path().join(format!("object-{mb}.bin"));
         std::fs::write(&file, object(mb, 2 * i as u64))?;
         let t = Instant::now();
-        let added = writer.add_blob(&file).await?;
+        let added = writer.add_blob(&file, false).await?;
         let blob_write_s = t.elapsed().as_secs_f64();
         let out = tmp.path().join(format!("read-{mb}.bin"));
         let t = Instant::now();
@@ -69,7 +69,7 @@ pub async fn storage(sizes_mb: &[u64]) -> anyhow::Result<Vec<StorageRow>> {
         std::fs::write(&file, object(mb, 2 * i as u64 + 1))?;
         let before = writer.balance(Some(&target)).await?.spendable;
         let t = Instant::now();
-        let added = writer.add_blob(&file).await?;
+        let added = writer.add_blob(&file, false).await?;
         writer.transfer(&target, 1).await?;
         record_final(
             writer,

@@ -55,7 +55,7 @@ async fn blob_added_on_one_node_is_fetched_by_ticket_on_another_and_survives_res
 
     let ca = ControlClient::from_data_dir(&a_dir)?;
     let cb = ControlClient::from_data_dir(&b_dir)?;
-    let added = ca.add_blob(&file).await?;
+    let added = ca.add_blob(&file, false).await?;
     assert_eq!(added.size, content.len() as u64);
     assert_eq!(added.hash, blake3::hash(&content).to_hex().to_string());
 
@@ -71,6 +71,47 @@ async fn blob_added_on_one_node_is_fetched_by_ticket_on_another_and_survives_res
     let missing = "ab".repeat(32);
     let err = cb.get_blob(&missing, &out2).await.unwrap_err().to_string();
     assert!(err.contains("not held here"), "{err}");
+
+    // A directory goes as a collection (the format iroh's file-sending tools
+    // use): its files come out under a new directory, byte-exact, and never
+    // the collection's index as a file.
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub"))?;
+    std::fs::write(tree.join("a.txt"), b"alpha")?;
+    std::fs::write(tree.join("sub").join("model.bin"), &content)?;
+    let coll = ca.add_blob(&tree, false).await?;
+    assert_eq!(coll.files.len(), 2);
+    assert_eq!(coll.size, 5 + content.len() as u64);
+    let ticket: iroh_blobs::ticket::BlobTicket = coll.ticket.parse()?;
+    assert_eq!(ticket.format(), iroh_blobs::BlobFormat::HashSeq);
+    let outdir = tmp.path().join("tree-copy");
+    let got = wait_for(
+        "the collection transfer",
+        cb.get_blob(&coll.ticket, &outdir),
+    )
+    .await?;
+    assert_eq!(got.files.len(), 2);
+    assert_eq!(std::fs::read(outdir.join("a.txt"))?, b"alpha");
+    assert_eq!(
+        std::fs::read(outdir.join("sub").join("model.bin"))?,
+        content
+    );
+    // Into a directory that already holds something: refused, nothing written.
+    let err = cb
+        .get_blob(&coll.ticket, &outdir)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not empty"), "{err}");
+    // One file as a one-file collection (what sendme receives).
+    let one = ca.add_blob(&file, true).await?;
+    assert_eq!(
+        one.files,
+        vec![("model.bin".to_string(), content.len() as u64)]
+    );
+    let onedir = tmp.path().join("one");
+    cb.get_blob(&one.ticket, &onedir).await?;
+    assert_eq!(std::fs::read(onedir.join("model.bin"))?, content);
 
     // A wrong token is refused.
     std::fs::write(b_dir.join(peer::control::TOKEN_FILE), "not-the-token")?;

@@ -1,6 +1,8 @@
 //! Real libp2p swarms on 127.0.0.1: gossip reaches everyone, bad gossip is
 //! rejected and costs its sender, and providers are found in the DHT.
 
+use std::time::Duration;
+
 use libp2p::PeerId;
 use peer::net::NetEvent;
 use protocol::*;
@@ -142,5 +144,72 @@ async fn a_late_joiner_finds_providers_in_the_dht() -> anyhow::Result<()> {
     wait_for_mesh(&late, 1).await?;
     let found = late.client.get_providers(ResourceClass::Cpu).await?;
     assert!(found.contains(&nodes[1].client.peer_id), "found {found:?}");
+    Ok(())
+}
+
+/// This process's resident set, from /proc (0 where there is none).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// 100 peers come and go, one at a time: a full node's maps (its connections,
+/// the core's peers) return to their size each time. The resident set is
+/// printed at 10 and at 100 cycles (run with --nocapture to see it); it is a
+/// figure, not an assertion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_forgets_peers_that_leave_over_100_cycles() -> anyhow::Result<()> {
+    logs();
+    let tmp = tempfile::tempdir()?;
+    let dir = peer::config::DataDir::init(&tmp.path().join("hub"))?;
+    let g = genesis("churn", &[], &[dir.identity.account()]);
+    let network = g.network();
+    let hub = peer::node::start(dir, node_opts(&g, &[])).await?;
+    let hub_addr = hub.dial_addr().await?;
+    let ctl = peer::control::ControlClient::from_data_dir(&tmp.path().join("hub"))?;
+    let base = ctl.status().await?;
+    assert_eq!((base.connected_peers, base.peers.len()), (0, 0));
+    let mut rss10 = 0;
+    for i in 0..100u64 {
+        let visitor = start_node(10_000 + i, network, vec![hub_addr.clone()]).await?;
+        let id = visitor.client.peer_id.to_string();
+        wait_for("the visitor to connect", async {
+            loop {
+                let s = ctl.status().await?;
+                if s.peers.iter().any(|p| p.peer == id) {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await?;
+        drop(visitor);
+        wait_for("the visitor to be forgotten", async {
+            loop {
+                let s = ctl.status().await?;
+                if s.connected_peers == 0 && s.peers.is_empty() {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await?;
+        if i == 9 {
+            rss10 = rss_kib();
+        }
+    }
+    let rss100 = rss_kib();
+    println!(
+        "churn: RSS {:.1} MiB after 10 cycles, {:.1} MiB after 100",
+        rss10 as f64 / 1024.0,
+        rss100 as f64 / 1024.0
+    );
+    hub.shutdown().await?;
     Ok(())
 }

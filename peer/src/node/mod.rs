@@ -695,8 +695,12 @@ impl Driver {
             ControlRequest::Offers(reply) => {
                 let _ = reply.send(Ok(views::offers(&self.core, net::now())));
             }
-            ControlRequest::AddBlob { path, reply } => {
-                let _ = reply.send(self.add_blob(path).await);
+            ControlRequest::AddBlob {
+                path,
+                collection,
+                reply,
+            } => {
+                let _ = reply.send(self.add_blob(path, collection).await);
             }
             ControlRequest::GetBlob { source, out, reply } => {
                 // Transfers can be long: run them beside the loop.
@@ -803,15 +807,24 @@ impl Driver {
         })
     }
 
-    async fn add_blob(&self, path: PathBuf) -> anyhow::Result<BlobAdded> {
-        let size = std::fs::metadata(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?
-            .len();
+    async fn add_blob(&self, path: PathBuf, collection: bool) -> anyhow::Result<BlobAdded> {
+        let meta =
+            std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        if collection || meta.is_dir() {
+            let (root, files) = self.blobs.add_collection(&path).await?;
+            return Ok(BlobAdded {
+                hash: root.to_string(),
+                size: files.iter().map(|(_, s)| s).sum(),
+                ticket: self.blobs.collection_ticket(&root).to_string(),
+                files,
+            });
+        }
         let hash = self.blobs.add_path(&path).await?;
         Ok(BlobAdded {
             hash: hash.to_string(),
-            size,
+            size: meta.len(),
             ticket: self.blobs.ticket(&hash).to_string(),
+            files: vec![],
         })
     }
 }
@@ -830,6 +843,20 @@ async fn get_blob(blobs: &BlobNode, source: &str, out: PathBuf) -> anyhow::Resul
             format!("{source:?} is neither a blob hash (64 hex digits) nor a blob ticket")
         })?;
         let hash = Hash32(*ticket.hash().as_bytes());
+        if ticket.format() == iroh_blobs::BlobFormat::HashSeq {
+            // A collection (a file or directory, as iroh's file-sending tools
+            // make them): its files go under `out`, never its index.
+            let n = blobs
+                .fetch_collection(ticket.addr().clone(), &hash, |_| {})
+                .await?;
+            let files = blobs.export_collection(&hash, &out).await?;
+            return Ok(BlobFetched {
+                hash: hash.to_string(),
+                bytes_fetched: n,
+                out,
+                files,
+            });
+        }
         let n = fetch_logged(blobs, ticket.addr().clone(), &hash).await?;
         (hash, n)
     };
@@ -838,6 +865,7 @@ async fn get_blob(blobs: &BlobNode, source: &str, out: PathBuf) -> anyhow::Resul
         hash: hash.to_string(),
         bytes_fetched: fetched,
         out,
+        files: vec![],
     })
 }
 
