@@ -286,8 +286,36 @@ impl BlobNode {
         if self.has(hash).await? {
             return Ok(0);
         }
-        self.fetch_content(from, HashAndFormat::raw(Hash::from_bytes(hash.0)), progress)
-            .await
+        self.fetch_content(
+            from,
+            HashAndFormat::raw(Hash::from_bytes(hash.0)),
+            None,
+            progress,
+        )
+        .await
+    }
+
+    /// Fetch a blob whose size was declared (in a signed job spec or
+    /// receipt): the transfer is cut off as soon as more than `size` bytes
+    /// arrive, so a peer that lies about a blob's size costs at most that
+    /// much, on disk (the store streams to disk), never in memory.
+    pub async fn fetch_sized(
+        &self,
+        from: EndpointAddr,
+        hash: &Hash32,
+        size: u64,
+        progress: impl FnMut(u64),
+    ) -> anyhow::Result<u64> {
+        if self.has(hash).await? {
+            return Ok(0);
+        }
+        self.fetch_content(
+            from,
+            HashAndFormat::raw(Hash::from_bytes(hash.0)),
+            Some(size),
+            progress,
+        )
+        .await
     }
 
     /// Fetch a collection (a hash sequence and every blob it names), verified
@@ -301,6 +329,7 @@ impl BlobNode {
         self.fetch_content(
             from,
             HashAndFormat::hash_seq(Hash::from_bytes(root.0)),
+            None,
             progress,
         )
         .await
@@ -310,6 +339,7 @@ impl BlobNode {
         &self,
         from: EndpointAddr,
         content: HashAndFormat,
+        limit: Option<u64>,
         mut progress: impl FnMut(u64),
     ) -> anyhow::Result<u64> {
         let hash = &Hash32(*content.hash.as_bytes());
@@ -346,6 +376,16 @@ impl BlobNode {
             };
             match item {
                 GetProgressItem::Progress(n) => {
+                    if let Some(limit) = limit
+                        && n > limit
+                    {
+                        // Dropping the stream ends the transfer.
+                        bail!(
+                            "blob {} from {}: more than the {limit} bytes declared",
+                            hash.short(),
+                            peer.fmt_short()
+                        );
+                    }
                     if let Ok(mut t) = self.transfers.lock()
                         && let Some(t) = t.get_mut(hash)
                     {
@@ -651,6 +691,42 @@ mod tests {
             drop(conn);
             Ok(())
         }
+    }
+
+    #[tokio::test]
+    async fn a_blob_larger_than_declared_is_cut_off() {
+        let a_id = Identity::from_seed(31);
+        let a = BlobNode::spawn(&a_id, StoreKind::Memory, &BlobNet::local(lo()))
+            .await
+            .unwrap();
+        let b = BlobNode::spawn(
+            &Identity::from_seed(32),
+            StoreKind::Memory,
+            &BlobNet::local(lo()),
+        )
+        .await
+        .unwrap();
+        let big = vec![7u8; 4 << 20];
+        let hash = a.add_bytes(big.clone()).await.unwrap();
+        let from = BlobNode::peer_addr(&a_id.account(), &a.contact()).unwrap();
+        // Declared as 64 KiB: refused long before the 4 MiB arrive.
+        let e = b
+            .fetch_sized(from.clone(), &hash, 64 << 10, |_| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than the 65536 bytes declared"), "{e}");
+        assert!(!b.has(&hash).await.unwrap());
+        // Declared right: it comes, byte-exact (what arrived before the cut
+        // is kept and not asked for again).
+        let n = b
+            .fetch_sized(from, &hash, big.len() as u64, |_| {})
+            .await
+            .unwrap();
+        assert!(n > 0 && n <= big.len() as u64, "{n}");
+        assert_eq!(b.get_bytes(&hash).await.unwrap().as_ref(), &big[..]);
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
     }
 
     #[tokio::test]

@@ -857,7 +857,7 @@ async fn get_blob(blobs: &BlobNode, source: &str, out: PathBuf) -> anyhow::Resul
                 files,
             });
         }
-        let n = fetch_logged(blobs, ticket.addr().clone(), &hash).await?;
+        let n = fetch_logged(blobs, ticket.addr().clone(), &hash, None).await?;
         (hash, n)
     };
     blobs.export(&hash, &out).await?;
@@ -869,19 +869,23 @@ async fn get_blob(blobs: &BlobNode, source: &str, out: PathBuf) -> anyhow::Resul
     })
 }
 
-/// Fetch a blob, logging progress every 16 MiB.
+/// Fetch a blob (of at most `size` bytes, if declared), logging progress
+/// every 16 MiB.
 async fn fetch_logged(
     blobs: &BlobNode,
     from: iroh::EndpointAddr,
     hash: &Hash32,
+    size: Option<u64>,
 ) -> anyhow::Result<u64> {
     let mut last = 0u64;
-    blobs
-        .fetch(from, hash, |b| {
-            if b >= last + (16 << 20) {
-                last = b;
-                info!(hash = %hash.short(), mib = b >> 20, "fetching");
-            }
-        })
-        .await
+    let log = |b: u64| {
+        if b >= last + (16 << 20) {
+            last = b;
+            info!(hash = %hash.short(), mib = b >> 20, "fetching");
+        }
+    };
+    match size {
+        Some(size) => blobs.fetch_sized(from, hash, size, log).await,
+        None => blobs.fetch(from, hash, log).await,
+    }
 }

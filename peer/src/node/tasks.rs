@@ -181,11 +181,12 @@ async fn fetch_bytes(
     blobs: &BlobNode,
     from: &AccountId,
     contact: &[String],
-    hash: &Hash32,
+    blob: &BlobRef,
 ) -> Result<bytes::Bytes, WorkError> {
+    let hash = &blob.hash;
     let got = async {
         let addr = BlobNode::peer_addr(from, contact)?;
-        fetch_logged(blobs, addr, hash).await?;
+        fetch_logged(blobs, addr, hash, Some(blob.size)).await?;
         blobs.get_bytes(hash).await
     }
     .await;
@@ -220,7 +221,7 @@ async fn fetch_inputs(
 ) -> Result<(Vec<u8>, Option<Vec<u8>>), WorkError> {
     let aad = input_aad(&grant.requester);
     let get = async |r: &BlobRef, label: &'static str| -> Result<Vec<u8>, WorkError> {
-        let ct = fetch_bytes(blobs, &grant.requester, &grant.contact, &r.hash).await?;
+        let ct = fetch_bytes(blobs, &grant.requester, &grant.contact, r).await?;
         open_blob(grant.key.clone(), label, aad, ct).await
     };
     let data = get(&terms.spec.dataset, "dataset").await?;
@@ -238,7 +239,7 @@ async fn fetch_result(
     receipt: &Receipt,
     key: JobKey,
 ) -> Result<crate::work::JobResult, WorkError> {
-    let ct = fetch_bytes(blobs, &receipt.provider, contact, &receipt.result.hash).await?;
+    let ct = fetch_bytes(blobs, &receipt.provider, contact, &receipt.result).await?;
     let plain = open_blob(key, "result", receipt.contract, ct).await?;
     tokio::task::spawn_blocking(move || crate::work::JobResult::from_bytes(&plain))
         .await
