@@ -34,7 +34,8 @@ pub fn random_key() -> JobKey {
     JobKey::from_bytes(*k)
 }
 
-/// Encrypt a blob's bytes under `key` for `label`, bound to `aad` (the contract id).
+/// Encrypt a blob's bytes under `key` for `label`, bound to `aad` (a job's inputs to
+/// the requester's account id, a result to its contract id).
 /// Chunks are independent, so they are sealed in parallel.
 pub fn encrypt(key: &JobKey, label: &str, aad: &Hash32, plain: &[u8]) -> Vec<u8> {
     use rayon::prelude::*;

@@ -11,8 +11,9 @@
 //! - gossipsub, signed messages (strict validation), `max_transmit_size` set,
 //!   peer scoring on, and every message validated by our [`Validator`] before it
 //!   is forwarded: accepted, rejected (the sender's score drops) or ignored.
-//! - request-response with a bounded length-prefixed codec, for proposals,
-//!   contracts and ledger sync.
+//! - request-response with a bounded length-prefixed codec, one protocol per
+//!   purpose ([`Purpose`]): ledger sync (answered with the next sync
+//!   message), market messages and committee traffic (acknowledged).
 //! - mDNS on a LAN (config flag), connection limits.
 //! - Across NATs: a relay v2 client on every node and a relay server on nodes
 //!   started with `--relay-server`; DCUtR upgrades a relayed connection to a
@@ -48,8 +49,33 @@ use tracing::{debug, info, warn};
 pub const MAX_GOSSIP_BYTES: usize = Frame::MAX_SIZE;
 /// Largest request or response (ledger sync messages are the big ones).
 pub const MAX_RR_BYTES: usize = 8 * 1024 * 1024;
-/// The request-response protocol.
-pub const RR_PROTOCOL: StreamProtocol = StreamProtocol::new("/cloudchain/rr/1");
+/// What a request-response exchange is for: one protocol each, so that a
+/// peer (or another implementation) can tell them apart, and each has a
+/// response of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Purpose {
+    /// Ledger sync: the request is an automerge sync message, the response
+    /// the next one (empty when there is nothing to send).
+    Sync,
+    /// Market messages sent to one peer (proposals, contracts, key grants,
+    /// offers to a newcomer): the response is an empty acknowledgement.
+    Market,
+    /// Committee traffic (checkpoint proposals, skips, challenges): an empty
+    /// acknowledgement.
+    Committee,
+}
+
+impl Purpose {
+    pub const ALL: [Purpose; 3] = [Purpose::Sync, Purpose::Market, Purpose::Committee];
+
+    pub fn protocol(self) -> StreamProtocol {
+        match self {
+            Purpose::Sync => StreamProtocol::new("/cloudchain/sync/1"),
+            Purpose::Market => StreamProtocol::new("/cloudchain/market/1"),
+            Purpose::Committee => StreamProtocol::new("/cloudchain/committee/1"),
+        }
+    }
+}
 /// Our Kademlia protocol name (a private DHT, not the IPFS one).
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/cloudchain/kad/1");
 /// The port a node listens on (TCP and QUIC) unless its config says otherwise,
@@ -192,7 +218,9 @@ pub struct Behaviour {
     ping: ping::Behaviour,
     pub kad: kad::Behaviour<MemoryStore>,
     pub gossipsub: gossipsub::Behaviour,
-    pub rr: request_response::Behaviour<BytesCodec>,
+    rr_sync: request_response::Behaviour<BytesCodec>,
+    rr_market: request_response::Behaviour<BytesCodec>,
+    rr_committee: request_response::Behaviour<BytesCodec>,
     mdns: Toggle<mdns::tokio::Behaviour>,
     relay_client: relay::client::Behaviour,
     relay_server: Toggle<relay::Behaviour>,
@@ -237,6 +265,13 @@ impl NetOptions {
     }
 }
 
+fn rr_behaviour(p: Purpose) -> request_response::Behaviour<BytesCodec> {
+    request_response::Behaviour::new(
+        [(p.protocol(), ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+    )
+}
+
 /// A relay v2 server's limits. A relayed connection carries signalling (our
 /// requests and the DCUtR exchange) until the peers meet directly; bulk data
 /// goes over iroh. The defaults (2 min, 128 KiB) are too tight for a ledger
@@ -254,21 +289,43 @@ fn relay_config() -> relay::Config {
     }
 }
 
-/// Gossipsub as any libp2p implementation speaks it: the standard protocol
-/// ids (`/meshsub/1.2.0` down to `/floodsub/1.0.0`) and the spec's default
-/// message id (the author's peer id followed by the sequence number), so a
-/// stock peer meshes with us and is not penalised for forwarding valid
-/// messages under ids it computes the same way. Networks are kept apart by
-/// the topic names (which carry the network id) and by the signatures
-/// inside every frame. The wire is written down in `protocol/WIRE.md`.
+/// Gossipsub as other libp2p implementations speak it: the standard protocol
+/// ids (`/meshsub/1.3.0` down to `/meshsub/1.0.0`), and the message id that
+/// js-libp2p computes by default for signed messages ([`message_id`]). A foreign peer's
+/// IHAVE and IWANT then name the messages we know by the same ids, and it is
+/// not penalised for promises we could not match. Networks are kept apart by
+/// the topic names (which carry the network id) and by the signatures inside
+/// every frame. The wire is written down in `protocol/WIRE.md`.
 fn gossip_config() -> anyhow::Result<gossipsub::Config> {
     gossipsub::ConfigBuilder::default()
         .max_transmit_size(MAX_GOSSIP_BYTES)
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
         .heartbeat_interval(Duration::from_millis(500))
+        .message_id_fn(message_id)
         .build()
         .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))
+}
+
+/// A gossip message's id, as js-libp2p computes it for signed messages: the
+/// author's public key (the protobuf bytes an identity peer id inlines)
+/// followed by the sequence number, 8 bytes big-endian. (go-libp2p puts the
+/// whole peer id first, two bytes more; rust-libp2p's default writes both as
+/// text.)
+pub fn message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
+    let mut id = match m.source {
+        Some(p) => {
+            let mh: &libp2p::multihash::Multihash<64> = p.as_ref();
+            if mh.code() == 0 {
+                mh.digest().to_vec()
+            } else {
+                p.to_bytes()
+            }
+        }
+        None => Vec::new(),
+    };
+    id.extend_from_slice(&m.sequence_number.unwrap_or_default().to_be_bytes());
+    gossipsub::MessageId::from(id)
 }
 
 fn peer_score(topics: &Topics) -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
@@ -353,11 +410,9 @@ pub fn build_swarm(
                 ping: ping::Behaviour::new(ping::Config::new()),
                 kad,
                 gossipsub,
-                rr: request_response::Behaviour::new(
-                    [(RR_PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(30)),
-                ),
+                rr_sync: rr_behaviour(Purpose::Sync),
+                rr_market: rr_behaviour(Purpose::Market),
+                rr_committee: rr_behaviour(Purpose::Committee),
                 mdns: Toggle::from(mdns),
                 relay_client,
                 relay_server: Toggle::from(
@@ -521,6 +576,7 @@ pub enum NetEvent {
     /// A request from a peer; answer through [`Client::respond`].
     Request {
         from: PeerId,
+        purpose: Purpose,
         data: Vec<u8>,
         channel: ResponseChannel<Vec<u8>>,
     },
@@ -593,6 +649,7 @@ enum Command {
     },
     Request {
         peer: PeerId,
+        purpose: Purpose,
         data: Vec<u8>,
         reply: Reply<Vec<u8>>,
     },
@@ -662,10 +719,20 @@ impl Client {
             .await
     }
 
-    /// Send a request and wait for the response.
-    pub async fn request(&self, peer: PeerId, data: Vec<u8>) -> anyhow::Result<Vec<u8>> {
-        self.call(|reply| Command::Request { peer, data, reply })
-            .await
+    /// Send a request on the protocol of its purpose and wait for the response.
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        purpose: Purpose,
+        data: Vec<u8>,
+    ) -> anyhow::Result<Vec<u8>> {
+        self.call(|reply| Command::Request {
+            peer,
+            purpose,
+            data,
+            reply,
+        })
+        .await
     }
 
     /// Answer a request.
@@ -724,7 +791,7 @@ pub struct EventLoop<V: Validator> {
     validator: V,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<NetEvent>,
-    pending_requests: HashMap<OutboundRequestId, Reply<Vec<u8>>>,
+    pending_requests: HashMap<(Purpose, OutboundRequestId), Reply<Vec<u8>>>,
     pending_dials: HashMap<libp2p::swarm::ConnectionId, Reply<()>>,
     pending_providing: HashMap<kad::QueryId, Reply<()>>,
     pending_providers: HashMap<kad::QueryId, (Reply<Vec<PeerId>>, Vec<PeerId>)>,
@@ -834,18 +901,23 @@ impl<V: Validator> EventLoop<V> {
                     .map_err(|e| anyhow::anyhow!("publish: {e}"));
                 let _ = reply.send(res);
             }
-            Command::Request { peer, data, reply } => {
+            Command::Request {
+                peer,
+                purpose,
+                data,
+                reply,
+            } => {
                 if !self.swarm.is_connected(&peer) {
                     self.dial_via_relays(peer);
                 }
-                let id = self.swarm.behaviour_mut().rr.send_request(&peer, data);
-                self.pending_requests.insert(id, reply);
+                let id = self.rr(purpose).send_request(&peer, data);
+                self.pending_requests.insert((purpose, id), reply);
             }
             Command::Respond { channel, data } => {
+                // A response channel answers on its own stream, whichever
+                // protocol it came on.
                 if self
-                    .swarm
-                    .behaviour_mut()
-                    .rr
+                    .rr(Purpose::Market)
                     .send_response(channel, data)
                     .is_err()
                 {
@@ -901,6 +973,52 @@ impl<V: Validator> EventLoop<V> {
                 let id = self.swarm.behaviour_mut().kad.get_providers(key);
                 self.pending_providers.insert(id, (reply, Vec::new()));
             }
+        }
+    }
+
+    fn rr(&mut self, p: Purpose) -> &mut request_response::Behaviour<BytesCodec> {
+        let b = self.swarm.behaviour_mut();
+        match p {
+            Purpose::Sync => &mut b.rr_sync,
+            Purpose::Market => &mut b.rr_market,
+            Purpose::Committee => &mut b.rr_committee,
+        }
+    }
+
+    async fn on_rr(&mut self, purpose: Purpose, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    self.emit(NetEvent::Request {
+                        from: peer,
+                        purpose,
+                        data: request,
+                        channel,
+                    })
+                    .await;
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(reply) = self.pending_requests.remove(&(purpose, request_id)) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            } => {
+                if let Some(reply) = self.pending_requests.remove(&(purpose, request_id)) {
+                    let _ = reply.send(Err(anyhow::anyhow!("request to {peer}: {error}")));
+                }
+            }
+            _ => {}
         }
     }
 
@@ -1167,41 +1285,12 @@ impl<V: Validator> EventLoop<V> {
                 self.on_gossip(propagation_source, message_id, message.topic, message.data)
                     .await;
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Rr(request_response::Event::Message {
-                peer,
-                message,
-                ..
-            })) => match message {
-                request_response::Message::Request {
-                    request, channel, ..
-                } => {
-                    self.emit(NetEvent::Request {
-                        from: peer,
-                        data: request,
-                        channel,
-                    })
-                    .await;
-                }
-                request_response::Message::Response {
-                    request_id,
-                    response,
-                } => {
-                    if let Some(reply) = self.pending_requests.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
-                    }
-                }
-            },
-            SwarmEvent::Behaviour(BehaviourEvent::Rr(
-                request_response::Event::OutboundFailure {
-                    request_id,
-                    error,
-                    peer,
-                    ..
-                },
-            )) => {
-                if let Some(reply) = self.pending_requests.remove(&request_id) {
-                    let _ = reply.send(Err(anyhow::anyhow!("request to {peer}: {error}")));
-                }
+            SwarmEvent::Behaviour(BehaviourEvent::RrSync(e)) => self.on_rr(Purpose::Sync, e).await,
+            SwarmEvent::Behaviour(BehaviourEvent::RrMarket(e)) => {
+                self.on_rr(Purpose::Market, e).await
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RrCommittee(e)) => {
+                self.on_rr(Purpose::Committee, e).await
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,
@@ -1256,6 +1345,9 @@ impl<V: Validator> EventLoop<V> {
                     (self.validator.validate(now(), &frame), Some(frame))
                 }
             }
+            // A newer protocol version is not an attack: peers of different
+            // versions share topics while a network upgrades.
+            Err(e @ protocol::FrameError::Version(_)) => (Validation::Ignore(e.to_string()), None),
             Err(e) => (Validation::Reject(describe(&e)), None),
         };
         let acceptance = match &verdict.0 {

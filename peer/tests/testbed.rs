@@ -39,7 +39,25 @@ async fn across_nats(symmetric: bool) -> anyhow::Result<Option<peer::testbed::na
         std::time::Duration::from_secs(300),
         peer::testbed::nat::run(exe, &opts, tmp.path(), |s| eprintln!("{s}")),
     )
-    .await??;
+    .await
+    .map_err(anyhow::Error::from)
+    .and_then(|r| r);
+    let r = match r {
+        Ok(r) => r,
+        Err(e) => {
+            // What each node last said, for whoever reads a CI log.
+            for role in ["oracle-1", "provider-1", "requester-1"] {
+                let log = std::fs::read_to_string(tmp.path().join(role).join("node.log"))
+                    .unwrap_or_default();
+                let lines: Vec<&str> = log.lines().filter(|l| !l.contains("checkpoint")).collect();
+                eprintln!("--- {role}: last lines of node.log");
+                for l in &lines[lines.len().saturating_sub(30)..] {
+                    eprintln!("{l}");
+                }
+            }
+            return Err(e);
+        }
+    };
     eprintln!("{}", serde_json::to_string_pretty(&r)?);
     assert_eq!(r.pairs.len(), 1);
     let p = &r.pairs[0];

@@ -1395,3 +1395,58 @@ fn requester_resumes_an_escrowed_contract() {
         "{out:?}"
     );
 }
+
+/// Bonded or not, as a test sets it.
+struct BondSwitch(std::cell::Cell<bool>);
+
+impl protocol::market::Reputation for BondSwitch {
+    fn quality(&self, _: &AccountId) -> f64 {
+        0.9
+    }
+    fn bonded(&self, _: &AccountId, _: Amount) -> bool {
+        self.0.get()
+    }
+}
+
+#[test]
+fn an_open_bid_is_proposed_once_the_providers_bond_is_final() {
+    // The provider's offer is in the book, but its bond is not final yet:
+    // nothing fits. When a checkpoint makes it final, a rematch proposes at
+    // once, without waiting for the provider's next offer.
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let rep = BondSwitch(std::cell::Cell::new(false));
+    let now = Timestamp(30_000_000);
+    let mut req = RequesterEngine::new(Identity::from_seed(80), net(), RequesterConfig::default());
+    let mut prov = ProviderEngine::new(Identity::from_seed(81), net(), ProviderConfig::default());
+    for o in prov.handle(now, ProviderInput::Start, &mut rng) {
+        if let ProviderOutput::Publish(Message::Offer(so)) = o {
+            req.handle(now, RequesterInput::Offer(so), &rep, &mut rng);
+        }
+    }
+    let spec = simple_job(&Identity::from_seed(80), now, 1, 1_000_000, 600)
+        .body_unverified()
+        .unwrap();
+    let out = req.handle(now, RequesterInput::Submit(Box::new(spec)), &rep, &mut rng);
+    assert!(out.iter().any(|o| matches!(
+        o,
+        RequesterOutput::NoMatch { reasons, .. }
+            if reasons.iter().any(|r| r.reason == protocol::market::NoMatchReason::NoBond)
+    )));
+    // Still unbonded: a rematch changes nothing.
+    let out = req.handle(now, RequesterInput::Rematch, &rep, &mut rng);
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, RequesterOutput::Proposed { .. }))
+    );
+    rep.0.set(true);
+    let later = now.plus(DurationMs::secs(5));
+    let out = req.handle(later, RequesterInput::Rematch, &rep, &mut rng);
+    let (to, _) = sent!(out, RequesterOutput, Proposal);
+    assert_eq!(to, prov.account());
+    // A job already waiting on its proposal is not proposed twice.
+    let out = req.handle(later, RequesterInput::Rematch, &rep, &mut rng);
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, RequesterOutput::Proposed { .. }))
+    );
+}

@@ -572,6 +572,12 @@ impl<S: Store> NodeCore<S> {
         let nudge = self.new_epoch_to_nudge();
         self.grant_judges(cx, nudge);
         if nudge {
+            // A checkpoint may have made a provider's bond final: an open bid
+            // that no bonded offer fitted may fit now, without waiting for
+            // the provider's next offer.
+            if self.requester.open_jobs() > 0 {
+                self.requester_handle(cx, protocol::market::RequesterInput::Rematch);
+            }
             self.nudge_receipts(cx);
             self.nudge_challenges(cx);
             self.bond_for_contracts(cx);

@@ -18,6 +18,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use crdt_ledger::{FileStore, GenesisEntry, Ledger};
+use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
 use node_core::{CoreConfig, Direct, Input, NodeCore, Output, PreparedJob};
 use protocol::{AccountId, Frame, Hash32};
@@ -29,7 +30,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::blobs::{BlobNet, BlobNode, Relays, StoreKind};
 use crate::config::DataDir;
 use crate::control::{self, BlobAdded, BlobFetched, ControlRequest, JobView, Status};
-use crate::net::{self, BasicValidator, NetEvent, NetOptions};
+use crate::net::{self, BasicValidator, NetEvent, NetOptions, Purpose};
 
 pub use crate::control::JobRequest;
 pub use node_core::Timing;
@@ -286,6 +287,18 @@ struct Driver {
     connected: HashSet<PeerId>,
     work_tx: mpsc::Sender<Work>,
     out: Vec<Output>,
+    /// The sync request being handled, if any: the core's next sync message
+    /// for that peer goes back as its response rather than as a request.
+    sync_reply: Option<(PeerId, ResponseChannel<Vec<u8>>)>,
+}
+
+/// Which protocol a direct message travels on.
+fn purpose(d: &Direct) -> Purpose {
+    match d {
+        Direct::LedgerSync(_) => Purpose::Sync,
+        Direct::Frame(_) => Purpose::Market,
+        Direct::Proposal(_) | Direct::Skip(_) | Direct::Challenge { .. } => Purpose::Committee,
+    }
 }
 
 /// The account behind a libp2p peer id (every peer's id is its ed25519 key).
@@ -375,6 +388,7 @@ pub async fn start(dir: DataDir, opts: RunOptions) -> anyhow::Result<RunningNode
         connected: HashSet::new(),
         work_tx,
         out: Vec::new(),
+        sync_reply: None,
     };
     driver.restore()?;
     let task = tokio::spawn(
@@ -590,20 +604,50 @@ impl Driver {
         });
     }
 
-    /// Send a direct message beside the loop (answers come back as messages of
-    /// their own; the response is an empty ack).
-    fn send_direct(&self, peer: PeerId, d: Direct) {
+    /// Send a direct message beside the loop, on the protocol of its purpose.
+    /// A sync message answers the sync request being handled if it is for
+    /// that peer; the response to a sync request of ours is the peer's next
+    /// sync message, fed back to the core. Other answers come back as
+    /// messages of their own (the response is an empty ack).
+    fn send_direct(&mut self, peer: PeerId, d: Direct) {
         if peer == self.net.peer_id {
             return;
         }
+        let purpose = purpose(&d);
         let bytes = match d.to_bytes() {
             Ok(b) => b,
             Err(e) => return warn!(%e, "cannot encode a direct message"),
         };
-        let net = self.net.clone();
+        if purpose == Purpose::Sync
+            && let Some((to, channel)) = self.sync_reply.take_if(|(to, _)| *to == peer)
+        {
+            let net = self.net.clone();
+            tokio::spawn(async move {
+                if let Err(e) = net.respond(channel, bytes).await {
+                    debug!(peer = %to, %e, "sync response not sent");
+                }
+            });
+            return;
+        }
+        let (net, tx, network) = (self.net.clone(), self.work_tx.clone(), self.core.network());
         tokio::spawn(async move {
-            if let Err(e) = net.request(peer, bytes).await {
-                debug!(%peer, %e, "direct message not delivered");
+            match net.request(peer, purpose, bytes).await {
+                Ok(answer) if purpose == Purpose::Sync && !answer.is_empty() => {
+                    // The answer is a direct message like any request: it must
+                    // be a sync message, from the peer we asked.
+                    let Some(from) = account_of(&peer) else {
+                        return;
+                    };
+                    match Direct::from_bytes(&answer, &network) {
+                        Ok(d @ Direct::LedgerSync(_)) => {
+                            let _ = tx.send(Work::Input(Input::direct(from, d))).await;
+                        }
+                        Ok(_) => debug!(%peer, "a sync answer that is no sync message"),
+                        Err(e) => debug!(%peer, %e, "a bad sync answer"),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => debug!(%peer, %e, "direct message not delivered"),
             }
         });
     }
@@ -632,18 +676,45 @@ impl Driver {
             }
             NetEvent::Request {
                 from,
+                purpose: on,
                 data,
                 channel,
             } => {
-                let _ = self.net.respond(channel, Vec::new()).await;
-                let Some(account) = account_of(&from) else {
-                    return debug!(%from, "a request from a peer with no ed25519 key");
+                let direct = account_of(&from)
+                    .ok_or_else(|| "a request from a peer with no ed25519 key".to_string())
+                    .and_then(|account| {
+                        Direct::from_bytes(&data, &self.core.network())
+                            .map(|d| (account, d))
+                            .map_err(|e| e.to_string())
+                    })
+                    .and_then(|(account, d)| {
+                        if purpose(&d) == on {
+                            Ok((account, d))
+                        } else {
+                            Err(format!(
+                                "a {:?} message on the {:?} protocol",
+                                purpose(&d),
+                                on
+                            ))
+                        }
+                    });
+                let (account, d) = match direct {
+                    Ok(x) => x,
+                    Err(e) => {
+                        let _ = self.net.respond(channel, Vec::new()).await;
+                        return debug!(%from, %e, "bad direct message");
+                    }
                 };
-                let input = match Input::from_direct_bytes(account, &data, &self.core.network()) {
-                    Ok(i) => i,
-                    Err(e) => return debug!(%from, %e, "bad direct message"),
-                };
-                self.input(input);
+                if on != Purpose::Sync {
+                    let _ = self.net.respond(channel, Vec::new()).await;
+                    return self.input(Input::direct(account, d));
+                }
+                self.sync_reply = Some((from, channel));
+                self.input(Input::direct(account, d));
+                // Nothing new for the peer: an empty answer ends the exchange.
+                if let Some((_, channel)) = self.sync_reply.take() {
+                    let _ = self.net.respond(channel, Vec::new()).await;
+                }
             }
             NetEvent::Connected(p) => {
                 self.connected.insert(p);

@@ -94,6 +94,9 @@ pub enum RequesterInput {
     /// engine knew before a restart: follow it again (await its receipt until
     /// the deadline plus grace).
     Resume(Contract),
+    /// Something matching depends on changed outside the book (a checkpoint
+    /// made a provider's bond final): try every open bid again, quietly.
+    Rematch,
     /// The user disputes a contract.
     Dispute {
         contract: Hash32,
@@ -291,6 +294,19 @@ impl RequesterEngine {
                 }
             }
             RequesterInput::Submit(spec) => self.on_submit(now, *spec, reputation, rng, &mut out),
+            RequesterInput::Rematch => {
+                let mut open: Vec<Hash32> = self
+                    .jobs
+                    .iter()
+                    .filter(|(_, j)| j.open && j.waiting.is_none())
+                    .map(|(id, _)| *id)
+                    .collect();
+                // Hash order is not deterministic; the simulator needs the same run per seed.
+                open.sort_unstable();
+                for id in open {
+                    self.try_match(now, id, reputation, rng, false, &mut out);
+                }
+            }
             RequesterInput::Answer(sa) => self.on_answer(now, sa, reputation, rng, &mut out),
             RequesterInput::Proposal(sp) => self.on_proposal(now, sp, reputation, &mut out),
             RequesterInput::Contract(c) => self.on_contract(now, c, &mut out),
