@@ -1,0 +1,379 @@
+//! The libp2p side of the node: transports, behaviours, topics and the event loop.
+//!
+//! Follows rust-libp2p's `examples/file-sharing`: one [`EventLoop`] owns the
+//! `Swarm` and runs `tokio::select!` over swarm events and commands; a cloneable
+//! [`Client`] sends commands over a bounded channel with oneshot replies.
+//!
+//! - Transports: TCP and QUIC, noise, yamux, DNS.
+//! - identify (plain config, which js-libp2p accepts too), ping.
+//! - Kademlia in server mode: bootstrap from configured addresses, periodic
+//!   re-bootstrap, providers announced under their resource class.
+//! - gossipsub, signed messages (strict validation), `max_transmit_size` set,
+//!   peer scoring on, and every message validated by our [`Validator`] before it
+//!   is forwarded: accepted, rejected (the sender's score drops) or ignored.
+//! - request-response with a bounded length-prefixed codec, one protocol per
+//!   purpose ([`Purpose`]): ledger sync (answered with the next sync
+//!   message), market messages and committee traffic (acknowledged).
+//! - mDNS on a LAN (config flag), connection limits.
+//! - Across NATs: a relay v2 client on every node and a relay server on nodes
+//!   started with `--relay-server`; DCUtR upgrades a relayed connection to a
+//!   direct (hole-punched) one; AutoNAT v2 confirms external addresses (client
+//!   and server on every node); UPnP maps a port on a home router when asked to.
+//!   A node that is not a relay server and has no address given with
+//!   `--external-addr` reserves a slot on the first relays it meets (up to
+//!   [`MAX_RESERVATIONS`]) and advertises the circuit address, so that peers
+//!   behind other NATs reach it through the relay, then directly.
+
+use std::time::Duration;
+
+use libp2p::gossipsub::IdentTopic;
+use libp2p::request_response::ResponseChannel;
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use protocol::{Frame, Message, NetworkId, ResourceClass, Timestamp, Wire};
+use tokio::sync::{mpsc, oneshot};
+
+mod behaviour;
+mod codec;
+mod event_loop;
+mod validate;
+
+pub use behaviour::{Behaviour, BehaviourEvent, build_swarm, message_id};
+pub use codec::BytesCodec;
+pub use event_loop::{EventLoop, new};
+pub use validate::{BasicValidator, Validation, Validator};
+
+/// Largest gossip message (a frame) we send or accept.
+pub const MAX_GOSSIP_BYTES: usize = Frame::MAX_SIZE;
+/// Largest request or response (ledger sync messages are the big ones).
+pub const MAX_RR_BYTES: usize = 8 * 1024 * 1024;
+/// What a request-response exchange is for: one protocol each, so that a
+/// peer (or another implementation) can tell them apart, and each has a
+/// response of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Purpose {
+    /// Ledger sync: the request is an automerge sync message, the response
+    /// the next one (empty when there is nothing to send).
+    Sync,
+    /// Market messages sent to one peer (proposals, contracts, key grants,
+    /// offers to a newcomer): the response is an empty acknowledgement.
+    Market,
+    /// Committee traffic (checkpoint proposals, skips, challenges): an empty
+    /// acknowledgement.
+    Committee,
+}
+
+impl Purpose {
+    pub const ALL: [Purpose; 3] = [Purpose::Sync, Purpose::Market, Purpose::Committee];
+
+    pub fn protocol(self) -> StreamProtocol {
+        match self {
+            Purpose::Sync => StreamProtocol::new("/cloudchain/sync/1"),
+            Purpose::Market => StreamProtocol::new("/cloudchain/market/1"),
+            Purpose::Committee => StreamProtocol::new("/cloudchain/committee/1"),
+        }
+    }
+}
+/// Our Kademlia protocol name (a private DHT, not the IPFS one).
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/cloudchain/kad/1");
+/// The port a node listens on (TCP and QUIC) unless its config says otherwise,
+/// so that a bootstrap address stays the same across restarts.
+pub const DEFAULT_PORT: u16 = 7410;
+/// The UDP port of the iroh blob endpoint unless the config says otherwise.
+pub const DEFAULT_BLOB_PORT: u16 = 7411;
+/// Relays a node behind a NAT reserves a slot on.
+pub const MAX_RESERVATIONS: usize = 2;
+/// What identify reports as our agent.
+pub fn agent_version() -> String {
+    format!("cloudchain/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The gossip topics of one network.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// Offers and open bids.
+    pub market: IdentTopic,
+    /// Contracts (for the committee to watch), receipts, verdicts and disputes.
+    pub oracle: IdentTopic,
+}
+
+impl Topics {
+    pub fn new(network: &NetworkId) -> Self {
+        let short = hex::encode(&network.0[..8]);
+        Topics {
+            market: IdentTopic::new(format!("cloudchain/v1/{short}/market")),
+            oracle: IdentTopic::new(format!("cloudchain/v1/{short}/oracle")),
+        }
+    }
+
+    /// The topic a message belongs on, if it is gossiped at all.
+    pub fn for_message(&self, m: &Message) -> Option<&IdentTopic> {
+        match m {
+            Message::Offer(_) | Message::Bid(_) => Some(&self.market),
+            Message::Contract(_)
+            | Message::Receipt(_)
+            | Message::Verdict(_)
+            | Message::Dispute(_) => Some(&self.oracle),
+            _ => None,
+        }
+    }
+}
+
+/// What the swarm needs to know.
+#[derive(Debug, Clone)]
+pub struct NetOptions {
+    pub network: NetworkId,
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub mdns: bool,
+    /// How often Kademlia re-bootstraps.
+    pub rebootstrap: Duration,
+    /// Addresses others reach us on, known in advance (a public server, a
+    /// forwarded port): confirmed at once, and no relay slot is reserved.
+    pub external: Vec<Multiaddr>,
+    /// Serve as a libp2p relay (v2) for peers behind NATs. It needs an
+    /// external address (given, or confirmed by AutoNAT) before it offers one.
+    pub relay_server: bool,
+    /// Ask the home router for a port mapping (UPnP IGD).
+    pub upnp: bool,
+}
+
+impl NetOptions {
+    /// Loopback only, no mDNS: for tests and the local demo.
+    pub fn loopback(network: NetworkId) -> Self {
+        NetOptions {
+            network,
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")],
+            bootstrap: vec![],
+            mdns: false,
+            rebootstrap: Duration::from_secs(60),
+            external: vec![],
+            relay_server: false,
+            upnp: false,
+        }
+    }
+}
+
+/// Events the loop hands to the node.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// A gossiped frame that passed validation.
+    Gossip { from: PeerId, frame: Frame },
+    /// A request from a peer; answer through [`Client::respond`].
+    Request {
+        from: PeerId,
+        purpose: Purpose,
+        data: Vec<u8>,
+        channel: ResponseChannel<Vec<u8>>,
+    },
+    /// A peer connected (its first connection).
+    Connected(PeerId),
+    /// A peer's last connection closed.
+    Disconnected(PeerId),
+    /// A gossiped message was rejected (for metrics and tests).
+    Rejected { from: PeerId, reason: String },
+}
+
+type Reply<T> = oneshot::Sender<anyhow::Result<T>>;
+
+/// How one peer is connected.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerLink {
+    pub peer: String,
+    /// Connections straight to the peer (dialed, accepted or hole-punched).
+    pub direct: usize,
+    /// Connections through a relay.
+    pub relayed: usize,
+    /// The remote address of each connection.
+    pub addrs: Vec<String>,
+}
+
+impl PeerLink {
+    /// "direct", "relayed", or "direct+relayed" while both are open.
+    pub fn kind(&self) -> &'static str {
+        match (self.direct > 0, self.relayed > 0) {
+            (true, false) => "direct",
+            (false, true) => "relayed",
+            _ => "direct+relayed",
+        }
+    }
+}
+
+/// The swarm's view of the network, for status and metrics.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct NetInfo {
+    pub listen: Vec<String>,
+    /// Addresses confirmed as reachable from outside (given, AutoNAT, UPnP).
+    pub external: Vec<String>,
+    /// Relays holding a slot for us.
+    pub reservations: Vec<String>,
+    pub peers: Vec<PeerLink>,
+    /// Relayed connections upgraded to direct ones by DCUtR, and attempts
+    /// that failed.
+    pub hole_punches: u64,
+    pub hole_punch_failures: u64,
+}
+
+/// One open connection, as the loop tracks it.
+#[derive(Debug, Clone)]
+struct Link {
+    relayed: bool,
+    remote: Multiaddr,
+    /// We dialed it (so `remote` is an address that reaches the peer).
+    dialer: bool,
+}
+
+enum Command {
+    Publish {
+        frame: Frame,
+        reply: Reply<()>,
+    },
+    PublishRaw {
+        topic: IdentTopic,
+        data: Vec<u8>,
+        reply: Reply<()>,
+    },
+    Request {
+        peer: PeerId,
+        purpose: Purpose,
+        data: Vec<u8>,
+        reply: Reply<Vec<u8>>,
+    },
+    Respond {
+        channel: ResponseChannel<Vec<u8>>,
+        data: Vec<u8>,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: Reply<()>,
+    },
+    ListenAddrs {
+        reply: Reply<Vec<Multiaddr>>,
+    },
+    Info {
+        reply: Reply<NetInfo>,
+    },
+    MeshPeers {
+        reply: Reply<Vec<PeerId>>,
+    },
+    Score {
+        peer: PeerId,
+        reply: Reply<Option<f64>>,
+    },
+    StartProviding {
+        class: ResourceClass,
+        reply: Reply<()>,
+    },
+    GetProviders {
+        class: ResourceClass,
+        reply: Reply<Vec<PeerId>>,
+    },
+}
+
+/// A cloneable handle to the event loop.
+#[derive(Clone)]
+pub struct Client {
+    tx: mpsc::Sender<Command>,
+    pub peer_id: PeerId,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Client({})", self.peer_id)
+    }
+}
+
+impl Client {
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> anyhow::Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| anyhow::anyhow!("the network event loop has stopped"))?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("the network event loop dropped the reply"))?
+    }
+
+    /// Gossip a frame on its topic.
+    pub async fn publish(&self, frame: Frame) -> anyhow::Result<()> {
+        self.call(|reply| Command::Publish { frame, reply }).await
+    }
+
+    /// Gossip raw bytes (tests of malformed input use this).
+    pub async fn publish_raw(&self, topic: IdentTopic, data: Vec<u8>) -> anyhow::Result<()> {
+        self.call(|reply| Command::PublishRaw { topic, data, reply })
+            .await
+    }
+
+    /// Send a request on the protocol of its purpose and wait for the response.
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        purpose: Purpose,
+        data: Vec<u8>,
+    ) -> anyhow::Result<Vec<u8>> {
+        self.call(|reply| Command::Request {
+            peer,
+            purpose,
+            data,
+            reply,
+        })
+        .await
+    }
+
+    /// Answer a request.
+    pub async fn respond(
+        &self,
+        channel: ResponseChannel<Vec<u8>>,
+        data: Vec<u8>,
+    ) -> anyhow::Result<()> {
+        self.tx
+            .send(Command::Respond { channel, data })
+            .await
+            .map_err(|_| anyhow::anyhow!("the network event loop has stopped"))
+    }
+
+    pub async fn dial(&self, addr: Multiaddr) -> anyhow::Result<()> {
+        self.call(|reply| Command::Dial { addr, reply }).await
+    }
+
+    pub async fn listen_addrs(&self) -> anyhow::Result<Vec<Multiaddr>> {
+        self.call(|reply| Command::ListenAddrs { reply }).await
+    }
+
+    /// Our addresses and relays, and how each peer is connected.
+    pub async fn info(&self) -> anyhow::Result<NetInfo> {
+        self.call(|reply| Command::Info { reply }).await
+    }
+
+    /// Peers in our market-topic mesh.
+    pub async fn mesh_peers(&self) -> anyhow::Result<Vec<PeerId>> {
+        self.call(|reply| Command::MeshPeers { reply }).await
+    }
+
+    /// A peer's gossipsub score.
+    pub async fn score(&self, peer: PeerId) -> anyhow::Result<Option<f64>> {
+        self.call(|reply| Command::Score { peer, reply }).await
+    }
+
+    /// Announce in the DHT that we provide this resource class.
+    pub async fn start_providing(&self, class: ResourceClass) -> anyhow::Result<()> {
+        self.call(|reply| Command::StartProviding { class, reply })
+            .await
+    }
+
+    /// Providers of a resource class found in the DHT.
+    pub async fn get_providers(&self, class: ResourceClass) -> anyhow::Result<Vec<PeerId>> {
+        self.call(|reply| Command::GetProviders { class, reply })
+            .await
+    }
+}
+
+/// Wall-clock now, for validation (the node is where time enters).
+pub fn now() -> Timestamp {
+    Timestamp(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    )
+}
