@@ -283,16 +283,7 @@ impl BlobNode {
         hash: &Hash32,
         progress: impl FnMut(u64),
     ) -> anyhow::Result<u64> {
-        if self.has(hash).await? {
-            return Ok(0);
-        }
-        self.fetch_content(
-            from,
-            HashAndFormat::raw(Hash::from_bytes(hash.0)),
-            None,
-            progress,
-        )
-        .await
+        self.fetch_raw(from, hash, None, progress).await
     }
 
     /// Fetch a blob whose size was declared (in a signed job spec or
@@ -306,16 +297,21 @@ impl BlobNode {
         size: u64,
         progress: impl FnMut(u64),
     ) -> anyhow::Result<u64> {
+        self.fetch_raw(from, hash, Some(size), progress).await
+    }
+
+    async fn fetch_raw(
+        &self,
+        from: EndpointAddr,
+        hash: &Hash32,
+        limit: Option<u64>,
+        progress: impl FnMut(u64),
+    ) -> anyhow::Result<u64> {
         if self.has(hash).await? {
             return Ok(0);
         }
-        self.fetch_content(
-            from,
-            HashAndFormat::raw(Hash::from_bytes(hash.0)),
-            Some(size),
-            progress,
-        )
-        .await
+        let content = HashAndFormat::raw(Hash::from_bytes(hash.0));
+        self.fetch_content(from, content, limit, progress).await
     }
 
     /// Fetch a collection (a hash sequence and every blob it names), verified

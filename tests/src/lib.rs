@@ -287,3 +287,35 @@ pub async fn settled_in(c: &ControlClient, peers: usize, offers: usize) -> anyho
     tokio::time::sleep(Duration::from_millis(1_500)).await; // gossip mesh heartbeat
     Ok(())
 }
+
+/// A plausible CPU offer by `id`, issued `now`, valid for `ttl`.
+pub fn test_offer(
+    id: &Identity,
+    now: protocol::Timestamp,
+    ttl: DurationMs,
+    nonce: u64,
+) -> protocol::Offer {
+    use protocol::*;
+    Offer {
+        provider: id.account(),
+        class: ResourceClass::Cpu,
+        device: "test cpu".into(),
+        speed_milli_cu_per_s: 90_000,
+        memory_bytes: 1 << 30,
+        bandwidth_bytes_per_s: 100 << 20,
+        price: PricePerCu(1_000),
+        sla: SlaTerms {
+            deadline_slack: DurationMs::secs(30),
+            availability: Bps(9_900),
+            penalty: Bps(1_000),
+        },
+        region: "local".into(),
+        slots: 2,
+        busy_slots: 0,
+        holds: vec![],
+        contact: vec![],
+        issued_at: now,
+        expires_at: now.plus(ttl),
+        nonce,
+    }
+}

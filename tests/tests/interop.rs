@@ -165,29 +165,7 @@ fn peer_of(v: &Value, field: &str) -> anyhow::Result<PeerId> {
 }
 
 fn offer(id: &Identity, nonce: u64) -> Offer {
-    let now = peer::net::now();
-    Offer {
-        provider: id.account(),
-        class: ResourceClass::Cpu,
-        device: "interop cpu".into(),
-        speed_milli_cu_per_s: 90_000,
-        memory_bytes: 1 << 30,
-        bandwidth_bytes_per_s: 100 << 20,
-        price: PricePerCu(1_000),
-        sla: SlaTerms {
-            deadline_slack: DurationMs::secs(30),
-            availability: Bps(9_900),
-            penalty: Bps(1_000),
-        },
-        region: "local".into(),
-        slots: 2,
-        busy_slots: 0,
-        holds: vec![],
-        contact: vec![],
-        issued_at: now,
-        expires_at: now.plus(DurationMs::secs(300)),
-        nonce,
-    }
+    tests::test_offer(id, peer::net::now(), DurationMs::secs(300), nonce)
 }
 
 /// Wait, bounded, until `node`'s market mesh holds `peer`.

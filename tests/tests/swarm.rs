@@ -9,28 +9,7 @@ use protocol::*;
 use tests::*;
 
 fn offer(id: &Identity, now: Timestamp, nonce: u64) -> Offer {
-    Offer {
-        provider: id.account(),
-        class: ResourceClass::Cpu,
-        device: "test cpu".into(),
-        speed_milli_cu_per_s: 90_000,
-        memory_bytes: 1 << 30,
-        bandwidth_bytes_per_s: 100 << 20,
-        price: PricePerCu(1_000),
-        sla: SlaTerms {
-            deadline_slack: DurationMs::secs(30),
-            availability: Bps(9_900),
-            penalty: Bps(1_000),
-        },
-        region: "local".into(),
-        slots: 2,
-        busy_slots: 0,
-        holds: vec![],
-        contact: vec![],
-        issued_at: now,
-        expires_at: now.plus(DurationMs::secs(60)),
-        nonce,
-    }
+    test_offer(id, now, DurationMs::secs(60), nonce)
 }
 
 async fn swarm_of(n: usize, network: NetworkId) -> anyhow::Result<Vec<TestNode>> {
