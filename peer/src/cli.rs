@@ -266,6 +266,10 @@ pub struct RunArgs {
     /// Ask no router for port mappings (UPnP, PCP, NAT-PMP).
     #[arg(long)]
     pub no_port_mapping: bool,
+    /// Also serve a blob relay on this address (as `cloudchain relay --bind
+    /// IP` would, certificate in the data directory), and use it.
+    #[arg(long, value_name = "IP")]
+    pub blob_relay: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -663,12 +667,46 @@ fn run_node(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     if args.quick_timing {
         opts.timing = crate::node::Timing::quick();
     }
+    let blob_relay = args.blob_relay.map(|ip| crate::relay::RelayOptions {
+        bind: ip,
+        names: vec![ip.to_string()],
+        https_port: crate::relay::DEFAULT_HTTPS_PORT,
+        http_port: crate::relay::DEFAULT_HTTP_PORT,
+        quic_port: crate::relay::QAD_PORT,
+        dir: dir.path.clone(),
+    });
     runtime()?.block_on(async move {
+        // A relay-server node can carry blobs too: the relay runs in this
+        // process, and the node uses it beside any relays the config names.
+        let relay = match &blob_relay {
+            Some(r) => {
+                let server = crate::relay::spawn(r).await?;
+                tracing::info!(url = %server.url, cert = %server.cert.display(), "blob relay serving");
+                let cert = crate::relay::read_cert(&server.cert)?;
+                opts.blob.relays = match std::mem::take(&mut opts.blob.relays) {
+                    crate::blobs::Relays::Own { mut urls, mut ca } => {
+                        urls.insert(0, server.url.clone());
+                        ca.push(cert);
+                        crate::blobs::Relays::Own { urls, ca }
+                    }
+                    _ => crate::blobs::Relays::Own {
+                        urls: vec![server.url.clone()],
+                        ca: vec![cert],
+                    },
+                };
+                Some(server)
+            }
+            None => None,
+        };
         let node = crate::node::start(dir, opts).await?;
         tracing::info!(account = %node.account, control = %node.control_addr, "node running; Ctrl-C stops it");
         wait_for_signal().await;
         tracing::info!("stopping");
-        node.shutdown().await
+        node.shutdown().await?;
+        if let Some(r) = relay {
+            r.shutdown().await?;
+        }
+        Ok(())
     })
 }
 
