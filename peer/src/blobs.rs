@@ -166,8 +166,14 @@ impl BlobNode {
         out.extend(self.endpoint.addr().ip_addrs().copied());
         out.sort();
         out.dedup();
-        // Relays first: they reach the peer from anywhere, and the list is bounded.
-        let mut contact: Vec<String> = self.relays.iter().map(|u| u.to_string()).collect();
+        // Relays first: they reach the peer from anywhere, and the list is
+        // bounded. Our own relays, else the home relay iroh picked among the
+        // public ones (known once the endpoint is online).
+        let mut relays: Vec<RelayUrl> = self.relays.clone();
+        if relays.is_empty() {
+            relays.extend(self.endpoint.addr().relay_urls().cloned());
+        }
+        let mut contact: Vec<String> = relays.iter().map(|u| u.to_string()).collect();
         contact.extend(out.into_iter().map(|a| a.to_string()));
         contact.truncate(protocol::Offer::MAX_CONTACT);
         contact

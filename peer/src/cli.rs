@@ -889,6 +889,9 @@ fn testbed_nat(json: bool, n: usize, args: &SimArgs) -> anyhow::Result<()> {
                 p.libp2p,
                 p.hole_punches
             );
+            for a in &p.libp2p_addrs {
+                println!("    libp2p connection to {a}");
+            }
             for f in &p.fetches {
                 println!(
                     "    {:<11} fetched by {:<12} {:>10} bytes in {:>6.2} s = {:>7.1} Mbit/s over iroh, {}",

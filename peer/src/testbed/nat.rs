@@ -56,6 +56,10 @@ pub struct PairReport {
     /// How libp2p connected them, seen by the requester: "direct" (hole
     /// punched: they are behind different NATs), "relayed", or "none".
     pub libp2p: String,
+    /// The remote addresses of the requester's connections to the provider
+    /// (a `/tcp/` or `/udp/…/quic-v1` address for a direct one, one with
+    /// `/p2p-circuit` for a relayed one).
+    pub libp2p_addrs: Vec<String>,
     /// Hole punches the requester's node made in all.
     pub hole_punches: u64,
     /// Each blob fetch between the two: the data set and the probe (by the
@@ -302,6 +306,7 @@ pub async fn run(
                 job_state: state,
                 job_ok: ok,
                 libp2p: "none".into(),
+                libp2p_addrs: vec![],
                 hole_punches: 0,
                 fetches: vec![],
             });
@@ -385,13 +390,20 @@ async fn measure_pair<'a>(
     }
     let rs = cli(topo, rns, exe, rdir, &["status"]).await?;
     let ps = cli(topo, pns, exe, pdir, &["status"]).await?;
-    let libp2p = rs["peers"]
-        .as_array()
-        .and_then(|peers| {
-            peers
-                .iter()
-                .find(|l| l["peer"].as_str() == Some(provider_peer.as_str()))
+    let link = rs["peers"].as_array().and_then(|peers| {
+        peers
+            .iter()
+            .find(|l| l["peer"].as_str() == Some(provider_peer.as_str()))
+    });
+    let libp2p_addrs = link
+        .and_then(|l| l["addrs"].as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
         })
+        .unwrap_or_default();
+    let libp2p = link
         .map(|l| {
             let direct = l["direct"].as_u64().unwrap_or(0);
             let relayed = l["relayed"].as_u64().unwrap_or(0);
@@ -435,6 +447,7 @@ async fn measure_pair<'a>(
         job_state: String::new(),
         job_ok: false,
         libp2p,
+        libp2p_addrs,
         hole_punches: rs["hole_punches"].as_u64().unwrap_or(0),
         fetches,
     })
