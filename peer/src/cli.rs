@@ -266,6 +266,10 @@ pub struct RunArgs {
     /// Ask no router for port mappings (UPnP, PCP, NAT-PMP).
     #[arg(long)]
     pub no_port_mapping: bool,
+    /// Where to serve Prometheus metrics (`/metrics`); "off" serves none;
+    /// replaces `net.metrics`.
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics: Option<String>,
     /// Also serve a blob relay on this address (as `cloudchain relay --bind
     /// IP` would, certificate in the data directory), and use it.
     #[arg(long, value_name = "IP")]
@@ -656,6 +660,15 @@ fn run_node(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         opts.blob.relays = crate::blobs::Relays::Own { urls, ca };
     } else if !args.relay_cert.is_empty() {
         anyhow::bail!("--relay-cert needs --relay-url");
+    }
+    if let Some(m) = &args.metrics {
+        opts.metrics = match m.as_str() {
+            "off" => None,
+            m => Some(
+                m.parse()
+                    .with_context(|| format!("--metrics {m:?} is not an IP:PORT"))?,
+            ),
+        };
     }
     if args.no_port_mapping {
         opts.upnp = false;
@@ -1181,6 +1194,9 @@ fn remote(cli: &Cli) -> anyhow::Result<()> {
                         println!("  {}  {}", p.peer, p.kind());
                     }
                     println!("roles        {}", s.roles.join(", "));
+                    if let Some(m) = &s.metrics {
+                        println!("metrics      http://{m}/metrics");
+                    }
                     println!("ledger       {} entries, finalized epoch {}", s.ledger_entries, s.finalized_epoch);
                     println!("balance      {} tokens", tokens(s.balance));
                     for t in &s.transfers {

@@ -70,6 +70,13 @@ pub struct NetConfig {
     /// writes its self-signed one. Relative paths are in the data directory.
     #[serde(default)]
     pub relay_certs: Vec<String>,
+    /// Where `/metrics` (Prometheus text) is served; "" or "off": nowhere.
+    #[serde(default = "default_metrics")]
+    pub metrics: String,
+}
+
+fn default_metrics() -> String {
+    "127.0.0.1:9473".into()
 }
 
 fn yes() -> bool {
@@ -117,6 +124,7 @@ impl Default for Config {
                 port_mapping: true,
                 relay_urls: vec![],
                 relay_certs: vec![],
+                metrics: default_metrics(),
             },
             provider: ProviderConfig {
                 price_floor: 1_000,
@@ -167,6 +175,8 @@ relay_urls = []
 # Certificate files to trust for those relays (`cloudchain relay` writes its
 # self-signed relay-cert.der); relative paths are in the data directory.
 relay_certs = []
+# Prometheus metrics at http://<this>/metrics (loopback; "off" serves none).
+metrics = "127.0.0.1:9473"
 
 [provider]
 # Lowest price accepted, in micro-tokens per compute unit (1 CU = 1 GFLOP).
@@ -217,6 +227,14 @@ impl Config {
             }
             u.parse::<iroh::RelayUrl>()
                 .with_context(|| format!("`net.relay_urls`: {u:?}"))?;
+        }
+        if !["", "off"].contains(&self.net.metrics.as_str()) {
+            self.net
+                .metrics
+                .parse::<std::net::SocketAddr>()
+                .with_context(|| {
+                    format!("`net.metrics` {:?} is not an address", self.net.metrics)
+                })?;
         }
         if !self.net.relay_certs.is_empty() && self.net.relay_urls.is_empty() {
             bail!("`net.relay_certs` is set but `net.relay_urls` names no relay");

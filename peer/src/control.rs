@@ -39,6 +39,8 @@ pub const TOKEN_FILE: &str = "control.token";
 #[derive(Debug)]
 pub enum ControlRequest {
     Status(oneshot::Sender<anyhow::Result<Status>>),
+    /// A Prometheus scrape: the metrics as text.
+    Metrics(oneshot::Sender<anyhow::Result<String>>),
     Offers(oneshot::Sender<anyhow::Result<Vec<OfferView>>>),
     AddBlob {
         path: PathBuf,
@@ -276,6 +278,9 @@ pub struct Status {
     #[serde(default)]
     pub hole_punches: u64,
     pub roles: Vec<String>,
+    /// Where `/metrics` is served, if it is.
+    #[serde(default)]
+    pub metrics: Option<String>,
     pub ledger_entries: usize,
     pub finalized_epoch: u64,
     /// This account's balance, micro-tokens.

@@ -15,6 +15,7 @@ pub mod crypto;
 pub mod demo;
 pub mod genesis;
 pub mod jobfile;
+pub mod metrics;
 pub mod net;
 pub mod netbench;
 pub mod netns;

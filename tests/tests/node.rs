@@ -205,3 +205,52 @@ async fn a_late_joiner_gets_an_existing_offer_without_waiting_for_a_refresh() ->
     assert_eq!(offers[0].provider, p.account.to_string());
     tests::stop([r, b, p].map(Some)).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_in_the_prometheus_text_format() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let g = tests::genesis("metrics-test", &[], &[]);
+    let a_dir = tmp.path().join("a");
+    let mut opts = loopback_opts(&g, vec![]);
+    opts.metrics = Some("127.0.0.1:0".parse()?);
+    let a = node::start(DataDir::init(&a_dir)?, opts).await?;
+    let b = node::start(
+        DataDir::init(&tmp.path().join("b"))?,
+        loopback_opts(&g, vec![a.dial_addr().await?]),
+    )
+    .await?;
+    let status = ControlClient::from_data_dir(&a_dir)?.status().await?;
+    let addr = status.metrics.expect("the metrics address in status");
+    assert_eq!(
+        std::fs::read_to_string(a_dir.join(peer::metrics::ADDR_FILE))?,
+        addr
+    );
+    let url = format!("http://{addr}/metrics");
+    // Wait for B's connection to show: one direct peer.
+    let text = wait_for("a scrape that shows the peer", async {
+        loop {
+            let text = reqwest::get(&url).await?.error_for_status()?.text().await?;
+            if text.contains("cloudchain_peers{connection=\"direct\"} 1") {
+                return Ok(text);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await?;
+    for want in [
+        "# TYPE cloudchain_ledger_entries gauge",
+        "cloudchain_finality_lag_epochs",
+        "cloudchain_balance_tokens",
+        "cloudchain_committee_member",
+        // libp2p's own: the swarm's connections, identify, gossipsub.
+        "libp2p_swarm_connections_established_total",
+        "libp2p_identify_",
+        "libp2p_gossipsub_",
+        "# EOF",
+    ] {
+        assert!(text.contains(want), "no {want:?} in\n{text}");
+    }
+    b.shutdown().await?;
+    a.shutdown().await?;
+    Ok(())
+}

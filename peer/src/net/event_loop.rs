@@ -49,6 +49,8 @@ pub struct EventLoop<V: Validator> {
     accepted: BTreeSet<PeerId>,
     /// Connected peers that serve as relays (identify lists hop).
     relays: BTreeSet<PeerId>,
+    /// libp2p's own metrics, when the node serves them.
+    metrics: Option<libp2p::metrics::Metrics>,
     hole_punches: u64,
     hole_punch_failures: u64,
 }
@@ -88,6 +90,7 @@ pub fn new<V: Validator>(
             reservations: HashMap::new(),
             accepted: BTreeSet::new(),
             relays: BTreeSet::new(),
+            metrics: None,
             hole_punches: 0,
             hole_punch_failures: 0,
         },
@@ -366,7 +369,34 @@ impl<V: Validator> EventLoop<V> {
         }
     }
 
+    /// Record libp2p's metrics into `m` (swarm, identify, kad, gossipsub,
+    /// ping, relay, DCUtR).
+    pub fn with_metrics(mut self, m: libp2p::metrics::Metrics) -> Self {
+        self.metrics = Some(m);
+        self
+    }
+
+    fn record(&self, event: &SwarmEvent<BehaviourEvent>) {
+        use libp2p::metrics::Recorder;
+        let Some(m) = &self.metrics else {
+            return;
+        };
+        m.record(event);
+        if let SwarmEvent::Behaviour(b) = event {
+            match b {
+                BehaviourEvent::Gossipsub(e) => m.record(e),
+                BehaviourEvent::Identify(e) => m.record(e),
+                BehaviourEvent::Kad(e) => m.record(e),
+                BehaviourEvent::Ping(e) => m.record(e),
+                BehaviourEvent::RelayServer(e) => m.record(e),
+                BehaviourEvent::Dcutr(e) => m.record(e),
+                _ => {}
+            }
+        }
+    }
+
     async fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.record(&event);
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!(%address, "listening");

@@ -60,6 +60,8 @@ pub struct RunOptions {
     /// The blob endpoint's address, relays and port mapping.
     pub blob: BlobNet,
     pub control: SocketAddr,
+    /// Where to serve `/metrics` (Prometheus text); none: not served.
+    pub metrics: Option<SocketAddr>,
     /// Sell compute: benchmark the device, publish and refresh offers, run jobs.
     pub provider: bool,
     /// Serve on the committee when drawn: probe, verify, sign verdicts and
@@ -106,6 +108,13 @@ impl RunOptions {
                 portmapper: c.net.port_mapping,
             },
             control: c.net.control.parse().context("net.control")?,
+            metrics: match c.net.metrics.as_str() {
+                "" | "off" => None,
+                m => Some(
+                    m.parse()
+                        .with_context(|| format!("net.metrics {m:?} is not an address"))?,
+                ),
+            },
             provider: false,
             oracle: false,
             cheat: crate::work::Cheat::None,
@@ -131,6 +140,7 @@ impl RunOptions {
             upnp: false,
             blob: BlobNet::local(lo),
             control: lo,
+            metrics: None,
             provider: false,
             oracle: false,
             cheat: crate::work::Cheat::None,
@@ -290,6 +300,8 @@ struct Driver {
     /// The sync request being handled, if any: the core's next sync message
     /// for that peer goes back as its response rather than as a request.
     sync_reply: Option<(PeerId, ResponseChannel<Vec<u8>>)>,
+    metrics: crate::metrics::NodeMetrics,
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// Which protocol a direct message travels on.
@@ -345,8 +357,23 @@ pub async fn start(dir: DataDir, opts: RunOptions) -> anyhow::Result<RunningNode
     };
     let (client, event_loop, events) =
         net::new(&dir.identity, &net_opts, BasicValidator::new(network))?;
-    let net_task = tokio::spawn(event_loop.run().instrument(span.clone()));
+    let (metrics, p2p_metrics) = crate::metrics::NodeMetrics::new();
+    let net_task = tokio::spawn(
+        event_loop
+            .with_metrics(p2p_metrics)
+            .run()
+            .instrument(span.clone()),
+    );
     let (ctl_tx, ctl_rx) = mpsc::channel(64);
+    let _ = std::fs::remove_file(dir.path.join(crate::metrics::ADDR_FILE));
+    let metrics_addr = match opts.metrics {
+        Some(bind) => {
+            let (addr, _) = crate::metrics::serve(&dir.path, bind, ctl_tx.clone()).await?;
+            info!(parent: &span, %addr, "metrics at http://{addr}/metrics");
+            Some(addr)
+        }
+        None => None,
+    };
     let (control_addr, _server) = control::serve(&dir.path, opts.control, ctl_tx).await?;
     info!(parent: &span, %control_addr, "control API listening");
     let provider = if opts.provider {
@@ -389,6 +416,8 @@ pub async fn start(dir: DataDir, opts: RunOptions) -> anyhow::Result<RunningNode
         work_tx,
         out: Vec::new(),
         sync_reply: None,
+        metrics,
+        metrics_addr,
     };
     driver.restore()?;
     let task = tokio::spawn(
@@ -763,6 +792,17 @@ impl Driver {
             ControlRequest::Status(reply) => {
                 let _ = reply.send(self.status().await);
             }
+            ControlRequest::Metrics(reply) => {
+                let text = match self.net.info().await {
+                    Ok(info) => {
+                        let fetched = self.blobs.recent_fetches();
+                        let snap = views::metrics_snapshot(&mut self.core, &info, &fetched);
+                        self.metrics.render(&snap)
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(text);
+            }
             ControlRequest::Offers(reply) => {
                 let _ = reply.send(Ok(views::offers(&self.core, net::now())));
             }
@@ -872,6 +912,7 @@ impl Driver {
             peers: info.peers,
             hole_punches: info.hole_punches,
             roles,
+            metrics: self.metrics_addr.map(|a| a.to_string()),
             ledger_entries: ledger.entry_count(),
             finalized_epoch: ledger.finalized_epoch(),
             balance: ledger.balance(&me).0,

@@ -207,3 +207,44 @@ pub(super) fn describe(b: &Body) -> String {
         other => other.name().into(),
     }
 }
+
+/// What `/metrics` reports of the node, read at the scrape.
+pub(super) fn metrics_snapshot(
+    core: &mut NodeCore<FileStore>,
+    info: &crate::net::NetInfo,
+    fetched: &[crate::blobs::Fetched],
+) -> crate::metrics::Snapshot {
+    let mut s = crate::metrics::Snapshot::default();
+    {
+        let engine = core.requester();
+        for j in core.jobs() {
+            *s.jobs
+                .entry(j.state(engine).name().to_string())
+                .or_default() += 1;
+        }
+    }
+    let me = core.account();
+    let ledger = core.ledger();
+    s.ledger_entries = ledger.entry_count() as i64;
+    s.finalized_epoch = ledger.finalized_epoch() as i64;
+    let epoch = ledger.state().epoch;
+    s.epoch = epoch as i64;
+    let st = ledger.state();
+    let tokens = |micro: u64| micro as f64 / 1e6;
+    s.balance = tokens(st.balance(&me).0);
+    s.stake = tokens(st.stake(&me).0);
+    s.bond = tokens(st.bonds.get(&me).map_or(0, |b| b.0));
+    s.committee_member = ledger
+        .committee_for_checkpoint(epoch)
+        .is_some_and(|c| c.contains(&me));
+    for p in &info.peers {
+        let kind = if p.direct > 0 { "direct" } else { "relayed" };
+        *s.peers.entry(kind).or_default() += 1;
+    }
+    s.hole_punches = info.hole_punches as i64;
+    s.relay_slots = info.reservations.len() as i64;
+    for f in fetched {
+        *s.recent_fetch_bytes.entry(f.path.clone()).or_default() += f.bytes as i64;
+    }
+    s
+}

@@ -99,6 +99,7 @@ pub async fn run(
             .args(["run", "--quick-timing", "--no-mdns"])
             .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
             .args(["--blob-bind", "127.0.0.1:0", "--no-port-mapping"])
+            .args(["--metrics", "127.0.0.1:0"])
             .env("RUST_LOG", "info,libp2p=warn,iroh=warn,iroh_blobs=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

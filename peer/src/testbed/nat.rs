@@ -202,6 +202,7 @@ pub async fn run(
         c.arg("--data-dir")
             .arg(&d.path)
             .args(["run", "--quick-timing", "--no-mdns", "--no-port-mapping"])
+            .args(["--metrics", "127.0.0.1:0"])
             .args(["--listen", &format!("/ip4/{ip}/tcp/{port}")])
             .args(["--listen", &format!("/ip4/{ip}/udp/{port}/quic-v1")])
             .args(["--blob-bind", &format!("{ip}:{}", port + 1)])
