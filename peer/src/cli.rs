@@ -23,6 +23,17 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// Log format on stderr: text, or json (one tracing object per line, for
+    /// log collectors).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "CLOUDCHAIN_LOG_FORMAT",
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -481,6 +492,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Logs go to stderr (stdout is the command's output), coloured only on a
 /// terminal; `CLOUDCHAIN_LOG_FORMAT=json` writes one JSON object a line.
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The format `run` was given, for the commands that log.
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
 fn init_logging() {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -494,7 +515,7 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_target(false)
         .with_writer(std::io::stderr);
-    let _ = if std::env::var("CLOUDCHAIN_LOG_FORMAT").is_ok_and(|f| f == "json") {
+    let _ = if LOG_FORMAT.get() == Some(&LogFormat::Json) {
         b.json().try_init()
     } else {
         b.with_ansi(std::io::stderr().is_terminal()).try_init()
@@ -514,6 +535,7 @@ pub fn quiet_broken_pipe() {
 
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let _ = LOG_FORMAT.set(cli.log_format);
     match &cli.command {
         Command::Run(args) => return run_node(&cli, args),
         Command::Status
@@ -713,8 +735,14 @@ fn run_node(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         };
         let node = crate::node::start(dir, opts).await?;
         tracing::info!(account = %node.account, control = %node.control_addr, "node running; Ctrl-C stops it");
+        // Under systemd (Type=notify): ready once the node serves. Without
+        // NOTIFY_SOCKET this does nothing.
+        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+            tracing::warn!(%e, "cannot tell systemd the node is ready");
+        }
         wait_for_signal().await;
         tracing::info!("stopping");
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         node.shutdown().await?;
         if let Some(r) = relay {
             r.shutdown().await?;
