@@ -1386,7 +1386,7 @@ fn remote(cli: &Cli) -> anyhow::Result<()> {
                     println!("finalized  epoch {}", l.finalized_epoch);
                     println!("supply     {} tokens", tokens(l.total_supply));
                     for e in &l.tail {
-                        println!("{}  {}#{:<4} {:<12} {}", e.created_at_ms, &e.author[..12], e.seq, e.kind, e.detail);
+                        println!("{}  {}#{:<4} {:<12} {}", date(e.created_at_ms), &e.author[..12], e.seq, e.kind, e.detail);
                     }
                 })
             }
@@ -1398,6 +1398,12 @@ fn remote(cli: &Cli) -> anyhow::Result<()> {
             _ => unreachable!("only remote commands come here"),
         }
     })
+}
+
+/// A ledger timestamp (ms since the Unix epoch) as an RFC 3339 UTC date.
+fn date(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
 }
 
 fn tokens(micro: u64) -> String {
@@ -1513,4 +1519,13 @@ fn demo(json: bool, keep: Option<PathBuf>, faulty: bool) -> anyhow::Result<()> {
         anyhow::bail!("the demo did not complete every step");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod date_tests {
+    #[test]
+    fn ledger_timestamps_print_as_utc_dates() {
+        assert_eq!(super::date(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::date(1_796_509_898_150), "2026-12-05T22:31:38Z");
+    }
 }
