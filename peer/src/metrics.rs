@@ -25,7 +25,7 @@ use axum::routing::get;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::control::ControlRequest;
@@ -89,107 +89,102 @@ impl NodeMetrics {
         let mut registry = Registry::default();
         let p2p = libp2p::metrics::Metrics::new(&mut registry);
         let r = registry.sub_registry_with_prefix("cloudchain");
-        let m = NodeMetrics {
-            jobs: Family::default(),
-            ledger_entries: Gauge::default(),
-            epoch: Gauge::default(),
-            finalized_epoch: Gauge::default(),
-            finality_lag: Gauge::default(),
-            peers: Family::default(),
-            hole_punches: Gauge::default(),
-            relay_slots: Gauge::default(),
-            balance: FloatGauge::default(),
-            stake: FloatGauge::default(),
-            bond: FloatGauge::default(),
-            committee_member: Gauge::default(),
-            recent_fetch_bytes: Family::default(),
-            registry: Registry::default(),
-        };
-        r.register("jobs", "This node's jobs by state", m.jobs.clone());
-        r.register(
-            "ledger_entries",
-            "Entries in the ledger replica",
-            m.ledger_entries.clone(),
-        );
-        r.register("epoch", "The ledger's current epoch", m.epoch.clone());
-        r.register(
-            "finalized_epoch",
-            "The last finalized epoch",
-            m.finalized_epoch.clone(),
-        );
-        r.register(
+        // Each metric once: its name and help where it is made.
+        let jobs = metric(r, "jobs", "This node's jobs by state");
+        let ledger_entries = metric(r, "ledger_entries", "Entries in the ledger replica");
+        let epoch = metric(r, "epoch", "The ledger's current epoch");
+        let finalized_epoch = metric(r, "finalized_epoch", "The last finalized epoch");
+        let finality_lag = metric(
+            r,
             "finality_lag_epochs",
             "Epochs between the current one and the last finalized",
-            m.finality_lag.clone(),
         );
-        r.register(
-            "peers",
-            "Connected peers by connection type",
-            m.peers.clone(),
-        );
-        r.register(
+        let peers = metric(r, "peers", "Connected peers by connection type");
+        let hole_punches = metric(
+            r,
             "hole_punches",
             "Relayed connections upgraded to direct ones (DCUtR) since start",
-            m.hole_punches.clone(),
         );
-        r.register(
-            "relay_slots",
-            "Relays holding a slot for this node",
-            m.relay_slots.clone(),
-        );
-        r.register(
-            "balance_tokens",
-            "This account's balance",
-            m.balance.clone(),
-        );
-        r.register("stake_tokens", "This account's stake", m.stake.clone());
-        r.register("bond_tokens", "This account's bond", m.bond.clone());
-        r.register(
+        let relay_slots = metric(r, "relay_slots", "Relays holding a slot for this node");
+        let balance = metric(r, "balance_tokens", "This account's balance");
+        let stake = metric(r, "stake_tokens", "This account's stake");
+        let bond = metric(r, "bond_tokens", "This account's bond");
+        let committee_member = metric(
+            r,
             "committee_member",
             "1 if this node sits on the current committee",
-            m.committee_member.clone(),
         );
-        r.register(
+        let recent_fetch_bytes = metric(
+            r,
             "recent_fetch_bytes",
             "Bytes of the last finished blob fetches, by path",
-            m.recent_fetch_bytes.clone(),
         );
-        (NodeMetrics { registry, ..m }, p2p)
+        let m = NodeMetrics {
+            registry,
+            jobs,
+            ledger_entries,
+            epoch,
+            finalized_epoch,
+            finality_lag,
+            peers,
+            hole_punches,
+            relay_slots,
+            balance,
+            stake,
+            bond,
+            committee_member,
+            recent_fetch_bytes,
+        };
+        (m, p2p)
     }
 
     /// Set our gauges from `s` and render everything as Prometheus text.
     pub fn render(&self, s: &Snapshot) -> anyhow::Result<String> {
-        self.jobs.clear();
-        for (state, n) in &s.jobs {
-            self.jobs
-                .get_or_create(&vec![("state".into(), state.clone())])
-                .set(*n);
-        }
+        set_by_label(
+            &self.jobs,
+            "state",
+            s.jobs.iter().map(|(k, n)| (k.as_str(), *n)),
+        );
         self.ledger_entries.set(s.ledger_entries);
         self.epoch.set(s.epoch);
         self.finalized_epoch.set(s.finalized_epoch);
         self.finality_lag.set((s.epoch - s.finalized_epoch).max(0));
-        for kind in ["direct", "relayed"] {
-            let n = s.peers.get(kind).copied().unwrap_or(0);
-            self.peers
-                .get_or_create(&vec![("connection".into(), kind.into())])
-                .set(n);
-        }
+        // Both kinds always, at 0 when none: a scrape shows what is absent.
+        let peers = ["direct", "relayed"].map(|k| (k, s.peers.get(k).copied().unwrap_or(0)));
+        set_by_label(&self.peers, "connection", peers);
         self.hole_punches.set(s.hole_punches);
         self.relay_slots.set(s.relay_slots);
         self.balance.set(s.balance);
         self.stake.set(s.stake);
         self.bond.set(s.bond);
         self.committee_member.set(i64::from(s.committee_member));
-        self.recent_fetch_bytes.clear();
-        for (path, n) in &s.recent_fetch_bytes {
-            self.recent_fetch_bytes
-                .get_or_create(&vec![("path".into(), path.clone())])
-                .set(*n);
-        }
+        let fetched = s.recent_fetch_bytes.iter().map(|(k, n)| (k.as_str(), *n));
+        set_by_label(&self.recent_fetch_bytes, "path", fetched);
         let mut out = String::new();
         encode(&mut out, &self.registry).context("encoding the metrics")?;
         Ok(out)
+    }
+}
+
+/// A new metric, registered under `name` with its `help`.
+fn metric<M: Metric + Clone + Default>(r: &mut Registry, name: &str, help: &str) -> M {
+    let m = M::default();
+    r.register(name, help, m.clone());
+    m
+}
+
+/// Replace a one-label family's series with `values` (a label value and its
+/// number each), so that series gone since the last scrape disappear.
+fn set_by_label<'a>(
+    family: &Family<Labels, Gauge>,
+    label: &str,
+    values: impl IntoIterator<Item = (&'a str, i64)>,
+) {
+    family.clear();
+    for (value, n) in values {
+        family
+            .get_or_create(&vec![(label.to_string(), value.to_string())])
+            .set(n);
     }
 }
 
