@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
@@ -24,6 +25,7 @@ use iroh::protocol::Router;
 use iroh::{Endpoint, EndpointAddr, RelayMap, RelayMode, RelayUrl, TransportAddr};
 use iroh_blobs::api::remote::GetProgressItem;
 use iroh_blobs::format::collection::Collection;
+use iroh_blobs::provider::events::EventSender;
 use iroh_blobs::{BlobFormat, BlobsProtocol, Hash, HashAndFormat};
 use protocol::{AccountId, Hash32, Identity};
 
@@ -91,6 +93,8 @@ pub struct BlobNode {
     recent: Arc<Mutex<std::collections::VecDeque<Fetched>>>,
     /// [`STALL_TIMEOUT`], shorter in tests.
     stall: std::time::Duration,
+    /// Payload bytes received (fetches) and sent (served) since start.
+    traffic: Arc<[AtomicU64; 2]>,
 }
 
 /// How many finished fetches [`BlobNode::recent_fetches`] remembers.
@@ -134,7 +138,8 @@ impl BlobNode {
                 .into(),
         };
         let endpoint = bind_endpoint(identity, net).await?;
-        let blobs = BlobsProtocol::new(&store, None);
+        let traffic: Arc<[AtomicU64; 2]> = Default::default();
+        let blobs = BlobsProtocol::new(&store, Some(count_sent(traffic.clone())));
         let router = Router::builder(endpoint.clone())
             .accept(iroh_blobs::ALPN, blobs)
             .spawn();
@@ -150,6 +155,7 @@ impl BlobNode {
             transfers: Default::default(),
             recent: Default::default(),
             stall: STALL_TIMEOUT,
+            traffic,
         })
     }
 
@@ -396,6 +402,7 @@ impl BlobNode {
                     progress(n)
                 }
                 GetProgressItem::Done(stats) => {
+                    self.traffic[0].fetch_add(stats.payload_bytes_read, Ordering::Relaxed);
                     let path = watch
                         .paths()
                         .iter()
@@ -429,6 +436,12 @@ impl BlobNode {
             }
             r.push_back(f);
         }
+    }
+
+    /// Payload bytes received and sent since start.
+    pub fn traffic(&self) -> (u64, u64) {
+        let [r, s] = &*self.traffic;
+        (r.load(Ordering::Relaxed), s.load(Ordering::Relaxed))
     }
 
     /// The last finished fetches, oldest first.
@@ -611,6 +624,39 @@ impl Drop for TransferGuard {
             t.remove(&self.hash);
         }
     }
+}
+
+/// Provider events that add each served request's payload bytes (whole or
+/// aborted) to `traffic[1]`. Only get requests are observed; push stays
+/// disabled, as in iroh-blobs' default mask.
+fn count_sent(traffic: Arc<[AtomicU64; 2]>) -> EventSender {
+    use iroh_blobs::provider::events::{EventMask, ProviderMessage, RequestMode, RequestUpdate};
+    let mask = EventMask {
+        get: RequestMode::NotifyLog,
+        get_many: RequestMode::NotifyLog,
+        ..EventMask::DEFAULT
+    };
+    let (events, mut rx) = EventSender::channel(64, mask);
+    tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            let mut updates = match msg {
+                ProviderMessage::GetRequestReceivedNotify(m) => m.rx,
+                ProviderMessage::GetManyRequestReceivedNotify(m) => m.rx,
+                _ => continue,
+            };
+            let traffic = traffic.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(u)) = updates.recv().await {
+                    if let RequestUpdate::Completed(t) = &u {
+                        traffic[1].fetch_add(t.stats.payload_bytes_sent, Ordering::Relaxed);
+                    } else if let RequestUpdate::Aborted(t) = &u {
+                        traffic[1].fetch_add(t.stats.payload_bytes_sent, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    events
 }
 
 #[cfg(test)]

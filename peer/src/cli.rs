@@ -73,6 +73,20 @@ pub enum Command {
     Job { id: String },
     /// An account's balance and stake (this node's by default).
     Balance { account: Option<String> },
+    /// An account's earnings (this node's by default): paid as provider,
+    /// minted, oracle fees and slashed, with each credit's date.
+    Earnings {
+        account: Option<String>,
+        /// How many of the latest credits to list.
+        #[arg(long, default_value_t = 20)]
+        tail: usize,
+    },
+    /// The committee that finalizes the next checkpoint, the epochs and the
+    /// last checkpoints.
+    Committee,
+    /// Print the link that opens the running node's web dashboard (it carries
+    /// the control token: keep it to yourself).
+    Dashboard,
     /// The ledger: entry count, finalized epoch, supply and the last entries.
     Ledger {
         /// How many of the latest entries to list.
@@ -545,6 +559,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Jobs
         | Command::Job { .. }
         | Command::Balance { .. }
+        | Command::Earnings { .. }
+        | Command::Committee
+        | Command::Dashboard
         | Command::Ledger { .. }
         | Command::Transfer { .. } => return remote(&cli),
         Command::Genesis(args) => return genesis(&cli, args),
@@ -1376,6 +1393,46 @@ fn remote(cli: &Cli) -> anyhow::Result<()> {
                     println!("stake      {} tokens", tokens(b.stake));
                     println!("bond       {} tokens", tokens(b.bond));
                     println!("finalized  epoch {}", b.finalized_epoch);
+                })
+            }
+            Command::Earnings { account, tail } => {
+                let e = client.earnings(account.as_deref()).await?;
+                print(json, &e, |e| {
+                    println!("account    {}", e.account);
+                    println!("paid       {} tokens (as provider)", e.paid_tokens);
+                    println!("minted     {} tokens", e.minted_tokens);
+                    println!("fees       {} tokens (as oracle)", e.fees_tokens);
+                    println!("slashed    {} tokens (of the bond)", e.slashed_tokens);
+                    println!("net        {} tokens", e.net_tokens);
+                    for p in &e.history[e.history.len().saturating_sub(*tail)..] {
+                        let epoch = p.epoch.map(|n| format!("epoch {n}")).unwrap_or_default();
+                        let sign = if p.kind == "slashed" { "-" } else { "+" };
+                        let contract = p.contract.as_deref().map(|c| &c[..12]).unwrap_or("");
+                        println!("{}  {:<8} {sign}{:<14} {:<10} {contract}", date(p.at_ms), p.kind, p.amount_tokens, epoch);
+                    }
+                })
+            }
+            Command::Committee => {
+                let c = client.committee().await?;
+                print(json, &c, |c| {
+                    println!("epoch      {} (ends {})", c.epoch, date(c.epoch_ends_at_ms));
+                    println!("finalized  epoch {}", c.finalized_epoch);
+                    println!("committee  {} members{}", c.committee.len(), if c.member { ", this node among them" } else { "" });
+                    for (i, m) in c.committee.iter().enumerate() {
+                        println!("  {}{}", &m[..16], if i == 0 { "  (leader)" } else { "" });
+                    }
+                    for k in &c.checkpoints {
+                        println!("checkpoint epoch {:<5} round {} by {}  {} signatures, {} authors, minted {}", k.epoch, k.round, &k.proposer[..12], k.signatures, k.authors, k.minted_tokens);
+                    }
+                })
+            }
+            Command::Dashboard => {
+                // Only a running node serves it: ask before printing a link.
+                client.status().await?;
+                let url = client.dashboard_url();
+                print(json, &serde_json::json!({ "url": url }), |_| {
+                    println!("{url}");
+                    eprintln!("(the link carries this node's control token; it opens the dashboard in any browser on this machine)");
                 })
             }
             Command::Ledger { tail } => {

@@ -40,7 +40,7 @@ pub const TOKEN_FILE: &str = "control.token";
 pub enum ControlRequest {
     Status(oneshot::Sender<anyhow::Result<Status>>),
     /// A Prometheus scrape: the metrics as text.
-    Metrics(oneshot::Sender<anyhow::Result<String>>),
+    Metrics(oneshot::Sender<anyhow::Result<crate::metrics::Snapshot>>),
     Offers(oneshot::Sender<anyhow::Result<Vec<OfferView>>>),
     AddBlob {
         path: PathBuf,
@@ -73,6 +73,11 @@ pub enum ControlRequest {
         body: TransferBody,
         reply: oneshot::Sender<anyhow::Result<EntryView>>,
     },
+    Earnings {
+        account: Option<String>,
+        reply: oneshot::Sender<anyhow::Result<EarningsView>>,
+    },
+    Committee(oneshot::Sender<anyhow::Result<CommitteeView>>),
 }
 
 /// Move tokens to another account.
@@ -158,6 +163,9 @@ pub struct JobView {
     pub kind: String,
     /// matching, proposed, running, delivered, failing, settled, expired, refused
     pub state: String,
+    /// When it was submitted, ms since the Unix epoch.
+    #[serde(default)]
+    pub submitted_at_ms: u64,
     /// How it ended, or why it is failing: `ok`, `failed: wrong result
     /// (refunded)`, `refunded: not delivered`, `expired: …`, `refused: …`.
     pub outcome: Option<String>,
@@ -249,6 +257,85 @@ pub struct LedgerView {
     pub invalid: usize,
     pub total_supply: u64,
     pub tail: Vec<EntryView>,
+}
+
+/// An account's earnings: what settlements paid it as a provider, what the
+/// epoch mints gave it, its oracle fees, and what proven wrong results slashed
+/// of its bond, as this replica holds them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EarningsView {
+    pub account: String,
+    /// Micro-tokens, each with its decimal token string beside it.
+    pub paid: u64,
+    pub paid_tokens: String,
+    pub minted: u64,
+    pub minted_tokens: String,
+    pub fees: u64,
+    pub fees_tokens: String,
+    pub slashed: u64,
+    pub slashed_tokens: String,
+    /// paid + minted + fees − slashed, micro-tokens.
+    pub net: i64,
+    pub net_tokens: String,
+    /// Each credit or slash, oldest first.
+    pub history: Vec<EarningView>,
+}
+
+/// One credit (or slash) in an account's earnings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EarningView {
+    /// When: the settlement entry's time, or the end of the minting epoch.
+    pub at_ms: u64,
+    pub epoch: Option<u64>,
+    /// `paid`, `minted`, `fee` or `slashed`.
+    pub kind: String,
+    pub amount: u64,
+    pub amount_tokens: String,
+    pub contract: Option<String>,
+    /// The net earnings after this one, micro-tokens.
+    pub total: i64,
+}
+
+/// The committee, the epochs and finality.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommitteeView {
+    /// The epoch running now.
+    pub epoch: u64,
+    pub finalized_epoch: u64,
+    /// Epochs that have ended but are not finalized yet.
+    pub finality_lag: u64,
+    pub epoch_length_s: f64,
+    /// When the current epoch's checkpoint is due.
+    pub epoch_ends_at_ms: u64,
+    /// The committee that finalizes the next checkpoint, in draw order.
+    pub committee: Vec<String>,
+    /// Its round-0 proposer.
+    pub leader: Option<String>,
+    /// Whether this node sits on it.
+    pub member: bool,
+    pub backup: Vec<String>,
+    /// The last final checkpoints, newest first.
+    pub checkpoints: Vec<CheckpointView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointView {
+    pub epoch: u64,
+    pub round: u32,
+    pub proposer: String,
+    pub signatures: usize,
+    /// Authors whose chains advanced in it.
+    pub authors: usize,
+    pub minted: u64,
+    pub minted_tokens: String,
+    /// When its epoch ended.
+    pub at_ms: u64,
+}
+
+/// Signed micro-tokens as a decimal token string (`-1.500000`).
+pub fn signed_token_string(micro: i64) -> String {
+    let s = token_string(micro.unsigned_abs());
+    if micro < 0 { format!("-{s}") } else { s }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -425,6 +512,60 @@ async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response 
     next.run(req).await
 }
 
+#[derive(Debug, Deserialize)]
+struct DashboardQuery {
+    token: Option<String>,
+}
+
+/// The cookie that lets a browser that opened the login link reload the page
+/// (the page drops the token from its address). Only `/dashboard` reads it;
+/// the API takes the token in its header alone, so no other site can make a
+/// browser call the API with it.
+const DASHBOARD_COOKIE: &str = "cloudchain-dashboard";
+
+/// The dashboard page, for the holder of the token (in the login link's
+/// query, or in the cookie that link sets).
+async fn dashboard(
+    State(st): State<AppState>,
+    Query(q): Query<DashboardQuery>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let valid = |t: &str| constant_time_eq(t.as_bytes(), st.token.as_bytes());
+    let from_cookie = headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .any(|(k, v)| k == DASHBOARD_COOKIE && valid(v));
+    let from_link = q.token.as_deref().is_some_and(valid);
+    let h = axum::http::header::HeaderName::from_static;
+    let common = [
+        (h("content-type"), "text/html; charset=utf-8".to_string()),
+        (
+            h("content-security-policy"),
+            crate::dashboard::CSP.to_string(),
+        ),
+        (h("cache-control"), "no-store".to_string()),
+        (h("referrer-policy"), "no-referrer".to_string()),
+        (h("x-content-type-options"), "nosniff".to_string()),
+    ];
+    if !(from_cookie || from_link) {
+        return (StatusCode::UNAUTHORIZED, common, crate::dashboard::REFUSED).into_response();
+    }
+    let cookie = format!(
+        "{DASHBOARD_COOKIE}={}; Path=/dashboard; HttpOnly; SameSite=Strict",
+        st.token
+    );
+    (
+        StatusCode::OK,
+        common,
+        [(axum::http::header::SET_COOKIE, cookie)],
+        crate::dashboard::page(),
+    )
+        .into_response()
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -540,10 +681,21 @@ pub async fn serve(
             }),
         )
         .route(
+            "/v1/earnings",
+            with_query(|q: BalanceQuery, reply| ControlRequest::Earnings {
+                account: q.account,
+                reply,
+            }),
+        )
+        .route("/v1/committee", plain(ControlRequest::Committee))
+        .route(
             "/v1/transfer",
             with_json(|body: TransferBody, reply| ControlRequest::Transfer { body, reply }),
         )
         .layer(middleware::from_fn_with_state(st.clone(), auth))
+        // The page checks the token itself (it comes in the query of the
+        // login link, as a browser cannot set a header on a link).
+        .route("/dashboard", get(dashboard))
         .with_state(st);
     let handle = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -738,6 +890,22 @@ impl ControlClient {
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
+    }
+
+    /// The dashboard's login link (it carries the token: keep it private).
+    pub fn dashboard_url(&self) -> String {
+        format!("{}/dashboard?token={}", self.base, self.token)
+    }
+
+    pub async fn earnings(&self, account: Option<&str>) -> anyhow::Result<EarningsView> {
+        match account {
+            Some(a) => self.get(&format!("/v1/earnings?account={a}")).await,
+            None => self.get("/v1/earnings").await,
+        }
+    }
+
+    pub async fn committee(&self) -> anyhow::Result<CommitteeView> {
+        self.get("/v1/committee").await
     }
 
     pub async fn transfer(&self, to: &str, amount: u64) -> anyhow::Result<EntryView> {

@@ -12,6 +12,7 @@ pub mod collection;
 pub mod config;
 pub mod control;
 pub mod crypto;
+pub mod dashboard;
 pub mod demo;
 pub mod genesis;
 pub mod jobfile;

@@ -60,6 +60,29 @@ pub fn genesis(
     .expect("a test genesis is valid")
 }
 
+/// An outside program a test drives (sendme, promtool, chromium): `$env` if
+/// set, else the first of `names` on PATH. Without it the test says so and
+/// passes, unless `CLOUDCHAIN_REQUIRE_TOOLS` is set (as `.ci/run` does, after
+/// installing them), where a missing tool fails the test.
+pub fn tool(env: &str, names: &[&str]) -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Some(p.into());
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .flat_map(|d| names.iter().map(move |n| d.join(n)))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CLOUDCHAIN_REQUIRE_TOOLS").is_none(),
+            "none of {names:?} on PATH (or ${env}), and CLOUDCHAIN_REQUIRE_TOOLS is set"
+        );
+        eprintln!("skipped: none of {names:?} on PATH (set {env} to point at one)");
+    }
+    found
+}
+
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(20);
 

@@ -17,17 +17,6 @@ use peer::node::{self, RunOptions};
 use tests::wait_for;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-fn sendme() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("SENDME") {
-        return Some(PathBuf::from(p));
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("sendme"))
-            .find(|p| p.is_file())
-    })
-}
-
 /// A small tree: a text file and a 3 MB binary in a subdirectory.
 fn tree(root: &Path) -> anyhow::Result<Vec<(PathBuf, Vec<u8>)>> {
     std::fs::create_dir_all(root.join("sub"))?;
@@ -57,8 +46,7 @@ fn same_tree(dir: &Path, files: &[(PathBuf, Vec<u8>)]) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_goes_both_ways_between_cloudchain_and_sendme() -> anyhow::Result<()> {
-    let Some(sendme) = sendme() else {
-        eprintln!("skipped: no sendme (set SENDME or put it on PATH)");
+    let Some(sendme) = tests::tool("SENDME", &["sendme"]) else {
         return Ok(());
     };
     let tmp = tempfile::tempdir()?;

@@ -300,7 +300,6 @@ struct Driver {
     /// The sync request being handled, if any: the core's next sync message
     /// for that peer goes back as its response rather than as a request.
     sync_reply: Option<(PeerId, ResponseChannel<Vec<u8>>)>,
-    metrics: crate::metrics::NodeMetrics,
     metrics_addr: Option<SocketAddr>,
 }
 
@@ -368,7 +367,7 @@ pub async fn start(dir: DataDir, opts: RunOptions) -> anyhow::Result<RunningNode
     let _ = std::fs::remove_file(dir.path.join(crate::metrics::ADDR_FILE));
     let metrics_addr = match opts.metrics {
         Some(bind) => {
-            let (addr, _) = crate::metrics::serve(&dir.path, bind, ctl_tx.clone()).await?;
+            let (addr, _) = crate::metrics::serve(&dir.path, bind, ctl_tx.clone(), metrics).await?;
             info!(parent: &span, %addr, "metrics at http://{addr}/metrics");
             Some(addr)
         }
@@ -416,7 +415,6 @@ pub async fn start(dir: DataDir, opts: RunOptions) -> anyhow::Result<RunningNode
         work_tx,
         out: Vec::new(),
         sync_reply: None,
-        metrics,
         metrics_addr,
     };
     driver.restore()?;
@@ -793,15 +791,16 @@ impl Driver {
                 let _ = reply.send(self.status().await);
             }
             ControlRequest::Metrics(reply) => {
-                let text = match self.net.info().await {
-                    Ok(info) => {
-                        let fetched = self.blobs.recent_fetches();
-                        let snap = views::metrics_snapshot(&mut self.core, &info, &fetched);
-                        self.metrics.render(&snap)
-                    }
-                    Err(e) => Err(e),
-                };
-                let _ = reply.send(text);
+                let snap = self.net.info().await.map(|info| {
+                    views::metrics_snapshot(&mut self.core, net::now(), &info, &self.blobs)
+                });
+                let _ = reply.send(snap);
+            }
+            ControlRequest::Earnings { account, reply } => {
+                let _ = reply.send(views::earnings(&mut self.core, account));
+            }
+            ControlRequest::Committee(reply) => {
+                let _ = reply.send(Ok(views::committee_view(&mut self.core, net::now())));
             }
             ControlRequest::Offers(reply) => {
                 let _ = reply.send(Ok(views::offers(&self.core, net::now())));

@@ -1,12 +1,15 @@
 //! What the control API shows of the core: jobs, offers, balances, the ledger.
 //! Views only read; every decision is the core's.
 
+use std::collections::BTreeMap;
+
 use crdt_ledger::{Body, FileStore};
 use node_core::{Job, JobState, NodeCore};
 use protocol::{AccountId, ComputeUnits, Timestamp};
 
 use crate::control::{
-    BalanceView, EntryView, JobEvent, JobView, LedgerView, OfferView, VerdictView, token_string,
+    BalanceView, CheckpointView, CommitteeView, EarningView, EarningsView, EntryView, JobEvent,
+    JobView, LedgerView, OfferView, VerdictView, signed_token_string, token_string,
 };
 
 pub(super) fn job_view(core: &NodeCore<FileStore>, j: &Job) -> JobView {
@@ -23,6 +26,7 @@ pub(super) fn job_view(core: &NodeCore<FileStore>, j: &Job) -> JobView {
         id: j.id.to_string(),
         kind: j.spec.kind.name().into(),
         state: state.name().into(),
+        submitted_at_ms: j.submitted.0,
         outcome,
         done: j.done(engine),
         ok,
@@ -109,12 +113,7 @@ pub(super) fn balance(
     core: &mut NodeCore<FileStore>,
     account: Option<String>,
 ) -> anyhow::Result<BalanceView> {
-    let a: AccountId = match account {
-        Some(s) => s
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{s:?} is not an account id: {e}"))?,
-        None => core.account(),
-    };
+    let a = parse_account(core, account)?;
     let ledger = core.ledger();
     let spendable = ledger.spendable(&a).0;
     let finalized_epoch = ledger.finalized_epoch();
@@ -133,6 +132,173 @@ pub(super) fn balance(
         bond_tokens: token_string(bond),
         finalized_epoch,
     })
+}
+
+fn parse_account(core: &NodeCore<FileStore>, account: Option<String>) -> anyhow::Result<AccountId> {
+    match account {
+        Some(s) => s
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{s:?} is not an account id: {e}")),
+        None => Ok(core.account()),
+    }
+}
+
+/// `account`'s earnings from the entries this replica holds: settlements that
+/// paid it as provider (and what they slashed of its bond), its oracle fees,
+/// and the reward mints of the final checkpoints. A settlement counts once
+/// (the one the state took, else the earliest valid one).
+pub(super) fn earnings(
+    core: &mut NodeCore<FileStore>,
+    account: Option<String>,
+) -> anyhow::Result<EarningsView> {
+    let me = parse_account(core, account)?;
+    let mut history: Vec<EarningView> = Vec::new();
+    let point = |at_ms, epoch, kind: &str, amount: u64, contract: Option<String>| EarningView {
+        at_ms,
+        epoch,
+        kind: kind.into(),
+        amount,
+        amount_tokens: token_string(amount),
+        contract,
+        total: 0,
+    };
+    let mints: Vec<(u64, u64)> = core
+        .ledger()
+        .checkpoints()
+        .iter()
+        .filter_map(|c| c.body_unverified().ok())
+        .filter_map(|b| {
+            let m = b.mint.iter().find(|(a, _)| *a == me)?;
+            Some((b.epoch, m.1.0))
+        })
+        .collect();
+    let ledger = core.ledger();
+    for (epoch, amount) in mints {
+        let at = ledger.epoch_end(epoch).0;
+        history.push(point(at, Some(epoch), "minted", amount, None));
+    }
+    let invalid: std::collections::HashSet<protocol::Hash32> =
+        ledger.invalid().iter().map(|i| i.id.hash).collect();
+    let taken = ledger.state().settled.clone();
+    let mut providers = std::collections::HashMap::new();
+    let mut settlements = std::collections::BTreeMap::new();
+    for e in ledger.entries() {
+        match &e.data.body {
+            Body::EscrowLock { contract } => {
+                if let Ok(t) = contract.body_unverified() {
+                    providers.insert(contract.body_hash(), t.provider);
+                }
+            }
+            Body::Settlement { cert, payout } if !invalid.contains(&e.hash) => {
+                let chosen = taken.get(&cert.contract) == Some(&e.hash);
+                let key = (cert.contract, !chosen, e.data.created_at.0);
+                settlements.insert(key, (e.data.created_at.0, cert.epoch, payout.clone()));
+            }
+            _ => {}
+        }
+    }
+    let st = ledger.state();
+    let mut seen = std::collections::HashSet::new();
+    for ((contract, _, _), (at, epoch, payout)) in settlements {
+        if !seen.insert(contract) {
+            continue;
+        }
+        let c = Some(contract.to_string());
+        if providers.get(&contract) == Some(&me) {
+            if payout.provider.0 > 0 {
+                history.push(point(at, Some(epoch), "paid", payout.provider.0, c.clone()));
+            }
+            if let Some(s) = st.slash_of(&me, &contract).filter(|s| s.0 > 0) {
+                history.push(point(at, Some(epoch), "slashed", s.0, c.clone()));
+            }
+        }
+        for (o, fee) in &payout.fees {
+            if *o == me && fee.0 > 0 {
+                history.push(point(at, Some(epoch), "fee", fee.0, c.clone()));
+            }
+        }
+    }
+    history.sort_by_key(|p| p.at_ms);
+    let (mut paid, mut minted, mut fees, mut slashed, mut net) = (0u64, 0u64, 0u64, 0u64, 0i64);
+    for p in &mut history {
+        let signed = i64::try_from(p.amount).unwrap_or(i64::MAX);
+        match p.kind.as_str() {
+            "paid" => paid = paid.saturating_add(p.amount),
+            "minted" => minted = minted.saturating_add(p.amount),
+            "fee" => fees = fees.saturating_add(p.amount),
+            _ => slashed = slashed.saturating_add(p.amount),
+        }
+        net = if p.kind == "slashed" {
+            net.saturating_sub(signed)
+        } else {
+            net.saturating_add(signed)
+        };
+        p.total = net;
+    }
+    Ok(EarningsView {
+        account: me.to_string(),
+        paid,
+        paid_tokens: token_string(paid),
+        minted,
+        minted_tokens: token_string(minted),
+        fees,
+        fees_tokens: token_string(fees),
+        slashed,
+        slashed_tokens: token_string(slashed),
+        net,
+        net_tokens: signed_token_string(net),
+        history,
+    })
+}
+
+/// The committee of the next checkpoint, the epochs and the last checkpoints.
+pub(super) fn committee_view(core: &mut NodeCore<FileStore>, now: Timestamp) -> CommitteeView {
+    let me = core.account();
+    let ledger = core.ledger();
+    // The epoch running now (its checkpoint comes at its end).
+    let epoch = ledger.ended_epoch(now) + 1;
+    let finalized_epoch = ledger.finalized_epoch();
+    let epoch_length_s = ledger.params().epoch_length.0 as f64 / 1000.0;
+    let committee = ledger
+        .committee_for_checkpoint(finalized_epoch + 1)
+        .unwrap_or_default();
+    let backup = ledger.finalized_state().backup.clone();
+    let recent: Vec<CheckpointView> = ledger
+        .checkpoints()
+        .iter()
+        .rev()
+        .take(20)
+        .filter_map(|ms| {
+            let b = ms.body_unverified().ok()?;
+            let minted = b.mint.iter().map(|(_, a)| a.0).sum();
+            Some(CheckpointView {
+                epoch: b.epoch,
+                round: b.round,
+                proposer: b.proposer.to_string(),
+                signatures: ms.signatures.len(),
+                authors: b.frontier.len(),
+                minted,
+                minted_tokens: token_string(minted),
+                at_ms: 0,
+            })
+        })
+        .collect();
+    let mut checkpoints = recent;
+    for c in &mut checkpoints {
+        c.at_ms = ledger.epoch_end(c.epoch).0;
+    }
+    CommitteeView {
+        epoch,
+        finalized_epoch,
+        finality_lag: (epoch - 1).saturating_sub(finalized_epoch),
+        epoch_length_s,
+        epoch_ends_at_ms: ledger.epoch_end(epoch).0,
+        leader: committee.first().map(|a| a.to_string()),
+        member: committee.contains(&me),
+        committee: committee.iter().map(|a| a.to_string()).collect(),
+        backup: backup.iter().map(|a| a.to_string()).collect(),
+        checkpoints,
+    }
 }
 
 pub(super) fn ledger_view(core: &mut NodeCore<FileStore>, tail: usize) -> LedgerView {
@@ -208,11 +374,22 @@ pub(super) fn describe(b: &Body) -> String {
     }
 }
 
+/// How an ended job ended, for metrics: ok, failed, expired or refused.
+fn end_label(view: &JobView) -> &'static str {
+    match view.state.as_str() {
+        _ if view.ok => "ok",
+        "expired" => "expired",
+        "refused" => "refused",
+        _ => "failed",
+    }
+}
+
 /// What `/metrics` reports of the node, read at the scrape.
 pub(super) fn metrics_snapshot(
     core: &mut NodeCore<FileStore>,
+    now: Timestamp,
     info: &crate::net::NetInfo,
-    fetched: &[crate::blobs::Fetched],
+    blobs: &crate::blobs::BlobNode,
 ) -> crate::metrics::Snapshot {
     let mut s = crate::metrics::Snapshot::default();
     {
@@ -221,30 +398,51 @@ pub(super) fn metrics_snapshot(
             *s.jobs
                 .entry(j.state(engine).name().to_string())
                 .or_default() += 1;
+            if j.done(engine) {
+                let v = job_view(core, j);
+                *s.jobs_ended.entry(end_label(&v)).or_default() += 1;
+                let end = j.events.last().map_or(j.submitted, |(t, _)| *t);
+                s.ended_after
+                    .push((v.id, end.since(j.submitted).as_secs_f64()));
+            }
         }
+    }
+    if let Some(o) = core.oracle() {
+        let st = o.stats();
+        (s.verdicts_signed, s.checks, s.wrong_results_found) =
+            (st.verdicts, st.checks, st.wrong_results);
+    }
+    let tokens = |micro: u64| micro as f64 / 1e6;
+    if let Ok(e) = earnings(core, None) {
+        s.earned = BTreeMap::from([
+            ("paid", tokens(e.paid)),
+            ("minted", tokens(e.minted)),
+            ("fees", tokens(e.fees)),
+            ("slashed", tokens(e.slashed)),
+        ]);
     }
     let me = core.account();
     let ledger = core.ledger();
     s.ledger_entries = ledger.entry_count() as i64;
+    s.ledger_invalid = ledger.invalid().len() as i64;
     s.finalized_epoch = ledger.finalized_epoch() as i64;
-    let epoch = ledger.state().epoch;
-    s.epoch = epoch as i64;
+    s.epoch = ledger.ended_epoch(now) as i64 + 1;
+    s.committee_member = ledger
+        .committee_for_checkpoint(s.finalized_epoch as u64 + 1)
+        .is_some_and(|c| c.contains(&me));
     let st = ledger.state();
-    let tokens = |micro: u64| micro as f64 / 1e6;
     s.balance = tokens(st.balance(&me).0);
     s.stake = tokens(st.stake(&me).0);
     s.bond = tokens(st.bonds.get(&me).map_or(0, |b| b.0));
-    s.committee_member = ledger
-        .committee_for_checkpoint(epoch)
-        .is_some_and(|c| c.contains(&me));
     for p in &info.peers {
         let kind = if p.direct > 0 { "direct" } else { "relayed" };
         *s.peers.entry(kind).or_default() += 1;
     }
     s.hole_punches = info.hole_punches as i64;
     s.relay_slots = info.reservations.len() as i64;
-    for f in fetched {
+    for f in blobs.recent_fetches() {
         *s.recent_fetch_bytes.entry(f.path.clone()).or_default() += f.bytes as i64;
     }
+    (s.blob_bytes_in, s.blob_bytes_out) = blobs.traffic();
     s
 }
