@@ -37,6 +37,8 @@ pub mod fedavg;
 mod gemm_safe;
 pub mod import;
 pub mod mlp;
+pub mod onnx;
+pub mod predict;
 pub mod rng;
 pub mod tensors;
 pub mod verify;

@@ -127,6 +127,24 @@ pub enum Command {
     /// Your own data: import a CSV file as a training data set, inspect one.
     #[command(subcommand)]
     Data(DataCommand),
+    /// A trained model (the safetensors file a training job returns): export
+    /// it to ONNX, inspect it.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Run a trained model on this machine (CPU): one prediction per row of
+    /// DATA, as CSV (`row,label,p_<class>…`, or `row,y`), or under --json one
+    /// object per row.
+    Predict {
+        /// The model file.
+        model: PathBuf,
+        /// A CSV file with a header line (the model's features are taken by
+        /// name, other columns ignored), or a safetensors data set (`x`, else
+        /// `x_test`).
+        data: PathBuf,
+        /// Write the CSV here instead of to stdout.
+        #[arg(long, short, value_name = "FILE.csv")]
+        out: Option<PathBuf>,
+    },
     /// Simulate the market on virtual time and write a report (CSV, SVG, HTML).
     Sim(SimArgs),
     /// Benchmark this device's matrix-product speed (GFLOP/s = compute units per
@@ -380,8 +398,204 @@ pub enum DataCommand {
     },
 }
 
-/// The largest CSV file `data import` reads.
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Write the model as an ONNX file that standard runtimes (onnxruntime and
+    /// the others) run. Input `x`: float [rows, features], the raw features
+    /// (the model's standardization is in the graph). Outputs: a classifier's
+    /// `logits` and `probabilities` [rows, classes] and `label` (int64 class
+    /// index, named by the `class_names` metadata); a regression's `y` [rows, 1].
+    Export {
+        /// The model file.
+        model: PathBuf,
+        /// Where to write the ONNX file.
+        #[arg(long, value_name = "OUT")]
+        onnx: PathBuf,
+    },
+    /// Show a model's layers, task, features, classes, scaler and the rest of
+    /// its metadata (such as its metrics).
+    Inspect {
+        /// The model file.
+        model: PathBuf,
+    },
+}
+
+/// The largest CSV file `data import` and `predict` read.
 const MAX_CSV_BYTES: u64 = 4 << 30;
+/// The largest model file read (ONNX holds 2 GiB).
+const MAX_MODEL_BYTES: u64 = 4 << 30;
+
+/// A whole file, refused past `max` bytes before it is read.
+fn read_bounded(file: &std::path::Path, max: u64) -> anyhow::Result<Vec<u8>> {
+    let size = std::fs::metadata(file)
+        .with_context(|| format!("cannot read {}", file.display()))?
+        .len();
+    if size > max {
+        anyhow::bail!("{} is {size} bytes; at most {max} are read", file.display());
+    }
+    std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))
+}
+
+fn read_model(file: &std::path::Path) -> anyhow::Result<compute::predict::Model> {
+    let bytes = read_bounded(file, MAX_MODEL_BYTES)?;
+    compute::predict::Model::from_safetensors(&bytes)
+        .with_context(|| format!("{} is not a usable model", file.display()))
+}
+
+fn model(json: bool, cmd: &ModelCommand) -> anyhow::Result<()> {
+    match cmd {
+        ModelCommand::Export { model, onnx } => {
+            let m = read_model(model)?;
+            let proto = compute::onnx::model_proto(&m)
+                .with_context(|| format!("{} cannot be exported", model.display()))?;
+            let bytes = compute::onnx::encode(&proto);
+            std::fs::write(onnx, &bytes)
+                .with_context(|| format!("cannot write {}", onnx.display()))?;
+            let graph = proto.graph.unwrap_or_default();
+            let io = |v: &[compute::onnx::proto::ValueInfoProto]| -> Vec<String> {
+                v.iter().map(compute::onnx::describe).collect()
+            };
+            let view = serde_json::json!({
+                "file": onnx,
+                "bytes": bytes.len(),
+                "opset": compute::onnx::OPSET,
+                "ir_version": compute::onnx::IR_VERSION,
+                "inputs": io(&graph.input),
+                "outputs": io(&graph.output),
+                "class_names": (m.info.task == compute::predict::Task::Classify)
+                    .then(|| m.info.class_labels()),
+            });
+            print(json, &view, |_| {
+                println!(
+                    "wrote     {} ({} bytes; ONNX opset {}, IR version {})",
+                    onnx.display(),
+                    bytes.len(),
+                    compute::onnx::OPSET,
+                    compute::onnx::IR_VERSION
+                );
+                let raw = if m.info.scaler.is_some() {
+                    ": raw features, standardized in the graph"
+                } else {
+                    ""
+                };
+                println!("input     {}{raw}", io(&graph.input).join(", "));
+                println!("outputs   {}", io(&graph.output).join(", "));
+                if m.info.task == compute::predict::Task::Classify {
+                    println!("labels    {}", m.info.class_labels().join(", "));
+                }
+            })
+        }
+        ModelCommand::Inspect { model } => {
+            let m = read_model(model)?;
+            let i = &m.info;
+            let view = serde_json::json!({
+                "params": m.mlp.params(),
+                "info": i,
+            });
+            print(json, &view, |_| {
+                let layers: Vec<String> = i.layers.iter().map(ToString::to_string).collect();
+                println!(
+                    "layers    {} ({} parameters)",
+                    layers.join(","),
+                    m.mlp.params()
+                );
+                println!("task      {}", i.task.as_str());
+                match &i.feature_names {
+                    Some(n) => println!("features  {} ({})", n.len(), n.join(", ")),
+                    None => println!("features  {} (unnamed)", i.features()),
+                }
+                match (i.task, &i.class_names) {
+                    (compute::predict::Task::Classify, Some(_)) => {
+                        let names = i.class_labels();
+                        println!("classes   {} ({})", names.len(), names.join(", "));
+                    }
+                    (compute::predict::Task::Classify, None) => {
+                        println!("classes   {} (unnamed)", i.outputs());
+                    }
+                    _ => {}
+                }
+                match &i.scaler {
+                    Some(s) => {
+                        println!("scaler    inputs standardized: (x − mean)/std");
+                        println!("  mean    {:?}", s.mean);
+                        println!("  std     {:?}", s.std);
+                    }
+                    None => println!("scaler    none: inputs are taken as they are"),
+                }
+                if let Some(t) = i.target {
+                    println!("target    y = output × {} + {}", t.scale, t.mean);
+                }
+                for (k, v) in &i.metadata {
+                    if !compute::predict::KNOWN_KEYS.contains(&k.as_str()) {
+                        println!("{k:<9} {v}");
+                    }
+                }
+            })
+        }
+    }
+}
+
+fn predict(
+    json: bool,
+    model: &std::path::Path,
+    data: &std::path::Path,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let m = read_model(model)?;
+    let bytes = read_bounded(data, MAX_CSV_BYTES)?;
+    let inputs = compute::predict::read_inputs(&bytes, &m.info)
+        .with_context(|| format!("{} cannot be read for this model", data.display()))?;
+    let p = m.predict(&inputs.x, inputs.rows, inputs.scale)?;
+    let Some(out) = out else {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&p)?);
+        } else {
+            use std::io::Write;
+            std::io::stdout().lock().write_all(&p.to_csv()?)?;
+        }
+        return Ok(());
+    };
+    std::fs::write(out, p.to_csv()?).with_context(|| format!("cannot write {}", out.display()))?;
+    match &p {
+        compute::predict::Predictions::Classes {
+            class_names,
+            labels,
+            ..
+        } => {
+            let mut n = vec![0usize; class_names.len()];
+            for l in labels {
+                n[*l as usize] += 1;
+            }
+            let view = serde_json::json!({
+                "file": out,
+                "rows": p.rows(),
+                "predicted": class_names.iter().zip(&n)
+                    .map(|(c, n)| serde_json::json!({ "label": c, "rows": n }))
+                    .collect::<Vec<_>>(),
+            });
+            print(json, &view, |_| {
+                println!("wrote     {} ({} rows)", out.display(), p.rows());
+                let by: Vec<String> = class_names
+                    .iter()
+                    .zip(&n)
+                    .map(|(c, n)| format!("{c} {n}"))
+                    .collect();
+                println!("predicted {}", by.join(", "));
+            })
+        }
+        compute::predict::Predictions::Values { y } => {
+            let lo = y.iter().copied().fold(f32::INFINITY, f32::min);
+            let hi = y.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let view = serde_json::json!({
+                "file": out, "rows": p.rows(), "y_min": lo, "y_max": hi,
+            });
+            print(json, &view, |_| {
+                println!("wrote     {} ({} rows)", out.display(), p.rows());
+                println!("y         from {lo} to {hi}");
+            })
+        }
+    }
+}
 
 fn data(json: bool, cmd: &DataCommand) -> anyhow::Result<()> {
     match cmd {
@@ -399,17 +613,7 @@ fn data(json: bool, cmd: &DataCommand) -> anyhow::Result<()> {
                     compute::import::MAX_CLASSES
                 );
             }
-            let size = std::fs::metadata(file)
-                .with_context(|| format!("cannot read {}", file.display()))?
-                .len();
-            if size > MAX_CSV_BYTES {
-                anyhow::bail!(
-                    "{} is {size} bytes; at most {MAX_CSV_BYTES} are imported",
-                    file.display()
-                );
-            }
-            let bytes =
-                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let bytes = read_bounded(file, MAX_CSV_BYTES)?;
             let name = file
                 .file_stem()
                 .map_or_else(|| "data".to_string(), |s| s.to_string_lossy().into_owned());
@@ -547,6 +751,14 @@ pub fn quiet_broken_pipe() {
     }
 }
 
+/// Parse `args` (the program's name first) and run them, as the binary does:
+/// for tests that drive the command line.
+pub fn run_args<T: Into<std::ffi::OsString> + Clone>(
+    args: impl IntoIterator<Item = T>,
+) -> anyhow::Result<()> {
+    run(Cli::try_parse_from(args)?)
+}
+
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let _ = LOG_FORMAT.set(cli.log_format);
@@ -573,6 +785,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Relay(args) => return relay(&cli, args),
         Command::Bench { backend, what } => return bench(cli.json, backend, what.as_ref()),
         Command::Data(cmd) => return data(cli.json, cmd),
+        Command::Model(cmd) => return model(cli.json, cmd),
+        Command::Predict { model, data, out } => {
+            return predict(cli.json, model, data, out.as_deref());
+        }
         Command::Init { .. } | Command::Join { .. } | Command::Id { .. } => {}
     }
     match cli.command {

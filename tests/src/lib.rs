@@ -74,13 +74,45 @@ pub fn tool(env: &str, names: &[&str]) -> Option<std::path::PathBuf> {
             .find(|p| p.is_file())
     });
     if found.is_none() {
-        assert!(
-            std::env::var_os("CLOUDCHAIN_REQUIRE_TOOLS").is_none(),
-            "none of {names:?} on PATH (or ${env}), and CLOUDCHAIN_REQUIRE_TOOLS is set"
-        );
-        eprintln!("skipped: none of {names:?} on PATH (set {env} to point at one)");
+        missing(env, &format!("none of {names:?} on PATH"));
     }
     found
+}
+
+/// An outside program at a known place rather than on PATH (a virtual
+/// environment's Python): `$env` if set, else `path` if it exists. Without
+/// it, as [`tool`]: the test says so and passes, unless
+/// `CLOUDCHAIN_REQUIRE_TOOLS` is set.
+pub fn tool_at(env: &str, path: &std::path::Path) -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Some(p.into());
+    }
+    if path.is_file() {
+        return Some(path.to_path_buf());
+    }
+    missing(env, &format!("no {}", path.display()));
+    None
+}
+
+fn missing(env: &str, what: &str) {
+    assert!(
+        std::env::var_os("CLOUDCHAIN_REQUIRE_TOOLS").is_none(),
+        "{what} (or ${env}), and CLOUDCHAIN_REQUIRE_TOOLS is set"
+    );
+    eprintln!("skipped: {what} (set {env} to point at one)");
+}
+
+/// The workspace's target directory: `$CARGO_TARGET_DIR` (relative to the
+/// workspace root when relative), else `target` in the workspace root.
+pub fn target_dir() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate is in the workspace root")
+        .to_path_buf();
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(t) => root.join(t),
+        None => root.join("target"),
+    }
 }
 
 /// How long any single wait in a test may take before it fails.
