@@ -60,6 +60,7 @@ fn epoch(c: &mut Criterion) {
             seed: 1,
             checkpoint_every: u64::MAX,
             sampling: Default::default(),
+            task: Default::default(),
         };
         g.bench_function(if dp { "cpu_dp" } else { "cpu_plain" }, |bn| {
             bn.iter(|| {

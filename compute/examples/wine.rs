@@ -40,6 +40,7 @@ fn main() -> anyhow::Result<()> {
                 seed: 7,
                 checkpoint_every: 20,
                 sampling: Default::default(),
+                task: Default::default(),
             });
             let out = run_workload(&be, &spec, &split.output, None)?;
             let m = &out.metrics;

@@ -127,6 +127,7 @@ pub fn epoch_seconds(
         seed: 1,
         checkpoint_every: u64::MAX,
         sampling: Default::default(),
+        task: Default::default(),
     };
     let ops = Ops::new(backend);
     let mut model = Mlp::init(layers, 1)?;

@@ -127,9 +127,12 @@ mod tests {
         let bytes = builtin(Builtin::WineQuality).unwrap();
         let d = Data::from_safetensors(&bytes, "x", "y").unwrap();
         assert_eq!((d.rows, d.cols), (1599, 11));
-        assert_eq!(d.y.iter().max(), Some(&5));
+        assert_eq!(d.y.classes().unwrap().iter().max(), Some(&5));
         // Quality 5 (class 2) is the majority class: 681 of 1599 wines.
-        assert_eq!(d.y.iter().filter(|&&y| y == 2).count(), 681);
+        assert_eq!(
+            d.y.classes().unwrap().iter().filter(|&&y| y == 2).count(),
+            681
+        );
         let meta = crate::tensors::metadata(&bytes).unwrap();
         assert_eq!(meta["label_offset"], "3");
         assert_eq!(meta["classes"], "6");
@@ -145,7 +148,10 @@ mod tests {
         let d = Data::from_safetensors(&bytes, "x", "y").unwrap();
         assert_eq!((d.rows, d.cols), (150, 4));
         for c in 0..3 {
-            assert_eq!(d.y.iter().filter(|&&y| y == c).count(), 50);
+            assert_eq!(
+                d.y.classes().unwrap().iter().filter(|&&y| y == c).count(),
+                50
+            );
         }
         std::fs::remove_dir_all(&dir).unwrap();
         assert!("Wine-Quality".parse::<Builtin>().is_ok());

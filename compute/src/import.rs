@@ -1,8 +1,10 @@
 //! Bring your own data: a CSV file to the safetensors a training job takes.
 //!
-//! One column is the label; every other column is a numeric feature. The
-//! label's distinct values become the classes, in numeric order when every
-//! value is a number and in text order otherwise. Rows go to a test split by a
+//! One column is the label; every other column is a numeric feature. To
+//! classify, the label's distinct values become the classes, in numeric order
+//! when every value is a number and in text order otherwise; to regress, the
+//! label is a number (the target), standardized with the features if asked
+//! (`target_mean`, `target_scale` give it back: y = output · scale + mean). Rows go to a test split by a
 //! hash of the file and the row number (the same file always splits the same),
 //! and features may be standardized with the training rows' mean and spread.
 //!
@@ -17,6 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::{ComputeError, Result};
+use crate::mlp::{Labels, Task};
 use crate::tensors::Writer;
 
 /// The most cells (rows × features) an import holds: 1 GiB of f32.
@@ -37,6 +40,8 @@ pub struct ImportOptions {
     pub standardize: bool,
     /// The data set's name in its metadata.
     pub name: String,
+    /// Classify (the label's values are classes) or regress (it is a number).
+    pub task: Task,
 }
 
 /// What an import produced.
@@ -146,13 +151,37 @@ pub fn import_csv(csv_bytes: &[u8], opts: &ImportOptions) -> Result<Imported> {
     if rows == 0 {
         return Err(bad("no rows after the header line".into()));
     }
-    let classes = class_names(&labels)?;
-    let index: BTreeMap<&str, u32> = classes
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.as_str(), i as u32))
-        .collect();
-    let y: Vec<u32> = labels.iter().map(|l| index[l.as_str()]).collect();
+    let (classes, y) = match opts.task {
+        Task::Classify => {
+            let classes = class_names(&labels)?;
+            let index: BTreeMap<&str, u32> = classes
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.as_str(), i as u32))
+                .collect();
+            let y = labels.iter().map(|l| index[l.as_str()]).collect();
+            (classes, Labels::Classes(y))
+        }
+        Task::Regress => {
+            let parse =
+                |(r, l): (usize, &String)| {
+                    l.parse::<f32>().ok().filter(|v| v.is_finite()).ok_or_else(|| {
+                    bad(format!(
+                        "row {}: the target `{}` is `{l}`, not a finite number (a regression \
+                         predicts a number; to classify, drop --task regress)",
+                        r + 1,
+                        opts.label
+                    ))
+                })
+                };
+            let y = labels
+                .iter()
+                .enumerate()
+                .map(parse)
+                .collect::<Result<_>>()?;
+            (Vec::new(), Labels::Values(y))
+        }
+    };
 
     // The split: a row is held out when the hash of the file and its number
     // falls under the share.
@@ -167,17 +196,16 @@ pub fn import_csv(csv_bytes: &[u8], opts: &ImportOptions) -> Result<Imported> {
         })
         .collect();
     let nf = features.len();
-    let split = |want: bool| -> (Vec<f32>, Vec<u32>) {
-        let mut sx = Vec::new();
-        let mut sy = Vec::new();
-        for r in (0..rows).filter(|r| test[*r] == want) {
+    let split = |want: bool| -> (Vec<f32>, Labels) {
+        let idx: Vec<usize> = (0..rows).filter(|r| test[*r] == want).collect();
+        let mut sx = Vec::with_capacity(idx.len() * nf);
+        for r in &idx {
             sx.extend_from_slice(&x[r * nf..(r + 1) * nf]);
-            sy.push(y[r]);
         }
-        (sx, sy)
+        (sx, y.gather(&idx))
     };
-    let (mut xtr, ytr) = split(false);
-    let (mut xte, yte) = split(true);
+    let (mut xtr, mut ytr) = split(false);
+    let (mut xte, mut yte) = split(true);
     if ytr.is_empty() {
         return Err(bad(format!(
             "no training rows left of {rows} with a test share of {}",
@@ -222,22 +250,50 @@ pub fn import_csv(csv_bytes: &[u8], opts: &ImportOptions) -> Result<Imported> {
         w = w
             .meta("standardize_mean", json(&mean)?)
             .meta("standardize_std", json(&std)?);
+        // A regression's target too, by the training rows' figures.
+        if let Labels::Values(t) = &ytr {
+            let n = t.len() as f64;
+            let mean = t.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+            let var = t
+                .iter()
+                .map(|&v| (f64::from(v) - mean).powi(2))
+                .sum::<f64>()
+                / n;
+            let scale = if var.sqrt() > 1e-9 * mean.abs().max(1.0) {
+                var.sqrt()
+            } else {
+                1.0
+            };
+            for part in [&mut ytr, &mut yte] {
+                if let Labels::Values(v) = part {
+                    for t in v.iter_mut() {
+                        *t = ((f64::from(*t) - mean) / scale) as f32;
+                    }
+                }
+            }
+            w = w
+                .meta("target_mean", json(&mean)?)
+                .meta("target_scale", json(&scale)?);
+        }
     }
     let (train_rows, test_rows) = (ytr.len(), yte.len());
-    w = w
-        .f32("x", &[train_rows, nf], &xtr)
-        .u32("y", &[train_rows], &ytr);
+    let targets = |w: Writer, name: &str, y: &Labels| match y {
+        Labels::Classes(c) => w.u32(name, &[c.len()], c),
+        Labels::Values(v) => w.f32(name, &[v.len()], v),
+    };
+    w = targets(w.f32("x", &[train_rows, nf], &xtr), "y", &ytr);
     if test_rows > 0 {
+        w = targets(w.f32("x_test", &[test_rows, nf], &xte), "y_test", &yte);
+    }
+    if opts.task == Task::Classify {
         w = w
-            .f32("x_test", &[test_rows, nf], &xte)
-            .u32("y_test", &[test_rows], &yte);
+            .meta("classes", classes.len().to_string())
+            .meta("class_names", json(&classes)?);
     }
     let bytes = w
         .meta("name", opts.name.clone())
-        .meta("task", "classify")
+        .meta("task", opts.task.name())
         .meta("label", opts.label.clone())
-        .meta("classes", classes.len().to_string())
-        .meta("class_names", json(&classes)?)
         .meta("feature_names", json(&features)?)
         .meta("features", features.join(","))
         .meta("source_blake3", source.to_hex().to_string())
@@ -289,7 +345,49 @@ mod tests {
             test_share: 0.0,
             standardize: false,
             name: "t".into(),
+            task: Task::Classify,
         }
+    }
+
+    #[test]
+    fn a_regression_target_is_a_number_standardized_with_its_scale_kept() {
+        let mut csv = String::from("size,rooms,price\n");
+        for i in 0..50 {
+            csv.push_str(&format!(
+                "{},{},{}\n",
+                40 + i,
+                1 + i % 4,
+                1000.0 + 25.0 * f64::from(i)
+            ));
+        }
+        let o = ImportOptions {
+            task: Task::Regress,
+            standardize: true,
+            ..opts("price")
+        };
+        let got = import_csv(csv.as_bytes(), &o).unwrap();
+        assert!(got.classes.is_empty());
+        let meta = crate::tensors::metadata(&got.bytes).unwrap();
+        assert_eq!(meta["task"], "regress");
+        assert!(!meta.contains_key("class_names"));
+        let mean: f64 = serde_json::from_str(&meta["target_mean"]).unwrap();
+        let scale: f64 = serde_json::from_str(&meta["target_scale"]).unwrap();
+        assert!((mean - 1612.5).abs() < 1e-9, "{mean}");
+        let d = Data::read(&got.bytes, "x", "y", Task::Regress).unwrap();
+        let Labels::Values(y) = &d.y else {
+            panic!("not values")
+        };
+        // Standardized, and given back by the scale and mean.
+        let back = f64::from(y[3]) * scale + mean;
+        assert!((back - 1075.0).abs() < 1e-3, "{back}");
+        // A target that is no number is refused with its row.
+        let e = import_csv(b"a,price\n1,cheap\n", &o)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("row 1") && e.contains("not a finite number"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -301,7 +399,7 @@ mod tests {
         let d = Data::from_safetensors(&got.bytes, "x", "y").unwrap();
         assert_eq!((d.rows, d.cols), (3, 2));
         assert_eq!(d.x, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-        assert_eq!(d.y, [0, 1, 0]);
+        assert_eq!(d.y.classes().unwrap(), [0, 1, 0]);
         let meta = crate::tensors::metadata(&got.bytes).unwrap();
         assert_eq!(meta["class_names"], r#"["cat","dog"]"#);
         assert_eq!(meta["classes"], "2");
@@ -317,7 +415,7 @@ mod tests {
         let got = import_csv(csv, &opts("q")).unwrap();
         assert_eq!(got.classes, ["8", "9", "10"]);
         let d = Data::from_safetensors(&got.bytes, "x", "y").unwrap();
-        assert_eq!(d.y, [2, 1, 2, 0]);
+        assert_eq!(d.y.classes().unwrap(), [2, 1, 2, 0]);
     }
 
     #[test]
@@ -391,6 +489,7 @@ mod header_tests {
                 test_share: 0.0,
                 standardize: false,
                 name: "pets".into(),
+                task: Task::Classify,
             },
         )
         .unwrap();
@@ -428,11 +527,11 @@ mod props {
         #[test]
         fn any_file_imports_or_is_refused(bytes in proptest::collection::vec(any::<u8>(), 0..512),
                                           share in 0.0f64..0.9, standardize: bool) {
-            let o = ImportOptions { label: "y".into(), test_share: share, standardize, name: "p".into() };
+            let o = ImportOptions { label: "y".into(), test_share: share, standardize, name: "p".into(), task: Task::Classify };
             if let Ok(got) = import_csv(&bytes, &o) {
                 let d = crate::mlp::Data::from_safetensors(&got.bytes, "x", "y").unwrap();
                 prop_assert_eq!(d.rows, got.train_rows);
-                prop_assert!(d.y.iter().all(|c| (*c as usize) < got.classes.len()));
+                prop_assert!(d.y.classes().unwrap().iter().all(|c| (*c as usize) < got.classes.len()));
             }
         }
 
@@ -443,7 +542,7 @@ mod props {
             for (a, b, y) in &rows {
                 s.push_str(&format!("{a},{b},{y}\n"));
             }
-            let o = ImportOptions { label: "y".into(), test_share: 0.0, standardize: true, name: "p".into() };
+            let o = ImportOptions { label: "y".into(), test_share: 0.0, standardize: true, name: "p".into(), task: Task::Classify };
             let got = import_csv(s.as_bytes(), &o).unwrap();
             prop_assert_eq!(got.train_rows, rows.len());
         }

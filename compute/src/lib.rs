@@ -48,6 +48,7 @@ pub mod workload;
 pub use backend::{Backend, BackendInfo, BackendKind, ColStats, GemmShape, NoiseParams};
 pub use cpu::CpuBackend;
 pub use error::{ComputeError, Result};
+pub use mlp::Task;
 pub use wgpu_backend::WgpuBackend;
 pub use workload::{
     Checkpoint, DataShape, DpConfig, Metrics, PreprocessOp, Sampling, TrainSpec, WorkloadOutput,

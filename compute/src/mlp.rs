@@ -1,5 +1,6 @@
-//! A multi-layer perceptron (ReLU hidden layers, softmax output) trained by SGD or
-//! DP-SGD, written once over the [`Backend`] operations so the same code runs on every
+//! A multi-layer perceptron (ReLU hidden layers; a softmax output for
+//! classification, a linear one for regression) trained by SGD or DP-SGD,
+//! written once over the [`Backend`] operations so the same code runs on every
 //! backend. [`Ops`] counts the FLOPs of every operation it dispatches; [`cost`] holds
 //! the per-operation counts that [`crate::flops_for`] predicts from.
 
@@ -101,6 +102,81 @@ pub struct Mlp {
     pub b: Vec<Vec<f32>>,
 }
 
+/// What a model learns: a class (softmax cross-entropy over the last layer's
+/// outputs), or a number (squared error of the last layer's single output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    #[default]
+    Classify,
+    Regress,
+}
+
+impl Task {
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Classify => "classify",
+            Task::Regress => "regress",
+        }
+    }
+}
+
+impl std::str::FromStr for Task {
+    type Err = ComputeError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "classify" => Ok(Task::Classify),
+            "regress" => Ok(Task::Regress),
+            _ => Err(ComputeError::Spec(format!(
+                "task {s:?}: give classify or regress"
+            ))),
+        }
+    }
+}
+
+/// The targets of a data set: class numbers, or (regression) real values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Labels {
+    Classes(Vec<u32>),
+    Values(Vec<f32>),
+}
+
+impl Labels {
+    pub fn len(&self) -> usize {
+        match self {
+            Labels::Classes(c) => c.len(),
+            Labels::Values(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn task(&self) -> Task {
+        match self {
+            Labels::Classes(_) => Task::Classify,
+            Labels::Values(_) => Task::Regress,
+        }
+    }
+
+    /// The class numbers, if these are classes.
+    pub fn classes(&self) -> Option<&[u32]> {
+        match self {
+            Labels::Classes(c) => Some(c),
+            Labels::Values(_) => None,
+        }
+    }
+
+    /// The targets at `idx`.
+    pub fn gather(&self, idx: &[usize]) -> Labels {
+        match self {
+            Labels::Classes(c) => Labels::Classes(idx.iter().map(|&i| c[i]).collect()),
+            Labels::Values(v) => Labels::Values(idx.iter().map(|&i| v[i]).collect()),
+        }
+    }
+}
+
 /// Training data held in memory.
 #[derive(Debug, Clone)]
 pub struct Data {
@@ -110,19 +186,28 @@ pub struct Data {
     pub cols: usize,
     /// `rows×cols` features.
     pub x: Vec<f32>,
-    /// Class labels.
-    pub y: Vec<u32>,
+    /// One target per row.
+    pub y: Labels,
 }
 
 impl Data {
-    /// Reads `x` and `y` (or `{prefix}x`-style names, e.g. `x_test`/`y_test`).
+    /// Reads `x` and class labels `y` (or other names, e.g. `x_test`/`y_test`).
     pub fn from_safetensors(bytes: &[u8], xname: &str, yname: &str) -> Result<Self> {
+        Self::read(bytes, xname, yname, Task::Classify)
+    }
+
+    /// Reads `x` and the targets `y` of `task`: class numbers, or finite real
+    /// values (`[rows]` or `[rows, 1]`) for regression.
+    pub fn read(bytes: &[u8], xname: &str, yname: &str, task: Task) -> Result<Self> {
         let st = tensors::parse(bytes)?;
         let (rows, cols, x) = tensors::read_matrix(&st, xname)?;
-        let y = tensors::read_labels(&st, yname)?;
+        let y = match task {
+            Task::Classify => Labels::Classes(tensors::read_labels(&st, yname)?),
+            Task::Regress => Labels::Values(tensors::read_targets(&st, yname)?),
+        };
         if y.len() != rows {
             return Err(ComputeError::Data(format!(
-                "`{xname}` has {rows} rows but `{yname}` has {} labels",
+                "`{xname}` has {rows} rows but `{yname}` has {} targets",
                 y.len()
             )));
         }
@@ -130,12 +215,46 @@ impl Data {
     }
 
     /// The rows at `idx`.
-    pub fn gather(&self, idx: &[usize]) -> (Vec<f32>, Vec<u32>) {
+    pub fn gather(&self, idx: &[usize]) -> (Vec<f32>, Labels) {
         let mut x = Vec::with_capacity(idx.len() * self.cols);
         for &i in idx {
             x.extend_from_slice(&self.x[i * self.cols..(i + 1) * self.cols]);
         }
-        (x, idx.iter().map(|&i| self.y[i]).collect())
+        (x, self.y.gather(idx))
+    }
+}
+
+/// Squared error of each row's single output against its target, and the
+/// gradient of half of it, `output − target` (so a step scales like softmax
+/// cross-entropy's `p − onehot`). Plain host arithmetic, the same on every
+/// backend, so a re-execution on another backend agrees bit for bit.
+pub fn squared_error(out: &[f32], targets: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    out.iter()
+        .zip(targets)
+        .map(|(&o, &t)| {
+            let d = o - t;
+            (d * d, d)
+        })
+        .unzip()
+}
+
+/// The loss of a batch and its gradient w.r.t. the last layer's outputs.
+fn loss_and_grad(
+    ops: &Ops<'_>,
+    out: &[f32],
+    y: &Labels,
+    rows: usize,
+    width: usize,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    // Either loss is charged as softmax cross-entropy, so a job's units do not
+    // depend on its task.
+    ops.add(cost::softmax_xent(rows, width));
+    match y {
+        Labels::Classes(c) => ops.be.softmax_xent(out, c, rows, width),
+        Labels::Values(v) if width == 1 => Ok(squared_error(out, v)),
+        Labels::Values(_) => Err(ComputeError::Spec(format!(
+            "a regression model has one output, not {width}"
+        ))),
     }
 }
 
@@ -158,9 +277,9 @@ fn default_delta() -> f64 {
 /// Loss and correct predictions of one step.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StepStats {
-    /// Sum of per-example losses.
+    /// Sum of per-example losses (squared errors for regression).
     pub loss_sum: f64,
-    /// Examples whose argmax matched the label.
+    /// Examples whose argmax matched the label (0 for regression).
     pub correct: usize,
     /// Examples in the batch.
     pub rows: usize,
@@ -236,6 +355,27 @@ impl Mlp {
 
     /// Serializes to safetensors: `w{l}` `[in, out]`, `b{l}` `[out]`, metadata `layers`.
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        self.writer().to_bytes()
+    }
+
+    /// As [`Mlp::to_safetensors`], with the task (`task`) and each layer's
+    /// activation (`activations`: `relu,…,softmax`, or `relu,…,linear` for a
+    /// regression) in the metadata, so whoever loads the model knows how to
+    /// read its outputs.
+    pub fn to_safetensors_as(&self, task: Task) -> Result<Vec<u8>> {
+        let last = match task {
+            Task::Classify => "softmax",
+            Task::Regress => "linear",
+        };
+        let mut acts = vec!["relu"; self.depth().saturating_sub(1)];
+        acts.push(last);
+        self.writer()
+            .meta("task", task.name())
+            .meta("activations", acts.join(","))
+            .to_bytes()
+    }
+
+    fn writer(&self) -> Writer {
         let mut wr = Writer::new().meta(
             "layers",
             self.layers
@@ -250,7 +390,7 @@ impl Mlp {
                 .f32(&format!("w{l}"), &[i, o], w)
                 .f32(&format!("b{l}"), &[o], b);
         }
-        wr.to_bytes()
+        wr
     }
 
     /// Reads a model written by [`Mlp::to_safetensors`]; shapes are checked.
@@ -326,7 +466,7 @@ impl Mlp {
         &mut self,
         ops: &Ops<'_>,
         x: &[f32],
-        y: &[u32],
+        y: &Labels,
         lr: f32,
         dp: Option<DpConfig>,
         seed: u64,
@@ -341,14 +481,16 @@ impl Mlp {
             }
             return Ok(StepStats::default());
         }
-        let classes = *self.layers.last().unwrap_or(&0);
+        let width = *self.layers.last().unwrap_or(&0);
         let acts = self.forward(ops, x, rows)?;
-        let logits = &acts[self.depth()];
-        ops.add(cost::softmax_xent(rows, classes));
-        let (loss, grad) = ops.be.softmax_xent(logits, y, rows, classes)?;
+        let out = &acts[self.depth()];
+        let (loss, grad) = loss_and_grad(ops, out, y, rows, width)?;
         let stats = StepStats {
             loss_sum: loss.iter().map(|&l| f64::from(l)).sum(),
-            correct: count_correct(logits, y, classes),
+            correct: match y {
+                Labels::Classes(c) => count_correct(out, c, width),
+                Labels::Values(_) => 0,
+            },
             rows,
         };
         // Per-example deltas (gradient of each example's own loss w.r.t. each layer's
@@ -465,23 +607,37 @@ impl Mlp {
         Ok(())
     }
 
-    /// Mean loss and accuracy over a data set (batched forward passes).
+    /// Mean loss and accuracy over a data set of classes (batched forward
+    /// passes); for regression targets, the mean squared error and R².
     pub fn evaluate(&self, ops: &Ops<'_>, data: &Data, batch: usize) -> Result<(f64, f64)> {
-        let classes = *self.layers.last().unwrap_or(&0);
+        let width = *self.layers.last().unwrap_or(&0);
         let (mut loss, mut correct) = (0f64, 0usize);
         let idx: Vec<usize> = (0..data.rows).collect();
         for chunk in idx.chunks(batch.max(1)) {
             let (x, y) = data.gather(chunk);
             let acts = self.forward(ops, &x, chunk.len())?;
-            let logits = &acts[self.depth()];
-            ops.add(cost::softmax_xent(chunk.len(), classes));
-            let (l, _) = ops.be.softmax_xent(logits, &y, chunk.len(), classes)?;
+            let out = &acts[self.depth()];
+            let (l, _) = loss_and_grad(ops, out, &y, chunk.len(), width)?;
             loss += l.iter().map(|&v| f64::from(v)).sum::<f64>();
-            correct += count_correct(logits, &y, classes);
+            if let Labels::Classes(c) = &y {
+                correct += count_correct(out, c, width);
+            }
         }
         let n = data.rows.max(1) as f64;
-        Ok((loss / n, correct as f64 / n))
+        Ok(match &data.y {
+            Labels::Classes(_) => (loss / n, correct as f64 / n),
+            Labels::Values(v) => (loss / n, r_squared(loss, v)),
+        })
     }
+}
+
+/// R² = 1 − SSE / SST of targets `v` for a sum of squared errors `sse` (0
+/// when the targets do not vary).
+pub fn r_squared(sse: f64, v: &[f32]) -> f64 {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().map(|&t| f64::from(t)).sum::<f64>() / n;
+    let sst: f64 = v.iter().map(|&t| (f64::from(t) - mean).powi(2)).sum();
+    if sst > 0.0 { 1.0 - sse / sst } else { 0.0 }
 }
 
 /// Index of the largest logit in each row.

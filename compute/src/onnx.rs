@@ -128,7 +128,7 @@ pub fn model_proto(m: &Model) -> Result<ModelProto> {
     }
     let mut out = Vec::new();
     let mut meta = vec![
-        entry("task", info.task.as_str()),
+        entry("task", info.task.name()),
         entry(
             "layers",
             &info

@@ -196,6 +196,24 @@ pub fn read_labels(st: &SafeTensors<'_>, name: &str) -> Result<Vec<u32>> {
         .collect()
 }
 
+/// Reads real-valued regression targets (F32/F64, `[rows]` or `[rows, 1]`;
+/// [`read_f32`] refuses non-finite values).
+pub fn read_targets(st: &SafeTensors<'_>, name: &str) -> Result<Vec<f32>> {
+    let dtype = get(st, name)?.dtype();
+    if !matches!(dtype, Dtype::F32 | Dtype::F64) {
+        return Err(ComputeError::Data(format!(
+            "targets `{name}` are {dtype:?} (class numbers?); a regression takes real values (F32 or F64)"
+        )));
+    }
+    let (shape, v) = read_f32(st, name)?;
+    if !(shape.len() == 1 || (shape.len() == 2 && shape[1] == 1)) {
+        return Err(ComputeError::Data(format!(
+            "targets `{name}` have shape {shape:?}; a regression takes one value per row"
+        )));
+    }
+    Ok(v)
+}
+
 /// Builds safetensors bytes tensor by tensor.
 #[derive(Debug, Default)]
 pub struct Writer {
@@ -227,9 +245,8 @@ impl Writer {
 
     /// Adds a metadata entry (`=` in the key and line breaks are replaced by `_`/` `).
     pub fn meta(mut self, key: &str, value: impl Into<String>) -> Self {
-        let clean = |s: String| s.replace(['\n', '\r'], " ");
-        self.metadata
-            .insert(clean(key.replace('=', "_")), clean(value.into()));
+        let (k, v) = clean_meta(key, value.into());
+        self.metadata.insert(k, v);
         self
     }
 
@@ -240,14 +257,37 @@ impl Writer {
             .iter()
             .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b)?)))
             .collect::<Result<Vec<_>>>()?;
-        let meta = (!self.metadata.is_empty()).then(|| {
-            let lines: Vec<String> = self
-                .metadata
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            HashMap::from([(META_KEY.to_string(), lines.join("\n"))])
-        });
-        Ok(safetensors::serialize(views, meta)?)
+        Ok(safetensors::serialize(views, encode_meta(&self.metadata))?)
     }
+}
+
+fn clean_meta(key: &str, value: String) -> (String, String) {
+    let clean = |s: String| s.replace(['\n', '\r'], " ");
+    (clean(key.replace('=', "_")), clean(value))
+}
+
+/// Metadata as the one sorted [`META_KEY`] entry (none if empty).
+fn encode_meta(meta: &BTreeMap<String, String>) -> Option<HashMap<String, String>> {
+    (!meta.is_empty()).then(|| {
+        let lines: Vec<String> = meta.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        HashMap::from([(META_KEY.to_string(), lines.join("\n"))])
+    })
+}
+
+/// `bytes` with `extra` added to its metadata (replacing keys it already
+/// has); the tensors are copied unchanged, in name order.
+pub fn with_metadata(bytes: &[u8], extra: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+    let st = parse(bytes)?;
+    let mut meta = metadata(bytes)?;
+    for (k, v) in extra {
+        let (k, v) = clean_meta(k, v.clone());
+        meta.insert(k, v);
+    }
+    let mut names = st.names();
+    names.sort();
+    let views = names
+        .into_iter()
+        .map(|n| Ok((n.to_string(), st.tensor(n)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(safetensors::serialize(views, encode_meta(&meta))?)
 }

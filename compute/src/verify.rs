@@ -186,7 +186,7 @@ pub fn verify_training_segment(
             "end weights do not match link {index}"
         )));
     }
-    let d = Data::from_safetensors(data, "x", "y")?;
+    let d = Data::read(data, "x", "y", spec.task)?;
     let (s0, s1) = (chain[index - 1].step, chain[index].step);
     if s1 <= s0 || s1 > spec.total_steps(d.rows) {
         return Ok(Verdict::fail(format!(

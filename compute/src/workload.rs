@@ -10,7 +10,7 @@ use crate::backend::{Backend, BackendInfo};
 use crate::dp;
 use crate::error::{ComputeError, Result};
 pub use crate::mlp::DpConfig;
-use crate::mlp::{self, Data, Mlp, Ops, cost};
+use crate::mlp::{self, Data, Labels, Mlp, Ops, Task, cost};
 use crate::rng;
 use crate::tensors::{self, Writer};
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,10 @@ pub struct TrainSpec {
     /// How each step's batch is drawn.
     #[serde(default)]
     pub sampling: Sampling,
+    /// Classify (labels are class numbers) or regress (one real target per
+    /// row, one output).
+    #[serde(default)]
+    pub task: Task,
 }
 
 /// How training batches are drawn.
@@ -76,6 +80,7 @@ impl TrainSpec {
             seed,
             checkpoint_every: default_checkpoint_every(),
             sampling: Sampling::Shuffle,
+            task: Task::Classify,
         }
     }
 
@@ -109,11 +114,29 @@ impl TrainSpec {
                 self.layers, data.cols
             )));
         }
-        let classes = *self.layers.last().unwrap_or(&0);
-        if let Some(&y) = data.y.iter().find(|&&y| y as usize >= classes) {
-            return Err(ComputeError::Data(format!(
-                "label {y} but the model has {classes} classes"
-            )));
+        let width = *self.layers.last().unwrap_or(&0);
+        match &data.y {
+            Labels::Classes(_) | Labels::Values(_) if data.y.task() != self.task => {
+                return Err(ComputeError::Spec(format!(
+                    "a {} job on {} targets",
+                    self.task.name(),
+                    data.y.task().name()
+                )));
+            }
+            Labels::Classes(c) => {
+                if let Some(&y) = c.iter().find(|&&y| y as usize >= width) {
+                    return Err(ComputeError::Data(format!(
+                        "label {y} but the model has {width} classes"
+                    )));
+                }
+            }
+            Labels::Values(_) if width != 1 => {
+                return Err(ComputeError::Spec(format!(
+                    "a regression model has one output; layers {:?} end with {width}",
+                    self.layers
+                )));
+            }
+            Labels::Values(_) => {}
         }
         if data.rows == 0 {
             return Err(ComputeError::Data("empty training set".into()));
@@ -240,6 +263,16 @@ pub struct Metrics {
     pub test_loss: Option<f64>,
     /// Accuracy on `x_test`/`y_test`.
     pub test_accuracy: Option<f64>,
+    /// Regression: root mean squared error and R² on the training set and on
+    /// `x_test`/`y_test` (the losses above are then mean squared errors).
+    #[serde(default)]
+    pub train_rmse: Option<f64>,
+    #[serde(default)]
+    pub train_r2: Option<f64>,
+    #[serde(default)]
+    pub test_rmse: Option<f64>,
+    #[serde(default)]
+    pub test_r2: Option<f64>,
     /// ε spent (DP-SGD only), at the spec's δ.
     pub epsilon: Option<f64>,
     /// Rows processed.
@@ -352,7 +385,7 @@ fn train(
         step: 0,
         hash: chain_start(spec.seed, &model),
     }];
-    let mut checkpoint_models = vec![model.to_safetensors()?];
+    let mut checkpoint_models = vec![model.to_safetensors_as(spec.task)?];
     let mut metrics = Metrics {
         rows: data.rows,
         ..Default::default()
@@ -376,17 +409,23 @@ fn train(
                 step: done,
                 hash: chain_next(&prev, done, m),
             });
-            checkpoint_models.push(m.to_safetensors()?);
+            checkpoint_models.push(m.to_safetensors_as(spec.task)?);
         }
         Ok(())
     })?;
     let (tl, ta) = model.evaluate(ops, data, EVAL_BATCH)?;
     metrics.train_loss = Some(tl);
-    metrics.train_accuracy = Some(ta);
+    match spec.task {
+        Task::Classify => metrics.train_accuracy = Some(ta),
+        Task::Regress => (metrics.train_rmse, metrics.train_r2) = (Some(tl.sqrt()), Some(ta)),
+    }
     if let Some(t) = test {
         let (l, a) = model.evaluate(ops, t, EVAL_BATCH)?;
         metrics.test_loss = Some(l);
-        metrics.test_accuracy = Some(a);
+        match spec.task {
+            Task::Classify => metrics.test_accuracy = Some(a),
+            Task::Regress => (metrics.test_rmse, metrics.test_r2) = (Some(l.sqrt()), Some(a)),
+        }
     }
     if let Some(d) = spec.dp {
         let q = (spec.batch as f64 / data.rows as f64).min(1.0);
@@ -400,10 +439,10 @@ fn train(
     })
 }
 
-fn read_test(bytes: &[u8]) -> Result<Option<Data>> {
+fn read_test(bytes: &[u8], task: Task) -> Result<Option<Data>> {
     let st = tensors::parse(bytes)?;
     if tensors::has(&st, "x_test") {
-        Ok(Some(Data::from_safetensors(bytes, "x_test", "y_test")?))
+        Ok(Some(Data::read(bytes, "x_test", "y_test", task)?))
     } else {
         Ok(None)
     }
@@ -424,12 +463,12 @@ pub fn run_workload(
     let ops = Ops::new(backend);
     let (output, checkpoints, checkpoint_models, metrics) = match spec {
         WorkloadSpec::Train(ts) => {
-            let d = Data::from_safetensors(data, "x", "y")?;
-            let test = read_test(data)?;
+            let d = Data::read(data, "x", "y", ts.task)?;
+            let test = read_test(data, ts.task)?;
             let init = model.map(Mlp::from_safetensors).transpose()?;
             let r = train(&ops, ts, &d, test.as_ref(), init)?;
             (
-                r.model.to_safetensors()?,
+                r.model.to_safetensors_as(ts.task)?,
                 r.checkpoints,
                 r.checkpoint_models,
                 r.metrics,
@@ -531,7 +570,11 @@ fn preprocess(ops: &Ops<'_>, op: &PreprocessOp, data: &[u8]) -> Result<(Vec<u8>,
     let st = tensors::parse(data)?;
     let (rows, cols, x) = tensors::read_matrix(&st, "x")?;
     let y = if tensors::has(&st, "y") {
-        let y = tensors::read_labels(&st, "y")?;
+        // Class numbers, or else (regression) real targets.
+        let y = match tensors::read_labels(&st, "y") {
+            Ok(c) => Labels::Classes(c),
+            Err(_) => Labels::Values(tensors::read_targets(&st, "y")?),
+        };
         if y.len() != rows {
             return Err(ComputeError::Data(format!(
                 "{rows} rows but {} labels",
@@ -546,13 +589,16 @@ fn preprocess(ops: &Ops<'_>, op: &PreprocessOp, data: &[u8]) -> Result<(Vec<u8>,
         rows,
         ..Default::default()
     };
-    let with_y = |w: Writer, name: &str, y: &Option<Vec<u32>>, idx: Option<&[usize]>| match y {
+    let with_y = |w: Writer, name: &str, y: &Option<Labels>, idx: Option<&[usize]>| match y {
         Some(y) => {
-            let v: Vec<u32> = match idx {
-                Some(i) => i.iter().map(|&i| y[i]).collect(),
+            let v = match idx {
+                Some(i) => y.gather(i),
                 None => y.clone(),
             };
-            w.u32(name, &[v.len()], &v)
+            match v {
+                Labels::Classes(c) => w.u32(name, &[c.len()], &c),
+                Labels::Values(v) => w.f32(name, &[v.len()], &v),
+            }
         }
         None => w,
     };

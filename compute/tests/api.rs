@@ -45,6 +45,7 @@ fn workload_specs_roundtrip_through_serde() {
             seed: 42,
             checkpoint_every: 10,
             sampling: Default::default(),
+            task: Default::default(),
         }),
         WorkloadSpec::Infer { layers: vec![4, 3] },
         WorkloadSpec::Preprocess {
@@ -82,6 +83,7 @@ fn small_train(layers: [usize; 2]) -> WorkloadSpec {
         seed: 1,
         checkpoint_every: 10,
         sampling: Default::default(),
+        task: Default::default(),
     })
 }
 

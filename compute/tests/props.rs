@@ -28,7 +28,7 @@ proptest! {
         let d = Data::from_safetensors(&bytes, "x", "y").unwrap();
         prop_assert_eq!((d.rows, d.cols), (rows, cols));
         prop_assert_eq!(d.x, x);
-        prop_assert_eq!(d.y, y);
+        prop_assert_eq!(d.y, compute::mlp::Labels::Classes(y));
         let meta = tensors::metadata(&bytes).unwrap();
         prop_assert_eq!(meta.get("k").map(String::as_str), Some("v"));
     }

@@ -41,11 +41,17 @@ fn majority_baseline(split: &[u8]) -> f64 {
     let test = Data::from_safetensors(split, "x_test", "y_test").unwrap();
     let train = Data::from_safetensors(split, "x", "y").unwrap();
     let mut counts = [0usize; 6];
-    for &y in &train.y {
+    for &y in train.y.classes().unwrap() {
         counts[y as usize] += 1;
     }
     let majority = (0..6).max_by_key(|&c| counts[c]).unwrap() as u32;
-    test.y.iter().filter(|&&y| y == majority).count() as f64 / test.rows as f64
+    test.y
+        .classes()
+        .unwrap()
+        .iter()
+        .filter(|&&y| y == majority)
+        .count() as f64
+        / test.rows as f64
 }
 /// A wine model trained for `epochs` on `split` (plain SGD).
 fn wine_model(be: &dyn Backend, split: &[u8], epochs: usize) -> Vec<u8> {
@@ -66,6 +72,7 @@ fn wine_spec(dp: Option<DpConfig>) -> TrainSpec {
         seed: 7,
         checkpoint_every: 20,
         sampling: Default::default(),
+        task: Default::default(),
     }
 }
 
@@ -184,6 +191,7 @@ fn cpu_training_is_bit_for_bit_reproducible() {
         seed: 11,
         checkpoint_every: 5,
         sampling: Default::default(),
+        task: Default::default(),
     });
     let be = CpuBackend::new();
     let a = run_workload(&be, &spec, &data, None).unwrap();
@@ -216,6 +224,7 @@ fn wgpu_training_matches_cpu_within_tolerance() {
             seed: 3,
             checkpoint_every: 3,
             sampling: Default::default(),
+            task: Default::default(),
         });
         let c = run_workload(&CpuBackend::new(), &spec, &data, None).unwrap();
         let g = run_workload(&gpu, &spec, &data, None).unwrap();
@@ -241,8 +250,8 @@ fn preprocess_ops_do_what_they_say() {
     let a = Data::from_safetensors(&raw, "x", "y").unwrap();
     let b = Data::from_safetensors(&sh.output, "x", "y").unwrap();
     assert_ne!(a.y, b.y);
-    let mut ya = a.y.clone();
-    let mut yb = b.y.clone();
+    let mut ya = a.y.classes().unwrap().to_vec();
+    let mut yb = b.y.classes().unwrap().to_vec();
     ya.sort();
     yb.sort();
     assert_eq!(ya, yb, "shuffle keeps the multiset of labels");
@@ -358,6 +367,7 @@ fn train_for_verification() -> (Vec<u8>, TrainSpec, compute::WorkloadOutput) {
         seed: 5,
         checkpoint_every: 7,
         sampling: Default::default(),
+        task: Default::default(),
     };
     let out = run_workload(
         &CpuBackend::new(),
@@ -448,7 +458,7 @@ fn fedavg_over_three_dp_shards_approaches_centralized_training() {
             let (x, y) = train.gather(&idx);
             tensors::Writer::new()
                 .f32("x", &[idx.len(), 11], &x)
-                .u32("y", &[idx.len()], &y)
+                .u32("y", &[idx.len()], y.classes().unwrap())
                 .to_bytes()
                 .unwrap()
         })
@@ -521,4 +531,114 @@ fn poisson_sampled_dp_sgd_learns_and_matches_its_cost_estimate() {
     // Re-execution reproduces the sampled batches too.
     let again = run_workload(&CpuBackend::new(), &ws, &split, None).unwrap();
     assert!(again.output == out.output);
+}
+
+/// y = 2·x₀ − x₁ + 0.5·x₂² + noise, 400 rows (320 train, 80 test).
+fn regression_data() -> Vec<u8> {
+    let (rows, cols) = (400usize, 3usize);
+    let x: Vec<f32> = (0..(rows * cols) as u32)
+        .map(|i| compute::rng::gaussian(11, 0, i))
+        .collect();
+    let y: Vec<f32> = x
+        .chunks(cols)
+        .enumerate()
+        .map(|(i, r)| {
+            2.0 * r[0] - r[1] + 0.5 * r[2] * r[2] + 0.1 * compute::rng::gaussian(11, 1, i as u32)
+        })
+        .collect();
+    let (tr, te) = (320, 80);
+    tensors::Writer::new()
+        .f32("x", &[tr, cols], &x[..tr * cols])
+        .f32("y", &[tr], &y[..tr])
+        .f32("x_test", &[te, cols], &x[tr * cols..])
+        .f32("y_test", &[te], &y[tr..])
+        .to_bytes()
+        .unwrap()
+}
+
+fn regression_spec() -> TrainSpec {
+    TrainSpec {
+        task: compute::mlp::Task::Regress,
+        checkpoint_every: 16,
+        ..TrainSpec::new(vec![3, 32, 1], 60, 32, 0.02, 3)
+    }
+}
+
+#[test]
+fn regression_learns_a_nonlinear_target_and_its_segments_verify() {
+    let data = regression_data();
+    let spec = regression_spec();
+    let out = run_workload(
+        &CpuBackend::new(),
+        &WorkloadSpec::Train(spec.clone()),
+        &data,
+        None,
+    )
+    .unwrap();
+    let m = &out.metrics;
+    let (rmse, r2) = (m.test_rmse.unwrap(), m.test_r2.unwrap());
+    // The target's spread is about 2.4: a linear fit leaves the x₂² part
+    // (R² ≈ 0.9); the hidden layer must do better.
+    assert!(r2 > 0.93 && rmse < 0.7, "test RMSE {rmse}, R² {r2}: {m:?}");
+    assert!(m.train_accuracy.is_none() && m.test_accuracy.is_none());
+    assert!(m.loss_per_epoch.first() > m.loss_per_epoch.last(), "{m:?}");
+    // The model says what it was trained for.
+    let meta = tensors::metadata(&out.output).unwrap();
+    assert_eq!(meta.get("task").map(String::as_str), Some("regress"));
+    // Units come from the FLOP model whatever the task.
+    let shape = DataShape {
+        rows: 320,
+        features: 3,
+        test_rows: 80,
+    };
+    assert_eq!(
+        flops_for(&WorkloadSpec::Train(spec.clone()), shape),
+        out.flops
+    );
+    // A segment re-executes exactly on the CPU, and within tolerance on wgpu.
+    let chain = &out.checkpoints;
+    let gpu = WgpuBackend::new().expect("wgpu adapter required");
+    for seed in 0..3 {
+        let i = challenge_segment(chain, seed).unwrap();
+        let (s, e) = (&out.checkpoint_models[i - 1], &out.checkpoint_models[i]);
+        let v = verify_training_segment(&CpuBackend::new(), &spec, &data, chain, i, s, e, 1e-6)
+            .unwrap();
+        assert!(v.ok && v.max_abs_diff == 0.0, "{v:?}");
+        let v = verify_training_segment(&gpu, &spec, &data, chain, i, s, e, 1e-3).unwrap();
+        assert!(v.ok, "{v:?}");
+    }
+}
+
+#[test]
+fn a_task_that_does_not_fit_its_targets_is_refused() {
+    let be = CpuBackend::new();
+    // Real targets as classes: not class numbers.
+    let classify = TrainSpec {
+        task: compute::mlp::Task::Classify,
+        ..regression_spec()
+    };
+    let e = run_workload(
+        &be,
+        &WorkloadSpec::Train(classify),
+        &regression_data(),
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("non-integral label"), "{e}");
+    // Class numbers as a regression: the job says classify or the data is wrong.
+    let classes = generate_classification(50, 3, 2, 1).unwrap();
+    let e = run_workload(&be, &WorkloadSpec::Train(regression_spec()), &classes, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("targets"), "{e}");
+    // A regression with more than one output.
+    let wide = TrainSpec {
+        layers: vec![3, 8, 2],
+        ..regression_spec()
+    };
+    let e = run_workload(&be, &WorkloadSpec::Train(wide), &regression_data(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("one output"), "{e}");
 }

@@ -375,7 +375,9 @@ pub enum DataCommand {
         /// The label column's name.
         #[arg(long)]
         label: String,
-        /// What to learn: only `classify` for now.
+        /// What to learn: `classify` (the label's values are the classes) or
+        /// `regress` (the label is a number; with --standardize it is scaled
+        /// too, and `target_mean`/`target_scale` give it back).
         #[arg(long, default_value = "classify")]
         task: String,
         /// The share of rows held out as the test split (0 to 0.9); the split
@@ -499,7 +501,7 @@ fn model(json: bool, cmd: &ModelCommand) -> anyhow::Result<()> {
                     layers.join(","),
                     m.mlp.params()
                 );
-                println!("task      {}", i.task.as_str());
+                println!("task      {}", i.task.name());
                 match &i.feature_names {
                     Some(n) => println!("features  {} ({})", n.len(), n.join(", ")),
                     None => println!("features  {} (unnamed)", i.features()),
@@ -607,12 +609,7 @@ fn data(json: bool, cmd: &DataCommand) -> anyhow::Result<()> {
             standardize,
             out,
         } => {
-            if task != "classify" {
-                anyhow::bail!(
-                    "--task {task}: only `classify` is supported (a label with at most {}                      classes)",
-                    compute::import::MAX_CLASSES
-                );
-            }
+            let task: compute::Task = task.parse()?;
             let bytes = read_bounded(file, MAX_CSV_BYTES)?;
             let name = file
                 .file_stem()
@@ -624,6 +621,7 @@ fn data(json: bool, cmd: &DataCommand) -> anyhow::Result<()> {
                     test_share: *test_share,
                     standardize: *standardize,
                     name,
+                    task,
                 },
             )
             .with_context(|| format!("{} cannot be imported", file.display()))?;
@@ -637,6 +635,7 @@ fn data(json: bool, cmd: &DataCommand) -> anyhow::Result<()> {
                 "rows_train": got.train_rows,
                 "rows_test": got.test_rows,
                 "features": got.features,
+                "task": task.name(),
                 "classes": got.classes,
                 "source_blake3": got.source,
             });
@@ -651,17 +650,27 @@ fn data(json: bool, cmd: &DataCommand) -> anyhow::Result<()> {
                     got.features.len(),
                     got.features.join(", ")
                 );
+                let outputs = match task {
+                    compute::Task::Classify => {
+                        println!(
+                            "classes   {} ({})",
+                            got.classes.len(),
+                            got.classes.join(", ")
+                        );
+                        got.classes.len()
+                    }
+                    compute::Task::Regress => {
+                        println!("target    {label} (a number)");
+                        1
+                    }
+                };
                 println!(
-                    "classes   {} ({})",
-                    got.classes.len(),
-                    got.classes.join(", ")
-                );
-                println!(
-                    "train it  a job file with kind = \"train\", data = \"{}\" and a first \
-                     layer of {} inputs, a last of {} outputs",
+                    "train it  a job file with kind = \"train\", task = \"{}\", dataset = \"{}\" \
+                     and a first layer of {} inputs, a last of {outputs} output{}",
+                    task.name(),
                     out.display(),
                     got.features.len(),
-                    got.classes.len()
+                    if outputs == 1 { "" } else { "s" }
                 );
             })
         }

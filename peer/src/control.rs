@@ -118,6 +118,7 @@ impl JobRequest {
                 learning_rate: 0.05,
                 dp: None,
                 seed,
+                task: Default::default(),
             },
             dataset,
             model: None,

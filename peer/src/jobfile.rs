@@ -8,7 +8,8 @@
 //! estimated_cu = 5.0          # optional: computed from the data when absent
 //!
 //! [train]                     # for kind = "train"
-//! layers = [11, 32, 6]
+//! task = "classify"           # classify (labels are classes) | regress (one real target)
+//! layers = [11, 32, 6]        # features first; classes last (1 for regress)
 //! epochs = 20
 //! batch = 32
 //! learning_rate = 0.05
@@ -29,7 +30,7 @@
 
 use std::path::{Path, PathBuf};
 
-use protocol::{Bps, DpParams, JobKind, PreprocessOp, PrivacyTarget, SlaRequirement};
+use protocol::{Bps, DpParams, JobKind, PreprocessOp, PrivacyTarget, SlaRequirement, TrainTask};
 use serde::Deserialize;
 
 /// A parsed, checked job file.
@@ -71,6 +72,8 @@ struct Raw {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTrain {
+    #[serde(default)]
+    task: Option<String>,
     layers: Vec<u32>,
     epochs: u32,
     batch: u32,
@@ -194,7 +197,24 @@ impl JobFile {
         let kind = match raw.kind.as_str() {
             "train" => {
                 let t = raw.train.as_ref().ok_or_else(|| missing("train"))?;
+                let task = match t.task.as_deref() {
+                    None | Some("classify") => TrainTask::Classify,
+                    Some("regress") => TrainTask::Regress,
+                    Some(other) => {
+                        return Err(bad(
+                            "train.task",
+                            format!("{other:?}: give \"classify\" or \"regress\""),
+                        ));
+                    }
+                };
+                if task == TrainTask::Regress && t.layers.last() != Some(&1) {
+                    return Err(bad(
+                        "train.layers",
+                        "a regression model has one output: end the layers with 1".into(),
+                    ));
+                }
                 JobKind::Train {
+                    task,
                     layers: t.layers.clone(),
                     epochs: t.epochs,
                     batch: t.batch,
@@ -355,6 +375,35 @@ delta = 1e-5
         ));
         assert_eq!(j.privacy.unwrap().epsilon, 8.0);
         assert_eq!(j.sla.min_availability, Bps(9_000));
+    }
+
+    #[test]
+    fn a_regression_says_so_and_has_one_output() {
+        let j = JobFile::parse(
+            &TRAIN.replace(
+                "layers = [11, 32, 6]",
+                "task = \"regress\"\nlayers = [11, 32, 1]",
+            ),
+            "JOB.toml",
+        )
+        .unwrap();
+        assert!(matches!(
+            j.kind,
+            JobKind::Train {
+                task: TrainTask::Regress,
+                ..
+            }
+        ));
+        let e = refused(&TRAIN.replace(
+            "layers = [11, 32, 6]",
+            "task = \"regress\"\nlayers = [11, 32, 6]",
+        ));
+        assert!(e.contains("one output"), "{e}");
+        let e = refused(&TRAIN.replace(
+            "layers = [11, 32, 6]",
+            "task = \"cluster\"\nlayers = [11, 32, 6]",
+        ));
+        assert!(e.contains("train.task") && e.contains("cluster"), "{e}");
     }
 
     /// The error a job file is refused with.

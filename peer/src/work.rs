@@ -66,6 +66,7 @@ pub fn workload_spec(kind: &JobKind, model: Option<&[u8]>) -> anyhow::Result<Wor
             learning_rate,
             dp,
             seed,
+            task,
         } => {
             let mut ts = TrainSpec::new(
                 layers.iter().map(|&w| w as usize).collect(),
@@ -79,6 +80,10 @@ pub fn workload_spec(kind: &JobKind, model: Option<&[u8]>) -> anyhow::Result<Wor
                 sigma: d.noise_multiplier,
                 delta: 1e-5,
             });
+            ts.task = match task {
+                protocol::TrainTask::Classify => compute::Task::Classify,
+                protocol::TrainTask::Regress => compute::Task::Regress,
+            };
             WorkloadSpec::Train(ts)
         }
         JobKind::Infer { .. } => {
@@ -136,28 +141,35 @@ pub fn estimate_units(kind: &JobKind, data: &[u8], model: Option<&[u8]>) -> anyh
         );
     }
     if let WorkloadSpec::Train(ts) = &spec {
-        check_labels(data, ts.layers.last().copied().unwrap_or(0))?;
+        check_labels(data, ts.task, ts.layers.last().copied().unwrap_or(0))?;
     }
     Ok(compute::compute_units_for(&spec, shape))
 }
 
-/// A training set's labels must be class numbers the model's last layer has
-/// an output for: caught at submit, before anything is escrowed, rather than
-/// by the provider after the job is paid for.
-fn check_labels(data: &[u8], outputs: usize) -> anyhow::Result<()> {
+/// A training set's targets must fit the job's task, caught at submit,
+/// before anything is escrowed, rather than by the provider after the job is
+/// paid for: class numbers the model's last layer has an output for, or (a
+/// regression) real values.
+fn check_labels(data: &[u8], task: compute::Task, outputs: usize) -> anyhow::Result<()> {
     let st = compute::tensors::parse(data)?;
     let names = ["y", "y_test"];
     for name in names.iter().filter(|n| compute::tensors::has(&st, n)) {
+        if task == compute::Task::Regress {
+            compute::tensors::read_targets(&st, name)?;
+            continue;
+        }
         let labels = compute::tensors::read_labels(&st, name).map_err(|e| {
             anyhow::anyhow!(
-                "{e}: a training job classifies, and its labels must be class numbers 0, 1, …                  (regression is not supported yet)"
+                "{e}: a classification's labels are class numbers 0, 1, …; for real-valued \
+                 targets set task = \"regress\" under [train] (and one output)"
             )
         })?;
         if let Some(&top) = labels.iter().max()
             && top as usize >= outputs
         {
             bail!(
-                "the data set's `{name}` has labels up to {top} ({} classes), but the model's                  last layer has {outputs} outputs",
+                "the data set's `{name}` has labels up to {top} ({} classes), but the model's \
+                 last layer has {outputs} outputs",
                 u64::from(top) + 1
             );
         }
@@ -301,7 +313,7 @@ fn incomplete_chain(
 /// are scaled (predictions unchanged), data is shifted.
 fn fake(spec: &WorkloadSpec, r: &mut JobResult) -> anyhow::Result<()> {
     match spec {
-        WorkloadSpec::Train(_) => {
+        WorkloadSpec::Train(ts) => {
             for i in 1..r.chain.len() {
                 let mut m = compute::mlp::Mlp::from_safetensors(&r.checkpoint_models[i])?;
                 for w in m.w.iter_mut().chain(m.b.iter_mut()) {
@@ -310,7 +322,7 @@ fn fake(spec: &WorkloadSpec, r: &mut JobResult) -> anyhow::Result<()> {
                     }
                 }
                 r.chain[i].hash = chain_next(&r.chain[i - 1].hash, r.chain[i].step, &m);
-                r.checkpoint_models[i] = m.to_safetensors()?;
+                r.checkpoint_models[i] = m.to_safetensors_as(ts.task)?;
             }
             if let Some(last) = r.checkpoint_models.last() {
                 r.output = last.clone();
@@ -494,6 +506,7 @@ mod tests {
             learning_rate: 0.05,
             dp: None,
             seed: 7,
+            task: Default::default(),
         }
     }
 
@@ -544,9 +557,24 @@ mod tests {
             estimate_units(&train_kind(), &regress, None).unwrap_err()
         );
         assert!(
-            e.contains("non-integral label") && e.contains("regression"),
+            e.contains("non-integral label") && e.contains("task = \"regress\""),
             "{e}"
         );
+        // Declared as a regression, the same data fits a one-output model.
+        let as_regression = |layers: Vec<u32>| {
+            let mut k = train_with(layers);
+            if let JobKind::Train { task, .. } = &mut k {
+                *task = protocol::TrainTask::Regress;
+            }
+            k
+        };
+        assert!(estimate_units(&as_regression(vec![11, 16, 1]), &regress, None).is_ok());
+        // Class numbers are no regression targets.
+        let e = format!(
+            "{:#}",
+            estimate_units(&as_regression(vec![11, 16, 1]), &data, None).unwrap_err()
+        );
+        assert!(e.contains("a regression takes real values"), "{e}");
     }
 
     #[test]
@@ -601,6 +629,7 @@ mod tests {
             learning_rate: 0.1,
             dp: None,
             seed: 1,
+            task: Default::default(),
         };
         let err = estimate_units(&wide, &data, None).unwrap_err().to_string();
         assert!(

@@ -233,17 +233,27 @@ pub enum PreprocessOp {
     },
 }
 
+/// What a training job learns: a class (softmax cross-entropy), or one real
+/// value (squared error, a model with one output).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, Serialize, Deserialize)]
+pub enum TrainTask {
+    #[default]
+    Classify,
+    Regress,
+}
+
 /// The three workload kinds of the paper, with their parameters.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub enum JobKind {
     Train {
-        /// Layer widths, input first, classes last.
+        /// Layer widths, input first, classes last (1 for a regression).
         layers: Vec<u32>,
         epochs: u32,
         batch: u32,
         learning_rate: f32,
         dp: Option<DpParams>,
         seed: u64,
+        task: TrainTask,
     },
     Infer {
         batch: u32,
@@ -274,8 +284,12 @@ impl JobKind {
                 batch,
                 learning_rate,
                 dp,
+                task,
                 ..
             } => {
+                if *task == TrainTask::Regress && layers.last() != Some(&1) {
+                    return Err(field("layers", "a regression model has one output"));
+                }
                 if layers.len() < 2 || layers.len() > Self::MAX_LAYERS {
                     return Err(field(
                         "layers",

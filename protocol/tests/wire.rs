@@ -77,6 +77,7 @@ fn job_kind() -> impl Strategy<Value = JobKind> {
                         noise_multiplier: s,
                     }),
                     seed,
+                    task: TrainTask::Classify,
                 }
             }),
         any::<u32>().prop_map(|batch| JobKind::Infer { batch }),

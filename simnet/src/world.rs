@@ -449,6 +449,7 @@ pub(crate) fn new_job(
                 noise_multiplier: 1.1,
             }),
             seed: rng.random(),
+            task: Default::default(),
         },
         "preprocess" => JobKind::Preprocess {
             op: PreprocessOp::Standardize,

@@ -272,11 +272,26 @@ fn blobs_csv(rows: usize) -> String {
     s
 }
 
-/// Your own data: a CSV file imported (the code `cloudchain data import`
-/// runs) trains on a swarm; the job settles ok and the model is scored on
-/// the held-out rows.
+/// Houses: a price from size and rooms, with a curve and noise.
+fn houses_csv(rows: usize) -> String {
+    let mut s = String::from("size,rooms,age,price\n");
+    for r in 0..rows {
+        let jitter = |k: usize| ((r * 7919 + k * 104_729) % 1000) as f64 / 1000.0 - 0.5;
+        let size = 40.0 + (r % 97) as f64;
+        let rooms = 1.0 + (r % 5) as f64;
+        let age = (r % 31) as f64;
+        let price = 1500.0 * size + 8000.0 * rooms - 0.5 * age * age + 3000.0 * jitter(1);
+        s.push_str(&format!("{size},{rooms},{age},{price:.2}\n"));
+    }
+    s
+}
+
+/// Your own data: CSV files imported (the code `cloudchain data import`
+/// runs) train on a swarm, a classification and a regression; each job
+/// settles ok, its training segments re-executed by the committee, and the
+/// model is scored on the held-out rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_csv_file_imported_trains_on_a_swarm_and_settles_ok() -> anyhow::Result<()> {
+async fn csv_files_imported_train_on_a_swarm_to_classify_and_to_regress() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let got = compute::import::import_csv(
         blobs_csv(300).as_bytes(),
@@ -285,6 +300,7 @@ async fn a_csv_file_imported_trains_on_a_swarm_and_settles_ok() -> anyhow::Resul
             test_share: 0.2,
             standardize: true,
             name: "blobs".into(),
+            task: compute::Task::Classify,
         },
     )?;
     assert_eq!(got.classes, ["setosa", "versicolor", "virginica"]);
@@ -302,6 +318,60 @@ async fn a_csv_file_imported_trains_on_a_swarm_and_settles_ok() -> anyhow::Resul
     let m = done.metrics.as_ref().expect("training metrics");
     let acc = m.test_accuracy.expect("the held-out rows were scored");
     assert!(acc > 0.9, "test accuracy {acc}");
+    // The model says how to feed it and read it: its data set's names and
+    // scalers, its activations, its metrics.
+    let model = std::fs::read(done.result.as_ref().expect("the model's path"))?;
+    let meta = compute::tensors::metadata(&model)?;
+    assert_eq!(
+        meta["class_names"],
+        r#"["setosa","versicolor","virginica"]"#
+    );
+    assert_eq!(meta["feature_names"], r#"["sepal","petal","width"]"#);
+    assert_eq!(meta["task"], "classify");
+    assert_eq!(meta["activations"], "relu,softmax");
+    assert!(meta.contains_key("standardize_mean") && meta["metrics"].contains("test_accuracy"));
+
+    // A regression: the price of a house.
+    let got = compute::import::import_csv(
+        houses_csv(400).as_bytes(),
+        &compute::import::ImportOptions {
+            label: "price".into(),
+            test_share: 0.2,
+            standardize: true,
+            name: "houses".into(),
+            task: compute::Task::Regress,
+        },
+    )?;
+    let houses = tmp.path().join("houses.safetensors");
+    std::fs::write(&houses, &got.bytes)?;
+    let mut regress = peer::control::JobRequest::train_mlp(houses, 40, 2);
+    if let protocol::JobKind::Train { layers, task, .. } = &mut regress.kind {
+        *layers = vec![3, 16, 1];
+        *task = protocol::TrainTask::Regress;
+    }
+    let v = c.submit(&regress).await?;
+    let done = wait_job(&c, &v.id, Duration::from_secs(120), |v| v.done).await;
+    assert_eq!(done.outcome.as_deref(), Some("ok"), "{done:#?}");
+    let m = done.metrics.as_ref().expect("training metrics");
+    let (rmse, r2) = (m.test_rmse.expect("test RMSE"), m.test_r2.expect("test R²"));
+    // Standardized target: an RMSE of 1 is guessing the mean.
+    eprintln!("regression on the swarm: test RMSE {rmse:.3} (standardized target), R² {r2:.3}");
+    assert!(r2 > 0.9 && rmse < 0.35, "test RMSE {rmse}, R² {r2}");
+    assert!(m.test_accuracy.is_none(), "{m:?}");
+    let model = std::fs::read(done.result.as_ref().expect("the model's path"))?;
+    let meta = compute::tensors::metadata(&model)?;
+    assert_eq!(meta["task"], "regress");
+    assert_eq!(meta["activations"], "relu,linear");
+    assert!(meta.contains_key("target_mean") && meta.contains_key("target_scale"));
+    assert!(!meta.contains_key("class_names"));
+    // Declared as a classification, the same data is refused at submit.
+    let mut wrong = regress.clone();
+    if let protocol::JobKind::Train { layers, task, .. } = &mut wrong.kind {
+        *layers = vec![3, 16, 4];
+        *task = protocol::TrainTask::Classify;
+    }
+    let err = format!("{:#}", c.submit(&wrong).await.unwrap_err());
+    assert!(err.contains("task = \"regress\""), "{err}");
     // A gigabyte that is not a data set (a sparse file) is refused from its
     // header, before it is read into memory.
     let junk = tmp.path().join("junk.bin");

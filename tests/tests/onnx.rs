@@ -133,6 +133,7 @@ fn trained_classifier(csv: &str) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
             test_share: 0.2,
             standardize: true,
             name: "fish".into(),
+            task: compute::Task::Classify,
         },
     )?;
     let spec = WorkloadSpec::Train(TrainSpec::new(vec![4, 16, 3], 30, 32, 0.1, 7));
@@ -315,7 +316,8 @@ fn an_exported_classifier_predicts_in_onnxruntime_what_cloudchain_predicts() -> 
         anyhow::bail!("a classifier predicted values");
     };
     let y = compute::mlp::Data::from_safetensors(&data, "x", "y")?.y;
-    let right = labels.iter().zip(&y).filter(|(a, b)| a == b).count();
+    let y = y.classes().context("class labels")?;
+    let right = labels.iter().zip(y).filter(|(a, b)| a == b).count();
     ensure!(right * 10 > y.len() * 8, "{right} of {} right", y.len());
     Ok(())
 }

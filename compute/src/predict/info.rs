@@ -22,26 +22,8 @@ pub const KNOWN_KEYS: [&str; 8] = [
     "target_scale",
 ];
 
-/// What a model predicts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum Task {
-    /// One logit per class; the label is the largest.
-    Classify,
-    /// One number.
-    Regress,
-}
-
-impl Task {
-    /// The name metadata uses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Task::Classify => "classify",
-            Task::Regress => "regress",
-        }
-    }
-}
+/// What a model predicts (the task it was trained for).
+pub use crate::mlp::Task;
 
 /// Per-feature standardization: the model takes (x − mean)/std.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -282,7 +282,7 @@ enum Work {
     Providers(Vec<PeerId>),
     /// The requester's inputs are encrypted and stored: submit the job.
     Prepared {
-        result: anyhow::Result<PreparedJob>,
+        result: anyhow::Result<(PreparedJob, tasks::DatasetMeta)>,
         reply: oneshot::Sender<anyhow::Result<JobView>>,
     },
 }
@@ -763,10 +763,19 @@ impl Driver {
         match w {
             Work::Input(i) => self.input(i),
             Work::Prepared { result, reply } => {
-                let view = result.and_then(|p| {
+                let view = result.and_then(|(p, described)| {
                     let id = self
                         .core
                         .submit(net::now(), p, &mut self.rng, &mut self.out)?;
+                    // What the model should carry, kept until the result comes.
+                    let results = self.dir.path.join("results");
+                    let kept = std::fs::create_dir_all(&results).and_then(|()| {
+                        let bytes = serde_json::to_vec(&described).unwrap_or_default();
+                        std::fs::write(tasks::dataset_meta_path(&results, &id), bytes)
+                    });
+                    if let Err(e) = kept {
+                        warn!(%e, "the model will come without its data set's names");
+                    }
                     self.carry_out();
                     let job = self.core.job(&id).context("the job just submitted")?;
                     Ok(views::job_view(&self.core, job))

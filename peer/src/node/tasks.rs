@@ -91,7 +91,7 @@ pub(super) async fn prepare(
     me: AccountId,
     req: JobRequest,
     submitted: Timestamp,
-) -> anyhow::Result<PreparedJob> {
+) -> anyhow::Result<(PreparedJob, DatasetMeta)> {
     // The header first: a file that is not a data set is refused before it
     // is read whole into memory.
     let path = req.dataset.clone();
@@ -109,6 +109,7 @@ pub(super) async fn prepare(
         ),
         None => None,
     };
+    let described = describe_dataset(&data)?;
     let kind = req.kind.clone();
     let (cu, data, model) = tokio::task::spawn_blocking(move || {
         let cu = crate::work::estimate_units(&kind, &data, model.as_deref());
@@ -166,13 +167,51 @@ pub(super) async fn prepare(
             u64::from_le_bytes(b)
         },
     };
-    Ok(PreparedJob {
+    let prepared = PreparedJob {
         spec,
         key,
         note: format!(
             "inputs encrypted and stored ({data_len} bytes of data); estimated {cu:.3} CU"
         ),
-    })
+    };
+    Ok((prepared, described))
+}
+
+/// What a trained model should say of the data it learnt from: the data
+/// set's metadata that tells how to feed it and read its outputs.
+pub(super) type DatasetMeta = std::collections::BTreeMap<String, String>;
+
+/// The keys of a data set's metadata that its model carries.
+const MODEL_KEYS: [&str; 9] = [
+    "feature_names",
+    "class_names",
+    "label",
+    "standardize_mean",
+    "standardize_std",
+    "target_mean",
+    "target_scale",
+    "name",
+    "source_blake3",
+];
+
+fn describe_dataset(data: &[u8]) -> anyhow::Result<DatasetMeta> {
+    let meta = compute::tensors::metadata(data)?;
+    Ok(MODEL_KEYS
+        .iter()
+        .filter_map(|k| meta.get(*k).map(|v| (k.to_string(), v.clone())))
+        .map(|(k, v)| match k.as_str() {
+            // Under names that say they describe the data set.
+            "name" => ("dataset".into(), v),
+            "source_blake3" => ("dataset_source_blake3".into(), v),
+            _ => (k, v),
+        })
+        .collect())
+}
+
+/// Where the requester keeps what its job's model should carry until the
+/// result comes (a restart in between keeps it).
+pub(super) fn dataset_meta_path(results: &std::path::Path, job: &Hash32) -> PathBuf {
+    results.join(format!("{}.dataset.json", job.short()))
 }
 
 /// A blob from `from`'s store into ours, then its bytes: a failure here means
@@ -341,6 +380,32 @@ pub(super) async fn check_job(
     }
 }
 
+/// A trained model with what its data set said (feature and class names,
+/// scalers; see [`MODEL_KEYS`]) and its metrics added to its metadata; any
+/// other result as it came.
+fn describe_model(
+    results: &std::path::Path,
+    job: &Hash32,
+    output: &[u8],
+    metrics: &compute::Metrics,
+) -> Vec<u8> {
+    let is_model = compute::tensors::parse(output).is_ok_and(|st| compute::tensors::has(&st, "w0"));
+    if !is_model {
+        return output.to_vec();
+    }
+    let mut meta: DatasetMeta = std::fs::read(dataset_meta_path(results, job))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    if let Ok(m) = serde_json::to_string(metrics) {
+        meta.insert("metrics".into(), m);
+    }
+    compute::tensors::with_metadata(output, &meta).unwrap_or_else(|e| {
+        tracing::warn!(%e, "the model is saved without its data set's names");
+        output.to_vec()
+    })
+}
+
 /// Fetch, decrypt and save a requester's result under `results/`.
 pub(super) async fn fetch_for_requester(
     blobs: BlobNode,
@@ -352,9 +417,10 @@ pub(super) async fn fetch_for_requester(
 ) -> Result<Fetched, WorkError> {
     let r = fetch_result(&blobs, &provider_contact, &receipt, key).await?;
     let path = results.join(format!("{}.safetensors", job.short()));
+    let output = describe_model(&results, &job, &r.output, &r.metrics);
     let saved = async {
         tokio::fs::create_dir_all(&results).await?;
-        tokio::fs::write(&path, &r.output)
+        tokio::fs::write(&path, &output)
             .await
             .with_context(|| format!("cannot write {}", path.display()))
     }
