@@ -19,6 +19,12 @@ use std::time::Instant;
 /// Rows per forward pass for inference and evaluation.
 pub const EVAL_BATCH: usize = 256;
 
+/// Most links after the start that a training job's commitment chain has: the
+/// spacing of links grows with a long job ([`TrainSpec::link_every`]), so the
+/// weights a provider keeps for challenges, and the index that names them,
+/// stay bounded whatever the job's length.
+pub const MAX_LINKS: u64 = 256;
+
 /// Training parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainSpec {
@@ -92,6 +98,20 @@ impl TrainSpec {
     /// Steps of the whole job.
     pub fn total_steps(&self, rows: usize) -> u64 {
         self.steps_per_epoch(rows) * self.epochs as u64
+    }
+
+    /// Steps between links of the commitment chain on `rows` rows:
+    /// `checkpoint_every`, or more for a job so long that it would otherwise
+    /// have more than [`MAX_LINKS`] links.
+    pub fn link_every(&self, rows: usize) -> u64 {
+        self.checkpoint_every
+            .max(self.total_steps(rows).div_ceil(MAX_LINKS))
+            .max(1)
+    }
+
+    /// The links of the chain on `rows` rows, the start included.
+    pub fn links(&self, rows: usize) -> u64 {
+        self.total_steps(rows).div_ceil(self.link_every(rows)) + 1
     }
 
     fn validate(&self, data: &Data) -> Result<()> {
@@ -381,6 +401,7 @@ fn train(
     };
     let total = spec.total_steps(data.rows);
     let spe = spec.steps_per_epoch(data.rows);
+    let every = spec.link_every(data.rows);
     let mut checkpoints = vec![Checkpoint {
         step: 0,
         hash: chain_start(spec.seed, &model),
@@ -403,7 +424,7 @@ fn train(
             metrics.loss_per_epoch.push(mean);
             (ep_loss, ep_rows) = (0.0, 0);
         }
-        if done % spec.checkpoint_every == 0 || done == total {
+        if done % every == 0 || done == total {
             let prev = checkpoints.last().map(|c| c.hash).unwrap_or([0; 32]);
             checkpoints.push(Checkpoint {
                 step: done,

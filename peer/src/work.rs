@@ -2,14 +2,20 @@
 //!
 //! Everything here is blocking and CPU/GPU-bound: the node calls it from
 //! `tokio::task::spawn_blocking`. Inputs are the decrypted bytes of the job's blobs
-//! (safetensors); the result travels as one [`JobResult`] bundle: the output, and
-//! for training the checkpoint chain with the checkpointed weights, so that a
-//! committee member can re-execute one link of the chain without asking anyone.
+//! (safetensors). A run gives a [`JobResult`]: the output, and for training the
+//! checkpoint chain with the weights at each link. It travels as blobs of its
+//! own, named by a small [`ResultIndex`] that the receipt points to: the
+//! requester fetches the index and the output, a committee member the index and
+//! the weights of the links it challenges (and the last), so nobody fetches
+//! what it does not use. Every blob's size is bounded in advance by
+//! [`limits`], which follow from the job alone: an honest result always fits.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, bail};
 use compute::workload::{chain_next, chain_start};
 use compute::{Backend, Checkpoint, DataShape, DpConfig, Metrics, TrainSpec, WorkloadSpec};
-use protocol::{ComputeUnits, Hash32, JobKind, Receipt};
+use protocol::{BlobRef, ComputeUnits, Hash32, JobKind, Receipt};
 use serde::{Deserialize, Serialize};
 
 /// Tolerance of a re-execution (relative, per parameter or logit). The CPU and wgpu
@@ -17,12 +23,13 @@ use serde::{Deserialize, Serialize};
 pub const CHECK_TOLERANCE: f32 = 1e-3;
 /// Rows of an inference job that a committee member re-runs.
 pub const INFER_SAMPLE: usize = 64;
-/// Largest result bundle accepted (decoded from a provider's blob).
-pub const MAX_RESULT: usize = 1 << 30;
-const RESULT_KIND: &str = "job-result";
+/// The largest output a requester takes (checked at submit, from the job).
+pub const MAX_OUTPUT: u64 = 4 << 30;
+const INDEX_KIND: &str = "job-result-index";
 
-/// What a provider delivers (encrypted to the job key).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A run's result, in memory: the output, and for training the chain with the
+/// weights at each link.
+#[derive(Debug, Clone, PartialEq)]
 pub struct JobResult {
     /// The output as safetensors: the trained model, the logits, the new data set.
     pub output: Vec<u8>,
@@ -32,15 +39,205 @@ pub struct JobResult {
     pub metrics: Metrics,
 }
 
-impl JobResult {
+/// What a receipt names: the blobs of a result (each encrypted to the job
+/// key on its own), the chain and the metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultIndex {
+    /// The output; for training, the last link's weights (`models`' last).
+    pub output: BlobRef,
+    /// Training only: the chain, and the blob of each link's weights.
+    pub chain: Vec<Checkpoint>,
+    pub models: Vec<BlobRef>,
+    pub metrics: Metrics,
+}
+
+impl ResultIndex {
     pub fn to_bytes(&self) -> anyhow::Result<Vec<u8>> {
-        Ok(protocol::codec::encode_unbounded(RESULT_KIND, self)?)
+        Ok(protocol::codec::encode_unbounded(INDEX_KIND, self)?)
     }
 
-    pub fn from_bytes(bytes: &[u8]) -> anyhow::Result<Self> {
-        protocol::codec::decode_limited(RESULT_KIND, MAX_RESULT, bytes)
-            .context("the result bundle is malformed")
+    /// Decode an index of at most `limit` bytes (see [`Limits::index`]).
+    pub fn from_bytes(bytes: &[u8], limit: u64) -> anyhow::Result<Self> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        protocol::codec::decode_limited(INDEX_KIND, limit, bytes)
+            .context("the result index is malformed")
     }
+
+    /// A blob it names that is larger than `limits` allow, if any.
+    pub fn oversized(&self, limits: &Limits) -> Option<String> {
+        if self.output.size > limits.output {
+            return Some(format!(
+                "an output of {} bytes; this job's output is at most {}",
+                self.output.size, limits.output
+            ));
+        }
+        self.models.iter().find(|m| m.size > limits.model).map(|m| {
+            format!(
+                "weights of {} bytes; this job's model is at most {}",
+                m.size, limits.model
+            )
+        })
+    }
+}
+
+/// The largest blobs of a job's result, from the job alone (its spec, its
+/// data's shape, its model): an honest result always fits, and nobody
+/// fetches more. Blob sizes include encryption.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub index: u64,
+    pub output: u64,
+    /// One link's weights (training).
+    pub model: u64,
+}
+
+/// Room for safetensors headers, metadata and encryption.
+const SLACK: u64 = 64 << 10;
+
+/// Safetensors bytes of a model with `layers`, at most.
+fn model_bytes(layers: &[usize]) -> u64 {
+    let params: u64 = layers
+        .windows(2)
+        .map(|w| (w[0] as u64).saturating_mul(w[1] as u64 + 1))
+        .fold(0, u64::saturating_add);
+    params.saturating_mul(4).saturating_add(SLACK)
+}
+
+/// The [`Limits`] of a job.
+pub fn limits(kind: &JobKind, model: Option<&[u8]>, shape: DataShape) -> anyhow::Result<Limits> {
+    let spec = workload_spec(kind, model)?;
+    let rows = (shape.rows + shape.test_rows) as u64;
+    Ok(match &spec {
+        WorkloadSpec::Train(ts) => {
+            let m = model_bytes(&ts.layers);
+            let links = ts.links(shape.rows);
+            // A link (step, hash) and a blob reference (hash, size) each, with
+            // the codec's length prefixes; a loss per epoch; the metrics.
+            let index = links
+                .saturating_mul(128)
+                .saturating_add(ts.epochs as u64 * 16)
+                .saturating_add(SLACK);
+            Limits {
+                index,
+                output: m,
+                model: m,
+            }
+        }
+        WorkloadSpec::Infer { layers } => {
+            let classes = *layers.last().unwrap_or(&1) as u64;
+            Limits {
+                index: SLACK,
+                // Logits (f32) and a prediction (u32) per row.
+                output: rows.saturating_mul(4 * (classes + 1)).saturating_add(SLACK),
+                model: 0,
+            }
+        }
+        WorkloadSpec::Preprocess { .. } => Limits {
+            index: SLACK,
+            // The features and a target per row, as f32 (f64 inputs shrink).
+            output: rows
+                .saturating_mul(4 * (shape.features as u64 + 1))
+                .saturating_add(SLACK),
+            model: 0,
+        },
+        other => bail!("no limits for {other:?}"),
+    })
+}
+
+/// A delivered result as a check sees it: the chain, and the blobs a check
+/// asks for, fetched by then ([`to_fetch`] says which).
+pub trait Delivered {
+    fn chain(&self) -> &[Checkpoint];
+    /// How many link weights it names.
+    fn links(&self) -> usize;
+    /// Whether the output is the last link's weights.
+    fn output_is_last_link(&self) -> bool;
+    fn model(&self, link: usize) -> anyhow::Result<&[u8]>;
+    fn output(&self) -> anyhow::Result<&[u8]>;
+}
+
+impl Delivered for JobResult {
+    fn chain(&self) -> &[Checkpoint] {
+        &self.chain
+    }
+    fn links(&self) -> usize {
+        self.checkpoint_models.len()
+    }
+    fn output_is_last_link(&self) -> bool {
+        self.checkpoint_models.last() == Some(&self.output)
+    }
+    fn model(&self, link: usize) -> anyhow::Result<&[u8]> {
+        self.checkpoint_models
+            .get(link)
+            .map(Vec::as_slice)
+            .with_context(|| format!("no weights for link {link}"))
+    }
+    fn output(&self) -> anyhow::Result<&[u8]> {
+        Ok(&self.output)
+    }
+}
+
+/// An index and the blobs fetched of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FetchedResult {
+    pub index: ResultIndex,
+    pub models: BTreeMap<usize, Vec<u8>>,
+    pub output: Option<Vec<u8>>,
+}
+
+impl Delivered for FetchedResult {
+    fn chain(&self) -> &[Checkpoint] {
+        &self.index.chain
+    }
+    fn links(&self) -> usize {
+        self.index.models.len()
+    }
+    fn output_is_last_link(&self) -> bool {
+        self.index.models.last() == Some(&self.index.output)
+    }
+    fn model(&self, link: usize) -> anyhow::Result<&[u8]> {
+        self.models
+            .get(&link)
+            .map(Vec::as_slice)
+            .with_context(|| format!("the weights of link {link} were not fetched"))
+    }
+    fn output(&self) -> anyhow::Result<&[u8]> {
+        self.output.as_deref().context("the output was not fetched")
+    }
+}
+
+/// That a trained model `output` is the weights the index's chain ends at
+/// (what a requester checks of the model it fetched; the committee checked
+/// the chain).
+pub fn check_output(index: &ResultIndex, output: &[u8]) -> anyhow::Result<()> {
+    let chain = &index.chain;
+    let n = chain.len();
+    if n < 2 {
+        bail!("a result chain of {n} links");
+    }
+    let m = compute::mlp::Mlp::from_safetensors(output)?;
+    if chain_next(&chain[n - 2].hash, chain[n - 1].step, &m) != chain[n - 1].hash {
+        bail!("the model fetched is not the one the result's chain ends at");
+    }
+    Ok(())
+}
+
+/// What a check of a result with `chain` needs fetched, for `seeds`: the
+/// weights at both ends of each link the seeds challenge and of the last link
+/// (training); otherwise the output.
+pub fn to_fetch(kind: &JobKind, chain: &[Checkpoint], seeds: &[u64]) -> (BTreeSet<usize>, bool) {
+    if !matches!(kind, JobKind::Train { .. }) {
+        return (BTreeSet::new(), true);
+    }
+    let mut links: BTreeSet<usize> = seeds
+        .iter()
+        .filter_map(|s| compute::verify::challenge_segment(chain, *s))
+        .flat_map(|i| [i - 1, i])
+        .collect();
+    if let Some(last) = chain.len().checked_sub(1) {
+        links.insert(last);
+    }
+    (links, false)
 }
 
 /// A finished run, as the receipt reports it.
@@ -233,7 +430,8 @@ pub fn run(
     let (commitment, every, n) = match (&spec, result.chain.last()) {
         (WorkloadSpec::Train(ts), Some(last)) => (
             Hash32(last.hash),
-            ts.checkpoint_every.min(u64::from(u32::MAX)) as u32,
+            ts.link_every(data_shape(data)?.rows)
+                .min(u64::from(u32::MAX)) as u32,
             result.chain.len() as u32,
         ),
         _ => (Hash32(*blake3::hash(&result.output).as_bytes()), 0, 0),
@@ -282,7 +480,7 @@ fn incomplete_chain(
     chain: &[Checkpoint],
     receipt: &Receipt,
 ) -> Option<String> {
-    let (every, total) = (ts.checkpoint_every, ts.total_steps(rows));
+    let (every, total) = (ts.link_every(rows), ts.total_steps(rows));
     if u64::from(receipt.checkpoint_every) != every {
         return Some(format!(
             "the receipt states a link every {} steps; the job's spec says {every}",
@@ -370,7 +568,7 @@ pub fn check(
     kind: &JobKind,
     data: &[u8],
     model: Option<&[u8]>,
-    result: &JobResult,
+    result: &dyn Delivered,
     receipt: &Receipt,
     seeds: &[u64],
 ) -> anyhow::Result<compute::verify::Verdict> {
@@ -391,17 +589,15 @@ pub fn check(
     }
     match &spec {
         WorkloadSpec::Train(ts) => {
-            let chain = &result.chain;
+            let chain = result.chain();
             if let Some(why) = incomplete_chain(ts, shape.rows, chain, receipt) {
                 return Ok(fail(why));
             }
-            if chain.len() != result.checkpoint_models.len()
-                || chain.len() != receipt.checkpoints as usize
-            {
+            if chain.len() != result.links() || chain.len() != receipt.checkpoints as usize {
                 return Ok(fail(format!(
                     "{} links, {} models, the receipt says {}",
                     chain.len(),
-                    result.checkpoint_models.len(),
+                    result.links(),
                     receipt.checkpoints
                 )));
             }
@@ -413,16 +609,26 @@ pub fn check(
                     "the chain does not end at the receipt's commitment".into(),
                 ));
             }
-            let start = compute::mlp::Mlp::from_safetensors(&result.checkpoint_models[0])?;
             let expected = match model {
                 Some(m) => compute::mlp::Mlp::from_safetensors(m)?,
                 None => compute::mlp::Mlp::init(&ts.layers, ts.seed)?,
             };
-            if start != expected || chain[0].hash != chain_start(ts.seed, &start) {
+            if chain[0].hash != chain_start(ts.seed, &expected) {
                 return Ok(fail("the chain does not start from the job's model".into()));
             }
-            if result.output != result.checkpoint_models[chain.len() - 1] {
+            // The output is the last link's weights, and they are the ones
+            // the chain commits to.
+            let n = chain.len();
+            if !result.output_is_last_link() {
                 return Ok(fail("the output is not the last checkpoint".into()));
+            }
+            if n >= 2 {
+                let m = compute::mlp::Mlp::from_safetensors(result.model(n - 1)?)?;
+                if chain_next(&chain[n - 2].hash, chain[n - 1].step, &m) != chain[n - 1].hash {
+                    return Ok(fail(
+                        "the output's weights are not the chain's last link".into(),
+                    ));
+                }
             }
             let mut links: Vec<usize> = seeds
                 .iter()
@@ -433,29 +639,32 @@ pub fn check(
             if links.is_empty() {
                 return Ok(fail("a chain of one link proves no training".into()));
             }
-            all_of(links.into_iter().map(|index| {
-                compute::verify::verify_training_segment(
+            let mut checks = Vec::new();
+            for index in links {
+                checks.push(compute::verify::verify_training_segment(
                     backend,
                     ts,
                     data,
                     chain,
                     index,
-                    &result.checkpoint_models[index - 1],
-                    &result.checkpoint_models[index],
+                    result.model(index - 1)?,
+                    result.model(index)?,
                     CHECK_TOLERANCE,
-                )
-            }))
+                ));
+            }
+            all_of(checks.into_iter())
         }
         WorkloadSpec::Infer { .. } => {
             let Some(m) = model else {
                 bail!("an inference job needs a model");
             };
+            let output = result.output()?;
             all_of(seeds.iter().map(|seed| {
                 compute::verify::verify_inference_sample(
                     backend,
                     m,
                     data,
-                    &result.output,
+                    output,
                     INFER_SAMPLE,
                     *seed,
                     CHECK_TOLERANCE,
@@ -465,7 +674,7 @@ pub fn check(
         WorkloadSpec::Preprocess { .. } => {
             let ours = compute::run_workload(backend, &spec, data, model)?;
             let a = compute::tensors::parse(&ours.output)?;
-            let b = compute::tensors::parse(&result.output)?;
+            let b = compute::tensors::parse(result.output()?)?;
             let (_, _, x) = compute::tensors::read_matrix(&a, "x")?;
             let (_, _, y) = compute::tensors::read_matrix(&b, "x")?;
             if x.len() != y.len() {
@@ -584,13 +793,12 @@ mod tests {
         for faulty in [false, true] {
             let cheat = if faulty { Cheat::Fake } else { Cheat::None };
             let ran = run(&be, &train_kind(), &data, None, cheat).unwrap();
-            let bundle = JobResult::from_bytes(&ran.result.to_bytes().unwrap()).unwrap();
             let v = check(
                 &be,
                 &train_kind(),
                 &data,
                 None,
-                &bundle,
+                &ran.result,
                 &receipt(&ran),
                 &[9],
             )
@@ -620,7 +828,9 @@ mod tests {
         let data = wine();
         let cu = estimate_units(&train_kind(), &data, None).unwrap();
         assert!(cu > 0.0, "{cu}");
-        let err = JobResult::from_bytes(&[1, 2, 3]).unwrap_err().to_string();
+        let err = ResultIndex::from_bytes(&[1, 2, 3], 1 << 20)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("malformed"), "{err}");
         let wide = JobKind::Train {
             layers: vec![12, 8, 6],
@@ -636,6 +846,71 @@ mod tests {
             err.contains("11 features") && err.contains("takes 12"),
             "{err}"
         );
+    }
+
+    /// A result as the node stores it: an index of blobs, here named by the
+    /// hash and size of their plain bytes.
+    fn index_of(r: &JobResult) -> (ResultIndex, BTreeMap<usize, Vec<u8>>) {
+        let blob = |b: &[u8]| BlobRef {
+            hash: Hash32(*blake3::hash(b).as_bytes()),
+            size: b.len() as u64,
+        };
+        let models: Vec<BlobRef> = r.checkpoint_models.iter().map(|m| blob(m)).collect();
+        let index = ResultIndex {
+            output: blob(&r.output),
+            chain: r.chain.clone(),
+            models,
+            metrics: r.metrics.clone(),
+        };
+        let all = r.checkpoint_models.iter().cloned().enumerate().collect();
+        (index, all)
+    }
+
+    /// A long job's chain is spaced to at most MAX_LINKS links; its blobs fit
+    /// the limits the job gives; a check fetches only the challenged links'
+    /// weights and the last, and passes on them; a requester's model is the
+    /// one the chain ends at.
+    #[test]
+    fn results_fit_their_limits_and_a_check_fetches_only_what_it_uses() {
+        let be = compute::CpuBackend::new();
+        let data = wine();
+        // 1,599 rows in batches of 8 for 30 epochs: 6,000 steps, more than
+        // links every 20 steps would allow under MAX_LINKS.
+        let mut kind = train_with(vec![11, 16, 6]);
+        if let JobKind::Train { epochs, batch, .. } = &mut kind {
+            (*epochs, *batch) = (30, 8);
+        }
+        let ran = run(&be, &kind, &data, None, Cheat::None).unwrap();
+        let shape = data_shape(&data).unwrap();
+        let links = ran.result.chain.len() as u64;
+        assert!(links <= compute::workload::MAX_LINKS + 1, "{links} links");
+        assert!(
+            u64::from(ran.checkpoint_every) > 20,
+            "{}",
+            ran.checkpoint_every
+        );
+        let limits = limits(&kind, None, shape).unwrap();
+        let (index, all) = index_of(&ran.result);
+        assert_eq!(index.oversized(&limits), None);
+        assert!((index.to_bytes().unwrap().len() as u64) < limits.index);
+        for seed in 0..4 {
+            let (want, output) = to_fetch(&kind, &index.chain, &[seed]);
+            assert!(!output && want.len() <= 3, "{want:?}");
+            let fetched = FetchedResult {
+                index: index.clone(),
+                models: want.iter().map(|&i| (i, all[&i].clone())).collect(),
+                output: None,
+            };
+            let v = check(&be, &kind, &data, None, &fetched, &receipt(&ran), &[seed]).unwrap();
+            assert!(v.ok, "seed {seed}: {}", v.reason);
+        }
+        check_output(&index, &ran.result.output).unwrap();
+        let other = run(&be, &train_kind(), &data, None, Cheat::None).unwrap();
+        assert!(check_output(&index, &other.result.output).is_err());
+        // A blob larger than the job allows is named before it is fetched.
+        let mut big = index.clone();
+        big.models[1].size = limits.model + 1;
+        assert!(big.oversized(&limits).is_some());
     }
 
     /// The checks that need no re-execution to find a cheat: a truncated

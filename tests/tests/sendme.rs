@@ -93,6 +93,9 @@ async fn a_directory_goes_both_ways_between_cloudchain_and_sendme() -> anyhow::R
         .args(["send", "--relay", "disabled", "--ticket-type", "addresses"])
         .args(["--magic-ipv4-addr", "127.0.0.1:0", "--no-progress"])
         .arg(&theirs)
+        // sendme keeps its store in the working directory (and leaves it
+        // there when it is killed): the test's own.
+        .current_dir(tmp.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -282,7 +282,7 @@ enum Work {
     Providers(Vec<PeerId>),
     /// The requester's inputs are encrypted and stored: submit the job.
     Prepared {
-        result: anyhow::Result<(PreparedJob, tasks::DatasetMeta)>,
+        result: anyhow::Result<Box<(PreparedJob, tasks::JobNotes)>>,
         reply: oneshot::Sender<anyhow::Result<JobView>>,
     },
 }
@@ -763,15 +763,16 @@ impl Driver {
         match w {
             Work::Input(i) => self.input(i),
             Work::Prepared { result, reply } => {
-                let view = result.and_then(|(p, described)| {
+                let view = result.and_then(|b| {
+                    let (p, notes) = *b;
                     let id = self
                         .core
                         .submit(net::now(), p, &mut self.rng, &mut self.out)?;
                     // What the model should carry, kept until the result comes.
                     let results = self.dir.path.join("results");
                     let kept = std::fs::create_dir_all(&results).and_then(|()| {
-                        let bytes = serde_json::to_vec(&described).unwrap_or_default();
-                        std::fs::write(tasks::dataset_meta_path(&results, &id), bytes)
+                        let bytes = serde_json::to_vec(&notes).unwrap_or_default();
+                        std::fs::write(tasks::notes_path(&results, &id), bytes)
                     });
                     if let Err(e) = kept {
                         warn!(%e, "the model will come without its data set's names");
@@ -835,7 +836,9 @@ impl Driver {
                     self.work_tx.clone(),
                 );
                 tokio::spawn(async move {
-                    let result = tasks::prepare(blobs, me, *job, net::now()).await;
+                    let result = tasks::prepare(blobs, me, *job, net::now())
+                        .await
+                        .map(Box::new);
                     let _ = tx.send(Work::Prepared { result, reply }).await;
                 });
             }

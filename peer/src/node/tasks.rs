@@ -91,7 +91,7 @@ pub(super) async fn prepare(
     me: AccountId,
     req: JobRequest,
     submitted: Timestamp,
-) -> anyhow::Result<(PreparedJob, DatasetMeta)> {
+) -> anyhow::Result<(PreparedJob, JobNotes)> {
     // The header first: a file that is not a data set is refused before it
     // is read whole into memory.
     let path = req.dataset.clone();
@@ -111,9 +111,11 @@ pub(super) async fn prepare(
     };
     let described = describe_dataset(&data)?;
     let kind = req.kind.clone();
-    let (cu, data, model) = tokio::task::spawn_blocking(move || {
+    let (cu, limits, data, model) = tokio::task::spawn_blocking(move || {
         let cu = crate::work::estimate_units(&kind, &data, model.as_deref());
-        (cu, data, model)
+        let limits = crate::work::data_shape(&data)
+            .and_then(|shape| crate::work::limits(&kind, model.as_deref(), shape));
+        (cu, limits, data, model)
     })
     .await?;
     // The estimate also checks that the data fits the model: do it even when the
@@ -121,6 +123,14 @@ pub(super) async fn prepare(
     let cu = req
         .estimated_cu
         .unwrap_or(cu.context("the job does not fit its data")?);
+    let limits = limits.context("the job does not fit its data")?;
+    if limits.output > crate::work::MAX_OUTPUT {
+        anyhow::bail!(
+            "this job's result could be {} MiB; a requester takes at most {} MiB",
+            limits.output >> 20,
+            crate::work::MAX_OUTPUT >> 20
+        );
+    }
     let key = crypto::random_key();
     let aad = input_aad(&me);
     let store = |label: &'static str, plain: Vec<u8>| {
@@ -174,12 +184,36 @@ pub(super) async fn prepare(
             "inputs encrypted and stored ({data_len} bytes of data); estimated {cu:.3} CU"
         ),
     };
-    Ok((prepared, described))
+    Ok((
+        prepared,
+        JobNotes {
+            dataset: described,
+            limits: Some(limits),
+        },
+    ))
 }
 
 /// What a trained model should say of the data it learnt from: the data
 /// set's metadata that tells how to feed it and read its outputs.
 pub(super) type DatasetMeta = std::collections::BTreeMap<String, String>;
+
+/// What the requester keeps beside a job from submit until its result comes
+/// (a file, so a restart in between keeps it): what the model should carry,
+/// and how large the result's blobs may be.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub(super) struct JobNotes {
+    pub dataset: DatasetMeta,
+    pub limits: Option<crate::work::Limits>,
+}
+
+impl JobNotes {
+    pub(super) fn read(results: &std::path::Path, job: &Hash32) -> JobNotes {
+        std::fs::read(notes_path(results, job))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+}
 
 /// The keys of a data set's metadata that its model carries.
 const MODEL_KEYS: [&str; 9] = [
@@ -208,10 +242,9 @@ fn describe_dataset(data: &[u8]) -> anyhow::Result<DatasetMeta> {
         .collect())
 }
 
-/// Where the requester keeps what its job's model should carry until the
-/// result comes (a restart in between keeps it).
-pub(super) fn dataset_meta_path(results: &std::path::Path, job: &Hash32) -> PathBuf {
-    results.join(format!("{}.dataset.json", job.short()))
+/// Where the requester keeps a job's [`JobNotes`].
+pub(super) fn notes_path(results: &std::path::Path, job: &Hash32) -> PathBuf {
+    results.join(format!("{}.job.json", job.short()))
 }
 
 /// A blob from `from`'s store into ours, then its bytes: a failure here means
@@ -271,19 +304,113 @@ async fn fetch_inputs(
     Ok((data, model))
 }
 
-/// Fetch a delivered result from its provider, decrypt it and read the bundle.
-async fn fetch_result(
+/// Labels under which a result's blobs are encrypted (with the contract as
+/// additional data): a blob cannot pass for another kind of blob.
+const INDEX_LABEL: &str = "result";
+const OUTPUT_LABEL: &str = "result-output";
+const MODEL_LABEL: &str = "result-model";
+
+/// Fetch a delivered result's index from its provider: its declared size is
+/// checked against the job's limit before anything is fetched.
+async fn fetch_index(
     blobs: &BlobNode,
     contact: &[String],
     receipt: &Receipt,
-    key: JobKey,
-) -> Result<crate::work::JobResult, WorkError> {
+    key: &JobKey,
+    limits: &crate::work::Limits,
+) -> Result<crate::work::ResultIndex, WorkError> {
+    if receipt.result.size > limits.index {
+        return Err(WorkError::fatal(format!(
+            "the receipt names a result index of {} bytes; this job's is at most {}",
+            receipt.result.size, limits.index
+        )));
+    }
     let ct = fetch_bytes(blobs, &receipt.provider, contact, &receipt.result).await?;
-    let plain = open_blob(key, "result", receipt.contract, ct).await?;
-    tokio::task::spawn_blocking(move || crate::work::JobResult::from_bytes(&plain))
-        .await
-        .map_err(|e| WorkError::fatal(format!("the decoding task failed: {e}")))?
-        .map_err(|e| WorkError::fatal(format!("{e:#}")))
+    let plain = open_blob(key.clone(), INDEX_LABEL, receipt.contract, ct).await?;
+    let limit = limits.index;
+    let index =
+        tokio::task::spawn_blocking(move || crate::work::ResultIndex::from_bytes(&plain, limit))
+            .await
+            .map_err(|e| WorkError::fatal(format!("the decoding task failed: {e}")))?
+            .map_err(|e| WorkError::fatal(format!("{e:#}")))?;
+    if let Some(why) = index.oversized(limits) {
+        return Err(WorkError::fatal(format!("the result index names {why}")));
+    }
+    Ok(index)
+}
+
+/// Fetch and decrypt one blob a result index names (its size is within the
+/// job's limits: [`fetch_index`] checked).
+async fn fetch_part(
+    blobs: &BlobNode,
+    contact: &[String],
+    receipt: &Receipt,
+    key: &JobKey,
+    label: &'static str,
+    blob: &BlobRef,
+) -> Result<Vec<u8>, WorkError> {
+    let ct = fetch_bytes(blobs, &receipt.provider, contact, blob).await?;
+    open_blob(key.clone(), label, receipt.contract, ct).await
+}
+
+/// Encrypt a run's result blob by blob, store each, and give the index that
+/// names them (stored too) as the receipt's result.
+async fn store_result(
+    blobs: &BlobNode,
+    key: &JobKey,
+    contract: Hash32,
+    result: crate::work::JobResult,
+) -> anyhow::Result<BlobRef> {
+    let key = key.clone();
+    let (output, models, metrics, chain) = (
+        result.output,
+        result.checkpoint_models,
+        result.metrics,
+        result.chain,
+    );
+    // Training: the output is the last link's weights, stored once.
+    let output_is_last = !models.is_empty() && models.last() == Some(&output);
+    let k = key.clone();
+    let sealed = tokio::task::spawn_blocking(move || {
+        let models: Vec<Vec<u8>> = models
+            .iter()
+            .map(|m| crypto::encrypt(&k, MODEL_LABEL, &contract, m))
+            .collect();
+        let output =
+            (!output_is_last).then(|| crypto::encrypt(&k, OUTPUT_LABEL, &contract, &output));
+        (models, output)
+    })
+    .await?;
+    let mut refs = Vec::with_capacity(sealed.0.len());
+    for ct in sealed.0 {
+        let size = ct.len() as u64;
+        refs.push(BlobRef {
+            hash: blobs.add_bytes(ct).await?,
+            size,
+        });
+    }
+    let output = match sealed.1 {
+        Some(ct) => {
+            let size = ct.len() as u64;
+            BlobRef {
+                hash: blobs.add_bytes(ct).await?,
+                size,
+            }
+        }
+        None => *refs.last().context("no weights for the output")?,
+    };
+    let index = crate::work::ResultIndex {
+        output,
+        chain,
+        models: refs,
+        metrics,
+    };
+    let ct = crypto::encrypt(&key, INDEX_LABEL, &contract, &index.to_bytes()?);
+    let size = ct.len() as u64;
+    Ok(BlobRef {
+        hash: blobs.add_bytes(ct).await?,
+        size,
+    })
 }
 
 /// Run a contract's job on the selected backend; store the encrypted result.
@@ -300,16 +427,22 @@ pub(super) async fn run_job(
     let kind = terms.spec.kind.clone();
     let key = grant.key.clone();
     let ran = async {
-        let (ran, ct) = tokio::task::spawn_blocking(move || {
+        let mut ran = tokio::task::spawn_blocking(move || {
             let sel = compute::select_backend(pref)?;
-            let ran = crate::work::run(&*sel.backend, &kind, &data, model.as_deref(), cheat)?;
-            let ct = crypto::encrypt(&key, "result", &contract, &ran.result.to_bytes()?);
-            anyhow::Ok((ran, ct))
+            crate::work::run(&*sel.backend, &kind, &data, model.as_deref(), cheat)
         })
         .await??;
-        let size = ct.len() as u64;
-        let hash = blobs.add_bytes(ct).await?;
-        anyhow::Ok((ran, BlobRef { hash, size }))
+        let result = std::mem::replace(
+            &mut ran.result,
+            crate::work::JobResult {
+                output: Vec::new(),
+                chain: Vec::new(),
+                checkpoint_models: Vec::new(),
+                metrics: Default::default(),
+            },
+        );
+        let index = store_result(&blobs, &key, contract, result).await?;
+        anyhow::Ok((ran, index))
     }
     .await;
     let (ran, result) = ran.map_err(|e| WorkError::fatal(format!("{e:#}")))?;
@@ -356,7 +489,43 @@ pub(super) async fn check_job(
     seeds: Vec<u64>,
 ) -> Result<String, WorkError> {
     let (data, model) = fetch_inputs(&blobs, &grant, &terms).await?;
-    let result = fetch_result(&blobs, &provider_contact, &receipt, grant.key.clone()).await?;
+    let kind = terms.spec.kind.clone();
+    let limits = crate::work::data_shape(&data)
+        .and_then(|shape| crate::work::limits(&kind, model.as_deref(), shape))
+        .map_err(|e| WorkError::fatal(format!("{e:#}")))?;
+    let key = &grant.key;
+    let index = fetch_index(&blobs, &provider_contact, &receipt, key, &limits).await?;
+    // Only what the check uses: the weights at the ends of the challenged
+    // links and of the last one, or the output.
+    let (links, want_output) = crate::work::to_fetch(&kind, &index.chain, &seeds);
+    let mut models = std::collections::BTreeMap::new();
+    for link in links {
+        if let Some(blob) = index.models.get(link) {
+            let m = fetch_part(&blobs, &provider_contact, &receipt, key, MODEL_LABEL, blob).await?;
+            models.insert(link, m);
+        }
+    }
+    let output = if want_output {
+        let blob = index.output;
+        Some(
+            fetch_part(
+                &blobs,
+                &provider_contact,
+                &receipt,
+                key,
+                OUTPUT_LABEL,
+                &blob,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let result = crate::work::FetchedResult {
+        index,
+        models,
+        output,
+    };
     let verdict = tokio::task::spawn_blocking(move || {
         // The reference backend: what every member agrees on.
         let be = compute::CpuBackend::new();
@@ -383,20 +552,12 @@ pub(super) async fn check_job(
 /// A trained model with what its data set said (feature and class names,
 /// scalers; see [`MODEL_KEYS`]) and its metrics added to its metadata; any
 /// other result as it came.
-fn describe_model(
-    results: &std::path::Path,
-    job: &Hash32,
-    output: &[u8],
-    metrics: &compute::Metrics,
-) -> Vec<u8> {
+fn describe_model(dataset: &DatasetMeta, output: &[u8], metrics: &compute::Metrics) -> Vec<u8> {
     let is_model = compute::tensors::parse(output).is_ok_and(|st| compute::tensors::has(&st, "w0"));
     if !is_model {
         return output.to_vec();
     }
-    let mut meta: DatasetMeta = std::fs::read(dataset_meta_path(results, job))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
+    let mut meta = dataset.clone();
     if let Ok(m) = serde_json::to_string(metrics) {
         meta.insert("metrics".into(), m);
     }
@@ -415,9 +576,30 @@ pub(super) async fn fetch_for_requester(
     key: JobKey,
     provider_contact: Vec<String>,
 ) -> Result<Fetched, WorkError> {
-    let r = fetch_result(&blobs, &provider_contact, &receipt, key).await?;
+    let notes = JobNotes::read(&results, &job);
+    // A job submitted before its limits were kept: the largest a requester takes.
+    let limits = notes.limits.unwrap_or(crate::work::Limits {
+        index: 64 << 20,
+        output: crate::work::MAX_OUTPUT,
+        model: crate::work::MAX_OUTPUT,
+    });
+    let index = fetch_index(&blobs, &provider_contact, &receipt, &key, &limits).await?;
+    // Only the output: the committee checked the chain.
+    let trained = !index.models.is_empty();
+    let label = if trained { MODEL_LABEL } else { OUTPUT_LABEL };
+    let blob = index.output;
+    let out = fetch_part(&blobs, &provider_contact, &receipt, &key, label, &blob).await?;
+    if trained {
+        crate::work::check_output(&index, &out).map_err(|e| WorkError::fatal(format!("{e:#}")))?;
+    }
+    let r = crate::work::JobResult {
+        output: out,
+        chain: index.chain,
+        checkpoint_models: Vec::new(),
+        metrics: index.metrics,
+    };
     let path = results.join(format!("{}.safetensors", job.short()));
-    let output = describe_model(&results, &job, &r.output, &r.metrics);
+    let output = describe_model(&notes.dataset, &r.output, &r.metrics);
     let saved = async {
         tokio::fs::create_dir_all(&results).await?;
         tokio::fs::write(&path, &output)
