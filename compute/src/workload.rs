@@ -299,6 +299,29 @@ pub struct Metrics {
     pub rows: usize,
 }
 
+impl Metrics {
+    /// The scores in a line: accuracy, or RMSE and R², on the held-out rows
+    /// (else on the training rows), and ε under DP-SGD; empty if none apply.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        let (on, acc, rmse, r2) = if self.test_loss.is_some() {
+            ("test", self.test_accuracy, self.test_rmse, self.test_r2)
+        } else {
+            ("train", self.train_accuracy, self.train_rmse, self.train_r2)
+        };
+        if let Some(a) = acc {
+            parts.push(format!("{on} accuracy {:.1}%", a * 100.0));
+        }
+        if let (Some(e), Some(r)) = (rmse, r2) {
+            parts.push(format!("{on} RMSE {e:.4}, R² {r:.3}"));
+        }
+        if let Some(eps) = self.epsilon {
+            parts.push(format!("ε {eps:.2}"));
+        }
+        parts.join(", ")
+    }
+}
+
 /// What a provider returns for a workload.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkloadOutput {

@@ -528,8 +528,19 @@ fn model(json: bool, cmd: &ModelCommand) -> anyhow::Result<()> {
                     println!("target    y = output × {} + {}", t.scale, t.mean);
                 }
                 for (k, v) in &i.metadata {
-                    if !compute::predict::KNOWN_KEYS.contains(&k.as_str()) {
-                        println!("{k:<9} {v}");
+                    if compute::predict::KNOWN_KEYS.contains(&k.as_str()) {
+                        continue;
+                    }
+                    // The job's metrics, as scores rather than JSON.
+                    match serde_json::from_str::<compute::Metrics>(v) {
+                        Ok(m) if k == "metrics" => {
+                            println!("{k:<9} {}", m.summary());
+                            // A standardized target's error, in its own units.
+                            if let (Some(t), Some(e)) = (i.target, m.test_rmse.or(m.train_rmse)) {
+                                println!("{:<9} RMSE {:.4} in the target's units", "", e * t.scale);
+                            }
+                        }
+                        _ => println!("{k:<9} {v}"),
                     }
                 }
             })
@@ -1730,6 +1741,11 @@ fn print_job_summary(j: &crate::control::JobView) {
             "slashed    {} tokens of the provider's bond (half to us, half burned)",
             tokens(s)
         );
+    }
+    if let Some(m) = j.metrics.as_ref().map(compute::Metrics::summary)
+        && !m.is_empty()
+    {
+        println!("scores     {m}");
     }
     if let Some(r) = &j.result {
         println!("result     {}", r.display());

@@ -608,12 +608,10 @@ pub(super) async fn fetch_for_requester(
     }
     .await;
     saved.map_err(|e| WorkError::fatal(format!("{e:#}")))?;
-    let acc = r
-        .metrics
-        .test_accuracy
-        .or(r.metrics.train_accuracy)
-        .map(|a| format!(", accuracy {:.1}%", a * 100.0))
-        .unwrap_or_default();
+    let acc = match r.metrics.summary() {
+        s if s.is_empty() => s,
+        s => format!(", {s}"),
+    };
     let bytes = r.output.len() as u64;
     Ok(Fetched {
         summary: format!(
