@@ -51,8 +51,9 @@ pub use error::{ComputeError, Result};
 pub use mlp::Task;
 pub use wgpu_backend::WgpuBackend;
 pub use workload::{
-    Checkpoint, DataShape, DpConfig, Metrics, PreprocessOp, Sampling, TrainSpec, WorkloadOutput,
-    WorkloadSpec, compute_units_for, flops_for, run_preprocess, run_workload,
+    Checkpoint, DataShape, DpConfig, Metrics, PreprocessOp, Progress, Sampling, TrainSpec,
+    WorkloadOutput, WorkloadSpec, compute_units_for, flops_for, run_preprocess, run_workload,
+    run_workload_observed,
 };
 
 use serde::{Deserialize, Serialize};

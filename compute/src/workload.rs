@@ -404,12 +404,26 @@ struct TrainResult {
     metrics: Metrics,
 }
 
+/// A training job's progress, after each epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Progress {
+    /// Steps done, of `steps`.
+    pub step: u64,
+    pub steps: u64,
+    /// Epochs done, of `epochs`.
+    pub epoch: u32,
+    pub epochs: u32,
+    /// The mean training loss of the last epoch.
+    pub loss: f64,
+}
+
 fn train(
     ops: &Ops<'_>,
     spec: &TrainSpec,
     data: &Data,
     test: Option<&Data>,
     init: Option<Mlp>,
+    on_epoch: &mut dyn FnMut(Progress),
 ) -> Result<TrainResult> {
     spec.validate(data)?;
     let mut model = match init {
@@ -445,6 +459,13 @@ fn train(
             let mean = ep_loss / ep_rows.max(1) as f64;
             tracing::debug!(epoch = done / spe, loss = mean, "epoch done");
             metrics.loss_per_epoch.push(mean);
+            on_epoch(Progress {
+                step: done,
+                steps: total,
+                epoch: (done / spe).min(u64::from(u32::MAX)) as u32,
+                epochs: spec.epochs.min(u32::MAX as usize) as u32,
+                loss: mean,
+            });
             (ep_loss, ep_rows) = (0.0, 0);
         }
         if done % every == 0 || done == total {
@@ -503,6 +524,18 @@ pub fn run_workload(
     data: &[u8],
     model: Option<&[u8]>,
 ) -> Result<WorkloadOutput> {
+    run_workload_observed(backend, spec, data, model, &mut |_| {})
+}
+
+/// [`run_workload`], telling `on_epoch` of a training job's progress after
+/// each epoch.
+pub fn run_workload_observed(
+    backend: &dyn Backend,
+    spec: &WorkloadSpec,
+    data: &[u8],
+    model: Option<&[u8]>,
+    on_epoch: &mut dyn FnMut(Progress),
+) -> Result<WorkloadOutput> {
     let t0 = Instant::now();
     let ops = Ops::new(backend);
     let (output, checkpoints, checkpoint_models, metrics) = match spec {
@@ -510,7 +543,7 @@ pub fn run_workload(
             let d = Data::read(data, "x", "y", ts.task)?;
             let test = read_test(data, ts.task)?;
             let init = model.map(Mlp::from_safetensors).transpose()?;
-            let r = train(&ops, ts, &d, test.as_ref(), init)?;
+            let r = train(&ops, ts, &d, test.as_ref(), init, on_epoch)?;
             (
                 r.model.to_safetensors_as(ts.task)?,
                 r.checkpoints,

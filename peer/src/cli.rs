@@ -1577,16 +1577,33 @@ fn remote(cli: &Cli) -> anyhow::Result<()> {
                     println!("job {} submitted", v.id);
                 }
                 let mut shown = 0;
+                // On a terminal, the training's progress as a bar that the
+                // next line of the timeline replaces.
+                let tty = !json && std::io::IsTerminal::is_terminal(&std::io::stdout());
+                let mut bar = false;
                 let done = client
                     .wait_job(&v.id, std::time::Duration::from_secs(*timeout), |v| {
-                        if !json {
-                            for e in &v.events[shown..] {
-                                println!("{:>8.2} s  {}", e.at_s, e.what);
-                            }
+                        if json {
+                            return;
+                        }
+                        if bar && v.events.len() > shown {
+                            print!("\r\x1b[K");
+                            bar = false;
+                        }
+                        for e in &v.events[shown..] {
+                            println!("{:>8.2} s  {}", e.at_s, e.what);
                         }
                         shown = v.events.len();
+                        if let Some(p) = v.progress.filter(|p| tty && p.step < p.steps) {
+                            print!("\r\x1b[K{}", progress_bar(&p));
+                            let _ = std::io::Write::flush(&mut std::io::stdout());
+                            bar = true;
+                        }
                     })
                     .await?;
+                if bar {
+                    print!("\r\x1b[K");
+                }
                 // The timeline was shown as it came: the outcome only, once.
                 print(json, &done, print_job_summary)?;
                 if !done.ok {
@@ -1708,6 +1725,21 @@ fn print_job(j: &crate::control::JobView) {
     for e in &j.events {
         println!("{:>8.2} s  {}", e.at_s, e.what);
     }
+}
+
+/// `[#########...........]  45%  epoch 18/40  loss 0.2311`
+fn progress_bar(p: &node_core::TrainProgress) -> String {
+    const WIDTH: u64 = 30;
+    let filled = (p.step.saturating_mul(WIDTH) / p.steps.max(1)).min(WIDTH) as usize;
+    format!(
+        "[{}{}] {:>3}%  epoch {}/{}  loss {:.4}",
+        "#".repeat(filled),
+        ".".repeat(WIDTH as usize - filled),
+        p.step.saturating_mul(100) / p.steps.max(1),
+        p.epoch,
+        p.epochs,
+        p.loss
+    )
 }
 
 fn print_job_summary(j: &crate::control::JobView) {

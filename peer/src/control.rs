@@ -195,6 +195,9 @@ pub struct JobView {
     pub result: Option<PathBuf>,
     pub metrics: Option<compute::Metrics>,
     pub events: Vec<JobEvent>,
+    /// The provider's last progress report, while a training job runs.
+    #[serde(default)]
+    pub progress: Option<node_core::TrainProgress>,
 }
 
 /// The committee's certified verdict on a job.
@@ -873,11 +876,12 @@ impl ControlClient {
         mut progress: impl FnMut(&JobView),
     ) -> anyhow::Result<JobView> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut seen = 0usize;
+        let mut seen = (0usize, None);
         loop {
             let v = self.job(id).await?;
-            if v.events.len() != seen {
-                seen = v.events.len();
+            let now = (v.events.len(), v.progress.map(|p| p.step));
+            if now != seen {
+                seen = now;
                 progress(&v);
             }
             if v.done {

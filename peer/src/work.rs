@@ -409,8 +409,20 @@ pub fn run(
     model: Option<&[u8]>,
     cheat: Cheat,
 ) -> anyhow::Result<Ran> {
+    run_observed(backend, kind, data, model, cheat, &mut |_| {})
+}
+
+/// [`run`], telling `on_epoch` how far a training job is after each epoch.
+pub fn run_observed(
+    backend: &dyn Backend,
+    kind: &JobKind,
+    data: &[u8],
+    model: Option<&[u8]>,
+    cheat: Cheat,
+    on_epoch: &mut dyn FnMut(compute::Progress),
+) -> anyhow::Result<Ran> {
     let spec = workload_spec(kind, model)?;
-    let out = compute::run_workload(backend, &spec, data, model)?;
+    let out = compute::run_workload_observed(backend, &spec, data, model, on_epoch)?;
     let mut result = JobResult {
         output: out.output.clone(),
         chain: out.checkpoints.clone(),

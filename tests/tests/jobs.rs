@@ -318,6 +318,12 @@ async fn csv_files_imported_train_on_a_swarm_to_classify_and_to_regress() -> any
     let m = done.metrics.as_ref().expect("training metrics");
     let acc = m.test_accuracy.expect("the held-out rows were scored");
     assert!(acc > 0.9, "test accuracy {acc}");
+    // The provider told the requester how far the training was; its last
+    // report (always sent) says all 30 epochs.
+    let reported = wait_job(&c, &v.id, Duration::from_secs(60), |v| v.progress.is_some()).await;
+    let p = reported.progress.expect("a progress report");
+    assert_eq!((p.epoch, p.epochs, p.step), (30, 30, p.steps), "{p:?}");
+    assert!(p.loss.is_finite() && p.loss < 1.0, "{p:?}");
     // The model says how to feed it and read it: its data set's names and
     // scalers, its activations, its metrics.
     let model = std::fs::read(done.result.as_ref().expect("the model's path"))?;

@@ -15,8 +15,24 @@ const TAG_PROPOSAL: u8 = 2;
 // the proposal with their signatures to the whole committee.
 const TAG_CHALLENGE: u8 = 4;
 const TAG_SKIP: u8 = 5;
+const TAG_PROGRESS: u8 = 6;
 /// A challenge's body: contract, member, signature.
 const CHALLENGE_LEN: usize = 32 + 32 + 64;
+/// A progress report's body: contract, step, steps, epoch, epochs, loss.
+const PROGRESS_LEN: usize = 32 + 8 + 8 + 4 + 4 + 8;
+
+/// How far a provider is with a training job, after an epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct TrainProgress {
+    /// Steps done, of `steps`.
+    pub step: u64,
+    pub steps: u64,
+    /// Epochs done, of `epochs`.
+    pub epoch: u32,
+    pub epochs: u32,
+    /// The last epoch's mean training loss.
+    pub loss: f64,
+}
 
 /// One direct message.
 #[derive(Debug, Clone)]
@@ -37,6 +53,13 @@ pub enum Direct {
         member: AccountId,
         sig: Sig,
     },
+    /// A provider's progress with a contract's training job, to its
+    /// requester (the transport says who sent it; the requester takes it only
+    /// from its job's provider). Informative: it decides nothing.
+    Progress {
+        contract: Hash32,
+        progress: TrainProgress,
+    },
 }
 
 /// Why a direct message was refused.
@@ -52,6 +75,10 @@ pub enum DirectError {
     Codec(#[from] protocol::CodecError),
     #[error("a challenge of {0} bytes (expected {CHALLENGE_LEN})")]
     Challenge(usize),
+    #[error("a progress report of {0} bytes (expected {PROGRESS_LEN})")]
+    ProgressLen(usize),
+    #[error("a progress report that makes no sense: {0}")]
+    Progress(&'static str),
 }
 
 impl Direct {
@@ -68,6 +95,18 @@ impl Direct {
             } => (
                 TAG_CHALLENGE,
                 [&contract.0[..], &member.0[..], &sig.0[..]].concat(),
+            ),
+            Direct::Progress { contract, progress } => (
+                TAG_PROGRESS,
+                [
+                    &contract.0[..],
+                    &progress.step.to_le_bytes(),
+                    &progress.steps.to_le_bytes(),
+                    &progress.epoch.to_le_bytes(),
+                    &progress.epochs.to_le_bytes(),
+                    &progress.loss.to_le_bytes(),
+                ]
+                .concat(),
             ),
         };
         let mut out = Vec::with_capacity(body.len() + 1);
@@ -104,6 +143,40 @@ impl Direct {
                     sig: Sig(s),
                 }
             }
+            TAG_PROGRESS => {
+                let b: &[u8; PROGRESS_LEN] = body
+                    .try_into()
+                    .map_err(|_| DirectError::ProgressLen(body.len()))?;
+                let mut c = Hash32([0; 32]);
+                c.0.copy_from_slice(&b[..32]);
+                let u64_at = |i: usize| {
+                    let mut w = [0u8; 8];
+                    w.copy_from_slice(&b[i..i + 8]);
+                    w
+                };
+                let u32_at = |i: usize| {
+                    let mut w = [0u8; 4];
+                    w.copy_from_slice(&b[i..i + 4]);
+                    u32::from_le_bytes(w)
+                };
+                let progress = TrainProgress {
+                    step: u64::from_le_bytes(u64_at(32)),
+                    steps: u64::from_le_bytes(u64_at(40)),
+                    epoch: u32_at(48),
+                    epochs: u32_at(52),
+                    loss: f64::from_le_bytes(u64_at(56)),
+                };
+                if progress.step > progress.steps || progress.epoch > progress.epochs {
+                    return Err(DirectError::Progress("more done than there is"));
+                }
+                if !progress.loss.is_finite() {
+                    return Err(DirectError::Progress("a loss that is not a number"));
+                }
+                Direct::Progress {
+                    contract: c,
+                    progress,
+                }
+            }
             t => return Err(DirectError::Tag(t)),
         })
     }
@@ -124,7 +197,27 @@ mod tests {
             Direct::from_bytes(&[9, 1], &n),
             Err(DirectError::Tag(9))
         ));
-        for tag in 0..6u8 {
+        let p = Direct::Progress {
+            contract: Hash32([5; 32]),
+            progress: TrainProgress {
+                step: 40,
+                steps: 100,
+                epoch: 2,
+                epochs: 5,
+                loss: 0.25,
+            },
+        };
+        let back = Direct::from_bytes(&p.to_bytes().unwrap(), &n).unwrap();
+        assert!(
+            matches!(back, Direct::Progress { contract, progress } if contract == Hash32([5; 32]) && progress.epoch == 2 && progress.loss == 0.25)
+        );
+        let mut bad = p.to_bytes().unwrap();
+        bad[33 + 8] = 0; // steps 0 < step 40
+        assert!(matches!(
+            Direct::from_bytes(&bad, &n),
+            Err(DirectError::Progress(_))
+        ));
+        for tag in 0..7u8 {
             for len in [0usize, 1, 7, 300] {
                 let mut b = vec![tag];
                 b.extend((0..len).map(|i| (i * 31 + 7) as u8));

@@ -134,6 +134,9 @@ pub struct Job {
     pub ended: Option<JobEnd>,
     pub result: Option<Fetched>,
     pub events: Vec<(Timestamp, String)>,
+    /// The provider's last progress report (training), not kept across a
+    /// restart: the next report brings it back.
+    pub progress: Option<crate::TrainProgress>,
 }
 
 impl Job {

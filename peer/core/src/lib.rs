@@ -61,7 +61,7 @@ use protocol::{
 };
 use rand::Rng;
 
-pub use direct::{Direct, DirectError};
+pub use direct::{Direct, DirectError, TrainProgress};
 pub use job::{Job, JobEnd, JobState};
 pub use keys::{JobKey, KeyError};
 pub use persist::{PersistError, Restored};
@@ -192,6 +192,18 @@ pub enum Input {
     /// the cores a new entry concerns. (A replica of its own changes only
     /// through the core, which notices by itself.)
     LedgerChanged,
+    /// The driver's run of a contract's training job finished an epoch: the
+    /// provider tells the requester.
+    RunProgress {
+        contract: Hash32,
+        progress: TrainProgress,
+    },
+    /// A provider's progress report (see [`Direct::Progress`]).
+    Progress {
+        from: AccountId,
+        contract: Hash32,
+        progress: TrainProgress,
+    },
     /// A contract's job ran (or could not run; see [`WorkError`] for a peer
     /// that could not be reached).
     Ran {
@@ -254,6 +266,11 @@ impl Input {
                 contract,
                 member,
                 sig,
+            },
+            Direct::Progress { contract, progress } => Input::Progress {
+                from,
+                contract,
+                progress,
             },
         }
     }
@@ -462,6 +479,14 @@ impl<S: Store> NodeCore<S> {
             }
             Input::Tick => self.on_tick(&mut cx),
             Input::LedgerChanged => self.ledger_dirty = true,
+            Input::RunProgress { contract, progress } => {
+                self.on_run_progress(&mut cx, contract, progress)
+            }
+            Input::Progress {
+                from,
+                contract,
+                progress,
+            } => self.on_progress(cx.now, from, contract, progress),
             Input::Ran { contract, result } => self.on_ran(&mut cx, contract, result),
             Input::Checked { contract, result } => self.on_checked(&mut cx, contract, result),
             Input::Fetched { job, result } => self.on_fetched(&mut cx, job, result),

@@ -196,6 +196,7 @@ fn load_job(s: SavedJob) -> Job {
             summary,
         }),
         events: s.events,
+        progress: None,
     }
 }
 

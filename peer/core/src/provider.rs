@@ -418,6 +418,29 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
+    /// Tell a running contract's requester how far its training is.
+    pub(crate) fn on_run_progress<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        contract: Hash32,
+        progress: crate::TrainProgress,
+    ) {
+        let Some(terms) = self.prov.running.get(&contract) else {
+            return;
+        };
+        info!(
+            contract = %contract.short(),
+            epoch = progress.epoch,
+            epochs = progress.epochs,
+            loss = format!("{:.4}", progress.loss),
+            "training"
+        );
+        cx.out.push(Output::Send {
+            to: terms.spec.requester,
+            msg: crate::Direct::Progress { contract, progress },
+        });
+    }
+
     pub(crate) fn on_ran<R: Rng + ?Sized>(
         &mut self,
         cx: &mut Cx<'_, R>,

@@ -237,6 +237,7 @@ impl<S: Store> NodeCore<S> {
             ended: None,
             result: None,
             events: Vec::new(),
+            progress: None,
         };
         job.event(now, p.note);
         let offers = self.requester.book().iter().count();
@@ -250,13 +251,15 @@ impl<S: Store> NodeCore<S> {
             .unwrap_or(protocol::Amount(u64::MAX));
         if !self.ledger.backs(&self.identity.account(), escrow) {
             let wait = self.ledger.unbacked_wait().0 / 1000;
+            let (at_risk, backing) = self.ledger.backing(&self.identity.account());
             job.event(
                 now,
                 format!(
-                    "no final bond of this account backs the escrow: a provider starts only once \
-                     the escrow is final (up to {wait} s), and declines a deadline that leaves no \
-                     room for it; a bond (provider.bond, bonded at a first job) lets later jobs \
-                     start at once"
+                    "this account's final bond and stake back pending escrows up to {backing} \
+                     tokens ({at_risk} pending), less than this job's escrow could be at its \
+                     max_price ({escrow}): a provider starts only once the escrow is final (up \
+                     to {wait} s), and declines a deadline that leaves no room for it; a larger \
+                     bond (provider.bond, bonded at a first job) lets jobs start at once"
                 ),
             );
         }
@@ -565,6 +568,36 @@ impl<S: Store> NodeCore<S> {
             return;
         }
         self.on_delivered(cx, r.contract, r);
+    }
+
+    /// A provider's progress with one of our jobs: kept for the job's view,
+    /// and a line in its timeline at each quarter of the epochs.
+    pub(crate) fn on_progress(
+        &mut self,
+        now: Timestamp,
+        from: AccountId,
+        contract: Hash32,
+        progress: crate::TrainProgress,
+    ) {
+        let Some(j) = self.jobs.by_contract(&contract) else {
+            return;
+        };
+        if j.provider != Some(from) {
+            return; // only the job's own provider reports on it
+        }
+        let quarter =
+            |p: &crate::TrainProgress| u64::from(p.epoch) * 4 / u64::from(p.epochs.max(1));
+        let before = j.progress.as_ref().map_or(0, quarter);
+        if quarter(&progress) > before && progress.epoch < progress.epochs {
+            j.event(
+                now,
+                format!(
+                    "training: epoch {} of {}, loss {:.4}",
+                    progress.epoch, progress.epochs, progress.loss
+                ),
+            );
+        }
+        j.progress = Some(progress);
     }
 
     pub(crate) fn on_fetched<R: Rng + ?Sized>(

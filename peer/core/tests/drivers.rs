@@ -50,6 +50,7 @@ fn kind(wire: &Wire) -> String {
         Wire::Direct(Direct::Proposal(_)) => "checkpoint proposal".into(),
         Wire::Direct(Direct::Skip(_)) => "checkpoint skip".into(),
         Wire::Direct(Direct::Challenge { .. }) => "challenge".into(),
+        Wire::Direct(Direct::Progress { .. }) => "progress".into(),
     }
 }
 

@@ -428,7 +428,9 @@ fn an_unbacked_escrow_is_run_only_once_final() {
     assert!(net.runs.is_empty());
     let events = &net.nodes[REQ].job(&job).unwrap().events;
     assert!(
-        events.iter().any(|(_, e)| e.contains("no final bond")),
+        events
+            .iter()
+            .any(|(_, e)| e.contains("a provider starts only once the escrow is final")),
         "the requester was not told why: {events:?}"
     );
     let job = submit_one(&mut net);
@@ -484,5 +486,9 @@ fn a_requesters_bond_lets_its_next_job_start_before_its_escrow_is_final() {
     );
     assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
     let events = &net.nodes[REQ].job(&job).unwrap().events;
-    assert!(!events.iter().any(|(_, e)| e.contains("no final bond")));
+    assert!(
+        !events
+            .iter()
+            .any(|(_, e)| e.contains("a provider starts only once the escrow is final"))
+    );
 }

@@ -255,7 +255,12 @@
       return el('tr', { 'data-job': j.id, class: jobClass(j) },
         el('td', { class: 'job' }, el('span', { class: 'id', title: j.id }, String(j.id).slice(0, 8))),
         el('td', { class: 'kind' }, j.kind),
-        el('td', { class: 'state' }, el('span', { class: 'tag state-' + jobClass(j) }, j.state)),
+        el('td', { class: 'state' }, el('span', { class: 'tag state-' + jobClass(j) }, j.state),
+          // A running training job: the provider's last report.
+          j.progress && !j.done
+            ? el('div', { class: 'progress muted' },
+              `epoch ${j.progress.epoch}/${j.progress.epochs} · loss ${Number(j.progress.loss).toFixed(4)}`)
+            : null),
         el('td', { class: 'outcome' }, j.outcome == null ? '—' : j.outcome),
         el('td', { class: 'provider', title: price }, j.provider ? account(j.provider) : '—'),
         el('td', { class: 'num units', title: `estimated ${num(j.estimated_cu, 2)} CU` },

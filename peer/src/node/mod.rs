@@ -307,7 +307,7 @@ struct Driver {
 fn purpose(d: &Direct) -> Purpose {
     match d {
         Direct::LedgerSync(_) => Purpose::Sync,
-        Direct::Frame(_) => Purpose::Market,
+        Direct::Frame(_) | Direct::Progress { .. } => Purpose::Market,
         Direct::Proposal(_) | Direct::Skip(_) | Direct::Challenge { .. } => Purpose::Committee,
     }
 }
@@ -522,9 +522,16 @@ impl Driver {
                     let blobs = self.blobs.clone();
                     let pref = tasks::backend_preference(&self.dir);
                     let cheat = self.opts.cheat;
+                    // Progress goes to the core (which tells the requester);
+                    // a full queue drops a report, never blocks the run.
+                    let tx = self.work_tx.clone();
+                    let report = move |progress| {
+                        let _ = tx.try_send(Work::Input(Input::RunProgress { contract, progress }));
+                    };
                     self.spawn(async move {
                         let result =
-                            tasks::run_job(blobs, grant, *terms, contract, pref, cheat).await;
+                            tasks::run_job(blobs, grant, *terms, contract, pref, cheat, report)
+                                .await;
                         Input::Ran { contract, result }
                     });
                 }

@@ -421,6 +421,7 @@ pub(super) async fn run_job(
     contract: Hash32,
     pref: compute::BackendPreference,
     cheat: crate::work::Cheat,
+    report: impl Fn(node_core::TrainProgress) + Send + 'static,
 ) -> Result<RanJob, WorkError> {
     let (data, model) = fetch_inputs(&blobs, &grant, &terms).await?;
     let inputs_ready_at = net::now();
@@ -429,7 +430,23 @@ pub(super) async fn run_job(
     let ran = async {
         let mut ran = tokio::task::spawn_blocking(move || {
             let sel = compute::select_backend(pref)?;
-            crate::work::run(&*sel.backend, &kind, &data, model.as_deref(), cheat)
+            // At most one report a second, and the last epoch's.
+            let mut last: Option<std::time::Instant> = None;
+            let mut on_epoch = |p: compute::Progress| {
+                let due = last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
+                if due || p.epoch == p.epochs {
+                    last = Some(std::time::Instant::now());
+                    report(node_core::TrainProgress {
+                        step: p.step,
+                        steps: p.steps,
+                        epoch: p.epoch,
+                        epochs: p.epochs,
+                        loss: p.loss,
+                    });
+                }
+            };
+            let be = &*sel.backend;
+            crate::work::run_observed(be, &kind, &data, model.as_deref(), cheat, &mut on_epoch)
         })
         .await??;
         let result = std::mem::replace(

@@ -57,6 +57,7 @@ pub(super) fn job_view(core: &NodeCore<FileStore>, j: &Job) -> JobView {
             .result
             .as_ref()
             .and_then(|r| serde_json::from_value(r.metrics.clone()).ok()),
+        progress: j.progress,
         events: j
             .events
             .iter()
