@@ -37,6 +37,16 @@ pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// the caller tries again at the peer's latest address.
 pub const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// How often the store collects blobs that no tag keeps, and how often the
+/// tags that have expired are dropped.
+pub const GC_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a fetched blob is kept when nobody says longer (a `blob get`
+/// exports it at once; a job's blobs are kept for the job, see
+/// [`BlobNode::keep_until`]).
+pub const FETCHED_KEEP: std::time::Duration = std::time::Duration::from_secs(3600);
+/// The prefix of tags that keep a blob until a time: `exp/<ms>/<why>/<hash>`.
+const EXPIRING: &str = "exp/";
+
 /// Where the blob store lives.
 #[derive(Debug, Clone)]
 pub enum StoreKind<'a> {
@@ -67,6 +77,9 @@ pub struct BlobNet {
     pub relays: Relays,
     /// Ask the home router for a port mapping (UPnP, PCP, NAT-PMP).
     pub portmapper: bool,
+    /// How often blobs no tag keeps are collected ([`GC_EVERY`]; shorter in
+    /// tests).
+    pub gc_every: std::time::Duration,
 }
 
 impl BlobNet {
@@ -76,6 +89,7 @@ impl BlobNet {
             bind,
             relays: Relays::Off,
             portmapper: false,
+            gc_every: GC_EVERY,
         }
     }
 }
@@ -130,13 +144,42 @@ impl BlobNode {
         store: StoreKind<'_>,
         net: &BlobNet,
     ) -> anyhow::Result<BlobNode> {
-        let store: iroh_blobs::api::Store = match store {
-            StoreKind::Memory => iroh_blobs::store::mem::MemStore::new().into(),
-            StoreKind::Dir(dir) => iroh_blobs::store::fs::FsStore::load(dir)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot open blob store {}: {e}", dir.display()))?
-                .into(),
+        // Blobs no tag keeps are collected: a job's blobs carry tags that
+        // expire after the job (see `keep_until`), what `blob add` stores a
+        // tag of its own that never does.
+        let gc = iroh_blobs::store::GcConfig {
+            interval: net.gc_every,
+            add_protected: None,
         };
+        let store: iroh_blobs::api::Store = match store {
+            StoreKind::Memory => {
+                iroh_blobs::store::mem::MemStore::new_with_opts(iroh_blobs::store::mem::Options {
+                    gc_config: Some(gc),
+                })
+                .into()
+            }
+            StoreKind::Dir(dir) => {
+                let mut opts = iroh_blobs::store::fs::options::Options::new(dir);
+                opts.gc = Some(gc);
+                iroh_blobs::store::fs::FsStore::load_with_opts(dir.join("blobs.db"), opts)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot open blob store {}: {e}", dir.display()))?
+                    .into()
+            }
+        };
+        let (sweeper, gc_every) = (store.clone(), net.gc_every);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(gc_every);
+            loop {
+                every.tick().await;
+                match drop_expired(&sweeper, crate::net::now().0).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(tags = n, "blob tags expired"),
+                    // The store is gone (the node stopped).
+                    Err(_) => break,
+                }
+            }
+        });
         let endpoint = bind_endpoint(identity, net).await?;
         let traffic: Arc<[AtomicU64; 2]> = Default::default();
         let blobs = BlobsProtocol::new(&store, Some(count_sent(traffic.clone())));
@@ -237,6 +280,37 @@ impl BlobNode {
     }
 
     /// Add bytes to the store; returns their BLAKE3 hash.
+    /// Add bytes kept until `until` (ms since the Unix epoch) for `why` (a
+    /// job's blobs); returns the hash.
+    pub async fn add_bytes_until(
+        &self,
+        bytes: impl Into<bytes::Bytes>,
+        until: u64,
+        why: &str,
+    ) -> anyhow::Result<Hash32> {
+        let tt = self
+            .store
+            .add_bytes(bytes)
+            .temp_tag()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot add blob: {e}"))?;
+        let hash = Hash32(*tt.hash().as_bytes());
+        self.keep_until(&hash, until, why).await?;
+        Ok(hash)
+    }
+
+    /// Keep a held blob until `until` (ms since the Unix epoch) for `why`;
+    /// later, unless another tag keeps it, it is collected. Keeping it again
+    /// for longer adds a tag.
+    pub async fn keep_until(&self, hash: &Hash32, until: u64, why: &str) -> anyhow::Result<()> {
+        let name = format!("{EXPIRING}{until:020}/{why}/{hash}");
+        self.store
+            .tags()
+            .set(name, HashAndFormat::raw(Hash::from_bytes(hash.0)))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot keep blob {}: {e}", hash.short()))
+    }
+
     pub async fn add_bytes(&self, bytes: impl Into<bytes::Bytes>) -> anyhow::Result<Hash32> {
         let tag = self
             .store
@@ -353,6 +427,17 @@ impl BlobNode {
         let hash = &Hash32(*content.hash.as_bytes());
         let peer = from.id;
         let _guard = self.track(hash, peer.fmt_short().to_string());
+        // Kept from the start (a collection's index keeps its files): a
+        // collection run between the transfer's end and the caller's own tag
+        // must not take it.
+        let until = crate::net::now()
+            .0
+            .saturating_add(FETCHED_KEEP.as_millis() as u64);
+        self.store
+            .tags()
+            .set(format!("{EXPIRING}{until:020}/fetched/{hash}"), content)
+            .await
+            .map_err(|e| anyhow::anyhow!("blob store: {e}"))?;
         // A peer that moved (restarted on another port) or went away must not
         // hold a fetch for the transport's own, much longer, timeout.
         let conn = tokio::time::timeout(
@@ -626,6 +711,38 @@ impl Drop for TransferGuard {
     }
 }
 
+/// Drop the expiring tags whose time (ms since the Unix epoch) is before
+/// `now`; gives how many.
+async fn drop_expired(store: &iroh_blobs::api::Store, now: u64) -> anyhow::Result<u64> {
+    let mut tags = store
+        .tags()
+        .list_prefix(EXPIRING)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut expired = Vec::new();
+    while let Some(t) = tags.next().await {
+        let t = t.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let until = std::str::from_utf8(t.name.as_ref())
+            .ok()
+            .and_then(|n| n.strip_prefix(EXPIRING))
+            .and_then(|r| r.split('/').next())
+            .and_then(|ms| ms.parse::<u64>().ok());
+        // A tag whose name does not parse is ours gone wrong: drop it too.
+        if until.is_none_or(|u| u < now) {
+            expired.push(t.name);
+        }
+    }
+    let n = expired.len() as u64;
+    for name in expired {
+        store
+            .tags()
+            .delete(name)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(n)
+}
+
 /// Provider events that add each served request's payload bytes (whole or
 /// aborted) to `traffic[1]`. Only get requests are observed; push stays
 /// disabled, as in iroh-blobs' default mask.
@@ -666,6 +783,53 @@ mod tests {
 
     fn lo() -> SocketAddr {
         "127.0.0.1:0".parse().unwrap()
+    }
+
+    /// A job's blobs go once their time has passed, on disk too; what is
+    /// still kept, and what `blob add` stored, stay; a fetched blob is kept
+    /// for the caller.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expired_job_blobs_are_collected_and_the_rest_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = BlobNet {
+            gc_every: std::time::Duration::from_millis(100),
+            ..BlobNet::local(lo())
+        };
+        let node = BlobNode::spawn(&Identity::from_seed(41), StoreKind::Dir(dir.path()), &net)
+            .await
+            .unwrap();
+        let now = crate::net::now().0;
+        // Large enough to live in files of their own.
+        let blob = |b: u8| vec![b; 300_000];
+        let gone = node
+            .add_bytes_until(blob(1), now - 1, "job-input")
+            .await
+            .unwrap();
+        let kept = node
+            .add_bytes_until(blob(2), now + 3_600_000, "job-input")
+            .await
+            .unwrap();
+        let user = node.add_bytes(blob(3)).await.unwrap();
+        // A blob kept twice goes only when both times have passed.
+        let twice = node.add_bytes_until(blob(4), now - 1, "job").await.unwrap();
+        node.keep_until(&twice, now + 3_600_000, "job")
+            .await
+            .unwrap();
+        // Wait (bounded) for a sweep and a collection to take the expired one.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        while node.has(&gone).await.unwrap() {
+            assert!(tokio::time::Instant::now() < deadline, "never collected");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // Two more rounds: nothing else goes.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        for h in [kept, user, twice] {
+            assert!(node.has(&h).await.unwrap(), "{h} was collected");
+            assert_eq!(node.get_bytes(&h).await.unwrap().len(), 300_000);
+        }
+        // And the expired blob's bytes are gone from the disk.
+        let files = crate::metrics::dir_bytes(dir.path());
+        assert!(files < 4 * 300_000, "{files} bytes on disk");
     }
 
     #[tokio::test]

@@ -346,7 +346,7 @@ pub async fn serve(
 }
 
 /// Bytes of the files under `dir`, recursively (0 if it cannot be read).
-fn dir_bytes(dir: &Path) -> u64 {
+pub(crate) fn dir_bytes(dir: &Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return 0;
     };

@@ -35,6 +35,7 @@ async fn a_peer_known_only_by_its_relay_serves_a_blob() {
             ca: vec![ca],
         },
         portmapper: false,
+        gc_every: peer::blobs::GC_EVERY,
     };
     let a_id = Identity::from_seed(71);
     let b_id = Identity::from_seed(72);
@@ -80,6 +81,7 @@ async fn a_peer_known_only_by_its_relay_serves_a_blob() {
             ca: vec![],
         },
         portmapper: false,
+        gc_every: peer::blobs::GC_EVERY,
     };
     let c = BlobNode::spawn(&Identity::from_seed(73), StoreKind::Memory, &untrusting)
         .await

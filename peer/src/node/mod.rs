@@ -106,6 +106,7 @@ impl RunOptions {
                     .with_context(|| format!("net.blob_bind {:?}", c.net.blob_bind))?,
                 relays: relays_from_config(dir)?,
                 portmapper: c.net.port_mapping,
+                gc_every: crate::blobs::GC_EVERY,
             },
             control: c.net.control.parse().context("net.control")?,
             metrics: match c.net.metrics.as_str() {

@@ -133,6 +133,12 @@ pub(super) async fn prepare(
     }
     let key = crypto::random_key();
     let aad = input_aad(&me);
+    let deadline = Timestamp(
+        submitted
+            .0
+            .saturating_add(req.deadline_secs.saturating_mul(1000)),
+    );
+    let until = keep_until(deadline);
     let store = |label: &'static str, plain: Vec<u8>| {
         let blobs = blobs.clone();
         let key = key.clone();
@@ -141,7 +147,7 @@ pub(super) async fn prepare(
                 tokio::task::spawn_blocking(move || crypto::encrypt(&key, label, &aad, &plain))
                     .await?;
             let size = ct.len() as u64;
-            let hash = blobs.add_bytes(ct).await?;
+            let hash = blobs.add_bytes_until(ct, until, "job-input").await?;
             anyhow::Ok(BlobRef { hash, size })
         }
     };
@@ -151,11 +157,6 @@ pub(super) async fn prepare(
         Some(m) => Some(store("model", m).await?),
         None => None,
     };
-    let deadline = Timestamp(
-        submitted
-            .0
-            .saturating_add(req.deadline_secs.saturating_mul(1000)),
-    );
     let spec = JobSpec {
         requester: me,
         kind: req.kind,
@@ -247,18 +248,32 @@ pub(super) fn notes_path(results: &std::path::Path, job: &Hash32) -> PathBuf {
     results.join(format!("{}.job.json", job.short()))
 }
 
-/// A blob from `from`'s store into ours, then its bytes: a failure here means
-/// a peer could not be reached (or did not serve it), which may pass.
+/// How long a job's blobs are kept: two hours past its deadline, past its
+/// escrow's bound (`protocol::escrow_bound`: the deadline, the committee's
+/// grace and five minutes), by then settled or refunded. The store then
+/// collects them.
+pub(super) const JOB_KEEP: protocol::DurationMs = protocol::DurationMs::secs(2 * 3600);
+
+/// When the blobs of a job due at `deadline` may go (ms since the Unix epoch).
+pub(super) fn keep_until(deadline: Timestamp) -> u64 {
+    deadline.plus(JOB_KEEP).0
+}
+
+/// A blob from `from`'s store into ours (kept until `until`, ms since the
+/// Unix epoch), then its bytes: a failure here means a peer could not be
+/// reached (or did not serve it), which may pass.
 async fn fetch_bytes(
     blobs: &BlobNode,
     from: &AccountId,
     contact: &[String],
     blob: &BlobRef,
+    until: u64,
 ) -> Result<bytes::Bytes, WorkError> {
     let hash = &blob.hash;
     let got = async {
         let addr = BlobNode::peer_addr(from, contact)?;
         fetch_logged(blobs, addr, hash, Some(blob.size)).await?;
+        blobs.keep_until(hash, until, "job").await?;
         blobs.get_bytes(hash).await
     }
     .await;
@@ -293,7 +308,8 @@ async fn fetch_inputs(
 ) -> Result<(Vec<u8>, Option<Vec<u8>>), WorkError> {
     let aad = input_aad(&grant.requester);
     let get = async |r: &BlobRef, label: &'static str| -> Result<Vec<u8>, WorkError> {
-        let ct = fetch_bytes(blobs, &grant.requester, &grant.contact, r).await?;
+        let until = keep_until(terms.spec.deadline);
+        let ct = fetch_bytes(blobs, &grant.requester, &grant.contact, r, until).await?;
         open_blob(grant.key.clone(), label, aad, ct).await
     };
     let data = get(&terms.spec.dataset, "dataset").await?;
@@ -318,6 +334,7 @@ async fn fetch_index(
     receipt: &Receipt,
     key: &JobKey,
     limits: &crate::work::Limits,
+    until: u64,
 ) -> Result<crate::work::ResultIndex, WorkError> {
     if receipt.result.size > limits.index {
         return Err(WorkError::fatal(format!(
@@ -325,7 +342,7 @@ async fn fetch_index(
             receipt.result.size, limits.index
         )));
     }
-    let ct = fetch_bytes(blobs, &receipt.provider, contact, &receipt.result).await?;
+    let ct = fetch_bytes(blobs, &receipt.provider, contact, &receipt.result, until).await?;
     let plain = open_blob(key.clone(), INDEX_LABEL, receipt.contract, ct).await?;
     let limit = limits.index;
     let index =
@@ -348,8 +365,9 @@ async fn fetch_part(
     key: &JobKey,
     label: &'static str,
     blob: &BlobRef,
+    until: u64,
 ) -> Result<Vec<u8>, WorkError> {
-    let ct = fetch_bytes(blobs, &receipt.provider, contact, blob).await?;
+    let ct = fetch_bytes(blobs, &receipt.provider, contact, blob, until).await?;
     open_blob(key.clone(), label, receipt.contract, ct).await
 }
 
@@ -360,6 +378,7 @@ async fn store_result(
     key: &JobKey,
     contract: Hash32,
     result: crate::work::JobResult,
+    until: u64,
 ) -> anyhow::Result<BlobRef> {
     let key = key.clone();
     let (output, models, metrics, chain) = (
@@ -385,7 +404,7 @@ async fn store_result(
     for ct in sealed.0 {
         let size = ct.len() as u64;
         refs.push(BlobRef {
-            hash: blobs.add_bytes(ct).await?,
+            hash: blobs.add_bytes_until(ct, until, "job-result").await?,
             size,
         });
     }
@@ -393,7 +412,7 @@ async fn store_result(
         Some(ct) => {
             let size = ct.len() as u64;
             BlobRef {
-                hash: blobs.add_bytes(ct).await?,
+                hash: blobs.add_bytes_until(ct, until, "job-result").await?,
                 size,
             }
         }
@@ -408,7 +427,7 @@ async fn store_result(
     let ct = crypto::encrypt(&key, INDEX_LABEL, &contract, &index.to_bytes()?);
     let size = ct.len() as u64;
     Ok(BlobRef {
-        hash: blobs.add_bytes(ct).await?,
+        hash: blobs.add_bytes_until(ct, until, "job-result").await?,
         size,
     })
 }
@@ -458,7 +477,8 @@ pub(super) async fn run_job(
                 metrics: Default::default(),
             },
         );
-        let index = store_result(&blobs, &key, contract, result).await?;
+        let until = keep_until(terms.spec.deadline);
+        let index = store_result(&blobs, &key, contract, result, until).await?;
         anyhow::Ok((ran, index))
     }
     .await;
@@ -511,30 +531,23 @@ pub(super) async fn check_job(
         .and_then(|shape| crate::work::limits(&kind, model.as_deref(), shape))
         .map_err(|e| WorkError::fatal(format!("{e:#}")))?;
     let key = &grant.key;
-    let index = fetch_index(&blobs, &provider_contact, &receipt, key, &limits).await?;
+    let until = keep_until(terms.spec.deadline);
+    let index = fetch_index(&blobs, &provider_contact, &receipt, key, &limits, until).await?;
     // Only what the check uses: the weights at the ends of the challenged
     // links and of the last one, or the output.
     let (links, want_output) = crate::work::to_fetch(&kind, &index.chain, &seeds);
     let mut models = std::collections::BTreeMap::new();
     for link in links {
         if let Some(blob) = index.models.get(link) {
-            let m = fetch_part(&blobs, &provider_contact, &receipt, key, MODEL_LABEL, blob).await?;
+            let (c, r) = (&provider_contact, &receipt);
+            let m = fetch_part(&blobs, c, r, key, MODEL_LABEL, blob, until).await?;
             models.insert(link, m);
         }
     }
     let output = if want_output {
         let blob = index.output;
-        Some(
-            fetch_part(
-                &blobs,
-                &provider_contact,
-                &receipt,
-                key,
-                OUTPUT_LABEL,
-                &blob,
-            )
-            .await?,
-        )
+        let (c, r) = (&provider_contact, &receipt);
+        Some(fetch_part(&blobs, c, r, key, OUTPUT_LABEL, &blob, until).await?)
     } else {
         None
     };
@@ -600,12 +613,25 @@ pub(super) async fn fetch_for_requester(
         output: crate::work::MAX_OUTPUT,
         model: crate::work::MAX_OUTPUT,
     });
-    let index = fetch_index(&blobs, &provider_contact, &receipt, &key, &limits).await?;
+    // The result is written to `results/` at once: its blobs need not stay.
+    let until = net::now()
+        .0
+        .saturating_add(crate::blobs::FETCHED_KEEP.as_millis() as u64);
+    let index = fetch_index(&blobs, &provider_contact, &receipt, &key, &limits, until).await?;
     // Only the output: the committee checked the chain.
     let trained = !index.models.is_empty();
     let label = if trained { MODEL_LABEL } else { OUTPUT_LABEL };
     let blob = index.output;
-    let out = fetch_part(&blobs, &provider_contact, &receipt, &key, label, &blob).await?;
+    let out = fetch_part(
+        &blobs,
+        &provider_contact,
+        &receipt,
+        &key,
+        label,
+        &blob,
+        until,
+    )
+    .await?;
     if trained {
         crate::work::check_output(&index, &out).map_err(|e| WorkError::fatal(format!("{e:#}")))?;
     }
