@@ -61,6 +61,22 @@ fn bad(msg: String) -> ComputeError {
     ComputeError::Data(msg)
 }
 
+/// A reader of CSV bytes (a header line, fields trimmed), and the header's
+/// column names: what the importer and the predictor both read.
+pub(crate) fn csv_with_header(bytes: &[u8]) -> Result<(csv::Reader<&[u8]>, Vec<String>)> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .trim(csv::Trim::All)
+        .from_reader(bytes);
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| bad(format!("the header line: {e}")))?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    Ok((reader, header))
+}
+
 /// Import a CSV file's bytes (a header line, then one row per line).
 pub fn import_csv(csv_bytes: &[u8], opts: &ImportOptions) -> Result<Imported> {
     if !(0.0..=0.9).contains(&opts.test_share) {
@@ -70,16 +86,7 @@ pub fn import_csv(csv_bytes: &[u8], opts: &ImportOptions) -> Result<Imported> {
         )));
     }
     let source = blake3::hash(csv_bytes);
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .trim(csv::Trim::All)
-        .from_reader(csv_bytes);
-    let header: Vec<String> = reader
-        .headers()
-        .map_err(|e| bad(format!("the header line: {e}")))?
-        .iter()
-        .map(str::to_string)
-        .collect();
+    let (mut reader, header) = csv_with_header(csv_bytes)?;
     if header.len() > MAX_COLUMNS {
         return Err(bad(format!(
             "{} columns (at most {MAX_COLUMNS})",

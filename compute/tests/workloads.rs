@@ -379,23 +379,30 @@ fn train_for_verification() -> (Vec<u8>, TrainSpec, compute::WorkloadOutput) {
     (data, spec, out)
 }
 
-#[test]
-fn honest_training_segment_verifies_on_cpu_and_gpu() {
-    let (data, spec, out) = train_for_verification();
+/// Three challenged segments of an honest run re-execute exactly on the CPU
+/// and within 1e-3 on wgpu.
+fn segments_verify(spec: &TrainSpec, data: &[u8], out: &compute::WorkloadOutput) {
     let chain = &out.checkpoints;
     let gpu = WgpuBackend::new().expect("wgpu adapter required");
     for seed in 0..3 {
         let i = challenge_segment(chain, seed).unwrap();
         let (s, e) = (&out.checkpoint_models[i - 1], &out.checkpoint_models[i]);
-        let v = verify_training_segment(&CpuBackend::new(), &spec, &data, chain, i, s, e, 1e-6)
-            .unwrap();
+        let v =
+            verify_training_segment(&CpuBackend::new(), spec, data, chain, i, s, e, 1e-6).unwrap();
         assert!(
             v.ok && v.max_abs_diff == 0.0,
             "CPU re-execution is exact: {v:?}"
         );
-        let v = verify_training_segment(&gpu, &spec, &data, chain, i, s, e, 1e-3).unwrap();
+        let v = verify_training_segment(&gpu, spec, data, chain, i, s, e, 1e-3).unwrap();
         assert!(v.ok, "{v:?}");
     }
+}
+
+#[test]
+fn honest_training_segment_verifies_on_cpu_and_gpu() {
+    let (data, spec, out) = train_for_verification();
+    segments_verify(&spec, &data, &out);
+    let chain = &out.checkpoints;
     // The final model is the last link.
     let last = chain.len() - 1;
     let final_model = Mlp::from_safetensors(&out.output).unwrap();
@@ -596,17 +603,7 @@ fn regression_learns_a_nonlinear_target_and_its_segments_verify() {
         out.flops
     );
     // A segment re-executes exactly on the CPU, and within tolerance on wgpu.
-    let chain = &out.checkpoints;
-    let gpu = WgpuBackend::new().expect("wgpu adapter required");
-    for seed in 0..3 {
-        let i = challenge_segment(chain, seed).unwrap();
-        let (s, e) = (&out.checkpoint_models[i - 1], &out.checkpoint_models[i]);
-        let v = verify_training_segment(&CpuBackend::new(), &spec, &data, chain, i, s, e, 1e-6)
-            .unwrap();
-        assert!(v.ok && v.max_abs_diff == 0.0, "{v:?}");
-        let v = verify_training_segment(&gpu, &spec, &data, chain, i, s, e, 1e-3).unwrap();
-        assert!(v.ok, "{v:?}");
-    }
+    segments_verify(&spec, &data, &out);
 }
 
 #[test]

@@ -164,6 +164,30 @@ fn cloudchain(args: &[&Path]) -> anyhow::Result<()> {
 }
 
 /// The exported model run by onnxruntime on the CSV file's raw columns.
+/// In `dir` (holding `model.safetensors` and `fish.csv`): `cloudchain
+/// predict` into `predicted.csv` and `cloudchain model export` into
+/// `model.onnx`; gives the library's own predictions of the CSV's rows.
+fn predict_and_export(dir: &Path, model: &[u8], csv: &str) -> anyhow::Result<Predictions> {
+    let p = |n: &str| dir.join(n);
+    cloudchain(&[
+        "predict".as_ref(),
+        &p("model.safetensors"),
+        &p("fish.csv"),
+        "--out".as_ref(),
+        &p("predicted.csv"),
+    ])?;
+    cloudchain(&[
+        "model".as_ref(),
+        "export".as_ref(),
+        &p("model.safetensors"),
+        "--onnx".as_ref(),
+        &p("model.onnx"),
+    ])?;
+    let m = compute::predict::Model::from_safetensors(model)?;
+    let inputs = compute::predict::read_inputs(csv.as_bytes(), &m.info)?;
+    Ok(m.predict(&inputs.x, inputs.rows, inputs.scale)?)
+}
+
 fn run_onnx(py: &Path, model: &Path, csv: &Path, features: &str) -> anyhow::Result<Value> {
     let script = model.with_file_name("run_onnx.py");
     std::fs::write(&script, RUN_ONNX)?;
@@ -240,25 +264,9 @@ fn an_exported_classifier_predicts_in_onnxruntime_what_cloudchain_predicts() -> 
     std::fs::write(p("fish.safetensors"), &data)?;
     std::fs::write(p("model.safetensors"), &model)?;
 
-    // `cloudchain predict` on the raw CSV file, and `cloudchain model export`.
-    cloudchain(&[
-        "predict".as_ref(),
-        &p("model.safetensors"),
-        &p("fish.csv"),
-        "--out".as_ref(),
-        &p("predicted.csv"),
-    ])?;
-    cloudchain(&[
-        "model".as_ref(),
-        "export".as_ref(),
-        &p("model.safetensors"),
-        "--onnx".as_ref(),
-        &p("model.onnx"),
-    ])?;
-    // The same predictions through the library, for the logits.
-    let m = compute::predict::Model::from_safetensors(&model)?;
-    let inputs = compute::predict::read_inputs(csv.as_bytes(), &m.info)?;
-    let ours = m.predict(&inputs.x, inputs.rows, inputs.scale)?;
+    // `cloudchain predict` on the raw CSV file, `cloudchain model export`,
+    // and the same predictions through the library, for the logits.
+    let ours = predict_and_export(dir.path(), &model, &csv)?;
     ensure!(
         std::fs::read(p("predicted.csv"))? == ours.to_csv()?,
         "`cloudchain predict` wrote other predictions than the library gives"
@@ -308,6 +316,7 @@ fn an_exported_classifier_predicts_in_onnxruntime_what_cloudchain_predicts() -> 
 
     // The data set's own rows, already standardized by the same scaler, are
     // taken as they are (standardized twice, they would predict little).
+    let m = compute::predict::Model::from_safetensors(&model)?;
     let from_set = compute::predict::read_inputs(&data, &m.info)?;
     ensure!(from_set.scale == compute::predict::InputScale::Standardized);
     let Predictions::Classes { labels, .. } =
@@ -344,23 +353,7 @@ fn an_exported_regression_predicts_in_onnxruntime_what_cloudchain_predicts() -> 
         ],
     )?;
     std::fs::write(p("model.safetensors"), &model)?;
-    cloudchain(&[
-        "predict".as_ref(),
-        &p("model.safetensors"),
-        &p("fish.csv"),
-        "--out".as_ref(),
-        &p("predicted.csv"),
-    ])?;
-    cloudchain(&[
-        "model".as_ref(),
-        "export".as_ref(),
-        &p("model.safetensors"),
-        "--onnx".as_ref(),
-        &p("model.onnx"),
-    ])?;
-    let m = compute::predict::Model::from_safetensors(&model)?;
-    let inputs = compute::predict::read_inputs(csv.as_bytes(), &m.info)?;
-    let ours = m.predict(&inputs.x, inputs.rows, inputs.scale)?;
+    let ours = predict_and_export(dir.path(), &model, &csv)?;
     ensure!(std::fs::read(p("predicted.csv"))? == ours.to_csv()?);
     let Predictions::Values { y } = &ours else {
         anyhow::bail!("a regression predicted classes");

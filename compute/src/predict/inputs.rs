@@ -115,16 +115,7 @@ fn read_data_set(bytes: &[u8], model: &ModelInfo) -> Result<Inputs> {
 
 fn read_csv(bytes: &[u8], model: &ModelInfo) -> Result<Inputs> {
     let bad = |m: String| ComputeError::Data(m);
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .trim(csv::Trim::All)
-        .from_reader(bytes);
-    let header: Vec<String> = reader
-        .headers()
-        .map_err(|e| bad(format!("the header line: {e}")))?
-        .iter()
-        .map(str::to_string)
-        .collect();
+    let (mut reader, header) = crate::import::csv_with_header(bytes)?;
     let f = model.features();
     let columns: Vec<usize> = match &model.feature_names {
         Some(names) => names
