@@ -44,8 +44,31 @@ pub const GC_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 /// exports it at once; a job's blobs are kept for the job, see
 /// [`BlobNode::keep_until`]).
 pub const FETCHED_KEEP: std::time::Duration = std::time::Duration::from_secs(3600);
-/// The prefix of tags that keep a blob until a time: `exp/<ms>/<why>/<hash>`.
+/// Over the quota, how long a fetched blob is kept.
+const FETCHED_EARLY_MS: u64 = 10 * 60 * 1000;
+/// The prefix of tags that keep a blob until a time:
+/// `exp/<until ms>/<early ms>/<why>/<hash>` (see [`Keep`]).
 const EXPIRING: &str = "exp/";
+
+/// How long a tag keeps a blob (ms since the Unix epoch): until `until`, or,
+/// while the store is over its quota, until `early`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep {
+    pub until: u64,
+    pub early: u64,
+}
+
+impl Keep {
+    /// What a fetch keeps: [`FETCHED_KEEP`] from now, ten minutes over
+    /// the quota (its caller tags it for a job or exports it within that).
+    pub fn fetched() -> Keep {
+        let now = crate::net::now().0;
+        Keep {
+            until: now.saturating_add(FETCHED_KEEP.as_millis() as u64),
+            early: now.saturating_add(FETCHED_EARLY_MS),
+        }
+    }
+}
 
 /// Where the blob store lives.
 #[derive(Debug, Clone)]
@@ -80,6 +103,8 @@ pub struct BlobNet {
     /// How often blobs no tag keeps are collected ([`GC_EVERY`]; shorter in
     /// tests).
     pub gc_every: std::time::Duration,
+    /// The store's quota in bytes (a store on disk), if any.
+    pub quota: Option<u64>,
 }
 
 impl BlobNet {
@@ -90,6 +115,7 @@ impl BlobNet {
             relays: Relays::Off,
             portmapper: false,
             gc_every: GC_EVERY,
+            quota: None,
         }
     }
 }
@@ -151,6 +177,10 @@ impl BlobNode {
             interval: net.gc_every,
             add_protected: None,
         };
+        let measured = match store {
+            StoreKind::Dir(dir) => Some(dir.to_path_buf()),
+            StoreKind::Memory => None,
+        };
         let store: iroh_blobs::api::Store = match store {
             StoreKind::Memory => {
                 iroh_blobs::store::mem::MemStore::new_with_opts(iroh_blobs::store::mem::Options {
@@ -167,14 +197,29 @@ impl BlobNode {
                     .into()
             }
         };
-        let (sweeper, gc_every) = (store.clone(), net.gc_every);
+        let (sweeper, gc_every, quota) = (store.clone(), net.gc_every, net.quota);
         tokio::spawn(async move {
             let mut every = tokio::time::interval(gc_every);
             loop {
                 every.tick().await;
-                match drop_expired(&sweeper, crate::net::now().0).await {
+                let size = match &measured {
+                    Some(dir) => {
+                        let dir = dir.clone();
+                        tokio::task::spawn_blocking(move || crate::metrics::dir_bytes(&dir))
+                            .await
+                            .unwrap_or(0)
+                    }
+                    None => 0,
+                };
+                let over = quota.is_some_and(|q| size > q);
+                match drop_expired(&sweeper, crate::net::now().0, over).await {
+                    Ok(0) if over => tracing::warn!(
+                        mib = size >> 20,
+                        quota_mib = quota.unwrap_or(0) >> 20,
+                        "the blob store is over its quota, with jobs in progress keeping their blobs"
+                    ),
                     Ok(0) => {}
-                    Ok(n) => tracing::debug!(tags = n, "blob tags expired"),
+                    Ok(n) => tracing::debug!(tags = n, over, "blob tags expired"),
                     // The store is gone (the node stopped).
                     Err(_) => break,
                 }
@@ -285,7 +330,7 @@ impl BlobNode {
     pub async fn add_bytes_until(
         &self,
         bytes: impl Into<bytes::Bytes>,
-        until: u64,
+        keep: Keep,
         why: &str,
     ) -> anyhow::Result<Hash32> {
         let tt = self
@@ -295,15 +340,17 @@ impl BlobNode {
             .await
             .map_err(|e| anyhow::anyhow!("cannot add blob: {e}"))?;
         let hash = Hash32(*tt.hash().as_bytes());
-        self.keep_until(&hash, until, why).await?;
+        self.keep(&hash, keep, why).await?;
         Ok(hash)
     }
 
-    /// Keep a held blob until `until` (ms since the Unix epoch) for `why`;
-    /// later, unless another tag keeps it, it is collected. Keeping it again
-    /// for longer adds a tag.
-    pub async fn keep_until(&self, hash: &Hash32, until: u64, why: &str) -> anyhow::Result<()> {
-        let name = format!("{EXPIRING}{until:020}/{why}/{hash}");
+    /// Keep a held blob as `keep` says, for `why`; later, unless another tag
+    /// keeps it, it is collected. Keeping it again for longer adds a tag.
+    pub async fn keep(&self, hash: &Hash32, keep: Keep, why: &str) -> anyhow::Result<()> {
+        let name = format!(
+            "{EXPIRING}{:020}/{:020}/{why}/{hash}",
+            keep.until, keep.early
+        );
         self.store
             .tags()
             .set(name, HashAndFormat::raw(Hash::from_bytes(hash.0)))
@@ -430,12 +477,14 @@ impl BlobNode {
         // Kept from the start (a collection's index keeps its files): a
         // collection run between the transfer's end and the caller's own tag
         // must not take it.
-        let until = crate::net::now()
-            .0
-            .saturating_add(FETCHED_KEEP.as_millis() as u64);
+        let keep = Keep::fetched();
+        let name = format!(
+            "{EXPIRING}{:020}/{:020}/fetched/{hash}",
+            keep.until, keep.early
+        );
         self.store
             .tags()
-            .set(format!("{EXPIRING}{until:020}/fetched/{hash}"), content)
+            .set(name, content)
             .await
             .map_err(|e| anyhow::anyhow!("blob store: {e}"))?;
         // A peer that moved (restarted on another port) or went away must not
@@ -712,8 +761,8 @@ impl Drop for TransferGuard {
 }
 
 /// Drop the expiring tags whose time (ms since the Unix epoch) is before
-/// `now`; gives how many.
-async fn drop_expired(store: &iroh_blobs::api::Store, now: u64) -> anyhow::Result<u64> {
+/// `now` (their early time, `over` the quota); gives how many.
+async fn drop_expired(store: &iroh_blobs::api::Store, now: u64, over: bool) -> anyhow::Result<u64> {
     let mut tags = store
         .tags()
         .list_prefix(EXPIRING)
@@ -722,13 +771,21 @@ async fn drop_expired(store: &iroh_blobs::api::Store, now: u64) -> anyhow::Resul
     let mut expired = Vec::new();
     while let Some(t) = tags.next().await {
         let t = t.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let until = std::str::from_utf8(t.name.as_ref())
+        let times: Option<Vec<u64>> = std::str::from_utf8(t.name.as_ref())
             .ok()
             .and_then(|n| n.strip_prefix(EXPIRING))
-            .and_then(|r| r.split('/').next())
-            .and_then(|ms| ms.parse::<u64>().ok());
-        // A tag whose name does not parse is ours gone wrong: drop it too.
-        if until.is_none_or(|u| u < now) {
+            .map(|r| {
+                r.split('/')
+                    .take(2)
+                    .filter_map(|ms| ms.parse().ok())
+                    .collect()
+            });
+        let due = match times.as_deref() {
+            Some(&[until, early]) => until < now || (over && early < now),
+            // A tag whose name does not parse is ours gone wrong: drop it too.
+            _ => true,
+        };
+        if due {
             expired.push(t.name);
         }
     }
@@ -785,43 +842,58 @@ mod tests {
         "127.0.0.1:0".parse().unwrap()
     }
 
+    /// A blob store with a short collection interval, and a few blobs
+    /// large enough to live in files of their own.
+    async fn collected_store(dir: &Path, quota: Option<u64>) -> (BlobNode, impl Fn(u8) -> Vec<u8>) {
+        let net = BlobNet {
+            gc_every: std::time::Duration::from_millis(100),
+            quota,
+            ..BlobNet::local(lo())
+        };
+        let node = BlobNode::spawn(&Identity::from_seed(41), StoreKind::Dir(dir), &net)
+            .await
+            .unwrap();
+        (node, |b: u8| vec![b; 300_000])
+    }
+
+    /// Wait (bounded) until `hash` is collected.
+    async fn collected(node: &BlobNode, hash: &Hash32) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        while node.has(hash).await.unwrap() {
+            assert!(tokio::time::Instant::now() < deadline, "never collected");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// A job's blobs go once their time has passed, on disk too; what is
-    /// still kept, and what `blob add` stored, stay; a fetched blob is kept
-    /// for the caller.
+    /// still kept, and what `blob add` stored, stay.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn expired_job_blobs_are_collected_and_the_rest_stay() {
         let dir = tempfile::tempdir().unwrap();
-        let net = BlobNet {
-            gc_every: std::time::Duration::from_millis(100),
-            ..BlobNet::local(lo())
-        };
-        let node = BlobNode::spawn(&Identity::from_seed(41), StoreKind::Dir(dir.path()), &net)
-            .await
-            .unwrap();
+        let (node, blob) = collected_store(dir.path(), None).await;
         let now = crate::net::now().0;
-        // Large enough to live in files of their own.
-        let blob = |b: u8| vec![b; 300_000];
+        let keep = |until: u64| Keep {
+            until,
+            early: until,
+        };
+        let hour = now + 3_600_000;
         let gone = node
-            .add_bytes_until(blob(1), now - 1, "job-input")
+            .add_bytes_until(blob(1), keep(now - 1), "job-input")
             .await
             .unwrap();
         let kept = node
-            .add_bytes_until(blob(2), now + 3_600_000, "job-input")
+            .add_bytes_until(blob(2), keep(hour), "job-input")
             .await
             .unwrap();
         let user = node.add_bytes(blob(3)).await.unwrap();
         // A blob kept twice goes only when both times have passed.
-        let twice = node.add_bytes_until(blob(4), now - 1, "job").await.unwrap();
-        node.keep_until(&twice, now + 3_600_000, "job")
+        let twice = node
+            .add_bytes_until(blob(4), keep(now - 1), "job")
             .await
             .unwrap();
-        // Wait (bounded) for a sweep and a collection to take the expired one.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-        while node.has(&gone).await.unwrap() {
-            assert!(tokio::time::Instant::now() < deadline, "never collected");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        // Two more rounds: nothing else goes.
+        node.keep(&twice, keep(hour), "job").await.unwrap();
+        collected(&node, &gone).await;
+        // More rounds: nothing else goes.
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         for h in [kept, user, twice] {
             assert!(node.has(&h).await.unwrap(), "{h} was collected");
@@ -830,6 +902,32 @@ mod tests {
         // And the expired blob's bytes are gone from the disk.
         let files = crate::metrics::dir_bytes(dir.path());
         assert!(files < 4 * 300_000, "{files} bytes on disk");
+    }
+
+    /// Over its quota, a store lets finished jobs' blobs go at once (their
+    /// early time), and keeps those of jobs in progress.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn over_its_quota_a_store_lets_finished_jobs_go_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, blob) = collected_store(dir.path(), Some(100_000)).await;
+        let now = crate::net::now().0;
+        let hour = now + 3_600_000;
+        let finished = Keep {
+            until: hour,
+            early: now - 1,
+        };
+        let running = Keep {
+            until: hour,
+            early: hour,
+        };
+        let done = node
+            .add_bytes_until(blob(1), finished, "job")
+            .await
+            .unwrap();
+        let busy = node.add_bytes_until(blob(2), running, "job").await.unwrap();
+        collected(&node, &done).await;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(node.has(&busy).await.unwrap(), "a running job's blob went");
     }
 
     #[tokio::test]

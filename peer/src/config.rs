@@ -73,6 +73,14 @@ pub struct NetConfig {
     /// Where `/metrics` (Prometheus text) is served; "" or "off": nowhere.
     #[serde(default = "default_metrics")]
     pub metrics: String,
+    /// The blob store's quota in MiB (0: none): above it, finished jobs'
+    /// blobs go at once rather than two hours after their deadline.
+    #[serde(default = "default_blob_quota")]
+    pub blob_quota_mb: u64,
+}
+
+fn default_blob_quota() -> u64 {
+    20 * 1024
 }
 
 fn default_metrics() -> String {
@@ -125,6 +133,7 @@ impl Default for Config {
                 relay_urls: vec![],
                 relay_certs: vec![],
                 metrics: default_metrics(),
+                blob_quota_mb: default_blob_quota(),
             },
             provider: ProviderConfig {
                 price_floor: 1_000,
@@ -177,6 +186,10 @@ relay_urls = []
 relay_certs = []
 # Prometheus metrics at http://<this>/metrics (loopback; "off" serves none).
 metrics = "127.0.0.1:9473"
+# The blob store's quota in MiB (0: none). A job's blobs go two hours after its
+# deadline; above the quota, those of finished jobs go at once. Jobs in progress
+# keep theirs whatever the quota.
+blob_quota_mb = 20480
 
 [provider]
 # Lowest price accepted, in micro-tokens per compute unit (1 CU = 1 GFLOP).

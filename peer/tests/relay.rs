@@ -36,6 +36,7 @@ async fn a_peer_known_only_by_its_relay_serves_a_blob() {
         },
         portmapper: false,
         gc_every: peer::blobs::GC_EVERY,
+        quota: None,
     };
     let a_id = Identity::from_seed(71);
     let b_id = Identity::from_seed(72);
@@ -82,6 +83,7 @@ async fn a_peer_known_only_by_its_relay_serves_a_blob() {
         },
         portmapper: false,
         gc_every: peer::blobs::GC_EVERY,
+        quota: None,
     };
     let c = BlobNode::spawn(&Identity::from_seed(73), StoreKind::Memory, &untrusting)
         .await

@@ -320,7 +320,8 @@ async fn csv_files_imported_train_on_a_swarm_to_classify_and_to_regress() -> any
     assert!(acc > 0.9, "test accuracy {acc}");
     // The provider told the requester how far the training was; its last
     // report (always sent) says all 30 epochs.
-    let reported = wait_job(&c, &v.id, Duration::from_secs(60), |v| v.progress.is_some()).await;
+    let last = |v: &peer::control::JobView| v.progress.is_some_and(|p| p.epoch == p.epochs);
+    let reported = wait_job(&c, &v.id, Duration::from_secs(60), last).await;
     let p = reported.progress.expect("a progress report");
     assert_eq!((p.epoch, p.epochs, p.step), (30, 30, p.steps), "{p:?}");
     assert!(p.loss.is_finite() && p.loss < 1.0, "{p:?}");

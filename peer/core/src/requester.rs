@@ -585,6 +585,9 @@ impl<S: Store> NodeCore<S> {
         if j.provider != Some(from) {
             return; // only the job's own provider reports on it
         }
+        if j.progress.is_some_and(|p| p.step >= progress.step) {
+            return; // an older report, overtaken on the way
+        }
         let quarter =
             |p: &crate::TrainProgress| u64::from(p.epoch) * 4 / u64::from(p.epochs.max(1));
         let before = j.progress.as_ref().map_or(0, quarter);

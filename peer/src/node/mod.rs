@@ -107,6 +107,8 @@ impl RunOptions {
                 relays: relays_from_config(dir)?,
                 portmapper: c.net.port_mapping,
                 gc_every: crate::blobs::GC_EVERY,
+                quota: (c.net.blob_quota_mb > 0)
+                    .then(|| c.net.blob_quota_mb.saturating_mul(1 << 20)),
             },
             control: c.net.control.parse().context("net.control")?,
             metrics: match c.net.metrics.as_str() {

@@ -254,9 +254,14 @@ pub(super) fn notes_path(results: &std::path::Path, job: &Hash32) -> PathBuf {
 /// collects them.
 pub(super) const JOB_KEEP: protocol::DurationMs = protocol::DurationMs::secs(2 * 3600);
 
-/// When the blobs of a job due at `deadline` may go (ms since the Unix epoch).
-pub(super) fn keep_until(deadline: Timestamp) -> u64 {
-    deadline.plus(JOB_KEEP).0
+/// How long the blobs of a job due at `deadline` are kept: [`JOB_KEEP`]
+/// past it, or, over the store's quota, a quarter of an hour (past the
+/// escrow's bound with the default grace of a minute).
+pub(super) fn keep_until(deadline: Timestamp) -> crate::blobs::Keep {
+    crate::blobs::Keep {
+        until: deadline.plus(JOB_KEEP).0,
+        early: deadline.plus(protocol::DurationMs::secs(15 * 60)).0,
+    }
 }
 
 /// A blob from `from`'s store into ours (kept until `until`, ms since the
@@ -267,13 +272,13 @@ async fn fetch_bytes(
     from: &AccountId,
     contact: &[String],
     blob: &BlobRef,
-    until: u64,
+    until: crate::blobs::Keep,
 ) -> Result<bytes::Bytes, WorkError> {
     let hash = &blob.hash;
     let got = async {
         let addr = BlobNode::peer_addr(from, contact)?;
         fetch_logged(blobs, addr, hash, Some(blob.size)).await?;
-        blobs.keep_until(hash, until, "job").await?;
+        blobs.keep(hash, until, "job").await?;
         blobs.get_bytes(hash).await
     }
     .await;
@@ -334,7 +339,7 @@ async fn fetch_index(
     receipt: &Receipt,
     key: &JobKey,
     limits: &crate::work::Limits,
-    until: u64,
+    until: crate::blobs::Keep,
 ) -> Result<crate::work::ResultIndex, WorkError> {
     if receipt.result.size > limits.index {
         return Err(WorkError::fatal(format!(
@@ -365,7 +370,7 @@ async fn fetch_part(
     key: &JobKey,
     label: &'static str,
     blob: &BlobRef,
-    until: u64,
+    until: crate::blobs::Keep,
 ) -> Result<Vec<u8>, WorkError> {
     let ct = fetch_bytes(blobs, &receipt.provider, contact, blob, until).await?;
     open_blob(key.clone(), label, receipt.contract, ct).await
@@ -378,7 +383,7 @@ async fn store_result(
     key: &JobKey,
     contract: Hash32,
     result: crate::work::JobResult,
-    until: u64,
+    until: crate::blobs::Keep,
 ) -> anyhow::Result<BlobRef> {
     let key = key.clone();
     let (output, models, metrics, chain) = (
@@ -614,9 +619,7 @@ pub(super) async fn fetch_for_requester(
         model: crate::work::MAX_OUTPUT,
     });
     // The result is written to `results/` at once: its blobs need not stay.
-    let until = net::now()
-        .0
-        .saturating_add(crate::blobs::FETCHED_KEEP.as_millis() as u64);
+    let until = crate::blobs::Keep::fetched();
     let index = fetch_index(&blobs, &provider_contact, &receipt, &key, &limits, until).await?;
     // Only the output: the committee checked the chain.
     let trained = !index.models.is_empty();
