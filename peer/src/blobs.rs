@@ -158,6 +158,9 @@ pub struct Transfer {
     pub hash: String,
     pub from: String,
     pub bytes: u64,
+    /// The blob's size, when known (declared, or asked of the peer).
+    #[serde(default)]
+    pub total: Option<u64>,
     pub elapsed_s: f64,
     #[serde(skip)]
     started: Option<std::time::Instant>,
@@ -501,6 +504,26 @@ impl BlobNode {
             )
         })?
         .with_context(|| format!("cannot connect to blob endpoint {}", peer.fmt_short()))?;
+        // How much is coming, for progress: the declared size, or for a blob
+        // the size its holder states (one short request; unverified, and
+        // only shown).
+        let total = match limit {
+            Some(l) => Some(l),
+            None if content.format == BlobFormat::Raw => {
+                let ask = iroh_blobs::get::request::get_unverified_size(&conn, &content.hash);
+                match tokio::time::timeout(self.stall, ask).await {
+                    Ok(Ok((size, _))) => Some(size),
+                    // A quiet peer: the fetch's own stall check reports it.
+                    _ => None,
+                }
+            }
+            None => None,
+        };
+        if let Ok(mut t) = self.transfers.lock()
+            && let Some(t) = t.get_mut(hash)
+        {
+            t.total = total;
+        }
         let started = std::time::Instant::now();
         let watch = conn.clone();
         let mut stream = self.store.remote().fetch(conn, content).stream();
@@ -607,6 +630,7 @@ impl BlobNode {
                     hash: hash.to_string(),
                     from,
                     bytes: 0,
+                    total: None,
                     elapsed_s: 0.0,
                     started: Some(std::time::Instant::now()),
                 },
@@ -956,15 +980,27 @@ mod tests {
         // The provider fetches it by hash from the address the requester published.
         let from = BlobNode::peer_addr(&req_id.account(), &req.contact()).unwrap();
         let mut last = 0;
+        // While it comes, the transfer says how much is coming (the holder
+        // states it: the ticket did not).
+        let mut totals = Vec::new();
+        let watching = prov.clone();
         let read = tokio::time::timeout(
             std::time::Duration::from_secs(20),
-            prov.fetch(from, &hash, |n| last = n),
+            prov.fetch(from, &hash, |n| {
+                last = n;
+                totals.extend(watching.transfers().iter().map(|t| t.total));
+            }),
         )
         .await
         .expect("fetch timed out")
         .unwrap();
         assert_eq!(read, ct.len() as u64);
         assert!(last <= read);
+        assert!(!totals.is_empty(), "no progress reported");
+        assert!(
+            totals.iter().all(|t| *t == Some(ct.len() as u64)),
+            "{totals:?}"
+        );
         assert!(prov.has(&hash).await.unwrap());
         let got = prov.get_bytes(&hash).await.unwrap();
         let key2 = crypto::open_job_key(&prov_id, &req_id.account(), &contract, &sealed).unwrap();

@@ -1538,13 +1538,7 @@ fn remote(cli: &Cli) -> anyhow::Result<()> {
                         _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
                             if let (Some(b), Ok(s)) = (&bar, client.status().await) {
                                 for t in &s.transfers {
-                                    b.set_message(format!(
-                                        "fetching {} from {}: {:.1} MiB, {:.1} MiB/s",
-                                        &t.hash[..12],
-                                        t.from,
-                                        t.bytes as f64 / 1048576.0,
-                                        t.bytes as f64 / 1048576.0 / t.elapsed_s.max(1e-3)
-                                    ));
+                                    b.set_message(transfer_line(t));
                                 }
                                 b.tick();
                             }
@@ -1724,6 +1718,34 @@ fn print_job(j: &crate::control::JobView) {
     print_job_summary(j);
     for e in &j.events {
         println!("{:>8.2} s  {}", e.at_s, e.what);
+    }
+}
+
+/// `fetching 1a2b3c4d5e6f from 7g8h: 12.0 of 40.0 MiB (30%), 5.1 MiB/s, 6 s left`
+fn transfer_line(t: &crate::blobs::Transfer) -> String {
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let rate = t.bytes as f64 / t.elapsed_s.max(1e-3);
+    let head = format!(
+        "fetching {} from {}",
+        &t.hash[..12.min(t.hash.len())],
+        t.from
+    );
+    match t.total.filter(|&n| n > 0) {
+        Some(n) => {
+            let left = n.saturating_sub(t.bytes) as f64 / rate.max(1.0);
+            format!(
+                "{head}: {:.1} of {:.1} MiB ({}%), {:.1} MiB/s, {left:.0} s left",
+                mib(t.bytes),
+                mib(n),
+                t.bytes.saturating_mul(100) / n,
+                mib(rate as u64),
+            )
+        }
+        None => format!(
+            "{head}: {:.1} MiB, {:.1} MiB/s",
+            mib(t.bytes),
+            mib(rate as u64)
+        ),
     }
 }
 
