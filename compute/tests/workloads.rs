@@ -356,6 +356,17 @@ fn freivalds_accepts_correct_products_and_rejects_one_corrupted_entry() {
     assert!(freivalds(am, bm, MatRef::new(m, k, &a).unwrap(), 1, 0, 1e-4).is_err());
 }
 
+/// A training job of `spec` on `data`, on the CPU.
+fn train_on_cpu(spec: &TrainSpec, data: &[u8]) -> compute::WorkloadOutput {
+    run_workload(
+        &CpuBackend::new(),
+        &WorkloadSpec::Train(spec.clone()),
+        data,
+        None,
+    )
+    .unwrap()
+}
+
 fn train_for_verification() -> (Vec<u8>, TrainSpec, compute::WorkloadOutput) {
     let data = generate_classification(200, 8, 3, 21).unwrap();
     let spec = TrainSpec {
@@ -369,13 +380,7 @@ fn train_for_verification() -> (Vec<u8>, TrainSpec, compute::WorkloadOutput) {
         sampling: Default::default(),
         task: Default::default(),
     };
-    let out = run_workload(
-        &CpuBackend::new(),
-        &WorkloadSpec::Train(spec.clone()),
-        &data,
-        None,
-    )
-    .unwrap();
+    let out = train_on_cpu(&spec, &data);
     (data, spec, out)
 }
 
@@ -575,13 +580,7 @@ fn regression_spec() -> TrainSpec {
 fn regression_learns_a_nonlinear_target_and_its_segments_verify() {
     let data = regression_data();
     let spec = regression_spec();
-    let out = run_workload(
-        &CpuBackend::new(),
-        &WorkloadSpec::Train(spec.clone()),
-        &data,
-        None,
-    )
-    .unwrap();
+    let out = train_on_cpu(&spec, &data);
     let m = &out.metrics;
     let (rmse, r2) = (m.test_rmse.unwrap(), m.test_r2.unwrap());
     // The target's spread is about 2.4: a linear fit leaves the x₂² part

@@ -218,13 +218,8 @@ impl NodeMetrics {
             "state",
             s.jobs.iter().map(|(k, n)| (k.as_str(), *n)),
         );
-        for outcome in ["ok", "failed", "expired", "refused"] {
-            let n = s.jobs_ended.get(outcome).copied().unwrap_or(0);
-            advance(
-                &self.jobs_ended.get_or_create(&label("outcome", outcome)),
-                n,
-            );
-        }
+        let outcomes = ["ok", "failed", "expired", "refused"];
+        advance_by_label(&self.jobs_ended, "outcome", &outcomes, &s.jobs_ended);
         for (id, secs) in &s.ended_after {
             if self.observed.insert(id.clone()) {
                 self.settle_seconds.observe(*secs);
@@ -250,22 +245,10 @@ impl NodeMetrics {
         advance(&self.verdicts_signed, s.verdicts_signed);
         advance(&self.checks, s.checks);
         advance(&self.wrong_results_found, s.wrong_results_found);
-        for kind in ["paid", "minted", "fees", "slashed"] {
-            let c = self.earned.get_or_create(&label("kind", kind));
-            let to = s.earned.get(kind).copied().unwrap_or(0.0);
-            let now = c.get();
-            if to > now {
-                c.inc_by(to - now);
-            }
-        }
-        advance(
-            &self.blob_bytes.get_or_create(&label("direction", "in")),
-            s.blob_bytes_in,
-        );
-        advance(
-            &self.blob_bytes.get_or_create(&label("direction", "out")),
-            s.blob_bytes_out,
-        );
+        let kinds = ["paid", "minted", "fees", "slashed"];
+        advance_by_label(&self.earned, "kind", &kinds, &s.earned);
+        let blob_bytes = BTreeMap::from([("in", s.blob_bytes_in), ("out", s.blob_bytes_out)]);
+        advance_by_label(&self.blob_bytes, "direction", &["in", "out"], &blob_bytes);
         self.blob_store_bytes
             .set(i64::try_from(store_bytes).unwrap_or(i64::MAX));
         let fetched = s.recent_fetch_bytes.iter().map(|(k, n)| (k.as_str(), *n));
@@ -288,10 +271,32 @@ fn label(name: &str, value: &str) -> Labels {
 }
 
 /// Move a counter up to `to` (a total the node keeps); never down.
-fn advance(c: &Counter, to: u64) {
+fn advance<N, A>(c: &Counter<N, A>, to: N)
+where
+    N: PartialOrd + std::ops::Sub<Output = N> + Copy,
+    A: prometheus_client::metrics::counter::Atomic<N> + Default,
+{
     let now = c.get();
     if to > now {
         c.inc_by(to - now);
+    }
+}
+
+/// Advance a one-label family of counters to the node's `totals`, one series
+/// per value in `values`: a value without a total stays (or starts) at 0, so
+/// a scrape shows what is absent.
+fn advance_by_label<N, A>(
+    family: &Family<Labels, Counter<N, A>>,
+    label: &str,
+    values: &[&str],
+    totals: &BTreeMap<&'static str, N>,
+) where
+    N: PartialOrd + std::ops::Sub<Output = N> + Copy + Default,
+    A: prometheus_client::metrics::counter::Atomic<N> + Default,
+{
+    for value in values {
+        let to = totals.get(value).copied().unwrap_or_default();
+        advance(&family.get_or_create(&self::label(label, value)), to);
     }
 }
 

@@ -188,13 +188,17 @@ fn predict_and_export(dir: &Path, model: &[u8], csv: &str) -> anyhow::Result<Pre
     Ok(m.predict(&inputs.x, inputs.rows, inputs.scale)?)
 }
 
-fn run_onnx(py: &Path, model: &Path, csv: &Path, features: &str) -> anyhow::Result<Value> {
+/// onnxruntime in `py` on `dir`'s `model.onnx`, fed the raw features of
+/// `fish.csv`.
+fn run_onnx(py: &Path, dir: &Path) -> anyhow::Result<Value> {
+    let (model, csv) = (dir.join("model.onnx"), dir.join("fish.csv"));
+    let features = "length,weight,temp,depth";
     let script = model.with_file_name("run_onnx.py");
     std::fs::write(&script, RUN_ONNX)?;
     let out = std::process::Command::new(py)
         .arg(&script)
-        .arg(model)
-        .arg(csv)
+        .arg(&model)
+        .arg(&csv)
         .arg(features)
         .output()
         .with_context(|| format!("cannot run {}", py.display()))?;
@@ -286,12 +290,7 @@ fn an_exported_classifier_predicts_in_onnxruntime_what_cloudchain_predicts() -> 
     );
     ensure!(labels.len() == 300);
 
-    let got = run_onnx(
-        &py,
-        &p("model.onnx"),
-        &p("fish.csv"),
-        "length,weight,temp,depth",
-    )?;
+    let got = run_onnx(&py, dir.path())?;
     ensure!(
         got["inputs"] == serde_json::json!([["x", "tensor(float)", ["rows", 4]]]),
         "input {}",
@@ -361,12 +360,7 @@ fn an_exported_regression_predicts_in_onnxruntime_what_cloudchain_predicts() -> 
     // Not the untrained network's raw output: the scale is applied.
     ensure!(y.iter().any(|v| (v - 250.0).abs() > 1.0), "{y:?}");
 
-    let got = run_onnx(
-        &py,
-        &p("model.onnx"),
-        &p("fish.csv"),
-        "length,weight,temp,depth",
-    )?;
+    let got = run_onnx(&py, dir.path())?;
     ensure!(got["meta"]["task"] == "regress");
     ensure!(got["out"].as_object().map(|o| o.len()) == Some(1));
     agree("y", y, &floats(&got["out"]["y"])?)?;
