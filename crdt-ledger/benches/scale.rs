@@ -54,19 +54,13 @@ fn main() {
         if (i + 1) % per_epoch == 0 || i + 1 == n {
             epoch += 1;
             let committee = l.committee_for_checkpoint(epoch).unwrap();
-            let mut p = l
+            let p = l
                 .propose_checkpoint(&by_account[&committee[0]], epoch, 0)
                 .unwrap();
             let due = l.epoch_end(epoch);
-            for m in committee
-                .iter()
-                .skip(1)
-                .chain(std::iter::once(&committee[0]))
-            {
-                let (who, sig) = l.sign_checkpoint(&by_account[m], &p, due).unwrap();
-                p.checkpoint.insert(who, sig);
-            }
-            l.append(&ids[0], Body::Checkpoint(Box::new(p.checkpoint)), due)
+            let members: Vec<_> = committee.iter().map(|m| &by_account[m]).collect();
+            let fin = l.vote_all(&members, &p, due).unwrap().unwrap();
+            l.append(&ids[0], Body::Checkpoint(Box::new(fin)), due)
                 .unwrap();
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! `cargo run -p crdt-ledger --example two_replicas`
 
-use crdt_ledger::{Body, CheckpointStatus, Genesis, GenesisEntry, Ledger, Params};
+use crdt_ledger::{Body, Genesis, GenesisEntry, Ledger, Params};
 use protocol::{Amount, Identity, Timestamp};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -54,13 +54,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("timer: {action:?}");
     }
     let proposal = a.propose_checkpoint(find(committee[0])?, 1, 0)?;
-    let h = proposal.hash();
-    for m in &committee[1..] {
-        let (who, sig) = b.sign_checkpoint(find(*m)?, &proposal, now)?;
-        if let CheckpointStatus::Final(fin) = a.apply_checkpoint_signature(&h, who, sig)? {
-            a.append(find(committee[0])?, Body::Checkpoint(fin), now)?;
-            break;
-        }
+    // Bob's replica holds the members' keys here: they prevote, then
+    // precommit once a quorum prevoted.
+    let members = committee
+        .iter()
+        .map(|m| find(*m))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(fin) = b.vote_all(&members, &proposal, now)? {
+        a.append(find(committee[0])?, Body::Checkpoint(Box::new(fin)), now)?;
     }
     a.merge_with(&mut b)?;
     println!(

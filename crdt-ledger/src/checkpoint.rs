@@ -7,21 +7,23 @@
 //! without replacement, and the draw order is the proposer order: member `r` (mod
 //! k) proposes in round `r`, a round lasting `stall_timeout` after the epoch's end.
 //!
-//! A checkpoint is final with ⌈2k/3⌉ member signatures, and **finality never
-//! rewinds**: a replica never leaves a final checkpoint for another one. Members
-//! send their signatures to the whole committee, so a leader that withholds a
-//! final checkpoint cannot keep it from the others.
+//! A checkpoint is final with ⌈2k/3⌉ member precommits of one round (see
+//! [`Proposal`] for the two voting steps and the locks), and **finality never
+//! rewinds**: a replica never leaves a final checkpoint for another one.
+//! Members send their votes to the whole committee, so a leader that withholds
+//! a final checkpoint cannot keep it from the others, and a round whose votes
+//! split (a late body against the next round's) is resolved in a later round.
 //!
-//! A member signs at most one statement per epoch: one checkpoint body, or a
-//! [`SkipBody`] saying "epoch e abandoned". If a committee stalls so that its
-//! epoch gets no final checkpoint for a whole further epoch, its members that
-//! signed nothing sign the skip. With a quorum of skips (a skip certificate) the
-//! *backup committee* the last final checkpoint named (drawn with another seed)
-//! may finalize the next epoch on top of the last final checkpoint; its body
-//! carries the certificates of every epoch it skips. A final checkpoint and a
-//! skip certificate for one epoch share ⌈k/3⌉ signers, each of whom signed
-//! both: a double sign, slashed. So with fewer than a third of a committee
-//! dishonest, at most one of them exists and every replica finalizes the same.
+//! If a committee stalls so that its epoch gets no final checkpoint for a
+//! whole further epoch, its members that precommitted nothing sign a
+//! [`SkipBody`] ("epoch e abandoned", and they never precommit in it after).
+//! With a quorum of skips (a skip certificate) the *backup committee* the last
+//! final checkpoint named (drawn with another seed) may finalize the next epoch
+//! on top of the last final checkpoint; its body carries the certificates of
+//! every epoch it skips. A final checkpoint and a skip certificate for one
+//! epoch share ⌈k/3⌉ signers, each of whom signed a precommit and a skip: a
+//! double sign, slashed. So with fewer than a third of a committee dishonest,
+//! at most one of them exists and every replica finalizes the same.
 
 use std::collections::BTreeMap;
 
@@ -153,26 +155,94 @@ pub const MAX_PROPOSAL: usize = 4 << 20;
 const PROPOSAL_KIND: &str = "checkpoint-proposal";
 
 /// A checkpoint body as its round's proposer put it forward, with the votes
-/// (member signatures) collected on it so far.
+/// collected on it so far.
+///
+/// Votes come in two steps, as in Tendermint, and a body's `round` is the
+/// round they are cast in (a body proposed again in a later round is another
+/// body with the same [`CheckpointBody::content_hash`]):
+/// - a **prevote** (domain [`PREVOTE_KIND`]) says "this body is valid here";
+/// - a **precommit** (the checkpoint domain, the signatures of `checkpoint`)
+///   may follow once a quorum prevoted the body: the member is then *locked*
+///   on its content. A quorum of precommits makes the checkpoint final.
+///
+/// A locked member prevotes another content only with a newer quorum of
+/// prevotes for it (`valid`, a *proof of lock change*). A member signs at most
+/// one prevote and one precommit per round, and never in a round before one it
+/// signed in. So two final checkpoints of one epoch need a third of a
+/// committee to sign against these rules, and a vote split (a late body
+/// against the next round's) is resolved in a later round instead of
+/// stalling the epoch.
 ///
 /// Proposing binds nobody: `by` is the proposer's signature in a domain of its
-/// own ("this is my round's proposal"), not a vote. The proposer votes for its
-/// body like any member, once another member has: a proposal that reached
-/// nobody leaves its proposer free to vote for a later round's, or to skip.
+/// own ("this is my round's proposal"), not a vote.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Proposal {
+    /// The body, with the precommits collected on it.
     pub checkpoint: MultiSigned<CheckpointBody>,
     pub by: protocol::Sig,
+    /// The prevotes collected on the body, sorted by signer.
+    pub prevotes: Vec<(AccountId, protocol::Sig)>,
+    /// For a body proposed again: the quorum of prevotes its content had in
+    /// an earlier round (on that round's body, which the receiver rebuilds
+    /// with [`CheckpointBody::in_round`]).
+    pub valid: Option<Pol>,
+}
+
+/// A proof of lock change: a quorum of prevotes for a body's content in
+/// `round`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Pol {
+    pub round: u32,
+    pub prevotes: Vec<(AccountId, protocol::Sig)>,
 }
 
 /// The signing domain of a proposer's `Proposal::by`.
 pub const PROPOSED_KIND: &str = "ledger-checkpoint-proposed";
+
+/// The signing domain of a prevote (over the body's bytes).
+pub const PREVOTE_KIND: &str = "ledger-checkpoint-prevote";
 
 impl Proposal {
     /// The proposal's body hash (what votes sign).
     pub fn hash(&self) -> Hash32 {
         self.checkpoint.body_hash()
     }
+}
+
+impl CheckpointBody {
+    /// What the body says apart from its round and proposer: the same for a
+    /// body proposed again in a later round (what a lock is on).
+    pub fn content_hash(&self) -> Hash32 {
+        let mut b = self.clone();
+        b.round = 0;
+        b.proposer = AccountId([0; 32]);
+        // A body that encodes at all (every body a replica holds does) encodes
+        // again with another round and proposer.
+        let bytes =
+            protocol::codec::encode_unbounded("ledger-checkpoint-content", &b).unwrap_or_default();
+        let mut h = blake3::Hasher::new_derive_key("cloudchain/v1/checkpoint-content");
+        h.update(&bytes);
+        Hash32(*h.finalize().as_bytes())
+    }
+
+    /// This body's content proposed in `round` by `proposer`.
+    ///
+    /// (The content hash is the checkpoint's identity, `prev` of the next
+    /// one: certificates of one content from two rounds are one checkpoint,
+    /// as a block's hash in Tendermint leaves out the round it was committed
+    /// in.)
+    pub fn in_round(&self, round: u32, proposer: AccountId) -> CheckpointBody {
+        let mut b = self.clone();
+        b.round = round;
+        b.proposer = proposer;
+        b
+    }
+}
+
+/// A final checkpoint's identity: its body's content hash (see
+/// [`CheckpointBody::content_hash`]); `None` for bytes that do not decode.
+pub fn checkpoint_id(ms: &MultiSigned<CheckpointBody>) -> Option<Hash32> {
+    ms.body_unverified().ok().map(|b| b.content_hash())
 }
 
 /// Encode a checkpoint proposal for a committee member.

@@ -225,8 +225,9 @@ pub struct SlaRecord {
 pub enum SlashProof {
     /// Two different entries by one author at one `seq` (a forked chain).
     Fork { a: Entry, b: Entry },
-    /// Two different statements for one epoch signed by one committee member:
-    /// two checkpoint bodies, or a checkpoint body and a skip of its epoch.
+    /// Two conflicting statements for one epoch signed by one committee
+    /// member: two bodies prevoted or precommitted in one round, or a
+    /// precommit and a skip of its epoch (see [`Slot::conflicts`]).
     DoubleSign {
         signer: AccountId,
         a: Vec<u8>,
@@ -268,15 +269,20 @@ impl SlashProof {
                 b,
                 sig_b,
             } => {
-                let ea =
-                    statement_epoch(network, signer, a, sig_a).map_err(|e| format!("a: {e}"))?;
-                let eb =
-                    statement_epoch(network, signer, b, sig_b).map_err(|e| format!("b: {e}"))?;
+                let (ea, sa) =
+                    statement_slot(network, signer, a, sig_a).map_err(|e| format!("a: {e}"))?;
+                let (eb, sb) =
+                    statement_slot(network, signer, b, sig_b).map_err(|e| format!("b: {e}"))?;
                 if ea != eb {
                     return Err("statements are for different epochs".into());
                 }
                 if a == b {
                     return Err("the same statement twice".into());
+                }
+                if !sa.conflicts(sb) {
+                    return Err(format!(
+                        "a {sa:?} and a {sb:?} of one epoch may both be signed"
+                    ));
                 }
                 Ok((*signer, Offence::DoubleSign(ea)))
             }
@@ -284,23 +290,58 @@ impl SlashProof {
     }
 }
 
-/// The epoch of a committee statement `signer` signed: a checkpoint body, or a
-/// skip ("epoch e abandoned"). The signature's domain says which it is.
-fn statement_epoch(
+/// Which of a member's statements for an epoch a signature is: a prevote or a
+/// precommit in a round, or the epoch's skip.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Slot {
+    Prevote(u32),
+    Precommit(u32),
+    Skip,
+}
+
+impl Slot {
+    /// Whether an honest member never signs two different statements in
+    /// these slots: two in one slot (two bodies prevoted or precommitted in
+    /// one round, two skips), or a precommit and a skip of one epoch (a final
+    /// checkpoint and a skip certificate would share an honest signer).
+    /// Precommits of different rounds are allowed: a member locked on a body
+    /// moves only on a newer quorum of prevotes.
+    pub fn conflicts(self, other: Slot) -> bool {
+        self == other
+            || matches!(
+                (self, other),
+                (Slot::Precommit(_), Slot::Skip) | (Slot::Skip, Slot::Precommit(_))
+            )
+    }
+}
+
+/// The epoch and slot of a committee statement `signer` signed: a checkpoint
+/// body's precommit or prevote, or a skip ("epoch e abandoned"). The
+/// signature's domain says which it is.
+pub fn statement_slot(
     network: &NetworkId,
     signer: &AccountId,
     bytes: &[u8],
     sig: &Sig,
-) -> Result<u64, String> {
-    let checkpoint = <CheckpointBody as Wire>::KIND;
-    if verify_bytes(checkpoint, network, signer, bytes, sig).is_ok() {
-        let c: CheckpointBody = codec::decode(bytes).map_err(|e| e.to_string())?;
-        return Ok(c.epoch);
+) -> Result<(u64, Slot), String> {
+    for (kind, precommit) in [
+        (<CheckpointBody as Wire>::KIND, true),
+        (crate::checkpoint::PREVOTE_KIND, false),
+    ] {
+        if verify_bytes(kind, network, signer, bytes, sig).is_ok() {
+            let c: CheckpointBody = codec::decode(bytes).map_err(|e| e.to_string())?;
+            let slot = if precommit {
+                Slot::Precommit(c.round)
+            } else {
+                Slot::Prevote(c.round)
+            };
+            return Ok((c.epoch, slot));
+        }
     }
     let skip = <SkipBody as Wire>::KIND;
     verify_bytes(skip, network, signer, bytes, sig).map_err(|e| e.to_string())?;
     let s: SkipBody = codec::decode(bytes).map_err(|e| e.to_string())?;
-    Ok(s.epoch)
+    Ok((s.epoch, Slot::Skip))
 }
 
 /// One slashable offence (each is punished once).
@@ -308,8 +349,8 @@ fn statement_epoch(
 pub enum Offence {
     /// Forked its chain at this seq.
     Fork(u64),
-    /// Signed two statements (checkpoints, or a checkpoint and a skip) for
-    /// this epoch.
+    /// Signed two conflicting statements for this epoch (two bodies in one
+    /// round, or a precommit and a skip).
     DoubleSign(u64),
 }
 

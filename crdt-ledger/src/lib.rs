@@ -37,13 +37,15 @@
 //! stakers, seeded by the previous checkpoint's hash; the member of the round
 //! proposes ([`Ledger::handle_timeout`] says when, [`Ledger::propose_checkpoint`]:
 //! proposing binds nobody), members check the state root with their own fold
-//! and vote ([`Ledger::sign_checkpoint`]), sending what they voted for with every
-//! vote they hold to the whole committee ([`Ledger::track_proposal`]), and
-//! ⌈2k/3⌉ votes make it final wherever they meet; anyone then publishes it as an
-//! entry. Finality never rewinds while fewer than a third of a committee sign
-//! twice. A member that signs two statements for one epoch (two checkpoints, or
-//! a checkpoint and the epoch's skip) is caught and slashed. See [`checkpoint`]
-//! for the skip of a stalled epoch.
+//! and vote in two steps, as in Tendermint ([`Ledger::vote`]: a prevote, then a
+//! precommit once ⌈2k/3⌉ prevoted the body, which locks the member on it),
+//! sending what they voted on with every vote they hold to the whole committee
+//! ([`Ledger::track_proposal`]); ⌈2k/3⌉ precommits of one round make it final
+//! wherever they meet, and anyone then publishes it as an entry. A round whose
+//! votes split is resolved in a later one. Finality never rewinds while fewer
+//! than a third of a committee break the voting rules; a member that signs two
+//! bodies in one round, or a precommit and the epoch's skip, is caught and
+//! slashed. See [`checkpoint`] for the skip of a stalled epoch.
 //!
 //! **Provider bonds.** A provider bonds tokens (`Body::Bond`, or in the genesis).
 //! Each escrow lock reserves `Params::provider_bond` of its escrow from the
@@ -74,9 +76,9 @@
 //! Every local write ([`Ledger::append`], [`Ledger::receive_entry`]) and every
 //! accepted sync message is appended to the [`Store`] — the new automerge change(s),
 //! or the saved document a sync message carried — and the store makes it durable
-//! (fsync) before the call returns. A note of every checkpoint a local identity
-//! signs is stored the same way before the signature leaves, so a restarted member
-//! never signs twice. [`Ledger::open`] loads the snapshot and the log (a torn tail
+//! (fsync) before the call returns. A note of every prevote, precommit and skip a
+//! local identity signs is stored the same way before the signature leaves, so a
+//! restarted member keeps its locks and never signs twice in a round. [`Ledger::open`] loads the snapshot and the log (a torn tail
 //! is cut and reported in [`OpenReport`]) and re-verifies every entry not covered by
 //! the snapshot's checkpoint; [`Ledger::compact`] replaces the log by a snapshot;
 //! [`open_from_snapshot`] starts a new peer from another's snapshot, checking the
@@ -91,9 +93,9 @@
 //! that arrive by other means go to [`Ledger::receive_entry`]; its timer calls
 //! [`Ledger::handle_timeout`] at [`Ledger::poll_timeout`] and, on
 //! [`Action::Propose`], [`Ledger::propose_checkpoint`]; committee members answer
-//! with [`Ledger::sign_checkpoint`] and forward, each member collects with
-//! [`Ledger::track_proposal`] (or [`Ledger::apply_checkpoint_signature`] for a
-//! single vote), and whoever holds the quorum publishes the final checkpoint
+//! with [`Ledger::vote`] and forward what it gives when they signed, each member
+//! collects with [`Ledger::track_proposal`] (which [`Ledger::vote`] calls), and
+//! whoever holds the quorum of precommits publishes the final checkpoint
 //! with `append(Body::Checkpoint(..))`; on [`Action::Skip`] a member signs
 //! [`Ledger::sign_skip`] and the others collect with [`Ledger::apply_skip`];
 //! anyone may publish [`Ledger::slash_proofs`] as
@@ -108,13 +110,15 @@ pub mod state;
 pub mod store;
 pub mod sync;
 
-pub use checkpoint::{CheckpointBody, FrontierItem, Proposal, SkipBody, draw_committee};
+pub use checkpoint::{CheckpointBody, FrontierItem, Pol, Proposal, SkipBody, draw_committee};
 pub use entry::{
     Body, Entry, EntryData, EntryId, EntryKey, Genesis, GenesisEntry, Offence, Params, SlaRecord,
     SlashProof, VerifiedEntry,
 };
 pub use error::{Invalid, InvalidReason, LedgerError, StoreError, SyncError};
-pub use ledger::{Action, CheckpointStatus, Ledger, OpenReport, SnapshotMeta, open_from_snapshot};
+pub use ledger::{
+    Action, CheckpointStatus, Ledger, OpenReport, SnapshotMeta, Voted, open_from_snapshot,
+};
 pub use state::{Escrow, Reputation, SlaEvent, State, Supply, TRUSTED_SCORE_BPS};
 pub use store::{FileStore, Loaded, MemStore, Store, TornTail};
 pub use sync::{MAX_PEER_ERRORS, PeerState, SyncReport};

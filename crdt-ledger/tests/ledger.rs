@@ -8,8 +8,7 @@ mod common;
 use automerge::transaction::Transactable;
 use common::*;
 use crdt_ledger::{
-    Action, Body, CheckpointStatus, Entry, InvalidReason, LedgerError, Offence, PeerState,
-    SlashProof, SyncError,
+    Action, Body, Entry, InvalidReason, LedgerError, Offence, PeerState, SlashProof, SyncError,
 };
 use protocol::{Amount, ComputeUnits, PricePerCu, Timestamp};
 
@@ -162,26 +161,33 @@ fn double_signed_checkpoints_are_detected_and_slashed() {
         .propose_checkpoint(net.id_of(&proposer), 1, 0)
         .unwrap();
     assert_ne!(p1.hash(), p2.hash());
-    // A member's replica sees both (refusing to sign the second).
+    // A member's replica sees both (refusing to prevote the second in the
+    // same round).
     let member = committee[1];
     let due = l.epoch_end(1);
     let early = l
-        .sign_checkpoint(net.id_of(&member), &p1, Timestamp(due.0 - 1))
-        .unwrap_err();
-    assert!(matches!(early, LedgerError::WontSign(_)), "{early}");
-    l.sign_checkpoint(net.id_of(&member), &p1, due).unwrap();
-    let err = l.sign_checkpoint(net.id_of(&member), &p2, due).unwrap_err();
-    assert!(matches!(
-        err,
-        LedgerError::AlreadySigned { .. } | LedgerError::WontSign(_)
-    ));
-    // Proposing is no vote: nothing to slash yet. The member votes for the
-    // second body too, on a replica that forgot the first; `l` sees it.
+        .vote(net.id_of(&member), &p1, Timestamp(due.0 - 1))
+        .unwrap();
+    assert!(
+        matches!(early.refused, Some(LedgerError::WontSign(_))),
+        "{:?}",
+        early.refused
+    );
+    assert!(l.vote(net.id_of(&member), &p1, due).unwrap().prevoted);
+    let second = l.vote(net.id_of(&member), &p2, due).unwrap();
+    assert!(!second.prevoted);
+    assert!(
+        matches!(second.refused, Some(LedgerError::AlreadySigned { .. })),
+        "{:?}",
+        second.refused
+    );
+    // Proposing is no vote: nothing to slash yet. The member prevotes the
+    // second body in the same round too, on a replica that forgot the
+    // first; `l` sees it.
     assert!(l.slash_proofs().is_empty());
-    let mut p2 = p2;
-    let (who, sig) = other.sign_checkpoint(net.id_of(&member), &p2, due).unwrap();
-    p2.checkpoint.insert(who, sig);
-    l.track_proposal(&p2).unwrap();
+    let v = other.vote(net.id_of(&member), &p2, due).unwrap();
+    assert!(v.prevoted);
+    l.track_proposal(&v.proposal.unwrap()).unwrap();
     let proposer = member;
     let proofs = l.slash_proofs();
     let ds: Vec<_> = proofs
@@ -788,32 +794,24 @@ fn a_half_signed_epoch_is_finished_without_its_leader() {
     let mut l = net.ledger(1);
     let committee = l.committee_for_checkpoint(1).unwrap();
     let end1 = l.epoch_end(1);
-    let mut p = l
+    let p = l
         .propose_checkpoint(net.id_of(&committee[0]), 1, 0)
         .unwrap();
-    // One member signs round 0, then the proposer vanishes: no quorum yet.
-    let (who, sig) = l
-        .sign_checkpoint(net.id_of(&committee[1]), &p, end1)
-        .unwrap();
-    p.checkpoint.insert(who, sig);
-    // Round 1's proposer cannot propose another body for the epoch...
-    let p1 = l.propose_checkpoint(net.id_of(&committee[1]), 1, 1);
-    assert!(
-        matches!(p1, Err(LedgerError::AlreadySigned { .. })),
-        "{p1:?}"
-    );
-    // ...but what it signed reaches the others, in a later round too.
+    // One member prevotes round 0, then the proposer vanishes: no quorum yet.
+    let v = l.vote(net.id_of(&committee[1]), &p, end1).unwrap();
+    assert!(v.prevoted && !v.precommitted);
+    let p = v.proposal.unwrap();
+    // What it signed reaches the others, in a later round too: they signed
+    // nothing in a later round, so they may still vote on round 0's body.
     let later = Timestamp(end1.0 + 3_500);
     let mut b = net.ledger(2);
     sync(&mut l, &mut b);
-    for m in &committee[2..] {
-        let (who, sig) = b.sign_checkpoint(net.id_of(m), &p, later).unwrap();
-        p.checkpoint.insert(who, sig);
-    }
-    let (_, status) = b.track_proposal(&p).unwrap();
-    let CheckpointStatus::Final(fin) = status else {
-        panic!("three of four signed: {status:?}");
+    let members: Vec<_> = committee[1..].iter().map(|m| net.id_of(m)).collect();
+    let fin = b.vote_all(&members, &p, later).unwrap();
+    let Some(fin) = fin else {
+        panic!("three of four voted, and no quorum");
     };
+    let fin = Box::new(fin);
     assert!(
         !fin.signatures.iter().any(|(s, _)| *s == committee[0]),
         "final without its proposer's vote"
@@ -838,17 +836,10 @@ fn a_withholding_leader_cannot_reverse_finality() {
     let end1 = l.epoch_end(1);
     let leader = net.id_of(&committee[0]);
     let p = l.propose_checkpoint(leader, 1, 0).unwrap();
-    let h = p.hash();
-    let mut fin = None;
-    for m in &committee[1..] {
-        let (who, sig) = l.sign_checkpoint(net.id_of(m), &p, end1).unwrap();
-        if let CheckpointStatus::Final(ms) = l.apply_checkpoint_signature(&h, who, sig).unwrap() {
-            fin = Some(ms);
-        }
-    }
-    let withheld = fin.expect("a quorum");
+    let members: Vec<_> = committee[1..].iter().map(|m| net.id_of(m)).collect();
+    let withheld = Box::new(l.vote_all(&members, &p, end1).unwrap().expect("a quorum"));
     // Two epochs later the members have still seen no checkpoint. Those that
-    // signed cannot skip; the rest (the leader, whose vote was not needed)
+    // precommitted cannot skip; the rest (the leader, whose vote was not needed)
     // are too few for a certificate.
     let end3 = l.epoch_end(3);
     let mut skipped = 0;
@@ -861,7 +852,10 @@ fn a_withholding_leader_cannot_reverse_finality() {
             Err(e) => assert!(matches!(e, LedgerError::AlreadySigned { .. }), "{e}"),
         }
     }
-    assert_eq!(skipped, 1, "three members signed the withheld checkpoint");
+    assert_eq!(
+        skipped, 1,
+        "three members precommitted the withheld checkpoint"
+    );
     assert_eq!(l.checkpoint_target(end3).map(|t| t.0), Some(1));
     let backup = l.finalized_state().backup.clone();
     let refused = l.propose_checkpoint(net.id_of(&backup[0]), 3, 0);
@@ -922,17 +916,25 @@ fn backup_checkpoints_need_a_real_skip_certificate_and_double_skips_are_slashed(
             "{what}: {why}"
         );
     }
-    // A member that skipped epoch 1 also signs its checkpoint (on a replica
-    // that forgot): one proof, slashed once.
+    // A member that skipped epoch 1 also precommits its checkpoint (on a
+    // replica that forgot): one proof, slashed once.
     let mut forgetful = net.ledger(3);
     let p = forgetful
         .propose_checkpoint(net.id_of(&committee[0]), 1, 0)
         .unwrap();
-    let (who, sig) = forgetful
-        .sign_checkpoint(net.id_of(&committee[1]), &p, end2)
-        .unwrap();
-    let mut p = p;
-    p.checkpoint.insert(who, sig);
+    // (Member 1 votes first: it is among the first three to precommit.)
+    let members: Vec<_> = [1, 0, 2, 3]
+        .iter()
+        .map(|i| net.id_of(&committee[*i]))
+        .collect();
+    forgetful.vote_all(&members, &p, end2).unwrap().unwrap();
+    let p = forgetful.proposal(&p.hash()).unwrap();
+    assert!(
+        p.checkpoint
+            .signatures
+            .iter()
+            .any(|(s, _)| *s == committee[1])
+    );
     l.track_proposal(&p).unwrap();
     let proofs: Vec<_> = l
         .slash_proofs()
@@ -1228,12 +1230,11 @@ fn schedule_settled_and_slashed_records_are_pruned() {
         .append(&net.ids[4], transfer(net.acct(5), 1), T0)
         .unwrap();
     let p1 = a.propose_checkpoint(net.id_of(&c1[0]), 1, 0).unwrap();
-    let mut p2 = other.propose_checkpoint(net.id_of(&c1[0]), 1, 0).unwrap();
+    let p2 = other.propose_checkpoint(net.id_of(&c1[0]), 1, 0).unwrap();
     let due = a.epoch_end(1);
-    a.sign_checkpoint(net.id_of(&c1[1]), &p1, due).unwrap();
-    let (who, sig) = other.sign_checkpoint(net.id_of(&c1[1]), &p2, due).unwrap();
-    p2.checkpoint.insert(who, sig);
-    a.track_proposal(&p2).unwrap();
+    assert!(a.vote(net.id_of(&c1[1]), &p1, due).unwrap().prevoted);
+    let v = other.vote(net.id_of(&c1[1]), &p2, due).unwrap();
+    a.track_proposal(&v.proposal.unwrap()).unwrap();
     let proof = a
         .slash_proofs()
         .into_iter()
@@ -1358,4 +1359,90 @@ fn an_escrow_forked_across_a_partition_costs_the_requester_more_than_it_gains() 
     sync(&mut left, &mut right);
     assert_eq!(left.finalized_state(), right.finalized_state());
     conserved(&mut left);
+}
+
+/// A vote split (a late round-0 body against round 1's) is resolved in a
+/// later round: a member locked on round 0's body refuses a fresh body, but
+/// moves to one with a newer quorum of prevotes; a member never goes back to
+/// an earlier round; and precommits of different rounds are no double sign.
+#[test]
+fn a_split_vote_is_resolved_in_a_later_round_without_a_double_sign() {
+    let net = Net::new(8, 6, 4);
+    let mut l = net.ledger(1);
+    let c = l.committee_for_checkpoint(1).unwrap();
+    assert_eq!(c.len(), 4);
+    let id = |i: usize| net.id_of(&c[i]);
+    let end1 = l.epoch_end(1);
+    let stall = l.params().stall_timeout.0;
+    let round = |r: u64| Timestamp(end1.0 + r * stall);
+    // Round 0: body A. Members 1, 2, 3 prevote it; the third prevote makes a
+    // quorum, and member 3 precommits (it is locked on A); 1 and 2 do not
+    // get to (they move on).
+    let a = l.propose_checkpoint(id(0), 1, 0).unwrap();
+    let mut p = a.clone();
+    for i in 1..=3 {
+        let v = l.vote(id(i), &p, round(0)).unwrap();
+        assert!(v.prevoted, "member {i}: {:?}", v.refused);
+        assert_eq!(v.precommitted, i == 3);
+        p = v.proposal.unwrap();
+    }
+    // Round 1: a proposer that saw none of it proposes body B (with an entry
+    // A lacks).
+    let mut other = net.ledger(2);
+    other
+        .append(&net.ids[6], transfer(net.acct(7), 2), T0)
+        .unwrap();
+    let b = other.propose_checkpoint(id(1), 1, 1).unwrap();
+    sync(&mut l, &mut other);
+    assert_ne!(
+        a.checkpoint.body_unverified().unwrap().content_hash(),
+        b.checkpoint.body_unverified().unwrap().content_hash()
+    );
+    // Member 3 is locked on A and B carries no newer quorum: refused.
+    let v = l.vote(id(3), &b, round(1)).unwrap();
+    assert!(
+        matches!(&v.refused, Some(LedgerError::WontSign(w)) if w.contains("locked")),
+        "{:?}",
+        v.refused
+    );
+    // 0, 1, 2 prevote B: a quorum in round 1; member 2 precommits it.
+    let mut p = b.clone();
+    for i in [0, 1, 2] {
+        let v = l.vote(id(i), &p, round(1)).unwrap();
+        assert!(v.prevoted, "member {i}: {:?}", v.refused);
+        p = v.proposal.unwrap();
+    }
+    // Nobody goes back: member 0 signed in round 1, so round 0's A is refused.
+    let v = l.vote(id(0), &a, round(1)).unwrap();
+    assert!(!v.prevoted && !v.precommitted);
+    assert!(
+        matches!(&v.refused, Some(LedgerError::WontSign(w)) if w.contains("round 1")),
+        "{:?}",
+        v.refused
+    );
+    // Round 2: its proposer proposes B again with round 1's prevotes as the
+    // proof; member 3 may now move from A (locked in round 0) to B.
+    let b2 = l.propose_checkpoint(id(2), 1, 2).unwrap();
+    let pol = b2.valid.as_ref().expect("a proof of lock change");
+    assert_eq!(pol.round, 1);
+    let body2 = b2.checkpoint.body_unverified().unwrap();
+    assert_eq!(
+        body2.content_hash(),
+        b.checkpoint.body_unverified().unwrap().content_hash()
+    );
+    // A replica that saw only the re-proposal takes its proof as well.
+    let mut fresh = net.ledger(3);
+    sync(&mut l, &mut fresh);
+    let v = fresh.vote(id(3), &b2, round(2)).unwrap();
+    assert!(v.prevoted, "{:?}", v.refused);
+    let members: Vec<_> = (0..4).map(id).collect();
+    let fin = l.vote_all(&members, &b2, round(2)).unwrap().expect("final");
+    assert_eq!(fin.body_unverified().unwrap().round, 2);
+    assert!(fin.signatures.iter().any(|(s, _)| *s == c[3]));
+    // Member 3 precommitted A in round 0 and B in round 2: allowed.
+    assert!(l.slash_proofs().is_empty(), "{:?}", l.slash_proofs());
+    l.append(&net.ids[7], Body::Checkpoint(Box::new(fin)), round(2))
+        .unwrap();
+    assert_eq!(l.finalized_epoch(), 1);
+    conserved(&mut l);
 }

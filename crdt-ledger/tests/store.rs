@@ -279,8 +279,7 @@ fn a_restarted_member_does_not_sign_a_second_checkpoint() {
         .propose_checkpoint(net.id_of(&committee[0]), 1, 0)
         .unwrap();
     let due = l.epoch_end(1);
-    l.sign_checkpoint(net.id_of(&committee[1]), &p1, due)
-        .unwrap();
+    assert!(l.vote(net.id_of(&committee[1]), &p1, due).unwrap().prevoted);
     // Compaction keeps the note too, in the same atomic step: the store as
     // it is the moment compaction returns (a crash right then) holds it.
     let at_compact = std::sync::Arc::new(std::sync::Mutex::new(None));
@@ -301,16 +300,16 @@ fn a_restarted_member_does_not_sign_a_second_checkpoint() {
         .propose_checkpoint(net.id_of(&committee[0]), 1, 0)
         .unwrap();
     sync(&mut l, &mut other);
-    let err = l
-        .sign_checkpoint(net.id_of(&committee[1]), &p2, due)
-        .unwrap_err();
+    let v = l.vote(net.id_of(&committee[1]), &p2, due).unwrap();
+    assert!(!v.prevoted);
+    let err = v.refused.unwrap();
     assert!(
         matches!(err, LedgerError::AlreadySigned { epoch: 1, .. }),
         "{err}"
     );
     // The same proposal again is fine (idempotent).
-    l.sign_checkpoint(net.id_of(&committee[1]), &p1, due)
-        .unwrap();
+    let v = l.vote(net.id_of(&committee[1]), &p1, due).unwrap();
+    assert!(!v.prevoted && v.refused.is_none(), "{:?}", v.refused);
 }
 
 #[test]

@@ -64,8 +64,8 @@ use std::collections::HashMap;
 
 use crdt_ledger::store::MAX_RECORD;
 use crdt_ledger::{
-    Action, Body, CheckpointStatus, Entry, EntryData, Genesis, GenesisEntry, InvalidReason, Ledger,
-    LedgerError, Loaded, Params, State, Store, StoreError,
+    Action, Body, Entry, EntryData, Genesis, GenesisEntry, InvalidReason, Ledger, LedgerError,
+    Loaded, Params, State, Store, StoreError,
 };
 use protocol::oracle::SettlementInstruction;
 use protocol::{AccountId, Amount, Contract, Hash32, Identity, NetworkId, Timestamp};
@@ -376,32 +376,16 @@ impl SimLedger {
             }
         }
         let (leader, proposal) = proposal.ok_or("nobody's turn to propose")?;
-        let h = proposal.hash();
-        let mut fin = None;
-        // The members vote, the leader last (a proposer votes for its own body
-        // once another member has).
-        let order = committee.iter().filter(|m| **m != leader);
-        for m in order.chain(std::iter::once(&leader)) {
-            let key = self.keys.get(m).ok_or("no key for a member")?;
-            let current = self
-                .ledger
-                .proposal(&h)
-                .cloned()
-                .unwrap_or(proposal.clone());
-            let (who, sig) = self
-                .ledger
-                .sign_checkpoint(key, &current, now)
-                .map_err(|e| e.to_string())?;
-            if let CheckpointStatus::Final(ms) = self
-                .ledger
-                .apply_checkpoint_signature(&h, who, sig)
-                .map_err(|e| e.to_string())?
-            {
-                fin = Some(ms);
-                break;
-            }
-        }
-        let fin = fin.ok_or("no quorum")?;
+        let members = committee
+            .iter()
+            .map(|m| self.keys.get(m).ok_or("no key for a member"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let fin = self
+            .ledger
+            .vote_all(&members, &proposal, now)
+            .map_err(|e| e.to_string())?
+            .map(Box::new)
+            .ok_or("no quorum")?;
         if let Ok(body) = fin.body_unverified() {
             for (a, x) in &body.mint {
                 *self.minted_to.entry(*a).or_default() += x.0;

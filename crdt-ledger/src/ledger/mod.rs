@@ -12,8 +12,10 @@ mod committee;
 mod persist;
 mod verify;
 
+pub use committee::Voted;
+use committee::{Held, MyVotes, VoteNote};
 pub use persist::open_from_snapshot;
-use persist::{REC_DOC, REC_SIGNED, split_snapshot, verify_snapshot};
+use persist::{REC_DOC, REC_SIGNED, REC_VOTE, VOTE_NOTE_KIND, split_snapshot, verify_snapshot};
 pub(crate) use verify::{collect_doc_entries, verify_entries, verify_received};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -26,7 +28,9 @@ use protocol::signed::{Sig, sign_bytes, verify_bytes};
 use protocol::{AccountId, Amount, Hash32, Identity, MultiSigned, NetworkId, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{CheckpointBody, FrontierItem, PROPOSED_KIND, Proposal, SkipBody};
+use crate::checkpoint::{
+    CheckpointBody, FrontierItem, PREVOTE_KIND, PROPOSED_KIND, Pol, Proposal, SkipBody,
+};
 use crate::entry::{
     Body, Entry, EntryData, EntryId, EntryKey, GenesisEntry, Offence, Params, SlashProof, Ve,
     VerifiedEntry, chain_start, check_author,
@@ -145,16 +149,16 @@ pub struct Ledger<S: Store = MemStore> {
     compact_floor: u64,
     compactions: u64,
     view: Option<View>,
-    /// Proposals collecting signatures, by body hash.
-    votes: BTreeMap<Hash32, Proposal>,
+    /// Checkpoint bodies collecting prevotes and precommits, by body hash.
+    votes: BTreeMap<Hash32, Held>,
     /// Skip statements collecting signatures, by epoch, on the last final
     /// checkpoint (dropped when finality moves).
     skips: BTreeMap<u64, MultiSigned<SkipBody>>,
     /// (epoch, round) in which this replica's members were told to skip.
     skip_asked: BTreeSet<(u64, u32)>,
-    /// What each local identity signed, per epoch (it never signs two).
-    signed: BTreeMap<(AccountId, u64), Hash32>,
-    /// Every checkpoint signature seen, per (signer, epoch): for double signs.
+    /// What each local identity signed, per epoch (durable: see `MyVotes`).
+    signed: BTreeMap<(AccountId, u64), MyVotes>,
+    /// Every committee signature seen, per (signer, epoch): for double signs.
     seen_sigs: BTreeMap<(AccountId, u64), Vec<SeenSig>>,
     double_signs: Vec<SlashProof>,
     /// Forks seen outside the document (see `receive_entry`).
@@ -194,7 +198,7 @@ fn doc_err(e: impl std::fmt::Display) -> LedgerError {
 struct Reloaded {
     doc: AutoCommit,
     fin: Finalized,
-    signed: BTreeMap<(AccountId, u64), Hash32>,
+    signed: BTreeMap<(AccountId, u64), MyVotes>,
     report: OpenReport,
 }
 
@@ -231,7 +235,18 @@ fn reload<S: Store>(genesis: &GenesisEntry, store: &mut S) -> Result<Reloaded, L
             Some((&REC_SIGNED, bytes)) => {
                 let (who, epoch, h): (AccountId, u64, Hash32) =
                     codec::decode_limited("ledger-local-vote", 128, bytes)?;
-                signed.insert((who, epoch), h);
+                signed
+                    .entry((who, epoch))
+                    .or_insert_with(MyVotes::default)
+                    .legacy = Some(h);
+            }
+            Some((&REC_VOTE, bytes)) => {
+                let (who, epoch, note): (AccountId, u64, VoteNote) =
+                    codec::decode_limited(VOTE_NOTE_KIND, 256, bytes)?;
+                signed
+                    .entry((who, epoch))
+                    .or_insert_with(MyVotes::default)
+                    .apply(note);
             }
             _ => return Err(LedgerError::Doc(format!("record {i}: unknown record type"))),
         }
@@ -609,12 +624,12 @@ impl<S: Store> Ledger<S> {
         }
         if self.rewind {
             // Two final checkpoints on one predecessor: at least a third of a
-            // committee signed twice (see `note_competitor`). Every replica
+            // committee broke the voting rules (see `note_competitor`). Every replica
             // follows the lowest (epoch, hash), whatever the order it saw them
             // in, so replicas still converge; the double signers are slashed.
             tracing::error!(
-                "two final checkpoints on one predecessor: a third of a committee signed \
-                 twice; refolding finality from the start"
+                "two final checkpoints on one predecessor: a third of a committee broke \
+                 the voting rules; refolding finality from the start"
             );
             self.fin = self.fin0.clone();
             self.rewind = false;
@@ -956,7 +971,7 @@ impl<S: Store> Ledger<S> {
                             Body::Checkpoint(ms) => ms
                                 .body_unverified()
                                 .ok()
-                                .map(|b| (b.epoch, b.prev, ms.body_hash())),
+                                .map(|b| (b.epoch, b.prev, b.content_hash())),
                             _ => None,
                         });
                 if let Some((epoch, prev, h)) = head
@@ -1014,11 +1029,13 @@ impl<S: Store> Ledger<S> {
 
     /// If a checkpoint competes with one already final on the same predecessor and
     /// would have been chosen first, finality is refolded from the start. With
-    /// fewer than a third of each committee signing twice this never happens: a
-    /// second final checkpoint on one predecessor needs the same committee's
-    /// quorum twice (for one epoch), or a quorum of a skip of the final
-    /// checkpoint's epoch; either way a third of its members signed two
-    /// statements for one epoch, and `slash_proofs` holds each of them.
+    /// fewer than a third of each committee breaking the voting rules this never
+    /// happens: a second final checkpoint on one predecessor needs the same
+    /// committee's quorum of precommits twice (in one round: a third of it
+    /// signed two bodies there, and `slash_proofs` holds each; in two rounds: a
+    /// third of it prevoted against its lock), or a quorum of a skip of the
+    /// final checkpoint's epoch (a third of it precommitted and skipped, each
+    /// proven).
     fn note_competitor(&mut self, ms: &MultiSigned<CheckpointBody>) {
         let Ok(body) = ms.body_unverified() else {
             return;
@@ -1027,12 +1044,13 @@ impl<S: Store> Ledger<S> {
             // It extends the last final checkpoint: no final one shares its prev.
             return;
         }
-        let h = ms.body_hash();
+        let h = body.content_hash();
         for fin in &self.fin.chain {
             if let Ok(b) = fin.body_unverified()
                 && b.prev == body.prev
             {
-                if (body.epoch, h) < (b.epoch, fin.body_hash()) {
+                // The same checkpoint certified in another round is no rival.
+                if (body.epoch, h) < (b.epoch, b.content_hash()) {
                     self.rewind = true;
                 }
                 return;
@@ -1224,7 +1242,7 @@ impl<S: Store> Ledger<S> {
                 "state root, mint or committees differ from this replica's fold",
             ));
         }
-        next.last_checkpoint = h;
+        next.last_checkpoint = body.content_hash();
         // Only what this checkpoint adds: `advance_finality` appends it to the
         // chain and the invalid list it keeps (copying both at every check made
         // the checks quadratic in the number of checkpoints).
@@ -1242,8 +1260,8 @@ impl<S: Store> Ledger<S> {
     }
 }
 
-/// A checkpoint body a member signed, and the signature.
-type SeenSig = (Vec<u8>, Sig);
+/// A committee statement a member signed (its slot, bytes and signature).
+type SeenSig = (crate::entry::Slot, Vec<u8>, Sig);
 
 enum Checked {
     /// Valid: the next finalized state is in `Ledger::checked_fold`.

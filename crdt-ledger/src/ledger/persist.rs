@@ -38,11 +38,15 @@ impl<S: Store> Ledger<S> {
     /// them (and lets a member sign twice after a restart).
     pub fn compact(&mut self) -> Result<(), LedgerError> {
         let snap = self.snapshot()?;
-        let notes = self
-            .signed
-            .iter()
-            .map(|((who, epoch), h)| signed_record(*who, *epoch, *h))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut notes = Vec::new();
+        for ((who, epoch), votes) in &self.signed {
+            if let Some(h) = votes.legacy {
+                notes.push(signed_record(*who, *epoch, h)?);
+            }
+            for note in votes.notes() {
+                notes.push(vote_record(*who, *epoch, note)?);
+            }
+        }
         self.store.compact(&snap, &notes)?;
         self.saved_heads = self.doc.get_heads();
         self.compacted_at = self.store.size();
@@ -201,9 +205,13 @@ impl<S: Store> Ledger<S> {
 }
 
 /// Store record types: a piece of the document (changes or a saved document),
-/// or a note that a local identity signed a checkpoint.
+/// or a note that a local identity signed a committee statement: a checkpoint
+/// (`REC_SIGNED`, before rounds had two steps: nothing more is signed for
+/// its epoch) or a prevote, precommit or skip (`REC_VOTE`).
 pub(crate) const REC_DOC: u8 = 0;
 pub(crate) const REC_SIGNED: u8 = 1;
+pub(crate) const REC_VOTE: u8 = 2;
+pub(crate) const VOTE_NOTE_KIND: &str = "ledger-local-vote-note";
 
 fn doc_record(bytes: &[u8]) -> Vec<u8> {
     let mut r = Vec::with_capacity(bytes.len() + 1);
@@ -217,6 +225,19 @@ pub(crate) fn signed_record(who: AccountId, epoch: u64, h: Hash32) -> Result<Vec
     r.extend(codec::encode_unbounded(
         "ledger-local-vote",
         &(who, epoch, h),
+    )?);
+    Ok(r)
+}
+
+pub(crate) fn vote_record(
+    who: AccountId,
+    epoch: u64,
+    note: VoteNote,
+) -> Result<Vec<u8>, LedgerError> {
+    let mut r = vec![REC_VOTE];
+    r.extend(codec::encode_unbounded(
+        VOTE_NOTE_KIND,
+        &(who, epoch, note),
     )?);
     Ok(r)
 }
@@ -287,7 +308,7 @@ pub(super) fn verify_snapshot(
         for f in &body.frontier {
             frontier.insert(f.author, (f.seq, f.hash));
         }
-        prev = ms.body_hash();
+        prev = body.content_hash();
         prev_epoch = body.epoch;
         next = body.next_committee.clone();
         backup = body.backup_committee.clone();

@@ -1,9 +1,7 @@
 //! Test helpers: a small network, contracts, verdicts, sync and checkpoints.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use crdt_ledger::{
-    Body, CheckpointStatus, Entry, EntryData, Genesis, GenesisEntry, Ledger, Params, Store,
-};
+use crdt_ledger::{Body, Entry, EntryData, Genesis, GenesisEntry, Ledger, Params, Store};
 use protocol::settlement::{Outcome, QuorumCert, payout};
 use protocol::{
     AccountId, Amount, BlobRef, Bps, ComputeUnits, Contract, ContractTerms, DurationMs, Hash32,
@@ -234,27 +232,13 @@ pub fn try_finalize<S: Store>(
         }
         Err(e) => panic!("propose: {e}"),
     };
-    let h = proposal.hash();
-    let mut fin = None;
     let due = Timestamp(l.epoch_end(epoch).0 + u64::from(round) * l.params().stall_timeout.0);
-    // The members vote, the proposer last (once another member has).
-    let order = committee.iter().filter(|m| **m != proposer);
-    for m in order.chain(std::iter::once(&proposer)) {
-        let current = l.proposal(&h).cloned().unwrap_or(proposal.clone());
-        let (who, sig) = match l.sign_checkpoint(net.id_of(m), &current, due) {
-            Ok(x) => x,
-            Err(_) if !strict => continue,
-            Err(e) => panic!("sign: {e}"),
-        };
-        if let CheckpointStatus::Final(ms) = l.apply_checkpoint_signature(&h, who, sig).unwrap() {
-            fin = Some(ms);
-            break;
-        }
-    }
-    let fin = match fin {
-        Some(f) => f,
-        None if !strict => return None,
-        None => panic!("no quorum"),
+    let members: Vec<&Identity> = committee.iter().map(|m| net.id_of(m)).collect();
+    let fin = match l.vote_all(&members, &proposal, due) {
+        Ok(Some(f)) => Box::new(f),
+        _ if !strict => return None,
+        Ok(None) => panic!("no quorum"),
+        Err(e) => panic!("vote: {e}"),
     };
     let now = Timestamp(l.epoch_end(epoch).0 + 1);
     // Anyone may publish it: the proposer, or another account if the proposer's

@@ -158,24 +158,33 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
-    /// Our round: send again the proposal of the epoch that members already
-    /// vote for, if there is one (a body of our own would split them), or
-    /// propose one.
+    /// Our round: publish the epoch's checkpoint if we hold its quorum, else
+    /// propose it (the epoch's body with the newest quorum of prevotes again,
+    /// if the ledger holds one, else a new body) and vote on it like any
+    /// member.
     fn propose<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, epoch: u64, round: u32) {
-        let me = self.account();
-        let p = match self.ledger.open_proposal(epoch) {
-            Some(p) => {
-                info!(epoch, round, "sending the epoch's open proposal again");
+        if let Some(ms) = self.ledger.held_final(epoch) {
+            // Final already (its proposer withholds it, or has not published
+            // yet): publish it rather than vote again.
+            return self.publish_checkpoint(cx, ms);
+        }
+        let p = match self.ledger.propose_checkpoint(&self.identity, epoch, round) {
+            Ok(p) => {
+                let again = p.valid.as_ref().map(|v| v.round);
+                info!(epoch, round, proposed_again_from = ?again, "proposing the checkpoint");
                 p
             }
-            None => match self.ledger.propose_checkpoint(&self.identity, epoch, round) {
-                Ok(p) => {
-                    info!(epoch, round, "proposing the checkpoint");
-                    p
-                }
-                Err(e) => return debug!(epoch, round, %e, "no checkpoint proposal"),
-            },
+            Err(e) => return debug!(epoch, round, %e, "no checkpoint proposal"),
         };
+        self.send_to_committee(cx, epoch, &p);
+        let (me, now) = (self.account(), cx.now);
+        self.sign_proposal(cx, me, p, now);
+    }
+
+    /// Send a proposal (with the votes it carries) to every other member of
+    /// its epoch's committee.
+    fn send_to_committee<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, epoch: u64, p: &Proposal) {
+        let me = self.account();
         let committee = self
             .ledger
             .committee_for_checkpoint(epoch)
@@ -186,9 +195,6 @@ impl<S: Store> NodeCore<S> {
                 msg: Direct::Proposal(Box::new(p.clone())),
             });
         }
-        // With a quorum of one, our own vote finishes it.
-        let now = cx.now;
-        self.sign_proposal(cx, me, p, now);
     }
 
     /// Sign the skip of a stalled epoch and send it, with the signatures we
@@ -244,19 +250,14 @@ impl<S: Store> NodeCore<S> {
         from: AccountId,
         p: Proposal,
     ) {
-        // It may carry a quorum already (members forward what they signed).
-        match self.ledger.track_proposal(&p) {
-            Ok((_, CheckpointStatus::Final(ms))) => return self.publish_final(cx, *ms),
-            Ok(_) => {}
-            Err(e) => return debug!(%e, "checkpoint proposal refused"),
-        }
         let now = cx.now;
         self.sign_proposal(cx, from, p, now);
     }
 
-    /// Sign a proposal; the first time, send it with every signature we hold
-    /// to the whole committee, so that any member can finish it and a leader
-    /// that withholds it changes nothing.
+    /// Take a proposal with the votes it carries and vote on it (a prevote,
+    /// and a precommit once a quorum prevoted). Whenever we sign, send it with
+    /// every vote we hold to the whole committee, so that any member can
+    /// finish it and a leader that withholds it changes nothing.
     fn sign_proposal<R: Rng + ?Sized>(
         &mut self,
         cx: &mut Cx<'_, R>,
@@ -267,48 +268,38 @@ impl<S: Store> NodeCore<S> {
         let Ok(body) = p.checkpoint.body_unverified() else {
             return;
         };
-        let me = self.account();
-        let first = self.ledger.signed_for(&me, body.epoch).is_none();
-        match self.ledger.sign_checkpoint(&self.identity, &p, cx.now) {
-            Ok((signer, sig)) => {
-                if !first {
-                    return;
-                }
-                info!(epoch = body.epoch, proposer = %body.proposer.short(), "signed the checkpoint");
-                let mut signed = p.clone();
-                signed.checkpoint.insert(signer, sig);
-                let status = match self.ledger.track_proposal(&signed) {
-                    Ok((h, status)) => {
-                        if let Some(all) = self.ledger.proposal(&h) {
-                            signed = all.clone();
-                        }
-                        status
-                    }
-                    Err(e) => return debug!(%e, "our own signature refused"),
-                };
-                let committee = self
-                    .ledger
-                    .committee_for_checkpoint(body.epoch)
-                    .unwrap_or_default();
-                for m in committee.into_iter().filter(|m| *m != me) {
-                    cx.out.push(Output::Send {
-                        to: m,
-                        msg: Direct::Proposal(Box::new(signed.clone())),
-                    });
-                }
-                if let CheckpointStatus::Final(ms) = status {
-                    self.publish_final(cx, *ms);
-                }
+        let v = match self.ledger.vote(&self.identity, &p, cx.now) {
+            Ok(v) => v,
+            Err(e) => return debug!(epoch = body.epoch, %e, "checkpoint proposal refused"),
+        };
+        if v.prevoted || v.precommitted {
+            info!(
+                epoch = body.epoch,
+                round = body.round,
+                proposer = %body.proposer.short(),
+                step = if v.precommitted { "precommit" } else { "prevote" },
+                "voted on the checkpoint"
+            );
+            if let Some(all) = &v.proposal {
+                self.send_to_committee(cx, body.epoch, all);
             }
-            Err(LedgerError::WontSign(why)) if why.contains("sync") => {
-                debug!(
-                    epoch = body.epoch,
-                    "checkpoint names entries we lack; retrying"
-                );
+        }
+        match v.refused {
+            Some(LedgerError::WontSign(why)) if why.contains("sync") || why.contains("not due") => {
+                // Entries we lack (sync brings them), or a round our clock
+                // has not reached yet.
+                debug!(epoch = body.epoch, %why, "retrying the vote");
+                let h = p.hash();
+                self.ckpt.to_sign.retain(|(_, q, _)| q.hash() != h);
                 self.ckpt.to_sign.push((from, p, since));
             }
-            Err(LedgerError::WontSign(why)) if why.contains("once another member") => {}
-            Err(e) => debug!(epoch = body.epoch, %e, "not signing the checkpoint"),
+            Some(e) => {
+                debug!(epoch = body.epoch, round = body.round, %e, "not voting on the checkpoint")
+            }
+            None => {}
+        }
+        if let CheckpointStatus::Final(ms) = v.status {
+            self.publish_final(cx, *ms);
         }
     }
 

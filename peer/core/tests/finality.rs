@@ -161,7 +161,7 @@ fn play(attack: Attack, seed: u64) -> Result<Held, String> {
                 .ledger()
                 .checkpoints()
                 .iter()
-                .map(|c| c.body_hash())
+                .filter_map(crdt_ledger::checkpoint::checkpoint_id)
                 .collect();
             if chain.len() > seen.len() {
                 let l = net.nodes[i].ledger();
