@@ -1,13 +1,17 @@
 //! Checkpoints and the committee draw.
 //!
-//! Each epoch `e` has a committee of k oracles. The committee of epoch 1 is drawn
+//! Each epoch `e` has a committee of k seats. The committee of epoch 1 is drawn
 //! from the genesis stakers; the committee of epoch `e + 1` is named by the
-//! checkpoint of epoch `e`, drawn from the stakes in that checkpoint's state and
-//! seeded by the hash of the checkpoint before it. The draw is weighted by stake,
-//! without replacement, and the draw order is the proposer order: member `r` (mod
-//! k) proposes in round `r`, a round lasting `stall_timeout` after the epoch's end.
+//! checkpoint of epoch `e`, drawn (see [`draw_committee`]) by stake, from the
+//! stakes frozen at the checkpoint before (each capped by what is left of it),
+//! and seeded by that checkpoint's [`Beacon`]: a quorum of the precommits that
+//! made it final, which nobody could compute when those stakes froze. An
+//! account may hold several seats, and its vote counts once per seat
+//! ([`protocol::seats`]), so splitting a stake over accounts gains nothing. The
+//! seat order is the proposer order: seat `r` (mod k) proposes in round `r`, a
+//! round lasting `stall_timeout` after the epoch's end.
 //!
-//! A checkpoint is final with ⌈2k/3⌉ member precommits of one round (see
+//! A checkpoint is final with precommits of one round holding ⌈2k/3⌉ seats (see
 //! [`Proposal`] for the two voting steps and the locks), and **finality never
 //! rewinds**: a replica never leaves a final checkpoint for another one.
 //! Members send their votes to the whole committee, so a leader that withholds
@@ -65,6 +69,64 @@ pub struct CheckpointBody {
     /// certificate of each epoch in between, in order (the first signed by a
     /// quorum of its committee, the others by the backup committee's).
     pub skipped: Vec<MultiSigned<SkipBody>>,
+    /// The committee draw's randomness: a quorum of the precommits that made
+    /// `prev` final (none on the genesis). See [`Beacon`].
+    pub beacon: Option<Beacon>,
+}
+
+/// A quorum of the precommits that made the previous checkpoint final: the
+/// seed of the committees a checkpoint draws.
+///
+/// Nobody can compute it before the members have signed the previous
+/// checkpoint (each signature needs its member's key), and the stakes the
+/// draw weighs were frozen at that checkpoint, before its signatures
+/// existed. So the leader that chose the previous checkpoint's entries could
+/// not try variants of them for a better draw (with the checkpoint's own
+/// hash as the seed, it could). The proposer only chooses which quorum of
+/// the signatures it holds to name: at most C(k, q) seeds (35 for k = 7).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Beacon {
+    /// The round of the certificate the signatures are from (its body is
+    /// `prev`'s content in that round, by that round's proposer).
+    pub round: u32,
+    /// Precommits by `prev`'s committee holding a quorum of its seats, and
+    /// none more than needed (without the last, they would not), sorted by
+    /// signer.
+    pub sigs: Vec<(AccountId, protocol::Sig)>,
+}
+
+impl Beacon {
+    /// The beacon of a final checkpoint signed by `committee`: its first
+    /// signatures (by signer) that hold a quorum of seats.
+    pub fn of(ms: &MultiSigned<CheckpointBody>, committee: &[AccountId]) -> Option<Beacon> {
+        let body = ms.body_unverified().ok()?;
+        let q = protocol::quorum(committee.len());
+        let mut sigs = Vec::new();
+        for (a, sig) in &ms.signatures {
+            if protocol::seats(committee, sigs.iter().map(|(s, _)| s)) >= q {
+                break;
+            }
+            if committee.contains(a) {
+                sigs.push((*a, *sig));
+            }
+        }
+        (q > 0 && protocol::seats(committee, sigs.iter().map(|(s, _)| s)) >= q).then_some(Beacon {
+            round: body.round,
+            sigs,
+        })
+    }
+
+    /// The seed material the draw hashes.
+    pub fn hash(beacon: Option<&Beacon>) -> Hash32 {
+        let mut h = blake3::Hasher::new_derive_key("cloudchain/v1/committee-beacon");
+        if let Some(b) = beacon {
+            for (a, sig) in &b.sigs {
+                h.update(&a.0);
+                h.update(&sig.0);
+            }
+        }
+        Hash32(*h.finalize().as_bytes())
+    }
 }
 
 /// A committee member's statement that `epoch` is abandoned on top of the final
@@ -85,51 +147,71 @@ impl Wire for CheckpointBody {
     const MAX_SIZE: usize = 768 * 1024;
 }
 
-/// Draw `k` accounts from `stakes` (those with at least `min_stake`), weighted by
-/// stake, without replacement, in draw order. Deterministic in the seed.
+/// Draw `k` seats from `stakes` (those with at least `min_stake`), by stake,
+/// in a shuffled order (the proposer order): an account may hold several
+/// seats (see [`protocol::seats`]).
+///
+/// Systematic sampling: the accounts are laid out in an order the seed
+/// shuffles, each over a stretch as long as its stake, and the seats are `k`
+/// points spaced `total / k` apart from an offset the seed draws. So each
+/// account holds ⌊k·share⌋ or ⌈k·share⌉ seats, k·share on average: a stake
+/// split over several accounts draws no more seats than in one, and an
+/// account with at most 1/k of the stake never holds two (with four equal
+/// stakers and k = 4, each holds one seat, always). Deterministic in the
+/// seed.
 pub fn draw_committee(
     seed: &Hash32,
     stakes: &BTreeMap<AccountId, Amount>,
     min_stake: Amount,
     k: usize,
 ) -> Vec<AccountId> {
-    let mut pool: Vec<(AccountId, u128)> = stakes
-        .iter()
-        .filter(|(_, s)| **s >= min_stake && s.0 > 0)
-        .map(|(a, s)| (*a, u128::from(s.0)))
-        .collect();
-    let mut out = Vec::with_capacity(k.min(pool.len()));
-    let mut i: u64 = 0;
-    while out.len() < k && !pool.is_empty() {
-        let total: u128 = pool.iter().map(|(_, w)| *w).sum();
+    let hash = |tag: &[u8], data: &[u8]| {
         let mut h = blake3::Hasher::new_derive_key("cloudchain/v1/committee-draw");
         h.update(&seed.0);
-        h.update(&i.to_le_bytes());
-        let bytes = h.finalize();
-        let mut r16 = [0u8; 16];
-        r16.copy_from_slice(&bytes.as_bytes()[..16]);
-        let mut r = u128::from_le_bytes(r16) % total;
-        let mut pick = pool.len() - 1;
-        for (j, (_, w)) in pool.iter().enumerate() {
-            if r < *w {
-                pick = j;
-                break;
-            }
-            r -= *w;
-        }
-        out.push(pool.remove(pick).0);
-        i += 1;
+        h.update(tag);
+        h.update(data);
+        *h.finalize().as_bytes()
+    };
+    let mut pool: Vec<([u8; 32], AccountId, u128)> = stakes
+        .iter()
+        .filter(|(_, s)| **s >= min_stake && s.0 > 0)
+        .map(|(a, s)| (hash(b"order", &a.0), *a, u128::from(s.0)))
+        .collect();
+    if pool.is_empty() || k == 0 {
+        return Vec::new();
     }
-    out
+    pool.sort_unstable();
+    let total: u128 = pool.iter().map(|(_, _, w)| *w).sum();
+    let mut r16 = [0u8; 16];
+    r16.copy_from_slice(&hash(b"offset", &[])[..16]);
+    let offset = u128::from_le_bytes(r16) % total;
+    let k128 = k as u128;
+    let mut out = Vec::with_capacity(k);
+    let (mut at, mut end) = (0usize, pool[0].2);
+    for i in 0..k128 {
+        // The i-th point, (offset + i·total) / k, in [0, total); increasing.
+        let point = (offset + i * total) / k128;
+        while point >= end && at + 1 < pool.len() {
+            at += 1;
+            end += pool[at].2;
+        }
+        out.push((hash(b"seat", &i.to_le_bytes()), pool[at].1));
+    }
+    // The proposer order: the seats shuffled, so that an account leads
+    // round 0 with the chance of its share of the seats.
+    out.sort_unstable();
+    out.into_iter().map(|(_, a)| a).collect()
 }
 
-/// The seed of the committee named by a checkpoint on top of `prev` for `epoch`.
-pub fn committee_seed(purpose: &str, prev: &Hash32, epoch: u64) -> Hash32 {
+/// The seed of the committee named by a checkpoint of `epoch` on top of
+/// `prev`, with the beacon it carries (see [`Beacon::hash`]).
+pub fn committee_seed(purpose: &str, prev: &Hash32, epoch: u64, beacon: &Hash32) -> Hash32 {
     let mut h = blake3::Hasher::new_derive_key("cloudchain/v1/committee-seed");
     h.update(purpose.as_bytes());
     h.update(&[0]);
     h.update(&prev.0);
     h.update(&epoch.to_le_bytes());
+    h.update(&beacon.0);
     Hash32(*h.finalize().as_bytes())
 }
 
@@ -264,7 +346,7 @@ mod tests {
     }
 
     #[test]
-    fn draw_is_deterministic_unique_and_respects_min_stake() {
+    fn draw_is_deterministic_and_respects_min_stake() {
         let mut stakes = BTreeMap::new();
         for i in 0..20u8 {
             stakes.insert(acct(i), Amount(u64::from(i) * 100));
@@ -274,15 +356,14 @@ mod tests {
         let b = draw_committee(&seed, &stakes, Amount(500), 7);
         assert_eq!(a, b);
         assert_eq!(a.len(), 7);
-        let mut s = a.clone();
-        s.sort();
-        s.dedup();
-        assert_eq!(s.len(), 7);
         assert!(a.iter().all(|x| x.0[0] >= 5));
         let c = draw_committee(&Hash32([8; 32]), &stakes, Amount(500), 7);
         assert_ne!(a, c);
-        // fewer eligible than k: all of them
-        assert_eq!(draw_committee(&seed, &stakes, Amount(1_800), 7).len(), 2);
+        // Fewer eligible than k: k seats among them.
+        let few = draw_committee(&seed, &stakes, Amount(1_800), 7);
+        assert_eq!(few.len(), 7);
+        assert!(few.iter().all(|x| x.0[0] >= 18));
+        assert!(draw_committee(&seed, &stakes, Amount(1_000_000), 7).is_empty());
     }
 
     #[test]

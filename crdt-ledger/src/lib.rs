@@ -33,8 +33,9 @@
 //! partition) leaves only one branch in the fold — the checkpoint's, else the one of
 //! lowest hash — and is itself the slashing proof ([`Ledger::slash_proofs`]).
 //!
-//! **Committee and checkpoints.** Each epoch's committee is drawn by stake from the
-//! stakers, seeded by the previous checkpoint's hash; the member of the round
+//! **Committee and checkpoints.** Each epoch's committee is k seats drawn by stake
+//! from the stakes frozen a checkpoint earlier, seeded by a beacon nobody can
+//! grind (see [`checkpoint`]); the member of the round
 //! proposes ([`Ledger::handle_timeout`] says when, [`Ledger::propose_checkpoint`]:
 //! proposing binds nobody), members check the state root with their own fold
 //! and vote in two steps, as in Tendermint ([`Ledger::vote`]: a prevote, then a
@@ -110,7 +111,9 @@ pub mod state;
 pub mod store;
 pub mod sync;
 
-pub use checkpoint::{CheckpointBody, FrontierItem, Pol, Proposal, SkipBody, draw_committee};
+pub use checkpoint::{
+    Beacon, CheckpointBody, FrontierItem, Pol, Proposal, SkipBody, draw_committee,
+};
 pub use entry::{
     Body, Entry, EntryData, EntryId, EntryKey, Genesis, GenesisEntry, Offence, Params, SlaRecord,
     SlashProof, VerifiedEntry,

@@ -163,6 +163,11 @@ pub struct State {
     pub schedule: BTreeMap<u64, Vec<AccountId>>,
     /// The fallback committee for epochs after a stall.
     pub backup: Vec<AccountId>,
+    /// The stakes the next draw weighs: those at the last checkpoint, frozen
+    /// before the signatures that seed the draw existed (see
+    /// [`crate::checkpoint::Beacon`]); each counts at most the stake its
+    /// account still has at the draw.
+    pub drawn_stakes: BTreeMap<AccountId, Amount>,
     /// Verified compute units per provider settled since the last checkpoint.
     pub epoch_units: BTreeMap<AccountId, u64>,
     pub supply: Supply,
@@ -242,14 +247,15 @@ impl State {
         let bonds: BTreeMap<_, _> = gd.bonds.iter().copied().collect();
         let start = Hash32(network.0);
         let k = usize::from(gd.params.committee_size);
+        let none = crate::checkpoint::Beacon::hash(None);
         let first = draw_committee(
-            &committee_seed("next", &start, 0),
+            &committee_seed("next", &start, 0, &none),
             &stakes,
             gd.params.min_stake,
             k,
         );
         let backup = draw_committee(
-            &committee_seed("backup", &start, 0),
+            &committee_seed("backup", &start, 0, &none),
             &stakes,
             gd.params.min_stake,
             k,
@@ -258,6 +264,7 @@ impl State {
             epoch: 0,
             last_checkpoint: start,
             balances,
+            drawn_stakes: stakes.clone(),
             stakes,
             unbonding: BTreeMap::new(),
             escrows: BTreeMap::new(),
@@ -841,6 +848,7 @@ impl State {
         &mut self,
         epoch: u64,
         prev: &Hash32,
+        beacon: &Hash32,
         signing_committee: Vec<AccountId>,
         ctx: FoldCtx<'_>,
     ) -> Result<Vec<(AccountId, Amount)>, InvalidReason> {
@@ -878,20 +886,29 @@ impl State {
         }
         self.schedule.insert(epoch, signing_committee);
         let k = usize::from(params.committee_size);
+        // The stakes frozen at the last checkpoint, each at most what is
+        // left of it now (stake added since counts from the next draw on;
+        // stake slashed or unbonded since counts no more).
+        let weights: BTreeMap<AccountId, Amount> = self
+            .drawn_stakes
+            .iter()
+            .map(|(a, x)| (*a, (*x).min(self.stake(a))))
+            .collect();
         let next = draw_committee(
-            &committee_seed("next", prev, epoch),
-            &self.stakes,
+            &committee_seed("next", prev, epoch, beacon),
+            &weights,
             params.min_stake,
             k,
         );
         let backup = draw_committee(
-            &committee_seed("backup", prev, epoch),
-            &self.stakes,
+            &committee_seed("backup", prev, epoch, beacon),
+            &weights,
             params.min_stake,
             k,
         );
         self.schedule.insert(epoch + 1, next);
         self.backup = backup;
+        self.drawn_stakes = self.stakes.clone();
         self.epoch = epoch;
         self.prune(ctx);
         Ok(mint)

@@ -1664,9 +1664,12 @@ fn remote(cli: &Cli) -> anyhow::Result<()> {
                 print(json, &c, |c| {
                     println!("epoch      {} (ends {})", c.epoch, date(c.epoch_ends_at_ms));
                     println!("finalized  epoch {}", c.finalized_epoch);
-                    println!("committee  {} members{}", c.committee.len(), if c.member { ", this node among them" } else { "" });
+                    let mut accounts = c.committee.clone();
+                    accounts.sort();
+                    accounts.dedup();
+                    println!("committee  {} seats, {} accounts{}", c.committee.len(), accounts.len(), if c.member { ", this node among them" } else { "" });
                     for (i, m) in c.committee.iter().enumerate() {
-                        println!("  {}{}", &m[..16], if i == 0 { "  (leader)" } else { "" });
+                        println!("  seat {i}  {}{}", &m[..16], if i == 0 { "  (leader of round 0)" } else { "" });
                     }
                     for k in &c.checkpoints {
                         println!("checkpoint epoch {:<5} round {} by {}  {} signatures, {} authors, minted {}", k.epoch, k.round, &k.proposer[..12], k.signatures, k.authors, k.minted_tokens);

@@ -39,7 +39,8 @@ pub use identity::{AccountId, Identity, IdentityError};
 pub use messages::*;
 pub use replay::{ReplayError, ReplayGuard};
 pub use settlement::{
-    Outcome, Payout, QuorumCert, QuorumError, SETTLE_SLACK, escrow_bound, payout, quorum,
+    Outcome, Payout, QuorumCert, QuorumError, SETTLE_SLACK, escrow_bound, has_quorum, members,
+    payout, quorum, seats,
 };
 pub use signed::{MultiSigned, Sig, SigCheck, SignatureError, Signed, verify_batch};
 pub use types::{Amount, Bps, ComputeUnits, DurationMs, Hash32, NetworkId, PricePerCu, Timestamp};

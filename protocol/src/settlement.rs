@@ -39,9 +39,49 @@ pub fn escrow_bound(
     deadline.plus(grace).plus(SETTLE_SLACK)
 }
 
-/// ⌈2k/3⌉: matching verdicts needed from a committee of `k`.
+/// ⌈2k/3⌉: the seats whose matching votes a committee of `k` seats needs.
 pub fn quorum(k: usize) -> usize {
     (2 * k).div_ceil(3)
+}
+
+/// The seats `signers` hold on `committee`.
+///
+/// A committee is its `k` seats in draw order, drawn by stake with
+/// replacement: an account drawn twice holds two seats, and its one vote
+/// counts twice. So splitting a stake over several accounts wins no more
+/// seats than holding it in one. Each distinct signer counts once.
+pub fn seats<'a>(
+    committee: &[AccountId],
+    signers: impl IntoIterator<Item = &'a AccountId>,
+) -> usize {
+    let mut seen: Vec<&AccountId> = Vec::new();
+    let mut n = 0;
+    for s in signers {
+        if !seen.contains(&s) {
+            seen.push(s);
+            n += committee.iter().filter(|m| *m == s).count();
+        }
+    }
+    n
+}
+
+/// Whether `signers` hold a quorum of `committee`'s seats.
+pub fn has_quorum<'a>(
+    committee: &[AccountId],
+    signers: impl IntoIterator<Item = &'a AccountId>,
+) -> bool {
+    !committee.is_empty() && seats(committee, signers) >= quorum(committee.len())
+}
+
+/// The distinct accounts on a committee, in draw order (whom to send to).
+pub fn members(committee: &[AccountId]) -> Vec<AccountId> {
+    let mut out: Vec<AccountId> = Vec::with_capacity(committee.len());
+    for m in committee {
+        if !out.contains(m) {
+            out.push(*m);
+        }
+    }
+    out
 }
 
 /// What the committee agreed on (the verdict without who signed it).
@@ -131,14 +171,16 @@ impl QuorumCert {
             }
         }
         let need = quorum(committee.len());
-        let best = votes.into_iter().max_by_key(|(_, who)| who.len());
+        let best = votes
+            .into_iter()
+            .max_by_key(|(_, who)| seats(committee, who.iter()));
         match best {
-            Some((o, mut who)) if who.len() >= need && need > 0 => {
+            Some((o, mut who)) if seats(committee, who.iter()) >= need && need > 0 => {
                 who.sort();
                 Ok((o, who))
             }
             Some((_, who)) => Err(QuorumError::NoQuorum {
-                got: who.len(),
+                got: seats(committee, who.iter()),
                 need,
             }),
             None => Err(QuorumError::NoQuorum { got: 0, need }),

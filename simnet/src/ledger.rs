@@ -376,7 +376,7 @@ impl SimLedger {
             }
         }
         let (leader, proposal) = proposal.ok_or("nobody's turn to propose")?;
-        let members = committee
+        let members = protocol::members(&committee)
             .iter()
             .map(|m| self.keys.get(m).ok_or("no key for a member"))
             .collect::<Result<Vec<_>, _>>()?;

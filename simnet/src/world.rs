@@ -875,7 +875,7 @@ impl World {
 
     fn on_epoch(&mut self, now: Timestamp, e: u64) {
         // Epoch e starts as e − 1 ends: its checkpoint draws e's committee (k
-        // oracles weighted by stake, seeded by the previous checkpoint's hash).
+        // seats weighted by stake, with replacement, seeded by the beacon).
         if e > 1 {
             self.ledger.checkpoint(e - 1, now);
         }
@@ -888,6 +888,7 @@ impl World {
             })
             .collect();
         idx.sort_unstable();
+        idx.dedup(); // an oracle drawn to several seats hears once
         self.committee = idx;
         self.epoch = e;
         for i in 0..self.oracles.len() {

@@ -78,7 +78,7 @@ impl<S: Store> Ledger<S> {
         let prev = self.fin.state.last_checkpoint;
         let s = self.skips.get(&epoch)?;
         let body = s.body_unverified().ok()?;
-        (body.prev == prev && s.signatures.len() >= quorum(committee.len())).then(|| s.clone())
+        (body.prev == prev && held_quorum(&committee, &s.signatures)).then(|| s.clone())
     }
 
     /// When the committee timer next needs [`Ledger::handle_timeout`]: the
@@ -172,8 +172,7 @@ impl<S: Store> Ledger<S> {
             return Err(LedgerError::AlreadySigned { epoch, signed: h });
         }
         let prev = self.fin.state.last_checkpoint;
-        let q = quorum(committee.len());
-        let (body, valid) = match self.valid_body(epoch, &prev, q, round) {
+        let (body, valid) = match self.valid_body(epoch, &prev, &committee, round) {
             Some((vr, held)) => {
                 let body = held.checkpoint.body_unverified()?.in_round(round, me);
                 let pol = Pol {
@@ -229,10 +228,23 @@ impl<S: Store> Ledger<S> {
             })
             .collect();
         let cur = &self.fin.state;
+        let beacon = match self.fin.chain.last() {
+            Some(last) => {
+                let signed_by = cur.schedule.get(&cur.epoch).map_or(&[][..], Vec::as_slice);
+                Some(
+                    Beacon::of(last, signed_by).ok_or_else(|| LedgerError::Epoch {
+                        epoch,
+                        reason: "the last checkpoint's certificate lacks a quorum here".into(),
+                    })?,
+                )
+            }
+            None => None,
+        };
         let mut next = view.state.clone();
         let prev = cur.last_checkpoint;
+        let seed = Beacon::hash(beacon.as_ref());
         let mint = next
-            .close_epoch(epoch, &prev, committee.to_vec(), self.ctx())
+            .close_epoch(epoch, &prev, &seed, committee.to_vec(), self.ctx())
             .map_err(LedgerError::Rejected)?;
         let state_root = next.root();
         let body = CheckpointBody {
@@ -247,6 +259,7 @@ impl<S: Store> Ledger<S> {
             next_committee: next.schedule.get(&(epoch + 1)).cloned().unwrap_or_default(),
             backup_committee: next.backup.clone(),
             skipped,
+            beacon,
         };
         self.proposed_root = Some((Box::new(next), state_root));
         Ok(body)
@@ -254,11 +267,17 @@ impl<S: Store> Ledger<S> {
 
     /// The body of `epoch` on `prev` of the latest round before `before` that
     /// this replica holds a quorum of prevotes for, with that round.
-    fn valid_body(&self, epoch: u64, prev: &Hash32, q: usize, before: u32) -> Option<(u32, &Held)> {
+    fn valid_body(
+        &self,
+        epoch: u64,
+        prev: &Hash32,
+        committee: &[AccountId],
+        before: u32,
+    ) -> Option<(u32, &Held)> {
         self.votes
             .values()
             .filter(|h| h.epoch == epoch && h.prev == *prev && h.round < before)
-            .filter(|h| h.prevotes.len() >= q)
+            .filter(|h| held_quorum(committee, &h.prevotes))
             .max_by_key(|h| (h.round, std::cmp::Reverse(h.checkpoint.body_hash())))
             .map(|h| (h.round, h))
     }
@@ -270,10 +289,14 @@ impl<S: Store> Ledger<S> {
     pub fn held_final(&mut self, epoch: u64) -> Option<MultiSigned<CheckpointBody>> {
         self.refresh();
         let prev = self.fin.state.last_checkpoint;
-        let q = quorum(self.committee_for_checkpoint(epoch)?.len());
+        let committee = self.committee_for_checkpoint(epoch)?;
         self.votes
             .values()
-            .find(|h| h.epoch == epoch && h.prev == prev && h.checkpoint.signatures.len() >= q)
+            .find(|h| {
+                h.epoch == epoch
+                    && h.prev == prev
+                    && held_quorum(&committee, &h.checkpoint.signatures)
+            })
             .map(|h| h.checkpoint.clone())
     }
 
@@ -324,8 +347,10 @@ impl<S: Store> Ledger<S> {
             let eh = ms.body_hash();
             self.hold(&earlier, &ms, None, &pol.prevotes, &committee);
             // Forward the proof only once it holds here.
-            let q = quorum(k);
-            let proven = self.votes.get(&eh).is_some_and(|e| e.prevotes.len() >= q);
+            let proven = self
+                .votes
+                .get(&eh)
+                .is_some_and(|e| held_quorum(&committee, &e.prevotes));
             if let Some(held) = self.votes.get_mut(&h)
                 && held.valid.is_none()
                 && proven
@@ -333,7 +358,7 @@ impl<S: Store> Ledger<S> {
                 held.valid = Some(pol.clone());
             }
         }
-        Ok((h, self.status(&h, committee.len())))
+        Ok((h, self.status(&h, &committee)))
     }
 
     /// Forget the votes of epochs already final, and the signatures seen and
@@ -376,14 +401,14 @@ impl<S: Store> Ledger<S> {
         self.votes.insert(h, held);
     }
 
-    fn status(&self, h: &Hash32, k: usize) -> CheckpointStatus {
-        let need = quorum(k);
+    fn status(&self, h: &Hash32, committee: &[AccountId]) -> CheckpointStatus {
+        let need = quorum(committee.len());
         match self.votes.get(h) {
-            Some(held) if held.checkpoint.signatures.len() >= need => {
+            Some(held) if held_quorum(committee, &held.checkpoint.signatures) => {
                 CheckpointStatus::Final(Box::new(held.checkpoint.clone()))
             }
             Some(held) => CheckpointStatus::Collecting {
-                have: held.checkpoint.signatures.len(),
+                have: protocol::seats(committee, held.checkpoint.signatures.iter().map(|(a, _)| a)),
                 need,
             },
             None => CheckpointStatus::Collecting { have: 0, need },
@@ -418,17 +443,16 @@ impl<S: Store> Ledger<S> {
                 false
             }
         };
-        let k = self
+        let committee = self
             .checkpoint_committee(p.checkpoint.body_unverified()?.epoch)
-            .map(|c| c.len())
-            .unwrap_or(0);
+            .unwrap_or_default();
         Ok(Voted {
             hash: h,
             prevoted,
             precommitted,
             refused,
             proposal: self.proposal(&h),
-            status: self.status(&h, k),
+            status: self.status(&h, &committee),
         })
     }
 
@@ -546,13 +570,13 @@ impl<S: Store> Ledger<S> {
         if let Some((lr, lc)) = mine.lock()
             && lc != held.content
         {
-            let q = quorum(self.checkpoint_committee(held.epoch)?.len());
+            let committee = self.checkpoint_committee(held.epoch)?;
             let justified = self.votes.values().any(|o| {
                 o.epoch == held.epoch
                     && o.prev == held.prev
                     && o.content == held.content
                     && (lr..held.round).contains(&o.round)
-                    && o.prevotes.len() >= q
+                    && held_quorum(&committee, &o.prevotes)
             });
             if !justified {
                 return Err(LedgerError::WontSign(format!(
@@ -606,11 +630,12 @@ impl<S: Store> Ledger<S> {
                 signed: *prev,
             });
         }
-        let q = quorum(self.checkpoint_committee(held.epoch)?.len());
-        if held.prevotes.len() < q {
+        let committee = self.checkpoint_committee(held.epoch)?;
+        if !held_quorum(&committee, &held.prevotes) {
             return Err(LedgerError::WontSign(format!(
-                "{NO_POL}: {} of {q}",
-                held.prevotes.len()
+                "{NO_POL}: {} of {} seats",
+                protocol::seats(&committee, held.prevotes.iter().map(|(a, _)| a)),
+                quorum(committee.len())
             )));
         }
         self.check_held(h)?;
@@ -730,7 +755,7 @@ impl<S: Store> Ledger<S> {
         for (signer, sig) in added {
             self.record_sig(signer, body.epoch, Slot::Skip, skip.body_bytes(), sig);
         }
-        let complete = have.signatures.len() >= quorum(committee.len());
+        let complete = held_quorum(&committee, &have.signatures);
         self.skips.insert(body.epoch, have);
         Ok(complete)
     }
@@ -968,6 +993,11 @@ impl MyVotes {
             .filter(|l| l != h)
             .or(self.skip.filter(|s| s != h))
     }
+}
+
+/// Whether `sigs` hold a quorum of `committee`'s seats.
+pub(crate) fn held_quorum(committee: &[AccountId], sigs: &[(AccountId, Sig)]) -> bool {
+    protocol::has_quorum(committee, sigs.iter().map(|(a, _)| a))
 }
 
 /// `ms` without its signatures.

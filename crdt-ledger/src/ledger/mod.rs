@@ -29,7 +29,7 @@ use protocol::{AccountId, Amount, Hash32, Identity, MultiSigned, NetworkId, Time
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{
-    CheckpointBody, FrontierItem, PREVOTE_KIND, PROPOSED_KIND, Pol, Proposal, SkipBody,
+    Beacon, CheckpointBody, FrontierItem, PREVOTE_KIND, PROPOSED_KIND, Pol, Proposal, SkipBody,
 };
 use crate::entry::{
     Body, Entry, EntryData, EntryId, EntryKey, GenesisEntry, Offence, Params, SlashProof, Ve,
@@ -1073,6 +1073,63 @@ impl<S: Store> Ledger<S> {
         }
     }
 
+    /// A checkpoint carries a quorum of the precommits that made the last
+    /// final checkpoint final (none on the genesis), valid over its body in
+    /// the round they name.
+    fn check_beacon(&self, body: &CheckpointBody) -> Result<(), InvalidReason> {
+        let bad = |s: &str| InvalidReason::BadCheckpoint(s.to_string());
+        let cur = &self.fin.state;
+        let Some(last) = self.fin.chain.last() else {
+            return match body.beacon {
+                None if cur.epoch == 0 => Ok(()),
+                None => Err(bad("no certificate of the last checkpoint here")),
+                Some(_) => Err(bad("a beacon on the genesis")),
+            };
+        };
+        let b = body
+            .beacon
+            .as_ref()
+            .ok_or_else(|| bad("no beacon (the last checkpoint's precommits)"))?;
+        let committee = cur
+            .schedule
+            .get(&cur.epoch)
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| bad("the last checkpoint's committee is unknown"))?;
+        let k = committee.len();
+        let signers: Vec<&AccountId> = b.sigs.iter().map(|(a, _)| a).collect();
+        let short = &signers[..signers.len().saturating_sub(1)];
+        if !committee::held_quorum(committee, &b.sigs)
+            || protocol::seats(committee, short.iter().copied()) >= quorum(k)
+        {
+            return Err(bad(
+                "a beacon is just enough precommits for a quorum of seats",
+            ));
+        }
+        if b.sigs.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(bad("beacon signers not sorted and distinct"));
+        }
+        let prev = last
+            .body_unverified()
+            .map_err(|e| InvalidReason::BadCheckpoint(e.to_string()))?
+            .in_round(b.round, committee[b.round as usize % k]);
+        let prev =
+            MultiSigned::new(&prev).map_err(|e| InvalidReason::BadCheckpoint(e.to_string()))?;
+        for (signer, sig) in &b.sigs {
+            if !committee.contains(signer) {
+                return Err(bad("a beacon signer is not on the last committee"));
+            }
+            verify_bytes(
+                <CheckpointBody as Wire>::KIND,
+                &self.network,
+                signer,
+                prev.body_bytes(),
+                sig,
+            )
+            .map_err(|_| bad("a beacon signature does not verify"))?;
+        }
+        Ok(())
+    }
+
     /// A checkpoint of a later epoch than the next one carries the skip
     /// certificate of each epoch in between, each on the last final checkpoint
     /// and signed by a quorum of that epoch's committee.
@@ -1105,8 +1162,7 @@ impl<S: Store> Ledger<S> {
                 )));
             }
             if cert.signatures.iter().any(|(a, _)| !committee.contains(a))
-                || committee.is_empty()
-                || cert.signatures.len() < quorum(committee.len())
+                || !committee::held_quorum(committee, &cert.signatures)
             {
                 return Err(bad(format!(
                     "skip certificate of epoch {x} lacks a quorum of its committee"
@@ -1172,10 +1228,11 @@ impl<S: Store> Ledger<S> {
             )));
         }
         self.check_skipped(&body)?;
-        if need_quorum && ms.signatures.len() < quorum(k) {
+        self.check_beacon(&body)?;
+        if need_quorum && !committee::held_quorum(&committee, &ms.signatures) {
             return Err(InvalidReason::NoQuorum(format!(
-                "{} of {} signatures",
-                ms.signatures.len(),
+                "{} of {} seats",
+                protocol::seats(&committee, ms.signatures.iter().map(|(a, _)| a)),
                 quorum(k)
             )));
         }
@@ -1232,7 +1289,8 @@ impl<S: Store> Ledger<S> {
         let mut next = cur.clone();
         let mut invalid = Vec::new();
         next.apply_batch(cur, &batch, self.ctx(), &mut invalid);
-        let mint = next.close_epoch(body.epoch, &body.prev, committee, self.ctx())?;
+        let beacon = Beacon::hash(body.beacon.as_ref());
+        let mint = next.close_epoch(body.epoch, &body.prev, &beacon, committee, self.ctx())?;
         let root = match &self.proposed_root {
             Some((st, root)) if **st == next => *root,
             _ => next.root(),
@@ -1285,6 +1343,7 @@ fn unreachable_view() -> View {
             reputation: BTreeMap::new(),
             schedule: BTreeMap::new(),
             backup: Vec::new(),
+            drawn_stakes: BTreeMap::new(),
             epoch_units: BTreeMap::new(),
             supply: Default::default(),
             slashed: BTreeSet::new(),

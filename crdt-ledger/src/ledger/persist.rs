@@ -294,14 +294,8 @@ pub(super) fn verify_snapshot(
         };
         ms.verify_signers(&network, &[])
             .map_err(|e| bad(format!("checkpoint {i}: {e}")))?;
-        let members = ms
-            .signatures
-            .iter()
-            .filter(|(s, _)| committee.contains(s))
-            .count();
-        if committee.is_empty()
-            || members < quorum(committee.len())
-            || members != ms.signatures.len()
+        if ms.signatures.iter().any(|(s, _)| !committee.contains(s))
+            || !super::committee::held_quorum(committee, &ms.signatures)
         {
             return Err(bad(format!("checkpoint {i} lacks a committee quorum")));
         }

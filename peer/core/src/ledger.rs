@@ -189,7 +189,10 @@ impl<S: Store> NodeCore<S> {
             .ledger
             .committee_for_checkpoint(epoch)
             .unwrap_or_default();
-        for m in committee.into_iter().filter(|m| *m != me) {
+        for m in protocol::members(&committee)
+            .into_iter()
+            .filter(|m| *m != me)
+        {
             cx.out.push(Output::Send {
                 to: m,
                 msg: Direct::Proposal(Box::new(p.clone())),

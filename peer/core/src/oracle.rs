@@ -289,7 +289,7 @@ impl<S: Store> NodeCore<S> {
         sig: Sig,
     ) {
         let member = self.account();
-        for to in self.committee_of(&contract).to_vec() {
+        for to in protocol::members(self.committee_of(&contract)) {
             if to != member {
                 cx.out.push(Output::Send {
                     to,

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::AccountId;
 use crate::messages::{ContractTerms, Verdict};
-use crate::settlement::{Outcome, Payout, QuorumCert, payout, quorum};
+use crate::settlement::{Outcome, Payout, QuorumCert, members, payout, quorum, seats};
 use crate::signed::Signed;
 use crate::types::{Bps, Hash32, NetworkId};
 
@@ -313,16 +313,19 @@ impl Aggregator {
 
     /// Whether a quorum of matching verdicts is in for `contract` (settled or not).
     pub fn has_quorum(&self, contract: &Hash32) -> bool {
-        let need = quorum(self.committee_of(contract).len());
+        let committee = self.committee_of(contract);
+        let need = quorum(committee.len());
         self.pending.get(contract).is_some_and(|p| {
             p.verdicts
                 .iter()
                 .map(|(v, _)| {
                     let o = Outcome::of(v);
-                    p.verdicts
+                    let who = p
+                        .verdicts
                         .iter()
                         .filter(|(x, _)| Outcome::of(x) == o)
-                        .count()
+                        .map(|(x, _)| &x.oracle);
+                    seats(committee, who)
                 })
                 .max()
                 .is_some_and(|n| n >= need && need > 0)
@@ -334,7 +337,8 @@ impl Aggregator {
     /// cannot settle it alone.
     pub fn is_deadlocked(&self, contract: &Hash32) -> bool {
         self.pending.get(contract).is_some_and(|p| {
-            p.verdicts.len() >= self.committee_of(contract).len() && !self.has_quorum(contract)
+            p.verdicts.len() >= members(self.committee_of(contract)).len()
+                && !self.has_quorum(contract)
         })
     }
 
@@ -344,20 +348,21 @@ impl Aggregator {
     }
 
     fn try_settle(&mut self, contract: Hash32, force: bool) -> Option<SettlementInstruction> {
-        let size = self.committee_of(&contract).len();
-        let need = quorum(size);
+        let committee = self.committee_of(&contract);
+        let need = quorum(committee.len());
         let p = self.pending.get(&contract)?;
         let epoch = p.epoch.unwrap_or(self.epoch);
-        if !force && p.verdicts.len() < size {
+        if !force && p.verdicts.len() < members(committee).len() {
             return None;
         }
         let terms = p.terms.as_ref()?;
         let mut tally: Vec<(Outcome, usize)> = Vec::new();
         for (v, _) in &p.verdicts {
             let o = Outcome::of(v);
+            let n = seats(committee, [&v.oracle]);
             match tally.iter_mut().find(|(x, _)| *x == o) {
-                Some((_, n)) => *n += 1,
-                None => tally.push((o, 1)),
+                Some((_, t)) => *t += n,
+                None => tally.push((o, n)),
             }
         }
         let (outcome, n) = tally.into_iter().max_by_key(|(_, n)| *n)?;
