@@ -1446,3 +1446,87 @@ fn a_split_vote_is_resolved_in_a_later_round_without_a_double_sign() {
     assert_eq!(l.finalized_epoch(), 1);
     conserved(&mut l);
 }
+
+/// The escrow-fork-partition scenario on 100 seeds: a bonded requester
+/// (a random bond) locks a random number of escrows on each side of a
+/// partition at the same seqs; providers on each side take those their
+/// replica says are backed. When the sides meet, one side's chain survives,
+/// the fork is proven and slashed, and the slash burns more than the backed
+/// escrows of the dropped side were worth (the work providers did for
+/// nothing).
+#[test]
+fn a_hundred_escrow_forks_cost_the_requester_more_than_they_gain() {
+    let (req, providers) = (6, [7, 5]);
+    let (mut with_work, mut refused) = (0, 0);
+    for seed in 0..100u64 {
+        let r = *blake3::hash(&seed.to_le_bytes()).as_bytes();
+        let net = Net::new(8, 4, 4);
+        let mut base = net.ledger(1);
+        let requester = net.acct(req);
+        bond(&mut base, &net, req, 20 + u64::from(r[0]) * 2);
+        finalize(&net, &mut base, 1, 0);
+        let mut sides = [net.ledger(2), net.ledger(3)];
+        let mut locked: [Vec<(protocol::Hash32, u64, bool)>; 2] = [Vec::new(), Vec::new()];
+        for (s, side) in sides.iter_mut().enumerate() {
+            sync(&mut base, side);
+            for i in 0..1 + u64::from(r[1 + s]) % 4 {
+                let nonce = seed * 100 + s as u64 * 10 + i;
+                let c = net.locked(side, req, providers[(s + i as usize) % 2], nonce);
+                let id = c.body_hash();
+                let amount = side.state().escrows[&id].amount.0;
+                locked[s].push((id, amount, side.escrow_ready(&id)));
+            }
+        }
+        let [mut left, mut right] = sides;
+        sync(&mut left, &mut right);
+        let held = |l: &mut crdt_ledger::Ledger, s: usize| {
+            let st = l.state();
+            locked[s]
+                .iter()
+                .filter(|(id, ..)| st.escrows.contains_key(id))
+                .count()
+        };
+        let (l0, l1) = (held(&mut left, 0), held(&mut left, 1));
+        assert!(
+            (l0 == locked[0].len() && l1 == 0) || (l1 == locked[1].len() && l0 == 0),
+            "seed {seed}: one side's chain survives whole ({l0}, {l1})"
+        );
+        assert_eq!(
+            (l0, l1),
+            (held(&mut right, 0), held(&mut right, 1)),
+            "seed {seed}"
+        );
+        let dropped = usize::from(l0 > 0);
+        let worked: u64 = locked[dropped]
+            .iter()
+            .filter(|(_, _, ready)| *ready)
+            .map(|(_, a, _)| a)
+            .sum();
+        let proofs = left.slash_proofs();
+        assert!(
+            proofs.iter().any(|p| matches!(
+                p.check(&net.genesis.network()),
+                Ok((who, Offence::Fork(_))) if who == requester
+            )),
+            "seed {seed}: the fork is proven"
+        );
+        let before = left.state().slashable(&requester);
+        for p in proofs {
+            left.append(&net.ids[0], Body::Slash(Box::new(p)), T0)
+                .unwrap();
+        }
+        let lost = before.0 - left.state().slashable(&requester).0;
+        assert!(
+            lost > worked,
+            "seed {seed}: the fork cost {lost} µ; backed work dropped {worked} µ"
+        );
+        with_work += usize::from(worked > 0);
+        refused += locked.iter().flatten().filter(|(_, _, ready)| !*ready).count();
+        conserved(&mut left);
+    }
+    println!(
+        "escrow-fork-partition: 100 of 100 seeds slashed; {with_work} dropped backed work; \
+         {refused} locks past the bond were not backed"
+    );
+    assert!(with_work > 10 && refused > 10, "{with_work} {refused}");
+}

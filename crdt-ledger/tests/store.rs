@@ -474,6 +474,80 @@ fn a_snapshot_whose_frontier_lies_is_refused() {
     }
 }
 
+/// The lying-snapshot scenario on 100 seeds: each seed tells one random lie
+/// (a balance, a stake, a frontier entry moved or replaced, a checkpoint
+/// dropped from the chain, a certificate cut below its quorum, the epoch), and
+/// every lie is refused.
+#[test]
+fn a_hundred_random_lies_in_a_snapshot_are_refused() {
+    use crdt_ledger::SnapshotMeta;
+    use protocol::codec;
+    let net = Net::new(8, 4, 4);
+    let mut l = net.ledger(1);
+    for i in 0..4u64 {
+        l.append(&net.ids[4], transfer(net.acct(5), 1 + i), T0)
+            .unwrap();
+    }
+    finalize(&net, &mut l, 1, 0);
+    l.append(&net.ids[5], transfer(net.acct(6), 1), T0).unwrap();
+    finalize(&net, &mut l, 2, 0);
+    let snap = l.snapshot().unwrap();
+    let meta_len = u64::from_le_bytes(snap[..8].try_into().unwrap()) as usize;
+    let meta: SnapshotMeta = codec::decode(&snap[8..8 + meta_len]).unwrap();
+    let rebuild = |m: &SnapshotMeta| {
+        let b = codec::encode(m).unwrap();
+        let mut out = (b.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&b);
+        out.extend_from_slice(&snap[8 + meta_len..]);
+        out
+    };
+    let mut kinds = [0usize; 7];
+    for seed in 0..100u64 {
+        let r = blake3::hash(&seed.to_le_bytes());
+        let r = r.as_bytes();
+        let pick = |i: usize, n: usize| usize::from(r[i]) % n.max(1);
+        let mut m = meta.clone();
+        let kind = pick(0, 7);
+        kinds[kind] += 1;
+        match kind {
+            0 => {
+                let (a, x) = m.state.balances.iter_mut().nth(pick(1, 8)).unwrap();
+                let _ = a;
+                x.0 += 1 + u64::from(r[2]);
+            }
+            1 => {
+                let x = m.state.stakes.values_mut().nth(pick(1, 4)).unwrap();
+                x.0 += 1 + u64::from(r[2]);
+            }
+            2 => {
+                let n = m.frontier.len();
+                m.frontier[pick(1, n)].seq += 1 + u64::from(r[2] % 3);
+            }
+            3 => {
+                let n = m.frontier.len();
+                m.frontier[pick(1, n)].hash = protocol::Hash32(*blake3::hash(&r[..]).as_bytes());
+            }
+            4 => {
+                let n = m.chain.len();
+                m.chain.remove(pick(1, n));
+            }
+            5 => {
+                let n = m.chain.len();
+                let c = &mut m.chain[pick(1, n)];
+                c.signatures.truncate(protocol::quorum(4) - 1);
+            }
+            _ => m.state.epoch += 1 + u64::from(r[2] % 3),
+        }
+        let opened =
+            open_from_snapshot(net.genesis.clone(), &[2; 16], MemStore::new(), &rebuild(&m));
+        assert!(opened.is_err(), "seed {seed}: lie {kind} accepted");
+    }
+    assert!(
+        kinds.iter().all(|k| *k > 0),
+        "every kind of lie told: {kinds:?}"
+    );
+}
+
 /// A replica compacts on its own once its store has grown past the floor and
 /// doubled since the last compaction; what it holds survives a reopen.
 #[test]

@@ -19,6 +19,16 @@ fuzz_target!(|data: &[u8]| {
             );
         }
         let _ = p.checkpoint.verify_signers(&net, &[]);
+        if let Ok(body) = p.checkpoint.body_unverified() {
+            // What a member does with a proposal's content and its proof of
+            // lock change, and with the beacon it carries.
+            let _ = body.content_hash();
+            if let Some(pol) = &p.valid {
+                let earlier = body.in_round(pol.round, body.proposer);
+                let _ = protocol::MultiSigned::new(&earlier).map(|m| m.body_hash());
+            }
+            let _ = crdt_ledger::Beacon::hash(body.beacon.as_ref());
+        }
     }
     if let Ok(s) = crdt_ledger::checkpoint::decode_skip(data) {
         let _ = s.body_unverified();

@@ -728,6 +728,34 @@ mod tests {
         assert!(ours.iter().all(|b| *b == single), "{ours:?}");
     }
 
+    /// The torsion-signature scenario on 100 seeds: a signer's torsioned
+    /// signature, in a batch of 1 to 8 with valid companions, gets the
+    /// single check's answer on every seed.
+    #[test]
+    fn a_hundred_torsioned_signatures_get_one_answer_in_any_batch() {
+        use ed25519_dalek::ed25519::signature::Signer;
+        for seed in 0..100u64 {
+            let r = *blake3::hash(&seed.to_le_bytes()).as_bytes();
+            let sk = ed25519_dalek::SigningKey::from_bytes(&r);
+            let key = sk.verifying_key();
+            let msg = r[..(usize::from(r[0]) % 32) + 1].to_vec();
+            let bad = torsioned(&sk, &msg);
+            let single = verify_signature(&key, &msg, &bad);
+            let companions: Vec<Vec<u8>> = (0..usize::from(r[1]) % 8)
+                .map(|i| format!("companion {seed} {i}").into_bytes())
+                .collect();
+            let sigs: Vec<[u8; 64]> = companions.iter().map(|m| sk.sign(m).to_bytes()).collect();
+            let mut items: Vec<(VerifyingKey, &[u8], [u8; 64])> = vec![(key, &msg, bad)];
+            items.extend(
+                companions
+                    .iter()
+                    .zip(&sigs)
+                    .map(|(m, s)| (key, m.as_slice(), *s)),
+            );
+            assert_eq!(verify_signatures(&items), single, "seed {seed}");
+        }
+    }
+
     #[test]
     fn single_and_batch_checks_refuse_what_is_not_a_signature() {
         use ed25519_dalek::ed25519::signature::Signer;
