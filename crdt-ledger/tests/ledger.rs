@@ -1521,7 +1521,11 @@ fn a_hundred_escrow_forks_cost_the_requester_more_than_they_gain() {
             "seed {seed}: the fork cost {lost} µ; backed work dropped {worked} µ"
         );
         with_work += usize::from(worked > 0);
-        refused += locked.iter().flatten().filter(|(_, _, ready)| !*ready).count();
+        refused += locked
+            .iter()
+            .flatten()
+            .filter(|(_, _, ready)| !*ready)
+            .count();
         conserved(&mut left);
     }
     println!(

@@ -392,34 +392,48 @@ fn a_write_the_store_refused_leaves_no_trace() {
 /// peer that moved an author's frontier back (so that a spent entry looks
 /// pending, to be applied again) or forward (to hide one) lies without touching
 /// the state root.
-#[test]
-fn a_snapshot_whose_frontier_lies_is_refused() {
-    use crdt_ledger::{FrontierItem, SnapshotMeta};
+/// A snapshot after two epochs (six transfers by one author, one by
+/// another): its metadata, a function that puts (changed) metadata back in
+/// front of its document, and the first entry written.
+fn two_epoch_snapshot(
+    net: &Net,
+) -> (
+    crdt_ledger::SnapshotMeta,
+    impl Fn(&crdt_ledger::SnapshotMeta) -> Vec<u8>,
+    crdt_ledger::EntryId,
+) {
     use protocol::codec;
-    let net = Net::new(8, 4, 4);
     let mut l = net.ledger(1);
     let first = l.append(&net.ids[4], transfer(net.acct(5), 1), T0).unwrap();
     for i in 1..6u64 {
         l.append(&net.ids[4], transfer(net.acct(5), 1 + i), T0)
             .unwrap();
     }
-    finalize(&net, &mut l, 1, 0);
+    finalize(net, &mut l, 1, 0);
     l.append(&net.ids[5], transfer(net.acct(6), 1), T0).unwrap();
-    finalize(&net, &mut l, 2, 0);
+    finalize(net, &mut l, 2, 0);
     let snap = l.snapshot().unwrap();
     let meta_len = u64::from_le_bytes(snap[..8].try_into().unwrap()) as usize;
-    let meta: SnapshotMeta = codec::decode(&snap[8..8 + meta_len]).unwrap();
-    assert!(
-        meta.frontier.len() >= 2,
-        "two authors wrote (and checkpoints were published)"
-    );
-    let rebuild = |m: &SnapshotMeta| {
+    let meta = codec::decode(&snap[8..8 + meta_len]).unwrap();
+    let rebuild = move |m: &crdt_ledger::SnapshotMeta| {
         let b = codec::encode(m).unwrap();
         let mut out = (b.len() as u64).to_le_bytes().to_vec();
         out.extend_from_slice(&b);
         out.extend_from_slice(&snap[8 + meta_len..]);
         out
     };
+    (meta, rebuild, first)
+}
+
+#[test]
+fn a_snapshot_whose_frontier_lies_is_refused() {
+    use crdt_ledger::FrontierItem;
+    let net = Net::new(8, 4, 4);
+    let (meta, rebuild, first) = two_epoch_snapshot(&net);
+    assert!(
+        meta.frontier.len() >= 2,
+        "two authors wrote (and checkpoints were published)"
+    );
     // The honest snapshot, re-encoded, is accepted.
     assert!(
         open_from_snapshot(
@@ -480,27 +494,8 @@ fn a_snapshot_whose_frontier_lies_is_refused() {
 /// every lie is refused.
 #[test]
 fn a_hundred_random_lies_in_a_snapshot_are_refused() {
-    use crdt_ledger::SnapshotMeta;
-    use protocol::codec;
     let net = Net::new(8, 4, 4);
-    let mut l = net.ledger(1);
-    for i in 0..4u64 {
-        l.append(&net.ids[4], transfer(net.acct(5), 1 + i), T0)
-            .unwrap();
-    }
-    finalize(&net, &mut l, 1, 0);
-    l.append(&net.ids[5], transfer(net.acct(6), 1), T0).unwrap();
-    finalize(&net, &mut l, 2, 0);
-    let snap = l.snapshot().unwrap();
-    let meta_len = u64::from_le_bytes(snap[..8].try_into().unwrap()) as usize;
-    let meta: SnapshotMeta = codec::decode(&snap[8..8 + meta_len]).unwrap();
-    let rebuild = |m: &SnapshotMeta| {
-        let b = codec::encode(m).unwrap();
-        let mut out = (b.len() as u64).to_le_bytes().to_vec();
-        out.extend_from_slice(&b);
-        out.extend_from_slice(&snap[8 + meta_len..]);
-        out
-    };
+    let (meta, rebuild, _) = two_epoch_snapshot(&net);
     let mut kinds = [0usize; 7];
     for seed in 0..100u64 {
         let r = blake3::hash(&seed.to_le_bytes());

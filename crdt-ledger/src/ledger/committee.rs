@@ -558,14 +558,8 @@ impl<S: Store> Ledger<S> {
         let me = identity.account();
         self.refresh();
         let (held, mine) = self.may_sign(me, h, now)?;
-        if let Some(prev) = mine.prevotes.get(&held.round) {
-            if prev == h {
-                return Ok(false);
-            }
-            return Err(LedgerError::AlreadySigned {
-                epoch: held.epoch,
-                signed: *prev,
-            });
+        if signed_in_round(mine.prevotes.get(&held.round), h, held.epoch)? {
+            return Ok(false);
         }
         if let Some((lr, lc)) = mine.lock()
             && lc != held.content
@@ -621,14 +615,9 @@ impl<S: Store> Ledger<S> {
         let me = identity.account();
         self.refresh();
         let (held, mine) = self.may_sign(me, h, now)?;
-        if let Some((prev, _)) = mine.precommits.get(&held.round) {
-            if prev == h {
-                return Ok(false);
-            }
-            return Err(LedgerError::AlreadySigned {
-                epoch: held.epoch,
-                signed: *prev,
-            });
+        let precommitted = mine.precommits.get(&held.round).map(|(b, _)| b);
+        if signed_in_round(precommitted, h, held.epoch)? {
+            return Ok(false);
         }
         let committee = self.checkpoint_committee(held.epoch)?;
         if !held_quorum(&committee, &held.prevotes) {
@@ -992,6 +981,16 @@ impl MyVotes {
         self.legacy
             .filter(|l| l != h)
             .or(self.skip.filter(|s| s != h))
+    }
+}
+
+/// What a member signed in a round's slot, against `h`: nothing (false, sign
+/// it), `h` itself (true, signed already), or another body (refused).
+fn signed_in_round(prev: Option<&Hash32>, h: &Hash32, epoch: u64) -> Result<bool, LedgerError> {
+    match prev {
+        None => Ok(false),
+        Some(p) if p == h => Ok(true),
+        Some(p) => Err(LedgerError::AlreadySigned { epoch, signed: *p }),
     }
 }
 
