@@ -104,6 +104,31 @@ impl Outcome {
             units: v.units,
         }
     }
+
+    /// What verdicts must agree on to count together: delivery, the result
+    /// and the units. Members may count SLA violations differently (each
+    /// times a receipt's arrival and its own probes), and a quorum that
+    /// agrees on the rest settles with the median of their counts
+    /// ([`Outcome::combine`]). Requiring equal counts too left a committee
+    /// split on them (a receipt arriving around the deadline) with no quorum
+    /// and the escrow locked for good.
+    pub fn key(&self) -> (bool, bool, ComputeUnits) {
+        (self.delivered, self.result_ok, self.units)
+    }
+
+    /// The outcome of verdicts that agree on [`Outcome::key`]: their lower
+    /// median count of violations (SLA met if it is 0). `None` if empty.
+    pub fn combine(group: &[Outcome]) -> Option<Outcome> {
+        let first = group.first()?;
+        let mut counts: Vec<u32> = group.iter().map(|o| o.violations).collect();
+        counts.sort_unstable();
+        let violations = counts[(counts.len() - 1) / 2];
+        Some(Outcome {
+            sla_ok: violations == 0,
+            violations,
+            ..*first
+        })
+    }
 }
 
 /// Signed verdicts on one contract from members of one epoch's committee.
@@ -143,7 +168,7 @@ impl QuorumCert {
         committee: &[AccountId],
     ) -> Result<(Outcome, Vec<AccountId>), QuorumError> {
         let mut seen: Vec<AccountId> = Vec::new();
-        let mut votes: Vec<(Outcome, Vec<AccountId>)> = Vec::new();
+        let mut votes: Vec<(Outcome, Vec<(AccountId, Outcome)>)> = Vec::new();
         for (index, sv) in self.verdicts.iter().enumerate() {
             let v = sv
                 .verify(network)
@@ -165,22 +190,28 @@ impl QuorumCert {
             }
             seen.push(v.oracle);
             let o = Outcome::of(&v);
-            match votes.iter_mut().find(|(x, _)| *x == o) {
-                Some((_, who)) => who.push(v.oracle),
-                None => votes.push((o, vec![v.oracle])),
+            match votes.iter_mut().find(|(x, _)| x.key() == o.key()) {
+                Some((_, who)) => who.push((v.oracle, o)),
+                None => votes.push((o, vec![(v.oracle, o)])),
             }
         }
         let need = quorum(committee.len());
         let best = votes
             .into_iter()
-            .max_by_key(|(_, who)| seats(committee, who.iter()));
+            .max_by_key(|(_, who)| seats(committee, who.iter().map(|(a, _)| a)));
         match best {
-            Some((o, mut who)) if seats(committee, who.iter()) >= need && need > 0 => {
+            Some((_, group))
+                if seats(committee, group.iter().map(|(a, _)| a)) >= need && need > 0 =>
+            {
+                let outcomes: Vec<Outcome> = group.iter().map(|(_, o)| *o).collect();
+                let o =
+                    Outcome::combine(&outcomes).ok_or(QuorumError::NoQuorum { got: 0, need })?;
+                let mut who: Vec<AccountId> = group.into_iter().map(|(a, _)| a).collect();
                 who.sort();
                 Ok((o, who))
             }
-            Some((_, who)) => Err(QuorumError::NoQuorum {
-                got: seats(committee, who.iter()),
+            Some((_, group)) => Err(QuorumError::NoQuorum {
+                got: seats(committee, group.iter().map(|(a, _)| a)),
                 need,
             }),
             None => Err(QuorumError::NoQuorum { got: 0, need }),

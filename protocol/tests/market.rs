@@ -622,39 +622,46 @@ fn aggregation_needs_two_thirds_and_reports_a_split_committee() {
     let ids: Vec<Identity> = (0..3u64).map(|i| Identity::from_seed(700 + i)).collect();
     let committee: Vec<AccountId> = ids.iter().map(|i| i.account()).collect();
     let contract = Hash32::of(b"split");
-    let verdict = |id: &Identity, violations: u32| {
+    // A verdict: `judged` = (delivered, result ok), with `violations`.
+    let judged = |id: &Identity, (delivered, result_ok): (bool, bool), violations: u32| {
         let v = Verdict {
             contract,
             epoch: 1,
             oracle: id.account(),
             sla_ok: violations == 0,
             violations,
-            result_ok: true,
+            result_ok,
             units: ComputeUnits::from_milli(1_000),
-            delivered: true,
+            delivered,
         };
         Signed::sign(id, &net(), &v).unwrap()
     };
-    // Three different outcomes: no quorum, and the committee is reported split.
+    let verdict = |id: &Identity, violations: u32| judged(id, (true, true), violations);
+    // Three different judgements of the work: no quorum, and the committee
+    // is reported split.
     let mut agg = Aggregator::new(net(), Bps(100), 16);
     agg.set_committee(1, committee.clone());
     agg.set_terms(contract, terms(100, 1_000, 1_000));
-    for (i, id) in ids.iter().enumerate() {
-        assert_eq!(agg.add(verdict(id, i as u32)).unwrap(), None);
+    for (id, j) in ids
+        .iter()
+        .zip([(true, true), (true, false), (false, false)])
+    {
+        assert_eq!(agg.add(judged(id, j, 0)).unwrap(), None);
     }
     assert!(agg.is_deadlocked(&contract));
-    // Two of three agree: ⌈2·3/3⌉ = 2 is a quorum; the dissenter is left out of
-    // the certificate and of the fees.
+    // Two of three agree on the work: ⌈2·3/3⌉ = 2 is a quorum; the dissenter
+    // is left out of the certificate and of the fees, and the two settle
+    // with the lower median of their violations.
     let mut agg = Aggregator::new(net(), Bps(100), 16);
     agg.set_committee(1, committee.clone());
     agg.set_terms(contract, terms(100, 1_000, 1_000));
-    assert_eq!(agg.add(verdict(&ids[0], 0)).unwrap(), None);
+    assert_eq!(agg.add(judged(&ids[0], (true, false), 0)).unwrap(), None);
     assert_eq!(agg.add(verdict(&ids[1], 1)).unwrap(), None);
     assert!(
         agg.add(verdict(&ids[1], 1)).is_err(),
         "one verdict per oracle"
     );
-    let si = agg.add(verdict(&ids[2], 1)).unwrap().unwrap();
+    let si = agg.add(verdict(&ids[2], 2)).unwrap().unwrap();
     assert_eq!(si.outcome.violations, 1);
     assert_eq!(si.cert.verdicts.len(), 2);
     assert_eq!(si.cert.check(&net(), &committee).unwrap().0, si.outcome);

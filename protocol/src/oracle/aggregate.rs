@@ -319,11 +319,11 @@ impl Aggregator {
             p.verdicts
                 .iter()
                 .map(|(v, _)| {
-                    let o = Outcome::of(v);
+                    let key = Outcome::of(v).key();
                     let who = p
                         .verdicts
                         .iter()
-                        .filter(|(x, _)| Outcome::of(x) == o)
+                        .filter(|(x, _)| Outcome::of(x).key() == key)
                         .map(|(x, _)| &x.oracle);
                     seats(committee, who)
                 })
@@ -356,25 +356,27 @@ impl Aggregator {
             return None;
         }
         let terms = p.terms.as_ref()?;
-        let mut tally: Vec<(Outcome, usize)> = Vec::new();
+        let mut tally: Vec<((bool, bool, crate::types::ComputeUnits), usize)> = Vec::new();
         for (v, _) in &p.verdicts {
-            let o = Outcome::of(v);
+            let key = Outcome::of(v).key();
             let n = seats(committee, [&v.oracle]);
-            match tally.iter_mut().find(|(x, _)| *x == o) {
+            match tally.iter_mut().find(|(x, _)| *x == key) {
                 Some((_, t)) => *t += n,
-                None => tally.push((o, n)),
+                None => tally.push((key, n)),
             }
         }
-        let (outcome, n) = tally.into_iter().max_by_key(|(_, n)| *n)?;
+        let (key, n) = tally.into_iter().max_by_key(|(_, n)| *n)?;
         if n < need || need == 0 {
             return None;
         }
         let mut verdicts: Vec<(Verdict, Signed<Verdict>)> = p
             .verdicts
             .iter()
-            .filter(|(v, _)| Outcome::of(v) == outcome)
+            .filter(|(v, _)| Outcome::of(v).key() == key)
             .cloned()
             .collect();
+        let outcomes: Vec<Outcome> = verdicts.iter().map(|(v, _)| Outcome::of(v)).collect();
+        let outcome = Outcome::combine(&outcomes)?;
         verdicts.sort_by_key(|(v, _)| v.oracle);
         let oracles: Vec<AccountId> = verdicts.iter().map(|(v, _)| v.oracle).collect();
         let split = payout(terms, &outcome, self.fee, &oracles)?;
@@ -513,6 +515,51 @@ mod tests {
                 .check(&net, &new.iter().map(Identity::account).collect::<Vec<_>>())
                 .is_err()
         );
+    }
+
+    /// Members that agree on delivery, result and units but count the SLA
+    /// violations differently (a receipt that reached them at different
+    /// times around the deadline) settle with the median count; before, no
+    /// outcome had a quorum and the escrow stayed locked for good. The
+    /// certificate checks to the same outcome, and one that splits on the
+    /// result still has no quorum.
+    #[test]
+    fn a_committee_split_on_violations_settles_with_their_median() {
+        let (net, old, _, mut agg) = rotating_committees();
+        let t = terms(&Identity::from_seed(1), &Identity::from_seed(2));
+        let id = Hash32::of(b"contract");
+        assert!(agg.set_terms(id, t.clone()).is_none());
+        let late = |o: &Identity, violations: u32, result_ok: bool| {
+            let v = Verdict {
+                sla_ok: violations == 0,
+                violations,
+                result_ok,
+                ..good_verdict(net, id, o, 1).body_unverified().unwrap()
+            };
+            Signed::sign(o, &net, &v).unwrap()
+        };
+        assert!(agg.add(late(&old[0], 0, true)).unwrap().is_none());
+        assert!(agg.add(late(&old[1], 5, true)).unwrap().is_none());
+        let si = agg.add(late(&old[2], 2, true)).unwrap().expect("settled");
+        assert_eq!((si.outcome.violations, si.outcome.sla_ok), (2, false));
+        let committee: Vec<AccountId> = old.iter().map(Identity::account).collect();
+        let (checked, who) = si.cert.check(&net, &committee).unwrap();
+        assert_eq!(checked, si.outcome);
+        assert_eq!(who.len(), 3);
+        // Two of three that disagree on the result: no quorum, no settlement.
+        let other = Hash32::of(b"other");
+        assert!(agg.set_terms(other, t).is_none());
+        let wrong = |o: &Identity, ok: bool| {
+            let v = Verdict {
+                contract: other,
+                result_ok: ok,
+                ..good_verdict(net, other, o, 1).body_unverified().unwrap()
+            };
+            Signed::sign(o, &net, &v).unwrap()
+        };
+        assert!(agg.add(wrong(&old[0], true)).unwrap().is_none());
+        assert!(agg.add(wrong(&old[1], false)).unwrap().is_none());
+        assert!(!agg.has_quorum(&other));
     }
 
     /// A contract whose lock turned out final in a later epoch than the one it
