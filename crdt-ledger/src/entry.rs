@@ -67,6 +67,10 @@ pub struct Params {
     /// unit of compute costs anyone to run, so that buying one's own compute
     /// to earn the mint always costs more than it mints.
     pub mint_per_cu: protocol::PricePerCu,
+    /// How long after a contract's deadline its escrow may be expired
+    /// (refunded without a certificate, `Body::Expire`) if no committee
+    /// settled it: far past any committee's grace.
+    pub expire_after: DurationMs,
 }
 
 impl Default for Params {
@@ -87,6 +91,7 @@ impl Default for Params {
             wrong_result_slash: Bps(10_000),
             // A tenth of a provider's default price floor (1,000 µ-tokens/CU).
             mint_per_cu: protocol::PricePerCu(100),
+            expire_after: DurationMs::secs(6 * 3_600),
         }
     }
 }
@@ -381,6 +386,13 @@ pub enum Body {
     /// Start unbonding free bond; it returns to the balance `unbonding_epochs`
     /// later (slashable until then).
     Unbond { amount: Amount },
+    /// Refund an escrow that no committee settled long after its deadline (a
+    /// committee whose verdicts split three ways, or one that lost its
+    /// members): valid once the last final epoch ended
+    /// `Params::expire_after` after the contract's deadline. Anyone
+    /// may write it; the whole escrow goes back to the requester and the
+    /// provider's bond is released.
+    Expire { contract: Hash32 },
 }
 
 impl Body {
@@ -396,6 +408,7 @@ impl Body {
             Body::Slash(_) => "slash",
             Body::Bond { .. } => "bond",
             Body::Unbond { .. } => "unbond",
+            Body::Expire { .. } => "expire",
         }
     }
 }

@@ -38,6 +38,7 @@ pub const SLA_RECORD_EPOCHS: u64 = 16;
 /// (older proofs are refused, and the record of what was slashed forgets
 /// them). Unstaked stake leaves after `unbonding_epochs`; this is longer.
 pub const SLASH_EPOCHS: u64 = 64;
+
 /// A contract may be locked only while its deadline is at most this many
 /// epoch lengths before the start of the epoch the lock joins (a lock written
 /// in time but just missing its epoch's checkpoint still joins the next; a
@@ -546,6 +547,37 @@ impl State {
                 );
                 Ok(())
             }
+            Body::Expire { contract } => {
+                let Some(escrow) = self.escrows.get(contract) else {
+                    return Err(if self.settled.contains_key(contract) {
+                        InvalidReason::AlreadySettled(*contract)
+                    } else {
+                        InvalidReason::UnknownContract(*contract)
+                    });
+                };
+                let due = escrow.terms.deadline.plus(ctx.params.expire_after);
+                if ctx.epoch_end(self.epoch) < due {
+                    return Err(InvalidReason::Malformed(format!(
+                        "the escrow may be expired from {due:?} on (the deadline + {} s), \
+                         and the last final epoch ended at {:?}",
+                        ctx.params.expire_after.0 / 1000,
+                        ctx.epoch_end(self.epoch)
+                    )));
+                }
+                let (requester, provider, bond, amount, deadline) = (
+                    escrow.requester,
+                    escrow.provider,
+                    escrow.bond,
+                    escrow.amount,
+                    escrow.terms.deadline,
+                );
+                self.release_bond(provider, bond);
+                self.credit(requester, amount)?;
+                self.escrows.remove(contract);
+                self.settled.insert(*contract, e.hash);
+                self.settled_by_deadline.insert((deadline, *contract));
+                Ok(())
+            }
             Body::Settlement {
                 cert,
                 payout: claimed,
@@ -1000,7 +1032,7 @@ fn push_sla(sla: &mut BTreeMap<AccountId, Vec<SlaEvent>>, who: AccountId, ev: Sl
 
 fn phase(b: &Body) -> u8 {
     match b {
-        Body::Settlement { .. } => 1,
+        Body::Settlement { .. } | Body::Expire { .. } => 1,
         Body::Slash(_) => 2,
         _ => 0,
     }

@@ -1534,3 +1534,67 @@ fn a_hundred_escrow_forks_cost_the_requester_more_than_they_gain() {
     );
     assert!(with_work > 10 && refused > 10, "{with_work} {refused}");
 }
+
+/// An escrow no committee settled (its verdicts split three ways, or its
+/// members vanished) does not stay locked for good: from `expire_after` past
+/// its deadline, by the last final epoch's end, anyone may expire it; the
+/// requester gets the whole escrow back, the provider's bond reservation is
+/// released, and no settlement can follow.
+#[test]
+fn an_escrow_nobody_settles_expires_back_to_the_requester() {
+    // Epochs of three hours: the third ends six past the deadline.
+    let net = Net::with_params(8, 4, 4, |p| {
+        p.epoch_length = protocol::DurationMs(3 * 3_600 * 1000)
+    });
+    let mut l = net.ledger(1);
+    let params = l.params().clone();
+    let contract = net.locked(&mut l, 6, 7, 51);
+    let id = contract.body_hash();
+    let expire = Body::Expire { contract: id };
+    let why = refused(&mut l, &net.ids[6], expire.clone());
+    assert!(
+        matches!(why, InvalidReason::Malformed(ref m) if m.contains("expired from")),
+        "{why}"
+    );
+    finalize(&net, &mut l, 1, 0);
+    finalize(&net, &mut l, 2, 0);
+    let deadline = l.state().escrows[&id].terms.deadline;
+    let after = params.expire_after;
+    assert!(l.epoch_end(2) < deadline.plus(after));
+    assert!(!l.expiry_due(&id));
+    let why = refused(&mut l, &net.ids[6], expire.clone());
+    assert!(matches!(why, InvalidReason::Malformed(_)), "{why}");
+    finalize(&net, &mut l, 3, 0);
+    assert!(l.epoch_end(3) >= deadline.plus(after));
+    assert!(l.expiry_due(&id));
+    let r = net.acct(6);
+    let before = l.state().balance(&r);
+    let amount = l.state().escrows[&id].amount;
+    // Anyone may write it (here a third party).
+    l.append(&net.ids[5], expire.clone(), T0).unwrap();
+    assert!(l.expired(&id));
+    assert_eq!(l.state().balance(&r), Amount(before.0 + amount.0));
+    assert!(!l.state().escrows.contains_key(&id));
+    assert!(
+        l.state()
+            .bond_reserved
+            .get(&net.acct(7))
+            .is_none_or(|b| b.0 == 0)
+    );
+    assert!(matches!(
+        refused(&mut l, &net.ids[6], expire),
+        InvalidReason::AlreadySettled(_)
+    ));
+    let committee = l.finalized_state().schedule[&1].clone();
+    let late = net.settlement(&contract, 1, &committee[..3], good_outcome(6_000), &params);
+    assert!(matches!(
+        refused(&mut l, &net.ids[7], late),
+        InvalidReason::AlreadySettled(_)
+    ));
+    // Final with the next checkpoint (which, the deadline long past, also
+    // forgets the contract as it forgets settled ones).
+    finalize(&net, &mut l, 4, 0);
+    assert!(!l.finalized_state().escrows.contains_key(&id));
+    assert_eq!(l.finalized_state().balance(&r), Amount(before.0 + amount.0));
+    conserved(&mut l);
+}

@@ -480,6 +480,31 @@ impl<S: Store> Ledger<S> {
         }
     }
 
+    /// Whether `contract`'s escrow ended by expiry (`Body::Expire`), not by
+    /// a committee's settlement.
+    pub fn expired(&mut self, contract: &Hash32) -> bool {
+        let Some(hash) = self.state().settled.get(contract).copied() else {
+            return false;
+        };
+        matches!(
+            self.entry(&hash).map(|e| &e.data.body),
+            Some(Body::Expire { .. })
+        )
+    }
+
+    /// Whether `contract`'s escrow is open and may be expired now: the last
+    /// final epoch ended `Params::expire_after` after its deadline.
+    pub fn expiry_due(&mut self, contract: &Hash32) -> bool {
+        let after = self.params.expire_after;
+        let st = self.state();
+        let Some(e) = st.escrows.get(contract) else {
+            return false;
+        };
+        let due = e.terms.deadline.plus(after);
+        let epoch = st.epoch;
+        self.epoch_end(epoch) >= due
+    }
+
     /// Every entry held, by author then seq (forks included): what
     /// `cloudchain ledger` lists. Entries a snapshot covers are not held.
     pub fn entries(&self) -> impl Iterator<Item = &VerifiedEntry> {

@@ -19,6 +19,16 @@ pub struct Net {
 impl Net {
     /// `n` accounts with 1000 tokens each; the first `stakers` also stake 1000.
     pub fn new(n: usize, stakers: usize, committee: u16) -> Net {
+        Net::with_params(n, stakers, committee, |_| {})
+    }
+
+    /// [`Net::new`] with its parameters changed by `f`.
+    pub fn with_params(
+        n: usize,
+        stakers: usize,
+        committee: u16,
+        f: impl FnOnce(&mut Params),
+    ) -> Net {
         let ids: Vec<Identity> = (0..n as u64)
             .map(|i| Identity::from_seed(1000 + i))
             .collect();
@@ -38,7 +48,10 @@ impl Net {
             wrong_result_slash: Bps(10_000),
             // No cap per unit: the tests of the pool and the bond caps.
             mint_per_cu: protocol::PricePerCu(u64::MAX / 1_000_000),
+            expire_after: DurationMs::secs(6 * 3_600),
         };
+        let mut params = params;
+        f(&mut params);
         let genesis = Genesis {
             name: "test".into(),
             genesis_time: T0,

@@ -362,6 +362,9 @@ pub struct NodeCore<S: Store> {
     persisted: Option<[u8; 32]>,
     /// The finalized epoch at which receipts and keys were last handed again.
     nudged_epoch: u64,
+    /// Contracts whose escrow expiry this node wrote (see
+    /// `expire_unsettled`), so it writes each once.
+    expiring: std::collections::HashSet<Hash32>,
     /// The ledger's store reloads seen (each one restarts every peer's sync).
     ledger_reloads: u64,
     /// The bond to keep, as a provider.
@@ -431,6 +434,7 @@ impl<S: Store> NodeCore<S> {
             state_dirty: false,
             persisted: None,
             nudged_epoch: 0,
+            expiring: std::collections::HashSet::new(),
             ledger_reloads: 0,
             bond,
         }

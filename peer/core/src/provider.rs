@@ -221,6 +221,11 @@ impl<S: Store> NodeCore<S> {
             .map(|(c, t)| (*c, t.clone()))
             .collect();
         for (c, terms) in unsettled {
+            if self.ledger.expired(&c) {
+                self.prov.unsettled.remove(&c);
+                warn!(contract = %c.short(), "no committee settled the contract: its escrow expired, refunded to the requester");
+                continue;
+            }
             if let Some(si) = self.settlement_of(&c, &terms) {
                 self.prov.unsettled.remove(&c);
                 info!(contract = %c.short(), paid = %si.payout.provider, "settled");

@@ -667,6 +667,59 @@ impl<S: Store> NodeCore<S> {
         self.jobs.by_id.get(id)?.signed.clone()
     }
 
+    /// An escrow no committee settled long after its deadline (its verdicts
+    /// split, or its members vanished): write its expiry once it is due, and
+    /// end the job, refunded, once the ledger holds it.
+    fn expire_unsettled<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        c: Hash32,
+        terms: &protocol::ContractTerms,
+    ) {
+        if self.ledger.expired(&c) {
+            let escrow = terms.price.cost(terms.max_units).unwrap_or_default();
+            let epoch = self.ledger.state().epoch;
+            if let Some(j) = self.jobs.by_contract(&c) {
+                j.event(
+                    cx.now,
+                    format!(
+                        "{} no committee settled it: expired {} s after its deadline, escrow of {} refunded",
+                        crate::job::SETTLED_EVENT,
+                        self.ledger.params().expire_after.0 / 1000,
+                        escrow
+                    ),
+                );
+                j.settled = Some(Settled {
+                    outcome: protocol::Outcome {
+                        delivered: false,
+                        result_ok: false,
+                        sla_ok: false,
+                        violations: 0,
+                        units: protocol::ComputeUnits::default(),
+                    },
+                    payout: protocol::Payout {
+                        escrow,
+                        provider: Amount::ZERO,
+                        refund: escrow,
+                        penalty: Amount::ZERO,
+                        fees: Vec::new(),
+                    },
+                    epoch,
+                    verdicts: 0,
+                    slashed: Amount::ZERO,
+                });
+            }
+            return;
+        }
+        if self.ledger.expiry_due(&c) && self.expiring.insert(c) {
+            warn!(contract = %c.short(), "no committee settled the escrow long after its deadline: expiring it");
+            if let Err(e) = self.append(cx.now, crdt_ledger::Body::Expire { contract: c }) {
+                warn!(contract = %c.short(), %e, "cannot expire the escrow");
+                self.expiring.remove(&c);
+            }
+        }
+    }
+
     /// Settlements the ledger now holds for our open contracts: each found by
     /// its contract id, its outcome the one the quorum certified.
     pub(crate) fn requester_ledger_changed<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
@@ -679,6 +732,7 @@ impl<S: Store> NodeCore<S> {
             .collect();
         for (c, terms) in open {
             let Some(si) = self.settlement_of(&c, &terms) else {
+                self.expire_unsettled(cx, c, &terms);
                 continue;
             };
             let slashed = self.slash_of(&terms.provider, &c, &terms, &si.outcome);

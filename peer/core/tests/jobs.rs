@@ -492,3 +492,51 @@ fn a_requesters_bond_lets_its_next_job_start_before_its_escrow_is_final() {
             .any(|(_, e)| e.contains("a provider starts only once the escrow is final"))
     );
 }
+
+/// A committee that never reaches a quorum (here every verdict is lost)
+/// leaves the escrow open past its deadline. Once the genesis's
+/// `expire_after` has passed, the requester expires it: the whole escrow
+/// comes back, the job ends refunded with the reason, and every replica
+/// agrees.
+#[test]
+fn an_escrow_no_committee_settles_expires_and_the_job_ends_refunded() {
+    let mut net = Net::new_with(&ROLES, TOKENS, 1, common::REQUESTER_BOND, |p| {
+        p.expire_after = DurationMs::secs(60)
+    });
+    net.filter = Some(Box::new(|_, _, m| !matches!(m, Message::Verdict(_))));
+    warm_up(&mut net);
+    let before = net.nodes[REQ]
+        .ledger()
+        .state()
+        .balance(&net.ids[REQ].account());
+    let job = submit_one(&mut net);
+    assert_eq!(
+        run_to_end(&mut net, job, 900),
+        JobState::Ended(JobEnd::NotDelivered)
+    );
+    let j = net.nodes[REQ].job(&job).unwrap();
+    assert!(
+        j.events
+            .iter()
+            .any(|(_, e)| e.contains("no committee settled it")),
+        "{:?}",
+        j.events
+    );
+    let contract = j.contract.unwrap();
+    assert_eq!(j.settled.as_ref().unwrap().verdicts, 0);
+    // Final on every replica, and the requester has its escrow back.
+    let until = net.now.plus(DurationMs::secs(30));
+    net.run(until, |n| {
+        n.nodes
+            .iter_mut()
+            .all(|c| !c.ledger().finalized_state().escrows.contains_key(&contract))
+    });
+    for c in &mut net.nodes {
+        assert!(!c.ledger().finalized_state().escrows.contains_key(&contract));
+    }
+    let after = net.nodes[REQ]
+        .ledger()
+        .finalized_state()
+        .balance(&net.ids[REQ].account());
+    assert_eq!(after, before, "the whole escrow came back");
+}

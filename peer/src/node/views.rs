@@ -343,6 +343,9 @@ pub(super) fn describe(b: &Body) -> String {
         | Body::Unstake { amount }
         | Body::Bond { amount }
         | Body::Unbond { amount } => amount.to_string(),
+        Body::Expire { contract } => {
+            format!("contract {} expired: escrow refunded", contract.short())
+        }
         Body::EscrowLock { contract } => match contract.body_unverified() {
             Ok(t) => format!(
                 "contract {} between {} and {}, escrow {}",

@@ -121,7 +121,18 @@ pub fn genesis_bonded(
     requester_micro: u64,
     requester_bond: Amount,
 ) -> GenesisEntry {
-    let params = Params {
+    genesis_with(ids, roles, requester_micro, requester_bond, |_| {})
+}
+
+/// [`genesis_bonded`] with its parameters changed by `f`.
+pub fn genesis_with(
+    ids: &[Identity],
+    roles: &[Role],
+    requester_micro: u64,
+    requester_bond: Amount,
+    f: impl FnOnce(&mut Params),
+) -> GenesisEntry {
+    let mut params = Params {
         epoch_length: DurationMs::secs(5),
         stall_timeout: DurationMs::secs(3),
         // One seat per oracle (three in most tests), at most seven.
@@ -132,6 +143,7 @@ pub fn genesis_bonded(
             .clamp(1, 7) as u16,
         ..Params::default()
     };
+    f(&mut params);
     let mut balances = Vec::new();
     let mut stakes = Vec::new();
     let mut bonds = Vec::new();
@@ -215,10 +227,21 @@ impl Net {
         seed: u64,
         requester_bond: Amount,
     ) -> Net {
+        Net::new_with(roles, requester_micro, seed, requester_bond, |_| {})
+    }
+
+    /// [`Net::new_bonded`] with the genesis parameters changed by `f`.
+    pub fn new_with(
+        roles: &[Role],
+        requester_micro: u64,
+        seed: u64,
+        requester_bond: Amount,
+        f: impl FnOnce(&mut Params),
+    ) -> Net {
         let ids: Vec<Identity> = (0..roles.len())
             .map(|i| Identity::from_seed(seed * 1000 + i as u64))
             .collect();
-        let g = genesis_bonded(&ids, roles, requester_micro, requester_bond);
+        let g = genesis_with(&ids, roles, requester_micro, requester_bond, f);
         let nodes = ids
             .iter()
             .zip(roles)
