@@ -71,6 +71,11 @@ pub struct Params {
     /// (refunded without a certificate, `Body::Expire`) if no committee
     /// settled it: far past any committee's grace.
     pub expire_after: DurationMs,
+    /// Epochs an unbonded provider or requester bond stays slashable before
+    /// it returns to the balance: longer than any partition a fork should not
+    /// outlast (a requester's bond backs escrows before they are final, and
+    /// a fork of them is slashed only once the two sides meet).
+    pub bond_unbonding_epochs: u64,
 }
 
 impl Default for Params {
@@ -92,6 +97,8 @@ impl Default for Params {
             // A tenth of a provider's default price floor (1,000 µ-tokens/CU).
             mint_per_cu: protocol::PricePerCu(100),
             expire_after: DurationMs::secs(6 * 3_600),
+            // A day of 10-minute epochs.
+            bond_unbonding_epochs: 144,
         }
     }
 }

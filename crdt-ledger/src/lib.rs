@@ -55,7 +55,9 @@
 //! a contract). A settlement releases it; one whose certificate says the
 //! result was delivered and wrong slashes it (`Params::slashed`):
 //! `bond_to_requester` of it to the requester, the rest burned. `Body::Unbond`
-//! frees only bond no open escrow reserves, through the unbonding queue.
+//! frees only bond no open escrow reserves, through the unbonding queue, which
+//! holds a bond for `Params::bond_unbonding_epochs` (a day by default, longer
+//! than the stake's: a fork across a partition must meet its slash).
 //!
 //! **Supply.** Tokens are created only by the genesis and by the epoch reward in
 //! each checkpoint (`CheckpointBody::mint`: `reward_base` halving every

@@ -728,7 +728,10 @@ impl State {
                         free,
                     });
                 }
-                let release = self.release_epoch(ctx.params);
+                let release = self
+                    .epoch
+                    .saturating_add(1)
+                    .saturating_add(ctx.params.bond_unbonding_epochs);
                 start_unbonding(
                     &mut self.bonds,
                     &mut self.unbonding,

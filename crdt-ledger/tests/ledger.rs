@@ -1598,3 +1598,56 @@ fn an_escrow_nobody_settles_expires_back_to_the_requester() {
     assert_eq!(l.finalized_state().balance(&r), Amount(before.0 + amount.0));
     conserved(&mut l);
 }
+
+/// A requester that forks its escrow across a partition and unbonds its bond
+/// on one side, hoping the partition outlasts the unbonding: a bond stays
+/// slashable for `bond_unbonding_epochs` (a day by default), longer than the
+/// stake's, so when the sides meet five epochs later the fork's slash still
+/// burns half of it. With bonds unbonding as fast as stake (the control), the
+/// bond has left and the fork costs nothing.
+#[test]
+fn a_fork_that_outlasts_the_stake_unbonding_still_meets_its_slash() {
+    for (bond_epochs, caught) in [(10, true), (2, false)] {
+        let net = Net::with_params(8, 4, 4, |p| p.bond_unbonding_epochs = bond_epochs);
+        let mut base = net.ledger(1);
+        let (req, r) = (6, net.acct(6));
+        bond(&mut base, &net, req, 100);
+        finalize(&net, &mut base, 1, 0);
+        let mut left = net.ledger(2);
+        let mut right = net.ledger(3);
+        sync(&mut base, &mut left);
+        sync(&mut base, &mut right);
+        net.locked(&mut left, req, 7, 61);
+        net.locked(&mut right, req, 5, 62);
+        bond_out(&mut right, &net, req, 100);
+        for e in 2..=6 {
+            finalize(&net, &mut right, e, 0);
+        }
+        sync(&mut left, &mut right);
+        let proofs: Vec<_> = right
+            .slash_proofs()
+            .into_iter()
+            .filter(|p| matches!(p.check(&net.genesis.network()), Ok((who, Offence::Fork(_))) if who == r))
+            .collect();
+        let before = right.state().slashable(&r);
+        for p in proofs {
+            right
+                .append(&net.ids[0], Body::Slash(Box::new(p)), T0)
+                .unwrap();
+        }
+        let lost = before.0 - right.state().slashable(&r).0;
+        if caught {
+            assert_eq!(lost, Amount::tokens(50).0, "half the unbonding bond burned");
+        } else {
+            assert_eq!(lost, 0, "the bond left before the sides met");
+        }
+        conserved(&mut right);
+    }
+}
+
+fn bond_out(l: &mut crdt_ledger::Ledger, net: &Net, who: usize, tokens: u64) {
+    let body = Body::Unbond {
+        amount: Amount::tokens(tokens),
+    };
+    l.append(&net.ids[who], body, T0).unwrap();
+}

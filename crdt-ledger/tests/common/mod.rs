@@ -49,6 +49,7 @@ impl Net {
             // No cap per unit: the tests of the pool and the bond caps.
             mint_per_cu: protocol::PricePerCu(u64::MAX / 1_000_000),
             expire_after: DurationMs::secs(6 * 3_600),
+            bond_unbonding_epochs: 2,
         };
         let mut params = params;
         f(&mut params);

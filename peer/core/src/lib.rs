@@ -365,6 +365,8 @@ pub struct NodeCore<S: Store> {
     /// Contracts whose escrow expiry this node wrote (see
     /// `expire_unsettled`), so it writes each once.
     expiring: std::collections::HashSet<Hash32>,
+    /// Proposals we sent, to whom, until they expire (see `keep_proposal`).
+    proposals_out: Vec<(AccountId, Message, Timestamp)>,
     /// The ledger's store reloads seen (each one restarts every peer's sync).
     ledger_reloads: u64,
     /// The bond to keep, as a provider.
@@ -435,6 +437,7 @@ impl<S: Store> NodeCore<S> {
             persisted: None,
             nudged_epoch: 0,
             expiring: std::collections::HashSet::new(),
+            proposals_out: Vec::new(),
             ledger_reloads: 0,
             bond,
         }
@@ -584,6 +587,7 @@ impl<S: Store> NodeCore<S> {
         }
         self.resend_receipts(cx, peer);
         self.resend_grants(cx, peer);
+        self.resend_proposals(cx, peer);
         // A fresh sync state: a peer that comes back may have lost what it had.
         self.peers.insert(peer, PeerState::new());
         self.sync_with(cx, peer);

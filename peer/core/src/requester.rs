@@ -14,6 +14,9 @@ use rand::Rng;
 use tracing::warn;
 
 use crate::job::{Job, JobEnd, Settled};
+
+/// Proposals a requester keeps to hand again to providers that come up.
+const KEPT_PROPOSALS: usize = 64;
 use crate::retry::{MAX_ATTEMPTS, Retry};
 use crate::{Cx, JobKey, NodeCore, Output, WorkError, keys};
 
@@ -275,7 +278,10 @@ impl<S: Store> NodeCore<S> {
         for o in out {
             match o {
                 RequesterOutput::Publish(m) => cx.out.push(Output::Publish(m)),
-                RequesterOutput::Send { to, message } => self.send(cx, to, message),
+                RequesterOutput::Send { to, message } => {
+                    self.keep_proposal(cx.now, to, &message);
+                    self.send(cx, to, message)
+                }
                 RequesterOutput::NoMatch {
                     job,
                     reasons,
@@ -469,6 +475,42 @@ impl<S: Store> NodeCore<S> {
 
     /// A peer came up: hand it again the keys of our unsettled jobs it reads
     /// (it may have been down when they were sent, or lost them in a crash).
+    /// Keep a proposal we send until it expires: one sent before the
+    /// provider was reachable (a relayed connection still coming up) is lost,
+    /// and the provider answers a proposal only once it has it.
+    fn keep_proposal(&mut self, now: Timestamp, to: AccountId, m: &Message) {
+        let Message::Proposal(p) = m else {
+            return;
+        };
+        let Ok(body) = p.body_unverified() else {
+            return;
+        };
+        self.proposals_out.retain(|(_, _, until)| *until > now);
+        if self.proposals_out.len() >= KEPT_PROPOSALS {
+            self.proposals_out.remove(0);
+        }
+        self.proposals_out.push((to, m.clone(), body.expires_at));
+    }
+
+    /// A peer came up: hand it again our proposals to it that have not
+    /// expired (a copy it has already is ignored as a replay).
+    pub(crate) fn resend_proposals<R: Rng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        peer: AccountId,
+    ) {
+        let now = cx.now;
+        let again: Vec<Message> = self
+            .proposals_out
+            .iter()
+            .filter(|(to, _, until)| *to == peer && *until > now)
+            .map(|(_, m, _)| m.clone())
+            .collect();
+        for m in again {
+            self.send(cx, peer, m);
+        }
+    }
+
     pub(crate) fn resend_grants<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, peer: AccountId) {
         let jobs: Vec<Hash32> = self
             .jobs

@@ -668,7 +668,21 @@ impl Driver {
         }
         let (net, tx, network) = (self.net.clone(), self.work_tx.clone(), self.core.network());
         tokio::spawn(async move {
-            match net.request(peer, purpose, bytes).await {
+            // A peer we cannot reach yet (its relayed address still unknown
+            // here, a connection coming up) gets a few more tries: a market
+            // or committee message is sent once, and a proposal lost this way
+            // costs the requester that provider. Sync runs again on its own.
+            let mut answer = net.request(peer, purpose, bytes.clone()).await;
+            if purpose != Purpose::Sync {
+                for wait in DIRECT_RETRIES {
+                    if answer.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+                    answer = net.request(peer, purpose, bytes.clone()).await;
+                }
+            }
+            match answer {
                 Ok(answer) if purpose == Purpose::Sync && !answer.is_empty() => {
                     // The answer is a direct message like any request: it must
                     // be a sync message, from the peer we asked.
@@ -1022,3 +1036,7 @@ async fn fetch_logged(
         None => blobs.fetch(from, hash, log).await,
     }
 }
+
+/// Seconds to wait before each further try of a direct message that failed
+/// (see `send_direct`).
+const DIRECT_RETRIES: [u64; 3] = [2, 4, 8];
