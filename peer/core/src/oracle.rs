@@ -184,7 +184,7 @@ impl<S: Store> NodeCore<S> {
                     self.write_settlements(cx);
                 }
                 OracleOutput::NoQuorum { contract } => {
-                    warn!(contract = %contract.short(), "the committee reached no quorum; the escrow stays locked");
+                    warn!(contract = %contract.short(), "the committee split on the work and reached no quorum; the requester's node expires the escrow once the genesis's expire_after has passed its deadline");
                 }
                 _ => {}
             }
