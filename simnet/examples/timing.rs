@@ -21,7 +21,7 @@ fn main() {
         }
     };
     let t = Instant::now();
-    let m = if cores {
+    let m = if cores || sc.cores {
         if let Some(d) = days {
             sc.days = d;
         }

@@ -31,12 +31,29 @@
 //!   binary does.
 //!
 //! Every peer ticks when its core asks ([`NodeCore::poll_timeout`]); nothing
-//! else runs on a clock. The cost is a ledger replica per peer and real sync:
-//! it suits scenarios of tens of peers (`smoke`, `faults`). The larger ones
-//! still run on [`crate::world`], which wires the engines to one converged
-//! ledger.
+//! else runs on a clock.
+//!
+//! What a large run costs, and how it is kept down:
+//!
+//! - **Offers are held back** for a core that would only file them
+//!   ([`NodeCore::acts_on_offers`]: no job of its waits for an offer, no
+//!   retry waits for a provider to move) and handed over, each at its arrival
+//!   time and in order, just before anything else reaches it (or once
+//!   [`MAX_HELD`] are waiting). Every offer still reaches every core, through
+//!   the core's own `handle`; a thousand idle cores just do not each wake for
+//!   it. In `scale-1k` offers were three quarters of all events.
+//! - **Who a gossiped message concerns** is read once per message
+//!   ([`node_core::dispatch::audience`]), not decoded again at every peer.
+//! - **With the shared replica**, each core holds a one-account placeholder
+//!   ledger while it is not lent the replica (a replica of a genesis of a
+//!   thousand accounts per core was half the memory of `scale-1k`).
+//!
+//! With a replica per peer, sync dominates: it suits scenarios of tens of
+//! peers (`smoke`, `faults`, the attacks). `scale-1k` still runs on
+//! [`crate::world`], which wires the engines to one converged ledger.
 
-use std::collections::{BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 
 use crdt_ledger::{GenesisEntry, Ledger, MemStore, Params};
 use node_core::{
@@ -71,6 +88,9 @@ const CHECK_CU_S: f64 = 8_000.0;
 const FETCH_MB_S: f64 = 100.0;
 /// Stand-in result size.
 const RESULT_BYTES: u64 = 1 << 20;
+/// Offers held back for one peer before those that have arrived are filed
+/// anyway (a provider may not act for hours): bounds their memory.
+const MAX_HELD: usize = 64;
 /// Fake contracts a flooder sends in one burst.
 const FLOOD_BURST: u32 = 1_000;
 
@@ -133,6 +153,37 @@ struct Peer {
     /// A key held back, or one its attacker dropped: it never comes up.
     dormant: bool,
     neighbours: BTreeSet<usize>,
+    /// Offers gossiped to this peer while its core would only file them
+    /// ([`NodeCore::acts_on_offers`]), in order of arrival (time, sender,
+    /// offer). They are handed over, each at its arrival time, just before
+    /// anything else reaches the core; a crash loses them.
+    inbox: BinaryHeap<Reverse<Held>>,
+}
+
+/// An offer held back for a peer ([`Peer::inbox`]), ordered by arrival, then
+/// by when it was held.
+struct Held {
+    at: Timestamp,
+    seq: u64,
+    from: AccountId,
+    msg: Message,
+}
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Held {}
+impl PartialOrd for Held {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Held {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
 }
 
 enum Ev {
@@ -180,6 +231,79 @@ pub struct CoreWorld {
     /// CU for the work it did).
     cost: Vec<f64>,
     attack: Option<Attacking>,
+    /// Where a new core's ledger comes from.
+    ledgers: Ledgers,
+    /// Offers held back so far (orders those that arrive at one time).
+    held: u64,
+    /// Whether offers are held back for cores that would only file them.
+    hold_offers: bool,
+}
+
+/// How cores get their ledger: a replica of the genesis each, or the shared
+/// replica while lent and a small placeholder otherwise.
+struct Ledgers {
+    genesis: GenesisEntry,
+    /// The shared replica, while the world is built (then [`CoreWorld::shared`]).
+    shared: Option<Ledger<MemStore>>,
+    /// The genesis of each core's placeholder: one account, so that a
+    /// thousand idle cores do not each hold a replica of a genesis of a
+    /// thousand accounts (most of a large run's memory otherwise).
+    placeholder: GenesisEntry,
+}
+
+impl Ledgers {
+    fn new(genesis: &GenesisEntry, replicas: Replicas) -> Ledgers {
+        let founder = Identity::from_seed(seed_for(0, 7, 0));
+        let placeholder = GenesisEntry::create(
+            &founder,
+            crdt_ledger::Genesis {
+                name: "simnet/placeholder".into(),
+                genesis_time: T0,
+                params: genesis.genesis().params.clone(),
+                balances: vec![],
+                stakes: vec![(founder.account(), Amount::tokens(1_000))],
+                bonds: vec![],
+            },
+        )
+        .expect("the placeholder genesis is valid");
+        let shared = (replicas == Replicas::Shared)
+            .then(|| Ledger::new(genesis.clone(), b"simnet-shared").expect("the genesis is valid"));
+        Ledgers {
+            genesis: genesis.clone(),
+            shared,
+            placeholder,
+        }
+    }
+
+    /// A new core for `id` (see [`Ledgers::core_on`]), while the world is built.
+    fn core(&mut self, id: Identity, cfg: CoreConfig) -> NodeCore<MemStore> {
+        let mut shared = self.shared.take();
+        let core = self.core_on(shared.as_mut(), id, cfg);
+        self.shared = shared;
+        core
+    }
+
+    /// A new core for `id`: on a replica of its own, or built on `shared`
+    /// (the core reads its network and parameters there) and left holding
+    /// its placeholder.
+    fn core_on(
+        &self,
+        shared: Option<&mut Ledger<MemStore>>,
+        id: Identity,
+        cfg: CoreConfig,
+    ) -> NodeCore<MemStore> {
+        let actor = id.account().0;
+        let Some(shared) = shared else {
+            let ledger = Ledger::new(self.genesis.clone(), &actor).expect("the genesis is valid");
+            return NodeCore::new(id, ledger, cfg);
+        };
+        let mut ledger =
+            Ledger::new(self.placeholder.clone(), &actor).expect("the placeholder is valid");
+        std::mem::swap(shared, &mut ledger);
+        let mut core = NodeCore::new(id, ledger, cfg);
+        core.lend_ledger(shared);
+        core
+    }
 }
 
 /// An attack under way.
@@ -269,6 +393,7 @@ impl CoreWorld {
             capacity: 0,
             replay_capacity: 0,
         };
+        let mut ledgers = Ledgers::new(&genesis, replicas);
         let mut peers = Vec::new();
         for g in &sc.providers {
             for _ in 0..g.count {
@@ -312,7 +437,7 @@ impl CoreWorld {
                 };
                 let mut peer = Peer::new(
                     id,
-                    &genesis,
+                    &mut ledgers,
                     cfg,
                     Role::Provider {
                         profile: g.profile,
@@ -339,7 +464,7 @@ impl CoreWorld {
             };
             peers.push(Peer::new(
                 id,
-                &genesis,
+                &mut ledgers,
                 cfg,
                 Role::Requester,
                 region,
@@ -360,7 +485,7 @@ impl CoreWorld {
             let region = i % sc.network.regions.len();
             peers.push(Peer::new(
                 id,
-                &genesis,
+                &mut ledgers,
                 cfg,
                 Role::Oracle,
                 region,
@@ -409,18 +534,16 @@ impl CoreWorld {
             n_req,
             by_account,
             open: BTreeSet::new(),
-            shared: None,
+            shared: ledgers.shared.take(),
+            ledgers,
+            held: 0,
+            hold_offers: true,
             parties: HashMap::new(),
             metrics,
             margin,
             cost: vec![0.0; n_prov],
             attack,
         };
-        if replicas == Replicas::Shared {
-            let ledger =
-                Ledger::new(w.genesis.clone(), b"simnet-shared").expect("the genesis is valid");
-            w.shared = Some(ledger);
-        }
         w.overlay();
         w.bootstrap();
         w
@@ -496,6 +619,13 @@ impl CoreWorld {
     }
 
     /// Run to the end; returns the metrics.
+    /// Hold offers back for cores that would only file them (the default),
+    /// or hand each over as an event of its own on arrival.
+    pub fn holding_offers(mut self, on: bool) -> CoreWorld {
+        self.hold_offers = on;
+        self
+    }
+
     pub fn run(mut self, mut progress: impl FnMut(f64)) -> Metrics {
         let mut done = Progress::new(T0, self.end);
         while let Some((now, ev)) = self.sched.next_until(self.end) {
@@ -571,13 +701,11 @@ impl CoreWorld {
             let p = &mut self.peers[i];
             let cfg = p.cfg.clone();
             let id = p.core.identity().clone();
-            let placeholder = NodeCore::new(
-                id.clone(),
-                Ledger::new(self.genesis.clone(), &id.account().0).expect("the genesis is valid"),
-                cfg.clone(),
-            );
-            let old = std::mem::replace(&mut p.core, placeholder);
-            if self.shared.is_none() {
+            if let Some(shared) = self.shared.as_mut() {
+                p.core = self.ledgers.core_on(Some(shared), id, cfg);
+            } else {
+                let fresh = self.ledgers.core_on(None, id.clone(), cfg.clone());
+                let old = std::mem::replace(&mut p.core, fresh);
                 let store = old.into_ledger().into_store();
                 // The store was written by this same replica: it opens.
                 let (ledger, _) = Ledger::open(self.genesis.clone(), &id.account().0, store)
@@ -617,9 +745,11 @@ impl CoreWorld {
     /// Peer `i` crashes: its memory and what it had in flight are lost; its
     /// neighbours see the connection close.
     fn down(&mut self, i: usize) {
+        self.take_offers(i);
         self.metrics.crashes += 1;
         self.peers[i].saved = Some(self.peers[i].core.state_to_save());
         self.peers[i].up = false;
+        self.peers[i].inbox.clear();
         self.peers[i].life += 1;
         let me = self.peers[i].core.account();
         let links: Vec<(usize, usize)> = self
@@ -711,7 +841,32 @@ impl CoreWorld {
         i: usize,
         f: impl FnOnce(&mut NodeCore<MemStore>, Timestamp, &mut ChaCha8Rng, &mut Vec<Output>) -> T,
     ) -> T {
+        self.take_offers(i);
+        self.call_at(i, self.sched.now(), f)
+    }
+
+    /// Hand peer `i` the offers held back for it that have arrived by now,
+    /// each at its arrival time.
+    fn take_offers(&mut self, i: usize) {
         let now = self.sched.now();
+        while self.peers[i].inbox.peek().is_some_and(|h| h.0.at <= now) {
+            let Some(Reverse(Held { at, from, msg, .. })) = self.peers[i].inbox.pop() else {
+                break;
+            };
+            let input = Input::gossip(Some(from), msg);
+            self.call_at(i, at, |core, now, rng, out| {
+                core.handle(now, input, rng, out)
+            });
+        }
+    }
+
+    /// [`CoreWorld::call`] at `now`, with nothing held back handed over first.
+    fn call_at<T>(
+        &mut self,
+        i: usize,
+        now: Timestamp,
+        f: impl FnOnce(&mut NodeCore<MemStore>, Timestamp, &mut ChaCha8Rng, &mut Vec<Output>) -> T,
+    ) -> T {
         let mut out = Vec::new();
         let p = &mut self.peers[i];
         if let Some(l) = self.shared.as_mut() {
@@ -881,22 +1036,38 @@ impl CoreWorld {
     /// Gossip `msg` from peer `i` to every other peer that is up and
     /// consumes it (lost across a partition).
     fn publish(&mut self, i: usize, msg: &Message) {
-        if matches!(msg, Message::Offer(_)) {
+        let offer = matches!(msg, Message::Offer(_));
+        if offer {
             self.metrics.offers_published += 1;
         }
         let from = self.peers[i].core.account();
         let region = self.peers[i].region;
         let t = self.t_ms();
         let n = self.peers.len();
-        for j in 0..n {
+        // Who it concerns, read once (not at each of a thousand peers).
+        let audience = node_core::dispatch::audience(msg);
+        let to: Vec<usize> = match &audience.accounts {
+            Some(accounts) => {
+                let mut to: Vec<usize> = accounts
+                    .iter()
+                    .filter_map(|a| self.by_account.get(a).copied())
+                    .collect();
+                to.sort_unstable();
+                to.dedup();
+                to
+            }
+            None => (0..n).collect(),
+        };
+        let requester = self.requester_of(msg);
+        for j in to {
             if j == i || !self.peers[j].up {
                 continue;
             }
             let p = &self.peers[j];
-            if !node_core::dispatch::concerns(msg, &p.core.account(), p.role.roles()) {
+            if !audience.includes(&p.core.account(), p.role.roles()) {
                 continue; // forwarded there, consumed by nothing
             }
-            if p.role == Role::Requester && !self.requester_of(msg, j) {
+            if p.role == Role::Requester && requester.is_some_and(|r| r != j) {
                 continue; // a receipt or withdrawal of another requester's job
             }
             if !self.buyer_sees(msg, j) {
@@ -904,6 +1075,23 @@ impl CoreWorld {
             }
             let b = self.peers[j].region;
             match self.net.gossip_delay(t, region, b, n, &mut self.rng) {
+                Some(d) if offer && self.hold_offers && !self.peers[j].core.acts_on_offers() => {
+                    // Filed when the core next acts, at its arrival time:
+                    // the same state, without waking it.
+                    self.metrics.messages += 1;
+                    let at = self.sched.now().plus(DurationMs(d.max(0.0) as u64));
+                    self.held += 1;
+                    self.peers[j].inbox.push(Reverse(Held {
+                        at,
+                        seq: self.held,
+                        from,
+                        msg: msg.clone(),
+                    }));
+                    if self.peers[j].inbox.len() > MAX_HELD {
+                        // A core that rarely acts: file what has arrived.
+                        self.take_offers(j);
+                    }
+                }
                 Some(d) => {
                     self.metrics.messages += 1;
                     let input = Input::gossip(Some(from), msg.clone());
@@ -933,19 +1121,18 @@ impl CoreWorld {
         })
     }
 
-    /// Whether requester `j` is the one a receipt or a withdrawal is about
-    /// (the engines ignore another's; the driver knows each contract's
+    /// The requester a receipt or a withdrawal is about, if the driver knows
+    /// it (the engines ignore another's; the driver knows each contract's
     /// parties from its run).
-    fn requester_of(&self, msg: &Message, j: usize) -> bool {
+    fn requester_of(&self, msg: &Message) -> Option<usize> {
         let contract = match msg {
             Message::Receipt(r) => r.body_unverified().map(|r| r.contract),
             Message::Withdrawal(w) => w.body_unverified().map(|w| w.contract),
-            _ => return true,
+            _ => return None,
         };
-        match contract {
-            Ok(c) => self.parties.get(&c).is_none_or(|&(r, _)| r == j),
-            Err(_) => true,
-        }
+        contract
+            .ok()
+            .and_then(|c| self.parties.get(&c).map(|&(r, _)| r))
     }
 
     /// A provider's run: the input transfer, then the compute time of its
@@ -1280,15 +1467,14 @@ fn proves_wrong(cert: &protocol::settlement::QuorumCert) -> bool {
 impl Peer {
     fn new(
         id: Identity,
-        genesis: &GenesisEntry,
+        ledgers: &mut Ledgers,
         cfg: CoreConfig,
         role: Role,
         region: usize,
         behaviour: Behaviour,
     ) -> Peer {
-        let ledger = Ledger::new(genesis.clone(), &id.account().0).expect("the genesis is valid");
         Peer {
-            core: NodeCore::new(id, ledger, cfg.clone()),
+            core: ledgers.core(id, cfg.clone()),
             cfg,
             role,
             region,
@@ -1299,6 +1485,7 @@ impl Peer {
             behaviour,
             dormant: false,
             neighbours: BTreeSet::new(),
+            inbox: BinaryHeap::new(),
         }
     }
 }

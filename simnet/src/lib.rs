@@ -23,10 +23,11 @@
 //! grants, the challenge and its reveal, settlement writing, resends,
 //! persistence and restarts. The cores share one converged replica, lent to
 //! each in turn, or each keeps its own with real automerge sync
-//! ([`cores::Replicas`]). Scenarios with `cores = true` (`smoke`, `faults`)
-//! run there. [`world`] wires the engines to one converged ledger itself,
-//! without the core's glue; it is several times faster and still runs the
-//! larger scenarios (`paper-30d`, `requesters-sweep`, `scale-1k`). Both
+//! ([`cores::Replicas`]). Scenarios with `cores = true` (`smoke`, `faults`,
+//! the attacks, `paper-30d`, `requesters-sweep`) run there. [`world`] wires
+//! the engines to one converged ledger itself, without the core's glue; it is
+//! about 8× faster on `scale-1k`, which still runs there (see [`cores`] for
+//! what the cores cost at that size). Both
 //! check at the end of every run that no escrow is open past
 //! `protocol::escrow_bound`.
 //!

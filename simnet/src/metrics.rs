@@ -210,7 +210,11 @@ pub struct Summary {
     pub providers: usize,
     pub requesters: usize,
     pub events: u64,
+    /// Events by what they carried (a message's kind, a timer, a fetch, …):
+    /// where a run's time goes.
+    pub events_by_kind: BTreeMap<String, u64>,
     pub messages: u64,
+    pub offers_published: u64,
     pub jobs_submitted: u64,
     pub contracts: u64,
     pub jobs_settled: u64,
@@ -347,7 +351,13 @@ impl Metrics {
             providers: self.providers,
             requesters: self.requesters,
             events: self.events,
+            events_by_kind: self
+                .events_by_kind
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
             messages: self.messages,
+            offers_published: self.offers_published,
             jobs_submitted: self.submitted.iter().sum(),
             contracts: self.contracts,
             jobs_settled: self.settled_jobs,

@@ -56,6 +56,38 @@ fn faults_on_node_cores_keep_the_books_and_make_cheating_lose() {
     assert_eq!(s.cheating_lost(), Ok(()));
 }
 
+/// Offers held back for idle cores and handed over before their next input
+/// change nothing but the number of events: the same market, payouts,
+/// prices and latencies as when every offer wakes every core on arrival.
+#[test]
+fn holding_offers_back_for_idle_cores_changes_nothing_but_the_events() {
+    let sc = rough_smoke(1.0);
+    let held = CoreWorld::new(&sc, 5, Replicas::Shared).run(|_| {});
+    let woken = CoreWorld::new(&sc, 5, Replicas::Shared)
+        .holding_offers(false)
+        .run(|_| {});
+    assert!(
+        held.events < woken.events,
+        "{} {}",
+        held.events,
+        woken.events
+    );
+    let outcome = |m: &simnet::Metrics| {
+        let mut s = m.summary(&sc.requesters.fairness_groups);
+        s.events = 0;
+        s.events_by_kind.clear();
+        (
+            s,
+            m.provider_earned.clone(),
+            m.balances.clone(),
+            m.latency_s.clone(),
+        )
+    };
+    let (held, woken) = (outcome(&held), outcome(&woken));
+    assert!(held.0.jobs_settled > 0, "{:?}", held.0);
+    assert_eq!(held, woken);
+}
+
 #[test]
 fn smoke_on_node_cores_settles_jobs_and_every_escrow_ends() {
     let mut sc = Scenario::load("smoke").unwrap();

@@ -43,21 +43,86 @@ pub struct Roles {
 /// gossip delivers a message only where it concerns; a node, which cannot
 /// know, hands every message to [`NodeCore::handle`].
 pub fn concerns(m: &Message, me: &AccountId, roles: Roles) -> bool {
+    audience(m).includes(me, roles)
+}
+
+/// Who a message concerns ([`concerns`]), read once: a simulator gossiping a
+/// message to a thousand peers decodes it once instead of at each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audience {
+    /// Peers with any of these roles ...
+    pub roles: Roles,
+    /// ... and, if set, only these accounts (empty: nobody).
+    pub accounts: Option<Vec<AccountId>>,
+}
+
+impl Audience {
+    fn roles(provider: bool, oracle: bool, requester: bool) -> Audience {
+        Audience {
+            roles: Roles {
+                provider,
+                oracle,
+                requester,
+            },
+            accounts: None,
+        }
+    }
+
+    fn accounts(roles: Roles, accounts: impl IntoIterator<Item = AccountId>) -> Audience {
+        Audience {
+            roles,
+            accounts: Some(accounts.into_iter().collect()),
+        }
+    }
+
+    /// Whether the message concerns peer `me` of `roles`.
+    pub fn includes(&self, me: &AccountId, roles: Roles) -> bool {
+        let by_role = (self.roles.provider && roles.provider)
+            || (self.roles.oracle && roles.oracle)
+            || (self.roles.requester && roles.requester);
+        by_role && self.accounts.as_ref().is_none_or(|a| a.contains(me))
+    }
+}
+
+/// Who `m` concerns, by the table above.
+pub fn audience(m: &Message) -> Audience {
+    const ANY: Roles = Roles {
+        provider: true,
+        oracle: true,
+        requester: true,
+    };
     match m {
         // A committee member keeps where each provider serves its results.
-        Message::Offer(_) => true,
-        Message::Bid(_) => roles.provider,
-        Message::Proposal(p) => p.body_unverified().is_ok_and(|b| {
-            b.provider == *me || b.job.body_unverified().is_ok_and(|j| j.requester == *me)
-        }),
-        Message::Answer(_) => roles.requester || roles.provider,
-        Message::Contract(c) => c
-            .body_unverified()
-            .is_ok_and(|t| t.provider == *me || t.requester == *me),
-        Message::Receipt(_) | Message::Withdrawal(_) => roles.requester || roles.oracle,
-        Message::Verdict(_) | Message::Dispute(_) | Message::ProbeReply(_) => roles.oracle,
-        Message::Probe(p) => roles.provider && p.body_unverified().is_ok_and(|p| p.provider == *me),
-        Message::KeyGrant(g) => g.body_unverified().is_ok_and(|g| g.reader == *me),
+        Message::Offer(_) => Audience::roles(true, true, true),
+        Message::Bid(_) => Audience::roles(true, false, false),
+        Message::Proposal(p) => Audience::accounts(
+            ANY,
+            p.body_unverified().ok().into_iter().flat_map(|b| {
+                let requester = b.job.body_unverified().ok().map(|j| j.requester);
+                std::iter::once(b.provider).chain(requester)
+            }),
+        ),
+        Message::Answer(_) => Audience::roles(true, false, true),
+        Message::Contract(c) => Audience::accounts(
+            ANY,
+            c.body_unverified()
+                .ok()
+                .into_iter()
+                .flat_map(|t| [t.provider, t.requester]),
+        ),
+        Message::Receipt(_) | Message::Withdrawal(_) => Audience::roles(false, true, true),
+        Message::Verdict(_) | Message::Dispute(_) | Message::ProbeReply(_) => {
+            Audience::roles(false, true, false)
+        }
+        Message::Probe(p) => Audience::accounts(
+            Roles {
+                provider: true,
+                oracle: false,
+                requester: false,
+            },
+            p.body_unverified().ok().map(|p| p.provider),
+        ),
+        Message::KeyGrant(g) => Audience::accounts(ANY, g.body_unverified().ok().map(|g| g.reader)),
     }
 }
 

@@ -518,6 +518,19 @@ impl<S: Store> NodeCore<S> {
         self.persist_if_changed(cx);
     }
 
+    /// Whether an offer arriving now could make this core act, rather than
+    /// only file it (its order book, the provider's contact, the competitor's
+    /// price): a job of its waits for offers, or a check or a result fetch
+    /// waits for its next try (a provider that moved is tried again at once).
+    /// While it is false, a driver may hold offers back and hand them over,
+    /// each at its arrival time and in order, just before the core's next
+    /// input: the core files the same offers at the same times, and nothing
+    /// else reached it meanwhile. (simnet does this, so that a thousand idle
+    /// cores do not each wake for every offer.)
+    pub fn acts_on_offers(&self) -> bool {
+        self.requester.awaits_offers() || self.retries.any_check_or_fetch()
+    }
+
     /// When the core next needs an `Input::Tick` (engine timers, the committee's
     /// checkpoint timer, settlements due); `None` if nothing is scheduled.
     pub fn poll_timeout(&mut self) -> Option<Timestamp> {

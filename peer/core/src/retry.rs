@@ -130,6 +130,13 @@ impl Retries {
         self.due.retain(|(_, w), _| *w != what);
     }
 
+    /// Whether a check or a result fetch waits for its next try.
+    pub(crate) fn any_check_or_fetch(&self) -> bool {
+        self.due
+            .keys()
+            .any(|(_, w)| matches!(w, Retry::Check(_) | Retry::Fetch(_)))
+    }
+
     pub(crate) fn next(&self) -> Option<Timestamp> {
         self.due.keys().next().map(|(at, _)| *at)
     }
