@@ -206,6 +206,19 @@ fn bar_svg(
             )
         }))
         .map_err(|e| plot_err(&name, e))?;
+    if n <= 12 {
+        // Few bars: write each one's value above it (bars near 1.0 say
+        // nothing without it).
+        chart
+            .draw_series(values.iter().enumerate().map(|(i, v)| {
+                Text::new(
+                    format!("{v:.3}"),
+                    (i as f64 - 0.12, v + max * 0.07),
+                    ("sans-serif", 14),
+                )
+            }))
+            .map_err(|e| plot_err(&name, e))?;
+    }
     if let Some((y, label)) = reference {
         chart
             .draw_series(LineSeries::new(
@@ -402,27 +415,32 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
         None,
     )?;
     let jain: Vec<f64> = s.jain_by_group.iter().map(|(_, j)| *j).collect();
-    bar_svg(
-        &dir.join("fairness.svg"),
-        &format!(
-            "Jain's index by requester group size ({})",
-            s.jain_by_group
-                .iter()
-                .map(|(g, _)| g.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        (
-            "requester group size",
-            &s.jain_by_group
-                .iter()
-                .map(|(g, _)| g.to_string())
-                .collect::<Vec<_>>(),
-        ),
-        "Jain's index",
-        &jain,
-        Some((0.89, "paper: ≥ 0.89")),
-    )?;
+    // A scenario without requester groups has no fairness figure (it was
+    // drawn empty).
+    let fairness = !jain.is_empty();
+    if fairness {
+        bar_svg(
+            &dir.join("fairness.svg"),
+            &format!(
+                "Jain's index by requester group size ({})",
+                s.jain_by_group
+                    .iter()
+                    .map(|(g, _)| g.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            (
+                "requester group size",
+                &s.jain_by_group
+                    .iter()
+                    .map(|(g, _)| g.to_string())
+                    .collect::<Vec<_>>(),
+            ),
+            "Jain's index",
+            &jain,
+            Some((0.89, "paper: ≥ 0.89")),
+        )?;
+    }
     if !o.sweep.is_empty() {
         let pts: Vec<(f64, f64)> = o
             .sweep
@@ -471,7 +489,10 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
         opt.fontdb_mut().set_sans_serif_family(family.clone());
         opt.font_family = family;
     }
-    let mut plots = vec!["tokens.svg", "fairness.svg", "storage.svg"];
+    let mut plots = vec!["tokens.svg", "storage.svg"];
+    if fairness {
+        plots.push("fairness.svg");
+    }
     if !o.sweep.is_empty() {
         plots.push("throughput.svg");
     }
@@ -613,12 +634,14 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
         "Token distribution per provider",
         "tokens flow to providers in proportion to the verified work they sell",
     );
-    fig(
-        &mut h,
-        "fairness.svg",
-        "Fairness against requester group size",
-        "Jain's index ≥ 0.89 at every group size",
-    );
+    if fairness {
+        fig(
+            &mut h,
+            "fairness.svg",
+            "Fairness against requester group size",
+            "Jain's index ≥ 0.89 at every group size",
+        );
+    }
     if !o.sweep.is_empty() {
         fig(
             &mut h,

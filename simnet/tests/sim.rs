@@ -77,6 +77,17 @@ fn report_writes_csv_svg_and_html() {
     }
     let providers = std::fs::read_to_string(dir.path().join("providers.csv")).unwrap();
     assert_eq!(providers.lines().count(), 1 + 6);
+
+    // Without requester groups there is no fairness figure, rather than an
+    // empty one.
+    let mut o = o;
+    o.summary.jain_by_group.clear();
+    let bare = tempfile::tempdir().unwrap();
+    let page = simnet::report::write_report(&o, bare.path()).unwrap();
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(!html.contains("fairness.svg"), "{html}");
+    assert!(!bare.path().join("fairness.svg").exists());
+    assert!(bare.path().join("tokens.png").exists());
 }
 
 /// The `faults` scenario (partitions, churn, cheaters), shortened to two days:
