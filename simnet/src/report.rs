@@ -233,50 +233,85 @@ fn bar_svg(
     root.present().map_err(|e| plot_err(&name, e))
 }
 
-/// Lines through (x, y) points, one series per (label, points).
+/// Lines through (x, y) points, one series per (label, points); on
+/// logarithmic axes with `log` (values spanning orders of magnitude: on a
+/// linear axis the small ones lie on it).
 fn lines_svg(
     path: &Path,
     title: &str,
-    x_label: &str,
-    y_label: &str,
+    (x_label, y_label): (&str, &str),
     series: &[(&str, Vec<(f64, f64)>)],
+    log: bool,
 ) -> Result<(), ReportError> {
     let name = path.display().to_string();
     let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(&name, e))?;
-    let pts = series.iter().flat_map(|(_, p)| p.iter());
+    let pts = || series.iter().flat_map(|(_, p)| p.iter().copied());
     let (mut x1, mut y1) = (1e-9f64, 1e-9f64);
-    for &(x, y) in pts {
+    let (mut x0, mut y0) = (f64::INFINITY, f64::INFINITY);
+    for (x, y) in pts() {
         x1 = x1.max(x);
         y1 = y1.max(y);
+        if x > 0.0 {
+            x0 = x0.min(x);
+        }
+        if y > 0.0 {
+            y0 = y0.min(y);
+        }
     }
-    let mut chart = ChartBuilder::on(&root)
+    let mut builder = ChartBuilder::on(&root);
+    builder
         .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..x1 * 1.05, 0f64..y1 * 1.1)
-        .map_err(|e| plot_err(&name, e))?;
+        .y_label_area_size(70);
+    if log && x0.is_finite() && y0.is_finite() {
+        let chart = builder
+            .build_cartesian_2d(
+                (x0 * 0.8..x1 * 1.25).log_scale(),
+                (y0 * 0.5..y1 * 2.0).log_scale(),
+            )
+            .map_err(|e| plot_err(&name, e))?;
+        draw_lines(chart, &name, (x_label, y_label), series)?;
+    } else {
+        let chart = builder
+            .build_cartesian_2d(0f64..x1 * 1.05, 0f64..y1 * 1.1)
+            .map_err(|e| plot_err(&name, e))?;
+        draw_lines(chart, &name, (x_label, y_label), series)?;
+    }
+    root.present().map_err(|e| plot_err(&name, e))
+}
+
+/// The mesh, the series and the legend of [`lines_svg`], on either axes.
+fn draw_lines<'a, X, Y>(
+    mut chart: ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    name: &str,
+    (x_label, y_label): (&str, &str),
+    series: &[(&str, Vec<(f64, f64)>)],
+) -> Result<(), ReportError>
+where
+    X: Ranged<ValueType = f64> + plotters::coord::ranged1d::ValueFormatter<f64>,
+    Y: Ranged<ValueType = f64> + plotters::coord::ranged1d::ValueFormatter<f64>,
+{
     chart
         .configure_mesh()
         .x_desc(x_label)
         .y_desc(y_label)
         .draw()
-        .map_err(|e| plot_err(&name, e))?;
+        .map_err(|e| plot_err(name, e))?;
     let colors = [BLUE, RED, GREEN, MAGENTA, CYAN];
     for (i, (label, p)) in series.iter().enumerate() {
         let c = colors[i % colors.len()];
         chart
             .draw_series(LineSeries::new(p.clone(), c.stroke_width(2)))
-            .map_err(|e| plot_err(&name, e))?
+            .map_err(|e| plot_err(name, e))?
             .label(*label)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c));
         chart
             .draw_series(p.iter().map(|&(x, y)| Circle::new((x, y), 3, c.filled())))
-            .map_err(|e| plot_err(&name, e))?;
+            .map_err(|e| plot_err(name, e))?;
     }
-    legend(&mut chart, &name)?;
-    root.present().map_err(|e| plot_err(&name, e))
+    legend(&mut chart, name)
 }
 
 /// Render an SVG plot to a PNG beside it. Text is drawn with the system's fonts
@@ -442,24 +477,40 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
         )?;
     }
     if !o.sweep.is_empty() {
-        let pts: Vec<(f64, f64)> = o
+        let per_hour = |x: &Summary, jobs: u64| jobs as f64 / (x.days * 24.0).max(1e-9);
+        let settled: Vec<(f64, f64)> = o
             .sweep
             .iter()
             .map(|(n, x)| (f64::from(*n), x.throughput_jobs_per_s * 3600.0))
             .collect();
+        // What the requesters asked for, and the line through the smallest
+        // point that linear scaling would follow: settled throughput that
+        // tracks the offered load says the market is not saturated.
+        let offered: Vec<(f64, f64)> = o
+            .sweep
+            .iter()
+            .map(|(n, x)| (f64::from(*n), per_hour(x, x.jobs_submitted)))
+            .collect();
+        let ideal: Vec<(f64, f64)> = match settled.first() {
+            Some(&(n0, y0)) if n0 > 0.0 => settled.iter().map(|&(n, _)| (n, y0 * n / n0)).collect(),
+            _ => Vec::new(),
+        };
         lines_svg(
             &dir.join("throughput.svg"),
             "Throughput against requesters",
-            "requesters",
-            "jobs settled per hour",
-            &[("simulated", pts)],
+            ("requesters", "jobs per hour"),
+            &[
+                ("settled (simulated)", settled),
+                ("offered (submitted)", offered),
+                ("linear from the smallest point", ideal),
+            ],
+            false,
         )?;
     }
     lines_svg(
         &dir.join("storage.svg"),
-        "Storage latency by object size",
-        "object size (MB)",
-        "seconds",
+        "Storage latency by object size (log-log)",
+        ("object size (MB)", "seconds"),
         &[
             (
                 "blob read T_r = S/B_r",
@@ -474,6 +525,7 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
                 storage.iter().map(|r| (r.0 as f64, r.3)).collect(),
             ),
         ],
+        true,
     )?;
 
     // PNG copies of every plot.
