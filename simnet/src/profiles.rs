@@ -23,6 +23,20 @@ pub enum Profile {
     Community,
 }
 
+impl Profile {
+    /// Three letters, for a plot's axis.
+    pub fn short(self) -> &'static str {
+        match self {
+            Profile::Aws => "AWS",
+            Profile::Gcp => "GCP",
+            Profile::Azure => "AZR",
+            Profile::Hetzner => "HTZ",
+            Profile::Lambda => "LMB",
+            Profile::Community => "COM",
+        }
+    }
+}
+
 /// What a profile means for the simulation.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProfileParams {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 
 use crate::metrics::{DP_OVERHEAD, Metrics, Summary};
+use crate::profiles::Profile;
 use crate::scenario::Scenario;
 use crate::world::World;
 
@@ -340,6 +341,46 @@ fn svg_to_png(svg: &Path, opt: &resvg::usvg::Options<'_>) -> Result<(), ReportEr
 /// Providers' income split into what requesters paid, what the checkpoints
 /// minted and what proven wrong results slashed of their bonds, by profile
 /// and for cheaters apart (per provider in `providers.csv`).
+fn profile_of(m: &Metrics, i: usize) -> Profile {
+    m.provider_profiles
+        .get(i)
+        .copied()
+        .unwrap_or(Profile::Community)
+}
+
+/// What this run measured against Fig. 4's claim: each class's share of what
+/// requesters paid, the hyperscalers' together.
+fn earnings_by_class(m: &Metrics) -> String {
+    let total: u64 = m.provider_earned.iter().sum();
+    if total == 0 {
+        return "<p>Measured here: no provider was paid.</p>".into();
+    }
+    let mut by: Vec<(Profile, u64)> = Vec::new();
+    for (i, e) in m.provider_earned.iter().enumerate() {
+        let p = profile_of(m, i);
+        match by.iter_mut().find(|(q, _)| *q == p) {
+            Some((_, v)) => *v += e,
+            None => by.push((p, *e)),
+        }
+    }
+    by.sort_by_key(|b| std::cmp::Reverse(b.1));
+    let share = |v: u64| v as f64 / total as f64 * 100.0;
+    let hyper: u64 = by
+        .iter()
+        .filter(|(p, _)| matches!(p, Profile::Aws | Profile::Gcp | Profile::Azure))
+        .map(|(_, v)| v)
+        .sum();
+    let classes: Vec<String> = by
+        .iter()
+        .map(|(p, v)| format!("{p:?} {:.1} %", share(*v)))
+        .collect();
+    format!(
+        "<p>Measured here (share of what requesters paid): {}; the hyperscalers together {:.1} %.</p>",
+        classes.join(", "),
+        share(hyper)
+    )
+}
+
 fn income_table(h: &mut String, m: &Metrics) {
     h.push_str(
         "<h2>Income</h2><table><tr><th>providers</th><th>count</th>\
@@ -350,13 +391,7 @@ fn income_table(h: &mut String, m: &Metrics) {
         let name = if m.cheaters.contains(&i) {
             "cheaters".to_string()
         } else {
-            format!(
-                "{:?}",
-                m.provider_profiles
-                    .get(i)
-                    .copied()
-                    .unwrap_or(crate::profiles::Profile::Community)
-            )
+            format!("{:?}", profile_of(m, i))
         };
         match groups.iter_mut().find(|(g, _)| *g == name) {
             Some((_, v)) => v.push(i),
@@ -439,14 +474,32 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
     write(&dir.join("summary.json"), &json)?;
 
     // Plots.
-    let mut earned: Vec<f64> = m.provider_earned.iter().map(|e| *e as f64 / 1e6).collect();
-    earned.sort_by(|a, b| b.total_cmp(a));
+    let mut earned: Vec<(f64, usize)> = m
+        .provider_earned
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (*e as f64 / 1e6, i))
+        .collect();
+    earned.sort_by(|a, b| b.0.total_cmp(&a.0));
+    // Each bar named by its provider's class, where they fit (Fig. 4 is about
+    // which classes earn).
+    let labels: Vec<String> = if earned.len() <= 40 {
+        earned
+            .iter()
+            .map(|&(_, i)| profile_of(m, i).short().to_string())
+            .collect()
+    } else {
+        Vec::new()
+    };
     bar_svg(
         &dir.join("tokens.svg"),
-        &format!("Tokens earned per provider (Gini {:.3})", s.gini_earnings),
-        ("providers, by earnings", &[]),
+        &format!(
+            "Tokens paid to each provider, by class (Gini {:.3})",
+            s.gini_earnings
+        ),
+        ("providers, by earnings", &labels),
         "tokens",
-        &earned,
+        &earned.iter().map(|e| e.0).collect::<Vec<_>>(),
         None,
     )?;
     let jain: Vec<f64> = s.jain_by_group.iter().map(|(_, j)| *j).collect();
@@ -683,9 +736,10 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
     fig(
         &mut h,
         "tokens.svg",
-        "Token distribution per provider",
-        "tokens flow to providers in proportion to the verified work they sell",
+        "Token distribution per provider (Fig. 4)",
+        "the hyperscalers (AWS, GCP, Azure) earned the most",
     );
+    h.push_str(&earnings_by_class(m));
     if fairness {
         fig(
             &mut h,
