@@ -1353,6 +1353,10 @@ fn sim(json: bool, args: &SimArgs) -> anyhow::Result<()> {
     for (g, j) in &s.jain_by_group {
         println!("fairness      Jain {j:.3} in requester groups of {g}");
     }
+    println!(
+        "fairness      Jain {:.3} over providers' work per slot",
+        s.jain_providers
+    );
     if let Some(e) = simnet::report::scaling_efficiency(&outcome.sweep) {
         println!(
             "scaling       efficiency {e:.2} from {} to {} requesters",
