@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Net, PROV, REQ, ROLES, Role, TOKENS, state};
+use common::{Net, PROV, REQ, ROLES, Role, TOKENS, state, told};
 use node_core::{JobEnd, JobState};
 use protocol::{DurationMs, Hash32, Message, Timestamp};
 
@@ -376,14 +376,7 @@ fn a_run_that_fails_for_good_is_withdrawn_and_refunded_before_its_deadline() {
     );
     assert!(net.now < deadline, "refunded only at {:?}", net.now);
     assert!((0..3).all(|o| net.sent(PROV, o, "withdrawal")));
-    let j = net.nodes[REQ].job(&job).unwrap();
-    assert!(
-        j.events
-            .iter()
-            .any(|(_, e)| e.contains("gave the contract up")),
-        "{:?}",
-        j.events
-    );
+    assert_eq!(told(&net, &job, "gave the contract up"), Ok(()));
 }
 
 /// Members write what their probes found into SLA records, once an epoch:
@@ -426,12 +419,11 @@ fn an_unbacked_escrow_is_run_only_once_final() {
         JobState::Ended(JobEnd::Expired)
     );
     assert!(net.runs.is_empty());
-    let events = &net.nodes[REQ].job(&job).unwrap().events;
-    assert!(
-        events
-            .iter()
-            .any(|(_, e)| e.contains("a provider starts only once the escrow is final")),
-        "the requester was not told why: {events:?}"
+    let why = "a provider starts only once the escrow is final";
+    assert_eq!(
+        told(&net, &job, why),
+        Ok(()),
+        "the requester was not told why"
     );
     let job = submit_one(&mut net);
     let until = net.now.plus(DurationMs::secs(60));
@@ -485,11 +477,13 @@ fn a_requesters_bond_lets_its_next_job_start_before_its_escrow_is_final() {
         "a backed escrow should not wait for its checkpoint"
     );
     assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
-    let events = &net.nodes[REQ].job(&job).unwrap().events;
     assert!(
-        !events
-            .iter()
-            .any(|(_, e)| e.contains("a provider starts only once the escrow is final"))
+        told(
+            &net,
+            &job,
+            "a provider starts only once the escrow is final"
+        )
+        .is_err()
     );
 }
 
@@ -514,14 +508,8 @@ fn an_escrow_no_committee_settles_expires_and_the_job_ends_refunded() {
         run_to_end(&mut net, job, 900),
         JobState::Ended(JobEnd::NotDelivered)
     );
+    assert_eq!(told(&net, &job, "no committee settled it"), Ok(()));
     let j = net.nodes[REQ].job(&job).unwrap();
-    assert!(
-        j.events
-            .iter()
-            .any(|(_, e)| e.contains("no committee settled it")),
-        "{:?}",
-        j.events
-    );
     let contract = j.contract.unwrap();
     assert_eq!(j.settled.as_ref().unwrap().verdicts, 0);
     // Final on every replica, and the requester has its escrow back.

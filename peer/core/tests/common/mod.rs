@@ -51,6 +51,17 @@ pub fn state(net: &Net, job: &Hash32) -> node_core::JobState {
     n.job(job).unwrap().state(n.requester())
 }
 
+/// Whether one of the requester's events of job `job` contains `phrase`;
+/// `Err` lists the events, for the assert's message.
+pub fn told(net: &Net, job: &Hash32, phrase: &str) -> Result<(), String> {
+    let events = &net.nodes[REQ].job(job).unwrap().events;
+    if events.iter().any(|(_, e)| e.contains(phrase)) {
+        Ok(())
+    } else {
+        Err(format!("no event says {phrase:?}: {events:?}"))
+    }
+}
+
 /// Decides whether a message from `from` reaches `to` (true: it does).
 pub type Filter = Box<dyn Fn(usize, usize, &Message) -> bool>;
 /// What becomes of a direct message other than a protocol frame (ledger sync,
