@@ -14,8 +14,16 @@
 //! verdicts, sorted by oracle) and the same fee split; [`Aggregator::settle_now`]
 //! settles with the quorum at hand once the wait is over. The ledger keeps the
 //! first valid settlement of a contract.
+//!
+//! **Verdicts nobody claims.** Gossip brings every verdict to every oracle,
+//! also on contracts this one does not watch and will never learn the terms
+//! of. They are kept, in case the terms come (a member that watches the
+//! contract late), but only for [`EPOCHS_KEPT`] epochs after the first of
+//! them came, and they give way first when the aggregator is full. Without
+//! that they would pile up until the aggregator refused every new contract,
+//! its own included, and escrows would stay locked.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -69,6 +77,8 @@ struct Pending {
     /// another epoch before its lock was final): they count if the contract
     /// is bound to theirs. At most `OTHER_VERDICTS`.
     other: Vec<(Verdict, Signed<Verdict>)>,
+    /// The aggregator's epoch when this entry was made.
+    since: u64,
 }
 
 /// Verdicts kept per contract for epochs other than its own.
@@ -92,6 +102,9 @@ pub struct Aggregator {
     fee: Bps,
     capacity: usize,
     pending: HashMap<Hash32, Pending>,
+    /// The pending contracts without terms (nobody here claims them), by the
+    /// epoch they came in: the first to go (see the module docs).
+    unclaimed: BTreeSet<(u64, Hash32)>,
     settled: HashSet<Hash32>,
     settled_order: VecDeque<Hash32>,
     verify: bool,
@@ -109,6 +122,7 @@ impl Aggregator {
             fee,
             capacity: capacity.max(1),
             pending: HashMap::new(),
+            unclaimed: BTreeSet::new(),
             settled: HashSet::new(),
             settled_order: VecDeque::new(),
             verify: true,
@@ -127,6 +141,13 @@ impl Aggregator {
             self.committee = committee;
         }
         let latest = self.epoch;
+        // Unclaimed verdicts go first: they may unpin committees.
+        while let Some(&(since, id)) = self.unclaimed.first() {
+            if recent(since, latest) {
+                break;
+            }
+            self.remove_pending(&id);
+        }
         let refs = &self.refs;
         self.committees
             .retain(|e, _| recent(*e, latest) || refs.contains_key(e));
@@ -196,9 +217,41 @@ impl Aggregator {
         if self.settled.remove(contract) {
             self.settled_order.retain(|c| c != contract);
         }
-        if let Some(e) = self.pending.remove(contract).and_then(|p| p.epoch) {
-            self.unpin_epoch(e);
+        self.remove_pending(contract);
+    }
+
+    /// Forget what is pending on `contract`, releasing its epoch's committee.
+    fn remove_pending(&mut self, contract: &Hash32) {
+        if let Some(p) = self.pending.remove(contract) {
+            self.unclaimed.remove(&(p.since, *contract));
+            if let Some(e) = p.epoch {
+                self.unpin_epoch(e);
+            }
         }
+    }
+
+    /// Make an entry pending on `contract` unless there is one; false if
+    /// there is no room: when the aggregator is full, the oldest unclaimed
+    /// contract makes way, and without one there is no room.
+    fn make_pending(&mut self, contract: Hash32) -> bool {
+        if !self.pending.contains_key(&contract) {
+            if self.pending.len() >= self.capacity {
+                let Some(&(_, oldest)) = self.unclaimed.first() else {
+                    return false;
+                };
+                self.remove_pending(&oldest);
+            }
+            let since = self.epoch;
+            self.unclaimed.insert((since, contract));
+            self.pending.insert(
+                contract,
+                Pending {
+                    since,
+                    ..Pending::default()
+                },
+            );
+        }
+        true
     }
 
     /// The terms of a contract (needed to split its escrow).
@@ -210,10 +263,13 @@ impl Aggregator {
         if self.settled.contains(&contract) {
             return None;
         }
-        if !self.pending.contains_key(&contract) && self.pending.len() >= self.capacity {
+        if !self.make_pending(contract) {
             return None;
         }
-        self.pending.entry(contract).or_default().terms = Some(terms);
+        let p = self.pending.get_mut(&contract)?;
+        let claimed = (p.since, contract);
+        p.terms = Some(terms);
+        self.unclaimed.remove(&claimed);
         self.try_settle(contract, false)
     }
 
@@ -247,9 +303,6 @@ impl Aggregator {
         if !committee.contains(&v.oracle) {
             return Err(VerdictError::NotMember(v.oracle));
         }
-        if !self.pending.contains_key(&v.contract) && self.pending.len() >= self.capacity {
-            return Err(VerdictError::Full);
-        }
         if let Some(p) = self.pending.get_mut(&v.contract)
             && let Some(e) = p.epoch
             && e != v.epoch
@@ -268,7 +321,12 @@ impl Aggregator {
             p.other.push((v, sv));
             return Ok(None);
         }
-        let p = self.pending.entry(v.contract).or_default();
+        if !self.make_pending(v.contract) {
+            return Err(VerdictError::Full);
+        }
+        let Some(p) = self.pending.get_mut(&v.contract) else {
+            return Err(VerdictError::Full);
+        };
         if p.epoch.is_none() {
             p.epoch = Some(v.epoch);
             // Unpinned when the contract settles.
@@ -290,10 +348,10 @@ impl Aggregator {
         if self.settled.contains(&contract) {
             return None;
         }
-        if !self.pending.contains_key(&contract) && self.pending.len() >= self.capacity {
+        if !self.make_pending(contract) {
             return None;
         }
-        let p = self.pending.entry(contract).or_default();
+        let p = self.pending.get_mut(&contract)?;
         if p.epoch == Some(epoch) {
             return None;
         }
@@ -391,9 +449,7 @@ impl Aggregator {
             outcome,
             payout: split,
         };
-        if let Some(e) = self.pending.remove(&contract).and_then(|p| p.epoch) {
-            self.unpin_epoch(e);
-        }
+        self.remove_pending(&contract);
         if self.settled_order.len() >= self.capacity
             && let Some(old) = self.settled_order.pop_front()
         {
@@ -610,10 +666,14 @@ mod tests {
         agg.pin_epoch(1);
         agg.set_committee(2, committee.clone());
         agg.set_committee(3, committee.clone());
-        // Epoch 3's committee is held by a pending contract with one verdict.
-        assert_eq!(agg.add(verdict(&members[0], b"c3", 3)), Ok(None));
+        // Epoch 3's committee is held by a pending contract with one verdict,
+        // which came in epoch 10 (and is kept until epoch 10 + EPOCHS_KEPT:
+        // see `unclaimed_verdicts_are_forgotten_after_epochs_kept`).
         for e in 4..=3 + EPOCHS_KEPT {
             agg.set_committee(e, committee.clone());
+            if e == 10 {
+                assert_eq!(agg.add(verdict(&members[0], b"c3", 3)), Ok(None));
+            }
         }
         assert_eq!(agg.committees.len(), EPOCHS_KEPT as usize + 2);
         assert_eq!(
@@ -635,5 +695,92 @@ mod tests {
             Err(VerdictError::UnknownEpoch(1))
         );
         assert!(agg.committees.contains_key(&3));
+    }
+
+    /// Verdicts on contracts nobody here claims (no terms) are kept for
+    /// `EPOCHS_KEPT` epochs, then forgotten with the committee they pinned;
+    /// a claimed contract stays, and still settles when its verdicts come.
+    /// Before, they were kept for good: an oracle's memory grew with every
+    /// contract of the network.
+    #[test]
+    fn unclaimed_verdicts_are_forgotten_after_epochs_kept() {
+        let (net, old, new, mut agg) = rotating_committees();
+        for i in 0..10u8 {
+            let id = Hash32::of(&[i]);
+            assert!(
+                agg.add(good_verdict(net, id, &old[0], 1))
+                    .unwrap()
+                    .is_none()
+            );
+        }
+        let mine = Hash32::of(b"mine");
+        let t = terms(&Identity::from_seed(1), &Identity::from_seed(2));
+        assert!(agg.set_terms(mine, t).is_none());
+        assert!(
+            agg.add(good_verdict(net, mine, &old[0], 1))
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!((agg.pending.len(), agg.unclaimed.len()), (11, 10));
+        let members: Vec<AccountId> = new.iter().map(Identity::account).collect();
+        agg.set_committee(EPOCHS_KEPT, members.clone());
+        assert_eq!(agg.pending.len(), 11, "still recent");
+        agg.set_committee(1 + EPOCHS_KEPT, members);
+        assert_eq!((agg.pending.len(), agg.unclaimed.len()), (1, 0));
+        // The claimed contract still pins epoch 1's committee, and settles.
+        assert!(agg.committee_at(1).is_some());
+        assert!(
+            agg.add(good_verdict(net, mine, &old[1], 1))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            agg.add(good_verdict(net, mine, &old[2], 1))
+                .unwrap()
+                .is_some()
+        );
+        assert!(agg.pending.is_empty());
+        assert!(
+            agg.committee_at(1).is_none(),
+            "released with the last contract"
+        );
+    }
+
+    /// The attacker: one committee member signs verdicts on made-up contracts
+    /// to fill every oracle's aggregator. Before, a full aggregator refused
+    /// every new contract, so real escrows stayed locked; now the unclaimed
+    /// make way, and only claimed contracts can fill it.
+    #[test]
+    fn a_flood_of_unclaimed_verdicts_cannot_crowd_out_a_real_contract() {
+        let net = NetworkId::named("agg");
+        let members: Vec<Identity> = (0..3).map(|i| Identity::from_seed(500 + i)).collect();
+        let mut agg = Aggregator::new(net, Bps(100), 8);
+        agg.set_committee(1, members.iter().map(Identity::account).collect());
+        for i in 0..50u8 {
+            let fake = Hash32::of(&[b'f', i]);
+            assert!(agg.add(good_verdict(net, fake, &members[0], 1)).is_ok());
+        }
+        assert_eq!(agg.pending.len(), 8, "bounded");
+        let real = Hash32::of(b"real");
+        let t = terms(&Identity::from_seed(1), &Identity::from_seed(2));
+        assert!(agg.set_terms(real, t.clone()).is_none());
+        for m in &members[..2] {
+            assert!(agg.add(good_verdict(net, real, m, 1)).unwrap().is_none());
+        }
+        assert!(
+            agg.add(good_verdict(net, real, &members[2], 1))
+                .unwrap()
+                .is_some()
+        );
+        // Claimed contracts are never pushed out: with 8 of them pending, an
+        // unclaimed verdict finds no room.
+        for i in 0..8u8 {
+            assert!(agg.set_terms(Hash32::of(&[b'c', i]), t.clone()).is_none());
+        }
+        assert_eq!(agg.unclaimed.len(), 0);
+        assert_eq!(
+            agg.add(good_verdict(net, Hash32::of(b"late"), &members[0], 1)),
+            Err(VerdictError::Full)
+        );
     }
 }

@@ -20,6 +20,7 @@
 //!    verdict is "not delivered", which refunds the requester.
 //! 5. [`OracleInput::Verdict`]s of the committee (its own included) are aggregated
 //!    ([`aggregate`]); ⌈2k/3⌉ matching ones yield an [`OracleOutput::Settle`].
+//!    Verdicts of a committee this oracle is not on are dropped on arrival.
 //!    A contract is judged by the committee of the epoch it started in, however
 //!    many epochs later its deadline falls: the engine pins that committee in the
 //!    aggregator while it watches the contract.
@@ -246,6 +247,9 @@ pub struct OracleStats {
     /// Verdicts refused because their epoch's committee is not known (also
     /// counted in `ignored`).
     pub unknown_epoch: u64,
+    /// Verdicts of a committee this oracle is not on (also counted in
+    /// `ignored`).
+    pub not_our_committee: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -745,7 +749,19 @@ impl<C: ResultChecker> OracleEngine<C> {
     }
 
     fn on_verdict(&mut self, now: Timestamp, sv: Signed<Verdict>, out: &mut Vec<OracleOutput>) {
-        let contract = sv.body_unverified().map(|v| v.contract);
+        let body = sv.body_unverified();
+        // A committee we are not on can never count us in its quorum, nor
+        // would we write its settlement: its verdicts are not kept (gossip
+        // brings every verdict to every oracle).
+        if let Ok(v) = &body
+            && let Some(c) = self.aggregator.committee_at(v.epoch)
+            && !c.contains(&self.account())
+        {
+            self.stats.ignored += 1;
+            self.stats.not_our_committee += 1;
+            return;
+        }
+        let contract = body.map(|v| v.contract);
         match self.aggregator.add(sv) {
             Ok(Some(si)) => self.settled(si, out),
             Ok(None) => {

@@ -228,6 +228,33 @@ fn verdicts_for_a_forgotten_epoch_are_counted() {
     assert_eq!(o.stats().ignored, 1);
 }
 
+/// An oracle off a committee drops that committee's verdicts on arrival: it
+/// can never be in their quorum, and keeping them made every oracle's memory
+/// grow with every contract of the network.
+#[test]
+fn verdicts_of_a_committee_we_are_not_on_are_dropped() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let members: Vec<Identity> = (0..3).map(|i| Identity::from_seed(40 + i)).collect();
+    let outsider = Identity::from_seed(49);
+    let mut o = OracleEngine::new(outsider, net(), OracleConfig::default(), DeferredChecker);
+    let now = Timestamp(1_000_000);
+    o.handle(now, epoch(1, &members), &mut rng);
+    let v = Verdict {
+        contract: Hash32::of(b"theirs"),
+        epoch: 1,
+        oracle: members[1].account(),
+        sla_ok: true,
+        violations: 0,
+        result_ok: true,
+        units: ComputeUnits::default(),
+        delivered: true,
+    };
+    let sv = Signed::sign(&members[1], &net(), &v).expect("signs");
+    assert!(o.handle(now, OracleInput::Verdict(sv), &mut rng).is_empty());
+    assert_eq!(o.stats().not_our_committee, 1);
+    assert_eq!(o.stats().ignored, 1);
+}
+
 /// Two of three members restart after a receipt came, long after the contract's
 /// epoch. Their fresh engines learn only later epochs (of another committee), are
 /// handed back the contract, its epoch, committee and receipt, and judge it
