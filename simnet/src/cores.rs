@@ -1157,7 +1157,8 @@ impl CoreWorld {
             run_ms = run_ms.max(to_deadline - transfer_ms)
                 + self.rng.random_range(60_000.0..1_800_000.0);
         }
-        self.metrics.busy(i, transfer_ms + run_ms);
+        self.metrics
+            .busy(i, now.since(T0).0 as f64, transfer_ms + run_ms);
         let ready = now.plus(DurationMs(transfer_ms as u64));
         let result = BlobRef {
             hash: result_hash(&contract, behaviour.skip() > 0.0),

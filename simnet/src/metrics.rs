@@ -115,8 +115,12 @@ impl Metrics {
         self.price_changes += 1;
     }
 
-    pub fn busy(&mut self, provider: usize, ms: f64) {
-        self.provider_busy_ms[provider] += ms;
+    /// A provider busy for `ms` from `at_ms` after the start: counted up to
+    /// the end of the run only (a long job started near the end counted in
+    /// full put utilization above 100 % in short runs).
+    pub fn busy(&mut self, provider: usize, at_ms: f64, ms: f64) {
+        let left = (self.days * 86_400_000.0 - at_ms).max(0.0);
+        self.provider_busy_ms[provider] += ms.min(left);
     }
 
     pub fn contract_made(&mut self, r: usize, now: Timestamp, t: &ContractTerms) {
@@ -222,6 +226,9 @@ pub struct Summary {
     pub throughput_cu_per_s: f64,
     pub sla_compliance: f64,
     pub utilization: f64,
+    /// Utilization per provider class (`Profile::short`): where the unused
+    /// capacity is.
+    pub utilization_by_class: BTreeMap<String, f64>,
     pub latency_p50_s: f64,
     pub latency_p95_s: f64,
     pub latency_p99_s: f64,
@@ -372,6 +379,23 @@ impl Metrics {
                 self.provider_busy_ms.iter().sum::<f64>() / capacity_ms
             } else {
                 0.0
+            },
+            utilization_by_class: {
+                let mut by: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+                for (i, busy) in self.provider_busy_ms.iter().enumerate() {
+                    let class = self
+                        .provider_profiles
+                        .get(i)
+                        .map_or("?", |p| p.short())
+                        .to_string();
+                    let slots = f64::from(self.provider_slots.get(i).copied().unwrap_or(0));
+                    let e = by.entry(class).or_default();
+                    e.0 += busy;
+                    e.1 += slots * secs * 1000.0;
+                }
+                by.into_iter()
+                    .map(|(c, (b, cap))| (c, if cap > 0.0 { b / cap } else { 0.0 }))
+                    .collect()
             },
             latency_p50_s: percentile(&lat, 0.5),
             latency_p95_s: percentile(&lat, 0.95),

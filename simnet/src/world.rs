@@ -1234,7 +1234,8 @@ impl World {
                 + self.rng.random_range(60_000.0..1_800_000.0);
         }
         let done = ready.plus(DurationMs(run_ms as u64));
-        self.metrics.busy(i, transfer_ms + run_ms);
+        self.metrics
+            .busy(i, now.since(T0).0 as f64, transfer_ms + run_ms);
         self.sched.at(
             done,
             Ev::Finish {
