@@ -260,6 +260,8 @@ pub struct SimArgs {
     /// attack-self-deal-split, attack-flood, attack-whitewash) on N seeds,
     /// from --seed (default: the scenario's) up, and print the attacker's net
     /// against an honest provider's; fails if any seed lets the attack pay.
+    /// For a scenario with a sweep (requesters-sweep), run each requester
+    /// count on N seeds and report the mean and its 95 % confidence interval.
     #[arg(long, value_name = "N", conflicts_with_all = ["testbed", "replica_per_peer"])]
     pub seeds: Option<u64>,
 }
@@ -1275,7 +1277,20 @@ fn sim(json: bool, args: &SimArgs) -> anyhow::Result<()> {
     sc.replica_per_peer |= args.replica_per_peer;
     let seed = args.seed.unwrap_or(sc.seed);
     if let Some(n) = args.seeds {
-        return attack_seeds(json, &sc, seed, n);
+        match sc.sweep.as_mut() {
+            Some(sweep) if sc.attack.is_none() => {
+                sweep.seeds = u32::try_from(n)
+                    .ok()
+                    .filter(|k| (1..=simnet::scenario::MAX_SWEEP_SEEDS).contains(k))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--seeds {n}: a sweep runs 1 to {} seeds",
+                            simnet::scenario::MAX_SWEEP_SEEDS
+                        )
+                    })?;
+            }
+            _ => return attack_seeds(json, &sc, seed, n),
+        }
     }
     let out = args
         .out
@@ -1306,8 +1321,13 @@ fn sim(json: bool, args: &SimArgs) -> anyhow::Result<()> {
         let now = (share * 10.0).floor() as u32;
         if !tty && now > tenth {
             tenth = now;
+            let of = if stage.starts_with("sweep") {
+                "of the runs"
+            } else {
+                "of the simulated time"
+            };
             eprintln!(
-                "{stage}: {}% of the simulated time, {:.0} s",
+                "{stage}: {}% {of}, {:.0} s",
                 now * 10,
                 started.elapsed().as_secs_f64()
             );
@@ -1322,6 +1342,21 @@ fn sim(json: bool, args: &SimArgs) -> anyhow::Result<()> {
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "summary": s,
+                "sweep": outcome.sweep.iter().map(|p| {
+                    let (o, x, u) = (p.offered_per_h(), p.settled_per_h(), p.utilization());
+                    serde_json::json!({
+                        "requesters": p.requesters,
+                        "seeds": p.runs.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+                        "offered_jobs_per_h": o.mean,
+                        "settled_jobs_per_h": x.mean,
+                        "settled_ci95": x.ci95,
+                        "utilization": u.mean,
+                        "utilization_ci95": u.ci95,
+                        "contracted_share": p.contracted_share().mean,
+                        "utilization_by_class": p.utilization_by_class(),
+                    })
+                }).collect::<Vec<_>>(),
+                "knee_requesters": simnet::report::knee(&outcome.sweep),
                 "report": page,
                 "wall_s": wall,
                 "digest": outcome.main.digest().to_string(),
@@ -1357,12 +1392,48 @@ fn sim(json: bool, args: &SimArgs) -> anyhow::Result<()> {
         "fairness      Jain {:.3} over providers' work per slot",
         s.jain_providers
     );
-    if let Some(e) = simnet::report::scaling_efficiency(&outcome.sweep) {
+    for p in &outcome.sweep {
+        let (o, x, u) = (p.offered_per_h(), p.settled_per_h(), p.utilization());
+        println!(
+            "sweep         {:>5} requesters: {:.1} ± {:.1} jobs/h settled of {:.1} offered, {:.0} % contracted, utilization {:.1} ± {:.1} % ({} seeds)",
+            p.requesters,
+            x.mean,
+            x.ci95,
+            o.mean,
+            p.contracted_share().mean * 100.0,
+            u.mean * 100.0,
+            u.ci95 * 100.0,
+            p.runs.len()
+        );
+    }
+    if let Some(p) = outcome.sweep.last() {
+        let classes: Vec<String> = p
+            .utilization_by_class()
+            .iter()
+            .map(|(c, u)| format!("{c} {:.0} %", u * 100.0))
+            .collect();
+        println!(
+            "sweep         utilization by class at {} requesters: {}",
+            p.requesters,
+            classes.join(", ")
+        );
+    }
+    if let (Some(e), Some(first), Some(last)) = (
+        simnet::report::scaling_efficiency(&outcome.sweep),
+        outcome.sweep.first(),
+        outcome.sweep.last(),
+    ) {
         println!(
             "scaling       efficiency {e:.2} from {} to {} requesters",
-            outcome.sweep[0].0,
-            outcome.sweep[outcome.sweep.len() - 1].0
+            first.requesters, last.requesters
         );
+        match simnet::report::knee(&outcome.sweep) {
+            Some(k) => println!(
+                "knee          at {k} requesters (fewer than {:.0} % of jobs contracted)",
+                simnet::report::KNEE_SHARE * 100.0
+            ),
+            None => println!("knee          none: the market never saturated in the sweep"),
+        }
     }
     println!(
         "income        {:.0} tokens paid by requesters, {:.0} minted, {:.0} slashed",
@@ -1408,7 +1479,7 @@ fn sim(json: bool, args: &SimArgs) -> anyhow::Result<()> {
 fn attack_seeds(json: bool, sc: &simnet::Scenario, first: u64, n: u64) -> anyhow::Result<()> {
     if sc.attack.is_none() {
         anyhow::bail!(
-            "--seeds runs an attack scenario (one with an [attack] section, such as attack-lazy); {} has none",
+            "--seeds runs an attack scenario (one with an [attack] section, such as attack-lazy) or a sweep (requesters-sweep); {} has neither",
             sc.name
         );
     }

@@ -201,38 +201,24 @@ pub(crate) fn report(
 }
 
 /// Run an attack scenario on `seeds`, on up to `threads` threads; `done` is
-/// told each seed as it ends. Results come back in seed order. Each run is
-/// its own deterministic simulation on one thread; the threads share nothing
-/// but the queue of seeds, so the results do not depend on them.
-#[allow(clippy::disallowed_methods)] // independent runs side by side (see clippy.toml)
+/// told each seed as it ends. Results come back in seed order (see
+/// [`crate::report::run_parallel`]).
 pub fn run_seeds(
     sc: &Scenario,
     seeds: &[u64],
     threads: usize,
     done: impl Fn(u64) + Sync,
 ) -> Vec<(u64, Metrics)> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results = std::sync::Mutex::new(Vec::with_capacity(seeds.len()));
-    std::thread::scope(|s| {
-        for _ in 0..threads.clamp(1, seeds.len().max(1)) {
-            s.spawn(|| {
-                loop {
-                    let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(&seed) = seeds.get(k) else {
-                        break;
-                    };
-                    let m = crate::report::run_one(sc, seed, None, None, |_| {});
-                    done(seed);
-                    if let Ok(mut r) = results.lock() {
-                        r.push((seed, m));
-                    }
-                }
-            });
-        }
-    });
-    let mut out = results.into_inner().unwrap_or_default();
-    out.sort_by_key(|(s, _)| *s);
-    out
+    crate::report::run_parallel(
+        seeds,
+        threads,
+        |&seed| {
+            let m = crate::report::run_one(sc, seed, None, None, |_| {});
+            done(seed);
+            (seed, m)
+        },
+        |_| {},
+    )
 }
 
 /// The table of a many-seed run: per attacker, its net against the honest

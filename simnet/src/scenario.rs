@@ -217,7 +217,18 @@ pub struct Sweep {
     /// Requester counts to run, each for `days`.
     pub requesters: Vec<u32>,
     pub days: f64,
+    /// Seeds each count runs on (from the scenario's seed on), for the mean
+    /// and its 95 % confidence interval; `cloudchain sim --seeds` sets it.
+    #[serde(default = "one_seed")]
+    pub seeds: u32,
 }
+
+fn one_seed() -> u32 {
+    1
+}
+
+/// Most seeds a sweep runs each count on.
+pub const MAX_SWEEP_SEEDS: u32 = 100;
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -443,6 +454,22 @@ impl Scenario {
         {
             return Err(bad("sweep", "needs requester counts and days > 0".into()));
         }
+        if let Some(s) = &self.sweep
+            && !(1..=MAX_SWEEP_SEEDS).contains(&s.seeds)
+        {
+            return Err(bad(
+                "sweep.seeds",
+                format!("{} is not in 1..={MAX_SWEEP_SEEDS}", s.seeds),
+            ));
+        }
+        if let Some(s) = &self.sweep
+            && s.requesters.windows(2).any(|w| w[0] >= w[1])
+        {
+            return Err(bad(
+                "sweep.requesters",
+                "counts must rise from one point to the next".into(),
+            ));
+        }
         if let Some(a) = &self.attack {
             self.validate_attack(a).map_err(|(f, why)| bad(f, why))?;
         }
@@ -586,6 +613,16 @@ mod tests {
         assert!(err.contains("requesters.fairness_groups"), "{err}");
         let err = refused(&text.replacen("count = 3", "count = 0", 1));
         assert!(err.contains("providers[0].count"), "{err}");
+        let smoke = BUILTIN.iter().find(|(n, _)| *n == "smoke").map(|b| b.1);
+        let smoke = smoke.unwrap_or_default();
+        assert!(!smoke.contains("[sweep]"));
+        let sweep = |body: &str| refused(&format!("{smoke}\n[sweep]\n{body}\n"));
+        let err = sweep("requesters = [10, 20]\ndays = 1.0\nseeds = 0");
+        assert!(err.contains("sweep.seeds"), "{err}");
+        let err = sweep("requesters = [10, 20]\ndays = 1.0\nseeds = 1000");
+        assert!(err.contains("sweep.seeds"), "{err}");
+        let err = sweep("requesters = [20, 10]\ndays = 1.0");
+        assert!(err.contains("sweep.requesters"), "{err}");
         assert!(
             Scenario::load("no-such-scenario")
                 .unwrap_err()

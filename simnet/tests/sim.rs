@@ -90,6 +90,77 @@ fn report_writes_csv_svg_and_html() {
     assert!(bare.path().join("tokens.png").exists());
 }
 
+/// A sweep runs each requester count on several seeds, side by side, and
+/// reports the mean with its 95 % confidence interval, the utilization and
+/// the knee; the result does not depend on how many threads ran it.
+#[test]
+fn a_sweep_on_seeds_reports_means_intervals_and_utilization() {
+    let mut sc = Scenario::load("smoke").unwrap();
+    sc.days = 0.1;
+    sc.sweep = Some(simnet::scenario::Sweep {
+        requesters: vec![2, 12],
+        days: 0.5,
+        seeds: 3,
+    });
+    let mut ends = Vec::new();
+    let o = simnet::report::run_all(&sc, 5, |stage, share| {
+        if stage.starts_with("sweep") {
+            ends.push(share);
+        }
+    });
+    assert_eq!(ends.len(), 6, "one report per run");
+    assert_eq!(ends.last(), Some(&1.0));
+    assert_eq!(o.sweep.len(), 2);
+    for p in &o.sweep {
+        let seeds: Vec<u64> = p.runs.iter().map(|(k, _)| *k).collect();
+        assert_eq!(seeds, vec![5, 6, 7]);
+        assert!(
+            p.runs
+                .iter()
+                .all(|(_, x)| x.requesters == p.requesters as usize)
+        );
+        let u = p.utilization();
+        assert!(u.mean > 0.0 && u.ci95 > 0.0, "{u:?}");
+        assert!(p.offered_per_h().mean > 0.0);
+    }
+    // More requesters, more work.
+    assert!(o.sweep[1].utilization().mean > o.sweep[0].utilization().mean);
+    // Each run is its own simulation: the seed alone decides it.
+    let again = simnet::report::run_one(&sc, 6, Some(12), Some(0.5), |_| {});
+    let one = again.summary(&sc.requesters.fairness_groups);
+    assert_eq!(format!("{:?}", o.sweep[1].runs[1].1), format!("{one:?}"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let page = simnet::report::write_report(&o, dir.path()).unwrap();
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        html.contains("utilization.svg") && html.contains("over 3 seeds"),
+        "{html}"
+    );
+    assert!(html.contains("knee"), "{html}");
+    let csv = std::fs::read_to_string(dir.path().join("sweep.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 3, "{csv}");
+    assert!(rows[0].contains("settled_ci95") && rows[0].contains("contracted_share"));
+    let classes = std::fs::read_to_string(dir.path().join("sweep_classes.csv")).unwrap();
+    assert!(classes.lines().any(|l| l.starts_with("12,")), "{classes}");
+    for p in &o.sweep {
+        let share = p.contracted_share();
+        assert!(share.mean > 0.0 && share.mean <= 1.0, "{share:?}");
+        assert!(!p.utilization_by_class().is_empty());
+    }
+    assert!(
+        rows[1].starts_with("2,3,") && rows[2].starts_with("12,3,"),
+        "{csv}"
+    );
+    for f in ["throughput.png", "utilization.png"] {
+        assert!(
+            std::fs::metadata(dir.path().join(f)).unwrap().len() > 1000,
+            "{f}"
+        );
+    }
+}
+
 /// The `faults` scenario (partitions, churn, cheaters), shortened to two days:
 /// the real ledger's invariants hold (every written entry valid in its fold, so
 /// no balance went negative; supply = genesis + minted − burned), and cheaters are caught at the verification
