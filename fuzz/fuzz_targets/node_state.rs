@@ -44,6 +44,7 @@ fuzz_target!(|data: &[u8]| {
             timing: Timing::default(),
             book: Default::default(),
             persist: true,
+            submits: true,
         },
     );
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);

@@ -55,7 +55,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 
-use crdt_ledger::{GenesisEntry, Ledger, MemStore, Params};
+use crdt_ledger::{GenesisEntry, Ledger, Loaded, MemStore, Params, Store, StoreError};
 use node_core::{
     CoreConfig, Fetched, Input, JobKey, NodeCore, Output, PreparedJob, RanJob, Timing,
 };
@@ -139,7 +139,7 @@ impl Role {
 }
 
 struct Peer {
-    core: NodeCore<MemStore>,
+    core: NodeCore<SimStore>,
     cfg: CoreConfig,
     role: Role,
     region: usize,
@@ -221,7 +221,7 @@ pub struct CoreWorld {
     open: BTreeSet<(usize, usize)>,
     /// The one converged replica lent to each core in turn, unless every
     /// peer has its own ([`Replicas`]).
-    shared: Option<Ledger<MemStore>>,
+    shared: Option<Ledger<SimStore>>,
     /// Contract → (requester, provider), from escrow locks (shared replica).
     parties: HashMap<Hash32, (usize, usize)>,
     metrics: Metrics,
@@ -239,12 +239,57 @@ pub struct CoreWorld {
     hold_offers: bool,
 }
 
+/// A simulated replica's store. A replica of a peer's own keeps its records
+/// in memory, as a node keeps them on disk, and the peer reopens it when it
+/// restarts. The shared replica and the placeholders are never reopened:
+/// their records are only counted ([`crate::ledger::CountingStore`]), and
+/// they never compact.
+#[derive(Debug)]
+pub enum SimStore {
+    Kept(MemStore),
+    Counted(crate::ledger::CountingStore),
+}
+
+impl Store for SimStore {
+    fn append(&mut self, record: &[u8]) -> Result<(), StoreError> {
+        match self {
+            SimStore::Kept(s) => s.append(record),
+            SimStore::Counted(s) => s.append(record),
+        }
+    }
+    fn load(&mut self) -> Result<Loaded, StoreError> {
+        match self {
+            SimStore::Kept(s) => s.load(),
+            SimStore::Counted(s) => s.load(),
+        }
+    }
+    fn compact(&mut self, snapshot: &[u8], log: &[Vec<u8>]) -> Result<(), StoreError> {
+        match self {
+            SimStore::Kept(s) => s.compact(snapshot, log),
+            SimStore::Counted(s) => s.compact(snapshot, log),
+        }
+    }
+    fn size(&self) -> u64 {
+        match self {
+            SimStore::Kept(s) => s.size(),
+            SimStore::Counted(s) => s.size(),
+        }
+    }
+}
+
+/// A replica of `genesis` on `store`.
+fn replica(genesis: &GenesisEntry, actor: &[u8], store: SimStore) -> Ledger<SimStore> {
+    Ledger::open(genesis.clone(), actor, store)
+        .expect("a genesis opens on an empty store")
+        .0
+}
+
 /// How cores get their ledger: a replica of the genesis each, or the shared
 /// replica while lent and a small placeholder otherwise.
 struct Ledgers {
     genesis: GenesisEntry,
     /// The shared replica, while the world is built (then [`CoreWorld::shared`]).
-    shared: Option<Ledger<MemStore>>,
+    shared: Option<Ledger<SimStore>>,
     /// The genesis of each core's placeholder: one account, so that a
     /// thousand idle cores do not each hold a replica of a genesis of a
     /// thousand accounts (most of a large run's memory otherwise).
@@ -266,8 +311,13 @@ impl Ledgers {
             },
         )
         .expect("the placeholder genesis is valid");
-        let shared = (replicas == Replicas::Shared)
-            .then(|| Ledger::new(genesis.clone(), b"simnet-shared").expect("the genesis is valid"));
+        let shared = (replicas == Replicas::Shared).then(|| {
+            replica(
+                genesis,
+                b"simnet-shared",
+                SimStore::Counted(Default::default()),
+            )
+        });
         Ledgers {
             genesis: genesis.clone(),
             shared,
@@ -276,7 +326,7 @@ impl Ledgers {
     }
 
     /// A new core for `id` (see [`Ledgers::core_on`]), while the world is built.
-    fn core(&mut self, id: Identity, cfg: CoreConfig) -> NodeCore<MemStore> {
+    fn core(&mut self, id: Identity, cfg: CoreConfig) -> NodeCore<SimStore> {
         let mut shared = self.shared.take();
         let core = self.core_on(shared.as_mut(), id, cfg);
         self.shared = shared;
@@ -288,17 +338,20 @@ impl Ledgers {
     /// its placeholder.
     fn core_on(
         &self,
-        shared: Option<&mut Ledger<MemStore>>,
+        shared: Option<&mut Ledger<SimStore>>,
         id: Identity,
         cfg: CoreConfig,
-    ) -> NodeCore<MemStore> {
+    ) -> NodeCore<SimStore> {
         let actor = id.account().0;
         let Some(shared) = shared else {
-            let ledger = Ledger::new(self.genesis.clone(), &actor).expect("the genesis is valid");
+            let ledger = replica(&self.genesis, &actor, SimStore::Kept(MemStore::new()));
             return NodeCore::new(id, ledger, cfg);
         };
-        let mut ledger =
-            Ledger::new(self.placeholder.clone(), &actor).expect("the placeholder is valid");
+        let mut ledger = replica(
+            &self.placeholder,
+            &actor,
+            SimStore::Counted(Default::default()),
+        );
         std::mem::swap(shared, &mut ledger);
         let mut core = NodeCore::new(id, ledger, cfg);
         core.lend_ledger(shared);
@@ -434,6 +487,7 @@ impl CoreWorld {
                     timing,
                     book: no_book,
                     persist,
+                    submits: false,
                 };
                 let mut peer = Peer::new(
                     id,
@@ -461,6 +515,7 @@ impl CoreWorld {
                 timing,
                 book,
                 persist,
+                submits: true,
             };
             peers.push(Peer::new(
                 id,
@@ -481,6 +536,7 @@ impl CoreWorld {
                 timing,
                 book: no_book,
                 persist,
+                submits: false,
             };
             let region = i % sc.network.regions.len();
             peers.push(Peer::new(
@@ -839,7 +895,7 @@ impl CoreWorld {
     fn call<T>(
         &mut self,
         i: usize,
-        f: impl FnOnce(&mut NodeCore<MemStore>, Timestamp, &mut ChaCha8Rng, &mut Vec<Output>) -> T,
+        f: impl FnOnce(&mut NodeCore<SimStore>, Timestamp, &mut ChaCha8Rng, &mut Vec<Output>) -> T,
     ) -> T {
         self.take_offers(i);
         self.call_at(i, self.sched.now(), f)
@@ -865,7 +921,7 @@ impl CoreWorld {
         &mut self,
         i: usize,
         now: Timestamp,
-        f: impl FnOnce(&mut NodeCore<MemStore>, Timestamp, &mut ChaCha8Rng, &mut Vec<Output>) -> T,
+        f: impl FnOnce(&mut NodeCore<SimStore>, Timestamp, &mut ChaCha8Rng, &mut Vec<Output>) -> T,
     ) -> T {
         let mut out = Vec::new();
         let p = &mut self.peers[i];
@@ -1365,7 +1421,7 @@ impl CoreWorld {
         // The books, from an oracle's replica (or the shared one); every
         // replica is checked.
         let genesis_state = crdt_ledger::State::genesis(&self.genesis).expect("the genesis folds");
-        let mut replicas: Vec<(String, &mut Ledger<MemStore>)> = match self.shared.as_mut() {
+        let mut replicas: Vec<(String, &mut Ledger<SimStore>)> = match self.shared.as_mut() {
             Some(l) => vec![("the shared replica".to_string(), l)],
             None => self
                 .peers

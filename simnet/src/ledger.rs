@@ -34,7 +34,7 @@
 //!
 //! **Store.** The replica writes every record to a [`CountingStore`], which
 //! counts them: nothing reopens the simulated replica, and keeping them held a
-//! second copy of every entry beside the document.
+//! second copy of every entry beside the document. It never compacts.
 //!
 //! **Cost.** The replica checks every signature it folds once (the ledger
 //! remembers passes by entry hash): two per escrow lock, the quorum's verdicts
@@ -81,10 +81,13 @@ pub enum LockRefused {
     Other(String),
 }
 
-/// The replica's store: every record is appended (and refused if too large) as
-/// in a node, but only counted. Nothing reopens the simulated replica, and
-/// keeping the records, as `MemStore` does, held a second copy of every entry
-/// besides the document.
+/// The store of a replica that nothing reopens (this driver's, and the node
+/// cores' shared replica): every record is appended (and refused if too
+/// large) as in a node, but only counted. Keeping the records, as `MemStore`
+/// does, held a second copy of every entry besides the document. Its size
+/// stays 0, so the ledger never compacts it: a compaction only saves the
+/// whole document for a reload that never comes (at 1,000 providers over 30
+/// days those saves took about 340 MB at their peak).
 #[derive(Debug, Default)]
 pub struct CountingStore {
     pub records: u64,
@@ -103,12 +106,11 @@ impl Store for CountingStore {
     fn load(&mut self) -> Result<Loaded, StoreError> {
         Ok(Loaded::default())
     }
-    fn compact(&mut self, snapshot: &[u8], log: &[Vec<u8>]) -> Result<(), StoreError> {
-        self.bytes = (snapshot.len() + log.iter().map(Vec::len).sum::<usize>()) as u64;
+    fn compact(&mut self, _snapshot: &[u8], _log: &[Vec<u8>]) -> Result<(), StoreError> {
         Ok(())
     }
     fn size(&self) -> u64 {
-        self.bytes
+        0
     }
 }
 

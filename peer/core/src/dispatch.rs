@@ -138,8 +138,7 @@ impl<S: Store> NodeCore<S> {
         match m {
             Message::Offer(s) => {
                 if let Ok(o) = s.body_unverified() {
-                    let moved = self.contacts.insert(o.provider, o.contact.clone())
-                        != Some(o.contact.clone());
+                    let moved = self.note_contact(cx.now, o.provider, &o.contact);
                     if moved {
                         self.provider_moved(cx, o.provider);
                     }

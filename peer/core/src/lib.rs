@@ -141,7 +141,20 @@ pub struct CoreConfig {
     /// Hand out [`Output::Persist`] whenever what must survive a restart
     /// changed (off in a simulation that never restarts a peer).
     pub persist: bool,
+    /// This peer submits jobs (a node always may). A peer that neither
+    /// submits nor serves on committees never fetches a result, so it keeps
+    /// no providers' contacts (simnet's providers: a thousand of them each
+    /// kept the contacts of all the others).
+    pub submits: bool,
 }
+
+/// Most providers' contacts a peer keeps. When full, contacts not refreshed
+/// by an offer for [`CONTACT_STALE`] go first; a new provider's contact is
+/// not taken while none is stale (a flood of offers from made-up providers
+/// cannot grow the map without bound).
+pub const MAX_CONTACTS: usize = 100_000;
+/// A contact not refreshed by an offer for this long may make way.
+pub const CONTACT_STALE: DurationMs = DurationMs(3_600_000);
 
 /// How a message reached this peer. It changes nothing in where the message goes
 /// (see [`dispatch`]); drivers and logs tell the two apart.
@@ -339,8 +352,10 @@ pub struct NodeCore<S: Store> {
     oracle: Option<OracleEngine<DeferredChecker>>,
     /// Automerge sync state per peer that is up (or that we are reaching).
     peers: BTreeMap<AccountId, PeerState>,
-    /// Where each provider serves blobs (from its offers).
-    contacts: HashMap<AccountId, Vec<String>>,
+    /// Where each provider serves blobs (from its offers), and when its last
+    /// offer came; at most [`MAX_CONTACTS`], none unless `keeps_contacts`.
+    contacts: HashMap<AccountId, (Vec<String>, Timestamp)>,
+    keeps_contacts: bool,
     /// The provider's latest signed offer, handed to each peer that comes up so
     /// a late joiner need not wait for the next refresh.
     last_offer: Option<Signed<protocol::Offer>>,
@@ -384,6 +399,7 @@ impl<S: Store> NodeCore<S> {
             timing,
             book,
             persist,
+            submits,
         } = cfg;
         let network = ledger.network();
         let provider_engine =
@@ -404,6 +420,7 @@ impl<S: Store> NodeCore<S> {
             };
             OracleEngine::new(identity.clone(), network, cfg, DeferredChecker)
         });
+        let keeps_contacts = submits || oracle.is_some();
         let requester = RequesterEngine::new(
             identity.clone(),
             network,
@@ -424,6 +441,7 @@ impl<S: Store> NodeCore<S> {
             oracle,
             peers: BTreeMap::new(),
             contacts: HashMap::new(),
+            keeps_contacts,
             last_offer: None,
             grants: HashMap::new(),
             jobs: requester::Jobs::default(),
@@ -691,7 +709,41 @@ impl<S: Store> NodeCore<S> {
     }
     /// Where `provider` serves blobs, from its offers.
     pub fn contact_of(&self, provider: &AccountId) -> Vec<String> {
-        self.contacts.get(provider).cloned().unwrap_or_default()
+        self.contacts
+            .get(provider)
+            .map(|(c, _)| c.clone())
+            .unwrap_or_default()
+    }
+
+    /// Note `provider`'s contact from an offer of it at `now`; whether it
+    /// changed (the provider moved).
+    pub(crate) fn note_contact(
+        &mut self,
+        now: Timestamp,
+        provider: AccountId,
+        contact: &[String],
+    ) -> bool {
+        let mine = provider == self.account();
+        if !self.keeps_contacts && !mine {
+            return false;
+        }
+        if let Some((c, seen)) = self.contacts.get_mut(&provider) {
+            *seen = now;
+            if c.as_slice() == contact {
+                return false;
+            }
+            *c = contact.to_vec();
+            return true;
+        }
+        if self.contacts.len() >= MAX_CONTACTS {
+            self.contacts
+                .retain(|_, (_, seen)| now.since(*seen) < CONTACT_STALE);
+            if self.contacts.len() >= MAX_CONTACTS && !mine {
+                return false;
+            }
+        }
+        self.contacts.insert(provider, (contact.to_vec(), now));
+        true
     }
 }
 
@@ -700,4 +752,71 @@ struct Cx<'a, R: ?Sized> {
     now: Timestamp,
     rng: &'a mut R,
     out: &'a mut Vec<Output>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core(submits: bool) -> NodeCore<crdt_ledger::MemStore> {
+        let founder = Identity::from_seed(1);
+        let genesis = crdt_ledger::GenesisEntry::create(
+            &founder,
+            crdt_ledger::Genesis {
+                name: "contacts".into(),
+                genesis_time: Timestamp(0),
+                params: crdt_ledger::Params::default(),
+                balances: vec![],
+                stakes: vec![(founder.account(), Amount::tokens(1_000))],
+                bonds: vec![],
+            },
+        )
+        .unwrap();
+        let ledger = Ledger::new(genesis, b"contacts").unwrap();
+        let cfg = CoreConfig {
+            provider: None,
+            oracle: false,
+            bond: Amount::ZERO,
+            contact: vec![],
+            timing: Timing::default(),
+            book: Default::default(),
+            persist: false,
+            submits,
+        };
+        NodeCore::new(Identity::from_seed(2), ledger, cfg)
+    }
+
+    fn provider(i: u32) -> AccountId {
+        let mut a = [0u8; 32];
+        a[..4].copy_from_slice(&i.to_le_bytes());
+        AccountId(a)
+    }
+
+    /// A peer that never fetches a result keeps no contacts; one that does
+    /// keeps at most `MAX_CONTACTS`: a flood of offers from made-up providers
+    /// fills the map but cannot grow it, and makes way once it goes stale.
+    #[test]
+    fn contacts_are_kept_by_peers_that_fetch_and_stay_bounded() {
+        let at = |ms: u64| Timestamp(1_000 + ms);
+        let mut idle = core(false);
+        assert!(!idle.note_contact(at(0), provider(1), &["a".into()]));
+        assert!(idle.contact_of(&provider(1)).is_empty());
+
+        let mut c = core(true);
+        for i in 0..MAX_CONTACTS as u32 {
+            assert!(c.note_contact(at(0), provider(i), &["flood".into()]));
+        }
+        let newcomer = provider(u32::MAX);
+        assert!(!c.note_contact(at(1), newcomer, &["x".into()]));
+        assert!(c.contact_of(&newcomer).is_empty());
+        assert_eq!(c.contacts.len(), MAX_CONTACTS);
+        // A known provider that moves is still followed.
+        assert!(c.note_contact(at(2), provider(7), &["moved".into()]));
+        assert!(!c.note_contact(at(3), provider(7), &["moved".into()]));
+        // Once the flood is stale, it makes way (the one refreshed stays).
+        let later = at(1).plus(CONTACT_STALE);
+        assert!(c.note_contact(later, newcomer, &["x".into()]));
+        assert_eq!(c.contact_of(&newcomer), vec!["x".to_string()]);
+        assert_eq!(c.contacts.len(), 2);
+    }
 }

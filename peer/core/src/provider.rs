@@ -108,7 +108,7 @@ impl<S: Store> NodeCore<S> {
                     if let Message::Offer(s) = &m {
                         self.last_offer = Some(s.clone());
                         if let Ok(o) = s.body_unverified() {
-                            self.contacts.insert(o.provider, o.contact.clone());
+                            self.note_contact(cx.now, o.provider, &o.contact);
                         }
                         // Our own offer goes into our own book too.
                         self.requester_handle(cx, RequesterInput::Offer(s.clone()));

@@ -401,6 +401,7 @@ pub async fn start(dir: DataDir, opts: RunOptions) -> anyhow::Result<RunningNode
                 ..Default::default()
             },
             persist: true,
+            submits: true,
         },
     );
     let mut seed = [0u8; 32];

@@ -221,6 +221,7 @@ pub fn core(id: &Identity, r: Role, ledger: Ledger<MemStore>) -> NodeCore<MemSto
             timing: Timing::quick(),
             book: Default::default(),
             persist: true,
+            submits: true,
         },
     )
 }
