@@ -421,15 +421,23 @@ fn bar_svg(
     root.present().map_err(|e| plot_err(&name, e))
 }
 
-/// Lines through (x, y) points, one series per (label, points); on
-/// logarithmic axes with `log` (values spanning orders of magnitude: on a
-/// linear axis the small ones lie on it).
+/// Which axes of [`lines_svg`] are logarithmic (values spanning orders of
+/// magnitude: on a linear axis the small ones lie on it). Without a positive
+/// point to place, the plot falls back to linear axes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Axes {
+    /// Logarithmic x, linear y (a sweep over requester counts).
+    LogX,
+    LogLog,
+}
+
+/// Lines through (x, y) points, one series per (label, points).
 fn lines_svg(
     path: &Path,
     title: &str,
     (x_label, y_label): (&str, &str),
     series: &[(&str, Vec<(f64, f64)>)],
-    log: bool,
+    axes: Axes,
     bars: &[ErrorBar],
 ) -> Result<(), ReportError> {
     let name = path.display().to_string();
@@ -449,18 +457,48 @@ fn lines_svg(
             y0 = y0.min(y);
         }
     }
+    // A logarithmic axis has no place for 0: such points are left out.
+    let kept: Vec<(&str, Vec<(f64, f64)>)> = series
+        .iter()
+        .map(|(label, p)| {
+            let p = p
+                .iter()
+                .copied()
+                .filter(|&(x, y)| match axes {
+                    Axes::LogX => x > 0.0,
+                    Axes::LogLog => x > 0.0 && y > 0.0,
+                })
+                .collect();
+            (*label, p)
+        })
+        .collect();
+    let series = &kept[..];
     let mut builder = ChartBuilder::on(&root);
     builder
         .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70);
-    if log && x0.is_finite() && y0.is_finite() {
+    if axes == Axes::LogLog && x0.is_finite() && y0.is_finite() {
+        // A bar reaching 0 ends at the bottom of the axis.
+        let bars: Vec<ErrorBar> = bars
+            .iter()
+            .map(|b| ErrorBar {
+                lo: b.lo.max(y0 * 0.5),
+                ..*b
+            })
+            .collect();
+        let bars = &bars[..];
         let chart = builder
             .build_cartesian_2d(
                 (x0 * 0.8..x1 * 1.25).log_scale(),
                 (y0 * 0.5..y1 * 2.0).log_scale(),
             )
+            .map_err(|e| plot_err(&name, e))?;
+        draw_lines(chart, &name, (x_label, y_label), series, bars)?;
+    } else if axes == Axes::LogX && x0.is_finite() {
+        let chart = builder
+            .build_cartesian_2d((x0 * 0.8..x1 * 1.25).log_scale(), 0f64..y1 * 1.1)
             .map_err(|e| plot_err(&name, e))?;
         draw_lines(chart, &name, (x_label, y_label), series, bars)?;
     } else {
@@ -801,21 +839,32 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
             .chain(&settled)
             .map(|p| p.1)
             .fold(0.0, f64::max);
+        let bottom = offered
+            .iter()
+            .chain(&settled)
+            .map(|p| p.1)
+            .filter(|y| *y > 0.0)
+            .fold(f64::INFINITY, f64::min);
         let knee_label = format!("knee: < {:.0} % of jobs contracted", KNEE_SHARE * 100.0);
         let mut series = vec![
             ("settled (mean ± 95 % CI over seeds)", settled),
             ("offered (submitted)", offered),
             ("linear from the smallest point", ideal),
         ];
-        if let Some(k) = knee_at {
-            series.push((&knee_label, vec![(f64::from(k), 0.0), (f64::from(k), top)]));
+        if let Some(k) = knee_at
+            && bottom.is_finite()
+        {
+            series.push((
+                &knee_label,
+                vec![(f64::from(k), bottom), (f64::from(k), top)],
+            ));
         }
         lines_svg(
             &dir.join("throughput.svg"),
             "Throughput against requesters",
-            ("requesters", "jobs per hour"),
+            ("requesters (log)", "jobs per hour (log)"),
             &series,
-            false,
+            Axes::LogLog,
             &bars(&SweepPoint::settled_per_h, 1.0),
         )?;
         let util: Vec<(f64, f64)> = o
@@ -827,12 +876,12 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
         lines_svg(
             &dir.join("utilization.svg"),
             "Provider utilization against requesters",
-            ("requesters", "busy slot time (%)"),
+            ("requesters (log)", "busy slot time (%)"),
             &[
                 ("utilization (mean ± 95 % CI over seeds)", util),
                 ("95 %", full),
             ],
-            false,
+            Axes::LogX,
             &bars(&SweepPoint::utilization, 100.0),
         )?;
     }
@@ -854,7 +903,7 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
                 storage.iter().map(|r| (r.0 as f64, r.3)).collect(),
             ),
         ],
-        true,
+        Axes::LogLog,
         &[],
     )?;
 

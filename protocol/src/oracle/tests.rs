@@ -196,6 +196,22 @@ fn verdicts_count_many_epochs_after_the_contract() {
     }
 }
 
+/// `by`'s verdict on the contract named `contract` for `epoch`: all good if
+/// `delivered`, else not delivered.
+fn verdict_on(contract: &[u8], by: &Identity, epoch: u64, delivered: bool) -> Signed<Verdict> {
+    let v = Verdict {
+        contract: Hash32::of(contract),
+        epoch,
+        oracle: by.account(),
+        sla_ok: delivered,
+        violations: 0,
+        result_ok: delivered,
+        units: ComputeUnits::default(),
+        delivered,
+    };
+    Signed::sign(by, &net(), &v).expect("signs")
+}
+
 /// A verdict for an epoch whose committee nobody holds any more is refused, and
 /// the refusal is counted.
 #[test]
@@ -212,17 +228,7 @@ fn verdicts_for_a_forgotten_epoch_are_counted() {
     for e in 1..=(aggregate::EPOCHS_KEPT + 2) {
         o.handle(now, epoch(e, &members), &mut rng);
     }
-    let v = Verdict {
-        contract: Hash32::of(b"unwatched"),
-        epoch: 1,
-        oracle: members[1].account(),
-        sla_ok: false,
-        violations: 0,
-        result_ok: false,
-        units: ComputeUnits::default(),
-        delivered: false,
-    };
-    let sv = Signed::sign(&members[1], &net(), &v).expect("signs");
+    let sv = verdict_on(b"unwatched", &members[1], 1, false);
     assert!(o.handle(now, OracleInput::Verdict(sv), &mut rng).is_empty());
     assert_eq!(o.stats().unknown_epoch, 1);
     assert_eq!(o.stats().ignored, 1);
@@ -239,17 +245,7 @@ fn verdicts_of_a_committee_we_are_not_on_are_dropped() {
     let mut o = OracleEngine::new(outsider, net(), OracleConfig::default(), DeferredChecker);
     let now = Timestamp(1_000_000);
     o.handle(now, epoch(1, &members), &mut rng);
-    let v = Verdict {
-        contract: Hash32::of(b"theirs"),
-        epoch: 1,
-        oracle: members[1].account(),
-        sla_ok: true,
-        violations: 0,
-        result_ok: true,
-        units: ComputeUnits::default(),
-        delivered: true,
-    };
-    let sv = Signed::sign(&members[1], &net(), &v).expect("signs");
+    let sv = verdict_on(b"theirs", &members[1], 1, true);
     assert!(o.handle(now, OracleInput::Verdict(sv), &mut rng).is_empty());
     assert_eq!(o.stats().not_our_committee, 1);
     assert_eq!(o.stats().ignored, 1);
