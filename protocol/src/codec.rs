@@ -49,7 +49,7 @@ fn config() -> impl bincode::config::Config {
 }
 
 /// A type with a name (for errors and signature domains) and a size limit.
-pub trait Wire: Serialize + DeserializeOwned {
+pub trait Wire: Serialize + DeserializeOwned + Clone {
     /// Short, stable name: part of the signature domain `cloudchain/v1/<KIND>`.
     const KIND: &'static str;
     /// Largest encoding accepted for this kind, in bytes.
@@ -179,7 +179,7 @@ mod tests {
     use super::*;
     use serde::Deserialize;
 
-    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
     struct Small {
         a: u64,
         b: Vec<u8>,

@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
@@ -250,18 +250,48 @@ fn verifying_key(signer: &AccountId) -> Option<VerifyingKey> {
 #[serde(bound = "")]
 pub struct Signed<T> {
     pub signer: AccountId,
-    body: Vec<u8>,
+    /// Shared by clones: a message gossiped to many engines (or, in the
+    /// simulator, to many peers) is one allocation. Encoded as `Vec<u8>` is.
+    body: Arc<[u8]>,
     pub signature: Sig,
+    /// What was computed from this envelope, shared by its clones; never
+    /// encoded, so whatever arrives from the network starts with none.
+    #[serde(skip)]
+    memo: Arc<Memo<T>>,
     #[serde(skip)]
     _kind: PhantomData<fn() -> T>,
+}
+
+/// Results computed from an envelope's bytes, each kept with the signer and
+/// signature it was computed for. The body cannot change (it is private and
+/// shared), but `signer` and `signature` are public fields: a clone whose
+/// signature was altered finds the memo does not match and computes afresh.
+/// Only a passed check is kept, so the memo changes the cost of
+/// [`Signed::verify`] and [`Signed::id`], never their answer.
+struct Memo<T> {
+    id: OnceLock<(AccountId, Sig, Hash32)>,
+    passed: OnceLock<(NetworkId, AccountId, Sig)>,
+    /// The decoded body (it depends on the body alone).
+    body: OnceLock<T>,
+}
+
+impl<T> Default for Memo<T> {
+    fn default() -> Self {
+        Memo {
+            id: OnceLock::new(),
+            passed: OnceLock::new(),
+            body: OnceLock::new(),
+        }
+    }
 }
 
 impl<T> Clone for Signed<T> {
     fn clone(&self) -> Self {
         Signed {
             signer: self.signer,
-            body: self.body.clone(),
+            body: Arc::clone(&self.body),
             signature: self.signature,
+            memo: Arc::clone(&self.memo),
             _kind: PhantomData,
         }
     }
@@ -292,8 +322,9 @@ impl<T: Wire> Signed<T> {
         let signature = sign_bytes(identity, T::KIND, network, &body);
         Ok(Signed {
             signer: identity.account(),
-            body,
+            body: body.into(),
             signature,
+            memo: Arc::default(),
             _kind: PhantomData,
         })
     }
@@ -304,15 +335,21 @@ impl<T: Wire> Signed<T> {
             kind: T::KIND,
             network: *network,
             signer: self.signer,
-            body: self.body.clone(),
+            body: self.body.to_vec(),
             signature: self.signature,
         }
     }
 
     /// Check the signature, then decode the body.
     pub fn verify(&self, network: &NetworkId) -> Result<T, SignatureError> {
-        verify_bytes(T::KIND, network, &self.signer, &self.body, &self.signature)?;
-        Ok(codec::decode(&self.body)?)
+        let me = (*network, self.signer, self.signature);
+        if self.memo.passed.get() != Some(&me) {
+            verify_bytes(T::KIND, network, &self.signer, &self.body, &self.signature)?;
+            // A clone checked on another network (or with another signature)
+            // may have filled it first: then this pass is simply not kept.
+            let _ = self.memo.passed.set(me);
+        }
+        Ok(self.body_unverified()?)
     }
 
     /// [`Signed::verify`], and also require a particular signer.
@@ -334,7 +371,12 @@ impl<T: Wire> Signed<T> {
     /// Decode the body WITHOUT checking the signature: for display of data that
     /// was verified before it was stored.
     pub fn body_unverified(&self) -> Result<T, CodecError> {
-        codec::decode(&self.body)
+        if let Some(t) = self.memo.body.get() {
+            return Ok(t.clone());
+        }
+        let t: T = codec::decode(&self.body)?;
+        let _ = self.memo.body.set(t.clone());
+        Ok(t)
     }
 
     /// The signed body bytes.
@@ -344,12 +386,20 @@ impl<T: Wire> Signed<T> {
 
     /// The hash of the whole envelope: a stable id for offers, bids, receipts.
     pub fn id(&self) -> Hash32 {
+        if let Some((signer, sig, id)) = self.memo.id.get()
+            && *signer == self.signer
+            && *sig == self.signature
+        {
+            return *id;
+        }
         let mut h = blake3::Hasher::new();
         h.update(T::KIND.as_bytes());
         h.update(&self.signer.0);
         h.update(&self.body);
         h.update(&self.signature.0);
-        Hash32(*h.finalize().as_bytes())
+        let id = Hash32(*h.finalize().as_bytes());
+        let _ = self.memo.id.set((self.signer, self.signature, id));
+        id
     }
 }
 
@@ -643,6 +693,41 @@ mod tests {
         assert!(bad_net.run().is_err());
         // And the pass is still there.
         assert!(check.run().is_ok());
+    }
+
+    /// Clones share what was computed from their envelope, but an altered
+    /// clone, another network, or the same bytes decoded afresh are checked
+    /// again: the memo never turns a failing check into a pass.
+    #[test]
+    fn an_envelope_memo_is_shared_by_clones_and_covers_only_what_passed() {
+        let id = Identity::from_seed(12);
+        let other = Identity::from_seed(13);
+        let net = NetworkId([6; 32]);
+        let s = probe(&id, &net);
+        assert!(s.verify(&net).is_ok());
+        let twin = s.clone();
+        assert!(Arc::ptr_eq(&s.memo, &twin.memo));
+        assert_eq!(twin.memo.passed.get(), Some(&(net, s.signer, s.signature)));
+        assert_eq!(twin.id(), s.id());
+
+        let mut bad_sig = s.clone();
+        bad_sig.signature.0[5] ^= 1;
+        assert!(bad_sig.verify(&net).is_err());
+        assert_ne!(bad_sig.id(), s.id());
+        let mut bad_signer = s.clone();
+        bad_signer.signer = other.account();
+        assert!(bad_signer.verify(&net).is_err());
+        assert_ne!(bad_signer.id(), s.id());
+        assert!(s.clone().verify(&NetworkId([7; 32])).is_err());
+        // The memo is not encoded: what arrives starts with none.
+        let bytes = crate::codec::encode_unbounded("test", &s).unwrap();
+        let back: Signed<Probe> = crate::codec::decode_limited("test", 1 << 10, &bytes).unwrap();
+        assert!(back.memo.passed.get().is_none() && back.memo.body.get().is_none());
+        assert_eq!(back, s);
+        assert!(back.verify(&net).is_ok());
+        // And the shared pass still stands for the original bytes.
+        assert!(twin.verify(&net).is_ok());
+        assert_eq!(twin.id(), s.id());
     }
 
     #[test]

@@ -12,6 +12,9 @@
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use protocol::{AccountId, Hash32, Identity};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock, PoisonError};
+
 use zeroize::Zeroizing;
 
 /// Why a job key could not be sealed or opened.
@@ -70,6 +73,38 @@ fn wrap_key(
     peer: &AccountId,
     contract: &Hash32,
 ) -> Result<ChaCha20Poly1305, KeyError> {
+    let shared = shared_secret(me, peer)?;
+    let mut h = blake3::Hasher::new_derive_key("cloudchain/v1/job-key-wrap");
+    h.update(shared.as_ref());
+    h.update(&contract.0);
+    let k = Zeroizing::new(*h.finalize().as_bytes());
+    Ok(ChaCha20Poly1305::new(Key::from_slice(k.as_ref())))
+}
+
+/// Shared secrets kept per generation; two generations are kept.
+const SHARED_CACHE: usize = 1 << 14;
+
+/// The static-static X25519 secret of `me` and `peer`.
+///
+/// A requester seals to the same committee members job after job, and a member
+/// opens grants from the same requesters, so the Diffie-Hellman (a scalar
+/// multiplication, more than a signature costs) is done once per pair and kept,
+/// process-wide and bounded: when the current generation is full it becomes
+/// the old one and the older is dropped (and zeroed). An account is its key, so
+/// the pair of accounts names the secret; the cache changes the cost, never the
+/// key. It holds nothing that the identities in this process could not derive.
+fn shared_secret(me: &Identity, peer: &AccountId) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+    type Pairs = HashMap<(AccountId, AccountId), Zeroizing<[u8; 32]>>;
+    static CACHE: OnceLock<Mutex<(Pairs, Pairs)>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Mutex::default);
+    let pair = (me.account(), *peer);
+    {
+        // A poisoned lock only means a panic elsewhere; whole entries only.
+        let c = cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = c.0.get(&pair).or_else(|| c.1.get(&pair)) {
+            return Ok(s.clone());
+        }
+    }
     let signing = ed25519_dalek::SigningKey::from_bytes(&me.secret_bytes());
     let secret = x25519_dalek::StaticSecret::from(signing.to_scalar_bytes());
     let their = peer.verifying_key().map_err(|_| KeyError::BadKey(*peer))?;
@@ -79,11 +114,12 @@ fn wrap_key(
         // A small-order public key: refuse rather than derive a known key.
         return Err(KeyError::BadKey(*peer));
     }
-    let mut h = blake3::Hasher::new_derive_key("cloudchain/v1/job-key-wrap");
-    h.update(shared.as_ref());
-    h.update(&contract.0);
-    let k = Zeroizing::new(*h.finalize().as_bytes());
-    Ok(ChaCha20Poly1305::new(Key::from_slice(k.as_ref())))
+    let mut c = cache.lock().unwrap_or_else(PoisonError::into_inner);
+    if c.0.len() >= SHARED_CACHE {
+        c.1 = std::mem::take(&mut c.0);
+    }
+    c.0.insert(pair, shared.clone());
+    Ok(shared)
 }
 
 /// Seal the job key to `peer` (48 bytes: the key and its tag).
