@@ -449,10 +449,19 @@ impl Proposal {
 /// Why a provider refuses a proposal.
 #[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 pub enum RejectReason {
-    NoCapacity,
-    PriceBelowFloor { floor: PricePerCu },
+    /// Every slot is taken; the provider expects one to free at `free_at`
+    /// (requesters pass it over until then, see `OrderBook::hold_off`).
+    NoCapacity {
+        free_at: Timestamp,
+    },
+    PriceBelowFloor {
+        floor: PricePerCu,
+    },
     DeadlineInfeasible,
-    QueueFull,
+    /// Every slot and the queue are taken; as `NoCapacity`.
+    QueueFull {
+        free_at: Timestamp,
+    },
     Unsupported(String),
     Invalid(String),
 }

@@ -860,7 +860,12 @@ fn provider_accepts_queues_and_rejects() {
             }
             ProposalAnswer::Reject { reason, .. } => {
                 assert_eq!(n, 5);
-                assert_eq!(reason, RejectReason::QueueFull);
+                // With the time it expects a slot to free: after the work
+                // it runs and queues.
+                assert!(
+                    matches!(reason, RejectReason::QueueFull { free_at } if free_at > now),
+                    "{reason:?}"
+                );
             }
         }
         // A replayed proposal is ignored.
@@ -1204,7 +1209,9 @@ fn refused_proposal_falls_back_to_the_next_provider() {
     let first_idx = provs.iter().position(|p| p.account() == first).unwrap();
     let reject = ProposalAnswer::Reject {
         proposal: proposal.id(),
-        reason: RejectReason::NoCapacity,
+        reason: RejectReason::NoCapacity {
+            free_at: now.plus(DurationMs::secs(120)),
+        },
     };
     let reject =
         Signed::sign(&Identity::from_seed(71 + first_idx as u64), &net(), &reject).unwrap();
@@ -1213,6 +1220,10 @@ fn refused_proposal_falls_back_to_the_next_provider() {
     assert_ne!(first, second);
     assert_eq!(req.book().load_of(&first), 0);
     assert_eq!(req.book().load_of(&second), 1);
+    // The full provider is passed over for the next jobs, until it said a
+    // slot frees.
+    assert!(req.book().held_off(now.plus(DurationMs::secs(119)), &first));
+    assert!(!req.book().held_off(now.plus(DurationMs::secs(120)), &first));
 }
 
 #[test]

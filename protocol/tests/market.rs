@@ -671,3 +671,63 @@ fn aggregation_needs_two_thirds_and_reports_a_split_committee() {
     agg.set_committee(1, committee);
     assert!(agg.add(verdict(&Identity::from_seed(9), 0)).is_err());
 }
+
+/// A provider that refused a proposal for want of capacity is passed over until
+/// the slot it named frees (at most `MAX_HOLD_OFF` ahead), or until a later
+/// offer of its own says it has room; its refusal counts as "no capacity".
+#[test]
+fn a_provider_that_said_it_is_full_is_passed_over_until_its_slot_frees() {
+    use protocol::market::book::MAX_HOLD_OFF;
+    let far = T0.plus(DurationMs::secs(86_400));
+    let mut book = OrderBook::new(BookConfig::default());
+    book.insert_verified(T0, oid(1), offer(1, 100, 1, far))
+        .unwrap();
+    book.insert_verified(T0, oid(2), offer(2, 900, 1, far))
+        .unwrap();
+    let j = job(1_000, 1_000, far);
+    let rep = UniformReputation(0.9);
+    let cfg = MatchConfig::default();
+    let chosen = |book: &OrderBook, now: Timestamp, seed: u64| {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        match book.match_job(now, &j, &rep, &cfg, &[], &mut rng) {
+            MatchOutcome::Matched { chosen, .. } => chosen.provider,
+            MatchOutcome::NoMatch { .. } => panic!("provider 2 always fits"),
+        }
+    };
+    // The cheap provider wins while it is believed free.
+    assert!((0..20).all(|s| chosen(&book, T0, s) == acct(1)));
+
+    let free_at = T0.plus(DurationMs::secs(60));
+    book.hold_off(T0, &acct(1), free_at);
+    assert!((0..20).all(|s| chosen(&book, T0.plus(DurationMs::secs(59)), s) == acct(2)));
+    let MatchOutcome::NoMatch { reasons, .. } =
+        book.explain(T0.plus(DurationMs::secs(1)), &j, &rep, &cfg, &[])
+    else {
+        unreachable!()
+    };
+    let of1 = reasons.iter().find(|r| r.provider == acct(1)).unwrap();
+    assert_eq!(of1.reason, NoMatchReason::NoCapacity);
+    assert!((0..20).all(|s| chosen(&book, free_at, s) == acct(1)));
+
+    // A far-off "free at" is capped.
+    book.hold_off(T0, &acct(1), far);
+    assert!(book.held_off(T0.plus(DurationMs(MAX_HOLD_OFF.0 - 1)), &acct(1)));
+    assert!(!book.held_off(T0.plus(MAX_HOLD_OFF), &acct(1)));
+
+    // Its own later offer with a free slot lifts the hold at once; a later
+    // offer that says it is still full does not.
+    let mut full = offer(1, 100, 1, far);
+    full.busy_slots = 1;
+    full.issued_at = T0.plus(DurationMs::secs(10));
+    full.nonce = 11;
+    book.insert_verified(T0.plus(DurationMs::secs(10)), oid(11), full)
+        .unwrap();
+    assert!(book.held_off(T0.plus(DurationMs::secs(10)), &acct(1)));
+    let mut free = offer(1, 100, 1, far);
+    free.issued_at = T0.plus(DurationMs::secs(20));
+    free.nonce = 12;
+    book.insert_verified(T0.plus(DurationMs::secs(20)), oid(12), free)
+        .unwrap();
+    assert!(!book.held_off(T0.plus(DurationMs::secs(20)), &acct(1)));
+    assert!((0..20).all(|s| chosen(&book, T0.plus(DurationMs::secs(20)), s) == acct(1)));
+}

@@ -185,12 +185,16 @@ fn dispute() -> impl Strategy<Value = Dispute> {
 
 fn reject_reason() -> impl Strategy<Value = RejectReason> {
     prop_oneof![
-        Just(RejectReason::NoCapacity),
+        any::<u64>().prop_map(|t| RejectReason::NoCapacity {
+            free_at: Timestamp(t)
+        }),
         any::<u64>().prop_map(|f| RejectReason::PriceBelowFloor {
             floor: PricePerCu(f)
         }),
         Just(RejectReason::DeadlineInfeasible),
-        Just(RejectReason::QueueFull),
+        any::<u64>().prop_map(|t| RejectReason::QueueFull {
+            free_at: Timestamp(t)
+        }),
         text().prop_map(RejectReason::Unsupported),
         text().prop_map(RejectReason::Invalid),
     ]

@@ -111,6 +111,10 @@ impl BookStats {
     }
 }
 
+/// The longest a provider's own "full until" keeps it out of matching: it only
+/// saves proposals it would refuse, so a late guess must not idle it for long.
+pub const MAX_HOLD_OFF: DurationMs = DurationMs(30 * 60 * 1000);
+
 /// One offer in the book.
 #[derive(Clone, Debug)]
 pub struct BookEntry {
@@ -234,6 +238,9 @@ pub struct OrderBook {
     by_price: BTreeMap<(PricePerCu, u32), Hot>,
     by_expiry: BTreeSet<(Timestamp, u32)>,
     load: HashMap<AccountId, u16>,
+    /// Providers that refused a proposal of ours for want of capacity, with
+    /// when they expect a slot to free (see [`OrderBook::hold_off`]).
+    busy: HashMap<AccountId, (Timestamp, Timestamp)>,
     replay: ReplayGuard,
     stats: BookStats,
 }
@@ -305,6 +312,7 @@ impl OrderBook {
             by_price: BTreeMap::new(),
             by_expiry: BTreeSet::new(),
             load: HashMap::new(),
+            busy: HashMap::new(),
             replay: ReplayGuard::new(config.replay_capacity),
             stats: BookStats::default(),
         }
@@ -419,6 +427,13 @@ impl OrderBook {
             Err(ReplayError::Expired(_)) => return Err(DropReason::Expired),
             Err(ReplayError::Replayed) => return Err(DropReason::Replayed),
             Err(_) => return Err(DropReason::Full),
+        }
+        if let Some(&(since, _)) = self.busy.get(&offer.provider)
+            && offer.issued_at > since
+            && offer.busy_slots < offer.slots
+        {
+            // Room again, in the provider's word since it refused us.
+            self.busy.remove(&offer.provider);
         }
         if let Some(i) = existing {
             self.replace_in_place(i, id, offer);
@@ -542,6 +557,29 @@ impl OrderBook {
         }
     }
 
+    /// `provider` refused a proposal for want of capacity and expects a slot to
+    /// free at `until`: matching passes over it until then (at most
+    /// [`MAX_HOLD_OFF`] from `now`), unless an offer it issues later says it
+    /// has room. Without this a requester learns a provider is full only from
+    /// its next offer, hours later, and proposes to it job after job.
+    pub fn hold_off(&mut self, now: Timestamp, provider: &AccountId, until: Timestamp) {
+        let until = until.min(now.plus(MAX_HOLD_OFF));
+        if until <= now {
+            return;
+        }
+        if self.busy.len() >= self.config.capacity {
+            self.busy.retain(|_, (_, t)| *t > now);
+        }
+        if self.busy.len() < self.config.capacity {
+            self.busy.insert(*provider, (now, until));
+        }
+    }
+
+    /// Whether `provider` said it is full until after `now`.
+    pub fn held_off(&self, now: Timestamp, provider: &AccountId) -> bool {
+        !self.busy.is_empty() && self.busy.get(provider).is_some_and(|&(_, t)| t > now)
+    }
+
     /// Our own count of jobs placed with `provider` and not yet finished.
     pub fn load_of(&self, provider: &AccountId) -> u16 {
         self.load.get(provider).copied().unwrap_or(0)
@@ -645,6 +683,7 @@ impl OrderBook {
                 || hot.availability < job.sla.min_availability
                 || hot.penalty < job.sla.min_penalty
                 || (!exclude.is_empty() && exclude.contains(&hot.provider))
+                || self.held_off(now, &hot.provider)
             {
                 continue;
             }
@@ -730,6 +769,8 @@ impl OrderBook {
             examined += 1;
             let reason = if exclude.contains(&entry.offer.provider) {
                 NoMatchReason::Excluded
+            } else if self.held_off(now, &entry.offer.provider) {
+                NoMatchReason::NoCapacity
             } else {
                 match Self::assess(entry, job, now, reputation, config) {
                     Err(r) => r,

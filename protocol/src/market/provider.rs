@@ -385,16 +385,28 @@ impl ProviderEngine {
         {
             0
         } else {
-            let backlog: u64 = self
-                .queue
-                .iter()
-                .chain(self.running.iter())
-                .filter_map(|id| self.deals.get(id))
-                .map(|d| transfer_ms(d.terms().max_units.milli, self.cfg.speed_milli_cu_per_s))
-                .sum();
-            backlog / u64::from(self.cfg.slots.max(1))
+            self.backlog_ms_with(false)
         };
         now.plus(DurationMs(own.saturating_add(wait)))
+    }
+
+    /// How long until a slot frees, by the work queued and running, spread over
+    /// the slots. With `pending` (accepted, awaiting the contract) counted too,
+    /// it is what a refusal for capacity names.
+    fn backlog_ms_with(&self, pending: bool) -> u64 {
+        let work =
+            |t: &ContractTerms| transfer_ms(t.max_units.milli, self.cfg.speed_milli_cu_per_s);
+        let mut backlog: u64 = self
+            .queue
+            .iter()
+            .chain(self.running.iter())
+            .filter_map(|id| self.deals.get(id))
+            .map(|d| work(d.terms()))
+            .sum();
+        if pending {
+            backlog = backlog.saturating_add(self.pending.values().map(|d| work(&d.terms)).sum());
+        }
+        backlog / u64::from(self.cfg.slots.max(1))
     }
 
     /// Whether we can take `spec` at `price` with `sla` now, or why not.
@@ -415,10 +427,11 @@ impl ProviderEngine {
             ));
         }
         if self.committed() >= usize::from(self.cfg.slots) + self.cfg.queue_capacity {
+            let free_at = now.plus(DurationMs(self.backlog_ms_with(true)));
             return Err(if self.cfg.queue_capacity == 0 {
-                RejectReason::NoCapacity
+                RejectReason::NoCapacity { free_at }
             } else {
-                RejectReason::QueueFull
+                RejectReason::QueueFull { free_at }
             });
         }
         if self.eta(now, spec) > spec.deadline {
@@ -436,7 +449,9 @@ impl ProviderEngine {
     ) {
         match reason {
             RejectReason::PriceBelowFloor { .. } => self.stats.rejected_price += 1,
-            RejectReason::NoCapacity | RejectReason::QueueFull => self.stats.rejected_capacity += 1,
+            RejectReason::NoCapacity { .. } | RejectReason::QueueFull { .. } => {
+                self.stats.rejected_capacity += 1;
+            }
             RejectReason::DeadlineInfeasible => self.stats.rejected_deadline += 1,
             _ => self.stats.rejected_invalid += 1,
         }

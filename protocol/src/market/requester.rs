@@ -573,7 +573,7 @@ impl RequesterEngine {
         now: Timestamp,
         id: Hash32,
         provider: AccountId,
-        _reason: Option<RejectReason>,
+        reason: Option<RejectReason>,
         reputation: &dyn Reputation,
         rng: &mut R,
         out: &mut Vec<RequesterOutput>,
@@ -583,6 +583,12 @@ impl RequesterEngine {
         };
         if job.waiting.is_none_or(|(p, _)| p != provider) {
             return;
+        }
+        if let Some(RejectReason::NoCapacity { free_at } | RejectReason::QueueFull { free_at }) =
+            reason
+        {
+            // It would refuse our next job too: pass it over until then.
+            self.book.hold_off(now, &provider, free_at);
         }
         job.waiting = None;
         job.refused.push(provider);
