@@ -245,15 +245,10 @@ pub struct SimArgs {
     /// Where to write the report (default: out/<scenario>).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Run every peer as the node's own core (the binary's protocol code),
-    /// lent one converged ledger replica in turn, instead of the engines
-    /// around one ledger: what every scenario but `scale-1k` does anyway
-    /// (there it takes about 8× the time and 3.5× the memory).
-    #[arg(long, conflicts_with = "testbed")]
-    pub cores: bool,
-    /// Run on node cores (as --cores), each peer keeping its own ledger
-    /// replica with real automerge sync between them (slower again: minutes
-    /// per simulated day of `faults`).
+    /// Give each peer (a node core, as always) its own ledger replica, with
+    /// real automerge sync between them, instead of lending one converged
+    /// replica to each in turn (slower: minutes per simulated day of
+    /// `faults`).
     #[arg(long, conflicts_with = "testbed")]
     pub replica_per_peer: bool,
     /// Run an attack scenario (attack-lazy, attack-units, attack-self-deal,
@@ -1273,7 +1268,6 @@ fn sim(json: bool, args: &SimArgs) -> anyhow::Result<()> {
         anyhow::bail!("give a scenario or --testbed N");
     };
     let mut sc = simnet::Scenario::load(scenario)?;
-    sc.cores |= args.cores || args.replica_per_peer;
     sc.replica_per_peer |= args.replica_per_peer;
     let seed = args.seed.unwrap_or(sc.seed);
     if let Some(n) = args.seeds {

@@ -1,5 +1,5 @@
-//! Wall time and figures of a scenario: `cargo run --release -p simnet --example timing -- paper-30d [days] [--cores [--replica-per-peer]]`
-//! (`--cores`: a node core per peer, see `simnet::cores`).
+//! Wall time and figures of a scenario: `cargo run --release -p simnet --example timing -- paper-30d [days] [--replica-per-peer]`
+//! (a node core per peer, see `simnet::cores`).
 use std::time::Instant;
 // The allocator `cloudchain` runs with (see `peer/src/main.rs`).
 #[global_allocator]
@@ -8,7 +8,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[allow(clippy::disallowed_methods)] // measuring wall time is the point of this example
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let cores = args.iter().any(|a| a == "--cores");
     let own = args.iter().any(|a| a == "--replica-per-peer");
     let mut args = args.into_iter().filter(|a| !a.starts_with("--"));
     let name = args.next().unwrap_or_else(|| "paper-30d".into());
@@ -21,19 +20,15 @@ fn main() {
         }
     };
     let t = Instant::now();
-    let m = if cores || sc.cores {
-        if let Some(d) = days {
-            sc.days = d;
-        }
-        let replicas = if own {
-            simnet::cores::Replicas::PerPeer
-        } else {
-            simnet::cores::Replicas::Shared
-        };
-        simnet::cores::run(&sc, sc.seed, replicas, |_| {})
+    if let Some(d) = days {
+        sc.days = d;
+    }
+    let replicas = if own {
+        simnet::cores::Replicas::PerPeer
     } else {
-        simnet::World::new(&sc, sc.seed, None, days).run(|_| {})
+        simnet::cores::Replicas::Shared
     };
+    let m = simnet::cores::run(&sc, sc.seed, replicas, |_| {});
     let s = m.summary(&sc.requesters.fairness_groups);
     println!("{s:#?}");
     println!("{:?}", m.events_by_kind);

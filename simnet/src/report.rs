@@ -9,7 +9,6 @@ use plotters::prelude::*;
 use crate::metrics::{DP_OVERHEAD, Metrics, Summary};
 use crate::profiles::Profile;
 use crate::scenario::Scenario;
-use crate::world::World;
 
 /// A scenario's full result: the main run, and the sweep if the scenario has one.
 #[derive(Debug)]
@@ -244,7 +243,7 @@ pub fn run_all(sc: &Scenario, seed: u64, mut progress: impl FnMut(&str, f64) + S
 }
 
 /// One run of `sc`, optionally with another number of requesters and
-/// another duration, on the driver the scenario names.
+/// another duration: a node core per peer (see [`crate::cores`]).
 pub fn run_one(
     sc: &Scenario,
     seed: u64,
@@ -252,33 +251,23 @@ pub fn run_one(
     days: Option<f64>,
     progress: impl FnMut(f64),
 ) -> Metrics {
-    if sc.cores {
-        let mut sc = sc.clone();
-        sc.requesters.count = requesters.unwrap_or(sc.requesters.count);
-        sc.days = days.unwrap_or(sc.days);
-        let replicas = if sc.replica_per_peer {
-            crate::cores::Replicas::PerPeer
-        } else {
-            crate::cores::Replicas::Shared
-        };
-        crate::cores::run(&sc, seed, replicas, progress)
+    let mut sc = sc.clone();
+    sc.requesters.count = requesters.unwrap_or(sc.requesters.count);
+    sc.days = days.unwrap_or(sc.days);
+    let replicas = if sc.replica_per_peer {
+        crate::cores::Replicas::PerPeer
     } else {
-        World::new(sc, seed, requesters, days).run(progress)
-    }
+        crate::cores::Replicas::Shared
+    };
+    crate::cores::run(&sc, seed, replicas, progress)
 }
 
 /// Which driver ran the peers, for the report.
 pub fn driver_line(sc: &Scenario) -> &'static str {
-    match (sc.cores, sc.replica_per_peer) {
-        (true, true) => {
-            "a node core per peer (the binary's protocol code), each with its own ledger replica and real automerge sync"
-        }
-        (true, false) => {
-            "a node core per peer (the binary's protocol code), lent one converged ledger replica in turn"
-        }
-        (false, _) => {
-            "the market and oracle engines wired to one converged ledger (not yet the node core's glue); requesters score every provider with one constant reputation, 0.9, not its ledger history"
-        }
+    if sc.replica_per_peer {
+        "a node core per peer (the binary's protocol code), each with its own ledger replica and real automerge sync"
+    } else {
+        "a node core per peer (the binary's protocol code), lent one converged ledger replica in turn"
     }
 }
 

@@ -85,19 +85,13 @@ pub struct Scenario {
     pub faults: Faults,
     #[serde(default)]
     pub storage: Storage,
-    /// Run every peer as a node core with its own ledger replica and real
-    /// sync (`simnet::cores`), instead of the engines around one converged
-    /// ledger (`simnet::world`). Slower by far; `cloudchain sim --cores`
-    /// sets it too.
-    #[serde(default)]
-    pub cores: bool,
-    /// With `cores`: give every peer its own ledger replica and run real
-    /// sync between them, instead of lending one converged replica to every
-    /// core (`cloudchain sim --replica-per-peer`).
+    /// Give every peer its own ledger replica and run real sync between
+    /// them, instead of lending one converged replica to every core
+    /// (`cloudchain sim --replica-per-peer`).
     #[serde(default)]
     pub replica_per_peer: bool,
     /// An attacker among the providers, played against the honest ones of
-    /// the same profile (needs `cores`).
+    /// the same profile (on one lent replica).
     #[serde(default)]
     pub attack: Option<Attack>,
 }
@@ -477,10 +471,10 @@ impl Scenario {
     }
 
     fn validate_attack(&self, a: &Attack) -> Result<(), (&'static str, String)> {
-        if !self.cores || self.replica_per_peer {
+        if self.replica_per_peer {
             return Err((
                 "attack",
-                "runs on node cores with one lent replica: set cores = true".into(),
+                "runs on node cores with one lent replica: leave replica_per_peer unset".into(),
             ));
         }
         let Some(g) = self.providers.iter().find(|g| g.profile == a.profile) else {
