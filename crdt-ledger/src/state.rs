@@ -97,7 +97,18 @@ pub struct Reputation {
 /// good jobs gains no edge over an honest provider with a short one.
 pub const TRUSTED_SCORE_BPS: u64 = 8_500;
 
+/// Jobs on record below which a provider is young: its score says little yet,
+/// and requesters give young providers a share of their matches (see
+/// `protocol::market::MatchConfig::explore`), so that an honest newcomer earns
+/// its record in the market rather than by buying it from itself.
+pub const ESTABLISHED_JOBS: u64 = 5;
+
 impl Reputation {
+    /// Fewer than [`ESTABLISHED_JOBS`] jobs on record.
+    pub fn is_young(&self) -> bool {
+        self.jobs < ESTABLISHED_JOBS
+    }
+
     /// A score in basis points: the share of good jobs, through a prior of one
     /// good and one bad job and at most [`TRUSTED_SCORE_BPS`], times the share
     /// of answered probes. A new account starts at 5 000, below any provider

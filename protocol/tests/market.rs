@@ -731,3 +731,64 @@ fn a_provider_that_said_it_is_full_is_passed_over_until_its_slot_frees() {
     assert!(!book.held_off(T0.plus(DurationMs::secs(20)), &acct(1)));
     assert!((0..20).all(|s| chosen(&book, T0.plus(DurationMs::secs(20)), s) == acct(1)));
 }
+
+/// Reputation that calls some providers young.
+struct Youth {
+    young: Vec<AccountId>,
+}
+
+impl protocol::market::Reputation for Youth {
+    fn quality(&self, p: &AccountId) -> f64 {
+        if self.young.contains(p) { 0.5 } else { 0.85 }
+    }
+    fn is_young(&self, p: &AccountId) -> bool {
+        self.young.contains(p)
+    }
+}
+
+/// A young provider, scored far below an established one at the same price,
+/// still gets about `explore` of the matches; with no exploration it gets
+/// none, so its only way to a record would be to buy one from itself.
+#[test]
+fn young_providers_get_their_share_of_matches() {
+    let far = T0.plus(DurationMs::secs(86_400));
+    let mut book = OrderBook::new(BookConfig::default());
+    book.insert_verified(T0, oid(1), offer(1, 500, 1, far))
+        .unwrap();
+    book.insert_verified(T0, oid(2), offer(2, 500, 1, far))
+        .unwrap();
+    let j = job(1_000, 1_000, far);
+    let rep = Youth {
+        young: vec![acct(2)],
+    };
+    let share = |explore: u16| {
+        let cfg = MatchConfig {
+            explore: Bps(explore),
+            ..MatchConfig::default()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let n = 4_000;
+        let young = (0..n)
+            .filter(|_| {
+                matches!(
+                    book.match_job(T0, &j, &rep, &cfg, &[], &mut rng),
+                    MatchOutcome::Matched { chosen, .. } if chosen.provider == acct(2)
+                )
+            })
+            .count();
+        young as f64 / f64::from(n)
+    };
+    assert_eq!(share(0), 0.0);
+    let s = share(1_000);
+    assert!((0.08..0.12).contains(&s), "{s}");
+    // Nobody young: exploring falls back to the usual pick.
+    let old = Youth { young: vec![] };
+    let cfg = MatchConfig::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    for _ in 0..100 {
+        assert!(matches!(
+            book.match_job(T0, &j, &old, &cfg, &[], &mut rng),
+            MatchOutcome::Matched { .. }
+        ));
+    }
+}

@@ -154,6 +154,12 @@ impl protocol::market::Reputation for LedgerReputation<'_> {
     fn bonded(&self, provider: &AccountId, escrow: Amount) -> bool {
         self.state.free_bond(provider) >= self.bond_share.of(escrow)
     }
+    fn is_young(&self, provider: &AccountId) -> bool {
+        self.state
+            .reputation
+            .get(provider)
+            .is_none_or(crdt_ledger::Reputation::is_young)
+    }
 }
 
 impl<S: Store> NodeCore<S> {

@@ -148,6 +148,12 @@ pub struct MatchConfig {
     pub min_quality: f64,
     /// Most per-offer explanations returned when nothing matches.
     pub max_explanations: usize,
+    /// The share of matches drawn among young providers only (those whose
+    /// record is too short to say much, see [`Reputation::is_young`]) when
+    /// one fits. Without it a bonded newcomer, scored below every provider
+    /// with a few good jobs, never gets its first job, and the only way to a
+    /// record is to buy one from oneself through a second key.
+    pub explore: Bps,
 }
 
 impl Default for MatchConfig {
@@ -157,6 +163,7 @@ impl Default for MatchConfig {
             max_scan: 256,
             min_quality: 0.0,
             max_explanations: 1_000,
+            explore: Bps(1_000),
         }
     }
 }
@@ -648,6 +655,9 @@ impl OrderBook {
     /// near-best (see the module docs of [`crate::market`]); or explain, offer by
     /// offer, why none fits. `exclude` lists providers not to consider (those that
     /// already refused this job).
+    ///
+    /// A share [`MatchConfig::explore`] of matches first looks among young
+    /// providers only, and takes the usual pick if none fits.
     pub fn match_job<R: Rng + ?Sized>(
         &self,
         now: Timestamp,
@@ -657,6 +667,29 @@ impl OrderBook {
         exclude: &[AccountId],
         rng: &mut R,
     ) -> MatchOutcome {
+        if config.explore.0 > 0
+            && rng.random_range(0..10_000u32) < u32::from(config.explore.0)
+            && let Some(m) = self.scan(now, job, reputation, config, exclude, true, rng)
+        {
+            return m;
+        }
+        self.scan(now, job, reputation, config, exclude, false, rng)
+            .unwrap_or_else(|| self.explain(now, job, reputation, config, exclude))
+    }
+
+    /// [`OrderBook::match_job`]'s draw, among young providers only if
+    /// `young_only`; `None` if no offer fits.
+    #[allow(clippy::too_many_arguments)]
+    fn scan<R: Rng + ?Sized>(
+        &self,
+        now: Timestamp,
+        job: &JobSpec,
+        reputation: &dyn Reputation,
+        config: &MatchConfig,
+        exclude: &[AccountId],
+        young_only: bool,
+        rng: &mut R,
+    ) -> Option<MatchOutcome> {
         let value = job
             .max_price
             .cost(job.estimated_units)
@@ -684,6 +717,7 @@ impl OrderBook {
                 || hot.penalty < job.sla.min_penalty
                 || (!exclude.is_empty() && exclude.contains(&hot.provider))
                 || self.held_off(now, &hot.provider)
+                || (young_only && !reputation.is_young(&hot.provider))
             {
                 continue;
             }
@@ -724,7 +758,7 @@ impl OrderBook {
             }
         }
         if found.is_empty() {
-            return self.explain(now, job, reputation, config, exclude);
+            return None;
         }
         let lo = best - window;
         found.retain(|c| c.utility >= lo);
@@ -748,10 +782,10 @@ impl OrderBook {
             }
         }
         let chosen = found.remove(pick);
-        MatchOutcome::Matched {
+        Some(MatchOutcome::Matched {
             chosen,
             alternatives: found,
-        }
+        })
     }
 
     /// Why each offer does not fit `job` (every offer is examined).

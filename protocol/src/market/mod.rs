@@ -162,6 +162,11 @@ pub trait Reputation {
     fn bonded(&self, _provider: &AccountId, _escrow: Amount) -> bool {
         true
     }
+    /// Whether the provider's record is still too short to say much (see
+    /// [`MatchConfig::explore`]). Sources with no records say no.
+    fn is_young(&self, _provider: &AccountId) -> bool {
+        false
+    }
 }
 
 /// The same quality for everyone.
