@@ -271,8 +271,9 @@ pub struct Signed<T> {
 struct Memo<T> {
     id: OnceLock<(AccountId, Sig, Hash32)>,
     passed: OnceLock<(NetworkId, AccountId, Sig)>,
-    /// The decoded body (it depends on the body alone).
-    body: OnceLock<T>,
+    /// The decoded body (it depends on the body alone), shared: a simulator's
+    /// thousand order books hold one copy of an offer.
+    body: OnceLock<Arc<T>>,
 }
 
 impl<T> Default for Memo<T> {
@@ -342,6 +343,11 @@ impl<T: Wire> Signed<T> {
 
     /// Check the signature, then decode the body.
     pub fn verify(&self, network: &NetworkId) -> Result<T, SignatureError> {
+        Ok(T::clone(&*self.verify_shared(network)?))
+    }
+
+    /// [`Signed::verify`], the body shared with this envelope's clones.
+    pub fn verify_shared(&self, network: &NetworkId) -> Result<Arc<T>, SignatureError> {
         let me = (*network, self.signer, self.signature);
         if self.memo.passed.get() != Some(&me) {
             verify_bytes(T::KIND, network, &self.signer, &self.body, &self.signature)?;
@@ -349,7 +355,7 @@ impl<T: Wire> Signed<T> {
             // may have filled it first: then this pass is simply not kept.
             let _ = self.memo.passed.set(me);
         }
-        Ok(self.body_unverified()?)
+        Ok(self.body_shared_unverified()?)
     }
 
     /// [`Signed::verify`], and also require a particular signer.
@@ -371,11 +377,16 @@ impl<T: Wire> Signed<T> {
     /// Decode the body WITHOUT checking the signature: for display of data that
     /// was verified before it was stored.
     pub fn body_unverified(&self) -> Result<T, CodecError> {
+        Ok(T::clone(&*self.body_shared_unverified()?))
+    }
+
+    /// [`Signed::body_unverified`], shared with this envelope's clones.
+    pub fn body_shared_unverified(&self) -> Result<Arc<T>, CodecError> {
         if let Some(t) = self.memo.body.get() {
-            return Ok(t.clone());
+            return Ok(Arc::clone(t));
         }
-        let t: T = codec::decode(&self.body)?;
-        let _ = self.memo.body.set(t.clone());
+        let t = Arc::new(codec::decode::<T>(&self.body)?);
+        let _ = self.memo.body.set(Arc::clone(&t));
         Ok(t)
     }
 

@@ -369,7 +369,7 @@ impl OrderBook {
             self.stats.count(DropReason::Duplicate);
             return Err(DropReason::Duplicate);
         }
-        let offer = match signed.verify(network) {
+        let offer = match signed.verify_shared(network) {
             Ok(o) if o.provider == signed.signer => o,
             _ => {
                 self.stats.count(DropReason::BadSignature);

@@ -277,7 +277,7 @@ impl RequesterEngine {
                 let inserted = if self.cfg.verify_signatures {
                     self.book.insert(now, &self.network, &so)
                 } else {
-                    match so.body_unverified() {
+                    match so.body_shared_unverified() {
                         Ok(o) if o.provider == so.signer => {
                             self.book.insert_verified(now, so.id(), o)
                         }
