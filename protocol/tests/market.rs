@@ -672,19 +672,25 @@ fn aggregation_needs_two_thirds_and_reports_a_split_committee() {
     assert!(agg.add(verdict(&Identity::from_seed(9), 0)).is_err());
 }
 
+/// A book of two one-slot offers a day long, by providers 1 and 2 at these
+/// prices; the day's end; and a job either can take.
+fn two_offers(price1: u64, price2: u64) -> (OrderBook, Timestamp, JobSpec) {
+    let far = T0.plus(DurationMs::secs(86_400));
+    let mut book = OrderBook::new(BookConfig::default());
+    book.insert_verified(T0, oid(1), offer(1, price1, 1, far))
+        .unwrap();
+    book.insert_verified(T0, oid(2), offer(2, price2, 1, far))
+        .unwrap();
+    (book, far, job(1_000, 1_000, far))
+}
+
 /// A provider that refused a proposal for want of capacity is passed over until
 /// the slot it named frees (at most `MAX_HOLD_OFF` ahead), or until a later
 /// offer of its own says it has room; its refusal counts as "no capacity".
 #[test]
 fn a_provider_that_said_it_is_full_is_passed_over_until_its_slot_frees() {
     use protocol::market::book::MAX_HOLD_OFF;
-    let far = T0.plus(DurationMs::secs(86_400));
-    let mut book = OrderBook::new(BookConfig::default());
-    book.insert_verified(T0, oid(1), offer(1, 100, 1, far))
-        .unwrap();
-    book.insert_verified(T0, oid(2), offer(2, 900, 1, far))
-        .unwrap();
-    let j = job(1_000, 1_000, far);
+    let (mut book, far, j) = two_offers(100, 900);
     let rep = UniformReputation(0.9);
     let cfg = MatchConfig::default();
     let chosen = |book: &OrderBook, now: Timestamp, seed: u64| {
@@ -751,13 +757,7 @@ impl protocol::market::Reputation for Youth {
 /// none, so its only way to a record would be to buy one from itself.
 #[test]
 fn young_providers_get_their_share_of_matches() {
-    let far = T0.plus(DurationMs::secs(86_400));
-    let mut book = OrderBook::new(BookConfig::default());
-    book.insert_verified(T0, oid(1), offer(1, 500, 1, far))
-        .unwrap();
-    book.insert_verified(T0, oid(2), offer(2, 500, 1, far))
-        .unwrap();
-    let j = job(1_000, 1_000, far);
+    let (book, _, j) = two_offers(500, 500);
     let rep = Youth {
         young: vec![acct(2)],
     };

@@ -115,6 +115,16 @@ impl BookStats {
 /// saves proposals it would refuse, so a late guess must not idle it for long.
 pub const MAX_HOLD_OFF: DurationMs = DurationMs(30 * 60 * 1000);
 
+/// What one match asks of the book (see [`OrderBook::match_job`]).
+#[derive(Clone, Copy)]
+struct Ask<'a> {
+    now: Timestamp,
+    job: &'a JobSpec,
+    reputation: &'a dyn Reputation,
+    config: &'a MatchConfig,
+    exclude: &'a [AccountId],
+}
+
 /// One offer in the book.
 #[derive(Clone, Debug)]
 pub struct BookEntry {
@@ -667,29 +677,38 @@ impl OrderBook {
         exclude: &[AccountId],
         rng: &mut R,
     ) -> MatchOutcome {
+        let ask = Ask {
+            now,
+            job,
+            reputation,
+            config,
+            exclude,
+        };
         if config.explore.0 > 0
             && rng.random_range(0..10_000u32) < u32::from(config.explore.0)
-            && let Some(m) = self.scan(now, job, reputation, config, exclude, true, rng)
+            && let Some(m) = self.scan(ask, true, rng)
         {
             return m;
         }
-        self.scan(now, job, reputation, config, exclude, false, rng)
+        self.scan(ask, false, rng)
             .unwrap_or_else(|| self.explain(now, job, reputation, config, exclude))
     }
 
     /// [`OrderBook::match_job`]'s draw, among young providers only if
     /// `young_only`; `None` if no offer fits.
-    #[allow(clippy::too_many_arguments)]
     fn scan<R: Rng + ?Sized>(
         &self,
-        now: Timestamp,
-        job: &JobSpec,
-        reputation: &dyn Reputation,
-        config: &MatchConfig,
-        exclude: &[AccountId],
+        ask: Ask<'_>,
         young_only: bool,
         rng: &mut R,
     ) -> Option<MatchOutcome> {
+        let Ask {
+            now,
+            job,
+            reputation,
+            config,
+            exclude,
+        } = ask;
         let value = job
             .max_price
             .cost(job.estimated_units)
