@@ -11,7 +11,7 @@
 
 use crate::backend::Backend;
 use crate::error::{ComputeError, Result, shape_err};
-use crate::mlp::{Data, Mlp, Ops, argmax_rows};
+use crate::mlp::{Data, Mlp, Ops, Task, argmax_rows};
 use crate::rng;
 use crate::tensors;
 use crate::workload::{Checkpoint, TrainSpec, chain_next, chain_start, infer_logits, train_steps};
@@ -234,12 +234,22 @@ pub fn verify_inference_sample(
     tol: f32,
 ) -> Result<Verdict> {
     let m = Mlp::from_safetensors(model)?;
+    let info = crate::predict::ModelInfo::read(tensors::metadata(model)?, &m)?;
     let st = tensors::parse(data)?;
     let (rows, cols, x) = tensors::read_matrix(&st, "x")?;
     let out = tensors::parse(claimed)?;
     let (lr, classes, logits) = tensors::read_matrix(&out, "logits")?;
-    let pred = tensors::read_labels(&out, "pred")?;
-    if lr != rows || classes != m.layers[m.depth()] || pred.len() != rows || cols != m.layers[0] {
+    // A classifier's most likely class, or a regression's target, per row:
+    // each must follow from its row's logits.
+    let (pred, targets) = match info.task {
+        Task::Classify => (tensors::read_labels(&out, "pred")?, Vec::new()),
+        Task::Regress => (Vec::new(), tensors::read_targets(&out, "y")?),
+    };
+    if lr != rows
+        || classes != m.layers[m.depth()]
+        || pred.len().max(targets.len()) != rows
+        || cols != m.layers[0]
+    {
         return Ok(Verdict::fail(format!(
             "claimed output has shape {lr}×{classes} for {rows} rows of {cols} features"
         )));
@@ -263,9 +273,15 @@ pub fn verify_inference_sample(
             worst = worst.max((t - o).abs() / (1.0 + o.abs()));
             max_abs = max_abs.max((t - o).abs());
         }
-        if argmax_rows(theirs, classes)[0] != pred[r] {
+        let follows = match info.task {
+            Task::Classify => argmax_rows(theirs, classes)[0] == pred[r],
+            Task::Regress => {
+                crate::workload::regression_targets(&info, theirs)[..] == targets[r..=r]
+            }
+        };
+        if !follows {
             return Ok(Verdict::fail(format!(
-                "row {r}: pred does not match its logits"
+                "row {r}: the prediction does not follow from its logits"
             )));
         }
     }

@@ -560,7 +560,7 @@ pub fn run_workload_observed(
                     m.layers
                 )));
             }
-            let (out, metrics) = infer(&ops, &m, data)?;
+            let (out, metrics) = infer(&ops, &m, bytes, data)?;
             (out, vec![], vec![], metrics)
         }
         WorkloadSpec::Preprocess { op } => {
@@ -613,7 +613,14 @@ pub fn infer_logits(ops: &Ops<'_>, m: &Mlp, x: &[f32], rows: usize) -> Result<Ve
     Ok(out)
 }
 
-fn infer(ops: &Ops<'_>, m: &Mlp, data: &[u8]) -> Result<(Vec<u8>, Metrics)> {
+/// A model's predictions on `data`. A classifier's output is `logits`
+/// (`rows × classes`) and `pred` (the most likely class of each row); a
+/// regression's (as its file's `task` says) is `logits` (`rows × 1`, the
+/// model's own output) and `y` (each row's target, scaled back to its units
+/// when the file says how). Labels in `data` (`y`) give the accuracy, or the
+/// RMSE and R² of `logits` (on the scale the model was trained on).
+fn infer(ops: &Ops<'_>, m: &Mlp, model: &[u8], data: &[u8]) -> Result<(Vec<u8>, Metrics)> {
+    let info = crate::predict::ModelInfo::read(tensors::metadata(model)?, m)?;
     let st = tensors::parse(data)?;
     let (rows, cols, x) = tensors::read_matrix(&st, "x")?;
     if cols != m.layers[0] {
@@ -624,23 +631,55 @@ fn infer(ops: &Ops<'_>, m: &Mlp, data: &[u8]) -> Result<(Vec<u8>, Metrics)> {
     }
     let classes = m.layers[m.depth()];
     let logits = infer_logits(ops, m, &x, rows)?;
-    let pred = mlp::argmax_rows(&logits, classes);
     let mut metrics = Metrics {
         rows,
         ..Default::default()
     };
-    if tensors::has(&st, "y") {
-        let y = tensors::read_labels(&st, "y")?;
-        if y.len() == rows {
-            let ok = pred.iter().zip(&y).filter(|(p, y)| p == y).count();
-            metrics.train_accuracy = Some(ok as f64 / rows.max(1) as f64);
+    let labelled = tensors::has(&st, "y");
+    let out = match info.task {
+        Task::Classify => {
+            let pred = mlp::argmax_rows(&logits, classes);
+            if labelled {
+                let y = tensors::read_labels(&st, "y")?;
+                if y.len() == rows {
+                    let ok = pred.iter().zip(&y).filter(|(p, y)| p == y).count();
+                    metrics.train_accuracy = Some(ok as f64 / rows.max(1) as f64);
+                }
+            }
+            Writer::new()
+                .f32("logits", &[rows, classes], &logits)
+                .u32("pred", &[rows], &pred)
         }
+        Task::Regress => {
+            if labelled {
+                let t = tensors::read_targets(&st, "y")?;
+                if t.len() == rows {
+                    let sse: f64 = logits
+                        .iter()
+                        .zip(&t)
+                        .map(|(o, t)| (f64::from(*o) - f64::from(*t)).powi(2))
+                        .sum();
+                    metrics.train_rmse = Some((sse / rows.max(1) as f64).sqrt());
+                    metrics.train_r2 = Some(mlp::r_squared(sse, &t));
+                }
+            }
+            Writer::new().f32("logits", &[rows, classes], &logits).f32(
+                "y",
+                &[rows],
+                &regression_targets(&info, &logits),
+            )
+        }
+    };
+    Ok((out.to_bytes()?, metrics))
+}
+
+/// A regression's targets for its outputs: scaled back to the target's
+/// units when the model says how (as [`crate::predict`] does).
+pub fn regression_targets(info: &crate::predict::ModelInfo, outputs: &[f32]) -> Vec<f32> {
+    match info.target {
+        Some(t) => outputs.iter().map(|o| t.apply(*o)).collect(),
+        None => outputs.to_vec(),
     }
-    let out = Writer::new()
-        .f32("logits", &[rows, classes], &logits)
-        .u32("pred", &[rows], &pred)
-        .to_bytes()?;
-    Ok((out, metrics))
 }
 
 fn preprocess(ops: &Ops<'_>, op: &PreprocessOp, data: &[u8]) -> Result<(Vec<u8>, Metrics)> {

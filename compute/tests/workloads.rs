@@ -638,3 +638,62 @@ fn a_task_that_does_not_fit_its_targets_is_refused() {
         .to_string();
     assert!(e.contains("one output"), "{e}");
 }
+
+/// An inference job on a regression model: the model's output and each row's
+/// target in its own units (the model file's scale), with RMSE and R² against
+/// labelled rows; a committee's sample re-run accepts it, and catches targets
+/// that do not follow from the outputs.
+#[test]
+fn a_regression_model_infers_targets_that_a_check_can_verify() {
+    let data = regression_data();
+    let trained = train_on_cpu(&regression_spec(), &data);
+    // The requester's copy says how the target was scaled.
+    let scale = [("target_mean", "100"), ("target_scale", "4")]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+    let model = tensors::with_metadata(&trained.output, &scale.into_iter().collect()).unwrap();
+    let layers = vec![3, 32, 1];
+    let be = CpuBackend::new();
+    // The held-out rows, as a data set of their own.
+    let st = tensors::parse(&data).unwrap();
+    let (rows, cols, x) = tensors::read_matrix(&st, "x_test").unwrap();
+    let y = tensors::read_targets(&st, "y_test").unwrap();
+    let test = tensors::Writer::new()
+        .f32("x", &[rows, cols], &x)
+        .f32("y", &[rows], &y)
+        .to_bytes()
+        .unwrap();
+    let out = run_workload(&be, &WorkloadSpec::Infer { layers }, &test, Some(&model)).unwrap();
+    // Its RMSE and R² are the training run's on the same rows.
+    let m = &out.metrics;
+    let (rmse, r2) = (m.train_rmse.unwrap(), m.train_r2.unwrap());
+    assert!(
+        (rmse - trained.metrics.test_rmse.unwrap()).abs() < 1e-4,
+        "{m:?} vs {:?}",
+        trained.metrics
+    );
+    assert!(r2 > 0.93, "{m:?}");
+    assert!(m.train_accuracy.is_none(), "{m:?}");
+    let o = tensors::parse(&out.output).unwrap();
+    let (lr, width, logits) = tensors::read_matrix(&o, "logits").unwrap();
+    let targets = tensors::read_targets(&o, "y").unwrap();
+    assert_eq!((lr, width, targets.len()), (rows, 1, rows));
+    for (t, z) in targets.iter().zip(&logits) {
+        assert_eq!(*t, (f64::from(*z) * 4.0 + 100.0) as f32);
+    }
+    assert!(!tensors::has(&o, "pred"), "a regression has no classes");
+    let verdict = verify_inference_sample(&be, &model, &test, &out.output, 16, 5, 1e-3).unwrap();
+    assert!(verdict.ok, "{verdict:?}");
+    // A provider that reports other targets than its outputs give.
+    let mut forged = targets.clone();
+    for t in &mut forged {
+        *t += 1.0;
+    }
+    let claimed = tensors::Writer::new()
+        .f32("logits", &[rows, 1], &logits)
+        .f32("y", &[rows], &forged)
+        .to_bytes()
+        .unwrap();
+    let verdict = verify_inference_sample(&be, &model, &test, &claimed, 16, 5, 1e-3).unwrap();
+    assert!(!verdict.ok, "{verdict:?}");
+    assert!(verdict.reason.contains("does not follow"), "{verdict:?}");
+}

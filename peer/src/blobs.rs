@@ -135,6 +135,9 @@ pub struct BlobNode {
     stall: std::time::Duration,
     /// Payload bytes received (fetches) and sent (served) since start.
     traffic: Arc<[AtomicU64; 2]>,
+    /// The store's room under its quota, as last measured (`None`: no quota,
+    /// or a store in memory).
+    room: tokio::sync::watch::Receiver<Option<u64>>,
 }
 
 /// How many finished fetches [`BlobNode::recent_fetches`] remembers.
@@ -201,6 +204,7 @@ impl BlobNode {
             }
         };
         let (sweeper, gc_every, quota) = (store.clone(), net.gc_every, net.quota);
+        let (room_tx, room) = tokio::sync::watch::channel(None);
         tokio::spawn(async move {
             let mut every = tokio::time::interval(gc_every);
             loop {
@@ -215,6 +219,9 @@ impl BlobNode {
                     None => 0,
                 };
                 let over = quota.is_some_and(|q| size > q);
+                if measured.is_some() {
+                    room_tx.send_replace(quota.map(|q| q.saturating_sub(size)));
+                }
                 match drop_expired(&sweeper, crate::net::now().0, over).await {
                     Ok(0) if over => tracing::warn!(
                         mib = size >> 20,
@@ -247,7 +254,14 @@ impl BlobNode {
             recent: Default::default(),
             stall: STALL_TIMEOUT,
             traffic,
+            room,
         })
+    }
+
+    /// The store's room under its quota, updated at each measure (every
+    /// `gc_every`); `None` while there is no quota or no measure yet.
+    pub fn room(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
+        self.room.clone()
     }
 
     /// How peers reach the endpoint (as text, for offers): the bound sockets,

@@ -89,6 +89,23 @@ pub struct Limits {
     pub output: u64,
     /// One link's weights (training).
     pub model: u64,
+    /// The links of the chain, the start included (training; 0 otherwise).
+    #[serde(default)]
+    pub links: u64,
+}
+
+impl Limits {
+    /// Every blob of the result together: what a job declares as its
+    /// `result_bytes` and a provider keeps room for. A chain's output is its
+    /// last link's weights, stored once.
+    pub fn stored(&self) -> u64 {
+        let body = if self.links > 0 {
+            self.links.saturating_mul(self.model)
+        } else {
+            self.output
+        };
+        self.index.saturating_add(body)
+    }
 }
 
 /// Room for safetensors headers, metadata and encryption.
@@ -121,6 +138,7 @@ pub fn limits(kind: &JobKind, model: Option<&[u8]>, shape: DataShape) -> anyhow:
                 index,
                 output: m,
                 model: m,
+                links,
             }
         }
         WorkloadSpec::Infer { layers } => {
@@ -130,6 +148,7 @@ pub fn limits(kind: &JobKind, model: Option<&[u8]>, shape: DataShape) -> anyhow:
                 // Logits (f32) and a prediction (u32) per row.
                 output: rows.saturating_mul(4 * (classes + 1)).saturating_add(SLACK),
                 model: 0,
+                links: 0,
             }
         }
         WorkloadSpec::Preprocess { .. } => Limits {
@@ -139,6 +158,7 @@ pub fn limits(kind: &JobKind, model: Option<&[u8]>, shape: DataShape) -> anyhow:
                 .saturating_mul(4 * (shape.features as u64 + 1))
                 .saturating_add(SLACK),
             model: 0,
+            links: 0,
         },
         other => bail!("no limits for {other:?}"),
     })
@@ -337,13 +357,22 @@ pub fn estimate_units(kind: &JobKind, data: &[u8], model: Option<&[u8]>) -> anyh
             shape.features
         );
     }
-    if let WorkloadSpec::Train(ts) = &spec {
-        check_labels(data, ts.task, ts.layers.last().copied().unwrap_or(0))?;
+    match (&spec, model) {
+        (WorkloadSpec::Train(ts), _) => {
+            check_labels(data, ts.task, ts.layers.last().copied().unwrap_or(0))?;
+        }
+        // Labelled rows to infer on: labels of the model's kind.
+        (WorkloadSpec::Infer { layers }, Some(m)) => {
+            let task = compute::predict::Model::from_safetensors(m)?.info.task;
+            check_labels(data, task, layers.last().copied().unwrap_or(0))?;
+        }
+        _ => {}
     }
     Ok(compute::compute_units_for(&spec, shape))
 }
 
-/// A training set's targets must fit the job's task, caught at submit,
+/// A data set's targets must fit the job's task (a training job's, or the
+/// model's for an inference job), caught at submit,
 /// before anything is escrowed, rather than by the provider after the job is
 /// paid for: class numbers the model's last layer has an output for, or (a
 /// regression) real values.
@@ -358,7 +387,7 @@ fn check_labels(data: &[u8], task: compute::Task, outputs: usize) -> anyhow::Res
         let labels = compute::tensors::read_labels(&st, name).map_err(|e| {
             anyhow::anyhow!(
                 "{e}: a classification's labels are class numbers 0, 1, …; for real-valued \
-                 targets set task = \"regress\" under [train] (and one output)"
+                 targets, train a regression: task = \"regress\" under [train] (and one output)"
             )
         })?;
         if let Some(&top) = labels.iter().max()

@@ -82,6 +82,7 @@ fn job(rng: &mut ChaCha8Rng) -> JobSpec {
             size: 10 << 20,
         },
         estimated_units: ComputeUnits::from_milli(rng.random_range(1_000_000..100_000_000)),
+        result_bytes: 1 << 20,
         max_price: PricePerCu(rng.random_range(600..1_200)),
         deadline: T0.plus(DurationMs::secs(3_600)),
         sla: SlaRequirement {

@@ -347,6 +347,12 @@ pub struct JobSpec {
     pub model: Option<BlobRef>,
     pub dataset: BlobRef,
     pub estimated_units: ComputeUnits,
+    /// The most bytes its result may take in a provider's store, every blob
+    /// of it (the index, the output, each link's weights), as the requester
+    /// computed it from the job and its inputs. A provider keeps room for it
+    /// (and the inputs) before it accepts, and runs the job only if its
+    /// inputs bear it out.
+    pub result_bytes: u64,
     pub max_price: PricePerCu,
     /// Absolute time by which the result must be delivered.
     pub deadline: Timestamp,
@@ -363,6 +369,18 @@ impl Wire for JobSpec {
 }
 
 impl JobSpec {
+    /// The largest result a job may declare.
+    pub const MAX_RESULT_BYTES: u64 = 1 << 40;
+
+    /// What a provider stores for this job at most: its inputs and its
+    /// result.
+    pub fn storage_bytes(&self) -> u64 {
+        self.dataset
+            .size
+            .saturating_add(self.model.as_ref().map_or(0, |m| m.size))
+            .saturating_add(self.result_bytes)
+    }
+
     /// An inference job (batch 1) on `dataset` with no model, no service-level
     /// floor and no privacy target, standing from `issued_at` until its deadline.
     pub fn inference(
@@ -380,6 +398,7 @@ impl JobSpec {
             model: None,
             dataset,
             estimated_units,
+            result_bytes: 1 << 20,
             max_price,
             deadline,
             sla: SlaRequirement {
@@ -398,6 +417,9 @@ impl JobSpec {
         self.kind.validate()?;
         if self.estimated_units.milli == 0 {
             return Err(field("estimated_units", "must be positive"));
+        }
+        if self.result_bytes == 0 || self.result_bytes > Self::MAX_RESULT_BYTES {
+            return Err(field("result_bytes", "must be positive and at most 1 TiB"));
         }
         if self.deadline <= now {
             return Err(field("deadline", "already passed"));
@@ -464,6 +486,12 @@ pub enum RejectReason {
     },
     Unsupported(String),
     Invalid(String),
+    /// The job would take `needed` bytes of the provider's store, which has
+    /// `room` left for new jobs.
+    NoStorage {
+        needed: u64,
+        room: u64,
+    },
 }
 
 /// A provider's answer to a proposal.

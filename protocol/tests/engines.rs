@@ -529,6 +529,7 @@ impl World {
             model: None,
             dataset: b.dataset(),
             estimated_units: ComputeUnits::from_milli(60_000_000),
+            result_bytes: 1 << 20,
             max_price: PricePerCu(1_000),
             deadline: at.plus(DurationMs::secs(600)),
             sla: SlaRequirement {
@@ -796,6 +797,83 @@ fn answer_of(out: &[ProviderOutput]) -> ProposalAnswer {
         .1
         .body_unverified()
         .unwrap()
+}
+
+/// A provider keeps room in its store for the jobs it accepted: a job is
+/// refused, saying how much it needs and how much is left, when its inputs and
+/// declared result do not fit beside theirs.
+#[test]
+fn a_provider_accepts_only_jobs_its_store_has_room_for() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let me = Identity::from_seed(52);
+    let req = Identity::from_seed(53);
+    let mut prov = ProviderEngine::new(me.clone(), net(), ProviderConfig::default());
+    let now = Timestamp(5_000_000);
+    prov.handle(now, ProviderInput::Start, &mut rng);
+    let job = |nonce: u64, result_bytes: u64| {
+        let j = simple_job(&req, now, nonce, 1_000_000, 600);
+        let spec = JobSpec {
+            result_bytes,
+            ..j.body_unverified().unwrap()
+        };
+        Signed::sign(&req, &net(), &spec).unwrap()
+    };
+    let mut ask = |prov: &mut ProviderEngine, j: Signed<JobSpec>, nonce: u64| {
+        let p = propose(&req, me.account(), j, 500, now, nonce);
+        answer_of(&prov.handle(now, ProviderInput::Proposal(p), &mut rng))
+    };
+    let big = job(1, 600 << 20);
+    let needed = big.body_unverified().unwrap().storage_bytes();
+    assert!(needed > 600 << 20, "inputs count too");
+
+    // No limit said: any size is taken.
+    assert!(matches!(
+        ask(&mut prov, big.clone(), 1),
+        ProposalAnswer::Accept(_)
+    ));
+    // 1 GiB of room: the accepted job keeps its share of it, so a second
+    // job as big is refused, with the figures.
+    prov.handle(
+        now,
+        ProviderInput::StoreRoom(Some(1 << 30)),
+        &mut ChaCha8Rng::seed_from_u64(0),
+    );
+    let why = ask(&mut prov, job(2, 600 << 20), 2);
+    assert_eq!(
+        why,
+        ProposalAnswer::Reject {
+            proposal: why_proposal(&why),
+            reason: RejectReason::NoStorage {
+                needed,
+                room: (1 << 30) - needed,
+            },
+        }
+    );
+    // A small one still fits.
+    assert!(matches!(
+        ask(&mut prov, job(3, 1 << 20), 3),
+        ProposalAnswer::Accept(_)
+    ));
+    // A store with no room left refuses even that.
+    prov.handle(
+        now,
+        ProviderInput::StoreRoom(Some(0)),
+        &mut ChaCha8Rng::seed_from_u64(0),
+    );
+    assert!(matches!(
+        ask(&mut prov, job(4, 1 << 20), 4),
+        ProposalAnswer::Reject {
+            reason: RejectReason::NoStorage { room: 0, .. },
+            ..
+        }
+    ));
+}
+
+fn why_proposal(a: &ProposalAnswer) -> Hash32 {
+    match a {
+        ProposalAnswer::Reject { proposal, .. } => *proposal,
+        ProposalAnswer::Accept(_) => Hash32::default(),
+    }
 }
 
 #[test]

@@ -71,6 +71,7 @@ fn job(max_price: u64, units_milli: u64, deadline: Timestamp) -> JobSpec {
             size: 10 << 20,
         },
         estimated_units: ComputeUnits::from_milli(units_milli),
+        result_bytes: 1 << 20,
         max_price: PricePerCu(max_price),
         deadline,
         sla: SlaRequirement {

@@ -102,6 +102,7 @@ prop_compose! {
     ) -> JobSpec {
         JobSpec {
             requester, kind, model, dataset, estimated_units: ComputeUnits::from_milli(units),
+            result_bytes: 1 << 20,
             max_price: PricePerCu(max_price), deadline,
             sla: SlaRequirement { min_availability: a, min_penalty: p },
             privacy: privacy.map(|(epsilon, delta)| PrivacyTarget { epsilon, delta }),
@@ -197,6 +198,8 @@ fn reject_reason() -> impl Strategy<Value = RejectReason> {
         }),
         text().prop_map(RejectReason::Unsupported),
         text().prop_map(RejectReason::Invalid),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(needed, room)| RejectReason::NoStorage { needed, room }),
     ]
 }
 

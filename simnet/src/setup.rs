@@ -262,6 +262,7 @@ pub(crate) fn new_job(
             size: (data_mb * 1e6) as u64,
         },
         estimated_units: units,
+        result_bytes: 1 << 20,
         max_price,
         deadline,
         sla: SlaRequirement {

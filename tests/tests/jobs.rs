@@ -160,6 +160,35 @@ async fn a_provider_with_no_bond_gets_no_contract() -> anyhow::Result<()> {
     stop(nodes).await
 }
 
+/// A provider whose blob store is over its quota takes no job it could not
+/// store: it refuses the proposal before any escrow, and the requester's
+/// timeline says how much the job needs and how much room is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_over_its_store_quota_refuses_jobs_and_says_why() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    // A quota of one byte: its store is over it from the first measure.
+    let full = providers(|o| o.blob.quota = Some(1));
+    let (nodes, _, _) = swarm(tmp.path(), "store-full", 1, 1, true, full).await?;
+    let c = requester(tmp.path(), 1).await?;
+    let v = c.submit(&wine_job(tmp.path(), 20, 15)?).await?;
+    let done = wait_job(&c, &v.id, Duration::from_secs(120), |v| v.done).await;
+    assert_eq!(
+        done.outcome.as_deref(),
+        Some("expired: no offer fitted"),
+        "{done:#?}"
+    );
+    assert_eq!(done.escrow, None, "{done:#?}");
+    assert!(
+        done.events
+            .iter()
+            .any(|e| e.what.contains("refused it: the job needs")
+                && e.what.contains("which has 0.0 MiB for new jobs")),
+        "the requester did not say why: {:#?}",
+        done.events
+    );
+    stop(nodes).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_no_offer_fits_is_posted_as_a_bid_answered_and_settled() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -371,6 +400,25 @@ async fn csv_files_imported_train_on_a_swarm_to_classify_and_to_regress() -> any
     assert_eq!(meta["activations"], "relu,linear");
     assert!(meta.contains_key("target_mean") && meta.contains_key("target_scale"));
     assert!(!meta.contains_key("class_names"));
+    // The model infers on the network: each row's price in its own units,
+    // checked by the committee, with RMSE and R² on the labelled rows.
+    let infer = peer::control::JobRequest {
+        kind: protocol::JobKind::Infer { batch: 64 },
+        model: Some(done.result.clone().expect("the model's path")),
+        ..regress.clone()
+    };
+    let v = c.submit(&infer).await?;
+    let inferred = wait_job(&c, &v.id, Duration::from_secs(120), |v| v.done).await;
+    assert_eq!(inferred.outcome.as_deref(), Some("ok"), "{inferred:#?}");
+    let im = inferred.metrics.as_ref().expect("inference metrics");
+    assert!(im.train_r2.expect("R²") > 0.9, "{im:?}");
+    let out = std::fs::read(inferred.result.as_ref().expect("the output's path"))?;
+    let out = compute::tensors::parse(&out)?;
+    let prices = compute::tensors::read_targets(&out, "y")?;
+    assert_eq!(prices.len(), im.rows);
+    // Prices in price units, not standardized ones.
+    let mean = prices.iter().map(|p| f64::from(*p)).sum::<f64>() / prices.len() as f64;
+    assert!(mean > 1_000.0, "mean predicted price {mean}");
     // Declared as a classification, the same data is refused at submit.
     let mut wrong = regress.clone();
     if let protocol::JobKind::Train { layers, task, .. } = &mut wrong.kind {

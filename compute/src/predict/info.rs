@@ -103,7 +103,7 @@ impl ModelInfo {
     }
 
     /// Reads and checks the metadata of a model whose weights are `mlp`.
-    pub(super) fn read(meta: BTreeMap<String, String>, mlp: &Mlp) -> Result<Self> {
+    pub(crate) fn read(meta: BTreeMap<String, String>, mlp: &Mlp) -> Result<Self> {
         let layers = mlp.layers.clone();
         let (features, outputs) = (layers[0], layers[layers.len() - 1]);
         if let Some(l) = meta.get("layers") {

@@ -133,6 +133,7 @@ impl Net {
                 size: 10,
             },
             estimated_units: ComputeUnits::from_milli(10_000),
+            result_bytes: 1 << 20,
             max_price: PricePerCu(2_000_000),
             deadline: Timestamp(T0.0 + 100_000),
             sla: SlaRequirement {

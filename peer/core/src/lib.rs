@@ -205,6 +205,10 @@ pub enum Input {
     /// the cores a new entry concerns. (A replica of its own changes only
     /// through the core, which notices by itself.)
     LedgerChanged,
+    /// How many bytes the node's store has for new jobs (`None`: no limit);
+    /// a provider refuses jobs that would not fit (see
+    /// [`protocol::market::ProviderInput::StoreRoom`]).
+    StoreRoom(Option<u64>),
     /// The driver's run of a contract's training job finished an epoch: the
     /// provider tells the requester.
     RunProgress {
@@ -504,6 +508,9 @@ impl<S: Store> NodeCore<S> {
             }
             Input::Tick => self.on_tick(&mut cx),
             Input::LedgerChanged => self.ledger_dirty = true,
+            Input::StoreRoom(room) => {
+                self.provider_handle(&mut cx, protocol::market::ProviderInput::StoreRoom(room));
+            }
             Input::RunProgress { contract, progress } => {
                 self.on_run_progress(&mut cx, contract, progress)
             }

@@ -11,7 +11,7 @@ use protocol::{
     AccountId, Amount, Contract, Hash32, JobSpec, KeyGrant, Message, Receipt, Signed, Timestamp,
 };
 use rand::Rng;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::job::{Job, JobEnd, Settled};
 
@@ -326,6 +326,28 @@ impl<S: Store> NodeCore<S> {
                                 provider.short()
                             ),
                         );
+                    }
+                }
+                RequesterOutput::Refused {
+                    job,
+                    provider,
+                    reason,
+                } => {
+                    let routine = matches!(
+                        reason,
+                        protocol::RejectReason::NoCapacity { .. }
+                            | protocol::RejectReason::QueueFull { .. }
+                    );
+                    match self.jobs.get_mut(&job) {
+                        // A full provider is routine (the book passes it over
+                        // until then): only the log says so.
+                        Some(j) if !routine => j.event(
+                            cx.now,
+                            format!("{} refused it: {}", provider.short(), refusal(&reason)),
+                        ),
+                        _ => {
+                            debug!(provider = %provider.short(), ?reason, "a proposal was refused")
+                        }
                     }
                 }
                 RequesterOutput::LockEscrow { contract, amount } => {
@@ -818,5 +840,24 @@ impl<S: Store> NodeCore<S> {
             }
             self.requester_handle(cx, RequesterInput::Settlement(Box::new(si)));
         }
+    }
+}
+
+/// A provider's refusal, for a job's timeline.
+fn refusal(reason: &protocol::RejectReason) -> String {
+    use protocol::RejectReason as R;
+    let mib = |b: &u64| format!("{:.1} MiB", *b as f64 / f64::from(1 << 20));
+    match reason {
+        R::NoCapacity { free_at } | R::QueueFull { free_at } => {
+            format!("no free slot until {} ms", free_at.0)
+        }
+        R::PriceBelowFloor { floor } => format!("the price is below its floor of {}", floor.0),
+        R::DeadlineInfeasible => "it cannot meet the deadline".into(),
+        R::NoStorage { needed, room } => format!(
+            "the job needs {} of its store, which has {} for new jobs",
+            mib(needed),
+            mib(room)
+        ),
+        R::Unsupported(why) | R::Invalid(why) => why.clone(),
     }
 }

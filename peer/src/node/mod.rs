@@ -460,6 +460,7 @@ impl Driver {
         let mut discover = tokio::time::interval(DISCOVER_EVERY);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut room = self.blobs.room();
         loop {
             let next = self.core.poll_timeout();
             let timer = async move {
@@ -478,6 +479,10 @@ impl Driver {
                 _ = timer => self.input(Input::Tick),
                 _ = tick.tick() => self.input(Input::Tick),
                 _ = discover.tick() => self.discover_providers(),
+                Ok(()) = room.changed() => {
+                    let now = *room.borrow_and_update();
+                    self.input(Input::StoreRoom(now));
+                }
                 _ = &mut stop => break,
             }
         }

@@ -165,6 +165,7 @@ pub(super) async fn prepare(
         estimated_units: ComputeUnits {
             milli: (cu * 1000.0).ceil().max(1.0) as u64,
         },
+        result_bytes: limits.stored().max(1),
         max_price: PricePerCu(req.max_price),
         deadline,
         sla: req.sla,
@@ -450,6 +451,18 @@ pub(super) async fn run_job(
     let (data, model) = fetch_inputs(&blobs, &grant, &terms).await?;
     let inputs_ready_at = net::now();
     let kind = terms.spec.kind.clone();
+    // The room we kept is what the job declared: run it only if its inputs
+    // bear that out (a requester that declares less has its escrow back).
+    let limits = crate::work::data_shape(&data)
+        .and_then(|shape| crate::work::limits(&kind, model.as_deref(), shape))
+        .map_err(|e| WorkError::fatal(format!("{e:#}")))?;
+    if limits.stored() > terms.spec.result_bytes {
+        return Err(WorkError::fatal(format!(
+            "the job declares a result of at most {} bytes, but its inputs call for up to {}",
+            terms.spec.result_bytes,
+            limits.stored()
+        )));
+    }
     let key = grant.key.clone();
     let ran = async {
         let mut ran = tokio::task::spawn_blocking(move || {
@@ -617,6 +630,7 @@ pub(super) async fn fetch_for_requester(
         index: 64 << 20,
         output: crate::work::MAX_OUTPUT,
         model: crate::work::MAX_OUTPUT,
+        links: 0,
     });
     // The result is written to `results/` at once: its blobs need not stay.
     let until = crate::blobs::Keep::fetched();

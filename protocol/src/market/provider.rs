@@ -136,6 +136,11 @@ pub enum ProviderInput {
     Settlement(Box<SettlementInstruction>),
     /// Blobs we now hold (models cached), advertised in the next offer.
     Holds(Vec<Hash32>),
+    /// How many bytes the driver's store has for new jobs now (`None`: no
+    /// limit). A job is accepted only while its inputs and its declared
+    /// result ([`JobSpec::storage_bytes`]), with those of the jobs accepted
+    /// and not yet run to their end, fit in it.
+    StoreRoom(Option<u64>),
 }
 
 /// What the provider engine asks its driver to do.
@@ -175,6 +180,7 @@ pub struct ProviderStats {
     pub rejected_price: u64,
     pub rejected_capacity: u64,
     pub rejected_deadline: u64,
+    pub rejected_storage: u64,
     pub rejected_invalid: u64,
     pub bids_answered: u64,
     pub completed: u64,
@@ -214,6 +220,8 @@ pub struct ProviderEngine {
     /// How long a contract of each requester would wait before it may start
     /// (its escrow must become final), as the driver last said.
     start_delays: HashMap<AccountId, DurationMs>,
+    /// The store's room for new jobs, as the driver last said.
+    store_room: Option<u64>,
 }
 
 /// Requesters whose start delay an engine remembers (the map is cleared when
@@ -243,6 +251,7 @@ impl ProviderEngine {
             stats: ProviderStats::default(),
             ledger: ProviderLedger::default(),
             start_delays: HashMap::new(),
+            store_room: None,
         }
     }
 
@@ -437,7 +446,23 @@ impl ProviderEngine {
         if self.eta(now, spec) > spec.deadline {
             return Err(RejectReason::DeadlineInfeasible);
         }
+        if let Some(room) = self.store_room {
+            let room = room.saturating_sub(self.storage_reserved());
+            let needed = spec.storage_bytes();
+            if needed > room {
+                return Err(RejectReason::NoStorage { needed, room });
+            }
+        }
         Ok(())
+    }
+
+    /// What the jobs accepted and not yet run to their end may still store.
+    fn storage_reserved(&self) -> u64 {
+        let live = self.queue.iter().chain(self.running.iter());
+        live.filter_map(|id| self.deals.get(id))
+            .map(|d| d.terms().spec.storage_bytes())
+            .chain(self.pending.values().map(|d| d.terms.spec.storage_bytes()))
+            .fold(0, u64::saturating_add)
     }
 
     fn reject(
@@ -453,6 +478,7 @@ impl ProviderEngine {
                 self.stats.rejected_capacity += 1;
             }
             RejectReason::DeadlineInfeasible => self.stats.rejected_deadline += 1,
+            RejectReason::NoStorage { .. } => self.stats.rejected_storage += 1,
             _ => self.stats.rejected_invalid += 1,
         }
         let answer = ProposalAnswer::Reject {
@@ -611,6 +637,7 @@ impl ProviderEngine {
                 self.holds.sort_unstable();
                 self.holds.dedup();
             }
+            ProviderInput::StoreRoom(room) => self.store_room = room,
         }
         out
     }

@@ -127,6 +127,13 @@ pub enum RequesterOutput {
         job: Hash32,
         provider: AccountId,
     },
+    /// `provider` refused our proposal for `job`, saying why (the next
+    /// near-best is tried).
+    Refused {
+        job: Hash32,
+        provider: AccountId,
+        reason: RejectReason,
+    },
     /// Write the escrow lock entry for this contract.
     LockEscrow {
         contract: Box<Contract>,
@@ -589,6 +596,13 @@ impl RequesterEngine {
         {
             // It would refuse our next job too: pass it over until then.
             self.book.hold_off(now, &provider, free_at);
+        }
+        if let Some(reason) = reason {
+            out.push(RequesterOutput::Refused {
+                job: id,
+                provider,
+                reason,
+            });
         }
         job.waiting = None;
         job.refused.push(provider);

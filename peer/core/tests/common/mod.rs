@@ -577,6 +577,7 @@ impl Net {
                 size: 1_000,
             },
             estimated_units: ComputeUnits::from_milli(units * 1000),
+            result_bytes: 1 << 20,
             max_price: PricePerCu(max_price),
             deadline: self.now.plus(DurationMs::secs(60)),
             sla: SlaRequirement {
