@@ -362,6 +362,32 @@ epsilon = 8.0
 delta = 1e-5
 "#;
 
+    /// Every job file the README shows (a `toml` block that sets `kind`)
+    /// parses: the examples a user copies stay true.
+    #[test]
+    fn every_job_file_in_the_readme_parses() {
+        let readme = include_str!("../../README.md");
+        let blocks: Vec<&str> = readme
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .filter(|b| b.lines().any(|l| l.starts_with("kind = ")))
+            .collect();
+        let kinds: Vec<&str> = blocks
+            .iter()
+            .map(|b| match JobFile::parse(b, "README.md") {
+                Ok(j) => j.kind.name(),
+                Err(e) => panic!("{e}\n{b}"),
+            })
+            .collect();
+        for kind in ["train", "infer", "preprocess"] {
+            assert!(
+                kinds.contains(&kind),
+                "no {kind} job in the README: {kinds:?}"
+            );
+        }
+    }
+
     #[test]
     fn a_good_training_job_parses() {
         let j = JobFile::parse(TRAIN, "JOB.toml").unwrap();
