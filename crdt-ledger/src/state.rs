@@ -148,6 +148,10 @@ impl Supply {
     }
 }
 
+/// What federated jobs spent of one owner's data sets: per (data set,
+/// federated job), the requester and the ε in millionths.
+pub type OwnerSpends = BTreeMap<(Hash32, Hash32), (AccountId, u64)>;
+
 /// Balances, stakes, escrows, SLA history, reputation and the committee schedule.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct State {
@@ -193,6 +197,32 @@ pub struct State {
     /// The SLA records of the last [`SLA_RECORD_EPOCHS`] epochs, as
     /// (epoch, member, provider): one each.
     pub sla_records: BTreeSet<(u64, AccountId, AccountId)>,
+    /// What federated jobs spent of each data owner's private data sets:
+    /// per owner, per (data set, federated job), the requester and the ε
+    /// (in millionths) the job stated, written when a round's update was
+    /// delivered. A job's rounds count once. Never pruned: a budget is for
+    /// good.
+    #[serde(default)]
+    pub privacy_spent: BTreeMap<AccountId, OwnerSpends>,
+}
+
+impl State {
+    /// What the ledger records as spent of `owner`'s data sets' privacy
+    /// budgets (see [`State::privacy_spent`]).
+    pub fn privacy_spends(&self, owner: &AccountId) -> Vec<protocol::market::PrivacySpend> {
+        self.privacy_spent.get(owner).map_or_else(Vec::new, |m| {
+            m.iter()
+                .map(|(&(dataset, federation), &(requester, micro))| {
+                    protocol::market::PrivacySpend {
+                        dataset,
+                        federation,
+                        requester,
+                        epsilon: micro as f64 / 1e6,
+                    }
+                })
+                .collect()
+        })
+    }
 }
 
 /// What the fold needs besides the state.
@@ -296,6 +326,7 @@ impl State {
             bond_slashed: BTreeMap::new(),
             bond_reserved: BTreeMap::new(),
             sla_records: BTreeSet::new(),
+            privacy_spent: BTreeMap::new(),
         })
     }
 
@@ -647,6 +678,7 @@ impl State {
                     escrow.bond,
                     escrow.terms.deadline,
                 );
+                let spend = protocol::market::PrivacySpend::of(&escrow.terms.spec);
                 self.release_bond(provider, bond);
                 // A proven wrong result: the bond is slashed (all of it in the
                 // default rules), part to the wronged requester, the rest
@@ -676,6 +708,18 @@ impl State {
                     rep.units_milli = rep.units_milli.saturating_add(units);
                     let u = self.epoch_units.entry(provider).or_default();
                     *u = u.saturating_add(units);
+                }
+                if outcome.delivered
+                    && let Some(spend) = spend
+                {
+                    let micro = (spend.epsilon * 1e6).ceil() as u64;
+                    let e = self
+                        .privacy_spent
+                        .entry(provider)
+                        .or_default()
+                        .entry((spend.dataset, spend.federation))
+                        .or_insert((spend.requester, 0));
+                    e.1 = e.1.max(micro);
                 }
                 push_sla(
                     &mut self.sla,

@@ -1651,3 +1651,80 @@ fn bond_out(l: &mut crdt_ledger::Ledger, net: &Net, who: usize, tokens: u64) {
     };
     l.append(&net.ids[who], body, T0).unwrap();
 }
+
+/// A federated job's ε is written to the ledger when a round's update was
+/// delivered: once per job, however many rounds settle, and not for a round
+/// that delivered nothing. Any replica reads the same spends for the owner.
+#[test]
+fn a_federated_job_spends_its_privacy_budget_once_in_the_ledger() {
+    use protocol::{DpParams, Hash32, JobKind, PrivacyTarget, TrainTask};
+    let net = Net::new(8, 4, 4);
+    let mut l = net.ledger(1);
+    let (req, prov) = (4, 5);
+    let data = Hash32::of(b"shard");
+    let round = |federation: &[u8], round: u32, epsilon: f64| {
+        let federation = Hash32::of(federation);
+        move |spec: &mut protocol::JobSpec| {
+            spec.kind = JobKind::FedRound {
+                federation,
+                round,
+                rounds: 2,
+                layers: vec![11, 16, 6],
+                local_epochs: 1,
+                batch: 32,
+                learning_rate: 0.05,
+                dp: DpParams {
+                    clip_norm: 1.0,
+                    noise_multiplier: 1.1,
+                },
+                seed: 1,
+                task: TrainTask::Classify,
+            };
+            spec.dataset.hash = data;
+            spec.privacy = Some(PrivacyTarget {
+                epsilon,
+                delta: 1e-5,
+            });
+        }
+    };
+    let contracts = [
+        (net.contract_with(req, prov, 1, round(b"f", 1, 2.5)), true),
+        (net.contract_with(req, prov, 2, round(b"f", 2, 2.5)), true),
+        (net.contract_with(req, prov, 3, round(b"g", 1, 1.0)), false),
+    ];
+    let committee = l.committee_for_checkpoint(1).unwrap();
+    let params = l.params().clone();
+    for (c, delivered) in &contracts {
+        l.append(
+            &net.ids[req],
+            Body::EscrowLock {
+                contract: c.clone(),
+            },
+            T0,
+        )
+        .unwrap();
+        let outcome = protocol::Outcome {
+            delivered: *delivered,
+            result_ok: *delivered,
+            ..good_outcome(1_000)
+        };
+        let s = net.settlement(c, 1, &committee[..3], outcome, &params);
+        l.append(&net.ids[prov], s, T0).unwrap();
+    }
+    let spends = l.state().privacy_spends(&net.acct(prov));
+    assert_eq!(
+        spends,
+        vec![protocol::market::PrivacySpend {
+            dataset: data,
+            federation: Hash32::of(b"f"),
+            requester: net.acct(req),
+            epsilon: 2.5,
+        }]
+    );
+    // Another replica that syncs reads the same.
+    let mut other = net.ledger(2);
+    sync(&mut l, &mut other);
+    assert_eq!(other.state().privacy_spends(&net.acct(prov)), spends);
+    assert!(l.state().privacy_spends(&net.acct(req)).is_empty());
+    conserved(&mut l);
+}

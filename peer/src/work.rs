@@ -303,6 +303,9 @@ pub fn workload_spec(kind: &JobKind, model: Option<&[u8]>) -> anyhow::Result<Wor
             };
             WorkloadSpec::Train(ts)
         }
+        JobKind::FedRound { .. } => {
+            bail!("this node does not run federated rounds yet (they train on a data set it holds)")
+        }
         JobKind::Infer { .. } => {
             let m = model.context("an inference job needs a model")?;
             let mlp = compute::mlp::Mlp::from_safetensors(m)?;

@@ -48,6 +48,7 @@ fn offers(n: usize, rng: &mut ChaCha8Rng) -> Vec<(Hash32, Offer)> {
                 slots,
                 busy_slots: rng.random_range(0..=slots),
                 holds: vec![],
+                datasets: vec![],
                 contact: vec![],
                 issued_at: T0,
                 expires_at: T0.plus(DurationMs::secs(rng.random_range(600..86_000))),

@@ -153,6 +153,9 @@ pub struct Offer {
     pub busy_slots: u16,
     /// Blobs it already holds (a model it holds need not be moved).
     pub holds: Vec<Hash32>,
+    /// Private data sets it holds and trains on where they are (federated
+    /// rounds, [`JobKind::FedRound`]): never the rows, only what matching needs.
+    pub datasets: Vec<DataOffer>,
     /// Where to reach its blob endpoint (socket addresses as text).
     pub contact: Vec<String>,
     pub issued_at: Timestamp,
@@ -168,6 +171,17 @@ impl Wire for Offer {
 impl Offer {
     pub const MAX_HOLDS: usize = 64;
     pub const MAX_CONTACT: usize = 8;
+    pub const MAX_DATASETS: usize = 8;
+
+    /// The private data set `id`, if it offers one.
+    pub fn dataset(&self, id: &Hash32) -> Option<&DataOffer> {
+        self.datasets.iter().find(|d| d.id == *id)
+    }
+
+    /// Whether it holds blob or data set `hash` (so nothing need be moved).
+    pub fn has(&self, hash: &Hash32) -> bool {
+        self.holds.contains(hash) || self.dataset(hash).is_some()
+    }
 
     pub fn validate(&self, now: Timestamp) -> Result<(), InvalidMessage> {
         check_lifetime(now, self.issued_at, self.expires_at)?;
@@ -191,7 +205,64 @@ impl Offer {
         if self.holds.len() > Self::MAX_HOLDS {
             return Err(field("holds", format!("more than {}", Self::MAX_HOLDS)));
         }
+        if self.datasets.len() > Self::MAX_DATASETS {
+            return Err(field(
+                "datasets",
+                format!("more than {}", Self::MAX_DATASETS),
+            ));
+        }
+        for d in &self.datasets {
+            d.validate()?;
+        }
         check_contact(&self.contact)
+    }
+}
+
+/// A private data set on offer: its owner trains on it where it is, for a
+/// federated job, and spends at most the privacy budget it states. The rows
+/// never leave; this is what a requester needs to find and match it.
+#[derive(Clone, Copy, PartialEq, Debug, Serialize, Deserialize)]
+pub struct DataOffer {
+    /// Its content hash (BLAKE3 of the data set file): what a job names.
+    pub id: Hash32,
+    /// The hash of its schema (feature names and types, the label, the
+    /// classes or the target): data sets that fit one model share it.
+    pub schema: Hash32,
+    pub rows: u64,
+    pub features: u32,
+    /// Classes of its label (1: a regression's one real target).
+    pub classes: u32,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// The ε its owner accepts to spend for one requester, in all, and
+    /// what is left of its total budget, at δ.
+    pub epsilon_per_requester: f64,
+    pub epsilon_left: f64,
+    pub delta: f64,
+}
+
+impl DataOffer {
+    pub fn validate(&self) -> Result<(), InvalidMessage> {
+        if self.rows == 0 || self.features == 0 || self.classes == 0 {
+            return Err(field(
+                "datasets",
+                "rows, features and classes must be positive",
+            ));
+        }
+        let eps = |e: f64| e.is_finite() && (0.0..=1e6).contains(&e);
+        if !eps(self.epsilon_per_requester) || !eps(self.epsilon_left) {
+            return Err(field("datasets", "ε must be in 0..=1e6"));
+        }
+        if !(self.delta > 0.0 && self.delta < 1.0) {
+            return Err(field("datasets", "δ must be in (0, 1)"));
+        }
+        Ok(())
+    }
+
+    /// The most ε a job of a requester may spend on it now (the owner also
+    /// counts what that requester spent before).
+    pub fn epsilon_available(&self) -> f64 {
+        self.epsilon_per_requester.min(self.epsilon_left)
     }
 }
 
@@ -262,6 +333,26 @@ pub enum JobKind {
         op: PreprocessOp,
         seed: u64,
     },
+    /// One round of a federated job at one data owner: train the model the
+    /// job names (the round's global model) on the owner's private data set
+    /// (the job's `dataset`, which never moves) with DP-SGD for
+    /// `local_epochs`, and return the local model. The job's `privacy` is the
+    /// ε the whole federated job spends on that data set, which the owner
+    /// checks against the accountant and its budget.
+    FedRound {
+        /// The federated job all its rounds and owners share.
+        federation: Hash32,
+        /// This round (1-based) of `rounds`.
+        round: u32,
+        rounds: u32,
+        layers: Vec<u32>,
+        local_epochs: u32,
+        batch: u32,
+        learning_rate: f32,
+        dp: DpParams,
+        seed: u64,
+        task: TrainTask,
+    },
 }
 
 impl JobKind {
@@ -273,7 +364,13 @@ impl JobKind {
             JobKind::Train { .. } => "train",
             JobKind::Infer { .. } => "infer",
             JobKind::Preprocess { .. } => "preprocess",
+            JobKind::FedRound { .. } => "fed-round",
         }
+    }
+
+    /// The private data set a job trains on where it is (a federated round's).
+    pub fn held_data(&self) -> bool {
+        matches!(self, JobKind::FedRound { .. })
     }
 
     fn validate(&self) -> Result<(), InvalidMessage> {
@@ -287,21 +384,7 @@ impl JobKind {
                 task,
                 ..
             } => {
-                if *task == TrainTask::Regress && layers.last() != Some(&1) {
-                    return Err(field("layers", "a regression model has one output"));
-                }
-                if layers.len() < 2 || layers.len() > Self::MAX_LAYERS {
-                    return Err(field(
-                        "layers",
-                        format!("{} layers, need 2..={}", layers.len(), Self::MAX_LAYERS),
-                    ));
-                }
-                if layers.iter().any(|&w| w == 0 || w > Self::MAX_WIDTH) {
-                    return Err(field(
-                        "layers",
-                        format!("widths must be in 1..={}", Self::MAX_WIDTH),
-                    ));
-                }
+                check_model(layers, *task)?;
                 if *epochs == 0 || *epochs > 10_000 {
                     return Err(field("epochs", "must be in 1..=10000"));
                 }
@@ -319,6 +402,32 @@ impl JobKind {
                     return Err(field("batch", "must be in 1..=1048576"));
                 }
             }
+            JobKind::FedRound {
+                round,
+                rounds,
+                layers,
+                local_epochs,
+                batch,
+                learning_rate,
+                dp,
+                task,
+                ..
+            } => {
+                if *rounds == 0 || *rounds > 1_000 || *round == 0 || round > rounds {
+                    return Err(field("round", "need 1 ≤ round ≤ rounds ≤ 1000"));
+                }
+                check_model(layers, *task)?;
+                if *local_epochs == 0 || *local_epochs > 10_000 {
+                    return Err(field("local_epochs", "must be in 1..=10000"));
+                }
+                if *batch == 0 || *batch > 1 << 20 {
+                    return Err(field("batch", "must be in 1..=1048576"));
+                }
+                check_f32("learning_rate", *learning_rate, f32::MIN_POSITIVE, 100.0)?;
+                check_f32("dp.clip_norm", dp.clip_norm, f32::MIN_POSITIVE, 1e6)?;
+                // Noise there must be: the owner's data is the point.
+                check_f32("dp.noise_multiplier", dp.noise_multiplier, 0.01, 1e3)?;
+            }
             JobKind::Preprocess { op, .. } => {
                 if let PreprocessOp::ShuffleSplit { test_share } = op
                     && !test_share.is_valid()
@@ -329,6 +438,26 @@ impl JobKind {
         }
         Ok(())
     }
+}
+
+/// A model's layers fit the protocol's bounds and its task.
+fn check_model(layers: &[u32], task: TrainTask) -> Result<(), InvalidMessage> {
+    if task == TrainTask::Regress && layers.last() != Some(&1) {
+        return Err(field("layers", "a regression model has one output"));
+    }
+    if layers.len() < 2 || layers.len() > JobKind::MAX_LAYERS {
+        return Err(field(
+            "layers",
+            format!("{} layers, need 2..={}", layers.len(), JobKind::MAX_LAYERS),
+        ));
+    }
+    if layers.iter().any(|&w| w == 0 || w > JobKind::MAX_WIDTH) {
+        return Err(field(
+            "layers",
+            format!("widths must be in 1..={}", JobKind::MAX_WIDTH),
+        ));
+    }
+    Ok(())
 }
 
 /// What the requester requires of a provider's service level.
@@ -435,6 +564,17 @@ impl JobSpec {
         {
             return Err(field("privacy", "need ε > 0 and 0 ≤ δ < 1"));
         }
+        if self.kind.held_data() {
+            if self.model.is_none() {
+                return Err(field("model", "a federated round trains the round's model"));
+            }
+            if self.privacy.is_none_or(|p| p.delta <= 0.0) {
+                return Err(field(
+                    "privacy",
+                    "a federated round states the ε the job spends, at δ > 0",
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -491,6 +631,12 @@ pub enum RejectReason {
     NoStorage {
         needed: u64,
         room: u64,
+    },
+    /// A federated round would spend ε of the owner's data set beyond what
+    /// remains for this requester (both in millionths of ε).
+    PrivacyBudget {
+        asked_micro: u64,
+        left_micro: u64,
     },
 }
 

@@ -11,8 +11,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use protocol::market::{
-    AnyDeal, FailReason, Phase, ProviderConfig, ProviderEngine, ProviderInput, ProviderOutput,
-    RequesterConfig, RequesterEngine, RequesterInput, RequesterOutput, UniformReputation,
+    AnyDeal, FailReason, Phase, PrivacySpend, ProviderConfig, ProviderEngine, ProviderInput,
+    ProviderOutput, RequesterConfig, RequesterEngine, RequesterInput, RequesterOutput,
+    UniformReputation,
 };
 use protocol::oracle::{
     CheckResult, OracleConfig, OracleEngine, OracleInput, OracleOutput, SettlementInstruction,
@@ -867,6 +868,181 @@ fn a_provider_accepts_only_jobs_its_store_has_room_for() {
             ..
         }
     ));
+}
+
+/// A data owner spends its privacy budgets as it said: a federated job's ε
+/// is counted once for all its rounds, a requester gets at most its share,
+/// what the ledger says was spent counts (so a restart forgets nothing),
+/// and its offers state what is left.
+#[test]
+fn a_data_owner_keeps_within_its_privacy_budgets() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let me = Identity::from_seed(54);
+    let (alice, bob) = (Identity::from_seed(55), Identity::from_seed(56));
+    let data = DataOffer {
+        id: Hash32::of(b"shard"),
+        schema: Hash32::of(b"wine"),
+        rows: 1_000,
+        features: 11,
+        classes: 6,
+        bytes: 60_000,
+        epsilon_per_requester: 4.0,
+        epsilon_left: 6.0,
+        delta: 1e-5,
+    };
+    let cfg = ProviderConfig {
+        datasets: vec![data],
+        queue_capacity: 16,
+        ..ProviderConfig::default()
+    };
+    let mut prov = ProviderEngine::new(me.clone(), net(), cfg);
+    let now = Timestamp(5_000_000);
+    let left_in_offer = |out: &[ProviderOutput]| {
+        out.iter()
+            .find_map(|o| match o {
+                ProviderOutput::Publish(Message::Offer(so)) => {
+                    Some(so.body_unverified().unwrap().datasets[0].epsilon_left)
+                }
+                _ => None,
+            })
+            .unwrap()
+    };
+    assert_eq!(
+        left_in_offer(&prov.handle(now, ProviderInput::Start, &mut rng)),
+        6.0
+    );
+    let mut nonce = 0;
+    let mut ask =
+        |prov: &mut ProviderEngine, who: &Identity, federation: &[u8], round: u32, eps: f64| {
+            nonce += 1;
+            let spec = JobSpec {
+                kind: JobKind::FedRound {
+                    federation: Hash32::of(federation),
+                    round,
+                    rounds: 3,
+                    layers: vec![11, 16, 6],
+                    local_epochs: 1,
+                    batch: 32,
+                    learning_rate: 0.05,
+                    dp: DpParams {
+                        clip_norm: 1.0,
+                        noise_multiplier: 1.1,
+                    },
+                    seed: 1,
+                    task: TrainTask::Classify,
+                },
+                model: Some(Behaviour::OnTime.dataset()),
+                dataset: BlobRef {
+                    hash: data.id,
+                    size: data.bytes,
+                },
+                privacy: Some(PrivacyTarget {
+                    epsilon: eps,
+                    delta: 1e-5,
+                }),
+                ..simple_job(who, now, nonce, 1_000, 600)
+                    .body_unverified()
+                    .unwrap()
+            };
+            spec.validate(now).unwrap();
+            let job = Signed::sign(who, &net(), &spec).unwrap();
+            let p = propose(who, me.account(), job, 500, now, nonce);
+            match answer_of(&prov.handle(now, ProviderInput::Proposal(p), &mut rng)) {
+                ProposalAnswer::Accept(_) => None,
+                ProposalAnswer::Reject { reason, .. } => Some(reason),
+            }
+        };
+    // Alice's job spends 3: its three rounds count once.
+    for round in 1..=3 {
+        assert_eq!(
+            ask(&mut prov, &alice, b"a1", round, 3.0),
+            None,
+            "round {round}"
+        );
+    }
+    // A second job of hers would pass her share of 4.
+    assert_eq!(
+        ask(&mut prov, &alice, b"a2", 1, 2.0),
+        Some(RejectReason::PrivacyBudget {
+            asked_micro: 2_000_000,
+            left_micro: 1_000_000
+        })
+    );
+    // Bob has his own share, but 3 of the total 6 are taken.
+    assert_eq!(
+        ask(&mut prov, &bob, b"b1", 1, 3.5),
+        Some(RejectReason::PrivacyBudget {
+            asked_micro: 3_500_000,
+            left_micro: 3_000_000
+        })
+    );
+    assert_eq!(ask(&mut prov, &bob, b"b1", 1, 3.0), None);
+    // A data set it does not hold.
+    let stranger = fed_job_on(&alice, now, Hash32::of(b"elsewhere"));
+    let p = propose(&alice, me.account(), stranger, 500, now, 999);
+    assert!(matches!(
+        answer_of(&prov.handle(now, ProviderInput::Proposal(p), &mut rng)),
+        ProposalAnswer::Reject {
+            reason: RejectReason::Unsupported(_),
+            ..
+        }
+    ));
+
+    // A fresh engine (a restart) learns what was spent from the ledger.
+    let mut again = ProviderEngine::new(
+        me.clone(),
+        net(),
+        ProviderConfig {
+            datasets: vec![data],
+            ..ProviderConfig::default()
+        },
+    );
+    let spent = |who: &Identity, f: &[u8], epsilon: f64| PrivacySpend {
+        dataset: data.id,
+        federation: Hash32::of(f),
+        requester: who.account(),
+        epsilon,
+    };
+    again.handle(
+        now,
+        ProviderInput::PrivacySpent(vec![spent(&alice, b"a1", 3.0), spent(&bob, b"b1", 2.5)]),
+        &mut rng,
+    );
+    assert_eq!(
+        left_in_offer(&again.handle(now, ProviderInput::Start, &mut rng)),
+        0.5
+    );
+}
+
+/// A federated round's job on data set `id`, as [`a_data_owner_keeps_within_its_privacy_budgets`] asks.
+fn fed_job_on(who: &Identity, now: Timestamp, id: Hash32) -> Signed<JobSpec> {
+    let spec = JobSpec {
+        kind: JobKind::FedRound {
+            federation: Hash32::of(b"x"),
+            round: 1,
+            rounds: 1,
+            layers: vec![11, 16, 6],
+            local_epochs: 1,
+            batch: 32,
+            learning_rate: 0.05,
+            dp: DpParams {
+                clip_norm: 1.0,
+                noise_multiplier: 1.1,
+            },
+            seed: 1,
+            task: TrainTask::Classify,
+        },
+        model: Some(Behaviour::OnTime.dataset()),
+        dataset: BlobRef { hash: id, size: 1 },
+        privacy: Some(PrivacyTarget {
+            epsilon: 0.1,
+            delta: 1e-5,
+        }),
+        ..simple_job(who, now, 77, 1_000, 600)
+            .body_unverified()
+            .unwrap()
+    };
+    Signed::sign(who, &net(), &spec).unwrap()
 }
 
 fn why_proposal(a: &ProposalAnswer) -> Hash32 {

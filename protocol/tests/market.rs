@@ -47,6 +47,7 @@ fn offer(i: u32, price: u64, slots: u16, expires_at: Timestamp) -> Offer {
         slots,
         busy_slots: 0,
         holds: vec![],
+        datasets: vec![],
         contact: vec![],
         issued_at: T0,
         expires_at,
@@ -792,4 +793,134 @@ fn young_providers_get_their_share_of_matches() {
             MatchOutcome::Matched { .. }
         ));
     }
+}
+
+/// A private data set `id` of `rows` rows, 11 features and 6 classes, with
+/// `left` ε left of its budget (5 per requester).
+fn wine_data(id: &[u8], left: f64) -> DataOffer {
+    DataOffer {
+        id: Hash32::of(id),
+        schema: Hash32::of(b"wine"),
+        rows: 1_000,
+        features: 11,
+        classes: 6,
+        bytes: 60_000,
+        epsilon_per_requester: 5.0,
+        epsilon_left: left,
+        delta: 1e-5,
+    }
+}
+
+/// A federated round on data set `id`, spending `epsilon` in all.
+fn fed_round(id: &[u8], layers: Vec<u32>, epsilon: f64) -> JobSpec {
+    JobSpec {
+        kind: JobKind::FedRound {
+            federation: Hash32::of(b"federation"),
+            round: 1,
+            rounds: 3,
+            layers,
+            local_epochs: 2,
+            batch: 32,
+            learning_rate: 0.05,
+            dp: DpParams {
+                clip_norm: 1.0,
+                noise_multiplier: 1.1,
+            },
+            seed: 7,
+            task: TrainTask::Classify,
+        },
+        dataset: BlobRef {
+            hash: Hash32::of(id),
+            size: 60_000,
+        },
+        privacy: Some(PrivacyTarget {
+            epsilon,
+            delta: 1e-5,
+        }),
+        ..job(1_000, 1_000, T0.plus(DurationMs::secs(600)))
+    }
+}
+
+/// A federated round goes only to the owner of its data set, whose model
+/// fits it and whose budget left covers the job's ε; every other offer is
+/// explained, owner by owner.
+#[test]
+fn a_federated_round_matches_only_the_owner_of_its_data_with_budget_left() {
+    let far = T0.plus(DurationMs::secs(3_600));
+    let mut book = OrderBook::new(BookConfig::default());
+    // 1 holds the data set, 2 holds another, 3 none (and is cheapest), 4
+    // holds it with too little budget left.
+    let mut owner = offer(1, 500, 2, far);
+    owner.datasets = vec![wine_data(b"shard-1", 20.0)];
+    let mut other = offer(2, 500, 2, far);
+    other.datasets = vec![wine_data(b"shard-2", 20.0)];
+    let mut spent = offer(4, 500, 2, far);
+    spent.datasets = vec![wine_data(b"shard-1", 0.5)];
+    for (i, o) in [
+        (1, owner),
+        (2, other),
+        (3, offer(3, 100, 2, far)),
+        (4, spent),
+    ] {
+        book.insert_verified(T0, oid(i), o).unwrap();
+    }
+    let rep = UniformReputation(0.9);
+    let cfg = MatchConfig::default();
+    let j = fed_round(b"shard-1", vec![11, 16, 6], 2.0);
+    for seed in 0..20 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        match book.match_job(T0, &j, &rep, &cfg, &[], &mut rng) {
+            MatchOutcome::Matched {
+                chosen,
+                alternatives,
+            } => {
+                assert_eq!(chosen.provider, acct(1));
+                assert!(alternatives.is_empty(), "{alternatives:?}");
+            }
+            MatchOutcome::NoMatch { reasons, .. } => panic!("{reasons:?}"),
+        }
+    }
+    let why = |j: &JobSpec| {
+        let MatchOutcome::NoMatch { reasons, .. } = book.explain(T0, j, &rep, &cfg, &[acct(1)])
+        else {
+            unreachable!()
+        };
+        reasons
+            .into_iter()
+            .map(|r| (r.provider, r.reason))
+            .collect::<Vec<_>>()
+    };
+    let reasons = why(&j);
+    assert!(
+        reasons.contains(&(acct(2), NoMatchReason::NoData)),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&(acct(3), NoMatchReason::NoData)),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&(
+            acct(4),
+            NoMatchReason::PrivacyBudget {
+                asked_micro: 2_000_000,
+                left_micro: 500_000
+            }
+        )),
+        "{reasons:?}"
+    );
+    // A model that does not fit the data set's features or classes.
+    let wrong = fed_round(b"shard-1", vec![12, 16, 6], 2.0);
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    assert!(matches!(
+        book.match_job(T0, &wrong, &rep, &cfg, &[], &mut rng),
+        MatchOutcome::NoMatch { .. }
+    ));
+    // Any other job never goes to a data set's owner for its data alone.
+    let plain = job(1_000, 1_000, T0.plus(DurationMs::secs(600)));
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    assert!(matches!(
+        book.match_job(T0, &plain, &rep, &cfg, &[], &mut rng),
+        MatchOutcome::Matched { chosen, .. } if chosen.provider == acct(3)
+    ));
 }

@@ -44,14 +44,28 @@ prop_compose! {
         memory_bytes in any::<u64>(), bw in any::<u64>(), price in any::<u64>(), sla in sla(),
         region in text(), slots in any::<u16>(), busy in any::<u16>(),
         holds in prop::collection::vec(hash(), 0..4),
+        datasets in prop::collection::vec(data_offer(), 0..3),
         contact in prop::collection::vec(text(), 0..3),
         issued_at in ts(), expires_at in ts(), nonce in any::<u64>(),
     ) -> Offer {
         Offer {
             provider, class: if gpu { ResourceClass::Gpu } else { ResourceClass::Cpu },
             device, speed_milli_cu_per_s: speed, memory_bytes, bandwidth_bytes_per_s: bw,
-            price: PricePerCu(price), sla, region, slots, busy_slots: busy, holds, contact,
-            issued_at, expires_at, nonce,
+            price: PricePerCu(price), sla, region, slots, busy_slots: busy, holds, datasets,
+            contact, issued_at, expires_at, nonce,
+        }
+    }
+}
+
+prop_compose! {
+    fn data_offer()(
+        id in hash(), schema in hash(), rows in any::<u64>(), features in any::<u32>(),
+        classes in any::<u32>(), bytes in any::<u64>(), per in any::<f64>(),
+        left in any::<f64>(), delta in any::<f64>(),
+    ) -> DataOffer {
+        DataOffer {
+            id, schema, rows, features, classes, bytes, epsilon_per_requester: per,
+            epsilon_left: left, delta,
         }
     }
 }
@@ -90,6 +104,40 @@ fn job_kind() -> impl Strategy<Value = JobKind> {
             any::<u64>()
         )
             .prop_map(|(op, seed)| JobKind::Preprocess { op, seed }),
+        (
+            hash(),
+            (any::<u32>(), any::<u32>()),
+            prop::collection::vec(any::<u32>(), 0..5),
+            (any::<u32>(), any::<u32>(), any::<f32>()),
+            (any::<f32>(), any::<f32>()),
+            any::<u64>(),
+        )
+            .prop_map(
+                |(
+                    federation,
+                    (round, rounds),
+                    layers,
+                    (local_epochs, batch, learning_rate),
+                    (c, s),
+                    seed,
+                )| {
+                    JobKind::FedRound {
+                        federation,
+                        round,
+                        rounds,
+                        layers,
+                        local_epochs,
+                        batch,
+                        learning_rate,
+                        dp: DpParams {
+                            clip_norm: c,
+                            noise_multiplier: s,
+                        },
+                        seed,
+                        task: TrainTask::Regress,
+                    }
+                }
+            ),
     ]
 }
 
@@ -200,6 +248,12 @@ fn reject_reason() -> impl Strategy<Value = RejectReason> {
         text().prop_map(RejectReason::Invalid),
         (any::<u64>(), any::<u64>())
             .prop_map(|(needed, room)| RejectReason::NoStorage { needed, room }),
+        (any::<u64>(), any::<u64>()).prop_map(|(asked_micro, left_micro)| {
+            RejectReason::PrivacyBudget {
+                asked_micro,
+                left_micro,
+            }
+        }),
     ]
 }
 
@@ -410,6 +464,7 @@ fn sample_offer(now: u64) -> Offer {
         slots: 4,
         busy_slots: 1,
         holds: vec![Hash32::of(b"model")],
+        datasets: vec![],
         contact: vec!["127.0.0.1:4000".into()],
         issued_at: Timestamp(now),
         expires_at: Timestamp(now + 60_000),

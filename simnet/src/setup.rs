@@ -87,6 +87,7 @@ pub(crate) fn provider_config(
         },
         replay_capacity: 10_000,
         verify_signatures,
+        datasets: Vec::new(),
     }
 }
 

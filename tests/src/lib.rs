@@ -368,6 +368,7 @@ pub fn test_offer(
         slots: 2,
         busy_slots: 0,
         holds: vec![],
+        datasets: vec![],
         contact: vec![],
         issued_at: now,
         expires_at: now.plus(ttl),

@@ -1376,6 +1376,7 @@ fn unreachable_view() -> View {
             bond_slashed: BTreeMap::new(),
             bond_reserved: BTreeMap::new(),
             sla_records: BTreeSet::new(),
+            privacy_spent: BTreeMap::new(),
         },
         tips: BTreeMap::new(),
         pending: Vec::new(),

@@ -123,8 +123,19 @@ impl Net {
 
     /// A contract signed by both parties.
     pub fn contract(&self, requester: usize, provider: usize, nonce: u64) -> Contract {
+        self.contract_with(requester, provider, nonce, |_| {})
+    }
+
+    /// A contract signed by both parties, its job as `edit` makes it.
+    pub fn contract_with(
+        &self,
+        requester: usize,
+        provider: usize,
+        nonce: u64,
+        edit: impl Fn(&mut JobSpec),
+    ) -> Contract {
         let r = self.acct(requester);
-        let spec = JobSpec {
+        let mut spec = JobSpec {
             requester: r,
             kind: JobKind::Infer { batch: 1 },
             model: None,
@@ -145,6 +156,7 @@ impl Net {
             expires_at: Timestamp(T0.0 + 50_000),
             nonce,
         };
+        edit(&mut spec);
         let terms = ContractTerms {
             network: self.genesis.network(),
             job: Hash32([nonce as u8; 32]),

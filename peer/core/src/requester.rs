@@ -858,6 +858,14 @@ fn refusal(reason: &protocol::RejectReason) -> String {
             mib(needed),
             mib(room)
         ),
+        R::PrivacyBudget {
+            asked_micro,
+            left_micro,
+        } => format!(
+            "the job would spend ε = {:.3} of its data set, which has {:.3} left for us",
+            *asked_micro as f64 / 1e6,
+            *left_micro as f64 / 1e6
+        ),
         R::Unsupported(why) | R::Invalid(why) => why.clone(),
     }
 }

@@ -200,6 +200,40 @@ pub enum NoMatchReason {
     Excluded,
     /// The provider's free bond does not cover the contract's.
     NoBond,
+    /// A federated round: the provider does not offer the data set, or the
+    /// model does not fit it.
+    NoData,
+    /// A federated round: the data set's budget left (per requester and in
+    /// all) is below the job's ε (both in millionths of ε).
+    PrivacyBudget {
+        asked_micro: u64,
+        left_micro: u64,
+    },
+}
+
+/// Whether `offer` holds the private data set a federated round `job`
+/// trains on, its model fits it, and its budget left covers the job's ε
+/// (the owner also counts what this requester spent before, when it is
+/// asked). Any other job fits.
+pub fn data_fits(offer: &Offer, job: &JobSpec) -> Result<(), NoMatchReason> {
+    let crate::messages::JobKind::FedRound { layers, .. } = &job.kind else {
+        return Ok(());
+    };
+    let d = offer
+        .dataset(&job.dataset.hash)
+        .ok_or(NoMatchReason::NoData)?;
+    if layers.first() != Some(&d.features) || layers.last() != Some(&d.classes) {
+        return Err(NoMatchReason::NoData);
+    }
+    let asked = job.privacy.map_or(f64::INFINITY, |p| p.epsilon);
+    if asked > d.epsilon_available() {
+        let micro = |e: f64| (e * 1e6).round() as u64;
+        return Err(NoMatchReason::PrivacyBudget {
+            asked_micro: micro(asked),
+            left_micro: micro(d.epsilon_available()),
+        });
+    }
+    Ok(())
 }
 
 /// One offer and why it does not fit.
@@ -288,7 +322,7 @@ impl Hot {
             speed: e.offer.speed_milli_cu_per_s,
             bandwidth: e.offer.bandwidth_bytes_per_s,
             slack: e.offer.sla.deadline_slack,
-            holds: !e.offer.holds.is_empty(),
+            holds: !e.offer.holds.is_empty() || !e.offer.datasets.is_empty(),
         }
     }
 }
@@ -304,11 +338,11 @@ fn transfer_ms(bytes: u64, bytes_per_s: u64) -> u64 {
 pub fn eta(offer: &Offer, job: &JobSpec, now: Timestamp) -> Timestamp {
     let mut bytes = 0u64;
     if let Some(m) = &job.model
-        && !offer.holds.contains(&m.hash)
+        && !offer.has(&m.hash)
     {
         bytes = bytes.saturating_add(m.size);
     }
-    if !offer.holds.contains(&job.dataset.hash) {
+    if !offer.has(&job.dataset.hash) {
         bytes = bytes.saturating_add(job.dataset.size);
     }
     let t_r = transfer_ms(bytes, offer.bandwidth_bytes_per_s);
@@ -627,6 +661,7 @@ impl OrderBook {
         if o.sla.availability < job.sla.min_availability || o.sla.penalty < job.sla.min_penalty {
             return Err(NoMatchReason::SlaBelowRequirement);
         }
+        data_fits(o, job)?;
         let eta = eta(o, job, now);
         if eta > job.deadline {
             return Err(NoMatchReason::DeadlineInfeasible {
@@ -719,6 +754,7 @@ impl OrderBook {
         let mut found: Vec<Candidate> = Vec::new();
         let mut best = f64::NEG_INFINITY;
         let units = job.estimated_units;
+        let held_data = job.kind.held_data();
         let mut all_bytes = job.dataset.size;
         if let Some(m) = &job.model {
             all_bytes = all_bytes.saturating_add(m.size);
@@ -743,6 +779,9 @@ impl OrderBook {
             let Some(entry) = &self.slots[i as usize] else {
                 continue;
             };
+            if held_data && data_fits(&entry.offer, job).is_err() {
+                continue;
+            }
             let eta = if hot.holds {
                 eta(&entry.offer, job, now)
             } else {

@@ -72,6 +72,7 @@
 pub mod book;
 pub mod lifecycle;
 pub mod pricing;
+pub mod privacy;
 pub mod provider;
 pub mod requester;
 
@@ -141,6 +142,7 @@ pub use lifecycle::{
     AnyDeal, Deal, DealEvent, FailReason, IllegalTransition, LifecycleError, Phase,
 };
 pub use pricing::{PricingConfig, PricingPolicy};
+pub use privacy::{PrivacyBudgets, PrivacySpend};
 pub use provider::{ProviderConfig, ProviderEngine, ProviderInput, ProviderOutput, ProviderStats};
 pub use requester::{RequesterConfig, RequesterEngine, RequesterInput, RequesterOutput};
 

@@ -25,8 +25,8 @@ use crate::accounting::ProviderLedger;
 use crate::codec::Wire;
 use crate::identity::{AccountId, Identity};
 use crate::messages::{
-    BlobRef, Contract, ContractTerms, JobSpec, Message, Offer, Probe, ProbeReply, Proposal,
-    ProposalAnswer, Receipt, RejectReason, ResourceClass, SlaTerms, Timings,
+    BlobRef, Contract, ContractTerms, DataOffer, JobKind, JobSpec, Message, Offer, Probe,
+    ProbeReply, Proposal, ProposalAnswer, Receipt, RejectReason, ResourceClass, SlaTerms, Timings,
 };
 use crate::oracle::SettlementInstruction;
 use crate::replay::ReplayGuard;
@@ -61,6 +61,10 @@ pub struct ProviderConfig {
     pub replay_capacity: usize,
     /// Check signatures (turn off only in simulation; see `market::open`).
     pub verify_signatures: bool,
+    /// Private data sets we hold and train on for federated jobs; each one's
+    /// `epsilon_left` is the owner's total budget (offers state what is
+    /// left of it).
+    pub datasets: Vec<DataOffer>,
 }
 
 impl Default for ProviderConfig {
@@ -85,6 +89,7 @@ impl Default for ProviderConfig {
             pricing: PricingConfig::default(),
             replay_capacity: 10_000,
             verify_signatures: true,
+            datasets: Vec::new(),
         }
     }
 }
@@ -141,6 +146,9 @@ pub enum ProviderInput {
     /// result ([`JobSpec::storage_bytes`]), with those of the jobs accepted
     /// and not yet run to their end, fit in it.
     StoreRoom(Option<u64>),
+    /// What the ledger records as spent of our data sets' privacy budgets
+    /// (all of it; it replaces what the engine knew).
+    PrivacySpent(Vec<super::PrivacySpend>),
 }
 
 /// What the provider engine asks its driver to do.
@@ -181,6 +189,7 @@ pub struct ProviderStats {
     pub rejected_capacity: u64,
     pub rejected_deadline: u64,
     pub rejected_storage: u64,
+    pub rejected_privacy: u64,
     pub rejected_invalid: u64,
     pub bids_answered: u64,
     pub completed: u64,
@@ -222,6 +231,8 @@ pub struct ProviderEngine {
     start_delays: HashMap<AccountId, DurationMs>,
     /// The store's room for new jobs, as the driver last said.
     store_room: Option<u64>,
+    /// What our data sets' budgets have spent, as the ledger says.
+    privacy: super::PrivacyBudgets,
 }
 
 /// Requesters whose start delay an engine remembers (the map is cleared when
@@ -252,6 +263,7 @@ impl ProviderEngine {
             ledger: ProviderLedger::default(),
             start_delays: HashMap::new(),
             store_room: None,
+            privacy: Default::default(),
         }
     }
 
@@ -357,6 +369,16 @@ impl ProviderEngine {
             slots: self.cfg.slots,
             busy_slots: self.busy_slots(),
             holds: self.holds.iter().take(Offer::MAX_HOLDS).copied().collect(),
+            datasets: self
+                .cfg
+                .datasets
+                .iter()
+                .take(Offer::MAX_DATASETS)
+                .map(|d| DataOffer {
+                    epsilon_left: self.privacy.left(d, self.live_specs()),
+                    ..*d
+                })
+                .collect(),
             contact: self.cfg.contact.clone(),
             issued_at: now,
             expires_at: now.plus(self.cfg.offer_ttl),
@@ -446,6 +468,22 @@ impl ProviderEngine {
         if self.eta(now, spec) > spec.deadline {
             return Err(RejectReason::DeadlineInfeasible);
         }
+        if let JobKind::FedRound { layers, .. } = &spec.kind {
+            let Some(d) = self.cfg.datasets.iter().find(|d| d.id == spec.dataset.hash) else {
+                return Err(RejectReason::Unsupported(format!(
+                    "no data set {}",
+                    spec.dataset.hash.short()
+                )));
+            };
+            let (first, last) = (layers.first().copied(), layers.last().copied());
+            if first != Some(d.features) || last != Some(d.classes) {
+                return Err(RejectReason::Unsupported(format!(
+                    "layers {layers:?} do not fit the data set's {} features and {} outputs",
+                    d.features, d.classes
+                )));
+            }
+            self.privacy.admit(d, spec, self.live_specs())?;
+        }
         if let Some(room) = self.store_room {
             let room = room.saturating_sub(self.storage_reserved());
             let needed = spec.storage_bytes();
@@ -456,12 +494,18 @@ impl ProviderEngine {
         Ok(())
     }
 
-    /// What the jobs accepted and not yet run to their end may still store.
-    fn storage_reserved(&self) -> u64 {
+    /// The jobs accepted and not yet run to their end.
+    fn live_specs(&self) -> impl Iterator<Item = &JobSpec> + Clone {
         let live = self.queue.iter().chain(self.running.iter());
         live.filter_map(|id| self.deals.get(id))
-            .map(|d| d.terms().spec.storage_bytes())
-            .chain(self.pending.values().map(|d| d.terms.spec.storage_bytes()))
+            .map(|d| &d.terms().spec)
+            .chain(self.pending.values().map(|d| &d.terms.spec))
+    }
+
+    /// What the jobs accepted and not yet run to their end may still store.
+    fn storage_reserved(&self) -> u64 {
+        self.live_specs()
+            .map(JobSpec::storage_bytes)
             .fold(0, u64::saturating_add)
     }
 
@@ -479,6 +523,7 @@ impl ProviderEngine {
             }
             RejectReason::DeadlineInfeasible => self.stats.rejected_deadline += 1,
             RejectReason::NoStorage { .. } => self.stats.rejected_storage += 1,
+            RejectReason::PrivacyBudget { .. } => self.stats.rejected_privacy += 1,
             _ => self.stats.rejected_invalid += 1,
         }
         let answer = ProposalAnswer::Reject {
@@ -638,6 +683,7 @@ impl ProviderEngine {
                 self.holds.dedup();
             }
             ProviderInput::StoreRoom(room) => self.store_room = room,
+            ProviderInput::PrivacySpent(spends) => self.privacy.set_spent(spends),
         }
         out
     }
