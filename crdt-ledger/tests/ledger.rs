@@ -1669,6 +1669,7 @@ fn a_federated_job_spends_its_privacy_budget_once_in_the_ledger() {
                 federation,
                 round,
                 rounds: 2,
+                rows: 1_000,
                 layers: vec![11, 16, 6],
                 local_epochs: 1,
                 batch: 32,

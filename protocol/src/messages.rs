@@ -345,6 +345,9 @@ pub enum JobKind {
         /// This round (1-based) of `rounds`.
         round: u32,
         rounds: u32,
+        /// The rows of the data set, as its owner offers it (what the
+        /// round's steps, units and ε follow from).
+        rows: u64,
         layers: Vec<u32>,
         local_epochs: u32,
         batch: u32,
@@ -405,6 +408,7 @@ impl JobKind {
             JobKind::FedRound {
                 round,
                 rounds,
+                rows,
                 layers,
                 local_epochs,
                 batch,
@@ -417,6 +421,9 @@ impl JobKind {
                     return Err(field("round", "need 1 ≤ round ≤ rounds ≤ 1000"));
                 }
                 check_model(layers, *task)?;
+                if *rows == 0 || *rows > 1 << 40 {
+                    return Err(field("rows", "must be in 1..=2^40"));
+                }
                 if *local_epochs == 0 || *local_epochs > 10_000 {
                     return Err(field("local_epochs", "must be in 1..=10000"));
                 }

@@ -818,6 +818,7 @@ fn fed_round(id: &[u8], layers: Vec<u32>, epsilon: f64) -> JobSpec {
             federation: Hash32::of(b"federation"),
             round: 1,
             rounds: 3,
+            rows: 1_000,
             layers,
             local_epochs: 2,
             batch: 32,

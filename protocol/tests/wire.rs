@@ -106,7 +106,7 @@ fn job_kind() -> impl Strategy<Value = JobKind> {
             .prop_map(|(op, seed)| JobKind::Preprocess { op, seed }),
         (
             hash(),
-            (any::<u32>(), any::<u32>()),
+            (any::<u32>(), any::<u32>(), any::<u64>()),
             prop::collection::vec(any::<u32>(), 0..5),
             (any::<u32>(), any::<u32>(), any::<f32>()),
             (any::<f32>(), any::<f32>()),
@@ -115,7 +115,7 @@ fn job_kind() -> impl Strategy<Value = JobKind> {
             .prop_map(
                 |(
                     federation,
-                    (round, rounds),
+                    (round, rounds, rows),
                     layers,
                     (local_epochs, batch, learning_rate),
                     (c, s),
@@ -125,6 +125,7 @@ fn job_kind() -> impl Strategy<Value = JobKind> {
                         federation,
                         round,
                         rounds,
+                        rows,
                         layers,
                         local_epochs,
                         batch,

@@ -42,6 +42,8 @@ pub(crate) struct State {
     receipts: VecDeque<(AccountId, Hash32, Signed<protocol::Receipt>)>,
     /// Open escrows for us already handed to the engine.
     taken: std::collections::HashSet<Hash32>,
+    /// What the ledger last said our data sets' budgets spent.
+    spends: Vec<protocol::market::PrivacySpend>,
 }
 
 /// Receipts a provider keeps to hand again to requesters that come back.
@@ -210,6 +212,7 @@ impl<S: Store> NodeCore<S> {
             return;
         }
         self.take_escrowed(cx);
+        self.privacy_spent(cx);
         let waiting: Vec<Hash32> = self.prov.waiting.keys().copied().collect();
         for c in waiting {
             self.try_run(cx, c);
@@ -231,6 +234,24 @@ impl<S: Store> NodeCore<S> {
                 info!(contract = %c.short(), paid = %si.payout.provider, "settled");
                 self.provider_handle(cx, ProviderInput::Settlement(Box::new(si)));
             }
+        }
+    }
+
+    /// Hand the engine what the ledger says our data sets' privacy budgets
+    /// spent, when it changed (a provider with no data set skips this).
+    fn privacy_spent<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
+        if self
+            .provider
+            .as_ref()
+            .is_none_or(|p| p.config().datasets.is_empty())
+        {
+            return;
+        }
+        let me = self.account();
+        let spends = self.ledger.state().privacy_spends(&me);
+        if spends != self.prov.spends {
+            self.prov.spends = spends.clone();
+            self.provider_handle(cx, ProviderInput::PrivacySpent(spends));
         }
     }
 

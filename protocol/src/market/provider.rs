@@ -468,7 +468,7 @@ impl ProviderEngine {
         if self.eta(now, spec) > spec.deadline {
             return Err(RejectReason::DeadlineInfeasible);
         }
-        if let JobKind::FedRound { layers, .. } = &spec.kind {
+        if let JobKind::FedRound { layers, rows, .. } = &spec.kind {
             let Some(d) = self.cfg.datasets.iter().find(|d| d.id == spec.dataset.hash) else {
                 return Err(RejectReason::Unsupported(format!(
                     "no data set {}",
@@ -476,10 +476,11 @@ impl ProviderEngine {
                 )));
             };
             let (first, last) = (layers.first().copied(), layers.last().copied());
-            if first != Some(d.features) || last != Some(d.classes) {
+            if first != Some(d.features) || last != Some(d.classes) || *rows != d.rows {
                 return Err(RejectReason::Unsupported(format!(
-                    "layers {layers:?} do not fit the data set's {} features and {} outputs",
-                    d.features, d.classes
+                    "layers {layers:?} on {rows} rows do not fit the data set's {} rows, {} \
+                     features and {} outputs",
+                    d.rows, d.features, d.classes
                 )));
             }
             self.privacy.admit(d, spec, self.live_specs())?;
