@@ -186,3 +186,66 @@ pub fn fedavg(backend: &dyn Backend, spec: &FedAvgSpec, shards: &[&[u8]]) -> Res
         providers: reports,
     })
 }
+
+/// The ε a data owner spends on its `rows` rows over a whole federated job
+/// of `rounds` rounds of `spec` (its `epochs` the local epochs): every local
+/// DP-SGD step, in every round, composed by the RDP accountant (rate
+/// batch/rows). `None` without DP.
+pub fn job_epsilon(spec: &TrainSpec, rows: usize, rounds: usize) -> Option<f64> {
+    let d = spec.dp?;
+    let q = (spec.batch as f64 / rows.max(1) as f64).min(1.0);
+    let steps = spec.total_steps(rows).saturating_mul(rounds as u64);
+    Some(dp::rdp_epsilon(f64::from(d.sigma), q, steps, d.delta))
+}
+
+/// The seed of round `round` at the owner of data set `dataset`: its noise
+/// and batches are its own, so that no two owners (and no two rounds) share
+/// noise that a requester could cancel by differencing their updates.
+pub fn round_seed(job_seed: u64, dataset: &[u8; 32], federation: &[u8; 32], round: u32) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(b"cloudchain-fedavg-round-seed-v1");
+    h.update(&job_seed.to_le_bytes());
+    h.update(dataset);
+    h.update(federation);
+    h.update(&round.to_le_bytes());
+    let b = h.finalize();
+    let mut s = [0u8; 8];
+    s.copy_from_slice(&b.as_bytes()[..8]);
+    u64::from_le_bytes(s)
+}
+
+/// The largest L2 norm that an honest round of `spec` (DP-SGD, its `epochs`
+/// the local epochs) on `rows` rows can move a model of `params`
+/// parameters, but with a chance below 1e-12 a step. Each step adds
+/// `lr/batch · (Σ clipped gradients + N(0, σ²C²))`: the clipped sum is at
+/// most (rows in the batch) · C, the rows of a Poisson batch exceed
+/// `batch + 8√batch + 22` with a chance below 1e-13, and the noise's norm
+/// exceeds `σC(√params + 8)` with a chance below e^-32. Summed over the
+/// steps, whatever their direction. `None` without DP (no bound holds).
+pub fn update_norm_bound(spec: &TrainSpec, rows: usize, params: usize) -> Option<f64> {
+    let d = spec.dp?;
+    let b = spec.batch.max(1) as f64;
+    let in_batch = (b + 8.0 * b.sqrt() + 22.0).min(rows.max(1) as f64);
+    let c = f64::from(d.clip);
+    let noise = f64::from(d.sigma) * c * ((params as f64).sqrt() + 8.0);
+    let step = f64::from(spec.lr) / b * (in_batch * c + noise);
+    Some(step * spec.total_steps(rows) as f64)
+}
+
+/// The L2 distance between two models of the same layers.
+pub fn distance(a: &Mlp, b: &Mlp) -> Result<f64> {
+    if a.layers != b.layers {
+        return Err(ComputeError::Data(format!(
+            "layers {:?} and {:?} differ",
+            a.layers, b.layers
+        )));
+    }
+    let sq: f64 =
+        a.w.iter()
+            .chain(&a.b)
+            .zip(b.w.iter().chain(&b.b))
+            .flat_map(|(x, y)| x.iter().zip(y))
+            .map(|(p, q)| (f64::from(*p) - f64::from(*q)).powi(2))
+            .sum();
+    Ok(sq.sqrt())
+}

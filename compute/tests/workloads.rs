@@ -697,3 +697,48 @@ fn a_regression_model_infers_targets_that_a_check_can_verify() {
     assert!(!verdict.ok, "{verdict:?}");
     assert!(verdict.reason.contains("does not follow"), "{verdict:?}");
 }
+
+/// A local round under DP-SGD, warm-started from a global model, moves it
+/// by less than the bound a committee checks without the data, and spends
+/// the ε the job's accountant says (one round: the training's own).
+#[test]
+fn a_local_dp_round_stays_within_its_update_bound_and_spends_the_stated_epsilon() {
+    use compute::fedavg::{distance, job_epsilon, update_norm_bound};
+    let data = wine_split();
+    let rows = Data::from_safetensors(&data, "x", "y").unwrap().rows;
+    let spec = TrainSpec {
+        dp: Some(DpConfig {
+            clip: 1.0,
+            sigma: 1.1,
+            delta: 1e-5,
+        }),
+        ..TrainSpec::new(vec![11, 16, 6], 2, 64, 0.05, 9)
+    };
+    let global = Mlp::init(&[11, 16, 6], 3).unwrap();
+    let out = run_workload(
+        &CpuBackend::new(),
+        &WorkloadSpec::Train(spec.clone()),
+        &data,
+        Some(&global.to_safetensors().unwrap()),
+    )
+    .unwrap();
+    let local = Mlp::from_safetensors(&out.output).unwrap();
+    let moved = distance(&local, &global).unwrap();
+    let bound = update_norm_bound(&spec, rows, global.params()).unwrap();
+    assert!(moved > 0.0 && moved < bound, "moved {moved}, bound {bound}");
+    let eps = job_epsilon(&spec, rows, 1).unwrap();
+    assert!(
+        (eps - out.metrics.epsilon.unwrap()).abs() < 1e-9,
+        "{eps} vs {:?}",
+        out.metrics
+    );
+    // Three rounds spend more than one, less than three times as much (RDP).
+    let three = job_epsilon(&spec, rows, 3).unwrap();
+    assert!(three > eps && three < 3.0 * eps, "{eps} → {three}");
+    // A model moved far beyond it (a scaled, poisoned update) is out.
+    let mut poisoned = local.clone();
+    for w in poisoned.w.iter_mut().flatten() {
+        *w *= 1_000.0;
+    }
+    assert!(distance(&poisoned, &global).unwrap() > bound);
+}

@@ -396,6 +396,26 @@ pub enum DataCommand {
         /// The file.
         file: PathBuf,
     },
+    /// Offer a private data set to federated jobs: the node keeps a copy in
+    /// its data directory and trains on it where it is; its offers state its
+    /// schema, rows and the privacy budget left, never its rows. A provider
+    /// node offers it from its next start.
+    Offer {
+        /// The data set (safetensors with `x` and `y`, as `data import`
+        /// writes).
+        file: PathBuf,
+        /// The ε all jobs together may spend on it, for good.
+        #[arg(long)]
+        budget_epsilon: f64,
+        /// The ε the jobs of any one requester may spend (default: all of it).
+        #[arg(long)]
+        per_requester: Option<f64>,
+        /// The largest δ a job may state.
+        #[arg(long, default_value_t = 1e-5)]
+        delta: f64,
+    },
+    /// List the data sets this node offers, with the budgets set.
+    Held,
 }
 
 #[derive(Debug, Subcommand)]
@@ -608,7 +628,7 @@ fn predict(
     }
 }
 
-fn data(json: bool, cmd: &DataCommand) -> anyhow::Result<()> {
+fn data(json: bool, cmd: &DataCommand, data_dir: &std::path::Path) -> anyhow::Result<()> {
     match cmd {
         DataCommand::Import {
             file,
@@ -683,6 +703,39 @@ fn data(json: bool, cmd: &DataCommand) -> anyhow::Result<()> {
                 );
             })
         }
+        DataCommand::Offer {
+            file,
+            budget_epsilon,
+            per_requester,
+            delta,
+        } => {
+            let budget = crate::held::Budget {
+                epsilon: *budget_epsilon,
+                per_requester: per_requester.unwrap_or(*budget_epsilon),
+                delta: *delta,
+            };
+            let h = crate::held::offer(data_dir, file, budget)?;
+            print(json, &held_view(&h), |_| {
+                println!("held      {} as {}", file.display(), h.path.display());
+                print_held(&h);
+                println!(
+                    "offered   from the provider node's next start (`cloudchain run --provider`)"
+                );
+            })
+        }
+        DataCommand::Held => {
+            let all = crate::held::load(data_dir)?;
+            let view: Vec<_> = all.iter().map(held_view).collect();
+            print(json, &view, |_| {
+                if all.is_empty() {
+                    println!("no data set held (`cloudchain data offer FILE --budget-epsilon E`)");
+                }
+                for h in &all {
+                    println!("{}", h.name);
+                    print_held(h);
+                }
+            })
+        }
         DataCommand::Inspect { file } => {
             let h = compute::tensors::read_header(file)?;
             let view = serde_json::json!({
@@ -702,6 +755,33 @@ fn data(json: bool, cmd: &DataCommand) -> anyhow::Result<()> {
             })
         }
     }
+}
+
+fn held_view(h: &crate::held::Held) -> serde_json::Value {
+    let o = &h.offer;
+    serde_json::json!({
+        "name": h.name, "path": h.path, "id": hex::encode(o.id.0),
+        "schema": hex::encode(o.schema.0), "rows": o.rows, "features": o.features,
+        "classes": o.classes, "bytes": o.bytes, "budget_epsilon": o.epsilon_left,
+        "per_requester_epsilon": o.epsilon_per_requester, "delta": o.delta,
+    })
+}
+
+fn print_held(h: &crate::held::Held) {
+    let o = &h.offer;
+    println!("id        {}", hex::encode(o.id.0));
+    println!("schema    {}", hex::encode(o.schema.0));
+    println!(
+        "shape     {} rows, {} features, {} output{}",
+        o.rows,
+        o.features,
+        o.classes,
+        if o.classes == 1 { "" } else { "s" }
+    );
+    println!(
+        "budget    ε {} in all, {} per requester, δ ≤ {:e}",
+        o.epsilon_left, o.epsilon_per_requester, o.delta
+    );
 }
 
 impl Cli {
@@ -802,7 +882,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sim(args) => return sim(cli.json, args),
         Command::Relay(args) => return relay(&cli, args),
         Command::Bench { backend, what } => return bench(cli.json, backend, what.as_ref()),
-        Command::Data(cmd) => return data(cli.json, cmd),
+        Command::Data(cmd) => return data(cli.json, cmd, &cli.data_dir()),
         Command::Model(cmd) => return model(cli.json, cmd),
         Command::Predict { model, data, out } => {
             return predict(cli.json, model, data, out.as_deref());

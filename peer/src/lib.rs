@@ -15,6 +15,7 @@ pub mod crypto;
 pub mod dashboard;
 pub mod demo;
 pub mod genesis;
+pub mod held;
 pub mod jobfile;
 pub mod metrics;
 pub mod net;

@@ -303,9 +303,9 @@ pub fn workload_spec(kind: &JobKind, model: Option<&[u8]>) -> anyhow::Result<Wor
             };
             WorkloadSpec::Train(ts)
         }
-        JobKind::FedRound { .. } => {
-            bail!("this node does not run federated rounds yet (they train on a data set it holds)")
-        }
+        // A round's local training, with the job's seed (its owner's run
+        // uses its own, [`fed_local_kind`]): what its limits and units follow.
+        JobKind::FedRound { .. } => return workload_spec(&fed_local_kind(kind, None)?, model),
         JobKind::Infer { .. } => {
             let m = model.context("an inference job needs a model")?;
             let mlp = compute::mlp::Mlp::from_safetensors(m)?;
@@ -323,6 +323,143 @@ pub fn workload_spec(kind: &JobKind, model: Option<&[u8]>) -> anyhow::Result<Wor
                 }
             },
         },
+    })
+}
+
+/// A federated round as the training its owner runs: DP-SGD for the local
+/// epochs from the round's model, with the round's seed at the owner of
+/// `dataset` ([`compute::fedavg::round_seed`]; the job's own seed without
+/// one).
+pub fn fed_local_kind(kind: &JobKind, dataset: Option<&Hash32>) -> anyhow::Result<JobKind> {
+    let JobKind::FedRound {
+        federation,
+        round,
+        layers,
+        local_epochs,
+        batch,
+        learning_rate,
+        dp,
+        seed,
+        task,
+        ..
+    } = kind
+    else {
+        bail!("not a federated round");
+    };
+    Ok(JobKind::Train {
+        layers: layers.clone(),
+        epochs: *local_epochs,
+        batch: *batch,
+        learning_rate: *learning_rate,
+        dp: Some(*dp),
+        seed: dataset.map_or(*seed, |d| {
+            compute::fedavg::round_seed(*seed, &d.0, &federation.0, *round)
+        }),
+        task: *task,
+    })
+}
+
+/// The ε a federated round's job spends on its owner's data in all its
+/// rounds, by the accountant at the job's δ.
+pub fn fed_epsilon(spec: &protocol::JobSpec) -> anyhow::Result<f64> {
+    let JobKind::FedRound { rows, rounds, .. } = &spec.kind else {
+        bail!("not a federated round");
+    };
+    let WorkloadSpec::Train(mut ts) = workload_spec(&spec.kind, None)? else {
+        bail!("a federated round is training");
+    };
+    if let (Some(d), Some(p)) = (ts.dp.as_mut(), spec.privacy) {
+        d.delta = p.delta;
+    }
+    compute::fedavg::job_epsilon(&ts, usize::try_from(*rows)?, *rounds as usize)
+        .context("a federated round without DP")
+}
+
+/// A committee member's check of a federated round without its data (which
+/// never leaves its owner): the chain starts from the round's model with
+/// the owner's round seed and has the steps the job's rows and epochs call
+/// for; the output is its last link; the units are at most the FLOP
+/// model's; and the update (output − round's model) is within the norm an
+/// honest DP-SGD round can reach ([`compute::fedavg::update_norm_bound`]).
+/// What it cannot see: whether the owner trained on the data it offered,
+/// or trained at all rather than moving the model within the bound.
+pub fn check_fed_round(
+    spec: &protocol::JobSpec,
+    global: &[u8],
+    index: &ResultIndex,
+    output: &[u8],
+    receipt: &Receipt,
+) -> anyhow::Result<compute::verify::Verdict> {
+    let fail = |reason: String| compute::verify::Verdict {
+        ok: false,
+        max_abs_diff: 0.0,
+        reason,
+    };
+    let JobKind::FedRound { rows, .. } = &spec.kind else {
+        bail!("not a federated round");
+    };
+    let rows = usize::try_from(*rows)?;
+    let local = fed_local_kind(&spec.kind, Some(&spec.dataset.hash))?;
+    let WorkloadSpec::Train(ts) = workload_spec(&local, Some(global))? else {
+        bail!("a federated round is training");
+    };
+    let shape = DataShape {
+        rows,
+        features: ts.layers.first().copied().unwrap_or(0),
+        test_rows: 0,
+    };
+    let measured = units(compute::compute_units_for(
+        &WorkloadSpec::Train(ts.clone()),
+        shape,
+    ));
+    if receipt.units_used > measured {
+        return Ok(fail(format!(
+            "the receipt claims {:.3} CU; the FLOP model gives {:.3} CU for this round",
+            receipt.units_used.as_f64(),
+            measured.as_f64()
+        )));
+    }
+    let chain = &index.chain;
+    if let Some(why) = incomplete_chain(&ts, rows, chain, receipt) {
+        return Ok(fail(why));
+    }
+    let Some(last) = chain.last() else {
+        return Ok(fail("an empty checkpoint chain".into()));
+    };
+    if Hash32(last.hash) != receipt.commitment {
+        return Ok(fail(
+            "the chain does not end at the receipt's commitment".into(),
+        ));
+    }
+    let start = compute::mlp::Mlp::from_safetensors(global)?;
+    if chain[0].hash != chain_start(ts.seed, &start) {
+        return Ok(fail(
+            "the chain does not start from the round's model with the owner's round seed".into(),
+        ));
+    }
+    if index.models.last() != Some(&index.output) {
+        return Ok(fail("the output is not the last checkpoint".into()));
+    }
+    if let Err(e) = check_output(index, output) {
+        return Ok(fail(format!("{e:#}")));
+    }
+    let end = compute::mlp::Mlp::from_safetensors(output)?;
+    let moved = compute::fedavg::distance(&end, &start)?;
+    let bound = compute::fedavg::update_norm_bound(&ts, rows, start.params())
+        .context("a federated round without DP")?;
+    if moved.is_nan() || moved > bound {
+        return Ok(fail(format!(
+            "the update moves the model by {moved:.4}; an honest round moves it at most {bound:.4}"
+        )));
+    }
+    Ok(compute::verify::Verdict {
+        ok: true,
+        max_abs_diff: 0.0,
+        reason: format!(
+            "chain of {} links from the round's model, update norm {moved:.4} within {bound:.4} \
+             (the data stays with its owner: not re-executed)",
+            chain.len()
+        ),
     })
 }
 
@@ -908,6 +1045,99 @@ mod tests {
         };
         let all = r.checkpoint_models.iter().cloned().enumerate().collect();
         (index, all)
+    }
+
+    /// A federated round on the owner's data, as the owner runs it and a
+    /// committee checks it without the data: an honest round passes; a
+    /// round run with the requester's seed (noise a requester could cancel),
+    /// a poisoned update with a consistent chain, or inflated units fail. The
+    /// job must state at least the ε the accountant gives its rounds.
+    #[test]
+    fn a_federated_round_is_checked_without_its_data() {
+        let be = compute::CpuBackend::new();
+        let data = wine();
+        let rows = data_shape(&data).unwrap().rows as u64;
+        let global = compute::mlp::Mlp::init(&[11, 16, 6], 5)
+            .unwrap()
+            .to_safetensors()
+            .unwrap();
+        let kind = JobKind::FedRound {
+            federation: Hash32([9; 32]),
+            round: 2,
+            rounds: 3,
+            rows,
+            layers: vec![11, 16, 6],
+            local_epochs: 1,
+            batch: 64,
+            learning_rate: 0.05,
+            dp: protocol::DpParams {
+                clip_norm: 1.0,
+                noise_multiplier: 1.1,
+            },
+            seed: 7,
+            task: Default::default(),
+        };
+        let dataset = Hash32::of(&data);
+        let mut spec = protocol::JobSpec::inference(
+            protocol::Identity::from_seed(1).account(),
+            protocol::BlobRef {
+                hash: dataset,
+                size: data.len() as u64,
+            },
+            protocol::ComputeUnits::from_milli(1),
+            protocol::PricePerCu(1),
+            protocol::Timestamp(0),
+            protocol::Timestamp(1),
+            1,
+        );
+        spec.kind = kind.clone();
+        let eps = fed_epsilon(&spec).unwrap();
+        assert!(eps > 0.0 && eps.is_finite(), "{eps}");
+        spec.privacy = Some(protocol::PrivacyTarget {
+            epsilon: eps,
+            delta: 1e-5,
+        });
+        let local = fed_local_kind(&kind, Some(&dataset)).unwrap();
+        let honest = run(&be, &local, &data, Some(&global), Cheat::None).unwrap();
+        let (index, _) = index_of(&honest.result);
+        let r = receipt(&honest);
+        let ok = check_fed_round(&spec, &global, &index, &honest.result.output, &r).unwrap();
+        assert!(ok.ok, "{ok:?}");
+
+        // Run with the job's own seed: not the owner's round seed.
+        let shared = fed_local_kind(&kind, None).unwrap();
+        let other = run(&be, &shared, &data, Some(&global), Cheat::None).unwrap();
+        let (oi, _) = index_of(&other.result);
+        let v =
+            check_fed_round(&spec, &global, &oi, &other.result.output, &receipt(&other)).unwrap();
+        assert!(!v.ok && v.reason.contains("round seed"), "{v:?}");
+
+        // A poisoned update (scaled 1000×) with the chain made to match it.
+        let mut bad = compute::mlp::Mlp::from_safetensors(&honest.result.output).unwrap();
+        for w in bad.w.iter_mut().flatten() {
+            *w *= 1_000.0;
+        }
+        let bad_bytes = bad.to_safetensors().unwrap();
+        let mut poisoned = honest.result.clone();
+        let n = poisoned.chain.len();
+        poisoned.chain[n - 1].hash = chain_next(
+            &poisoned.chain[n - 2].hash,
+            poisoned.chain[n - 1].step,
+            &bad,
+        );
+        poisoned.checkpoint_models[n - 1] = bad_bytes.clone();
+        poisoned.output = bad_bytes.clone();
+        let (pi, _) = index_of(&poisoned);
+        let mut pr = receipt(&honest);
+        pr.commitment = Hash32(poisoned.chain[n - 1].hash);
+        let v = check_fed_round(&spec, &global, &pi, &bad_bytes, &pr).unwrap();
+        assert!(!v.ok && v.reason.contains("moves the model"), "{v:?}");
+
+        // Units beyond the FLOP model's.
+        let mut inflated = receipt(&honest);
+        inflated.units_used = protocol::ComputeUnits::from_milli(inflated.units_used.milli * 2);
+        let v = check_fed_round(&spec, &global, &index, &honest.result.output, &inflated).unwrap();
+        assert!(!v.ok && v.reason.contains("FLOP model"), "{v:?}");
     }
 
     /// A long job's chain is spaced to at most MAX_LINKS links; its blobs fit

@@ -530,6 +530,7 @@ impl Driver {
                 } => {
                     let blobs = self.blobs.clone();
                     let pref = tasks::backend_preference(&self.dir);
+                    let held = self.dir.path.clone();
                     let cheat = self.opts.cheat;
                     // Progress goes to the core (which tells the requester);
                     // a full queue drops a report, never blocks the run.
@@ -538,9 +539,10 @@ impl Driver {
                         let _ = tx.try_send(Work::Input(Input::RunProgress { contract, progress }));
                     };
                     self.spawn(async move {
-                        let result =
-                            tasks::run_job(blobs, grant, *terms, contract, pref, cheat, report)
-                                .await;
+                        let result = tasks::run_job(
+                            blobs, held, grant, *terms, contract, pref, cheat, report,
+                        )
+                        .await;
                         Input::Ran { contract, result }
                     });
                 }

@@ -49,7 +49,18 @@ pub(super) async fn provider_config(
         "DiscreteGpu" | "IntegratedGpu"
     );
     let floor = dir.config.provider.price_floor.max(1);
+    let held = crate::held::load(&dir.path)?;
+    for h in &held {
+        info!(
+            name = %h.name,
+            id = %h.offer.id.short(),
+            rows = h.offer.rows,
+            epsilon = h.offer.epsilon_left,
+            "offering a private data set to federated jobs"
+        );
+    }
     Ok(ProviderConfig {
+        datasets: held.into_iter().map(|h| h.offer).collect(),
         class: if gpu {
             ResourceClass::Gpu
         } else {
@@ -311,6 +322,7 @@ async fn fetch_inputs(
     blobs: &BlobNode,
     grant: &Grant,
     terms: &ContractTerms,
+    held: Option<&std::path::Path>,
 ) -> Result<(Vec<u8>, Option<Vec<u8>>), WorkError> {
     let aad = input_aad(&grant.requester);
     let get = async |r: &BlobRef, label: &'static str| -> Result<Vec<u8>, WorkError> {
@@ -318,7 +330,17 @@ async fn fetch_inputs(
         let ct = fetch_bytes(blobs, &grant.requester, &grant.contact, r, until).await?;
         open_blob(grant.key.clone(), label, aad, ct).await
     };
-    let data = get(&terms.spec.dataset, "dataset").await?;
+    // A federated round trains on a data set we hold; nobody else has it.
+    let data = match (terms.spec.kind.held_data(), held) {
+        (true, Some(dir)) => crate::held::read(dir, &terms.spec.dataset.hash)
+            .map_err(|e| WorkError::fatal(format!("{e:#}")))?,
+        (true, None) => {
+            return Err(WorkError::fatal(
+                "a federated round's data set is its owner's alone".to_string(),
+            ));
+        }
+        (false, _) => get(&terms.spec.dataset, "dataset").await?,
+    };
     let model = match &terms.spec.model {
         Some(m) => Some(get(m, "model").await?),
         None => None,
@@ -439,8 +461,10 @@ async fn store_result(
 }
 
 /// Run a contract's job on the selected backend; store the encrypted result.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn run_job(
     blobs: BlobNode,
+    held: PathBuf,
     grant: Grant,
     terms: ContractTerms,
     contract: Hash32,
@@ -448,9 +472,26 @@ pub(super) async fn run_job(
     cheat: crate::work::Cheat,
     report: impl Fn(node_core::TrainProgress) + Send + 'static,
 ) -> Result<RanJob, WorkError> {
-    let (data, model) = fetch_inputs(&blobs, &grant, &terms).await?;
+    let (data, model) = fetch_inputs(&blobs, &grant, &terms, Some(&held)).await?;
     let inputs_ready_at = net::now();
-    let kind = terms.spec.kind.clone();
+    let private = terms.spec.kind.held_data();
+    let kind = if private {
+        // Our own data: the job must state at least what the accountant says
+        // its rounds spend (the ledger records what it states), and we train
+        // with our own round seed.
+        let fatal = |e: anyhow::Error| WorkError::fatal(format!("{e:#}"));
+        let spends = crate::work::fed_epsilon(&terms.spec).map_err(fatal)?;
+        let stated = terms.spec.privacy.map_or(0.0, |p| p.epsilon);
+        if spends > stated * (1.0 + 1e-9) {
+            return Err(WorkError::fatal(format!(
+                "the job states ε = {stated:.4} for its rounds; the accountant says they spend {spends:.4}"
+            )));
+        }
+        crate::work::fed_local_kind(&terms.spec.kind, Some(&terms.spec.dataset.hash))
+            .map_err(fatal)?
+    } else {
+        terms.spec.kind.clone()
+    };
     // The room we kept is what the job declared: run it only if its inputs
     // bear that out (a requester that declares less has its escrow back).
     let limits = crate::work::data_shape(&data)
@@ -471,7 +512,8 @@ pub(super) async fn run_job(
             let mut last: Option<std::time::Instant> = None;
             let mut on_epoch = |p: compute::Progress| {
                 let due = last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
-                if due || p.epoch == p.epochs {
+                // A loss on private data is not the requester's to see.
+                if !private && (due || p.epoch == p.epochs) {
                     last = Some(std::time::Instant::now());
                     report(node_core::TrainProgress {
                         step: p.step,
@@ -486,7 +528,7 @@ pub(super) async fn run_job(
             crate::work::run_observed(be, &kind, &data, model.as_deref(), cheat, &mut on_epoch)
         })
         .await??;
-        let result = std::mem::replace(
+        let mut result = std::mem::replace(
             &mut ran.result,
             crate::work::JobResult {
                 output: Vec::new(),
@@ -495,6 +537,14 @@ pub(super) async fn run_job(
                 metrics: Default::default(),
             },
         );
+        if private {
+            // Losses and scores on private data are not DP releases: only
+            // the ε goes back.
+            result.metrics = compute::Metrics {
+                epsilon: result.metrics.epsilon,
+                ..Default::default()
+            };
+        }
         let until = keep_until(terms.spec.deadline);
         let index = store_result(&blobs, &key, contract, result, until).await?;
         anyhow::Ok((ran, index))
@@ -543,7 +593,10 @@ pub(super) async fn check_job(
     provider_contact: Vec<String>,
     seeds: Vec<u64>,
 ) -> Result<String, WorkError> {
-    let (data, model) = fetch_inputs(&blobs, &grant, &terms).await?;
+    if terms.spec.kind.held_data() {
+        return check_fed_round(blobs, grant, terms, receipt, provider_contact).await;
+    }
+    let (data, model) = fetch_inputs(&blobs, &grant, &terms, None).await?;
     let kind = terms.spec.kind.clone();
     let limits = crate::work::data_shape(&data)
         .and_then(|shape| crate::work::limits(&kind, model.as_deref(), shape))
@@ -590,6 +643,61 @@ pub(super) async fn check_job(
     .await
     .map_err(|e| WorkError::fatal(format!("the check task failed: {e}")))?
     .map_err(|e| WorkError::fatal(format!("{e:#}")))?;
+    if verdict.ok {
+        Ok(verdict.reason)
+    } else {
+        Err(WorkError::fatal(verdict.reason))
+    }
+}
+
+/// [`check_job`] for a federated round, whose data never leaves its owner:
+/// the round's model, the result's index and its output, checked by
+/// [`crate::work::check_fed_round`].
+async fn check_fed_round(
+    blobs: BlobNode,
+    grant: Grant,
+    terms: ContractTerms,
+    receipt: Receipt,
+    provider_contact: Vec<String>,
+) -> Result<String, WorkError> {
+    let fatal = |e: anyhow::Error| WorkError::fatal(format!("{e:#}"));
+    let Some(m) = &terms.spec.model else {
+        return Err(WorkError::fatal(
+            "a federated round without its model".to_string(),
+        ));
+    };
+    let until = keep_until(terms.spec.deadline);
+    let ct = fetch_bytes(&blobs, &grant.requester, &grant.contact, m, until).await?;
+    let aad = input_aad(&grant.requester);
+    let model = open_blob(grant.key.clone(), "model", aad, ct).await?;
+    let protocol::JobKind::FedRound { rows, layers, .. } = &terms.spec.kind else {
+        return Err(WorkError::fatal("not a federated round".to_string()));
+    };
+    let shape = compute::DataShape {
+        rows: usize::try_from(*rows).unwrap_or(usize::MAX),
+        features: layers.first().map_or(0, |&f| f as usize),
+        test_rows: 0,
+    };
+    let limits = crate::work::limits(&terms.spec.kind, Some(&model), shape).map_err(fatal)?;
+    let key = &grant.key;
+    let index = fetch_index(&blobs, &provider_contact, &receipt, key, &limits, until).await?;
+    let blob = index.output;
+    let output = fetch_part(
+        &blobs,
+        &provider_contact,
+        &receipt,
+        key,
+        MODEL_LABEL,
+        &blob,
+        until,
+    )
+    .await?;
+    let verdict = tokio::task::spawn_blocking(move || {
+        crate::work::check_fed_round(&terms.spec, &model, &index, &output, &receipt)
+    })
+    .await
+    .map_err(|e| WorkError::fatal(format!("the check task failed: {e}")))?
+    .map_err(fatal)?;
     if verdict.ok {
         Ok(verdict.reason)
     } else {
