@@ -67,6 +67,21 @@ pub enum Command {
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
     },
+    /// Start a federated job (a file with kind = "federated", see the
+    /// README): FedAvg over private data sets that stay with their owners.
+    Federate {
+        /// The federated job file.
+        file: PathBuf,
+        /// Wait until it ends, printing what happens.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, default_value_t = 4 * 3600)]
+        timeout: u64,
+    },
+    /// List the running node's federated jobs, or show one (an id or a
+    /// unique prefix): its rounds, owners and the ε each spent.
+    Federations { id: Option<String> },
     /// List the running node's jobs.
     Jobs,
     /// Show one job (an id or a unique prefix) and what happened to it.
@@ -102,6 +117,11 @@ pub enum Command {
         /// Make one provider fake its results, to watch the committee catch it.
         #[arg(long)]
         faulty_provider: bool,
+        /// Tell the federated story: three data owners keep their shards of
+        /// the data, a federated job trains across them with DP-SGD, and the
+        /// ledger records what each one's privacy budget spent.
+        #[arg(long, conflicts_with = "faulty_provider")]
+        federated: bool,
     },
     /// Print this node's account id, libp2p PeerId and iroh endpoint id (one key,
     /// three views).
@@ -866,6 +886,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Offers
         | Command::Blob(_)
         | Command::Submit { .. }
+        | Command::Federate { .. }
+        | Command::Federations { .. }
         | Command::Jobs
         | Command::Job { .. }
         | Command::Balance { .. }
@@ -878,7 +900,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo {
             keep,
             faulty_provider,
-        } => return demo(cli.json, keep.clone(), *faulty_provider),
+            federated,
+        } => return demo(cli.json, keep.clone(), *faulty_provider, *federated),
         Command::Sim(args) => return sim(cli.json, args),
         Command::Relay(args) => return relay(&cli, args),
         Command::Bench { backend, what } => return bench(cli.json, backend, what.as_ref()),
@@ -1775,6 +1798,74 @@ fn remote(cli: &Cli) -> anyhow::Result<()> {
                 }
                 Ok(())
             }
+            Command::Federate {
+                file,
+                wait,
+                timeout,
+            } => {
+                let req = crate::jobfile::federated(file)?;
+                let v = client.federate(&req).await?;
+                if !wait {
+                    return print(json, &v, |v| {
+                        print_federation(v);
+                        println!("`cloudchain federations {}` follows it", &v.id[..12]);
+                    });
+                }
+                let mut shown = 0;
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(*timeout);
+                let done = loop {
+                    let v = client.federation(&v.id).await?;
+                    if !json {
+                        for e in &v.events[shown..] {
+                            println!("{:>8.2} s  {}", e.at_s, e.what);
+                        }
+                        shown = v.events.len();
+                    }
+                    if v.done {
+                        break v;
+                    }
+                    if std::time::Instant::now() > until {
+                        anyhow::bail!("the federated job {} is still running", v.id);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                };
+                print(json, &done, print_federation)?;
+                if done.state != "done" {
+                    anyhow::bail!(
+                        "federated job {} ended: {}",
+                        done.id,
+                        done.reason.as_deref().unwrap_or(&done.state)
+                    );
+                }
+                Ok(())
+            }
+            Command::Federations { id: Some(id) } => {
+                let v = client.federation(id).await?;
+                print(json, &v, |v| {
+                    print_federation(v);
+                    for e in &v.events {
+                        println!("{:>8.2} s  {}", e.at_s, e.what);
+                    }
+                })
+            }
+            Command::Federations { id: None } => {
+                let all = client.federations().await?;
+                print(json, &all, |all| {
+                    if all.is_empty() {
+                        println!("no federated jobs on this node");
+                    }
+                    for f in all {
+                        println!(
+                            "{}  {:<8} round {}/{}  {} owners",
+                            &f.id[..12],
+                            f.state,
+                            f.round,
+                            f.rounds,
+                            f.owners.iter().filter(|o| o.dropped.is_none()).count()
+                        );
+                    }
+                })
+            }
             Command::Jobs => {
                 let jobs = client.jobs().await?;
                 print(json, &jobs, |v| {
@@ -1881,6 +1972,34 @@ fn date(ms: u64) -> String {
 
 fn tokens(micro: u64) -> String {
     crate::control::token_string(micro)
+}
+
+fn print_federation(v: &crate::node::federated::FedView) {
+    println!("federated {}", v.id);
+    println!("state     {} (round {} of {})", v.state, v.round, v.rounds);
+    if let Some(why) = &v.reason {
+        println!("reason    {why}");
+    }
+    for o in &v.owners {
+        let ledger = o.epsilon_in_ledger.map_or_else(
+            || "not yet in the ledger".to_string(),
+            |e| format!("{e:.3} in the ledger"),
+        );
+        println!(
+            "owner     {}  {} rows  {} rounds  ε {:.3} ({ledger}){}",
+            &o.account[..12.min(o.account.len())],
+            o.rows,
+            o.rounds_done,
+            o.epsilon,
+            o.dropped
+                .as_deref()
+                .map(|d| format!("  dropped: {d}"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(m) = &v.model {
+        println!("model     {}", m.display());
+    }
 }
 
 fn print_job(j: &crate::control::JobView) {
@@ -2020,7 +2139,7 @@ fn genesis(cli: &Cli, args: &GenesisArgs) -> anyhow::Result<()> {
     )
 }
 
-fn demo(json: bool, keep: Option<PathBuf>, faulty: bool) -> anyhow::Result<()> {
+fn demo(json: bool, keep: Option<PathBuf>, faulty: bool, federated: bool) -> anyhow::Result<()> {
     if std::env::var_os("RUST_LOG").is_some() {
         init_logging();
     }
@@ -2029,6 +2148,7 @@ fn demo(json: bool, keep: Option<PathBuf>, faulty: bool) -> anyhow::Result<()> {
         cheaters: usize::from(faulty),
         cheat: crate::work::Cheat::Fake,
         verbose: !json,
+        federated,
     }))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

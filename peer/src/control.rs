@@ -56,6 +56,15 @@ pub enum ControlRequest {
         job: Box<JobRequest>,
         reply: oneshot::Sender<anyhow::Result<JobView>>,
     },
+    Federate {
+        request: Box<crate::node::federated::FedRequest>,
+        reply: oneshot::Sender<anyhow::Result<crate::node::federated::FedView>>,
+    },
+    Federations(oneshot::Sender<anyhow::Result<Vec<crate::node::federated::FedView>>>),
+    Federation {
+        id: String,
+        reply: oneshot::Sender<anyhow::Result<crate::node::federated::FedView>>,
+    },
     Jobs(oneshot::Sender<anyhow::Result<Vec<JobView>>>),
     Job {
         id: String,
@@ -150,7 +159,7 @@ impl From<crate::jobfile::JobFile> for JobRequest {
 }
 
 /// One thing that happened to a job.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(PartialEq, Debug, Clone, Serialize, Deserialize)]
 pub struct JobEvent {
     /// Seconds since the job was submitted.
     pub at_s: f64,
@@ -671,6 +680,20 @@ pub async fn serve(
             with_path(|id, reply| ControlRequest::Job { id, reply }),
         )
         .route(
+            "/v1/federations",
+            with_json(|request: crate::node::federated::FedRequest, reply| {
+                ControlRequest::Federate {
+                    request: Box::new(request),
+                    reply,
+                }
+            })
+            .merge(plain(ControlRequest::Federations)),
+        )
+        .route(
+            "/v1/federations/{id}",
+            with_path(|id, reply| ControlRequest::Federation { id, reply }),
+        )
+        .route(
             "/v1/balance",
             with_query(|q: BalanceQuery, reply| ControlRequest::Balance {
                 account: q.account,
@@ -847,6 +870,28 @@ impl ControlClient {
         job.dataset = std::path::absolute(&job.dataset)?;
         job.model = job.model.as_deref().map(std::path::absolute).transpose()?;
         self.post("/v1/jobs", &job).await
+    }
+
+    /// Start a federated job (see [`crate::node::federated`]).
+    pub async fn federate(
+        &self,
+        request: &crate::node::federated::FedRequest,
+    ) -> anyhow::Result<crate::node::federated::FedView> {
+        let mut request = request.clone();
+        request.like = request
+            .like
+            .as_deref()
+            .map(std::path::absolute)
+            .transpose()?;
+        self.post("/v1/federations", &request).await
+    }
+
+    pub async fn federations(&self) -> anyhow::Result<Vec<crate::node::federated::FedView>> {
+        self.get("/v1/federations").await
+    }
+
+    pub async fn federation(&self, id: &str) -> anyhow::Result<crate::node::federated::FedView> {
+        self.get(&format!("/v1/federations/{id}")).await
     }
 
     pub async fn jobs(&self) -> anyhow::Result<Vec<JobView>> {

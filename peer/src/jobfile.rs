@@ -316,6 +316,164 @@ impl JobFile {
     }
 }
 
+/// A federated job file (`kind = "federated"`):
+///
+/// ```toml
+/// kind = "federated"
+/// like = "wine-sample.safetensors"  # or: schema = "<64 hex digits>"
+/// owners = 3                        # data owners to train with
+/// min_owners = 2                    # the fewest a round may end with
+/// rounds = 5
+/// max_price = 1000000               # micro-tokens per compute unit
+/// round_minutes = 10                # how long each round may take
+///
+/// [train]
+/// task = "classify"
+/// layers = [11, 16, 6]
+/// epochs = 2                        # local epochs per round
+/// batch = 128
+/// learning_rate = 0.5
+/// seed = 3
+/// dp = { clip_norm = 1.0, noise_multiplier = 1.2 }   # required
+///
+/// [privacy]
+/// epsilon = 20.0                    # the most the job may spend of any owner's data
+/// delta = 1e-5
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFed {
+    kind: String,
+    #[serde(default)]
+    like: Option<PathBuf>,
+    #[serde(default)]
+    schema: Option<String>,
+    owners: usize,
+    #[serde(default)]
+    min_owners: Option<usize>,
+    rounds: u32,
+    max_price: u64,
+    round_minutes: u64,
+    train: RawTrain,
+    privacy: RawPrivacy,
+}
+
+/// Read a federated job file as the request a node takes (`like`, relative
+/// to the file, made absolute).
+pub fn federated(path: &Path) -> anyhow::Result<crate::node::federated::FedRequest> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).map_err(|source| JobFileError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mut req = parse_federated(&text, &path.display().to_string())?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    if let Some(l) = &req.like {
+        req.like =
+            Some(std::path::absolute(base.join(l)).with_context(|| format!("{}", l.display()))?);
+    }
+    Ok(req)
+}
+
+/// Parse a federated job file's text; `origin` names it in errors.
+pub fn parse_federated(
+    text: &str,
+    origin: &str,
+) -> Result<crate::node::federated::FedRequest, JobFileError> {
+    let raw: RawFed = toml::from_str(text).map_err(|e| JobFileError::Parse {
+        origin: origin.into(),
+        message: e.to_string(),
+    })?;
+    let bad = |field: &'static str, reason: String| JobFileError::Invalid {
+        origin: origin.into(),
+        field,
+        reason,
+    };
+    if raw.kind != "federated" {
+        return Err(bad(
+            "kind",
+            format!("{:?}; a federated job file says \"federated\"", raw.kind),
+        ));
+    }
+    let t = &raw.train;
+    let task = match t.task.as_deref() {
+        None | Some("classify") => TrainTask::Classify,
+        Some("regress") => TrainTask::Regress,
+        Some(other) => {
+            return Err(bad(
+                "train.task",
+                format!("{other:?}; use classify or regress"),
+            ));
+        }
+    };
+    let dp = t.dp.as_ref().ok_or_else(|| {
+        bad(
+            "train.dp",
+            "a federated job trains with DP-SGD: give dp".into(),
+        )
+    })?;
+    let req = crate::node::federated::FedRequest {
+        schema: raw.schema,
+        like: raw.like,
+        owners: raw.owners,
+        min_owners: raw.min_owners.unwrap_or(raw.owners),
+        rounds: raw.rounds,
+        layers: t.layers.clone(),
+        local_epochs: t.epochs,
+        batch: t.batch,
+        learning_rate: t.learning_rate,
+        dp: DpParams {
+            clip_norm: dp.clip_norm,
+            noise_multiplier: dp.noise_multiplier,
+        },
+        seed: t.seed,
+        task,
+        epsilon: raw.privacy.epsilon,
+        delta: raw.privacy.delta,
+        max_price: raw.max_price,
+        round_secs: raw.round_minutes.saturating_mul(60),
+    };
+    req.check()
+        .map_err(|e| bad("federated", format!("{e:#}")))?;
+    // The rounds must be valid jobs too.
+    let kind = req.round_kind(
+        protocol::Hash32::default(),
+        1,
+        &protocol::DataOffer {
+            id: protocol::Hash32::default(),
+            schema: protocol::Hash32::default(),
+            rows: 1,
+            features: 1,
+            classes: 1,
+            bytes: 1,
+            epsilon_per_requester: 1.0,
+            epsilon_left: 1.0,
+            delta: 0.5,
+        },
+    );
+    let mut spec = protocol::JobSpec::inference(
+        protocol::AccountId([0; 32]),
+        protocol::BlobRef {
+            hash: protocol::Hash32::default(),
+            size: 1,
+        },
+        protocol::ComputeUnits::from_milli(1),
+        protocol::PricePerCu(1),
+        protocol::Timestamp(1),
+        protocol::Timestamp(2),
+        0,
+    );
+    spec.kind = kind;
+    spec.model = Some(spec.dataset);
+    spec.privacy = Some(PrivacyTarget {
+        epsilon: req.epsilon,
+        delta: req.delta,
+    });
+    spec.validate(protocol::Timestamp(1))
+        .map_err(|e| bad("train", e.to_string()))?;
+    Ok(req)
+}
+
 #[cfg(test)]
 mod tests {
     /// Paths in a job file are relative to it, once: submitting
@@ -375,12 +533,16 @@ delta = 1e-5
             .collect();
         let kinds: Vec<&str> = blocks
             .iter()
-            .map(|b| match JobFile::parse(b, "README.md") {
-                Ok(j) => j.kind.name(),
-                Err(e) => panic!("{e}\n{b}"),
+            .map(|b| {
+                let r = if b.contains("kind = \"federated\"") {
+                    super::parse_federated(b, "README.md").map(|_| "federated")
+                } else {
+                    JobFile::parse(b, "README.md").map(|j| j.kind.name())
+                };
+                r.unwrap_or_else(|e| panic!("{e}\n{b}"))
             })
             .collect();
-        for kind in ["train", "infer", "preprocess"] {
+        for kind in ["train", "infer", "preprocess", "federated"] {
             assert!(
                 kinds.contains(&kind),
                 "no {kind} job in the README: {kinds:?}"

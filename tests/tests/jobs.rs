@@ -29,6 +29,7 @@ async fn demo_with(
         cheaters,
         cheat,
         verbose: false,
+        federated: false,
     };
     let report = tokio::time::timeout(Duration::from_secs(120), demo::run(opts))
         .await

@@ -9,6 +9,7 @@
 //! inputs. Every protocol decision is the core's; what this module decides is
 //! only how to carry bytes and when to look peers up in the DHT.
 
+pub mod federated;
 mod tasks;
 mod views;
 
@@ -16,7 +17,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use crdt_ledger::{FileStore, GenesisEntry, Ledger};
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
@@ -288,6 +289,12 @@ enum Work {
         result: anyhow::Result<Box<(PreparedJob, tasks::JobNotes)>>,
         reply: oneshot::Sender<anyhow::Result<JobView>>,
     },
+    /// A federated job's round is prepared: each owner's job, or why not.
+    FedPrepared {
+        fed: Hash32,
+        round: u32,
+        jobs: Vec<(AccountId, anyhow::Result<(PreparedJob, tasks::JobNotes)>)>,
+    },
 }
 
 struct Driver {
@@ -304,6 +311,8 @@ struct Driver {
     /// for that peer goes back as its response rather than as a request.
     sync_reply: Option<(PeerId, ResponseChannel<Vec<u8>>)>,
     metrics_addr: Option<SocketAddr>,
+    /// Our federated jobs (see [`federated`]).
+    feds: Vec<federated::Federation>,
 }
 
 /// Which protocol a direct message travels on.
@@ -420,8 +429,18 @@ pub async fn start(dir: DataDir, opts: RunOptions) -> anyhow::Result<RunningNode
         out: Vec::new(),
         sync_reply: None,
         metrics_addr,
+        feds: Vec::new(),
     };
     driver.restore()?;
+    driver.feds = federated::Federation::load_all(&driver.dir.path.join("results"));
+    // A round that was being prepared when the node stopped: again.
+    for f in driver
+        .feds
+        .iter()
+        .filter(|f| f.state == federated::FedState::Preparing)
+    {
+        driver.start_round(f);
+    }
     let task = tokio::spawn(
         driver
             .run(events, ctl_rx, work_rx, stop_rx)
@@ -477,7 +496,10 @@ impl Driver {
                 Some(r) = control.recv() => self.on_control(r).await,
                 Some(w) = work.recv() => self.on_work(w),
                 _ = timer => self.input(Input::Tick),
-                _ = tick.tick() => self.input(Input::Tick),
+                _ = tick.tick() => {
+                    self.input(Input::Tick);
+                    self.poll_federations();
+                }
                 _ = discover.tick() => self.discover_providers(),
                 Ok(()) = room.changed() => {
                     let now = *room.borrow_and_update();
@@ -815,6 +837,7 @@ impl Driver {
                 });
                 let _ = reply.send(view);
             }
+            Work::FedPrepared { fed, round, jobs } => self.fed_prepared(fed, round, jobs),
             Work::Providers(peers) => {
                 let me = self.net.peer_id;
                 let new: Vec<AccountId> = peers
@@ -872,6 +895,26 @@ impl Driver {
                         .await
                         .map(Box::new);
                     let _ = tx.send(Work::Prepared { result, reply }).await;
+                });
+            }
+            ControlRequest::Federate { request, reply } => {
+                let _ = reply.send(self.federate(*request));
+            }
+            ControlRequest::Federations(reply) => {
+                let ledger = self.core.ledger();
+                let _ = reply.send(Ok(self.feds.iter().map(|f| f.view_with(ledger)).collect()));
+            }
+            ControlRequest::Federation { id, reply } => {
+                let found: Vec<_> = self
+                    .feds
+                    .iter()
+                    .filter(|f| f.id.to_string().starts_with(&id))
+                    .collect();
+                let ledger = self.core.ledger();
+                let _ = reply.send(match found.as_slice() {
+                    [f] if !id.is_empty() => Ok(f.view_with(ledger)),
+                    [] => Err(anyhow::anyhow!("no federated job {id}")),
+                    _ => Err(anyhow::anyhow!("{id} names more than one federated job")),
                 });
             }
             ControlRequest::Jobs(reply) => {
@@ -1048,3 +1091,270 @@ async fn fetch_logged(
 /// Seconds to wait before each further try of a direct message that failed
 /// (see `send_direct`).
 const DIRECT_RETRIES: [u64; 3] = [2, 4, 8];
+
+impl Driver {
+    fn results_dir(&self) -> PathBuf {
+        self.dir.path.join("results")
+    }
+
+    /// Start a federated job: pick its owners among the offers we know and
+    /// prepare its first round.
+    fn federate(&mut self, req: federated::FedRequest) -> anyhow::Result<federated::FedView> {
+        req.check()?;
+        let schema = federated::schema_of(&req)?;
+        let offers: Vec<std::sync::Arc<protocol::Offer>> = self
+            .core
+            .requester()
+            .book()
+            .iter()
+            .filter(|e| e.offer.expires_at > net::now())
+            .map(|e| e.offer.clone())
+            .collect();
+        let owners = federated::choose_owners(&req, schema, offers.iter().map(|o| &**o))?;
+        let mut id = [0u8; 32];
+        rand::Rng::fill_bytes(&mut self.rng, &mut id);
+        let id = Hash32(id);
+        let layers: Vec<usize> = req.layers.iter().map(|&w| w as usize).collect();
+        let task = match req.task {
+            protocol::TrainTask::Classify => compute::Task::Classify,
+            protocol::TrainTask::Regress => compute::Task::Regress,
+        };
+        let init = compute::mlp::Mlp::init(&layers, req.seed)?.to_safetensors_as(task)?;
+        let results = self.results_dir();
+        std::fs::create_dir_all(&results)?;
+        let model = results.join(format!("{}.r0.safetensors", id.short()));
+        std::fs::write(&model, init)?;
+        let now = net::now().0;
+        let mut fed = federated::Federation {
+            id,
+            request: req,
+            owners,
+            round: 1,
+            state: federated::FedState::Preparing,
+            jobs: Vec::new(),
+            model,
+            events: Vec::new(),
+            started_ms: now,
+        };
+        let who: Vec<String> = fed
+            .owners
+            .iter()
+            .map(|o| {
+                format!(
+                    "{} ({} rows, ε {:.3})",
+                    o.account.short(),
+                    o.data.rows,
+                    o.epsilon
+                )
+            })
+            .collect();
+        fed.event(now, format!("owners: {}", who.join(", ")));
+        fed.save(&results)?;
+        let view = fed.view();
+        self.start_round(&fed);
+        self.feds.push(fed);
+        Ok(view)
+    }
+
+    /// Prepare every active owner's job of `fed`'s current round, beside the loop.
+    fn start_round(&self, fed: &federated::Federation) {
+        let model = match std::fs::read(&fed.model) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(%e, "cannot read the federated job's model");
+                return;
+            }
+        };
+        let (blobs, me, tx) = (
+            self.blobs.clone(),
+            self.core.account(),
+            self.work_tx.clone(),
+        );
+        let (id, round, req) = (fed.id, fed.round, fed.request.clone());
+        let owners: Vec<federated::Owner> = fed.active().cloned().collect();
+        tokio::spawn(async move {
+            let mut jobs = Vec::new();
+            for o in owners {
+                let kind = req.round_kind(id, round, &o.data);
+                let r = tasks::prepare_round(&blobs, me, kind, &o, &model, &req, net::now()).await;
+                jobs.push((o.account, r));
+            }
+            let _ = tx
+                .send(Work::FedPrepared {
+                    fed: id,
+                    round,
+                    jobs,
+                })
+                .await;
+        });
+    }
+
+    fn fed_prepared(
+        &mut self,
+        fed: Hash32,
+        round: u32,
+        jobs: Vec<(AccountId, anyhow::Result<(PreparedJob, tasks::JobNotes)>)>,
+    ) {
+        let results = self.results_dir();
+        let Some(i) = self
+            .feds
+            .iter()
+            .position(|f| f.id == fed && f.round == round)
+        else {
+            return;
+        };
+        let mut submitted = Vec::new();
+        let mut failed = Vec::new();
+        for (owner, r) in jobs {
+            let id = r.and_then(|(p, notes)| {
+                let id = self
+                    .core
+                    .submit(net::now(), p, &mut self.rng, &mut self.out)?;
+                let bytes = serde_json::to_vec(&notes)?;
+                std::fs::write(tasks::notes_path(&results, &id), bytes)?;
+                anyhow::Ok(id)
+            });
+            match id {
+                Ok(id) => submitted.push((owner, id)),
+                Err(e) => failed.push((owner, format!("{e:#}"))),
+            }
+        }
+        self.carry_out();
+        let f = &mut self.feds[i];
+        let now = net::now().0;
+        for (owner, why) in failed {
+            if let Some(o) = f.owners.iter_mut().find(|o| o.account == owner) {
+                o.dropped = Some(format!("round {round}: {why}"));
+            }
+        }
+        f.event(
+            now,
+            format!(
+                "round {round} of {}: {} owner jobs submitted",
+                f.request.rounds,
+                submitted.len()
+            ),
+        );
+        f.jobs = submitted;
+        f.state = federated::FedState::Running;
+        if let Err(e) = f.save(&results) {
+            warn!(%e, "cannot save a federated job's state");
+        }
+    }
+
+    /// Move each federated job whose round has ended on: average the
+    /// owners' models, then the next round, or the end.
+    fn poll_federations(&mut self) {
+        let results = self.results_dir();
+        for i in 0..self.feds.len() {
+            if self.feds[i].state != federated::FedState::Running {
+                continue;
+            }
+            let mut delivered = Vec::new();
+            let mut failed = Vec::new();
+            let mut going = false;
+            for (owner, job) in &self.feds[i].jobs {
+                let Some(j) = self.core.job(job) else {
+                    failed.push((*owner, "the job is gone".to_string()));
+                    continue;
+                };
+                match federated::round_job(&views::job_view(&self.core, j)) {
+                    federated::RoundJob::Going => going = true,
+                    federated::RoundJob::Delivered(p) => delivered.push((*owner, p)),
+                    federated::RoundJob::Failed(why) => failed.push((*owner, why)),
+                }
+            }
+            if going {
+                continue;
+            }
+            let f = &mut self.feds[i];
+            let now = net::now().0;
+            let round = f.round;
+            for (owner, why) in failed {
+                if let Some(o) = f.owners.iter_mut().find(|o| o.account == owner) {
+                    o.dropped = Some(format!("round {round}: {why}"));
+                }
+                f.event(
+                    now,
+                    format!("round {round}: owner {} dropped: {why}", owner.short()),
+                );
+            }
+            let updates: anyhow::Result<Vec<(u64, Vec<u8>)>> = delivered
+                .iter()
+                .map(|(owner, path)| {
+                    let rows = f
+                        .owners
+                        .iter()
+                        .find(|o| o.account == *owner)
+                        .map_or(0, |o| o.data.rows);
+                    Ok((rows, std::fs::read(path)?))
+                })
+                .collect();
+            let next = updates.and_then(|u| {
+                if u.len() < f.request.min_owners {
+                    bail!(
+                        "round {round}: {} of the owners delivered, the job needs {}",
+                        u.len(),
+                        f.request.min_owners
+                    );
+                }
+                let global = std::fs::read(&f.model)?;
+                federated::aggregate(&global, &u, f.request.task)
+            });
+            match next {
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    f.event(now, format!("ended: {why}; no later round is escrowed"));
+                    f.state = federated::FedState::Failed(why);
+                }
+                Ok(model) => {
+                    for (owner, _) in &delivered {
+                        if let Some(o) = f.owners.iter_mut().find(|o| o.account == *owner) {
+                            o.rounds_done += 1;
+                        }
+                    }
+                    let path = results.join(format!("{}.r{round}.safetensors", f.id.short()));
+                    if let Err(e) = std::fs::write(&path, &model) {
+                        warn!(%e, "cannot write a federated job's model");
+                        continue;
+                    }
+                    f.model = path;
+                    f.event(
+                        now,
+                        format!(
+                            "round {round}: averaged {} owners' models, weighted by their rows",
+                            delivered.len()
+                        ),
+                    );
+                    if round >= f.request.rounds {
+                        f.state = federated::FedState::Done;
+                        let final_model = results.join(format!("{}.safetensors", f.id.short()));
+                        if std::fs::write(&final_model, &model).is_ok() {
+                            f.model = final_model;
+                        }
+                        let spent: Vec<String> = f
+                            .owners
+                            .iter()
+                            .map(|o| format!("{} ε {:.3}", o.account.short(), o.epsilon))
+                            .collect();
+                        f.event(
+                            now,
+                            format!("done: {} ({})", f.model.display(), spent.join(", ")),
+                        );
+                    } else {
+                        f.round += 1;
+                        f.state = federated::FedState::Preparing;
+                        f.jobs.clear();
+                    }
+                }
+            }
+            if let Err(e) = f.save(&results) {
+                warn!(%e, "cannot save a federated job's state");
+            }
+            if self.feds[i].state == federated::FedState::Preparing {
+                let f = self.feds[i].clone();
+                self.start_round(&f);
+            }
+        }
+    }
+}

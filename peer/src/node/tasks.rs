@@ -705,6 +705,93 @@ async fn check_fed_round(
     }
 }
 
+/// Encrypt and store a federated round's model for `owner`, and make its
+/// job: the owner's data set by its hash (it never moves), the units and
+/// result limits for its rows, and the ε the job spends of it.
+pub(super) async fn prepare_round(
+    blobs: &BlobNode,
+    me: AccountId,
+    kind: protocol::JobKind,
+    owner: &super::federated::Owner,
+    model: &[u8],
+    req: &super::federated::FedRequest,
+    submitted: Timestamp,
+) -> anyhow::Result<(PreparedJob, JobNotes)> {
+    let d = owner.data;
+    let (round, rounds) = match &kind {
+        protocol::JobKind::FedRound { round, rounds, .. } => (*round, *rounds),
+        _ => anyhow::bail!("not a federated round"),
+    };
+    let shape = compute::DataShape {
+        rows: usize::try_from(d.rows)?,
+        features: d.features as usize,
+        test_rows: 0,
+    };
+    let spec_w = crate::work::workload_spec(&kind, Some(model))?;
+    let cu = compute::compute_units_for(&spec_w, shape);
+    let limits = crate::work::limits(&kind, Some(model), shape)?;
+    let key = crypto::random_key();
+    let aad = input_aad(&me);
+    let deadline = Timestamp(
+        submitted
+            .0
+            .saturating_add(req.round_secs.saturating_mul(1000)),
+    );
+    let ct = {
+        let (key, plain) = (key.clone(), model.to_vec());
+        tokio::task::spawn_blocking(move || crypto::encrypt(&key, "model", &aad, &plain)).await?
+    };
+    let size = ct.len() as u64;
+    let hash = blobs
+        .add_bytes_until(ct, keep_until(deadline), "job-input")
+        .await?;
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("OS random number generator: {e}"))?;
+    let spec = JobSpec {
+        requester: me,
+        kind,
+        model: Some(BlobRef { hash, size }),
+        dataset: BlobRef {
+            hash: d.id,
+            size: d.bytes,
+        },
+        estimated_units: ComputeUnits {
+            milli: (cu * 1000.0).ceil().max(1.0) as u64,
+        },
+        result_bytes: limits.stored().max(1),
+        max_price: PricePerCu(req.max_price),
+        deadline,
+        sla: protocol::SlaRequirement {
+            min_availability: protocol::Bps(9_000),
+            min_penalty: protocol::Bps(0),
+        },
+        privacy: Some(protocol::PrivacyTarget {
+            epsilon: owner.epsilon,
+            delta: req.delta,
+        }),
+        issued_at: submitted,
+        expires_at: deadline,
+        nonce: u64::from_le_bytes(nonce),
+    };
+    Ok((
+        PreparedJob {
+            spec,
+            key,
+            note: format!(
+                "federated round {round}/{rounds} for {} ({} rows, ε {:.3} in all rounds); \
+                 estimated {cu:.3} CU",
+                owner.account.short(),
+                d.rows,
+                owner.epsilon
+            ),
+        },
+        JobNotes {
+            dataset: Default::default(),
+            limits: Some(limits),
+        },
+    ))
+}
+
 /// A trained model with what its data set said (feature and class names,
 /// scalers; see [`MODEL_KEYS`]) and its metrics added to its metadata; any
 /// other result as it came.
