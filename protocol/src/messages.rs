@@ -259,6 +259,12 @@ impl DataOffer {
         Ok(())
     }
 
+    /// The DHT key under which owners of data sets of `schema` announce
+    /// themselves (as providers of resource classes do under theirs).
+    pub fn dht_key(schema: &Hash32) -> String {
+        format!("cloudchain/v1/data/{}", hex::encode(schema.0))
+    }
+
     /// The most ε a job of a requester may spend on it now (the owner also
     /// counts what that requester spent before).
     pub fn epsilon_available(&self) -> f64 {

@@ -82,6 +82,16 @@ async fn a_federated_job_trains_across_three_owners_and_spends_their_budgets_in_
         let recorded = o.epsilon_in_ledger.expect("the owner's ε in the ledger");
         assert!((recorded - o.epsilon).abs() <= 1e-6, "{o:?}");
     }
+    // Every round's job is an ordinary job of the requester's, saying its round.
+    let rounds: Vec<String> = c
+        .jobs()
+        .await?
+        .into_iter()
+        .filter(|j| j.kind.starts_with("fed-round"))
+        .map(|j| j.kind)
+        .collect();
+    assert_eq!(rounds.len(), 15, "{rounds:?}");
+    assert!(rounds.iter().any(|k| k == "fed-round 5/5"), "{rounds:?}");
     let model = std::fs::read(done.model.as_ref().expect("the final model"))?;
     let fed = accuracy(&model, &test);
 

@@ -123,6 +123,14 @@ async fn a_late_joiner_finds_providers_in_the_dht() -> anyhow::Result<()> {
     wait_for_mesh(&late, 1).await?;
     let found = late.client.get_providers(ResourceClass::Cpu).await?;
     assert!(found.contains(&nodes[1].client.peer_id), "found {found:?}");
+    // Data owners are found by their data sets' schema.
+    let schema = protocol::Hash32::of(b"wine schema");
+    let key = protocol::DataOffer::dht_key(&schema);
+    nodes[2].client.start_providing_key(key.clone()).await?;
+    let owners = late.client.get_providers_key(key).await?;
+    assert_eq!(owners, vec![nodes[2].client.peer_id]);
+    let other = protocol::DataOffer::dht_key(&protocol::Hash32::of(b"another schema"));
+    assert!(late.client.get_providers_key(other).await?.is_empty());
     Ok(())
 }
 

@@ -193,8 +193,8 @@ impl<V: Validator> EventLoop<V> {
             Command::Score { peer, reply } => {
                 let _ = reply.send(Ok(self.swarm.behaviour().gossipsub.peer_score(&peer)));
             }
-            Command::StartProviding { class, reply } => {
-                let key = kad::RecordKey::new(&class.dht_key());
+            Command::StartProviding { key, reply } => {
+                let key = kad::RecordKey::new(&key);
                 match self.swarm.behaviour_mut().kad.start_providing(key) {
                     Ok(id) => {
                         self.pending_providing.insert(id, reply);
@@ -204,8 +204,8 @@ impl<V: Validator> EventLoop<V> {
                     }
                 }
             }
-            Command::GetProviders { class, reply } => {
-                let key = kad::RecordKey::new(&class.dht_key());
+            Command::GetProviders { key, reply } => {
+                let key = kad::RecordKey::new(&key);
                 let id = self.swarm.behaviour_mut().kad.get_providers(key);
                 self.pending_providers.insert(id, (reply, Vec::new()));
             }

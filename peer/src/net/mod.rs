@@ -260,11 +260,11 @@ enum Command {
         reply: Reply<Option<f64>>,
     },
     StartProviding {
-        class: ResourceClass,
+        key: String,
         reply: Reply<()>,
     },
     GetProviders {
-        class: ResourceClass,
+        key: String,
         reply: Reply<Vec<PeerId>>,
     },
 }
@@ -357,13 +357,24 @@ impl Client {
 
     /// Announce in the DHT that we provide this resource class.
     pub async fn start_providing(&self, class: ResourceClass) -> anyhow::Result<()> {
-        self.call(|reply| Command::StartProviding { class, reply })
-            .await
+        self.start_providing_key(class.dht_key().to_string()).await
     }
 
     /// Providers of a resource class found in the DHT.
     pub async fn get_providers(&self, class: ResourceClass) -> anyhow::Result<Vec<PeerId>> {
-        self.call(|reply| Command::GetProviders { class, reply })
+        self.get_providers_key(class.dht_key().to_string()).await
+    }
+
+    /// Announce ourselves in the DHT under `key` (a resource class's, or a
+    /// data schema's, [`protocol::DataOffer::dht_key`]).
+    pub async fn start_providing_key(&self, key: String) -> anyhow::Result<()> {
+        self.call(|reply| Command::StartProviding { key, reply })
+            .await
+    }
+
+    /// The peers announced under `key` in the DHT.
+    pub async fn get_providers_key(&self, key: String) -> anyhow::Result<Vec<PeerId>> {
+        self.call(|reply| Command::GetProviders { key, reply })
             .await
     }
 }

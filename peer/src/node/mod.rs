@@ -289,6 +289,11 @@ enum Work {
         result: anyhow::Result<Box<(PreparedJob, tasks::JobNotes)>>,
         reply: oneshot::Sender<anyhow::Result<JobView>>,
     },
+    /// A federated job to start, once its owners were looked up.
+    Federate {
+        request: Box<federated::FedRequest>,
+        reply: oneshot::Sender<anyhow::Result<federated::FedView>>,
+    },
     /// A federated job's round is prepared: each owner's job, or why not.
     FedPrepared {
         fed: Hash32,
@@ -466,12 +471,21 @@ impl Driver {
         mut work: mpsc::Receiver<Work>,
         mut stop: oneshot::Receiver<()>,
     ) {
-        if let Some(class) = self.core.provider().map(|p| p.config().class) {
-            // Announce ourselves in the DHT under our resource class.
+        if let Some(cfg) = self.core.provider().map(|p| p.config()) {
+            // Announce ourselves in the DHT under our resource class, and the
+            // schema of each data set we offer.
+            let mut keys = vec![cfg.class.dht_key().to_string()];
+            keys.extend(
+                cfg.datasets
+                    .iter()
+                    .map(|d| protocol::DataOffer::dht_key(&d.schema)),
+            );
             let net = self.net.clone();
             tokio::spawn(async move {
-                if let Err(e) = net.start_providing(class).await {
-                    debug!(%e, "cannot announce in the DHT yet");
+                for key in keys {
+                    if let Err(e) = net.start_providing_key(key).await {
+                        debug!(%e, "cannot announce in the DHT yet");
+                    }
                 }
             });
         }
@@ -838,6 +852,9 @@ impl Driver {
                 let _ = reply.send(view);
             }
             Work::FedPrepared { fed, round, jobs } => self.fed_prepared(fed, round, jobs),
+            Work::Federate { request, reply } => {
+                let _ = reply.send(self.federate(*request));
+            }
             Work::Providers(peers) => {
                 let me = self.net.peer_id;
                 let new: Vec<AccountId> = peers
@@ -898,7 +915,31 @@ impl Driver {
                 });
             }
             ControlRequest::Federate { request, reply } => {
-                let _ = reply.send(self.federate(*request));
+                // Owners we have no offer of yet: look them up in the DHT by
+                // schema, connect (their offers follow), then choose.
+                let known = federated::schema_of(&request)
+                    .map(|schema| (schema, self.owners_known(&request, schema)));
+                match known {
+                    Ok((schema, false)) => {
+                        let (net, tx) = (self.net.clone(), self.work_tx.clone());
+                        tokio::spawn(async move {
+                            let key = protocol::DataOffer::dht_key(&schema);
+                            match net.get_providers_key(key).await {
+                                Ok(found) if !found.is_empty() => {
+                                    let _ = tx.send(Work::Providers(found)).await;
+                                    // Their offers come once connected.
+                                    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                                }
+                                Ok(_) => {}
+                                Err(e) => debug!(%e, "DHT lookup of data owners failed"),
+                            }
+                            let _ = tx.send(Work::Federate { request, reply }).await;
+                        });
+                    }
+                    _ => {
+                        let _ = reply.send(self.federate(*request));
+                    }
+                }
             }
             ControlRequest::Federations(reply) => {
                 let ledger = self.core.ledger();
@@ -1097,19 +1138,29 @@ impl Driver {
         self.dir.path.join("results")
     }
 
-    /// Start a federated job: pick its owners among the offers we know and
-    /// prepare its first round.
-    fn federate(&mut self, req: federated::FedRequest) -> anyhow::Result<federated::FedView> {
-        req.check()?;
-        let schema = federated::schema_of(&req)?;
-        let offers: Vec<std::sync::Arc<protocol::Offer>> = self
-            .core
+    /// The offers we know now.
+    fn known_offers(&self) -> Vec<std::sync::Arc<protocol::Offer>> {
+        self.core
             .requester()
             .book()
             .iter()
             .filter(|e| e.offer.expires_at > net::now())
             .map(|e| e.offer.clone())
-            .collect();
+            .collect()
+    }
+
+    /// Whether the offers we know hold enough owners for `req`.
+    fn owners_known(&self, req: &federated::FedRequest, schema: Hash32) -> bool {
+        let offers = self.known_offers();
+        federated::choose_owners(req, schema, offers.iter().map(|o| &**o)).is_ok()
+    }
+
+    /// Start a federated job: pick its owners among the offers we know and
+    /// prepare its first round.
+    fn federate(&mut self, req: federated::FedRequest) -> anyhow::Result<federated::FedView> {
+        req.check()?;
+        let schema = federated::schema_of(&req)?;
+        let offers = self.known_offers();
         let owners = federated::choose_owners(&req, schema, offers.iter().map(|o| &**o))?;
         let mut id = [0u8; 32];
         rand::Rng::fill_bytes(&mut self.rng, &mut id);

@@ -24,7 +24,12 @@ pub(super) fn job_view(core: &NodeCore<FileStore>, j: &Job) -> JobView {
     let settled = j.settled.as_ref();
     JobView {
         id: j.id.to_string(),
-        kind: j.spec.kind.name().into(),
+        kind: match &j.spec.kind {
+            protocol::JobKind::FedRound { round, rounds, .. } => {
+                format!("fed-round {round}/{rounds}")
+            }
+            k => k.name().into(),
+        },
         state: state.name().into(),
         submitted_at_ms: j.submitted.0,
         outcome,
