@@ -149,8 +149,8 @@ impl Supply {
 }
 
 /// What federated jobs spent of one owner's data sets: per (data set,
-/// federated job), the requester and the ε in millionths.
-pub type OwnerSpends = BTreeMap<(Hash32, Hash32), (AccountId, u64)>;
+/// federated job), the requester, the ε in millionths and the rounds served.
+pub type OwnerSpends = BTreeMap<(Hash32, Hash32), (AccountId, u64, BTreeSet<u32>)>;
 
 /// Balances, stakes, escrows, SLA history, reputation and the committee schedule.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
@@ -198,9 +198,9 @@ pub struct State {
     /// (epoch, member, provider): one each.
     pub sla_records: BTreeSet<(u64, AccountId, AccountId)>,
     /// What federated jobs spent of each data owner's private data sets:
-    /// per owner, per (data set, federated job), the requester and the ε
-    /// (in millionths) the job stated, written when a round's update was
-    /// delivered. A job's rounds count once. Never pruned: a budget is for
+    /// per owner, per (data set, federated job), the requester, the ε
+    /// (in millionths) the job stated and the rounds served, written when a
+    /// round's update was delivered. A job's rounds count once. Never pruned: a budget is for
     /// good.
     #[serde(default)]
     pub privacy_spent: BTreeMap<AccountId, OwnerSpends>,
@@ -212,12 +212,13 @@ impl State {
     pub fn privacy_spends(&self, owner: &AccountId) -> Vec<protocol::market::PrivacySpend> {
         self.privacy_spent.get(owner).map_or_else(Vec::new, |m| {
             m.iter()
-                .map(|(&(dataset, federation), &(requester, micro))| {
+                .map(|(&(dataset, federation), (requester, micro, rounds))| {
                     protocol::market::PrivacySpend {
                         dataset,
                         federation,
-                        requester,
-                        epsilon: micro as f64 / 1e6,
+                        requester: *requester,
+                        epsilon: *micro as f64 / 1e6,
+                        rounds: rounds.iter().copied().collect(),
                     }
                 })
                 .collect()
@@ -718,8 +719,9 @@ impl State {
                         .entry(provider)
                         .or_default()
                         .entry((spend.dataset, spend.federation))
-                        .or_insert((spend.requester, 0));
+                        .or_insert((spend.requester, 0, BTreeSet::new()));
                     e.1 = e.1.max(micro);
+                    e.2.extend(spend.rounds);
                 }
                 push_sla(
                     &mut self.sla,

@@ -1720,6 +1720,7 @@ fn a_federated_job_spends_its_privacy_budget_once_in_the_ledger() {
             federation: Hash32::of(b"f"),
             requester: net.acct(req),
             epsilon: 2.5,
+            rounds: vec![1, 2],
         }]
     );
     // Another replica that syncs reads the same.

@@ -961,6 +961,11 @@ fn a_data_owner_keeps_within_its_privacy_budgets() {
             "round {round}"
         );
     }
+    // A round asked again would release the data twice for one ε.
+    assert!(matches!(
+        ask(&mut prov, &alice, b"a1", 2, 3.0),
+        Some(RejectReason::Invalid(why)) if why.contains("served already")
+    ));
     // A second job of hers would pass her share of 4.
     assert_eq!(
         ask(&mut prov, &alice, b"a2", 1, 2.0),
@@ -1003,6 +1008,7 @@ fn a_data_owner_keeps_within_its_privacy_budgets() {
         federation: Hash32::of(f),
         requester: who.account(),
         epsilon,
+        rounds: vec![1],
     };
     again.handle(
         now,
@@ -1013,6 +1019,35 @@ fn a_data_owner_keeps_within_its_privacy_budgets() {
         left_in_offer(&again.handle(now, ProviderInput::Start, &mut rng)),
         0.5
     );
+    // The ledger says round 1 of Alice's job was served: not again; its next
+    // round costs nothing more.
+    let p = |round: u32, nonce: u64| {
+        let mut spec = fed_job_on(&alice, now, data.id).body_unverified().unwrap();
+        if let JobKind::FedRound {
+            federation,
+            round: r,
+            rounds,
+            rows,
+            ..
+        } = &mut spec.kind
+        {
+            (*federation, *r, *rounds, *rows) = (Hash32::of(b"a1"), round, 3, 1_000);
+        }
+        spec.nonce = nonce;
+        spec.privacy = Some(PrivacyTarget {
+            epsilon: 3.0,
+            delta: 1e-5,
+        });
+        let job = Signed::sign(&alice, &net(), &spec).unwrap();
+        propose(&alice, me.account(), job, 500, now, nonce)
+    };
+    let out = again.handle(now, ProviderInput::Proposal(p(1, 501)), &mut rng);
+    assert!(matches!(
+        answer_of(&out),
+        ProposalAnswer::Reject { reason: RejectReason::Invalid(why), .. } if why.contains("served already")
+    ));
+    let out = again.handle(now, ProviderInput::Proposal(p(2, 502)), &mut rng);
+    assert!(matches!(answer_of(&out), ProposalAnswer::Accept(_)));
 }
 
 /// A federated round's job on data set `id`, as [`a_data_owner_keeps_within_its_privacy_budgets`] asks.

@@ -10,7 +10,7 @@
 //! driver hands it over, [`PrivacyBudgets::set_spent`]), so it survives
 //! restarts and is the same for everyone who reads the ledger.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -18,34 +18,46 @@ use crate::identity::AccountId;
 use crate::messages::{DataOffer, JobKind, JobSpec, RejectReason};
 use crate::types::Hash32;
 
-/// ε that one federated job spent on one data set, as the ledger records it.
-#[derive(Clone, Copy, PartialEq, Debug, Serialize, Deserialize)]
+/// ε that one federated job spent on one data set, as the ledger records it,
+/// and the rounds of it the owner served.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct PrivacySpend {
     pub dataset: Hash32,
     pub federation: Hash32,
     pub requester: AccountId,
     pub epsilon: f64,
+    pub rounds: Vec<u32>,
 }
 
 impl PrivacySpend {
     /// What job `spec` spends, if it is a federated round with a budget.
     pub fn of(spec: &JobSpec) -> Option<PrivacySpend> {
         match (&spec.kind, spec.privacy) {
-            (JobKind::FedRound { federation, .. }, Some(p)) => Some(PrivacySpend {
+            (
+                JobKind::FedRound {
+                    federation, round, ..
+                },
+                Some(p),
+            ) => Some(PrivacySpend {
                 dataset: spec.dataset.hash,
                 federation: *federation,
                 requester: spec.requester,
                 epsilon: p.epsilon,
+                rounds: vec![*round],
             }),
             _ => None,
         }
     }
 }
 
-/// Per data set, per federated job: who spent how much.
+/// One federated job's spend of a data set: its requester, the ε, the
+/// rounds served.
+type JobSpend = (AccountId, f64, BTreeSet<u32>);
+
+/// Per data set, per federated job: who spent how much, in which rounds.
 #[derive(Clone, Debug, Default)]
 pub struct PrivacyBudgets {
-    spent: BTreeMap<Hash32, BTreeMap<Hash32, (AccountId, f64)>>,
+    spent: BTreeMap<Hash32, BTreeMap<Hash32, JobSpend>>,
 }
 
 impl PrivacyBudgets {
@@ -58,8 +70,9 @@ impl PrivacyBudgets {
                 .entry(s.dataset)
                 .or_default()
                 .entry(s.federation)
-                .or_insert((s.requester, 0.0));
+                .or_insert((s.requester, 0.0, BTreeSet::new()));
             e.1 = e.1.max(s.epsilon);
+            e.2.extend(s.rounds);
         }
     }
 
@@ -68,8 +81,8 @@ impl PrivacyBudgets {
     fn spent(&self, dataset: &Hash32, requester: Option<&AccountId>) -> f64 {
         self.spent.get(dataset).map_or(0.0, |m| {
             m.values()
-                .filter(|(r, _)| requester.is_none_or(|q| q == r))
-                .map(|(_, e)| e)
+                .filter(|(r, ..)| requester.is_none_or(|q| q == r))
+                .map(|(_, e, _)| e)
                 .sum()
         })
     }
@@ -95,7 +108,7 @@ impl PrivacyBudgets {
 
     /// Spends of `pending` jobs not on the ledger yet, one per federation.
     fn uncounted<'a>(&self, pending: impl Iterator<Item = &'a JobSpec>) -> Vec<PrivacySpend> {
-        let mut seen = std::collections::BTreeSet::new();
+        let mut seen = BTreeSet::new();
         pending
             .filter_map(PrivacySpend::of)
             .filter(|s| !self.counted(s) && seen.insert((s.dataset, s.federation)))
@@ -121,6 +134,23 @@ impl PrivacyBudgets {
             )));
         }
         let pending: Vec<&JobSpec> = pending.collect();
+        // Each round of a job is served once: a requester that asked for the
+        // same round again (or reused the job) would get a second release
+        // of the data that its stated ε does not cover.
+        let round = s.rounds.first().copied().unwrap_or(0);
+        let served = self
+            .spent
+            .get(&s.dataset)
+            .and_then(|m| m.get(&s.federation))
+            .is_some_and(|(.., rounds)| rounds.contains(&round))
+            || pending.iter().filter_map(|p| PrivacySpend::of(p)).any(|p| {
+                p.dataset == s.dataset && p.federation == s.federation && p.rounds == s.rounds
+            });
+        if served {
+            return Err(RejectReason::Invalid(format!(
+                "round {round} of this federated job was served already"
+            )));
+        }
         let others = self.uncounted(pending.iter().copied());
         if self.counted(&s)
             || others
