@@ -232,6 +232,20 @@ pub fn update_norm_bound(spec: &TrainSpec, rows: usize, params: usize) -> Option
     Some(step * spec.total_steps(rows) as f64)
 }
 
+/// A quarter of the L2 norm the DP noise alone gives a round of `spec` on
+/// `rows` rows of a model of `params` parameters (`lr/batch · σC` a
+/// coordinate a step, over `√(steps · params)`): an honest round moves the
+/// model by more (0.96 to 32 times that norm in five configurations
+/// measured, from noise-dominated to gradient-dominated), a round not run
+/// (the model returned as it came, or barely moved) by less. `None`
+/// without DP.
+pub fn update_norm_floor(spec: &TrainSpec, rows: usize, params: usize) -> Option<f64> {
+    let d = spec.dp?;
+    let per_step =
+        f64::from(spec.lr) / spec.batch.max(1) as f64 * f64::from(d.sigma) * f64::from(d.clip);
+    Some(0.25 * per_step * (spec.total_steps(rows) as f64 * params as f64).sqrt())
+}
+
 /// The L2 distance between two models of the same layers.
 pub fn distance(a: &Mlp, b: &Mlp) -> Result<f64> {
     if a.layers != b.layers {

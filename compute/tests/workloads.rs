@@ -699,11 +699,12 @@ fn a_regression_model_infers_targets_that_a_check_can_verify() {
 }
 
 /// A local round under DP-SGD, warm-started from a global model, moves it
-/// by less than the bound a committee checks without the data, and spends
+/// by more than the floor and less than the bound a committee checks
+/// without the data, and spends
 /// the ε the job's accountant says (one round: the training's own).
 #[test]
 fn a_local_dp_round_stays_within_its_update_bound_and_spends_the_stated_epsilon() {
-    use compute::fedavg::{distance, job_epsilon, update_norm_bound};
+    use compute::fedavg::{distance, job_epsilon, update_norm_bound, update_norm_floor};
     let data = wine_split();
     let rows = Data::from_safetensors(&data, "x", "y").unwrap().rows;
     let spec = TrainSpec {
@@ -725,7 +726,11 @@ fn a_local_dp_round_stays_within_its_update_bound_and_spends_the_stated_epsilon(
     let local = Mlp::from_safetensors(&out.output).unwrap();
     let moved = distance(&local, &global).unwrap();
     let bound = update_norm_bound(&spec, rows, global.params()).unwrap();
-    assert!(moved > 0.0 && moved < bound, "moved {moved}, bound {bound}");
+    let floor = update_norm_floor(&spec, rows, global.params()).unwrap();
+    assert!(
+        moved > floor && moved < bound,
+        "moved {moved}, not in [{floor}, {bound}]"
+    );
     let eps = job_epsilon(&spec, rows, 1).unwrap();
     assert!(
         (eps - out.metrics.epsilon.unwrap()).abs() < 1e-9,

@@ -380,9 +380,11 @@ pub fn fed_epsilon(spec: &protocol::JobSpec) -> anyhow::Result<f64> {
 /// the owner's round seed and has the steps the job's rows and epochs call
 /// for; the output is its last link; the units are at most the FLOP
 /// model's; and the update (output − round's model) is within the norm an
-/// honest DP-SGD round can reach ([`compute::fedavg::update_norm_bound`]).
-/// What it cannot see: whether the owner trained on the data it offered,
-/// or trained at all rather than moving the model within the bound.
+/// honest DP-SGD round can reach ([`compute::fedavg::update_norm_bound`])
+/// and above a quarter of what its noise alone gives
+/// ([`compute::fedavg::update_norm_floor`]: a model returned unchanged is
+/// no round). What it cannot see: whether the owner trained on the data it
+/// offered, or only added noise of the right scale.
 pub fn check_fed_round(
     spec: &protocol::JobSpec,
     global: &[u8],
@@ -452,12 +454,21 @@ pub fn check_fed_round(
             "the update moves the model by {moved:.4}; an honest round moves it at most {bound:.4}"
         )));
     }
+    let floor = compute::fedavg::update_norm_floor(&ts, rows, start.params())
+        .context("a federated round without DP")?;
+    if moved < floor {
+        return Ok(fail(format!(
+            "the update moves the model by {moved:.4}; the round's DP noise alone moves it by \
+             about {:.4}: the round was not run",
+            floor * 4.0
+        )));
+    }
     Ok(compute::verify::Verdict {
         ok: true,
         max_abs_diff: 0.0,
         reason: format!(
-            "chain of {} links from the round's model, update norm {moved:.4} within {bound:.4} \
-             (the data stays with its owner: not re-executed)",
+            "chain of {} links from the round's model, update norm {moved:.4} within \
+             [{floor:.4}, {bound:.4}] (the data stays with its owner: not re-executed)",
             chain.len()
         ),
     })
@@ -1132,6 +1143,25 @@ mod tests {
         pr.commitment = Hash32(poisoned.chain[n - 1].hash);
         let v = check_fed_round(&spec, &global, &pi, &bad_bytes, &pr).unwrap();
         assert!(!v.ok && v.reason.contains("moves the model"), "{v:?}");
+
+        // A free rider: the round's model back unchanged, the chain made
+        // to match it.
+        let start = compute::mlp::Mlp::from_safetensors(&global).unwrap();
+        let mut idle = honest.result.clone();
+        let mut prev = idle.chain[0].hash;
+        for link in idle.chain.iter_mut().skip(1) {
+            link.hash = chain_next(&prev, link.step, &start);
+            prev = link.hash;
+        }
+        for m in &mut idle.checkpoint_models {
+            m.clone_from(&global);
+        }
+        idle.output = global.clone();
+        let (ii, _) = index_of(&idle);
+        let mut ir = receipt(&honest);
+        ir.commitment = Hash32(prev);
+        let v = check_fed_round(&spec, &global, &ii, &global, &ir).unwrap();
+        assert!(!v.ok && v.reason.contains("not run"), "{v:?}");
 
         // Units beyond the FLOP model's.
         let mut inflated = receipt(&honest);
