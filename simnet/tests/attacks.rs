@@ -104,16 +104,36 @@ fn self_dealing_mints_less_than_the_compute_costs() {
 /// A self-dealer that splits one machine over four keys buys each key a
 /// record of good jobs at once, while an honest newcomer of the same
 /// hardware waits for its first. Requesters give young providers a share of
-/// their matches, so on these seeds it no longer pays: without that share
-/// (`MatchConfig::explore` = 0) it paid on each, the honest newcomer
-/// netting 0.3, 77.9 and 0.0 tokens against the self-dealer's 2,075, 1,726
-/// and 862 (measured on seeds 1–100; it paid on 7 of them then, on 3 now).
+/// their matches, so the honest newcomer gets work on every seed and the
+/// attack rarely pays. Measured on seeds 1–100 (release): the honest
+/// newcomer nets at least 96.8 tokens on each (without that share it netted
+/// 0 on 5 seeds), and the attack pays on 3 (7 without the share). Which
+/// seeds those are moves with any change to what is signed, so this test
+/// asks the rates of ten seeds, not a seed's outcome: at most two may pay
+/// (a 0.3 % chance at a 3 % rate).
 #[test]
-fn a_record_bought_from_oneself_does_not_beat_an_honest_newcomer() {
-    let runs = attack("attack-self-deal-split", &[15, 69, 89], |_| {});
+fn a_record_bought_from_oneself_rarely_beats_an_honest_newcomer() {
+    let seeds: Vec<u64> = (1..=10).collect();
+    let runs = attack("attack-self-deal-split", &seeds, |_| {});
     for (seed, r) in &runs {
-        assert!(r.failures().is_empty(), "seed {seed}: {:?}", r.failures());
+        assert!(
+            r.honest_net() > 0.0,
+            "seed {seed}: the honest newcomer got no work: {r:?}"
+        );
+        assert!(r.invariant_violations.is_empty(), "seed {seed}: {r:?}");
     }
+    let paid: Vec<_> = runs
+        .iter()
+        .filter(|(_, r)| !r.failures().is_empty())
+        .collect();
+    assert!(
+        paid.len() <= 2,
+        "the attack paid on {} of 10 seeds: {:?}",
+        paid.len(),
+        paid.iter()
+            .map(|(s, r)| (s, r.failures()))
+            .collect::<Vec<_>>()
+    );
 }
 
 /// A flood of fake contracts and receipts changes nothing for real jobs:
