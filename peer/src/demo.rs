@@ -405,18 +405,6 @@ model     {}: test accuracy {:.1} % on 320 held-out wines (one winery alone, sam
 
 /// Run the demo. `Ok(report)` with `report.ok` false when a step failed.
 pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
-    if opts.federated {
-        let tmp;
-        let root = match &opts.dir {
-            Some(d) => d.clone(),
-            None => {
-                tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
-                tmp.path().to_path_buf()
-            }
-        };
-        return run_federated(&opts, &root).await;
-    }
-    let started = Instant::now();
     let tmp;
     let root = match &opts.dir {
         Some(d) => d.clone(),
@@ -425,6 +413,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
             tmp.path().to_path_buf()
         }
     };
+    if opts.federated {
+        return run_federated(&opts, &root).await;
+    }
+    let started = Instant::now();
     let say = |s: String| {
         if opts.verbose {
             println!("{s}");

@@ -151,6 +151,37 @@ fn share(field: &'static str, v: f64, origin: &str) -> Result<Bps, JobFileError>
     Ok(Bps((v * 10_000.0).round() as u16))
 }
 
+/// A job file's TOML, as `T`; `origin` names it in errors.
+fn from_toml<T: serde::de::DeserializeOwned>(text: &str, origin: &str) -> Result<T, JobFileError> {
+    toml::from_str(text).map_err(|e| JobFileError::Parse {
+        origin: origin.into(),
+        message: e.to_string(),
+    })
+}
+
+/// A field of `origin` that is not what it must be.
+fn invalid(origin: &str) -> impl Fn(&'static str, String) -> JobFileError + '_ {
+    move |field, reason| JobFileError::Invalid {
+        origin: origin.into(),
+        field,
+        reason,
+    }
+}
+
+impl RawTrain {
+    /// Its task (classify when it says none).
+    fn task(&self, origin: &str) -> Result<TrainTask, JobFileError> {
+        match self.task.as_deref() {
+            None | Some("classify") => Ok(TrainTask::Classify),
+            Some("regress") => Ok(TrainTask::Regress),
+            Some(other) => Err(invalid(origin)(
+                "train.task",
+                format!("{other:?}: give \"classify\" or \"regress\""),
+            )),
+        }
+    }
+}
+
 impl JobFile {
     /// Read and check a job file; relative paths are taken from its folder.
     pub fn load(path: &Path) -> Result<JobFile, JobFileError> {
@@ -179,15 +210,8 @@ impl JobFile {
 
     /// Parse job-file text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<JobFile, JobFileError> {
-        let raw: Raw = toml::from_str(text).map_err(|e| JobFileError::Parse {
-            origin: origin.into(),
-            message: e.to_string(),
-        })?;
-        let bad = |field: &'static str, reason: String| JobFileError::Invalid {
-            origin: origin.into(),
-            field,
-            reason,
-        };
+        let raw: Raw = from_toml(text, origin)?;
+        let bad = invalid(origin);
         let missing = |section: &'static str| {
             bad(
                 section,
@@ -197,16 +221,7 @@ impl JobFile {
         let kind = match raw.kind.as_str() {
             "train" => {
                 let t = raw.train.as_ref().ok_or_else(|| missing("train"))?;
-                let task = match t.task.as_deref() {
-                    None | Some("classify") => TrainTask::Classify,
-                    Some("regress") => TrainTask::Regress,
-                    Some(other) => {
-                        return Err(bad(
-                            "train.task",
-                            format!("{other:?}: give \"classify\" or \"regress\""),
-                        ));
-                    }
-                };
+                let task = t.task(origin)?;
                 if task == TrainTask::Regress && t.layers.last() != Some(&1) {
                     return Err(bad(
                         "train.layers",
@@ -380,15 +395,8 @@ pub fn parse_federated(
     text: &str,
     origin: &str,
 ) -> Result<crate::node::federated::FedRequest, JobFileError> {
-    let raw: RawFed = toml::from_str(text).map_err(|e| JobFileError::Parse {
-        origin: origin.into(),
-        message: e.to_string(),
-    })?;
-    let bad = |field: &'static str, reason: String| JobFileError::Invalid {
-        origin: origin.into(),
-        field,
-        reason,
-    };
+    let raw: RawFed = from_toml(text, origin)?;
+    let bad = invalid(origin);
     if raw.kind != "federated" {
         return Err(bad(
             "kind",
@@ -396,16 +404,7 @@ pub fn parse_federated(
         ));
     }
     let t = &raw.train;
-    let task = match t.task.as_deref() {
-        None | Some("classify") => TrainTask::Classify,
-        Some("regress") => TrainTask::Regress,
-        Some(other) => {
-            return Err(bad(
-                "train.task",
-                format!("{other:?}; use classify or regress"),
-            ));
-        }
-    };
+    let task = t.task(origin)?;
     let dp = t.dp.as_ref().ok_or_else(|| {
         bad(
             "train.dp",

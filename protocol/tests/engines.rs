@@ -915,39 +915,15 @@ fn a_data_owner_keeps_within_its_privacy_budgets() {
     let mut ask =
         |prov: &mut ProviderEngine, who: &Identity, federation: &[u8], round: u32, eps: f64| {
             nonce += 1;
-            let spec = JobSpec {
-                kind: JobKind::FedRound {
-                    federation: Hash32::of(federation),
-                    round,
-                    rounds: 3,
-                    rows: 1_000,
-                    layers: vec![11, 16, 6],
-                    local_epochs: 1,
-                    batch: 32,
-                    learning_rate: 0.05,
-                    dp: DpParams {
-                        clip_norm: 1.0,
-                        noise_multiplier: 1.1,
-                    },
-                    seed: 1,
-                    task: TrainTask::Classify,
-                },
-                model: Some(Behaviour::OnTime.dataset()),
-                dataset: BlobRef {
-                    hash: data.id,
-                    size: data.bytes,
-                },
-                privacy: Some(PrivacyTarget {
-                    epsilon: eps,
-                    delta: 1e-5,
-                }),
-                ..simple_job(who, now, nonce, 1_000, 600)
-                    .body_unverified()
-                    .unwrap()
+            let a = FedAsk {
+                who,
+                id: data.id,
+                federation,
+                round,
+                eps,
+                nonce,
             };
-            spec.validate(now).unwrap();
-            let job = Signed::sign(who, &net(), &spec).unwrap();
-            let p = propose(who, me.account(), job, 500, now, nonce);
+            let p = propose(who, me.account(), fed_job(now, a), 500, now, nonce);
             match answer_of(&prov.handle(now, ProviderInput::Proposal(p), &mut rng)) {
                 ProposalAnswer::Accept(_) => None,
                 ProposalAnswer::Reject { reason, .. } => Some(reason),
@@ -984,7 +960,17 @@ fn a_data_owner_keeps_within_its_privacy_budgets() {
     );
     assert_eq!(ask(&mut prov, &bob, b"b1", 1, 3.0), None);
     // A data set it does not hold.
-    let stranger = fed_job_on(&alice, now, Hash32::of(b"elsewhere"));
+    let stranger = fed_job(
+        now,
+        FedAsk {
+            who: &alice,
+            id: Hash32::of(b"elsewhere"),
+            federation: b"x",
+            round: 1,
+            eps: 0.1,
+            nonce: 77,
+        },
+    );
     let p = propose(&alice, me.account(), stranger, 500, now, 999);
     assert!(matches!(
         answer_of(&prov.handle(now, ProviderInput::Proposal(p), &mut rng)),
@@ -1022,24 +1008,15 @@ fn a_data_owner_keeps_within_its_privacy_budgets() {
     // The ledger says round 1 of Alice's job was served: not again; its next
     // round costs nothing more.
     let p = |round: u32, nonce: u64| {
-        let mut spec = fed_job_on(&alice, now, data.id).body_unverified().unwrap();
-        if let JobKind::FedRound {
-            federation,
-            round: r,
-            rounds,
-            rows,
-            ..
-        } = &mut spec.kind
-        {
-            (*federation, *r, *rounds, *rows) = (Hash32::of(b"a1"), round, 3, 1_000);
-        }
-        spec.nonce = nonce;
-        spec.privacy = Some(PrivacyTarget {
-            epsilon: 3.0,
-            delta: 1e-5,
-        });
-        let job = Signed::sign(&alice, &net(), &spec).unwrap();
-        propose(&alice, me.account(), job, 500, now, nonce)
+        let a = FedAsk {
+            who: &alice,
+            id: data.id,
+            federation: b"a1",
+            round,
+            eps: 3.0,
+            nonce,
+        };
+        propose(&alice, me.account(), fed_job(now, a), 500, now, nonce)
     };
     let out = again.handle(now, ProviderInput::Proposal(p(1, 501)), &mut rng);
     assert!(matches!(
@@ -1050,13 +1027,23 @@ fn a_data_owner_keeps_within_its_privacy_budgets() {
     assert!(matches!(answer_of(&out), ProposalAnswer::Accept(_)));
 }
 
-/// A federated round's job on data set `id`, as [`a_data_owner_keeps_within_its_privacy_budgets`] asks.
-fn fed_job_on(who: &Identity, now: Timestamp, id: Hash32) -> Signed<JobSpec> {
+/// Round `round` (of 3) of federated job `federation` on data set `id` of
+/// 1,000 rows, stating ε `eps`, as [`a_data_owner_keeps_within_its_privacy_budgets`] asks.
+struct FedAsk<'a> {
+    who: &'a Identity,
+    id: Hash32,
+    federation: &'a [u8],
+    round: u32,
+    eps: f64,
+    nonce: u64,
+}
+
+fn fed_job(now: Timestamp, a: FedAsk<'_>) -> Signed<JobSpec> {
     let spec = JobSpec {
         kind: JobKind::FedRound {
-            federation: Hash32::of(b"x"),
-            round: 1,
-            rounds: 1,
+            federation: Hash32::of(a.federation),
+            round: a.round,
+            rounds: 3,
             rows: 1_000,
             layers: vec![11, 16, 6],
             local_epochs: 1,
@@ -1070,16 +1057,20 @@ fn fed_job_on(who: &Identity, now: Timestamp, id: Hash32) -> Signed<JobSpec> {
             task: TrainTask::Classify,
         },
         model: Some(Behaviour::OnTime.dataset()),
-        dataset: BlobRef { hash: id, size: 1 },
+        dataset: BlobRef {
+            hash: a.id,
+            size: 60_000,
+        },
         privacy: Some(PrivacyTarget {
-            epsilon: 0.1,
+            epsilon: a.eps,
             delta: 1e-5,
         }),
-        ..simple_job(who, now, 77, 1_000, 600)
+        ..simple_job(a.who, now, a.nonce, 1_000, 600)
             .body_unverified()
             .unwrap()
     };
-    Signed::sign(who, &net(), &spec).unwrap()
+    spec.validate(now).unwrap();
+    Signed::sign(a.who, &net(), &spec).unwrap()
 }
 
 fn why_proposal(a: &ProposalAnswer) -> Hash32 {

@@ -27,6 +27,35 @@ fn request(like: &Path, epsilon: f64) -> FedRequest {
     peer::demo::wine_federation(like, epsilon)
 }
 
+/// A swarm (see [`swarm`]) whose providers, nodes 3, 4 and 5, each hold one
+/// shard of the wine data with a budget of ε 60; its requester (node 6) once
+/// it sees the three offers. With the shards' files and the test rows.
+#[allow(clippy::type_complexity)]
+async fn owners(
+    tmp: &Path,
+    name: &str,
+) -> anyhow::Result<(
+    Vec<PathBuf>,
+    Vec<u8>,
+    Vec<Option<peer::node::RunningNode>>,
+    Vec<protocol::AccountId>,
+    ControlClient,
+)> {
+    let (files, test) = shards(tmp);
+    for (k, f) in files.iter().enumerate() {
+        let budget = peer::held::Budget {
+            epsilon: 60.0,
+            per_requester: 60.0,
+            delta: 1e-5,
+        };
+        peer::held::offer(&tmp.join(format!("n{}", 3 + k)), f, budget)?;
+    }
+    let (nodes, acc, _) = swarm(tmp, name, 3, 1, true, |_| {}).await?;
+    let c = ControlClient::from_data_dir(&tmp.join("n6"))?;
+    settled_in(&c, 6, 3).await?;
+    Ok((files, test, nodes, acc, c))
+}
+
 async fn wait_done(c: &ControlClient, id: &str) -> FedView {
     let wait = async {
         loop {
@@ -46,7 +75,7 @@ async fn wait_done(c: &ControlClient, id: &str) -> FedView {
     }
 }
 
-/// Three owners, three rounds: the job settles every round, the model is
+/// Three owners, five rounds: the job settles every round, the model is
 /// within 5 points of DP-SGD on all the rows at the same ε, and each owner's
 /// ε in the ledger is the accountant's. A second job that asks more ε than
 /// an owner has left is refused, owner by owner.
@@ -54,19 +83,7 @@ async fn wait_done(c: &ControlClient, id: &str) -> FedView {
 async fn a_federated_job_trains_across_three_owners_and_spends_their_budgets_in_the_ledger()
 -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let (files, test) = shards(tmp.path());
-    // Providers are nodes 3, 4 and 5 of the swarm: each holds one shard.
-    for (k, f) in files.iter().enumerate() {
-        let budget = peer::held::Budget {
-            epsilon: 60.0,
-            per_requester: 60.0,
-            delta: 1e-5,
-        };
-        peer::held::offer(&tmp.path().join(format!("n{}", 3 + k)), f, budget)?;
-    }
-    let (nodes, acc, _) = swarm(tmp.path(), "federated", 3, 1, true, |_| {}).await?;
-    let c = ControlClient::from_data_dir(&tmp.path().join("n6"))?;
-    settled_in(&c, 6, 3).await?;
+    let (files, test, nodes, acc, c) = owners(tmp.path(), "federated").await?;
 
     let req = request(&files[0], 40.0);
     let v = c.federate(&req).await?;
@@ -169,18 +186,7 @@ async fn a_federated_job_trains_across_three_owners_and_spends_their_budgets_in_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_that_leaves_mid_job_is_dropped_and_the_rest_finish() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let (files, _) = shards(tmp.path());
-    for (k, f) in files.iter().enumerate() {
-        let budget = peer::held::Budget {
-            epsilon: 60.0,
-            per_requester: 60.0,
-            delta: 1e-5,
-        };
-        peer::held::offer(&tmp.path().join(format!("n{}", 3 + k)), f, budget)?;
-    }
-    let (mut nodes, acc, _) = swarm(tmp.path(), "fed-leave", 3, 1, true, |_| {}).await?;
-    let c = ControlClient::from_data_dir(&tmp.path().join("n6"))?;
-    settled_in(&c, 6, 3).await?;
+    let (files, _, mut nodes, acc, c) = owners(tmp.path(), "fed-leave").await?;
     // Rounds long enough for a loaded machine; the owner that left is
     // dropped once its round's deadline passed.
     let req = FedRequest {

@@ -138,38 +138,16 @@ async fn a_receipt_that_inflates_its_units_is_caught() -> anyhow::Result<()> {
 /// A provider that holds no bond has nothing a wrong result could cost it:
 /// its offer is heard, but the requester matches nobody and says why; the
 /// job expires unmatched, and nothing was escrowed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_provider_with_no_bond_gets_no_contract() -> anyhow::Result<()> {
+/// A job on a one-provider swarm whose provider is set up by `setup`,
+/// once it ended: it must have expired unmatched with nothing escrowed, and
+/// its timeline must say `why` (the provider's refusal, or the matcher's).
+async fn refused_everywhere(
+    name: &str,
+    setup: impl Fn(&mut peer::node::RunOptions),
+    why: &[&str],
+) -> anyhow::Result<peer::control::JobView> {
     let tmp = tempfile::tempdir()?;
-    let unbonded = providers(|o| o.bond = Some(0));
-    let (nodes, _, _) = swarm(tmp.path(), "unbonded", 1, 1, true, unbonded).await?;
-    let c = requester(tmp.path(), 1).await?;
-    let v = c.submit(&wine_job(tmp.path(), 20, 15)?).await?;
-    let done = wait_job(&c, &v.id, Duration::from_secs(120), |v| v.done).await;
-    assert_eq!(
-        done.outcome.as_deref(),
-        Some("expired: no offer fitted"),
-        "{done:#?}"
-    );
-    assert_eq!(done.provider, None, "{done:#?}");
-    assert_eq!(done.escrow, None, "{done:#?}");
-    assert!(
-        done.events.iter().any(|e| e.what.contains("NoBond")),
-        "the requester did not say why: {:#?}",
-        done.events
-    );
-    stop(nodes).await
-}
-
-/// A provider whose blob store is over its quota takes no job it could not
-/// store: it refuses the proposal before any escrow, and the requester's
-/// timeline says how much the job needs and how much room is left.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_provider_over_its_store_quota_refuses_jobs_and_says_why() -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
-    // A quota of one byte: its store is over it from the first measure.
-    let full = providers(|o| o.blob.quota = Some(1));
-    let (nodes, _, _) = swarm(tmp.path(), "store-full", 1, 1, true, full).await?;
+    let (nodes, _, _) = swarm(tmp.path(), name, 1, 1, true, providers(setup)).await?;
     let c = requester(tmp.path(), 1).await?;
     let v = c.submit(&wine_job(tmp.path(), 20, 15)?).await?;
     let done = wait_job(&c, &v.id, Duration::from_secs(120), |v| v.done).await;
@@ -182,12 +160,34 @@ async fn a_provider_over_its_store_quota_refuses_jobs_and_says_why() -> anyhow::
     assert!(
         done.events
             .iter()
-            .any(|e| e.what.contains("refused it: the job needs")
-                && e.what.contains("which has 0.0 MiB for new jobs")),
+            .any(|e| why.iter().all(|w| e.what.contains(w))),
         "the requester did not say why: {:#?}",
         done.events
     );
-    stop(nodes).await
+    stop(nodes).await?;
+    Ok(done)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_with_no_bond_gets_no_contract() -> anyhow::Result<()> {
+    let done = refused_everywhere("unbonded", |o| o.bond = Some(0), &["NoBond"]).await?;
+    // Not even proposed to.
+    assert_eq!(done.provider, None, "{done:#?}");
+    Ok(())
+}
+
+/// A provider whose blob store is over its quota takes no job it could not
+/// store: it refuses the proposal before any escrow, and the requester's
+/// timeline says how much the job needs and how much room is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_over_its_store_quota_refuses_jobs_and_says_why() -> anyhow::Result<()> {
+    // A quota of one byte: its store is over it from the first measure.
+    let full = |o: &mut peer::node::RunOptions| o.blob.quota = Some(1);
+    let why = [
+        "refused it: the job needs",
+        "which has 0.0 MiB for new jobs",
+    ];
+    refused_everywhere("store-full", full, &why).await.map(drop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
