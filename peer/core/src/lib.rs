@@ -155,6 +155,8 @@ pub struct CoreConfig {
 pub const MAX_CONTACTS: usize = 100_000;
 /// A contact not refreshed by an offer for this long may make way.
 pub const CONTACT_STALE: DurationMs = DurationMs(3_600_000);
+/// How often a full contact map is pruned of stale entries, at most.
+const CONTACTS_PRUNE_EVERY: DurationMs = DurationMs(60_000);
 
 /// How a message reached this peer. It changes nothing in where the message goes
 /// (see [`dispatch`]); drivers and logs tell the two apart.
@@ -359,6 +361,9 @@ pub struct NodeCore<S: Store> {
     /// Where each provider serves blobs (from its offers), and when its last
     /// offer came; at most [`MAX_CONTACTS`], none unless `keeps_contacts`.
     contacts: HashMap<AccountId, (Vec<String>, Timestamp)>,
+    /// When full `contacts` were last pruned (a scan of them all: at most
+    /// once a minute, or a flood of fresh keys would scan for every offer).
+    contacts_pruned: Timestamp,
     keeps_contacts: bool,
     /// The provider's latest signed offer, handed to each peer that comes up so
     /// a late joiner need not wait for the next refresh.
@@ -445,6 +450,7 @@ impl<S: Store> NodeCore<S> {
             oracle,
             peers: BTreeMap::new(),
             contacts: HashMap::new(),
+            contacts_pruned: Timestamp(0),
             keeps_contacts,
             last_offer: None,
             grants: HashMap::new(),
@@ -743,8 +749,11 @@ impl<S: Store> NodeCore<S> {
             return true;
         }
         if self.contacts.len() >= MAX_CONTACTS {
-            self.contacts
-                .retain(|_, (_, seen)| now.since(*seen) < CONTACT_STALE);
+            if now.since(self.contacts_pruned) >= CONTACTS_PRUNE_EVERY {
+                self.contacts_pruned = now;
+                self.contacts
+                    .retain(|_, (_, seen)| now.since(*seen) < CONTACT_STALE);
+            }
             if self.contacts.len() >= MAX_CONTACTS && !mine {
                 return false;
             }

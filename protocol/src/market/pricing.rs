@@ -88,6 +88,9 @@ impl Default for PricingConfig {
     }
 }
 
+/// The most competitors' prices a provider keeps.
+pub const MAX_COMPETITORS: usize = 4_096;
+
 /// The pricing state of one provider; see the module docs.
 #[derive(Clone, Debug)]
 pub struct PricingPolicy {
@@ -97,6 +100,8 @@ pub struct PricingPolicy {
     samples: VecDeque<(Timestamp, u64)>,
     /// Ordered, so that float sums do not depend on hash order (determinism).
     competitors: BTreeMap<AccountId, (PricePerCu, Timestamp)>,
+    /// When full `competitors` were last pruned.
+    pruned_at: Timestamp,
     /// `K`: jobs it can take per period.
     capacity: f64,
     /// `λ·r̄`: expected share of value lost to penalties.
@@ -114,6 +119,7 @@ impl PricingPolicy {
             price: cfg.initial,
             samples: VecDeque::new(),
             competitors: BTreeMap::new(),
+            pruned_at: Timestamp(0),
             capacity: f64::INFINITY,
             penalty_share: 0.0,
         };
@@ -150,8 +156,24 @@ impl PricingPolicy {
         self.samples.push_back((now, max_price.0));
     }
 
-    /// A competitor of the same class posts `price`.
+    /// A competitor of the same class posts `price`. At most
+    /// [`MAX_COMPETITORS`] are kept: a flood of offers from fresh keys does
+    /// not grow the map past it (stale ones make room; new ones wait until
+    /// they do), and the demand model needs no more.
     pub fn observe_competitor(&mut self, now: Timestamp, who: AccountId, price: PricePerCu) {
+        if self.competitors.len() >= MAX_COMPETITORS && !self.competitors.contains_key(&who) {
+            // Pruning scans them all: at most once a minute.
+            if now.since(self.pruned_at) < DurationMs::secs(60) {
+                return;
+            }
+            self.pruned_at = now;
+            let ttl = self.cfg.competitor_ttl;
+            self.competitors
+                .retain(|_, (_, seen)| now.since(*seen) <= ttl);
+            if self.competitors.len() >= MAX_COMPETITORS {
+                return;
+            }
+        }
         self.competitors.insert(who, (price, now));
     }
 
@@ -263,5 +285,30 @@ mod tests {
             assert!(price.0 <= 1_000, "{price:?}");
             assert!(price >= p.floor());
         }
+    }
+
+    /// A flood of offers from fresh keys keeps at most MAX_COMPETITORS
+    /// prices; known competitors still update theirs, and once the flood's
+    /// go stale, new competitors get in again.
+    #[test]
+    fn competitors_kept_are_bounded_under_a_flood_of_fresh_keys() {
+        let mut p = PricingPolicy::new(PricingConfig::default());
+        let key = |i: u32| {
+            let mut a = [0u8; 32];
+            a[..4].copy_from_slice(&i.to_le_bytes());
+            AccountId(a)
+        };
+        let t0 = Timestamp(1_000_000);
+        for i in 0..(3 * MAX_COMPETITORS as u32) {
+            p.observe_competitor(t0, key(i), PricePerCu(100));
+        }
+        assert_eq!(p.competitors.len(), MAX_COMPETITORS);
+        p.observe_competitor(t0, key(0), PricePerCu(7));
+        assert_eq!(p.competitors[&key(0)].0, PricePerCu(7));
+        let later = t0.plus(p.cfg.competitor_ttl).plus(DurationMs::secs(61));
+        let fresh = key(u32::MAX);
+        p.observe_competitor(later, fresh, PricePerCu(9));
+        assert_eq!(p.competitors.len(), 1);
+        assert!(p.competitors.contains_key(&fresh));
     }
 }
