@@ -1257,6 +1257,18 @@ impl Driver {
         let mut submitted = Vec::new();
         let mut failed = Vec::new();
         for (owner, r) in jobs {
+            // A round submitted before a restart that came before its state
+            // was saved: that job, not a second one (which the owner refuses).
+            let earlier = self.core.jobs().find(|j| {
+                j.provider.is_none_or(|p| p == owner)
+                    && matches!(&j.spec.kind, protocol::JobKind::FedRound { federation, round: r, .. }
+                        if *federation == fed && *r == round)
+                    && self.feds[i].owners.iter().any(|o| o.account == owner && o.data.id == j.spec.dataset.hash)
+            });
+            if let Some(j) = earlier {
+                submitted.push((owner, j.id));
+                continue;
+            }
             let id = r.and_then(|(p, notes)| {
                 let id = self
                     .core
