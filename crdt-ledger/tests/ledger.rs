@@ -4,6 +4,9 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+// The protocol's own test fixtures (a federated round on the wine data).
+#[path = "../../protocol/tests/common/mod.rs"]
+mod fixtures;
 
 use automerge::transaction::Transactable;
 use common::*;
@@ -1657,30 +1660,14 @@ fn bond_out(l: &mut crdt_ledger::Ledger, net: &Net, who: usize, tokens: u64) {
 /// that delivered nothing. Any replica reads the same spends for the owner.
 #[test]
 fn a_federated_job_spends_its_privacy_budget_once_in_the_ledger() {
-    use protocol::{DpParams, Hash32, JobKind, PrivacyTarget, TrainTask};
+    use protocol::{Hash32, PrivacyTarget};
     let net = Net::new(8, 4, 4);
     let mut l = net.ledger(1);
     let (req, prov) = (4, 5);
     let data = Hash32::of(b"shard");
-    let round = |federation: &[u8], round: u32, epsilon: f64| {
-        let federation = Hash32::of(federation);
+    let round = |federation: &'static [u8], round: u32, epsilon: f64| {
         move |spec: &mut protocol::JobSpec| {
-            spec.kind = JobKind::FedRound {
-                federation,
-                round,
-                rounds: 2,
-                rows: 1_000,
-                layers: vec![11, 16, 6],
-                local_epochs: 1,
-                batch: 32,
-                learning_rate: 0.05,
-                dp: DpParams {
-                    clip_norm: 1.0,
-                    noise_multiplier: 1.1,
-                },
-                seed: 1,
-                task: TrainTask::Classify,
-            };
+            spec.kind = fixtures::wine_round(federation, round, vec![11, 16, 6]);
             spec.dataset.hash = data;
             spec.privacy = Some(PrivacyTarget {
                 epsilon,

@@ -7,6 +7,8 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 #![allow(clippy::collapsible_match, clippy::map_entry)] // the event router reads better flat
 
+mod common;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
@@ -879,17 +881,7 @@ fn a_data_owner_keeps_within_its_privacy_budgets() {
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     let me = Identity::from_seed(54);
     let (alice, bob) = (Identity::from_seed(55), Identity::from_seed(56));
-    let data = DataOffer {
-        id: Hash32::of(b"shard"),
-        schema: Hash32::of(b"wine"),
-        rows: 1_000,
-        features: 11,
-        classes: 6,
-        bytes: 60_000,
-        epsilon_per_requester: 4.0,
-        epsilon_left: 6.0,
-        delta: 1e-5,
-    };
+    let data = common::wine_data(b"shard", 4.0, 6.0);
     let cfg = ProviderConfig {
         datasets: vec![data],
         queue_capacity: 16,
@@ -1040,22 +1032,7 @@ struct FedAsk<'a> {
 
 fn fed_job(now: Timestamp, a: FedAsk<'_>) -> Signed<JobSpec> {
     let spec = JobSpec {
-        kind: JobKind::FedRound {
-            federation: Hash32::of(a.federation),
-            round: a.round,
-            rounds: 3,
-            rows: 1_000,
-            layers: vec![11, 16, 6],
-            local_epochs: 1,
-            batch: 32,
-            learning_rate: 0.05,
-            dp: DpParams {
-                clip_norm: 1.0,
-                noise_multiplier: 1.1,
-            },
-            seed: 1,
-            task: TrainTask::Classify,
-        },
+        kind: common::wine_round(a.federation, a.round, vec![11, 16, 6]),
         model: Some(Behaviour::OnTime.dataset()),
         dataset: BlobRef {
             hash: a.id,

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
+mod common;
+
 use proptest::prelude::*;
 use protocol::accounting::jain_index;
 use protocol::market::book::eta;
@@ -795,41 +797,10 @@ fn young_providers_get_their_share_of_matches() {
     }
 }
 
-/// A private data set `id` of `rows` rows, 11 features and 6 classes, with
-/// `left` ε left of its budget (5 per requester).
-fn wine_data(id: &[u8], left: f64) -> DataOffer {
-    DataOffer {
-        id: Hash32::of(id),
-        schema: Hash32::of(b"wine"),
-        rows: 1_000,
-        features: 11,
-        classes: 6,
-        bytes: 60_000,
-        epsilon_per_requester: 5.0,
-        epsilon_left: left,
-        delta: 1e-5,
-    }
-}
-
 /// A federated round on data set `id`, spending `epsilon` in all.
 fn fed_round(id: &[u8], layers: Vec<u32>, epsilon: f64) -> JobSpec {
     JobSpec {
-        kind: JobKind::FedRound {
-            federation: Hash32::of(b"federation"),
-            round: 1,
-            rounds: 3,
-            rows: 1_000,
-            layers,
-            local_epochs: 2,
-            batch: 32,
-            learning_rate: 0.05,
-            dp: DpParams {
-                clip_norm: 1.0,
-                noise_multiplier: 1.1,
-            },
-            seed: 7,
-            task: TrainTask::Classify,
-        },
+        kind: common::wine_round(b"federation", 1, layers),
         dataset: BlobRef {
             hash: Hash32::of(id),
             size: 60_000,
@@ -852,11 +823,11 @@ fn a_federated_round_matches_only_the_owner_of_its_data_with_budget_left() {
     // 1 holds the data set, 2 holds another, 3 none (and is cheapest), 4
     // holds it with too little budget left.
     let mut owner = offer(1, 500, 2, far);
-    owner.datasets = vec![wine_data(b"shard-1", 20.0)];
+    owner.datasets = vec![common::wine_data(b"shard-1", 5.0, 20.0)];
     let mut other = offer(2, 500, 2, far);
-    other.datasets = vec![wine_data(b"shard-2", 20.0)];
+    other.datasets = vec![common::wine_data(b"shard-2", 5.0, 20.0)];
     let mut spent = offer(4, 500, 2, far);
-    spent.datasets = vec![wine_data(b"shard-1", 0.5)];
+    spent.datasets = vec![common::wine_data(b"shard-1", 5.0, 0.5)];
     for (i, o) in [
         (1, owner),
         (2, other),
