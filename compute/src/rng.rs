@@ -72,7 +72,27 @@ pub fn ln_fast(u: f32) -> f32 {
 /// x in [−π/4, π/4] and a quadrant, Taylor to x⁷ / x⁸ (error < 4e-7).
 #[inline(always)]
 pub fn sincos_turns(f: f32) -> (f32, f32) {
-    let q = (f * 4.0 + 0.5) as i32;
+    sincos_quadrant(f, (f * 4.0 + 0.5) as i32)
+}
+
+/// The quadrant `(f·4 + 0.5) as i32` that [`sincos_turns`] takes for
+/// `f = to_unit(bits)`, from the integer bits alone: the float-to-int cast
+/// saturates, which does not vectorize. With `m = bits >> 8`, `f = (m + ½)/2²⁴`
+/// is exact below 2²³; above, `m + ½` rounds half to even, to `m + (m & 1)`.
+/// The test `quadrants_from_bits_match_the_float_formula` checks every `m`.
+#[inline(always)]
+fn unit_quadrant(bits: u32) -> i32 {
+    let m = bits >> 8;
+    if m < 1 << 23 {
+        ((2 * m + 1 + (1 << 22)) >> 23) as i32
+    } else {
+        ((m + (m & 1) + (1 << 21)) >> 22) as i32
+    }
+}
+
+/// [`sincos_turns`] with its quadrant `q` given.
+#[inline(always)]
+fn sincos_quadrant(f: f32, q: i32) -> (f32, f32) {
     let x = (f - q as f32 * 0.25) * std::f32::consts::TAU;
     let x2 = x * x;
     let s = x * (1.0 + x2 * (-1.0 / 6.0 + x2 * (1.0 / 120.0 + x2 * (-1.0 / 5040.0))));
@@ -101,6 +121,16 @@ pub fn gaussian_pair(key: u32, pair: u32) -> (f32, f32) {
 
 /// Normals number `first..first + out.len()` of the keyed stream, written in blocks
 /// the compiler can vectorize. Same bits as calling [`gaussian`] per index.
+///
+/// Compiled once more for AVX2 and for AVX-512 and chosen at run time: the
+/// baseline x86-64 build has no 32-bit vector multiply, so the hash ran scalar.
+/// The wider builds enable no FMA and take no float liberties, so every
+/// operation rounds as in the baseline build: the same bits on every CPU (the
+/// test `block_fill_equals_per_index_draws` compares them with [`gaussian`]).
+#[multiversion::multiversion(targets(
+    "x86_64+avx+avx2+avx512f+avx512bw+avx512vl",
+    "x86_64+avx+avx2"
+))]
 pub fn fill_gaussians(key: u32, first: u32, out: &mut [f32]) {
     const B: usize = 256;
     let (mut cb, mut sb) = ([0f32; B + 1], [0f32; B + 1]);
@@ -121,17 +151,19 @@ pub fn fill_gaussians(key: u32, first: u32, out: &mut [f32]) {
         }
         for k in 0..pairs {
             let r = (-2.0 * ln_fast(to_unit(h1[k]))).sqrt();
-            let (sn, cs) = sincos_turns(to_unit(h2[k]));
+            let (sn, cs) = sincos_quadrant(to_unit(h2[k]), unit_quadrant(h2[k]));
             cb[k] = r * cs;
             sb[k] = r * sn;
         }
         let dst = &mut out[done..done + len];
         if start.is_multiple_of(2) {
-            for (k, two) in dst.chunks_mut(2).enumerate() {
-                two[0] = cb[k];
-                if let Some(o) = two.get_mut(1) {
-                    *o = sb[k];
-                }
+            let mut two = dst.chunks_exact_mut(2);
+            for ((o, &c), &s) in (&mut two).zip(&cb).zip(&sb) {
+                o[0] = c;
+                o[1] = s;
+            }
+            if let [last] = two.into_remainder() {
+                *last = cb[len / 2];
             }
         } else {
             for (j, o) in dst.iter_mut().enumerate() {
@@ -214,6 +246,15 @@ mod tests {
                 let want = gaussian(5, 6, first.wrapping_add(j as u32));
                 assert_eq!(z.to_bits(), want.to_bits(), "first {first} j {j}");
             }
+        }
+    }
+
+    #[test]
+    fn quadrants_from_bits_match_the_float_formula() {
+        for m in 0..1u32 << 24 {
+            let bits = m << 8 | (m & 0xff);
+            let f = to_unit(bits);
+            assert_eq!(unit_quadrant(bits), (f * 4.0 + 0.5) as i32, "m = {m}");
         }
     }
 
