@@ -279,6 +279,16 @@ pub struct SimArgs {
     /// count on N seeds and report the mean and its 95 % confidence interval.
     #[arg(long, value_name = "N", conflicts_with_all = ["testbed", "replica_per_peer"])]
     pub seeds: Option<u64>,
+    /// Where the measured figures come from (DP-SGD overhead, storage
+    /// latency; they feed the run and Figs. 2 and 6): `auto` measures on
+    /// this machine once and caches them (~/.cache/cloudchain/calibration.json),
+    /// `model` uses stated model figures instead, or a calibration file.
+    /// A scenario that pins a `[calibration]` uses its own.
+    #[arg(long, value_name = "auto|model|FILE", default_value = "auto")]
+    pub calibration: crate::calibrate::Source,
+    /// Measure the calibration afresh, replacing this machine's cache.
+    #[arg(long, conflicts_with = "testbed")]
+    pub recalibrate: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -1393,6 +1403,10 @@ fn sim(json: bool, args: &SimArgs) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("out").join(&sc.name));
+    sc.calibration =
+        crate::calibrate::for_scenario(&sc, &args.calibration, args.recalibrate, |l| {
+            eprintln!("{l}")
+        })?;
     let bar = indicatif::ProgressBar::new(1000);
     bar.set_style(
         indicatif::ProgressStyle::with_template(

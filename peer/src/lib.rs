@@ -7,6 +7,7 @@
 //! workloads of `compute` that the core asks for.
 
 pub mod blobs;
+pub mod calibrate;
 pub mod cli;
 pub mod collection;
 pub mod config;

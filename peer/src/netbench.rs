@@ -13,7 +13,7 @@ use crate::control::JobRequest;
 use crate::demo::{LocalSwarm, wait};
 
 /// Epochs of the bench network: a ledger write waits for the next checkpoint.
-const EPOCH_SECS: u64 = 2;
+pub const EPOCH_SECS: u64 = 2;
 
 /// Storage latency for one object size (the paper's Fig. 2).
 #[derive(Debug, Clone, Serialize)]

@@ -19,6 +19,8 @@
 //!   that forward them.
 //! - [`metrics`], [`report`], [`attack`]: what a run measures, the report, and
 //!   attack scenarios on several seeds.
+//! - [`calibration`]: figures measured on a real machine (DP-SGD overhead,
+//!   storage latency) that a run and its report take as inputs.
 //!
 //! The cores share one converged ledger replica, lent to each in turn, or each
 //! keeps its own with real automerge sync ([`cores::Replicas`],
@@ -26,6 +28,7 @@
 //! escrow is open past `protocol::escrow_bound`.
 
 pub mod attack;
+pub mod calibration;
 pub mod cores;
 pub mod metrics;
 pub mod netmodel;

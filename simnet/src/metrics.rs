@@ -10,12 +10,6 @@ use serde::Serialize;
 
 use crate::profiles::Profile;
 
-/// Extra compute of a DP-SGD training epoch over a plain one (per-example clipping
-/// and noise), as the compute crate's bench measured it on the CPU backend of a
-/// 2-core machine for a [256, 512, 512, 10] MLP at batch 256 (+38–44 %; +2–14 %
-/// at batch 1024).
-pub const DP_OVERHEAD: f64 = 0.40;
-
 /// Raw counters and samples of one run.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {

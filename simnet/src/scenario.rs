@@ -94,6 +94,11 @@ pub struct Scenario {
     /// the same profile (on one lent replica).
     #[serde(default)]
     pub attack: Option<Attack>,
+    /// Figures measured on a machine (see [`crate::calibration`]): the DP-SGD
+    /// overhead a DP job's units carry, and the storage figure. `cloudchain
+    /// sim` fills it from its per-machine cache unless the file pins one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<crate::calibration::Calibration>,
 }
 
 /// What an attacker does.
@@ -139,6 +144,13 @@ pub struct Attack {
     #[serde(default = "one_f")]
     pub estimate_margin: f64,
 }
+
+fn default_batches() -> Vec<u32> {
+    vec![64]
+}
+
+/// Largest training batch a scenario may name.
+pub const MAX_TRAIN_BATCH: u32 = 65_536;
 
 fn one() -> u32 {
     1
@@ -191,6 +203,10 @@ pub struct Requesters {
     /// Share of training jobs with DP-SGD.
     #[serde(default)]
     pub dp_share: f64,
+    /// Batch sizes of training jobs, each job one of them at random; DP
+    /// overhead is measured at each.
+    #[serde(default = "default_batches")]
+    pub train_batches: Vec<u32>,
     /// Requesters are split into groups of this size for the fairness figure.
     #[serde(default)]
     pub fairness_groups: Vec<u32>,
@@ -416,6 +432,35 @@ impl Scenario {
                 return Err(bad(name, format!("{v} is not in [0, 1]")));
             }
         }
+        if r.train_batches.is_empty()
+            || r.train_batches
+                .iter()
+                .any(|b| !(1..=MAX_TRAIN_BATCH).contains(b))
+        {
+            return Err(bad(
+                "requesters.train_batches",
+                format!("one or more batch sizes in 1..={MAX_TRAIN_BATCH}"),
+            ));
+        }
+        let st = &self.storage;
+        if st.sizes_mb.is_empty() || st.sizes_mb.iter().any(|s| !(1..=100_000).contains(s)) {
+            return Err(bad(
+                "storage.sizes_mb",
+                "one or more object sizes in 1..=100000 MB".into(),
+            ));
+        }
+        for (name, v) in [
+            ("storage.read_mb_s", st.read_mb_s),
+            ("storage.write_mb_s", st.write_mb_s),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(bad(name, format!("{v} is not a positive bandwidth")));
+            }
+        }
+        if let Some(c) = &self.calibration {
+            c.validate()
+                .map_err(|e| bad(&format!("calibration.{}", e.field), e.reason))?;
+        }
         let churn = self.faults.churn_per_day;
         if !(churn.is_finite() && (0.0..=10.0).contains(&churn)) {
             return Err(bad(
@@ -607,6 +652,25 @@ mod tests {
         assert!(err.contains("requesters.fairness_groups"), "{err}");
         let err = refused(&text.replacen("count = 3", "count = 0", 1));
         assert!(err.contains("providers[0].count"), "{err}");
+        let err =
+            refused(&text.replace("dp_share = 0.3", "dp_share = 0.3\ntrain_batches = [64, 0]"));
+        assert!(err.contains("requesters.train_batches"), "{err}");
+        let err = refused(&text.replace("sizes_mb = [50, 100, 200]", "sizes_mb = []"));
+        assert!(err.contains("storage.sizes_mb"), "{err}");
+        let err = refused(&text.replace("read_mb_s = 250.0", "read_mb_s = -250.0"));
+        assert!(err.contains("storage.read_mb_s"), "{err}");
+        // A pinned calibration is checked as well.
+        let pinned = format!(
+            "{text}\n[calibration]\nsource = \"x\"\n[[calibration.dp]]\nbatch = 64\nlayers = [64, 10]\nrows = 640\nplain_s = 0.0\ndp_s = 1.0\n"
+        );
+        let err = refused(&pinned);
+        assert!(err.contains("calibration.dp[0]"), "{err}");
+        let ok = Scenario::parse(&pinned.replace("plain_s = 0.0", "plain_s = 0.8"), "x").unwrap();
+        let c = ok.calibration.as_ref().unwrap();
+        assert!(
+            (crate::setup::dp_overhead(&ok, 256) - 0.25).abs() < 1e-9,
+            "{c:?}"
+        );
         let smoke = BUILTIN.iter().find(|(n, _)| *n == "smoke").map(|b| b.1);
         let smoke = smoke.unwrap_or_default();
         assert!(!smoke.contains("[sweep]"));

@@ -221,11 +221,18 @@ pub(crate) fn new_job(
     };
     let cu = (lo * (hi / lo).powf(rng.random_range(0.0..1.0))).round();
     let dp = kind_name == "train" && rng.random_bool(sc.requesters.dp_share);
+    let batches = &sc.requesters.train_batches;
+    // One batch size draws nothing, so such scenarios keep their streams.
+    let batch = match batches.len() {
+        0 => 64,
+        1 => batches[0],
+        n => batches[rng.random_range(0..n)],
+    };
     let kind = match kind_name {
         "train" => JobKind::Train {
-            layers: vec![64, 256, 10],
+            layers: TRAIN_LAYERS.to_vec(),
             epochs: 10,
-            batch: 64,
+            batch,
             learning_rate: 0.05,
             dp: dp.then_some(DpParams {
                 clip_norm: 1.0,
@@ -240,10 +247,10 @@ pub(crate) fn new_job(
         },
         _ => JobKind::Infer { batch: 256 },
     };
-    // DP-SGD costs more compute: per-example gradients (measured overhead of the
-    // compute crate's DP epoch; see the report).
+    // DP-SGD costs more compute (per-example clipping and noise): the
+    // overhead measured at this batch size, or the model without a calibration.
     let cu = if dp {
-        cu * (1.0 + crate::metrics::DP_OVERHEAD)
+        cu * (1.0 + dp_overhead(sc, batch))
     } else {
         cu
     };
@@ -283,6 +290,18 @@ pub(crate) fn new_job(
         kind: kind_name.to_string(),
         dp,
     }
+}
+
+/// The MLP every simulated training job trains (and the DP calibration times).
+pub const TRAIN_LAYERS: [u32; 3] = [64, 256, 10];
+
+/// DP-SGD's extra compute at `batch`: measured when the scenario carries a
+/// calibration, else [`crate::calibration::DP_OVERHEAD_MODEL`].
+pub fn dp_overhead(sc: &Scenario, batch: u32) -> f64 {
+    sc.calibration
+        .as_ref()
+        .and_then(|c| c.dp_overhead(batch))
+        .unwrap_or(crate::calibration::DP_OVERHEAD_MODEL)
 }
 
 pub(crate) fn seed_for(scenario_seed: u64, role: u64, i: usize) -> u64 {

@@ -26,6 +26,7 @@ fn report_writes_csv_svg_and_html() {
         "tokens.svg",
         "fairness.svg",
         "storage.svg",
+        "dp.svg",
     ] {
         let p = dir.path().join(f);
         assert!(std::fs::metadata(&p).unwrap().len() > 30, "{f}");
@@ -43,6 +44,74 @@ fn report_writes_csv_svg_and_html() {
     assert!(!html.contains("fairness.svg"), "{html}");
     assert!(!bare.path().join("fairness.svg").exists());
     assert!(bare.path().join("tokens.png").exists());
+}
+
+/// Figs. 2 and 6 come from a calibration when the scenario carries one, and
+/// say they are a model when it does not; a DP job's units carry the
+/// overhead measured at its batch size.
+#[test]
+fn figures_two_and_six_come_from_the_calibration_or_say_they_are_a_model() {
+    use simnet::calibration::{Calibration, DpPoint, StoragePoint};
+    let mut sc = Scenario::load("smoke").unwrap();
+    sc.days = 0.2;
+    sc.requesters.dp_share = 1.0;
+    let model = simnet::report::run_all(&sc, 3, |_, _| {});
+    let dir = tempfile::tempdir().unwrap();
+    let page = simnet::report::write_report(&model, dir.path()).unwrap();
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("a model, not measured"), "{html}");
+    for f in ["dp.svg", "dp.png", "storage.png", "dp.csv"] {
+        assert!(dir.path().join(f).exists(), "{f}");
+    }
+
+    let point = |mb: u64| StoragePoint {
+        size_mb: mb,
+        blob_write_s: mb as f64 / 400.0,
+        blob_read_s: mb as f64 / 250.0,
+        ledger_write_s: mb as f64 / 400.0 + 1.3,
+    };
+    sc.calibration = Some(Calibration {
+        source: "a test machine".into(),
+        dp: vec![DpPoint {
+            batch: 64,
+            layers: vec![64, 256, 10],
+            rows: 1024,
+            plain_s: 1.0,
+            dp_s: 1.1,
+        }],
+        storage: sc.storage.sizes_mb.iter().map(|&mb| point(mb)).collect(),
+        storage_epoch_s: 2.0,
+    });
+    let measured = simnet::report::run_all(&sc, 3, |_, _| {});
+    // The same jobs, each DP job lighter by its overhead: +10 % measured
+    // against the model's +40 %.
+    let (a, b) = (
+        model.summary.throughput_cu_per_s,
+        measured.summary.throughput_cu_per_s,
+    );
+    assert!(b < a, "model {a} CU/s, measured {b} CU/s");
+    let dir = tempfile::tempdir().unwrap();
+    let page = simnet::report::write_report(&measured, dir.path()).unwrap();
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        html.contains("a test machine") && html.contains("64: +10 %"),
+        "{html}"
+    );
+    let fit = simnet::report::storage_figure(&sc);
+    assert!((fit.fit.read_mb_s - 250.0).abs() < 1e-6 && (fit.fit.write_mb_s - 400.0).abs() < 1e-6);
+    // T_c on the scenario's epochs: half an epoch and the 0.3 s commit.
+    let want = sc.epoch_minutes as f64 * 30.0 + 0.3;
+    assert!((fit.tc_s - want).abs() < 1e-6, "{} vs {want}", fit.tc_s);
+    let csv = std::fs::read_to_string(dir.path().join("storage.csv")).unwrap();
+    assert!(
+        csv.lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("50,0.2000,0.1250,1.4250,"),
+        "{csv}"
+    );
+    let dp = std::fs::read_to_string(dir.path().join("dp.csv")).unwrap();
+    assert_eq!(dp.lines().nth(1), Some("64,0.1000,true"));
 }
 
 /// A sweep runs each requester count on several seeds, side by side, and
