@@ -179,17 +179,19 @@ impl Metrics {
     fn mean_net(&self, which: impl Fn(usize) -> bool) -> f64 {
         let v: Vec<f64> = (0..self.providers)
             .filter(|&i| which(i))
-            .map(|i| {
-                (self.provider_earned[i] as f64 + self.provider_minted[i] as f64
-                    - self.provider_slashed[i] as f64)
-                    / 1e6
-            })
+            .map(|i| self.provider_net(i))
             .collect();
         if v.is_empty() {
             0.0
         } else {
             v.iter().sum::<f64>() / v.len() as f64
         }
+    }
+
+    /// Provider `i`'s paid + minted − slashed, in tokens.
+    pub fn provider_net(&self, i: usize) -> f64 {
+        let at = |v: &[u64]| v.get(i).copied().unwrap_or(0) as f64;
+        (at(&self.provider_earned) + at(&self.provider_minted) - at(&self.provider_slashed)) / 1e6
     }
 
     pub fn provider_paid(&mut self, p: usize, amount: Amount, units: ComputeUnits) {
@@ -223,10 +225,15 @@ pub struct Summary {
     /// Utilization per provider class (`Profile::short`): where the unused
     /// capacity is.
     pub utilization_by_class: BTreeMap<String, f64>,
+    /// Mean income of a provider of each class (paid plus minted minus
+    /// slashed, tokens): which classes earn most (the paper's Fig. 4).
+    pub income_by_class: BTreeMap<String, f64>,
     pub latency_p50_s: f64,
     pub latency_p95_s: f64,
     pub latency_p99_s: f64,
     pub jain_providers: f64,
+    /// Jain's index of the service ratio over all requesters.
+    pub jain_requesters: f64,
     pub gini_earnings: f64,
     pub jain_by_group: Vec<(u32, f64)>,
     pub cheaters: usize,
@@ -391,10 +398,27 @@ impl Metrics {
                     .map(|(c, (b, cap))| (c, if cap > 0.0 { b / cap } else { 0.0 }))
                     .collect()
             },
+            income_by_class: {
+                let mut by: BTreeMap<String, (f64, u32)> = BTreeMap::new();
+                for i in 0..self.provider_earned.len() {
+                    let class = self
+                        .provider_profiles
+                        .get(i)
+                        .map_or("?", |p| p.short())
+                        .to_string();
+                    let e = by.entry(class).or_default();
+                    e.0 += self.provider_net(i);
+                    e.1 += 1;
+                }
+                by.into_iter()
+                    .map(|(c, (sum, n))| (c, sum / f64::from(n.max(1))))
+                    .collect()
+            },
             latency_p50_s: percentile(&lat, 0.5),
             latency_p95_s: percentile(&lat, 0.95),
             latency_p99_s: percentile(&lat, 0.99),
             jain_providers: jain_index(&per_slot),
+            jain_requesters: self.jain_for_group_size(self.requesters),
             gini_earnings: gini(&earned),
             jain_by_group: groups
                 .iter()

@@ -495,9 +495,13 @@ fn lines_svg(
     (x_label, y_label): (&str, &str),
     series: &[(&str, Vec<(f64, f64)>)],
     axes: Axes,
-    bars: &[ErrorBar],
-    markers: &[Markers<'_>],
+    decor: Decor<'_>,
 ) -> Result<(), ReportError> {
+    let Decor {
+        bars,
+        markers,
+        values,
+    } = decor;
     let name = path.display().to_string();
     let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(&name, e))?;
@@ -561,17 +565,47 @@ fn lines_svg(
         let chart = builder
             .build_cartesian_2d((x0 * 0.8..x1 * 1.25).log_scale(), (lo..hi).log_scale())
             .map_err(|e| plot_err(&name, e))?;
-        draw_lines(chart, &name, (x_label, y_label), series, bars, markers)?;
+        draw_lines(
+            chart,
+            &name,
+            (x_label, y_label),
+            series,
+            Decor {
+                bars,
+                markers,
+                values,
+            },
+        )?;
     } else if axes == Axes::LogX && x0.is_finite() {
         let chart = builder
             .build_cartesian_2d((x0 * 0.8..x1 * 1.25).log_scale(), 0f64..y1 * 1.1)
             .map_err(|e| plot_err(&name, e))?;
-        draw_lines(chart, &name, (x_label, y_label), series, bars, markers)?;
+        draw_lines(
+            chart,
+            &name,
+            (x_label, y_label),
+            series,
+            Decor {
+                bars,
+                markers,
+                values,
+            },
+        )?;
     } else {
         let chart = builder
             .build_cartesian_2d(0f64..x1 * 1.05, 0f64..y1 * 1.1)
             .map_err(|e| plot_err(&name, e))?;
-        draw_lines(chart, &name, (x_label, y_label), series, bars, markers)?;
+        draw_lines(
+            chart,
+            &name,
+            (x_label, y_label),
+            series,
+            Decor {
+                bars,
+                markers,
+                values,
+            },
+        )?;
     }
     root.present().map_err(|e| plot_err(&name, e))
 }
@@ -582,8 +616,11 @@ fn draw_lines<'a, X, Y>(
     name: &str,
     (x_label, y_label): (&str, &str),
     series: &[(&str, Vec<(f64, f64)>)],
-    bars: &[ErrorBar],
-    markers: &[Markers<'_>],
+    Decor {
+        bars,
+        markers,
+        values,
+    }: Decor<'_>,
 ) -> Result<(), ReportError>
 where
     X: Ranged<ValueType = f64> + plotters::coord::ranged1d::ValueFormatter<f64>,
@@ -609,6 +646,19 @@ where
         if p.len() <= 12 {
             chart
                 .draw_series(p.iter().map(|&(x, y)| Circle::new((x, y), 3, c.filled())))
+                .map_err(|e| plot_err(name, e))?;
+        }
+        // Values written beside the points of the first `values` series.
+        if i < values && p.len() <= 12 {
+            chart
+                .draw_series(p.iter().map(|&(x, y)| {
+                    EmptyElement::at((x, y))
+                        + Text::new(
+                            format!("{y:.2}"),
+                            (4, -16),
+                            ("sans-serif", 13).into_font().color(&c),
+                        )
+                }))
                 .map_err(|e| plot_err(name, e))?;
         }
     }
@@ -658,6 +708,15 @@ fn tick(v: f64) -> String {
     text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
+/// What [`lines_svg`] draws beside its lines: error bars, measured points as
+/// markers, and values written beside the points of the first `values` series.
+#[derive(Clone, Copy, Debug, Default)]
+struct Decor<'a> {
+    bars: &'a [ErrorBar],
+    markers: &'a [Markers<'a>],
+    values: usize,
+}
+
 /// Points drawn as markers only (measurements beside a fitted line), in the
 /// colour of series number `color`.
 #[derive(Clone, Debug)]
@@ -696,6 +755,312 @@ fn svg_to_png(svg: &Path, opt: &resvg::usvg::Options<'_>) -> Result<(), ReportEr
     pixmap
         .save_png(svg.with_extension("png"))
         .map_err(|e| plot_err(&name, e))
+}
+
+/// One of the paper's claims set against a run.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub figure: &'static str,
+    pub claim: &'static str,
+    /// What this run gives.
+    pub here: String,
+    /// `Some(true)` holds, `Some(false)` differs, `None` not measured.
+    pub holds: Option<bool>,
+    /// Why it differs (or what the agreement rests on).
+    pub why: String,
+}
+
+const HYPERSCALERS: [&str; 3] = ["AWS", "GCP", "AZR"];
+
+/// Whether the hyperscalers (mean over their classes of a provider's mean
+/// income) out-earn every other class present; `None` without both kinds.
+fn hyperscalers_lead(by_class: &std::collections::BTreeMap<String, f64>) -> Option<bool> {
+    let is_hyper = |c: &String| HYPERSCALERS.contains(&c.as_str());
+    let hyper: Vec<f64> = by_class
+        .iter()
+        .filter(|(c, _)| is_hyper(c))
+        .map(|(_, v)| *v)
+        .collect();
+    let mut other = by_class.iter().filter(|(c, _)| !is_hyper(c)).peekable();
+    if hyper.is_empty() || other.peek().is_none() {
+        return None;
+    }
+    let h = hyper.iter().sum::<f64>() / hyper.len() as f64;
+    Some(other.all(|(_, v)| h > *v))
+}
+
+/// Classes by a provider's mean income, highest first: "COM 1,234; …".
+fn class_ranking(by_class: &std::collections::BTreeMap<String, f64>) -> String {
+    let mut v: Vec<(&String, &f64)> = by_class.iter().collect();
+    v.sort_by(|a, b| b.1.total_cmp(a.1));
+    v.iter()
+        .map(|(c, x)| format!("{c} {x:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The paper's claims (Figs. 2–6) against this run, each with a verdict and
+/// the reason for a difference.
+pub fn paper_claims(o: &Outcome) -> Vec<Claim> {
+    let s = &o.summary;
+    let mut out = Vec::new();
+
+    let storage = storage_figure(&o.scenario);
+    let worst = storage
+        .measured
+        .iter()
+        .flat_map(|p| {
+            let (r, w, _) = storage.at(p.size_mb as f64);
+            [
+                (p.blob_read_s / r - 1.0).abs(),
+                (p.blob_write_s / w - 1.0).abs(),
+            ]
+        })
+        .fold(0.0f64, f64::max);
+    out.push(Claim {
+        figure: "Fig. 2 (storage latency)",
+        claim: "T_r = S/B_r; T_w = S/B_w + T_c",
+        here: format!(
+            "B_r {:.0} MB/s, B_w {:.0} MB/s, T_c {:.0} s on {}-minute epochs",
+            storage.fit.read_mb_s, storage.fit.write_mb_s, storage.tc_s, o.scenario.epoch_minutes
+        ),
+        holds: (!storage.measured.is_empty()).then_some(worst <= 1.0),
+        why: if storage.measured.is_empty() {
+            "not measured: a model from the scenario's bandwidths (run `cloudchain sim` to calibrate)".into()
+        } else {
+            format!(
+                "measured blob times are within {:.0} % of the fit at every size (one measurement per size); a ledger-finalized write is dominated by T_c, the wait for the next checkpoint (half an epoch), not by S",
+                worst * 100.0
+            )
+        },
+    });
+
+    if let (Some(first), Some(last)) = (o.sweep.first(), o.sweep.last()) {
+        let eff = scaling_efficiency(&o.sweep).unwrap_or(0.0);
+        let knee_at = knee(&o.sweep);
+        out.push(Claim {
+            figure: "Fig. 3 (throughput)",
+            claim: "throughput grows near-linearly with the requesters",
+            here: format!(
+                "efficiency {eff:.2} from {} to {} requesters; knee {}",
+                first.requesters,
+                last.requesters,
+                knee_at.map_or("none".into(), |k| format!("at {k}"))
+            ),
+            holds: Some(knee_at.is_none() && eff >= 0.8),
+            why: match knee_at {
+                Some(k) => format!(
+                    "linear only below the knee: from {k} requesters on the providers are full (utilization {:.0} % at {}), jobs find no free provider at their price, and throughput flattens",
+                    last.utilization().mean * 100.0,
+                    last.requesters
+                ),
+                None => format!(
+                    "the sweep never saturates (utilization {:.0} % at its largest point), so linear growth follows from the offered load and says nothing about capacity",
+                    last.utilization().mean * 100.0
+                ),
+            },
+        });
+    }
+
+    let lead = hyperscalers_lead(&s.income_by_class);
+    let appears = o.sweep.iter().find_map(|p| {
+        let mut mean = std::collections::BTreeMap::new();
+        for (_, x) in &p.runs {
+            for (c, v) in &x.income_by_class {
+                *mean.entry(c.clone()).or_insert(0.0) += v / p.runs.len() as f64;
+            }
+        }
+        (hyperscalers_lead(&mean) == Some(true)).then(|| (p.requesters, p.utilization().mean))
+    });
+    let price = |p: Profile| p.params().price;
+    out.push(Claim {
+        figure: "Fig. 4 (tokens by provider)",
+        claim: "the hyperscalers (AWS, GCP, Azure) earned the most",
+        here: format!("a provider's mean income by class: {}", class_ranking(&s.income_by_class)),
+        holds: lead,
+        why: match lead {
+            None => "the scenario has no hyperscalers, or only hyperscalers".into(),
+            Some(true) => "the hyperscalers' capacity (8 slots each at the fastest speed) is in use: the cheaper providers are full".into(),
+            Some(false) => format!(
+                "requesters take the offer of best utility, and price weighs most: the hyperscalers list at {}–{} µ-tokens per CU against {} for a community node and {}–{} for the GPU clouds. At {:.0} % utilization a cheaper provider is nearly always free, so the hyperscalers win only what nobody cheaper can take. {}",
+                price(Profile::Gcp),
+                price(Profile::Aws),
+                price(Profile::Community),
+                price(Profile::Hetzner),
+                price(Profile::Lambda),
+                s.utilization * 100.0,
+                match appears {
+                    Some((n, u)) => format!(
+                        "The paper's ordering appears under load: from {n} requesters on in the sweep (utilization {:.0} %), when the cheaper providers are full and the hyperscalers' larger capacity earns.",
+                        u * 100.0
+                    ),
+                    None if o.sweep.is_empty() => "This scenario runs no sweep, so no load was tried under which the ordering could appear.".into(),
+                    None => format!(
+                        "It appears at no load of the sweep (up to {} requesters).",
+                        o.sweep.last().map_or(0, |p| p.requesters)
+                    ),
+                }
+            ),
+        },
+    });
+
+    let jain_ok = s.jain_by_group.iter().all(|(_, j)| *j >= 0.89);
+    out.push(Claim {
+        figure: "Fig. 5 (fairness)",
+        claim: "Jain's index ≥ 0.89 at every group size",
+        here: format!(
+            "requesters: {}; providers' work per slot: {:.3}",
+            s.jain_by_group
+                .iter()
+                .map(|(g, j)| format!("{j:.3} in groups of {g}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            s.jain_providers
+        ),
+        holds: (!s.jain_by_group.is_empty()).then_some(jain_ok && s.jain_providers >= 0.89),
+        why: format!(
+            "over requesters it {} because nearly every job is served below saturation (each requester's service ratio is near 1); over providers it is {:.2}: work goes to the cheapest offers first, so equal slots do not get equal work",
+            if jain_ok { "holds" } else { "falls short" },
+            s.jain_providers
+        ),
+    });
+
+    let (dp, measured) = dp_figure(&o.scenario);
+    let in_band = dp.iter().all(|(_, x)| (0.15..=0.20).contains(x));
+    out.push(Claim {
+        figure: "Fig. 6 (DP overhead)",
+        claim: "DP-SGD costs 15–20 % more compute",
+        here: dp
+            .iter()
+            .map(|(b, x)| format!("batch {b}: +{:.0} %", x * 100.0))
+            .collect::<Vec<_>>()
+            .join(", "),
+        holds: measured.then_some(in_band),
+        why: if !measured {
+            "not measured: a model (run `cloudchain sim` to calibrate)".into()
+        } else if in_band {
+            "measured within the paper's band at every batch size".into()
+        } else {
+            "the overhead is per step (noise for every parameter) while the work grows with the batch, so it falls as the batch grows: clipping costs a few percent (per-example norms from the layer inputs and deltas), the noise the rest".into()
+        },
+    });
+    out
+}
+
+/// A provider class's colour in the plots.
+fn class_colour(p: Profile) -> RGBColor {
+    match p {
+        Profile::Aws => RGBColor(255, 153, 0),
+        Profile::Gcp => RGBColor(52, 168, 83),
+        Profile::Azure => RGBColor(0, 120, 212),
+        Profile::Hetzner => RGBColor(213, 12, 45),
+        Profile::Lambda => RGBColor(128, 60, 170),
+        Profile::Community => RGBColor(110, 110, 110),
+    }
+}
+
+/// The paper's Fig. 4: each provider's income as a stacked bar, coloured by
+/// class: what requesters paid (solid), what the checkpoints minted (lighter,
+/// above), what proven wrong results slashed (black, below 0). Sorted by net
+/// income; each bar named by its class where they fit.
+fn tokens_svg(path: &Path, m: &Metrics, gini: f64) -> Result<(), ReportError> {
+    let name = path.display().to_string();
+    let tok = |v: &[u64], i: usize| v.get(i).copied().unwrap_or(0) as f64 / 1e6;
+    let mut order: Vec<usize> = (0..m.providers).collect();
+    order.sort_by(|&a, &b| {
+        m.provider_net(b)
+            .total_cmp(&m.provider_net(a))
+            .then(a.cmp(&b))
+    });
+    let top = order
+        .iter()
+        .map(|&i| tok(&m.provider_earned, i) + tok(&m.provider_minted, i))
+        .fold(1e-9f64, f64::max)
+        * 1.1;
+    let bottom = -order
+        .iter()
+        .map(|&i| tok(&m.provider_slashed, i))
+        .fold(0.0f64, f64::max)
+        * 1.1;
+    let n = order.len().max(1);
+    let root = SVGBackend::new(path, (900, 460)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(&name, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "Tokens by provider: paid, minted (lighter), slashed (below 0); Gini {gini:.3}"
+            ),
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .build_cartesian_2d(-0.5f64..n as f64 - 0.5, bottom..top)
+        .map_err(|e| plot_err(&name, e))?;
+    let named = n <= 40;
+    let label_of = |x: &f64| {
+        let i = x.round();
+        if !named || (x - i).abs() > 1e-6 || i < 0.0 {
+            return String::new();
+        }
+        order
+            .get(i as usize)
+            .map_or(String::new(), |&p| profile_of(m, p).short().to_string())
+    };
+    chart
+        .configure_mesh()
+        .x_desc(if named {
+            "providers by net income, named by class"
+        } else {
+            "providers by net income"
+        })
+        .y_desc("tokens")
+        .x_labels(n.min(40))
+        .x_label_formatter(&label_of)
+        .y_label_formatter(&|v| tick(*v))
+        .disable_x_mesh()
+        .draw()
+        .map_err(|e| plot_err(&name, e))?;
+    let half = if n > 200 { 0.5 } else { 0.4 };
+    for (x, &i) in order.iter().enumerate() {
+        let (x, c) = (x as f64, class_colour(profile_of(m, i)));
+        let (paid, minted, slashed) = (
+            tok(&m.provider_earned, i),
+            tok(&m.provider_minted, i),
+            tok(&m.provider_slashed, i),
+        );
+        let bars = [
+            (0.0, paid, c.filled()),
+            (paid, paid + minted, c.mix(0.4).filled()),
+            (-slashed, 0.0, BLACK.filled()),
+        ];
+        chart
+            .draw_series(
+                bars.into_iter()
+                    .filter(|(lo, hi, _)| hi > lo)
+                    .map(|(lo, hi, style)| Rectangle::new([(x - half, lo), (x + half, hi)], style)),
+            )
+            .map_err(|e| plot_err(&name, e))?;
+    }
+    // One legend entry per class present, and one for slashing.
+    let mut classes: Vec<Profile> = (0..m.providers).map(|i| profile_of(m, i)).collect();
+    classes.sort();
+    classes.dedup();
+    for p in classes {
+        let c = class_colour(p);
+        chart
+            .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())
+            .map_err(|e| plot_err(&name, e))?
+            .label(p.params().label)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], c.filled()));
+    }
+    chart
+        .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())
+        .map_err(|e| plot_err(&name, e))?
+        .label("slashed")
+        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], BLACK.filled()));
+    legend(&mut chart, &name, SeriesLabelPosition::UpperRight)?;
+    root.present().map_err(|e| plot_err(&name, e))
 }
 
 /// Providers' income split into what requesters paid, what the checkpoints
@@ -877,35 +1242,7 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
     write(&dir.join("summary.json"), &json)?;
 
     // Plots.
-    let mut earned: Vec<(f64, usize)> = m
-        .provider_earned
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (*e as f64 / 1e6, i))
-        .collect();
-    earned.sort_by(|a, b| b.0.total_cmp(&a.0));
-    // Each bar named by its provider's class, where they fit (Fig. 4 is about
-    // which classes earn).
-    let labels: Vec<String> = if earned.len() <= 40 {
-        earned
-            .iter()
-            .map(|&(_, i)| profile_of(m, i).short().to_string())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    bar_svg(
-        &dir.join("tokens.svg"),
-        &format!(
-            "Tokens paid to each provider, by class (Gini {:.3})",
-            s.gini_earnings
-        ),
-        ("providers, by earnings", &labels),
-        "tokens",
-        &earned.iter().map(|e| e.0).collect::<Vec<_>>(),
-        None,
-        &|v| format!("{v:.0}"),
-    )?;
+    tokens_svg(&dir.join("tokens.svg"), m, s.gini_earnings)?;
     let jain: Vec<f64> = s.jain_by_group.iter().map(|(_, j)| *j).collect();
     // A scenario without requester groups has no fairness figure (it was
     // drawn empty).
@@ -999,8 +1336,10 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
             ("requesters (log)", "jobs per hour (log)"),
             &series,
             Axes::LogLog,
-            &bars(&SweepPoint::settled_per_h, 1.0),
-            &[],
+            Decor {
+                bars: &bars(&SweepPoint::settled_per_h, 1.0),
+                ..Decor::default()
+            },
         )?;
         let util: Vec<(f64, f64)> = o
             .sweep
@@ -1013,12 +1352,42 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
             "Provider utilization against requesters",
             ("requesters (log)", "busy slot time (%)"),
             &[
-                ("utilization (mean ± 95 % CI over seeds)", util),
+                ("utilization (mean ± 95 % CI over seeds)", util.clone()),
                 ("95 %", full),
             ],
             Axes::LogX,
-            &bars(&SweepPoint::utilization, 100.0),
-            &[],
+            Decor {
+                bars: &bars(&SweepPoint::utilization, 100.0),
+                ..Decor::default()
+            },
+        )?;
+        let jain = |f: fn(&Summary) -> f64| -> Vec<(f64, f64)> {
+            o.sweep.iter().map(|p| (x(p), p.estimate(f).mean)).collect()
+        };
+        lines_svg(
+            &dir.join("fairness_load.svg"),
+            "Fairness against load (Jain's index, mean over seeds)",
+            ("requesters (log)", "Jain's index"),
+            &[
+                (
+                    "over requesters (service ratio)",
+                    jain(|x| x.jain_requesters),
+                ),
+                ("over providers (work per slot)", jain(|x| x.jain_providers)),
+                (
+                    "paper: ≥ 0.89",
+                    [util.first(), util.last()]
+                        .into_iter()
+                        .flatten()
+                        .map(|&(n, _)| (n, 0.89))
+                        .collect(),
+                ),
+            ],
+            Axes::LogX,
+            Decor {
+                values: 2,
+                ..Decor::default()
+            },
         )?;
     }
     // The fit from a tenth of the smallest size to five times the largest,
@@ -1111,8 +1480,10 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
         ("object size (MB, log)", "seconds (log)"),
         &series,
         Axes::LogLog,
-        &[],
-        &markers,
+        Decor {
+            markers: &markers,
+            ..Decor::default()
+        },
     )?;
     bar_svg(
         &dir.join("dp.svg"),
@@ -1148,7 +1519,7 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
         plots.push("fairness.svg");
     }
     if !o.sweep.is_empty() {
-        plots.extend(["throughput.svg", "utilization.svg"]);
+        plots.extend(["throughput.svg", "utilization.svg", "fairness_load.svg"]);
     }
     for p in plots {
         svg_to_png(&dir.join(p), &opt)?;
@@ -1183,6 +1554,23 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
             "<tr><th>{k}</th><td>{v}</td><td class=claim>{claim}</td></tr>"
         );
     };
+    h.push_str("<h2>The paper's claims against this run</h2><table><tr><th>figure</th><th>paper</th><th>this run</th><th>verdict</th><th>why</th></tr>");
+    for c in paper_claims(o) {
+        let verdict = match c.holds {
+            Some(true) => "<b style=color:#080>holds</b>",
+            Some(false) => "<b style=color:#b00>differs</b>",
+            None => "<b style=color:#777>not measured</b>",
+        };
+        let _ = write!(
+            h,
+            "<tr><th>{}</th><td class=claim>{}</td><td>{}</td><td>{verdict}</td><td style=text-align:left>{}</td></tr>",
+            c.figure,
+            html_escape(c.claim),
+            html_escape(&c.here),
+            html_escape(&c.why)
+        );
+    }
+    h.push_str("</table>");
     h.push_str("<h2>Figures</h2><table><tr><th>figure</th><th>simulated</th><th>paper</th></tr>");
     row(
         &mut h,
@@ -1355,6 +1743,12 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
             "Provider utilization against requesters",
             "(no figure; the paper reports no utilization)",
         );
+        fig(
+            &mut h,
+            "fairness_load.svg",
+            "Fairness against load, over requesters and over providers (Fig. 5)",
+            "Jain's index ≥ 0.89",
+        );
     }
     fig(
         &mut h,
@@ -1414,6 +1808,27 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hyperscalers_lead_only_above_every_other_class() {
+        let by = |v: &[(&str, f64)]| -> std::collections::BTreeMap<String, f64> {
+            v.iter().map(|(c, x)| (c.to_string(), *x)).collect()
+        };
+        assert_eq!(
+            hyperscalers_lead(&by(&[("AWS", 9.0), ("AZR", 7.0), ("COM", 5.0)])),
+            Some(true)
+        );
+        // Their mean against each other class: (9 + 1)/2 = 5 is not above 6.
+        assert_eq!(
+            hyperscalers_lead(&by(&[("AWS", 9.0), ("GCP", 1.0), ("HTZ", 6.0)])),
+            Some(false)
+        );
+        assert_eq!(hyperscalers_lead(&by(&[("COM", 5.0)])), None);
+        assert_eq!(
+            class_ranking(&by(&[("AWS", 1.0), ("COM", 5.0)])),
+            "COM 5, AWS 1"
+        );
+    }
 
     #[test]
     fn ticks_read_as_numbers() {

@@ -653,7 +653,7 @@ mod tests {
         let err = refused(&text.replacen("count = 3", "count = 0", 1));
         assert!(err.contains("providers[0].count"), "{err}");
         let err =
-            refused(&text.replace("dp_share = 0.3", "dp_share = 0.3\ntrain_batches = [64, 0]"));
+            refused(&text.replace("train_batches = [64, 256, 1024]", "train_batches = [64, 0]"));
         assert!(err.contains("requesters.train_batches"), "{err}");
         let err = refused(&text.replace("sizes_mb = [50, 100, 200]", "sizes_mb = []"));
         assert!(err.contains("storage.sizes_mb"), "{err}");

@@ -33,6 +33,21 @@ fn report_writes_csv_svg_and_html() {
     }
     let providers = std::fs::read_to_string(dir.path().join("providers.csv")).unwrap();
     assert_eq!(providers.lines().count(), 1 + 6);
+    // Each of the paper's figures is set against the run with a verdict; a
+    // model (no calibration here) is never said to hold.
+    let claims = simnet::report::paper_claims(&o);
+    let figures: Vec<&str> = claims.iter().map(|c| c.figure).collect();
+    assert_eq!(figures.len(), 4, "{figures:?}"); // no sweep: no Fig. 3
+    for want in ["Fig. 2", "Fig. 4", "Fig. 5", "Fig. 6"] {
+        assert!(figures.iter().any(|f| f.starts_with(want)), "{figures:?}");
+    }
+    for c in &claims {
+        assert!(!c.why.is_empty() && !c.here.is_empty(), "{c:?}");
+        if c.figure.starts_with("Fig. 2") || c.figure.starts_with("Fig. 6") {
+            assert_eq!(c.holds, None, "{c:?}");
+        }
+    }
+    assert!(html.contains("claims against this run"), "{html}");
 
     // Without requester groups there is no fairness figure, rather than an
     // empty one.
@@ -177,7 +192,12 @@ fn a_sweep_on_seeds_reports_means_intervals_and_utilization() {
         rows[1].starts_with("2,3,") && rows[2].starts_with("12,3,"),
         "{csv}"
     );
-    for f in ["throughput.png", "utilization.png"] {
+    let claims = simnet::report::paper_claims(&o);
+    assert!(
+        claims.iter().any(|c| c.figure.starts_with("Fig. 3")),
+        "{claims:?}"
+    );
+    for f in ["throughput.png", "utilization.png", "fairness_load.png"] {
         assert!(
             std::fs::metadata(dir.path().join(f)).unwrap().len() > 1000,
             "{f}"
