@@ -17,8 +17,14 @@
 //!   oracle), as connections would; a partition closes the connections it
 //!   cuts (`PeerDown`) and its end opens them again (`PeerUp`).
 //! - **Work.** Nothing is computed: a job's run takes its modelled duration
-//!   (input transfer `S/B`, then `C/speed` of the provider's profile, late with
-//!   the profile's unreliability), and a result is a stand-in. A check is a
+//!   (input transfer from the requester, then `C/speed` of the provider's
+//!   profile, late with the profile's unreliability), and a result is a
+//!   stand-in, fetched back by the requester.
+//! - **Links** (a model). Blob transfers, inputs and results, share the
+//!   links of both ends: each peer's link carries one transfer after another
+//!   at the slower end's bandwidth (a provider's profile's, 100 MB/s for
+//!   others), so a busy requester's jobs wait for its uplink and a provider's
+//!   for its downlink (`CoreWorld::transfer`). A check is a
 //!   stand-in too, but its *samples* are the core's: each seed the core hands
 //!   out (the member's signature over the receipt, and those the others
 //!   revealed) names a segment of the result through the node's own
@@ -96,8 +102,8 @@ pub const FAKED_SHARE: f64 = 0.5;
 /// How fast a committee member re-executes one segment, CU/s (a reference
 /// GPU).
 const CHECK_CU_S: f64 = 8_000.0;
-/// How fast a requester fetches a result.
-const FETCH_MB_S: f64 = 100.0;
+/// A requester's (or oracle's) link, MB/s; a provider's is its profile's.
+const PEER_LINK_MB_S: f64 = 100.0;
 /// Stand-in result size.
 const RESULT_BYTES: u64 = 1 << 20;
 /// Offers held back for one peer before those that have arrived are filed
@@ -236,6 +242,8 @@ pub struct CoreWorld {
     shared: Option<Ledger<SimStore>>,
     /// Contract → (requester, provider), from escrow locks (shared replica).
     parties: HashMap<Hash32, (usize, usize)>,
+    /// When each peer's link is next free of the blob transfers queued on it.
+    link_free: Vec<Timestamp>,
     metrics: Metrics,
     /// Requesters' estimates over a job's measured units.
     margin: f64,
@@ -641,6 +649,7 @@ impl CoreWorld {
             hold_offers: true,
 
             parties: HashMap::new(),
+            link_free: Vec::new(),
             metrics,
             margin,
             cost: vec![0.0; n_prov],
@@ -708,11 +717,75 @@ impl CoreWorld {
         }
     }
 
+    /// Peer `i`'s link bandwidth, MB/s.
+    fn link_mb_s(&self, i: usize) -> f64 {
+        match &self.peers[i].role {
+            Role::Provider { params, .. } => params.bandwidth_mb_s,
+            _ => PEER_LINK_MB_S,
+        }
+    }
+
+    /// Move a blob of `bytes` between peers `a` and `b` (either may be
+    /// unknown), from now: the delay until it has arrived. A model of shared
+    /// links: transfers through a peer's link go one after another, each at
+    /// the slower end's bandwidth, so a link carries no more than its
+    /// bandwidth however many jobs use it (the total of a fairly shared
+    /// link, served first come first served).
+    fn transfer(&mut self, a: Option<usize>, b: Option<usize>, bytes: u64) -> DurationMs {
+        let now = self.sched.now();
+        if self.link_free.len() < self.peers.len() {
+            self.link_free.resize(self.peers.len(), T0);
+        }
+        let ends: Vec<usize> = [a, b].into_iter().flatten().collect();
+        let bw = ends
+            .iter()
+            .map(|&i| self.link_mb_s(i))
+            .fold(f64::INFINITY, f64::min)
+            .min(1e6);
+        let start = ends
+            .iter()
+            .map(|&i| self.link_free[i])
+            .fold(now, Timestamp::max);
+        let end = start.plus(DurationMs(
+            (bytes as f64 / (bw * 1e6) * 1000.0).ceil() as u64
+        ));
+        for &i in &ends {
+            self.link_free[i] = end;
+        }
+        end.since(now)
+    }
+
     /// Schedule provider `i`'s next crash after `at`, if the scenario churns.
     fn churn_after(&mut self, i: usize, at: Timestamp) {
-        if i < self.n_prov && self.sc.faults.churn_per_day > 0.0 {
-            let t = next_gap(&mut self.rng, self.sc.faults.churn_per_day);
+        let rate = self.crash_rate(i);
+        if i < self.n_prov && rate > 0.0 {
+            let t = next_gap(&mut self.rng, rate);
             self.sched.at(at.plus(t), Ev::Down(i));
+        }
+    }
+
+    /// Provider `i`'s crashes a day: the scenario's churn, plus its profile's
+    /// outages when the scenario models them.
+    fn crash_rate(&self, i: usize) -> f64 {
+        let profile = match &self.peers[i].role {
+            Role::Provider { params, .. } if self.sc.faults.profile_outages => {
+                params.outages_per_day()
+            }
+            _ => 0.0,
+        };
+        self.sc.faults.churn_per_day + profile
+    }
+
+    /// Outages per day (a rate) of provider `i`'s mean outage: its profile's
+    /// with profile outages, else 10 minutes.
+    fn outage_rate(&self, i: usize) -> f64 {
+        match &self.peers[i].role {
+            Role::Provider { params, .. }
+                if self.sc.faults.profile_outages && params.outage_min > 0.0 =>
+            {
+                1_440.0 / params.outage_min
+            }
+            _ => 24.0 * 6.0, // mean 10 minutes
         }
     }
 
@@ -786,10 +859,18 @@ impl CoreWorld {
             Ev::Up(i) => self.up(i),
             Ev::Down(i) => {
                 self.down(i);
-                let back = next_gap(&mut self.rng, 24.0 * 6.0); // mean 10 minutes
+                let (outages, crashes) = (self.outage_rate(i), self.crash_rate(i));
+                let back = next_gap(&mut self.rng, outages);
                 self.sched.at(now.plus(back), Ev::Up(i));
-                let next = next_gap(&mut self.rng, self.sc.faults.churn_per_day);
-                self.sched.at(now.plus(back).plus(next), Ev::Down(i));
+                if let Some(d) = self.metrics.provider_down_ms.get_mut(i) {
+                    // Counted to the end of the run at most.
+                    let left = self.end.0.saturating_sub(now.0);
+                    *d += back.0.min(left) as f64;
+                }
+                if crashes > 0.0 {
+                    let next = next_gap(&mut self.rng, crashes);
+                    self.sched.at(now.plus(back).plus(next), Ev::Down(i));
+                }
             }
             Ev::Links => self.relink(),
             Ev::Flood => self.flood(),
@@ -1120,14 +1201,15 @@ impl CoreWorld {
                     );
                 }
                 Output::FetchResult { job, receipt, .. } => {
-                    let ms = receipt.result.size as f64 / (FETCH_MB_S * 1e6) * 1000.0;
+                    let from = self.by_account.get(&receipt.provider).copied();
+                    let delay = self.transfer(from, Some(i), receipt.result.size);
                     let result = Ok(Fetched {
                         path: format!("results/{}", job.short()).into(),
                         bytes: receipt.result.size,
                         metrics: serde_json::Value::Null,
                         summary: "fetched (simulated)".into(),
                     });
-                    self.at(DurationMs(ms as u64), i, Input::Fetched { job, result });
+                    self.at(delay, i, Input::Fetched { job, result });
                 }
                 Output::Persist(bytes) => self.peers[i].saved = Some(bytes),
                 _ => {}
@@ -1252,7 +1334,8 @@ impl CoreWorld {
         // A lazy provider computes (and pays for) only what it does not skip.
         let done = 1.0 - behaviour.skip();
         self.cost[i] += measure.as_f64() * done * p.cost as f64;
-        let transfer_ms = terms.spec.dataset.size as f64 / (p.bandwidth_mb_s * 1e6) * 1000.0;
+        let owner = self.by_account.get(&terms.spec.requester).copied();
+        let transfer_ms = self.transfer(owner, Some(i), terms.spec.dataset.size).0 as f64;
         let mut run_ms = measure.as_f64() * done / p.speed_cu_s * 1000.0;
         if !self.rng.random_bool(p.reliability) {
             let to_deadline = terms.deadline.since(now).0 as f64;
@@ -1601,4 +1684,30 @@ pub fn run(
     progress: impl FnMut(f64),
 ) -> Metrics {
     CoreWorld::new(scenario, seed, replicas).run(progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Transfers through one peer's link wait for each other; transfers
+    /// between other peers do not; each goes at the slower end's bandwidth.
+    #[test]
+    fn blob_transfers_share_the_links_of_both_ends() {
+        let sc = Scenario::load("smoke").unwrap();
+        let mut w = CoreWorld::new(&sc, 1, Replicas::Shared);
+        let (p0, p1) = (0, 1);
+        let r = w.n_prov; // the first requester
+        let other = w.n_prov + 1;
+        let mb = |n: u64| n * 1_000_000;
+        let alone = w.transfer(Some(r), Some(p0), mb(100));
+        let bw = w.link_mb_s(r).min(w.link_mb_s(p0));
+        assert_eq!(alone.0, (100.0 / bw * 1000.0).ceil() as u64);
+        // The same requester's next input waits for its link to be free.
+        let queued = w.transfer(Some(r), Some(p1), mb(100));
+        assert!(queued.0 >= alone.0 + (100.0 / w.link_mb_s(r) * 1000.0) as u64 - 1);
+        // Another requester to another provider goes at once.
+        let apart = w.transfer(Some(other), Some(p1 + 1), mb(1));
+        assert!(apart.0 < alone.0, "{apart:?} vs {alone:?}");
+    }
 }

@@ -63,6 +63,8 @@ pub struct Metrics {
     /// wrong result slashed of its bond.
     pub provider_minted: Vec<u64>,
     pub provider_slashed: Vec<u64>,
+    /// Time each provider spent down (crashed, before its restart), ms.
+    pub provider_down_ms: Vec<f64>,
     pub provider_jobs: Vec<u64>,
     pub provider_units: Vec<u64>,
     pub provider_busy_ms: Vec<f64>,
@@ -91,6 +93,7 @@ impl Metrics {
             provider_earned: vec![0; providers],
             provider_minted: vec![0; providers],
             provider_slashed: vec![0; providers],
+            provider_down_ms: vec![0.0; providers],
             provider_jobs: vec![0; providers],
             provider_units: vec![0; providers],
             provider_busy_ms: vec![0.0; providers],
@@ -228,6 +231,9 @@ pub struct Summary {
     /// Mean income of a provider of each class (paid plus minted minus
     /// slashed, tokens): which classes earn most (the paper's Fig. 4).
     pub income_by_class: BTreeMap<String, f64>,
+    /// Share of the run each class's providers were up (crashes and outages
+    /// are the only downtime).
+    pub uptime_by_class: BTreeMap<String, f64>,
     pub latency_p50_s: f64,
     pub latency_p95_s: f64,
     pub latency_p99_s: f64,
@@ -412,6 +418,22 @@ impl Metrics {
                 }
                 by.into_iter()
                     .map(|(c, (sum, n))| (c, sum / f64::from(n.max(1))))
+                    .collect()
+            },
+            uptime_by_class: {
+                let mut by: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+                for (i, down) in self.provider_down_ms.iter().enumerate() {
+                    let class = self
+                        .provider_profiles
+                        .get(i)
+                        .map_or("?", |p| p.short())
+                        .to_string();
+                    let e = by.entry(class).or_default();
+                    e.0 += down;
+                    e.1 += secs * 1000.0;
+                }
+                by.into_iter()
+                    .map(|(c, (down, all))| (c, if all > 0.0 { 1.0 - down / all } else { 1.0 }))
                     .collect()
             },
             latency_p50_s: percentile(&lat, 0.5),

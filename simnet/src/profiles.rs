@@ -5,9 +5,13 @@
 //! prices are in micro-tokens per CU with ratios taken from public list prices
 //! (hyperscalers dearest, GPU clouds about half, community nodes cheapest), and
 //! reliability reflects the SLAs each class advertises. Edit a scenario to
-//! study other mixes; these only name sensible defaults. Outages are not
-//! modelled per profile (a profile had an `uptime` nothing read); churn is the
-//! scenario's `faults.churn_per_day`.
+//! study other mixes; these only name sensible defaults.
+//!
+//! **Outages** (a model): with `faults.profile_outages`, a provider is up the
+//! share of time its profile advertises (`availability_bps`), in outages whose
+//! mean length its profile gives (`outage_min`: minutes for a data centre,
+//! hours for a home node). The crash rate follows: `(1 − a)/(a·D)` a day.
+//! `faults.churn_per_day` adds crashes on top, the same for every provider.
 
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +59,21 @@ pub struct ProfileParams {
     /// Promised availability and accepted penalty λ, basis points.
     pub availability_bps: u16,
     pub penalty_bps: u16,
+    /// Mean length of an outage, minutes (with `faults.profile_outages`).
+    pub outage_min: f64,
+}
+
+impl ProfileParams {
+    /// Crashes a day that keep the provider up `availability_bps` of the
+    /// time with outages of `outage_min` on average: `(1 − a)/(a·D)`.
+    pub fn outages_per_day(&self) -> f64 {
+        let a = f64::from(self.availability_bps) / 10_000.0;
+        let d = self.outage_min / 1_440.0;
+        if a >= 1.0 || d <= 0.0 {
+            return 0.0;
+        }
+        (1.0 - a) / (a * d)
+    }
 }
 
 impl Profile {
@@ -80,6 +99,7 @@ impl Profile {
                 bandwidth_mb_s: 1_200.0,
                 availability_bps: 9_990,
                 penalty_bps: 1_000,
+                outage_min: 15.0,
             },
             Profile::Gcp => ProfileParams {
                 label: "Google Cloud",
@@ -92,6 +112,7 @@ impl Profile {
                 bandwidth_mb_s: 1_200.0,
                 availability_bps: 9_990,
                 penalty_bps: 1_000,
+                outage_min: 15.0,
             },
             Profile::Azure => ProfileParams {
                 label: "Azure",
@@ -104,6 +125,7 @@ impl Profile {
                 bandwidth_mb_s: 1_000.0,
                 availability_bps: 9_990,
                 penalty_bps: 1_000,
+                outage_min: 15.0,
             },
             Profile::Hetzner => ProfileParams {
                 label: "Hetzner",
@@ -116,6 +138,7 @@ impl Profile {
                 bandwidth_mb_s: 500.0,
                 availability_bps: 9_950,
                 penalty_bps: 1_500,
+                outage_min: 30.0,
             },
             Profile::Lambda => ProfileParams {
                 label: "Lambda Labs",
@@ -128,6 +151,7 @@ impl Profile {
                 bandwidth_mb_s: 600.0,
                 availability_bps: 9_950,
                 penalty_bps: 1_500,
+                outage_min: 30.0,
             },
             Profile::Community => ProfileParams {
                 label: "community",
@@ -140,6 +164,7 @@ impl Profile {
                 bandwidth_mb_s: 60.0,
                 availability_bps: 9_500,
                 penalty_bps: 2_000,
+                outage_min: 120.0,
             },
         }
     }

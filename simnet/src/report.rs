@@ -1602,6 +1602,20 @@ pub fn write_report(o: &Outcome, dir: &Path) -> Result<PathBuf, ReportError> {
     );
     row(
         &mut h,
+        if o.scenario.faults.profile_outages {
+            "provider uptime by class (outages as the profiles advertise: a model)"
+        } else {
+            "provider uptime by class"
+        },
+        s.uptime_by_class
+            .iter()
+            .map(|(c, u)| format!("{c} {:.2} %", u * 100.0))
+            .collect::<Vec<_>>()
+            .join(", "),
+        "",
+    );
+    row(
+        &mut h,
         "latency p50 / p95 / p99 (submit → settled)",
         format!(
             "{:.0} / {:.0} / {:.0} s",

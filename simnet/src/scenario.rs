@@ -249,6 +249,11 @@ pub struct Faults {
     /// Share of providers that crash (and later rejoin) per day.
     #[serde(default)]
     pub churn_per_day: f64,
+    /// Providers also go down as their profiles' uptime says (a model; see
+    /// [`crate::profiles`]): rare short outages in a data centre, longer and
+    /// more frequent ones at home.
+    #[serde(default)]
+    pub profile_outages: bool,
     #[serde(default)]
     pub partitions: Vec<Partition>,
 }
@@ -644,7 +649,10 @@ mod tests {
         // Values that parse but make no sense are refused by name, not
         // taken silently (a negative churn meant none; no requesters
         // reported a Jain index of 1; a group of 0 fell back silently).
-        let with_faults = format!("{text}\n[faults]\nchurn_per_day = -0.5\n");
+        let with_faults = text.replace(
+            "profile_outages = true",
+            "profile_outages = true\nchurn_per_day = -0.5",
+        );
         assert!(refused(&with_faults).contains("faults.churn_per_day"));
         let err = refused(&text.replacen("count = 50", "count = 0", 1));
         assert!(err.contains("requesters.count"), "{err}");

@@ -311,3 +311,56 @@ pub(crate) fn seed_for(scenario_seed: u64, role: u64, i: usize) -> u64 {
     h.update(&(i as u64).to_le_bytes());
     u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap_or([0; 8]))
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    /// A DP training job's units carry the overhead measured at its batch
+    /// size when the scenario has a calibration, the model's without.
+    #[test]
+    fn dp_jobs_carry_the_overhead_of_their_batch_size() {
+        use crate::calibration::{Calibration, DpPoint};
+        let mut sc = Scenario::load("smoke").unwrap();
+        sc.requesters.dp_share = 1.0;
+        sc.requesters.mix = [("train".to_string(), 1.0)].into_iter().collect();
+        sc.requesters.train_batches = vec![64, 1024];
+        let units = |sc: &Scenario| -> Vec<(u32, u64)> {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+            (0..20)
+                .map(|_| {
+                    let j = new_job(sc, &mut rng, AccountId([1; 32]), T0);
+                    let JobKind::Train { batch, .. } = j.spec.kind else {
+                        panic!("a training job")
+                    };
+                    assert!(j.dp);
+                    (batch, j.spec.estimated_units.milli)
+                })
+                .collect()
+        };
+        let model = units(&sc);
+        let point = |batch, dp_s| DpPoint {
+            batch,
+            layers: vec![64, 256, 10],
+            rows: 1024,
+            plain_s: 1.0,
+            dp_s,
+        };
+        sc.calibration = Some(Calibration {
+            source: "test".into(),
+            dp: vec![point(64, 1.2), point(1024, 1.05)],
+            storage: vec![],
+            storage_epoch_s: 0.0,
+        });
+        let measured = units(&sc);
+        assert!(model.iter().any(|j| j.0 == 64) && model.iter().any(|j| j.0 == 1024));
+        for (m, c) in model.iter().zip(&measured) {
+            assert_eq!(m.0, c.0, "the same jobs");
+            let want = if c.0 == 64 { 1.2 / 1.4 } else { 1.05 / 1.4 };
+            let got = c.1 as f64 / m.1 as f64;
+            assert!((got - want).abs() < 1e-3, "batch {}: {got} vs {want}", c.0);
+        }
+    }
+}

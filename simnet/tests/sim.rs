@@ -98,13 +98,6 @@ fn figures_two_and_six_come_from_the_calibration_or_say_they_are_a_model() {
         storage_epoch_s: 2.0,
     });
     let measured = simnet::report::run_all(&sc, 3, |_, _| {});
-    // The same jobs, each DP job lighter by its overhead: +10 % measured
-    // against the model's +40 %.
-    let (a, b) = (
-        model.summary.throughput_cu_per_s,
-        measured.summary.throughput_cu_per_s,
-    );
-    assert!(b < a, "model {a} CU/s, measured {b} CU/s");
     let dir = tempfile::tempdir().unwrap();
     let page = simnet::report::write_report(&measured, dir.path()).unwrap();
     let html = std::fs::read_to_string(&page).unwrap();
@@ -203,4 +196,43 @@ fn a_sweep_on_seeds_reports_means_intervals_and_utilization() {
             "{f}"
         );
     }
+}
+
+/// With profile outages, providers are down about as long as their profiles
+/// advertise: a home node (95 %, outages of two hours) far more than a data
+/// centre (99.9 %, a quarter of an hour); and every escrow still ends.
+#[test]
+fn outages_follow_the_profiles_uptime() {
+    let mut sc = Scenario::load("smoke").unwrap();
+    sc.days = 4.0;
+    sc.faults.profile_outages = true;
+    let m = simnet::run(&sc, Some(11), |_| {});
+    let s = m.summary(&[]);
+    assert!(
+        s.invariant_violations.is_empty(),
+        "{:?}",
+        s.invariant_violations
+    );
+    assert!(m.crashes > 0);
+    let up = |c: &str| s.uptime_by_class[c];
+    // 4 community nodes for 4 days at 0.63 outages a day of 2 h on average:
+    // about 10 outages; the interval is wide, the order is not.
+    assert!(
+        (0.85..0.995).contains(&up("COM")),
+        "{:?}",
+        s.uptime_by_class
+    );
+    assert!(
+        up("AWS") > 0.99 && up("AWS") > up("COM"),
+        "{:?}",
+        s.uptime_by_class
+    );
+    // Without the flag nobody goes down.
+    sc.faults.profile_outages = false;
+    let s = simnet::run(&sc, Some(11), |_| {}).summary(&[]);
+    assert!(
+        s.uptime_by_class.values().all(|u| *u == 1.0),
+        "{:?}",
+        s.uptime_by_class
+    );
 }
