@@ -79,8 +79,9 @@ fn main() -> anyhow::Result<()> {
     let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
     for (layers, rows, batch) in [
         (vec![11usize, 32, 6], 1599usize, 32usize),
+        (vec![256, 512, 512, 10], 1024, 64),
         (vec![256, 512, 512, 10], 4096, 256),
-        (vec![256, 512, 512, 10], 8192, 1024),
+        (vec![256, 512, 512, 10], 16384, 1024),
     ] {
         let (mut plain, mut clip, mut full) = (vec![], vec![], vec![]);
         for _ in 0..11 {
