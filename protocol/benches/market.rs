@@ -63,6 +63,7 @@ fn book_of(offers: &[(Hash32, Offer)]) -> OrderBook {
     let mut book = OrderBook::new(BookConfig {
         capacity: offers.len().max(1),
         replay_capacity: offers.len().max(1) * 2,
+        per_class: usize::MAX,
     });
     for (id, o) in offers {
         book.insert_verified(T0, *id, o.clone()).unwrap();
@@ -149,6 +150,7 @@ fn inserts(c: &mut Criterion) {
                 let mut book = OrderBook::new(BookConfig {
                     capacity: n,
                     replay_capacity: 2 * n,
+                    per_class: usize::MAX,
                 });
                 for (id, o) in os {
                     let _ = book.insert_verified(T0, id, o);
@@ -175,6 +177,7 @@ fn inserts(c: &mut Criterion) {
             let mut book = OrderBook::new(BookConfig {
                 capacity: m,
                 replay_capacity: 2 * m,
+                per_class: usize::MAX,
             });
             for s in &signed {
                 let _ = book.insert(T0, &network, s);

@@ -171,7 +171,11 @@ proptest! {
         advance in 0u64..2_000,
         seed: u64,
     ) {
-        let mut book = OrderBook::new(BookConfig { capacity: 64, replay_capacity: 256 });
+        let mut book = OrderBook::new(BookConfig {
+            capacity: 64,
+            replay_capacity: 256,
+            ..Default::default()
+        });
         for (i, (price, ttl_s, slots)) in offers.iter().enumerate() {
             let mut o = offer(i as u32, *price, (*slots).max(1), T0.plus(DurationMs::secs(*ttl_s)));
             o.busy_slots = o.slots.min(*slots % 2);
@@ -395,6 +399,7 @@ fn book_drops_bad_offers_with_counted_reasons() {
     let mut book = OrderBook::new(BookConfig {
         capacity: 2,
         replay_capacity: 16,
+        ..Default::default()
     });
     assert!(book.insert(T0, &network, &good).is_ok());
     assert_eq!(book.insert(T0, &network, &good), Err(DropReason::Duplicate));
@@ -462,6 +467,7 @@ fn book_memory_is_bounded_by_evicting_the_first_to_expire() {
     let mut book = OrderBook::new(BookConfig {
         capacity: 3,
         replay_capacity: 100,
+        ..Default::default()
     });
     for i in 0..3 {
         book.insert_verified(
@@ -485,6 +491,57 @@ fn book_memory_is_bounded_by_evicting_the_first_to_expire() {
     // Expiry drops offers.
     book.prune(T0.plus(DurationMs::secs(200)));
     assert_eq!(book.len(), 1);
+}
+
+/// Past its share for a class, a book keeps that class's cheapest offers: a
+/// cheaper newcomer evicts the dearest, a dearer one is refused, and another
+/// class keeps its own share.
+#[test]
+fn a_class_past_its_share_keeps_its_cheapest_offers() {
+    let mut book = OrderBook::new(BookConfig {
+        capacity: 100,
+        per_class: 3,
+        replay_capacity: 100,
+    });
+    let until = T0.plus(DurationMs::secs(600));
+    for (i, price) in [(0, 300), (1, 100), (2, 200)] {
+        book.insert_verified(T0, oid(i), offer(i, price, 1, until))
+            .unwrap();
+    }
+    // Dearer than all three: refused, nothing evicted.
+    assert_eq!(
+        book.insert_verified(T0, oid(3), offer(3, 400, 1, until)),
+        Err(DropReason::Full)
+    );
+    // Cheaper than the dearest: it takes the dearest's place.
+    book.insert_verified(T0, oid(4), offer(4, 150, 1, until))
+        .unwrap();
+    assert_eq!(book.len(), 3);
+    assert!(book.get(&oid(0)).is_none(), "the dearest went");
+    assert_eq!(book.stats().evicted, 1);
+    // A kept provider that re-offers dearer stays (it holds its place), and
+    // is then the first to go.
+    let mut dearer = offer(1, 500, 1, until);
+    dearer.issued_at = T0.plus(DurationMs(5));
+    dearer.nonce = 99;
+    book.insert_verified(T0, oid(5), dearer).unwrap();
+    assert_eq!(book.len(), 3);
+    book.insert_verified(T0, oid(6), offer(6, 120, 1, until))
+        .unwrap();
+    assert!(book.offer_of(&acct(1), ResourceClass::Gpu).is_none());
+    let mut prices: Vec<u64> = book.iter().map(|e| e.offer.price.0).collect();
+    prices.sort_unstable();
+    assert_eq!(prices, vec![120, 150, 200]);
+    // Another class has its own share.
+    let mut cpu = offer(7, 900, 1, until);
+    cpu.class = ResourceClass::Cpu;
+    book.insert_verified(T0, oid(7), cpu).unwrap();
+    assert_eq!(book.len(), 4);
+    // Removal and expiry free the share.
+    book.remove(&oid(6));
+    book.insert_verified(T0, oid(8), offer(8, 800, 1, until))
+        .unwrap();
+    assert_eq!(book.len(), 4);
 }
 
 #[test]

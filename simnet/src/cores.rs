@@ -492,11 +492,13 @@ impl CoreWorld {
         let persist = false;
         let book = BookConfig {
             capacity: n_prov * 2 + 16,
+            per_class: sc.requesters.book_per_class as usize,
             replay_capacity: n_prov * 8 + 64,
         };
         // Providers and oracles submit no jobs: they keep no order book.
         let no_book = BookConfig {
             capacity: 0,
+            per_class: 0,
             replay_capacity: 0,
         };
         let mut ledgers = Ledgers::new(&genesis, replicas);

@@ -145,6 +145,10 @@ pub struct Attack {
     pub estimate_margin: f64,
 }
 
+fn default_book_per_class() -> u32 {
+    protocol::market::BookConfig::default().per_class as u32
+}
+
 fn default_batches() -> Vec<u32> {
     vec![64]
 }
@@ -207,6 +211,10 @@ pub struct Requesters {
     /// overhead is measured at each.
     #[serde(default = "default_batches")]
     pub train_batches: Vec<u32>,
+    /// The most offers of each resource class a requester's order book
+    /// keeps (its cheapest), as a node's `BookConfig::per_class`.
+    #[serde(default = "default_book_per_class")]
+    pub book_per_class: u32,
     /// Requesters are split into groups of this size for the fairness figure.
     #[serde(default)]
     pub fairness_groups: Vec<u32>,
@@ -445,6 +453,12 @@ impl Scenario {
             return Err(bad(
                 "requesters.train_batches",
                 format!("one or more batch sizes in 1..={MAX_TRAIN_BATCH}"),
+            ));
+        }
+        if r.book_per_class == 0 {
+            return Err(bad(
+                "requesters.book_per_class",
+                "a book keeps at least one offer of a class".into(),
             ));
         }
         let st = &self.storage;

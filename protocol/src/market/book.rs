@@ -49,6 +49,11 @@ use super::Reputation;
 pub struct BookConfig {
     /// Most offers kept.
     pub capacity: usize,
+    /// Most offers kept of each resource class: past it the book keeps the
+    /// cheapest, and an offer dearer than every one it holds is refused
+    /// ([`DropReason::Full`]). A requester matches on price first, so the
+    /// dearest offers are the ones it would reach last.
+    pub per_class: usize,
     /// Most `(provider, nonce)` pairs the replay guard remembers.
     pub replay_capacity: usize,
 }
@@ -57,6 +62,7 @@ impl Default for BookConfig {
     fn default() -> Self {
         BookConfig {
             capacity: 100_000,
+            per_class: 10_000,
             replay_capacity: 200_000,
         }
     }
@@ -75,7 +81,8 @@ pub enum DropReason {
     Replayed,
     /// The book holds a newer offer of this provider and class.
     Stale,
-    /// The book is full and the offer would be the first evicted.
+    /// The book (or its share for the offer's class) is full and the offer
+    /// would be the first evicted.
     Full,
 }
 
@@ -287,6 +294,10 @@ pub struct OrderBook {
     /// that a match walks this index and touches the full entries only for the
     /// offers that pass.
     by_price: BTreeMap<(PricePerCu, u32), Hot>,
+    /// Each class's offers by price: its dearest is the one evicted when the
+    /// class is at [`BookConfig::per_class`].
+    by_class: BTreeSet<(ResourceClass, PricePerCu, u32)>,
+    class_len: HashMap<ResourceClass, usize>,
     by_expiry: BTreeSet<(Timestamp, u32)>,
     load: HashMap<AccountId, u16>,
     /// Providers that refused a proposal of ours for want of capacity, with
@@ -361,6 +372,8 @@ impl OrderBook {
             by_key: HashMap::new(),
             by_id: HashMap::new(),
             by_price: BTreeMap::new(),
+            by_class: BTreeSet::new(),
+            class_len: HashMap::new(),
             by_expiry: BTreeSet::new(),
             load: HashMap::new(),
             busy: HashMap::new(),
@@ -470,6 +483,18 @@ impl OrderBook {
                 _ => return Err(DropReason::Full),
             }
         }
+        // The class's dearest offer, if the class is full: the new one must be
+        // cheaper to take its place.
+        let class_victim = if existing.is_none()
+            && self.class_len.get(&offer.class).copied().unwrap_or(0) >= self.config.per_class
+        {
+            match self.dearest(offer.class) {
+                Some((price, i)) if price > offer.price => Some(i),
+                _ => return Err(DropReason::Full),
+            }
+        } else {
+            None
+        };
         match self
             .replay
             .check(now, offer.provider, offer.nonce, offer.expires_at)
@@ -491,7 +516,12 @@ impl OrderBook {
             self.stats.replaced += 1;
             self.stats.inserted += 1;
             return Ok(id);
-        } else if self.len() >= self.config.capacity
+        }
+        if let Some(victim) = class_victim {
+            self.remove_slot(victim);
+            self.stats.evicted += 1;
+        }
+        if self.len() >= self.config.capacity
             && let Some(&(_, victim)) = self.by_expiry.first()
         {
             self.remove_slot(victim);
@@ -513,6 +543,9 @@ impl OrderBook {
         self.by_id.insert(id, i);
         self.by_price
             .insert((entry.offer.price, i), Hot::of(&entry));
+        self.by_class
+            .insert((entry.offer.class, entry.offer.price, i));
+        *self.class_len.entry(entry.offer.class).or_default() += 1;
         self.by_expiry.insert((entry.offer.expires_at, i));
         self.slots[i as usize] = Some(entry);
         self.stats.inserted += 1;
@@ -549,8 +582,19 @@ impl OrderBook {
             _ => {
                 self.by_price.remove(&(old_price, i));
                 self.by_price.insert((price, i), hot);
+                let class = e.offer.class;
+                self.by_class.remove(&(class, old_price, i));
+                self.by_class.insert((class, price, i));
             }
         }
+    }
+
+    /// The dearest offer of `class`: its price and slot.
+    fn dearest(&self, class: ResourceClass) -> Option<(PricePerCu, u32)> {
+        self.by_class
+            .range((class, PricePerCu(0), 0)..=(class, PricePerCu(u64::MAX), u32::MAX))
+            .next_back()
+            .map(|&(_, p, i)| (p, i))
     }
 
     fn remove_slot(&mut self, i: u32) -> Option<BookEntry> {
@@ -558,6 +602,10 @@ impl OrderBook {
         self.by_key.remove(&(e.offer.provider, e.offer.class));
         self.by_id.remove(&e.id);
         self.by_price.remove(&(e.offer.price, i));
+        self.by_class.remove(&(e.offer.class, e.offer.price, i));
+        if let Some(n) = self.class_len.get_mut(&e.offer.class) {
+            *n = n.saturating_sub(1);
+        }
         self.by_expiry.remove(&(e.offer.expires_at, i));
         self.free.push(i);
         Some(e)
