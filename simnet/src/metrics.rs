@@ -191,6 +191,26 @@ impl Metrics {
         }
     }
 
+    /// `Σ num / Σ den` over each class's providers (`Profile::short`), from
+    /// `f(i) = (num, den)` of provider `i`; 0 where `Σ den` is 0.
+    fn by_class(&self, f: impl Fn(usize) -> (f64, f64)) -> BTreeMap<String, f64> {
+        let mut by: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+        for i in 0..self.providers.min(self.provider_busy_ms.len()) {
+            let class = self
+                .provider_profiles
+                .get(i)
+                .map_or("?", |p| p.short())
+                .to_string();
+            let (num, den) = f(i);
+            let e = by.entry(class).or_default();
+            e.0 += num;
+            e.1 += den;
+        }
+        by.into_iter()
+            .map(|(c, (num, den))| (c, if den > 0.0 { num / den } else { 0.0 }))
+            .collect()
+    }
+
     /// Provider `i`'s paid + minted − slashed, in tokens.
     pub fn provider_net(&self, i: usize) -> f64 {
         let at = |v: &[u64]| v.get(i).copied().unwrap_or(0) as f64;
@@ -387,55 +407,18 @@ impl Metrics {
             } else {
                 0.0
             },
-            utilization_by_class: {
-                let mut by: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-                for (i, busy) in self.provider_busy_ms.iter().enumerate() {
-                    let class = self
-                        .provider_profiles
-                        .get(i)
-                        .map_or("?", |p| p.short())
-                        .to_string();
-                    let slots = f64::from(self.provider_slots.get(i).copied().unwrap_or(0));
-                    let e = by.entry(class).or_default();
-                    e.0 += busy;
-                    e.1 += slots * secs * 1000.0;
-                }
-                by.into_iter()
-                    .map(|(c, (b, cap))| (c, if cap > 0.0 { b / cap } else { 0.0 }))
-                    .collect()
-            },
-            income_by_class: {
-                let mut by: BTreeMap<String, (f64, u32)> = BTreeMap::new();
-                for i in 0..self.provider_earned.len() {
-                    let class = self
-                        .provider_profiles
-                        .get(i)
-                        .map_or("?", |p| p.short())
-                        .to_string();
-                    let e = by.entry(class).or_default();
-                    e.0 += self.provider_net(i);
-                    e.1 += 1;
-                }
-                by.into_iter()
-                    .map(|(c, (sum, n))| (c, sum / f64::from(n.max(1))))
-                    .collect()
-            },
-            uptime_by_class: {
-                let mut by: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-                for (i, down) in self.provider_down_ms.iter().enumerate() {
-                    let class = self
-                        .provider_profiles
-                        .get(i)
-                        .map_or("?", |p| p.short())
-                        .to_string();
-                    let e = by.entry(class).or_default();
-                    e.0 += down;
-                    e.1 += secs * 1000.0;
-                }
-                by.into_iter()
-                    .map(|(c, (down, all))| (c, if all > 0.0 { 1.0 - down / all } else { 1.0 }))
-                    .collect()
-            },
+            utilization_by_class: self.by_class(|i| {
+                let slots = f64::from(self.provider_slots.get(i).copied().unwrap_or(0));
+                (self.provider_busy_ms[i], slots * secs * 1000.0)
+            }),
+            income_by_class: self.by_class(|i| (self.provider_net(i), 1.0)),
+            uptime_by_class: self.by_class(|i| {
+                let all = secs * 1000.0;
+                (
+                    all - self.provider_down_ms.get(i).copied().unwrap_or(0.0),
+                    all,
+                )
+            }),
             latency_p50_s: percentile(&lat, 0.5),
             latency_p95_s: percentile(&lat, 0.95),
             latency_p99_s: percentile(&lat, 0.99),

@@ -497,11 +497,7 @@ fn lines_svg(
     axes: Axes,
     decor: Decor<'_>,
 ) -> Result<(), ReportError> {
-    let Decor {
-        bars,
-        markers,
-        values,
-    } = decor;
+    let (bars, markers) = (decor.bars, decor.markers);
     let name = path.display().to_string();
     let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(&name, e))?;
@@ -555,7 +551,10 @@ fn lines_svg(
                 ..*b
             })
             .collect();
-        let bars = &bars[..];
+        let decor = Decor {
+            bars: &bars[..],
+            ..decor
+        };
         // Room below the data for the legend (lower right), about 19 px a
         // line of the plot's 330: the data keeps the rest of the height.
         let lines = (series.len() + markers.len()) as f64;
@@ -565,47 +564,17 @@ fn lines_svg(
         let chart = builder
             .build_cartesian_2d((x0 * 0.8..x1 * 1.25).log_scale(), (lo..hi).log_scale())
             .map_err(|e| plot_err(&name, e))?;
-        draw_lines(
-            chart,
-            &name,
-            (x_label, y_label),
-            series,
-            Decor {
-                bars,
-                markers,
-                values,
-            },
-        )?;
+        draw_lines(chart, &name, (x_label, y_label), series, decor)?;
     } else if axes == Axes::LogX && x0.is_finite() {
         let chart = builder
             .build_cartesian_2d((x0 * 0.8..x1 * 1.25).log_scale(), 0f64..y1 * 1.1)
             .map_err(|e| plot_err(&name, e))?;
-        draw_lines(
-            chart,
-            &name,
-            (x_label, y_label),
-            series,
-            Decor {
-                bars,
-                markers,
-                values,
-            },
-        )?;
+        draw_lines(chart, &name, (x_label, y_label), series, decor)?;
     } else {
         let chart = builder
             .build_cartesian_2d(0f64..x1 * 1.05, 0f64..y1 * 1.1)
             .map_err(|e| plot_err(&name, e))?;
-        draw_lines(
-            chart,
-            &name,
-            (x_label, y_label),
-            series,
-            Decor {
-                bars,
-                markers,
-                values,
-            },
-        )?;
+        draw_lines(chart, &name, (x_label, y_label), series, decor)?;
     }
     root.present().map_err(|e| plot_err(&name, e))
 }
