@@ -1406,7 +1406,10 @@ fn sim(json: bool, args: &SimArgs) -> anyhow::Result<()> {
     sc.calibration =
         crate::calibrate::for_scenario(&sc, &args.calibration, args.recalibrate, |l| {
             eprintln!("{l}")
-        })?;
+        })
+        .context(
+            "the calibration step failed (`--calibration model` runs on model figures instead)",
+        )?;
     let bar = indicatif::ProgressBar::new(1000);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
