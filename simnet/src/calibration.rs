@@ -150,7 +150,9 @@ impl Calibration {
             field,
             reason: reason.to_string(),
         };
-        let positive = |x: f64| x.is_finite() && x > 0.0;
+        // A time is a positive number of seconds, at most 10⁶ (11 days): a
+        // calibration step takes seconds, and the fit divides by them.
+        let positive = |x: f64| x.is_finite() && x > 0.0 && x <= 1e6;
         for (i, p) in self.dp.iter().enumerate() {
             if p.batch == 0 || p.rows == 0 || p.layers.len() < 2 {
                 return Err(bad(
@@ -159,12 +161,18 @@ impl Calibration {
                 ));
             }
             if !(positive(p.plain_s) && positive(p.dp_s)) {
-                return Err(bad(format!("dp[{i}]"), "times must be positive seconds"));
+                return Err(bad(
+                    format!("dp[{i}]"),
+                    "times must be positive seconds, at most 10⁶",
+                ));
             }
         }
         for (i, p) in self.storage.iter().enumerate() {
-            if p.size_mb == 0 {
-                return Err(bad(format!("storage[{i}].size_mb"), "must be positive"));
+            if !(1..=1_000_000).contains(&p.size_mb) {
+                return Err(bad(
+                    format!("storage[{i}].size_mb"),
+                    "must be in 1..=1000000 MB",
+                ));
             }
             if ![p.blob_write_s, p.blob_read_s, p.ledger_write_s]
                 .into_iter()
@@ -269,6 +277,9 @@ mod tests {
         let mut c = cal();
         c.storage[2].size_mb = 0;
         assert_eq!(c.validate().unwrap_err().field, "storage[2].size_mb");
+        let mut c = cal();
+        c.storage[0].blob_read_s = 1e308;
+        assert_eq!(c.validate().unwrap_err().field, "storage[0]");
         let mut c = cal();
         c.storage_epoch_s = 0.0;
         assert_eq!(c.validate().unwrap_err().field, "storage_epoch_s");
