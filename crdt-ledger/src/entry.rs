@@ -76,6 +76,11 @@ pub struct Params {
     /// outlast (a requester's bond backs escrows before they are final, and
     /// a fork of them is slashed only once the two sides meet).
     pub bond_unbonding_epochs: u64,
+    /// How many shards the market is split into
+    /// ([`protocol::market::market_shard`]): 1 for a network of up to some
+    /// hundreds of providers, about one per few hundred providers beyond.
+    /// At most [`protocol::market::MAX_MARKET_SHARDS`].
+    pub market_shards: u16,
 }
 
 impl Default for Params {
@@ -99,6 +104,7 @@ impl Default for Params {
             expire_after: DurationMs::secs(6 * 3_600),
             // A day of 10-minute epochs.
             bond_unbonding_epochs: 144,
+            market_shards: 1,
         }
     }
 }
@@ -192,6 +198,13 @@ impl GenesisEntry {
             return Err(crate::LedgerError::Genesis(
                 "committee size and epoch length must be positive".into(),
             ));
+        }
+        let shards = genesis.params.market_shards;
+        if shards == 0 || shards > protocol::market::MAX_MARKET_SHARDS {
+            return Err(crate::LedgerError::Genesis(format!(
+                "market_shards is {shards}: it must be 1 to {}",
+                protocol::market::MAX_MARKET_SHARDS
+            )));
         }
         let network = NetworkId(signed.id().0);
         Ok(GenesisEntry {

@@ -449,16 +449,43 @@ impl State {
         entries: &[Ve],
         ctx: FoldCtx<'_>,
         invalid: &mut Vec<Invalid>,
+        mut late: Option<&mut LateEntries>,
     ) -> BatchDebits {
         let mut order: Vec<&Ve> = entries.iter().collect();
-        order.sort_by_key(|e| (phase(&e.data.body), e.data.author, e.data.seq));
+        order.sort_by_key(|e| canonical_key(e));
         let mut debits = BatchDebits::default();
         for e in order {
+            if let Some(late) = late.as_deref_mut()
+                && let Some(f) = self.footprint(e)
+            {
+                late.insert(canonical_key(e), f);
+            }
             if let Err(reason) = self.apply_prepared(base, &mut debits, e, ctx) {
                 invalid.push(Invalid { id: e.id(), reason });
             }
         }
         debits
+    }
+
+    /// What entry `e` would touch if applied to this state next, if it is a
+    /// settlement, an expiry, an SLA record or a slash (`None` for the
+    /// phase-0 entries that commute with everything).
+    pub(crate) fn footprint(&self, e: &Ve) -> Option<Footprint> {
+        let contract = match &e.data.body {
+            Body::Settlement { cert, .. } => cert.contract,
+            Body::Expire { contract } => *contract,
+            Body::SlaRecord(rec) => {
+                return Some(Footprint::Sla {
+                    provider: rec.provider,
+                });
+            }
+            b if phase(b) == 0 => return None,
+            _ => return Some(Footprint::Any),
+        };
+        Some(Footprint::Settles {
+            contract,
+            provider: self.escrows.get(&contract).map(|x| x.provider),
+        })
     }
 
     /// Apply one entry with the batch's debits so far (used by `apply_batch`, and
@@ -1089,6 +1116,63 @@ fn push_sla(sla: &mut BTreeMap<AccountId, Vec<SlaEvent>>, who: AccountId, ev: Sl
         v.remove(0);
     }
 }
+
+/// Where an entry falls in a batch's canonical order.
+pub(crate) type CanonicalKey = (u8, AccountId, u64);
+
+pub(crate) fn canonical_key(e: &Ve) -> CanonicalKey {
+    (phase(&e.data.body), e.data.author, e.data.seq)
+}
+
+/// What a settlement, an expiry or an SLA record touches, for telling
+/// whether applying a new one on top of a fold gives what a refold in
+/// canonical order would (see [`State::footprint`]). Other phase-0 entries
+/// (transfers, stakes, locks) commute with all of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Footprint {
+    /// A settlement or an expiry of `contract`, whose escrow (if it had one
+    /// when tried) was with `provider`.
+    Settles {
+        contract: Hash32,
+        provider: Option<AccountId>,
+    },
+    /// An SLA record of `provider`.
+    Sla { provider: AccountId },
+    /// Anything else (a slash): assumed to touch everything.
+    Any,
+}
+
+impl Footprint {
+    /// Whether applying `self` and `other` in either order gives the same
+    /// state and the same validity to both. A settlement reads and writes
+    /// its escrow, its contract's settled record and its provider's bond,
+    /// reputation, SLA history, units and privacy spends; an SLA record its
+    /// provider's reputation counts and SLA history, and its author's own
+    /// record of the epoch. What else they write are credits, which add
+    /// (they cannot overflow: the supply is bounded).
+    pub(crate) fn commutes(&self, other: &Footprint) -> bool {
+        use Footprint::{Settles, Sla};
+        match (self, other) {
+            (
+                Settles {
+                    contract: a,
+                    provider: p,
+                },
+                Settles {
+                    contract: b,
+                    provider: q,
+                },
+            ) => a != b && p.is_some() && p != q,
+            (Settles { provider: q, .. }, Sla { provider: p })
+            | (Sla { provider: p }, Settles { provider: q, .. }) => q.as_ref() != Some(p),
+            (Sla { provider: p }, Sla { provider: q }) => p != q,
+            _ => false,
+        }
+    }
+}
+
+/// The entries with a footprint a fold applied (or tried), by canonical key.
+pub(crate) type LateEntries = BTreeMap<CanonicalKey, Footprint>;
 
 fn phase(b: &Body) -> u8 {
     match b {

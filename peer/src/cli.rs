@@ -226,11 +226,16 @@ pub struct GenesisArgs {
     /// Committee size k.
     #[arg(long, default_value_t = 7)]
     pub committee: u16,
+    /// Split the market into this many shards by account: each peer hears
+    /// and books the offers of its own shard only. Keep 1 up to some hundreds
+    /// of providers; about one shard per 500 providers beyond.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=i64::from(protocol::market::MAX_MARKET_SHARDS)))]
+    pub market_shards: u16,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct SimArgs {
-    /// A built-in scenario (paper-30d, scale-1k, requesters-sweep, faults, smoke,
+    /// A built-in scenario (paper-30d, scale-1k, scale-10k, requesters-sweep, faults, smoke,
     /// attack-lazy, attack-units, attack-self-deal, attack-self-deal-split,
     /// attack-flood, attack-whitewash)
     /// or the path of a scenario TOML file.
@@ -2132,11 +2137,14 @@ fn genesis(cli: &Cli, args: &GenesisArgs) -> anyhow::Result<()> {
     if args.epoch_secs == 0 || args.committee == 0 {
         anyhow::bail!("--epoch-secs and --committee must be positive");
     }
+    let mut params =
+        crate::genesis::local_params(protocol::DurationMs::secs(args.epoch_secs), args.committee);
+    params.market_shards = args.market_shards;
     let g = crate::genesis::build(
         &dir.identity,
         &args.name,
         crate::net::now(),
-        crate::genesis::local_params(protocol::DurationMs::secs(args.epoch_secs), args.committee),
+        params,
         balances,
         stakes,
         bonds,

@@ -235,6 +235,11 @@ pub struct CoreWorld {
     n_prov: usize,
     n_req: usize,
     by_account: HashMap<AccountId, usize>,
+    /// Peers by role (providers, requesters, oracles), each ascending: whom
+    /// a message for some roles can concern.
+    by_role: [Vec<usize>; 3],
+    /// Providers and requesters by market shard, each ascending.
+    markets: Vec<Vec<usize>>,
     /// Pairs of peers whose link is open (i < j).
     open: BTreeSet<(usize, usize)>,
     /// The one converged replica lent to each core in turn, unless every
@@ -608,6 +613,21 @@ impl CoreWorld {
             .enumerate()
             .map(|(i, p)| (p.core.account(), i))
             .collect();
+        let shards = params.market_shards.max(1);
+        let mut by_role: [Vec<usize>; 3] = Default::default();
+        let mut markets = vec![Vec::new(); usize::from(shards)];
+        for (i, p) in peers.iter().enumerate() {
+            let role = match p.role {
+                Role::Provider { .. } => 0,
+                Role::Requester => 1,
+                Role::Oracle => 2,
+            };
+            by_role[role].push(i);
+            if role < 2 {
+                let k = protocol::market::market_shard(&p.core.account(), shards);
+                markets[usize::from(k)].push(i);
+            }
+        }
         let metrics = Metrics::new(&sc.name, seed, n_prov, n_req, sc.days);
         let attack = sc.attack.as_ref().map(|a| Attacking {
             kind: a.kind,
@@ -644,6 +664,8 @@ impl CoreWorld {
             n_prov,
             n_req,
             by_account,
+            by_role,
+            markets,
             open: BTreeSet::new(),
             shared: ledgers.shared.take(),
             ledgers,
@@ -795,7 +817,24 @@ impl CoreWorld {
         (self.sched.now().0 - T0.0) as f64
     }
 
-    /// Run to the end; returns the metrics.
+    /// Check every pending view the shared replica keeps across an append
+    /// against a refold, and panic on a difference (for tests: a refold per
+    /// append).
+    pub fn checking_views(mut self, on: bool) -> CoreWorld {
+        if let Some(l) = self.shared.as_mut() {
+            l.check_incremental_views(on);
+        }
+        self
+    }
+
+    /// Run to the end; the metrics, and how many appends to the shared
+    /// replica kept its pending fold ([`Ledger::views_kept`]).
+    pub fn run_counting_views(mut self, progress: impl FnMut(f64)) -> (Metrics, u64) {
+        self.run_to_end(progress);
+        let kept = self.shared.as_ref().map_or(0, |l| l.views_kept());
+        (self.finish(), kept)
+    }
+
     /// Hold offers back for cores that would only file them (the default),
     /// or hand each over as an event of its own on arrival.
     pub fn holding_offers(mut self, on: bool) -> CoreWorld {
@@ -803,14 +842,19 @@ impl CoreWorld {
         self
     }
 
-    pub fn run(mut self, mut progress: impl FnMut(f64)) -> Metrics {
+    /// Run to the end; returns the metrics.
+    pub fn run(mut self, progress: impl FnMut(f64)) -> Metrics {
+        self.run_to_end(progress);
+        self.finish()
+    }
+
+    fn run_to_end(&mut self, mut progress: impl FnMut(f64)) {
         let mut done = Progress::new(T0, self.end);
         while let Some((now, ev)) = self.sched.next_until(self.end) {
             self.event(now, ev);
             done.at(now, &mut progress);
         }
         progress(1.0);
-        self.finish()
     }
 
     fn event(&mut self, now: Timestamp, ev: Ev) {
@@ -1230,20 +1274,44 @@ impl CoreWorld {
         let region = self.peers[i].region;
         let t = self.t_ms();
         let n = self.peers.len();
-        // Who it concerns, read once (not at each of a thousand peers).
-        let audience = node_core::dispatch::audience(msg);
-        let to: Vec<usize> = match &audience.accounts {
-            Some(accounts) => {
-                let mut to: Vec<usize> = accounts
-                    .iter()
-                    .filter_map(|a| self.by_account.get(a).copied())
-                    .collect();
-                to.sort_unstable();
-                to.dedup();
+        // Who it concerns, read once (not at each of a thousand peers), and
+        // the peers of those roles (in that market shard), not all of them.
+        let audience = node_core::dispatch::audience(msg, self.params.market_shards);
+        let mut to: Vec<usize> = match &audience.accounts {
+            Some(accounts) => accounts
+                .iter()
+                .filter_map(|a| self.by_account.get(a).copied())
+                .collect(),
+            None => {
+                let r = audience.roles;
+                let mut to = Vec::new();
+                match audience.shard {
+                    Some(k) => {
+                        let market = self.markets.get(usize::from(k)).map_or(&[][..], |m| m);
+                        to.extend(market.iter().copied().filter(|&j| {
+                            let has = self.peers[j].role.roles();
+                            (r.provider && has.provider) || (r.requester && has.requester)
+                        }));
+                    }
+                    None => {
+                        let [providers, requesters, _] = &self.by_role;
+                        if r.provider {
+                            to.extend_from_slice(providers);
+                        }
+                        if r.requester {
+                            to.extend_from_slice(requesters);
+                        }
+                    }
+                }
+                if r.oracle {
+                    to.extend_from_slice(&self.by_role[2]);
+                }
                 to
             }
-            None => (0..n).collect(),
         };
+        // In peer order, as the world's randomness is drawn.
+        to.sort();
+        to.dedup();
         let requester = self.requester_of(msg);
         for j in to {
             if j == i || !self.peers[j].up {
@@ -1462,7 +1530,12 @@ impl CoreWorld {
             let p = &self.peers[j];
             if !p.up
                 || p.role == Role::Requester
-                || !node_core::dispatch::concerns(msg, &p.core.account(), p.role.roles())
+                || !node_core::dispatch::concerns(
+                    msg,
+                    &p.core.account(),
+                    p.role.roles(),
+                    self.params.market_shards,
+                )
             {
                 continue;
             }

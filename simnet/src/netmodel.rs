@@ -187,6 +187,7 @@ mod tests {
                 latency_ms: vec![vec![20.0]],
                 gossip_fanout: fanout,
                 loss: 0.0,
+                market_shards: 1,
             },
             &[],
         )
@@ -225,6 +226,7 @@ mod tests {
             latency_ms: vec![vec![5.0, 50.0], vec![50.0, 5.0]],
             gossip_fanout: 6,
             loss: 0.0,
+            market_shards: 1,
         };
         let net = Net::new(
             &m,

@@ -14,6 +14,7 @@ use crate::profiles::Profile;
 pub const BUILTIN: &[(&str, &str)] = &[
     ("paper-30d", include_str!("../scenarios/paper-30d.toml")),
     ("scale-1k", include_str!("../scenarios/scale-1k.toml")),
+    ("scale-10k", include_str!("../scenarios/scale-10k.toml")),
     (
         "requesters-sweep",
         include_str!("../scenarios/requesters-sweep.toml"),
@@ -175,6 +176,15 @@ pub struct NetworkModel {
     /// Share of messages lost per hop.
     #[serde(default)]
     pub loss: f64,
+    /// Market shards (the genesis's `market_shards`): each provider and
+    /// requester hears, books and prices against the offers of its own shard
+    /// only. 1 (the default) is one market.
+    #[serde(default = "one_shard")]
+    pub market_shards: u16,
+}
+
+fn one_shard() -> u16 {
+    1
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -364,6 +374,16 @@ impl Scenario {
         }
         if !(0.0..0.5).contains(&self.network.loss) {
             return Err(bad("network.loss", "must be in [0, 0.5)".into()));
+        }
+        let shards = self.network.market_shards;
+        if !(1..=protocol::market::MAX_MARKET_SHARDS).contains(&shards) {
+            return Err(bad(
+                "network.market_shards",
+                format!(
+                    "{shards}: must be 1 to {}",
+                    protocol::market::MAX_MARKET_SHARDS
+                ),
+            ));
         }
         let region_ok = |r: &String| self.network.regions.contains(r);
         if self.providers.is_empty() {
@@ -681,6 +701,13 @@ mod tests {
         assert!(err.contains("storage.sizes_mb"), "{err}");
         let err = refused(&text.replace("read_mb_s = 250.0", "read_mb_s = -250.0"));
         assert!(err.contains("storage.read_mb_s"), "{err}");
+        for shards in ["0", "5000"] {
+            let err = refused(&text.replace(
+                "[network]\n",
+                &format!("[network]\nmarket_shards = {shards}\n"),
+            ));
+            assert!(err.contains("network.market_shards"), "{err}");
+        }
         // A pinned calibration is checked as well.
         let pinned = format!(
             "{text}\n[calibration]\nsource = \"x\"\n[[calibration.dp]]\nbatch = 64\nlayers = [64, 10]\nrows = 640\nplain_s = 0.0\ndp_s = 1.0\n"

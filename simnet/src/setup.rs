@@ -127,6 +127,7 @@ pub(crate) fn genesis(sc: &Scenario, seed: u64, n_req: usize) -> (GenesisEntry, 
         min_stake: Amount::tokens(100),
         oracle_fee: ORACLE_FEE,
         mint_per_cu: MINT_PER_CU,
+        market_shards: sc.network.market_shards,
         ..crdt_ledger::Params::default()
     };
     let founder = Identity::from_seed(seed_for(seed, 0, 0));

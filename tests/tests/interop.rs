@@ -223,7 +223,9 @@ async fn relay_through_js(
     let signed = Signed::sign(&from.identity, &network, &offer(&from.identity, nonce))?;
     let frame = Frame::new(network, Message::Offer(signed.clone()));
     let len = frame.to_bytes()?.len();
-    let topic = peer::net::Topics::new(&network).market.to_string();
+    let topic = peer::net::Topics::new(&network, &peer::net::Markets::one())
+        .own_market()
+        .to_string();
     from.client.publish(frame).await?;
 
     let got = js
@@ -262,7 +264,9 @@ async fn a_stock_js_libp2p_peer_meshes_and_forwards_offers_unpenalised() -> anyh
     logs();
     let started = std::time::Instant::now();
     let network = NetworkId::named("interop");
-    let topic = peer::net::Topics::new(&network).market.to_string();
+    let topic = peer::net::Topics::new(&network, &peer::net::Markets::one())
+        .own_market()
+        .to_string();
     // No bootstrap: A and B meet only through the js peer.
     let mut a = start_node(300, network, vec![]).await?;
     let mut b = start_node(301, network, vec![]).await?;

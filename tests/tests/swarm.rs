@@ -62,13 +62,16 @@ async fn malformed_and_oversized_gossip_is_rejected_and_lowers_the_senders_score
     let mut nodes = swarm_of(3, network).await?;
     let bad: PeerId = nodes[1].client.peer_id;
     let forging: PeerId = nodes[2].client.peer_id;
-    let topics = peer::net::Topics::new(&network);
+    let topics = peer::net::Topics::new(&network, &peer::net::Markets::one());
     assert_eq!(nodes[0].client.score(bad).await?.unwrap_or(0.0), 0.0);
 
     // Garbage bytes on the market topic (version 1, then nonsense).
     nodes[1]
         .client
-        .publish_raw(topics.market.clone(), vec![0x01, 0xde, 0xad, 0xbe, 0xef])
+        .publish_raw(
+            topics.own_market().clone(),
+            vec![0x01, 0xde, 0xad, 0xbe, 0xef],
+        )
         .await?;
     let (from, reason) = next_event(&mut nodes[0], "a rejection", |e| match e {
         NetEvent::Rejected { from, reason } => Some((from, reason)),
@@ -102,7 +105,7 @@ async fn malformed_and_oversized_gossip_is_rejected_and_lowers_the_senders_score
     assert!(
         nodes[2]
             .client
-            .publish_raw(topics.market.clone(), huge)
+            .publish_raw(topics.own_market().clone(), huge)
             .await
             .is_err()
     );

@@ -61,6 +61,10 @@ struct View {
     pending_debits: HashMap<AccountId, Amount>,
     pending_unstakes: HashMap<AccountId, Amount>,
     invalid: Vec<Invalid>,
+    /// The pending settlements, expiries, SLA records and slashes it applied
+    /// or tried, with what each touches: a local one that commutes with every
+    /// one that sorts after it is applied on top instead of refolding.
+    late: crate::state::LateEntries,
 }
 
 /// Where a checkpoint proposal stands.
@@ -174,6 +178,10 @@ pub struct Ledger<S: Store = MemStore> {
     /// the members it serves, or the same fold proposed by another member), the
     /// root is known. Comparing states costs far less than encoding one.
     proposed_root: Option<(Box<State>, Hash32)>,
+    /// Check every view kept across a local append against a refold (tests).
+    check_views: bool,
+    /// Settlements, expiries and SLA records applied on top of the view.
+    kept_views: u64,
 }
 
 /// A checkpoint's fold on a finalized state, kept so that checking the same
@@ -316,6 +324,8 @@ impl<S: Store> Ledger<S> {
             checked: Default::default(),
             checked_fold: None,
             proposed_root: None,
+            check_views: false,
+            kept_views: 0,
         };
         // Everything loaded is in the store already.
         ledger.saved_heads = ledger.doc.get_heads();
@@ -745,7 +755,8 @@ impl<S: Store> Ledger<S> {
         }
         let base = &self.fin.state;
         let mut state = base.clone();
-        let debits = state.apply_batch(base, &pending, self.ctx(), &mut invalid);
+        let mut late = crate::state::LateEntries::new();
+        let debits = state.apply_batch(base, &pending, self.ctx(), &mut invalid, Some(&mut late));
         View {
             state,
             tips,
@@ -753,7 +764,47 @@ impl<S: Store> Ledger<S> {
             pending_debits: debits.balance,
             pending_unstakes: debits.stake,
             invalid,
+            late,
         }
+    }
+
+    /// Check, after every local append that keeps the pending view instead
+    /// of refolding it, that the view equals a refold, and panic if not. For
+    /// tests and simulations: it costs a refold per append.
+    pub fn check_incremental_views(&mut self, on: bool) {
+        self.check_views = on;
+    }
+
+    /// How many local settlements, expiries and SLA records were applied on
+    /// top of the pending view instead of refolding it.
+    pub fn views_kept(&self) -> u64 {
+        self.kept_views
+    }
+
+    fn assert_view_is_a_refold(&self) {
+        let Some(kept) = &self.view else {
+            return;
+        };
+        let fresh = self.compute_view();
+        let ids = |v: &View| {
+            let mut ids: Vec<Hash32> = v.pending.iter().map(|e| e.hash).collect();
+            ids.sort();
+            ids
+        };
+        let mut a = kept.invalid.clone();
+        let mut b = fresh.invalid.clone();
+        a.sort_by_key(|i| i.id);
+        b.sort_by_key(|i| i.id);
+        assert!(
+            kept.state == fresh.state
+                && kept.tips == fresh.tips
+                && ids(kept) == ids(&fresh)
+                && kept.pending_debits == fresh.pending_debits
+                && kept.pending_unstakes == fresh.pending_unstakes
+                && a == b
+                && kept.late == fresh.late,
+            "a view kept across an append differs from a refold"
+        );
     }
 
     fn on_final_chain(&self, v: &VerifiedEntry) -> bool {
@@ -828,6 +879,7 @@ impl<S: Store> Ledger<S> {
             balance: std::mem::take(&mut view.pending_debits),
             stake: std::mem::take(&mut view.pending_unstakes),
         };
+        let footprint = view.state.footprint(&ve);
         let tried = view.state.apply_prepared(fin_state, &mut debits, &ve, ctx);
         view.pending_debits = debits.balance;
         view.pending_unstakes = debits.stake;
@@ -849,8 +901,20 @@ impl<S: Store> Ledger<S> {
                 | Body::EscrowLock { .. }
         );
         let checkpoint = matches!(ve.data.body, Body::Checkpoint(_));
+        // A settlement, expiry or SLA record that commutes with every pending
+        // entry it sorts before: applied on top, it leaves the fold a refold
+        // would make.
+        let key = crate::state::canonical_key(&ve);
+        let settles_on_top = footprint.is_some_and(|f| {
+            self.view.as_ref().is_some_and(|v| {
+                v.late
+                    .range((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded))
+                    .all(|(_, later)| f.commutes(later))
+            })
+        });
         // Index without invalidating the view when the entry's effect commutes
-        // with the canonical order (phase-0 entries extending our own chain).
+        // with the canonical order (phase-0 entries extending our own chain,
+        // and settlements as above).
         self.by_hash.insert(ve.hash, ve.clone());
         let slot = self.entries.entry(ve.key()).or_default();
         slot.push(ve.clone());
@@ -863,10 +927,20 @@ impl<S: Store> Ledger<S> {
             self.note_competitor(&ms);
             self.checkpoint_entries.push(ve.clone());
         }
-        match (&mut self.view, incremental && !checkpoint) {
+        match (
+            &mut self.view,
+            (incremental || settles_on_top) && !checkpoint,
+        ) {
             (Some(view), true) => {
                 view.tips.insert(author, (seq, ve.hash));
+                if let Some(f) = footprint {
+                    view.late.insert(key, f);
+                    self.kept_views += 1;
+                }
                 view.pending.push(ve);
+                if self.check_views {
+                    self.assert_view_is_a_refold();
+                }
             }
             _ => self.view = None,
         }
@@ -1313,7 +1387,7 @@ impl<S: Store> Ledger<S> {
         }
         let mut next = cur.clone();
         let mut invalid = Vec::new();
-        next.apply_batch(cur, &batch, self.ctx(), &mut invalid);
+        next.apply_batch(cur, &batch, self.ctx(), &mut invalid, None);
         let beacon = Beacon::hash(body.beacon.as_ref());
         let mint = next.close_epoch(body.epoch, &body.prev, &beacon, committee, self.ctx())?;
         let root = match &self.proposed_root {
@@ -1355,6 +1429,7 @@ enum Checked {
 fn unreachable_view() -> View {
     // `refresh` always fills the view first; this is only a type-level fallback.
     View {
+        late: Default::default(),
         state: State {
             epoch: 0,
             last_checkpoint: Hash32::default(),

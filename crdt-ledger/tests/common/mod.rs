@@ -50,6 +50,7 @@ impl Net {
             mint_per_cu: protocol::PricePerCu(u64::MAX / 1_000_000),
             expire_after: DurationMs::secs(6 * 3_600),
             bond_unbonding_epochs: 2,
+            market_shards: 1,
         };
         let mut params = params;
         f(&mut params);

@@ -8,8 +8,8 @@
 //!
 //! | message | goes to |
 //! |---|---|
-//! | `Offer` | the requester's book; the provider's view of competitors' prices |
-//! | `Bid` | the provider (it may answer an open bid with a proposal) |
+//! | `Offer` | the requester's book and the provider's view of competitors' prices, in the offer's market shard; where each provider serves its results (every committee member and every peer of the shard) |
+//! | `Bid` | the provider in the bid's market shard (it may answer an open bid with a proposal) |
 //! | `Proposal` | the provider when it names us as provider; the requester when its provider signed it (an answer to our open bid) |
 //! | `Answer` | the provider when it accepts a proposal of ours for a bid (the requester signed); else the requester |
 //! | `Contract` | the provider when we are its provider; the requester when we are its requester and its provider signed last (the open-bid path). Not the oracle: a committee member watches the contracts whose escrow is in the ledger ([`crate::oracle`]), so a contract nobody paid for costs it nothing, and one whose gossip was lost is watched all the same |
@@ -18,8 +18,14 @@
 //! | `Probe` | the provider |
 //! | `KeyGrant` | the core (a job key for our run or our check) |
 //! | `Withdrawal` | the oracle (a not-delivered verdict at once) and the requester's job (its event) |
+//!
+//! A market of many shards (`Params::market_shards`,
+//! [`protocol::market::market_shard`]) keeps offers and bids within theirs:
+//! an offer concerns the providers and requesters of its provider's shard, a
+//! bid the providers of its requester's; a committee member hears every
+//! shard's offers (for where their providers serve results).
 
-use protocol::market::{ProviderInput, RequesterInput};
+use protocol::market::{ProviderInput, RequesterInput, market_shard};
 use protocol::oracle::OracleInput;
 use protocol::{AccountId, Message, ProposalAnswer};
 use rand::Rng;
@@ -41,9 +47,10 @@ pub struct Roles {
 /// above: a message that does not concern a peer goes to no engine of its
 /// (or to one that has nothing to match it with). A simulator that models
 /// gossip delivers a message only where it concerns; a node, which cannot
-/// know, hands every message to [`NodeCore::handle`].
-pub fn concerns(m: &Message, me: &AccountId, roles: Roles) -> bool {
-    audience(m).includes(me, roles)
+/// know, hands every message to [`NodeCore::handle`]. `shards` is the
+/// network's `market_shards`.
+pub fn concerns(m: &Message, me: &AccountId, roles: Roles, shards: u16) -> bool {
+    audience(m, shards).includes(me, roles)
 }
 
 /// Who a message concerns ([`concerns`]), read once: a simulator gossiping a
@@ -54,6 +61,11 @@ pub struct Audience {
     pub roles: Roles,
     /// ... and, if set, only these accounts (empty: nobody).
     pub accounts: Option<Vec<AccountId>>,
+    /// ... and, if set, of the providers and requesters only those in this
+    /// market shard (a committee member hears every shard).
+    pub shard: Option<u16>,
+    /// The network's `market_shards`, which `shard` is one of.
+    pub shards: u16,
 }
 
 impl Audience {
@@ -65,6 +77,8 @@ impl Audience {
                 requester,
             },
             accounts: None,
+            shard: None,
+            shards: 1,
         }
     }
 
@@ -72,20 +86,36 @@ impl Audience {
         Audience {
             roles,
             accounts: Some(accounts.into_iter().collect()),
+            shard: None,
+            shards: 1,
         }
+    }
+
+    /// Only the providers and requesters of `of`'s market shard (and
+    /// committee members, as `roles` say).
+    fn in_shard_of(mut self, of: Option<AccountId>, shards: u16) -> Audience {
+        self.shards = shards.max(1);
+        if self.shards > 1 {
+            // An undecodable body concerns no shard; the engines reject it.
+            self.shard = Some(of.map_or(u16::MAX, |a| market_shard(&a, self.shards)));
+        }
+        self
     }
 
     /// Whether the message concerns peer `me` of `roles`.
     pub fn includes(&self, me: &AccountId, roles: Roles) -> bool {
-        let by_role = (self.roles.provider && roles.provider)
+        let market = self
+            .shard
+            .is_none_or(|k| market_shard(me, self.shards) == k);
+        let by_role = (self.roles.provider && roles.provider && market)
             || (self.roles.oracle && roles.oracle)
-            || (self.roles.requester && roles.requester);
+            || (self.roles.requester && roles.requester && market);
         by_role && self.accounts.as_ref().is_none_or(|a| a.contains(me))
     }
 }
 
-/// Who `m` concerns, by the table above.
-pub fn audience(m: &Message) -> Audience {
+/// Who `m` concerns, by the table above, in a network of `shards` market shards.
+pub fn audience(m: &Message, shards: u16) -> Audience {
     const ANY: Roles = Roles {
         provider: true,
         oracle: true,
@@ -93,8 +123,10 @@ pub fn audience(m: &Message) -> Audience {
     };
     match m {
         // A committee member keeps where each provider serves its results.
-        Message::Offer(_) => Audience::roles(true, true, true),
-        Message::Bid(_) => Audience::roles(true, false, false),
+        Message::Offer(o) => Audience::roles(true, true, true)
+            .in_shard_of(o.body_unverified().ok().map(|o| o.provider), shards),
+        Message::Bid(b) => Audience::roles(true, false, false)
+            .in_shard_of(b.body_unverified().ok().map(|j| j.requester), shards),
         Message::Proposal(p) => Audience::accounts(
             ANY,
             p.body_unverified().ok().into_iter().flat_map(|b| {
@@ -135,12 +167,17 @@ impl<S: Store> NodeCore<S> {
         m: Message,
     ) {
         let me = self.account();
+        let shards = self.params().market_shards;
+        let my_market = |of: &AccountId| market_shard(of, shards) == market_shard(&me, shards);
         match m {
             Message::Offer(s) => {
                 if let Ok(o) = s.body_unverified() {
                     let moved = self.note_contact(cx.now, o.provider, &o.contact);
                     if moved {
                         self.provider_moved(cx, o.provider);
+                    }
+                    if !my_market(&o.provider) {
+                        return; // another shard's: only where it serves results
                     }
                     let input = ProviderInput::CompetitorPrice {
                         provider: o.provider,
@@ -153,6 +190,9 @@ impl<S: Store> NodeCore<S> {
             }
             Message::Bid(b) => {
                 if let Ok(spec) = b.body_unverified() {
+                    if !my_market(&spec.requester) {
+                        return;
+                    }
                     self.note_start_delay(&spec);
                 }
                 self.provider_handle(cx, ProviderInput::Bid(b));

@@ -528,3 +528,49 @@ fn an_escrow_no_committee_settles_expires_and_the_job_ends_refunded() {
         .balance(&net.ids[REQ].account());
     assert_eq!(after, before, "the whole escrow came back");
 }
+
+/// In a market of two shards a requester books only the offers of its own
+/// shard and its job goes to that shard's provider; the committee still
+/// learns where the other shard's provider serves its results.
+#[test]
+fn a_market_of_shards_trades_within_each() {
+    let roles = [
+        Role::Oracle,
+        Role::Oracle,
+        Role::Oracle,
+        Role::Provider { cheat: false },
+        Role::Requester,
+        Role::Provider { cheat: false },
+    ];
+    let (same, req, other) = (PROV, REQ, 5);
+    let shard = |seed: u64, i: u64| {
+        let a = protocol::Identity::from_seed(seed * 1000 + i).account();
+        protocol::market::market_shard(&a, 2)
+    };
+    let seed = (1..100)
+        .find(|&s| shard(s, 3) == shard(s, 4) && shard(s, 5) != shard(s, 4))
+        .unwrap();
+    let mut net = Net::new_with(&roles, TOKENS, seed, common::REQUESTER_BOND, |p| {
+        p.market_shards = 2
+    });
+    warm_up(&mut net);
+    let booked: Vec<_> = net.nodes[req]
+        .requester()
+        .book()
+        .iter()
+        .map(|e| e.offer.provider)
+        .collect();
+    assert_eq!(booked, vec![net.ids[same].account()]);
+    let far = net.ids[other].account();
+    assert!(!net.nodes[0].contact_of(&far).is_empty());
+    let spec = net.job_spec(req, 10, 1_000);
+    let job = net.submit(req, spec);
+    let until = net.now.plus(DurationMs::secs(120));
+    assert!(net.run(until, |n| {
+        let c = &n.nodes[req];
+        c.job(&job).unwrap().done(c.requester())
+    }));
+    assert_eq!(state(&net, &job), JobState::Ended(JobEnd::Ok));
+    let terms = net.nodes[req].job(&job).unwrap().terms.clone().unwrap();
+    assert_eq!(terms.provider, net.ids[same].account());
+}

@@ -111,7 +111,7 @@ fn peer_score(topics: &Topics) -> (gossipsub::PeerScoreParams, gossipsub::PeerSc
     params
         .ip_colocation_factor_whitelist
         .insert("127.0.0.1".parse().expect("ip"));
-    for t in [&topics.market, &topics.oracle] {
+    for t in topics.market.iter().chain([&topics.oracle]) {
         let topic = gossipsub::TopicScoreParams {
             topic_weight: 1.0,
             // A small swarm delivers few messages; do not punish quiet meshes.
@@ -132,7 +132,7 @@ pub fn build_swarm(
     identity: &protocol::Identity,
     opts: &NetOptions,
 ) -> anyhow::Result<(Swarm<Behaviour>, Topics)> {
-    let topics = Topics::new(&opts.network);
+    let topics = Topics::new(&opts.network, &opts.markets);
     let gcfg = gossip_config()?;
     let (params, thresholds) = peer_score(&topics);
     let mdns_on = opts.mdns;
@@ -204,7 +204,12 @@ pub fn build_swarm(
         .map_err(|e| anyhow::anyhow!("building behaviours: {e}"))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
         .build();
-    for t in [&topics.market, &topics.oracle] {
+    let heard: Vec<&gossipsub::IdentTopic> = if opts.markets.all {
+        topics.market.iter().collect()
+    } else {
+        vec![topics.own_market()]
+    };
+    for t in heard.into_iter().chain([&topics.oracle]) {
         swarm
             .behaviour_mut()
             .gossipsub

@@ -185,7 +185,7 @@ impl<V: Validator> EventLoop<V> {
                     .swarm
                     .behaviour()
                     .gossipsub
-                    .mesh_peers(&self.topics.market.hash())
+                    .mesh_peers(&self.topics.own_market().hash())
                     .copied()
                     .collect();
                 let _ = reply.send(Ok(peers));

@@ -90,30 +90,90 @@ pub fn agent_version() -> String {
 /// The gossip topics of one network.
 #[derive(Debug, Clone)]
 pub struct Topics {
-    /// Offers and open bids.
-    pub market: IdentTopic,
+    /// Offers and open bids: one topic per market shard
+    /// (`protocol::market::market_shard`), or the one `market` topic of a
+    /// network with a single shard.
+    pub market: Vec<IdentTopic>,
     /// Contracts (for the committee to watch), receipts, verdicts and disputes.
     pub oracle: IdentTopic,
+    /// The market shard this node trades in.
+    pub own: u16,
 }
 
 impl Topics {
-    pub fn new(network: &NetworkId) -> Self {
+    /// The topics of `network`, its market split into `markets.shards`
+    /// shards.
+    pub fn new(network: &NetworkId, markets: &Markets) -> Self {
         let short = hex::encode(&network.0[..8]);
+        let market = if markets.shards <= 1 {
+            vec![IdentTopic::new(format!("cloudchain/v1/{short}/market"))]
+        } else {
+            (0..markets.shards)
+                .map(|k| IdentTopic::new(format!("cloudchain/v1/{short}/market/{k}")))
+                .collect()
+        };
         Topics {
-            market: IdentTopic::new(format!("cloudchain/v1/{short}/market")),
+            market,
             oracle: IdentTopic::new(format!("cloudchain/v1/{short}/oracle")),
+            own: markets.own,
         }
     }
 
-    /// The topic a message belongs on, if it is gossiped at all.
+    /// The market topic of `account`'s shard.
+    pub fn market_of(&self, account: &protocol::AccountId) -> &IdentTopic {
+        let shards = u16::try_from(self.market.len()).unwrap_or(u16::MAX);
+        let k = usize::from(protocol::market::market_shard(account, shards));
+        &self.market[k.min(self.market.len() - 1)]
+    }
+
+    /// The market topic of this node's own shard.
+    pub fn own_market(&self) -> &IdentTopic {
+        &self.market[usize::from(self.own).min(self.market.len() - 1)]
+    }
+
+    /// The topic a message belongs on, if it is gossiped at all: an offer in
+    /// its provider's market shard, a bid in its requester's.
     pub fn for_message(&self, m: &Message) -> Option<&IdentTopic> {
         match m {
-            Message::Offer(_) | Message::Bid(_) => Some(&self.market),
+            Message::Offer(o) => Some(self.market_of(&o.body_unverified().ok()?.provider)),
+            Message::Bid(b) => Some(self.market_of(&b.body_unverified().ok()?.requester)),
             Message::Contract(_)
             | Message::Receipt(_)
             | Message::Verdict(_)
             | Message::Dispute(_) => Some(&self.oracle),
             _ => None,
+        }
+    }
+}
+
+/// The market shards of a network (its genesis's `market_shards`) and the
+/// ones a node hears.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Markets {
+    pub shards: u16,
+    /// This node's own shard, where it trades.
+    pub own: u16,
+    /// Hear every shard's offers: a committee member fetches results from
+    /// any provider.
+    pub all: bool,
+}
+
+impl Markets {
+    /// One market.
+    pub fn one() -> Markets {
+        Markets {
+            shards: 1,
+            own: 0,
+            all: false,
+        }
+    }
+
+    /// `shards` shards, for a node of account `me` (hearing all if `all`).
+    pub fn of(shards: u16, me: &protocol::AccountId, all: bool) -> Markets {
+        Markets {
+            shards: shards.max(1),
+            own: protocol::market::market_shard(me, shards),
+            all,
         }
     }
 }
@@ -135,6 +195,8 @@ pub struct NetOptions {
     pub relay_server: bool,
     /// Ask the home router for a port mapping (UPnP IGD).
     pub upnp: bool,
+    /// The market shards, and which this node hears.
+    pub markets: Markets,
 }
 
 impl NetOptions {
@@ -149,6 +211,7 @@ impl NetOptions {
             external: vec![],
             relay_server: false,
             upnp: false,
+            markets: Markets::one(),
         }
     }
 }
@@ -387,4 +450,68 @@ pub fn now() -> Timestamp {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{
+        Bps, DurationMs, Identity, Offer, PricePerCu, ResourceClass, SlaTerms, Timestamp,
+        signed::Signed,
+    };
+
+    fn offer_by(id: &Identity, network: &NetworkId) -> Message {
+        let o = Offer {
+            provider: id.account(),
+            class: ResourceClass::Gpu,
+            device: "gpu".into(),
+            speed_milli_cu_per_s: 1_000_000,
+            memory_bytes: 1 << 30,
+            bandwidth_bytes_per_s: 10 << 20,
+            price: PricePerCu(1_000),
+            sla: SlaTerms {
+                deadline_slack: DurationMs::secs(5),
+                availability: Bps(9_900),
+                penalty: Bps(1_000),
+            },
+            region: "eu".into(),
+            slots: 1,
+            busy_slots: 0,
+            holds: vec![],
+            datasets: vec![],
+            contact: vec![],
+            issued_at: Timestamp(0),
+            expires_at: Timestamp(60_000),
+            nonce: 1,
+        };
+        Message::Offer(Signed::sign(id, network, &o).expect("sign"))
+    }
+
+    /// One shard keeps the one `market` topic; many put each offer on its
+    /// provider's shard's topic, and a node subscribes to its own.
+    #[test]
+    fn offers_go_on_their_providers_market_shard() {
+        let network = NetworkId([7; 32]);
+        let one = Topics::new(&network, &Markets::one());
+        let id = Identity::from_seed(3);
+        let m = offer_by(&id, &network);
+        assert_eq!(one.market.len(), 1);
+        assert_eq!(
+            one.for_message(&m).map(|t| t.to_string()),
+            Some("cloudchain/v1/0707070707070707/market".to_string())
+        );
+        let me = Identity::from_seed(4).account();
+        let many = Topics::new(&network, &Markets::of(8, &me, false));
+        assert_eq!(many.market.len(), 8);
+        let k = protocol::market::market_shard(&id.account(), 8);
+        assert_eq!(
+            many.for_message(&m).map(|t| t.to_string()),
+            Some(format!("cloudchain/v1/0707070707070707/market/{k}"))
+        );
+        let own = protocol::market::market_shard(&me, 8);
+        assert_eq!(
+            many.own_market().to_string(),
+            format!("cloudchain/v1/0707070707070707/market/{own}")
+        );
+    }
 }

@@ -370,6 +370,11 @@ pub async fn start(dir: DataDir, opts: RunOptions) -> anyhow::Result<RunningNode
         external: opts.external.clone(),
         relay_server: opts.relay_server,
         upnp: opts.upnp,
+        markets: net::Markets::of(
+            ledger.params().market_shards,
+            &dir.identity.account(),
+            opts.oracle,
+        ),
     };
     let (client, event_loop, events) =
         net::new(&dir.identity, &net_opts, BasicValidator::new(network))?;

@@ -51,6 +51,21 @@
 //! providers thus share work equally, and work tracks free capacity. See
 //! [`book`] for the cost model of the scan.
 //!
+//! ## Market shards
+//!
+//! A network of thousands of providers splits its market into
+//! `market_shards` shards (a genesis parameter; 1 by default), by account
+//! ([`market_shard`]). An offer is gossiped in its provider's shard and a bid
+//! in its requester's; a requester books, and a provider prices against, the
+//! offers of its own shard only. Each shard is a market of about
+//! `providers / shards` sellers and `requesters / shards` buyers, so what a
+//! peer hears and keeps does not grow with the network, and requesters and
+//! providers land in shards alike (by their keys), which keeps the ratio of
+//! demand to supply the same in every shard. A key can be ground to pick a
+//! shard: that picks a market, as choosing where to trade does, and wins
+//! nothing another shard's peers could not also have. Committee members hear
+//! every shard (they fetch results from any provider).
+//!
 //! ## The provider's model: a Stackelberg leader
 //!
 //! See [`pricing`].
@@ -146,6 +161,22 @@ pub use privacy::{PrivacyBudgets, PrivacySpend};
 pub use provider::{ProviderConfig, ProviderEngine, ProviderInput, ProviderOutput, ProviderStats};
 pub use requester::{RequesterConfig, RequesterEngine, RequesterInput, RequesterOutput};
 
+/// The most market shards a network may have.
+pub const MAX_MARKET_SHARDS: u16 = 4_096;
+
+/// The market shard of `account` when the network has `shards` of them
+/// (see [Market shards](self#market-shards)): its first eight bytes, read
+/// little-endian, modulo `shards`. One shard (or zero, read as one) puts
+/// every account in shard 0.
+pub fn market_shard(account: &AccountId, shards: u16) -> u16 {
+    if shards <= 1 {
+        return 0;
+    }
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&account.0[..8]);
+    (u64::from_le_bytes(first) % u64::from(shards)) as u16
+}
+
 /// A provider's quality as the ledger sees it: its SLA history and reputation
 /// folded into one number in `[0, 1]`. The node and the simulator plug their ledger
 /// view in here; an unknown provider should get a neutral prior, not 0.
@@ -206,5 +237,34 @@ impl<R: Reputation + ?Sized> Reputation for &R {
     }
     fn bonded(&self, provider: &AccountId, escrow: Amount) -> bool {
         (**self).bonded(provider, escrow)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_shard_holds_everyone_and_many_split_accounts_evenly() {
+        let a = AccountId([0xAB; 32]);
+        assert_eq!(market_shard(&a, 0), 0);
+        assert_eq!(market_shard(&a, 1), 0);
+        // The first eight bytes, little-endian, modulo the count.
+        let mut b = [0u8; 32];
+        b[0] = 7;
+        b[8] = 0xFF; // bytes past the eighth do not count
+        assert_eq!(market_shard(&AccountId(b), 5), 2);
+        // Real keys spread evenly over the shards.
+        let shards = 16u16;
+        let mut counts = [0u32; 16];
+        for i in 0..4_000u64 {
+            let id = crate::Identity::from_seed(i);
+            counts[market_shard(&id.account(), shards) as usize] += 1;
+        }
+        // 250 expected in each; a binomial σ of about 15.
+        assert!(
+            counts.iter().all(|&c| (175..=325).contains(&c)),
+            "{counts:?}"
+        );
     }
 }
