@@ -1119,14 +1119,25 @@ impl CoreWorld {
     /// Peer `i` wrote `n` entries to the shared replica: tell the cores they
     /// concern, one hop later, as sync would.
     fn tell_concerned(&mut self, i: usize, n: usize) {
-        let Some(ledger) = self.shared.as_ref() else {
+        let Some(ledger) = self.shared.as_mut() else {
             return;
         };
         let author = self.peers[i].core.account();
         let mut told = BTreeSet::new();
         let mut caught = Vec::new();
         let mut everyone = false;
-        for e in ledger.latest_by(&author, n) {
+        // The members that watch a contract: the committee of its escrow's
+        // epoch for a lock, the one that certified it for a settlement (a
+        // lock that folds into another epoch once final is watched anew at
+        // that checkpoint, which everyone hears of). Other members' cores
+        // would find nothing of theirs in it.
+        let by_account = &self.by_account;
+        let watchers = |state: &crdt_ledger::State, epoch: u64, told: &mut BTreeSet<usize>| {
+            let members = state.committee_for(epoch).unwrap_or_default();
+            told.extend(members.iter().filter_map(|a| by_account.get(a).copied()));
+        };
+        let written: Vec<_> = ledger.latest_by(&author, n).cloned().collect();
+        for e in &written {
             match &e.data.body {
                 crdt_ledger::Body::EscrowLock { contract } => {
                     if let Ok(t) = contract.body_unverified() {
@@ -1137,7 +1148,10 @@ impl CoreWorld {
                             told.insert(p);
                         }
                     }
-                    told.extend(self.n_prov + self.n_req..self.peers.len());
+                    let state = ledger.state();
+                    if let Some(x) = state.escrows.get(&contract.body_hash()) {
+                        watchers(state, x.epoch, &mut told);
+                    }
                 }
                 crdt_ledger::Body::Settlement { cert, .. } => {
                     if let Some((r, p)) = self.parties.remove(&cert.contract) {
@@ -1147,7 +1161,7 @@ impl CoreWorld {
                             caught.push(p);
                         }
                     }
-                    told.extend(self.n_prov + self.n_req..self.peers.len());
+                    watchers(ledger.state(), cert.epoch, &mut told);
                 }
                 crdt_ledger::Body::Checkpoint(_) => everyone = true,
                 _ => {}
