@@ -468,8 +468,10 @@ impl State {
     }
 
     /// What entry `e` would touch if applied to this state next, if it is a
-    /// settlement, an expiry, an SLA record or a slash (`None` for the
-    /// phase-0 entries that commute with everything).
+    /// settlement, an expiry, an SLA record, an unbond or a slash (`None` for
+    /// the other phase-0 entries: transfers, stakes, unstakes and locks
+    /// commute with all but an unbond or a slash; bonds and checkpoints are
+    /// never applied on top).
     pub(crate) fn footprint(&self, e: &Ve) -> Option<Footprint> {
         let contract = match &e.data.body {
             Body::Settlement { cert, .. } => cert.contract,
@@ -479,6 +481,8 @@ impl State {
                     provider: rec.provider,
                 });
             }
+            // It reads the free bond, which locks of other authors reserve.
+            Body::Unbond { .. } => return Some(Footprint::Any),
             b if phase(b) == 0 => return None,
             _ => return Some(Footprint::Any),
         };
@@ -1124,10 +1128,9 @@ pub(crate) fn canonical_key(e: &Ve) -> CanonicalKey {
     (phase(&e.data.body), e.data.author, e.data.seq)
 }
 
-/// What a settlement, an expiry or an SLA record touches, for telling
-/// whether applying a new one on top of a fold gives what a refold in
-/// canonical order would (see [`State::footprint`]). Other phase-0 entries
-/// (transfers, stakes, locks) commute with all of these.
+/// What a settlement, an expiry, an SLA record, an unbond or a slash
+/// touches, for telling whether applying a new entry on top of a fold gives
+/// what a refold in canonical order would (see [`State::footprint`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Footprint {
     /// A settlement or an expiry of `contract`, whose escrow (if it had one
@@ -1138,11 +1141,33 @@ pub(crate) enum Footprint {
     },
     /// An SLA record of `provider`.
     Sla { provider: AccountId },
-    /// Anything else (a slash): assumed to touch everything.
+    /// Anything else (an unbond, a slash): assumed to touch everything.
     Any,
 }
 
 impl Footprint {
+    /// Whether entry `body` with footprint `mine` (from [`State::footprint`])
+    /// may be applied on top of a fold that already applied `later`, the
+    /// footprints of the entries that sort after it.
+    pub(crate) fn on_top<'a>(
+        mine: Option<&Footprint>,
+        body: &Body,
+        mut later: impl Iterator<Item = &'a Footprint>,
+    ) -> bool {
+        match mine {
+            Some(f) => later.all(|l| f.commutes(l)),
+            None => {
+                matches!(
+                    body,
+                    Body::Transfer { .. }
+                        | Body::Stake { .. }
+                        | Body::Unstake { .. }
+                        | Body::EscrowLock { .. }
+                ) && later.all(|l| *l != Footprint::Any)
+            }
+        }
+    }
+
     /// Whether applying `self` and `other` in either order gives the same
     /// state and the same validity to both. A settlement reads and writes
     /// its escrow, its contract's settled record and its provider's bond,

@@ -817,21 +817,35 @@ impl CoreWorld {
         (self.sched.now().0 - T0.0) as f64
     }
 
-    /// Check every pending view the shared replica keeps across an append
-    /// against a refold, and panic on a difference (for tests: a refold per
-    /// append).
+    /// Check every pending view a replica keeps across an entry (appended,
+    /// or from sync) against a refold, and panic on a difference (for tests:
+    /// a refold per entry).
     pub fn checking_views(mut self, on: bool) -> CoreWorld {
-        if let Some(l) = self.shared.as_mut() {
-            l.check_incremental_views(on);
+        match self.shared.as_mut() {
+            Some(l) => l.check_incremental_views(on),
+            // Each replica of its own (a core restarted after a crash opens
+            // a new one, unchecked).
+            None => {
+                for p in &mut self.peers {
+                    p.core.ledger().check_incremental_views(on);
+                }
+            }
         }
         self
     }
 
-    /// Run to the end; the metrics, and how many appends to the shared
-    /// replica kept its pending fold ([`Ledger::views_kept`]).
+    /// Run to the end; the metrics, and how many entries the replicas
+    /// folded on top of their pending view ([`Ledger::views_kept`]).
     pub fn run_counting_views(mut self, progress: impl FnMut(f64)) -> (Metrics, u64) {
         self.run_to_end(progress);
-        let kept = self.shared.as_ref().map_or(0, |l| l.views_kept());
+        let kept = match self.shared.as_ref() {
+            Some(l) => l.views_kept(),
+            None => self
+                .peers
+                .iter_mut()
+                .map(|p| p.core.ledger().views_kept())
+                .sum(),
+        };
         (self.finish(), kept)
     }
 

@@ -78,6 +78,23 @@ fn folds_kept_across_appends_equal_refolds() {
     assert!(s.invariant_violations.is_empty(), "{s:?}");
 }
 
+/// The same with a replica per peer and real sync: an entry that arrives by
+/// sync is folded on top of the pending view when it extends its author's
+/// chain and commutes, and every such view equals a refold.
+#[test]
+fn folds_kept_across_synced_entries_equal_refolds() {
+    let mut sc = Scenario::load("smoke").unwrap();
+    sc.days = 0.5;
+    sc.faults.cheating_share = 0.34;
+    let (m, kept) = CoreWorld::new(&sc, 9, Replicas::PerPeer)
+        .checking_views(true)
+        .run_counting_views(|_| {});
+    let s = m.summary(&sc.requesters.fairness_groups);
+    assert!(s.jobs_settled > 10, "{s:?}");
+    assert!(s.invariant_violations.is_empty(), "{s:?}");
+    assert!(kept > s.jobs_settled, "{kept} kept, {s:?}");
+}
+
 /// Offers held back for idle cores and handed over before their next input
 /// change nothing but the number of events: the same market, payouts,
 /// prices and latencies as when every offer wakes every core on arrival.

@@ -180,8 +180,13 @@ pub struct Ledger<S: Store = MemStore> {
     proposed_root: Option<(Box<State>, Hash32)>,
     /// Check every view kept across a local append against a refold (tests).
     check_views: bool,
-    /// Settlements, expiries and SLA records applied on top of the view.
+    /// Entries applied on top of the view instead of refolding it: local
+    /// settlements, expiries and SLA records, and any from sync.
     kept_views: u64,
+    /// Whether a checkpoint above the finalized epoch was held at the last
+    /// refold: one may become final once the entries it covers arrive, so
+    /// entries from sync are not folded on top meanwhile.
+    checkpoints_waiting: bool,
 }
 
 /// A checkpoint's fold on a finalized state, kept so that checking the same
@@ -326,6 +331,7 @@ impl<S: Store> Ledger<S> {
             proposed_root: None,
             check_views: false,
             kept_views: 0,
+            checkpoints_waiting: true,
         };
         // Everything loaded is in the store already.
         ledger.saved_heads = ledger.doc.get_heads();
@@ -380,13 +386,81 @@ impl<S: Store> Ledger<S> {
         }
         let key = ve.key();
         let slot = self.entries.entry(key).or_default();
-        slot.push(ve);
+        slot.push(ve.clone());
         slot.sort_by_key(|e| e.hash);
         if slot.len() > 1 {
             self.forked.insert(key);
+            self.view = None;
+        } else {
+            self.fold_on_top(&ve);
         }
-        self.view = None;
         true
+    }
+
+    /// Apply entry `ve`, just indexed (from sync), on top of the pending view
+    /// when that gives what a refold would: it extends its author's chain at
+    /// the view's tip, nothing of its author's waits after it, no checkpoint
+    /// waits for entries (one may be final once this arrives), and it
+    /// commutes with every pending entry it sorts before
+    /// (`Footprint::on_top`). Otherwise the view is refolded when next read.
+    fn fold_on_top(&mut self, ve: &Arc<VerifiedEntry>) {
+        let start = chain_start(&self.network);
+        let (author, seq) = (ve.data.author, ve.data.seq);
+        let Some(view) = self.view.as_mut() else {
+            return;
+        };
+        let extends = match view.tips.get(&author) {
+            Some((s, h)) => s.checked_add(1) == Some(seq) && *h == ve.data.prev_hash,
+            None => seq == 0 && ve.data.prev_hash == start,
+        };
+        let alone = seq.checked_add(1).is_none_or(|next| {
+            self.entries
+                .range(EntryKey { author, seq: next }..)
+                .next()
+                .is_none_or(|(k, _)| k.author != author)
+        });
+        let key = crate::state::canonical_key(ve);
+        let footprint = view.state.footprint(ve);
+        let commutes = crate::state::Footprint::on_top(
+            footprint.as_ref(),
+            &ve.data.body,
+            view.late
+                .range((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded))
+                .map(|(_, f)| f),
+        );
+        if !(extends && alone && commutes && !self.checkpoints_waiting) {
+            self.view = None;
+            return;
+        }
+        let ctx = FoldCtx {
+            network: &self.network,
+            params: &self.params,
+            checked: &self.checked,
+            genesis_time: self.genesis.genesis().genesis_time,
+        };
+        let mut debits = crate::state::BatchDebits {
+            balance: std::mem::take(&mut view.pending_debits),
+            stake: std::mem::take(&mut view.pending_unstakes),
+        };
+        let tried = view
+            .state
+            .apply_prepared(&self.fin.state, &mut debits, ve, ctx);
+        view.pending_debits = debits.balance;
+        view.pending_unstakes = debits.stake;
+        if tried.is_err() {
+            // Refold, so that the entry is reported invalid where it sorts.
+            self.view = None;
+            return;
+        }
+        view.tips.insert(author, (seq, ve.hash));
+        if let Some(f) = footprint {
+            view.late.insert(key, f);
+        }
+        view.pending.push(ve.clone());
+        self.kept_views += 1;
+        if self.check_views {
+            self.assert_view_is_a_refold();
+        }
     }
 
     pub fn network(&self) -> NetworkId {
@@ -670,6 +744,11 @@ impl<S: Store> Ledger<S> {
             self.rewind = false;
         }
         self.advance_finality();
+        let fin_epoch = self.fin.state.epoch;
+        self.checkpoints_waiting = self
+            .checkpoint_heads
+            .values()
+            .any(|h| h.is_some_and(|(epoch, _, _)| epoch > fin_epoch));
         let view = self.compute_view();
         self.view = Some(view);
     }
@@ -803,7 +882,7 @@ impl<S: Store> Ledger<S> {
                 && kept.pending_unstakes == fresh.pending_unstakes
                 && a == b
                 && kept.late == fresh.late,
-            "a view kept across an append differs from a refold"
+            "a view kept across an entry differs from a refold"
         );
     }
 
@@ -893,28 +972,20 @@ impl<S: Store> Ledger<S> {
             return Err(e);
         }
         let id = ve.id();
-        let incremental = matches!(
-            ve.data.body,
-            Body::Transfer { .. }
-                | Body::Stake { .. }
-                | Body::Unstake { .. }
-                | Body::EscrowLock { .. }
-        );
         let checkpoint = matches!(ve.data.body, Body::Checkpoint(_));
-        // A settlement, expiry or SLA record that commutes with every pending
-        // entry it sorts before: applied on top, it leaves the fold a refold
-        // would make.
+        // Index without invalidating the view when the entry's effect commutes
+        // with every pending entry it sorts before: applied on top, it leaves
+        // the fold a refold would make (see `Footprint::on_top`).
         let key = crate::state::canonical_key(&ve);
-        let settles_on_top = footprint.is_some_and(|f| {
-            self.view.as_ref().is_some_and(|v| {
+        let on_top = self.view.as_ref().is_some_and(|v| {
+            crate::state::Footprint::on_top(
+                footprint.as_ref(),
+                &ve.data.body,
                 v.late
                     .range((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded))
-                    .all(|(_, later)| f.commutes(later))
-            })
+                    .map(|(_, f)| f),
+            )
         });
-        // Index without invalidating the view when the entry's effect commutes
-        // with the canonical order (phase-0 entries extending our own chain,
-        // and settlements as above).
         self.by_hash.insert(ve.hash, ve.clone());
         let slot = self.entries.entry(ve.key()).or_default();
         slot.push(ve.clone());
@@ -927,10 +998,7 @@ impl<S: Store> Ledger<S> {
             self.note_competitor(&ms);
             self.checkpoint_entries.push(ve.clone());
         }
-        match (
-            &mut self.view,
-            (incremental || settles_on_top) && !checkpoint,
-        ) {
+        match (&mut self.view, on_top && !checkpoint) {
             (Some(view), true) => {
                 view.tips.insert(author, (seq, ve.hash));
                 if let Some(f) = footprint {
