@@ -534,15 +534,12 @@ fn an_escrow_no_committee_settles_expires_and_the_job_ends_refunded() {
 /// learns where the other shard's provider serves its results.
 #[test]
 fn a_market_of_shards_trades_within_each() {
-    let roles = [
-        Role::Oracle,
-        Role::Oracle,
-        Role::Oracle,
-        Role::Provider { cheat: false },
-        Role::Requester,
-        Role::Provider { cheat: false },
-    ];
-    let (same, req, other) = (PROV, REQ, 5);
+    // The usual network, and a second provider.
+    let roles: Vec<Role> = ROLES
+        .into_iter()
+        .chain([Role::Provider { cheat: false }])
+        .collect();
+    let (same, req, other) = (PROV, REQ, ROLES.len());
     let shard = |seed: u64, i: u64| {
         let a = protocol::Identity::from_seed(seed * 1000 + i).account();
         protocol::market::market_shard(&a, 2)
