@@ -122,7 +122,8 @@ pub use entry::{
 };
 pub use error::{Invalid, InvalidReason, LedgerError, StoreError, SyncError};
 pub use ledger::{
-    Action, CheckpointStatus, Ledger, OpenReport, SnapshotMeta, Voted, open_from_snapshot,
+    Action, CheckpointStatus, EscrowChanges, EscrowCursor, Ledger, OpenReport, SnapshotMeta, Voted,
+    open_from_snapshot,
 };
 pub use state::{Escrow, Reputation, SlaEvent, State, Supply, TRUSTED_SCORE_BPS};
 pub use store::{FileStore, Loaded, MemStore, Store, TornTail};

@@ -80,6 +80,25 @@ pub enum SlaEvent {
     Probes(SlaRecord),
 }
 
+impl SlaEvent {
+    /// Where the event sorts in a provider's history: by epoch, settlements
+    /// before probe summaries, then by contract or by the counts (equal keys
+    /// are equal events).
+    pub fn sort_key(&self) -> (u64, u8, [u8; 32], [u32; 3]) {
+        match self {
+            SlaEvent::Settled {
+                contract, epoch, ..
+            } => (*epoch, 0, contract.0, [0; 3]),
+            SlaEvent::Probes(r) => (
+                r.epoch,
+                1,
+                [0; 32],
+                [r.probes, r.answered, r.mean_latency_ms],
+            ),
+        }
+    }
+}
+
 /// A provider's record, the input of the market's quality score.
 #[derive(Clone, Copy, PartialEq, Eq, Default, Debug, Serialize, Deserialize)]
 pub struct Reputation {
@@ -467,18 +486,38 @@ impl State {
         debits
     }
 
+    /// The contract whose escrow entry `body` may open or close (a lock, a
+    /// settlement or an expiry), for the feed of escrow changes.
+    pub(crate) fn escrow_touched(body: &Body) -> Option<Hash32> {
+        match body {
+            Body::EscrowLock { contract } => Some(contract.body_hash()),
+            Body::Settlement { cert, .. } => Some(cert.contract),
+            Body::Expire { contract } => Some(*contract),
+            _ => None,
+        }
+    }
+
     /// What entry `e` would touch if applied to this state next, if it is a
     /// settlement, an expiry, an SLA record, an unbond or a slash (`None` for
     /// the other phase-0 entries: transfers, stakes, unstakes and locks
     /// commute with all but an unbond or a slash; bonds and checkpoints are
     /// never applied on top).
     pub(crate) fn footprint(&self, e: &Ve) -> Option<Footprint> {
-        let contract = match &e.data.body {
-            Body::Settlement { cert, .. } => cert.contract,
-            Body::Expire { contract } => *contract,
+        let (contract, slashes) = match &e.data.body {
+            // The certified outcome is one of the verdicts': a settlement
+            // slashes only if one of them says delivered and wrong.
+            Body::Settlement { cert, .. } => (
+                cert.contract,
+                cert.verdicts.iter().any(|v| {
+                    v.body_unverified()
+                        .map_or(true, |v| v.delivered && !v.result_ok)
+                }),
+            ),
+            Body::Expire { contract } => (*contract, false),
             Body::SlaRecord(rec) => {
                 return Some(Footprint::Sla {
                     provider: rec.provider,
+                    author: e.data.author,
                 });
             }
             // It reads the free bond, which locks of other authors reserve.
@@ -486,9 +525,15 @@ impl State {
             b if phase(b) == 0 => return None,
             _ => return Some(Footprint::Any),
         };
+        let escrow = self.escrows.get(&contract);
+        // A privacy spend records its requester once per data set: it does
+        // not commute with another spend on the same provider.
+        let spends =
+            escrow.is_some_and(|x| protocol::market::PrivacySpend::of(&x.terms.spec).is_some());
         Some(Footprint::Settles {
             contract,
-            provider: self.escrows.get(&contract).map(|x| x.provider),
+            provider: escrow.map(|x| x.provider),
+            exclusive: slashes || spends,
         })
     }
 
@@ -1113,9 +1158,15 @@ fn start_unbonding(
     unbonding.entry(who).or_default().push((release, amount));
 }
 
+/// Add `ev` to `who`'s SLA history, which keeps the [`SLA_HISTORY`] events
+/// that sort last (by epoch, see [`SlaEvent::sort_key`]): the same events in
+/// any order give the same history, so settlements and SLA records of one
+/// provider commute.
 fn push_sla(sla: &mut BTreeMap<AccountId, Vec<SlaEvent>>, who: AccountId, ev: SlaEvent) {
     let v = sla.entry(who).or_default();
-    v.push(ev);
+    let key = ev.sort_key();
+    let at = v.partition_point(|e| e.sort_key() <= key);
+    v.insert(at, ev);
     if v.len() > SLA_HISTORY {
         v.remove(0);
     }
@@ -1134,13 +1185,19 @@ pub(crate) fn canonical_key(e: &Ve) -> CanonicalKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Footprint {
     /// A settlement or an expiry of `contract`, whose escrow (if it had one
-    /// when tried) was with `provider`.
+    /// when tried) was with `provider`; `exclusive` if it may slash the
+    /// provider's bond (a settlement with a verdict of a wrong result) or
+    /// spends a data set's privacy budget.
     Settles {
         contract: Hash32,
         provider: Option<AccountId>,
+        exclusive: bool,
     },
-    /// An SLA record of `provider`.
-    Sla { provider: AccountId },
+    /// An SLA record of `provider` by `author`.
+    Sla {
+        provider: AccountId,
+        author: AccountId,
+    },
     /// Anything else (an unbond, a slash): assumed to touch everything.
     Any,
 }
@@ -1170,11 +1227,15 @@ impl Footprint {
 
     /// Whether applying `self` and `other` in either order gives the same
     /// state and the same validity to both. A settlement reads and writes
-    /// its escrow, its contract's settled record and its provider's bond,
-    /// reputation, SLA history, units and privacy spends; an SLA record its
-    /// provider's reputation counts and SLA history, and its author's own
-    /// record of the epoch. What else they write are credits, which add
-    /// (they cannot overflow: the supply is bounded).
+    /// its escrow and its contract's settled record; what it writes of its
+    /// provider adds up in any order (the reserved bond it releases, the
+    /// reputation counts, the units, the privacy spends, the SLA history,
+    /// which keeps the events that sort last whatever the order they came
+    /// in), except a slash, which reads the bond that another slash takes,
+    /// and a privacy spend, whose record names the first requester.
+    /// An SLA record reads and writes its author's record of the epoch and
+    /// adds to its provider's counts and history. What else they write are
+    /// credits, which add (they cannot overflow: the supply is bounded).
     pub(crate) fn commutes(&self, other: &Footprint) -> bool {
         use Footprint::{Settles, Sla};
         match (self, other) {
@@ -1182,15 +1243,28 @@ impl Footprint {
                 Settles {
                     contract: a,
                     provider: p,
+                    exclusive: x,
                 },
                 Settles {
                     contract: b,
                     provider: q,
+                    exclusive: y,
                 },
-            ) => a != b && p.is_some() && p != q,
-            (Settles { provider: q, .. }, Sla { provider: p })
-            | (Sla { provider: p }, Settles { provider: q, .. }) => q.as_ref() != Some(p),
-            (Sla { provider: p }, Sla { provider: q }) => p != q,
+            ) => a != b && p.is_some() && (p != q || !(*x || *y)),
+            // Neither reads what the other writes: a record's validity is
+            // its committee's and its author's, a settlement's its escrow's,
+            // and a slash reads the bond, which a record does not touch.
+            (Settles { .. }, Sla { .. }) | (Sla { .. }, Settles { .. }) => true,
+            (
+                Sla {
+                    provider: p,
+                    author: a,
+                },
+                Sla {
+                    provider: q,
+                    author: b,
+                },
+            ) => p != q || a != b,
             _ => false,
         }
     }

@@ -1717,3 +1717,178 @@ fn a_federated_job_spends_its_privacy_budget_once_in_the_ledger() {
     assert!(l.state().privacy_spends(&net.acct(req)).is_empty());
     conserved(&mut l);
 }
+
+/// A reader of the escrow feed: a cursor, and the open escrows as the feed
+/// told them.
+struct EscrowReader {
+    cursor: crdt_ledger::EscrowCursor,
+    open: std::collections::BTreeSet<protocol::Hash32>,
+    full_reads: usize,
+}
+
+impl EscrowReader {
+    fn new() -> Self {
+        EscrowReader {
+            cursor: Default::default(),
+            open: Default::default(),
+            full_reads: 0,
+        }
+    }
+
+    /// Catch up with `l`, and check that what the feed told equals the state.
+    fn follow(&mut self, l: &mut crdt_ledger::Ledger, net: &Net) -> bool {
+        let changes = l.escrow_changes(&mut self.cursor);
+        let state = l.state().clone();
+        match changes.changed {
+            None => {
+                self.full_reads += 1;
+                self.open = state.escrows.keys().copied().collect();
+            }
+            Some(ids) => {
+                for id in ids {
+                    if state.escrows.contains_key(&id) {
+                        self.open.insert(id);
+                    } else {
+                        self.open.remove(&id);
+                    }
+                }
+            }
+        }
+        let truth: std::collections::BTreeSet<_> = state.escrows.keys().copied().collect();
+        assert_eq!(self.open, truth);
+        for p in &net.ids {
+            let mut mine: Vec<_> = state
+                .escrows
+                .iter()
+                .filter(|(_, e)| e.provider == p.account())
+                .map(|(id, _)| *id)
+                .collect();
+            mine.sort();
+            assert_eq!(l.open_escrows_of(&p.account()), mine);
+        }
+        changes.finality_moved
+    }
+}
+
+/// A node core follows the open escrows through the ledger's feed instead of
+/// scanning them at every change: locks, settlements written here and
+/// arriving by sync (folded on top or refolded), and a checkpoint. After
+/// every step the reader's copy is the
+/// state's, and the escrows by provider are right.
+#[test]
+fn the_escrow_feed_tells_a_reader_every_escrow_that_opened_or_closed() {
+    let net = Net::new(8, 4, 4);
+    let mut a = net.ledger(1);
+    let mut b = net.ledger(2);
+    let mut reader = EscrowReader::new();
+    let mut other = EscrowReader::new();
+    assert!(reader.follow(&mut a, &net));
+    let c1 = net.locked(&mut a, 4, 5, 1);
+    let c2 = net.locked(&mut a, 4, 6, 2);
+    assert!(!reader.follow(&mut a, &net));
+    let c3 = net.locked(&mut b, 6, 7, 3);
+    sync(&mut a, &mut b);
+    reader.follow(&mut a, &net);
+    other.follow(&mut b, &net);
+    assert_eq!(reader.open.len(), 3);
+    // Settled on b, synced to a.
+    let committee = b.committee_for_checkpoint(1).unwrap();
+    let params = b.params().clone();
+    let s1 = net.settlement(&c1, 1, &committee[..3], good_outcome(5_000), &params);
+    b.append(&net.ids[5], s1, T0).unwrap();
+    other.follow(&mut b, &net);
+    sync(&mut a, &mut b);
+    reader.follow(&mut a, &net);
+    assert!(!reader.open.contains(&c1.body_hash()));
+    // Settled here.
+    let s3 = net.settlement(&c3, 1, &committee[..3], good_outcome(5_000), &params);
+    a.append(&net.ids[7], s3, T0).unwrap();
+    reader.follow(&mut a, &net);
+    assert_eq!(
+        reader.open.iter().copied().collect::<Vec<_>>(),
+        vec![c2.body_hash()]
+    );
+    // A checkpoint moves finality.
+    finalize(&net, &mut a, 1, 0);
+    assert!(reader.follow(&mut a, &net));
+    // A reader of another replica reads everything at first.
+    let mut crossed = EscrowReader {
+        cursor: reader.cursor,
+        ..EscrowReader::new()
+    };
+    crossed.follow(&mut b, &net);
+    assert_eq!(crossed.full_reads, 1);
+    // Many more locks and settlements, followed step by step.
+    for n in 10..40u64 {
+        let c = net.locked(&mut a, 4 + (n as usize % 2), 6 + (n as usize % 2), n);
+        if n % 3 == 0 {
+            let committee = a.committee_for_checkpoint(2).unwrap();
+            let s = net.settlement(&c, 2, &committee[..3], good_outcome(1_000), &params);
+            a.append(&net.ids[6 + (n as usize % 2)], s, T0).unwrap();
+        }
+        reader.follow(&mut a, &net);
+    }
+    sync(&mut a, &mut b);
+    other.follow(&mut b, &net);
+    reader.follow(&mut a, &net);
+    assert_eq!(reader.full_reads, 1, "only the first read was a full one");
+    conserved(&mut a);
+}
+
+/// Settlements and SLA records of one provider commute (its SLA history
+/// keeps the events that sort last, whatever the order they came in), so a
+/// replica applies each on top of its pending view even when it sorts
+/// before ones already applied; and every such view equals a refold (the
+/// check panics if not). A settlement that may slash does not commute with
+/// another of the same provider: the replica refolds.
+#[test]
+fn settlements_and_records_of_one_provider_fold_on_top_in_any_order() {
+    let net = Net::new(10, 4, 4);
+    let mut l = net.ledger(1);
+    l.check_incremental_views(true);
+    let prov = 6;
+    let contracts: Vec<_> = (0..4u64)
+        .map(|n| net.locked(&mut l, 4 + (n as usize % 2), prov, 100 + n))
+        .collect();
+    let committee = l.committee_for_checkpoint(1).unwrap();
+    let params = l.params().clone();
+    // Writers in descending account order: each new entry sorts before
+    // the ones already applied.
+    let mut writers: Vec<usize> = vec![0, 1, 2, 3, 7, 8, 9];
+    writers.sort_by_key(|i| std::cmp::Reverse(net.acct(*i)));
+    let before = l.views_kept();
+    for (c, w) in contracts[..3].iter().zip(&writers) {
+        let s = net.settlement(c, 1, &committee[..3], good_outcome(4_000), &params);
+        l.append(&net.ids[*w], s, T0).unwrap();
+    }
+    let mut records = 0;
+    for m in committee.iter().rev() {
+        let rec = crdt_ledger::SlaRecord {
+            provider: net.acct(prov),
+            epoch: 1,
+            probes: 4,
+            answered: 3,
+            mean_latency_ms: 15,
+        };
+        l.append(net.id_of(m), Body::SlaRecord(rec), T0).unwrap();
+        records += 1;
+    }
+    assert_eq!(l.views_kept() - before, 3 + records);
+    let history = l.state().sla[&net.acct(prov)].clone();
+    assert_eq!(history.len(), 3 + records as usize);
+    assert!(history.is_sorted_by_key(|e| e.sort_key()));
+    assert_eq!(l.state().reputation[&net.acct(prov)].jobs, 3);
+    // A wrong result may slash: it sorts before the settlements above and
+    // touches the bond, so the view is refolded.
+    let bad = protocol::settlement::Outcome {
+        result_ok: false,
+        ..good_outcome(4_000)
+    };
+    let kept = l.views_kept();
+    let s = net.settlement(&contracts[3], 1, &committee[..3], bad, &params);
+    let last = *writers.last().unwrap();
+    l.append(&net.ids[last], s, T0).unwrap();
+    assert_eq!(l.views_kept(), kept);
+    assert_eq!(l.state().reputation[&net.acct(prov)].jobs, 4);
+    conserved(&mut l);
+}

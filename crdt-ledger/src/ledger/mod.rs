@@ -9,11 +9,13 @@
 //!   verification.
 
 mod committee;
+mod feed;
 mod persist;
 mod verify;
 
 pub use committee::Voted;
 use committee::{Held, MyVotes, VoteNote};
+pub use feed::{EscrowChanges, EscrowCursor};
 pub use persist::open_from_snapshot;
 use persist::{REC_DOC, REC_SIGNED, REC_VOTE, VOTE_NOTE_KIND, split_snapshot, verify_snapshot};
 pub(crate) use verify::{collect_doc_entries, verify_entries, verify_received};
@@ -187,6 +189,8 @@ pub struct Ledger<S: Store = MemStore> {
     /// refold: one may become final once the entries it covers arrive, so
     /// entries from sync are not folded on top meanwhile.
     checkpoints_waiting: bool,
+    /// The open escrows' changes, for readers that follow them.
+    escrow_feed: feed::EscrowFeed,
 }
 
 /// A checkpoint's fold on a finalized state, kept so that checking the same
@@ -332,6 +336,7 @@ impl<S: Store> Ledger<S> {
             check_views: false,
             kept_views: 0,
             checkpoints_waiting: true,
+            escrow_feed: feed::EscrowFeed::new(),
         };
         // Everything loaded is in the store already.
         ledger.saved_heads = ledger.doc.get_heads();
@@ -455,6 +460,10 @@ impl<S: Store> Ledger<S> {
         view.tips.insert(author, (seq, ve.hash));
         if let Some(f) = footprint {
             view.late.insert(key, f);
+        }
+        if let Some(id) = State::escrow_touched(&ve.data.body) {
+            self.escrow_feed
+                .note(id, view.state.escrows.get(&id).map(|e| e.provider));
         }
         view.pending.push(ve.clone());
         self.kept_views += 1;
@@ -742,6 +751,7 @@ impl<S: Store> Ledger<S> {
             );
             self.fin = self.fin0.clone();
             self.rewind = false;
+            self.escrow_feed.finality_moved();
         }
         self.advance_finality();
         let fin_epoch = self.fin.state.epoch;
@@ -750,6 +760,7 @@ impl<S: Store> Ledger<S> {
             .values()
             .any(|h| h.is_some_and(|(epoch, _, _)| epoch > fin_epoch));
         let view = self.compute_view();
+        self.escrow_feed.resync(&view.state.escrows);
         self.view = Some(view);
     }
 
@@ -852,6 +863,28 @@ impl<S: Store> Ledger<S> {
     /// tests and simulations: it costs a refold per append.
     pub fn check_incremental_views(&mut self, on: bool) {
         self.check_views = on;
+    }
+
+    /// What changed in the open escrows ([`State::escrows`] of the current
+    /// state) since `cursor`, which moves to now: a reader that keeps its
+    /// cursor looks only at the contracts whose escrow opened or closed,
+    /// instead of at every open escrow at every change.
+    pub fn escrow_changes(&mut self, cursor: &mut EscrowCursor) -> EscrowChanges {
+        self.refresh();
+        if self.check_views {
+            let open = &self.view.get_or_insert_with(unreachable_view).state.escrows;
+            assert!(
+                self.escrow_feed.reports(open),
+                "the escrow feed lost a change to the open escrows"
+            );
+        }
+        self.escrow_feed.read(cursor)
+    }
+
+    /// The open escrows (in the current state) of `provider`'s contracts.
+    pub fn open_escrows_of(&mut self, provider: &AccountId) -> Vec<Hash32> {
+        self.refresh();
+        self.escrow_feed.open_of(provider).collect()
     }
 
     /// How many local settlements, expiries and SLA records were applied on
@@ -1000,6 +1033,10 @@ impl<S: Store> Ledger<S> {
         }
         match (&mut self.view, on_top && !checkpoint) {
             (Some(view), true) => {
+                if let Some(id) = State::escrow_touched(&ve.data.body) {
+                    self.escrow_feed
+                        .note(id, view.state.escrows.get(&id).map(|e| e.provider));
+                }
                 view.tips.insert(author, (seq, ve.hash));
                 if let Some(f) = footprint {
                     view.late.insert(key, f);
@@ -1173,6 +1210,7 @@ impl<S: Store> Ledger<S> {
                         invalid.append(&mut next.invalid);
                         next.invalid = invalid;
                         self.fin = next;
+                        self.escrow_feed.finality_moved();
                         advanced = true;
                         break;
                     }

@@ -150,6 +150,7 @@ impl<S: Store> Ledger<S> {
         self.fin0 = fin.clone();
         self.fin = fin;
         self.rewind = false;
+        self.escrow_feed.finality_moved();
         self.signed = signed;
         self.entries.clear();
         self.forked.clear();

@@ -2,7 +2,7 @@
 //! delivered work to the driver to re-execute, and write settlements, the first
 //! signer at once and the others after a fallback delay (in case it crashed).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crdt_ledger::{Body, Store};
 use protocol::oracle::{OracleInput, OracleOutput, SettlementInstruction};
@@ -32,6 +32,13 @@ pub(crate) struct State {
     pub(crate) watched: BTreeMap<Hash32, Watched>,
     /// Open escrows already handed to the engine.
     taken: HashSet<Hash32>,
+    /// Where we stand in the ledger's feed of escrow changes.
+    escrows: crdt_ledger::EscrowCursor,
+    /// Contracts whose settlement we wrote or failed to write since we last
+    /// looked: if the escrow is still open, the settlement did not take.
+    wrote: BTreeSet<Hash32>,
+    /// The engine's count of ended watches at our last prune.
+    pruned_at: u64,
     /// The challenges of the receipts we check, ours included: contract →
     /// member → seed (each checked against our copy of the receipt).
     challenges: HashMap<Hash32, BTreeMap<AccountId, u64>>,
@@ -242,6 +249,10 @@ impl<S: Store> NodeCore<S> {
     /// Forget the watches the engine ended (settled).
     pub(crate) fn prune_watches(&mut self) {
         if let Some(o) = &self.oracle {
+            if o.watches_ended() == self.orc.pruned_at {
+                return;
+            }
+            self.orc.pruned_at = o.watches_ended();
             let before = self.orc.watched.len();
             self.orc.watched.retain(|id, _| o.watch_epoch(id).is_some());
             self.state_dirty |= self.orc.watched.len() != before;
@@ -429,14 +440,25 @@ impl<S: Store> NodeCore<S> {
             return;
         };
         let me = self.identity.account();
+        let changes = self.ledger.escrow_changes(&mut self.orc.escrows);
         // A lock that stayed pending across a checkpoint was watched under
         // the epoch it was expected in; once final, judge it for its own.
+        // Only a checkpoint (or a refold of finality) changes that, and the
+        // committees: look at every open escrow then, else only at those
+        // that opened or closed since we last looked.
+        let changed = if changes.finality_moved {
+            None
+        } else {
+            changes.changed
+        };
         let mut moved = Vec::new();
-        for (id, e) in &self.ledger.finalized_state().escrows {
-            if let Some(w) = o.watch_epoch(id)
-                && w != e.epoch
-            {
-                moved.push((*id, e.epoch));
+        if changes.finality_moved {
+            for (id, e) in &self.ledger.finalized_state().escrows {
+                if let Some(w) = o.watch_epoch(id)
+                    && w != e.epoch
+                {
+                    moved.push((*id, e.epoch));
+                }
             }
         }
         let moved: Vec<_> = moved
@@ -459,19 +481,38 @@ impl<S: Store> NodeCore<S> {
         // A settlement this member's aggregator made that the ledger does not
         // hold (refused, or invalid once the lock was final in another epoch)
         // and that is not waiting to be written: judge the contract again.
-        let queued: std::collections::BTreeSet<Hash32> =
-            self.orc.settle.iter().map(|(_, si)| si.contract).collect();
+        // Such an escrow is one we wrote a settlement for since we last
+        // looked, or one that opened again (a refold dropped its settlement).
+        let wrote = std::mem::take(&mut self.orc.wrote);
+        let queued: BTreeSet<Hash32> = self.orc.settle.iter().map(|(_, si)| si.contract).collect();
         let stale: Vec<Hash32> = {
             let Some(o) = &self.oracle else {
                 return;
             };
             let open = &self.ledger.state().escrows;
-            self.orc
-                .taken
-                .iter()
-                .filter(|id| open.contains_key(id) && o.is_settled(id) && !queued.contains(id))
-                .copied()
-                .collect()
+            let is_stale = |id: &Hash32| {
+                self.orc.taken.contains(id)
+                    && open.contains_key(id)
+                    && o.is_settled(id)
+                    && !queued.contains(id)
+            };
+            match &changed {
+                Some(ids) => ids
+                    .iter()
+                    .chain(wrote.iter())
+                    .filter(|id| is_stale(id))
+                    .copied()
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+                None => self
+                    .orc
+                    .taken
+                    .iter()
+                    .filter(|id| is_stale(id))
+                    .copied()
+                    .collect(),
+            }
         };
         for id in stale {
             tracing::info!(contract = %id.short(), "a settlement did not take: judging the contract again");
@@ -485,7 +526,14 @@ impl<S: Store> NodeCore<S> {
         };
         let state = self.ledger.state();
         let mut todo = Vec::new();
-        for (id, e) in &state.escrows {
+        let candidates: Vec<(&Hash32, &crdt_ledger::Escrow)> = match &changed {
+            Some(ids) => ids
+                .iter()
+                .filter_map(|id| state.escrows.get_key_value(id))
+                .collect(),
+            None => state.escrows.iter().collect(),
+        };
+        for (id, e) in candidates {
             if self.orc.taken.contains(id) || o.watch_epoch(id).is_some() {
                 continue;
             }
@@ -498,7 +546,14 @@ impl<S: Store> NodeCore<S> {
         }
         // Forget what left the ledger's open escrows (settled).
         let open = &state.escrows;
-        self.orc.taken.retain(|id| open.contains_key(id));
+        match &changed {
+            Some(ids) => {
+                for id in ids.iter().filter(|id| !open.contains_key(*id)) {
+                    self.orc.taken.remove(id);
+                }
+            }
+            None => self.orc.taken.retain(|id| open.contains_key(id)),
+        }
         for (id, epoch, lock, committee) in todo {
             self.orc.taken.insert(id);
             let contract = match self.ledger.entry(&lock).map(|e| &e.data.body) {
@@ -564,6 +619,7 @@ impl<S: Store> NodeCore<S> {
                 continue;
             }
             let (contract, paid) = (si.contract, si.payout.provider);
+            self.orc.wrote.insert(contract);
             match self.append(
                 now,
                 Body::Settlement {

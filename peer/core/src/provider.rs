@@ -340,19 +340,14 @@ impl<S: Store> NodeCore<S> {
     /// entry holds the contract both signed, so we take it up from there.
     fn take_escrowed<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
         let me = self.account();
+        let mine = self.ledger.open_escrows_of(&me);
         let state = self.ledger.state();
-        let new: Vec<(Hash32, Hash32)> = state
-            .escrows
+        let new: Vec<(Hash32, Hash32)> = mine
             .iter()
-            .filter(|(id, e)| {
-                e.provider == me
-                    && !self.prov.taken.contains(*id)
-                    && !self.prov.unsettled.contains_key(*id)
-            })
-            .map(|(id, e)| (*id, e.lock))
+            .filter(|id| !self.prov.taken.contains(*id) && !self.prov.unsettled.contains_key(*id))
+            .filter_map(|id| state.escrows.get(id).map(|e| (*id, e.lock)))
             .collect();
-        let open = &state.escrows;
-        self.prov.taken.retain(|id| open.contains_key(id));
+        self.prov.taken.retain(|id| mine.binary_search(id).is_ok());
         for (id, lock) in new {
             self.prov.taken.insert(id);
             if let Some(crdt_ledger::Body::EscrowLock { contract }) =

@@ -294,6 +294,8 @@ pub struct OracleEngine<C> {
     beacon: Hash32,
     member: bool,
     watches: HashMap<Hash32, Watch>,
+    /// How many watches ended (see [`OracleEngine::watches_ended`]).
+    ended: u64,
     timers: crate::timers::Timers<Timer>,
     /// Receipts that came before their contract (at most [`EARLY_RECEIPTS`]).
     early: HashMap<Hash32, (Signed<Receipt>, Timestamp)>,
@@ -331,6 +333,7 @@ impl<C: ResultChecker> OracleEngine<C> {
             beacon: Hash32::default(),
             member: false,
             watches: HashMap::new(),
+            ended: 0,
             timers: crate::timers::Timers::default(),
             settle_timers: HashSet::new(),
             early: HashMap::new(),
@@ -361,6 +364,12 @@ impl<C: ResultChecker> OracleEngine<C> {
     /// (what a driver persists to [`OracleInput::Watch`] it after a restart).
     pub fn watch_epoch(&self, contract: &Hash32) -> Option<u64> {
         self.watches.get(contract).map(|w| w.epoch)
+    }
+
+    /// How many watches ended so far (settled, or given up): a driver that
+    /// mirrors the watches prunes its copy only when this moved.
+    pub fn watches_ended(&self) -> u64 {
+        self.ended
     }
 
     /// Whether this member's aggregator settled `contract`.
@@ -781,6 +790,7 @@ impl<C: ResultChecker> OracleEngine<C> {
     /// Stop watching `contract`, releasing its epoch's committee.
     fn unwatch(&mut self, contract: &Hash32) {
         if let Some(w) = self.watches.remove(contract) {
+            self.ended += 1;
             self.aggregator.unpin_epoch(w.epoch);
         }
     }
