@@ -655,12 +655,28 @@ impl<S: Store> NodeCore<S> {
             if self.requester.open_jobs() > 0 {
                 self.requester_handle(cx, protocol::market::RequesterInput::Rematch);
             }
+            self.prune_grants();
             self.nudge_receipts(cx);
             self.nudge_challenges(cx);
             self.bond_for_contracts(cx);
             let epoch = self.nudged_epoch;
             self.write_sla_records(cx, epoch);
         }
+    }
+
+    /// Forget the job keys of contracts whose settlement or expiry is final:
+    /// nobody runs or checks those jobs again (a settlement still pending
+    /// may be dropped by a refold, and its contract judged again). Without
+    /// this a provider or a committee member kept, and saved, every key it
+    /// was ever handed.
+    fn prune_grants(&mut self) {
+        if self.grants.is_empty() {
+            return;
+        }
+        let before = self.grants.len();
+        let settled = &self.ledger.finalized_state().settled;
+        self.grants.retain(|c, _| !settled.contains_key(c));
+        self.state_dirty |= self.grants.len() != before;
     }
 
     fn send<R: Rng + ?Sized>(&self, cx: &mut Cx<'_, R>, to: AccountId, message: Message) {
@@ -706,6 +722,10 @@ impl<S: Store> NodeCore<S> {
     /// The ledger replica (mutable: its views fold lazily).
     pub fn ledger(&mut self) -> &mut Ledger<S> {
         &mut self.ledger
+    }
+    /// The job keys this core holds (as a provider or a committee member).
+    pub fn grants_held(&self) -> usize {
+        self.grants.len()
     }
     pub fn requester(&self) -> &RequesterEngine {
         &self.requester

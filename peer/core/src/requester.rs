@@ -379,6 +379,12 @@ impl<S: Store> NodeCore<S> {
                         j.ended = Some(JobEnd::Expired);
                     }
                 }
+                // The job keeps its settlement; the engine's deal is done.
+                // Without draining them, a requester kept every deal it
+                // ever made (contract, receipt, certificate) in memory.
+                RequesterOutput::Settled { .. } => {
+                    self.requester.drain_finished();
+                }
                 _ => {}
             }
         }

@@ -53,6 +53,25 @@ fn a_proposed_job_settles_ok_and_every_replica_agrees() {
     assert!(!net.log.iter().any(|(_, _, _, k)| *k == "job"));
 }
 
+/// Once a job's settlement is final, nothing of it stays in an engine or a
+/// key store: the requester's engine drops the deal (the job keeps its
+/// settlement), and the provider and the committee forget the job key. A node
+/// that runs for months held every one before.
+#[test]
+fn a_settled_job_leaves_no_deal_and_no_key_behind() {
+    let mut net = Net::new(&ROLES, TOKENS, 3);
+    warm_up(&mut net);
+    let job = submit_one(&mut net);
+    assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
+    assert_eq!(net.nodes[REQ].requester().deals().count(), 0);
+    assert!(net.nodes[PROV].grants_held() > 0 || net.nodes[0].grants_held() > 0);
+    let until = net.now.plus(DurationMs::secs(300));
+    let forgot = net.run(until, |n| n.nodes.iter().all(|c| c.grants_held() == 0));
+    let held: Vec<usize> = net.nodes.iter().map(|c| c.grants_held()).collect();
+    assert!(forgot, "keys still held: {held:?}");
+    assert!(net.nodes[REQ].job(&job).unwrap().settled.is_some());
+}
+
 #[test]
 fn an_open_bid_is_answered_and_settles() {
     let mut net = Net::new(&ROLES, TOKENS, 2);
