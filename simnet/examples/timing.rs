@@ -28,7 +28,19 @@ fn main() {
     } else {
         simnet::cores::Replicas::Shared
     };
-    let m = simnet::cores::run(&sc, sc.seed, replicas, |_| {});
+    // A line on stderr at each simulated day: wall time and resident memory.
+    let days_total = sc.days;
+    let mut next_day = 1.0;
+    let m = simnet::cores::run(&sc, sc.seed, replicas, |f| {
+        while f * days_total >= next_day {
+            eprintln!(
+                "day {next_day:.0}: {:.1} s, RSS {:.2} GB",
+                t.elapsed().as_secs_f64(),
+                protocol::resident::now_kib() as f64 / 1e6
+            );
+            next_day += 1.0;
+        }
+    });
     let s = m.summary(&sc.requesters.fairness_groups);
     println!("{s:#?}");
     println!("{:?}", m.events_by_kind);

@@ -137,16 +137,9 @@ async fn a_late_joiner_finds_providers_in_the_dht() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// This process's resident set, from /proc (0 where there is none).
+/// This process's resident set.
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+    protocol::resident::now_kib()
 }
 
 /// 100 peers come and go, one at a time: a full node's maps (its connections,
