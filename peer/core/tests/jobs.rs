@@ -32,12 +32,19 @@ fn warm_up(net: &mut Net) {
     net.run(t, |_| false);
 }
 
-#[test]
-fn a_proposed_job_settles_ok_and_every_replica_agrees() {
-    let mut net = Net::new(&ROLES, TOKENS, 1);
+/// The usual network on `seed`, warmed up, with the usual job run to its
+/// good end.
+fn one_job_settled_ok(seed: u64) -> (Net, Hash32) {
+    let mut net = Net::new(&ROLES, TOKENS, seed);
     warm_up(&mut net);
     let job = submit_one(&mut net);
     assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
+    (net, job)
+}
+
+#[test]
+fn a_proposed_job_settles_ok_and_every_replica_agrees() {
+    let (mut net, job) = one_job_settled_ok(1);
     let j = net.nodes[REQ].job(&job).unwrap();
     let paid = j.settled.as_ref().unwrap().payout.provider;
     assert!(paid.0 > 0, "the provider was paid nothing");
@@ -59,10 +66,7 @@ fn a_proposed_job_settles_ok_and_every_replica_agrees() {
 /// that runs for months held every one before.
 #[test]
 fn a_settled_job_leaves_no_deal_and_no_key_behind() {
-    let mut net = Net::new(&ROLES, TOKENS, 3);
-    warm_up(&mut net);
-    let job = submit_one(&mut net);
-    assert_eq!(run_to_end(&mut net, job, 120), JobState::Ended(JobEnd::Ok));
+    let (mut net, job) = one_job_settled_ok(3);
     assert_eq!(net.nodes[REQ].requester().deals().count(), 0);
     assert!(net.nodes[PROV].grants_held() > 0 || net.nodes[0].grants_held() > 0);
     let until = net.now.plus(DurationMs::secs(300));
