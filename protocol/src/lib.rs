@@ -29,7 +29,6 @@ pub mod market;
 pub mod messages;
 pub mod oracle;
 pub mod replay;
-pub mod resident;
 pub mod settlement;
 pub mod signed;
 pub mod timers;

@@ -36,7 +36,7 @@ fn main() {
             eprintln!(
                 "day {next_day:.0}: {:.1} s, RSS {:.2} GB",
                 t.elapsed().as_secs_f64(),
-                protocol::resident::now_kib() as f64 / 1e6
+                rss_gb()
             );
             next_day += 1.0;
         }
@@ -50,4 +50,15 @@ fn main() {
         m.events,
         m.digest()
     );
+}
+
+/// This process's resident set in GB, from /proc (0 where there is none).
+fn rss_gb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let kb = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            kb.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kb| kb / 1e6)
 }
