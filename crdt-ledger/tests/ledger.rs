@@ -1892,3 +1892,90 @@ fn settlements_and_records_of_one_provider_fold_on_top_in_any_order() {
     assert_eq!(l.state().reputation[&net.acct(prov)].jobs, 4);
     conserved(&mut l);
 }
+
+#[test]
+fn final_entries_leave_memory_and_are_read_back_from_the_document() {
+    let net = Net::new(10, 4, 4);
+    let mut a = net.ledger(1);
+    // The node of provider 7 keeps its own history.
+    a.keep_entries_of(net.acct(7));
+    let mine = net.locked(&mut a, 6, 7, 1);
+    let other = net.locked(&mut a, 5, 8, 2);
+    let committee = a.committee_for_checkpoint(1).unwrap();
+    let params = a.params().clone();
+    let settle = |c| net.settlement(c, 1, &committee[..3], good_outcome(4_000), &params);
+    a.append(&net.ids[9], settle(&mine), T0).unwrap();
+    let paid_other = a.append(&net.ids[9], settle(&other), T0).unwrap();
+    // A staker's transfer, which it forks below on another replica.
+    let sent = a
+        .append(&net.ids[2], transfer(net.acct(4), 10), T0)
+        .unwrap();
+    let count = a.entry_count();
+    let held = a.entries().count();
+    assert_eq!(a.entries_retired(), 0);
+    finalize(&net, &mut a, 1, 0);
+    // Final entries left memory, but not those of provider 7's contract.
+    assert!(a.entries_retired() >= 3, "{} retired", a.entries_retired());
+    assert_eq!(a.entry_count(), count + 1, "the checkpoint entry counts");
+    assert!(a.entries().count() < held);
+    let listed: Vec<_> = a.entries().map(|e| e.hash).collect();
+    assert!(!listed.contains(&sent.hash) && !listed.contains(&paid_other.hash));
+    let settled_by = |l: &mut crdt_ledger::Ledger, c: &protocol::Contract| {
+        l.finalized_state().settled.get(&c.body_hash()).copied()
+    };
+    let mine_paid = settled_by(&mut a, &mine).unwrap();
+    assert!(
+        listed.contains(&mine_paid),
+        "a settlement of a kept account stays held"
+    );
+    // Read back from the document, whole.
+    let e = a.entry(&sent.hash).expect("a retired entry reads back");
+    assert_eq!(e.hash, sent.hash);
+    assert_eq!(e.data.body, transfer(net.acct(4), 10));
+    assert_eq!(e.entry.hash(), sent.hash);
+    assert_eq!(
+        a.settlement(&other.body_hash()).map(|(c, _)| c.contract),
+        Some(other.body_hash())
+    );
+    // A fork of the retired transfer, arriving later, is still seen: handed
+    // over directly (kept as evidence only), or by sync.
+    let mut c = net.ledger(3);
+    let fork = c
+        .append(&net.ids[2], transfer(net.acct(5), 10), T0)
+        .unwrap();
+    let forked = c.entry(&fork.hash).unwrap().entry.clone();
+    let mut b = net.ledger(4);
+    sync(&mut a, &mut b);
+    finalize(&net, &mut b, 2, 0);
+    assert!(b.entries_retired() > a.entries_retired());
+    assert!(!b.receive_entry(forked).unwrap());
+    assert!(
+        b.slash_proofs()
+            .iter()
+            .any(|p| matches!(p, SlashProof::Fork { .. })),
+        "a fork handed over directly is evidence"
+    );
+    sync(&mut a, &mut c);
+    let proofs = a.slash_proofs();
+    assert!(
+        proofs
+            .iter()
+            .any(|p| matches!(p, SlashProof::Fork { a: x, b: y }
+                if x.hash() == sent.hash || y.hash() == sent.hash)),
+        "{proofs:?}"
+    );
+    // Only the branch that is not final is reported invalid.
+    let invalid: Vec<_> = a.invalid().into_iter().map(|i| i.id.hash).collect();
+    assert!(!invalid.contains(&sent.hash));
+    assert!(
+        a.invalid()
+            .iter()
+            .any(|i| i.reason == InvalidReason::ForkedBranch)
+    );
+    conserved(&mut a);
+    // A replica reopened from the same store agrees on the state.
+    let root = a.finalized_state().root();
+    let (mut again, _) =
+        crdt_ledger::Ledger::open(net.genesis.clone(), &[9], a.store().clone()).unwrap();
+    assert_eq!(again.finalized_state().root(), root);
+}

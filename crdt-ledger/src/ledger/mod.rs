@@ -5,12 +5,14 @@
 //! - `committee.rs`: the committee timer, proposing, signing and collecting
 //!   checkpoint signatures, double-sign detection;
 //! - `persist.rs`: store records, snapshots, compaction, bootstrap;
+//! - `retire.rs`: final entries leave memory (read back from the document);
 //! - `verify.rs`: reading entries out of a document and batch signature
 //!   verification.
 
 mod committee;
 mod feed;
 mod persist;
+mod retire;
 mod verify;
 
 pub use committee::Voted;
@@ -20,7 +22,7 @@ pub use persist::open_from_snapshot;
 use persist::{REC_DOC, REC_SIGNED, REC_VOTE, VOTE_NOTE_KIND, split_snapshot, verify_snapshot};
 pub(crate) use verify::{collect_doc_entries, verify_entries, verify_received};
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use automerge::{AutoCommit, ReadDoc, ScalarValue, Value, transaction::Transactable};
@@ -137,6 +139,18 @@ pub struct Ledger<S: Store = MemStore> {
     /// fold reads these below the finalized frontier, and nothing else there.
     forked: BTreeSet<EntryKey>,
     by_hash: HashMap<Hash32, Ve>,
+    /// Every final entry below the finalized frontier this replica indexed,
+    /// by hash: its key. Most of them are retired: no longer in `entries` or
+    /// `by_hash`, read back from the document when asked for (see `retire`).
+    finals: HashMap<Hash32, EntryKey>,
+    /// How many of `finals` are retired.
+    retired: usize,
+    /// Accounts whose final entries stay held (`keep_entries_of`).
+    keep: BTreeSet<AccountId>,
+    /// The contracts whose escrow lock names a kept account.
+    kept_contracts: HashSet<Hash32>,
+    /// Checkpoint entries that may still become final (of later epochs than
+    /// the finalized one).
     checkpoint_entries: Vec<Ve>,
     /// (epoch, prev, body hash) of each checkpoint entry, by entry hash: finality
     /// scans every checkpoint entry at each refresh, and decoding a body (whose
@@ -311,6 +325,10 @@ impl<S: Store> Ledger<S> {
             entries: BTreeMap::new(),
             forked: BTreeSet::new(),
             by_hash: HashMap::new(),
+            finals: HashMap::new(),
+            retired: 0,
+            keep: BTreeSet::new(),
+            kept_contracts: HashSet::new(),
             checkpoint_entries: Vec::new(),
             checkpoint_heads: HashMap::new(),
             fin0: fin.clone(),
@@ -379,17 +397,22 @@ impl<S: Store> Ledger<S> {
 
     /// Add a verified entry to the index (idempotent).
     pub(crate) fn index(&mut self, ve: VerifiedEntry) -> bool {
-        if self.by_hash.contains_key(&ve.hash) {
+        if self.knows(&ve.hash) {
             return false;
         }
+        let key = ve.key();
+        if !self.entries.contains_key(&key) && self.below_frontier(&key) {
+            // A fork of a final entry: hold that one again beside it.
+            self.unretire(&key);
+        }
         let ve = Arc::new(ve);
+        self.note_kept(&ve);
         self.by_hash.insert(ve.hash, ve.clone());
         if let Body::Checkpoint(ms) = &ve.data.body {
             self.observe_checkpoint_sigs(ms);
             self.note_competitor(ms);
             self.checkpoint_entries.push(ve.clone());
         }
-        let key = ve.key();
         let slot = self.entries.entry(key).or_default();
         slot.push(ve.clone());
         slot.sort_by_key(|e| e.hash);
@@ -488,13 +511,18 @@ impl<S: Store> Ledger<S> {
     pub fn into_store(self) -> S {
         self.store
     }
-    /// Number of distinct validly signed entries held.
+    /// Number of distinct validly signed entries indexed since this replica
+    /// opened: held, or final and retired.
     pub fn entry_count(&self) -> usize {
-        self.by_hash.len()
+        self.by_hash.len() + self.retired
     }
-    /// An entry by hash.
-    pub fn entry(&self, hash: &Hash32) -> Option<&VerifiedEntry> {
-        self.by_hash.get(hash).map(|e| &**e)
+    /// An entry by hash: held, or a retired final one read back from the
+    /// document.
+    pub fn entry(&self, hash: &Hash32) -> Option<Arc<VerifiedEntry>> {
+        match self.by_hash.get(hash) {
+            Some(e) => Some(e.clone()),
+            None => self.read_retired(hash),
+        }
     }
 
     /// Whether a provider may work on the escrow of `contract`: it is final,
@@ -579,10 +607,8 @@ impl<S: Store> Ledger<S> {
         let Some(hash) = self.state().settled.get(contract).copied() else {
             return false;
         };
-        matches!(
-            self.entry(&hash).map(|e| &e.data.body),
-            Some(Body::Expire { .. })
-        )
+        self.entry(&hash)
+            .is_some_and(|e| matches!(e.data.body, Body::Expire { .. }))
     }
 
     /// Whether `contract`'s escrow is open and may be expired now: the last
@@ -599,7 +625,8 @@ impl<S: Store> Ledger<S> {
     }
 
     /// Every entry held, by author then seq (forks included): what
-    /// `cloudchain ledger` lists. Entries a snapshot covers are not held.
+    /// `cloudchain ledger` lists. Entries a snapshot covers are not held, nor
+    /// final ones retired (see `keep_entries_of`).
     pub fn entries(&self) -> impl Iterator<Item = &VerifiedEntry> {
         self.entries.values().flat_map(|vs| vs.iter().map(|v| &**v))
     }
@@ -750,10 +777,16 @@ impl<S: Store> Ledger<S> {
                  the voting rules; refolding finality from the start"
             );
             self.fin = self.fin0.clone();
+            // The entries above that start were retired as they became final.
+            self.reindex();
             self.rewind = false;
             self.escrow_feed.finality_moved();
         }
+        let was = self.fin.state.last_checkpoint;
         self.advance_finality();
+        if self.fin.state.last_checkpoint != was {
+            self.retire_final();
+        }
         let fin_epoch = self.fin.state.epoch;
         self.checkpoints_waiting = self
             .checkpoint_heads
@@ -920,6 +953,9 @@ impl<S: Store> Ledger<S> {
     }
 
     fn on_final_chain(&self, v: &VerifiedEntry) -> bool {
+        if self.finals.contains_key(&v.hash) {
+            return true;
+        }
         let Some((_, tip)) = self.fin.frontier.get(&v.data.author) else {
             return false;
         };
@@ -1020,6 +1056,7 @@ impl<S: Store> Ledger<S> {
             )
         });
         self.by_hash.insert(ve.hash, ve.clone());
+        self.note_kept(&ve);
         let slot = self.entries.entry(ve.key()).or_default();
         slot.push(ve.clone());
         if slot.len() > 1 {
@@ -1124,14 +1161,22 @@ impl<S: Store> Ledger<S> {
     /// Write a verified received entry to the document (uncommitted: `wrote`
     /// says a commit is due) and index it; see [`Ledger::receive_entry`].
     fn take_received(&mut self, ve: VerifiedEntry, wrote: &mut bool) -> Result<bool, LedgerError> {
-        if self.by_hash.contains_key(&ve.hash) {
+        if self.knows(&ve.hash) {
             return Ok(false);
         }
         let key = ve.key();
-        if let Some(other) = self.entries.get(&key).and_then(|v| v.first()) {
-            if other.entry.signed.body_bytes() != ve.entry.signed.body_bytes() {
+        let other = match self.entries.get(&key).and_then(|v| v.first()) {
+            Some(e) => Some(e.entry.clone()),
+            // A retired final entry there is read back from the document.
+            None => self
+                .doc_entries_at(&key)
+                .into_iter()
+                .find(|e| self.finals.contains_key(&e.hash())),
+        };
+        if let Some(other) = other {
+            if other.signed.body_bytes() != ve.entry.signed.body_bytes() {
                 self.evidence.push(SlashProof::Fork {
-                    a: other.entry.clone(),
+                    a: other,
                     b: ve.entry,
                 });
             }

@@ -152,16 +152,8 @@ impl<S: Store> Ledger<S> {
         self.rewind = false;
         self.escrow_feed.finality_moved();
         self.signed = signed;
-        self.entries.clear();
-        self.forked.clear();
-        self.by_hash.clear();
-        self.checkpoint_entries.clear();
-        self.checkpoint_heads.clear();
-        self.view = None;
-        self.checked_fold = None;
-        self.proposed_root = None;
         self.recoveries += 1;
-        let (n, _) = self.index_document();
+        let (n, _) = self.reindex();
         tracing::info!(
             entries = n,
             records = report.records,
@@ -201,7 +193,7 @@ impl<S: Store> Ledger<S> {
     }
 
     pub(crate) fn knows(&self, h: &Hash32) -> bool {
-        self.by_hash.contains_key(h)
+        self.by_hash.contains_key(h) || self.finals.contains_key(h)
     }
 }
 

@@ -556,7 +556,7 @@ impl<S: Store> NodeCore<S> {
         }
         for (id, epoch, lock, committee) in todo {
             self.orc.taken.insert(id);
-            let contract = match self.ledger.entry(&lock).map(|e| &e.data.body) {
+            let contract = match self.ledger.entry(&lock).as_deref().map(|e| &e.data.body) {
                 Some(Body::EscrowLock { contract }) => contract.clone(),
                 _ => continue,
             };

@@ -348,8 +348,11 @@ pub async fn start(dir: DataDir, opts: RunOptions) -> anyhow::Result<RunningNode
     let network = opts.genesis.network();
     let store = FileStore::open(&dir.path.join("ledger"))
         .with_context(|| format!("cannot open the ledger in {}", dir.path.display()))?;
-    let (ledger, report) =
+    let (mut ledger, report) =
         Ledger::open(opts.genesis.clone(), &account.0, store).context("cannot load the ledger")?;
+    // Final entries leave memory, except this node's own history (its
+    // earnings view lists them); the others are read from the document.
+    ledger.keep_entries_of(account);
     info!(parent: &span, entries = report.entries, network = %network, "ledger loaded");
     let blob_dir = dir.path.join("blobs");
     std::fs::create_dir_all(&blob_dir)
