@@ -471,7 +471,10 @@ impl Metrics {
                 h.update(&x.to_le_bytes());
             }
         }
-        for x in &self.latency_s {
+        // In order of value: the order jobs are counted in is not the run's.
+        let mut latency = self.latency_s.clone();
+        latency.sort_by(f64::total_cmp);
+        for x in &latency {
             h.update(&x.to_bits().to_le_bytes());
         }
         Hash32(*h.finalize().as_bytes())

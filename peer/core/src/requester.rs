@@ -88,6 +88,15 @@ impl Jobs {
         self.by_id.values()
     }
 
+    fn remove(&mut self, id: &Hash32) -> Option<Job> {
+        let j = self.by_id.remove(id)?;
+        self.dirty = true;
+        if let Some(c) = j.contract {
+            self.of_contract.remove(&c);
+        }
+        Some(j)
+    }
+
     pub(crate) fn insert(&mut self, job: Job) {
         self.dirty = true;
         if let Some(c) = job.contract {
@@ -108,11 +117,7 @@ impl Jobs {
         if ended.len() > max_ended {
             ended.sort();
             for (_, id) in &ended[..ended.len() - max_ended] {
-                if let Some(j) = self.by_id.remove(id)
-                    && let Some(c) = j.contract
-                {
-                    self.of_contract.remove(&c);
-                }
+                self.remove(id);
             }
         }
         for j in self.by_id.values_mut() {
@@ -184,6 +189,24 @@ impl<S: Store> NodeCore<S> {
     /// The jobs this node submitted, oldest id first.
     pub fn jobs(&self) -> impl Iterator<Item = &Job> {
         self.jobs.by_id.values()
+    }
+
+    /// Take out the jobs that are over (ended, with their result fetched or
+    /// none to fetch), or with `all` every job, in order of id, each with its
+    /// state: a simulator folds them into its figures and drops them. Nothing
+    /// the core does later needs a job that is over.
+    pub fn take_jobs(&mut self, all: bool) -> Vec<(Job, crate::JobState)> {
+        let taken: Vec<(Hash32, crate::JobState)> = self
+            .jobs
+            .by_id
+            .values()
+            .filter(|j| all || j.done(&self.requester))
+            .map(|j| (j.id, j.state(&self.requester)))
+            .collect();
+        taken
+            .into_iter()
+            .filter_map(|(id, state)| Some((self.jobs.remove(&id)?, state)))
+            .collect()
     }
 
     pub fn job(&self, id: &Hash32) -> Option<&Job> {
