@@ -81,8 +81,9 @@ fn wrap_key(
     Ok(ChaCha20Poly1305::new(Key::from_slice(k.as_ref())))
 }
 
-/// Shared secrets kept per generation; two generations are kept.
-const SHARED_CACHE: usize = 1 << 14;
+/// Shared secrets kept per generation; two generations are kept (at most
+/// about 13 MB).
+const SHARED_CACHE: usize = 1 << 16;
 
 /// The static-static X25519 secret of `me` and `peer`.
 ///
@@ -90,19 +91,26 @@ const SHARED_CACHE: usize = 1 << 14;
 /// opens grants from the same requesters, so the Diffie-Hellman (a scalar
 /// multiplication, more than a signature costs) is done once per pair and kept,
 /// process-wide and bounded: when the current generation is full it becomes
-/// the old one and the older is dropped (and zeroed). An account is its key, so
-/// the pair of accounts names the secret; the cache changes the cost, never the
+/// the old one and the older is dropped (and zeroed); a secret found in the
+/// old generation moves to the current one, so the pairs in use stay. An
+/// account is its key, so the pair of accounts names the secret, in either
+/// order (X25519 gives both parties the same secret: a simulator that runs
+/// both does the multiplication once); the cache changes the cost, never the
 /// key. It holds nothing that the identities in this process could not derive.
 fn shared_secret(me: &Identity, peer: &AccountId) -> Result<Zeroizing<[u8; 32]>, KeyError> {
-    type Pairs = HashMap<(AccountId, AccountId), Zeroizing<[u8; 32]>>;
-    static CACHE: OnceLock<Mutex<(Pairs, Pairs)>> = OnceLock::new();
+    static CACHE: OnceLock<Mutex<Generations>> = OnceLock::new();
     let cache = CACHE.get_or_init(Mutex::default);
-    let pair = (me.account(), *peer);
+    let me_ = me.account();
+    let pair = (me_.min(*peer), me_.max(*peer));
     {
         // A poisoned lock only means a panic elsewhere; whole entries only.
-        let c = cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(s) = c.0.get(&pair).or_else(|| c.1.get(&pair)) {
+        let mut c = cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = c.0.get(&pair) {
             return Ok(s.clone());
+        }
+        if let Some(s) = c.1.remove(&pair) {
+            remember(&mut c, pair, s.clone());
+            return Ok(s);
         }
     }
     let signing = ed25519_dalek::SigningKey::from_bytes(&me.secret_bytes());
@@ -115,11 +123,22 @@ fn shared_secret(me: &Identity, peer: &AccountId) -> Result<Zeroizing<[u8; 32]>,
         return Err(KeyError::BadKey(*peer));
     }
     let mut c = cache.lock().unwrap_or_else(PoisonError::into_inner);
+    remember(&mut c, pair, shared.clone());
+    Ok(shared)
+}
+
+/// The generations of [`shared_secret`]'s cache, current first.
+type Generations = (
+    HashMap<(AccountId, AccountId), Zeroizing<[u8; 32]>>,
+    HashMap<(AccountId, AccountId), Zeroizing<[u8; 32]>>,
+);
+
+/// Put a secret in the current generation, which becomes the old one when full.
+fn remember(c: &mut Generations, pair: (AccountId, AccountId), s: Zeroizing<[u8; 32]>) {
     if c.0.len() >= SHARED_CACHE {
         c.1 = std::mem::take(&mut c.0);
     }
-    c.0.insert(pair, shared.clone());
-    Ok(shared)
+    c.0.insert(pair, s);
 }
 
 /// Seal the job key to `peer` (48 bytes: the key and its tag).
