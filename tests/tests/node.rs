@@ -38,9 +38,8 @@ async fn blob_added_on_one_node_is_fetched_by_ticket_on_another_and_survives_res
     let a_dir = tmp.path().join("a");
     let b_dir = tmp.path().join("b");
     let a = node::start(DataDir::init(&a_dir)?, loopback_opts(&network, vec![])).await?;
-    let a_addr = a.net.listen_addrs().await?[0]
-        .clone()
-        .with(libp2p::multiaddr::Protocol::P2p(a.net.peer_id));
+    // The listener comes up a moment after start: wait for it.
+    let a_addr = a.dial_addr().await?;
     let b = node::start(
         DataDir::init(&b_dir)?,
         loopback_opts(&network, vec![a_addr]),
@@ -157,9 +156,7 @@ async fn a_provider_benchmarks_its_device_and_its_offer_reaches_a_requester() ->
     let mut pd = DataDir::init(&p_dir)?;
     pd.config.provider.backend = "cpu".into();
     let p = node::start(pd, opts).await?;
-    let p_addr = p.net.listen_addrs().await?[0]
-        .clone()
-        .with(libp2p::multiaddr::Protocol::P2p(p.net.peer_id));
+    let p_addr = p.dial_addr().await?;
     let r = node::start(
         DataDir::init(&r_dir)?,
         loopback_opts(&network, vec![p_addr]),
