@@ -15,7 +15,7 @@ fn main() -> anyhow::Result<()> {
     }
     println!(
         "{:>6} {:>14} {:>14} {:>16}",
-        "n", "wgpu GFLOP/s", "cpu GFLOP/s", "matrixmultiply"
+        "n", "wgpu GFLOP/s", "cpu exact", "matrixmultiply"
     );
     let budget = Duration::from_millis(800);
     let sizes: &[usize] = if std::env::args().any(|a| a == "--epochs-only") {

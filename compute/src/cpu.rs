@@ -1,10 +1,15 @@
-//! The CPU reference backend: `matrixmultiply`'s SGEMM for products, rayon for the
-//! row-parallel element-wise work. Deterministic: same inputs, same bits.
+//! The CPU reference backend: the canonical arithmetic of [`crate::canon`] (an
+//! order-fixed GEMM, hand-written `exp`/`ln`), rayon for the row-parallel
+//! element-wise work. Deterministic: same inputs, same bits, on any thread count
+//! and any x86-64 or other target. [`CpuBackend::fast`] swaps the product for
+//! `matrixmultiply`'s SGEMM, faster on large products but summed in its own order,
+//! so it is not exact: for work nobody re-executes to compare.
 
 use crate::backend::{
     Backend, BackendInfo, BackendKind, ColStats, GemmShape, NoiseParams, check_len,
     check_softmax_xent,
 };
+use crate::canon::{self, madd};
 use crate::error::{Result, shape_err};
 use crate::rng;
 use rayon::prelude::*;
@@ -13,15 +18,28 @@ use rayon::prelude::*;
 const PAR_MIN: usize = 1 << 15;
 
 /// Pure-Rust backend; the reference every other backend is checked against.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CpuBackend {
-    _private: (),
+    /// Products by `matrixmultiply` instead of the order-fixed kernel.
+    fast: bool,
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl CpuBackend {
-    /// A CPU backend using all of rayon's threads.
+    /// The exact CPU backend (the canonical arithmetic), on all of rayon's threads.
     pub fn new() -> Self {
-        Self::default()
+        Self { fast: false }
+    }
+
+    /// The CPU backend with `matrixmultiply`'s SGEMM for products: not exact (its
+    /// summation order is its own), for work that is never compared bit for bit.
+    pub fn fast() -> Self {
+        Self { fast: true }
     }
 }
 
@@ -73,13 +91,24 @@ impl Backend for CpuBackend {
     fn info(&self) -> BackendInfo {
         BackendInfo {
             kind: BackendKind::Cpu,
-            name: format!("CPU ({} threads)", rayon::current_num_threads()),
+            name: format!(
+                "CPU ({} threads, {})",
+                rayon::current_num_threads(),
+                if self.fast {
+                    "matrixmultiply"
+                } else {
+                    "order-fixed"
+                }
+            ),
             api: "native".into(),
             device_type: "Cpu".into(),
         }
     }
 
     fn gemm_checked(&self, a: &[f32], b: &[f32], s: GemmShape) -> Result<Vec<f32>> {
+        if !self.fast {
+            return Ok(crate::gemm_ordered::gemm(a, b, s));
+        }
         let GemmShape { m, k, n, ta, tb } = s;
         let mut c = vec![0f32; m * n];
         if m == 0 || n == 0 || k == 0 {
@@ -105,7 +134,7 @@ impl Backend for CpuBackend {
         Ok(map_rows(x, cols, |_, xr, o| {
             for ((o, &v), &b) in o.iter_mut().zip(xr).zip(bias) {
                 let z = v + b;
-                *o = if relu { z.max(0.0) } else { z };
+                *o = if relu { canon::relu(z) } else { z };
             }
         }))
     }
@@ -128,10 +157,10 @@ impl Backend for CpuBackend {
     ) -> Result<(Vec<f32>, Vec<f32>)> {
         check_softmax_xent(logits, labels, rows, classes)?;
         let grad = map_rows(logits, classes, |r, z, g| {
-            softmax_grad_row(z, labels[r] as usize, g)
+            canon::softmax_grad_row(z, labels[r] as usize, g)
         });
         let loss = (0..rows)
-            .map(|r| xent_row(&logits[r * classes..(r + 1) * classes], labels[r] as usize))
+            .map(|r| canon::xent_row(&logits[r * classes..(r + 1) * classes], labels[r] as usize))
             .collect();
         Ok((loss, grad))
     }
@@ -152,7 +181,7 @@ impl Backend for CpuBackend {
         if cols == 0 {
             return Ok(vec![0.0; rows]);
         }
-        Ok(x.chunks(cols).map(sq_norm).collect())
+        Ok(x.chunks(cols).map(canon::sq_norm).collect())
     }
 
     fn scale_rows(&self, x: &[f32], rows: usize, cols: usize, s: &[f32]) -> Result<Vec<f32>> {
@@ -209,14 +238,20 @@ impl Backend for CpuBackend {
             min: vec![f32::INFINITY; cols],
             max: vec![f32::NEG_INFINITY; cols],
         };
+        // Each column as the WGSL kernel computes it: sums in row order from
+        // +0.0, the extremes picked by comparison.
         for c in 0..cols {
             let col = || (0..rows).map(|r| x[r * cols + c]);
-            let mean = col().sum::<f32>() / rows as f32;
-            let var = col().map(|v| (v - mean) * (v - mean)).sum::<f32>() / rows as f32;
+            let sum = col().fold(0f32, |s, v| s + v);
+            let mean = sum / rows as f32;
+            let ss = col().fold(0f32, |s, v| {
+                let d = v - mean;
+                madd(d, d, s)
+            });
             st.mean[c] = mean;
-            st.std[c] = var.sqrt();
-            st.min[c] = col().fold(f32::INFINITY, f32::min);
-            st.max[c] = col().fold(f32::NEG_INFINITY, f32::max);
+            st.std[c] = (ss / rows as f32).sqrt();
+            st.min[c] = col().fold(x[c], |lo, v| if v < lo { v } else { lo });
+            st.max[c] = col().fold(x[c], |hi, v| if v > hi { v } else { hi });
         }
         Ok(st)
     }
@@ -238,38 +273,4 @@ impl Backend for CpuBackend {
             }
         }))
     }
-}
-
-/// Σ v² in eight interleaved partial sums: a fixed order (so the result is
-/// deterministic) that the compiler can vectorize, unlike one serial f32 chain.
-fn sq_norm(r: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = r.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
-    for c in chunks {
-        for (a, v) in acc.iter_mut().zip(c) {
-            *a += v * v;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// Writes the row's softmax minus one-hot into `g`.
-fn softmax_grad_row(z: &[f32], y: usize, g: &mut [f32]) {
-    let mx = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for (g, &v) in g.iter_mut().zip(z) {
-        *g = (v - mx).exp();
-        sum += *g;
-    }
-    for g in g.iter_mut() {
-        *g /= sum;
-    }
-    g[y] -= 1.0;
-}
-
-fn xent_row(z: &[f32], y: usize) -> f32 {
-    let mx = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = z.iter().map(|v| (v - mx).exp()).sum();
-    sum.ln() + mx - z[y]
 }

@@ -5,8 +5,13 @@
 //! - **Backends** behind one trait, [`Backend`]: [`WgpuBackend`] runs WGSL compute
 //!   shaders (tiled matrix product, bias + ReLU, softmax cross-entropy, SGD,
 //!   per-example clipping and Gaussian noise, standardization) and [`CpuBackend`] is
-//!   the pure-Rust reference (`matrixmultiply` + rayon). [`select_backend`] picks one
-//!   and says why.
+//!   the pure-Rust reference (an order-fixed GEMM + rayon). [`select_backend`] picks
+//!   one and says why.
+//! - **The canonical arithmetic** ([`canon`]): fixed summation orders, `acc + a*b`
+//!   never fused, hand-written `exp`/`ln`. The CPU backend computes it, the WGSL
+//!   kernels follow it line for line, and [`selftest`] finds at start-up whether a
+//!   backend gives its bits (lavapipe does). Checks of an exact provider compare
+//!   weight hashes; only a backend that is not exact is checked within a tolerance.
 //! - **Workloads** ([`WorkloadSpec`]: train an MLP, run inference, preprocess a data
 //!   set) that read and write [safetensors](https://github.com/huggingface/safetensors)
 //!   bytes, count their FLOPs (1 compute unit = 1 GFLOP, [`flops_for`] predicts the
@@ -23,23 +28,27 @@
 //! - **Benchmarks**: [`bench::device_gflops`] measures what a provider advertises.
 //!
 //! Everything is deterministic given the job seed: the CPU backend reproduces a run bit
-//! for bit; a GPU reproduces it within float tolerance, which is what the verifiers
-//! allow for. Nothing here does networking or reads the clock except to report how
+//! for bit on any machine, and so does an exact wgpu driver; a driver that is not
+//! exact reproduces it within [`verify::tolerance`], which is what the verifiers
+//! then allow for. Nothing here does networking or reads the clock except to report how
 //! long a workload took.
 
 pub mod backend;
 pub mod bench;
+pub mod canon;
 mod cpu;
 pub mod datasets;
 pub mod dp;
 mod error;
 pub mod fedavg;
+mod gemm_ordered;
 mod gemm_safe;
 pub mod import;
 pub mod mlp;
 pub mod onnx;
 pub mod predict;
 pub mod rng;
+pub mod selftest;
 pub mod tensors;
 pub mod verify;
 mod wgpu_backend;

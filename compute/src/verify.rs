@@ -6,8 +6,14 @@
 //! - [`verify_training_segment`]: the provider's receipt commits to a hash chain of
 //!   weight checkpoints; the oracle picks a link ([`challenge_segment`]), the provider
 //!   reveals the weights at both ends, the oracle checks them against the chain and
-//!   re-executes those steps on its own backend, comparing within a tolerance.
+//!   re-executes those steps on its own backend.
 //! - [`verify_inference_sample`]: re-runs a random sample of rows and compares logits.
+//!
+//! How a re-execution is compared ([`Compare`]): a provider whose backend is exact
+//! (it passed [`crate::selftest`], and its offer says so) is held to the bits: the
+//! re-executed weights must hash to the committed link, the logits must be equal.
+//! Otherwise, and only then, the one tolerance of the crate applies,
+//! [`tolerance`], scaled to the steps re-executed.
 
 use crate::backend::Backend;
 use crate::error::{ComputeError, Result, shape_err};
@@ -118,6 +124,33 @@ pub fn challenge_link(len: usize, seed: u64) -> Option<usize> {
     Some(1 + (rng::rand_u32(seed, rng::STREAM_VERIFY, 0xC4A1) % links) as usize)
 }
 
+/// How a verifier compares its re-execution with the provider's claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Compare {
+    /// Bit for bit: the provider's backend is exact, and so must the verifier's
+    /// be (the exact [`crate::CpuBackend`]).
+    Exact,
+    /// Within [`tolerance`] of the work re-executed: the provider said its
+    /// backend is not exact.
+    Tolerant,
+}
+
+/// Relative tolerance per training step re-executed, for a backend that is not
+/// exact: its products are summed in another order, a few ulps apart, and the
+/// difference grows with the steps.
+pub const TOLERANCE_PER_STEP: f32 = 1e-4;
+
+/// The tolerance never exceeds this: a faked share of a percent fails it.
+pub const MAX_TOLERANCE: f32 = 1e-3;
+
+/// The relative tolerance, `|ours − theirs| ≤ t·(1 + |ours|)` per value, for
+/// `steps` steps of work (1 for inference and preprocessing) on a backend that
+/// is not exact: `TOLERANCE_PER_STEP · steps`, at most [`MAX_TOLERANCE`]. The one
+/// place a tolerance is set.
+pub fn tolerance(steps: u64) -> f32 {
+    (TOLERANCE_PER_STEP * steps.max(1) as f32).min(MAX_TOLERANCE)
+}
+
 /// An oracle's finding.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
@@ -154,8 +187,10 @@ pub fn matches_link(chain: &[Checkpoint], index: usize, seed: u64, model: &Mlp) 
 
 /// Re-executes link `index` of a training job's checkpoint chain: checks that
 /// `start_model` and `end_model` are the committed weights at links `index − 1` and
-/// `index`, runs those steps from `start_model` on `backend`, and accepts when every
-/// parameter is within `tol·(1 + |w|)` of `end_model`.
+/// `index`, runs those steps from `start_model` on `backend`, and accepts when the
+/// weights it reaches hash to link `index` ([`Compare::Exact`]), or when every
+/// parameter is within [`tolerance`]`(steps)·(1 + |w|)` of `end_model`
+/// ([`Compare::Tolerant`]).
 #[allow(clippy::too_many_arguments)]
 pub fn verify_training_segment(
     backend: &dyn Backend,
@@ -165,7 +200,7 @@ pub fn verify_training_segment(
     index: usize,
     start_model: &[u8],
     end_model: &[u8],
-    tol: f32,
+    compare: Compare,
 ) -> Result<Verdict> {
     if index == 0 || index >= chain.len() {
         return Err(ComputeError::Spec(format!(
@@ -196,15 +231,68 @@ pub fn verify_training_segment(
     let ops = Ops::new(backend);
     let mut model = start;
     train_steps(&ops, spec, &d, &mut model, s0, s1, |_, _, _| Ok(()))?;
+    let on = backend.info().name;
+    if compare == Compare::Exact {
+        let ok = chain_next(&chain[index - 1].hash, s1, &model) == chain[index].hash;
+        return Ok(Verdict {
+            ok,
+            max_abs_diff: model.max_abs_diff(&end),
+            reason: format!(
+                "re-executed steps {s0}..{s1} on {on}: the weights {} link {index} bit for bit",
+                if ok { "match" } else { "do not match" }
+            ),
+        });
+    }
+    let tol = tolerance(s1 - s0);
     let diff = param_rel_diff(&model, &end);
     Ok(Verdict {
         ok: diff <= tol,
         max_abs_diff: model.max_abs_diff(&end),
         reason: format!(
-            "re-executed steps {s0}..{s1} on {}: max relative difference {diff:.3e} (tolerance {tol:.1e})",
-            backend.info().name
+            "re-executed steps {s0}..{s1} on {on}: max relative difference {diff:.3e} (tolerance {tol:.1e})"
         ),
     })
+}
+
+/// Compares a whole re-executed output `ours` with the claimed `theirs`: bit
+/// for bit, or within [`tolerance`]`(1)` per value. `what` opens the reason.
+pub fn compare_values(ours: &[f32], theirs: &[f32], compare: Compare, what: &str) -> Verdict {
+    if ours.len() != theirs.len() {
+        return Verdict::fail(format!(
+            "{what}: {} values, expected {}",
+            theirs.len(),
+            ours.len()
+        ));
+    }
+    let worst = ours
+        .iter()
+        .zip(theirs)
+        .map(|(p, q)| (p - q).abs() / (1.0 + p.abs()))
+        .fold(0f32, f32::max);
+    match compare {
+        Compare::Exact => {
+            let unequal = ours
+                .iter()
+                .zip(theirs)
+                .filter(|(p, q)| p.to_bits() != q.to_bits())
+                .count();
+            Verdict {
+                ok: unequal == 0,
+                max_abs_diff: worst,
+                reason: format!("{what}: {unequal} values differ in their bits"),
+            }
+        }
+        Compare::Tolerant => {
+            let tol = tolerance(1);
+            Verdict {
+                ok: worst <= tol,
+                max_abs_diff: worst,
+                reason: format!(
+                    "{what}: max relative difference {worst:.3e} (tolerance {tol:.1e})"
+                ),
+            }
+        }
+    }
 }
 
 fn param_rel_diff(a: &Mlp, b: &Mlp) -> f32 {
@@ -223,7 +311,8 @@ fn param_rel_diff(a: &Mlp, b: &Mlp) -> f32 {
 }
 
 /// Re-runs `sample` random rows (chosen by `seed`) of an inference job and compares
-/// the claimed `logits` (and `pred`) within `tol·(1 + |logit|)`.
+/// the claimed `logits` (and `pred`): equal bit for bit ([`Compare::Exact`]), or
+/// within [`tolerance`]`(1)·(1 + |logit|)` ([`Compare::Tolerant`]).
 pub fn verify_inference_sample(
     backend: &dyn Backend,
     model: &[u8],
@@ -231,7 +320,7 @@ pub fn verify_inference_sample(
     claimed: &[u8],
     sample: usize,
     seed: u64,
-    tol: f32,
+    compare: Compare,
 ) -> Result<Verdict> {
     let m = Mlp::from_safetensors(model)?;
     let info = crate::predict::ModelInfo::read(tensors::metadata(model)?, &m)?;
@@ -266,12 +355,14 @@ pub fn verify_inference_sample(
     let ours = infer_logits(&ops, &m, &xs, picks.len())?;
     let mut worst = 0f32;
     let mut max_abs = 0f32;
+    let mut unequal = 0usize;
     for (s, &r) in picks.iter().enumerate() {
         let theirs = &logits[r * classes..(r + 1) * classes];
         let mine = &ours[s * classes..(s + 1) * classes];
         for (t, o) in theirs.iter().zip(mine) {
             worst = worst.max((t - o).abs() / (1.0 + o.abs()));
             max_abs = max_abs.max((t - o).abs());
+            unequal += usize::from(t.to_bits() != o.to_bits());
         }
         let follows = match info.task {
             Task::Classify => argmax_rows(theirs, classes)[0] == pred[r],
@@ -285,12 +376,22 @@ pub fn verify_inference_sample(
             )));
         }
     }
-    Ok(Verdict {
-        ok: worst <= tol,
-        max_abs_diff: max_abs,
-        reason: format!(
-            "re-ran {} of {rows} rows: max relative difference {worst:.3e} (tolerance {tol:.1e})",
-            picks.len()
-        ),
+    let n = picks.len();
+    Ok(match compare {
+        Compare::Exact => Verdict {
+            ok: unequal == 0,
+            max_abs_diff: max_abs,
+            reason: format!("re-ran {n} of {rows} rows: {unequal} logits differ in their bits"),
+        },
+        Compare::Tolerant => {
+            let tol = tolerance(1);
+            Verdict {
+                ok: worst <= tol,
+                max_abs_diff: max_abs,
+                reason: format!(
+                    "re-ran {n} of {rows} rows: max relative difference {worst:.3e} (tolerance {tol:.1e})"
+                ),
+            }
+        }
     })
 }

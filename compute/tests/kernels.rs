@@ -2,8 +2,10 @@
 //! quickly. These tests FAIL when wgpu finds no adapter: CI must provide one
 //! (`apt-get install mesa-vulkan-drivers libvulkan1` gives lavapipe).
 //!
-//! Tolerance: max |gpu − cpu| ≤ 1e-4·(1 + |cpu|) element-wise (f32; the GPU sums in
-//! a different order and uses its own `exp`/`log`/`cos`).
+//! On lavapipe (a software adapter, as in CI) every kernel must give the exact CPU
+//! backend's bits: both follow the canonical arithmetic (`compute::canon`). On any
+//! other adapter, whose driver may fuse or round differently (the start-up
+//! self-test says which), they must agree within 1e-4·(1 + |cpu|) element-wise.
 
 #![allow(clippy::unwrap_used)] // helpers outside #[test] fns unwrap too
 
@@ -21,14 +23,39 @@ fn data(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// Whether the adapter is lavapipe, which must be exact.
+fn exact_adapter() -> bool {
+    gpu().info().device_type == "Cpu"
+}
+
 #[track_caller]
 fn assert_close(gpu: &[f32], cpu: &[f32], tol: f32) {
     assert_eq!(gpu.len(), cpu.len(), "lengths differ");
+    if exact_adapter() {
+        for (i, (g, c)) in gpu.iter().zip(cpu).enumerate() {
+            assert!(
+                g.to_bits() == c.to_bits(),
+                "element {i}: gpu {g} vs cpu {c}: not the canonical bits"
+            );
+        }
+        return;
+    }
     for (i, (g, c)) in gpu.iter().zip(cpu).enumerate() {
         assert!(
             (g - c).abs() <= tol * (1.0 + c.abs()),
             "element {i}: gpu {g} vs cpu {c}"
         );
+    }
+}
+
+#[test]
+fn the_self_test_finds_lavapipe_exact() {
+    let g = gpu();
+    let t = compute::selftest::run(&g).unwrap();
+    eprintln!("{t}");
+    if exact_adapter() {
+        assert!(t.exact, "{t}");
+        assert!(t.checks >= 20, "{t}");
     }
 }
 

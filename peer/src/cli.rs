@@ -1230,6 +1230,7 @@ fn bench(json: bool, backend: &str, what: Option<&BenchWhat>) -> anyhow::Result<
     };
     let sel = compute::select_backend(pref)?;
     let b = compute::bench::device_gflops(&*sel.backend)?;
+    let t = compute::selftest::run(&*sel.backend)?;
     if json {
         println!(
             "{}",
@@ -1239,6 +1240,8 @@ fn bench(json: bool, backend: &str, what: Option<&BenchWhat>) -> anyhow::Result<
                 "n": b.n,
                 "gflops": b.gflops,
                 "compute_units_per_s": b.gflops,
+                "exact": t.exact,
+                "selftest": t.to_string(),
             }))?
         );
     } else {
@@ -1248,6 +1251,14 @@ fn bench(json: bool, backend: &str, what: Option<&BenchWhat>) -> anyhow::Result<
         println!(
             "speed     {:.1} GFLOP/s = {:.1} compute units per second",
             b.gflops, b.gflops
+        );
+        println!(
+            "exact     {}: {t}",
+            if t.exact {
+                "yes, results are checked bit for bit"
+            } else {
+                "no, results are checked within the tolerance"
+            }
         );
     }
     Ok(())

@@ -13,14 +13,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, bail};
+use compute::verify::Compare;
 use compute::workload::{chain_next, chain_start};
 use compute::{Backend, Checkpoint, DataShape, DpConfig, Metrics, TrainSpec, WorkloadSpec};
 use protocol::{BlobRef, ComputeUnits, Hash32, JobKind, Receipt};
 use serde::{Deserialize, Serialize};
 
-/// Tolerance of a re-execution (relative, per parameter or logit). The CPU and wgpu
-/// backends agree to ~1e-5 on the jobs we run; a wrong result is off by far more.
-pub const CHECK_TOLERANCE: f32 = 1e-3;
 /// Rows of an inference job that a committee member re-runs.
 pub const INFER_SAMPLE: usize = 64;
 /// The largest output a requester takes (checked at submit, from the job).
@@ -743,6 +741,16 @@ fn fake(spec: &WorkloadSpec, r: &mut JobResult) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How the committee compares a re-execution with a contract's result: bit for
+/// bit when the provider's offer said its backend is exact.
+pub fn compare_for(sla: &protocol::SlaTerms) -> Compare {
+    if sla.exact {
+        Compare::Exact
+    } else {
+        Compare::Tolerant
+    }
+}
+
 /// A committee member's check of a delivered result, after the provider
 /// committed to it in its receipt:
 /// - the units claimed are at most what the FLOP model gives for the job's spec
@@ -755,6 +763,10 @@ fn fake(spec: &WorkloadSpec, r: &mut JobResult) -> anyhow::Result<()> {
 ///   chain, a sample of inference rows; or the whole of a preprocessing job.
 ///   The result checks only if every sample does, so one member's sample
 ///   that lands on a faked part fails it for every member that holds it.
+///
+/// `compare` says how: bit for bit where the contract says the provider's
+/// backend is exact ([`compare_for`]), else within the tolerance.
+#[allow(clippy::too_many_arguments)]
 pub fn check(
     backend: &dyn Backend,
     kind: &JobKind,
@@ -763,6 +775,7 @@ pub fn check(
     result: &dyn Delivered,
     receipt: &Receipt,
     seeds: &[u64],
+    compare: Compare,
 ) -> anyhow::Result<compute::verify::Verdict> {
     let spec = workload_spec(kind, model)?;
     let fail = |reason: String| compute::verify::Verdict {
@@ -841,7 +854,7 @@ pub fn check(
                     index,
                     result.model(index - 1)?,
                     result.model(index)?,
-                    CHECK_TOLERANCE,
+                    compare,
                 ));
             }
             all_of(checks.into_iter())
@@ -859,7 +872,7 @@ pub fn check(
                     output,
                     INFER_SAMPLE,
                     *seed,
-                    CHECK_TOLERANCE,
+                    compare,
                 )
             }))
         }
@@ -869,19 +882,12 @@ pub fn check(
             let b = compute::tensors::parse(result.output()?)?;
             let (_, _, x) = compute::tensors::read_matrix(&a, "x")?;
             let (_, _, y) = compute::tensors::read_matrix(&b, "x")?;
-            if x.len() != y.len() {
-                return Ok(fail(format!("{} values, expected {}", y.len(), x.len())));
-            }
-            let worst = x
-                .iter()
-                .zip(&y)
-                .map(|(p, q)| (p - q).abs() / (1.0 + p.abs()))
-                .fold(0f32, f32::max);
-            Ok(compute::verify::Verdict {
-                ok: worst <= CHECK_TOLERANCE,
-                max_abs_diff: worst,
-                reason: format!("re-ran the job: max relative difference {worst:.3e}"),
-            })
+            Ok(compute::verify::compare_values(
+                &x,
+                &y,
+                compare,
+                "re-ran the job",
+            ))
         }
         other => bail!("no check for {other:?}"),
     }
@@ -993,6 +999,7 @@ mod tests {
                 &ran.result,
                 &receipt(&ran),
                 &[9],
+                Compare::Exact,
             )
             .unwrap();
             assert_eq!(v.ok, !faulty, "training, faulty={faulty}: {}", v.reason);
@@ -1009,6 +1016,7 @@ mod tests {
                 &ran.result,
                 &receipt(&ran),
                 &[9],
+                Compare::Exact,
             )
             .unwrap();
             assert_eq!(v.ok, !faulty, "inference, faulty={faulty}: {}", v.reason);
@@ -1205,7 +1213,17 @@ mod tests {
                 models: want.iter().map(|&i| (i, all[&i].clone())).collect(),
                 output: None,
             };
-            let v = check(&be, &kind, &data, None, &fetched, &receipt(&ran), &[seed]).unwrap();
+            let v = check(
+                &be,
+                &kind,
+                &data,
+                None,
+                &fetched,
+                &receipt(&ran),
+                &[seed],
+                Compare::Exact,
+            )
+            .unwrap();
             assert!(v.ok, "seed {seed}: {}", v.reason);
         }
         check_output(&index, &ran.result.output).unwrap();
@@ -1226,7 +1244,17 @@ mod tests {
         let data = wine();
         let honest = run(&be, &train_kind(), &data, None, Cheat::None).unwrap();
         let check_with = |r: &JobResult, rc: &Receipt, seed: u64| {
-            check(&be, &train_kind(), &data, None, r, rc, &[seed]).unwrap()
+            check(
+                &be,
+                &train_kind(),
+                &data,
+                None,
+                r,
+                rc,
+                &[seed],
+                Compare::Exact,
+            )
+            .unwrap()
         };
         let truncated = run(&be, &train_kind(), &data, None, Cheat::Truncate).unwrap();
         assert_eq!(truncated.result.chain.len(), 2);

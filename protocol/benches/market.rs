@@ -43,6 +43,7 @@ fn offers(n: usize, rng: &mut ChaCha8Rng) -> Vec<(Hash32, Offer)> {
                     deadline_slack: DurationMs::secs(rng.random_range(1..60)),
                     availability: Bps(rng.random_range(9_000..=10_000)),
                     penalty: Bps(rng.random_range(500..2_000)),
+                    exact: true,
                 },
                 region: "eu".into(),
                 slots,

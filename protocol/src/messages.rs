@@ -133,6 +133,11 @@ pub struct SlaTerms {
     pub availability: Bps,
     /// λ: share of the contract value refunded per violation.
     pub penalty: Bps,
+    /// The provider's backend is exact: it passed the start-up self-test
+    /// (`compute::selftest`), so its results are the canonical arithmetic's bits
+    /// and the committee compares them bit for bit. `false`: the committee
+    /// compares within `compute::verify::tolerance`.
+    pub exact: bool,
 }
 
 /// A provider's signed advertisement, gossiped on the market topic.

@@ -802,6 +802,46 @@ fn answer_of(out: &[ProviderOutput]) -> ProposalAnswer {
         .unwrap()
 }
 
+/// A provider whose backend is not exact offers `exact = false` and refuses a
+/// proposal that asks for exact checks: the committee would compare its honest
+/// results bit for bit, fail them and slash its bond.
+#[test]
+fn a_provider_that_is_not_exact_refuses_exact_checks() {
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    let me = Identity::from_seed(54);
+    let req = Identity::from_seed(55);
+    let mut cfg = ProviderConfig::default();
+    cfg.sla.exact = false;
+    let mut prov = ProviderEngine::new(me.clone(), net(), cfg);
+    let now = Timestamp(5_000_000);
+    let out = prov.handle(now, ProviderInput::Start, &mut rng);
+    let offer = out
+        .iter()
+        .find_map(|o| match o {
+            ProviderOutput::Publish(Message::Offer(s)) => s.body_unverified().ok(),
+            _ => None,
+        })
+        .expect("an offer");
+    assert!(!offer.sla.exact, "its offer says so");
+    let mut ask = |nonce: u64, exact: bool| {
+        let job = simple_job(&req, now, nonce, 1_000_000, 600);
+        let mut p = propose(&req, me.account(), job, 500, now, nonce)
+            .body_unverified()
+            .unwrap();
+        p.sla.exact = exact;
+        let p = Signed::sign(&req, &net(), &p).unwrap();
+        answer_of(&prov.handle(now, ProviderInput::Proposal(p), &mut rng))
+    };
+    assert!(matches!(
+        ask(1, true),
+        ProposalAnswer::Reject {
+            reason: RejectReason::Unsupported(why),
+            ..
+        } if why.contains("not exact")
+    ));
+    assert!(matches!(ask(2, false), ProposalAnswer::Accept(_)));
+}
+
 /// A provider keeps room in its store for the jobs it accepted: a job is
 /// refused, saying how much it needs and how much is left, when its inputs and
 /// declared result do not fit beside theirs.

@@ -31,10 +31,13 @@ fn blob() -> impl Strategy<Value = BlobRef> {
     (hash(), any::<u64>()).prop_map(|(hash, size)| BlobRef { hash, size })
 }
 fn sla() -> impl Strategy<Value = SlaTerms> {
-    (any::<u64>(), bps(), bps()).prop_map(|(s, availability, penalty)| SlaTerms {
-        deadline_slack: DurationMs(s),
-        availability,
-        penalty,
+    (any::<u64>(), bps(), bps(), any::<bool>()).prop_map(|(s, availability, penalty, exact)| {
+        SlaTerms {
+            deadline_slack: DurationMs(s),
+            availability,
+            penalty,
+            exact,
+        }
     })
 }
 
@@ -460,6 +463,7 @@ fn sample_offer(now: u64) -> Offer {
             deadline_slack: DurationMs::secs(60),
             availability: Bps(9_900),
             penalty: Bps(1_000),
+            exact: true,
         },
         region: "eu-west".into(),
         slots: 4,

@@ -74,6 +74,7 @@ pub(crate) fn provider_config(
             deadline_slack: DurationMs::secs(120),
             availability: Bps(p.availability_bps),
             penalty: Bps(p.penalty_bps),
+            exact: true,
         },
         // Offers are re-gossiped only on change, or every 16 hours
         // (two thirds of the longest lifetime an offer may claim).

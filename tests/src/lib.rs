@@ -363,6 +363,7 @@ pub fn test_offer(
             deadline_slack: DurationMs::secs(30),
             availability: Bps(9_900),
             penalty: Bps(1_000),
+            exact: true,
         },
         region: "local".into(),
         slots: 2,

@@ -8,6 +8,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let i = flat_index(gid, nwg);
     if (i >= p.m * p.n) { return; }
     var z = x[i] + bias[i % p.n];
-    if ((p.flags & 1u) != 0u) { z = max(z, 0.0); }
+    if ((p.flags & 1u) != 0u) { z = select(0.0, z, z > 0.0); }
     y[i] = z;
 }

@@ -14,12 +14,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     for (var r = 0u; r < p.m; r++) {
         let v = x[r * p.n + c];
         sum += v;
-        lo = min(lo, v);
-        hi = max(hi, v);
+        lo = select(lo, v, v < lo);
+        hi = select(hi, v, v > hi);
     }
     let mean = sum / f32(p.m);
     var ss = 0.0;
-    for (var r = 0u; r < p.m; r++) { let d = x[r * p.n + c] - mean; ss += d * d; }
+    for (var r = 0u; r < p.m; r++) { let d = x[r * p.n + c] - mean; ss = madd(d, d, ss); }
     st[c] = mean;
     st[p.n + c] = sqrt(ss / f32(p.m));
     st[2u * p.n + c] = lo;

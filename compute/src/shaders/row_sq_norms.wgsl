@@ -6,7 +6,12 @@
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let r = flat_index(gid, nwg);
     if (r >= p.m) { return; }
-    var acc = 0.0;
-    for (var c = 0u; c < p.n; c++) { let v = x[r * p.n + c]; acc += v * v; }
-    s[r] = acc;
+    // Eight lanes, element c in lane c % 8, then the lanes left to right
+    // (`canon::sq_norm`).
+    var acc: array<f32, 8>;
+    for (var l = 0u; l < 8u; l++) { acc[l] = 0.0; }
+    for (var c = 0u; c < p.n; c++) { let v = x[r * p.n + c]; acc[c % 8u] = madd(v, v, acc[c % 8u]); }
+    var total = 0.0;
+    for (var l = 0u; l < 8u; l++) { total = total + acc[l]; }
+    s[r] = total;
 }

@@ -1,4 +1,5 @@
-// One thread per row: loss = logsumexp(z) − z[y], grad = softmax(z) − onehot(y).
+// One thread per row: loss = logsumexp(z) − z[y], grad = softmax(z) − onehot(y),
+// as `canon::softmax_grad_row` and `canon::xent_row` compute them.
 // m = rows, n = classes.
 @group(0) @binding(1) var<storage, read> z: array<f32>;
 @group(0) @binding(2) var<storage, read> labels: array<u32>;
@@ -11,14 +12,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if (r >= p.m) { return; }
     let base = r * p.n;
     var mx = z[base];
-    for (var c = 1u; c < p.n; c++) { mx = max(mx, z[base + c]); }
+    for (var c = 1u; c < p.n; c++) { mx = select(mx, z[base + c], z[base + c] > mx); }
     var sum = 0.0;
-    for (var c = 0u; c < p.n; c++) { sum += exp(z[base + c] - mx); }
+    for (var c = 0u; c < p.n; c++) { sum = sum + exp_c(z[base + c] - mx); }
     let y = labels[r];
     for (var c = 0u; c < p.n; c++) {
-        var g = exp(z[base + c] - mx) / sum;
+        var g = exp_c(z[base + c] - mx) / sum;
         if (c == y) { g -= 1.0; }
         grad[base + c] = g;
     }
-    loss[r] = log(sum) + mx - z[base + y];
+    loss[r] = ln_c(sum) + mx - z[base + y];
 }

@@ -170,6 +170,7 @@ impl Net {
                 deadline_slack: DurationMs(1000),
                 availability: Bps(9_000),
                 penalty: Bps(1_000),
+                exact: true,
             },
             deadline: Timestamp(T0.0 + 100_000),
             created_at: T0,

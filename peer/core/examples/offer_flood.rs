@@ -112,6 +112,7 @@ fn main() {
                 deadline_slack: DurationMs::secs(10),
                 availability: Bps(9_500),
                 penalty: Bps(1_000),
+                exact: true,
             },
             region: "eu".into(),
             slots: 2,

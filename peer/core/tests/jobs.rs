@@ -347,6 +347,7 @@ fn a_flood_of_fake_contracts_blinds_no_member_and_delays_no_settlement() {
                 deadline_slack: DurationMs::secs(10),
                 availability: protocol::Bps(9_900),
                 penalty: protocol::Bps(1_000),
+                exact: true,
             },
             deadline: base.deadline,
             created_at: net.now,

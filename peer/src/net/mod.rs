@@ -473,6 +473,7 @@ mod tests {
                 deadline_slack: DurationMs::secs(5),
                 availability: Bps(9_900),
                 penalty: Bps(1_000),
+                exact: true,
             },
             region: "eu".into(),
             slots: 1,

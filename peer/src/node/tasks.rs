@@ -36,14 +36,23 @@ pub(super) async fn provider_config(
     opts: &RunOptions,
 ) -> anyhow::Result<ProviderConfig> {
     let pref = backend_preference(dir);
-    let (reason, bench) = tokio::task::spawn_blocking(move || {
+    let (reason, bench, selftest) = tokio::task::spawn_blocking(move || {
         let sel = compute::select_backend(pref)?;
         let bench = compute::bench::device_gflops(&*sel.backend)?;
-        Ok::<_, compute::ComputeError>((sel.reason, bench))
+        let selftest = compute::selftest::run(&*sel.backend)?;
+        Ok::<_, compute::ComputeError>((sel.reason, bench, selftest))
     })
     .await
     .context("the benchmark task failed")??;
     info!(%reason, gflops = format!("{:.1}", bench.gflops), "benchmarked the device");
+    if selftest.exact {
+        info!(%selftest, "the backend is exact: results are checked bit for bit");
+    } else {
+        warn!(
+            %selftest,
+            "the backend is not exact: offers say so, and the committee checks results within its tolerance (`provider.backend = \"cpu\"` is exact)"
+        );
+    }
     let gpu = matches!(
         bench.backend.device_type.as_str(),
         "DiscreteGpu" | "IntegratedGpu"
@@ -80,6 +89,7 @@ pub(super) async fn provider_config(
             deadline_slack: opts.timing.deadline_slack,
             availability: Bps(9_500),
             penalty: Bps(1_000),
+            exact: selftest.exact,
         },
         offer_ttl: opts.timing.offer_ttl,
         pricing: PricingConfig {
@@ -638,6 +648,7 @@ pub(super) async fn check_job(
             &result,
             &receipt,
             &seeds,
+            crate::work::compare_for(&terms.sla),
         )
     })
     .await

@@ -83,6 +83,7 @@ impl Default for ProviderConfig {
                 deadline_slack: DurationMs::secs(10),
                 availability: crate::types::Bps(9_000),
                 penalty: crate::types::Bps(1_000),
+                exact: true,
             },
             offer_ttl: DurationMs::secs(600),
             answer_ttl: DurationMs::secs(30),
@@ -455,6 +456,13 @@ impl ProviderEngine {
         if sla.penalty > self.cfg.sla.penalty || sla.availability > self.cfg.sla.availability {
             return Err(RejectReason::Unsupported(
                 "SLA stricter than offered".into(),
+            ));
+        }
+        // Checks bit for bit would fail every honest result of a backend that
+        // is not exact, and slash its bond.
+        if sla.exact && !self.cfg.sla.exact {
+            return Err(RejectReason::Unsupported(
+                "exact results asked of a backend that is not exact".into(),
             ));
         }
         if self.committed() >= usize::from(self.cfg.slots) + self.cfg.queue_capacity {

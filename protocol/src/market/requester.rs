@@ -904,6 +904,7 @@ impl OrDefaultSla for Option<crate::messages::SlaTerms> {
             deadline_slack: DurationMs(0),
             availability: crate::types::Bps(0),
             penalty: crate::types::Bps(0),
+            exact: true,
         })
     }
 }

@@ -503,6 +503,7 @@ mod tests {
                 deadline_slack: DurationMs(0),
                 availability: Bps(0),
                 penalty: Bps(0),
+                exact: true,
             },
             deadline: Timestamp(100_000),
             created_at: now,

@@ -37,6 +37,7 @@ fn contract(req: &Identity, prov: &Identity, now: Timestamp, deadline: Timestamp
             deadline_slack: DurationMs(0),
             availability: Bps(0),
             penalty: Bps(0),
+            exact: true,
         },
         deadline,
         created_at: now,
