@@ -49,6 +49,10 @@ pub struct Attacker {
     /// Its wrong results caught, and settled jobs.
     pub caught: u64,
     pub jobs: u64,
+    /// A self-dealer: the jobs its keys ran for its own buyer, and what
+    /// their compute cost, in tokens (part of `jobs` and `cost`).
+    pub bought_jobs: u64,
+    pub bought_cost: f64,
 }
 
 impl Attacker {
@@ -121,6 +125,7 @@ pub(crate) fn report(
     m: &Metrics,
     cost: &[f64],
     buyer_delta: Option<i128>,
+    bought: Option<(u64, f64)>,
     fakes: u64,
 ) -> Option<AttackReport> {
     let a = sc.attack.as_ref()?;
@@ -140,6 +145,8 @@ pub(crate) fn report(
             .map(|i| m.caught_by_provider.get(i).map_or(0, |c| c.0))
             .sum(),
         jobs: ks.iter().map(|&i| m.provider_jobs[i]).sum(),
+        bought_jobs: 0,
+        bought_cost: 0.0,
     };
     let attackers = match a.kind {
         AttackKind::Lazy => keys
@@ -161,6 +168,10 @@ pub(crate) fn report(
                 &keys,
             );
             l.tokens += buyer_delta.unwrap_or(0) as f64 / 1e6;
+            if let Some((jobs, cost)) = bought {
+                l.bought_jobs = jobs;
+                l.bought_cost = cost / 1e6;
+            }
             vec![l]
         }
         AttackKind::Whitewash => vec![line(format!("whitewasher, {} keys", keys.len()), &keys)],
@@ -172,6 +183,8 @@ pub(crate) fn report(
             minted: 0.0,
             caught: 0,
             jobs: 0,
+            bought_jobs: 0,
+            bought_cost: 0.0,
         }],
     };
     let honest: Vec<usize> = (0..m.providers)

@@ -437,6 +437,10 @@ struct Attacking {
     /// Self-deal: the requester that buys from the attacker's keys only.
     buyer: Option<usize>,
     buyer_rate: f64,
+    /// Self-deal: the jobs the attacker's keys ran for its buyer, and what
+    /// their compute cost (µ-tokens).
+    bought_jobs: u64,
+    bought_cost: f64,
     /// Flood: fake contracts still to send, and the keys that sign them.
     fakes_left: u32,
     fake_keys: Vec<Identity>,
@@ -645,6 +649,8 @@ impl CoreWorld {
             current: 0,
             buyer: (a.kind == AttackKind::SelfDeal).then(|| n_prov + n_req - 1),
             buyer_rate: a.jobs_per_day,
+            bought_jobs: 0,
+            bought_cost: 0.0,
             fakes_left: if a.kind == AttackKind::Flood {
                 a.fakes
             } else {
@@ -1447,7 +1453,15 @@ impl CoreWorld {
         let measure = self.measure(terms);
         // A lazy provider computes (and pays for) only what it does not skip.
         let done = 1.0 - behaviour.skip();
-        self.cost[i] += measure.as_f64() * done * p.cost as f64;
+        let cost = measure.as_f64() * done * p.cost as f64;
+        self.cost[i] += cost;
+        if let Some(a) = self.attack.as_mut()
+            && a.buyer.is_some()
+            && a.buyer == self.by_account.get(&terms.spec.requester).copied()
+        {
+            a.bought_jobs += 1;
+            a.bought_cost += cost;
+        }
         let owner = self.by_account.get(&terms.spec.requester).copied();
         let transfer_ms = self.transfer(owner, Some(i), terms.spec.dataset.size).0 as f64;
         let mut run_ms = measure.as_f64() * done / p.speed_cu_s * 1000.0;
@@ -1529,6 +1543,7 @@ impl CoreWorld {
                     deadline_slack: DurationMs::secs(60),
                     availability: Bps(9_900),
                     penalty: Bps(1_000),
+                    exact: true,
                 },
                 deadline: spec.deadline,
                 created_at: now,
@@ -1768,7 +1783,12 @@ impl CoreWorld {
                 - i128::from(crate::setup::REQUESTER_GENESIS.0)
         });
         let fakes = self.attack.as_ref().map_or(0, |a| a.sent);
-        m.attack = crate::attack::report(&self.sc, m, &self.cost, buyer_delta, fakes);
+        let bought = self
+            .attack
+            .as_ref()
+            .filter(|a| a.buyer.is_some())
+            .map(|a| (a.bought_jobs, a.bought_cost));
+        m.attack = crate::attack::report(&self.sc, m, &self.cost, buyer_delta, bought, fakes);
         self.metrics
     }
 }
