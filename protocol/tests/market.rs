@@ -816,17 +816,19 @@ impl protocol::market::Reputation for Youth {
 }
 
 /// A young provider, scored far below an established one at the same price,
-/// still gets about `explore` of the matches; with no exploration it gets
-/// none, so its only way to a record would be to buy one from itself.
+/// still gets about `explore` of the matches, or, drawn by supply, its share of
+/// the offers (one of two: half); with no exploration it gets none, so its only
+/// way to a record would be to buy one from itself.
 #[test]
 fn young_providers_get_their_share_of_matches() {
     let (book, _, j) = two_offers(500, 500);
     let rep = Youth {
         young: vec![acct(2)],
     };
-    let share = |explore: u16| {
+    let share = |explore: u16, explore_by_supply: bool| {
         let cfg = MatchConfig {
             explore: Bps(explore),
+            explore_by_supply,
             ..MatchConfig::default()
         };
         let mut rng = ChaCha8Rng::seed_from_u64(5);
@@ -841,9 +843,12 @@ fn young_providers_get_their_share_of_matches() {
             .count();
         young as f64 / f64::from(n)
     };
-    assert_eq!(share(0), 0.0);
-    let s = share(1_000);
+    assert_eq!(share(0, false), 0.0);
+    let s = share(1_000, false);
     assert!((0.08..0.12).contains(&s), "{s}");
+    assert_eq!(book.young_share(T0, &rep), 0.5);
+    let s = share(1_000, true);
+    assert!((0.46..0.54).contains(&s), "{s}");
     // Nobody young: exploring falls back to the usual pick.
     let old = Youth { young: vec![] };
     let cfg = MatchConfig::default();

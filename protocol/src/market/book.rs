@@ -165,13 +165,22 @@ pub struct MatchConfig {
     pub min_quality: f64,
     /// Most per-offer explanations returned when nothing matches.
     pub max_explanations: usize,
-    /// The share of matches drawn among young providers only (those whose
-    /// record is too short to say much, see [`Reputation::is_young`]) when
-    /// one fits. Without it a bonded newcomer, scored below every provider
-    /// with a few good jobs, never gets its first job, and the only way to a
-    /// record is to buy one from oneself through a second key.
+    /// The least share of matches drawn among young providers only (those
+    /// whose record is too short to say much, see [`Reputation::is_young`])
+    /// when one fits. Without it a bonded newcomer, scored below every
+    /// provider with a few good jobs, never gets its first job, and the only
+    /// way to a record is to buy one from oneself through a second key.
     pub explore: Bps,
+    /// Draw among young providers at least as often as they make up the free
+    /// slots on offer ([`OrderBook::young_share`]): young providers as a
+    /// group get their share of the supply in matches, so a record bought
+    /// from oneself buys no more access to jobs than an honest newcomer has,
+    /// and when a market starts (everyone young) nobody is starved.
+    pub explore_by_supply: bool,
 }
+
+/// Offers [`OrderBook::young_share`] counts at most.
+pub const YOUNG_SHARE_SAMPLE: usize = 1_024;
 
 impl Default for MatchConfig {
     fn default() -> Self {
@@ -181,6 +190,7 @@ impl Default for MatchConfig {
             min_quality: 0.0,
             max_explanations: 1_000,
             explore: Bps(1_000),
+            explore_by_supply: true,
         }
     }
 }
@@ -749,8 +759,10 @@ impl OrderBook {
     /// offer, why none fits. `exclude` lists providers not to consider (those that
     /// already refused this job).
     ///
-    /// A share [`MatchConfig::explore`] of matches first looks among young
-    /// providers only, and takes the usual pick if none fits.
+    /// A share of matches first looks among young providers only, and takes
+    /// the usual pick if none fits: [`MatchConfig::explore`], or the young
+    /// providers' share of the offers if that is more
+    /// ([`MatchConfig::explore_by_supply`]).
     pub fn match_job<R: Rng + ?Sized>(
         &self,
         now: Timestamp,
@@ -767,14 +779,40 @@ impl OrderBook {
             config,
             exclude,
         };
-        if config.explore.0 > 0
-            && rng.random_range(0..10_000u32) < u32::from(config.explore.0)
+        let mut explore = u32::from(config.explore.0);
+        if config.explore_by_supply {
+            explore = explore.max((self.young_share(now, reputation) * 10_000.0) as u32);
+        }
+        if explore > 0
+            && rng.random_range(0..10_000u32) < explore
             && let Some(m) = self.scan(ask, true, rng)
         {
             return m;
         }
         self.scan(ask, false, rng)
             .unwrap_or_else(|| self.explain(now, job, reputation, config, exclude))
+    }
+
+    /// The young providers' share of the free slots of the live offers in
+    /// the book, counted over the [`YOUNG_SHARE_SAMPLE`] cheapest offers (what
+    /// matching reads first), so a match costs a bounded scan however large
+    /// the book. Slots, not offers: a machine split over many keys counts once.
+    pub fn young_share(&self, now: Timestamp, reputation: &dyn Reputation) -> f64 {
+        let (mut free, mut young) = (0u64, 0u64);
+        for hot in self.by_price.values().take(YOUNG_SHARE_SAMPLE) {
+            if hot.expires_at <= now {
+                continue;
+            }
+            free += u64::from(hot.free_slots);
+            if reputation.is_young(&hot.provider) {
+                young += u64::from(hot.free_slots);
+            }
+        }
+        if free == 0 {
+            0.0
+        } else {
+            young as f64 / free as f64
+        }
     }
 
     /// [`OrderBook::match_job`]'s draw, among young providers only if
