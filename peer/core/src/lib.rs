@@ -65,7 +65,7 @@ pub use direct::{Direct, DirectError, TrainProgress};
 pub use job::{Job, JobEnd, JobState};
 pub use keys::{JobKey, KeyError};
 pub use persist::{PersistError, Restored};
-pub use provider::RanJob;
+pub use provider::{RESULT_KEEP, RanJob};
 pub use requester::{Fetched, PreparedJob, SubmitError};
 pub use retry::WorkError;
 
@@ -90,6 +90,10 @@ pub struct Timing {
     /// How long a checkpoint proposal that names entries this member lacks is
     /// retried while sync catches up.
     pub sign_retry: DurationMs,
+    /// How long past its deadline a provider keeps a contract's receipt for a
+    /// requester that comes back: as long as the driver keeps the result
+    /// ([`RESULT_KEEP`]), since without it the receipt fetches nothing.
+    pub result_keep: DurationMs,
 }
 
 impl Default for Timing {
@@ -102,6 +106,7 @@ impl Default for Timing {
             deadline_slack: DurationMs::secs(30),
             settle_fallback: DurationMs::secs(5),
             sign_retry: DurationMs::secs(20),
+            result_keep: RESULT_KEEP,
         }
     }
 }
@@ -115,6 +120,7 @@ impl Timing {
             probe_every: DurationMs::secs(2),
             offer_ttl: DurationMs::secs(120),
             deadline_slack: DurationMs::secs(2),
+            result_keep: DurationMs::secs(60),
             ..Timing::default()
         }
     }
@@ -726,6 +732,10 @@ impl<S: Store> NodeCore<S> {
     /// The job keys this core holds (as a provider or a committee member).
     pub fn grants_held(&self) -> usize {
         self.grants.len()
+    }
+    /// Receipts this provider keeps to hand again to requesters that come back.
+    pub fn receipts_kept(&self) -> usize {
+        self.prov.receipts_kept()
     }
     pub fn requester(&self) -> &RequesterEngine {
         &self.requester

@@ -36,10 +36,12 @@ pub(crate) struct State {
     /// Accepted contracts not run to their end yet, signed by both: what a
     /// restart resumes.
     pub(crate) accepted: BTreeMap<Hash32, Contract>,
-    /// Our latest receipts (at most [`KEPT_RECEIPTS`]) with their requesters,
-    /// handed again to a requester that comes back up: it may have missed the
-    /// gossip while down, and needs the receipt to fetch its result.
-    receipts: VecDeque<(AccountId, Hash32, Signed<protocol::Receipt>)>,
+    /// Our latest receipts (at most [`KEPT_RECEIPTS`]) with their requesters
+    /// and their contracts' deadlines, handed again to a requester that comes
+    /// back up: it may have missed the gossip while down, and needs the
+    /// receipt to fetch its result. Kept while the contract is unsettled or
+    /// its result is kept (`Timing::result_keep` past the deadline), no longer.
+    receipts: VecDeque<(AccountId, Hash32, Timestamp, Signed<protocol::Receipt>)>,
     /// Open escrows for us already handed to the engine.
     taken: std::collections::HashSet<Hash32>,
     /// What the ledger last said our data sets' budgets spent.
@@ -49,7 +51,17 @@ pub(crate) struct State {
 /// Receipts a provider keeps to hand again to requesters that come back.
 pub const KEPT_RECEIPTS: usize = 256;
 
+/// How long past its deadline a provider keeps a job's result (its blobs
+/// are then collected), and so the receipt a requester needs to fetch it:
+/// past the escrow's bound (`protocol::escrow_bound`: the deadline, the
+/// committee's grace and five minutes), by then settled or refunded.
+pub const RESULT_KEEP: protocol::DurationMs = protocol::DurationMs::secs(2 * 3600);
+
 impl State {
+    pub(crate) fn receipts_kept(&self) -> usize {
+        self.receipts.len()
+    }
+
     /// The earliest deadline of a contract still waiting for its escrow or key.
     pub(crate) fn next_release(&self) -> Option<Timestamp> {
         self.waiting.values().map(|t| t.deadline).min()
@@ -99,9 +111,12 @@ impl<S: Store> NodeCore<S> {
                         if self.prov.receipts.len() >= KEPT_RECEIPTS {
                             self.prov.receipts.pop_front();
                         }
-                        self.prov
-                            .receipts
-                            .push_back((t.requester, b.contract, r.clone()));
+                        self.prov.receipts.push_back((
+                            t.requester,
+                            b.contract,
+                            t.deadline,
+                            r.clone(),
+                        ));
                         // The committee needs it to judge: directly too, not
                         // only by gossip.
                         let contract = b.contract;
@@ -263,8 +278,8 @@ impl<S: Store> NodeCore<S> {
             .prov
             .receipts
             .iter()
-            .filter(|(requester, c, _)| *requester == peer || self.prov.unsettled.contains_key(c))
-            .map(|(_, _, r)| r.clone())
+            .filter(|(requester, c, ..)| *requester == peer || self.prov.unsettled.contains_key(c))
+            .map(|(.., r)| r.clone())
             .collect();
         for r in mine {
             self.send(cx, peer, Message::Receipt(r));
@@ -310,13 +325,20 @@ impl<S: Store> NodeCore<S> {
     /// directly to the committee that judges each (gossip, or a direct send,
     /// may have been lost; a member that never gets the receipt can only
     /// find the job undelivered).
+    /// Receipts whose results are gone (and settled) are dropped first.
     pub(crate) fn nudge_receipts<R: Rng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
+        let now = cx.now;
+        let keep = self.timing.result_keep;
+        let unsettled = &self.prov.unsettled;
+        self.prov
+            .receipts
+            .retain(|(_, c, deadline, _)| unsettled.contains_key(c) || deadline.plus(keep) > now);
         let open: Vec<(Hash32, Signed<protocol::Receipt>)> = self
             .prov
             .receipts
             .iter()
-            .filter(|(_, c, _)| self.prov.unsettled.contains_key(c))
-            .map(|(_, c, r)| (*c, r.clone()))
+            .filter(|(_, c, ..)| self.prov.unsettled.contains_key(c))
+            .map(|(_, c, _, r)| (*c, r.clone()))
             .collect();
         for (c, r) in open {
             self.send_to_judges(cx, &c, Message::Receipt(r));

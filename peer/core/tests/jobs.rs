@@ -74,6 +74,20 @@ fn a_settled_job_leaves_no_deal_and_no_key_behind() {
     let held: Vec<usize> = net.nodes.iter().map(|c| c.grants_held()).collect();
     assert!(forgot, "keys still held: {held:?}");
     assert!(net.nodes[REQ].job(&job).unwrap().settled.is_some());
+    // The provider keeps the receipt for a requester that comes back while
+    // the result is kept, and drops it once the result is gone.
+    assert_eq!(net.nodes[PROV].receipts_kept(), 1);
+    let deadline = net.nodes[REQ]
+        .job(&job)
+        .unwrap()
+        .terms
+        .as_ref()
+        .unwrap()
+        .deadline;
+    let keep = net.nodes[PROV].timing().result_keep;
+    let gone = deadline.plus(keep).plus(DurationMs::secs(30));
+    let dropped = net.run(gone, |n| n.nodes[PROV].receipts_kept() == 0);
+    assert!(dropped, "the receipt outlived its result");
 }
 
 #[test]

@@ -270,11 +270,10 @@ pub(super) fn notes_path(results: &std::path::Path, job: &Hash32) -> PathBuf {
     results.join(format!("{}.job.json", job.short()))
 }
 
-/// How long a job's blobs are kept: two hours past its deadline, past its
-/// escrow's bound (`protocol::escrow_bound`: the deadline, the committee's
-/// grace and five minutes), by then settled or refunded. The store then
-/// collects them.
-pub(super) const JOB_KEEP: protocol::DurationMs = protocol::DurationMs::secs(2 * 3600);
+/// How long a job's blobs are kept past its deadline: the core's
+/// [`node_core::RESULT_KEEP`] (two hours, past the escrow's bound), for which
+/// the provider also keeps the receipt. The store then collects them.
+pub(super) const JOB_KEEP: protocol::DurationMs = node_core::RESULT_KEEP;
 
 /// How long the blobs of a job due at `deadline` are kept: [`JOB_KEEP`]
 /// past it, or, over the store's quota, a quarter of an hour (past the
