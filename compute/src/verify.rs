@@ -269,24 +269,36 @@ pub fn compare_values(ours: &[f32], theirs: &[f32], compare: Compare, what: &str
         .zip(theirs)
         .map(|(p, q)| (p - q).abs() / (1.0 + p.abs()))
         .fold(0f32, f32::max);
+    let unequal = ours
+        .iter()
+        .zip(theirs)
+        .filter(|(p, q)| p.to_bits() != q.to_bits())
+        .count();
+    judged(compare, unequal, worst, worst, what, "values")
+}
+
+/// The verdict on values compared: `unequal` of them differ in their bits,
+/// `worst` is the largest relative difference and `max_abs` the largest
+/// absolute one. `what` opens the reason; `values` names them.
+fn judged(
+    compare: Compare,
+    unequal: usize,
+    worst: f32,
+    max_abs: f32,
+    what: &str,
+    values: &str,
+) -> Verdict {
     match compare {
-        Compare::Exact => {
-            let unequal = ours
-                .iter()
-                .zip(theirs)
-                .filter(|(p, q)| p.to_bits() != q.to_bits())
-                .count();
-            Verdict {
-                ok: unequal == 0,
-                max_abs_diff: worst,
-                reason: format!("{what}: {unequal} values differ in their bits"),
-            }
-        }
+        Compare::Exact => Verdict {
+            ok: unequal == 0,
+            max_abs_diff: max_abs,
+            reason: format!("{what}: {unequal} {values} differ in their bits"),
+        },
         Compare::Tolerant => {
             let tol = tolerance(1);
             Verdict {
                 ok: worst <= tol,
-                max_abs_diff: worst,
+                max_abs_diff: max_abs,
                 reason: format!(
                     "{what}: max relative difference {worst:.3e} (tolerance {tol:.1e})"
                 ),
@@ -376,22 +388,6 @@ pub fn verify_inference_sample(
             )));
         }
     }
-    let n = picks.len();
-    Ok(match compare {
-        Compare::Exact => Verdict {
-            ok: unequal == 0,
-            max_abs_diff: max_abs,
-            reason: format!("re-ran {n} of {rows} rows: {unequal} logits differ in their bits"),
-        },
-        Compare::Tolerant => {
-            let tol = tolerance(1);
-            Verdict {
-                ok: worst <= tol,
-                max_abs_diff: max_abs,
-                reason: format!(
-                    "re-ran {n} of {rows} rows: max relative difference {worst:.3e} (tolerance {tol:.1e})"
-                ),
-            }
-        }
-    })
+    let what = format!("re-ran {} of {rows} rows", picks.len());
+    Ok(judged(compare, unequal, worst, max_abs, &what, "logits"))
 }
