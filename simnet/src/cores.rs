@@ -249,6 +249,10 @@ pub struct CoreWorld {
     parties: HashMap<Hash32, (usize, usize)>,
     /// When each peer's link is next free of the blob transfers queued on it.
     link_free: Vec<Timestamp>,
+    /// The peer whose link each peer's transfers use: itself, except that a
+    /// machine split over several keys (the split self-dealer) has one link
+    /// for all of them, as its slots do when it is one key.
+    link_of: Vec<usize>,
     metrics: Metrics,
     /// Requesters' estimates over a job's measured units.
     margin: f64,
@@ -667,6 +671,17 @@ impl CoreWorld {
             sent: 0,
         });
         let margin = sc.attack.as_ref().map_or(1.0, |a| a.estimate_margin);
+        let mut link_of: Vec<usize> = (0..peers.len()).collect();
+        if sc
+            .attack
+            .as_ref()
+            .is_some_and(|a| a.kind == AttackKind::SelfDeal)
+            && let Some(&first) = attack_keys.first()
+        {
+            for &k in &attack_keys {
+                link_of[k] = first;
+            }
+        }
         let mut w = CoreWorld {
             sc: sc.clone(),
             net,
@@ -692,6 +707,7 @@ impl CoreWorld {
 
             parties: HashMap::new(),
             link_free: Vec::new(),
+            link_of,
             metrics,
             margin,
             cost: vec![0.0; n_prov],
@@ -778,7 +794,11 @@ impl CoreWorld {
         if self.link_free.len() < self.peers.len() {
             self.link_free.resize(self.peers.len(), T0);
         }
-        let ends: Vec<usize> = [a, b].into_iter().flatten().collect();
+        let ends: Vec<usize> = [a, b]
+            .into_iter()
+            .flatten()
+            .map(|i| self.link_of.get(i).copied().unwrap_or(i))
+            .collect();
         let bw = ends
             .iter()
             .map(|&i| self.link_mb_s(i))
