@@ -10,7 +10,7 @@
 //!   committee, at the scenario's object sizes.
 //!
 //! The cache (`$XDG_CACHE_HOME/cloudchain/calibration.json`, else
-//! `~/.cache/…`) names the machine it was measured on. Another machine, an
+//! `~/.cache/…`) names the machine it was measured on, with its CPU backend. Another machine, an
 //! unreadable file or `--recalibrate` measures afresh; sizes or batches the
 //! cache lacks are measured and added.
 
@@ -77,8 +77,11 @@ pub fn machine() -> String {
         })
         .unwrap_or_else(|| std::env::consts::ARCH.into());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The backend's name says which GEMM it runs: a cache measured on another
+    // kernel is another machine's.
+    let backend = compute::Backend::info(&compute::CpuBackend::new()).name;
     format!(
-        "{host} ({cpu}, {cores} cores), cloudchain {}",
+        "{host} ({cpu}, {cores} cores), {backend}, cloudchain {}",
         env!("CARGO_PKG_VERSION")
     )
 }
