@@ -34,9 +34,9 @@ fn main() {
     let m = simnet::cores::run(&sc, sc.seed, replicas, |f| {
         while f * days_total >= next_day {
             eprintln!(
-                "day {next_day:.0}: {:.1} s, RSS {:.2} GB",
+                "day {next_day:.0}: {:.1} s, RSS {:.2} GiB",
                 t.elapsed().as_secs_f64(),
-                rss_gb()
+                rss_gib()
             );
             next_day += 1.0;
         }
@@ -52,13 +52,15 @@ fn main() {
     );
 }
 
-/// This process's resident set in GB, from /proc (0 where there is none).
-fn rss_gb() -> f64 {
+/// This process's resident set in GiB, from /proc (0 where there is none).
+/// (`VmRSS` is in KiB; this printed KiB / 10⁶ as "GB" before, 2.4 % above
+/// the GiB figure and 2.4 % below the decimal one.)
+fn rss_gib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             let kb = s.lines().find(|l| l.starts_with("VmRSS:"))?;
             kb.split_whitespace().nth(1)?.parse::<f64>().ok()
         })
-        .map_or(0.0, |kb| kb / 1e6)
+        .map_or(0.0, |kib| kib / 1_048_576.0)
 }
