@@ -94,6 +94,19 @@ impl GemmShape {
         }
     }
 
+    /// The product `m×k` times `k×n` in each of its four stored layouts
+    /// (neither operand transposed, `A`, `B`, both): what a check of a GEMM
+    /// kernel runs through.
+    pub fn layouts(m: usize, k: usize, n: usize) -> [Self; 4] {
+        let s = Self::new(m, k, n);
+        [
+            s,
+            s.transpose_a(),
+            s.transpose_b(),
+            s.transpose_a().transpose_b(),
+        ]
+    }
+
     /// The same product with `A` stored transposed.
     pub fn transpose_a(self) -> Self {
         Self { ta: true, ..self }

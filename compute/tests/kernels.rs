@@ -9,7 +9,7 @@
 
 #![allow(clippy::unwrap_used)] // helpers outside #[test] fns unwrap too
 
-use compute::{Backend, CpuBackend, NoiseParams, WgpuBackend};
+use compute::{Backend, CpuBackend, GemmShape, NoiseParams, WgpuBackend};
 
 fn gpu() -> WgpuBackend {
     WgpuBackend::new()
@@ -81,9 +81,9 @@ fn gemm_matches_cpu_all_transposes_and_ragged_sizes() {
     ] {
         let a = data(m * k, 1);
         let b = data(k * n, 2);
-        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-            let want = c.gemm(&a, &b, m, k, n, ta, tb).unwrap();
-            let got = g.gemm(&a, &b, m, k, n, ta, tb).unwrap();
+        for s in GemmShape::layouts(m, k, n) {
+            let want = c.gemm(&a, &b, m, k, n, s.ta, s.tb).unwrap();
+            let got = g.gemm(&a, &b, m, k, n, s.ta, s.tb).unwrap();
             assert_close(&got, &want, 1e-4);
         }
     }
